@@ -1,0 +1,147 @@
+//! `pio plugins list | info | check | pack`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::{
+    pack::{pack as pack_library, PackRequest},
+    PluginState, PluginSummary,
+};
+
+use super::{
+    output::print_table,
+    session::{load_manager, new_manager},
+    PluginDirs,
+};
+
+/// Arguments of `pio plugins pack`.
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// The built plugin library (`.so`).
+    library: PathBuf,
+    /// The plugin folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// A model file to ship in the folder; repeatable.
+    #[arg(long = "model", value_name = "FILE")]
+    models: Vec<PathBuf>,
+    /// The `config` object passed to the plugin's initialize, as JSON.
+    #[arg(long, default_value = "{}")]
+    config: String,
+}
+
+fn capabilities(summary: &PluginSummary) -> String {
+    summary
+        .metadata
+        .as_ref()
+        .map(|m| {
+            m.capabilities
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// `pio plugins list`.
+pub fn list(dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
+    let manager = load_manager(dirs)?;
+    let plugins = manager.list_plugins();
+    if plugins.is_empty() {
+        println!("no plugins found (use --dir DIR or set PIO_PLUGIN_PATH)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = plugins
+        .iter()
+        .map(|p| {
+            vec![
+                p.manifest.name.clone(),
+                p.manifest.version.to_string(),
+                p.state.name().to_owned(),
+                capabilities(p),
+                p.dir.display().to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "VERSION", "STATE", "CAPABILITIES", "PATH"], &rows);
+    for p in plugins.iter() {
+        if let PluginState::Failed(reason) = &p.state {
+            eprintln!("{}: {reason}", p.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pio plugins info NAME`.
+pub fn info(name: &str, dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
+    let manager = load_manager(dirs)?;
+    let summary = manager.info(name)?;
+    let m = &summary.manifest;
+    println!("name:         {}", m.name);
+    println!("version:      {}", m.version);
+    println!("state:        {}", summary.state);
+    println!("folder:       {}", summary.dir.display());
+    println!("library:      {} (sha256 {})", m.library, m.sha256);
+    println!("plugin api:   {}", m.plugin_api);
+    println!("host range:   {}", m.host);
+    for model in &m.models {
+        println!("model file:   {} (sha256 {})", model.path, model.sha256);
+    }
+    if let Some(meta) = &summary.metadata {
+        println!("author:       {}", meta.author);
+        println!("description:  {}", meta.description);
+        println!("license:      {}", meta.license);
+        println!("capabilities: {}", capabilities(&summary));
+        println!("tags:         {}", meta.tags.join(", "));
+        println!("model:        {}", serde_json::to_string(&meta.model)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pio plugins check PATH`.
+pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let mut manager = new_manager()?;
+    match manager.load_plugin_from_path(path) {
+        Ok(id) => {
+            let summary = manager.info(&id)?;
+            println!(
+                "ok: {} (plugin api {}, host {}, capabilities {})",
+                summary.manifest.label(),
+                summary.manifest.plugin_api,
+                summary.manifest.host,
+                capabilities(&summary),
+            );
+            manager.unload(&id)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("refused: {}: {error}", path.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `pio plugins pack LIBRARY --out DIR`.
+pub fn pack(args: &PackArgs) -> anyhow::Result<ExitCode> {
+    let config: serde_json::Value =
+        serde_json::from_str(&args.config).context("--config is not valid JSON")?;
+    anyhow::ensure!(config.is_object(), "--config must be a JSON object");
+    let manager = new_manager()?;
+    let manifest = pack_library(
+        &PackRequest {
+            library: args.library.clone(),
+            out_dir: args.out.clone(),
+            models: args.models.clone(),
+            config,
+        },
+        manager.shadow(),
+    )?;
+    println!("packed {} into {}", manifest.label(), args.out.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,45 @@
+//! A plugin manager filled from the plugin directories, as every plugin command needs.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::{bundled::bundled_plugin_folders, paths, PluginManager};
+
+use super::PluginDirs;
+
+/// Creates a manager and loads every plugin of the search path: the `--dir` directories, else
+/// `$PIO_PLUGIN_PATH`; plus the bundled plugins. Failures are logged, not fatal: they show up
+/// as failed plugins.
+pub fn load_manager(dirs: &PluginDirs) -> anyhow::Result<PluginManager> {
+    let mut manager = new_manager()?;
+    let search: Vec<PathBuf> = if dirs.dirs.is_empty() {
+        paths::plugin_path_from_env()
+    } else {
+        dirs.dirs.clone()
+    };
+    for dir in &search {
+        let report = manager
+            .load_plugins_from_directory(dir)
+            .with_context(|| format!("cannot read plugin directory {}", dir.display()))?;
+        for (path, error) in report.failures {
+            tracing::warn!(path = %path.display(), "{error}");
+        }
+    }
+    if dirs.dirs.is_empty() {
+        let folders = bundled_plugin_folders(manager.shadow());
+        for folder in folders {
+            if let Err(error) = manager.load_plugin_from_path(&folder) {
+                tracing::warn!(folder = %folder.display(), "{error}");
+            }
+        }
+    }
+    Ok(manager)
+}
+
+/// A manager with no plugins, its shadow copies under the cache.
+pub fn new_manager() -> anyhow::Result<PluginManager> {
+    let root = paths::shadow_root();
+    PluginManager::new(&root)
+        .with_context(|| format!("cannot set up shadow copies in {}", root.display()))
+}

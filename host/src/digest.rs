@@ -1,0 +1,48 @@
+//! SHA-256 digests of files, as written in manifests (lowercase hex).
+
+use std::{fs::File, io::Read, path::Path};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{HostError, HostResult};
+
+/// The lowercase hex SHA-256 of the file at `path`, read in chunks.
+pub fn sha256_file(path: &Path) -> HostResult<String> {
+    let mut file = File::open(path).map_err(|e| HostError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| HostError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_known_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        std::fs::write(&path, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = sha256_file(Path::new("/nonexistent/file")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/file"));
+    }
+}

@@ -1,0 +1,131 @@
+//! The host's error type: every refusal names the plugin (or folder), the file and the reason.
+
+use std::path::PathBuf;
+
+use pio_plugin_api::PluginError;
+
+use crate::state::PluginState;
+
+/// Everything that can go wrong in the host.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A manifest is missing, malformed or inconsistent.
+    #[error("{path}: {reason}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A manifest path leaves its plugin folder.
+    #[error("plugin '{plugin}': {path}: {reason}")]
+    PathEscape {
+        /// The plugin.
+        plugin: String,
+        /// The path as written in the manifest.
+        path: String,
+        /// How it escapes.
+        reason: String,
+    },
+    /// Plugin and host versions do not fit together.
+    #[error("plugin '{plugin}' {version} {reason}")]
+    Incompatible {
+        /// The plugin.
+        plugin: String,
+        /// Its version.
+        version: String,
+        /// Which requirement fails, with both versions.
+        reason: String,
+    },
+    /// A file's sha256 differs from the manifest's.
+    #[error("plugin '{plugin}': {file}: sha256 is {actual}, the manifest says {expected}")]
+    HashMismatch {
+        /// The plugin.
+        plugin: String,
+        /// The file.
+        file: PathBuf,
+        /// The manifest's digest.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
+    /// The library could not be loaded as a plugin.
+    #[error("plugin '{plugin}': {file}: {reason}")]
+    Library {
+        /// The plugin.
+        plugin: String,
+        /// The library file.
+        file: PathBuf,
+        /// Why it is not a loadable plugin.
+        reason: String,
+    },
+    /// The library's own metadata disagrees with its manifest.
+    #[error("plugin '{plugin}': {file}: the library says {field} is '{library}', the manifest says '{manifest}'")]
+    MetadataMismatch {
+        /// The plugin.
+        plugin: String,
+        /// The library file.
+        file: PathBuf,
+        /// The field that differs.
+        field: &'static str,
+        /// The manifest's value.
+        manifest: String,
+        /// The library's value.
+        library: String,
+    },
+    /// No plugin of that name is known.
+    #[error("no plugin named '{0}' (see `pio plugins list`)")]
+    NotFound(String),
+    /// A plugin of that name and version is already registered.
+    #[error("plugin '{0}' is already registered")]
+    AlreadyRegistered(String),
+    /// The operation is not allowed in the plugin's current state.
+    #[error("plugin '{plugin}': cannot {operation} while {state}")]
+    InvalidTransition {
+        /// The plugin.
+        plugin: String,
+        /// The refused operation.
+        operation: &'static str,
+        /// The state it is in.
+        state: PluginState,
+    },
+    /// The plugin lacks the capability an operation needs.
+    #[error("plugin '{plugin}' does not offer {capability}")]
+    MissingCapability {
+        /// The plugin.
+        plugin: String,
+        /// The capability.
+        capability: &'static str,
+    },
+    /// The plugin returned an error.
+    #[error("plugin '{plugin}' failed in {operation}: {error}")]
+    Plugin {
+        /// The plugin.
+        plugin: String,
+        /// The call.
+        operation: &'static str,
+        /// What it said.
+        error: PluginError,
+    },
+}
+
+impl HostError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        HostError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result type of the host library.
+pub type HostResult<T> = Result<T, HostError>;

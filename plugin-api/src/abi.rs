@@ -1,0 +1,107 @@
+//! The raw ABI: the root module every plugin library exports and the plugin object behind it.
+//!
+//! Plugin authors do not use this module directly: they implement [`Plugin`](crate::Plugin) and
+//! call [`export_plugin!`](crate::export_plugin). The host uses it to load libraries.
+//!
+//! # Evolution rules
+//! - [`PluginMod`] is a prefix type: a later minor version may append fields after
+//!   `new_instance`; a host reads such fields as optional, so plugins built against an older
+//!   minor version keep loading.
+//! - [`PluginInstance`] and [`TokenSink`] are `sabi_trait`s whose vtables are prefix types too:
+//!   new methods go after the one marked `last_prefix_field`, with a default implementation.
+//! - Every function returns errors as values; none may unwind.
+
+// abi_stable's derive and trait macros define impls inside generated constants.
+#![allow(non_local_definitions)]
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings, sabi_trait,
+    sabi_types::RMut,
+    sabi_types::VersionStrings,
+    std_types::{RBox, RResult, RStr, RString, RVec},
+    StableAbi,
+};
+
+use crate::{
+    ActivateOptions, ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse,
+    Health, PluginError, PluginStats, StreamControl, TokenEvent,
+};
+
+/// The receiver of streamed tokens, implemented by the host.
+#[sabi_trait]
+pub trait TokenSink {
+    /// Called once per generated token; the answer says whether to go on.
+    #[sabi(last_prefix_field)]
+    fn on_token(&mut self, event: &TokenEvent) -> StreamControl;
+}
+
+/// A borrowed, type-erased [`TokenSink`] as passed across the boundary.
+pub type TokenSinkRef<'a> = TokenSink_TO<'a, RMut<'a, ()>>;
+
+/// One plugin instance: the object behind every call after loading.
+///
+/// Lifecycle: `initialize` (once, with the configuration) → `activate` (allocates the device
+/// and loads the model) → `generate` / `chat` / `embed` / `infer` / `tokenize` / `detokenize`
+/// any number of times → `deactivate` (releases the device; `activate` may follow again) →
+/// `cleanup` (once, before the instance is dropped).
+#[sabi_trait]
+pub trait PluginInstance: Send {
+    /// Applies the JSON configuration (model path, options). No device work happens here.
+    fn initialize(&mut self, config_json: RStr<'_>) -> RResult<(), PluginError>;
+    /// Acquires the device, loads the model and prepares kernels.
+    fn activate(&mut self, options: &ActivateOptions) -> RResult<(), PluginError>;
+    /// Releases the device and everything allocated on it.
+    fn deactivate(&mut self) -> RResult<(), PluginError>;
+    /// Releases every remaining resource before the instance is dropped.
+    fn cleanup(&mut self) -> RResult<(), PluginError>;
+    /// A free-form request and response, both JSON.
+    fn infer(&mut self, request_json: RStr<'_>) -> RResult<RString, PluginError>;
+    /// Text to token ids; `add_special` adds the model's BOS and similar tokens.
+    fn tokenize(&mut self, text: RStr<'_>, add_special: bool) -> RResult<RVec<u32>, PluginError>;
+    /// Token ids to text.
+    fn detokenize(&mut self, tokens: RVec<u32>) -> RResult<RString, PluginError>;
+    /// Continues a prompt, streaming every token to `sink`.
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        sink: TokenSinkRef<'_>,
+    ) -> RResult<GenerateResponse, PluginError>;
+    /// Answers a conversation, streaming every token to `sink`.
+    fn chat(
+        &mut self,
+        request: &ChatRequest,
+        sink: TokenSinkRef<'_>,
+    ) -> RResult<GenerateResponse, PluginError>;
+    /// Embeds a batch of texts.
+    fn embed(&mut self, request: &EmbedRequest) -> RResult<EmbedResponse, PluginError>;
+    /// Memory use and counters.
+    fn stats(&self) -> PluginStats;
+    /// Readiness.
+    #[sabi(last_prefix_field)]
+    fn health(&self) -> Health;
+}
+
+/// An owned, type-erased plugin instance.
+pub type PluginInstanceBox = PluginInstance_TO<'static, RBox<()>>;
+
+/// The root module a plugin library exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginMod {
+    /// The plugin's [`PluginMetadata`](crate::PluginMetadata) as JSON. Cheap: loads no model.
+    pub metadata_json: extern "C" fn() -> RResult<RString, PluginError>,
+    /// Creates a new, uninitialized instance.
+    #[sabi(last_prefix_field)]
+    pub new_instance: extern "C" fn() -> RResult<PluginInstanceBox, PluginError>,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "pio_plugin";
+    const NAME: &'static str = "pio_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}

@@ -1,0 +1,155 @@
+//! ABI-stable inputs of the plugin calls.
+
+use abi_stable::{
+    std_types::{ROption, RString, RVec},
+    StableAbi,
+};
+
+/// Options for [`activate`](crate::PluginInstance::activate): where and how big to run.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default, PartialEq)]
+pub struct ActivateOptions {
+    /// Preferred device: a case-insensitive substring of the adapter name or its index in
+    /// `pio devices`. `None` lets the plugin choose (a real GPU first, else a software one).
+    pub adapter: ROption<RString>,
+    /// Context length in tokens to size caches for; 0 means the model's default.
+    pub context_length: u32,
+    /// Upper bound on the device memory the plugin may allocate, in bytes; 0 means no limit.
+    pub memory_budget_bytes: u64,
+}
+
+/// Sampling and stopping parameters of a generation.
+///
+/// The defaults match llama.cpp's: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no
+/// repetition penalty, 256 new tokens, a random seed.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// Upper bound on generated tokens.
+    pub max_new_tokens: u32,
+    /// Softmax temperature; 0 means greedy decoding.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens; 0 disables.
+    pub top_k: u32,
+    /// Keep the smallest set of tokens whose probability reaches p; 1 disables.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 disables.
+    pub min_p: f32,
+    /// Penalty for tokens already in the prompt or output; 1 disables.
+    pub repetition_penalty: f32,
+    /// Seed of the sampler's random generator; `None` picks one.
+    pub seed: ROption<u64>,
+    /// Generation stops before any of these strings would be emitted.
+    pub stop: RVec<RString>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repetition_penalty: 1.0,
+            seed: ROption::RNone,
+            stop: RVec::new(),
+        }
+    }
+}
+
+impl GenerationParams {
+    /// Greedy decoding of at most `max_new_tokens` tokens.
+    pub fn greedy(max_new_tokens: u32) -> Self {
+        Self {
+            max_new_tokens,
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every field's range, naming the first one out of range.
+    pub fn validate(&self) -> Result<(), crate::PluginError> {
+        let fail = |what: String| Err(crate::PluginError::invalid_input(what));
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return fail(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return fail(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return fail(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return fail(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return fail("stop strings must not be empty".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// A prompt given as text (tokenized by the plugin) or as token ids.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Raw text; special tokens written in it (such as `<|im_start|>`) are recognised.
+    Text(RString),
+    /// Token ids, used as they are.
+    Tokens(RVec<u32>),
+}
+
+/// A request to continue a prompt.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Sampling and stopping.
+    pub params: GenerationParams,
+}
+
+/// One message of a conversation.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: RString,
+    /// The message text.
+    pub content: RString,
+}
+
+impl ChatMessage {
+    /// A message with `role` and `content`.
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A request to answer a conversation with the model's chat template.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The conversation so far, oldest first.
+    pub messages: RVec<ChatMessage>,
+    /// Sampling and stopping.
+    pub params: GenerationParams,
+}
+
+/// A request to embed texts.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct EmbedRequest {
+    /// The texts, embedded together as one batch.
+    pub inputs: RVec<RString>,
+}

@@ -1,0 +1,140 @@
+//! ABI-stable outputs of the plugin calls.
+
+use abi_stable::{
+    std_types::{RString, RVec},
+    StableAbi,
+};
+
+/// One generated token, as streamed to the host's sink.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct TokenEvent {
+    /// Position of the token in the generated sequence, from 0.
+    pub index: u32,
+    /// The token id.
+    pub token: u32,
+    /// Text completed by this token; empty while a UTF-8 sequence or a possible stop string is
+    /// still incomplete. Concatenating every event's text gives the response text.
+    pub text: RString,
+}
+
+/// What the host's sink wants after a token.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamControl {
+    /// Keep generating.
+    Continue,
+    /// Stop as soon as possible; the response ends with [`FinishReason::Cancelled`].
+    Stop,
+}
+
+/// Why a generation ended.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token, or a stop string matched.
+    Stop,
+    /// `max_new_tokens` or the context length was reached.
+    Length,
+    /// The sink asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The OpenAI-style name (`stop`, `length`, `cancelled`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Wall-clock durations of one request, in milliseconds.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Processing the prompt, up to the first generated token.
+    pub prompt_ms: f64,
+    /// Generating every token after the first.
+    pub generation_ms: f64,
+}
+
+/// The result of `generate` or `chat`.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct GenerateResponse {
+    /// The generated text (stop strings excluded).
+    pub text: RString,
+    /// The generated token ids.
+    pub tokens: RVec<u32>,
+    /// Number of prompt tokens processed.
+    pub prompt_tokens: u32,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// The result of `embed`: one vector per input, in input order.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct EmbedResponse {
+    /// One vector per input.
+    pub embeddings: RVec<RVec<f32>>,
+    /// Length of every vector.
+    pub dimensions: u32,
+    /// Tokens processed over all inputs.
+    pub prompt_tokens: u32,
+}
+
+/// Resource use and counters of a plugin instance.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default, PartialEq)]
+pub struct PluginStats {
+    /// Device (GPU) memory currently allocated, in bytes.
+    pub device_memory_bytes: u64,
+    /// Host memory the plugin holds (weights, caches), in bytes.
+    pub host_memory_bytes: u64,
+    /// Time the last activation took, in milliseconds.
+    pub activate_ms: f64,
+    /// Requests served since activation.
+    pub requests: u64,
+    /// Tokens processed (prompt and generated) since activation.
+    pub tokens: u64,
+    /// Free-form JSON details (chosen device, model file, ...).
+    pub details_json: RString,
+}
+
+/// How a plugin instance feels.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    /// Ready to serve.
+    Ok,
+    /// Serving, with a problem worth reporting.
+    Degraded,
+    /// Not able to serve (not active, or broken).
+    Unavailable,
+}
+
+/// A health report: a status and a reason.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The status.
+    pub status: HealthStatus,
+    /// Why, in a few words.
+    pub message: RString,
+}
+
+impl Health {
+    /// A health report with `status` and `message`.
+    pub fn new(status: HealthStatus, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: RString::from(message.into()),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Memory-mapped GGUF reader and writer.
+//!
+//! [`GgufFile::open`] maps a GGUF v2/v3 file, parses its metadata and tensor
+//! table, and hands out [`TensorView`]s that borrow tensor bytes straight
+//! from the map. Every count, offset and size is validated against the file
+//! length, so corrupt input gives a [`GgufError`] naming the file, never a
+//! panic. [`dequantize`] decodes F32/F16/BF16/Q4_0/Q4_1/Q8_0 data, and
+//! [`GgufWriter`] builds valid v3 files (with GGML-exact quantizers) for tests.
+
+mod error;
+mod quant;
+mod reader;
+mod tensor;
+mod value;
+pub mod writer;
+
+pub use error::{GgufError, Result};
+pub use quant::dequantize;
+pub use reader::{GgufFile, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC};
+pub use tensor::{TensorInfo, TensorType, TensorView};
+pub use value::{MetadataValue, ValueType};
+pub use writer::GgufWriter;

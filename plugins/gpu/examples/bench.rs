@@ -1,0 +1,146 @@
+//! Kernel timings at SmolLM-135M shapes (hidden 576, feed-forward 1536, 9/3 heads of 64,
+//! vocabulary 49152): each kernel is recorded `REPEAT` times into one pass and timed by wall
+//! clock and by process CPU time (all driver threads; steadier than wall time on a busy machine,
+//! about 2x the wall time when llvmpipe's two threads are both busy).
+//!
+//! `cargo run -p pio-gpu --release --example bench`
+
+use std::time::Instant;
+
+use pio_gpu::{
+    Attention, AttentionConfig, DeviceOptions, Dispatch, Gpu, KvCache, Matmul, MatmulConfig,
+    MatmulTile, QuantMatrix, RowLayout, WeightDtype,
+};
+
+const REPEAT: usize = 20;
+const SAMPLES: usize = 7;
+
+/// CPU seconds used by this process so far (user + system, all threads), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+/// Seconds per dispatch of `dispatch`: (median wall, CPU) over a few timed submissions.
+fn time(gpu: &Gpu, dispatch: &Dispatch) -> (f64, f64) {
+    gpu.run(&[dispatch]).expect("warm-up");
+    let batch: Vec<&Dispatch> = vec![dispatch; REPEAT];
+    let cpu_start = cpu_seconds();
+    let mut samples: Vec<f64> = (0..SAMPLES)
+        .map(|_| {
+            let start = Instant::now();
+            gpu.run(&batch).expect("run");
+            start.elapsed().as_secs_f64() / REPEAT as f64
+        })
+        .collect();
+    let cpu = (cpu_seconds() - cpu_start) / (SAMPLES * REPEAT) as f64;
+    samples.sort_by(f64::total_cmp);
+    (samples[samples.len() / 2], cpu)
+}
+
+fn matmul(
+    gpu: &Gpu,
+    dtype: WeightDtype,
+    rows: usize,
+    cols: usize,
+    n_tokens: usize,
+    tile: MatmulTile,
+) {
+    let raw = vec![0x11u8; rows * dtype.gguf_row_bytes(cols)];
+    let weights = QuantMatrix::upload(gpu, dtype, rows, cols, &raw).expect("weights");
+    let x = gpu
+        .storage_from("x", &vec![0.5f32; n_tokens * cols])
+        .expect("x");
+    let out = gpu
+        .storage_zeroed("out", (n_tokens * rows * 4) as u64)
+        .expect("out");
+    let config = MatmulConfig {
+        dtype,
+        rows: rows as u32,
+        cols: cols as u32,
+        tile,
+        accumulate: false,
+    };
+    let kernel = Matmul::new(gpu, config).expect("pipeline");
+    let dispatch = kernel
+        .bind(gpu, &weights, &x, &out, n_tokens as u32)
+        .expect("bind");
+    let (wall, cpu) = time(gpu, &dispatch);
+    let macs = (rows * cols * n_tokens) as f64 / 1e9;
+    println!(
+        "matmul {dtype:?} {rows}x{cols} T={n_tokens} tile {}x{}/{}: {:.3} ms wall ({:.2} G MAC/s), \
+         {:.3} ms CPU ({:.2} G MAC per CPU-s)",
+        tile.rows,
+        tile.tokens,
+        tile.workgroup_size,
+        wall * 1e3,
+        macs / wall,
+        cpu * 1e3,
+        macs / cpu,
+    );
+}
+
+fn attention(gpu: &Gpu, position: u32) {
+    let (n_heads, n_kv_heads, head_dim, max_positions) = (9u32, 3u32, 64u32, 1024u32);
+    let cache = KvCache::new(gpu, 1, max_positions, n_kv_heads, head_dim).expect("cache");
+    let q = gpu
+        .storage_zeroed("q", u64::from(n_heads * head_dim * 4))
+        .expect("q");
+    let out = gpu
+        .storage_zeroed("out", u64::from(n_heads * head_dim * 4))
+        .expect("out");
+    let positions = gpu
+        .storage_from("positions", &[position])
+        .expect("positions");
+    let config = AttentionConfig {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        q: RowLayout::contiguous(n_heads * head_dim),
+        max_positions,
+    };
+    let kernel = Attention::new(gpu, config).expect("pipeline");
+    let layer = cache.layer(0).expect("layer");
+    let dispatch = kernel
+        .bind(gpu, &q, &positions, layer, &out, 1)
+        .expect("bind");
+    let (wall, cpu) = time(gpu, &dispatch);
+    println!(
+        "attention 9/3x64 decode at position {position}: {:.3} ms wall, {:.3} ms CPU",
+        wall * 1e3,
+        cpu * 1e3
+    );
+}
+
+fn main() {
+    let gpu = Gpu::new(&DeviceOptions::default()).expect("GPU device");
+    println!("adapter: {}", gpu.adapter_info());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tiles: Vec<MatmulTile> = match args.as_slice() {
+        [rows, tokens, workgroup] => vec![MatmulTile {
+            rows: rows.parse().expect("rows"),
+            tokens: tokens.parse().expect("tokens"),
+            workgroup_size: workgroup.parse().expect("workgroup size"),
+        }],
+        _ => vec![MatmulTile::DECODE],
+    };
+    for &tile in &tiles {
+        for dtype in [WeightDtype::Q4_0, WeightDtype::Q4_1, WeightDtype::Q8_0] {
+            matmul(&gpu, dtype, 576, 576, 1, tile);
+            matmul(&gpu, dtype, 1536, 576, 1, tile);
+            matmul(&gpu, dtype, 576, 1536, 1, tile);
+        }
+        matmul(&gpu, WeightDtype::Q8_0, 49152, 576, 1, tile);
+    }
+    matmul(&gpu, WeightDtype::Q4_1, 1536, 576, 64, MatmulTile::PREFILL);
+    matmul(&gpu, WeightDtype::Q4_1, 1536, 576, 64, MatmulTile::DECODE);
+    for position in [0, 255, 1023] {
+        attention(&gpu, position);
+    }
+}

@@ -1,0 +1,393 @@
+//! Adapter discovery and selection, and [`Gpu`]: one wgpu device with its queue, byte accounting
+//! and pipeline cache.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::buffer::MemoryCounter;
+use crate::error::{GpuError, Result};
+use crate::pipeline::PipelineCache;
+
+/// Backends searched for adapters: the native compute-capable APIs (Vulkan, Metal, DX12).
+/// OpenGL is left out: its compute support is too uneven for these kernels.
+const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
+
+/// What kind of device an adapter drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// A GPU with its own memory.
+    Discrete,
+    /// A GPU sharing memory with the CPU.
+    Integrated,
+    /// A GPU exposed through virtualisation.
+    Virtual,
+    /// A software implementation running on the CPU (e.g. Mesa's lavapipe).
+    Cpu,
+    /// Anything the driver did not classify.
+    Other,
+}
+
+impl DeviceKind {
+    /// Whether this is real GPU hardware (discrete, integrated or virtual) rather than software.
+    pub fn is_hardware(self) -> bool {
+        matches!(self, Self::Discrete | Self::Integrated | Self::Virtual)
+    }
+
+    /// Rank for automatic selection of a real GPU: lower is better.
+    fn hardware_rank(self) -> u8 {
+        match self {
+            Self::Discrete => 0,
+            Self::Integrated => 1,
+            Self::Virtual => 2,
+            Self::Other => 3,
+            Self::Cpu => 4,
+        }
+    }
+}
+
+impl From<wgpu::DeviceType> for DeviceKind {
+    fn from(kind: wgpu::DeviceType) -> Self {
+        match kind {
+            wgpu::DeviceType::DiscreteGpu => Self::Discrete,
+            wgpu::DeviceType::IntegratedGpu => Self::Integrated,
+            wgpu::DeviceType::VirtualGpu => Self::Virtual,
+            wgpu::DeviceType::Cpu => Self::Cpu,
+            wgpu::DeviceType::Other => Self::Other,
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Discrete => "discrete GPU",
+            Self::Integrated => "integrated GPU",
+            Self::Virtual => "virtual GPU",
+            Self::Cpu => "software (CPU)",
+            Self::Other => "other",
+        })
+    }
+}
+
+/// Description of one adapter, as reported by its driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdapterInfo {
+    /// Adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// Graphics API backend, e.g. `vulkan`.
+    pub backend: String,
+    /// Kind of device.
+    pub device_type: DeviceKind,
+    /// Driver name, e.g. `llvmpipe`.
+    pub driver: String,
+    /// Driver version details.
+    pub driver_info: String,
+    /// PCI vendor id (0 when not applicable).
+    pub vendor: u32,
+    /// PCI device id (0 when not applicable).
+    pub device: u32,
+}
+
+impl From<wgpu::AdapterInfo> for AdapterInfo {
+    fn from(info: wgpu::AdapterInfo) -> Self {
+        Self {
+            name: info.name,
+            backend: info.backend.to_str().to_owned(),
+            device_type: info.device_type.into(),
+            driver: info.driver,
+            driver_info: info.driver_info,
+            vendor: info.vendor,
+            device: info.device,
+        }
+    }
+}
+
+impl fmt::Display for AdapterInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}, {}", self.name, self.backend, self.device_type)?;
+        if !self.driver.is_empty() {
+            write!(f, ", driver {}", self.driver)?;
+            if !self.driver_info.is_empty() {
+                write!(f, " {}", self.driver_info)?;
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+/// Which adapter to use when none is named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AdapterPreference {
+    /// A real GPU if there is one (discrete, then integrated, then virtual, then other),
+    /// else the software adapter.
+    #[default]
+    Hardware,
+    /// The software (CPU) adapter if there is one, else the best real GPU.
+    Software,
+}
+
+/// How [`Gpu::new`] picks its adapter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceOptions {
+    /// An adapter index into [`list_adapters`], or a case-insensitive fragment of its name.
+    /// `None` picks by `preference`.
+    pub adapter: Option<String>,
+    /// Which kind of adapter to prefer when `adapter` is `None` (or matches several).
+    pub preference: AdapterPreference,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: BACKENDS,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    })
+}
+
+fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance.enumerate_adapters(BACKENDS))
+}
+
+/// All adapters wgpu can see on the compute-capable backends, in enumeration order (the order
+/// that [`DeviceOptions::adapter`] indices refer to).
+pub fn list_adapters() -> Vec<AdapterInfo> {
+    enumerate(&instance())
+        .iter()
+        .map(|adapter| adapter.get_info().into())
+        .collect()
+}
+
+/// Chooses an adapter index among `infos` according to `options`.
+fn choose(infos: &[AdapterInfo], options: &DeviceOptions) -> Result<usize> {
+    if infos.is_empty() {
+        return Err(GpuError::NoAdapter);
+    }
+    let candidates: Vec<usize> = match &options.adapter {
+        None => (0..infos.len()).collect(),
+        Some(wanted) => {
+            let matches: Vec<usize> = match wanted.trim().parse::<usize>() {
+                Ok(index) => (index < infos.len()).then_some(index).into_iter().collect(),
+                Err(_) => {
+                    let needle = wanted.to_lowercase();
+                    (0..infos.len())
+                        .filter(|&i| infos[i].name.to_lowercase().contains(&needle))
+                        .collect()
+                }
+            };
+            if matches.is_empty() {
+                let available = infos
+                    .iter()
+                    .enumerate()
+                    .map(|(i, info)| format!("[{i}] {info}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(GpuError::AdapterNotFound {
+                    wanted: wanted.clone(),
+                    available,
+                });
+            }
+            matches
+        }
+    };
+    let rank = |i: &usize| {
+        let kind = infos[*i].device_type;
+        match options.preference {
+            AdapterPreference::Hardware => kind.hardware_rank(),
+            AdapterPreference::Software if kind == DeviceKind::Cpu => 0,
+            AdapterPreference::Software => 1 + kind.hardware_rank(),
+        }
+    };
+    Ok(candidates
+        .into_iter()
+        .min_by_key(rank)
+        .expect("candidates is never empty"))
+}
+
+/// One wgpu device and queue owned by a plugin instance, with byte accounting of every buffer
+/// created through it and a cache of compiled pipelines.
+pub struct Gpu {
+    info: AdapterInfo,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) memory: Arc<MemoryCounter>,
+    pub(crate) pipelines: PipelineCache,
+}
+
+impl Gpu {
+    /// Opens a device on the adapter chosen by `options` (see [`DeviceOptions`]), requesting the
+    /// adapter's full limits (notably its maximum storage-buffer binding size) and no optional
+    /// features. Logs the chosen adapter at `info` level.
+    pub fn new(options: &DeviceOptions) -> Result<Self> {
+        let instance = instance();
+        let adapters = enumerate(&instance);
+        let infos: Vec<AdapterInfo> = adapters.iter().map(|a| a.get_info().into()).collect();
+        let index = choose(&infos, options)?;
+        let adapter = &adapters[index];
+        let info = infos[index].clone();
+        tracing::info!(adapter = %info, index, "selected GPU adapter");
+        if !info.device_type.is_hardware() {
+            tracing::info!("running GPU kernels on a software adapter; expect CPU-bound speed");
+        }
+
+        let descriptor = wgpu::DeviceDescriptor {
+            label: Some("pio-gpu"),
+            required_features: wgpu::Features::empty(),
+            required_limits: adapter.limits(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            ..Default::default()
+        };
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&descriptor)).map_err(|source| {
+                GpuError::RequestDevice {
+                    adapter: info.name.clone(),
+                    source,
+                }
+            })?;
+        Ok(Self {
+            info,
+            device,
+            queue,
+            memory: Arc::default(),
+            pipelines: PipelineCache::default(),
+        })
+    }
+
+    /// The adapter this device runs on.
+    pub fn adapter_info(&self) -> &AdapterInfo {
+        &self.info
+    }
+
+    /// The limits the device was created with.
+    pub fn limits(&self) -> wgpu::Limits {
+        self.device.limits()
+    }
+
+    /// The underlying wgpu device, for creating command encoders.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The device's queue, for submitting command buffers and writing buffers.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Blocks until all work submitted so far has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device.poll(wgpu::PollType::wait_indefinitely())?;
+        Ok(())
+    }
+
+    /// Runs `f` inside a wgpu error scope catching validation and out-of-memory errors, turning
+    /// any into [`GpuError::Wgpu`] that names `what`.
+    pub(crate) fn checked<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        f: impl FnOnce() -> T,
+    ) -> Result<T> {
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let validation = pollster::block_on(validation.pop());
+        let memory = pollster::block_on(memory.pop());
+        match validation.or(memory) {
+            None => Ok(value),
+            Some(error) => Err(GpuError::Wgpu {
+                what: what(),
+                message: error.to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.info)
+            .field("allocated_bytes", &self.allocated_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, device_type: DeviceKind) -> AdapterInfo {
+        AdapterInfo {
+            name: name.to_owned(),
+            backend: "vulkan".to_owned(),
+            device_type,
+            driver: String::new(),
+            driver_info: String::new(),
+            vendor: 0,
+            device: 0,
+        }
+    }
+
+    fn pick(
+        infos: &[AdapterInfo],
+        adapter: Option<&str>,
+        preference: AdapterPreference,
+    ) -> Result<usize> {
+        let options = DeviceOptions {
+            adapter: adapter.map(str::to_owned),
+            preference,
+        };
+        choose(infos, &options)
+    }
+
+    #[test]
+    fn prefers_discrete_then_integrated_then_software() {
+        let infos = [
+            info("llvmpipe", DeviceKind::Cpu),
+            info("Intel UHD", DeviceKind::Integrated),
+            info("NVIDIA RTX", DeviceKind::Discrete),
+        ];
+        assert_eq!(pick(&infos, None, AdapterPreference::Hardware).unwrap(), 2);
+        assert_eq!(
+            pick(&infos[..2], None, AdapterPreference::Hardware).unwrap(),
+            1
+        );
+        assert_eq!(
+            pick(&infos[..1], None, AdapterPreference::Hardware).unwrap(),
+            0
+        );
+        assert_eq!(pick(&infos, None, AdapterPreference::Software).unwrap(), 0);
+        assert_eq!(
+            pick(&infos[1..], None, AdapterPreference::Software).unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn selects_by_name_fragment_or_index() {
+        let infos = [
+            info("llvmpipe (LLVM 15)", DeviceKind::Cpu),
+            info("NVIDIA RTX", DeviceKind::Discrete),
+        ];
+        assert_eq!(
+            pick(&infos, Some("LLVMPIPE"), AdapterPreference::Hardware).unwrap(),
+            0
+        );
+        assert_eq!(
+            pick(&infos, Some("rtx"), AdapterPreference::Software).unwrap(),
+            1
+        );
+        assert_eq!(
+            pick(&infos, Some("0"), AdapterPreference::Hardware).unwrap(),
+            0
+        );
+        let error = pick(&infos, Some("radeon"), AdapterPreference::Hardware).unwrap_err();
+        assert!(error.to_string().contains("[1] NVIDIA RTX"), "{error}");
+        assert!(pick(&infos, Some("2"), AdapterPreference::Hardware).is_err());
+    }
+
+    #[test]
+    fn no_adapter_is_an_error() {
+        let error = pick(&[], None, AdapterPreference::Hardware).unwrap_err();
+        assert!(matches!(error, GpuError::NoAdapter));
+    }
+}

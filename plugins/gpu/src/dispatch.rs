@@ -1,0 +1,150 @@
+//! [`Dispatch`]: one kernel launch with its buffers bound, recorded into a caller's compute pass.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::buffer::GpuBuffer;
+use crate::device::Gpu;
+use crate::error::{GpuError, Result};
+
+/// A kernel launch ready to record: pipeline, bound buffers and workgroup counts.
+///
+/// Building one is cheap (a bind group and, for some kernels, a 16-byte uniform); recording it
+/// is cheaper still. A model can build the dispatches of a decode step once and record the same
+/// list every token, changing only the contents of its token-id and position buffers.
+#[derive(Debug)]
+pub struct Dispatch {
+    label: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+    /// Runtime parameters bound as a uniform, owned here so their bytes stay accounted.
+    _params: GpuBuffer,
+}
+
+impl Dispatch {
+    /// Records this launch into `pass`. wgpu orders it after every dispatch recorded before it
+    /// (storage writes of earlier dispatches are visible to later ones).
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// The kernel name, for logs and profiles.
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+
+    /// Workgroup counts in x, y and z.
+    pub fn workgroups(&self) -> [u32; 3] {
+        self.workgroups
+    }
+}
+
+/// Runtime parameters shared by all kernels (16 bytes, the smallest uniform block).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub(crate) struct Params {
+    /// Number of token rows (or, for flat kernels, elements) to process.
+    pub count: u32,
+    pad: [u32; 3],
+}
+
+impl Params {
+    pub(crate) fn count(count: u32) -> Self {
+        Self { count, pad: [0; 3] }
+    }
+}
+
+/// `n / size` rounded up.
+pub(crate) fn groups(n: u32, size: u32) -> u32 {
+    n.div_ceil(size)
+}
+
+impl Gpu {
+    /// Binds `buffers` to bindings 0, 1, ... of group 0 of `pipeline`, followed by a uniform
+    /// holding `params`, and checks the workgroup counts against the device limit.
+    pub(crate) fn dispatch(
+        &self,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&GpuBuffer],
+        params: Params,
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let max = self.device.limits().max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&n| n > max) {
+            return Err(GpuError::shape(
+                label,
+                format!("workgroup counts {workgroups:?} exceed the device limit of {max} per dimension"),
+            ));
+        }
+        let params = self.uniform_from(label, &params)?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+            .iter()
+            .chain([&&params])
+            .enumerate()
+            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                binding: binding as u32,
+                resource: buffer.raw().as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.checked(
+            || format!("binding buffers of {label}"),
+            || {
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(label),
+                    layout: &layout,
+                    entries: &entries,
+                })
+            },
+        )?;
+        Ok(Dispatch {
+            label,
+            pipeline: pipeline.clone(),
+            bind_group,
+            workgroups,
+            _params: params,
+        })
+    }
+
+    /// Records `dispatches` in order into one compute pass, submits it and waits for it to
+    /// finish. Convenient for tests and for warming pipelines up at activation; a decode step
+    /// records into its own encoder instead (see [`Dispatch::record`]).
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for dispatch in dispatches {
+                dispatch.record(&mut pass);
+            }
+        }
+        self.checked(
+            || "submitting dispatches".to_owned(),
+            || self.queue.submit([encoder.finish()]),
+        )?;
+        self.wait()
+    }
+}
+
+/// Checks that `buffer` holds at least `needed` 32-bit elements, naming `what` otherwise.
+pub(crate) fn require_len(
+    context: &'static str,
+    what: &str,
+    buffer: &GpuBuffer,
+    needed: u64,
+) -> Result<()> {
+    if buffer.len_u32() < needed {
+        return Err(GpuError::shape(
+            context,
+            format!(
+                "{what} buffer {:?} holds {} values, needs {needed}",
+                buffer.label(),
+                buffer.len_u32()
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Causal grouped-query attention over the KV cache (`shaders/llama/attention.wgsl`).
+
+use crate::buffer::GpuBuffer;
+use crate::device::Gpu;
+use crate::dispatch::{groups, require_len, Dispatch, Params};
+use crate::error::{GpuError, Result};
+use crate::kernels::kv_cache::KvLayer;
+use crate::layout::RowLayout;
+use crate::pipeline::{kernel, Kernel};
+
+const KERNEL: Kernel = kernel!("attention", "llama/attention.wgsl");
+/// Largest head width the shader's registers hold (`4 * MAX_HEAD_VEC4` in the WGSL).
+pub const MAX_HEAD_DIM: u32 = 256;
+/// One invocation per (head, token): few invocations in a decode step, so keep groups small
+/// enough to spread them over the cores.
+const WORKGROUP_SIZE: u32 = 4;
+
+/// Shape of an [`Attention`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionConfig {
+    /// Query heads.
+    pub n_heads: u32,
+    /// Key/value heads; divides `n_heads`.
+    pub n_kv_heads: u32,
+    /// Values per head: a multiple of 4, at most [`MAX_HEAD_DIM`].
+    pub head_dim: u32,
+    /// Where each token's query heads are (stride and offset multiples of 4).
+    pub q: RowLayout,
+    /// Positions in the cache.
+    pub max_positions: u32,
+}
+
+/// `out[t][h] = softmax(q[t][h] · K[0..=pos_t] / sqrt(head_dim)) · V[0..=pos_t]` for each query
+/// head `h`, reading kv head `h / (n_heads / n_kv_heads)`; out is `[T][n_heads * head_dim]`.
+#[derive(Debug)]
+pub struct Attention {
+    config: AttentionConfig,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Attention {
+    /// Compiles (or looks up) the pipeline for `config`.
+    pub fn new(gpu: &Gpu, config: AttentionConfig) -> Result<Self> {
+        let AttentionConfig {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            q,
+            max_positions,
+        } = config;
+        let valid = n_kv_heads > 0
+            && n_heads % n_kv_heads == 0
+            && head_dim > 0
+            && head_dim % 4 == 0
+            && head_dim <= MAX_HEAD_DIM
+            && q.stride % 4 == 0
+            && q.offset % 4 == 0
+            && max_positions > 0;
+        if !valid {
+            return Err(GpuError::shape(
+                "attention",
+                format!("unsupported shape {config:?}"),
+            ));
+        }
+        let constants = [
+            ("HEAD_DIM", f64::from(head_dim)),
+            ("N_HEADS", f64::from(n_heads)),
+            ("N_KV_HEADS", f64::from(n_kv_heads)),
+            ("Q_STRIDE", f64::from(q.stride)),
+            ("Q_OFFSET", f64::from(q.offset)),
+            ("MAX_POSITIONS", f64::from(max_positions)),
+            ("SCALE", 1.0 / f64::from(head_dim).sqrt()),
+            ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
+        ];
+        Ok(Self {
+            config,
+            pipeline: gpu.pipeline(KERNEL, "main", &constants)?,
+        })
+    }
+
+    /// Binds `n_tokens` query rows of `q`, their u32 `positions`, the layer's caches (which must
+    /// already hold positions `0..=positions[t]`) and `out`.
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        q: &GpuBuffer,
+        positions: &GpuBuffer,
+        cache: KvLayer<'_>,
+        out: &GpuBuffer,
+        n_tokens: u32,
+    ) -> Result<Dispatch> {
+        let AttentionConfig {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            q: q_layout,
+            max_positions,
+        } = self.config;
+        cache.expect_shape("attention", n_kv_heads * head_dim, max_positions)?;
+        let width = n_heads * head_dim;
+        require_len(
+            "attention",
+            "query",
+            q,
+            q_layout.required_len(n_tokens, width),
+        )?;
+        require_len("attention", "position", positions, n_tokens.into())?;
+        require_len(
+            "attention",
+            "output",
+            out,
+            u64::from(n_tokens) * u64::from(width),
+        )?;
+        let grid = [groups(n_heads, WORKGROUP_SIZE), n_tokens, 1];
+        gpu.dispatch(
+            "attention",
+            &self.pipeline,
+            &[q, positions, cache.keys, cache.values, out],
+            Params::count(n_tokens),
+            grid,
+        )
+    }
+}

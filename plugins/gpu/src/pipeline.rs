@@ -1,0 +1,137 @@
+//! WGSL kernel sources and the per-device cache of compiled compute pipelines.
+//!
+//! A pipeline is identified by its kernel, entry point and the values of its pipeline-overridable
+//! constants (the shapes). Creating one is expensive on software drivers (llvmpipe compiles the
+//! shader at its first dispatch, ~150 ms), so pipelines are created once, when a model is
+//! activated, and looked up from this cache afterwards.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::device::Gpu;
+use crate::error::Result;
+
+/// A WGSL kernel embedded from the top-level `shaders/` directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Kernel {
+    /// Short name used as cache key and in labels, e.g. `matmul`.
+    pub name: &'static str,
+    /// Complete WGSL source (shared helpers already prepended).
+    pub source: &'static str,
+}
+
+/// Embeds `shaders/<path>` as a [`Kernel`], prepending the listed shared helper files.
+macro_rules! kernel {
+    ($name:literal, $path:literal $(, $helper:literal)*) => {
+        $crate::pipeline::Kernel {
+            name: $name,
+            source: concat!(
+                $(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders/", $helper)), "\n",)*
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders/", $path))
+            ),
+        }
+    };
+}
+pub(crate) use kernel;
+
+/// Identity of one compiled pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    kernel: &'static str,
+    entry: &'static str,
+    /// Override constants as (name, bits of the f64 value), sorted by name.
+    constants: Vec<(&'static str, u64)>,
+}
+
+/// Shader modules and compute pipelines created so far on one device.
+#[derive(Debug, Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+}
+
+impl Gpu {
+    /// The pipeline for `entry` of `kernel` with the given override constants, compiled on first
+    /// use and cached afterwards.
+    pub(crate) fn pipeline(
+        &self,
+        kernel: Kernel,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let mut sorted: Vec<(&'static str, u64)> = constants
+            .iter()
+            .map(|&(name, value)| (name, value.to_bits()))
+            .collect();
+        sorted.sort_unstable();
+        let key = PipelineKey {
+            kernel: kernel.name,
+            entry,
+            constants: sorted,
+        };
+        let mut pipelines = self
+            .pipelines
+            .pipelines
+            .lock()
+            .expect("pipeline cache lock");
+        if let Some(pipeline) = pipelines.get(&key) {
+            return Ok(pipeline.clone());
+        }
+
+        let module = self.shader_module(kernel)?;
+        let label = format!("{}::{entry}", kernel.name);
+        let pipeline = self.checked(
+            || format!("creating pipeline {label} with constants {constants:?}"),
+            || {
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(&label),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants,
+                            // Kernels initialise what they read; skip the zeroing pass.
+                            zero_initialize_workgroup_memory: false,
+                        },
+                        cache: None,
+                    })
+            },
+        )?;
+        tracing::debug!(pipeline = %label, ?constants, "created compute pipeline");
+        pipelines.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn shader_module(&self, kernel: Kernel) -> Result<wgpu::ShaderModule> {
+        let mut modules = self
+            .pipelines
+            .modules
+            .lock()
+            .expect("shader module cache lock");
+        if let Some(module) = modules.get(kernel.name) {
+            return Ok(module.clone());
+        }
+        let module = self.checked(
+            || format!("compiling WGSL kernel {}", kernel.name),
+            || {
+                self.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.name),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                    })
+            },
+        )?;
+        modules.insert(kernel.name, module.clone());
+        Ok(module)
+    }
+
+    /// Number of distinct compute pipelines compiled on this device so far.
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines
+            .pipelines
+            .lock()
+            .expect("pipeline cache lock")
+            .len()
+    }
+}

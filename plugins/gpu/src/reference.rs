@@ -1,0 +1,177 @@
+//! Plain CPU implementations of every kernel, written for obviousness rather than speed, with
+//! f64 accumulation. Activations are contiguous row-major `[T][width]` f32 slices.
+
+use half::f16;
+
+use crate::quant::{check_gguf_shape, WeightDtype, BLOCK_ELEMENTS};
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// Dequantizes a `rows` × `cols` matrix from raw GGUF bytes into row-major f32.
+///
+/// # Panics
+/// If `raw` does not have the size of such a matrix.
+pub fn dequantize(dtype: WeightDtype, rows: usize, cols: usize, raw: &[u8]) -> Vec<f32> {
+    check_gguf_shape("reference dequantize", dtype, rows, cols, raw.len()).expect("matrix shape");
+    let block_bytes = dtype.gguf_row_bytes(BLOCK_ELEMENTS);
+    let mut out = Vec::with_capacity(rows * cols);
+    for block in raw.chunks_exact(block_bytes) {
+        match dtype {
+            WeightDtype::F32 => out.extend(
+                block
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            ),
+            WeightDtype::F16 => out.extend((0..32).map(|i| f16_at(block, 2 * i))),
+            WeightDtype::Q4_0 => {
+                let d = f16_at(block, 0);
+                let qs = &block[2..18];
+                out.extend(qs.iter().map(|&q| (f32::from(q & 15) - 8.0) * d));
+                out.extend(qs.iter().map(|&q| (f32::from(q >> 4) - 8.0) * d));
+            }
+            WeightDtype::Q4_1 => {
+                let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+                let qs = &block[4..20];
+                out.extend(qs.iter().map(|&q| f32::from(q & 15) * d + m));
+                out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
+            }
+            WeightDtype::Q8_0 => {
+                let d = f16_at(block, 0);
+                out.extend(block[2..34].iter().map(|&q| f32::from(q as i8) * d));
+            }
+        }
+    }
+    out
+}
+
+/// `out[t] = table[ids[t]]` for a table of rows of `cols` values.
+pub fn embed(table: &[f32], cols: usize, ids: &[u32]) -> Vec<f32> {
+    ids.iter()
+        .flat_map(|&id| &table[id as usize * cols..(id as usize + 1) * cols])
+        .copied()
+        .collect()
+}
+
+/// `out[t][i] = x[t][i] / sqrt(mean(x[t]^2) + eps) * weight[i]`, rows as wide as `weight`.
+pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    x.chunks_exact(weight.len())
+        .flat_map(|row| {
+            let mean = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / row.len() as f64;
+            let scale = 1.0 / (mean + f64::from(eps)).sqrt();
+            row.iter()
+                .zip(weight)
+                .map(move |(&v, &w)| (f64::from(v) * scale * f64::from(w)) as f32)
+        })
+        .collect()
+}
+
+/// `out[t][r] = sum_c w[r][c] * x[t][c]` for a row-major `rows` × `cols` matrix `w`;
+/// out is `[T][rows]`.
+pub fn matmul(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
+    assert_eq!(w.len(), rows * cols, "matrix size");
+    x.chunks_exact(cols)
+        .flat_map(|xt| {
+            w.chunks_exact(cols).map(move |wr| {
+                wr.iter()
+                    .zip(xt)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum::<f64>() as f32
+            })
+        })
+        .collect()
+}
+
+/// RoPE in place, GGML "normal" style: in every head of `head_dim` values of each row
+/// `[T][n_heads * head_dim]`, the pair `(x[2i], x[2i+1])` of token `t` is rotated by
+/// `positions[t] * base^(-2i/head_dim)`.
+pub fn rope(x: &mut [f32], head_dim: usize, positions: &[u32], base: f64) {
+    let width = x.len() / positions.len();
+    for (row, &pos) in x.chunks_exact_mut(width).zip(positions) {
+        for head in row.chunks_exact_mut(head_dim) {
+            for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                let theta = f64::from(pos) * base.powf(-2.0 * i as f64 / head_dim as f64);
+                let (sin, cos) = theta.sin_cos();
+                let (x0, x1) = (f64::from(pair[0]), f64::from(pair[1]));
+                pair[0] = (x0 * cos - x1 * sin) as f32;
+                pair[1] = (x0 * sin + x1 * cos) as f32;
+            }
+        }
+    }
+}
+
+/// Writes row `t` of `k` and `v` (`[T][kv_dim]`) to row `positions[t]` of the caches
+/// (`[max_positions][kv_dim]`).
+pub fn kv_write(k: &[f32], v: &[f32], positions: &[u32], k_cache: &mut [f32], v_cache: &mut [f32]) {
+    let kv_dim = k.len() / positions.len();
+    for (t, &pos) in positions.iter().enumerate() {
+        let (src, dst) = (t * kv_dim..(t + 1) * kv_dim, pos as usize * kv_dim);
+        k_cache[dst..dst + kv_dim].copy_from_slice(&k[src.clone()]);
+        v_cache[dst..dst + kv_dim].copy_from_slice(&v[src]);
+    }
+}
+
+/// Causal grouped-query attention: for token `t` (query `q[t]`, `[n_heads * head_dim]`) at
+/// position `positions[t]` and head `h`, softmax over cache positions `0..=positions[t]` of
+/// `q·k / sqrt(head_dim)` with kv head `h / (n_heads / n_kv_heads)`, applied to V. Caches are
+/// `[positions][n_kv_heads * head_dim]`; out is `[T][n_heads * head_dim]`.
+pub fn attention(
+    q: &[f32],
+    positions: &[u32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> Vec<f32> {
+    let kv_dim = n_kv_heads * head_dim;
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut out = Vec::with_capacity(q.len());
+    for (qt, &pos) in q.chunks_exact(n_heads * head_dim).zip(positions) {
+        for (h, qh) in qt.chunks_exact(head_dim).enumerate() {
+            let at = |j: usize| j * kv_dim + (h / group) * head_dim;
+            let scores: Vec<f64> = (0..=pos as usize)
+                .map(|j| {
+                    let k = &k_cache[at(j)..at(j) + head_dim];
+                    qh.iter()
+                        .zip(k)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for i in 0..head_dim {
+                let value: f64 = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(j, w)| w * f64::from(v_cache[at(j) + i]))
+                    .sum();
+                out.push((value / total) as f32);
+            }
+        }
+    }
+    out
+}
+
+/// `out[i] = silu(gate[i]) * up[i]` with `silu(g) = g / (1 + e^-g)`.
+pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| {
+            let g = f64::from(g);
+            (g / (1.0 + (-g).exp()) * f64::from(u)) as f32
+        })
+        .collect()
+}
+
+/// `acc[i] += x[i]`.
+pub fn add(acc: &mut [f32], x: &[f32]) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}

@@ -1,0 +1,142 @@
+use pio_gpu::reference;
+use pio_gpu::{Attention, AttentionConfig, KvCache, KvWrite, KvWriteConfig, RowLayout};
+
+use crate::common::{self, EPS};
+
+/// Scores are head_dim-term dot products (error ≲ sqrt(d)·ε·Σ|q·k|, here |score| ≲ 3), exp of
+/// (score − max) adds (3 + 2|x|) ulp per weight, and the weighted sum of V averages these.
+/// With |q|,|k|,|v| ≤ 1 this gives ≲ 50ε relative to max|out|; tolerance 64ε.
+fn check(
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    positions: &[u32],
+    q_layout: Option<RowLayout>,
+) {
+    let gpu = common::gpu();
+    let max_positions = 64usize;
+    let kv_dim = n_kv_heads * head_dim;
+    let width = n_heads * head_dim;
+    let n_tokens = positions.len();
+    let q_layout = q_layout.unwrap_or(RowLayout::contiguous(width as u32));
+    let mut rng = common::rng((n_heads * 100 + head_dim + n_tokens) as u64);
+
+    // Cache rows for every position, written through the kv kernel from one [max_positions] batch.
+    let k = common::random_f32(&mut rng, max_positions * kv_dim, 1.0);
+    let v = common::random_f32(&mut rng, max_positions * kv_dim, 1.0);
+    let q_all = common::random_f32(
+        &mut rng,
+        q_layout.required_len(n_tokens as u32, width as u32) as usize,
+        1.0,
+    );
+    let row = |t: usize| t * q_layout.stride as usize + q_layout.offset as usize;
+    let q: Vec<f32> = (0..n_tokens)
+        .flat_map(|t| q_all[row(t)..row(t) + width].to_vec())
+        .collect();
+    let want = reference::attention(&q, positions, &k, &v, n_heads, n_kv_heads, head_dim);
+
+    let cache = KvCache::new(
+        &gpu,
+        1,
+        max_positions as u32,
+        n_kv_heads as u32,
+        head_dim as u32,
+    )
+    .unwrap();
+    let all_positions: Vec<u32> = (0..max_positions as u32).collect();
+    let contiguous = RowLayout::contiguous(kv_dim as u32);
+    let write = KvWrite::new(
+        &gpu,
+        KvWriteConfig {
+            kv_dim: kv_dim as u32,
+            k: contiguous,
+            v: contiguous,
+            max_positions: max_positions as u32,
+        },
+    )
+    .unwrap();
+    let (k_buf, v_buf) = (
+        gpu.storage_from("k", &k).unwrap(),
+        gpu.storage_from("v", &v).unwrap(),
+    );
+    let all_pos = gpu.storage_from("all positions", &all_positions).unwrap();
+    let fill = write
+        .bind(
+            &gpu,
+            &k_buf,
+            &v_buf,
+            &all_pos,
+            cache.layer(0).unwrap(),
+            max_positions as u32,
+        )
+        .unwrap();
+
+    let q_buf = gpu.storage_from("q", &q_all).unwrap();
+    let pos = gpu.storage_from("positions", positions).unwrap();
+    let out = gpu
+        .storage_zeroed("out", (n_tokens * width * 4) as u64)
+        .unwrap();
+    let config = AttentionConfig {
+        n_heads: n_heads as u32,
+        n_kv_heads: n_kv_heads as u32,
+        head_dim: head_dim as u32,
+        q: q_layout,
+        max_positions: max_positions as u32,
+    };
+    let attention = Attention::new(&gpu, config).unwrap();
+    let dispatch = attention
+        .bind(
+            &gpu,
+            &q_buf,
+            &pos,
+            cache.layer(0).unwrap(),
+            &out,
+            n_tokens as u32,
+        )
+        .unwrap();
+    gpu.run(&[&fill, &dispatch]).unwrap();
+    let got = common::read(&gpu, &out, want.len());
+
+    let error = common::max_rel_error(&got, &want);
+    println!(
+        "attention {n_heads}/{n_kv_heads} heads x {head_dim} T={n_tokens} positions {positions:?}: \
+         max rel error {error:.2e}"
+    );
+    assert!(error <= 64.0 * EPS, "{error:.2e}");
+}
+
+#[test]
+fn attention_matches_reference_with_grouped_heads() {
+    // Decode: one token at the first, a middle and the last position.
+    check(9, 3, 64, &[0], None);
+    check(9, 3, 64, &[37], None);
+    check(4, 4, 16, &[63], None);
+    // Prefill of 7 tokens at positions 0..7 (causal), and scattered positions.
+    check(6, 2, 32, &[0, 1, 2, 3, 4, 5, 6], None);
+    check(8, 1, 8, &[50, 3, 17], None);
+}
+
+#[test]
+fn attention_reads_queries_through_a_row_layout() {
+    // Q of a fused Q|K|V row: 4 heads of 16, then K and V of 2 heads each.
+    check(
+        4,
+        2,
+        16,
+        &[10, 11],
+        Some(RowLayout {
+            stride: 128,
+            offset: 0,
+        }),
+    );
+    check(
+        2,
+        1,
+        8,
+        &[3],
+        Some(RowLayout {
+            stride: 44,
+            offset: 4,
+        }),
+    );
+}

@@ -1,0 +1,38 @@
+use pio_gpu::reference;
+use pio_gpu::{Embed, QuantMatrix, WeightDtype};
+
+use crate::common::{self, EPS};
+
+/// Dequantizing is one multiply (Q4_1: a multiply-add, possibly fused) per value on both
+/// sides, so values agree to one rounding: |err| ≤ ε·(|q·d| + |m|) ≤ 2ε·max|w|. Tolerance 4ε.
+#[test]
+fn embedding_gathers_dequantized_rows_for_every_dtype() {
+    let gpu = common::gpu();
+    for dtype in WeightDtype::ALL {
+        for (rows, cols, ids) in [(5, 32, vec![3u32]), (50, 160, vec![0, 49, 7, 7, 23])] {
+            let mut rng = common::rng(rows as u64 + cols as u64);
+            let raw = common::random_gguf(&mut rng, dtype, rows, cols);
+            let want =
+                reference::embed(&reference::dequantize(dtype, rows, cols, &raw), cols, &ids);
+
+            let table = QuantMatrix::upload(&gpu, dtype, rows, cols, &raw).unwrap();
+            let ids_buf = gpu.storage_from("ids", &ids).unwrap();
+            let out = gpu
+                .storage_zeroed("out", (ids.len() * cols * 4) as u64)
+                .unwrap();
+            let embed = Embed::new(&gpu, dtype, rows as u32, cols as u32).unwrap();
+            let dispatch = embed
+                .bind(&gpu, &table, &ids_buf, &out, ids.len() as u32)
+                .unwrap();
+            gpu.run(&[&dispatch]).unwrap();
+            let got = common::read(&gpu, &out, ids.len() * cols);
+
+            let error = common::max_rel_error(&got, &want);
+            println!(
+                "embed {dtype:?} {rows}x{cols} T={}: max rel error {error:.2e}",
+                ids.len()
+            );
+            assert!(error <= 4.0 * EPS, "{dtype:?}: {error:.2e}");
+        }
+    }
+}

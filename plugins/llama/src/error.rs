@@ -1,0 +1,48 @@
+//! The crate's error type.
+
+/// Everything that can go wrong loading, running or sampling a Llama model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The GGUF file declares an architecture this plugin does not implement.
+    #[error("unsupported model architecture `{0}` (this plugin runs `llama`)")]
+    UnsupportedArchitecture(String),
+    /// A tensor is stored in a type the kernels cannot read.
+    #[error(
+        "tensor `{name}` has unsupported type {dtype} (supported: F32, F16, Q4_0, Q4_1, Q8_0)"
+    )]
+    UnsupportedTensorType {
+        /// Tensor name.
+        name: String,
+        /// The type as named by the GGUF reader.
+        dtype: String,
+    },
+    /// Metadata or tensors are missing, inconsistent or out of range.
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    /// A caller-supplied parameter is out of range.
+    #[error("invalid parameter: {0}")]
+    InvalidParams(String),
+    /// The prompt does not fit in the context window.
+    #[error("prompt has {prompt} tokens but the context holds {context}")]
+    PromptTooLong {
+        /// Prompt length in tokens.
+        prompt: usize,
+        /// Context length in tokens.
+        context: usize,
+    },
+    /// Logits are unusable (NaN, empty).
+    #[error("numerical error: {0}")]
+    Numerics(String),
+    /// Reading the GGUF file failed.
+    #[error(transparent)]
+    Gguf(#[from] pio_gguf::GgufError),
+    /// Building or running the tokenizer or chat template failed.
+    #[error("tokenizer: {0}")]
+    Text(String),
+    /// A GPU operation failed.
+    #[error("GPU: {0}")]
+    Gpu(#[from] pio_gpu::GpuError),
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

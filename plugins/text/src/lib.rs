@@ -1,0 +1,20 @@
+//! Text handling for GGUF language models.
+//!
+//! - [`TextTokenizer`] builds a byte-level BPE tokenizer from a GGUF file's
+//!   `tokenizer.ggml.*` metadata (with llama.cpp's pre-tokenizer rules).
+//! - [`StreamDecoder`] turns generated ids into text incrementally without
+//!   ever splitting a UTF-8 character.
+//! - [`ChatTemplate`] renders the model's Jinja chat template like
+//!   `transformers`' `apply_chat_template`.
+
+pub mod bytelevel;
+mod chat;
+mod error;
+pub mod pretokenizer;
+mod stream;
+mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate, CHATML};
+pub use error::{Result, TextError};
+pub use stream::StreamDecoder;
+pub use tokenizer::TextTokenizer;

@@ -1,0 +1,31 @@
+// Embedding lookup: out[t][c] = W[ids[t]][c], dequantized, for t < params.count tokens.
+// One invocation per (chunk of 8 elements, token). Ids past the table are clamped to its last row.
+// Requires: weights from quant.wgsl (binding 0), COLS a multiple of 32.
+
+override ROWS: u32;
+override WORKGROUP_SIZE: u32;
+
+struct Params {
+    count: u32,
+}
+
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(3) var<uniform> params: Params;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let t = id.y;
+    let chunk = id.x;
+    if chunk >= COLS / 8u || t >= params.count {
+        return;
+    }
+    let b = chunk / 4u;
+    let c = chunk % 4u;
+    let row = min(ids[t], ROWS - 1u);
+    let base = block_base(row, b);
+    let values = dequant_chunk(base, c, block_scale(base));
+    let g = chunk_groups(c) + vec2<u32>(t * (COLS / 4u) + b * 8u);
+    out[g.x] = values.a;
+    out[g.y] = values.b;
+}

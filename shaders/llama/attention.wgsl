@@ -1,0 +1,72 @@
+// Causal grouped-query attention over a KV cache. For token t < params.count at position
+// p = positions[t] and query head h (kv head h / (N_HEADS / N_KV_HEADS)):
+//   out[t][h] = sum_{j <= p} softmax_j(q[t][h] . K[j][kv] * SCALE) V[j][kv]
+// One invocation per (head, token), barrier-free, with an online softmax (running maximum
+// subtracted before exp, earlier terms rescaled when it grows), so every K and V row is read once.
+// q rows are read through stride/offset (multiples of 4); caches are [MAX_POSITIONS][KV_DIM];
+// out is [T][N_HEADS * HEAD_DIM]. HEAD_DIM is a multiple of 4, at most 4 * MAX_HEAD_VEC4.
+
+const MAX_HEAD_VEC4: u32 = 64u;
+
+override HEAD_DIM: u32;
+override N_HEADS: u32;
+override N_KV_HEADS: u32;
+override Q_STRIDE: u32;
+override Q_OFFSET: u32;
+override MAX_POSITIONS: u32;
+override SCALE: f32;
+override WORKGROUP_SIZE: u32;
+
+struct Params {
+    count: u32,
+}
+
+@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> positions: array<u32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(5) var<uniform> params: Params;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let h = id.x;
+    let t = id.y;
+    if h >= N_HEADS || t >= params.count {
+        return;
+    }
+    let d4 = HEAD_DIM / 4u;
+    let kv_head = h / (N_HEADS / N_KV_HEADS);
+    let kv_row = N_KV_HEADS * d4;
+
+    var qs: array<vec4<f32>, MAX_HEAD_VEC4>;
+    let q_base = (t * Q_STRIDE + Q_OFFSET) / 4u + h * d4;
+    for (var i = 0u; i < d4; i++) {
+        qs[i] = q[q_base + i] * SCALE;
+    }
+
+    var acc: array<vec4<f32>, MAX_HEAD_VEC4>;
+    var running_max = -3.0e38;
+    var total = 0.0;
+    let last = min(positions[t], MAX_POSITIONS - 1u);
+    for (var j = 0u; j <= last; j++) {
+        let base = j * kv_row + kv_head * d4;
+        var score = 0.0;
+        for (var i = 0u; i < d4; i++) {
+            score += dot(qs[i], k_cache[base + i]);
+        }
+        let new_max = max(running_max, score);
+        let rescale = exp(running_max - new_max);
+        let weight = exp(score - new_max);
+        total = total * rescale + weight;
+        for (var i = 0u; i < d4; i++) {
+            acc[i] = acc[i] * rescale + weight * v_cache[base + i];
+        }
+        running_max = new_max;
+    }
+
+    let out_base = (t * N_HEADS + h) * d4;
+    for (var i = 0u; i < d4; i++) {
+        out[out_base + i] = acc[i] / total;
+    }
+}
