@@ -7,10 +7,12 @@
 pub mod bundled;
 pub mod cli;
 pub mod digest;
+mod elf;
 pub mod error;
 pub mod loader;
 pub mod manager;
 pub mod manifest;
+pub mod models;
 pub mod pack;
 pub mod paths;
 pub mod shadow;

@@ -7,6 +7,7 @@ use abi_stable::library::{lib_header_from_path, LibraryError};
 use pio_plugin_api::{PluginMetadata, PluginModRef};
 
 use crate::{
+    elf::check_shared_library,
     error::{HostError, HostResult},
     manifest::Manifest,
     shadow::ShadowDir,
@@ -34,6 +35,10 @@ pub fn load_library(plugin: &str, library: &Path, shadow: &ShadowDir) -> HostRes
         reason,
     };
     let shadow_path = shadow.copy_in(library)?;
+    if cfg!(target_os = "linux") {
+        check_shared_library(&shadow_path)
+            .map_err(|reason| fail(format!("not a loadable shared library: {reason}")))?;
+    }
     let header = lib_header_from_path(&shadow_path).map_err(|e| fail(describe(&e)))?;
     let module = header
         .init_root_module::<PluginModRef>()

@@ -1,1 +1,198 @@
+//! Support for the integration tests: locating the workspace's built plugins, building variants
+//! of the example plugin (other versions, names and API versions), and packing plugin folders.
 
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+};
+
+use pio_host::{
+    pack::{pack, PackRequest},
+    Manifest, PluginManager,
+};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_owned()
+}
+
+/// The workspace's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The built library of workspace plugin crate `crate_name` (e.g. `pio_plugin_example`), from
+/// the same profile as the running test. Fails with the command to run when it is missing.
+pub fn workspace_plugin(crate_name: &str) -> PathBuf {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let file = format!("lib{crate_name}{}", std::env::consts::DLL_SUFFIX);
+    let path = target_dir().join(profile).join(&file);
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first with `cargo build --workspace{}`",
+        path.display(),
+        if profile == "release" {
+            " --release"
+        } else {
+            ""
+        }
+    );
+    path
+}
+
+/// How a variant of the example plugin differs from the original.
+#[derive(Debug, Clone, Default)]
+pub struct Variant {
+    /// Unique short name of the variant (folder and crate-name suffix).
+    pub id: &'static str,
+    /// Plugin version (default: the example's).
+    pub version: Option<&'static str>,
+    /// Plugin name reported in metadata (default: `example`).
+    pub plugin_name: Option<&'static str>,
+    /// Build against a copy of `pio-plugin-api` with this version instead of the real one.
+    pub api_version: Option<&'static str>,
+    /// Leave out `export_plugin!`: a shared library with no root module.
+    pub without_root_module: bool,
+}
+
+static VARIANT_BUILDS: Mutex<()> = Mutex::new(());
+
+/// Builds `variant` in its own workspace under `target/variants` (a target directory apart
+/// from the main one, so copies of workspace crates never overwrite the real artifacts) and
+/// returns the library.
+pub fn build_variant(variant: &Variant) -> PathBuf {
+    let _serialised = VARIANT_BUILDS.lock().unwrap_or_else(|p| p.into_inner());
+    let root = workspace_root();
+    let variants = target_dir().join("variants");
+    let src = variants.join("src").join(variant.id);
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(src.join("src")).unwrap();
+
+    let example = root.join("plugins/example");
+    for entry in std::fs::read_dir(example.join("src")).unwrap() {
+        let entry = entry.unwrap();
+        let mut text = std::fs::read_to_string(entry.path()).unwrap();
+        if let Some(name) = variant.plugin_name {
+            text = text.replace(
+                "name: \"example\".to_owned()",
+                &format!("name: \"{name}\".to_owned()"),
+            );
+        }
+        if variant.without_root_module {
+            text = text
+                .replace("export_plugin!(ExamplePlugin);", "")
+                .replace("export_plugin, ", "");
+        }
+        std::fs::write(src.join("src").join(entry.file_name()), text).unwrap();
+    }
+
+    let api_path = match variant.api_version {
+        None => root.join("plugin-api"),
+        Some(version) => copy_api_crate(&root, &src, version),
+    };
+    let package = format!("pio-plugin-example-{}", variant.id);
+    let version = variant.version.unwrap_or("0.1.0");
+    std::fs::write(
+        src.join("Cargo.toml"),
+        format!(
+            r#"[package]
+name = "{package}"
+version = "{version}"
+edition = "2021"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+pio-plugin-api = {{ path = "{api}" }}
+serde_json = "1"
+
+[workspace]
+"#,
+            api = api_path.display()
+        ),
+    )
+    .unwrap();
+    std::fs::copy(root.join("Cargo.lock"), src.join("Cargo.lock")).unwrap();
+
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--offline", "--quiet", "--manifest-path"])
+        .arg(src.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(variants.join("target"))
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("cargo runs");
+    assert!(
+        status.success(),
+        "building plugin variant {} failed",
+        variant.id
+    );
+    let file = format!(
+        "lib{}{}",
+        package.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    );
+    variants.join("target/debug").join(file)
+}
+
+/// Copies the API crate into the variant's folder with another version number.
+fn copy_api_crate(root: &Path, variant_src: &Path, version: &str) -> PathBuf {
+    let api = variant_src.join("plugin-api");
+    std::fs::create_dir_all(api.join("src")).unwrap();
+    for entry in std::fs::read_dir(root.join("plugin-api/src")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), api.join("src").join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        api.join("Cargo.toml"),
+        format!(
+            r#"[package]
+name = "pio-plugin-api"
+version = "{version}"
+edition = "2021"
+
+[dependencies]
+abi_stable = "0.11.3"
+semver = {{ version = "1", features = ["serde"] }}
+serde = {{ version = "1", features = ["derive"] }}
+serde_json = "1"
+"#
+        ),
+    )
+    .unwrap();
+    api
+}
+
+/// Packs `library` into `dir/<folder>` with `config`, returning the folder and its manifest.
+pub fn pack_into(
+    manager: &PluginManager,
+    library: &Path,
+    dir: &Path,
+    folder: &str,
+    config: serde_json::Value,
+) -> (PathBuf, Manifest) {
+    let out_dir = dir.join(folder);
+    let manifest = pack(
+        &PackRequest {
+            library: library.to_owned(),
+            out_dir: out_dir.clone(),
+            models: Vec::new(),
+            config,
+        },
+        manager.shadow(),
+    )
+    .unwrap_or_else(|e| panic!("packing {}: {e}", library.display()));
+    (out_dir, manifest)
+}

@@ -1,6 +1,7 @@
 //! The `pio` command line: argument definitions and dispatch. Each command lives in its own
 //! module and only calls the host library.
 
+mod models;
 mod output;
 mod plugins;
 mod run;
@@ -26,6 +27,9 @@ enum Command {
     /// Inspect, check and pack plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// List and fetch the models the project knows.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Run one input through a plugin: a JSON object goes to `infer`, text to `generate` (or
     /// `embed` for embedding-only plugins).
     Run(run::RunArgs),
@@ -52,6 +56,17 @@ enum PluginsCommand {
     Pack(plugins::PackArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// List the known models and whether they are cached.
+    List,
+    /// Download (with pip), verify and cache models; all of them when none is named.
+    Fetch {
+        /// Model ids (see `pio models list`).
+        ids: Vec<String>,
+    },
+}
+
 /// Where to look for plugins.
 #[derive(Debug, Clone, Args)]
 pub struct PluginDirs {
@@ -70,6 +85,8 @@ pub fn main() -> ExitCode {
         Command::Plugins(PluginsCommand::Info { name, dirs }) => plugins::info(&name, &dirs),
         Command::Plugins(PluginsCommand::Check { path }) => plugins::check(&path),
         Command::Plugins(PluginsCommand::Pack(args)) => plugins::pack(&args),
+        Command::Models(ModelsCommand::List) => models::list(),
+        Command::Models(ModelsCommand::Fetch { ids }) => models::fetch(&ids),
         Command::Run(args) => run::run(&args),
     };
     match result {

@@ -1,0 +1,569 @@
+//! Loading real built plugin libraries: the happy path, several plugins and versions side by
+//! side, every refusal, panics inside plugins, and invalid state transitions.
+
+use std::path::{Path, PathBuf};
+
+use pio_host::{HostError, Manifest, PluginManager, PluginState};
+use pio_plugin_api::{
+    ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, ErrorKind, FinishReason,
+    GenerateRequest, GenerationParams, Prompt, StreamControl,
+};
+use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
+use serde_json::json;
+use tempfile::TempDir;
+
+struct Fixture {
+    dir: TempDir,
+    manager: PluginManager,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = PluginManager::new(&dir.path().join("shadow")).unwrap();
+        Self { dir, manager }
+    }
+
+    fn plugins_dir(&self) -> PathBuf {
+        let path = self.dir.path().join("plugins");
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    /// Packs a library into the plugin directory.
+    fn pack(&self, library: &Path, folder: &str, config: serde_json::Value) -> (PathBuf, Manifest) {
+        pack_into(&self.manager, library, &self.plugins_dir(), folder, config)
+    }
+
+    fn example(&self, folder: &str) -> PathBuf {
+        self.pack(&workspace_plugin("pio_plugin_example"), folder, json!({}))
+            .0
+    }
+}
+
+fn generate(manager: &PluginManager, plugin: &str, prompt: &str) -> String {
+    let request = GenerateRequest {
+        prompt: Prompt::Text(prompt.into()),
+        params: GenerationParams::greedy(64),
+    };
+    let mut streamed = String::new();
+    let response = manager
+        .generate(plugin, &request, |event| {
+            streamed.push_str(&event.text);
+            StreamControl::Continue
+        })
+        .unwrap();
+    assert_eq!(
+        streamed,
+        response.text.as_str(),
+        "streamed text equals the response"
+    );
+    response.text.into_string()
+}
+
+fn rewrite_manifest(folder: &Path, edit: impl FnOnce(&mut Manifest)) {
+    let mut manifest = Manifest::read(folder).unwrap();
+    edit(&mut manifest);
+    manifest.write(folder).unwrap();
+}
+
+#[test]
+fn happy_path_covers_the_whole_lifecycle() {
+    let mut f = Fixture::new();
+    let folder = f.example("example");
+    let id = f.manager.load_plugin_from_path(&folder).unwrap();
+    assert_eq!(id, "example@0.1.0");
+    assert_eq!(
+        f.manager.info("example").unwrap().state,
+        PluginState::Loaded
+    );
+
+    f.manager
+        .activate("example", &ActivateOptions::default())
+        .unwrap();
+    assert_eq!(f.manager.list_active_plugins().len(), 1);
+    assert_eq!(generate(&f.manager, "example", "abc"), "cba");
+
+    let chat = ChatRequest {
+        messages: vec![
+            ChatMessage::new("system", "be brief"),
+            ChatMessage::new("user", "hi!"),
+        ]
+        .into(),
+        params: GenerationParams::greedy(10),
+    };
+    let reply = f
+        .manager
+        .chat("example", &chat, |_| StreamControl::Continue)
+        .unwrap();
+    assert_eq!(reply.text.as_str(), "!ih");
+
+    let embedded = f
+        .manager
+        .embed(
+            "example",
+            &EmbedRequest {
+                inputs: vec!["a b".into(), "c".into()].into(),
+            },
+        )
+        .unwrap();
+    assert_eq!(embedded.embeddings.len(), 2);
+    assert_eq!(embedded.embeddings[0].len(), embedded.dimensions as usize);
+
+    let ids = f.manager.tokenize("example", "hé", false).unwrap();
+    assert_eq!(ids, vec![u32::from('h'), u32::from('é')]);
+    assert_eq!(f.manager.detokenize("example", &ids).unwrap(), "hé");
+    assert_eq!(
+        f.manager
+            .execute("example", &json!({"text": "xy"}))
+            .unwrap(),
+        json!({"text": "yx"})
+    );
+
+    let stats = f.manager.stats("example").unwrap();
+    assert_eq!(stats.requests, 3, "generate, chat and embed were counted");
+    assert_eq!(
+        f.manager.health("example").unwrap().status,
+        pio_plugin_api::HealthStatus::Ok
+    );
+
+    f.manager.deactivate("example").unwrap();
+    assert_eq!(
+        f.manager.info("example").unwrap().state,
+        PluginState::Inactive
+    );
+    f.manager
+        .activate("example", &ActivateOptions::default())
+        .unwrap();
+    f.manager.unload("example").unwrap();
+    assert!(matches!(
+        f.manager.info("example"),
+        Err(HostError::NotFound(_))
+    ));
+}
+
+#[test]
+fn host_can_cancel_a_generation() {
+    let mut f = Fixture::new();
+    let folder = f.example("example");
+    f.manager.load_plugin_from_path(&folder).unwrap();
+    f.manager
+        .activate("example", &ActivateOptions::default())
+        .unwrap();
+    let request = GenerateRequest {
+        prompt: Prompt::Text("abcdefgh".into()),
+        params: GenerationParams::greedy(64),
+    };
+    let mut seen = 0;
+    let response = f
+        .manager
+        .generate("example", &request, |_| {
+            seen += 1;
+            if seen == 2 {
+                StreamControl::Stop
+            } else {
+                StreamControl::Continue
+            }
+        })
+        .unwrap();
+    assert_eq!(response.finish_reason, FinishReason::Cancelled);
+    assert_eq!(response.text.as_str(), "hg");
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_refused_and_the_plugin_keeps_serving() {
+    let mut f = Fixture::new();
+    let folder = f.example("example");
+    f.manager.load_plugin_from_path(&folder).unwrap();
+    let options = ActivateOptions {
+        context_length: 4,
+        ..Default::default()
+    };
+    f.manager.activate("example", &options).unwrap();
+    let request = GenerateRequest {
+        prompt: Prompt::Text("far too long".into()),
+        params: GenerationParams::greedy(8),
+    };
+    let err = f
+        .manager
+        .generate("example", &request, |_| StreamControl::Continue)
+        .unwrap_err();
+    let HostError::Plugin { error, .. } = &err else {
+        panic!("unexpected {err}")
+    };
+    assert_eq!(error.kind, ErrorKind::InvalidInput);
+    assert!(error.message.contains("context"), "{err}");
+    assert_eq!(generate(&f.manager, "example", "ab"), "ba");
+}
+
+#[test]
+fn directory_loading_reports_junk_and_loads_the_rest() {
+    let mut f = Fixture::new();
+    f.example("good");
+    let plugins = f.plugins_dir();
+    std::fs::write(plugins.join("junk.txt"), "not a plugin").unwrap();
+    std::fs::create_dir_all(plugins.join("empty-folder")).unwrap();
+    let report = f.manager.load_plugins_from_directory(&plugins).unwrap();
+    assert_eq!(report.loaded, vec!["example@0.1.0".to_owned()]);
+    let reasons: Vec<String> = report
+        .failures
+        .iter()
+        .map(|(p, e)| format!("{}: {e}", p.display()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("junk.txt") && r.contains("not a plugin folder")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("empty-folder") && r.contains("no manifest")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn two_plugins_and_two_versions_load_side_by_side() {
+    let v2 = build_variant(&Variant {
+        id: "v0_2_0",
+        version: Some("0.2.0"),
+        ..Default::default()
+    });
+    let echo = build_variant(&Variant {
+        id: "echo",
+        plugin_name: Some("echo"),
+        ..Default::default()
+    });
+    let mut f = Fixture::new();
+    f.example("example-0.1.0");
+    f.pack(&v2, "example-0.2.0", json!({}));
+    f.pack(&echo, "echo", json!({}));
+    let report = f
+        .manager
+        .load_plugins_from_directory(&f.plugins_dir())
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.loaded.len(), 3);
+
+    for id in ["example@0.1.0", "example@0.2.0", "echo@0.1.0"] {
+        f.manager.activate(id, &ActivateOptions::default()).unwrap();
+    }
+    // Each library reports its own metadata: the copies did not collapse into one.
+    let versions: Vec<String> = f
+        .manager
+        .list_plugins()
+        .iter()
+        .map(|p| format!("{}", p.metadata.as_ref().unwrap().version))
+        .collect();
+    assert_eq!(versions, vec!["0.1.0", "0.1.0", "0.2.0"]);
+    assert_eq!(
+        f.manager.resolve("example").unwrap(),
+        "example@0.2.0",
+        "bare name picks the newest"
+    );
+    for id in ["example@0.1.0", "example@0.2.0", "echo@0.1.0"] {
+        assert_eq!(generate(&f.manager, id, "123"), "321", "{id}");
+    }
+    f.manager.unload("example@0.2.0").unwrap();
+    assert_eq!(
+        generate(&f.manager, "example", "45"),
+        "54",
+        "0.1.0 still serves"
+    );
+}
+
+/// A plugin folder for a library `pack` cannot load (a foreign API version, a broken file): the
+/// example's manifest with the library's bytes and real digest swapped in, then `edit`ed.
+fn pack_foreign(
+    f: &Fixture,
+    folder: &str,
+    bytes: &[u8],
+    edit: impl FnOnce(&mut Manifest),
+) -> PathBuf {
+    let (dir, manifest) = f.pack(&workspace_plugin("pio_plugin_example"), folder, json!({}));
+    let library = dir.join(&manifest.library);
+    std::fs::write(&library, bytes).unwrap();
+    rewrite_manifest(&dir, |m| {
+        m.sha256 = pio_host::digest::sha256_file(&library).unwrap();
+        edit(m);
+    });
+    dir
+}
+
+fn api_0_2_library() -> Vec<u8> {
+    let library = build_variant(&Variant {
+        id: "api_0_2",
+        api_version: Some("0.2.0"),
+        ..Default::default()
+    });
+    std::fs::read(library).unwrap()
+}
+
+#[test]
+fn api_version_mismatch_is_refused_before_loading() {
+    let mut f = Fixture::new();
+    let folder = pack_foreign(&f, "future", &api_0_2_library(), |m| {
+        m.plugin_api = "0.2.0".parse().unwrap()
+    });
+    let err = f
+        .manager
+        .load_plugin_from_path(&folder)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "plugin 'example' 0.1.0 needs pio-plugin-api ^0.2.0, this host has 0.1.0"
+    );
+    let listed = f.manager.list_plugins();
+    assert!(matches!(&listed[0].state, PluginState::Failed(reason) if reason == &err));
+}
+
+#[test]
+fn manifest_lying_about_the_api_version_is_caught_by_the_library_checks() {
+    let mut f = Fixture::new();
+    let folder = pack_foreign(&f, "liar", &api_0_2_library(), |_| ());
+    let err = f.manager.load_plugin_from_path(&folder).unwrap_err();
+    assert!(matches!(err, HostError::Library { .. }), "unexpected {err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("plugin 'example'") && text.contains("liar/libpio_plugin_example.so"),
+        "{text}"
+    );
+    assert!(text.contains("incompatible package versions"), "{text}");
+    assert!(text.len() < 1200, "the layout dump is condensed: {text}");
+}
+
+#[test]
+fn unsatisfied_host_range_is_refused() {
+    let mut f = Fixture::new();
+    let folder = f.example("example");
+    rewrite_manifest(&folder, |m| m.host = ">=7.0".parse().unwrap());
+    let err = f
+        .manager
+        .load_plugin_from_path(&folder)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "plugin 'example' 0.1.0 needs pio host >=7.0, this host is 0.1.0"
+    );
+}
+
+#[test]
+fn hash_mismatch_is_refused() {
+    let mut f = Fixture::new();
+    let (folder, manifest) = f.pack(
+        &workspace_plugin("pio_plugin_example"),
+        "tampered",
+        json!({}),
+    );
+    let library = folder.join(&manifest.library);
+    let mut bytes = std::fs::read(&library).unwrap();
+    bytes.push(0);
+    std::fs::write(&library, bytes).unwrap();
+    let err = f.manager.load_plugin_from_path(&folder).unwrap_err();
+    assert!(matches!(err, HostError::HashMismatch { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("tampered/libpio_plugin_example.so") && text.contains(&manifest.sha256),
+        "{text}"
+    );
+}
+
+#[test]
+fn manifest_paths_escaping_the_folder_are_refused() {
+    let mut f = Fixture::new();
+    let folder = f.example("escape");
+    let outside = f.dir.path().join("outside.so");
+    std::fs::copy(workspace_plugin("pio_plugin_example"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, folder.join("link.so")).unwrap();
+    for path in ["../outside.so", outside.to_str().unwrap(), "link.so"] {
+        rewrite_manifest(&folder, |m| m.library = path.to_owned());
+        let err = f.manager.register(&folder).unwrap_err();
+        assert!(matches!(err, HostError::PathEscape { .. }), "{path}: {err}");
+        assert!(err.to_string().contains("plugin 'example'"), "{err}");
+    }
+}
+
+#[test]
+fn random_bytes_and_truncated_libraries_are_refused() {
+    let mut f = Fixture::new();
+    let noise: Vec<u8> = (0..10_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let real = std::fs::read(workspace_plugin("pio_plugin_example")).unwrap();
+    let cases = [
+        ("noise", noise),
+        ("truncated", real[..real.len() / 2].to_vec()),
+        ("header-only", real[..64].to_vec()),
+    ];
+    for (folder, bytes) in cases {
+        let dir = pack_foreign(&f, folder, &bytes, |_| ());
+        let err = f.manager.load_plugin_from_path(&dir).unwrap_err();
+        assert!(matches!(err, HostError::Library { .. }), "{folder}: {err}");
+        assert!(
+            err.to_string().contains("not a loadable shared library"),
+            "{folder}: {err}"
+        );
+    }
+    // The manager still works.
+    let good = f.example("good");
+    f.manager.load_plugin_from_path(&good).unwrap();
+}
+
+#[test]
+fn shared_library_without_a_root_module_is_refused() {
+    let library = build_variant(&Variant {
+        id: "no_root",
+        without_root_module: true,
+        ..Default::default()
+    });
+    let mut f = Fixture::new();
+    let dir = pack_foreign(&f, "no-root", &std::fs::read(library).unwrap(), |_| ());
+    let err = f.manager.load_plugin_from_path(&dir).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not an Inference-PIO plugin (no root module)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn panic_in_initialize_fails_only_that_plugin() {
+    let mut f = Fixture::new();
+    let library = workspace_plugin("pio_plugin_example");
+    f.pack(&library, "good", json!({}));
+    let (bad, _) = f.pack(
+        &build_variant(&Variant {
+            id: "echo",
+            plugin_name: Some("echo"),
+            ..Default::default()
+        }),
+        "bad",
+        json!({"fail_in": "initialize"}),
+    );
+    let report = f
+        .manager
+        .load_plugins_from_directory(&f.plugins_dir())
+        .unwrap();
+    assert_eq!(report.loaded, vec!["example@0.1.0".to_owned()]);
+    let (path, err) = &report.failures[0];
+    assert_eq!(path, &bad);
+    let HostError::Plugin {
+        error, operation, ..
+    } = err
+    else {
+        panic!("unexpected {err}")
+    };
+    assert_eq!((*operation, error.kind), ("initialize", ErrorKind::Panic));
+    assert!(
+        error.message.contains("fault injected in initialize"),
+        "{error}"
+    );
+    assert!(matches!(
+        f.manager.info("echo").unwrap().state,
+        PluginState::Failed(_)
+    ));
+
+    f.manager
+        .activate("example", &ActivateOptions::default())
+        .unwrap();
+    assert_eq!(generate(&f.manager, "example", "ok"), "ko");
+}
+
+#[test]
+fn panic_in_infer_is_an_error_and_the_host_keeps_serving() {
+    let mut f = Fixture::new();
+    let library = workspace_plugin("pio_plugin_example");
+    f.pack(&library, "good", json!({}));
+    f.pack(
+        &build_variant(&Variant {
+            id: "echo",
+            plugin_name: Some("echo"),
+            ..Default::default()
+        }),
+        "bad",
+        json!({"fail_in": "infer"}),
+    );
+    let report = f
+        .manager
+        .load_plugins_from_directory(&f.plugins_dir())
+        .unwrap();
+    assert_eq!(report.loaded.len(), 2);
+    for name in ["example", "echo"] {
+        f.manager
+            .activate(name, &ActivateOptions::default())
+            .unwrap();
+    }
+    let err = f
+        .manager
+        .execute("echo", &json!({"text": "x"}))
+        .unwrap_err();
+    let HostError::Plugin { error, .. } = &err else {
+        panic!("unexpected {err}")
+    };
+    assert_eq!(error.kind, ErrorKind::Panic);
+    assert!(matches!(
+        f.manager.info("echo").unwrap().state,
+        PluginState::Failed(_)
+    ));
+    // The failed plugin refuses work; the other one serves.
+    assert!(matches!(
+        f.manager.execute("echo", &json!({"text": "x"})),
+        Err(HostError::InvalidTransition { .. })
+    ));
+    assert_eq!(
+        f.manager
+            .execute("example", &json!({"text": "ab"}))
+            .unwrap(),
+        json!({"text": "ba"})
+    );
+    // A failed plugin can be loaded again, which makes a fresh instance.
+    f.manager.load("echo").unwrap();
+    assert_eq!(f.manager.info("echo").unwrap().state, PluginState::Loaded);
+}
+
+#[test]
+fn invalid_state_transitions_are_errors() {
+    let mut f = Fixture::new();
+    let folder = f.example("example");
+    f.manager.register(&folder).unwrap();
+    let expect_invalid = |result: Result<(), HostError>, what: &str| {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, HostError::InvalidTransition { .. }),
+            "{what}: {err}"
+        );
+    };
+    expect_invalid(
+        f.manager.activate("example", &ActivateOptions::default()),
+        "activate discovered",
+    );
+    expect_invalid(
+        f.manager.execute("example", &json!({})).map(drop),
+        "execute discovered",
+    );
+    f.manager.load("example").unwrap();
+    expect_invalid(f.manager.load("example"), "load twice");
+    expect_invalid(f.manager.deactivate("example"), "deactivate loaded");
+    expect_invalid(
+        f.manager
+            .execute("example", &json!({"text": "a"}))
+            .map(drop),
+        "execute loaded",
+    );
+    f.manager
+        .activate("example", &ActivateOptions::default())
+        .unwrap();
+    expect_invalid(
+        f.manager.activate("example", &ActivateOptions::default()),
+        "activate twice",
+    );
+    assert!(matches!(
+        f.manager.register(&folder),
+        Err(HostError::AlreadyRegistered(_))
+    ));
+}
