@@ -136,6 +136,7 @@ pub struct PluginManager {
     host_version: Version,
     api_version: Version,
     config_overrides: BTreeMap<String, serde_json::Value>,
+    config_defaults: BTreeMap<String, serde_json::Value>,
 }
 
 impl PluginManager {
@@ -147,6 +148,7 @@ impl PluginManager {
             host_version: Version::parse(HOST_VERSION).expect("crate version is semver"),
             api_version: pio_plugin_api::api_version(),
             config_overrides: BTreeMap::new(),
+            config_defaults: BTreeMap::new(),
         })
     }
 
@@ -162,10 +164,16 @@ impl PluginManager {
         self
     }
 
-    /// Configuration merged over the manifest's `config` (top-level keys replace) when the
-    /// plugin `name` is initialized.
+    /// Configuration merged over the manifest's `config` (its top-level keys replace the
+    /// manifest's) when the plugin `name` is initialized.
     pub fn set_config_override(&mut self, name: &str, config: serde_json::Value) {
         self.config_overrides.insert(name.to_owned(), config);
+    }
+
+    /// Configuration used where the manifest's `config` (and any override) has no such
+    /// top-level key, when the plugin `name` is initialized.
+    pub fn set_config_default(&mut self, name: &str, config: serde_json::Value) {
+        self.config_defaults.insert(name.to_owned(), config);
     }
 
     /// Reads and checks the plugin folder `dir` without running any plugin code: manifest
@@ -200,7 +208,11 @@ impl PluginManager {
     /// `initialize`. Any failure leaves the plugin failed with the reason.
     pub fn load(&mut self, reference: &str) -> HostResult<()> {
         let id = self.resolve(reference)?;
-        let overrides = self.config_overrides.get(&id_name(&id)).cloned();
+        let name = id_name(&id);
+        let config_layers = ConfigLayers {
+            defaults: self.config_defaults.get(&name).cloned(),
+            overrides: self.config_overrides.get(&name).cloned(),
+        };
         let entry = lock(&self.entries[&id]);
         entry.require(Transition::Load)?;
         // A failed plugin is checked again from scratch: its files may have been fixed.
@@ -215,7 +227,7 @@ impl PluginManager {
             .expect("resolved ids exist")
             .get_mut()
             .unwrap_or_else(|p| p.into_inner());
-        let result = preflight.and_then(|()| load_entry(entry, &self.shadow, overrides));
+        let result = preflight.and_then(|()| load_entry(entry, &self.shadow, config_layers));
         entry.state = match &result {
             Ok(()) => PluginState::Loaded,
             Err(e) => PluginState::Failed(e.to_string()),
@@ -477,11 +489,7 @@ fn id_name(id: &str) -> String {
 }
 
 /// Loads the library (once per entry), checks its metadata and creates an initialized instance.
-fn load_entry(
-    entry: &mut Entry,
-    shadow: &ShadowDir,
-    overrides: Option<serde_json::Value>,
-) -> HostResult<()> {
+fn load_entry(entry: &mut Entry, shadow: &ShadowDir, config: ConfigLayers) -> HostResult<()> {
     let name = entry.manifest.name.clone();
     if entry.library.is_none() {
         let library_path = entry.manifest.library_path(&entry.dir)?;
@@ -499,7 +507,7 @@ fn load_entry(
                 operation: "new",
                 error,
             })?;
-    let config = merge_config(&entry.manifest.config, overrides);
+    let config = config.merge(&entry.manifest.config, &entry.dir);
     instance
         .initialize(config.to_string().as_str().into())
         .into_result()
@@ -513,15 +521,26 @@ fn load_entry(
     Ok(())
 }
 
-fn merge_config(
-    base: &serde_json::Value,
+/// Host-side configuration around a manifest's `config`.
+struct ConfigLayers {
+    defaults: Option<serde_json::Value>,
     overrides: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let mut merged = base.clone();
-    if let (Some(target), Some(serde_json::Value::Object(extra))) =
-        (merged.as_object_mut(), overrides)
-    {
-        target.extend(extra);
+}
+
+impl ConfigLayers {
+    /// The configuration passed to `initialize`: defaults, then the manifest's `config`, then
+    /// the overrides (later top-level keys win), plus `plugin_dir`, the absolute plugin folder,
+    /// so a plugin can resolve the relative model paths of its manifest.
+    fn merge(self, manifest: &serde_json::Value, dir: &Path) -> serde_json::Value {
+        let mut merged = serde_json::Map::new();
+        let layers = [self.defaults, Some(manifest.clone()), self.overrides];
+        for layer in layers.into_iter().flatten() {
+            if let serde_json::Value::Object(object) = layer {
+                merged.extend(object);
+            }
+        }
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        merged.insert("plugin_dir".to_owned(), dir.display().to_string().into());
+        serde_json::Value::Object(merged)
     }
-    merged
 }

@@ -6,6 +6,7 @@ mod output;
 mod plugins;
 mod run;
 mod session;
+mod text;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -27,6 +28,20 @@ enum Command {
     /// Inspect, check and pack plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Continue a prompt with a text-generation plugin (default: llama with SmolLM2).
+    Generate(text::GenerateArgs),
+    /// Chat with a model: interactive, or one message with --message.
+    Chat(text::ChatArgs),
+    /// Compute a model's perplexity on a text file, printed as `PPL = <number>`.
+    ///
+    /// The text is tokenized once (with the model's BOS token first if the model adds one) and
+    /// cut into consecutive, non-overlapping windows of `--ctx` tokens (the last may be
+    /// shorter). Each window is evaluated on its own from an empty cache, and every token of a
+    /// window except its first is scored with the log-probability the model gives it from the
+    /// tokens before it in the window. PPL = exp(-mean log-probability of the scored tokens).
+    Perplexity(text::PerplexityArgs),
+    /// List the GPU adapters wgpu can see.
+    Devices,
     /// List and fetch the models the project knows.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -43,6 +58,9 @@ enum PluginsCommand {
     Info {
         /// Plugin name, or `name@version`.
         name: String,
+        /// Also activate the plugin and show its resource use and the device it chose.
+        #[arg(long)]
+        activate: bool,
         #[command(flatten)]
         dirs: PluginDirs,
     },
@@ -82,12 +100,20 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Plugins(PluginsCommand::List(dirs)) => plugins::list(&dirs),
-        Command::Plugins(PluginsCommand::Info { name, dirs }) => plugins::info(&name, &dirs),
+        Command::Plugins(PluginsCommand::Info {
+            name,
+            activate,
+            dirs,
+        }) => plugins::info(&name, activate, &dirs),
         Command::Plugins(PluginsCommand::Check { path }) => plugins::check(&path),
         Command::Plugins(PluginsCommand::Pack(args)) => plugins::pack(&args),
         Command::Models(ModelsCommand::List) => models::list(),
         Command::Models(ModelsCommand::Fetch { ids }) => models::fetch(&ids),
         Command::Run(args) => run::run(&args),
+        Command::Generate(args) => text::generate(&args),
+        Command::Chat(args) => text::chat(&args),
+        Command::Perplexity(args) => text::perplexity(&args),
+        Command::Devices => devices(),
     };
     match result {
         Ok(code) => code,
@@ -96,6 +122,32 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `pio devices`.
+fn devices() -> anyhow::Result<ExitCode> {
+    let adapters = pio_gpu::list_adapters();
+    if adapters.is_empty() {
+        anyhow::bail!(
+            "no GPU adapter found: install a Vulkan driver (scripts/install-system installs \
+             Mesa's software driver)"
+        );
+    }
+    let rows: Vec<Vec<String>> = adapters
+        .iter()
+        .enumerate()
+        .map(|(index, a)| {
+            vec![
+                index.to_string(),
+                a.name.clone(),
+                a.backend.clone(),
+                a.device_type.to_string(),
+                format!("{} {}", a.driver, a.driver_info).trim().to_owned(),
+            ]
+        })
+        .collect();
+    output::print_table(&["#", "NAME", "BACKEND", "TYPE", "DRIVER"], &rows);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(verbose: u8) {

@@ -79,8 +79,8 @@ pub fn list(dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
 }
 
 /// `pio plugins info NAME`.
-pub fn info(name: &str, dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
-    let manager = load_manager(dirs)?;
+pub fn info(name: &str, activate: bool, dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
+    let mut manager = load_manager(dirs)?;
     let summary = manager.info(name)?;
     let m = &summary.manifest;
     println!("name:         {}", m.name);
@@ -100,6 +100,19 @@ pub fn info(name: &str, dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
         println!("capabilities: {}", capabilities(&summary));
         println!("tags:         {}", meta.tags.join(", "));
         println!("model:        {}", serde_json::to_string(&meta.model)?);
+    }
+    if activate {
+        manager.activate(&summary.id, &Default::default())?;
+        let stats = manager.stats(&summary.id)?;
+        println!("activate:     {:.0} ms", stats.activate_ms);
+        println!("device mem:   {} bytes", stats.device_memory_bytes);
+        println!("host mem:     {} bytes", stats.host_memory_bytes);
+        if !stats.details_json.is_empty() {
+            let details: serde_json::Value = serde_json::from_str(&stats.details_json)
+                .context("the plugin's stats details are not valid JSON")?;
+            println!("details:      {}", serde_json::to_string_pretty(&details)?);
+        }
+        manager.deactivate(&summary.id)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -59,7 +59,7 @@ impl SamplingArgs {
 }
 
 /// Device and context flags shared by the commands that activate a plugin.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct ActivateArgs {
     /// Adapter to run on: a substring of its name or its index in `pio devices`.
     #[arg(long)]

@@ -13,6 +13,12 @@ use super::PluginDirs;
 /// as failed plugins.
 pub fn load_manager(dirs: &PluginDirs) -> anyhow::Result<PluginManager> {
     let mut manager = new_manager()?;
+    load_plugins(&mut manager, dirs)?;
+    Ok(manager)
+}
+
+/// Loads every plugin of the search path into `manager` (see [`load_manager`]).
+pub fn load_plugins(manager: &mut PluginManager, dirs: &PluginDirs) -> anyhow::Result<()> {
     let search: Vec<PathBuf> = if dirs.dirs.is_empty() {
         paths::plugin_path_from_env()
     } else {
@@ -34,7 +40,7 @@ pub fn load_manager(dirs: &PluginDirs) -> anyhow::Result<PluginManager> {
             }
         }
     }
-    Ok(manager)
+    Ok(())
 }
 
 /// A manager with no plugins, its shadow copies under the cache.

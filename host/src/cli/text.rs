@@ -1,0 +1,251 @@
+//! `pio generate`, `pio chat` and `pio perplexity`: the text-model commands. With no plugin
+//! named they use the default text plugin with the default model, fetched on first use.
+
+use std::{
+    io::{BufRead, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use clap::Args;
+use pio_plugin_api::{
+    ChatMessage, ChatRequest, GenerateRequest, GenerateResponse, Prompt, StreamControl, TokenEvent,
+};
+
+use crate::{models::KNOWN_MODELS, PluginManager};
+
+use super::{
+    run::{ActivateArgs, SamplingArgs},
+    session::{load_plugins, new_manager},
+    PluginDirs,
+};
+
+/// The plugin the text commands use when none is named.
+pub const DEFAULT_TEXT_PLUGIN: &str = "llama";
+
+/// Which plugin and model a text command runs on.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model file passed to the plugin (default for the `llama` plugin: SmolLM2-135M-Instruct
+    /// Q4_1, fetched into the cache on first use).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    activate: ActivateArgs,
+    #[command(flatten)]
+    dirs: PluginDirs,
+}
+
+/// Arguments of `pio generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// `[PLUGIN] PROMPT`: the plugin is optional (default `llama`).
+    #[arg(num_args = 1..=2, required = true, value_name = "[PLUGIN] PROMPT")]
+    words: Vec<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Arguments of `pio chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The plugin (default `llama`).
+    plugin: Option<String>,
+    /// Send this one message, print the reply and exit (no interactive session).
+    #[arg(long, value_name = "TEXT")]
+    message: Option<String>,
+    /// A system message opening the conversation.
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Arguments of `pio perplexity` (how windows are formed: see the command's help).
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    /// The plugin (default `llama`).
+    plugin: Option<String>,
+    /// The text file to evaluate.
+    #[arg(long)]
+    file: PathBuf,
+    /// Window length in tokens.
+    #[arg(long = "ctx", default_value_t = 512)]
+    window: u32,
+    /// Model file passed to the plugin (default for `llama`: SmolLM2-135M-Instruct Q4_1).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    dirs: PluginDirs,
+}
+
+/// Loads the plugins with `plugin` configured for `model`, and activates `plugin`.
+fn open(
+    plugin: Option<&str>,
+    model: Option<&PathBuf>,
+    activate: &ActivateArgs,
+    context_length: Option<u32>,
+    dirs: &PluginDirs,
+) -> anyhow::Result<(PluginManager, String)> {
+    let plugin = plugin.unwrap_or(DEFAULT_TEXT_PLUGIN);
+    let mut manager = new_manager()?;
+    match model {
+        Some(path) => {
+            let path = path
+                .canonicalize()
+                .with_context(|| format!("model {}", path.display()))?;
+            manager.set_config_override(plugin, serde_json::json!({ "model": path }));
+        }
+        None if plugin == DEFAULT_TEXT_PLUGIN => {
+            let path = KNOWN_MODELS[0].ensure()?;
+            manager.set_config_default(plugin, serde_json::json!({ "model": path }));
+        }
+        None => {}
+    }
+    load_plugins(&mut manager, dirs)?;
+    let id = manager.resolve(plugin)?;
+    let mut options = activate.options();
+    if let Some(n) = context_length {
+        options.context_length = n;
+    }
+    manager.activate(&id, &options)?;
+    Ok((manager, id))
+}
+
+/// A token callback that prints each piece of text as it arrives.
+fn print_tokens(out: &mut impl Write) -> impl FnMut(&TokenEvent) -> StreamControl + '_ {
+    move |event| match out
+        .write_all(event.text.as_bytes())
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => StreamControl::Continue,
+        Err(_) => StreamControl::Stop,
+    }
+}
+
+fn log_response(response: &GenerateResponse) {
+    let generated = response.tokens.len();
+    let tok_s = if response.timings.generation_ms > 0.0 && generated > 1 {
+        (generated - 1) as f64 / (response.timings.generation_ms / 1e3)
+    } else {
+        0.0
+    };
+    tracing::info!(
+        prompt_tokens = response.prompt_tokens,
+        generated,
+        finish = response.finish_reason.as_str(),
+        prompt_ms = format!("{:.0}", response.timings.prompt_ms),
+        decode_tok_s = format!("{tok_s:.1}"),
+        "done"
+    );
+}
+
+/// `pio generate [PLUGIN] PROMPT`.
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
+    let (plugin, prompt) = match args.words.as_slice() {
+        [prompt] => (None, prompt),
+        [plugin, prompt] => (Some(plugin.as_str()), prompt),
+        _ => unreachable!("clap enforces one or two values"),
+    };
+    let m = &args.model;
+    let (manager, id) = open(plugin, m.model.as_ref(), &m.activate, None, &m.dirs)?;
+    let request = GenerateRequest {
+        prompt: Prompt::Text(prompt.as_str().into()),
+        params: args.sampling.params()?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let response = manager.generate(&id, &request, print_tokens(&mut stdout))?;
+    println!();
+    log_response(&response);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pio chat [PLUGIN]`: one message with `--message`, else an interactive session that keeps
+/// the conversation's history (`/reset` clears it, `/exit` or end of input leaves).
+pub fn chat(args: &ChatArgs) -> anyhow::Result<ExitCode> {
+    let m = &args.model;
+    let (manager, id) = open(
+        args.plugin.as_deref(),
+        m.model.as_ref(),
+        &m.activate,
+        None,
+        &m.dirs,
+    )?;
+    let params = args.sampling.params()?;
+    let opening: Vec<ChatMessage> = args
+        .system
+        .iter()
+        .map(|s| ChatMessage::new("system", s))
+        .collect();
+    let mut history = opening.clone();
+    let ask = |history: &mut Vec<ChatMessage>, text: &str| -> anyhow::Result<()> {
+        history.push(ChatMessage::new("user", text));
+        let request = ChatRequest {
+            messages: history.clone().into(),
+            params: params.clone(),
+        };
+        let mut stdout = std::io::stdout().lock();
+        let response = manager.chat(&id, &request, print_tokens(&mut stdout))?;
+        println!();
+        log_response(&response);
+        history.push(ChatMessage::new("assistant", &response.text));
+        Ok(())
+    };
+
+    if let Some(message) = &args.message {
+        ask(&mut history, message)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("chatting with {id}; /reset clears the history, /exit or Ctrl-D leaves");
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => history = opening.clone(),
+            text => {
+                if let Err(error) = ask(&mut history, text) {
+                    // Keep the session: drop the failed turn and report.
+                    history.pop();
+                    eprintln!("error: {error:#}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pio perplexity [PLUGIN] --file F --ctx N`: prints `PPL = <number>`.
+pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let activate = ActivateArgs::default();
+    let (manager, id) = open(
+        args.plugin.as_deref(),
+        args.model.as_ref(),
+        &activate,
+        Some(args.window),
+        &args.dirs,
+    )?;
+    let request = serde_json::json!({ "op": "perplexity", "text": text, "window": args.window });
+    let result = manager.execute(&id, &request)?;
+    let ppl = result["perplexity"]
+        .as_f64()
+        .context("the plugin's perplexity response has no number 'perplexity'")?;
+    eprintln!(
+        "{} windows of up to {} tokens, {} tokens scored",
+        result["windows"], args.window, result["scored_tokens"]
+    );
+    println!("PPL = {ppl:.4}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,94 @@
+//! The `pio` binary end to end on the example plugin: pack, check, list, run, and a refusal
+//! with a non-zero exit.
+
+use std::{path::Path, process::Command};
+
+use pio_tests::{target_dir, workspace_plugin};
+
+fn pio(cache: &Path, args: &[&str]) -> (bool, String, String) {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let output = Command::new(target_dir().join(profile).join("pio"))
+        .args(args)
+        .env("PIO_CACHE_DIR", cache)
+        .env_remove("PIO_PLUGIN_PATH")
+        .output()
+        .expect("the pio binary runs (build it with `cargo build --workspace`)");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pack_check_list_run_and_refuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let plugins = tmp.path().join("plugins");
+    let folder = plugins.join("example");
+    let library = workspace_plugin("pio_plugin_example");
+
+    let (ok, out, err) = pio(
+        &cache,
+        &[
+            "plugins",
+            "pack",
+            library.to_str().unwrap(),
+            "--out",
+            folder.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("packed example 0.1.0"), "{out}");
+
+    let (ok, out, err) = pio(&cache, &["plugins", "check", folder.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("ok: example 0.1.0"), "{out}");
+
+    let (ok, out, _) = pio(
+        &cache,
+        &["plugins", "list", "--dir", plugins.to_str().unwrap()],
+    );
+    assert!(ok);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("example"))
+        .expect("a row for example");
+    assert!(
+        row.contains("0.1.0")
+            && row.contains("loaded")
+            && row.contains("text-generation,chat,embeddings"),
+        "{row}"
+    );
+
+    let (ok, out, err) = pio(
+        &cache,
+        &[
+            "run",
+            "example",
+            "stressed",
+            "--dir",
+            plugins.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "desserts");
+
+    // Tamper with the library: check refuses with the reason and a non-zero exit.
+    let lib_in_folder = folder.join("libpio_plugin_example.so");
+    let mut bytes = std::fs::read(&lib_in_folder).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&lib_in_folder, bytes).unwrap();
+    let (ok, _, err) = pio(&cache, &["plugins", "check", folder.to_str().unwrap()]);
+    assert!(!ok, "a tampered plugin must fail the check");
+    assert!(
+        err.contains("refused")
+            && err.contains("sha256 is")
+            && err.contains("libpio_plugin_example.so"),
+        "{err}"
+    );
+}
