@@ -100,7 +100,9 @@ fn describe(error: &LibraryError) -> String {
         LibraryError::IncompatibleVersionNumber { .. } => {
             "built against an incompatible pio-plugin-api"
         }
-        LibraryError::AbiInstability(_) => "ABI layout differs from this host's pio-plugin-api",
+        LibraryError::AbiInstability(_) => {
+            "ABI layout differs from this host's pio-plugin-api (rebuild the plugin against it)"
+        }
         _ => "cannot load plugin",
     };
     let errors: Vec<&str> = full

@@ -110,8 +110,7 @@ impl Manifest {
             version: self.version.to_string(),
             reason,
         };
-        let api_req = VersionReq::parse(&format!("^{}", self.plugin_api))
-            .expect("a caret requirement of a valid version parses");
+        let api_req = compatibility_band(&self.plugin_api);
         if !api_req.matches(host_api) {
             return Err(incompatible(format!(
                 "needs pio-plugin-api {api_req}, this host has {host_api}"
@@ -141,6 +140,20 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// The API versions whose layouts may be compatible with `version`: the same major version, or
+/// the same minor version while the major is 0 (`^1`, `^0.4`). Within the band, `abi_stable`'s
+/// layout check at load decides: a plugin built against a newer minor version than the host
+/// loads (the host ignores the functions it does not know), one built against an older minor
+/// version loads only if no function was added since.
+pub fn compatibility_band(version: &Version) -> VersionReq {
+    let band = if version.major == 0 {
+        format!("^0.{}", version.minor)
+    } else {
+        format!("^{}", version.major)
+    };
+    VersionReq::parse(&band).expect("a caret requirement parses")
 }
 
 fn check_sha256_syntax(digest: &str) -> Result<(), String> {
@@ -229,14 +242,27 @@ mod tests {
         let host = Version::new(0, 4, 0);
         assert!(m.check_compatibility(&Version::new(0, 4, 0), &host).is_ok());
         assert!(m.check_compatibility(&Version::new(0, 4, 7), &host).is_ok());
+        let mut newer = m.clone();
+        newer.plugin_api = Version::new(0, 4, 9);
+        assert!(newer
+            .check_compatibility(&Version::new(0, 4, 1), &host)
+            .is_ok());
         let err = m
             .check_compatibility(&Version::new(0, 3, 2), &host)
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
-            "plugin 'demo' 1.2.3 needs pio-plugin-api ^0.4.0, this host has 0.3.2"
+            "plugin 'demo' 1.2.3 needs pio-plugin-api ^0.4, this host has 0.3.2"
         );
+        let mut stable = m.clone();
+        stable.plugin_api = Version::new(2, 1, 0);
+        assert!(stable
+            .check_compatibility(&Version::new(2, 0, 5), &host)
+            .is_ok());
+        assert!(stable
+            .check_compatibility(&Version::new(3, 0, 0), &host)
+            .is_err());
         assert!(m
             .check_compatibility(&Version::new(0, 5, 0), &host)
             .is_err());

@@ -18,9 +18,12 @@
 //! See `plugins/example` in the repository for a complete, documented plugin.
 //!
 //! ## Versioning
-//! This crate follows semver: a host built with `pio-plugin-api` *H* loads a plugin built against
-//! *P* when `^P` matches *H* (same major version, or same minor version while the major is 0, and
-//! H not older than P). Later compatible versions only append to the prefix types in [`abi`].
+//! This crate follows semver. A host accepts a plugin whose API version is in its band (same
+//! major version; same minor version while the major is 0); `abi_stable` then checks the type
+//! layouts at load. Later versions in a band only append to the prefix types in [`abi`], and
+//! `abi_stable` accepts a library with *more* prefix fields than the host knows, never fewer:
+//! a plugin built against a newer API in the band loads in an older host, while a plugin built
+//! against an older API loads in a newer host only if nothing was appended in between.
 
 pub mod abi;
 mod author;
