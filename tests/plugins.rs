@@ -337,6 +337,24 @@ fn manifest_lying_about_the_api_version_is_caught_by_the_library_checks() {
 }
 
 #[test]
+fn plugin_built_against_a_newer_api_with_an_appended_function_loads() {
+    let library = build_variant(&Variant {
+        id: "api_0_1_9_appended",
+        api_version: Some("0.1.9"),
+        api_appends_function: true,
+        ..Default::default()
+    });
+    let mut f = Fixture::new();
+    let (folder, manifest) = f.pack(&library, "newer", json!({}));
+    assert_eq!(manifest.plugin_api.to_string(), "0.1.9");
+    f.manager.load_plugin_from_path(&folder).unwrap();
+    f.manager
+        .activate("example", &ActivateOptions::default())
+        .unwrap();
+    assert_eq!(generate(&f.manager, "example", "new"), "wen");
+}
+
+#[test]
 fn unsatisfied_host_range_is_refused() {
     let mut f = Fixture::new();
     let folder = f.example("example");

@@ -63,6 +63,9 @@ pub struct Variant {
     pub api_version: Option<&'static str>,
     /// Leave out `export_plugin!`: a shared library with no root module.
     pub without_root_module: bool,
+    /// With `api_version`: the copied API appends a function to the root module, as a later
+    /// minor version of the API would.
+    pub api_appends_function: bool,
 }
 
 static VARIANT_BUILDS: Mutex<()> = Mutex::new(());
@@ -98,7 +101,7 @@ pub fn build_variant(variant: &Variant) -> PathBuf {
 
     let api_path = match variant.api_version {
         None => root.join("plugin-api"),
-        Some(version) => copy_api_crate(&root, &src, version),
+        Some(version) => copy_api_crate(&root, &src, version, variant.api_appends_function),
     };
     let package = format!("pio-plugin-example-{}", variant.id);
     let version = variant.version.unwrap_or("0.1.0");
@@ -147,13 +150,23 @@ serde_json = "1"
     variants.join("target/debug").join(file)
 }
 
-/// Copies the API crate into the variant's folder with another version number.
-fn copy_api_crate(root: &Path, variant_src: &Path, version: &str) -> PathBuf {
+/// Copies the API crate into the variant's folder with another version number, optionally
+/// appending a function `answer` to the root module.
+fn copy_api_crate(
+    root: &Path,
+    variant_src: &Path,
+    version: &str,
+    append_function: bool,
+) -> PathBuf {
     let api = variant_src.join("plugin-api");
     std::fs::create_dir_all(api.join("src")).unwrap();
     for entry in std::fs::read_dir(root.join("plugin-api/src")).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), api.join("src").join(entry.file_name())).unwrap();
+        let mut text = std::fs::read_to_string(entry.path()).unwrap();
+        if append_function {
+            text = append_root_module_function(&entry.file_name().to_string_lossy(), text);
+        }
+        std::fs::write(api.join("src").join(entry.file_name()), text).unwrap();
     }
     std::fs::write(
         api.join("Cargo.toml"),
@@ -173,6 +186,32 @@ serde_json = "1"
     )
     .unwrap();
     api
+}
+
+fn append_root_module_function(file: &str, text: String) -> String {
+    let edit = |text: String, anchor: &str, addition: &str| {
+        assert!(
+            text.contains(anchor),
+            "{file} no longer contains {anchor:?}"
+        );
+        text.replacen(anchor, &format!("{anchor}{addition}"), 1)
+    };
+    match file {
+        "abi.rs" => edit(
+            text,
+            "pub new_instance: extern \"C\" fn() -> RResult<PluginInstanceBox, PluginError>,",
+            "\n    /// Appended by a later API version.\n    pub answer: extern \"C\" fn() -> u32,",
+        ),
+        "author.rs" => {
+            let text = edit(
+                text,
+                "new_instance: new_instance::<P>,",
+                "\n        answer,",
+            );
+            text + "\nextern \"C\" fn answer() -> u32 {\n    42\n}\n"
+        }
+        _ => text,
+    }
 }
 
 /// Packs `library` into `dir/<folder>` with `config`, returning the folder and its manifest.
