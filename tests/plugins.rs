@@ -52,7 +52,8 @@ fn generate(manager: &PluginManager, plugin: &str, prompt: &str) -> String {
             streamed.push_str(&event.text);
             StreamControl::Continue
         })
-        .unwrap();
+        .unwrap()
+        .response;
     assert_eq!(
         streamed,
         response.text.as_str(),
@@ -69,7 +70,7 @@ fn rewrite_manifest(folder: &Path, edit: impl FnOnce(&mut Manifest)) {
 
 #[test]
 fn happy_path_covers_the_whole_lifecycle() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let folder = f.example("example");
     let id = f.manager.load_plugin_from_path(&folder).unwrap();
     assert_eq!(id, "example@0.1.0");
@@ -95,7 +96,8 @@ fn happy_path_covers_the_whole_lifecycle() {
     let reply = f
         .manager
         .chat("example", &chat, |_| StreamControl::Continue)
-        .unwrap();
+        .unwrap()
+        .response;
     assert_eq!(reply.text.as_str(), "!ih");
 
     let embedded = f
@@ -106,7 +108,8 @@ fn happy_path_covers_the_whole_lifecycle() {
                 inputs: vec!["a b".into(), "c".into()].into(),
             },
         )
-        .unwrap();
+        .unwrap()
+        .response;
     assert_eq!(embedded.embeddings.len(), 2);
     assert_eq!(embedded.embeddings[0].len(), embedded.dimensions as usize);
 
@@ -116,7 +119,8 @@ fn happy_path_covers_the_whole_lifecycle() {
     assert_eq!(
         f.manager
             .execute("example", &json!({"text": "xy"}))
-            .unwrap(),
+            .unwrap()
+            .response,
         json!({"text": "yx"})
     );
 
@@ -144,7 +148,7 @@ fn happy_path_covers_the_whole_lifecycle() {
 
 #[test]
 fn host_can_cancel_a_generation() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let folder = f.example("example");
     f.manager.load_plugin_from_path(&folder).unwrap();
     f.manager
@@ -165,14 +169,15 @@ fn host_can_cancel_a_generation() {
                 StreamControl::Continue
             }
         })
-        .unwrap();
+        .unwrap()
+        .response;
     assert_eq!(response.finish_reason, FinishReason::Cancelled);
     assert_eq!(response.text.as_str(), "hg");
 }
 
 #[test]
 fn prompt_longer_than_the_context_is_refused_and_the_plugin_keeps_serving() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let folder = f.example("example");
     f.manager.load_plugin_from_path(&folder).unwrap();
     let options = ActivateOptions {
@@ -198,7 +203,7 @@ fn prompt_longer_than_the_context_is_refused_and_the_plugin_keeps_serving() {
 
 #[test]
 fn directory_loading_reports_junk_and_loads_the_rest() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     f.example("good");
     let plugins = f.plugins_dir();
     std::fs::write(plugins.join("junk.txt"), "not a plugin").unwrap();
@@ -237,7 +242,7 @@ fn two_plugins_and_two_versions_load_side_by_side() {
         plugin_name: Some("echo"),
         ..Default::default()
     });
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     f.example("example-0.1.0");
     f.pack(&v2, "example-0.2.0", json!({}));
     f.pack(&echo, "echo", json!({}));
@@ -304,7 +309,7 @@ fn api_0_2_library() -> Vec<u8> {
 
 #[test]
 fn api_version_mismatch_is_refused_before_loading() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let folder = pack_foreign(&f, "future", &api_0_2_library(), |m| {
         m.plugin_api = "0.2.0".parse().unwrap()
     });
@@ -323,7 +328,7 @@ fn api_version_mismatch_is_refused_before_loading() {
 
 #[test]
 fn manifest_lying_about_the_api_version_is_caught_by_the_library_checks() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let folder = pack_foreign(&f, "liar", &api_0_2_library(), |_| ());
     let err = f.manager.load_plugin_from_path(&folder).unwrap_err();
     assert!(matches!(err, HostError::Library { .. }), "unexpected {err}");
@@ -344,7 +349,7 @@ fn plugin_built_against_a_newer_api_with_an_appended_function_loads() {
         api_appends_function: true,
         ..Default::default()
     });
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let (folder, manifest) = f.pack(&library, "newer", json!({}));
     assert_eq!(manifest.plugin_api.to_string(), "0.1.9");
     f.manager.load_plugin_from_path(&folder).unwrap();
@@ -356,7 +361,7 @@ fn plugin_built_against_a_newer_api_with_an_appended_function_loads() {
 
 #[test]
 fn unsatisfied_host_range_is_refused() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let folder = f.example("example");
     rewrite_manifest(&folder, |m| m.host = ">=7.0".parse().unwrap());
     let err = f
@@ -372,7 +377,7 @@ fn unsatisfied_host_range_is_refused() {
 
 #[test]
 fn hash_mismatch_is_refused() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let (folder, manifest) = f.pack(
         &workspace_plugin("pio_plugin_example"),
         "tampered",
@@ -393,7 +398,7 @@ fn hash_mismatch_is_refused() {
 
 #[test]
 fn manifest_paths_escaping_the_folder_are_refused() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let folder = f.example("escape");
     let outside = f.dir.path().join("outside.so");
     std::fs::copy(workspace_plugin("pio_plugin_example"), &outside).unwrap();
@@ -408,7 +413,7 @@ fn manifest_paths_escaping_the_folder_are_refused() {
 
 #[test]
 fn random_bytes_and_truncated_libraries_are_refused() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let noise: Vec<u8> = (0..10_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -439,7 +444,7 @@ fn shared_library_without_a_root_module_is_refused() {
         without_root_module: true,
         ..Default::default()
     });
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let dir = pack_foreign(&f, "no-root", &std::fs::read(library).unwrap(), |_| ());
     let err = f.manager.load_plugin_from_path(&dir).unwrap_err();
     assert!(
@@ -451,7 +456,7 @@ fn shared_library_without_a_root_module_is_refused() {
 
 #[test]
 fn panic_in_initialize_fails_only_that_plugin() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let library = workspace_plugin("pio_plugin_example");
     f.pack(&library, "good", json!({}));
     let (bad, _) = f.pack(
@@ -494,7 +499,7 @@ fn panic_in_initialize_fails_only_that_plugin() {
 
 #[test]
 fn panic_in_infer_is_an_error_and_the_host_keeps_serving() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let library = workspace_plugin("pio_plugin_example");
     f.pack(&library, "good", json!({}));
     f.pack(
@@ -536,7 +541,8 @@ fn panic_in_infer_is_an_error_and_the_host_keeps_serving() {
     assert_eq!(
         f.manager
             .execute("example", &json!({"text": "ab"}))
-            .unwrap(),
+            .unwrap()
+            .response,
         json!({"text": "ba"})
     );
     // A failed plugin can be loaded again, which makes a fresh instance.
@@ -546,7 +552,7 @@ fn panic_in_infer_is_an_error_and_the_host_keeps_serving() {
 
 #[test]
 fn invalid_state_transitions_are_errors() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let folder = f.example("example");
     f.manager.register(&folder).unwrap();
     let expect_invalid = |result: Result<(), HostError>, what: &str| {

@@ -19,6 +19,6 @@ pub mod shadow;
 pub mod state;
 
 pub use error::{HostError, HostResult};
-pub use manager::{DirectoryReport, PluginManager, PluginSummary, HOST_VERSION};
+pub use manager::{DirectoryReport, PluginManager, PluginSummary, Served, HOST_VERSION};
 pub use manifest::{Manifest, ModelFile, MANIFEST_FILE};
 pub use state::PluginState;

@@ -80,7 +80,7 @@ pub fn list(dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
 
 /// `pio plugins info NAME`.
 pub fn info(name: &str, activate: bool, dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
-    let mut manager = load_manager(dirs)?;
+    let manager = load_manager(dirs)?;
     let summary = manager.info(name)?;
     let m = &summary.manifest;
     println!("name:         {}", m.name);
@@ -119,7 +119,7 @@ pub fn info(name: &str, activate: bool, dirs: &PluginDirs) -> anyhow::Result<Exi
 
 /// `pio plugins check PATH`.
 pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    let mut manager = new_manager()?;
+    let manager = new_manager()?;
     match manager.load_plugin_from_path(path) {
         Ok(id) => {
             let summary = manager.info(&id)?;

@@ -97,7 +97,7 @@ pub struct RunArgs {
 
 /// `pio run NAME INPUT`.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let mut manager = load_manager(&args.dirs)?;
+    let manager = load_manager(&args.dirs)?;
     let summary = manager.info(&args.name)?;
     manager.activate(&summary.id, &args.activate.options())?;
     let metadata = summary
@@ -105,7 +105,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .context("plugin has no metadata (not loaded)")?;
 
     if let Ok(request @ serde_json::Value::Object(_)) = serde_json::from_str(&args.input) {
-        let response = manager.execute(&summary.id, &request)?;
+        let response = manager.execute(&summary.id, &request)?.response;
         println!("{}", serde_json::to_string_pretty(&response)?);
     } else if metadata.has(Capability::TextGeneration) {
         let request = GenerateRequest {
@@ -113,7 +113,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             params: args.sampling.params()?,
         };
         let mut stdout = std::io::stdout().lock();
-        let response = manager.generate(&summary.id, &request, |event| {
+        let served = manager.generate(&summary.id, &request, |event| {
             let written = stdout
                 .write_all(event.text.as_bytes())
                 .and_then(|()| stdout.flush());
@@ -122,6 +122,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 Err(_) => StreamControl::Stop,
             }
         })?;
+        let response = served.response;
         println!();
         tracing::info!(
             tokens = response.tokens.len(),
@@ -132,7 +133,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let request = EmbedRequest {
             inputs: vec![args.input.as_str().into()].into(),
         };
-        let response = manager.embed(&summary.id, &request)?;
+        let response = manager.embed(&summary.id, &request)?.response;
         let vectors: Vec<Vec<f32>> = response.embeddings.iter().map(|v| v.to_vec()).collect();
         println!("{}", serde_json::to_string(&vectors)?);
     } else {

@@ -159,7 +159,9 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         params: args.sampling.params()?,
     };
     let mut stdout = std::io::stdout().lock();
-    let response = manager.generate(&id, &request, print_tokens(&mut stdout))?;
+    let response = manager
+        .generate(&id, &request, print_tokens(&mut stdout))?
+        .response;
     println!();
     log_response(&response);
     Ok(ExitCode::SUCCESS)
@@ -190,7 +192,9 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<ExitCode> {
             params: params.clone(),
         };
         let mut stdout = std::io::stdout().lock();
-        let response = manager.chat(&id, &request, print_tokens(&mut stdout))?;
+        let response = manager
+            .chat(&id, &request, print_tokens(&mut stdout))?
+            .response;
         println!();
         log_response(&response);
         history.push(ChatMessage::new("assistant", &response.text));
@@ -238,7 +242,7 @@ pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<ExitCode> {
         &args.dirs,
     )?;
     let request = serde_json::json!({ "op": "perplexity", "text": text, "window": args.window });
-    let result = manager.execute(&id, &request)?;
+    let result = manager.execute(&id, &request)?.response;
     let ppl = result["perplexity"]
         .as_f64()
         .context("the plugin's perplexity response has no number 'perplexity'")?;

@@ -1,0 +1,210 @@
+//! One loaded (or failed) plugin: its manifest, lifecycle state, library and instance.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, MutexGuard,
+    },
+};
+
+use pio_plugin_api::{Capability, ErrorKind, PluginError, PluginInstanceBox};
+
+use crate::{
+    error::{HostError, HostResult},
+    loader::{check_metadata, load_library, LoadedLibrary},
+    manifest::{Manifest, MANIFEST_FILE},
+    shadow::ShadowDir,
+    state::{PluginState, Transition},
+};
+
+use super::{config::ConfigLayers, PluginSummary};
+
+/// A plugin known to the manager. Several entries may share a name (two versions side by side,
+/// or the old and new generation during a reload).
+pub(super) struct Entry {
+    /// Unique number in the manager.
+    pub number: u64,
+    /// How many times a plugin of this name had been registered when this one was (from 1).
+    pub generation: u64,
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+    /// Set once a newer generation has replaced this one or it is being unloaded: requests
+    /// that reach it afterwards go to whatever now serves its name.
+    pub retiring: AtomicBool,
+    pub cell: Mutex<Cell>,
+}
+
+/// The mutable part of an entry, locked for every lifecycle step and every call, so calls into
+/// one instance never overlap.
+pub(super) struct Cell {
+    pub state: PluginState,
+    pub library: Option<LoadedLibrary>,
+    pub instance: Option<PluginInstanceBox>,
+}
+
+impl Entry {
+    pub fn new(
+        number: u64,
+        generation: u64,
+        manifest: Manifest,
+        dir: PathBuf,
+        state: PluginState,
+    ) -> Self {
+        Self {
+            number,
+            generation,
+            manifest,
+            dir,
+            retiring: AtomicBool::new(false),
+            cell: Mutex::new(Cell {
+                state,
+                library: None,
+                instance: None,
+            }),
+        }
+    }
+
+    /// `name@version`.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.manifest.name, self.manifest.version)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Cell> {
+        // A poisoned lock is still consistent: every state change is written after the
+        // fallible work it records.
+        self.cell.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::Acquire)
+    }
+
+    pub fn retire(&self) {
+        self.retiring.store(true, Ordering::Release);
+    }
+
+    pub fn summary(&self) -> PluginSummary {
+        let cell = self.lock();
+        PluginSummary {
+            id: self.id(),
+            generation: self.generation,
+            manifest: self.manifest.clone(),
+            dir: self.dir.clone(),
+            state: cell.state.clone(),
+            metadata: cell.library.as_ref().map(|l| l.metadata.clone()),
+        }
+    }
+
+    /// The error for `transition` refused in `state`.
+    pub fn invalid(&self, operation: &'static str, state: &PluginState) -> HostError {
+        HostError::InvalidTransition {
+            plugin: self.manifest.name.clone(),
+            operation,
+            state: state.clone(),
+        }
+    }
+
+    pub fn require(&self, cell: &Cell, transition: Transition) -> HostResult<()> {
+        if cell.state.allows(transition) {
+            Ok(())
+        } else {
+            Err(self.invalid(transition.verb(), &cell.state))
+        }
+    }
+
+    pub fn require_capability(&self, cell: &Cell, capability: Capability) -> HostResult<()> {
+        match &cell.library {
+            Some(library) if library.metadata.has(capability) => Ok(()),
+            _ => Err(HostError::MissingCapability {
+                plugin: self.manifest.name.clone(),
+                capability: capability.as_str(),
+            }),
+        }
+    }
+
+    /// Runs `call` on the instance, turning its error into a [`HostError`]; a panic marks the
+    /// plugin failed (the instance refuses further work after one).
+    pub fn call<T>(
+        &self,
+        cell: &mut Cell,
+        operation: &'static str,
+        call: impl FnOnce(&mut PluginInstanceBox) -> Result<T, PluginError>,
+    ) -> HostResult<T> {
+        let Some(instance) = cell.instance.as_mut() else {
+            return Err(self.invalid(operation, &cell.state));
+        };
+        call(instance).map_err(|error| {
+            if error.kind == ErrorKind::Panic {
+                tracing::error!(plugin = %self.id(), "{error}");
+                cell.state = PluginState::Failed(error.message.to_string());
+            }
+            HostError::Plugin {
+                plugin: self.manifest.name.clone(),
+                operation,
+                error,
+            }
+        })
+    }
+
+    /// Loads the library (once per entry), checks its metadata and creates an initialized
+    /// instance.
+    pub fn load(
+        &self,
+        cell: &mut Cell,
+        shadow: &ShadowDir,
+        config: &ConfigLayers,
+    ) -> HostResult<()> {
+        let name = self.name();
+        if cell.library.is_none() {
+            let library_path = self.manifest.library_path(&self.dir)?;
+            let library = load_library(name, &library_path, shadow)?;
+            check_metadata(&self.manifest, &library_path, &library.metadata)?;
+            cell.library = Some(library);
+        }
+        let module = cell.library.as_ref().expect("just loaded").module;
+        cell.instance = None;
+        let plugin_error = |operation, error| HostError::Plugin {
+            plugin: name.to_owned(),
+            operation,
+            error,
+        };
+        let mut instance = (module.new_instance())()
+            .into_result()
+            .map_err(|e| plugin_error("new", e))?;
+        let config = config.merge(&self.manifest.config, &self.dir);
+        instance
+            .initialize(config.to_string().as_str().into())
+            .into_result()
+            .map_err(|e| plugin_error("initialize", e))?;
+        cell.instance = Some(instance);
+        tracing::info!(
+            plugin = %self.id(),
+            generation = self.generation,
+            manifest = %self.dir.join(MANIFEST_FILE).display(),
+            "loaded"
+        );
+        Ok(())
+    }
+
+    /// Deactivates (if active) and cleans up the instance, then drops it, releasing its device
+    /// memory. The caller holds the lock, so any call in flight has finished.
+    pub fn tear_down(&self, cell: &mut Cell) -> HostResult<()> {
+        let mut result = Ok(());
+        if cell.state == PluginState::Active {
+            result = self.call(cell, "deactivate", |i| i.deactivate().into_result());
+        }
+        if cell.instance.is_some() && !matches!(cell.state, PluginState::Failed(_)) {
+            result = result.and(self.call(cell, "cleanup", |i| i.cleanup().into_result()));
+        }
+        cell.instance = None;
+        if !matches!(cell.state, PluginState::Failed(_)) {
+            cell.state = PluginState::Inactive;
+        }
+        result
+    }
+}

@@ -1,0 +1,556 @@
+//! [`PluginManager`]: the registry of plugins, their lifecycle, hot replacement, and every call
+//! into them.
+
+mod config;
+mod entry;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+};
+
+use pio_plugin_api::{
+    ActivateOptions, Capability, ChatRequest, EmbedRequest, EmbedResponse, FnSink, GenerateRequest,
+    GenerateResponse, Health, PluginError, PluginMetadata, PluginStats, StreamControl, TokenEvent,
+};
+use semver::Version;
+
+use crate::{
+    error::{HostError, HostResult},
+    manifest::Manifest,
+    shadow::ShadowDir,
+    state::{PluginState, Transition},
+};
+
+use config::ConfigLayers;
+use entry::{Cell, Entry};
+
+/// The version of this host, matched against each plugin's `host` requirement.
+pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the manager reports about one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginSummary {
+    /// `name@version`.
+    pub id: String,
+    /// Reload generation: how many times a plugin of this name had been registered when this
+    /// one was, from 1.
+    pub generation: u64,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The plugin folder.
+    pub dir: PathBuf,
+    /// Lifecycle state.
+    pub state: PluginState,
+    /// The library's metadata, once loaded.
+    pub metadata: Option<PluginMetadata>,
+}
+
+/// A response together with the plugin instance that produced it.
+#[derive(Debug, Clone)]
+pub struct Served<T> {
+    /// The plugin's response.
+    pub response: T,
+    /// `name@version` of the instance that served the request.
+    pub plugin: String,
+    /// Its reload generation.
+    pub generation: u64,
+}
+
+/// The outcome of loading every plugin folder in a directory.
+#[derive(Debug, Default)]
+pub struct DirectoryReport {
+    /// Ids of the plugins loaded.
+    pub loaded: Vec<String>,
+    /// Folders (or files) that failed, with the reason.
+    pub failures: Vec<(PathBuf, HostError)>,
+}
+
+/// Loads, checks, activates, replaces and calls plugins.
+///
+/// A plugin *reference* is `name@version` or a bare `name`. A name resolves to the instance
+/// that serves it — the one activated or swapped in last — or, when none is active, to the
+/// highest version (newest generation). Two versions of one plugin can be loaded side by side.
+///
+/// Every method takes `&self`: the manager is shared (`Arc`) between request threads and the
+/// directory watcher. Calls lock only the plugin they use; lifecycle steps on one plugin wait
+/// for its call in flight to finish.
+pub struct PluginManager {
+    entries: RwLock<BTreeMap<u64, Arc<Entry>>>,
+    /// Name → number of the entry that serves it.
+    serving: RwLock<BTreeMap<String, u64>>,
+    next_number: AtomicU64,
+    shadow: ShadowDir,
+    host_version: Version,
+    api_version: Version,
+    config_overrides: BTreeMap<String, serde_json::Value>,
+    config_defaults: BTreeMap<String, serde_json::Value>,
+}
+
+impl PluginManager {
+    /// A manager whose shadow copies live under `shadow_root/<pid>/`.
+    pub fn new(shadow_root: &Path) -> HostResult<Self> {
+        Ok(Self {
+            entries: RwLock::default(),
+            serving: RwLock::default(),
+            next_number: AtomicU64::new(1),
+            shadow: ShadowDir::create(shadow_root)?,
+            host_version: Version::parse(HOST_VERSION).expect("crate version is semver"),
+            api_version: pio_plugin_api::api_version(),
+            config_overrides: BTreeMap::new(),
+            config_defaults: BTreeMap::new(),
+        })
+    }
+
+    /// This manager's shadow-copy directory (also used to load libraries for packing).
+    pub fn shadow(&self) -> &ShadowDir {
+        &self.shadow
+    }
+
+    /// Overrides the host version the plugins' `host` ranges are checked against (for tests
+    /// and for embedding hosts that version themselves).
+    pub fn with_host_version(mut self, version: Version) -> Self {
+        self.host_version = version;
+        self
+    }
+
+    /// Configuration merged over the manifest's `config` (its top-level keys replace the
+    /// manifest's) when the plugin `name` is initialized.
+    pub fn set_config_override(&mut self, name: &str, config: serde_json::Value) {
+        self.config_overrides.insert(name.to_owned(), config);
+    }
+
+    /// Configuration used where the manifest's `config` (and any override) has no such
+    /// top-level key, when the plugin `name` is initialized.
+    pub fn set_config_default(&mut self, name: &str, config: serde_json::Value) {
+        self.config_defaults.insert(name.to_owned(), config);
+    }
+
+    /// Reads and checks the plugin folder `dir` without running any plugin code: manifest
+    /// syntax, API and host versions, paths, digests. Returns the plugin id.
+    ///
+    /// A folder whose manifest parses but fails a later check is still listed, as failed.
+    pub fn register(&self, dir: &Path) -> HostResult<String> {
+        self.register_entry(dir, false).map(|entry| entry.id())
+    }
+
+    fn register_entry(&self, dir: &Path, replacing: bool) -> HostResult<Arc<Entry>> {
+        let manifest = Manifest::read(dir)?;
+        let checks = self.preflight(&manifest, dir);
+        let id = format!("{}@{}", manifest.name, manifest.version);
+        let mut entries = write(&self.entries);
+        if !replacing {
+            let taken = entries
+                .values()
+                .any(|e| e.id() == id && !matches!(e.lock().state, PluginState::Failed(_)));
+            if taken {
+                return Err(HostError::AlreadyRegistered(id));
+            }
+        }
+        // Earlier failed attempts of this name and version are superseded.
+        entries.retain(|_, e| !(e.id() == id && matches!(e.lock().state, PluginState::Failed(_))));
+        let generation = 1 + entries
+            .values()
+            .filter(|e| e.name() == manifest.name)
+            .map(|e| e.generation)
+            .max()
+            .unwrap_or(0);
+        let state = match &checks {
+            Ok(()) => PluginState::Discovered,
+            Err(e) => PluginState::Failed(e.to_string()),
+        };
+        let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(Entry::new(
+            number,
+            generation,
+            manifest,
+            dir.to_owned(),
+            state,
+        ));
+        entries.insert(number, entry.clone());
+        checks.map(|()| entry)
+    }
+
+    /// Loads a registered plugin: shadow copy, ABI checks, metadata checks, a new instance,
+    /// `initialize`. Any failure leaves the plugin failed with the reason.
+    pub fn load(&self, reference: &str) -> HostResult<()> {
+        let entry = self.resolve_entry(reference)?;
+        self.load_entry(&entry)
+    }
+
+    fn load_entry(&self, entry: &Entry) -> HostResult<()> {
+        let mut cell = entry.lock();
+        entry.require(&cell, Transition::Load)?;
+        // A failed plugin is checked again from scratch: its files may have been fixed.
+        let preflight = match cell.state {
+            PluginState::Failed(_) => self.preflight(&entry.manifest, &entry.dir),
+            _ => Ok(()),
+        };
+        let config = ConfigLayers {
+            defaults: self.config_defaults.get(entry.name()).cloned(),
+            overrides: self.config_overrides.get(entry.name()).cloned(),
+        };
+        let result = preflight.and_then(|()| entry.load(&mut cell, &self.shadow, &config));
+        cell.state = match &result {
+            Ok(()) => PluginState::Loaded,
+            Err(e) => PluginState::Failed(e.to_string()),
+        };
+        result
+    }
+
+    /// [`register`](Self::register) then [`load`](Self::load).
+    pub fn load_plugin_from_path(&self, dir: &Path) -> HostResult<String> {
+        let entry = self.register_entry(dir, false)?;
+        self.load_entry(&entry)?;
+        Ok(entry.id())
+    }
+
+    /// Loads every plugin folder (a directory with a `plugin.json`) in `dir`. Failures are
+    /// reported and do not stop the others; entries that are not folders are reported as junk.
+    pub fn load_plugins_from_directory(&self, dir: &Path) -> HostResult<DirectoryReport> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| HostError::io(dir, e))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        paths.sort();
+        let mut report = DirectoryReport::default();
+        for path in paths {
+            if !path.is_dir() {
+                report
+                    .failures
+                    .push((path.clone(), not_a_plugin_folder(&path)));
+                continue;
+            }
+            match self.load_plugin_from_path(&path) {
+                Ok(id) => report.loaded.push(id),
+                Err(e) => {
+                    tracing::warn!(folder = %path.display(), "{e}");
+                    report.failures.push((path, e));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Activates a loaded or inactive plugin (device, model, kernels); it then serves its name.
+    pub fn activate(&self, reference: &str, options: &ActivateOptions) -> HostResult<()> {
+        let entry = self.resolve_entry(reference)?;
+        self.activate_entry(&entry, options)?;
+        write(&self.serving).insert(entry.name().to_owned(), entry.number);
+        Ok(())
+    }
+
+    fn activate_entry(&self, entry: &Entry, options: &ActivateOptions) -> HostResult<()> {
+        let mut cell = entry.lock();
+        entry.require(&cell, Transition::Activate)?;
+        entry.call(&mut cell, "activate", |i| i.activate(options).into_result())?;
+        cell.state = PluginState::Active;
+        tracing::info!(plugin = %entry.id(), generation = entry.generation, "activated");
+        Ok(())
+    }
+
+    /// Deactivates an active plugin, releasing its device.
+    pub fn deactivate(&self, reference: &str) -> HostResult<()> {
+        let entry = self.resolve_entry(reference)?;
+        let mut cell = entry.lock();
+        entry.require(&cell, Transition::Deactivate)?;
+        entry.call(&mut cell, "deactivate", |i| i.deactivate().into_result())?;
+        cell.state = PluginState::Inactive;
+        Ok(())
+    }
+
+    /// Removes a plugin from the manager. Requests already running on it finish first; then it
+    /// is deactivated and cleaned up. The library itself stays mapped (libraries are never
+    /// unloaded).
+    pub fn unload(&self, reference: &str) -> HostResult<()> {
+        let entry = self.resolve_entry(reference)?;
+        self.retire(&entry)
+    }
+
+    /// Loads the plugin folder `dir` as a new generation beside whatever serves its name,
+    /// activates it with `options`, then swaps it in atomically: new requests go to it, requests
+    /// already running finish on the old instance, which is then torn down.
+    ///
+    /// If anything fails, the old instance keeps serving and the error is returned; the failed
+    /// attempt stays listed with its reason.
+    pub fn replace_from_path(&self, dir: &Path, options: &ActivateOptions) -> HostResult<String> {
+        let entry = self.register_entry(dir, true)?;
+        self.load_entry(&entry)?;
+        if let Err(e) = self.activate_entry(&entry, options) {
+            let mut cell = entry.lock();
+            let _ = entry.tear_down(&mut cell);
+            cell.state = PluginState::Failed(e.to_string());
+            return Err(e);
+        }
+        let previous = write(&self.serving).insert(entry.name().to_owned(), entry.number);
+        tracing::info!(plugin = %entry.id(), generation = entry.generation, "now serving");
+        if let Some(old) = previous.and_then(|n| read(&self.entries).get(&n).cloned()) {
+            if old.number != entry.number {
+                if let Err(e) = self.retire(&old) {
+                    tracing::warn!(plugin = %old.id(), generation = old.generation, "tear-down of the replaced instance failed: {e}");
+                }
+            }
+        }
+        Ok(entry.id())
+    }
+
+    /// Takes `entry` out of service: marks it retiring, stops it serving its name, waits for
+    /// its call in flight, tears it down and forgets it.
+    fn retire(&self, entry: &Arc<Entry>) -> HostResult<()> {
+        entry.retire();
+        {
+            let mut serving = write(&self.serving);
+            if serving.get(entry.name()) == Some(&entry.number) {
+                serving.remove(entry.name());
+            }
+        }
+        let result = {
+            let mut cell = entry.lock();
+            entry.tear_down(&mut cell)
+        };
+        write(&self.entries).remove(&entry.number);
+        tracing::info!(plugin = %entry.id(), generation = entry.generation, "retired");
+        result
+    }
+
+    /// Every plugin loaded from the folder `dir` (compared as given).
+    pub fn plugins_in_folder(&self, dir: &Path) -> Vec<PluginSummary> {
+        read(&self.entries)
+            .values()
+            .filter(|e| e.dir == dir)
+            .map(|e| e.summary())
+            .collect()
+    }
+
+    /// A free-form JSON request to an active plugin.
+    pub fn execute(
+        &self,
+        reference: &str,
+        request: &serde_json::Value,
+    ) -> HostResult<Served<serde_json::Value>> {
+        let text = request.to_string();
+        self.serve(reference, None, "infer", |entry, cell| {
+            let response = entry.call(cell, "infer", |i| {
+                i.infer(text.as_str().into()).into_result()
+            })?;
+            serde_json::from_str(&response).map_err(|e| HostError::Plugin {
+                plugin: entry.name().to_owned(),
+                operation: "infer",
+                error: PluginError::internal(format!("response is not valid JSON: {e}")),
+            })
+        })
+    }
+
+    /// Continues a prompt; `on_token` sees every token and may stop the generation.
+    pub fn generate(
+        &self,
+        reference: &str,
+        request: &GenerateRequest,
+        on_token: impl FnMut(&TokenEvent) -> StreamControl,
+    ) -> HostResult<Served<GenerateResponse>> {
+        let mut sink = FnSink(on_token);
+        self.serve(
+            reference,
+            Some(Capability::TextGeneration),
+            "generate",
+            |entry, cell| {
+                entry.call(cell, "generate", |i| {
+                    i.generate(request, sink.as_sink()).into_result()
+                })
+            },
+        )
+    }
+
+    /// Answers a conversation; `on_token` sees every token and may stop the generation.
+    pub fn chat(
+        &self,
+        reference: &str,
+        request: &ChatRequest,
+        on_token: impl FnMut(&TokenEvent) -> StreamControl,
+    ) -> HostResult<Served<GenerateResponse>> {
+        let mut sink = FnSink(on_token);
+        self.serve(reference, Some(Capability::Chat), "chat", |entry, cell| {
+            entry.call(cell, "chat", |i| {
+                i.chat(request, sink.as_sink()).into_result()
+            })
+        })
+    }
+
+    /// Embeds a batch of texts.
+    pub fn embed(
+        &self,
+        reference: &str,
+        request: &EmbedRequest,
+    ) -> HostResult<Served<EmbedResponse>> {
+        self.serve(
+            reference,
+            Some(Capability::Embeddings),
+            "embed",
+            |entry, cell| entry.call(cell, "embed", |i| i.embed(request).into_result()),
+        )
+    }
+
+    /// Text to token ids.
+    pub fn tokenize(&self, reference: &str, text: &str, add_special: bool) -> HostResult<Vec<u32>> {
+        self.serve(reference, None, "tokenize", |entry, cell| {
+            entry.call(cell, "tokenize", |i| {
+                i.tokenize(text.into(), add_special).into_result()
+            })
+        })
+        .map(|served| served.response.into_vec())
+    }
+
+    /// Token ids to text.
+    pub fn detokenize(&self, reference: &str, tokens: &[u32]) -> HostResult<String> {
+        self.serve(reference, None, "detokenize", |entry, cell| {
+            entry.call(cell, "detokenize", |i| {
+                i.detokenize(tokens.to_vec().into()).into_result()
+            })
+        })
+        .map(|served| served.response.into_string())
+    }
+
+    /// Resource use and counters of a plugin with an instance.
+    pub fn stats(&self, reference: &str) -> HostResult<PluginStats> {
+        let entry = self.resolve_entry(reference)?;
+        let cell = entry.lock();
+        match &cell.instance {
+            Some(instance) => Ok(instance.stats()),
+            None => Err(entry.invalid("report stats", &cell.state)),
+        }
+    }
+
+    /// Health of a plugin with an instance.
+    pub fn health(&self, reference: &str) -> HostResult<Health> {
+        let entry = self.resolve_entry(reference)?;
+        let cell = entry.lock();
+        match &cell.instance {
+            Some(instance) => Ok(instance.health()),
+            None => Err(entry.invalid("report health", &cell.state)),
+        }
+    }
+
+    /// Every plugin, ordered by name, version and generation.
+    pub fn list_plugins(&self) -> Vec<PluginSummary> {
+        let mut list: Vec<PluginSummary> =
+            read(&self.entries).values().map(|e| e.summary()).collect();
+        list.sort_by(|a, b| {
+            (&a.manifest.name, &a.manifest.version, a.generation).cmp(&(
+                &b.manifest.name,
+                &b.manifest.version,
+                b.generation,
+            ))
+        });
+        list
+    }
+
+    /// The active plugins.
+    pub fn list_active_plugins(&self) -> Vec<PluginSummary> {
+        self.list_plugins()
+            .into_iter()
+            .filter(|p| p.state == PluginState::Active)
+            .collect()
+    }
+
+    /// One plugin.
+    pub fn info(&self, reference: &str) -> HostResult<PluginSummary> {
+        Ok(self.resolve_entry(reference)?.summary())
+    }
+
+    /// The id (`name@version`) a reference stands for.
+    pub fn resolve(&self, reference: &str) -> HostResult<String> {
+        Ok(self.resolve_entry(reference)?.id())
+    }
+
+    fn resolve_entry(&self, reference: &str) -> HostResult<Arc<Entry>> {
+        let (name, version) = match reference.split_once('@') {
+            Some((name, version)) => (name, Some(version)),
+            None => (reference, None),
+        };
+        let entries = read(&self.entries);
+        let serving = read(&self.serving)
+            .get(name)
+            .and_then(|n| entries.get(n))
+            .cloned();
+        if let Some(entry) =
+            serving.filter(|e| version.is_none_or(|v| e.manifest.version.to_string() == v))
+        {
+            return Ok(entry);
+        }
+        entries
+            .values()
+            .filter(|e| {
+                e.name() == name && version.is_none_or(|v| e.manifest.version.to_string() == v)
+            })
+            .filter(|e| !e.is_retiring())
+            .max_by(|a, b| {
+                (&a.manifest.version, a.generation).cmp(&(&b.manifest.version, b.generation))
+            })
+            .cloned()
+            .ok_or_else(|| HostError::NotFound(reference.to_owned()))
+    }
+
+    /// Runs one request on the instance serving `reference`. A request that was waiting for an
+    /// instance that got replaced meanwhile follows the name to the new instance, so a reload
+    /// drops no request.
+    fn serve<T>(
+        &self,
+        reference: &str,
+        capability: Option<Capability>,
+        operation: &'static str,
+        mut call: impl FnMut(&Entry, &mut Cell) -> HostResult<T>,
+    ) -> HostResult<Served<T>> {
+        // Each retry means a swap happened while this request waited; a few suffice.
+        const ATTEMPTS: usize = 16;
+        for _ in 0..ATTEMPTS {
+            let entry = self.resolve_entry(reference)?;
+            let mut cell = entry.lock();
+            if cell.state != PluginState::Active && entry.is_retiring() {
+                continue;
+            }
+            entry.require(&cell, Transition::Execute)?;
+            if let Some(capability) = capability {
+                entry.require_capability(&cell, capability)?;
+            }
+            let response = call(&entry, &mut cell)?;
+            return Ok(Served {
+                response,
+                plugin: entry.id(),
+                generation: entry.generation,
+            });
+        }
+        Err(HostError::Plugin {
+            plugin: reference.to_owned(),
+            operation,
+            error: PluginError::internal(
+                "the plugin was replaced too many times during the request",
+            ),
+        })
+    }
+
+    /// Every check that needs no plugin code: versions, paths, digests.
+    fn preflight(&self, manifest: &Manifest, dir: &Path) -> HostResult<()> {
+        manifest.check_compatibility(&self.api_version, &self.host_version)?;
+        manifest.verify_files(dir)
+    }
+}
+
+fn not_a_plugin_folder(path: &Path) -> HostError {
+    HostError::Manifest {
+        path: path.to_owned(),
+        reason: "not a plugin folder (plugins are folders with a plugin.json)".to_owned(),
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
