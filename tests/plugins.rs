@@ -121,7 +121,7 @@ fn happy_path_covers_the_whole_lifecycle() {
             .execute("example", &json!({"text": "xy"}))
             .unwrap()
             .response,
-        json!({"text": "yx"})
+        json!({"text": "yx", "version": "0.1.0"})
     );
 
     let stats = f.manager.stats("example").unwrap();
@@ -543,7 +543,7 @@ fn panic_in_infer_is_an_error_and_the_host_keeps_serving() {
             .execute("example", &json!({"text": "ab"}))
             .unwrap()
             .response,
-        json!({"text": "ba"})
+        json!({"text": "ba", "version": "0.1.0"})
     );
     // A failed plugin can be loaded again, which makes a fresh instance.
     f.manager.load("echo").unwrap();

@@ -17,6 +17,7 @@ pub mod pack;
 pub mod paths;
 pub mod shadow;
 pub mod state;
+pub mod watch;
 
 pub use error::{HostError, HostResult};
 pub use manager::{DirectoryReport, PluginManager, PluginSummary, Served, HOST_VERSION};

@@ -74,11 +74,14 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Writes the manifest as pretty JSON to `dir/plugin.json`.
+    /// Writes the manifest as pretty JSON to `dir/plugin.json`, through a temporary file and
+    /// a rename, so a watcher never reads half a manifest.
     pub fn write(&self, dir: &Path) -> HostResult<()> {
         let path = dir.join(MANIFEST_FILE);
+        let partial = dir.join(format!(".{MANIFEST_FILE}.partial"));
         let text = serde_json::to_string_pretty(self).expect("a manifest always serializes");
-        std::fs::write(&path, text + "\n").map_err(|e| HostError::io(path, e))
+        std::fs::write(&partial, text + "\n").map_err(|e| HostError::io(&partial, e))?;
+        std::fs::rename(&partial, &path).map_err(|e| HostError::io(path, e))
     }
 
     fn check_fields(&self, path: &Path) -> HostResult<()> {

@@ -318,6 +318,20 @@ impl PluginManager {
         result
     }
 
+    /// Unloads every plugin loaded from the folder `dir` (as in [`unload`](Self::unload)),
+    /// returning each one's id and outcome.
+    pub fn unload_folder(&self, dir: &Path) -> Vec<(String, HostResult<()>)> {
+        let in_folder: Vec<Arc<Entry>> = read(&self.entries)
+            .values()
+            .filter(|e| e.dir == dir)
+            .cloned()
+            .collect();
+        in_folder
+            .into_iter()
+            .map(|entry| (entry.id(), self.retire(&entry)))
+            .collect()
+    }
+
     /// Every plugin loaded from the folder `dir` (compared as given).
     pub fn plugins_in_folder(&self, dir: &Path) -> Vec<PluginSummary> {
         read(&self.entries)

@@ -211,7 +211,11 @@ impl Plugin for ExamplePlugin {
             .and_then(|t| t.as_str())
             .ok_or_else(|| PluginError::invalid_input("request needs a string field 'text'"))?;
         let mirrored: String = text.chars().rev().collect();
-        Ok(pio_plugin_api::serde_json::json!({ "text": mirrored }))
+        // The version lets callers attribute every response to the library that computed it.
+        Ok(pio_plugin_api::serde_json::json!({
+            "text": mirrored,
+            "version": env!("CARGO_PKG_VERSION"),
+        }))
     }
 
     fn tokenize(&mut self, text: &str, _add_special: bool) -> PluginResult<Vec<u32>> {

@@ -1,0 +1,325 @@
+//! Hot reload under load: a watched plugin directory whose plugin is replaced 20 times
+//! (alternating versions, a broken version and a half-written library among them) while
+//! several clients send requests; and a plugin removed while a request runs.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use pio_host::{
+    watch::{PluginWatcher, ReloadEvent, WatchOptions},
+    HostError, PluginManager,
+};
+use pio_plugin_api::{FinishReason, GenerateRequest, GenerationParams, Prompt, StreamControl};
+use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
+use serde_json::json;
+
+const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Site {
+    _tmp: tempfile::TempDir,
+    plugins: PathBuf,
+    manager: Arc<PluginManager>,
+}
+
+impl Site {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let plugins = tmp.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let plugins = plugins.canonicalize().unwrap();
+        let manager = Arc::new(PluginManager::new(&tmp.path().join("shadow")).unwrap());
+        Self {
+            _tmp: tmp,
+            plugins,
+            manager,
+        }
+    }
+
+    fn watch(&self) -> (PluginWatcher, Receiver<ReloadEvent>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let options = WatchOptions {
+            give_up_after: Duration::from_secs(2),
+            ..WatchOptions::default()
+        };
+        let watcher =
+            PluginWatcher::start(self.manager.clone(), &self.plugins, options, tx).unwrap();
+        (watcher, rx)
+    }
+
+    /// Packs `library` in a hidden staging folder (ignored by the watcher), then moves the
+    /// library and the manifest into `folder` with atomic renames, library first.
+    fn install(&self, folder: &str, library: &Path, config: serde_json::Value, step: usize) {
+        let staging_name = format!(".staging-{step}");
+        let (staging, manifest) =
+            pack_into(&self.manager, library, &self.plugins, &staging_name, config);
+        let target = self.plugins.join(folder);
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::rename(
+            staging.join(&manifest.library),
+            target.join(&manifest.library),
+        )
+        .unwrap();
+        std::fs::rename(staging.join("plugin.json"), target.join("plugin.json")).unwrap();
+        std::fs::remove_dir_all(staging).unwrap();
+    }
+}
+
+fn next_event(events: &Receiver<ReloadEvent>) -> ReloadEvent {
+    match events.recv_timeout(EVENT_TIMEOUT) {
+        Ok(event) => event,
+        Err(RecvTimeoutError::Timeout) => panic!("no reload event within {EVENT_TIMEOUT:?}"),
+        Err(e) => panic!("event channel closed: {e}"),
+    }
+}
+
+fn mirror(manager: &PluginManager) -> Result<(String, String), HostError> {
+    let served = manager.execute("example", &json!({"text": "abc"}))?;
+    assert_eq!(served.response["text"], "cba");
+    let computed_by = served.response["version"].as_str().unwrap().to_owned();
+    Ok((served.plugin, computed_by))
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct Tally {
+    /// Requests served by 0.1.0 and by 0.2.0.
+    served: [u64; 2],
+    /// Responses computed by another version than the one they were attributed to.
+    misattributed: u64,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn record(&mut self, outcome: Result<(String, String), HostError>) {
+        match outcome {
+            Ok((served_by, computed_by)) => {
+                if served_by != format!("example@{computed_by}") {
+                    self.misattributed += 1;
+                }
+                self.served[usize::from(computed_by == "0.2.0")] += 1;
+            }
+            Err(e) => self.failures.push(e.to_string()),
+        }
+    }
+
+    fn merge(mut self, other: Tally) -> Tally {
+        self.served[0] += other.served[0];
+        self.served[1] += other.served[1];
+        self.misattributed += other.misattributed;
+        self.failures.extend(other.failures);
+        self
+    }
+}
+
+#[test]
+fn twenty_replacements_under_load_drop_no_request() {
+    let v1 = workspace_plugin("pio_plugin_example");
+    let v2 = build_variant(&Variant {
+        id: "v0_2_0",
+        version: Some("0.2.0"),
+        ..Default::default()
+    });
+    let site = Site::new();
+    site.install("example", &v1, json!({}), 0);
+    let (_watcher, events) = site.watch();
+    assert!(
+        matches!(next_event(&events), ReloadEvent::Added { plugin, generation: 1, .. } if plugin == "example@0.1.0")
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (manager, stop) = (site.manager.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut tally = Tally::default();
+                while !stop.load(Ordering::Relaxed) {
+                    tally.record(mirror(&manager));
+                }
+                tally
+            })
+        })
+        .collect();
+
+    let mut expected = "example@0.1.0";
+    for step in 1..=20 {
+        // Alternate away from whatever serves now.
+        let (library, version) = if expected == "example@0.1.0" {
+            (&v2, "example@0.2.0")
+        } else {
+            (&v1, "example@0.1.0")
+        };
+        match step {
+            7 => {
+                // A version that panics in initialize: reported, the old one keeps serving.
+                site.install("example", library, json!({"fail_in": "initialize"}), step);
+                let event = next_event(&events);
+                assert!(
+                    matches!(&event, ReloadEvent::Failed { reason, .. } if reason.contains("fault injected in initialize")),
+                    "step {step}: {event:?}"
+                );
+            }
+            13 => {
+                // A half-written library: the manifest lands first, then half the bytes, a pause,
+                // then the rest. Only the complete file may be loaded.
+                let staging = format!(".staging-{step}");
+                let (dir, manifest) =
+                    pack_into(&site.manager, library, &site.plugins, &staging, json!({}));
+                let full = std::fs::read(dir.join(&manifest.library)).unwrap();
+                let target = site.plugins.join("example");
+                std::fs::rename(dir.join("plugin.json"), target.join("plugin.json")).unwrap();
+                std::fs::write(target.join(&manifest.library), &full[..full.len() / 2]).unwrap();
+                std::thread::sleep(Duration::from_millis(700));
+                assert!(
+                    events.try_recv().is_err(),
+                    "nothing happens while the library is incomplete"
+                );
+                std::fs::write(target.join(&manifest.library), &full).unwrap();
+                std::fs::remove_dir_all(dir).unwrap();
+                let event = next_event(&events);
+                assert!(
+                    matches!(&event, ReloadEvent::Replaced { plugin, .. } if plugin == version),
+                    "step {step}: {event:?}"
+                );
+                expected = version;
+            }
+            _ => {
+                site.install("example", library, json!({}), step);
+                let event = next_event(&events);
+                assert!(
+                    matches!(&event, ReloadEvent::Replaced { plugin, .. } if plugin == version),
+                    "step {step}: {event:?}"
+                );
+                expected = version;
+            }
+        }
+        // The served version follows the files.
+        let (served_by, _) = mirror(&site.manager).unwrap();
+        assert_eq!(served_by, expected, "step {step}");
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let tally = clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .fold(Tally::default(), Tally::merge);
+    assert!(
+        tally.failures.is_empty(),
+        "{} requests failed: {:?}",
+        tally.failures.len(),
+        &tally.failures[..tally.failures.len().min(5)]
+    );
+    assert_eq!(
+        tally.misattributed, 0,
+        "responses attributed to the wrong version"
+    );
+    let [v1_count, v2_count] = tally.served;
+    assert!(
+        v1_count > 0 && v2_count > 0,
+        "both versions served ({v1_count} / {v2_count})"
+    );
+    eprintln!(
+        "{} requests: {v1_count} by 0.1.0, {v2_count} by 0.2.0, none failed",
+        v1_count + v2_count
+    );
+
+    // The failed attempt stays listed with its reason; exactly one instance serves.
+    let listed = site.manager.list_plugins();
+    assert_eq!(site.manager.list_active_plugins().len(), 1, "{listed:?}");
+}
+
+#[test]
+fn junk_and_tampered_folders_are_reported_and_nothing_else_is_disturbed() {
+    let site = Site::new();
+    site.install(
+        "good",
+        &workspace_plugin("pio_plugin_example"),
+        json!({}),
+        0,
+    );
+    let (_watcher, events) = site.watch();
+    assert!(matches!(next_event(&events), ReloadEvent::Added { .. }));
+
+    std::fs::write(site.plugins.join("junk.txt"), "x").unwrap();
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Failed { reason, .. } if reason.contains("not a plugin folder")),
+        "{event:?}"
+    );
+
+    std::fs::create_dir_all(site.plugins.join("no-manifest")).unwrap();
+    std::fs::write(site.plugins.join("no-manifest/lib.so"), "x").unwrap();
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Failed { reason, .. } if reason.contains("no manifest")),
+        "{event:?}"
+    );
+
+    site.install(
+        "tampered",
+        &workspace_plugin("pio_plugin_example"),
+        json!({}),
+        1,
+    );
+    let library = site.plugins.join("tampered/libpio_plugin_example.so");
+    let mut bytes = std::fs::read(&library).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&library, bytes).unwrap();
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Failed { reason, .. } if reason.contains("sha256")),
+        "{event:?}"
+    );
+
+    assert_eq!(mirror(&site.manager).unwrap().0, "example@0.1.0");
+}
+
+#[test]
+fn plugin_removed_while_busy_finishes_its_request_first() {
+    let site = Site::new();
+    site.install(
+        "example",
+        &workspace_plugin("pio_plugin_example"),
+        json!({}),
+        0,
+    );
+    let (_watcher, events) = site.watch();
+    assert!(matches!(next_event(&events), ReloadEvent::Added { .. }));
+
+    let (first_token_tx, first_token) = crossbeam_channel::bounded(1);
+    let manager = site.manager.clone();
+    let busy = std::thread::spawn(move || {
+        let request = GenerateRequest {
+            prompt: Prompt::Text("slow request".into()),
+            params: GenerationParams::greedy(64),
+        };
+        manager.generate("example", &request, |event| {
+            if event.index == 0 {
+                let _ = first_token_tx.send(());
+            }
+            std::thread::sleep(Duration::from_millis(60));
+            StreamControl::Continue
+        })
+    });
+    first_token.recv_timeout(EVENT_TIMEOUT).unwrap();
+    std::fs::remove_dir_all(site.plugins.join("example")).unwrap();
+
+    let served = busy
+        .join()
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(served.response.text.as_str(), "tseuqer wols");
+    assert_eq!(served.response.finish_reason, FinishReason::Stop);
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Removed { plugin, .. } if plugin == "example@0.1.0"),
+        "{event:?}"
+    );
+    assert!(matches!(mirror(&site.manager), Err(HostError::NotFound(_))));
+}
