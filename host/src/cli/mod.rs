@@ -5,6 +5,7 @@ mod models;
 mod output;
 mod plugins;
 mod run;
+mod serve;
 mod session;
 mod text;
 
@@ -28,6 +29,9 @@ enum Command {
     /// Inspect, check and pack plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Load, activate and watch a plugin directory, hot-reloading plugins as folders change;
+    /// prints reload events as JSON lines.
+    Serve(serve::ServeArgs),
     /// Continue a prompt with a text-generation plugin (default: llama with SmolLM2).
     Generate(text::GenerateArgs),
     /// Chat with a model: interactive, or one message with --message.
@@ -110,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Models(ModelsCommand::List) => models::list(),
         Command::Models(ModelsCommand::Fetch { ids }) => models::fetch(&ids),
         Command::Run(args) => run::run(&args),
+        Command::Serve(args) => serve::serve(&args),
         Command::Generate(args) => text::generate(&args),
         Command::Chat(args) => text::chat(&args),
         Command::Perplexity(args) => text::perplexity(&args),

@@ -1,5 +1,6 @@
 //! Chat templates: the Jinja templates HF models ship in `tokenizer.chat_template`.
 
+use minijinja::value::Serde;
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 use pio_gguf::GgufFile;
 use serde::Serialize;
@@ -159,7 +160,7 @@ impl ChatTemplate {
             .map_err(template_error)?;
         template
             .render(context! {
-                messages => Value::from_serialize(messages),
+                messages => Value::from(Serde(messages)),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,

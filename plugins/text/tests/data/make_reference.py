@@ -5,7 +5,7 @@ NOT part of the test path: the Rust tests only read smollm2_ids.json, which
 this script wrote. Re-run it by hand if the cases change:
 
     python3 -m venv /tmp/refenv
-    /tmp/refenv/bin/pip install transformers gguf tokenizers jinja2
+    /tmp/refenv/bin/pip install 'transformers<5' gguf tokenizers jinja2 sentencepiece
     /tmp/refenv/bin/python plugins/text/tests/data/make_reference.py \
         ~/.cache/pio/models/SmolLM2-135M-Instruct.Q4_1.gguf \
         > plugins/text/tests/data/smollm2_ids.json
@@ -16,7 +16,9 @@ a `tokenizers` BPE from the GGUF vocabulary itself) and Python `jinja2` via
 `tokenizer.ggml.pre = smollm`, whose llama.cpp rule isolates every digit
 (`\\p{N}`) before the GPT-2 byte-level split, as SmolLM2's original
 tokenizer.json does with `Digits(individual_digits=True)`. transformers'
-GGUF converter drops that step, so it is put back here.
+GGUF converter drops that step, so it is put back here. (Its converter also
+mislabels BOS/EOS for this file, so special ids are not taken from it; the
+encodes below use add_special_tokens=False.)
 """
 
 import hashlib
@@ -24,8 +26,13 @@ import json
 import os
 import sys
 
+import transformers.modeling_gguf_pytorch_utils as gguf_utils
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer
+
+# transformers refuses to read GGUF metadata without torch, although only
+# tensor loading needs it; the tokenizer path never touches tensors.
+gguf_utils.is_torch_available = lambda: True
 
 CASES = [
     "Hello, world!",
@@ -98,8 +105,6 @@ def main(path):
             + ", tokenizers "
             + __import__("tokenizers").__version__
             + ", smollm digit split patched in",
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
             "vocab_size": len(tok),
             "cases": cases,
             "chats": chats,

@@ -1,0 +1,112 @@
+//! Reload benchmark: latency from "new library landed" to "new version serving", and what
+//! each reload leaks (RSS, mapped library copies), for the example plugin.
+//!
+//! `cargo bench -p pio-tests --bench reload [-- RELOADS]` (default 50 reloads). Build the
+//! workspace first (`cargo build --workspace --release` for release numbers).
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use pio_host::{
+    watch::{PluginWatcher, ReloadEvent, WatchOptions},
+    PluginManager,
+};
+use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
+use serde_json::json;
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Distinct files under `dir` mapped into this process.
+fn mapped_files_under(dir: &Path) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let dir = dir.to_string_lossy();
+    let mut files: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with(dir.as_ref()))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    files.len()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn main() {
+    let reloads: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(50);
+    let v1 = workspace_plugin("pio_plugin_example");
+    let v2 = build_variant(&Variant { id: "v0_2_0", version: Some("0.2.0"), ..Default::default() });
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let plugins = plugins.canonicalize().unwrap();
+    let manager = Arc::new(PluginManager::new(&tmp.path().join("shadow")).unwrap());
+
+    let install = |library: &Path, step: usize| {
+        let staging = format!(".staging-{step}");
+        let (dir, manifest) = pack_into(&manager, library, &plugins, &staging, json!({}));
+        let target = plugins.join("example");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::rename(dir.join(&manifest.library), target.join(&manifest.library)).unwrap();
+        let landed = Instant::now();
+        std::fs::rename(dir.join("plugin.json"), target.join("plugin.json")).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        landed
+    };
+
+    install(&v1, 0);
+    let options = WatchOptions::default();
+    println!(
+        "watcher: debounce {:?}, settle {:?} (a library must be unchanged for one settle interval)",
+        options.debounce, options.settle
+    );
+    let (tx, events) = crossbeam_channel::unbounded();
+    let _watcher = PluginWatcher::start(manager.clone(), &plugins, options, tx).unwrap();
+    assert!(matches!(events.recv().unwrap(), ReloadEvent::Added { .. }));
+
+    let shadow = manager.shadow().path().to_owned();
+    let (rss_before, maps_before) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
+    let mut latencies_ms = Vec::with_capacity(reloads);
+    let mut swap_ms = Vec::with_capacity(reloads);
+    for step in 1..=reloads {
+        let (library, version) = if step % 2 == 1 { (&v2, "0.2.0") } else { (&v1, "0.1.0") };
+        let landed = install(library, step);
+        let event = events.recv_timeout(Duration::from_secs(30)).expect("a reload event");
+        assert!(matches!(event, ReloadEvent::Replaced { .. }), "{event:?}");
+        let serving = Instant::now();
+        let served = manager.execute("example", &json!({"text": "x"})).unwrap();
+        assert_eq!(served.response["version"], version);
+        latencies_ms.push(serving.duration_since(landed).as_secs_f64() * 1e3);
+        let swap = Instant::now();
+        manager.replace_from_path(&plugins.join("example"), &Default::default()).unwrap();
+        swap_ms.push(swap.elapsed().as_secs_f64() * 1e3);
+    }
+    let (rss_after, maps_after) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
+
+    let loads = maps_after - maps_before;
+    println!("reloads: {reloads}; library loads in all (packing, watcher, direct replace): {loads}");
+    println!("file landed -> new version serving: median {:.1} ms", median(&mut latencies_ms));
+    println!("replace_from_path alone (load + initialize + activate + swap): median {:.2} ms", median(&mut swap_ms));
+    println!(
+        "RSS: {rss_before} KiB -> {rss_after} KiB (+{:.1} KiB per library load)",
+        (rss_after as f64 - rss_before as f64) / loads as f64
+    );
+    println!("mapped shadow copies: {maps_before} -> {maps_after} (libraries are never unloaded)");
+}
