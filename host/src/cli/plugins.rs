@@ -63,13 +63,17 @@ pub fn list(dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
             vec![
                 p.manifest.name.clone(),
                 p.manifest.version.to_string(),
+                p.generation.to_string(),
                 p.state.name().to_owned(),
                 capabilities(p),
                 p.dir.display().to_string(),
             ]
         })
         .collect();
-    print_table(&["NAME", "VERSION", "STATE", "CAPABILITIES", "PATH"], &rows);
+    print_table(
+        &["NAME", "VERSION", "GEN", "STATE", "CAPABILITIES", "PATH"],
+        &rows,
+    );
     for p in plugins.iter() {
         if let PluginState::Failed(reason) = &p.state {
             eprintln!("{}: {reason}", p.id);
@@ -86,6 +90,7 @@ pub fn info(name: &str, activate: bool, dirs: &PluginDirs) -> anyhow::Result<Exi
     println!("name:         {}", m.name);
     println!("version:      {}", m.version);
     println!("state:        {}", summary.state);
+    println!("generation:   {}", summary.generation);
     println!("folder:       {}", summary.dir.display());
     println!("library:      {} (sha256 {})", m.library, m.sha256);
     println!("plugin api:   {}", m.plugin_api);
