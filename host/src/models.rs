@@ -64,6 +64,21 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     },
 ];
 
+/// The model each bundled model plugin uses when its configuration names none:
+/// `(plugin name, model id)`.
+pub const DEFAULT_MODELS: &[(&str, &str)] = &[
+    ("llama", "smollm2-135m-instruct-q4_1"),
+    ("bert", "all-minilm-l6-v2"),
+];
+
+/// The default model of plugin `name`, if it has one.
+pub fn default_model(plugin: &str) -> Option<&'static KnownModel> {
+    DEFAULT_MODELS
+        .iter()
+        .find(|(name, _)| *name == plugin)
+        .and_then(|(_, id)| KnownModel::find(id))
+}
+
 impl KnownModel {
     /// Looks a model up by id.
     pub fn find(id: &str) -> Option<&'static KnownModel> {

@@ -15,7 +15,7 @@ use crate::{
 
 use super::{
     output::print_table,
-    session::{load_manager, new_manager},
+    session::{fetch_default_model, load_manager, new_manager},
     PluginDirs,
 };
 
@@ -107,6 +107,7 @@ pub fn info(name: &str, activate: bool, dirs: &PluginDirs) -> anyhow::Result<Exi
         println!("model:        {}", serde_json::to_string(&meta.model)?);
     }
     if activate {
+        fetch_default_model(&summary.manifest.name)?;
         manager.activate(&summary.id, &Default::default())?;
         let stats = manager.stats(&summary.id)?;
         println!("activate:     {:.0} ms", stats.activate_ms);

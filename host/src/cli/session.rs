@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::{bundled::bundled_plugin_folders, paths, PluginManager};
+use crate::{
+    bundled::bundled_plugin_folders,
+    models::{default_model, DEFAULT_MODELS},
+    paths, PluginManager,
+};
 
 use super::PluginDirs;
 
@@ -43,9 +47,25 @@ pub fn load_plugins(manager: &mut PluginManager, dirs: &PluginDirs) -> anyhow::R
     Ok(())
 }
 
-/// A manager with no plugins, its shadow copies under the cache.
+/// A manager with no plugins, its shadow copies under the cache, and the default model of each
+/// bundled model plugin as that plugin's default `model` configuration (used when the
+/// manifest names none; fetched by the commands that need it, see [`fetch_default_model`]).
 pub fn new_manager() -> anyhow::Result<PluginManager> {
     let root = paths::shadow_root();
-    PluginManager::new(&root)
-        .with_context(|| format!("cannot set up shadow copies in {}", root.display()))
+    let mut manager = PluginManager::new(&root)
+        .with_context(|| format!("cannot set up shadow copies in {}", root.display()))?;
+    for (plugin, _) in DEFAULT_MODELS {
+        if let Some(model) = default_model(plugin) {
+            manager.set_config_default(plugin, serde_json::json!({ "model": model.path() }));
+        }
+    }
+    Ok(manager)
+}
+
+/// Fetches the default model of `plugin` (if it has one) unless it is already cached.
+pub fn fetch_default_model(plugin: &str) -> anyhow::Result<()> {
+    if let Some(model) = default_model(plugin) {
+        model.ensure()?;
+    }
+    Ok(())
 }

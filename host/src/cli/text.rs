@@ -13,11 +13,11 @@ use pio_plugin_api::{
     ChatMessage, ChatRequest, GenerateRequest, GenerateResponse, Prompt, StreamControl, TokenEvent,
 };
 
-use crate::{models::KNOWN_MODELS, PluginManager};
+use crate::PluginManager;
 
 use super::{
     run::{ActivateArgs, SamplingArgs},
-    session::{load_plugins, new_manager},
+    session::{fetch_default_model, load_plugins, new_manager},
     PluginDirs,
 };
 
@@ -101,11 +101,7 @@ fn open(
                 .with_context(|| format!("model {}", path.display()))?;
             manager.set_config_override(plugin, serde_json::json!({ "model": path }));
         }
-        None if plugin == DEFAULT_TEXT_PLUGIN => {
-            let path = KNOWN_MODELS[0].ensure()?;
-            manager.set_config_default(plugin, serde_json::json!({ "model": path }));
-        }
-        None => {}
+        None => fetch_default_model(plugin)?,
     }
     load_plugins(&mut manager, dirs)?;
     let id = manager.resolve(plugin)?;
