@@ -1,8 +1,12 @@
 //! Reload benchmark: latency from "new library landed" to "new version serving", and what
 //! each reload leaks (RSS, mapped library copies), for the example plugin.
 //!
-//! `cargo bench -p pio-tests --bench reload [-- RELOADS]` (default 50 reloads). Build the
-//! workspace first (`cargo build --workspace --release` for release numbers).
+//! `cargo bench -p pio-tests --bench reload [-- RELOADS]` (default 50 reloads) watches a
+//! directory and alternates two versions of the example plugin.
+//! `cargo bench -p pio-tests --bench reload -- RELOADS --folder PLUGIN_FOLDER [--model PATH]`
+//! instead replaces the plugin in PLUGIN_FOLDER with itself RELOADS times (each a new library
+//! load, initialize and activate), e.g. the Llama plugin's bundled folder with its model.
+//! Build the workspace first (`cargo build --workspace --release`).
 
 use std::{
     path::Path,
@@ -47,12 +51,59 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let reloads: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(50);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let reloads: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(50);
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(std::path::PathBuf::from)
+    };
+    match flag("--folder") {
+        Some(folder) => replace_in_place(&folder, flag("--model"), reloads),
+        None => watched_example(reloads),
+    }
+}
+
+/// Replaces the plugin in `folder` with itself `reloads` times.
+fn replace_in_place(folder: &Path, model: Option<std::path::PathBuf>, reloads: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut manager = PluginManager::new(&tmp.path().join("shadow")).unwrap();
+    let manifest = pio_host::Manifest::read(folder).unwrap();
+    if let Some(model) = model {
+        manager.set_config_override(&manifest.name, json!({ "model": model }));
+    }
+    let shadow = manager.shadow().path().to_owned();
+    manager
+        .replace_from_path(folder, &Default::default())
+        .unwrap();
+    let (rss_before, maps_before) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
+    let mut replace_ms = Vec::with_capacity(reloads);
+    for _ in 0..reloads {
+        let started = Instant::now();
+        manager
+            .replace_from_path(folder, &Default::default())
+            .unwrap();
+        replace_ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let (rss_after, maps_after) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
+    println!("plugin: {} ({} reloads)", manifest.label(), reloads);
+    println!("replace_from_path (copy, checks, load, initialize, activate, swap, tear down old): median {:.1} ms", median(&mut replace_ms));
+    println!(
+        "RSS: {rss_before} KiB -> {rss_after} KiB (+{:.1} KiB per reload)",
+        (rss_after as f64 - rss_before as f64) / reloads as f64
+    );
+    println!("mapped shadow copies: {maps_before} -> {maps_after} (libraries are never unloaded)");
+}
+
+/// Watches a directory and alternates two versions of the example plugin in it.
+fn watched_example(reloads: usize) {
     let v1 = workspace_plugin("pio_plugin_example");
-    let v2 = build_variant(&Variant { id: "v0_2_0", version: Some("0.2.0"), ..Default::default() });
+    let v2 = build_variant(&Variant {
+        id: "v0_2_0",
+        version: Some("0.2.0"),
+        ..Default::default()
+    });
     let tmp = tempfile::tempdir().unwrap();
     let plugins = tmp.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
@@ -86,24 +137,40 @@ fn main() {
     let mut latencies_ms = Vec::with_capacity(reloads);
     let mut swap_ms = Vec::with_capacity(reloads);
     for step in 1..=reloads {
-        let (library, version) = if step % 2 == 1 { (&v2, "0.2.0") } else { (&v1, "0.1.0") };
+        let (library, version) = if step % 2 == 1 {
+            (&v2, "0.2.0")
+        } else {
+            (&v1, "0.1.0")
+        };
         let landed = install(library, step);
-        let event = events.recv_timeout(Duration::from_secs(30)).expect("a reload event");
+        let event = events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a reload event");
         assert!(matches!(event, ReloadEvent::Replaced { .. }), "{event:?}");
         let serving = Instant::now();
         let served = manager.execute("example", &json!({"text": "x"})).unwrap();
         assert_eq!(served.response["version"], version);
         latencies_ms.push(serving.duration_since(landed).as_secs_f64() * 1e3);
         let swap = Instant::now();
-        manager.replace_from_path(&plugins.join("example"), &Default::default()).unwrap();
+        manager
+            .replace_from_path(&plugins.join("example"), &Default::default())
+            .unwrap();
         swap_ms.push(swap.elapsed().as_secs_f64() * 1e3);
     }
     let (rss_after, maps_after) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
 
     let loads = maps_after - maps_before;
-    println!("reloads: {reloads}; library loads in all (packing, watcher, direct replace): {loads}");
-    println!("file landed -> new version serving: median {:.1} ms", median(&mut latencies_ms));
-    println!("replace_from_path alone (load + initialize + activate + swap): median {:.2} ms", median(&mut swap_ms));
+    println!(
+        "reloads: {reloads}; library loads in all (packing, watcher, direct replace): {loads}"
+    );
+    println!(
+        "file landed -> new version serving: median {:.1} ms",
+        median(&mut latencies_ms)
+    );
+    println!(
+        "replace_from_path alone (load + initialize + activate + swap): median {:.2} ms",
+        median(&mut swap_ms)
+    );
     println!(
         "RSS: {rss_before} KiB -> {rss_after} KiB (+{:.1} KiB per library load)",
         (rss_after as f64 - rss_before as f64) / loads as f64
