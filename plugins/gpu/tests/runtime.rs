@@ -108,3 +108,14 @@ fn caches_pipelines_by_shape() {
     Matmul::new(&gpu, MatmulConfig { rows: 96, ..config }).unwrap();
     assert_eq!(gpu.pipeline_count(), 2);
 }
+
+#[test]
+fn runtime_types_can_move_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Gpu>();
+    assert_send_sync::<pio_gpu::GpuBuffer>();
+    assert_send_sync::<pio_gpu::QuantMatrix>();
+    assert_send_sync::<pio_gpu::Dispatch>();
+    assert_send_sync::<Matmul>();
+    assert_send_sync::<pio_gpu::KvCache>();
+}
