@@ -8,22 +8,8 @@ use std::path::PathBuf;
 
 use pio_gguf::{GgufFile, TensorType};
 
-const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
 fn model_path() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    let path = home.join(".cache/pio/models").join(MODEL);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("PIO_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!(
-            "PIO_REQUIRE_MODELS=1 but model not found at {}",
-            path.display()
-        );
-    }
-    eprintln!("\n*** SKIPPED: model not found at {} ***\n", path.display());
-    None
+    pio_testkit::cached_model(pio_testkit::SMOLLM2)
 }
 
 #[test]

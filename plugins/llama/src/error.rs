@@ -30,6 +30,14 @@ pub enum Error {
         /// Context length in tokens.
         context: usize,
     },
+    /// Loading would exceed the caller's device memory budget.
+    #[error("the model needs about {needed} bytes of device memory, over the budget of {budget}")]
+    OverBudget {
+        /// Estimated bytes needed.
+        needed: u64,
+        /// The budget in bytes.
+        budget: u64,
+    },
     /// Logits are unusable (NaN, empty).
     #[error("numerical error: {0}")]
     Numerics(String),
@@ -37,8 +45,8 @@ pub enum Error {
     #[error(transparent)]
     Gguf(#[from] pio_gguf::GgufError),
     /// Building or running the tokenizer or chat template failed.
-    #[error("tokenizer: {0}")]
-    Text(String),
+    #[error(transparent)]
+    Text(#[from] pio_text::TextError),
     /// A GPU operation failed.
     #[error("GPU: {0}")]
     Gpu(#[from] pio_gpu::GpuError),

@@ -34,10 +34,20 @@ pub trait Forward {
 pub trait Detokenizer {
     /// Adds `token` and returns the text it completes (empty while, e.g., a UTF-8 sequence is
     /// still incomplete).
-    fn push(&mut self, token: u32) -> String;
+    fn push(&mut self, token: u32) -> Result<String>;
 
     /// Returns whatever text is still buffered; called once, when generation ends.
     fn finish(&mut self) -> String;
+}
+
+impl Detokenizer for pio_text::StreamDecoder<'_> {
+    fn push(&mut self, token: u32) -> Result<String> {
+        Ok(pio_text::StreamDecoder::push(self, token)?.unwrap_or_default())
+    }
+
+    fn finish(&mut self) -> String {
+        pio_text::StreamDecoder::finish(self).unwrap_or_default()
+    }
 }
 
 /// What to generate and when to stop.
@@ -149,7 +159,7 @@ pub fn generate<F: Forward + ?Sized>(
         let mut text = String::new();
         let mut matched = false;
         if !is_eog {
-            let step = stops.push(&detok.push(token));
+            let step = stops.push(&detok.push(token)?);
             text = step.emit;
             matched = step.stopped;
         }
@@ -251,8 +261,8 @@ pub(crate) mod tests {
     pub(crate) struct Pieces(pub Vec<&'static str>);
 
     impl Detokenizer for Pieces {
-        fn push(&mut self, token: u32) -> String {
-            self.0[token as usize].to_owned()
+        fn push(&mut self, token: u32) -> Result<String> {
+            Ok(self.0[token as usize].to_owned())
         }
         fn finish(&mut self) -> String {
             String::new()

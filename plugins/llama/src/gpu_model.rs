@@ -303,6 +303,11 @@ impl GpuModel {
             gpu,
         };
         model.decode_step = Some(model.build_step(1, false)?);
+        // Software drivers compile a pipeline at its first dispatch: run a batched and a
+        // single-token step now so the first request does not pay for it. The cache positions
+        // written here are overwritten by the first real forward.
+        model.forward(&[0, 0], 0, false)?;
+        model.forward(&[0], 0, false)?;
         Ok(model)
     }
 
@@ -314,6 +319,11 @@ impl GpuModel {
     /// The model's hyperparameters.
     pub fn hparams(&self) -> &HParams {
         &self.hp
+    }
+
+    /// Positions the KV cache holds.
+    pub fn context(&self) -> usize {
+        self.context
     }
 
     /// Largest number of tokens one submission processes.
@@ -555,6 +565,6 @@ mod tests {
         // "<|im_start|>user\nThe capital" and some arbitrary ids.
         let prompt = [1, 4093, 198, 504, 3575, 3223, 28, 1029, 8130, 49, 2];
         let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 4, "SmolLM2");
-        assert!(abs < 2e-2 && rel < 2e-3, "max abs {abs}, rel {rel}");
+        assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
     }
 }

@@ -1,9 +1,22 @@
 //! Llama-architecture GGUF text-generation plugin for Inference-PIO.
+//!
+//! Modules, one job each:
+//! - [`hparams`]: hyperparameters from GGUF metadata; [`weights`]: tensor-name mapping and checks;
+//! - [`gpu_model`]: the forward pass on the GPU (pio-gpu kernels) with its KV cache;
+//! - [`sampler`]: greedy and seeded sampling; [`stop`]: stop-string matching;
+//! - [`generate`]: the generation loop over any [`generate::Forward`];
+//! - [`perplexity`]: perplexity over a token sequence;
+//! - [`engine`]: model + tokenizer + chat template; [`plugin`]: the Inference-PIO plugin.
+//!
+//! Tests compare the GPU model with a plain f32 CPU reference (`reference.rs`, test-only).
 
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gpu_model;
 pub mod hparams;
+pub mod perplexity;
+pub mod plugin;
 #[cfg(test)]
 mod reference;
 pub mod sampler;
@@ -13,3 +26,6 @@ mod test_model;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use plugin::LlamaPlugin;
+
+pio_plugin_api::export_plugin!(LlamaPlugin);

@@ -122,11 +122,6 @@ impl Sampler {
         Ok(Sampler { params, rng })
     }
 
-    /// The parameters this sampler was built with.
-    pub fn params(&self) -> &SamplingParams {
-        &self.params
-    }
-
     /// Picks the next token from `logits` (one value per vocabulary id), given the `history` of
     /// tokens seen so far (prompt and generated) for the repetition penalty.
     ///

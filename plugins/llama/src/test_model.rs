@@ -8,21 +8,9 @@ use pio_gguf::{GgufFile, GgufWriter, MetadataValue, TensorType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The default real model, used by tests when present.
-pub const SMOLLM2_PATH: &str = "/root/.cache/pio/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// The real model's path, or `None` after printing a loud skip notice. With
-/// `PIO_REQUIRE_MODELS=1` a missing model panics instead.
+/// The real SmolLM2 model, or `None` after a loud skip notice (see [`pio_testkit`]).
 pub fn smollm2() -> Option<PathBuf> {
-    let path = PathBuf::from(SMOLLM2_PATH);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("PIO_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{SMOLLM2_PATH} not found and PIO_REQUIRE_MODELS=1");
-    }
-    eprintln!("\n*** SKIPPED: {SMOLLM2_PATH} not found ***\n");
-    None
+    pio_testkit::cached_model(pio_testkit::SMOLLM2)
 }
 
 /// ChatML, as SmolLM2 ships it (without the default system message).

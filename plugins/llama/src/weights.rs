@@ -83,7 +83,7 @@ impl<'a> ModelTensors<'a> {
         let (output, tied_output) = if file.tensor_info("output.weight").is_some() {
             (matrix(file, "output.weight", vocab, e)?, false)
         } else {
-            (token_embd.clone(), true)
+            (token_embd, true)
         };
         let layers = (0..hp.n_layer)
             .map(|i| {

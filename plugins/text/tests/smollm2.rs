@@ -5,27 +5,12 @@
 //! Without the model these tests print a loud SKIPPED line and pass, unless
 //! `PIO_REQUIRE_MODELS=1`, which makes a missing model a failure.
 
-use std::path::PathBuf;
-
 use pio_gguf::GgufFile;
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 use serde_json::Value;
 
-const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
 fn open_model() -> Option<GgufFile> {
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    let path = home.join(".cache/pio/models").join(MODEL);
-    if !path.exists() {
-        if std::env::var("PIO_REQUIRE_MODELS").as_deref() == Ok("1") {
-            panic!(
-                "PIO_REQUIRE_MODELS=1 but model not found at {}",
-                path.display()
-            );
-        }
-        eprintln!("\n*** SKIPPED: model not found at {} ***\n", path.display());
-        return None;
-    }
+    let path = pio_testkit::cached_model(pio_testkit::SMOLLM2)?;
     Some(GgufFile::open(path).unwrap())
 }
 

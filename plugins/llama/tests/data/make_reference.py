@@ -67,7 +67,7 @@ def main():
 
     text = open(os.path.join(out_dir, "gpl-3.0.txt"), encoding="utf-8").read()
     ids = tok.encode(text, add_special_tokens=False)
-    total, scored = 0.0, 0
+    total, scored, windows = 0.0, 0, []
     with torch.no_grad():
         for start in range(0, len(ids), WINDOW):
             window = ids[start : start + WINDOW]
@@ -75,9 +75,10 @@ def main():
                 continue
             out = model(torch.tensor([window])).logits[0].float()
             logp = torch.log_softmax(out, dim=-1)
-            for i in range(1, len(window)):
-                total += float(logp[i - 1, window[i]])
-                scored += 1
+            window_sum = sum(float(logp[i - 1, window[i]]) for i in range(1, len(window)))
+            windows.append({"log_prob_sum": window_sum, "scored": len(window) - 1})
+            total += window_sum
+            scored += len(window) - 1
     ppl = math.exp(-total / scored)
 
     top = np.argsort(-logits)[:5].tolist()
@@ -97,6 +98,7 @@ def main():
                 "tokens": len(ids),
                 "scored_tokens": scored,
                 "ppl": ppl,
+                "windows": windows,
             },
         },
         open(os.path.join(out_dir, "smollm2_reference.json"), "w"),

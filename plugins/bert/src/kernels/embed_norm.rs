@@ -1,0 +1,69 @@
+//! Embedding lookup + LayerNorm (`shaders/bert/embed_norm.wgsl`).
+
+use pio_gpu::{Gpu, GpuBuffer};
+use pio_plugin_api::PluginResult;
+
+use super::{launch, pipeline, require, shader, Launch, Params, Shader};
+
+const SHADER: Shader = shader!("bert_embed_norm", "embed_norm.wgsl");
+const WORKGROUP_SIZE: u32 = 16;
+
+/// `out[t] = LayerNorm(word[ids[t]] + pos_type[t % seq_len])`.
+#[derive(Debug)]
+pub struct EmbedNorm {
+    hidden: u32,
+    pipeline: wgpu::ComputePipeline,
+}
+
+/// Device buffers of [`EmbedNorm::bind`].
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedBuffers<'a> {
+    /// `[vocab][hidden]` word embeddings.
+    pub word: &'a GpuBuffer,
+    /// `[positions][hidden]` position embeddings plus token-type row 0.
+    pub pos_type: &'a GpuBuffer,
+    /// LayerNorm gamma then beta, `2 * hidden`.
+    pub norm: &'a GpuBuffer,
+    /// `[tokens]` token ids (u32).
+    pub ids: &'a GpuBuffer,
+    /// `[tokens][hidden]` output.
+    pub out: &'a GpuBuffer,
+    /// The batch's [`Params`] uniform.
+    pub params: &'a GpuBuffer,
+}
+
+impl EmbedNorm {
+    /// Compiles the kernel for `hidden` (a multiple of 4) and LayerNorm epsilon `eps`.
+    pub fn new(gpu: &Gpu, hidden: u32, eps: f32) -> PluginResult<Self> {
+        let constants = [
+            ("HIDDEN", f64::from(hidden)),
+            ("EPS", f64::from(eps)),
+            ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
+        ];
+        Ok(Self {
+            hidden,
+            pipeline: pipeline(gpu, SHADER, &constants)?,
+        })
+    }
+
+    /// Binds `b` for a batch of shape `shape` (positions must fit in `pos_type`).
+    pub fn bind(&self, gpu: &Gpu, b: EmbedBuffers<'_>, shape: Params) -> PluginResult<Launch> {
+        let h = u64::from(self.hidden);
+        require(
+            "embed_norm",
+            "position",
+            b.pos_type,
+            u64::from(shape.seq_len) * h,
+        )?;
+        require("embed_norm", "norm", b.norm, 2 * h)?;
+        require("embed_norm", "ids", b.ids, u64::from(shape.tokens))?;
+        require("embed_norm", "output", b.out, u64::from(shape.tokens) * h)?;
+        launch(
+            gpu,
+            "embed_norm",
+            &self.pipeline,
+            &[b.word, b.pos_type, b.norm, b.ids, b.out, b.params],
+            [shape.tokens.div_ceil(WORKGROUP_SIZE), 1, 1],
+        )
+    }
+}

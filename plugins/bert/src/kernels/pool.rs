@@ -1,0 +1,65 @@
+//! Sentence pooling + L2 normalisation on the device (`shaders/bert/pool.wgsl`).
+
+use pio_gpu::{Gpu, GpuBuffer};
+use pio_plugin_api::{PluginError, PluginResult};
+
+use super::{launch, pipeline, require, shader, Launch, Params, Shader};
+use crate::config::Pooling;
+
+const SHADER: Shader = shader!("bert_pool", "pool.wgsl");
+const WORKGROUP_SIZE: u32 = 32;
+/// vec4 feature groups one invocation holds (`MAX_PER_LANE` in the WGSL).
+const MAX_PER_LANE: u32 = 32;
+
+/// `out[b] = normalize(pool(x[b * seq_len .. b * seq_len + lengths[b]]))`.
+#[derive(Debug)]
+pub struct Pool {
+    hidden: u32,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Pool {
+    /// Compiles the kernel for `hidden` features (a multiple of 4, at most 4096).
+    pub fn new(gpu: &Gpu, hidden: u32, pooling: Pooling, normalize: bool) -> PluginResult<Self> {
+        if hidden % 4 != 0 || hidden > 4 * MAX_PER_LANE * WORKGROUP_SIZE {
+            return Err(PluginError::model_load(format!(
+                "pool: {hidden} features is not a multiple of 4 up to {}",
+                4 * MAX_PER_LANE * WORKGROUP_SIZE
+            )));
+        }
+        let constants = [
+            ("HIDDEN", f64::from(hidden)),
+            ("MODE", pooling.shader_mode()),
+            ("NORMALIZE", if normalize { 1.0 } else { 0.0 }),
+            ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
+        ];
+        Ok(Self {
+            hidden,
+            pipeline: pipeline(gpu, SHADER, &constants)?,
+        })
+    }
+
+    /// Binds `x` (`[tokens][hidden]`), `lengths` (`[batch]`, each in `1..=seq_len`) and `out`
+    /// (`[batch][hidden]`).
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        x: &GpuBuffer,
+        lengths: &GpuBuffer,
+        out: &GpuBuffer,
+        params: &GpuBuffer,
+        shape: Params,
+    ) -> PluginResult<Launch> {
+        let h = u64::from(self.hidden);
+        require("pool", "input", x, u64::from(shape.tokens) * h)?;
+        require("pool", "lengths", lengths, u64::from(shape.batch))?;
+        require("pool", "output", out, u64::from(shape.batch) * h)?;
+        launch(
+            gpu,
+            "pool",
+            &self.pipeline,
+            &[x, lengths, out, params],
+            [shape.batch, 1, 1],
+        )
+    }
+}

@@ -1,0 +1,41 @@
+//! # The Inference-PIO BERT plugin
+//!
+//! Sentence embeddings from sentence-transformers BERT models (e.g. all-MiniLM-L6-v2) on the
+//! GPU through pio-gpu, with fused WGSL kernels (`shaders/bert/`):
+//!
+//! 1. embeddings (word + position + token type) + LayerNorm;
+//! 2. per layer: fused Q|K|V projection; masked bidirectional attention (running softmax);
+//!    output projection + bias + residual + LayerNorm; up-projection + GELU;
+//!    down-projection + bias + residual + LayerNorm;
+//! 3. pooling (mean, CLS, max or mean/sqrt(len), from the model's pooling config) + L2
+//!    normalisation.
+//!
+//! A batch of texts of different lengths runs in one pass, padded to the longest and masked.
+//!
+//! Modules: [`config`] (model configuration files), [`weights`] (safetensors),
+//! [`tokenize`] (tokenizer.json), [`pack`] (weight formats f32/f16/q8_0), [`upload`] (weights on
+//! the device), [`kernels`] (kernel launchers), [`model`] (the encoder on the device),
+//! [`embedder`] (texts → vectors), [`compare`] (compressed vs f32), [`settings`] (plugin
+//! configuration) and [`plugin`] (the `Plugin` implementation).
+
+pub mod compare;
+pub mod config;
+pub mod embedder;
+pub mod kernels;
+pub mod model;
+pub mod pack;
+pub mod plugin;
+#[cfg(test)]
+mod reference;
+pub mod settings;
+#[cfg(test)]
+mod tests;
+pub mod tokenize;
+pub mod upload;
+pub mod weights;
+
+pub use embedder::{Embedder, Embeddings, ModelFiles};
+pub use pack::WeightFormat;
+pub use plugin::BertPlugin;
+
+pio_plugin_api::export_plugin!(BertPlugin);

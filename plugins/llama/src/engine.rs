@@ -1,0 +1,322 @@
+//! A loaded model ready to serve: the GPU model with its tokenizer and chat template, and the
+//! entry points that take text or token ids to generated text.
+
+use std::path::{Path, PathBuf};
+
+use pio_gguf::{GgufFile, TensorType};
+use pio_gpu::{DeviceOptions, Gpu};
+use pio_plugin_api::{StreamControl, TokenEvent};
+use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
+
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateConfig, Generation};
+use crate::gpu_model::{GpuModel, DEFAULT_MAX_BATCH};
+use crate::hparams::HParams;
+use crate::perplexity::{perplexity, Perplexity};
+use crate::weights::ModelTensors;
+
+/// What a model file is, read from its metadata and tensor table without touching the device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSummary {
+    /// The GGUF file.
+    pub path: PathBuf,
+    /// `general.architecture` (always `llama` here).
+    pub architecture: String,
+    /// The hyperparameters.
+    pub hparams: HParams,
+    /// Number of parameters.
+    pub parameter_count: u64,
+    /// Storage type of most block weights, e.g. `Q4_1`.
+    pub quantization: String,
+    /// Bytes the weights take on the device once repacked.
+    pub weight_bytes: u64,
+}
+
+impl ModelSummary {
+    /// Reads and validates the hyperparameters and tensor table of `file`.
+    pub fn read(file: &GgufFile) -> Result<Self> {
+        let hparams = HParams::from_gguf(file)?;
+        let tensors = ModelTensors::from_gguf(file, &hparams)?;
+        let mut weight_bytes =
+            packed_bytes(&tensors.token_embd.info.dims, tensors.token_embd.info.dtype);
+        if !tensors.tied_output {
+            weight_bytes += packed_bytes(&tensors.output.info.dims, tensors.output.info.dtype);
+        }
+        for l in &tensors.layers {
+            weight_bytes += l
+                .matrices()
+                .iter()
+                .map(|t| packed_bytes(&t.info.dims, t.info.dtype))
+                .sum::<u64>();
+            weight_bytes += 2 * 4 * hparams.n_embd as u64;
+        }
+        weight_bytes += 4 * hparams.n_embd as u64;
+        Ok(ModelSummary {
+            path: file.path().to_owned(),
+            architecture: file.architecture()?.to_owned(),
+            parameter_count: tensors.parameter_count(),
+            quantization: tensors.dominant_type().to_string(),
+            weight_bytes,
+            hparams,
+        })
+    }
+
+    /// Device bytes needed to run with a `context`-position KV cache and batches of `max_batch`
+    /// tokens: weights, KV cache, RoPE table and activations (small uniforms excluded).
+    pub fn required_device_bytes(&self, context: usize, max_batch: usize) -> u64 {
+        let hp = &self.hparams;
+        let (ctx, b) = (context as u64, max_batch as u64);
+        let kv = 2 * hp.n_layer as u64 * ctx * hp.kv_dim() as u64 * 4;
+        let rope = ctx * hp.head_dim as u64 * 4;
+        let per_token = 4 * hp.n_embd + 2 * hp.kv_dim() + 3 * hp.n_ff + hp.vocab_size + 2;
+        self.weight_bytes + kv + rope + b * per_token as u64 * 4 + hp.n_embd as u64 * 4
+    }
+}
+
+/// Device bytes of a matrix once `pio-gpu` repacks it into 32-bit words (see its `quant`
+/// module): words per 32-element block are 32 (F32), 16 (F16), 5 (Q4_0), 6 (Q4_1), 9 (Q8_0).
+fn packed_bytes(dims: &[u64], dtype: TensorType) -> u64 {
+    let words_per_block = match dtype {
+        TensorType::F32 => 32,
+        TensorType::F16 => 16,
+        TensorType::Q4_0 => 5,
+        TensorType::Q4_1 => 6,
+        _ => 9,
+    };
+    dims.iter().product::<u64>() / 32 * words_per_block * 4
+}
+
+/// See [`Engine::host_bytes`].
+fn host_bytes(tokenizer: &TextTokenizer, hp: &HParams, max_batch: usize) -> u64 {
+    let vocab: usize = (0..tokenizer.vocab_size() as u32)
+        .map(|id| {
+            let text = tokenizer.token_text(id).map_or(0, str::len);
+            let piece = tokenizer.token_to_piece(id).map_or(0, <[u8]>::len);
+            2 * text + piece
+        })
+        .sum();
+    (vocab + max_batch * hp.vocab_size * 4) as u64
+}
+
+/// A model on the GPU with its tokenizer and (optional) chat template.
+pub struct Engine {
+    model: GpuModel,
+    tokenizer: TextTokenizer,
+    template: Option<ChatTemplate>,
+    summary: ModelSummary,
+    host_bytes: u64,
+}
+
+impl Engine {
+    /// Loads `path` onto the device chosen by `device`, with a KV cache of `context_length`
+    /// positions (0: the model's trained context length). Fails before allocating anything if
+    /// `memory_budget` (bytes, 0 = unlimited) is below [`ModelSummary::required_device_bytes`].
+    pub fn load(
+        path: &Path,
+        device: &DeviceOptions,
+        context_length: usize,
+        memory_budget: u64,
+    ) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let summary = ModelSummary::read(&file)?;
+        let context = match context_length {
+            0 => summary.hparams.context_length,
+            n => n,
+        };
+        let max_batch = DEFAULT_MAX_BATCH.min(context);
+        let needed = summary.required_device_bytes(context, max_batch);
+        if memory_budget > 0 && needed > memory_budget {
+            return Err(Error::OverBudget {
+                needed,
+                budget: memory_budget,
+            });
+        }
+        let tokenizer = TextTokenizer::from_gguf(&file)?;
+        if tokenizer.vocab_size() != summary.hparams.vocab_size {
+            return Err(Error::InvalidModel(format!(
+                "tokenizer has {} tokens, the model {}",
+                tokenizer.vocab_size(),
+                summary.hparams.vocab_size
+            )));
+        }
+        let template = match file.get("tokenizer.chat_template") {
+            Some(_) => Some(ChatTemplate::from_gguf(&file)?),
+            None => None,
+        };
+        let model = GpuModel::new(Gpu::new(device)?, &file, context, max_batch)?;
+        let host_bytes = host_bytes(&tokenizer, &summary.hparams, max_batch);
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            summary,
+            host_bytes,
+        })
+    }
+
+    /// What is loaded.
+    pub fn summary(&self) -> &ModelSummary {
+        &self.summary
+    }
+
+    /// Estimated host memory held while loaded: the tokenizer's vocabulary (token texts and
+    /// their decoded bytes, each counted twice for the tokenizer library's own copy) and the
+    /// largest logits read-back.
+    pub fn host_bytes(&self) -> u64 {
+        self.host_bytes
+    }
+
+    /// The GPU model.
+    pub fn model(&self) -> &GpuModel {
+        &self.model
+    }
+
+    /// The GPU model (for perplexity and direct forward passes).
+    pub fn model_mut(&mut self) -> &mut GpuModel {
+        &mut self.model
+    }
+
+    /// Text to token ids; with `add_special`, BOS is prepended if the model asks for it.
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text, add_special)?)
+    }
+
+    /// Token ids to text (special tokens included as written).
+    pub fn detokenize(&self, tokens: &[u32]) -> Result<String> {
+        Ok(self.tokenizer.decode(tokens, false)?)
+    }
+
+    /// The token ids of a conversation rendered with the model's chat template, ending with the
+    /// assistant header.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            Error::InvalidModel("the model has no chat template (tokenizer.chat_template)".into())
+        })?;
+        let text = template.render(messages, true)?;
+        self.tokenize(&text, true)
+    }
+
+    /// Perplexity of `text` with windows of `window` tokens (see [`perplexity`] for how windows
+    /// are formed and scored); each window starts with BOS when the tokenizer adds one.
+    pub fn perplexity(&mut self, text: &str, window: usize) -> Result<Perplexity> {
+        let tokens = self.tokenizer.encode(text, false)?;
+        let with_special = self.tokenizer.encode(text, true)?;
+        let bos = (with_special.len() > tokens.len())
+            .then(|| self.tokenizer.bos_id())
+            .flatten();
+        perplexity(&mut self.model, &tokens, window, bos)
+    }
+
+    /// Generates from `prompt` token ids (see [`generate`]); the model's end-of-generation ids
+    /// are added to `config.eog_ids`, and special tokens produce no text.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        config: &GenerateConfig,
+        on_token: &mut dyn FnMut(&TokenEvent) -> StreamControl,
+    ) -> Result<Generation> {
+        let mut config = config.clone();
+        config.eog_ids.extend_from_slice(self.tokenizer.eos_ids());
+        let mut decoder = self.tokenizer.stream_decoder(true);
+        generate(&mut self.model, &mut decoder, prompt, &config, on_token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::Forward;
+    use crate::test_model::{smollm2, tiny_llama_bytes, TinyConfig};
+    use pio_plugin_api::FinishReason;
+
+    fn greedy(max_new_tokens: usize) -> GenerateConfig {
+        GenerateConfig {
+            max_new_tokens,
+            ..GenerateConfig::default()
+        }
+    }
+
+    #[test]
+    fn tiny_model_round_trips_text_and_generates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
+        let mut engine = Engine::load(&path, &DeviceOptions::default(), 64, 0).unwrap();
+        let ids = engine.tokenize("The capital of France", false).unwrap();
+        assert!(
+            ids.len() < "The capital of France".len(),
+            "merges apply: {ids:?}"
+        );
+        assert_eq!(engine.detokenize(&ids).unwrap(), "The capital of France");
+        let chat = engine
+            .chat_prompt(&[ChatMessage::user("hello there")])
+            .unwrap();
+        assert_eq!(chat[0], 1, "starts with <|im_start|>");
+        let mut streamed = String::new();
+        let g = engine
+            .generate(&chat, &greedy(10), &mut |e| {
+                streamed.push_str(&e.text);
+                StreamControl::Continue
+            })
+            .unwrap();
+        assert_eq!(g.text, streamed);
+        assert!(!g.tokens.is_empty());
+        assert_eq!(engine.summary().hparams.n_layer, 2);
+        assert_eq!(engine.model_mut().context_length(), 64);
+    }
+
+    #[test]
+    fn memory_budget_is_enforced_before_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
+        let err = Engine::load(&path, &DeviceOptions::default(), 64, 1000)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("budget"), "{err}");
+    }
+
+    #[test]
+    fn smollm2_answers_capital_of_france_greedily() {
+        let Some(path) = smollm2() else { return };
+        let mut engine = Engine::load(&path, &DeviceOptions::default(), 512, 0).unwrap();
+        let prompt = engine
+            .chat_prompt(&[ChatMessage::user("What is the capital of France?")])
+            .unwrap();
+        let text = engine.detokenize(&prompt).unwrap();
+        assert!(
+            text.contains("You are a helpful AI assistant named SmolLM"),
+            "{text}"
+        );
+        let start = std::time::Instant::now();
+        let g = engine
+            .generate(&prompt, &greedy(32), &mut |_| StreamControl::Continue)
+            .unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "SmolLM2 greedy answer: {:?} ({} prompt tokens, {} new tokens, prefill {:.0} ms, \
+             decode {:.1} tokens/s, total {secs:.1} s)",
+            g.text,
+            g.prompt_tokens,
+            g.tokens.len(),
+            g.timings.prompt_ms,
+            (g.tokens.len() - 1) as f64 / (g.timings.generation_ms / 1e3)
+        );
+        // The first answer token is a near tie between "The" and "L": report the GPU margin.
+        let logits = engine.model_mut().forward(&prompt, 0, false).unwrap();
+        let mut ranked: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let name = |id: usize| engine.detokenize(&[id as u32]).unwrap();
+        eprintln!(
+            "first token: {:?} {:.4} vs {:?} {:.4} (margin {:.4})",
+            name(ranked[0].0),
+            ranked[0].1,
+            name(ranked[1].0),
+            ranked[1].1,
+            ranked[0].1 - ranked[1].1
+        );
+        assert_eq!(g.text, "The capital of France is Paris.");
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+    }
+}

@@ -1,0 +1,493 @@
+//! The Inference-PIO plugin: configuration, lifecycle and the mapping between the plugin API's
+//! types and the [`Engine`].
+//!
+//! Configuration (the `initialize` JSON): `{"model": "/path/to/model.gguf"}`; the host supplies
+//! its cached default model's path. `initialize` reads the file's metadata and tensor table (no
+//! weights are loaded); `activate` creates the GPU device and uploads the weights; `deactivate`
+//! drops both.
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use pio_gguf::GgufFile;
+use pio_gpu::DeviceOptions;
+use pio_plugin_api::{
+    semver::Version, ActivateOptions, Capability, ChatRequest, GenerateRequest, GenerateResponse,
+    GenerationParams, Health, HealthStatus, ModelInfo, Plugin, PluginError, PluginMetadata,
+    PluginResult, PluginStats, Prompt, TokenStream,
+};
+
+use crate::engine::{Engine, ModelSummary};
+use crate::error::Error;
+use crate::generate::{GenerateConfig, Generation};
+use crate::gpu_model::DEFAULT_MAX_BATCH;
+use crate::sampler::{SamplingParams, DEFAULT_REPEAT_LAST_N};
+
+impl From<Error> for PluginError {
+    fn from(e: Error) -> Self {
+        let message = e.to_string();
+        match e {
+            Error::InvalidParams(_) | Error::PromptTooLong { .. } => {
+                PluginError::invalid_input(message)
+            }
+            Error::UnsupportedArchitecture(_) | Error::UnsupportedTensorType { .. } => {
+                PluginError::incompatible(message)
+            }
+            Error::InvalidModel(_) | Error::Gguf(_) | Error::Text(_) => {
+                PluginError::model_load(message)
+            }
+            Error::OverBudget { .. } => PluginError::out_of_memory(message),
+            Error::Numerics(_) | Error::Gpu(_) => PluginError::internal(message),
+        }
+    }
+}
+
+/// What `activate` produced.
+struct Active {
+    engine: Engine,
+    activate_ms: f64,
+    requests: u64,
+    tokens: u64,
+}
+
+/// The Llama plugin instance.
+#[derive(Default)]
+pub struct LlamaPlugin {
+    /// The model file and what it holds, after `initialize`.
+    model: Option<ModelSummary>,
+    active: Option<Active>,
+}
+
+impl LlamaPlugin {
+    fn active(&mut self) -> PluginResult<&mut Active> {
+        self.active
+            .as_mut()
+            .ok_or_else(|| PluginError::invalid_input("the plugin is not activated"))
+    }
+
+    /// Runs a generation from prompt token ids, streaming to `stream`.
+    fn run(
+        &mut self,
+        prompt: Vec<u32>,
+        params: &GenerationParams,
+        stream: &mut TokenStream<'_>,
+    ) -> PluginResult<GenerateResponse> {
+        params.validate()?;
+        let config = generate_config(params);
+        let active = self.active()?;
+        let g: Generation = active
+            .engine
+            .generate(&prompt, &config, &mut |e| stream.send(e.clone()))?;
+        active.requests += 1;
+        active.tokens += (g.prompt_tokens + g.tokens.len()) as u64;
+        Ok(GenerateResponse {
+            text: g.text.into(),
+            tokens: g.tokens.into(),
+            prompt_tokens: g.prompt_tokens as u32,
+            finish_reason: g.finish_reason,
+            timings: g.timings,
+        })
+    }
+}
+
+/// The generation loop's configuration for the API's parameters. Without a seed, one is drawn
+/// from the clock.
+fn generate_config(params: &GenerationParams) -> GenerateConfig {
+    let seed = params.seed.into_option().unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    GenerateConfig {
+        max_new_tokens: params.max_new_tokens as usize,
+        sampling: SamplingParams {
+            temperature: params.temperature,
+            top_k: params.top_k as usize,
+            top_p: params.top_p,
+            min_p: params.min_p,
+            repetition_penalty: params.repetition_penalty,
+            repeat_last_n: DEFAULT_REPEAT_LAST_N,
+            seed,
+        },
+        stop_strings: params.stop.iter().map(|s| s.to_string()).collect(),
+        eog_ids: Vec::new(),
+    }
+}
+
+impl Plugin for LlamaPlugin {
+    fn metadata() -> PluginMetadata {
+        PluginMetadata {
+            name: "llama".to_owned(),
+            version: Version::parse(env!("CARGO_PKG_VERSION")).expect("crate version is semver"),
+            plugin_api: pio_plugin_api::api_version(),
+            host: ">=0.1.0, <0.2.0".parse().expect("valid requirement"),
+            author: "Inference-PIO developers".to_owned(),
+            description: "Llama-architecture GGUF text generation on the GPU (wgpu)".to_owned(),
+            license: "MIT OR Apache-2.0".to_owned(),
+            capabilities: vec![Capability::TextGeneration, Capability::Chat],
+            // The model is only known after `initialize`; `stats` reports it in `details_json`.
+            model: ModelInfo {
+                architecture: Some("llama".to_owned()),
+                ..ModelInfo::default()
+            },
+            tags: vec!["llama".to_owned(), "gguf".to_owned(), "gpu".to_owned()],
+        }
+    }
+
+    fn new() -> PluginResult<Self> {
+        Ok(Self::default())
+    }
+
+    fn initialize(&mut self, config: serde_json::Value) -> PluginResult<()> {
+        let path = config
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                PluginError::invalid_input(
+                    "configuration needs \"model\": the path of a Llama GGUF file",
+                )
+            })?;
+        let file = GgufFile::open(&path).map_err(Error::from)?;
+        self.model = Some(ModelSummary::read(&file)?);
+        Ok(())
+    }
+
+    fn activate(&mut self, options: &ActivateOptions) -> PluginResult<()> {
+        let summary = self
+            .model
+            .as_ref()
+            .ok_or_else(|| PluginError::invalid_input("activate before initialize"))?;
+        let start = Instant::now();
+        let device = DeviceOptions {
+            adapter: options.adapter.clone().into_option().map(|a| a.to_string()),
+            ..DeviceOptions::default()
+        };
+        self.active = None;
+        let engine = Engine::load(
+            &summary.path,
+            &device,
+            options.context_length as usize,
+            options.memory_budget_bytes,
+        )?;
+        self.active = Some(Active {
+            engine,
+            activate_ms: start.elapsed().as_secs_f64() * 1e3,
+            requests: 0,
+            tokens: 0,
+        });
+        Ok(())
+    }
+
+    fn deactivate(&mut self) -> PluginResult<()> {
+        self.active = None;
+        Ok(())
+    }
+
+    /// Free-form operations. `{"op": "perplexity", "text": TEXT, "window": N}` answers
+    /// `{"perplexity", "mean_nll", "scored_tokens", "windows", "window"}` (windows as described
+    /// in [`crate::perplexity::perplexity`]).
+    fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
+        match request.get("op").and_then(|op| op.as_str()) {
+            Some("perplexity") => {
+                let text = request["text"].as_str().ok_or_else(|| {
+                    PluginError::invalid_input("perplexity needs a string field 'text'")
+                })?;
+                let window = request["window"].as_u64().ok_or_else(|| {
+                    PluginError::invalid_input("perplexity needs an integer field 'window'")
+                })? as usize;
+                let active = self.active()?;
+                let result = active.engine.perplexity(text, window)?;
+                active.requests += 1;
+                active.tokens += result.scored_tokens as u64;
+                Ok(serde_json::json!({
+                    "perplexity": result.perplexity,
+                    "mean_nll": result.mean_nll,
+                    "scored_tokens": result.scored_tokens,
+                    "windows": result.windows,
+                    "window": window,
+                }))
+            }
+            other => Err(PluginError::unsupported(format!(
+                "unknown op {other:?}; this plugin's infer supports \"perplexity\""
+            ))),
+        }
+    }
+
+    fn tokenize(&mut self, text: &str, add_special: bool) -> PluginResult<Vec<u32>> {
+        Ok(self.active()?.engine.tokenize(text, add_special)?)
+    }
+
+    fn detokenize(&mut self, tokens: &[u32]) -> PluginResult<String> {
+        Ok(self.active()?.engine.detokenize(tokens)?)
+    }
+
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        stream: &mut TokenStream<'_>,
+    ) -> PluginResult<GenerateResponse> {
+        let prompt = match &request.prompt {
+            Prompt::Text(text) => self.active()?.engine.tokenize(text, true)?,
+            Prompt::Tokens(tokens) => tokens.to_vec(),
+        };
+        self.run(prompt, &request.params, stream)
+    }
+
+    fn chat(
+        &mut self,
+        request: &ChatRequest,
+        stream: &mut TokenStream<'_>,
+    ) -> PluginResult<GenerateResponse> {
+        let messages: Vec<pio_text::ChatMessage> = request
+            .messages
+            .iter()
+            .map(|m| pio_text::ChatMessage::new(m.role.as_str(), m.content.as_str()))
+            .collect();
+        let prompt = self.active()?.engine.chat_prompt(&messages)?;
+        self.run(prompt, &request.params, stream)
+    }
+
+    fn stats(&self) -> PluginStats {
+        let mut stats = PluginStats::default();
+        let mut details = serde_json::Map::new();
+        if let Some(m) = &self.model {
+            let hp = &m.hparams;
+            details.insert("model".into(), m.path.display().to_string().into());
+            details.insert("architecture".into(), m.architecture.clone().into());
+            details.insert("parameter_count".into(), m.parameter_count.into());
+            details.insert("quantization".into(), m.quantization.clone().into());
+            details.insert("trained_context_length".into(), hp.context_length.into());
+            details.insert("layers".into(), hp.n_layer.into());
+            details.insert("embedding_length".into(), hp.n_embd.into());
+            details.insert("vocab_size".into(), hp.vocab_size.into());
+            // At the trained context until activation says otherwise (below).
+            let batch = DEFAULT_MAX_BATCH.min(hp.context_length);
+            details.insert(
+                "required_memory_bytes".into(),
+                m.required_device_bytes(hp.context_length, batch).into(),
+            );
+        }
+        if let Some(a) = &self.active {
+            let model = a.engine.model();
+            let gpu = model.gpu();
+            stats.device_memory_bytes = gpu.allocated_bytes();
+            stats.host_memory_bytes = a.engine.host_bytes();
+            stats.activate_ms = a.activate_ms;
+            stats.requests = a.requests;
+            stats.tokens = a.tokens;
+            details.insert("adapter".into(), gpu.adapter_info().to_string().into());
+            details.insert("context_length".into(), model.context().into());
+            details.insert(
+                "required_memory_bytes".into(),
+                a.engine
+                    .summary()
+                    .required_device_bytes(model.context(), model.max_batch())
+                    .into(),
+            );
+        }
+        stats.details_json = serde_json::Value::Object(details).to_string().into();
+        stats
+    }
+
+    fn health(&self) -> Health {
+        match (&self.model, &self.active) {
+            (_, Some(_)) => Health::new(HealthStatus::Ok, "active"),
+            (Some(_), None) => Health::new(HealthStatus::Unavailable, "initialized, not active"),
+            (None, None) => Health::new(HealthStatus::Unavailable, "not initialized"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_model::{smollm2, tiny_llama_bytes, TinyConfig};
+    use pio_plugin_api::{ChatMessage, ErrorKind, FinishReason, FnSink, StreamControl, TokenEvent};
+
+    fn tiny_file(dir: &tempfile::TempDir, cfg: &TinyConfig) -> PathBuf {
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, tiny_llama_bytes(cfg)).unwrap();
+        path
+    }
+
+    fn initialized(path: &std::path::Path) -> LlamaPlugin {
+        let mut p = LlamaPlugin::new().unwrap();
+        p.initialize(serde_json::json!({ "model": path })).unwrap();
+        p
+    }
+
+    /// Runs `f` with a token stream collecting events.
+    fn streaming<T>(
+        f: impl FnOnce(&mut TokenStream<'_>) -> T,
+        control: impl Fn(usize) -> StreamControl,
+    ) -> (T, Vec<TokenEvent>) {
+        let mut events = Vec::new();
+        let mut sink = FnSink(|e: &TokenEvent| {
+            events.push(e.clone());
+            control(events.len())
+        });
+        let out = f(&mut TokenStream::new(sink.as_sink()));
+        (out, events)
+    }
+
+    #[test]
+    fn metadata_is_static_and_names_capabilities() {
+        let m = LlamaPlugin::metadata();
+        assert_eq!(m.name, "llama");
+        assert!(m.has(Capability::TextGeneration) && m.has(Capability::Chat));
+    }
+
+    #[test]
+    fn configuration_errors_are_typed() {
+        let mut p = LlamaPlugin::new().unwrap();
+        let e = p.initialize(serde_json::json!({})).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        let e = p
+            .initialize(serde_json::json!({ "model": "/nonexistent.gguf" }))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ModelLoad);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TinyConfig {
+            architecture: "falcon",
+            ..TinyConfig::default()
+        };
+        let e = p
+            .initialize(serde_json::json!({ "model": tiny_file(&dir, &cfg) }))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Incompatible);
+        assert!(e.message.contains("falcon"), "{}", e.message);
+        let request = GenerateRequest {
+            prompt: Prompt::Tokens(vec![1].into()),
+            params: GenerationParams::greedy(1),
+        };
+        let e = streaming(|s| p.generate(&request, s), |_| StreamControl::Continue)
+            .0
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert!(e.message.contains("not activated"), "{}", e.message);
+    }
+
+    #[test]
+    fn lifecycle_generate_stream_cancel_and_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = initialized(&tiny_file(&dir, &TinyConfig::default()));
+        assert_eq!(p.health().status, HealthStatus::Unavailable);
+        let before: serde_json::Value = serde_json::from_str(&p.stats().details_json).unwrap();
+        p.activate(&ActivateOptions {
+            context_length: 64,
+            ..ActivateOptions::default()
+        })
+        .unwrap();
+        assert_eq!(p.health().status, HealthStatus::Ok);
+        let stats = p.stats();
+        assert!(stats.device_memory_bytes > 0 && stats.host_memory_bytes > 0);
+        let details: serde_json::Value = serde_json::from_str(&stats.details_json).unwrap();
+        assert_eq!(details["context_length"], 64);
+        assert_eq!(details["architecture"], "llama");
+        // The estimate for the trained context (256) exceeds the one for the 64 positions used,
+        // and the estimate used covers what was actually allocated to within 10%.
+        let (at_trained, at_64) = (
+            before["required_memory_bytes"].as_u64().unwrap(),
+            details["required_memory_bytes"].as_u64().unwrap(),
+        );
+        assert!(at_trained > at_64);
+        let allocated = stats.device_memory_bytes as f64;
+        assert!(
+            (at_64 as f64 - allocated).abs() < 0.1 * allocated,
+            "{at_64} vs {allocated}"
+        );
+
+        let ids = p.tokenize("hello world", false).unwrap();
+        assert_eq!(p.detokenize(&ids).unwrap(), "hello world");
+
+        let request = GenerateRequest {
+            prompt: Prompt::Text("The cat".into()),
+            params: GenerationParams {
+                max_new_tokens: 12,
+                temperature: 0.9,
+                seed: Some(42).into(),
+                ..GenerationParams::default()
+            },
+        };
+        let (a, events) = streaming(
+            |s| p.generate(&request, s).unwrap(),
+            |_| StreamControl::Continue,
+        );
+        let (b, _) = streaming(
+            |s| p.generate(&request, s).unwrap(),
+            |_| StreamControl::Continue,
+        );
+        assert_eq!(a.tokens, b.tokens, "same seed, same tokens");
+        let streamed: String = events.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(streamed, a.text.as_str());
+        assert_eq!(events.len(), a.tokens.len());
+
+        let (c, events) = streaming(
+            |s| p.generate(&request, s).unwrap(),
+            |n| {
+                if n == 3 {
+                    StreamControl::Stop
+                } else {
+                    StreamControl::Continue
+                }
+            },
+        );
+        if a.tokens.len() > 3 {
+            assert_eq!(c.finish_reason, FinishReason::Cancelled);
+            assert_eq!((events.len(), c.tokens.len()), (3, 3));
+        }
+
+        let bad = GenerateRequest {
+            params: GenerationParams {
+                top_p: 0.0,
+                ..GenerationParams::default()
+            },
+            ..request.clone()
+        };
+        let e = streaming(|s| p.generate(&bad, s), |_| StreamControl::Continue)
+            .0
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        let long = GenerateRequest {
+            prompt: Prompt::Tokens(vec![5; 65].into()),
+            ..request
+        };
+        let e = streaming(|s| p.generate(&long, s), |_| StreamControl::Continue)
+            .0
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert!(e.message.contains("65"), "{}", e.message);
+        assert_eq!(p.stats().requests, 3);
+
+        p.deactivate().unwrap();
+        assert_eq!(p.stats().device_memory_bytes, 0);
+        assert_eq!(p.health().status, HealthStatus::Unavailable);
+        assert!(p.tokenize("x", false).is_err());
+    }
+
+    #[test]
+    fn smollm2_chat_through_the_plugin() {
+        let Some(path) = smollm2() else { return };
+        let mut p = initialized(&path);
+        p.activate(&ActivateOptions {
+            context_length: 256,
+            ..ActivateOptions::default()
+        })
+        .unwrap();
+        let request = ChatRequest {
+            messages: vec![ChatMessage::new("user", "What is the capital of France?")].into(),
+            params: GenerationParams {
+                stop: vec![" Paris".into()].into(),
+                ..GenerationParams::greedy(32)
+            },
+        };
+        let (r, _) = streaming(
+            |s| p.chat(&request, s).unwrap(),
+            |_| StreamControl::Continue,
+        );
+        // The stop string ends generation and is not part of the text.
+        assert_eq!(r.text.as_str(), "The capital of France is");
+        assert_eq!(r.finish_reason, FinishReason::Stop);
+    }
+}

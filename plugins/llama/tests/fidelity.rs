@@ -1,0 +1,119 @@
+//! Fidelity on the real SmolLM2-135M-Instruct against an independent fp32 implementation
+//! (Hugging Face transformers on the dequantized GGUF). The reference numbers were produced
+//! outside the test path by `tests/data/make_reference.py`; this test only reads them.
+
+use pio_gpu::DeviceOptions;
+use pio_plugin_llama::{engine::Engine, generate::Forward, perplexity::perplexity};
+use pio_text::ChatMessage;
+use serde_json::Value;
+
+const QUESTION: &str = "What is the capital of France?";
+
+fn reference() -> Value {
+    serde_json::from_str(include_str!("data/smollm2_reference.json")).unwrap()
+}
+
+fn reference_logits() -> Vec<f32> {
+    include_bytes!("data/smollm2_france_logits.f32")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn load(context: usize) -> Option<Engine> {
+    let path = pio_testkit::cached_model(pio_testkit::SMOLLM2)?;
+    Some(Engine::load(&path, &DeviceOptions::default(), context, 0).expect("SmolLM2 loads"))
+}
+
+/// The ChatML prompt tokenizes to the reference's ids, and the last-position logits agree with
+/// the fp32 reference within 2e-2 (the bar; f32 summation order alone moves logits by
+/// ~1e-4, so a larger gap means a different computation).
+#[test]
+fn france_prompt_logits_and_greedy_answer_match_transformers() {
+    let Some(mut engine) = load(512) else { return };
+    let reference = reference();
+    let prompt = engine
+        .chat_prompt(&[ChatMessage::new("user", QUESTION)])
+        .unwrap();
+    assert_eq!(prompt, ids(&reference["prompt_ids"]), "chat prompt ids");
+
+    let logits = engine.model_mut().forward(&prompt, 0, false).unwrap();
+    let expected = reference_logits();
+    assert_eq!(logits.len(), expected.len());
+    let max_abs = logits
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("last-position logits: max |GPU - transformers fp32| = {max_abs:.2e}");
+    assert!(max_abs <= 2e-2, "max abs logit difference {max_abs}");
+
+    let config = pio_plugin_llama::generate::GenerateConfig {
+        max_new_tokens: 24,
+        sampling: pio_plugin_llama::sampler::SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop_strings: Vec::new(),
+        eog_ids: Vec::new(),
+    };
+    let answer = engine
+        .generate(&prompt, &config, &mut |_| {
+            pio_plugin_api::StreamControl::Continue
+        })
+        .unwrap();
+    assert_eq!(answer.text, "The capital of France is Paris.");
+    let mut expected_ids = ids(&reference["greedy_ids"]);
+    // The reference includes the end-of-turn token; the generation stops on it without
+    // returning it as text.
+    assert_eq!(expected_ids.pop(), Some(2));
+    assert_eq!(&answer.tokens[..expected_ids.len()], &expected_ids[..]);
+}
+
+/// Perplexity over the first two 512-token windows of the GPL-3 text, computed the way
+/// `pio perplexity` does, agrees with the reference's within 1%.
+#[test]
+fn perplexity_matches_transformers_within_one_percent() {
+    let Some(mut engine) = load(512) else { return };
+    let reference = reference();
+    let text = include_str!("data/gpl-3.0.txt");
+    let tokens = engine.tokenize(text, false).unwrap();
+    assert_eq!(
+        tokens.len() as u64,
+        reference["perplexity"]["tokens"].as_u64().unwrap(),
+        "the text tokenizes to as many tokens as in the reference"
+    );
+    let window = reference["perplexity"]["window"].as_u64().unwrap() as usize;
+    let windows = &reference["perplexity"]["windows"].as_array().unwrap()[..2];
+    let (sum, scored) = windows.iter().fold((0.0, 0u64), |(s, n), w| {
+        (
+            s + w["log_prob_sum"].as_f64().unwrap(),
+            n + w["scored"].as_u64().unwrap(),
+        )
+    });
+    let expected = (-sum / scored as f64).exp();
+
+    // The model adds no BOS (tokenizer.ggml.add_bos_token = false), so windows start with text.
+    let measured = perplexity(engine.model_mut(), &tokens[..2 * window], window, None).unwrap();
+    assert_eq!(measured.scored_tokens as u64, scored);
+    let relative = (measured.perplexity - expected).abs() / expected;
+    eprintln!(
+        "perplexity over {scored} tokens: GPU {:.4}, transformers fp32 {expected:.4} ({:.3}% apart)",
+        measured.perplexity,
+        relative * 100.0
+    );
+    assert!(
+        relative < 0.01,
+        "perplexity {} vs {expected}",
+        measured.perplexity
+    );
+}
