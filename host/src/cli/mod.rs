@@ -1,6 +1,7 @@
 //! The `pio` command line: argument definitions and dispatch. Each command lives in its own
 //! module and only calls the host library.
 
+mod embed;
 mod models;
 mod output;
 mod plugins;
@@ -38,12 +39,15 @@ enum Command {
     Chat(text::ChatArgs),
     /// Compute a model's perplexity on a text file, printed as `PPL = <number>`.
     ///
-    /// The text is tokenized once (with the model's BOS token first if the model adds one) and
-    /// cut into consecutive, non-overlapping windows of `--ctx` tokens (the last may be
-    /// shorter). Each window is evaluated on its own from an empty cache, and every token of a
-    /// window except its first is scored with the log-probability the model gives it from the
-    /// tokens before it in the window. PPL = exp(-mean log-probability of the scored tokens).
+    /// The text is tokenized once and cut into consecutive, non-overlapping windows (the last
+    /// may be shorter), each evaluated on its own from an empty cache. Without BOS, a window is
+    /// `--ctx` tokens and every token but its first is scored; if the model adds BOS, a window
+    /// is BOS + `--ctx`-1 text tokens and every text token is scored. A token's score is the
+    /// log-probability the model gives it from the tokens before it in its window.
+    /// PPL = exp(-mean log-probability of the scored tokens).
     Perplexity(text::PerplexityArgs),
+    /// Embed texts with an embeddings plugin (default: bert with all-MiniLM-L6-v2); JSON out.
+    Embed(embed::EmbedArgs),
     /// List the GPU adapters wgpu can see.
     Devices,
     /// List and fetch the models the project knows.
@@ -118,6 +122,7 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => text::generate(&args),
         Command::Chat(args) => text::chat(&args),
         Command::Perplexity(args) => text::perplexity(&args),
+        Command::Embed(args) => embed::embed(&args),
         Command::Devices => devices(),
     };
     match result {
