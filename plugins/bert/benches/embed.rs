@@ -21,12 +21,7 @@ fn model_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PIO_MODEL_DIR") {
         return PathBuf::from(dir);
     }
-    let cache = std::env::var_os("PIO_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("pio")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pio")))
-        .expect("no PIO_CACHE_DIR, XDG_CACHE_HOME or HOME");
-    cache.join("models/all-MiniLM-L6-v2")
+    pio_testkit::models_dir().join(pio_testkit::MINILM)
 }
 
 /// 256 varied short sentences (6–12 words).

@@ -12,31 +12,9 @@ use pio_plugin_bert::{Embedder, ModelFiles, WeightFormat};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// `<cache>/models/all-MiniLM-L6-v2`, `<cache>` as the host resolves it.
-fn model_dir() -> PathBuf {
-    let cache = std::env::var_os("PIO_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("pio")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pio")))
-        .expect("no PIO_CACHE_DIR, XDG_CACHE_HOME or HOME");
-    cache.join("models/all-MiniLM-L6-v2")
-}
-
-/// The model directory, or `None` after printing why the test is skipped.
+/// The model directory (see [`pio_testkit::cached_model`] for the skip rule).
 fn require_model() -> Option<PathBuf> {
-    let dir = model_dir();
-    if dir.join("model.safetensors").is_file() {
-        return Some(dir);
-    }
-    let message = format!(
-        "{} not found (fetch it with `cargo run -p pio-host -- models fetch all-minilm-l6-v2`)",
-        dir.display()
-    );
-    if std::env::var("PIO_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("PIO_REQUIRE_MODELS=1 but {message}");
-    }
-    eprintln!("\n*** SKIPPED: {message} ***\n");
-    None
+    pio_testkit::cached_model(pio_testkit::MINILM)
 }
 
 struct Reference {
