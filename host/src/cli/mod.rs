@@ -1,6 +1,7 @@
 //! The `pio` command line: argument definitions and dispatch. Each command lives in its own
 //! module and only calls the host library.
 
+mod bench;
 mod embed;
 mod models;
 mod output;
@@ -30,8 +31,8 @@ enum Command {
     /// Inspect, check and pack plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
-    /// Load, activate and watch a plugin directory, hot-reloading plugins as folders change;
-    /// prints reload events as JSON lines.
+    /// Serve plugins over an OpenAI-compatible HTTP API; with --plugins DIR, watch DIR and
+    /// hot-reload plugins as folders change, printing reload events as JSON lines.
     Serve(serve::ServeArgs),
     /// Continue a prompt with a text-generation plugin (default: llama with SmolLM2).
     Generate(text::GenerateArgs),
@@ -46,6 +47,9 @@ enum Command {
     /// log-probability the model gives it from the tokens before it in its window.
     /// PPL = exp(-mean log-probability of the scored tokens).
     Perplexity(text::PerplexityArgs),
+    /// Benchmark a text-generation plugin (default: llama with SmolLM2): load time, prefill
+    /// and decode tokens/s, time to first token, dispatches per token, peak RSS.
+    Bench(bench::BenchArgs),
     /// Embed texts with an embeddings plugin (default: bert with all-MiniLM-L6-v2); JSON out.
     Embed(embed::EmbedArgs),
     /// List the GPU adapters wgpu can see.
@@ -123,6 +127,7 @@ pub fn main() -> ExitCode {
         Command::Chat(args) => text::chat(&args),
         Command::Perplexity(args) => text::perplexity(&args),
         Command::Embed(args) => embed::embed(&args),
+        Command::Bench(args) => bench::bench(&args),
         Command::Devices => devices(),
     };
     match result {

@@ -85,7 +85,7 @@ pub struct PerplexityArgs {
 }
 
 /// Loads the plugins with `plugin` configured for `model`, and activates `plugin`.
-fn open(
+pub(super) fn open(
     plugin: Option<&str>,
     model: Option<&PathBuf>,
     activate: &ActivateArgs,

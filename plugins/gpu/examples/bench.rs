@@ -3,13 +3,14 @@
 //! clock and by process CPU time (all driver threads; steadier than wall time on a busy machine,
 //! about 2x the wall time when llvmpipe's two threads are both busy).
 //!
-//! `cargo run -p pio-gpu --release --example bench`
+//! `cargo run -p pio-gpu --release --example bench [TOKENS WORKGROUP]` (a custom decode tile;
+//! default: the adapter's own tiles)
 
 use std::time::Instant;
 
 use pio_gpu::{
-    Attention, AttentionConfig, DeviceOptions, Dispatch, Gpu, KvCache, Matmul, MatmulConfig,
-    MatmulTile, QuantMatrix, RowLayout, WeightDtype,
+    Attention, AttentionConfig, DeviceOptions, Dispatch, Gpu, KvCache, Linear, LinearShape,
+    QuantMatrix, RowLayout, RowTile, TokenRange, WeightDtype,
 };
 
 const REPEAT: usize = 20;
@@ -44,14 +45,7 @@ fn time(gpu: &Gpu, dispatch: &Dispatch) -> (f64, f64) {
     (samples[samples.len() / 2], cpu)
 }
 
-fn matmul(
-    gpu: &Gpu,
-    dtype: WeightDtype,
-    rows: usize,
-    cols: usize,
-    n_tokens: usize,
-    tile: MatmulTile,
-) {
+fn matmul(gpu: &Gpu, dtype: WeightDtype, rows: usize, cols: usize, n_tokens: usize, tile: RowTile) {
     let raw = vec![0x11u8; rows * dtype.gguf_row_bytes(cols)];
     let weights = QuantMatrix::upload(gpu, dtype, rows, cols, &raw).expect("weights");
     let x = gpu
@@ -60,23 +54,23 @@ fn matmul(
     let out = gpu
         .storage_zeroed("out", (n_tokens * rows * 4) as u64)
         .expect("out");
-    let config = MatmulConfig {
+    let shape = LinearShape {
         dtype,
         rows: rows as u32,
         cols: cols as u32,
+        norm_eps: None,
         tile,
-        accumulate: false,
     };
-    let kernel = Matmul::new(gpu, config).expect("pipeline");
+    let kernel = Linear::new(gpu, shape, false).expect("pipeline");
+    let tokens = TokenRange::all(n_tokens as u32);
     let dispatch = kernel
-        .bind(gpu, &weights, &x, &out, n_tokens as u32)
+        .bind(gpu, &weights, &x, None, &out, tokens)
         .expect("bind");
     let (wall, cpu) = time(gpu, &dispatch);
     let macs = (rows * cols * n_tokens) as f64 / 1e9;
     println!(
-        "matmul {dtype:?} {rows}x{cols} T={n_tokens} tile {}x{}/{}: {:.3} ms wall ({:.2} G MAC/s), \
-         {:.3} ms CPU ({:.2} G MAC per CPU-s)",
-        tile.rows,
+        "linear {dtype:?} {rows}x{cols} T={n_tokens} tile {} tokens/{}: {:.3} ms wall \
+         ({:.2} G MAC/s), {:.3} ms CPU ({:.2} G MAC per CPU-s)",
         tile.tokens,
         tile.workgroup_size,
         wall * 1e3,
@@ -122,13 +116,13 @@ fn main() {
     let gpu = Gpu::new(&DeviceOptions::default()).expect("GPU device");
     println!("adapter: {}", gpu.adapter_info());
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tiles: Vec<MatmulTile> = match args.as_slice() {
-        [rows, tokens, workgroup] => vec![MatmulTile {
-            rows: rows.parse().expect("rows"),
+    let kind = gpu.adapter_info().device_type;
+    let tiles: Vec<RowTile> = match args.as_slice() {
+        [tokens, workgroup] => vec![RowTile {
             tokens: tokens.parse().expect("tokens"),
             workgroup_size: workgroup.parse().expect("workgroup size"),
         }],
-        _ => vec![MatmulTile::DECODE],
+        _ => vec![RowTile::decode(kind)],
     };
     for &tile in &tiles {
         for dtype in [WeightDtype::Q4_0, WeightDtype::Q4_1, WeightDtype::Q8_0] {
@@ -138,8 +132,9 @@ fn main() {
         }
         matmul(&gpu, WeightDtype::Q8_0, 49152, 576, 1, tile);
     }
-    matmul(&gpu, WeightDtype::Q4_1, 1536, 576, 64, MatmulTile::PREFILL);
-    matmul(&gpu, WeightDtype::Q4_1, 1536, 576, 64, MatmulTile::DECODE);
+    for tile in [RowTile::prefill(kind), RowTile::decode(kind)] {
+        matmul(&gpu, WeightDtype::Q4_1, 1536, 576, 64, tile);
+    }
     for position in [0, 255, 1023] {
         attention(&gpu, position);
     }

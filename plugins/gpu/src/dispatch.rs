@@ -48,12 +48,24 @@ impl Dispatch {
 pub(crate) struct Params {
     /// Number of token rows (or, for flat kernels, elements) to process.
     pub count: u32,
-    pad: [u32; 3],
+    /// First input row (kernels that take a row range).
+    pub first: u32,
+    pad: [u32; 2],
 }
 
 impl Params {
+    /// Rows (or elements) `0..count`.
     pub(crate) fn count(count: u32) -> Self {
-        Self { count, pad: [0; 3] }
+        Self::range(0, count)
+    }
+
+    /// Rows `first..first + count`.
+    pub(crate) fn range(first: u32, count: u32) -> Self {
+        Self {
+            count,
+            first,
+            pad: [0; 2],
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! Typical use by a model plugin:
 //! 1. at activation: [`Gpu::new`], upload weights with [`QuantMatrix::upload`], create every
-//!    kernel (`Matmul::new`, ... — this compiles the pipelines), allocate activations and the
+//!    kernel ([`Linear::new`], ... — this compiles the pipelines; pick tiles for the adapter
+//!    with [`RowTile::decode`] and [`RowTile::prefill`]), allocate activations and the
 //!    [`KvCache`], bind the decode step's [`Dispatch`]es and [`Gpu::run`] them once to warm up;
 //! 2. per token: write token ids and positions with [`Gpu::write`], record the dispatches into
 //!    one compute pass ([`Dispatch::record`]), submit, and read the logits back.
@@ -27,13 +28,12 @@ pub use buffer::GpuBuffer;
 pub use device::{list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu};
 pub use dispatch::Dispatch;
 pub use error::{GpuError, Result};
-pub use kernels::add::Add;
 pub use kernels::attention::{Attention, AttentionConfig};
 pub use kernels::embed::Embed;
-pub use kernels::kv_cache::{KvCache, KvLayer, KvWrite, KvWriteConfig};
-pub use kernels::matmul::{Matmul, MatmulConfig, MatmulTile};
-pub use kernels::rmsnorm::RmsNorm;
-pub use kernels::rope::{Rope, RopeConfig, RopeTable};
-pub use kernels::silu_mul::{SiluMul, SiluMulConfig};
+pub use kernels::kv_cache::{KvCache, KvLayer};
+pub use kernels::linear::{
+    Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, SwiGlu, TokenRange, MAX_TILE_TOKENS,
+};
+pub use kernels::rope::RopeTable;
 pub use layout::RowLayout;
 pub use quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};

@@ -219,6 +219,36 @@ impl QuantMatrix {
         })
     }
 
+    /// Uploads the gate and up projections of a gated FFN (each `ff` × `cols` raw GGUF bytes in
+    /// `dtype`) as one `2 ff` × `cols` matrix whose row group `g` holds gate rows `4g..4g + 4`
+    /// followed by up rows `4g..4g + 4`, the layout [`SwiGlu`](crate::SwiGlu) reads. `ff` must be
+    /// a multiple of 4.
+    pub fn upload_gate_up(
+        gpu: &Gpu,
+        dtype: WeightDtype,
+        ff: usize,
+        cols: usize,
+        gate: &[u8],
+        up: &[u8],
+    ) -> Result<Self> {
+        const HALF: usize = ROW_GROUP / 2;
+        check_gguf_shape("gate upload", dtype, ff, cols, gate.len())?;
+        check_gguf_shape("up upload", dtype, ff, cols, up.len())?;
+        if ff % HALF != 0 {
+            return Err(GpuError::shape(
+                "gate/up upload",
+                format!("FFN width {ff} is not a multiple of {HALF}"),
+            ));
+        }
+        let quad = HALF * dtype.gguf_row_bytes(cols);
+        let mut interleaved = Vec::with_capacity(gate.len() + up.len());
+        for (g, u) in gate.chunks_exact(quad).zip(up.chunks_exact(quad)) {
+            interleaved.extend_from_slice(g);
+            interleaved.extend_from_slice(u);
+        }
+        Self::upload(gpu, dtype, 2 * ff, cols, &interleaved)
+    }
+
     /// Storage dtype.
     pub fn dtype(&self) -> WeightDtype {
         self.dtype

@@ -3,7 +3,8 @@
 mod common;
 
 use pio_gpu::{
-    list_adapters, DeviceOptions, Gpu, GpuError, Matmul, MatmulConfig, MatmulTile, WeightDtype,
+    list_adapters, DeviceKind, DeviceOptions, Gpu, GpuError, Linear, LinearShape, RowTile,
+    WeightDtype,
 };
 
 #[test]
@@ -95,18 +96,20 @@ fn rejects_buffers_over_the_binding_limit() {
 #[test]
 fn caches_pipelines_by_shape() {
     let gpu = common::gpu();
-    let config = MatmulConfig {
+    let shape = LinearShape {
         dtype: WeightDtype::Q4_0,
         rows: 64,
         cols: 64,
-        tile: MatmulTile::DECODE,
-        accumulate: false,
+        norm_eps: None,
+        tile: RowTile::decode(DeviceKind::Cpu),
     };
-    Matmul::new(&gpu, config).unwrap();
-    Matmul::new(&gpu, config).unwrap();
+    Linear::new(&gpu, shape, false).unwrap();
+    Linear::new(&gpu, shape, false).unwrap();
     assert_eq!(gpu.pipeline_count(), 1);
-    Matmul::new(&gpu, MatmulConfig { rows: 96, ..config }).unwrap();
+    Linear::new(&gpu, LinearShape { rows: 96, ..shape }, false).unwrap();
     assert_eq!(gpu.pipeline_count(), 2);
+    Linear::new(&gpu, shape, true).unwrap();
+    assert_eq!(gpu.pipeline_count(), 3);
 }
 
 #[test]
@@ -116,6 +119,6 @@ fn runtime_types_can_move_between_threads() {
     assert_send_sync::<pio_gpu::GpuBuffer>();
     assert_send_sync::<pio_gpu::QuantMatrix>();
     assert_send_sync::<pio_gpu::Dispatch>();
-    assert_send_sync::<Matmul>();
+    assert_send_sync::<Linear>();
     assert_send_sync::<pio_gpu::KvCache>();
 }

@@ -28,6 +28,22 @@ pub trait Forward {
     /// Returns the logits of every processed position (`tokens.len() * vocab_size` values, row
     /// per position) when `all_logits` is set, otherwise only those of the last position.
     fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>>;
+
+    /// Runs `tokens` like [`Forward::forward`] and picks the token that follows the last one
+    /// with `sampler`, `history` being every token seen so far (for the repetition penalty).
+    ///
+    /// The default reads the logits back and samples on the CPU; a model that can sample where
+    /// its logits are (on the device) overrides it and returns only the token id.
+    fn next_token(
+        &mut self,
+        tokens: &[u32],
+        start_pos: usize,
+        sampler: &mut Sampler,
+        history: &[u32],
+    ) -> Result<u32> {
+        let logits = self.forward(tokens, start_pos, false)?;
+        sampler.sample(&logits, history)
+    }
 }
 
 /// Turns generated tokens into text incrementally.
@@ -146,10 +162,9 @@ pub fn generate<F: Forward + ?Sized>(
 
     let mut stops = StopMatcher::new(&config.stop_strings);
     let mut history = prompt.to_vec();
-    let mut logits = model.forward(prompt, 0, false)?;
+    let mut token = model.next_token(prompt, 0, &mut sampler, &history)?;
     let mut first_token_at = None;
     for index in 0..max_new {
-        let token = sampler.sample(&logits, &history)?;
         first_token_at.get_or_insert_with(Instant::now);
         history.push(token);
         out.tokens.push(token);
@@ -190,7 +205,7 @@ pub fn generate<F: Forward + ?Sized>(
         if is_last {
             break;
         }
-        logits = model.forward(&[token], history.len() - 1, false)?;
+        token = model.next_token(&[token], history.len() - 1, &mut sampler, &history)?;
     }
     let first = first_token_at.unwrap_or(start);
     out.timings.prompt_ms = (first - start).as_secs_f64() * 1e3;

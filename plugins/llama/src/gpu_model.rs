@@ -1,28 +1,32 @@
-//! The Llama forward pass on the GPU, built from `pio-gpu` kernels.
+//! The Llama forward pass on the GPU, built from `pio-gpu`'s fused kernels.
 //!
-//! Weights stay in their GGUF storage type on the device (repacked by [`QuantMatrix::upload`]).
-//! A forward step of `T` tokens records, into one command encoder submitted once:
+//! Weights stay in their GGUF storage type on the device (repacked by [`QuantMatrix::upload`]);
+//! each layer's Q, K and V projections are one concatenated matrix, its gate and up projections
+//! one interleaved matrix. A forward step of `T` tokens records five dispatches per layer into
+//! one command encoder:
 //!
 //! ```text
 //! x = embed(tokens)
-//! per layer:  h = rmsnorm(x, attn_norm)
-//!             q, k, v = Wq h, Wk h, Wv h;  rope(q), rope(k)   (GGML adjacent-pair RoPE)
-//!             cache[layer][positions] = k, v
-//!             x += Wo attention(q, cache[layer])              (causal GQA, residual fused)
-//!             h = rmsnorm(x, ffn_norm)
-//!             x += Wdown (silu(Wgate h) * Wup h)              (residual fused)
-//! logits = Wout rmsnorm(x, output_norm)   (all T rows, or only the last one copied out)
+//! per layer:  q, cache[positions] = rope(Wqkv rmsnorm(x, attn_norm))      (QkvRope)
+//!             a = attention(q, cache)                                    (causal GQA)
+//!             x += Wo a                                                  (Linear, residual)
+//!             f = silu(Wgate h) * (Wup h),  h = rmsnorm(x, ffn_norm)     (SwiGlu)
+//!             x += Wdown f                                               (Linear, residual)
+//! logits = Wout rmsnorm(x, output_norm)   (all T rows, or only the last)  (Linear)
 //! ```
 //!
 //! then reads the logits back. Prompts longer than [`GpuModel::max_batch`] are processed in
 //! chunks. The dispatches of a single-token step are built once and reused for every decoded
-//! token; only the token-id and position buffers change.
+//! token; only the token-id and position buffers change. Tiles (tokens per invocation,
+//! workgroup size) are chosen per adapter class, see [`RowTile`].
+
+use std::borrow::Cow;
 
 use pio_gguf::{GgufFile, TensorType, TensorView};
 use pio_gpu::{
-    Attention, AttentionConfig, Dispatch, Embed, Gpu, GpuBuffer, KvCache, KvWrite, KvWriteConfig,
-    Matmul, MatmulConfig, MatmulTile, QuantMatrix, RmsNorm, Rope, RopeConfig, RopeTable, RowLayout,
-    SiluMul, SiluMulConfig, WeightDtype,
+    Attention, AttentionConfig, Dispatch, Embed, Gpu, GpuBuffer, KvCache, Linear, LinearShape,
+    QkvRope, QkvRopeConfig, QuantMatrix, RopeTable, RowLayout, RowTile, SwiGlu, TokenRange,
+    WeightDtype,
 };
 
 use crate::error::{Error, Result};
@@ -49,59 +53,72 @@ fn weight_dtype(t: &TensorView) -> Result<WeightDtype> {
     })
 }
 
-/// A weight matrix on the device with its matmul kernels for one token and for many.
-struct Linear {
-    weights: QuantMatrix,
-    decode: Matmul,
-    prefill: Matmul,
+/// The raw bytes of `tensors` in one storage type: their own when they share it, else each
+/// converted to f32 (exact for every supported type), so they can be uploaded as one matrix.
+fn common_storage<'a>(tensors: &[&TensorView<'a>]) -> Result<(WeightDtype, Vec<Cow<'a, [u8]>>)> {
+    let dtype = weight_dtype(tensors[0])?;
+    let mut same = true;
+    for t in tensors {
+        same &= weight_dtype(t)? == dtype;
+    }
+    if same {
+        return Ok((
+            dtype,
+            tensors.iter().map(|t| Cow::Borrowed(t.data)).collect(),
+        ));
+    }
+    tracing::info!(
+        tensor = %tensors[0].info.name,
+        "fused projections have different storage types; uploading them as f32"
+    );
+    let converted = tensors
+        .iter()
+        .map(|t| {
+            Ok(Cow::Owned(
+                t.to_f32()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    Ok((WeightDtype::F32, converted))
 }
 
-impl Linear {
-    fn upload(gpu: &Gpu, t: &TensorView, accumulate: bool) -> Result<Self> {
-        let dtype = weight_dtype(t)?;
-        let (rows, cols) = (t.info.dims[1] as usize, t.info.dims[0] as usize);
-        let weights = QuantMatrix::upload(gpu, dtype, rows, cols, t.data)?;
-        let config = |tile| MatmulConfig {
-            dtype,
-            rows: rows as u32,
-            cols: cols as u32,
-            tile,
-            accumulate,
-        };
-        Ok(Linear {
-            decode: Matmul::new(gpu, config(MatmulTile::DECODE))?,
-            prefill: Matmul::new(gpu, config(MatmulTile::PREFILL))?,
-            weights,
-        })
-    }
-
-    fn bind(&self, gpu: &Gpu, x: &GpuBuffer, out: &GpuBuffer, n: u32) -> Result<Dispatch> {
-        let kernel = if n == 1 { &self.decode } else { &self.prefill };
-        Ok(kernel.bind(gpu, &self.weights, x, out, n)?)
-    }
+/// The four fused kernels of one layer, for one tile.
+struct LayerKernels {
+    qkv: QkvRope,
+    output: Linear,
+    gate_up: SwiGlu,
+    down: Linear,
 }
 
 struct Layer {
     attn_norm: GpuBuffer,
     ffn_norm: GpuBuffer,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    wo: Linear,
-    w_gate: Linear,
-    w_up: Linear,
-    w_down: Linear,
+    /// `[Wq; Wk; Wv]`.
+    qkv: QuantMatrix,
+    output: QuantMatrix,
+    /// Gate and up rows interleaved by row group.
+    gate_up: QuantMatrix,
+    down: QuantMatrix,
+    decode: LayerKernels,
+    prefill: LayerKernels,
 }
 
-/// Kernels whose shape is the same in every layer.
-struct Kernels {
-    embed: Embed,
-    norm: RmsNorm,
-    rope_q: Rope,
-    rope_k: Rope,
-    kv_write: KvWrite,
-    attention: Attention,
-    silu_mul: SiluMul,
+impl Layer {
+    fn kernels(&self, n_tokens: u32) -> &LayerKernels {
+        if n_tokens == 1 {
+            &self.decode
+        } else {
+            &self.prefill
+        }
+    }
+}
+
+/// The final norm + output projection, for both tiles.
+struct Head {
+    /// `None` when the projection is tied to the embedding table.
+    output: Option<QuantMatrix>,
+    decode: Linear,
+    prefill: Linear,
 }
 
 /// Activation buffers, each sized for `max_batch` tokens.
@@ -109,24 +126,15 @@ struct Activations {
     tokens: GpuBuffer,
     positions: GpuBuffer,
     x: GpuBuffer,
-    h: GpuBuffer,
     q: GpuBuffer,
-    k: GpuBuffer,
-    v: GpuBuffer,
     attn: GpuBuffer,
-    gate: GpuBuffer,
-    up: GpuBuffer,
-    act: GpuBuffer,
-    /// The last token's normalised hidden state, when only its logits are wanted.
-    last: GpuBuffer,
+    ffn: GpuBuffer,
     logits: GpuBuffer,
 }
 
-/// The dispatches of one forward step: the transformer body (ending with the final norm) and
-/// the output projection, with a copy of the last row in between when only it is projected.
+/// The dispatches of one forward step.
 struct Step {
-    body: Vec<Dispatch>,
-    head: Dispatch,
+    dispatches: Vec<Dispatch>,
     n_tokens: u32,
     all_logits: bool,
 }
@@ -137,19 +145,88 @@ pub struct GpuModel {
     context: usize,
     max_batch: usize,
     token_embd: QuantMatrix,
-    /// `None` when the output projection is tied to the embedding.
-    output: Option<Linear>,
-    tied_decode: Matmul,
-    tied_prefill: Matmul,
-    output_norm: GpuBuffer,
+    embed: Embed,
+    attention: Attention,
     layers: Vec<Layer>,
-    kernels: Kernels,
+    output_norm: GpuBuffer,
+    head: Head,
     rope_table: RopeTable,
     cache: KvCache,
     acts: Activations,
     decode_step: Option<Step>,
     // Declared last so every buffer above is dropped before the device.
     gpu: Gpu,
+}
+
+/// Builds the kernels of the layers and the head for one tile.
+struct KernelFactory<'a> {
+    gpu: &'a Gpu,
+    hp: &'a HParams,
+    context: u32,
+}
+
+impl KernelFactory<'_> {
+    fn shape(&self, weights: &QuantMatrix, norm: bool, tile: RowTile) -> LinearShape {
+        LinearShape {
+            dtype: weights.dtype(),
+            rows: weights.rows(),
+            cols: weights.cols(),
+            norm_eps: norm.then_some(self.hp.rms_eps),
+            tile,
+        }
+    }
+
+    fn layer(&self, layer: &LayerWeights, tile: RowTile) -> Result<LayerKernels> {
+        let hp = self.hp;
+        let q_rows = (hp.n_head * hp.head_dim) as u32;
+        Ok(LayerKernels {
+            qkv: QkvRope::new(
+                self.gpu,
+                QkvRopeConfig {
+                    shape: self.shape(&layer.qkv, true, tile),
+                    q_rows,
+                    kv_rows: hp.kv_dim() as u32,
+                    head_dim: hp.head_dim as u32,
+                    max_positions: self.context,
+                },
+            )?,
+            output: Linear::new(self.gpu, self.shape(&layer.output, false, tile), true)?,
+            gate_up: SwiGlu::new(self.gpu, self.shape(&layer.gate_up, true, tile))?,
+            down: Linear::new(self.gpu, self.shape(&layer.down, false, tile), true)?,
+        })
+    }
+}
+
+/// A layer's matrices on the device, before its kernels are built.
+struct LayerWeights {
+    qkv: QuantMatrix,
+    output: QuantMatrix,
+    gate_up: QuantMatrix,
+    down: QuantMatrix,
+}
+
+impl LayerWeights {
+    fn upload(gpu: &Gpu, hp: &HParams, l: &crate::weights::LayerTensors) -> Result<Self> {
+        let (e, ff) = (hp.n_embd, hp.n_ff);
+        let q_rows = hp.n_head * hp.head_dim;
+        let (qkv_dtype, qkv) = common_storage(&[&l.attn_q, &l.attn_k, &l.attn_v])?;
+        let (ffn_dtype, gate_up) = common_storage(&[&l.ffn_gate, &l.ffn_up])?;
+        let matrix = |t: &TensorView, rows, cols| -> Result<QuantMatrix> {
+            Ok(QuantMatrix::upload(
+                gpu,
+                weight_dtype(t)?,
+                rows,
+                cols,
+                t.data,
+            )?)
+        };
+        Ok(LayerWeights {
+            qkv: QuantMatrix::upload(gpu, qkv_dtype, q_rows + 2 * hp.kv_dim(), e, &qkv.concat())?,
+            output: matrix(&l.attn_output, e, q_rows)?,
+            gate_up: QuantMatrix::upload_gate_up(gpu, ffn_dtype, ff, e, &gate_up[0], &gate_up[1])?,
+            down: matrix(&l.ffn_down, e, ff)?,
+        })
+    }
 }
 
 impl GpuModel {
@@ -163,6 +240,13 @@ impl GpuModel {
                 hp.rope_dim, hp.head_dim
             )));
         }
+        if hp.head_dim % 8 != 0 || hp.n_ff % 4 != 0 {
+            return Err(Error::InvalidModel(format!(
+                "the GPU kernels need head_dim a multiple of 8 (got {}) and the feed-forward \
+                 width a multiple of 4 (got {})",
+                hp.head_dim, hp.n_ff
+            )));
+        }
         if context == 0 || max_batch == 0 {
             return Err(Error::InvalidParams(
                 "context length and batch size must be positive".into(),
@@ -170,26 +254,35 @@ impl GpuModel {
         }
         let t = ModelTensors::from_gguf(file, &hp)?;
         let u = |v: usize| v as u32;
-        let (e, kv, ff, vocab) = (u(hp.n_embd), u(hp.kv_dim()), u(hp.n_ff), u(hp.vocab_size));
+        let (e, vocab) = (u(hp.n_embd), u(hp.vocab_size));
+        let q_rows = u(hp.n_head * hp.head_dim);
         let (ctx, b) = (u(context), max_batch as u64);
+        let kind = gpu.adapter_info().device_type;
+        let (decode_tile, prefill_tile) = (RowTile::decode(kind), RowTile::prefill(kind));
+        tracing::info!(?decode_tile, ?prefill_tile, adapter = %gpu.adapter_info(), "kernel tiles");
 
         let vector = |t: &TensorView| -> Result<GpuBuffer> {
             Ok(gpu.storage_from(&t.info.name, &t.to_f32()?)?)
+        };
+        let factory = KernelFactory {
+            gpu: &gpu,
+            hp: &hp,
+            context: ctx,
         };
         let layers = t
             .layers
             .iter()
             .map(|l| {
+                let w = LayerWeights::upload(&gpu, &hp, l)?;
                 Ok(Layer {
                     attn_norm: vector(&l.attn_norm)?,
                     ffn_norm: vector(&l.ffn_norm)?,
-                    wq: Linear::upload(&gpu, &l.attn_q, false)?,
-                    wk: Linear::upload(&gpu, &l.attn_k, false)?,
-                    wv: Linear::upload(&gpu, &l.attn_v, false)?,
-                    wo: Linear::upload(&gpu, &l.attn_output, true)?,
-                    w_gate: Linear::upload(&gpu, &l.ffn_gate, false)?,
-                    w_up: Linear::upload(&gpu, &l.ffn_up, false)?,
-                    w_down: Linear::upload(&gpu, &l.ffn_down, true)?,
+                    decode: factory.layer(&w, decode_tile)?,
+                    prefill: factory.layer(&w, prefill_tile)?,
+                    qkv: w.qkv,
+                    output: w.output,
+                    gate_up: w.gate_up,
+                    down: w.down,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -202,71 +295,36 @@ impl GpuModel {
             hp.n_embd,
             t.token_embd.data,
         )?;
-        let output = if t.tied_output {
-            None
-        } else {
-            Some(Linear::upload(&gpu, &t.output, false)?)
+        // A tied head reads the embedding table itself (same packed layout).
+        let output = match t.tied_output {
+            true => None,
+            false => Some(QuantMatrix::upload(
+                &gpu,
+                weight_dtype(&t.output)?,
+                hp.vocab_size,
+                hp.n_embd,
+                t.output.data,
+            )?),
         };
-        let tied = |tile| MatmulConfig {
-            dtype: embd_dtype,
-            rows: vocab,
-            cols: e,
-            tile,
-            accumulate: false,
+        let head_weights = output.as_ref().unwrap_or(&token_embd);
+        let head = Head {
+            decode: Linear::new(&gpu, factory.shape(head_weights, true, decode_tile), false)?,
+            prefill: Linear::new(&gpu, factory.shape(head_weights, true, prefill_tile), false)?,
+            output,
         };
-        let tied_decode = Matmul::new(&gpu, tied(MatmulTile::DECODE))?;
-        let tied_prefill = Matmul::new(&gpu, tied(MatmulTile::PREFILL))?;
 
         let (hd, nh, nkv) = (u(hp.head_dim), u(hp.n_head), u(hp.n_head_kv));
-        let kernels = Kernels {
-            embed: Embed::new(&gpu, embd_dtype, vocab, e)?,
-            norm: RmsNorm::new(&gpu, e, hp.rms_eps)?,
-            rope_q: Rope::new(
-                &gpu,
-                RopeConfig {
-                    head_dim: hd,
-                    n_heads: nh,
-                    layout: RowLayout::contiguous(e),
-                    max_positions: ctx,
-                },
-            )?,
-            rope_k: Rope::new(
-                &gpu,
-                RopeConfig {
-                    head_dim: hd,
-                    n_heads: nkv,
-                    layout: RowLayout::contiguous(kv),
-                    max_positions: ctx,
-                },
-            )?,
-            kv_write: KvWrite::new(
-                &gpu,
-                KvWriteConfig {
-                    kv_dim: kv,
-                    k: RowLayout::contiguous(kv),
-                    v: RowLayout::contiguous(kv),
-                    max_positions: ctx,
-                },
-            )?,
-            attention: Attention::new(
-                &gpu,
-                AttentionConfig {
-                    n_heads: nh,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                    q: RowLayout::contiguous(e),
-                    max_positions: ctx,
-                },
-            )?,
-            silu_mul: SiluMul::new(
-                &gpu,
-                SiluMulConfig {
-                    width: ff,
-                    gate: RowLayout::contiguous(ff),
-                    up: RowLayout::contiguous(ff),
-                },
-            )?,
-        };
+        let embed = Embed::new(&gpu, embd_dtype, vocab, e)?;
+        let attention = Attention::new(
+            &gpu,
+            AttentionConfig {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                q: RowLayout::contiguous(q_rows),
+                max_positions: ctx,
+            },
+        )?;
         let rope_table = RopeTable::new(&gpu, hd, f64::from(hp.rope_base), ctx)?;
         let cache = KvCache::new(&gpu, u(hp.n_layer), ctx, nkv, hd)?;
         let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
@@ -274,15 +332,9 @@ impl GpuModel {
             tokens: words("token ids", b)?,
             positions: words("positions", b)?,
             x: words("x", b * u64::from(e))?,
-            h: words("h", b * u64::from(e))?,
-            q: words("q", b * u64::from(e))?,
-            k: words("k", b * u64::from(kv))?,
-            v: words("v", b * u64::from(kv))?,
-            attn: words("attention out", b * u64::from(e))?,
-            gate: words("gate", b * u64::from(ff))?,
-            up: words("up", b * u64::from(ff))?,
-            act: words("swiglu", b * u64::from(ff))?,
-            last: words("last hidden", u64::from(e))?,
+            q: words("q", b * u64::from(q_rows))?,
+            attn: words("attention out", b * u64::from(q_rows))?,
+            ffn: words("swiglu", b * hp.n_ff as u64)?,
             logits: words("logits", b * u64::from(vocab))?,
         };
         let mut model = GpuModel {
@@ -291,11 +343,10 @@ impl GpuModel {
             context,
             max_batch,
             token_embd,
-            output,
-            tied_decode,
-            tied_prefill,
+            embed,
+            attention,
             layers,
-            kernels,
+            head,
             rope_table,
             cache,
             acts,
@@ -331,52 +382,62 @@ impl GpuModel {
         self.max_batch
     }
 
+    /// Kernel launches per decoded token, from the embedding lookup to the logits.
+    pub fn dispatches_per_token(&self) -> usize {
+        self.decode_step.as_ref().map_or(0, |s| s.dispatches.len())
+    }
+
+    /// Kernel launches each transformer layer takes per decoded token.
+    pub fn dispatches_per_layer(&self) -> usize {
+        // Everything but the embedding lookup and the head, spread over the layers.
+        (self.dispatches_per_token().saturating_sub(2)) / self.layers.len().max(1)
+    }
+
     /// Binds every dispatch of a step over `n` tokens.
     fn build_step(&self, n: u32, all_logits: bool) -> Result<Step> {
-        let (gpu, a, k) = (&self.gpu, &self.acts, &self.kernels);
-        let mut body = vec![k.embed.bind(gpu, &self.token_embd, &a.tokens, &a.x, n)?];
+        let (gpu, a) = (&self.gpu, &self.acts);
+        let tokens = TokenRange::all(n);
+        let mut dispatches = vec![self.embed.bind(gpu, &self.token_embd, &a.tokens, &a.x, n)?];
         for (i, l) in self.layers.iter().enumerate() {
-            body.extend([
-                k.norm.bind(gpu, &a.x, &l.attn_norm, &a.h, n)?,
-                l.wq.bind(gpu, &a.h, &a.q, n)?,
-                l.wk.bind(gpu, &a.h, &a.k, n)?,
-                l.wv.bind(gpu, &a.h, &a.v, n)?,
-                k.rope_q
-                    .bind(gpu, &a.q, &self.rope_table, &a.positions, n)?,
-                k.rope_k
-                    .bind(gpu, &a.k, &self.rope_table, &a.positions, n)?,
-                k.kv_write
-                    .bind(gpu, &a.k, &a.v, &a.positions, self.cache.layer(i)?, n)?,
-                k.attention
-                    .bind(gpu, &a.q, &a.positions, self.cache.layer(i)?, &a.attn, n)?,
-                l.wo.bind(gpu, &a.attn, &a.x, n)?,
-                k.norm.bind(gpu, &a.x, &l.ffn_norm, &a.h, n)?,
-                l.w_gate.bind(gpu, &a.h, &a.gate, n)?,
-                l.w_up.bind(gpu, &a.h, &a.up, n)?,
-                k.silu_mul.bind(gpu, &a.gate, &a.up, &a.act, n)?,
-                l.w_down.bind(gpu, &a.act, &a.x, n)?,
+            let k = l.kernels(n);
+            let cache = self.cache.layer(i)?;
+            dispatches.extend([
+                k.qkv.bind(
+                    gpu,
+                    &l.qkv,
+                    &a.x,
+                    Some(&l.attn_norm),
+                    &a.positions,
+                    &self.rope_table,
+                    &a.q,
+                    cache,
+                    tokens,
+                )?,
+                self.attention
+                    .bind(gpu, &a.q, &a.positions, cache, &a.attn, n)?,
+                k.output.bind(gpu, &l.output, &a.attn, None, &a.x, tokens)?,
+                k.gate_up
+                    .bind(gpu, &l.gate_up, &a.x, Some(&l.ffn_norm), &a.ffn, tokens)?,
+                k.down.bind(gpu, &l.down, &a.ffn, None, &a.x, tokens)?,
             ]);
         }
-        body.push(k.norm.bind(gpu, &a.x, &self.output_norm, &a.h, n)?);
-        let (input, rows) = if all_logits || n == 1 {
-            (&a.h, n)
+        let (head, rows) = if n == 1 {
+            (&self.head.decode, tokens)
+        } else if all_logits {
+            (&self.head.prefill, tokens)
         } else {
-            (&a.last, 1)
+            (&self.head.decode, TokenRange::one(n - 1))
         };
-        let head = match &self.output {
-            Some(out) => out.bind(gpu, input, &a.logits, rows)?,
-            None => {
-                let kernel = if rows == 1 {
-                    &self.tied_decode
-                } else {
-                    &self.tied_prefill
-                };
-                kernel.bind(gpu, &self.token_embd, input, &a.logits, rows)?
-            }
-        };
+        dispatches.push(head.bind(
+            gpu,
+            self.head.output.as_ref().unwrap_or(&self.token_embd),
+            &a.x,
+            Some(&self.output_norm),
+            &a.logits,
+            rows,
+        )?);
         Ok(Step {
-            body,
-            head,
+            dispatches,
             n_tokens: n,
             all_logits,
         })
@@ -396,24 +457,9 @@ impl GpuModel {
             .create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            for d in &step.body {
+            for d in &step.dispatches {
                 d.record(&mut pass);
             }
-        }
-        let copy_last = !step.all_logits && n > 1;
-        if copy_last {
-            let row = u64::from(self.hp.n_embd as u32) * 4;
-            encoder.copy_buffer_to_buffer(
-                self.acts.h.raw(),
-                (n as u64 - 1) * row,
-                self.acts.last.raw(),
-                0,
-                row,
-            );
-        }
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            step.head.record(&mut pass);
         }
         self.gpu.queue().submit([encoder.finish()]);
         let rows = if step.all_logits { n } else { 1 };

@@ -17,6 +17,7 @@ use pio_plugin_api::{
     PluginResult, PluginStats, Prompt, TokenStream,
 };
 
+use crate::bench::{bench_run, BenchConfig};
 use crate::engine::{Engine, ModelSummary};
 use crate::error::Error;
 use crate::generate::{GenerateConfig, Generation};
@@ -88,6 +89,34 @@ impl LlamaPlugin {
             timings: g.timings,
         })
     }
+}
+
+/// The [`BenchConfig`] of a `bench` request; absent fields take `pio bench`'s defaults.
+fn bench_config(request: &serde_json::Value) -> PluginResult<BenchConfig> {
+    let count = |field: &str, default: usize| -> PluginResult<usize> {
+        match request.get(field) {
+            None => Ok(default),
+            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                PluginError::invalid_input(format!(
+                    "bench: '{field}' must be a non-negative integer"
+                ))
+            }),
+        }
+    };
+    let prompt_lengths = match request.get("prompt_lengths") {
+        None => vec![128, 512],
+        Some(v) => v
+            .as_array()
+            .and_then(|a| a.iter().map(|n| n.as_u64().map(|n| n as usize)).collect())
+            .ok_or_else(|| {
+                PluginError::invalid_input("bench: 'prompt_lengths' must be an array of integers")
+            })?,
+    };
+    Ok(BenchConfig {
+        prompt_lengths,
+        decode_prompt: count("decode_prompt", 128)?,
+        decode_tokens: count("decode_tokens", 128)?,
+    })
 }
 
 /// The generation loop's configuration for the API's parameters. Without a seed, one is drawn
@@ -184,11 +213,27 @@ impl Plugin for LlamaPlugin {
         Ok(())
     }
 
-    /// Free-form operations. `{"op": "perplexity", "text": TEXT, "window": N}` answers
-    /// `{"perplexity", "mean_nll", "scored_tokens", "windows", "window"}` (windows as described
-    /// in [`crate::perplexity::perplexity`]).
+    /// Free-form operations:
+    /// - `{"op": "perplexity", "text": TEXT, "window": N}` answers
+    ///   `{"perplexity", "mean_nll", "scored_tokens", "windows", "window"}` (windows as described
+    ///   in [`crate::perplexity::perplexity`]);
+    /// - `{"op": "bench", "prompt_lengths": [N, ...], "decode_prompt": N, "decode_tokens": N}`
+    ///   runs [`bench_run`] once and answers its measurements plus `dispatches_per_token`,
+    ///   `dispatches_per_layer` and `adapter`.
     fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
         match request.get("op").and_then(|op| op.as_str()) {
+            Some("bench") => {
+                let config = bench_config(&request)?;
+                let model = self.active()?.engine.model_mut();
+                let run = bench_run(model, &config)?;
+                let mut answer = serde_json::to_value(run).map_err(|e| {
+                    PluginError::internal(format!("cannot serialize the benchmark: {e}"))
+                })?;
+                answer["dispatches_per_token"] = model.dispatches_per_token().into();
+                answer["dispatches_per_layer"] = model.dispatches_per_layer().into();
+                answer["adapter"] = model.gpu().adapter_info().to_string().into();
+                Ok(answer)
+            }
             Some("perplexity") => {
                 let text = request["text"].as_str().ok_or_else(|| {
                     PluginError::invalid_input("perplexity needs a string field 'text'")
@@ -209,7 +254,7 @@ impl Plugin for LlamaPlugin {
                 }))
             }
             other => Err(PluginError::unsupported(format!(
-                "unknown op {other:?}; this plugin's infer supports \"perplexity\""
+                "unknown op {other:?}; this plugin's infer supports \"perplexity\" and \"bench\""
             ))),
         }
     }

@@ -1,20 +1,15 @@
-//! The KV cache and the kernel writing into it (`shaders/llama/kv_cache.wgsl`).
+//! The KV cache: written by [`QkvRope`](crate::QkvRope), read by
+//! [`Attention`](crate::Attention).
 
 use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
-use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
-use crate::layout::RowLayout;
-use crate::pipeline::{kernel, Kernel};
-
-const KERNEL: Kernel = kernel!("kv_cache", "llama/kv_cache.wgsl");
-const WORKGROUP_SIZE: u32 = 64;
 
 /// Keys and values of every layer for positions `0..max_positions`.
 ///
 /// Layout: per layer, one K and one V f32 buffer, each `[max_positions][n_kv_heads * head_dim]`
 /// (position-major; within a position, head `h` occupies `h * head_dim .. (h + 1) * head_dim`).
-/// Rows are written by [`KvWrite`] and read by [`Attention`](crate::kernels::attention::Attention).
+/// Rows are written by [`QkvRope`](crate::QkvRope) and read by [`Attention`](crate::Attention).
 #[derive(Debug)]
 pub struct KvCache {
     max_positions: u32,
@@ -114,76 +109,5 @@ impl KvLayer<'_> {
             ));
         }
         Ok(())
-    }
-}
-
-/// Shape of a [`KvWrite`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvWriteConfig {
-    /// Values per position: `n_kv_heads * head_dim`.
-    pub kv_dim: u32,
-    /// Where each token's K row is in its source buffer.
-    pub k: RowLayout,
-    /// Where each token's V row is in its source buffer.
-    pub v: RowLayout,
-    /// Positions in the cache.
-    pub max_positions: u32,
-}
-
-/// Copies K and V rows of `T` tokens into one layer's cache at their positions (one dispatch for
-/// both). Positions at or past `max_positions` are dropped.
-#[derive(Debug)]
-pub struct KvWrite {
-    config: KvWriteConfig,
-    pipeline: wgpu::ComputePipeline,
-}
-
-impl KvWrite {
-    /// Compiles (or looks up) the pipeline for `config`.
-    pub fn new(gpu: &Gpu, config: KvWriteConfig) -> Result<Self> {
-        let constants = [
-            ("KV_DIM", f64::from(config.kv_dim)),
-            ("K_STRIDE", f64::from(config.k.stride)),
-            ("K_OFFSET", f64::from(config.k.offset)),
-            ("V_STRIDE", f64::from(config.v.stride)),
-            ("V_OFFSET", f64::from(config.v.offset)),
-            ("MAX_POSITIONS", f64::from(config.max_positions)),
-            ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
-        ];
-        Ok(Self {
-            config,
-            pipeline: gpu.pipeline(KERNEL, "main", &constants)?,
-        })
-    }
-
-    /// Binds `n_tokens` K rows of `k` and V rows of `v` (may be the same buffer), their u32
-    /// `positions`, and the layer's caches to write.
-    pub fn bind(
-        &self,
-        gpu: &Gpu,
-        k: &GpuBuffer,
-        v: &GpuBuffer,
-        positions: &GpuBuffer,
-        cache: KvLayer<'_>,
-        n_tokens: u32,
-    ) -> Result<Dispatch> {
-        let KvWriteConfig {
-            kv_dim,
-            k: k_layout,
-            v: v_layout,
-            max_positions,
-        } = self.config;
-        cache.expect_shape("kv write", kv_dim, max_positions)?;
-        require_len("kv write", "K", k, k_layout.required_len(n_tokens, kv_dim))?;
-        require_len("kv write", "V", v, v_layout.required_len(n_tokens, kv_dim))?;
-        require_len("kv write", "position", positions, n_tokens.into())?;
-        let grid = [groups(kv_dim, WORKGROUP_SIZE), n_tokens, 1];
-        gpu.dispatch(
-            "kv_write",
-            &self.pipeline,
-            &[k, v, positions, cache.keys, cache.values],
-            Params::count(n_tokens),
-            grid,
-        )
     }
 }

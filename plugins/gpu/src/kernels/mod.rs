@@ -10,11 +10,8 @@
 //!
 //! [`Dispatch`]: crate::Dispatch
 
-pub mod add;
 pub mod attention;
 pub mod embed;
 pub mod kv_cache;
-pub mod matmul;
-pub mod rmsnorm;
+pub mod linear;
 pub mod rope;
-pub mod silu_mul;

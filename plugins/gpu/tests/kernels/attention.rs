@@ -1,5 +1,5 @@
 use pio_gpu::reference;
-use pio_gpu::{Attention, AttentionConfig, KvCache, KvWrite, KvWriteConfig, RowLayout};
+use pio_gpu::{Attention, AttentionConfig, KvCache, RowLayout};
 
 use crate::common::{self, EPS};
 
@@ -21,7 +21,7 @@ fn check(
     let q_layout = q_layout.unwrap_or(RowLayout::contiguous(width as u32));
     let mut rng = common::rng((n_heads * 100 + head_dim + n_tokens) as u64);
 
-    // Cache rows for every position, written through the kv kernel from one [max_positions] batch.
+    // Cache rows for every position.
     let k = common::random_f32(&mut rng, max_positions * kv_dim, 1.0);
     let v = common::random_f32(&mut rng, max_positions * kv_dim, 1.0);
     let q_all = common::random_f32(
@@ -43,33 +43,9 @@ fn check(
         head_dim as u32,
     )
     .unwrap();
-    let all_positions: Vec<u32> = (0..max_positions as u32).collect();
-    let contiguous = RowLayout::contiguous(kv_dim as u32);
-    let write = KvWrite::new(
-        &gpu,
-        KvWriteConfig {
-            kv_dim: kv_dim as u32,
-            k: contiguous,
-            v: contiguous,
-            max_positions: max_positions as u32,
-        },
-    )
-    .unwrap();
-    let (k_buf, v_buf) = (
-        gpu.storage_from("k", &k).unwrap(),
-        gpu.storage_from("v", &v).unwrap(),
-    );
-    let all_pos = gpu.storage_from("all positions", &all_positions).unwrap();
-    let fill = write
-        .bind(
-            &gpu,
-            &k_buf,
-            &v_buf,
-            &all_pos,
-            cache.layer(0).unwrap(),
-            max_positions as u32,
-        )
-        .unwrap();
+    let layer = cache.layer(0).unwrap();
+    gpu.write(layer.keys, 0, &k).unwrap();
+    gpu.write(layer.values, 0, &v).unwrap();
 
     let q_buf = gpu.storage_from("q", &q_all).unwrap();
     let pos = gpu.storage_from("positions", positions).unwrap();
@@ -94,7 +70,7 @@ fn check(
             n_tokens as u32,
         )
         .unwrap();
-    gpu.run(&[&fill, &dispatch]).unwrap();
+    gpu.run(&[&dispatch]).unwrap();
     let got = common::read(&gpu, &out, want.len());
 
     let error = common::max_rel_error(&got, &want);

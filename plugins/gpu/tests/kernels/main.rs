@@ -5,9 +5,5 @@
 mod common;
 
 mod attention;
-mod elementwise;
 mod embed;
-mod kv_cache;
-mod matmul;
-mod rmsnorm;
-mod rope;
+mod linear;

@@ -1,0 +1,262 @@
+//! `pio bench [PLUGIN]`: load time, prefill and decode speed, time to first token, dispatches
+//! per token and peak memory of a text-generation plugin, as a table or as JSON.
+//!
+//! The host times activation and reads its own peak RSS (plugins run in-process); the plugin
+//! measures its forward passes itself through its `{"op": "bench"}` operation, which is run
+//! `--runs` times. Every figure is the median over the runs.
+
+use std::{path::PathBuf, process::ExitCode, time::Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::{output::print_table, run::ActivateArgs, text::open, PluginDirs};
+
+/// Arguments of `pio bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The plugin (default `llama`).
+    plugin: Option<String>,
+    /// Model file passed to the plugin (default for `llama`: SmolLM2-135M-Instruct Q4_1).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Benchmark runs; the median of each figure is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Prompt lengths whose prefill is timed.
+    #[arg(long, value_delimiter = ',', default_values_t = [128, 512])]
+    prompt_lengths: Vec<usize>,
+    /// Tokens decoded (greedily, after a 128-token prompt) per run.
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    activate: ActivateArgs,
+    #[command(flatten)]
+    dirs: PluginDirs,
+}
+
+/// Tokens of the prompt decoding starts after.
+const DECODE_PROMPT: usize = 128;
+
+/// `pio bench`.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    let longest = args
+        .prompt_lengths
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(DECODE_PROMPT + args.decode_tokens);
+    let start = Instant::now();
+    let (manager, id) = open(
+        args.plugin.as_deref(),
+        args.model.as_ref(),
+        &args.activate,
+        Some(u32::try_from(longest).context("prompt too long")?),
+        &args.dirs,
+    )?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let stats = manager.stats(&id)?;
+
+    let request = json!({
+        "op": "bench",
+        "prompt_lengths": args.prompt_lengths,
+        "decode_prompt": DECODE_PROMPT,
+        "decode_tokens": args.decode_tokens,
+    });
+    let mut runs = Vec::with_capacity(args.runs);
+    for run in 0..args.runs {
+        let answer = manager
+            .execute(&id, &request)
+            .with_context(|| format!("benchmark run {} of {}", run + 1, args.runs))?
+            .response;
+        runs.push(answer);
+    }
+    let report = Report::new(&id, &runs, load_ms, stats.activate_ms, &args.prompt_lengths)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        report.print();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Medians over the runs, plus what is measured once.
+struct Report {
+    plugin: String,
+    adapter: String,
+    runs: usize,
+    load_ms: f64,
+    activate_ms: f64,
+    peak_rss_bytes: Option<u64>,
+    dispatches_per_token: u64,
+    dispatches_per_layer: u64,
+    /// (prompt tokens, prefill tok/s, time to first token ms)
+    prefill: Vec<(usize, f64, f64)>,
+    decode_tokens: u64,
+    decode_tok_s: f64,
+}
+
+impl Report {
+    fn new(
+        plugin: &str,
+        runs: &[Value],
+        load_ms: f64,
+        activate_ms: f64,
+        prompt_lengths: &[usize],
+    ) -> anyhow::Result<Self> {
+        let first = &runs[0];
+        let number = |v: &Value, what: &str| {
+            v.as_f64()
+                .with_context(|| format!("the plugin's bench answer has no number {what}"))
+        };
+        let median_of = |what: &str, pick: &dyn Fn(&Value) -> &Value| -> anyhow::Result<f64> {
+            let values: Vec<f64> = runs
+                .iter()
+                .map(|r| number(pick(r), what))
+                .collect::<anyhow::Result<_>>()?;
+            Ok(median(values))
+        };
+        let prefill = prompt_lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                Ok((
+                    len,
+                    median_of("prefill_tok_s", &|r| &r["prefill"][i]["prefill_tok_s"])?,
+                    median_of("ttft_ms", &|r| &r["prefill"][i]["ttft_ms"])?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Report {
+            plugin: plugin.to_owned(),
+            adapter: first["adapter"].as_str().unwrap_or("unknown").to_owned(),
+            runs: runs.len(),
+            load_ms,
+            activate_ms,
+            peak_rss_bytes: peak_rss_bytes(),
+            dispatches_per_token: first["dispatches_per_token"].as_u64().unwrap_or(0),
+            dispatches_per_layer: first["dispatches_per_layer"].as_u64().unwrap_or(0),
+            prefill,
+            decode_tokens: first["decode"]["decode_tokens"].as_u64().unwrap_or(0),
+            decode_tok_s: median_of("decode_tok_s", &|r| &r["decode"]["decode_tok_s"])?,
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        let mut out = json!({
+            "plugin": self.plugin,
+            "adapter": self.adapter,
+            "runs": self.runs,
+            "load_ms": self.load_ms,
+            "activate_ms": self.activate_ms,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "dispatches_per_token": self.dispatches_per_token,
+            "dispatches_per_layer": self.dispatches_per_layer,
+            "decode_tokens": self.decode_tokens,
+            "decode_tok_s": self.decode_tok_s,
+        });
+        for &(len, tok_s, ttft) in &self.prefill {
+            out[format!("prefill_tok_s_{len}")] = tok_s.into();
+            out[format!("ttft_ms_{len}")] = ttft.into();
+        }
+        out
+    }
+
+    fn print(&self) {
+        println!("plugin:  {}", self.plugin);
+        println!("adapter: {}", self.adapter);
+        println!("median of {} runs", self.runs);
+        let mut rows = vec![
+            row("load (plugin load + activate)", self.load_ms, "ms"),
+            row("activate (weights, pipelines)", self.activate_ms, "ms"),
+        ];
+        for &(len, tok_s, ttft) in &self.prefill {
+            rows.push(row(&format!("prefill {len} tokens"), tok_s, "tok/s"));
+            rows.push(row(&format!("time to first token ({len})"), ttft, "ms"));
+        }
+        rows.push(row(
+            &format!("decode {} tokens", self.decode_tokens),
+            self.decode_tok_s,
+            "tok/s",
+        ));
+        rows.push(count_row("dispatches per token", self.dispatches_per_token));
+        rows.push(count_row("dispatches per layer", self.dispatches_per_layer));
+        if let Some(bytes) = self.peak_rss_bytes {
+            rows.push(row("peak RSS", bytes as f64 / (1 << 20) as f64, "MiB"));
+        }
+        print_table(&["METRIC", "VALUE", "UNIT"], &rows);
+    }
+}
+
+fn row(metric: &str, value: f64, unit: &str) -> Vec<String> {
+    vec![metric.to_owned(), format!("{value:.1}"), unit.to_owned()]
+}
+
+fn count_row(metric: &str, value: u64) -> Vec<String> {
+    vec![metric.to_owned(), value.to_string(), String::new()]
+}
+
+/// The median of `values` (not empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// This process's peak resident set size (`VmHWM`), where the OS reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn report_takes_medians_and_names_fields_for_json() {
+        let run = |decode: f64, prefill: f64| {
+            json!({
+                "adapter": "llvmpipe",
+                "dispatches_per_token": 152,
+                "dispatches_per_layer": 5,
+                "prefill": [{"prompt_tokens": 128, "prefill_tok_s": prefill, "ttft_ms": 10.0}],
+                "decode": {"decode_tokens": 128, "decode_tok_s": decode},
+            })
+        };
+        let runs = [run(10.0, 50.0), run(30.0, 70.0), run(20.0, 60.0)];
+        let report = Report::new("llama@0.1.0", &runs, 900.0, 800.0, &[128]).unwrap();
+        let j = report.to_json();
+        assert_eq!(j["decode_tok_s"], 20.0);
+        assert_eq!(j["prefill_tok_s_128"], 60.0);
+        assert_eq!(j["dispatches_per_layer"], 5);
+        let broken = [json!({"prefill": [], "decode": {}})];
+        let err = Report::new("x", &broken, 0.0, 0.0, &[128]).err().unwrap();
+        assert!(err.to_string().contains("prefill_tok_s"), "{err}");
+    }
+
+    #[test]
+    fn peak_rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().unwrap() > 1 << 20);
+        }
+    }
+}

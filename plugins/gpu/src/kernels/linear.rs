@@ -1,0 +1,432 @@
+//! Fused linear kernels over row groups (`shaders/common/row_group.wgsl`): a quantized matrix
+//! times the activations of several tokens, with an optional RMSNorm of the input fused in front
+//! and an epilogue fused behind:
+//!
+//! - [`Linear`]: store, or accumulate into the output (a residual add) — output projection, FFN
+//!   down projection, final norm + LM head;
+//! - [`SwiGlu`]: `silu(gate) * up` from one interleaved gate/up matrix
+//!   ([`QuantMatrix::upload_gate_up`]) — the FFN's first half with its norm;
+//! - [`QkvRope`]: Q, K and V from one concatenated matrix, RoPE on Q and K, K and V written into
+//!   the layer's cache — the attention block's input with its norm.
+//!
+//! One invocation computes the 8 rows of a row group for [`RowTile::tokens`] tokens.
+
+use crate::buffer::GpuBuffer;
+use crate::device::{DeviceKind, Gpu};
+use crate::dispatch::{groups, require_len, Dispatch, Params};
+use crate::error::{GpuError, Result};
+use crate::kernels::kv_cache::KvLayer;
+use crate::kernels::rope::RopeTable;
+use crate::pipeline::{kernel, Kernel};
+use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
+
+const LINEAR: Kernel = kernel!("linear", "common/linear.wgsl", "common/row_group.wgsl");
+const SWIGLU: Kernel = kernel!("swiglu", "common/swiglu.wgsl", "common/row_group.wgsl");
+const QKV_ROPE: Kernel = kernel!("qkv_rope", "llama/qkv_rope.wgsl", "common/row_group.wgsl");
+
+/// Largest [`RowTile::tokens`] (`MAX_TOKENS` in the WGSL).
+pub const MAX_TILE_TOKENS: u32 = 8;
+
+/// How one invocation and one workgroup divide the work; the best choice differs between
+/// adapter classes (see [`RowTile::decode`] and [`RowTile::prefill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RowTile {
+    /// Tokens per invocation (1..=8): each dequantized weight is used this many times.
+    pub tokens: u32,
+    /// Invocations (row groups) per workgroup.
+    pub workgroup_size: u32,
+}
+
+impl RowTile {
+    /// The tile for one token (decode). Software rasterizers (llvmpipe) run a workgroup's
+    /// invocations on one thread, 8 lanes at a time, so small workgroups spread the few row
+    /// groups of a decode step over all threads; GPUs want full 64-wide workgroups.
+    pub fn decode(kind: DeviceKind) -> Self {
+        Self {
+            tokens: 1,
+            workgroup_size: if kind.is_hardware() { 64 } else { 8 },
+        }
+    }
+
+    /// The tile for many tokens (prefill): each weight dequantized once per 4 tokens on
+    /// software, 8 on GPUs, whose registers hold the larger tile without spilling.
+    pub fn prefill(kind: DeviceKind) -> Self {
+        if kind.is_hardware() {
+            Self {
+                tokens: 8,
+                workgroup_size: 64,
+            }
+        } else {
+            Self {
+                tokens: 4,
+                workgroup_size: 8,
+            }
+        }
+    }
+
+    fn check(self, context: &'static str) -> Result<()> {
+        if !(1..=MAX_TILE_TOKENS).contains(&self.tokens) || self.workgroup_size == 0 {
+            return Err(GpuError::shape(
+                context,
+                format!("unsupported tile {self:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The tokens a launch processes: rows `first .. first + count` of its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRange {
+    /// First input row.
+    pub first: u32,
+    /// Number of rows.
+    pub count: u32,
+}
+
+impl TokenRange {
+    /// Rows `0..count`.
+    pub fn all(count: u32) -> Self {
+        Self { first: 0, count }
+    }
+
+    /// Only row `index` (e.g. the last token of a prompt for the LM head).
+    pub fn one(index: u32) -> Self {
+        Self {
+            first: index,
+            count: 1,
+        }
+    }
+
+    fn end(self) -> u64 {
+        u64::from(self.first) + u64::from(self.count)
+    }
+}
+
+/// The matrix and input side shared by every fused linear kernel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinearShape {
+    /// Storage type of the weights.
+    pub dtype: WeightDtype,
+    /// Rows of the weight matrix.
+    pub rows: u32,
+    /// Columns (input width, a multiple of 32).
+    pub cols: u32,
+    /// Fuse an RMSNorm with this epsilon in front of the product (the norm weight is bound at
+    /// launch); `None` uses the input as is.
+    pub norm_eps: Option<f32>,
+    /// Work division.
+    pub tile: RowTile,
+}
+
+impl LinearShape {
+    /// The override constants of `row_group.wgsl`.
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let [dtype, block_words] = self.dtype.shader_constants();
+        vec![
+            dtype,
+            block_words,
+            ("ROWS", f64::from(self.rows)),
+            ("COLS", f64::from(self.cols)),
+            ("TOKENS_PER_INVOCATION", f64::from(self.tile.tokens)),
+            ("NORM", if self.norm_eps.is_some() { 1.0 } else { 0.0 }),
+            ("NORM_EPS", f64::from(self.norm_eps.unwrap_or(1e-5))),
+            ("WORKGROUP_SIZE", f64::from(self.tile.workgroup_size)),
+        ]
+    }
+
+    fn check(&self, context: &'static str) -> Result<()> {
+        self.tile.check(context)?;
+        if self.rows == 0 || self.cols == 0 || self.cols as usize % BLOCK_ELEMENTS != 0 {
+            return Err(GpuError::shape(
+                context,
+                format!(
+                    "{}x{}: rows must be positive, columns a positive multiple of 32",
+                    self.rows, self.cols
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the weights, the input rows and the norm weight of a launch; returns the buffer
+    /// to bind as norm weight (the input itself when there is no norm: bound, never read).
+    fn check_inputs<'a>(
+        &self,
+        context: &'static str,
+        weights: &QuantMatrix,
+        x: &'a GpuBuffer,
+        norm: Option<&'a GpuBuffer>,
+        tokens: TokenRange,
+    ) -> Result<&'a GpuBuffer> {
+        let (dtype, rows, cols) = (self.dtype, self.rows, self.cols);
+        if (weights.dtype(), weights.rows(), weights.cols()) != (dtype, rows, cols) {
+            return Err(GpuError::shape(
+                context,
+                format!(
+                    "kernel built for {dtype:?} {rows}x{cols}, weights are {:?} {}x{}",
+                    weights.dtype(),
+                    weights.rows(),
+                    weights.cols()
+                ),
+            ));
+        }
+        if tokens.count == 0 {
+            return Err(GpuError::shape(
+                context,
+                "a launch over no tokens".to_owned(),
+            ));
+        }
+        require_len(context, "input", x, tokens.end() * u64::from(cols))?;
+        match (self.norm_eps, norm) {
+            (Some(_), Some(weight)) => {
+                require_len(context, "norm weight", weight, cols.into())?;
+                Ok(weight)
+            }
+            (None, None) => Ok(x),
+            (Some(_), None) => Err(GpuError::shape(
+                context,
+                "kernel built with a fused norm, launched without its weight".to_owned(),
+            )),
+            (None, Some(_)) => Err(GpuError::shape(
+                context,
+                "kernel built without a norm, launched with a norm weight".to_owned(),
+            )),
+        }
+    }
+
+    /// Workgroup counts for `row_groups` row groups and `count` tokens.
+    fn grid(&self, row_groups: u32, count: u32) -> [u32; 3] {
+        [
+            groups(row_groups, self.tile.workgroup_size),
+            groups(count, self.tile.tokens),
+            1,
+        ]
+    }
+
+    fn row_groups(&self) -> u32 {
+        self.rows.div_ceil(ROW_GROUP as u32)
+    }
+}
+
+/// `out[t] = W norm?(x[first + t])`, or `out[t] += ...` when accumulating (a fused residual
+/// add): `out` is `[count][rows]`.
+#[derive(Debug)]
+pub struct Linear {
+    shape: LinearShape,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Linear {
+    /// Compiles (or looks up) the pipeline; `accumulate` adds to `out` instead of overwriting.
+    pub fn new(gpu: &Gpu, shape: LinearShape, accumulate: bool) -> Result<Self> {
+        shape.check("linear")?;
+        let mut constants = shape.constants();
+        constants.push(("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }));
+        Ok(Self {
+            shape,
+            pipeline: gpu.pipeline(LINEAR, "main", &constants)?,
+        })
+    }
+
+    /// Binds `weights`, the input rows `tokens` of `x`, the norm weight (exactly when the
+    /// kernel fuses a norm) and `out`.
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        weights: &QuantMatrix,
+        x: &GpuBuffer,
+        norm: Option<&GpuBuffer>,
+        out: &GpuBuffer,
+        tokens: TokenRange,
+    ) -> Result<Dispatch> {
+        let s = &self.shape;
+        let norm = s.check_inputs("linear", weights, x, norm, tokens)?;
+        require_len(
+            "linear",
+            "output",
+            out,
+            u64::from(tokens.count) * u64::from(s.rows),
+        )?;
+        gpu.dispatch(
+            "linear",
+            &self.pipeline,
+            &[weights.buffer(), x, norm, out],
+            Params::range(tokens.first, tokens.count),
+            s.grid(s.row_groups(), tokens.count),
+        )
+    }
+}
+
+/// `out[t] = silu(Wgate h) * (Wup h)` with `h = norm?(x[first + t])`, from a gate/up matrix
+/// built by [`QuantMatrix::upload_gate_up`] (`rows` = 2 × the FFN width): `out` is
+/// `[count][rows / 2]`.
+#[derive(Debug)]
+pub struct SwiGlu {
+    shape: LinearShape,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl SwiGlu {
+    /// Compiles (or looks up) the pipeline. The FFN width (`rows / 2`) must be a multiple of 4.
+    pub fn new(gpu: &Gpu, shape: LinearShape) -> Result<Self> {
+        shape.check("swiglu")?;
+        if shape.rows % 8 != 0 {
+            return Err(GpuError::shape(
+                "swiglu",
+                format!("{} gate/up rows is not twice a multiple of 4", shape.rows),
+            ));
+        }
+        Ok(Self {
+            shape,
+            pipeline: gpu.pipeline(SWIGLU, "main", &shape.constants())?,
+        })
+    }
+
+    /// Binds the gate/up `weights`, the input rows `tokens` of `x`, the norm weight (exactly
+    /// when the kernel fuses a norm) and `out`.
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        weights: &QuantMatrix,
+        x: &GpuBuffer,
+        norm: Option<&GpuBuffer>,
+        out: &GpuBuffer,
+        tokens: TokenRange,
+    ) -> Result<Dispatch> {
+        let s = &self.shape;
+        let norm = s.check_inputs("swiglu", weights, x, norm, tokens)?;
+        require_len(
+            "swiglu",
+            "output",
+            out,
+            u64::from(tokens.count) * u64::from(s.rows / 2),
+        )?;
+        gpu.dispatch(
+            "swiglu",
+            &self.pipeline,
+            &[weights.buffer(), x, norm, out],
+            Params::range(tokens.first, tokens.count),
+            s.grid(s.row_groups(), tokens.count),
+        )
+    }
+}
+
+/// Shape of a [`QkvRope`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QkvRopeConfig {
+    /// The concatenated `[Wq; Wk; Wv]` matrix: `rows` = `q_rows + 2 * kv_rows`.
+    pub shape: LinearShape,
+    /// Query rows: `n_heads * head_dim`.
+    pub q_rows: u32,
+    /// Key (and value) rows: `n_kv_heads * head_dim`.
+    pub kv_rows: u32,
+    /// Values per head (a multiple of 8).
+    pub head_dim: u32,
+    /// Positions of the KV cache and of the RoPE table.
+    pub max_positions: u32,
+}
+
+/// `[q; k; v] = Wqkv norm?(x[t])`, RoPE on q and k at `positions[t]`, q to `q_out[t]`, k and v
+/// into the layer's cache at `positions[t]`. A token at a position past the cache writes nothing.
+#[derive(Debug)]
+pub struct QkvRope {
+    config: QkvRopeConfig,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl QkvRope {
+    /// Compiles (or looks up) the pipeline.
+    pub fn new(gpu: &Gpu, config: QkvRopeConfig) -> Result<Self> {
+        let QkvRopeConfig {
+            shape,
+            q_rows,
+            kv_rows,
+            head_dim,
+            max_positions,
+        } = config;
+        shape.check("qkv_rope")?;
+        let aligned = |n: u32| n > 0 && n % ROW_GROUP as u32 == 0;
+        if !aligned(head_dim)
+            || q_rows % head_dim != 0
+            || kv_rows % head_dim != 0
+            || shape.rows != q_rows + 2 * kv_rows
+            || max_positions == 0
+        {
+            return Err(GpuError::shape(
+                "qkv_rope",
+                format!(
+                    "unsupported shape {config:?}: head_dim must be a multiple of 8 dividing \
+                     q_rows and kv_rows, and rows = q_rows + 2 * kv_rows"
+                ),
+            ));
+        }
+        let mut constants = shape.constants();
+        constants.extend([
+            ("Q_ROWS", f64::from(q_rows)),
+            ("KV_ROWS", f64::from(kv_rows)),
+            ("HEAD_DIM", f64::from(head_dim)),
+            ("MAX_POSITIONS", f64::from(max_positions)),
+        ]);
+        Ok(Self {
+            config,
+            pipeline: gpu.pipeline(QKV_ROPE, "main", &constants)?,
+        })
+    }
+
+    /// Binds the `[Wq; Wk; Wv]` `weights`, the input rows `tokens` of `x`, the norm weight
+    /// (exactly when the kernel fuses a norm), the tokens' u32 `positions`, the RoPE `table`,
+    /// `q_out` (`[count][q_rows]`) and the layer's `cache`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        weights: &QuantMatrix,
+        x: &GpuBuffer,
+        norm: Option<&GpuBuffer>,
+        positions: &GpuBuffer,
+        table: &RopeTable,
+        q_out: &GpuBuffer,
+        cache: KvLayer<'_>,
+        tokens: TokenRange,
+    ) -> Result<Dispatch> {
+        let c = &self.config;
+        let norm = c.shape.check_inputs("qkv_rope", weights, x, norm, tokens)?;
+        cache.expect_shape("qkv_rope", c.kv_rows, c.max_positions)?;
+        if (table.head_dim(), table.max_positions()) != (c.head_dim, c.max_positions) {
+            return Err(GpuError::shape(
+                "qkv_rope",
+                format!(
+                    "RoPE table for head_dim {} and {} positions, kernel built for {} and {}",
+                    table.head_dim(),
+                    table.max_positions(),
+                    c.head_dim,
+                    c.max_positions
+                ),
+            ));
+        }
+        require_len("qkv_rope", "position", positions, tokens.end())?;
+        require_len(
+            "qkv_rope",
+            "query output",
+            q_out,
+            u64::from(tokens.count) * u64::from(c.q_rows),
+        )?;
+        gpu.dispatch(
+            "qkv_rope",
+            &self.pipeline,
+            &[
+                weights.buffer(),
+                x,
+                norm,
+                positions,
+                table.buffer(),
+                q_out,
+                cache.keys,
+                cache.values,
+            ],
+            Params::range(tokens.first, tokens.count),
+            c.shape.grid(c.shape.row_groups(), tokens.count),
+        )
+    }
+}

@@ -1,0 +1,450 @@
+use pio_gpu::reference;
+use pio_gpu::{
+    DeviceKind, KvCache, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix, RopeTable,
+    RowTile, SwiGlu, TokenRange, WeightDtype,
+};
+
+use crate::common::{self, EPS};
+
+/// (rows, cols, tokens): row counts that are not multiples of the 8-row group or of the
+/// workgroup, token counts that are not multiples of the token tile.
+const SHAPES: [(usize, usize, usize); 4] = [(1, 32, 1), (37, 96, 1), (67, 160, 5), (130, 576, 9)];
+
+/// The tiles of both adapter classes: the software (lavapipe) and the GPU variants.
+fn tiles() -> [RowTile; 4] {
+    [
+        RowTile::decode(DeviceKind::Cpu),
+        RowTile::prefill(DeviceKind::Cpu),
+        RowTile::decode(DeviceKind::Discrete),
+        RowTile::prefill(DeviceKind::Discrete),
+    ]
+}
+
+const NORM_EPS: f32 = 1e-5;
+
+/// Error bound per output: an f32 sum of K products, each rounded once, errs by about
+/// c·sqrt(K)·ε·Σ|w·x| for random rounding (the worst case is K·ε·Σ|w·x|). c = 2 for a plain
+/// product; with a fused norm the 1/rms factor (itself a K-term f32 sum) adds a comparable
+/// relative error, so c = 4.
+fn check_within_bound(label: &str, got: &[f32], want: &[f32], magnitude: &[f32], c: f64, k: usize) {
+    let bound = c * (k as f64).sqrt() * EPS;
+    let worst = got
+        .iter()
+        .zip(want)
+        .zip(magnitude)
+        .map(|((&g, &r), &m)| (f64::from(g) - f64::from(r)).abs() / (bound * f64::from(m)))
+        .fold(0.0, f64::max);
+    println!(
+        "{label}: max rel error {:.2e}, {worst:.2} of the bound",
+        common::max_rel_error(got, want)
+    );
+    assert!(worst <= 1.0, "{label}: error {worst:.2} x the bound");
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|a| a.abs()).collect()
+}
+
+/// The kernel's input after the optional norm, on the CPU.
+fn normed(x: &[f32], gamma: Option<&[f32]>) -> Vec<f32> {
+    match gamma {
+        Some(g) => reference::rmsnorm(x, g, NORM_EPS),
+        None => x.to_vec(),
+    }
+}
+
+struct LinearCase {
+    dtype: WeightDtype,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    tile: RowTile,
+    norm: bool,
+    accumulate: bool,
+    /// Input rows before the first one processed.
+    skip: usize,
+}
+
+fn check_linear(case: LinearCase) {
+    let LinearCase {
+        dtype,
+        rows,
+        cols,
+        tokens,
+        tile,
+        norm,
+        accumulate,
+        skip,
+    } = case;
+    let gpu = common::gpu();
+    let mut rng = common::rng((rows * 1000 + cols * 10 + tokens + skip) as u64);
+    let raw = common::random_gguf(&mut rng, dtype, rows, cols);
+    let x = common::random_f32(&mut rng, (skip + tokens) * cols, 1.0);
+    let gamma = common::random_f32(&mut rng, cols, 2.0);
+    let initial = common::random_f32(&mut rng, tokens * rows, 1.0);
+
+    let w = reference::dequantize(dtype, rows, cols, &raw);
+    let h = normed(&x[skip * cols..], norm.then_some(gamma.as_slice()));
+    let mut want = reference::matmul(&w, rows, cols, &h);
+    let mut magnitude = reference::matmul(&abs(&w), rows, cols, &abs(&h));
+    if accumulate {
+        reference::add(&mut want, &initial);
+        reference::add(&mut magnitude, &abs(&initial));
+    }
+
+    let weights = QuantMatrix::upload(&gpu, dtype, rows, cols, &raw).unwrap();
+    let x_buf = gpu.storage_from("x", &x).unwrap();
+    let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
+    let out = gpu.storage_from("out", &initial).unwrap();
+    let shape = LinearShape {
+        dtype,
+        rows: rows as u32,
+        cols: cols as u32,
+        norm_eps: norm.then_some(NORM_EPS),
+        tile,
+    };
+    let kernel = Linear::new(&gpu, shape, accumulate).unwrap();
+    let range = TokenRange {
+        first: skip as u32,
+        count: tokens as u32,
+    };
+    let norm_buf = norm.then_some(&gamma_buf);
+    let dispatch = kernel
+        .bind(&gpu, &weights, &x_buf, norm_buf, &out, range)
+        .unwrap();
+    gpu.run(&[&dispatch]).unwrap();
+    let got = common::read(&gpu, &out, tokens * rows);
+    let label = format!(
+        "linear {dtype:?} {rows}x{cols} T={tokens} from {skip} tile {}x{} norm={norm} acc={accumulate}",
+        tile.tokens, tile.workgroup_size
+    );
+    let c = if norm { 4.0 } else { 2.0 };
+    check_within_bound(&label, &got, &want, &magnitude, c, cols);
+}
+
+#[test]
+fn linear_matches_reference_for_every_dtype_shape_and_tile() {
+    for dtype in WeightDtype::ALL {
+        for (i, (rows, cols, tokens)) in SHAPES.into_iter().enumerate() {
+            for (j, tile) in tiles().into_iter().enumerate() {
+                check_linear(LinearCase {
+                    dtype,
+                    rows,
+                    cols,
+                    tokens,
+                    tile,
+                    norm: (i + j) % 2 == 1,
+                    accumulate: false,
+                    skip: 0,
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_accumulates_and_reads_a_range_of_rows() {
+    for (dtype, tokens, skip, tile) in [
+        (WeightDtype::Q4_1, 3, 0, RowTile::prefill(DeviceKind::Cpu)),
+        (WeightDtype::Q8_0, 1, 6, RowTile::decode(DeviceKind::Cpu)),
+        (
+            WeightDtype::F16,
+            2,
+            4,
+            RowTile::prefill(DeviceKind::Discrete),
+        ),
+    ] {
+        for norm in [false, true] {
+            check_linear(LinearCase {
+                dtype,
+                rows: 45,
+                cols: 128,
+                tokens,
+                tile,
+                norm,
+                accumulate: true,
+                skip,
+            });
+        }
+    }
+}
+
+#[test]
+fn swiglu_matches_reference() {
+    let gpu = common::gpu();
+    let (ff, cols, tokens) = (36, 96, 5);
+    for dtype in [WeightDtype::Q4_1, WeightDtype::F16] {
+        for tile in tiles() {
+            let mut rng = common::rng(ff as u64 + tile.tokens as u64);
+            let gate_raw = common::random_gguf(&mut rng, dtype, ff, cols);
+            let up_raw = common::random_gguf(&mut rng, dtype, ff, cols);
+            let x = common::random_f32(&mut rng, tokens * cols, 1.0);
+            let gamma = common::random_f32(&mut rng, cols, 2.0);
+
+            let h = reference::rmsnorm(&x, &gamma, NORM_EPS);
+            let gate_w = reference::dequantize(dtype, ff, cols, &gate_raw);
+            let up_w = reference::dequantize(dtype, ff, cols, &up_raw);
+            let gate = reference::matmul(&gate_w, ff, cols, &h);
+            let up = reference::matmul(&up_w, ff, cols, &h);
+            let want = reference::silu_mul(&gate, &up);
+            // Errors δg, δu of the two products propagate as |silu'(g)|·|δg|·|u| + |silu(g)|·|δu|
+            // with |silu'| ≤ 1.1 and |silu(g)| ≤ max(|g|, 0.28).
+            let gate_mag = reference::matmul(&abs(&gate_w), ff, cols, &abs(&h));
+            let up_mag = reference::matmul(&abs(&up_w), ff, cols, &abs(&h));
+            let magnitude: Vec<f32> = (0..want.len())
+                .map(|i| 1.1 * gate_mag[i] * up[i].abs() + gate[i].abs().max(0.28) * up_mag[i])
+                .collect();
+
+            let weights =
+                QuantMatrix::upload_gate_up(&gpu, dtype, ff, cols, &gate_raw, &up_raw).unwrap();
+            let shape = LinearShape {
+                dtype,
+                rows: 2 * ff as u32,
+                cols: cols as u32,
+                norm_eps: Some(NORM_EPS),
+                tile,
+            };
+            let kernel = SwiGlu::new(&gpu, shape).unwrap();
+            let x_buf = gpu.storage_from("x", &x).unwrap();
+            let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
+            let out = gpu.storage_zeroed("out", (tokens * ff * 4) as u64).unwrap();
+            let dispatch = kernel
+                .bind(
+                    &gpu,
+                    &weights,
+                    &x_buf,
+                    Some(&gamma_buf),
+                    &out,
+                    TokenRange::all(tokens as u32),
+                )
+                .unwrap();
+            gpu.run(&[&dispatch]).unwrap();
+            let got = common::read(&gpu, &out, tokens * ff);
+            let label = format!("swiglu {dtype:?} ff={ff} cols={cols} tile {tile:?}");
+            check_within_bound(&label, &got, &want, &magnitude, 4.0, cols);
+        }
+    }
+}
+
+#[test]
+fn qkv_rope_matches_reference_and_writes_the_cache() {
+    let gpu = common::gpu();
+    let (n_heads, n_kv_heads, head_dim, cols, max_positions) = (3, 1, 16, 64, 12u32);
+    let (q_rows, kv_rows) = (n_heads * head_dim, n_kv_heads * head_dim);
+    let rows = q_rows + 2 * kv_rows;
+    let base = 10000.0;
+    // Token 3 is past the cache: it writes nothing.
+    let positions = [4u32, 5, 6, 12, 7];
+    let tokens = positions.len();
+    for dtype in [WeightDtype::Q4_1, WeightDtype::Q8_0, WeightDtype::F32] {
+        for tile in tiles() {
+            let mut rng = common::rng(rows as u64 + tile.tokens as u64);
+            let raw = common::random_gguf(&mut rng, dtype, rows, cols);
+            let x = common::random_f32(&mut rng, tokens * cols, 1.0);
+            let gamma = common::random_f32(&mut rng, cols, 2.0);
+
+            let h = reference::rmsnorm(&x, &gamma, NORM_EPS);
+            let w = reference::dequantize(dtype, rows, cols, &raw);
+            let qkv = reference::matmul(&w, rows, cols, &h);
+            let magnitude = reference::matmul(&abs(&w), rows, cols, &abs(&h));
+            let split = |m: &[f32], from: usize, width: usize| -> Vec<f32> {
+                m.chunks_exact(rows)
+                    .flat_map(|r| r[from..from + width].to_vec())
+                    .collect()
+            };
+            let mut q = split(&qkv, 0, q_rows);
+            let mut k = split(&qkv, q_rows, kv_rows);
+            let v = split(&qkv, q_rows + kv_rows, kv_rows);
+            reference::rope(&mut q, head_dim, &positions, base);
+            reference::rope(&mut k, head_dim, &positions, base);
+            // A rotation mixes two values of equal magnitude bound: use the pair's larger one.
+            let pair_max = |m: Vec<f32>| -> Vec<f32> {
+                m.chunks_exact(2)
+                    .flat_map(|p| [p[0].max(p[1]) * 2.0; 2])
+                    .collect()
+            };
+            let q_mag = pair_max(split(&magnitude, 0, q_rows));
+            let k_mag = pair_max(split(&magnitude, q_rows, kv_rows));
+            let v_mag = split(&magnitude, q_rows + kv_rows, kv_rows);
+
+            let cache_len = max_positions as usize * kv_rows;
+            let initial = common::random_f32(&mut rng, cache_len, 1.0);
+            let mut want_k = initial.clone();
+            let mut want_v = initial.clone();
+            let kept: Vec<usize> = (0..tokens)
+                .filter(|&t| positions[t] < max_positions)
+                .collect();
+            let rows_of = |m: &[f32], width: usize| -> Vec<f32> {
+                kept.iter()
+                    .flat_map(|&t| m[t * width..(t + 1) * width].to_vec())
+                    .collect()
+            };
+            let kept_positions: Vec<u32> = kept.iter().map(|&t| positions[t]).collect();
+            reference::kv_write(
+                &rows_of(&k, kv_rows),
+                &rows_of(&v, kv_rows),
+                &kept_positions,
+                &mut want_k,
+                &mut want_v,
+            );
+
+            let weights = QuantMatrix::upload(&gpu, dtype, rows, cols, &raw).unwrap();
+            let config = QkvRopeConfig {
+                shape: LinearShape {
+                    dtype,
+                    rows: rows as u32,
+                    cols: cols as u32,
+                    norm_eps: Some(NORM_EPS),
+                    tile,
+                },
+                q_rows: q_rows as u32,
+                kv_rows: kv_rows as u32,
+                head_dim: head_dim as u32,
+                max_positions,
+            };
+            let kernel = QkvRope::new(&gpu, config).unwrap();
+            let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
+            let cache =
+                KvCache::new(&gpu, 1, max_positions, n_kv_heads as u32, head_dim as u32).unwrap();
+            let layer = cache.layer(0).unwrap();
+            gpu.write(layer.keys, 0, &initial).unwrap();
+            gpu.write(layer.values, 0, &initial).unwrap();
+            let x_buf = gpu.storage_from("x", &x).unwrap();
+            let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
+            let pos_buf = gpu.storage_from("positions", &positions).unwrap();
+            let q_out = gpu
+                .storage_zeroed("q", (tokens * q_rows * 4) as u64)
+                .unwrap();
+            let dispatch = kernel
+                .bind(
+                    &gpu,
+                    &weights,
+                    &x_buf,
+                    Some(&gamma_buf),
+                    &pos_buf,
+                    &table,
+                    &q_out,
+                    layer,
+                    TokenRange::all(tokens as u32),
+                )
+                .unwrap();
+            gpu.run(&[&dispatch]).unwrap();
+
+            let label = format!("qkv_rope {dtype:?} tile {tile:?}");
+            let got_q = common::read(&gpu, &q_out, tokens * q_rows);
+            let got_k = common::read(&gpu, layer.keys, cache_len);
+            let got_v = common::read(&gpu, layer.values, cache_len);
+            for (t, &pos) in positions.iter().enumerate() {
+                if pos >= max_positions {
+                    continue;
+                }
+                let at = t * q_rows;
+                check_within_bound(
+                    &format!("{label} q of token {t}"),
+                    &got_q[at..at + q_rows],
+                    &q[at..at + q_rows],
+                    &q_mag[at..at + q_rows],
+                    4.0,
+                    cols,
+                );
+                let (src, dst) = (t * kv_rows, pos as usize * kv_rows);
+                let row = |m: &[f32], at: usize| m[at..at + kv_rows].to_vec();
+                check_within_bound(
+                    &format!("{label} k at {pos}"),
+                    &row(&got_k, dst),
+                    &row(&want_k, dst),
+                    &row(&k_mag, src),
+                    4.0,
+                    cols,
+                );
+                check_within_bound(
+                    &format!("{label} v at {pos}"),
+                    &row(&got_v, dst),
+                    &row(&want_v, dst),
+                    &row(&v_mag, src),
+                    4.0,
+                    cols,
+                );
+            }
+            let skipped = 3 * q_rows..4 * q_rows;
+            assert!(
+                got_q[skipped].iter().all(|&v| v == 0.0),
+                "token past the cache wrote q"
+            );
+            // Positions no token writes keep their values.
+            for pos in [0, 1, 2, 3, 8, 9, 10, 11] {
+                let at = pos * kv_rows;
+                assert_eq!(
+                    got_k[at..at + kv_rows],
+                    initial[at..at + kv_rows],
+                    "K {pos}"
+                );
+                assert_eq!(
+                    got_v[at..at + kv_rows],
+                    initial[at..at + kv_rows],
+                    "V {pos}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_kernels_reject_mismatched_weights_norms_and_short_buffers() {
+    let gpu = common::gpu();
+    let mut rng = common::rng(7);
+    let raw = common::random_gguf(&mut rng, WeightDtype::Q4_0, 8, 64);
+    let weights = QuantMatrix::upload(&gpu, WeightDtype::Q4_0, 8, 64, &raw).unwrap();
+    let shape = LinearShape {
+        dtype: WeightDtype::Q4_0,
+        rows: 8,
+        cols: 64,
+        norm_eps: None,
+        tile: RowTile::decode(DeviceKind::Cpu),
+    };
+    let x = gpu.storage_zeroed("x", 2 * 64 * 4).unwrap();
+    let out = gpu.storage_zeroed("out", 2 * 8 * 4).unwrap();
+    let plain = Linear::new(&gpu, shape, false).unwrap();
+    assert!(plain
+        .bind(&gpu, &weights, &x, None, &out, TokenRange::all(2))
+        .is_ok());
+    assert!(plain
+        .bind(&gpu, &weights, &x, None, &out, TokenRange::all(3))
+        .is_err());
+    assert!(plain
+        .bind(&gpu, &weights, &x, None, &out, TokenRange::one(2))
+        .is_err());
+    assert!(plain
+        .bind(&gpu, &weights, &x, Some(&x), &out, TokenRange::all(1))
+        .is_err());
+    let normed = Linear::new(
+        &gpu,
+        LinearShape {
+            norm_eps: Some(1e-5),
+            ..shape
+        },
+        false,
+    )
+    .unwrap();
+    assert!(normed
+        .bind(&gpu, &weights, &x, None, &out, TokenRange::all(1))
+        .is_err());
+    let other = Linear::new(&gpu, LinearShape { rows: 16, ..shape }, false).unwrap();
+    assert!(other
+        .bind(&gpu, &weights, &x, None, &out, TokenRange::all(1))
+        .is_err());
+    assert!(SwiGlu::new(&gpu, LinearShape { rows: 12, ..shape }).is_err());
+    let bad_tile = RowTile {
+        tokens: 9,
+        workgroup_size: 8,
+    };
+    assert!(Linear::new(
+        &gpu,
+        LinearShape {
+            tile: bad_tile,
+            ..shape
+        },
+        false
+    )
+    .is_err());
+}

@@ -1,0 +1,174 @@
+//! The plugin's own benchmark (`{"op": "bench"}`, driven by `pio bench`): prefill speed, time
+//! to first token and decode speed, measured on the same path generation takes.
+//!
+//! Prompts are pseudo-random token ids (the speed of a forward pass does not depend on which
+//! tokens it sees); decoding is greedy and ignores end-of-generation tokens so every run decodes
+//! the same number of tokens.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::generate::Forward;
+use crate::sampler::{Sampler, SamplingParams};
+
+/// What to measure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchConfig {
+    /// Prompt lengths whose prefill is timed.
+    pub prompt_lengths: Vec<usize>,
+    /// Tokens decoded after a prompt of `decode_prompt` tokens.
+    pub decode_tokens: usize,
+    /// Prompt length before decoding starts.
+    pub decode_prompt: usize,
+}
+
+/// One prefill measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefillRun {
+    /// Prompt tokens processed.
+    pub prompt_tokens: usize,
+    /// Wall time of the forward pass over the prompt, in milliseconds.
+    pub prefill_ms: f64,
+    /// `prompt_tokens / prefill time`.
+    pub prefill_tok_s: f64,
+    /// Time from the start of the prompt to the first sampled token, in milliseconds.
+    pub ttft_ms: f64,
+}
+
+/// One decode measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeRun {
+    /// Tokens decoded (each one forward pass of a single token plus sampling).
+    pub decode_tokens: usize,
+    /// Wall time of all of them, in milliseconds.
+    pub decode_ms: f64,
+    /// `decode_tokens / decode time`.
+    pub decode_tok_s: f64,
+}
+
+/// The measurements of one benchmark run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRun {
+    /// One entry per configured prompt length.
+    pub prefill: Vec<PrefillRun>,
+    /// The decode measurement.
+    pub decode: DecodeRun,
+}
+
+/// Deterministic pseudo-random token ids below `vocab`.
+fn prompt(len: usize, vocab: usize, salt: u64) -> Vec<u32> {
+    let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Runs one benchmark pass over `model` (its KV cache is overwritten).
+pub fn bench_run<F: Forward + ?Sized>(model: &mut F, config: &BenchConfig) -> Result<BenchRun> {
+    let longest = config
+        .prompt_lengths
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(config.decode_prompt + config.decode_tokens);
+    if longest > model.context_length() {
+        return Err(Error::InvalidParams(format!(
+            "the benchmark needs a context of {longest} positions, the model was activated with {}",
+            model.context_length()
+        )));
+    }
+    if config.decode_prompt == 0 || config.prompt_lengths.contains(&0) {
+        return Err(Error::InvalidParams(
+            "benchmark prompts need at least one token".into(),
+        ));
+    }
+    let vocab = model.vocab_size();
+    let mut greedy = Sampler::new(SamplingParams::default())?;
+
+    let mut prefill = Vec::new();
+    for (i, &len) in config.prompt_lengths.iter().enumerate() {
+        let tokens = prompt(len, vocab, i as u64 + 1);
+        let start = Instant::now();
+        let logits = model.forward(&tokens, 0, false)?;
+        let prefill_s = start.elapsed().as_secs_f64();
+        greedy.sample(&logits, &tokens)?;
+        let ttft_s = start.elapsed().as_secs_f64();
+        prefill.push(PrefillRun {
+            prompt_tokens: len,
+            prefill_ms: prefill_s * 1e3,
+            prefill_tok_s: len as f64 / prefill_s,
+            ttft_ms: ttft_s * 1e3,
+        });
+    }
+
+    let mut history = prompt(config.decode_prompt, vocab, 0);
+    let mut next = model.next_token(&history, 0, &mut greedy, &history)?;
+    let start = Instant::now();
+    for _ in 0..config.decode_tokens {
+        history.push(next);
+        let pos = history.len() - 1;
+        next = model.next_token(&[next], pos, &mut greedy, &history)?;
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+    Ok(BenchRun {
+        prefill,
+        decode: DecodeRun {
+            decode_tokens: config.decode_tokens,
+            decode_ms: decode_s * 1e3,
+            decode_tok_s: config.decode_tokens as f64 / decode_s,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::tests::Script;
+
+    #[test]
+    fn prompts_are_deterministic_and_in_the_vocabulary() {
+        let a = prompt(300, 7, 3);
+        assert_eq!(a, prompt(300, 7, 3));
+        assert_ne!(a, prompt(300, 7, 4));
+        assert!(a.iter().all(|&t| t < 7));
+        assert!((0..7).all(|t| a.contains(&t)), "covers the vocabulary");
+    }
+
+    #[test]
+    fn decodes_the_configured_number_of_tokens_at_consecutive_positions() {
+        let mut model = Script::new(vec![1, 2, 3, 0], 64);
+        let config = BenchConfig {
+            prompt_lengths: vec![5, 9],
+            decode_tokens: 20,
+            decode_prompt: 4,
+        };
+        let run = bench_run(&mut model, &config).unwrap();
+        let lengths: Vec<usize> = run.prefill.iter().map(|p| p.prompt_tokens).collect();
+        assert_eq!(lengths, vec![5, 9]);
+        assert_eq!(run.decode.decode_tokens, 20);
+        // Script checks positions are fed in order; the cache holds prompt + decoded tokens.
+        assert_eq!(model.cache.len(), 4 + 20);
+        // Two prefills, the decode prompt, then one call per decoded token.
+        assert_eq!(model.calls, 2 + 1 + 20);
+    }
+
+    #[test]
+    fn a_context_too_small_for_the_benchmark_is_an_error() {
+        let mut model = Script::new(vec![1, 2, 3, 0], 16);
+        let config = BenchConfig {
+            prompt_lengths: vec![32],
+            decode_tokens: 4,
+            decode_prompt: 4,
+        };
+        let err = bench_run(&mut model, &config).unwrap_err().to_string();
+        assert!(err.contains("context of 32"), "{err}");
+    }
+}

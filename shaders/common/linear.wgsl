@@ -1,0 +1,40 @@
+// out[t][r] = (W x[first + t])[r] (+= out[t][r] with ACCUMULATE, fusing a residual add), for
+// t < params.count, with x optionally RMS-normalised on the fly (NORM). Used for the attention
+// output and FFN down projections (accumulating into the residual stream) and for the final
+// norm + LM head. One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens; see
+// row_group.wgsl.
+
+override ACCUMULATE: bool;
+override WORKGROUP_SIZE: u32;
+
+struct Params {
+    count: u32,
+    first: u32,
+}
+
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<uniform> params: Params;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let g = id.x;
+    let tok0 = id.y * TOKENS_PER_INVOCATION;
+    if g * ROW_GROUP >= ROWS || tok0 >= params.count {
+        return;
+    }
+    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
+    for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+        let tok = tok0 + t;
+        for (var r = 0u; r < ROW_GROUP; r++) {
+            let row = g * ROW_GROUP + r;
+            if tok < params.count && row < ROWS {
+                let i = tok * ROWS + row;
+                var value = tile_value(tile, t, r);
+                if ACCUMULATE {
+                    value += out[i];
+                }
+                out[i] = value;
+            }
+        }
+    }
+}

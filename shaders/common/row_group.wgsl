@@ -1,0 +1,222 @@
+// The core of the fused linear kernels: one invocation computes a whole row group (the 8 rows
+// that pio-gpu's packed layout interleaves word by word, see quant.rs) for up to MAX_TOKENS
+// tokens, without barriers.
+//
+// Why whole row groups: the 8 rows store word w of block b side by side, so the invocation reads
+// each word of all 8 rows with two 16-byte loads. On llvmpipe every load with a non-constant
+// offset costs about the same whatever its width, so this reads the weights with a quarter of
+// the loads of one-row-per-invocation kernels; on GPUs each lane reads whole 32-byte sectors.
+// Each dequantized weight is reused for TOKENS_PER_INVOCATION tokens and each x value for 8 rows.
+// Accumulators are vectors over rows (rows 0-3 and 4-7), so dequantization is vector work too.
+//
+// With NORM, x is RMS-normalised on the fly (fusing RMSNorm into its consumer): the tile is
+// computed against x * norm_weight while the sum of squares of x is accumulated from the same
+// loads, and the result is scaled by 1 / sqrt(mean(x^2) + NORM_EPS) at the end. (W (g*x) / rms
+// equals W (g * x / rms) exactly in real arithmetic; only the rounding order differs.)
+//
+// Bindings 0-2 are declared here; kernels declare theirs from 3 on.
+
+const DTYPE_F32: u32 = 0u;
+const DTYPE_F16: u32 = 1u;
+const DTYPE_Q4_0: u32 = 2u;
+const DTYPE_Q4_1: u32 = 3u;
+const DTYPE_Q8_0: u32 = 4u;
+
+const ROW_GROUP: u32 = 8u;
+const MAX_TOKENS: u32 = 8u;
+
+// Which storage layout the weights use, and its words per block of 32 elements.
+override DTYPE: u32;
+override BLOCK_WORDS: u32;
+// Elements per weight row (a multiple of 32) and rows of the matrix.
+override COLS: u32;
+override ROWS: u32;
+// Tokens per invocation, 1..=MAX_TOKENS.
+override TOKENS_PER_INVOCATION: u32;
+// Fuse an RMSNorm of x (weights `norm_weight`, epsilon NORM_EPS) into the product.
+override NORM: bool;
+override NORM_EPS: f32 = 1e-5;
+
+// Packed weights, as 16-byte vectors: the 8 rows' word w of a row group are two vectors.
+@group(0) @binding(0) var<storage, read> weights: array<vec4<u32>>;
+// Activations [tokens][COLS].
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+// The RMSNorm weight [COLS] (bound but unused without NORM).
+@group(0) @binding(2) var<storage, read> norm_weight: array<vec4<f32>>;
+
+// Products of one row group with up to MAX_TOKENS tokens: lo[t][r] is row r (0-3), hi[t][r]
+// row 4 + r, for token t of the tile.
+struct Tile {
+    lo: array<vec4<f32>, MAX_TOKENS>,
+    hi: array<vec4<f32>, MAX_TOKENS>,
+}
+
+fn is_q4() -> bool {
+    return DTYPE == DTYPE_Q4_0 || DTYPE == DTYPE_Q4_1;
+}
+
+// Words of a block that hold one chunk of 8 elements.
+fn chunk_words() -> u32 {
+    switch DTYPE {
+        case DTYPE_F32: { return 8u; }
+        case DTYPE_F16: { return 4u; }
+        case DTYPE_Q8_0: { return 2u; }
+        default: { return 1u; }
+    }
+}
+
+// First word of chunk c (0..4) of a block.
+fn chunk_first_word(c: u32) -> u32 {
+    switch DTYPE {
+        case DTYPE_F32: { return 8u * c; }
+        case DTYPE_F16: { return 4u * c; }
+        case DTYPE_Q8_0: { return 1u + 2u * c; }
+        case DTYPE_Q4_0: { return 1u + c; }
+        default: { return 2u + c; }
+    }
+}
+
+// The two vec4 groups of x (within a block of 8 groups) that chunk c covers: element j < 4 of
+// the chunk is component j of the first, element j >= 4 component j - 4 of the second.
+fn chunk_groups(c: u32) -> vec2<u32> {
+    if is_q4() {
+        // Low nibbles of word c are elements 4c..4c+4, high nibbles 16+4c..16+4c+4.
+        return vec2<u32>(c, c + 4u);
+    }
+    return vec2<u32>(2u * c, 2u * c + 1u);
+}
+
+// Index (within the chunk's words) of the word holding element j of a chunk.
+fn element_word(j: u32) -> u32 {
+    switch DTYPE {
+        case DTYPE_F32: { return j; }
+        case DTYPE_F16: { return j / 2u; }
+        case DTYPE_Q8_0: { return j / 4u; }
+        default: { return 0u; }
+    }
+}
+
+// Element j of a chunk for four rows, from the word holding it for those rows, before scaling.
+fn element_raw(word: vec4<u32>, j: u32) -> vec4<f32> {
+    switch DTYPE {
+        case DTYPE_F32: { return bitcast<vec4<f32>>(word); }
+        case DTYPE_F16: {
+            let h = (word >> vec4<u32>(16u * (j % 2u))) & vec4<u32>(0xffffu);
+            return vec4<f32>(
+                unpack2x16float(h.x).x, unpack2x16float(h.y).x,
+                unpack2x16float(h.z).x, unpack2x16float(h.w).x,
+            );
+        }
+        case DTYPE_Q8_0: {
+            let shifted = bitcast<vec4<i32>>(word << vec4<u32>(24u - 8u * (j % 4u)));
+            return vec4<f32>(shifted >> vec4<u32>(24u));
+        }
+        default: {
+            let shift = select(8u * (j - 4u) + 4u, 8u * j, j < 4u);
+            return vec4<f32>((word >> vec4<u32>(shift)) & vec4<u32>(15u));
+        }
+    }
+}
+
+// Dequantizes raw values with the block's scale d and minimum m (per row).
+fn dequantize(raw: vec4<f32>, d: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
+    switch DTYPE {
+        case DTYPE_Q4_0: { return (raw - 8.0) * d; }
+        case DTYPE_Q4_1: { return raw * d + m; }
+        case DTYPE_Q8_0: { return raw * d; }
+        default: { return raw; }
+    }
+}
+
+// Index of the vector holding rows 0-3 of word w of block b of row group g (rows 4-7: +1).
+fn word_vec(g: u32, b: u32, w: u32) -> u32 {
+    return ((g * (COLS / 32u) + b) * BLOCK_WORDS + w) * 2u;
+}
+
+// Component j (0..8) of the element pair (a: elements 0-3, b: elements 4-7).
+fn pick(a: vec4<f32>, b: vec4<f32>, j: u32) -> f32 {
+    if j < 4u {
+        return a[j];
+    }
+    return b[j - 4u];
+}
+
+// Row group g times tokens first_token .. first_token + TOKENS_PER_INVOCATION of x; tokens
+// past last_token are clamped to it (computed, for the caller not to store).
+fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
+    let blocks = COLS / 32u;
+    let x_row = COLS / 4u;
+    var x_base: array<u32, MAX_TOKENS>;
+    for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+        x_base[t] = min(first_token + t, last_token) * x_row;
+    }
+    var tile: Tile;
+    var sum_sq: array<f32, MAX_TOKENS>;
+    for (var b = 0u; b < blocks; b++) {
+        var d_lo = vec4<f32>(1.0);
+        var d_hi = vec4<f32>(1.0);
+        var m_lo = vec4<f32>(0.0);
+        var m_hi = vec4<f32>(0.0);
+        if DTYPE >= DTYPE_Q4_0 {
+            d_lo = bitcast<vec4<f32>>(weights[word_vec(g, b, 0u)]);
+            d_hi = bitcast<vec4<f32>>(weights[word_vec(g, b, 0u) + 1u]);
+        }
+        if DTYPE == DTYPE_Q4_1 {
+            m_lo = bitcast<vec4<f32>>(weights[word_vec(g, b, 1u)]);
+            m_hi = bitcast<vec4<f32>>(weights[word_vec(g, b, 1u) + 1u]);
+        }
+        for (var c = 0u; c < 4u; c++) {
+            let groups = chunk_groups(c) + vec2<u32>(b * 8u);
+            var xa: array<vec4<f32>, MAX_TOKENS>;
+            var xb: array<vec4<f32>, MAX_TOKENS>;
+            var ga = vec4<f32>(1.0);
+            var gb = vec4<f32>(1.0);
+            if NORM {
+                ga = norm_weight[groups.x];
+                gb = norm_weight[groups.y];
+            }
+            for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+                let a = x[x_base[t] + groups.x];
+                let bb = x[x_base[t] + groups.y];
+                if NORM {
+                    sum_sq[t] += dot(a, a) + dot(bb, bb);
+                }
+                xa[t] = a * ga;
+                xb[t] = bb * gb;
+            }
+            var w_lo: array<vec4<u32>, 8>;
+            var w_hi: array<vec4<u32>, 8>;
+            let first = word_vec(g, b, chunk_first_word(c));
+            for (var i = 0u; i < chunk_words(); i++) {
+                w_lo[i] = weights[first + 2u * i];
+                w_hi[i] = weights[first + 2u * i + 1u];
+            }
+            for (var j = 0u; j < 8u; j++) {
+                let k = element_word(j);
+                let v_lo = dequantize(element_raw(w_lo[k], j), d_lo, m_lo);
+                let v_hi = dequantize(element_raw(w_hi[k], j), d_hi, m_hi);
+                for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+                    let xv = pick(xa[t], xb[t], j);
+                    tile.lo[t] += v_lo * xv;
+                    tile.hi[t] += v_hi * xv;
+                }
+            }
+        }
+    }
+    if NORM {
+        for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+            let inv_rms = inverseSqrt(sum_sq[t] / f32(COLS) + NORM_EPS);
+            tile.lo[t] *= inv_rms;
+            tile.hi[t] *= inv_rms;
+        }
+    }
+    return tile;
+}
+
+// Row r (0..8) of token t of a tile.
+fn tile_value(tile: Tile, t: u32, r: u32) -> f32 {
+    if r < 4u {
+        return tile.lo[t][r];
+    }
+    return tile.hi[t][r - 4u];
+}

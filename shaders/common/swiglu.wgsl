@@ -1,0 +1,36 @@
+// The gated FFN's first half: out[t][i] = silu(gate[i] . h) * (up[i] . h) for t < params.count,
+// h = x[t] (RMS-normalised on the fly with NORM), from one matrix interleaving gate and up rows
+// by row group: group g holds gate rows 4g..4g+4 as its rows 0-3 and up rows 4g..4g+4 as rows
+// 4-7 (pio-gpu's QuantMatrix::upload_gate_up builds it). ROWS = 2 * FF. See row_group.wgsl.
+
+override WORKGROUP_SIZE: u32;
+
+struct Params {
+    count: u32,
+    first: u32,
+}
+
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<uniform> params: Params;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let g = id.x;
+    let tok0 = id.y * TOKENS_PER_INVOCATION;
+    let ff = ROWS / 2u;
+    if g * 4u >= ff || tok0 >= params.count {
+        return;
+    }
+    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
+    for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+        let tok = tok0 + t;
+        let gate = tile.lo[t];
+        let act = gate / (vec4<f32>(1.0) + exp(-gate)) * tile.hi[t];
+        for (var r = 0u; r < 4u; r++) {
+            let i = g * 4u + r;
+            if tok < params.count && i < ff {
+                out[tok * ff + i] = act[r];
+            }
+        }
+    }
+}
