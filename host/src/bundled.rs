@@ -12,6 +12,7 @@ use crate::{
     pack::{pack, PackRequest},
     paths::cache_dir,
     shadow::ShadowDir,
+    PluginManager,
 };
 
 /// File-name prefix of bundled plugin libraries.
@@ -43,6 +44,21 @@ pub fn bundled_plugin_folders(shadow: &ShadowDir) -> Vec<PathBuf> {
                 tracing::warn!(library = %library.display(), "cannot use bundled plugin: {e}");
                 None
             }
+        })
+        .collect()
+}
+
+/// Registers and loads every bundled plugin into `manager`, returning each folder with the id
+/// loaded or the reason it was not (also logged).
+pub fn load_bundled(manager: &PluginManager) -> Vec<(PathBuf, HostResult<String>)> {
+    bundled_plugin_folders(manager.shadow())
+        .into_iter()
+        .map(|folder| {
+            let result = manager.load_plugin_from_path(&folder);
+            if let Err(error) = &result {
+                tracing::warn!(folder = %folder.display(), "{error}");
+            }
+            (folder, result)
         })
         .collect()
 }

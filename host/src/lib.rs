@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod models;
 pub mod pack;
 pub mod paths;
+pub mod server;
 pub mod shadow;
 pub mod state;
 pub mod watch;

@@ -1,5 +1,8 @@
 //! Support for the integration tests: locating the workspace's built plugins, building variants
-//! of the example plugin (other versions, names and API versions), and packing plugin folders.
+//! of the example plugin (other versions, names, API versions, slow token rates), packing plugin
+//! folders, and ([`http`]) running the HTTP server on loopback with a client for it.
+
+pub mod http;
 
 use std::{
     path::{Path, PathBuf},
@@ -66,6 +69,9 @@ pub struct Variant {
     /// With `api_version`: the copied API appends a function to the root module, as a later
     /// minor version of the API would.
     pub api_appends_function: bool,
+    /// Sleep this many milliseconds before sending each token: a slow model, so tests can act
+    /// while a generation runs.
+    pub token_delay_ms: Option<u64>,
 }
 
 static VARIANT_BUILDS: Mutex<()> = Mutex::new(());
@@ -89,6 +95,17 @@ pub fn build_variant(variant: &Variant) -> PathBuf {
             text = text.replace(
                 "name: \"example\".to_owned()",
                 &format!("name: \"{name}\".to_owned()"),
+            );
+        }
+        if let Some(ms) = variant.token_delay_ms {
+            let anchor = "let control = stream.send(";
+            assert!(
+                entry.file_name() != "mirror.rs" || text.contains(anchor),
+                "mirror.rs no longer contains {anchor:?}"
+            );
+            text = text.replace(
+                anchor,
+                &format!("std::thread::sleep(std::time::Duration::from_millis({ms}));\n{anchor}"),
             );
         }
         if variant.without_root_module {

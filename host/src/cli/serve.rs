@@ -1,21 +1,52 @@
-//! `pio serve --plugins DIR`: the long-running host. It loads and activates every plugin folder
-//! in DIR, watches DIR and hot-reloads plugins as folders are added, changed or removed, and
-//! prints every reload event as one JSON line on stdout (the event stream).
+//! `pio serve`: the OpenAI-compatible HTTP server. Settings come from flags, then `PIO_*`
+//! environment variables, then `--config FILE`, then the profile and the defaults; with
+//! `--plugins DIR` the directory is loaded, watched and hot-reloaded, and every reload event is
+//! printed as one JSON line on stdout; without it the bundled default plugins are served.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
+use anyhow::Context;
 use clap::Args;
 
-use crate::watch::{PluginWatcher, WatchOptions};
+use crate::{
+    server::{ConfigLayer, PluginSource, RunningServer, ServerOptions},
+    watch::WatchOptions,
+};
 
 use super::{run::ActivateArgs, session::new_manager};
 
 /// Arguments of `pio serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The plugin directory to load and watch.
+    /// The plugin directory to load and watch (default: the bundled llama and bert plugins).
     #[arg(long)]
-    plugins: PathBuf,
+    plugins: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080; env PIO_ADDR].
+    #[arg(long)]
+    addr: Option<String>,
+    /// TOML file with any of: addr, plugins, api_key, profile, queue_depth,
+    /// request_timeout_secs, body_limit_bytes, max_tokens_limit, default_max_tokens.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Named limits: default, low-latency or throughput [env PIO_PROFILE].
+    #[arg(long)]
+    profile: Option<String>,
+    /// Requests waiting per plugin and priority before 429 [env PIO_QUEUE_DEPTH].
+    #[arg(long)]
+    queue_depth: Option<usize>,
+    /// Seconds a request may take [env PIO_REQUEST_TIMEOUT_SECS].
+    #[arg(long = "request-timeout", value_name = "SECS")]
+    request_timeout_secs: Option<u64>,
+    /// Largest request body in bytes [env PIO_BODY_LIMIT_BYTES].
+    #[arg(long)]
+    body_limit_bytes: Option<usize>,
+    /// Largest max_tokens a request may ask for [env PIO_MAX_TOKENS_LIMIT].
+    #[arg(long)]
+    max_tokens_limit: Option<u32>,
+    /// Bearer key required on every route but /health. Prefer PIO_API_KEY: flags are visible
+    /// to other users of the machine.
+    #[arg(long)]
+    api_key: Option<String>,
     /// Quiet time after the last file change before a folder is examined, in milliseconds.
     #[arg(long, default_value_t = 200)]
     debounce_ms: u64,
@@ -25,20 +56,48 @@ pub struct ServeArgs {
 
 /// `pio serve`.
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let manager = Arc::new(new_manager()?);
-    let options = WatchOptions {
-        debounce: std::time::Duration::from_millis(args.debounce_ms),
-        activate: args.activate.options(),
-        ..WatchOptions::default()
+    let flags = ConfigLayer {
+        addr: args.addr.clone(),
+        plugins: args.plugins.clone(),
+        api_key: args.api_key.clone(),
+        profile: args.profile.clone(),
+        queue_depth: args.queue_depth,
+        request_timeout_secs: args.request_timeout_secs,
+        body_limit_bytes: args.body_limit_bytes,
+        max_tokens_limit: args.max_tokens_limit,
+        default_max_tokens: None,
     };
-    let (events_tx, events) = crossbeam_channel::unbounded();
-    let _watcher = PluginWatcher::start(manager.clone(), &args.plugins, options, events_tx)?;
+    let env = ConfigLayer::from_env(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
+    let file = match &args.config {
+        Some(path) => ConfigLayer::from_file(path).map_err(anyhow::Error::msg)?,
+        None => ConfigLayer::default(),
+    };
+    let config = flags
+        .over(env)
+        .over(file)
+        .resolve()
+        .map_err(anyhow::Error::msg)
+        .context("invalid server configuration")?;
+    let source = match &config.plugins {
+        Some(dir) => PluginSource::Directory(dir.clone()),
+        None => PluginSource::Defaults,
+    };
+    let options = ServerOptions {
+        config,
+        source,
+        watch: WatchOptions {
+            debounce: Duration::from_millis(args.debounce_ms),
+            activate: args.activate.options(),
+            ..WatchOptions::default()
+        },
+        print_events: true,
+    };
+    let manager = Arc::new(new_manager()?);
+    let server = RunningServer::start(manager, options)?;
     eprintln!(
-        "watching {}; events follow as JSON lines (Ctrl-C stops)",
-        args.plugins.display()
+        "listening on http://{} (Ctrl-C stops); reload events follow as JSON lines",
+        server.local_addr()
     );
-    for event in events {
-        println!("{}", serde_json::to_string(&event)?);
-    }
+    server.run_until_signal()?;
     Ok(ExitCode::SUCCESS)
 }

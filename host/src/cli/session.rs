@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::{
-    bundled::bundled_plugin_folders,
+    bundled::load_bundled,
     models::{default_model, DEFAULT_MODELS},
     paths, PluginManager,
 };
@@ -37,12 +37,7 @@ pub fn load_plugins(manager: &mut PluginManager, dirs: &PluginDirs) -> anyhow::R
         }
     }
     if dirs.dirs.is_empty() {
-        let folders = bundled_plugin_folders(manager.shadow());
-        for folder in folders {
-            if let Err(error) = manager.load_plugin_from_path(&folder) {
-                tracing::warn!(folder = %folder.display(), "{error}");
-            }
-        }
+        load_bundled(manager);
     }
     Ok(())
 }

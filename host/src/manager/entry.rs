@@ -1,6 +1,7 @@
 //! One loaded (or failed) plugin: its manifest, lifecycle state, library and instance.
 
 use std::{
+    ops::{Deref, DerefMut},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -8,7 +9,7 @@ use std::{
     },
 };
 
-use pio_plugin_api::{Capability, ErrorKind, PluginError, PluginInstanceBox};
+use pio_plugin_api::{Capability, ErrorKind, PluginError, PluginInstanceBox, PluginMetadata};
 
 use crate::{
     error::{HostError, HostResult},
@@ -32,7 +33,49 @@ pub(super) struct Entry {
     /// Set once a newer generation has replaced this one or it is being unloaded: requests
     /// that reach it afterwards go to whatever now serves its name.
     pub retiring: AtomicBool,
-    pub cell: Mutex<Cell>,
+    cell: Mutex<Cell>,
+    /// State and metadata as of the last release of `cell`, readable while a call holds it,
+    /// so listings and health checks never wait for a generation.
+    published: Mutex<Published>,
+}
+
+/// What [`Entry::summary`] reports, copied out of the cell whenever its lock is released.
+#[derive(Debug, Clone)]
+struct Published {
+    state: PluginState,
+    metadata: Option<PluginMetadata>,
+}
+
+/// The locked cell of an entry; releasing it publishes the state and metadata.
+pub(super) struct CellGuard<'a> {
+    cell: MutexGuard<'a, Cell>,
+    published: &'a Mutex<Published>,
+}
+
+impl Deref for CellGuard<'_> {
+    type Target = Cell;
+
+    fn deref(&self) -> &Cell {
+        &self.cell
+    }
+}
+
+impl DerefMut for CellGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Cell {
+        &mut self.cell
+    }
+}
+
+impl Drop for CellGuard<'_> {
+    fn drop(&mut self) {
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        if published.state != self.cell.state {
+            published.state = self.cell.state.clone();
+        }
+        if published.metadata.is_some() != self.cell.library.is_some() {
+            published.metadata = self.cell.library.as_ref().map(|l| l.metadata.clone());
+        }
+    }
 }
 
 /// The mutable part of an entry, locked for every lifecycle step and every call, so calls into
@@ -57,6 +100,10 @@ impl Entry {
             manifest,
             dir,
             retiring: AtomicBool::new(false),
+            published: Mutex::new(Published {
+                state: state.clone(),
+                metadata: None,
+            }),
             cell: Mutex::new(Cell {
                 state,
                 library: None,
@@ -74,10 +121,13 @@ impl Entry {
         &self.manifest.name
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Cell> {
+    pub fn lock(&self) -> CellGuard<'_> {
         // A poisoned lock is still consistent: every state change is written after the
         // fallible work it records.
-        self.cell.lock().unwrap_or_else(|p| p.into_inner())
+        CellGuard {
+            cell: self.cell.lock().unwrap_or_else(|p| p.into_inner()),
+            published: &self.published,
+        }
     }
 
     pub fn is_retiring(&self) -> bool {
@@ -88,15 +138,20 @@ impl Entry {
         self.retiring.store(true, Ordering::Release);
     }
 
+    /// The entry as of the last release of its lock: never waits for a call in flight.
     pub fn summary(&self) -> PluginSummary {
-        let cell = self.lock();
+        let published = self
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         PluginSummary {
             id: self.id(),
             generation: self.generation,
             manifest: self.manifest.clone(),
             dir: self.dir.clone(),
-            state: cell.state.clone(),
-            metadata: cell.library.as_ref().map(|l| l.metadata.clone()),
+            state: published.state,
+            metadata: published.metadata,
         }
     }
 

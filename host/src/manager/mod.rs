@@ -78,7 +78,9 @@ pub struct DirectoryReport {
 ///
 /// Every method takes `&self`: the manager is shared (`Arc`) between request threads and the
 /// directory watcher. Calls lock only the plugin they use; lifecycle steps on one plugin wait
-/// for its call in flight to finish.
+/// for its call in flight to finish. Listings ([`info`](Self::info),
+/// [`list_plugins`](Self::list_plugins)) never wait: they report each plugin as of the end of
+/// its last lifecycle step or call.
 pub struct PluginManager {
     entries: RwLock<BTreeMap<u64, Arc<Entry>>>,
     /// Name → number of the entry that serves it.

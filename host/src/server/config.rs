@@ -1,0 +1,314 @@
+//! Server configuration: built-in defaults, a named profile, a TOML file, `PIO_*` environment
+//! variables and command-line flags, each layer overriding the ones before it
+//! (flags > environment > file > profile > defaults), validated with errors that name the
+//! field and where its value came from.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::Deserialize;
+
+/// A named bundle of queue and limit settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Balanced defaults.
+    Default,
+    /// Short queues and timeouts: a request waits little or is refused at once.
+    LowLatency,
+    /// Long queues and timeouts: accept much work and let it wait.
+    Throughput,
+}
+
+impl Profile {
+    /// Every profile, by name.
+    pub const ALL: [(&'static str, Profile); 3] = [
+        ("default", Profile::Default),
+        ("low-latency", Profile::LowLatency),
+        ("throughput", Profile::Throughput),
+    ];
+
+    /// `(queue_depth, request_timeout_secs, max_tokens_limit)` of the profile.
+    fn limits(self) -> (usize, u64, u32) {
+        match self {
+            Profile::Default => (64, 300, 4096),
+            Profile::LowLatency => (8, 30, 1024),
+            Profile::Throughput => (512, 1800, 8192),
+        }
+    }
+}
+
+impl FromStr for Profile {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        Profile::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Profile::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown profile '{name}' (one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// The validated configuration of `pio serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Address to listen on (loopback by default).
+    pub addr: SocketAddr,
+    /// Plugin directory to load and watch; `None` serves the bundled default plugins.
+    pub plugins: Option<PathBuf>,
+    /// Bearer token every route but `/health` requires; `None` disables authentication.
+    pub api_key: Option<String>,
+    /// The profile the limits below started from.
+    pub profile: Profile,
+    /// Requests that may wait per plugin and priority class; one more is answered 429.
+    pub queue_depth: usize,
+    /// How long a request may take from arrival to its last token.
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes; larger ones are answered 413.
+    pub body_limit_bytes: usize,
+    /// Largest `max_tokens` a request may ask for.
+    pub max_tokens_limit: u32,
+    /// `max_tokens` of requests that give none.
+    pub default_max_tokens: u32,
+}
+
+/// One layer of settings: every field optional. The TOML file has exactly these keys.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// See [`ServerConfig::addr`].
+    pub addr: Option<String>,
+    /// See [`ServerConfig::plugins`].
+    pub plugins: Option<PathBuf>,
+    /// See [`ServerConfig::api_key`].
+    pub api_key: Option<String>,
+    /// See [`ServerConfig::profile`].
+    pub profile: Option<String>,
+    /// See [`ServerConfig::queue_depth`].
+    pub queue_depth: Option<usize>,
+    /// See [`ServerConfig::request_timeout`], in seconds.
+    pub request_timeout_secs: Option<u64>,
+    /// See [`ServerConfig::body_limit_bytes`].
+    pub body_limit_bytes: Option<usize>,
+    /// See [`ServerConfig::max_tokens_limit`].
+    pub max_tokens_limit: Option<u32>,
+    /// See [`ServerConfig::default_max_tokens`].
+    pub default_max_tokens: Option<u32>,
+}
+
+/// The default listening address: loopback only.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+impl ConfigLayer {
+    /// Reads a TOML file; unknown keys are errors.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Reads the `PIO_*` variables through `var` (the process environment in `pio serve`):
+    /// `PIO_ADDR`, `PIO_API_KEY`, `PIO_PROFILE`, `PIO_QUEUE_DEPTH`, `PIO_REQUEST_TIMEOUT_SECS`,
+    /// `PIO_BODY_LIMIT_BYTES`, `PIO_MAX_TOKENS_LIMIT`, `PIO_DEFAULT_MAX_TOKENS`.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        fn number<T: FromStr>(
+            var: &impl Fn(&str) -> Option<String>,
+            name: &str,
+        ) -> Result<Option<T>, String> {
+            var(name)
+                .map(|value| {
+                    value.trim().parse().map_err(|_| {
+                        format!("{name}: expected a non-negative integer, got '{value}'")
+                    })
+                })
+                .transpose()
+        }
+        Ok(Self {
+            addr: var("PIO_ADDR"),
+            plugins: None,
+            api_key: var("PIO_API_KEY"),
+            profile: var("PIO_PROFILE"),
+            queue_depth: number(&var, "PIO_QUEUE_DEPTH")?,
+            request_timeout_secs: number(&var, "PIO_REQUEST_TIMEOUT_SECS")?,
+            body_limit_bytes: number(&var, "PIO_BODY_LIMIT_BYTES")?,
+            max_tokens_limit: number(&var, "PIO_MAX_TOKENS_LIMIT")?,
+            default_max_tokens: number(&var, "PIO_DEFAULT_MAX_TOKENS")?,
+        })
+    }
+
+    /// This layer with `lower`'s values where this one has none.
+    pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            addr: self.addr.or(lower.addr),
+            plugins: self.plugins.or(lower.plugins),
+            api_key: self.api_key.or(lower.api_key),
+            profile: self.profile.or(lower.profile),
+            queue_depth: self.queue_depth.or(lower.queue_depth),
+            request_timeout_secs: self.request_timeout_secs.or(lower.request_timeout_secs),
+            body_limit_bytes: self.body_limit_bytes.or(lower.body_limit_bytes),
+            max_tokens_limit: self.max_tokens_limit.or(lower.max_tokens_limit),
+            default_max_tokens: self.default_max_tokens.or(lower.default_max_tokens),
+        }
+    }
+
+    /// The final configuration: the profile's limits where the layer sets none, then every
+    /// field validated.
+    pub fn resolve(self) -> Result<ServerConfig, String> {
+        let profile: Profile = self.profile.as_deref().unwrap_or("default").parse()?;
+        let (queue_depth, timeout_secs, max_tokens_limit) = profile.limits();
+        let addr_text = self.addr.as_deref().unwrap_or(DEFAULT_ADDR);
+        let addr = addr_text.parse().map_err(|_| {
+            format!("addr: '{addr_text}' is not an address with a port (e.g. {DEFAULT_ADDR})")
+        })?;
+        let max_tokens_limit = self.max_tokens_limit.unwrap_or(max_tokens_limit);
+        let config = ServerConfig {
+            addr,
+            plugins: self.plugins,
+            api_key: self.api_key,
+            profile,
+            queue_depth: self.queue_depth.unwrap_or(queue_depth),
+            request_timeout: Duration::from_secs(self.request_timeout_secs.unwrap_or(timeout_secs)),
+            body_limit_bytes: self.body_limit_bytes.unwrap_or(1 << 20),
+            max_tokens_limit,
+            default_max_tokens: self.default_max_tokens.unwrap_or(256.min(max_tokens_limit)),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), String> {
+        let check = |ok: bool, message: String| if ok { Ok(()) } else { Err(message) };
+        check(
+            (1..=65_536).contains(&self.queue_depth),
+            format!("queue_depth must be in 1..=65536, got {}", self.queue_depth),
+        )?;
+        check(
+            !self.request_timeout.is_zero(),
+            "request_timeout_secs must be at least 1".to_owned(),
+        )?;
+        check(
+            self.body_limit_bytes >= 1024,
+            format!(
+                "body_limit_bytes must be at least 1024, got {}",
+                self.body_limit_bytes
+            ),
+        )?;
+        check(
+            self.max_tokens_limit >= 1,
+            "max_tokens_limit must be at least 1".to_owned(),
+        )?;
+        check(
+            (1..=self.max_tokens_limit).contains(&self.default_max_tokens),
+            format!(
+                "default_max_tokens must be in 1..=max_tokens_limit ({}), got {}",
+                self.max_tokens_limit, self.default_max_tokens
+            ),
+        )?;
+        if let Some(key) = &self.api_key {
+            check(
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_graphic()),
+                "api_key must be non-empty printable ASCII without spaces".to_owned(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ConfigLayer::default()
+            .resolve()
+            .expect("the built-in defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_profile() {
+        let file: ConfigLayer =
+            toml::from_str("profile = \"low-latency\"\nqueue_depth = 3\nrequest_timeout_secs = 7")
+                .unwrap();
+        let env = ConfigLayer::from_env(env(&[("PIO_QUEUE_DEPTH", "5")])).unwrap();
+        let flags = ConfigLayer {
+            addr: Some("127.0.0.1:9999".to_owned()),
+            ..ConfigLayer::default()
+        };
+        let config = flags.over(env).over(file).resolve().unwrap();
+        assert_eq!(config.addr.port(), 9999);
+        assert_eq!(config.queue_depth, 5, "env over file");
+        assert_eq!(
+            config.request_timeout,
+            Duration::from_secs(7),
+            "file over profile"
+        );
+        assert_eq!(
+            config.max_tokens_limit, 1024,
+            "from the low-latency profile"
+        );
+        assert_eq!(config.profile, Profile::LowLatency);
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let config = ServerConfig::default();
+        assert!(config.addr.ip().is_loopback());
+        assert_eq!(config.queue_depth, 64);
+        assert!(config.api_key.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field_and_source() {
+        let error = ConfigLayer::from_env(env(&[("PIO_QUEUE_DEPTH", "many")])).unwrap_err();
+        assert!(
+            error.contains("PIO_QUEUE_DEPTH") && error.contains("many"),
+            "{error}"
+        );
+
+        let error = toml::from_str::<ConfigLayer>("queue_depht = 3").unwrap_err();
+        assert!(error.to_string().contains("queue_depht"), "{error}");
+
+        let layer = ConfigLayer {
+            queue_depth: Some(0),
+            ..ConfigLayer::default()
+        };
+        assert!(layer.resolve().unwrap_err().contains("queue_depth"));
+
+        let layer = ConfigLayer {
+            profile: Some("fastest".to_owned()),
+            ..ConfigLayer::default()
+        };
+        let error = layer.resolve().unwrap_err();
+        assert!(
+            error.contains("fastest") && error.contains("low-latency"),
+            "{error}"
+        );
+
+        let layer = ConfigLayer {
+            addr: Some("localhost".to_owned()),
+            ..ConfigLayer::default()
+        };
+        assert!(layer.resolve().unwrap_err().starts_with("addr:"));
+
+        let layer = ConfigLayer {
+            default_max_tokens: Some(10_000),
+            ..ConfigLayer::default()
+        };
+        assert!(layer.resolve().unwrap_err().contains("default_max_tokens"));
+    }
+}

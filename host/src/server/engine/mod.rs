@@ -1,0 +1,352 @@
+//! The engine between the HTTP handlers and the [`PluginManager`]: one bounded, prioritised
+//! request queue per plugin name ([`queue`]) feeding that plugin's scheduler thread
+//! ([`scheduler`]), which owns every call the server makes into the plugin.
+//!
+//! Handlers never call plugins themselves: they [`submit`](Engine::submit_sequence) a sequence
+//! (a generation or a chat answer, streamed back token by token) or a one-off
+//! [`call`](Engine::call) (tokenize, detokenize, embed), and await the answer. Admission is
+//! immediate: a full queue is refused with [`EngineError::QueueFull`].
+
+mod queue;
+mod scheduler;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use pio_plugin_api::{ChatRequest, FinishReason, GenerateRequest, PluginStats};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{HostError, HostResult, PluginManager, PluginState};
+
+use super::metrics::{GaugeSample, Metrics};
+
+pub use queue::Priority;
+
+/// Why the engine could not answer a request.
+#[derive(Debug)]
+pub enum EngineError {
+    /// No active plugin answers to this model name.
+    NotServed(String),
+    /// The plugin's queue for this priority is full.
+    QueueFull {
+        /// The plugin name.
+        plugin: String,
+        /// The queue's capacity.
+        depth: usize,
+    },
+    /// The request ran past its deadline (waiting or generating).
+    Timeout(Duration),
+    /// The plugin's scheduler stopped (plugin removed) before answering.
+    Stopped(String),
+    /// The plugin or the manager refused the request.
+    Host(HostError),
+}
+
+/// A request that produces a sequence of tokens.
+#[derive(Debug, Clone)]
+pub enum Sequence {
+    /// Continue a prompt.
+    Generate(GenerateRequest),
+    /// Answer a conversation.
+    Chat(ChatRequest),
+}
+
+/// A finished sequence.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The whole generated text.
+    pub text: String,
+    /// Prompt tokens processed.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// `name@version` of the instance that generated it.
+    pub plugin: String,
+}
+
+/// What a submitted sequence sends back, in order: text pieces, then exactly one `Finished`.
+#[derive(Debug)]
+pub enum SequenceEvent {
+    /// The next piece of generated text (never empty).
+    Text(String),
+    /// The end: the completion, or why there is none.
+    Finished(Result<Completion, EngineError>),
+}
+
+/// A submitted sequence: its events, and the deadline after which it is abandoned.
+#[derive(Debug)]
+pub struct SequenceHandle {
+    /// The events; dropping the receiver cancels the generation at its next token.
+    pub events: mpsc::UnboundedReceiver<SequenceEvent>,
+    /// When the request times out.
+    pub deadline: Instant,
+}
+
+/// When and for what a request entered a queue.
+#[derive(Debug)]
+struct Admission {
+    /// The model reference the client gave (`name` or `name@version`).
+    reference: String,
+    arrived: Instant,
+    deadline: Instant,
+}
+
+/// A one-off call run by a scheduler; it answers through the channel it captured.
+type CallFn = Box<dyn FnOnce(&PluginManager, &str) + Send>;
+
+/// Work waiting in a plugin's queue.
+enum Job {
+    Sequence {
+        admission: Admission,
+        request: Sequence,
+        events: mpsc::UnboundedSender<SequenceEvent>,
+    },
+    Call {
+        admission: Admission,
+        run: CallFn,
+    },
+}
+
+/// What a plugin's scheduler shares with the engine.
+#[derive(Debug, Default)]
+struct LaneState {
+    /// Sequences being generated now.
+    active: AtomicU64,
+    /// The plugin's resource use, read by the scheduler after every job.
+    stats: Mutex<Option<PluginStats>>,
+}
+
+struct Lane {
+    queue: queue::QueueSender<Job>,
+    state: Arc<LaneState>,
+}
+
+/// Queue length and sequences in flight of one plugin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneStatus {
+    /// Requests waiting.
+    pub queued: usize,
+    /// Sequences being generated.
+    pub active: u64,
+}
+
+/// The queues and schedulers of every served plugin.
+pub struct Engine {
+    manager: Arc<PluginManager>,
+    metrics: Arc<Metrics>,
+    depth: usize,
+    timeout: Duration,
+    lanes: Mutex<BTreeMap<String, Lane>>,
+}
+
+impl Engine {
+    /// An engine whose queues hold `depth` requests per priority class and whose requests
+    /// time out after `timeout`.
+    pub fn new(
+        manager: Arc<PluginManager>,
+        metrics: Arc<Metrics>,
+        depth: usize,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            manager,
+            metrics,
+            depth,
+            timeout,
+            lanes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Starts the queue and scheduler of plugin `name` unless they run already.
+    pub fn open(&self, name: &str) -> HostResult<()> {
+        let mut lanes = self.lock_lanes();
+        if lanes.contains_key(name) {
+            return Ok(());
+        }
+        let (sender, receiver) = queue::bounded(self.depth);
+        let state = Arc::new(LaneState::default());
+        scheduler::spawn(
+            name.to_owned(),
+            receiver,
+            state.clone(),
+            self.manager.clone(),
+            self.metrics.clone(),
+        )
+        .map_err(|e| HostError::io("scheduler thread", e))?;
+        lanes.insert(
+            name.to_owned(),
+            Lane {
+                queue: sender,
+                state,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops the queue of plugin `name` if no plugin of that name is left. Its scheduler
+    /// finishes what is queued (those requests fail: the plugin is gone), then exits.
+    pub fn close_if_unserved(&self, name: &str) {
+        if self.manager.resolve(name).is_err() {
+            self.lock_lanes().remove(name);
+        }
+    }
+
+    /// Queues a sequence for the plugin `model` names.
+    pub fn submit_sequence(
+        &self,
+        model: &str,
+        priority: Priority,
+        request: Sequence,
+    ) -> Result<SequenceHandle, EngineError> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let deadline = self.admit(model, priority, |admission| Job::Sequence {
+            admission,
+            request,
+            events,
+        })?;
+        Ok(SequenceHandle {
+            events: receiver,
+            deadline,
+        })
+    }
+
+    /// Runs `call` on the plugin `model` names, in its queue, and awaits its answer until the
+    /// request's deadline.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        model: &str,
+        priority: Priority,
+        call: impl FnOnce(&PluginManager, &str) -> HostResult<T> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (answer, answered) = oneshot::channel();
+        let run: CallFn = Box::new(move |manager, reference| {
+            let _ = answer.send(call(manager, reference));
+        });
+        let deadline = self.admit(model, priority, |admission| Job::Call { admission, run })?;
+        match tokio::time::timeout_at(deadline.into(), answered).await {
+            Ok(Ok(result)) => result.map_err(EngineError::Host),
+            Ok(Err(_)) => Err(EngineError::Stopped(model.to_owned())),
+            Err(_) => Err(EngineError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Queue length and sequences in flight of plugin `name`, if it has a queue.
+    pub fn status(&self, name: &str) -> Option<LaneStatus> {
+        self.lock_lanes().get(name).map(|lane| LaneStatus {
+            queued: lane.queue.len(),
+            active: lane.state.active.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Queue depth, sequences in flight and memory of every plugin with a queue.
+    pub fn gauges(&self) -> Vec<GaugeSample> {
+        let lanes = self.lock_lanes();
+        let mut gauges = Vec::new();
+        let mut add = |name, help, plugin: &str, value: f64| {
+            gauges.push(GaugeSample {
+                name,
+                help,
+                labels: vec![("plugin", plugin.to_owned())],
+                value,
+            })
+        };
+        for (plugin, lane) in lanes.iter() {
+            add(
+                "pio_queue_depth",
+                "Requests waiting in the plugin's queue.",
+                plugin,
+                lane.queue.len() as f64,
+            );
+        }
+        for (plugin, lane) in lanes.iter() {
+            add(
+                "pio_queue_capacity",
+                "Requests each priority class of the plugin's queue holds.",
+                plugin,
+                lane.queue.depth() as f64,
+            );
+        }
+        for (plugin, lane) in lanes.iter() {
+            add(
+                "pio_active_sequences",
+                "Sequences being generated.",
+                plugin,
+                lane.state.active.load(Ordering::Relaxed) as f64,
+            );
+        }
+        let stats: Vec<(&String, PluginStats)> = lanes
+            .iter()
+            .filter_map(|(plugin, lane)| {
+                let stats = lane.state.stats.lock().unwrap_or_else(|p| p.into_inner());
+                stats.clone().map(|s| (plugin, s))
+            })
+            .collect();
+        for (plugin, s) in &stats {
+            add(
+                "pio_plugin_device_memory_bytes",
+                "Device memory the plugin holds (its last reported stats).",
+                plugin,
+                s.device_memory_bytes as f64,
+            );
+        }
+        for (plugin, s) in &stats {
+            add(
+                "pio_plugin_host_memory_bytes",
+                "Host memory the plugin holds (its last reported stats).",
+                plugin,
+                s.host_memory_bytes as f64,
+            );
+        }
+        gauges
+    }
+
+    /// Checks that `model` names an active plugin and queues the job `make` builds; returns
+    /// the request's deadline.
+    fn admit(
+        &self,
+        model: &str,
+        priority: Priority,
+        make: impl FnOnce(Admission) -> Job,
+    ) -> Result<Instant, EngineError> {
+        let summary = match self.manager.info(model) {
+            Ok(summary) if summary.state == PluginState::Active => summary,
+            Ok(_) | Err(HostError::NotFound(_)) => {
+                return Err(EngineError::NotServed(model.to_owned()))
+            }
+            Err(e) => return Err(EngineError::Host(e)),
+        };
+        let name = summary.manifest.name;
+        self.open(&name).map_err(EngineError::Host)?;
+        let arrived = Instant::now();
+        let deadline = arrived + self.timeout;
+        let job = make(Admission {
+            reference: model.to_owned(),
+            arrived,
+            deadline,
+        });
+        let lanes = self.lock_lanes();
+        let lane = lanes
+            .get(&name)
+            .ok_or_else(|| EngineError::Stopped(name.clone()))?;
+        match lane.queue.admit(priority, job) {
+            Ok(()) => Ok(deadline),
+            Err(queue::Refused::Full) => Err(EngineError::QueueFull {
+                plugin: name,
+                depth: self.depth,
+            }),
+            Err(queue::Refused::Closed) => Err(EngineError::Stopped(name)),
+        }
+    }
+
+    fn lock_lanes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Lane>> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

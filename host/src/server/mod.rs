@@ -1,0 +1,197 @@
+//! The OpenAI-compatible HTTP server of `pio serve`.
+//!
+//! - [`config`]: defaults, profiles, TOML file, `PIO_*` environment, flags; validation.
+//! - [`plugins`]: what is served (a watched plugin directory or the bundled defaults), the
+//!   loading state behind `/health`, and the reload-event log.
+//! - [`engine`]: per-plugin bounded priority queues and the scheduler threads that make every
+//!   call into the plugins (cancellation, timeouts).
+//! - [`routes`]: the router and handlers; [`openai`]: the wire format; [`stream`]: SSE;
+//!   [`body`]: JSON bodies within the size limit; [`auth`]: the API key; [`error`]: error
+//!   bodies; [`metrics`]: Prometheus text.
+//!
+//! The HTTP side is async (`tokio`, `axum`); plugins are called only from the scheduler
+//! threads, which talk to handlers through channels.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod openai;
+pub mod plugins;
+pub mod routes;
+pub mod stream;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::oneshot;
+
+use crate::{watch::WatchOptions, PluginManager};
+
+pub use config::{ConfigLayer, Profile, ServerConfig};
+pub use plugins::PluginSource;
+
+use engine::Engine;
+use metrics::Metrics;
+use plugins::PluginLog;
+
+/// Everything the handlers share.
+pub struct App {
+    manager: Arc<PluginManager>,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    config: ServerConfig,
+    plugins: Arc<PluginLog>,
+    /// Unix seconds at start (the `created` of every model).
+    started: u64,
+    requests: AtomicU64,
+}
+
+impl App {
+    fn next_request_number(&self) -> u64 {
+        self.requests.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Address, limits, key.
+    pub config: ServerConfig,
+    /// What to serve.
+    pub source: PluginSource,
+    /// Watcher timing and plugin activation options.
+    pub watch: WatchOptions,
+    /// Print every reload event as a JSON line on stdout.
+    pub print_events: bool,
+}
+
+/// A server listening on its address; dropping it stops it.
+pub struct RunningServer {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: Option<oneshot::Sender<()>>,
+    _stop_loader: crossbeam_channel::Sender<()>,
+}
+
+impl RunningServer {
+    /// Binds the address, starts answering at once (`/health` is 503 until the plugins are
+    /// loaded) and loads the plugins in the background.
+    pub fn start(manager: Arc<PluginManager>, options: ServerOptions) -> std::io::Result<Self> {
+        let ServerOptions {
+            config,
+            source,
+            watch,
+            print_events,
+        } = options;
+        let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
+        })?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let metrics = Arc::new(Metrics::default());
+        let engine = Arc::new(Engine::new(
+            manager.clone(),
+            metrics.clone(),
+            config.queue_depth,
+            config.request_timeout,
+        ));
+        let log = Arc::new(PluginLog::new(print_events));
+        let (stop_loader, stop_rx) = crossbeam_channel::bounded(1);
+        plugins::start_loading(
+            manager.clone(),
+            engine.clone(),
+            log.clone(),
+            source,
+            watch,
+            stop_rx,
+        )?;
+        let app = Arc::new(App {
+            manager,
+            engine,
+            metrics,
+            config,
+            plugins: log,
+            started: openai::unix_seconds(),
+            requests: AtomicU64::new(1),
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("pio-http")
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let router = routes::router(app);
+        runtime.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!("cannot serve on {addr}: {e}");
+                    return;
+                }
+            };
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = shutdown_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("server on {addr} stopped: {e}");
+            }
+        });
+        tracing::info!(%addr, "listening");
+        Ok(Self {
+            addr,
+            runtime: Some(runtime),
+            shutdown: Some(shutdown),
+            _stop_loader: stop_loader,
+        })
+    }
+
+    /// The address the server listens on (with the port chosen when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until Ctrl-C (SIGINT) or SIGTERM, then stops.
+    pub fn run_until_signal(self) -> std::io::Result<()> {
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        runtime.block_on(async {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let (signalled, mut received) = tokio::sync::mpsc::channel::<()>(2);
+            let on_interrupt = signalled.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    let _ = on_interrupt.send(()).await;
+                }
+            });
+            tokio::spawn(async move {
+                terminate.recv().await;
+                let _ = signalled.send(()).await;
+            });
+            received.recv().await;
+            Ok(())
+        })
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Open streams are cut after this grace period.
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The HTTP routes: the router (authentication, body limit, metrics around every route) and
+//! one handler per endpoint. Handlers only translate between the OpenAI wire format and the
+//! engine; they never call plugins or read files.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{sse::Sse, IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use pio_plugin_api::{Capability, ChatRequest, EmbedRequest, GenerateRequest};
+use serde_json::{json, Value};
+
+use crate::PluginState;
+
+use super::{
+    auth::require_api_key,
+    body::JsonBody,
+    engine::{EngineError, Priority, Sequence, SequenceEvent, SequenceHandle},
+    error::{ApiError, ErrorLabel},
+    openai::{
+        encode_embedding, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+        EmbeddingRequest, Endpoint, Limits, ResponseMeta, Sampling, TokenizeRequest,
+    },
+    plugins::Readiness,
+    stream::CompletionStream,
+    App,
+};
+
+/// Header giving a request's priority when the body has no `priority` field.
+const PRIORITY_HEADER: &str = "x-priority";
+
+/// The server's router.
+pub fn router(app: Arc<App>) -> Router {
+    let limit = app.config.body_limit_bytes;
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/metrics", get(metrics))
+        .route("/admin/plugins", get(admin_plugins))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_api_key))
+        .route("/health", get(health))
+        .fallback(|| async { ApiError::not_found("unknown_route", "no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(app.clone(), count_response))
+        .with_state(app)
+}
+
+/// Middleware: counts every response by route and status, and errors by type and code.
+async fn count_response(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    app.metrics.response(&route, response.status().as_u16());
+    if let Some(label) = response.extensions().get::<ErrorLabel>() {
+        app.metrics.error(label.kind, label.code);
+    }
+    response
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The priority of a request: its `priority` field, else the `x-priority` header.
+fn priority(field: Option<i64>, headers: &HeaderMap) -> Result<Priority, ApiError> {
+    let level = match field {
+        Some(level) => level,
+        None => match headers.get(PRIORITY_HEADER) {
+            None => 0,
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid("priority", "the x-priority header must be an integer")
+                })?,
+        },
+    };
+    Ok(Priority::from_level(level))
+}
+
+impl App {
+    fn limits(&self) -> Limits {
+        Limits {
+            default_max_tokens: self.config.default_max_tokens,
+            max_tokens_limit: self.config.max_tokens_limit,
+        }
+    }
+}
+
+/// `GET /health`: 503 while loading or with nothing to serve, else 200.
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let active: Vec<String> = app
+        .manager
+        .list_active_plugins()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let (status, body) = match app.plugins.readiness() {
+        Readiness::Loading => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "loading", "plugins": active}),
+        ),
+        Readiness::Failed(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "failed", "message": reason}),
+        ),
+        Readiness::Ready if active.is_empty() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "unavailable", "message": "no plugin is active", "plugins": active}),
+        ),
+        Readiness::Ready => (StatusCode::OK, json!({"status": "ok", "plugins": active})),
+    };
+    json_response(status, &body)
+}
+
+/// `GET /v1/models`: every active plugin; the instance serving a name is listed by the bare
+/// name, other active versions as `name@version`.
+async fn models(State(app): State<Arc<App>>) -> Response {
+    let data: Vec<Value> = app
+        .manager
+        .list_active_plugins()
+        .into_iter()
+        .map(|p| {
+            let name = &p.manifest.name;
+            let serving = app.manager.resolve(name).ok().as_ref() == Some(&p.id);
+            let capabilities: Vec<&str> = p
+                .metadata
+                .iter()
+                .flat_map(|m| m.capabilities.iter().map(|c| c.as_str()))
+                .collect();
+            json!({
+                "id": if serving { name.clone() } else { p.id.clone() },
+                "object": "model",
+                "created": app.started,
+                "owned_by": "pio",
+                "plugin": p.id,
+                "version": p.manifest.version.to_string(),
+                "generation": p.generation,
+                "capabilities": capabilities,
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+/// `POST /v1/chat/completions`.
+async fn chat_completions(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let sequence = Sequence::Chat(ChatRequest {
+        messages: request.messages()?.into(),
+        params: request.sampling.params(app.limits())?,
+    });
+    complete(
+        &app,
+        Endpoint::Chat,
+        &request.model,
+        &request.sampling,
+        &headers,
+        sequence,
+    )
+    .await
+}
+
+/// `POST /v1/completions`.
+async fn completions(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let sequence = Sequence::Generate(GenerateRequest {
+        prompt: request.prompt()?,
+        params: request.sampling.params(app.limits())?,
+    });
+    complete(
+        &app,
+        Endpoint::Completion,
+        &request.model,
+        &request.sampling,
+        &headers,
+        sequence,
+    )
+    .await
+}
+
+/// Queues a sequence and answers with the whole completion, or streams it.
+///
+/// The first event is awaited before answering, so a request the plugin refuses (say, a
+/// prompt longer than the context) gets its 4xx status even when streaming.
+async fn complete(
+    app: &App,
+    endpoint: Endpoint,
+    model: &str,
+    sampling: &Sampling,
+    headers: &HeaderMap,
+    sequence: Sequence,
+) -> Result<Response, ApiError> {
+    let priority = priority(sampling.priority, headers)?;
+    let mut handle = app.engine.submit_sequence(model, priority, sequence)?;
+    let first = next_event(&mut handle, app).await?;
+    if let SequenceEvent::Finished(Err(error)) = first {
+        return Err(error.into());
+    }
+    let meta = ResponseMeta::new(endpoint, app.next_request_number(), model);
+    if sampling.stream {
+        let stream = CompletionStream::new(
+            endpoint,
+            meta,
+            first,
+            handle.events,
+            sampling.include_usage(),
+        );
+        return Ok(Sse::new(stream).into_response());
+    }
+    let mut event = first;
+    loop {
+        match event {
+            SequenceEvent::Text(_) => event = next_event(&mut handle, app).await?,
+            SequenceEvent::Finished(result) => {
+                let completion = result?;
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &endpoint.response(&meta, &completion),
+                ));
+            }
+        }
+    }
+}
+
+/// The next event of a sequence, or the reason there is none before its deadline.
+async fn next_event(handle: &mut SequenceHandle, app: &App) -> Result<SequenceEvent, ApiError> {
+    match tokio::time::timeout_at(handle.deadline.into(), handle.events.recv()).await {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err(EngineError::Stopped("the plugin's scheduler".to_owned()).into()),
+        Err(_) => Err(EngineError::Timeout(app.config.request_timeout).into()),
+    }
+}
+
+/// `POST /v1/embeddings`.
+async fn embeddings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    let inputs = request.inputs()?;
+    let encoding = request.encoding()?;
+    let priority = priority(request.priority, &headers)?;
+    let embed = EmbedRequest {
+        inputs: inputs.iter().map(|t| t.as_str().into()).collect(),
+    };
+    let served = app
+        .engine
+        .call(&request.model, priority, move |manager, model| {
+            manager.embed(model, &embed)
+        })
+        .await?;
+    let data: Vec<Value> = served
+        .response
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            json!({"object": "embedding", "index": index, "embedding": encode_embedding(vector, encoding)})
+        })
+        .collect();
+    let tokens = served.response.prompt_tokens;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "object": "list",
+            "data": data,
+            "model": request.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }),
+    ))
+}
+
+/// `POST /tokenize`: `{"tokens": [...], "count": n}`.
+async fn tokenize(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<TokenizeRequest>,
+) -> Result<Response, ApiError> {
+    let priority = priority(None, &headers)?;
+    let TokenizeRequest {
+        model,
+        prompt,
+        add_special_tokens,
+    } = request;
+    let tokens = app
+        .engine
+        .call(&model, priority, move |manager, model| {
+            manager.tokenize(model, &prompt, add_special_tokens)
+        })
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"tokens": tokens, "count": tokens.len()}),
+    ))
+}
+
+/// `POST /detokenize`: `{"prompt": text}`.
+async fn detokenize(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<DetokenizeRequest>,
+) -> Result<Response, ApiError> {
+    let priority = priority(None, &headers)?;
+    let DetokenizeRequest { model, tokens } = request;
+    let text = app
+        .engine
+        .call(&model, priority, move |manager, model| {
+            manager.detokenize(model, &tokens)
+        })
+        .await?;
+    Ok(json_response(StatusCode::OK, &json!({"prompt": text})))
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let ready = f64::from(u8::from(app.plugins.readiness() == Readiness::Ready));
+    let mut gauges = app.engine.gauges();
+    gauges.push(super::metrics::GaugeSample {
+        name: "pio_ready",
+        help: "1 once the initial plugin load is done.",
+        labels: Vec::new(),
+        value: ready,
+    });
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(&gauges),
+    )
+        .into_response()
+}
+
+/// `GET /admin/plugins`: every plugin with version, state, generation, capabilities and queue,
+/// plus the last reload events.
+async fn admin_plugins(State(app): State<Arc<App>>) -> Response {
+    let plugins: Vec<Value> = app
+        .manager
+        .list_plugins()
+        .into_iter()
+        .map(|p| {
+            let (state, reason) = match &p.state {
+                PluginState::Failed(reason) => ("failed".to_owned(), Some(reason.clone())),
+                state => (state.to_string(), None),
+            };
+            let capabilities: Vec<&str> = p
+                .metadata
+                .iter()
+                .flat_map(|m| m.capabilities.iter().copied().map(Capability::as_str))
+                .collect();
+            let lane = app.engine.status(&p.manifest.name).unwrap_or_default();
+            json!({
+                "id": p.id,
+                "name": p.manifest.name,
+                "version": p.manifest.version.to_string(),
+                "generation": p.generation,
+                "state": state,
+                "reason": reason,
+                "serving": app.manager.resolve(&p.manifest.name).ok().as_ref() == Some(&p.id),
+                "capabilities": capabilities,
+                "folder": p.dir,
+                "queued": lane.queued,
+                "active_sequences": lane.active,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"plugins": plugins, "events": app.plugins.events()}),
+    )
+}
