@@ -194,6 +194,20 @@ impl Gpu {
     /// Copies `len` elements of `T` starting at element `offset` of `buffer` back to the host,
     /// waiting for all submitted work first.
     pub fn read_range<T: Pod>(&self, buffer: &GpuBuffer, offset: u64, len: u64) -> Result<Vec<T>> {
+        let encoder = self.device.create_command_encoder(&Default::default());
+        self.submit_and_read(encoder, buffer, offset, len)
+    }
+
+    /// Appends to `encoder` a copy of `len` elements of `T` starting at element `offset` of
+    /// `buffer`, submits the encoder (the caller's work and the copy in one submission), and
+    /// returns the values once it has run.
+    pub fn submit_and_read<T: Pod>(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        buffer: &GpuBuffer,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<T>> {
         let elem = std::mem::size_of::<T>() as u64;
         let (start, bytes) = (offset * elem, len * elem);
         if start + bytes > buffer.size() {
@@ -217,6 +231,7 @@ impl Gpu {
             ));
         }
         if bytes == 0 {
+            self.queue.submit([encoder.finish()]);
             return Ok(Vec::new());
         }
         let copy_bytes = words(bytes);
@@ -226,7 +241,6 @@ impl Gpu {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             None,
         )?;
-        let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(&buffer.buffer, start, &staging.buffer, 0, copy_bytes);
         self.queue.submit([encoder.finish()]);
 

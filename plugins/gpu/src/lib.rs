@@ -35,5 +35,8 @@ pub use kernels::linear::{
     Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, SwiGlu, TokenRange, MAX_TILE_TOKENS,
 };
 pub use kernels::rope::RopeTable;
+pub use kernels::sample::{DeviceSampler, SampleSettings, MAX_PENALTY_TOKENS};
 pub use layout::RowLayout;
 pub use quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
+/// The wgpu version this crate is built on, for callers that record their own command encoders.
+pub use wgpu;

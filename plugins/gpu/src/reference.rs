@@ -175,3 +175,63 @@ pub fn add(acc: &mut [f32], x: &[f32]) {
         *a += b;
     }
 }
+
+/// The tokens `sample.wgsl` can pick from `logits` with `settings`, after the repetition
+/// penalty on the distinct `penalty_ids`, in id order with their probabilities: for greedy
+/// settings the maximum (lowest id on ties) with probability 1, else the top-k, top-p (on the
+/// untempered softmax of the top-k set) and min-p survivors with their temperature-scaled
+/// softmax probabilities. Computed in f64 with exact sorting.
+pub fn sample_distribution(
+    logits: &[f32],
+    settings: &crate::SampleSettings,
+    penalty_ids: &[u32],
+) -> Vec<(u32, f64)> {
+    let mut l: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
+    let penalty = f64::from(settings.repetition_penalty);
+    for &id in penalty_ids {
+        let v = &mut l[id as usize];
+        *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
+    }
+    let mut order: Vec<usize> = (0..l.len()).collect();
+    order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+    if settings.greedy {
+        return vec![(order[0] as u32, 1.0)];
+    }
+    let k = match settings.top_k as usize {
+        0 => l.len(),
+        k => k.min(l.len()),
+    };
+    order.truncate(k);
+    let top = l[order[0]];
+    let weights: Vec<f64> = order.iter().map(|&i| (l[i] - top).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut keep = order.len();
+    if settings.top_p < 1.0 {
+        let mut cum = 0.0;
+        for (n, w) in weights.iter().enumerate() {
+            cum += w / total;
+            if cum >= f64::from(settings.top_p) {
+                keep = n + 1;
+                break;
+            }
+        }
+    }
+    if settings.min_p > 0.0 {
+        let floor = f64::from(settings.min_p);
+        keep = weights[..keep]
+            .iter()
+            .take_while(|&&w| w >= floor)
+            .count()
+            .max(1);
+    }
+    order.truncate(keep);
+    order.sort_unstable();
+    let t = f64::from(settings.temperature);
+    let tempered: Vec<f64> = order.iter().map(|&i| ((l[i] - top) / t).exp()).collect();
+    let sum: f64 = tempered.iter().sum();
+    order
+        .iter()
+        .zip(tempered)
+        .map(|(&i, w)| (i as u32, w / sum))
+        .collect()
+}

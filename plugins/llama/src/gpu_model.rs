@@ -13,9 +13,11 @@
 //!             f = silu(Wgate h) * (Wup h),  h = rmsnorm(x, ffn_norm)     (SwiGlu)
 //!             x += Wdown f                                               (Linear, residual)
 //! logits = Wout rmsnorm(x, output_norm)   (all T rows, or only the last)  (Linear)
+//! [token = sample(logits)]                                               (DeviceSampler)
 //! ```
 //!
-//! then reads the logits back. Prompts longer than [`GpuModel::max_batch`] are processed in
+//! and submits them once, then reads back either the logits ([`Forward::forward`]) or, when
+//! generating ([`Forward::next_token`]), only the token id the device sampler picked. Prompts longer than [`GpuModel::max_batch`] are processed in
 //! chunks. The dispatches of a single-token step are built once and reused for every decoded
 //! token; only the token-id and position buffers change. Tiles (tokens per invocation,
 //! workgroup size) are chosen per adapter class, see [`RowTile`].
@@ -24,14 +26,15 @@ use std::borrow::Cow;
 
 use pio_gguf::{GgufFile, TensorType, TensorView};
 use pio_gpu::{
-    Attention, AttentionConfig, Dispatch, Embed, Gpu, GpuBuffer, KvCache, Linear, LinearShape,
-    QkvRope, QkvRopeConfig, QuantMatrix, RopeTable, RowLayout, RowTile, SwiGlu, TokenRange,
-    WeightDtype,
+    Attention, AttentionConfig, DeviceSampler, Dispatch, Embed, Gpu, GpuBuffer, KvCache, Linear,
+    LinearShape, QkvRope, QkvRopeConfig, QuantMatrix, RopeTable, RowLayout, RowTile, SwiGlu,
+    TokenRange, WeightDtype,
 };
 
 use crate::error::{Error, Result};
 use crate::generate::Forward;
 use crate::hparams::HParams;
+use crate::sampler::Sampler;
 use crate::weights::ModelTensors;
 
 /// Default largest number of tokens processed by one forward submission.
@@ -154,6 +157,9 @@ pub struct GpuModel {
     cache: KvCache,
     acts: Activations,
     decode_step: Option<Step>,
+    sampler: DeviceSampler,
+    /// The sampling kernel bound to the logits (of the last token of every step).
+    sample: Dispatch,
     // Declared last so every buffer above is dropped before the device.
     gpu: Gpu,
 }
@@ -337,6 +343,8 @@ impl GpuModel {
             ffn: words("swiglu", b * hp.n_ff as u64)?,
             logits: words("logits", b * u64::from(vocab))?,
         };
+        let sampler = DeviceSampler::new(&gpu, vocab)?;
+        let sample = sampler.bind(&gpu, &acts.logits)?;
         let mut model = GpuModel {
             output_norm: vector(&t.output_norm)?,
             hp,
@@ -351,6 +359,8 @@ impl GpuModel {
             cache,
             acts,
             decode_step: None,
+            sample,
+            sampler,
             gpu,
         };
         model.decode_step = Some(model.build_step(1, false)?);
@@ -358,7 +368,8 @@ impl GpuModel {
         // single-token step now so the first request does not pay for it. The cache positions
         // written here are overwritten by the first real forward.
         model.forward(&[0, 0], 0, false)?;
-        model.forward(&[0], 0, false)?;
+        let mut warm_up = Sampler::new(crate::sampler::SamplingParams::default())?;
+        model.next_token(&[0], 0, &mut warm_up, &[])?;
         Ok(model)
     }
 
@@ -382,15 +393,16 @@ impl GpuModel {
         self.max_batch
     }
 
-    /// Kernel launches per decoded token, from the embedding lookup to the logits.
+    /// Kernel launches per decoded token, from the embedding lookup to the sampled token id
+    /// (all in one submission).
     pub fn dispatches_per_token(&self) -> usize {
-        self.decode_step.as_ref().map_or(0, |s| s.dispatches.len())
+        self.decode_step.as_ref().map_or(0, |s| s.dispatches.len()) + 1
     }
 
     /// Kernel launches each transformer layer takes per decoded token.
     pub fn dispatches_per_layer(&self) -> usize {
-        // Everything but the embedding lookup and the head, spread over the layers.
-        (self.dispatches_per_token().saturating_sub(2)) / self.layers.len().max(1)
+        // Everything but the embedding lookup, the head and the sampler, over the layers.
+        (self.dispatches_per_token().saturating_sub(3)) / self.layers.len().max(1)
     }
 
     /// Binds every dispatch of a step over `n` tokens.
@@ -443,14 +455,20 @@ impl GpuModel {
         })
     }
 
-    /// Runs one step of at most `max_batch` tokens and reads its logits back.
-    fn run_step(&self, step: &Step, tokens: &[u32], start_pos: usize) -> Result<Vec<f32>> {
+    /// Queues the tokens and positions of `step` and records its dispatches, followed by the
+    /// sampling kernel when `sample` is set, into a new encoder.
+    fn encode_step(
+        &self,
+        step: &Step,
+        tokens: &[u32],
+        start_pos: usize,
+        sample: bool,
+    ) -> Result<pio_gpu::wgpu::CommandEncoder> {
         let n = step.n_tokens as usize;
         debug_assert_eq!(tokens.len(), n);
         let positions: Vec<u32> = (start_pos..start_pos + n).map(|p| p as u32).collect();
         self.gpu.write(&self.acts.tokens, 0, tokens)?;
         self.gpu.write(&self.acts.positions, 0, &positions)?;
-
         let mut encoder = self
             .gpu
             .device()
@@ -460,13 +478,21 @@ impl GpuModel {
             for d in &step.dispatches {
                 d.record(&mut pass);
             }
+            if sample {
+                self.sample.record(&mut pass);
+            }
         }
-        self.gpu.queue().submit([encoder.finish()]);
-        let rows = if step.all_logits { n } else { 1 };
+        Ok(encoder)
+    }
+
+    /// Runs one step of at most `max_batch` tokens and reads its logits back.
+    fn run_step(&self, step: &Step, tokens: &[u32], start_pos: usize) -> Result<Vec<f32>> {
+        let encoder = self.encode_step(step, tokens, start_pos, false)?;
+        let rows = if step.all_logits { tokens.len() } else { 1 };
         let vocab = self.hp.vocab_size as u64;
-        let logits = self
-            .gpu
-            .read_range::<f32>(&self.acts.logits, 0, rows as u64 * vocab)?;
+        let logits =
+            self.gpu
+                .submit_and_read::<f32>(encoder, &self.acts.logits, 0, rows as u64 * vocab)?;
         if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
             return Err(Error::Numerics(format!(
                 "GPU logit {} of position {} is {}",
@@ -477,18 +503,24 @@ impl GpuModel {
         }
         Ok(logits)
     }
-}
 
-impl Forward for GpuModel {
-    fn vocab_size(&self) -> usize {
-        self.hp.vocab_size
+    /// Runs one step and samples the token after its last one on the device: one submission,
+    /// one 4-byte read-back.
+    fn run_step_sampled(&self, step: &Step, tokens: &[u32], start_pos: usize) -> Result<u32> {
+        let encoder = self.encode_step(step, tokens, start_pos, true)?;
+        let raw = self
+            .gpu
+            .submit_and_read::<u32>(encoder, self.sampler.result(), 0, 1)?;
+        self.sampler.token(raw[0]).ok_or_else(|| {
+            Error::Numerics(format!(
+                "a GPU logit after position {} is NaN or infinite",
+                start_pos + tokens.len() - 1
+            ))
+        })
     }
 
-    fn context_length(&self) -> usize {
-        self.context
-    }
-
-    fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>> {
+    /// Checks that `tokens` at `start_pos..` fit the cache and the vocabulary.
+    fn check_tokens(&self, tokens: &[u32], start_pos: usize) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::InvalidParams("forward of no tokens".into()));
         }
@@ -504,24 +536,70 @@ impl Forward for GpuModel {
                 self.hp.vocab_size
             )));
         }
+        Ok(())
+    }
+
+    /// Runs `f` on the step for a chunk of `n` tokens: the prebuilt decode step for one token,
+    /// else one built for the chunk.
+    fn with_step<T>(
+        &self,
+        n: usize,
+        all_logits: bool,
+        f: impl FnOnce(&Step) -> Result<T>,
+    ) -> Result<T> {
+        match (&self.decode_step, n) {
+            (Some(step), 1) => f(step),
+            _ => f(&self.build_step(n as u32, all_logits)?),
+        }
+    }
+}
+
+impl Forward for GpuModel {
+    fn vocab_size(&self) -> usize {
+        self.hp.vocab_size
+    }
+
+    fn context_length(&self) -> usize {
+        self.context
+    }
+
+    fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>> {
+        self.check_tokens(tokens, start_pos)?;
         let mut out = Vec::new();
         let chunks = tokens.chunks(self.max_batch);
         let n_chunks = chunks.len();
         for (i, chunk) in chunks.enumerate() {
             let pos = start_pos + i * self.max_batch;
-            let wants_logits = all_logits || i + 1 == n_chunks;
-            let logits = match (&self.decode_step, chunk.len()) {
-                (Some(step), 1) => self.run_step(step, chunk, pos)?,
-                _ => {
-                    let step = self.build_step(chunk.len() as u32, all_logits)?;
-                    self.run_step(&step, chunk, pos)?
-                }
-            };
-            if wants_logits {
+            let logits = self.with_step(chunk.len(), all_logits, |step| {
+                self.run_step(step, chunk, pos)
+            })?;
+            if all_logits || i + 1 == n_chunks {
                 out.extend_from_slice(&logits);
             }
         }
         Ok(out)
+    }
+
+    /// Samples on the device: every chunk but the last runs as in [`Forward::forward`], the last
+    /// one ends with the sampling kernel and reads back only the token id.
+    fn next_token(
+        &mut self,
+        tokens: &[u32],
+        start_pos: usize,
+        sampler: &mut Sampler,
+        history: &[u32],
+    ) -> Result<u32> {
+        self.check_tokens(tokens, start_pos)?;
+        let last_start = (tokens.len() - 1) / self.max_batch * self.max_batch;
+        if last_start > 0 {
+            self.forward(&tokens[..last_start], start_pos, false)?;
+        }
+        let (settings, penalized) = sampler.device_settings(history);
+        self.sampler.set(&self.gpu, &settings, &penalized)?;
+        let last = &tokens[last_start..];
+        self.with_step(last.len(), false, |step| {
+            self.run_step_sampled(step, last, start_pos + last_start)
+        })
     }
 }
 
@@ -587,6 +665,58 @@ mod tests {
             ..TinyConfig::default()
         };
         tiny_case(cfg, 64);
+    }
+
+    /// A detokenizer producing no text: these tests compare token ids.
+    struct Silent;
+
+    impl crate::generate::Detokenizer for Silent {
+        fn push(&mut self, _token: u32) -> Result<String> {
+            Ok(String::new())
+        }
+        fn finish(&mut self) -> String {
+            String::new()
+        }
+    }
+
+    #[test]
+    fn device_sampling_picks_the_tokens_the_host_sampler_picks() {
+        use crate::generate::{generate, GenerateConfig};
+        use crate::sampler::SamplingParams;
+        let file = tiny_llama(&TinyConfig::default());
+        let mut reference = ReferenceModel::load(&file, 64).unwrap();
+        let mut model = GpuModel::new(test_gpu(), &file, 64, 8).unwrap();
+        let prompt: Vec<u32> = (0..11).map(|i| (i * 53 + 7) % 290).collect();
+        for (temperature, top_k, top_p, min_p, penalty) in [
+            (0.0, 0, 1.0, 0.0, 1.3),
+            (1.0, 0, 1.0, 0.0, 1.0),
+            (0.8, 20, 0.95, 0.0, 1.1),
+            (1.2, 0, 0.9, 0.05, 1.0),
+        ] {
+            let config = GenerateConfig {
+                max_new_tokens: 16,
+                sampling: SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    repetition_penalty: penalty,
+                    seed: 5,
+                    ..SamplingParams::default()
+                },
+                ..GenerateConfig::default()
+            };
+            let run = |m: &mut dyn Forward| {
+                generate(m, &mut Silent, &prompt, &config, &mut |_| {
+                    pio_plugin_api::StreamControl::Continue
+                })
+                .unwrap()
+                .tokens
+            };
+            let on_device = run(&mut model);
+            let on_host = run(&mut reference);
+            assert_eq!(on_device, on_host, "{:?}", config.sampling);
+        }
     }
 
     #[test]

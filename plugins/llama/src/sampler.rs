@@ -17,6 +17,8 @@
 //! does. A temperature of `0` means greedy decoding: after the repetition penalty, the token with the
 //! highest logit is chosen (the lowest id on exact ties) and the other filters are irrelevant.
 
+use pio_gpu::SampleSettings;
+
 use crate::error::{Error, Result};
 
 /// Number of most recent tokens the repetition penalty looks at by default (llama.cpp's default).
@@ -134,13 +136,48 @@ impl Sampler {
             return Err(Error::Numerics(format!("logit of token {i} is NaN")));
         }
         let mut logits = logits.to_vec();
-        let window = &history[history.len().saturating_sub(self.params.repeat_last_n)..];
-        apply_repetition_penalty(&mut logits, window, self.params.repetition_penalty);
+        let penalized = self.penalized_ids(history);
+        apply_repetition_penalty(&mut logits, &penalized, self.params.repetition_penalty);
         if self.params.is_greedy() {
             return Ok(argmax(&logits));
         }
         let candidates = self.filtered_candidates(&logits);
         Ok(self.draw(&candidates))
+    }
+
+    /// What the device needs to make the same choice as [`Sampler::sample`] (see
+    /// `pio_gpu::DeviceSampler`): the settings, with the random number drawn exactly as `sample`
+    /// would draw it, and the distinct ids the repetition penalty applies to.
+    pub fn device_settings(&mut self, history: &[u32]) -> (SampleSettings, Vec<u32>) {
+        let p = &self.params;
+        let greedy = p.is_greedy();
+        // The largest f32 below 1: rounding must not turn u into 1.
+        let below_one = 1.0 - f32::EPSILON / 2.0;
+        let mut settings = SampleSettings {
+            greedy,
+            temperature: p.temperature,
+            top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repetition_penalty: p.repetition_penalty,
+            uniform: 0.0,
+        };
+        if !greedy {
+            settings.uniform = (self.rng.next_f64() as f32).min(below_one);
+        }
+        (settings, self.penalized_ids(history))
+    }
+
+    /// The distinct ids of the repetition penalty's window of `history` (none without penalty).
+    fn penalized_ids(&self, history: &[u32]) -> Vec<u32> {
+        if self.params.repetition_penalty == 1.0 {
+            return Vec::new();
+        }
+        let window = &history[history.len().saturating_sub(self.params.repeat_last_n)..];
+        let mut ids = window.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Applies top-k, top-p and min-p; returns the surviving `(id, logit)` pairs sorted by
@@ -185,33 +222,32 @@ impl Sampler {
         cands
     }
 
-    /// Draws one candidate from the temperature-scaled softmax.
+    /// Draws one candidate from the temperature-scaled softmax: the first, in id order, at
+    /// which the cumulative probability passes a uniform random number. (Id order, not
+    /// probability order, is what the device sampler can walk without sorting; with it the
+    /// same seed picks the same token on both.)
     fn draw(&mut self, cands: &[(u32, f32)]) -> u32 {
         let t = self.params.temperature;
         let probs = softmax(cands.iter().map(|c| c.1 / t));
+        let mut by_id: Vec<(u32, f64)> = cands.iter().map(|c| c.0).zip(probs).collect();
+        by_id.sort_unstable_by_key(|c| c.0);
         let u = self.rng.next_f64();
         let mut cum = 0.0;
-        for (c, p) in cands.iter().zip(&probs) {
+        for &(id, p) in &by_id {
             cum += p;
             if u < cum {
-                return c.0;
+                return id;
             }
         }
         // Rounding can leave the total a hair below 1; the last candidate takes the remainder.
-        cands[cands.len() - 1].0
+        by_id[by_id.len() - 1].0
     }
 }
 
-/// llama.cpp's repetition penalty: each distinct token of `window` has its logit divided by
+/// llama.cpp's repetition penalty: each of the distinct tokens `ids` has its logit divided by
 /// `penalty` if positive, multiplied by it otherwise.
-fn apply_repetition_penalty(logits: &mut [f32], window: &[u32], penalty: f32) {
-    if penalty == 1.0 {
-        return;
-    }
-    let mut seen = window.to_vec();
-    seen.sort_unstable();
-    seen.dedup();
-    for id in seen {
+fn apply_repetition_penalty(logits: &mut [f32], ids: &[u32], penalty: f32) {
+    for &id in ids {
         if let Some(l) = logits.get_mut(id as usize) {
             *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
         }
@@ -269,7 +305,7 @@ mod tests {
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative() {
         let mut l = vec![2.0, -1.0, 0.5, 3.0];
-        apply_repetition_penalty(&mut l, &[0, 1, 1, 9], 2.0);
+        apply_repetition_penalty(&mut l, &[0, 1, 9], 2.0);
         assert_eq!(l, vec![1.0, -2.0, 0.5, 3.0]);
         // Greedy decoding sees the penalised logits: 3.0 vs 4.0/2 for token 0.
         let p = SamplingParams {
@@ -279,6 +315,9 @@ mod tests {
         let mut s = Sampler::new(p).unwrap();
         assert_eq!(s.sample(&[4.0, 3.0], &[0]).unwrap(), 1);
         assert_eq!(s.sample(&[4.0, 3.0], &[1]).unwrap(), 0);
+        // A token repeated in the window is penalized once.
+        assert_eq!(s.sample(&[4.0, 2.5], &[0, 0, 0]).unwrap(), 1);
+        assert_eq!(s.penalized_ids(&[5, 0, 5, 0]), vec![0, 5]);
     }
 
     #[test]

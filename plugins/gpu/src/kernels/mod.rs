@@ -15,3 +15,4 @@ pub mod embed;
 pub mod kv_cache;
 pub mod linear;
 pub mod rope;
+pub mod sample;
