@@ -9,6 +9,7 @@ pub mod cli;
 pub mod digest;
 mod elf;
 pub mod error;
+mod heap;
 pub mod loader;
 pub mod manager;
 pub mod manifest;

@@ -78,6 +78,7 @@ fn replace_in_place(folder: &Path, model: Option<std::path::PathBuf>, reloads: u
         .replace_from_path(folder, &Default::default())
         .unwrap();
     let (rss_before, maps_before) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
+    let (anon_before, file_before) = (status_kib("RssAnon:"), status_kib("RssFile:"));
     let mut replace_ms = Vec::with_capacity(reloads);
     for _ in 0..reloads {
         let started = Instant::now();
@@ -87,11 +88,19 @@ fn replace_in_place(folder: &Path, model: Option<std::path::PathBuf>, reloads: u
         replace_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
     let (rss_after, maps_after) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
+    let (anon_after, file_after) = (status_kib("RssAnon:"), status_kib("RssFile:"));
     println!("plugin: {} ({} reloads)", manifest.label(), reloads);
     println!("replace_from_path (copy, checks, load, initialize, activate, swap, tear down old): median {:.1} ms", median(&mut replace_ms));
     println!(
         "RSS: {rss_before} KiB -> {rss_after} KiB (+{:.1} KiB per reload)",
         (rss_after as f64 - rss_before as f64) / reloads as f64
+    );
+    let per_reload = |before: u64, after: u64| (after as f64 - before as f64) / reloads as f64;
+    println!(
+        "  of which anonymous (heap, relocated data): +{:.1} KiB per reload; file-backed \
+         (library pages, reclaimable): +{:.1} KiB per reload",
+        per_reload(anon_before, anon_after),
+        per_reload(file_before, file_after)
     );
     println!("mapped shadow copies: {maps_before} -> {maps_after} (libraries are never unloaded)");
 }
@@ -134,6 +143,7 @@ fn watched_example(reloads: usize) {
 
     let shadow = manager.shadow().path().to_owned();
     let (rss_before, maps_before) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
+    let (anon_before, file_before) = (status_kib("RssAnon:"), status_kib("RssFile:"));
     let mut latencies_ms = Vec::with_capacity(reloads);
     let mut swap_ms = Vec::with_capacity(reloads);
     for step in 1..=reloads {

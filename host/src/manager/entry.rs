@@ -256,7 +256,9 @@ impl Entry {
         if cell.instance.is_some() && !matches!(cell.state, PluginState::Failed(_)) {
             result = result.and(self.call(cell, "cleanup", |i| i.cleanup().into_result()));
         }
-        cell.instance = None;
+        if cell.instance.take().is_some() {
+            crate::heap::release_freed_memory();
+        }
         if !matches!(cell.state, PluginState::Failed(_)) {
             cell.state = PluginState::Inactive;
         }
