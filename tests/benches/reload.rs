@@ -45,6 +45,46 @@ fn mapped_files_under(dir: &Path) -> usize {
     files.len()
 }
 
+/// Resident memory and mapped library copies at one moment.
+struct Memory {
+    rss: u64,
+    anon: u64,
+    file: u64,
+    maps: usize,
+}
+
+impl Memory {
+    fn now(shadow: &Path) -> Self {
+        Memory {
+            rss: status_kib("VmRSS:"),
+            anon: status_kib("RssAnon:"),
+            file: status_kib("RssFile:"),
+            maps: mapped_files_under(shadow),
+        }
+    }
+
+    /// Prints the growth from `before` to `self` per `loads` library loads.
+    fn report_growth(&self, before: &Memory, loads: usize) {
+        let per_load = |b: u64, a: u64| (a as f64 - b as f64) / loads as f64;
+        println!(
+            "RSS: {} KiB -> {} KiB (+{:.1} KiB per library load)",
+            before.rss,
+            self.rss,
+            per_load(before.rss, self.rss)
+        );
+        println!(
+            "  of which anonymous (heap, relocated data): +{:.1} KiB per load; file-backed \
+             (library pages, reclaimable): +{:.1} KiB per load",
+            per_load(before.anon, self.anon),
+            per_load(before.file, self.file)
+        );
+        println!(
+            "mapped shadow copies: {} -> {} (libraries are never unloaded)",
+            before.maps, self.maps
+        );
+    }
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
@@ -77,8 +117,7 @@ fn replace_in_place(folder: &Path, model: Option<std::path::PathBuf>, reloads: u
     manager
         .replace_from_path(folder, &Default::default())
         .unwrap();
-    let (rss_before, maps_before) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
-    let (anon_before, file_before) = (status_kib("RssAnon:"), status_kib("RssFile:"));
+    let before = Memory::now(&shadow);
     let mut replace_ms = Vec::with_capacity(reloads);
     for _ in 0..reloads {
         let started = Instant::now();
@@ -87,22 +126,10 @@ fn replace_in_place(folder: &Path, model: Option<std::path::PathBuf>, reloads: u
             .unwrap();
         replace_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    let (rss_after, maps_after) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
-    let (anon_after, file_after) = (status_kib("RssAnon:"), status_kib("RssFile:"));
+    let after = Memory::now(&shadow);
     println!("plugin: {} ({} reloads)", manifest.label(), reloads);
     println!("replace_from_path (copy, checks, load, initialize, activate, swap, tear down old): median {:.1} ms", median(&mut replace_ms));
-    println!(
-        "RSS: {rss_before} KiB -> {rss_after} KiB (+{:.1} KiB per reload)",
-        (rss_after as f64 - rss_before as f64) / reloads as f64
-    );
-    let per_reload = |before: u64, after: u64| (after as f64 - before as f64) / reloads as f64;
-    println!(
-        "  of which anonymous (heap, relocated data): +{:.1} KiB per reload; file-backed \
-         (library pages, reclaimable): +{:.1} KiB per reload",
-        per_reload(anon_before, anon_after),
-        per_reload(file_before, file_after)
-    );
-    println!("mapped shadow copies: {maps_before} -> {maps_after} (libraries are never unloaded)");
+    after.report_growth(&before, reloads);
 }
 
 /// Watches a directory and alternates two versions of the example plugin in it.
@@ -142,8 +169,7 @@ fn watched_example(reloads: usize) {
     assert!(matches!(events.recv().unwrap(), ReloadEvent::Added { .. }));
 
     let shadow = manager.shadow().path().to_owned();
-    let (rss_before, maps_before) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
-    let (anon_before, file_before) = (status_kib("RssAnon:"), status_kib("RssFile:"));
+    let before = Memory::now(&shadow);
     let mut latencies_ms = Vec::with_capacity(reloads);
     let mut swap_ms = Vec::with_capacity(reloads);
     for step in 1..=reloads {
@@ -167,9 +193,9 @@ fn watched_example(reloads: usize) {
             .unwrap();
         swap_ms.push(swap.elapsed().as_secs_f64() * 1e3);
     }
-    let (rss_after, maps_after) = (status_kib("VmRSS:"), mapped_files_under(&shadow));
+    let after = Memory::now(&shadow);
 
-    let loads = maps_after - maps_before;
+    let loads = after.maps - before.maps;
     println!(
         "reloads: {reloads}; library loads in all (packing, watcher, direct replace): {loads}"
     );
@@ -181,9 +207,5 @@ fn watched_example(reloads: usize) {
         "replace_from_path alone (load + initialize + activate + swap): median {:.2} ms",
         median(&mut swap_ms)
     );
-    println!(
-        "RSS: {rss_before} KiB -> {rss_after} KiB (+{:.1} KiB per library load)",
-        (rss_after as f64 - rss_before as f64) / loads as f64
-    );
-    println!("mapped shadow copies: {maps_before} -> {maps_after} (libraries are never unloaded)");
+    after.report_growth(&before, loads);
 }
