@@ -4,8 +4,9 @@
 //! plugin with SmolLM2; and the official `openai` Python client.
 
 use std::{
+    io::{BufRead, BufReader},
     path::PathBuf,
-    process::Command,
+    process::{Command, Stdio},
     sync::{Arc, Mutex, OnceLock},
 };
 
@@ -14,7 +15,7 @@ use pio_plugin_api::ActivateOptions;
 use pio_tests::{
     build_variant,
     http::{chunk_text, Served, TestServer},
-    workspace_plugin, Variant,
+    pack_into, target_dir, workspace_plugin, Variant,
 };
 use serde_json::{json, Value};
 
@@ -523,4 +524,103 @@ fn the_official_openai_python_client_works_unmodified() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.trim_end().ends_with("all ok"), "{stdout}");
+}
+
+/// The `pio` binary of the running test's profile.
+fn pio_binary() -> PathBuf {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    target_dir().join(profile).join("pio")
+}
+
+#[test]
+fn pio_serve_command_reads_its_config_serves_and_prints_reload_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    let manager = pio_host::PluginManager::new(&tmp.path().join("shadow")).unwrap();
+    pack_into(
+        &manager,
+        &workspace_plugin("pio_plugin_example"),
+        &plugins,
+        "example",
+        json!({}),
+    );
+
+    // A misspelt key in the file is refused, naming it.
+    let config = tmp.path().join("pio.toml");
+    std::fs::write(&config, "queue_dept = 3\n").unwrap();
+    let output = Command::new(pio_binary())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("PIO_CACHE_DIR", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("queue_dept") && stderr.contains("pio.toml"),
+        "{stderr}"
+    );
+
+    // The file names the directory, an address and a key; the environment overrides the
+    // address and the key; the flag overrides the environment's address.
+    std::fs::write(
+        &config,
+        format!(
+            "plugins = \"{}\"\naddr = \"127.0.0.1:1\"\napi_key = \"from-file\"\n",
+            plugins.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(pio_binary())
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .env("PIO_CACHE_DIR", tmp.path().join("cache"))
+        .env("PIO_ADDR", "127.0.0.1:2")
+        .env("PIO_API_KEY", "from-env")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "pio serve exited");
+        if let Some(rest) = line.strip_prefix("listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut event = String::new();
+    stdout.read_line(&mut event).unwrap();
+    let event: Value = serde_json::from_str(&event).unwrap();
+    assert_eq!(
+        (&event["event"], &event["plugin"]),
+        (&json!("added"), &json!("example@0.1.0"))
+    );
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let models = |key: &str| {
+        agent
+            .get(format!("http://{addr}/v1/models"))
+            .header("Authorization", &format!("Bearer {key}"))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(models("from-env"), 200);
+    assert_eq!(models("from-file"), 401);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -148,13 +148,15 @@ impl PluginManager {
         if !replacing {
             let taken = entries
                 .values()
-                .any(|e| e.id() == id && !matches!(e.lock().state, PluginState::Failed(_)));
+                .any(|e| e.id() == id && !matches!(e.summary().state, PluginState::Failed(_)));
             if taken {
                 return Err(HostError::AlreadyRegistered(id));
             }
         }
         // Earlier failed attempts of this name and version are superseded.
-        entries.retain(|_, e| !(e.id() == id && matches!(e.lock().state, PluginState::Failed(_))));
+        // Published states: a call in flight on a same-id entry must not hold up the registry.
+        entries
+            .retain(|_, e| !(e.id() == id && matches!(e.summary().state, PluginState::Failed(_))));
         let generation = 1 + entries
             .values()
             .filter(|e| e.name() == manifest.name)

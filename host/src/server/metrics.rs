@@ -236,13 +236,11 @@ impl Metrics {
             }
             let labels: Vec<(&'static str, &str)> =
                 gauge.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let _ = writeln!(
-                out,
-                "{}{{{}}} {}",
-                gauge.name,
-                render_labels(&labels),
-                gauge.value
-            );
+            let labels = match render_labels(&labels) {
+                labels if labels.is_empty() => labels,
+                labels => format!("{{{labels}}}"),
+            };
+            let _ = writeln!(out, "{}{labels} {}", gauge.name, gauge.value);
         }
         out
     }
@@ -313,12 +311,20 @@ mod tests {
         metrics.response("/v1/models", 200);
         metrics.token("a\"b", true, Duration::from_millis(20));
         metrics.token("a\"b", false, Duration::from_millis(2));
-        let text = metrics.render(&[GaugeSample {
-            name: "pio_queue_depth",
-            help: "Waiting requests.",
-            labels: vec![("plugin", "x".to_owned())],
-            value: 3.0,
-        }]);
+        let text = metrics.render(&[
+            GaugeSample {
+                name: "pio_queue_depth",
+                help: "Waiting requests.",
+                labels: vec![("plugin", "x".to_owned())],
+                value: 3.0,
+            },
+            GaugeSample {
+                name: "pio_ready",
+                help: "Ready.",
+                labels: Vec::new(),
+                value: 1.0,
+            },
+        ]);
         assert!(text.contains("pio_http_responses_total{route=\"/v1/models\",status=\"200\"} 1"));
         assert!(text.contains("pio_generated_tokens_total{plugin=\"a\\\"b\"} 2"));
         assert!(text
@@ -327,6 +333,7 @@ mod tests {
             .contains("pio_time_to_first_token_seconds_bucket{plugin=\"a\\\"b\",le=\"0.01\"} 0"));
         assert!(text.contains("pio_inter_token_latency_seconds_count{plugin=\"a\\\"b\"} 1"));
         assert!(text.contains("# TYPE pio_queue_depth gauge\npio_queue_depth{plugin=\"x\"} 3"));
+        assert!(text.contains("\npio_ready 1\n"), "{text}");
         assert_eq!(metrics.generated_tokens("a\"b"), 2);
     }
 }

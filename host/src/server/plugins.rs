@@ -168,9 +168,19 @@ impl Loader {
         Ok(())
     }
 
-    /// Loads the bundled plugins and activates the default model plugins, fetching their
-    /// models first when they are not cached.
+    /// Fetches the default models that are not cached, loads the bundled plugins (which read
+    /// their model when initialized) and activates the default model plugins.
     fn load_defaults(&self) {
+        let mut fetched = Vec::new();
+        for (plugin, _) in DEFAULT_MODELS {
+            match default_model(plugin).map_or(Ok(()), |model| model.ensure().map(drop)) {
+                Ok(()) => fetched.push(*plugin),
+                Err(error) => self.log.record(ReloadEvent::Failed {
+                    folder: PathBuf::from(plugin),
+                    reason: format!("cannot fetch the default model of '{plugin}': {error}"),
+                }),
+            }
+        }
         for (folder, result) in load_bundled(&self.manager) {
             if let Err(error) = result {
                 self.log.record(ReloadEvent::Failed {
@@ -179,14 +189,9 @@ impl Loader {
                 });
             }
         }
-        for (plugin, _) in DEFAULT_MODELS {
-            let fetched = default_model(plugin).map_or(Ok(()), |model| model.ensure().map(drop));
-            match fetched.and_then(|()| self.manager.resolve(plugin)) {
-                Ok(id) => self.activate(&id),
-                Err(error) => self.log.record(ReloadEvent::Failed {
-                    folder: PathBuf::from(plugin),
-                    reason: error.to_string(),
-                }),
+        for plugin in fetched {
+            if let Ok(id) = self.manager.resolve(plugin) {
+                self.activate(&id);
             }
         }
     }

@@ -217,7 +217,7 @@ async fn complete(
 ) -> Result<Response, ApiError> {
     let priority = priority(sampling.priority, headers)?;
     let mut handle = app.engine.submit_sequence(model, priority, sequence)?;
-    let first = next_event(&mut handle, app).await?;
+    let first = next_event(&mut handle, app, model).await?;
     if let SequenceEvent::Finished(Err(error)) = first {
         return Err(error.into());
     }
@@ -235,7 +235,7 @@ async fn complete(
     let mut event = first;
     loop {
         match event {
-            SequenceEvent::Text(_) => event = next_event(&mut handle, app).await?,
+            SequenceEvent::Text(_) => event = next_event(&mut handle, app, model).await?,
             SequenceEvent::Finished(result) => {
                 let completion = result?;
                 return Ok(json_response(
@@ -247,11 +247,15 @@ async fn complete(
     }
 }
 
-/// The next event of a sequence, or the reason there is none before its deadline.
-async fn next_event(handle: &mut SequenceHandle, app: &App) -> Result<SequenceEvent, ApiError> {
+/// The next event of a sequence for `model`, or the reason there is none before its deadline.
+async fn next_event(
+    handle: &mut SequenceHandle,
+    app: &App,
+    model: &str,
+) -> Result<SequenceEvent, ApiError> {
     match tokio::time::timeout_at(handle.deadline.into(), handle.events.recv()).await {
         Ok(Some(event)) => Ok(event),
-        Ok(None) => Err(EngineError::Stopped("the plugin's scheduler".to_owned()).into()),
+        Ok(None) => Err(EngineError::Stopped(model.to_owned()).into()),
         Err(_) => Err(EngineError::Timeout(app.config.request_timeout).into()),
     }
 }
