@@ -442,6 +442,29 @@ fn a_request_past_its_timeout_is_answered_503() {
 }
 
 #[test]
+fn a_removed_plugin_folder_stops_being_served() {
+    let server = example_server(ConfigLayer::default());
+    assert_eq!(
+        server
+            .post("/v1/chat/completions", &chat("example", "hi"))
+            .0,
+        200
+    );
+    std::fs::remove_dir_all(server.plugin_dir.join("example")).unwrap();
+    server.wait_for("the removal event", || {
+        server
+            .get("/admin/plugins")
+            .1
+            .contains("\"event\":\"removed\"")
+    });
+    let (status, body) = server.post("/v1/chat/completions", &chat("example", "hi"));
+    assert_eq!((status, error_of(&body).1), (404, "model_not_found"));
+    let (status, health) = server.get("/health");
+    assert_eq!(status, 503);
+    assert!(health.contains("no plugin is active"), "{health}");
+}
+
+#[test]
 fn llama_chat_end_to_end_with_smollm2() {
     let Some(model) = pio_testkit::cached_model(pio_testkit::SMOLLM2) else {
         return;

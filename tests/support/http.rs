@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -37,6 +37,8 @@ pub struct TestServer {
     pub base: String,
     /// The key clients must send, if any.
     pub api_key: Option<String>,
+    /// The served (and watched) plugin directory.
+    pub plugin_dir: PathBuf,
     server: Option<RunningServer>,
     _tmp: tempfile::TempDir,
 }
@@ -71,7 +73,7 @@ impl TestServer {
             manager,
             ServerOptions {
                 config,
-                source: PluginSource::Directory(dir),
+                source: PluginSource::Directory(dir.clone()),
                 watch: WatchOptions {
                     activate,
                     ..WatchOptions::default()
@@ -83,6 +85,7 @@ impl TestServer {
         let this = Self {
             base: format!("http://{}", server.local_addr()),
             api_key,
+            plugin_dir: dir,
             server: Some(server),
             _tmp: tmp,
         };
