@@ -30,6 +30,7 @@ pub struct Sampling {
     repetition_penalty: Option<f32>,
     /// Extension: above 0 is served first, below 0 last.
     pub priority: Option<i64>,
+    /// Whether to answer with server-sent events.
     #[serde(default)]
     pub stream: bool,
     stream_options: Option<StreamOptions>,
