@@ -38,12 +38,13 @@ const PRIORITY_HEADER: &str = "x-priority";
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.config.body_limit_bytes;
     Router::new()
-        .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_ready))
+        .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/admin/plugins", get(admin_plugins))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_api_key))
@@ -67,6 +68,19 @@ async fn count_response(State(app): State<Arc<App>>, request: Request, next: Nex
         app.metrics.error(label.kind, label.code);
     }
     response
+}
+
+/// Middleware of the model routes: 503 while the plugins are still loading (rather than a
+/// 404 for a model that is about to be served).
+async fn require_ready(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    match app.plugins.readiness() {
+        Readiness::Loading => ApiError::unavailable(
+            "loading",
+            "the server is still loading its plugins; retry when GET /health answers 200",
+        )
+        .into_response(),
+        Readiness::Ready | Readiness::Failed(_) => next.run(request).await,
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
