@@ -20,13 +20,14 @@ use abi_stable::{
     package_version_strings, sabi_trait,
     sabi_types::RMut,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RStr, RString, RVec},
+    std_types::{RBox, RErr, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
 
 use crate::{
     ActivateOptions, ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse,
-    Health, PluginError, PluginStats, StreamControl, TokenEvent,
+    Health, PluginError, PluginStats, SequenceOpened, SequenceRequest, SequenceStep, StreamControl,
+    TokenEvent,
 };
 
 /// The receiver of streamed tokens, implemented by the host.
@@ -46,6 +47,11 @@ pub type TokenSinkRef<'a> = TokenSink_TO<'a, RMut<'a, ()>>;
 /// and loads the model) → `generate` / `chat` / `embed` / `infer` / `tokenize` / `detokenize`
 /// any number of times → `deactivate` (releases the device; `activate` may follow again) →
 /// `cleanup` (once, before the instance is dropped).
+///
+/// Batched generation (capability `batched-generation`, methods after `health`): the host opens
+/// sequences, then repeatedly steps any set of open ones together — one token each per step, in
+/// one forward pass — and closes each when it finishes or its client leaves. Sequences may be
+/// opened and closed between steps (continuous batching).
 #[sabi_trait]
 pub trait PluginInstance: Send {
     /// Applies the JSON configuration (model path, options). No device work happens here.
@@ -81,6 +87,22 @@ pub trait PluginInstance: Send {
     /// Readiness.
     #[sabi(last_prefix_field)]
     fn health(&self) -> Health;
+
+    /// Opens a sequence for batched generation and processes its prompt.
+    fn open_sequence(&mut self, request: &SequenceRequest) -> RResult<SequenceOpened, PluginError> {
+        let _ = request;
+        RErr(PluginError::unsupported("batched generation"))
+    }
+    /// Decodes one token for each of the open sequences `ids` in one forward pass.
+    fn step_sequences(&mut self, ids: RSlice<'_, u64>) -> RResult<RVec<SequenceStep>, PluginError> {
+        let _ = ids;
+        RErr(PluginError::unsupported("batched generation"))
+    }
+    /// Closes a sequence (finished or abandoned) and frees what it holds.
+    fn close_sequence(&mut self, id: u64) -> RResult<(), PluginError> {
+        let _ = id;
+        RErr(PluginError::unsupported("batched generation"))
+    }
 }
 
 /// An owned, type-erased plugin instance.

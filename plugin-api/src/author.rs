@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use abi_stable::{
     prefix_type::WithMetadata,
     sabi_trait::TD_Opaque,
-    std_types::{RErr, ROk, RResult, RStr, RString, RVec},
+    std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec},
 };
 
 use crate::abi::{
@@ -16,7 +16,7 @@ use crate::abi::{
 use crate::{
     ActivateOptions, ChatRequest, EmbedRequest, EmbedResponse, ErrorKind, GenerateRequest,
     GenerateResponse, Health, HealthStatus, PluginError, PluginMetadata, PluginResult, PluginStats,
-    StreamControl, TokenEvent,
+    SequenceOpened, SequenceRequest, SequenceStep, StreamControl, TokenEvent,
 };
 
 /// A plugin, written as plain Rust. [`export_plugin!`](crate::export_plugin) turns it into a
@@ -101,6 +101,25 @@ pub trait Plugin: Send + Sized + 'static {
 
     /// Readiness.
     fn health(&self) -> Health;
+
+    /// Opens a sequence for batched generation (capability `batched-generation`) and processes
+    /// its prompt; the answer's id names it in later calls.
+    fn open_sequence(&mut self, request: &SequenceRequest) -> PluginResult<SequenceOpened> {
+        let _ = request;
+        Err(unsupported("batched generation"))
+    }
+
+    /// Decodes one token for each of the open sequences `ids`, together.
+    fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
+        let _ = ids;
+        Err(unsupported("batched generation"))
+    }
+
+    /// Closes a sequence and frees what it holds.
+    fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
+        let _ = id;
+        Err(unsupported("batched generation"))
+    }
 }
 
 fn unsupported(operation: &str) -> PluginError {
@@ -269,6 +288,20 @@ impl<P: Plugin> PluginInstance for Exported<P> {
         self.call("embed", |p| p.embed(request))
     }
 
+    fn open_sequence(&mut self, request: &SequenceRequest) -> RResult<SequenceOpened, PluginError> {
+        self.call("open_sequence", |p| p.open_sequence(request))
+    }
+
+    fn step_sequences(&mut self, ids: RSlice<'_, u64>) -> RResult<RVec<SequenceStep>, PluginError> {
+        self.call("step_sequences", |p| {
+            p.step_sequences(ids.as_slice()).map(RVec::from)
+        })
+    }
+
+    fn close_sequence(&mut self, id: u64) -> RResult<(), PluginError> {
+        self.call("close_sequence", |p| p.close_sequence(id))
+    }
+
     fn stats(&self) -> PluginStats {
         match &self.plugin {
             Some(plugin) => catch_unwind(AssertUnwindSafe(|| plugin.stats())).unwrap_or_default(),
@@ -383,6 +416,59 @@ macro_rules! export_plugin {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A plugin implementing only what is required.
+    struct Minimal;
+
+    impl Plugin for Minimal {
+        fn metadata() -> PluginMetadata {
+            unreachable!("not used by these tests")
+        }
+        fn new() -> PluginResult<Self> {
+            Ok(Minimal)
+        }
+        fn initialize(&mut self, _config: serde_json::Value) -> PluginResult<()> {
+            Ok(())
+        }
+        fn activate(&mut self, _options: &ActivateOptions) -> PluginResult<()> {
+            Ok(())
+        }
+        fn deactivate(&mut self) -> PluginResult<()> {
+            Ok(())
+        }
+        fn health(&self) -> Health {
+            Health::new(HealthStatus::Ok, "ok")
+        }
+        fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
+            panic!("stepping {ids:?}");
+        }
+    }
+
+    #[test]
+    fn batched_generation_defaults_to_unsupported_and_panics_become_errors() {
+        let mut exported = Exported {
+            plugin: Some(Minimal),
+            panicked_in: None,
+        };
+        let request = SequenceRequest::Generate(GenerateRequest {
+            prompt: crate::Prompt::Text("hi".into()),
+            params: crate::GenerationParams::greedy(1),
+        });
+        let error = exported.open_sequence(&request).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Unsupported);
+        assert!(error.message.contains("batched generation"), "{error:?}");
+        assert_eq!(
+            exported.close_sequence(3).unwrap_err().kind,
+            ErrorKind::Unsupported
+        );
+        let error = exported
+            .step_sequences(RSlice::from_slice(&[1, 2]))
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Panic);
+        assert!(error.message.contains("stepping [1, 2]"), "{error:?}");
+    }
+
     #[test]
     fn exported_symbol_is_abi_stables_root_module_loader_name() {
         assert_eq!(

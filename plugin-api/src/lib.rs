@@ -38,11 +38,11 @@ pub use error::{ErrorKind, PluginError, PluginResult};
 pub use metadata::{validate_plugin_name, Capability, ModelInfo, PluginMetadata};
 pub use request::{
     ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, GenerateRequest, GenerationParams,
-    Prompt,
+    Prompt, SequenceRequest,
 };
 pub use response::{
     EmbedResponse, FinishReason, GenerateResponse, Health, HealthStatus, PluginStats,
-    StreamControl, Timings, TokenEvent,
+    SequenceOpened, SequenceStep, StreamControl, Timings, TokenEvent,
 };
 
 /// Re-exported so the [`export_plugin!`] expansion and plugins need no direct dependency on them.

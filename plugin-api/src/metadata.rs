@@ -16,6 +16,9 @@ pub enum Capability {
     Chat,
     /// Turn texts into vectors (`embed`).
     Embeddings,
+    /// Decode several sequences together, one token each per step (`open_sequence`,
+    /// `step_sequences`, `close_sequence`): what continuous batching needs.
+    BatchedGeneration,
 }
 
 impl Capability {
@@ -25,6 +28,7 @@ impl Capability {
             Capability::TextGeneration => "text-generation",
             Capability::Chat => "chat",
             Capability::Embeddings => "embeddings",
+            Capability::BatchedGeneration => "batched-generation",
         }
     }
 }

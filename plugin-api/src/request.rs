@@ -146,6 +146,16 @@ pub struct ChatRequest {
     pub params: GenerationParams,
 }
 
+/// What one sequence of a batch generates: a continuation or a chat answer.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub enum SequenceRequest {
+    /// Continue a prompt, as [`GenerateRequest`] does.
+    Generate(GenerateRequest),
+    /// Answer a conversation, as [`ChatRequest`] does.
+    Chat(ChatRequest),
+}
+
 /// A request to embed texts.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]

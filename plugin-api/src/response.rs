@@ -1,7 +1,7 @@
 //! ABI-stable outputs of the plugin calls.
 
 use abi_stable::{
-    std_types::{RString, RVec},
+    std_types::{ROption, RString, RVec},
     StableAbi,
 };
 
@@ -49,6 +49,28 @@ impl FinishReason {
             FinishReason::Cancelled => "cancelled",
         }
     }
+}
+
+/// A sequence opened for batched generation.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceOpened {
+    /// The plugin's handle for the sequence.
+    pub id: u64,
+    /// Tokens of its prompt (after the chat template, for chat).
+    pub prompt_tokens: u32,
+}
+
+/// What one batch step produced for one sequence.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct SequenceStep {
+    /// The sequence.
+    pub id: u64,
+    /// Its new token.
+    pub event: TokenEvent,
+    /// Set when this token ended the sequence (it must then be closed).
+    pub finish: ROption<FinishReason>,
 }
 
 /// Wall-clock durations of one request, in milliseconds.

@@ -14,8 +14,9 @@ use std::{
 };
 
 use pio_plugin_api::{
-    ActivateOptions, Capability, ChatRequest, EmbedRequest, EmbedResponse, FnSink, GenerateRequest,
-    GenerateResponse, Health, PluginError, PluginMetadata, PluginStats, StreamControl, TokenEvent,
+    abi_stable::std_types::RVec, ActivateOptions, Capability, ChatRequest, EmbedRequest,
+    EmbedResponse, FnSink, GenerateRequest, GenerateResponse, Health, PluginError, PluginMetadata,
+    PluginStats, SequenceOpened, SequenceRequest, SequenceStep, StreamControl, TokenEvent,
 };
 use semver::Version;
 
@@ -397,6 +398,61 @@ impl PluginManager {
                 i.chat(request, sink.as_sink()).into_result()
             })
         })
+    }
+
+    /// Opens a sequence for batched generation and processes its prompt. Later calls for the
+    /// sequence must name the instance that opened it (`Served::plugin`, `name@version`): its
+    /// KV cache lives there.
+    pub fn open_sequence(
+        &self,
+        reference: &str,
+        request: &SequenceRequest,
+    ) -> HostResult<Served<SequenceOpened>> {
+        self.serve(
+            reference,
+            Some(Capability::BatchedGeneration),
+            "open_sequence",
+            |entry, cell| {
+                entry.call(cell, "open_sequence", |i| {
+                    i.open_sequence(request).into_result()
+                })
+            },
+        )
+    }
+
+    /// Decodes one token for each of the sequences `ids` of instance `plugin` together.
+    pub fn step_sequences(
+        &self,
+        plugin: &str,
+        ids: &[u64],
+    ) -> HostResult<Served<Vec<SequenceStep>>> {
+        self.serve(
+            plugin,
+            Some(Capability::BatchedGeneration),
+            "step_sequences",
+            |entry, cell| {
+                entry.call(cell, "step_sequences", |i| {
+                    i.step_sequences(ids.into())
+                        .into_result()
+                        .map(RVec::into_vec)
+                })
+            },
+        )
+    }
+
+    /// Closes sequence `id` of instance `plugin`.
+    pub fn close_sequence(&self, plugin: &str, id: u64) -> HostResult<()> {
+        self.serve(
+            plugin,
+            Some(Capability::BatchedGeneration),
+            "close_sequence",
+            |entry, cell| {
+                entry.call(cell, "close_sequence", |i| {
+                    i.close_sequence(id).into_result()
+                })
+            },
+        )
+        .map(|_| ())
     }
 
     /// Embeds a batch of texts.
