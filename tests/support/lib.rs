@@ -69,8 +69,8 @@ pub struct Variant {
     /// With `api_version`: the copied API appends a function to the root module, as a later
     /// minor version of the API would.
     pub api_appends_function: bool,
-    /// Sleep this many milliseconds before sending each token: a slow model, so tests can act
-    /// while a generation runs.
+    /// Sleep this many milliseconds before making each token (streamed or batched: a step of
+    /// n sequences sleeps n times): a slow model, so tests can act while a generation runs.
     pub token_delay_ms: Option<u64>,
 }
 
@@ -98,14 +98,15 @@ pub fn build_variant(variant: &Variant) -> PathBuf {
             );
         }
         if let Some(ms) = variant.token_delay_ms {
-            let anchor = "let control = stream.send(";
+            // Every token of both generation paths (streaming and batched) is made here.
+            let anchor = "pub fn next_token(&mut self) -> Option<Decoded> {";
             assert!(
                 entry.file_name() != "mirror.rs" || text.contains(anchor),
                 "mirror.rs no longer contains {anchor:?}"
             );
             text = text.replace(
                 anchor,
-                &format!("std::thread::sleep(std::time::Duration::from_millis({ms}));\n{anchor}"),
+                &format!("{anchor}\nstd::thread::sleep(std::time::Duration::from_millis({ms}));"),
             );
         }
         if variant.without_root_module {

@@ -8,6 +8,10 @@
 //! - **activation** allocates what serving needs and honours the context length;
 //! - **text generation** streams one token at a time, honours `max_new_tokens`, stop strings
 //!   (never emitting a stop string's text) and cancellation by the host;
+//! - **batched generation** (`open_sequence` / `step_sequences` / `close_sequence`, see
+//!   [`batch`]) gives exactly the tokens and text of `generate` / `chat` for the same request,
+//!   so results never depend on how the host batches; `stats().details_json` reports
+//!   `largest_batch` (the most sequences one step carried) and `open_sequences`;
 //! - **embeddings** and a free-form JSON **infer** call;
 //! - **errors** carry a kind and a message naming the problem; panics are caught by the glue.
 //!
@@ -20,16 +24,19 @@
 //! - `fail_in` (string): fault injection for the host's tests — `"initialize"` or `"infer"`
 //!   makes that call panic, to prove the host survives it.
 
+mod batch;
 mod mirror;
 mod trigram;
 
 use pio_plugin_api::{
     export_plugin, semver::Version, ActivateOptions, Capability, ChatRequest, EmbedRequest,
-    EmbedResponse, GenerateRequest, GenerateResponse, Health, HealthStatus, ModelInfo, Plugin,
-    PluginError, PluginMetadata, PluginResult, PluginStats, Prompt, TokenStream,
+    EmbedResponse, GenerateRequest, GenerateResponse, GenerationParams, Health, HealthStatus,
+    ModelInfo, Plugin, PluginError, PluginMetadata, PluginResult, PluginStats, Prompt,
+    SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
 };
 
-use mirror::MirrorGenerator;
+use batch::OpenSequences;
+use mirror::MirrorSequence;
 
 /// Context length used when the host does not ask for one.
 const DEFAULT_CONTEXT_LENGTH: u32 = 4096;
@@ -78,6 +85,28 @@ struct Active {
     context_length: u32,
     requests: u64,
     tokens: u64,
+    sequences: OpenSequences,
+}
+
+impl Active {
+    /// Checks a request against the context and starts its sequence.
+    fn start(&self, prompt: Vec<u32>, params: &GenerationParams) -> PluginResult<MirrorSequence> {
+        params.validate()?;
+        let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        if prompt_len >= self.context_length {
+            return Err(PluginError::invalid_input(format!(
+                "prompt has {prompt_len} tokens but the context holds {}",
+                self.context_length
+            )));
+        }
+        MirrorSequence::new(&prompt, params, self.context_length - prompt_len)
+    }
+
+    /// Counts a served request.
+    fn record(&mut self, prompt_tokens: u32, generated_tokens: usize) {
+        self.requests += 1;
+        self.tokens += u64::from(prompt_tokens) + generated_tokens as u64;
+    }
 }
 
 /// The example plugin.
@@ -100,28 +129,40 @@ impl ExamplePlugin {
             .ok_or_else(|| PluginError::invalid_input("plugin is not active"))
     }
 
-    /// Runs the mirror "model" over `prompt`, streaming its output.
+    /// Runs the mirror "model" over `prompt` to its end, streaming its output.
     fn run(
         &mut self,
         prompt: Vec<u32>,
-        params: &pio_plugin_api::GenerationParams,
+        params: &GenerationParams,
         stream: &mut TokenStream<'_>,
     ) -> PluginResult<GenerateResponse> {
-        params.validate()?;
         let active = self.active()?;
-        let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
-        if prompt_len >= active.context_length {
-            return Err(PluginError::invalid_input(format!(
-                "prompt has {prompt_len} tokens but the context holds {}",
-                active.context_length
-            )));
-        }
-        let room = active.context_length - prompt_len;
-        let response = MirrorGenerator::new(&prompt, params, room).run(stream)?;
-        active.requests += 1;
-        active.tokens += u64::from(prompt_len) + response.tokens.len() as u64;
+        let response = active.start(prompt, params)?.stream(stream);
+        active.record(response.prompt_tokens, response.tokens.len());
         Ok(response)
     }
+}
+
+/// The prompt tokens of a completion request.
+fn generate_prompt(request: &GenerateRequest) -> PluginResult<Vec<u32>> {
+    match &request.prompt {
+        Prompt::Text(text) => Ok(tokenize_chars(text)),
+        Prompt::Tokens(tokens) => {
+            detokenize_chars(tokens)?;
+            Ok(tokens.to_vec())
+        }
+    }
+}
+
+/// The prompt tokens of a chat request: the mirror answers the last user message.
+fn chat_prompt(request: &ChatRequest) -> PluginResult<Vec<u32>> {
+    let last_user = request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role.as_str() == "user")
+        .ok_or_else(|| PluginError::invalid_input("chat needs at least one user message"))?;
+    Ok(tokenize_chars(&last_user.content))
 }
 
 /// Tokens of the example "model" are Unicode scalar values.
@@ -154,6 +195,7 @@ impl Plugin for ExamplePlugin {
                 Capability::TextGeneration,
                 Capability::Chat,
                 Capability::Embeddings,
+                Capability::BatchedGeneration,
             ],
             model: ModelInfo {
                 architecture: Some("mirror".to_owned()),
@@ -189,6 +231,7 @@ impl Plugin for ExamplePlugin {
             context_length,
             requests: 0,
             tokens: 0,
+            sequences: OpenSequences::default(),
         });
         Ok(())
     }
@@ -231,14 +274,7 @@ impl Plugin for ExamplePlugin {
         request: &GenerateRequest,
         stream: &mut TokenStream<'_>,
     ) -> PluginResult<GenerateResponse> {
-        let prompt = match &request.prompt {
-            Prompt::Text(text) => tokenize_chars(text),
-            Prompt::Tokens(tokens) => {
-                detokenize_chars(tokens)?;
-                tokens.to_vec()
-            }
-        };
-        self.run(prompt, &request.params, stream)
+        self.run(generate_prompt(request)?, &request.params, stream)
     }
 
     fn chat(
@@ -246,13 +282,30 @@ impl Plugin for ExamplePlugin {
         request: &ChatRequest,
         stream: &mut TokenStream<'_>,
     ) -> PluginResult<GenerateResponse> {
-        let last_user = request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role.as_str() == "user")
-            .ok_or_else(|| PluginError::invalid_input("chat needs at least one user message"))?;
-        self.run(tokenize_chars(&last_user.content), &request.params, stream)
+        self.run(chat_prompt(request)?, &request.params, stream)
+    }
+
+    fn open_sequence(&mut self, request: &SequenceRequest) -> PluginResult<SequenceOpened> {
+        let (prompt, params) = match request {
+            SequenceRequest::Generate(request) => (generate_prompt(request)?, &request.params),
+            SequenceRequest::Chat(request) => (chat_prompt(request)?, &request.params),
+        };
+        let active = self.active()?;
+        let sequence = active.start(prompt, params)?;
+        let prompt_tokens = sequence.prompt_tokens();
+        let id = active.sequences.open(sequence);
+        Ok(SequenceOpened { id, prompt_tokens })
+    }
+
+    fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
+        self.active()?.sequences.step(ids)
+    }
+
+    fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
+        let active = self.active()?;
+        let sequence = active.sequences.close(id)?;
+        active.record(sequence.prompt_tokens(), sequence.generated_tokens());
+        Ok(())
     }
 
     fn embed(&mut self, request: &EmbedRequest) -> PluginResult<EmbedResponse> {
@@ -274,14 +327,21 @@ impl Plugin for ExamplePlugin {
     }
 
     fn stats(&self) -> PluginStats {
-        let (requests, tokens) = self
-            .active
-            .as_ref()
-            .map_or((0, 0), |a| (a.requests, a.tokens));
+        let Some(active) = &self.active else {
+            return PluginStats {
+                host_memory_bytes: std::mem::size_of::<Self>() as u64,
+                ..PluginStats::default()
+            };
+        };
+        let details = pio_plugin_api::serde_json::json!({
+            "largest_batch": active.sequences.largest_step(),
+            "open_sequences": active.sequences.count(),
+        });
         PluginStats {
             host_memory_bytes: std::mem::size_of::<Self>() as u64,
-            requests,
-            tokens,
+            requests: active.requests,
+            tokens: active.tokens,
+            details_json: details.to_string().into(),
             ..PluginStats::default()
         }
     }
@@ -296,3 +356,135 @@ impl Plugin for ExamplePlugin {
 }
 
 export_plugin!(ExamplePlugin);
+
+#[cfg(test)]
+mod tests {
+    use pio_plugin_api::{
+        ChatMessage, FinishReason, FnSink, StreamControl, TokenEvent, TokenStream,
+    };
+
+    use super::*;
+
+    fn active_plugin() -> ExamplePlugin {
+        let mut plugin = ExamplePlugin::new().unwrap();
+        plugin
+            .initialize(pio_plugin_api::serde_json::json!({}))
+            .unwrap();
+        plugin.activate(&ActivateOptions::default()).unwrap();
+        plugin
+    }
+
+    /// The events and finish reason of `request` run alone through `generate` / `chat`.
+    fn alone(request: &SequenceRequest) -> (Vec<TokenEvent>, FinishReason) {
+        let mut events = Vec::new();
+        let mut sink = FnSink(|e: &TokenEvent| {
+            events.push(e.clone());
+            StreamControl::Continue
+        });
+        let mut stream = TokenStream::new(sink.as_sink());
+        let mut plugin = active_plugin();
+        let finish = match request {
+            SequenceRequest::Generate(r) => plugin.generate(r, &mut stream),
+            SequenceRequest::Chat(r) => plugin.chat(r, &mut stream),
+        }
+        .unwrap()
+        .finish_reason;
+        drop(stream);
+        (events, finish)
+    }
+
+    fn details(plugin: &ExamplePlugin) -> pio_plugin_api::serde_json::Value {
+        pio_plugin_api::serde_json::from_str(&plugin.stats().details_json).unwrap()
+    }
+
+    fn generate(prompt: &str, max_new_tokens: u32, stop: &[&str]) -> SequenceRequest {
+        let mut params = GenerationParams::greedy(max_new_tokens);
+        params.stop = stop.iter().map(|s| (*s).into()).collect();
+        SequenceRequest::Generate(GenerateRequest {
+            prompt: Prompt::Text(prompt.into()),
+            params,
+        })
+    }
+
+    #[test]
+    fn batched_steps_give_exactly_what_generate_and_chat_give() {
+        let requests = [
+            generate("hello world", 100, &[]),
+            generate("abcdef", 3, &[]),
+            generate("abcdefgh", 100, &["dc"]),
+            generate("xyz", 100, &["yX"]),
+            SequenceRequest::Chat(ChatRequest {
+                messages: vec![ChatMessage::new("user", "héllo")].into(),
+                params: GenerationParams::greedy(100),
+            }),
+        ];
+        let mut plugin = active_plugin();
+        let mut open: Vec<(u64, usize)> = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            open.push((plugin.open_sequence(request).unwrap().id, i));
+        }
+        let mut got = vec![(Vec::new(), None); requests.len()];
+        while !open.is_empty() {
+            let ids: Vec<u64> = open.iter().map(|(id, _)| *id).collect();
+            let steps = plugin.step_sequences(&ids).unwrap();
+            assert_eq!(steps.iter().map(|s| s.id).collect::<Vec<_>>(), ids);
+            for (step, (id, i)) in steps.into_iter().zip(open.clone()) {
+                got[i].0.push(step.event);
+                if let Some(finish) = step.finish.into_option() {
+                    got[i].1 = Some(finish);
+                    plugin.close_sequence(id).unwrap();
+                    open.retain(|(open_id, _)| *open_id != id);
+                }
+            }
+        }
+        for (request, (events, finish)) in requests.iter().zip(got) {
+            assert_eq!((events, finish.unwrap()), alone(request), "{request:?}");
+        }
+        let details = details(&plugin);
+        assert_eq!(details["largest_batch"], requests.len());
+        assert_eq!(details["open_sequences"], 0);
+        assert_eq!(plugin.stats().requests, requests.len() as u64);
+    }
+
+    #[test]
+    fn a_refused_step_changes_nothing() {
+        let mut plugin = active_plugin();
+        let id = plugin.open_sequence(&generate("ab", 10, &[])).unwrap().id;
+        let error = plugin.step_sequences(&[id, id + 1]).unwrap_err();
+        assert!(error.message.contains("no open sequence"), "{error:?}");
+        let error = plugin.step_sequences(&[id, id]).unwrap_err();
+        assert!(error.message.contains("twice"), "{error:?}");
+        assert_eq!(details(&plugin)["largest_batch"], 0);
+
+        let first = plugin.step_sequences(&[id]).unwrap();
+        assert_eq!(
+            (first[0].event.index, first[0].event.text.as_str()),
+            (0, "b")
+        );
+        let last = plugin.step_sequences(&[id]).unwrap();
+        assert_eq!(last[0].finish.into_option(), Some(FinishReason::Stop));
+        let error = plugin.step_sequences(&[id]).unwrap_err();
+        assert!(error.message.contains("has finished"), "{error:?}");
+        plugin.close_sequence(id).unwrap();
+        assert!(plugin.close_sequence(id).is_err());
+    }
+
+    #[test]
+    fn open_checks_the_request_like_generate() {
+        let mut plugin = active_plugin();
+        plugin.deactivate().unwrap();
+        plugin
+            .activate(&ActivateOptions {
+                context_length: 4,
+                ..ActivateOptions::default()
+            })
+            .unwrap();
+        let error = plugin
+            .open_sequence(&generate("abcdef", 10, &[]))
+            .unwrap_err();
+        assert!(error.message.contains("context holds 4"), "{error:?}");
+        let error = plugin.open_sequence(&generate("", 10, &[])).unwrap_err();
+        assert!(error.message.contains("empty"), "{error:?}");
+        assert_eq!(details(&plugin)["open_sequences"], 0);
+    }
+}

@@ -1,96 +1,148 @@
-//! The example's generation "model": the prompt's characters in reverse order, streamed one
-//! token at a time with stop strings and cancellation handled as a real model must.
+//! The example's generation "model": the prompt's characters in reverse order, one token at a
+//! time, with stop strings, limits and cancellation handled as a real model must.
+//!
+//! [`MirrorSequence`] is the state of one sequence. The streaming `generate`/`chat` path runs
+//! one to its end ([`MirrorSequence::stream`]); batched generation advances many by one token
+//! per step ([`OpenSequences`](crate::batch::OpenSequences)). Both call the same
+//! [`next_token`](MirrorSequence::next_token), so their results never differ.
+
+use std::time::Instant;
 
 use pio_plugin_api::{
-    FinishReason, GenerateResponse, GenerationParams, PluginResult, StreamControl, Timings,
-    TokenEvent, TokenStream,
+    FinishReason, GenerateResponse, GenerationParams, PluginError, PluginResult, StreamControl,
+    Timings, TokenEvent, TokenStream,
 };
 
-/// Generates the mirror image of a prompt.
-pub struct MirrorGenerator<'p> {
+/// One sequence of the mirror model.
+#[derive(Debug)]
+pub struct MirrorSequence {
+    /// The whole mirror image of the prompt.
     output: Vec<u32>,
-    params: &'p GenerationParams,
-    /// Tokens the context still has room for.
-    room: u32,
-}
-
-impl<'p> MirrorGenerator<'p> {
-    /// A generator for `prompt` that may add at most `room` tokens to the context.
-    pub fn new(prompt: &[u32], params: &'p GenerationParams, room: u32) -> Self {
-        Self {
-            output: prompt.iter().rev().copied().collect(),
-            params,
-            room,
-        }
-    }
-
-    /// Streams tokens until the mirror ends, a stop string appears, a limit is reached or the
-    /// host asks to stop.
-    pub fn run(self, stream: &mut TokenStream<'_>) -> PluginResult<GenerateResponse> {
-        let started = std::time::Instant::now();
-        let limit = self.params.max_new_tokens.min(self.room) as usize;
-        let stops: Vec<&str> = self.params.stop.iter().map(|s| s.as_str()).collect();
-        let mut text = String::new();
-        // Bytes of `text` already sent to the host.
-        let mut sent = 0;
-        let mut tokens = Vec::new();
-        let mut finish = FinishReason::Stop;
-
-        for (index, &token) in self.output.iter().enumerate() {
-            if index == limit {
-                finish = FinishReason::Length;
-                break;
-            }
-            tokens.push(token);
-            text.push(char::from_u32(token).unwrap_or(char::REPLACEMENT_CHARACTER));
-            if let Some(at) = stops.iter().filter_map(|s| text.find(s)).min() {
-                text.truncate(at);
-                let event = event(index, token, &text[sent.min(at)..]);
-                stream.send(event);
-                return Ok(response(
-                    text,
-                    tokens,
-                    self.output.len(),
-                    FinishReason::Stop,
-                    started,
-                ));
-            }
-            let safe = safe_prefix_len(&text, &stops);
-            let control = stream.send(event(index, token, &text[sent..safe]));
-            sent = safe;
-            if control == StreamControl::Stop {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-        }
-        Ok(response(text, tokens, self.output.len(), finish, started))
-    }
-}
-
-fn event(index: usize, token: u32, text: &str) -> TokenEvent {
-    TokenEvent {
-        index: index as u32,
-        token,
-        text: text.into(),
-    }
-}
-
-fn response(
+    /// Tokens it may generate (`max_new_tokens`, bounded by the room left in the context).
+    limit: usize,
+    stops: Vec<String>,
+    /// The text generated so far, stop strings cut off.
     text: String,
+    /// Bytes of `text` already emitted.
+    sent: usize,
     tokens: Vec<u32>,
-    prompt_tokens: usize,
-    finish_reason: FinishReason,
-    started: std::time::Instant,
-) -> GenerateResponse {
-    GenerateResponse {
-        text: text.into(),
-        tokens: tokens.into(),
-        prompt_tokens: prompt_tokens as u32,
-        finish_reason,
-        timings: Timings {
-            prompt_ms: 0.0,
-            generation_ms: started.elapsed().as_secs_f64() * 1e3,
-        },
+    /// Set once the sequence has ended.
+    finish: Option<FinishReason>,
+    started: Instant,
+}
+
+/// One generated token and, if it ended the sequence, why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The token and the text it completes.
+    pub event: TokenEvent,
+    /// Set on the last token.
+    pub finish: Option<FinishReason>,
+}
+
+impl MirrorSequence {
+    /// A sequence for `prompt` that may add at most `room` tokens to the context. Refused
+    /// when it could not generate a single token (empty prompt, `max_new_tokens` 0): a batched
+    /// sequence must produce a token at every step, and both paths refuse alike.
+    pub fn new(prompt: &[u32], params: &GenerationParams, room: u32) -> PluginResult<Self> {
+        if prompt.is_empty() {
+            return Err(PluginError::invalid_input(
+                "the prompt is empty: the mirror has nothing to generate",
+            ));
+        }
+        let limit = params.max_new_tokens.min(room) as usize;
+        if limit == 0 {
+            return Err(PluginError::invalid_input(
+                "max_new_tokens is 0: nothing to generate",
+            ));
+        }
+        Ok(Self {
+            output: prompt.iter().rev().copied().collect(),
+            limit,
+            stops: params.stop.iter().map(|s| s.to_string()).collect(),
+            text: String::new(),
+            sent: 0,
+            tokens: Vec::new(),
+            finish: None,
+            started: Instant::now(),
+        })
+    }
+
+    /// Tokens of the prompt.
+    pub fn prompt_tokens(&self) -> u32 {
+        self.output.len() as u32
+    }
+
+    /// Tokens generated so far.
+    pub fn generated_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Why the sequence ended, once it has.
+    pub fn finish(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Generates the next token; `None` once the sequence has ended. The text of the last
+    /// token releases everything held back.
+    pub fn next_token(&mut self) -> Option<Decoded> {
+        if self.finish.is_some() {
+            return None;
+        }
+        let index = self.tokens.len();
+        let token = self.output[index];
+        self.tokens.push(token);
+        self.text
+            .push(char::from_u32(token).unwrap_or(char::REPLACEMENT_CHARACTER));
+        let stops: Vec<&str> = self.stops.iter().map(String::as_str).collect();
+        let stop_at = stops.iter().filter_map(|s| self.text.find(s)).min();
+        let finish = if let Some(at) = stop_at {
+            self.text.truncate(at);
+            Some(FinishReason::Stop)
+        } else if index + 1 == self.output.len() {
+            Some(FinishReason::Stop)
+        } else if index + 1 == self.limit {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        // A stop string's text is never emitted; a possible start of one is held back until
+        // it is known not to be one, or the sequence ends.
+        let end = match finish {
+            Some(_) => self.text.len(),
+            None => safe_prefix_len(&self.text, &stops),
+        };
+        let start = self.sent.min(end);
+        self.sent = end;
+        self.finish = finish;
+        Some(Decoded {
+            event: TokenEvent {
+                index: index as u32,
+                token,
+                text: self.text[start..end].into(),
+            },
+            finish,
+        })
+    }
+
+    /// Streams tokens until the sequence ends or the host asks to stop.
+    pub fn stream(mut self, stream: &mut TokenStream<'_>) -> GenerateResponse {
+        while let Some(decoded) = self.next_token() {
+            let control = stream.send(decoded.event);
+            if decoded.finish.is_none() && control == StreamControl::Stop {
+                self.finish = Some(FinishReason::Cancelled);
+            }
+        }
+        GenerateResponse {
+            prompt_tokens: self.prompt_tokens(),
+            finish_reason: self.finish.unwrap_or(FinishReason::Cancelled),
+            timings: Timings {
+                prompt_ms: 0.0,
+                generation_ms: self.started.elapsed().as_secs_f64() * 1e3,
+            },
+            text: self.text.into(),
+            tokens: self.tokens.into(),
+        }
     }
 }
 
@@ -131,9 +183,9 @@ mod tests {
                 StreamControl::Continue
             }
         });
-        let response = MirrorGenerator::new(&tokens, &params, 1000)
-            .run(&mut TokenStream::new(sink.as_sink()))
-            .unwrap();
+        let response = MirrorSequence::new(&tokens, &params, 1000)
+            .unwrap()
+            .stream(&mut TokenStream::new(sink.as_sink()));
         (response, streamed)
     }
 
@@ -177,5 +229,21 @@ mod tests {
         assert_eq!(response.tokens.len(), 3);
         assert_eq!(streamed, "fed");
         assert_eq!(response.finish_reason, FinishReason::Cancelled);
+    }
+
+    #[test]
+    fn the_last_token_releases_held_back_text() {
+        let mut params = GenerationParams::greedy(100);
+        params.stop = vec!["aX".into()].into();
+        let (response, streamed) = run("ab", params, None);
+        assert_eq!((response.text.as_str(), streamed.as_str()), ("ba", "ba"));
+    }
+
+    #[test]
+    fn refuses_what_cannot_produce_a_token() {
+        let error = MirrorSequence::new(&[], &GenerationParams::greedy(5), 10).unwrap_err();
+        assert!(error.message.contains("prompt is empty"), "{error:?}");
+        let error = MirrorSequence::new(&[97], &GenerationParams::greedy(0), 10).unwrap_err();
+        assert!(error.message.contains("max_new_tokens"), "{error:?}");
     }
 }
