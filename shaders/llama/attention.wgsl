@@ -1,9 +1,11 @@
 // Causal grouped-query attention over a KV cache. For token t < params.count at position
-// p = positions[t] and query head h (kv head h / (N_HEADS / N_KV_HEADS)):
-//   out[t][h] = sum_{j <= p} softmax_j(q[t][h] . K[j][kv] * SCALE) V[j][kv]
+// p = positions[t], whose own K/V row is r = cache_rows[t] (its sequence's rows are r - p ..= r:
+// one cache can hold several sequences side by side), and query head h (kv head
+// h / (N_HEADS / N_KV_HEADS)):
+//   out[t][h] = sum_{j <= p} softmax_j(q[t][h] . K[r - p + j][kv] * SCALE) V[r - p + j][kv]
 // One invocation per (head, token), barrier-free, with an online softmax (running maximum
 // subtracted before exp, earlier terms rescaled when it grows), so every K and V row is read once.
-// q rows are read through stride/offset (multiples of 4); caches are [MAX_POSITIONS][KV_DIM];
+// q rows are read through stride/offset (multiples of 4); caches are [rows][KV_DIM];
 // out is [T][N_HEADS * HEAD_DIM]. HEAD_DIM is a multiple of 4, at most 4 * MAX_HEAD_VEC4.
 
 const MAX_HEAD_VEC4: u32 = 64u;
@@ -13,7 +15,6 @@ override N_HEADS: u32;
 override N_KV_HEADS: u32;
 override Q_STRIDE: u32;
 override Q_OFFSET: u32;
-override MAX_POSITIONS: u32;
 override SCALE: f32;
 override WORKGROUP_SIZE: u32;
 
@@ -23,10 +24,11 @@ struct Params {
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> positions: array<u32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
-@group(0) @binding(5) var<uniform> params: Params;
+@group(0) @binding(2) var<storage, read> cache_rows: array<u32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(6) var<uniform> params: Params;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -48,8 +50,10 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     var acc: array<vec4<f32>, MAX_HEAD_VEC4>;
     var running_max = -3.0e38;
     var total = 0.0;
-    let last = min(positions[t], MAX_POSITIONS - 1u);
-    for (var j = 0u; j <= last; j++) {
+    // Rows past the cache are clamped to it (the model never asks for them).
+    let last = min(cache_rows[t], arrayLength(&k_cache) / kv_row - 1u);
+    let first = last - min(positions[t], last);
+    for (var j = first; j <= last; j++) {
         let base = j * kv_row + kv_head * d4;
         var score = 0.0;
         for (var i = 0u; i < d4; i++) {

@@ -1,8 +1,10 @@
-// The attention block's input half: for token t < params.count at position p = positions[t],
+// The attention block's input half: for token t < params.count at position p = positions[t]
+// with cache row r = cache_rows[t] (r = p for a cache holding one sequence),
 //   [q; k; v] = Wqkv rmsnorm(x[t])          (one matrix: Q_ROWS + 2 * KV_ROWS rows)
 //   q, k rotated by RoPE (GGML "normal" mode: adjacent pairs (2i, 2i+1) within each head by
 //        theta_i = p * base^(-2i/HEAD_DIM), cos/sin from the host-computed table)
-//   q_out[t] = q;  k_cache[p] = k;  v_cache[p] = v
+//   q_out[t] = q;  k_cache[r] = k;  v_cache[r] = v
+// A token whose position is past the RoPE table or whose row is past the cache writes nothing.
 // One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens, see row_group.wgsl.
 // Q_ROWS, KV_ROWS and HEAD_DIM are multiples of 8, so a row group lies within one of q, k, v and
 // within one head, and holds four whole RoPE pairs.
@@ -10,7 +12,6 @@
 override Q_ROWS: u32;
 override KV_ROWS: u32;
 override HEAD_DIM: u32;
-override MAX_POSITIONS: u32;
 override WORKGROUP_SIZE: u32;
 
 struct Params {
@@ -19,12 +20,13 @@ struct Params {
 }
 
 @group(0) @binding(3) var<storage, read> positions: array<u32>;
-// [MAX_POSITIONS][HEAD_DIM / 2] of (cos, sin).
-@group(0) @binding(4) var<storage, read> rope_table: array<vec2<f32>>;
-@group(0) @binding(5) var<storage, read_write> q_out: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> k_cache: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> v_cache: array<vec4<f32>>;
-@group(0) @binding(8) var<uniform> params: Params;
+@group(0) @binding(4) var<storage, read> cache_rows: array<u32>;
+// [positions][HEAD_DIM / 2] of (cos, sin).
+@group(0) @binding(5) var<storage, read> rope_table: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> q_out: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> k_cache: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> v_cache: array<vec4<f32>>;
+@group(0) @binding(9) var<uniform> params: Params;
 
 // Rotates the pairs (v.x, v.y) and (v.z, v.w) by the angles of pairs i and i + 1.
 fn rotate(v: vec4<f32>, pos: u32, i: u32) -> vec4<f32> {
@@ -52,7 +54,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
             break;
         }
         let pos = positions[params.first + tok];
-        if pos >= MAX_POSITIONS {
+        let row = cache_rows[params.first + tok];
+        if pos >= arrayLength(&rope_table) / (HEAD_DIM / 2u) || row >= arrayLength(&k_cache) / (KV_ROWS / 4u) {
             continue;
         }
         if row0 < Q_ROWS {
@@ -63,11 +66,11 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         } else if row0 < Q_ROWS + KV_ROWS {
             let r = row0 - Q_ROWS;
             let pair = (r % HEAD_DIM) / 2u;
-            let at = (pos * KV_ROWS + r) / 4u;
+            let at = (row * KV_ROWS + r) / 4u;
             k_cache[at] = rotate(tile.lo[t], pos, pair);
             k_cache[at + 1u] = rotate(tile.hi[t], pos, pair + 2u);
         } else {
-            let at = (pos * KV_ROWS + row0 - Q_ROWS - KV_ROWS) / 4u;
+            let at = (row * KV_ROWS + row0 - Q_ROWS - KV_ROWS) / 4u;
             v_cache[at] = tile.lo[t];
             v_cache[at + 1u] = tile.hi[t];
         }

@@ -97,12 +97,11 @@ fn attention(gpu: &Gpu, position: u32) {
         n_kv_heads,
         head_dim,
         q: RowLayout::contiguous(n_heads * head_dim),
-        max_positions,
     };
     let kernel = Attention::new(gpu, config).expect("pipeline");
     let layer = cache.layer(0).expect("layer");
     let dispatch = kernel
-        .bind(gpu, &q, &positions, layer, &out, 1)
+        .bind(gpu, &q, &positions, &positions, layer, &out, 1)
         .expect("bind");
     let (wall, cpu) = time(gpu, &dispatch);
     println!(

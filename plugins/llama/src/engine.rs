@@ -2,12 +2,14 @@
 //! entry points that take text or token ids to generated text.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pio_gguf::{GgufFile, TensorType};
 use pio_gpu::{DeviceOptions, Gpu};
 use pio_plugin_api::{StreamControl, TokenEvent};
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 
+use crate::batch::{Batch, BatchSettings, Stepped};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig, Generation};
 use crate::gpu_model::{GpuModel, DEFAULT_MAX_BATCH};
@@ -101,7 +103,8 @@ fn host_bytes(tokenizer: &TextTokenizer, hp: &HParams, max_batch: usize) -> u64 
 /// A model on the GPU with its tokenizer and (optional) chat template.
 pub struct Engine {
     model: GpuModel,
-    tokenizer: TextTokenizer,
+    tokenizer: Arc<TextTokenizer>,
+    batch: Batch,
     template: Option<ChatTemplate>,
     summary: ModelSummary,
     host_bytes: u64,
@@ -111,11 +114,13 @@ impl Engine {
     /// Loads `path` onto the device chosen by `device`, with a KV cache of `context_length`
     /// positions (0: the model's trained context length). Fails before allocating anything if
     /// `memory_budget` (bytes, 0 = unlimited) is below [`ModelSummary::required_device_bytes`].
+    /// Batched sequences get `batch` (their context capped at the model's).
     pub fn load(
         path: &Path,
         device: &DeviceOptions,
         context_length: usize,
         memory_budget: u64,
+        batch: BatchSettings,
     ) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let summary = ModelSummary::read(&file)?;
@@ -145,9 +150,14 @@ impl Engine {
         };
         let model = GpuModel::new(Gpu::new(device)?, &file, context, max_batch)?;
         let host_bytes = host_bytes(&tokenizer, &summary.hparams, max_batch);
+        let batch = Batch::new(BatchSettings {
+            slot_context: batch.slot_context.min(context),
+            ..batch
+        });
         Ok(Engine {
             model,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
+            batch,
             template,
             summary,
             host_bytes,
@@ -207,6 +217,35 @@ impl Engine {
         perplexity(&mut self.model, &tokens, window, bos)
     }
 
+    /// `config` with the model's end-of-generation ids added.
+    fn with_eog(&self, config: &GenerateConfig) -> GenerateConfig {
+        let mut config = config.clone();
+        config.eog_ids.extend_from_slice(self.tokenizer.eos_ids());
+        config
+    }
+
+    /// Opens a batched sequence generating from `prompt` (see [`Batch::open`]).
+    pub fn open_sequence(&mut self, prompt: &[u32], config: &GenerateConfig) -> Result<u64> {
+        let config = self.with_eog(config);
+        self.batch
+            .open(&mut self.model, &self.tokenizer, prompt, &config)
+    }
+
+    /// One token for each of the batched sequences `ids`, decoded together.
+    pub fn step_sequences(&mut self, ids: &[u64]) -> Result<Vec<Stepped>> {
+        self.batch.step(&mut self.model, ids)
+    }
+
+    /// Closes batched sequence `id`.
+    pub fn close_sequence(&mut self, id: u64) -> Result<()> {
+        self.batch.close(id)
+    }
+
+    /// The batch: its settings and open sequences.
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
     /// Generates from `prompt` token ids (see [`generate`]); the model's end-of-generation ids
     /// are added to `config.eog_ids`, and special tokens produce no text.
     pub fn generate(
@@ -215,8 +254,7 @@ impl Engine {
         config: &GenerateConfig,
         on_token: &mut dyn FnMut(&TokenEvent) -> StreamControl,
     ) -> Result<Generation> {
-        let mut config = config.clone();
-        config.eog_ids.extend_from_slice(self.tokenizer.eos_ids());
+        let config = self.with_eog(config);
         let mut decoder = self.tokenizer.stream_decoder(true);
         generate(&mut self.model, &mut decoder, prompt, &config, on_token)
     }
@@ -241,7 +279,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");
         std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
-        let mut engine = Engine::load(&path, &DeviceOptions::default(), 64, 0).unwrap();
+        let mut engine = Engine::load(
+            &path,
+            &DeviceOptions::default(),
+            64,
+            0,
+            BatchSettings::default(),
+        )
+        .unwrap();
         let ids = engine.tokenize("The capital of France", false).unwrap();
         assert!(
             ids.len() < "The capital of France".len(),
@@ -270,17 +315,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");
         std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
-        let err = Engine::load(&path, &DeviceOptions::default(), 64, 1000)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = Engine::load(
+            &path,
+            &DeviceOptions::default(),
+            64,
+            1000,
+            BatchSettings::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("budget"), "{err}");
     }
 
     #[test]
     fn smollm2_answers_capital_of_france_greedily() {
         let Some(path) = smollm2() else { return };
-        let mut engine = Engine::load(&path, &DeviceOptions::default(), 512, 0).unwrap();
+        let mut engine = Engine::load(
+            &path,
+            &DeviceOptions::default(),
+            512,
+            0,
+            BatchSettings::default(),
+        )
+        .unwrap();
         let prompt = engine
             .chat_prompt(&[ChatMessage::user("What is the capital of France?")])
             .unwrap();

@@ -7,7 +7,10 @@
 
 use std::time::Instant;
 
+use std::borrow::Borrow;
+
 use pio_plugin_api::{FinishReason, StreamControl, Timings, TokenEvent};
+use pio_text::{StreamDecoder, TextTokenizer};
 
 use crate::error::{Error, Result};
 use crate::sampler::{Sampler, SamplingParams};
@@ -56,13 +59,87 @@ pub trait Detokenizer {
     fn finish(&mut self) -> String;
 }
 
-impl Detokenizer for pio_text::StreamDecoder<'_> {
+impl<T: Borrow<TextTokenizer>> Detokenizer for StreamDecoder<T> {
     fn push(&mut self, token: u32) -> Result<String> {
-        Ok(pio_text::StreamDecoder::push(self, token)?.unwrap_or_default())
+        Ok(StreamDecoder::push(self, token)?.unwrap_or_default())
     }
 
     fn finish(&mut self) -> String {
-        pio_text::StreamDecoder::finish(self).unwrap_or_default()
+        StreamDecoder::finish(self).unwrap_or_default()
+    }
+}
+
+impl<D: Detokenizer + ?Sized> Detokenizer for &mut D {
+    fn push(&mut self, token: u32) -> Result<String> {
+        (**self).push(token)
+    }
+
+    fn finish(&mut self) -> String {
+        (**self).finish()
+    }
+}
+
+/// Turns sampled tokens into stream events: detokenizes them, holds back text that could begin
+/// a stop string, and decides when generation ends (an end-of-generation token, a stop string,
+/// or the token limit). Shared by [`generate`] and batched sequences.
+pub struct Emitter<D: Detokenizer> {
+    detok: D,
+    stops: StopMatcher,
+    eog_ids: Vec<u32>,
+    max_new: usize,
+    emitted: usize,
+}
+
+impl<D: Detokenizer> Emitter<D> {
+    /// An emitter for at most `max_new` tokens (at least 1).
+    pub fn new(detok: D, stop_strings: &[String], eog_ids: Vec<u32>, max_new: usize) -> Self {
+        Emitter {
+            detok,
+            stops: StopMatcher::new(stop_strings),
+            eog_ids,
+            max_new,
+            emitted: 0,
+        }
+    }
+
+    /// The event for the next sampled `token` and, when it ends the generation, why:
+    /// [`FinishReason::Stop`] for an end-of-generation token or a completed stop string (neither
+    /// is emitted), [`FinishReason::Length`] for the last allowed token (its event carries the
+    /// text still held back).
+    pub fn accept(&mut self, token: u32) -> Result<(TokenEvent, Option<FinishReason>)> {
+        let index = self.emitted;
+        self.emitted += 1;
+        let is_eog = self.eog_ids.contains(&token);
+        let is_last = self.emitted >= self.max_new;
+
+        let mut text = String::new();
+        let mut matched = false;
+        if !is_eog {
+            let step = self.stops.push(&self.detok.push(token)?);
+            text = step.emit;
+            matched = step.stopped;
+        }
+        if !matched && (is_eog || is_last) {
+            let step = self.stops.push(&self.detok.finish());
+            text.push_str(&step.emit);
+            matched = step.stopped;
+            if !matched {
+                text.push_str(&self.stops.flush());
+            }
+        }
+        let finish = if is_eog || matched {
+            Some(FinishReason::Stop)
+        } else if is_last {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        let event = TokenEvent {
+            index: index as u32,
+            token,
+            text: text.as_str().into(),
+        };
+        Ok((event, finish))
     }
 }
 
@@ -160,41 +237,18 @@ pub fn generate<F: Forward + ?Sized>(
         return Ok(out);
     }
 
-    let mut stops = StopMatcher::new(&config.stop_strings);
+    let mut emitter = Emitter::new(detok, &config.stop_strings, config.eog_ids.clone(), max_new);
     let mut history = prompt.to_vec();
     let mut token = model.next_token(prompt, 0, &mut sampler, &history)?;
     let mut first_token_at = None;
-    for index in 0..max_new {
+    loop {
         first_token_at.get_or_insert_with(Instant::now);
         history.push(token);
         out.tokens.push(token);
-        let is_eog = config.eog_ids.contains(&token);
-        let is_last = index + 1 == max_new;
-
-        let mut text = String::new();
-        let mut matched = false;
-        if !is_eog {
-            let step = stops.push(&detok.push(token)?);
-            text = step.emit;
-            matched = step.stopped;
-        }
-        if !matched && (is_eog || is_last) {
-            let step = stops.push(&detok.finish());
-            text.push_str(&step.emit);
-            matched = step.stopped;
-            if !matched {
-                text.push_str(&stops.flush());
-            }
-        }
-        let event = TokenEvent {
-            index: index as u32,
-            token,
-            text: text.as_str().into(),
-        };
-        out.text.push_str(&text);
+        let (event, finish) = emitter.accept(token)?;
+        out.text.push_str(&event.text);
         let control = on_token(&event);
-
-        if is_eog || matched {
+        if finish == Some(FinishReason::Stop) {
             out.finish_reason = FinishReason::Stop;
             break;
         }
@@ -202,7 +256,7 @@ pub fn generate<F: Forward + ?Sized>(
             out.finish_reason = FinishReason::Cancelled;
             break;
         }
-        if is_last {
+        if finish == Some(FinishReason::Length) {
             break;
         }
         token = model.next_token(&[token], history.len() - 1, &mut sampler, &history)?;

@@ -128,11 +128,40 @@ struct Head {
 struct Activations {
     tokens: GpuBuffer,
     positions: GpuBuffer,
+    cache_rows: GpuBuffer,
     x: GpuBuffer,
     q: GpuBuffer,
     attn: GpuBuffer,
     ffn: GpuBuffer,
     logits: GpuBuffer,
+}
+
+/// Which KV cache a step uses: the model's own (one sequence, row = position) or the one
+/// batched sequences share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheKind {
+    Main,
+    Batch,
+}
+
+/// The tokens of a step with, for each, its position in its sequence and its cache row.
+#[derive(Debug, Clone, Copy)]
+struct Placement<'a> {
+    tokens: &'a [u32],
+    positions: &'a [u32],
+    rows: &'a [u32],
+}
+
+impl<'a> Placement<'a> {
+    /// Tokens `start..start + len` (clamped to the end).
+    fn chunk(&self, start: usize, len: usize) -> Placement<'a> {
+        let end = (start + len).min(self.tokens.len());
+        Placement {
+            tokens: &self.tokens[start..end],
+            positions: &self.positions[start..end],
+            rows: &self.rows[start..end],
+        }
+    }
 }
 
 /// The dispatches of one forward step.
@@ -155,6 +184,8 @@ pub struct GpuModel {
     head: Head,
     rope_table: RopeTable,
     cache: KvCache,
+    /// The cache batched sequences share, once reserved.
+    batch_cache: Option<KvCache>,
     acts: Activations,
     decode_step: Option<Step>,
     sampler: DeviceSampler,
@@ -168,7 +199,6 @@ pub struct GpuModel {
 struct KernelFactory<'a> {
     gpu: &'a Gpu,
     hp: &'a HParams,
-    context: u32,
 }
 
 impl KernelFactory<'_> {
@@ -193,7 +223,6 @@ impl KernelFactory<'_> {
                     q_rows,
                     kv_rows: hp.kv_dim() as u32,
                     head_dim: hp.head_dim as u32,
-                    max_positions: self.context,
                 },
             )?,
             output: Linear::new(self.gpu, self.shape(&layer.output, false, tile), true)?,
@@ -270,11 +299,7 @@ impl GpuModel {
         let vector = |t: &TensorView| -> Result<GpuBuffer> {
             Ok(gpu.storage_from(&t.info.name, &t.to_f32()?)?)
         };
-        let factory = KernelFactory {
-            gpu: &gpu,
-            hp: &hp,
-            context: ctx,
-        };
+        let factory = KernelFactory { gpu: &gpu, hp: &hp };
         let layers = t
             .layers
             .iter()
@@ -328,7 +353,6 @@ impl GpuModel {
                 n_kv_heads: nkv,
                 head_dim: hd,
                 q: RowLayout::contiguous(q_rows),
-                max_positions: ctx,
             },
         )?;
         let rope_table = RopeTable::new(&gpu, hd, f64::from(hp.rope_base), ctx)?;
@@ -337,6 +361,7 @@ impl GpuModel {
         let acts = Activations {
             tokens: words("token ids", b)?,
             positions: words("positions", b)?,
+            cache_rows: words("cache rows", b)?,
             x: words("x", b * u64::from(e))?,
             q: words("q", b * u64::from(q_rows))?,
             attn: words("attention out", b * u64::from(q_rows))?,
@@ -357,13 +382,14 @@ impl GpuModel {
             head,
             rope_table,
             cache,
+            batch_cache: None,
             acts,
             decode_step: None,
             sample,
             sampler,
             gpu,
         };
-        model.decode_step = Some(model.build_step(1, false)?);
+        model.decode_step = Some(model.build_step(1, false, CacheKind::Main)?);
         // Software drivers compile a pipeline at its first dispatch: run a batched and a
         // single-token step now so the first request does not pay for it. The cache positions
         // written here are overwritten by the first real forward.
@@ -405,14 +431,25 @@ impl GpuModel {
         (self.dispatches_per_token().saturating_sub(3)) / self.layers.len().max(1)
     }
 
-    /// Binds every dispatch of a step over `n` tokens.
-    fn build_step(&self, n: u32, all_logits: bool) -> Result<Step> {
+    /// The cache a step of `kind` uses.
+    fn cache(&self, kind: CacheKind) -> Result<&KvCache> {
+        match kind {
+            CacheKind::Main => Ok(&self.cache),
+            CacheKind::Batch => self.batch_cache.as_ref().ok_or_else(|| {
+                Error::InvalidParams("no cache for batched sequences was reserved".into())
+            }),
+        }
+    }
+
+    /// Binds every dispatch of a step over `n` tokens against the cache of `kind`.
+    fn build_step(&self, n: u32, all_logits: bool, kind: CacheKind) -> Result<Step> {
         let (gpu, a) = (&self.gpu, &self.acts);
+        let kv = self.cache(kind)?;
         let tokens = TokenRange::all(n);
         let mut dispatches = vec![self.embed.bind(gpu, &self.token_embd, &a.tokens, &a.x, n)?];
         for (i, l) in self.layers.iter().enumerate() {
             let k = l.kernels(n);
-            let cache = self.cache.layer(i)?;
+            let cache = kv.layer(i)?;
             dispatches.extend([
                 k.qkv.bind(
                     gpu,
@@ -420,13 +457,14 @@ impl GpuModel {
                     &a.x,
                     Some(&l.attn_norm),
                     &a.positions,
+                    &a.cache_rows,
                     &self.rope_table,
                     &a.q,
                     cache,
                     tokens,
                 )?,
                 self.attention
-                    .bind(gpu, &a.q, &a.positions, cache, &a.attn, n)?,
+                    .bind(gpu, &a.q, &a.positions, &a.cache_rows, cache, &a.attn, n)?,
                 k.output.bind(gpu, &l.output, &a.attn, None, &a.x, tokens)?,
                 k.gate_up
                     .bind(gpu, &l.gate_up, &a.x, Some(&l.ffn_norm), &a.ffn, tokens)?,
@@ -455,20 +493,18 @@ impl GpuModel {
         })
     }
 
-    /// Queues the tokens and positions of `step` and records its dispatches, followed by the
-    /// sampling kernel when `sample` is set, into a new encoder.
+    /// Queues the tokens, positions and cache rows of `step` and records its dispatches,
+    /// followed by the sampling kernel when `sample` is set, into a new encoder.
     fn encode_step(
         &self,
         step: &Step,
-        tokens: &[u32],
-        start_pos: usize,
+        at: Placement<'_>,
         sample: bool,
     ) -> Result<pio_gpu::wgpu::CommandEncoder> {
-        let n = step.n_tokens as usize;
-        debug_assert_eq!(tokens.len(), n);
-        let positions: Vec<u32> = (start_pos..start_pos + n).map(|p| p as u32).collect();
-        self.gpu.write(&self.acts.tokens, 0, tokens)?;
-        self.gpu.write(&self.acts.positions, 0, &positions)?;
+        debug_assert_eq!(at.tokens.len(), step.n_tokens as usize);
+        self.gpu.write(&self.acts.tokens, 0, at.tokens)?;
+        self.gpu.write(&self.acts.positions, 0, at.positions)?;
+        self.gpu.write(&self.acts.cache_rows, 0, at.rows)?;
         let mut encoder = self
             .gpu
             .device()
@@ -486,9 +522,9 @@ impl GpuModel {
     }
 
     /// Runs one step of at most `max_batch` tokens and reads its logits back.
-    fn run_step(&self, step: &Step, tokens: &[u32], start_pos: usize) -> Result<Vec<f32>> {
-        let encoder = self.encode_step(step, tokens, start_pos, false)?;
-        let rows = if step.all_logits { tokens.len() } else { 1 };
+    fn run_step(&self, step: &Step, at: Placement<'_>) -> Result<Vec<f32>> {
+        let encoder = self.encode_step(step, at, false)?;
+        let rows = if step.all_logits { at.tokens.len() } else { 1 };
         let vocab = self.hp.vocab_size as u64;
         let logits =
             self.gpu
@@ -497,7 +533,7 @@ impl GpuModel {
             return Err(Error::Numerics(format!(
                 "GPU logit {} of position {} is {}",
                 i as u64 % vocab,
-                start_pos + i / vocab as usize,
+                at.positions[i / vocab as usize],
                 logits[i]
             )));
         }
@@ -506,29 +542,34 @@ impl GpuModel {
 
     /// Runs one step and samples the token after its last one on the device: one submission,
     /// one 4-byte read-back.
-    fn run_step_sampled(&self, step: &Step, tokens: &[u32], start_pos: usize) -> Result<u32> {
-        let encoder = self.encode_step(step, tokens, start_pos, true)?;
+    fn run_step_sampled(&self, step: &Step, at: Placement<'_>) -> Result<u32> {
+        let encoder = self.encode_step(step, at, true)?;
         let raw = self
             .gpu
             .submit_and_read::<u32>(encoder, self.sampler.result(), 0, 1)?;
         self.sampler.token(raw[0]).ok_or_else(|| {
             Error::Numerics(format!(
                 "a GPU logit after position {} is NaN or infinite",
-                start_pos + tokens.len() - 1
+                at.positions[at.positions.len() - 1]
             ))
         })
     }
 
     /// Checks that `tokens` at `start_pos..` fit the cache and the vocabulary.
     fn check_tokens(&self, tokens: &[u32], start_pos: usize) -> Result<()> {
-        if tokens.is_empty() {
-            return Err(Error::InvalidParams("forward of no tokens".into()));
-        }
         if start_pos + tokens.len() > self.context {
             return Err(Error::PromptTooLong {
                 prompt: start_pos + tokens.len(),
                 context: self.context,
             });
+        }
+        self.check_vocabulary(tokens)
+    }
+
+    /// Checks that `tokens` is not empty and every id is in the vocabulary.
+    fn check_vocabulary(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidParams("forward of no tokens".into()));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.hp.vocab_size) {
             return Err(Error::InvalidParams(format!(
@@ -539,18 +580,91 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Runs `f` on the step for a chunk of `n` tokens: the prebuilt decode step for one token,
-    /// else one built for the chunk.
+    /// Runs `f` on the step for a chunk of `n` tokens against the cache of `kind`: the prebuilt
+    /// decode step for one token of the main cache, else one built for the chunk.
     fn with_step<T>(
         &self,
         n: usize,
         all_logits: bool,
+        kind: CacheKind,
         f: impl FnOnce(&Step) -> Result<T>,
     ) -> Result<T> {
-        match (&self.decode_step, n) {
-            (Some(step), 1) => f(step),
-            _ => f(&self.build_step(n as u32, all_logits)?),
+        match (&self.decode_step, n, kind) {
+            (Some(step), 1, CacheKind::Main) => f(step),
+            _ => f(&self.build_step(n as u32, all_logits, kind)?),
         }
+    }
+
+    /// Runs `at` in chunks of at most `max_batch` tokens; returns the logits of every token
+    /// with `all_logits`, else of the last one.
+    fn run_chunks(&self, at: Placement<'_>, all_logits: bool, kind: CacheKind) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        let n_chunks = at.tokens.len().div_ceil(self.max_batch);
+        for i in 0..n_chunks {
+            let chunk = at.chunk(i * self.max_batch, self.max_batch);
+            let logits = self.with_step(chunk.tokens.len(), all_logits, kind, |step| {
+                self.run_step(step, chunk)
+            })?;
+            if all_logits || i + 1 == n_chunks {
+                out.extend_from_slice(&logits);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Allocates, once, the cache that batched sequences share: `rows` rows, each sequence in
+    /// its own contiguous range (see [`GpuModel::forward_batch`]).
+    pub fn reserve_batch_cache(&mut self, rows: usize) -> Result<()> {
+        if self.batch_cache.is_none() {
+            let hp = &self.hp;
+            let rows = u32::try_from(rows)
+                .map_err(|_| Error::InvalidParams(format!("{rows} cache rows")))?;
+            self.batch_cache = Some(KvCache::new(
+                &self.gpu,
+                hp.n_layer as u32,
+                rows,
+                hp.n_head_kv as u32,
+                hp.head_dim as u32,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` of possibly different sequences at their `positions`, writing their keys
+    /// and values to `rows` of the batch cache (each token attends to the `positions[t] + 1`
+    /// rows ending at `rows[t]`); returns the logits of every token with `all_logits`, else of
+    /// the last one.
+    pub fn forward_batch(
+        &mut self,
+        tokens: &[u32],
+        positions: &[u32],
+        rows: &[u32],
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
+        let cache_rows = self.cache(CacheKind::Batch)?.max_positions();
+        if positions.len() != tokens.len() || rows.len() != tokens.len() {
+            return Err(Error::InvalidParams(
+                "a batch needs one position and one cache row per token".into(),
+            ));
+        }
+        if let Some(bad) = positions.iter().find(|&&p| p as usize >= self.context) {
+            return Err(Error::PromptTooLong {
+                prompt: *bad as usize + 1,
+                context: self.context,
+            });
+        }
+        if let Some(bad) = rows.iter().find(|&&r| r >= cache_rows) {
+            return Err(Error::InvalidParams(format!(
+                "cache row {bad} is outside the batch cache of {cache_rows} rows"
+            )));
+        }
+        self.check_vocabulary(tokens)?;
+        let at = Placement {
+            tokens,
+            positions,
+            rows,
+        };
+        self.run_chunks(at, all_logits, CacheKind::Batch)
     }
 }
 
@@ -565,19 +679,13 @@ impl Forward for GpuModel {
 
     fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>> {
         self.check_tokens(tokens, start_pos)?;
-        let mut out = Vec::new();
-        let chunks = tokens.chunks(self.max_batch);
-        let n_chunks = chunks.len();
-        for (i, chunk) in chunks.enumerate() {
-            let pos = start_pos + i * self.max_batch;
-            let logits = self.with_step(chunk.len(), all_logits, |step| {
-                self.run_step(step, chunk, pos)
-            })?;
-            if all_logits || i + 1 == n_chunks {
-                out.extend_from_slice(&logits);
-            }
-        }
-        Ok(out)
+        let sequential = sequential(start_pos, tokens.len());
+        let at = Placement {
+            tokens,
+            positions: &sequential,
+            rows: &sequential,
+        };
+        self.run_chunks(at, all_logits, CacheKind::Main)
     }
 
     /// Samples on the device: every chunk but the last runs as in [`Forward::forward`], the last
@@ -597,10 +705,21 @@ impl Forward for GpuModel {
         let (settings, penalized) = sampler.device_settings(history);
         self.sampler.set(&self.gpu, &settings, &penalized)?;
         let last = &tokens[last_start..];
-        self.with_step(last.len(), false, |step| {
-            self.run_step_sampled(step, last, start_pos + last_start)
+        let sequential = sequential(start_pos + last_start, last.len());
+        let at = Placement {
+            tokens: last,
+            positions: &sequential,
+            rows: &sequential,
+        };
+        self.with_step(last.len(), false, CacheKind::Main, |step| {
+            self.run_step_sampled(step, at)
         })
     }
+}
+
+/// `start..start + n` as u32 positions (or cache rows).
+fn sequential(start: usize, n: usize) -> Vec<u32> {
+    (start..start + n).map(|p| p as u32).collect()
 }
 
 #[cfg(test)]

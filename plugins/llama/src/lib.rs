@@ -4,12 +4,14 @@
 //! - [`hparams`]: hyperparameters from GGUF metadata; [`weights`]: tensor-name mapping and checks;
 //! - [`gpu_model`]: the forward pass on the GPU (pio-gpu kernels) with its KV cache;
 //! - [`sampler`]: greedy and seeded sampling; [`stop`]: stop-string matching;
-//! - [`generate`]: the generation loop over any [`generate::Forward`];
+//! - [`generate`]: the generation loop over any [`generate::Forward`]; [`batch`]: sequences
+//!   decoded together (continuous batching);
 //! - [`perplexity`]: perplexity over a token sequence; [`bench`]: the plugin's benchmark;
 //! - [`engine`]: model + tokenizer + chat template; [`plugin`]: the Inference-PIO plugin.
 //!
 //! Tests compare the GPU model with a plain f32 CPU reference (`reference.rs`, test-only).
 
+pub mod batch;
 pub mod bench;
 pub mod engine;
 pub mod error;

@@ -2,7 +2,8 @@
 //! types and the [`Engine`].
 //!
 //! Configuration (the `initialize` JSON): `{"model": "/path/to/model.gguf"}`; the host supplies
-//! its cached default model's path. `initialize` reads the file's metadata and tensor table (no
+//! its cached default model's path. Optional `"batch_slots"` (default 8) and `"batch_context"`
+//! (default 1024) size batched generation: sequences open at once and positions each may hold. `initialize` reads the file's metadata and tensor table (no
 //! weights are loaded); `activate` creates the GPU device and uploads the weights; `deactivate`
 //! drops both.
 
@@ -14,9 +15,10 @@ use pio_gpu::DeviceOptions;
 use pio_plugin_api::{
     semver::Version, ActivateOptions, Capability, ChatRequest, GenerateRequest, GenerateResponse,
     GenerationParams, Health, HealthStatus, ModelInfo, Plugin, PluginError, PluginMetadata,
-    PluginResult, PluginStats, Prompt, TokenStream,
+    PluginResult, PluginStats, Prompt, SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
 };
 
+use crate::batch::BatchSettings;
 use crate::bench::{bench_run, BenchConfig};
 use crate::engine::{Engine, ModelSummary};
 use crate::error::Error;
@@ -56,10 +58,29 @@ struct Active {
 pub struct LlamaPlugin {
     /// The model file and what it holds, after `initialize`.
     model: Option<ModelSummary>,
+    /// Batched generation's sizes, from the configuration.
+    batch: BatchSettings,
     active: Option<Active>,
 }
 
 impl LlamaPlugin {
+    /// The token ids of a prompt (text is tokenized with BOS when the model adds one).
+    fn prompt_tokens(&mut self, prompt: &Prompt) -> PluginResult<Vec<u32>> {
+        Ok(match prompt {
+            Prompt::Text(text) => self.active()?.engine.tokenize(text, true)?,
+            Prompt::Tokens(tokens) => tokens.to_vec(),
+        })
+    }
+
+    /// The token ids of a conversation rendered with the chat template.
+    fn chat_tokens(&mut self, messages: &[pio_plugin_api::ChatMessage]) -> PluginResult<Vec<u32>> {
+        let messages: Vec<pio_text::ChatMessage> = messages
+            .iter()
+            .map(|m| pio_text::ChatMessage::new(m.role.as_str(), m.content.as_str()))
+            .collect();
+        Ok(self.active()?.engine.chat_prompt(&messages)?)
+    }
+
     fn active(&mut self) -> PluginResult<&mut Active> {
         self.active
             .as_mut()
@@ -153,7 +174,11 @@ impl Plugin for LlamaPlugin {
             author: "Inference-PIO developers".to_owned(),
             description: "Llama-architecture GGUF text generation on the GPU (wgpu)".to_owned(),
             license: "MIT OR Apache-2.0".to_owned(),
-            capabilities: vec![Capability::TextGeneration, Capability::Chat],
+            capabilities: vec![
+                Capability::TextGeneration,
+                Capability::Chat,
+                Capability::BatchedGeneration,
+            ],
             // The model is only known after `initialize`; `stats` reports it in `details_json`.
             model: ModelInfo {
                 architecture: Some("llama".to_owned()),
@@ -177,8 +202,28 @@ impl Plugin for LlamaPlugin {
                     "configuration needs \"model\": the path of a Llama GGUF file",
                 )
             })?;
+        let defaults = BatchSettings::default();
+        let count = |field: &str, default: usize| -> PluginResult<usize> {
+            match config.get(field) {
+                None => Ok(default),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| n as usize)
+                    .ok_or_else(|| {
+                        PluginError::invalid_input(format!(
+                            "configuration field \"{field}\" must be a positive integer, got {v}"
+                        ))
+                    }),
+            }
+        };
+        let batch = BatchSettings {
+            slots: count("batch_slots", defaults.slots)?,
+            slot_context: count("batch_context", defaults.slot_context)?,
+        };
         let file = GgufFile::open(&path).map_err(Error::from)?;
         self.model = Some(ModelSummary::read(&file)?);
+        self.batch = batch;
         Ok(())
     }
 
@@ -198,6 +243,7 @@ impl Plugin for LlamaPlugin {
             &device,
             options.context_length as usize,
             options.memory_budget_bytes,
+            self.batch,
         )?;
         self.active = Some(Active {
             engine,
@@ -272,10 +318,7 @@ impl Plugin for LlamaPlugin {
         request: &GenerateRequest,
         stream: &mut TokenStream<'_>,
     ) -> PluginResult<GenerateResponse> {
-        let prompt = match &request.prompt {
-            Prompt::Text(text) => self.active()?.engine.tokenize(text, true)?,
-            Prompt::Tokens(tokens) => tokens.to_vec(),
-        };
+        let prompt = self.prompt_tokens(&request.prompt)?;
         self.run(prompt, &request.params, stream)
     }
 
@@ -284,13 +327,43 @@ impl Plugin for LlamaPlugin {
         request: &ChatRequest,
         stream: &mut TokenStream<'_>,
     ) -> PluginResult<GenerateResponse> {
-        let messages: Vec<pio_text::ChatMessage> = request
-            .messages
-            .iter()
-            .map(|m| pio_text::ChatMessage::new(m.role.as_str(), m.content.as_str()))
-            .collect();
-        let prompt = self.active()?.engine.chat_prompt(&messages)?;
+        let prompt = self.chat_tokens(&request.messages)?;
         self.run(prompt, &request.params, stream)
+    }
+
+    fn open_sequence(&mut self, request: &SequenceRequest) -> PluginResult<SequenceOpened> {
+        let (prompt, params) = match request {
+            SequenceRequest::Generate(r) => (self.prompt_tokens(&r.prompt)?, &r.params),
+            SequenceRequest::Chat(r) => (self.chat_tokens(&r.messages)?, &r.params),
+        };
+        params.validate()?;
+        let config = generate_config(params);
+        let active = self.active()?;
+        let id = active.engine.open_sequence(&prompt, &config)?;
+        active.requests += 1;
+        active.tokens += prompt.len() as u64;
+        Ok(SequenceOpened {
+            id,
+            prompt_tokens: prompt.len() as u32,
+        })
+    }
+
+    fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
+        let active = self.active()?;
+        let stepped = active.engine.step_sequences(ids)?;
+        active.tokens += stepped.len() as u64;
+        Ok(stepped
+            .into_iter()
+            .map(|s| SequenceStep {
+                id: s.id,
+                event: s.event,
+                finish: s.finish.into(),
+            })
+            .collect())
+    }
+
+    fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
+        Ok(self.active()?.engine.close_sequence(id)?)
     }
 
     fn stats(&self) -> PluginStats {
@@ -322,6 +395,10 @@ impl Plugin for LlamaPlugin {
             stats.requests = a.requests;
             stats.tokens = a.tokens;
             details.insert("adapter".into(), gpu.adapter_info().to_string().into());
+            let batch = a.engine.batch();
+            details.insert("batch_slots".into(), batch.settings().slots.into());
+            details.insert("batch_context".into(), batch.settings().slot_context.into());
+            details.insert("open_sequences".into(), batch.open_count().into());
             details.insert("context_length".into(), model.context().into());
             details.insert(
                 "required_memory_bytes".into(),
@@ -534,5 +611,48 @@ mod tests {
         // The stop string ends generation and is not part of the text.
         assert_eq!(r.text.as_str(), "The capital of France is");
         assert_eq!(r.finish_reason, FinishReason::Stop);
+    }
+    #[test]
+    fn batched_generation_through_the_plugin_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tiny_file(&dir, &TinyConfig::default());
+        let mut p = LlamaPlugin::new().unwrap();
+        let bad = p
+            .initialize(serde_json::json!({ "model": path, "batch_slots": 0 }))
+            .unwrap_err();
+        assert_eq!(bad.kind, ErrorKind::InvalidInput);
+        assert!(bad.message.contains("batch_slots"), "{}", bad.message);
+        p.initialize(serde_json::json!({ "model": path, "batch_slots": 2, "batch_context": 32 }))
+            .unwrap();
+        assert!(LlamaPlugin::metadata().has(Capability::BatchedGeneration));
+        p.activate(&ActivateOptions {
+            context_length: 64,
+            ..ActivateOptions::default()
+        })
+        .unwrap();
+        let generate = SequenceRequest::Generate(GenerateRequest {
+            prompt: Prompt::Tokens(vec![3, 4, 5].into()),
+            params: GenerationParams::greedy(3),
+        });
+        let chat = SequenceRequest::Chat(ChatRequest {
+            messages: vec![ChatMessage::new("user", "hi")].into(),
+            params: GenerationParams::greedy(3),
+        });
+        let a = p.open_sequence(&generate).unwrap();
+        let b = p.open_sequence(&chat).unwrap();
+        assert_eq!(a.prompt_tokens, 3);
+        assert!(b.prompt_tokens > 3, "the chat template adds tokens");
+        let details: serde_json::Value = serde_json::from_str(&p.stats().details_json).unwrap();
+        assert_eq!(details["batch_slots"], 2);
+        assert_eq!(details["batch_context"], 32);
+        assert_eq!(details["open_sequences"], 2);
+        let steps = p.step_sequences(&[a.id, b.id]).unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!((steps[0].id, steps[1].id), (a.id, b.id));
+        p.close_sequence(a.id).unwrap();
+        assert_eq!(
+            p.close_sequence(a.id).unwrap_err().kind,
+            ErrorKind::InvalidInput
+        );
     }
 }

@@ -31,7 +31,8 @@ fn ids(value: &Value) -> Vec<u32> {
 
 fn load(context: usize) -> Option<Engine> {
     let path = pio_testkit::cached_model(pio_testkit::SMOLLM2)?;
-    Some(Engine::load(&path, &DeviceOptions::default(), context, 0).expect("SmolLM2 loads"))
+    let batch = pio_plugin_llama::batch::BatchSettings::default();
+    Some(Engine::load(&path, &DeviceOptions::default(), context, 0, batch).expect("SmolLM2 loads"))
 }
 
 /// The ChatML prompt tokenizes to the reference's ids, and the last-position logits agree with

@@ -1,5 +1,7 @@
 //! Incremental detokenization that never splits a UTF-8 character.
 
+use std::borrow::Borrow;
+
 use crate::error::Result;
 use crate::tokenizer::TextTokenizer;
 
@@ -10,16 +12,19 @@ use crate::tokenizer::TextTokenizer;
 /// that can never form valid UTF-8 become U+FFFD, so concatenating every
 /// [`Self::push`] result and [`Self::finish`] equals
 /// [`TextTokenizer::decode`] of the same ids.
+///
+/// `T` is how the decoder holds the tokenizer: `&TextTokenizer` for a decoder living within a
+/// call, `Arc<TextTokenizer>` for one stored beside other state (a sequence of a batch).
 #[derive(Debug)]
-pub struct StreamDecoder<'a> {
-    tokenizer: &'a TextTokenizer,
+pub struct StreamDecoder<T: Borrow<TextTokenizer>> {
+    tokenizer: T,
     skip_special: bool,
     pending: Vec<u8>,
 }
 
-impl<'a> StreamDecoder<'a> {
+impl<T: Borrow<TextTokenizer>> StreamDecoder<T> {
     /// A decoder with nothing pending; `skip_special` drops control tokens.
-    pub fn new(tokenizer: &'a TextTokenizer, skip_special: bool) -> Self {
+    pub fn new(tokenizer: T, skip_special: bool) -> Self {
         Self {
             tokenizer,
             skip_special,
@@ -29,8 +34,9 @@ impl<'a> StreamDecoder<'a> {
 
     /// Adds one token; returns the text it completes, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
-        let piece = self.tokenizer.token_to_piece(id)?;
-        if self.skip_special && self.tokenizer.is_special(id) {
+        let tokenizer: &TextTokenizer = self.tokenizer.borrow();
+        let piece = tokenizer.token_to_piece(id)?;
+        if self.skip_special && tokenizer.is_special(id) {
             return Ok(None);
         }
         self.pending.extend_from_slice(piece);

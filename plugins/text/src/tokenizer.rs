@@ -244,7 +244,7 @@ impl TextTokenizer {
     }
 
     /// Starts incremental detokenization of a generated stream.
-    pub fn stream_decoder(&self, skip_special: bool) -> StreamDecoder<'_> {
+    pub fn stream_decoder(&self, skip_special: bool) -> StreamDecoder<&TextTokenizer> {
         StreamDecoder::new(self, skip_special)
     }
 }

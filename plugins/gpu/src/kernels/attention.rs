@@ -26,12 +26,12 @@ pub struct AttentionConfig {
     pub head_dim: u32,
     /// Where each token's query heads are (stride and offset multiples of 4).
     pub q: RowLayout,
-    /// Positions in the cache.
-    pub max_positions: u32,
 }
 
-/// `out[t][h] = softmax(q[t][h] · K[0..=pos_t] / sqrt(head_dim)) · V[0..=pos_t]` for each query
-/// head `h`, reading kv head `h / (n_heads / n_kv_heads)`; out is `[T][n_heads * head_dim]`.
+/// `out[t][h] = softmax(q[t][h] · K[r_t - p_t ..= r_t] / sqrt(head_dim)) · V[r_t - p_t ..= r_t]`
+/// for each query head `h`, reading kv head `h / (n_heads / n_kv_heads)`, where `p_t` is token
+/// `t`'s position and `r_t` its cache row (`r_t = p_t` when the cache holds one sequence; a cache
+/// holding several keeps each sequence's rows contiguous); out is `[T][n_heads * head_dim]`.
 #[derive(Debug)]
 pub struct Attention {
     config: AttentionConfig,
@@ -46,7 +46,6 @@ impl Attention {
             n_kv_heads,
             head_dim,
             q,
-            max_positions,
         } = config;
         let valid = n_kv_heads > 0
             && n_heads % n_kv_heads == 0
@@ -54,8 +53,7 @@ impl Attention {
             && head_dim % 4 == 0
             && head_dim <= MAX_HEAD_DIM
             && q.stride % 4 == 0
-            && q.offset % 4 == 0
-            && max_positions > 0;
+            && q.offset % 4 == 0;
         if !valid {
             return Err(GpuError::shape(
                 "attention",
@@ -68,7 +66,6 @@ impl Attention {
             ("N_KV_HEADS", f64::from(n_kv_heads)),
             ("Q_STRIDE", f64::from(q.stride)),
             ("Q_OFFSET", f64::from(q.offset)),
-            ("MAX_POSITIONS", f64::from(max_positions)),
             ("SCALE", 1.0 / f64::from(head_dim).sqrt()),
             ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
         ];
@@ -78,13 +75,16 @@ impl Attention {
         })
     }
 
-    /// Binds `n_tokens` query rows of `q`, their u32 `positions`, the layer's caches (which must
-    /// already hold positions `0..=positions[t]`) and `out`.
+    /// Binds `n_tokens` query rows of `q`, their u32 `positions` and `cache_rows`, the layer's
+    /// caches (which must already hold rows `cache_rows[t] - positions[t] ..= cache_rows[t]`)
+    /// and `out`.
+    #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         gpu: &Gpu,
         q: &GpuBuffer,
         positions: &GpuBuffer,
+        cache_rows: &GpuBuffer,
         cache: KvLayer<'_>,
         out: &GpuBuffer,
         n_tokens: u32,
@@ -94,9 +94,8 @@ impl Attention {
             n_kv_heads,
             head_dim,
             q: q_layout,
-            max_positions,
         } = self.config;
-        cache.expect_shape("attention", n_kv_heads * head_dim, max_positions)?;
+        cache.expect_kv_dim("attention", n_kv_heads * head_dim)?;
         let width = n_heads * head_dim;
         require_len(
             "attention",
@@ -105,6 +104,7 @@ impl Attention {
             q_layout.required_len(n_tokens, width),
         )?;
         require_len("attention", "position", positions, n_tokens.into())?;
+        require_len("attention", "cache row", cache_rows, n_tokens.into())?;
         require_len(
             "attention",
             "output",
@@ -115,7 +115,7 @@ impl Attention {
         gpu.dispatch(
             "attention",
             &self.pipeline,
-            &[q, positions, cache.keys, cache.values, out],
+            &[q, positions, cache_rows, cache.keys, cache.values, out],
             Params::count(n_tokens),
             grid,
         )

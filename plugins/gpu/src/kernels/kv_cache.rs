@@ -5,10 +5,12 @@ use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{GpuError, Result};
 
-/// Keys and values of every layer for positions `0..max_positions`.
+/// Keys and values of every layer: `max_positions` rows, one per cached token.
 ///
 /// Layout: per layer, one K and one V f32 buffer, each `[max_positions][n_kv_heads * head_dim]`
-/// (position-major; within a position, head `h` occupies `h * head_dim .. (h + 1) * head_dim`).
+/// (row-major; within a row, head `h` occupies `h * head_dim .. (h + 1) * head_dim`). A single
+/// sequence keeps position `p` in row `p`; several sequences can share one cache, each in its
+/// own contiguous range of rows (kernels take each token's row besides its position).
 /// Rows are written by [`QkvRope`](crate::QkvRope) and read by [`Attention`](crate::Attention).
 #[derive(Debug)]
 pub struct KvCache {
@@ -92,19 +94,14 @@ pub struct KvLayer<'a> {
 }
 
 impl KvLayer<'_> {
-    /// Checks that this layer has the shape a kernel was built for.
-    pub(crate) fn expect_shape(
-        &self,
-        context: &'static str,
-        kv_dim: u32,
-        max_positions: u32,
-    ) -> Result<()> {
-        if (self.kv_dim, self.max_positions) != (kv_dim, max_positions) {
+    /// Checks that this layer has the row width a kernel was built for.
+    pub(crate) fn expect_kv_dim(&self, context: &'static str, kv_dim: u32) -> Result<()> {
+        if self.kv_dim != kv_dim {
             return Err(GpuError::shape(
                 context,
                 format!(
-                    "kernel built for kv_dim {kv_dim} and {max_positions} positions, cache has {} and {}",
-                    self.kv_dim, self.max_positions
+                    "kernel built for kv_dim {kv_dim}, cache has {}",
+                    self.kv_dim
                 ),
             ));
         }

@@ -323,12 +323,11 @@ pub struct QkvRopeConfig {
     pub kv_rows: u32,
     /// Values per head (a multiple of 8).
     pub head_dim: u32,
-    /// Positions of the KV cache and of the RoPE table.
-    pub max_positions: u32,
 }
 
 /// `[q; k; v] = Wqkv norm?(x[t])`, RoPE on q and k at `positions[t]`, q to `q_out[t]`, k and v
-/// into the layer's cache at `positions[t]`. A token at a position past the cache writes nothing.
+/// into row `cache_rows[t]` of the layer's cache (the token's position when the cache holds one
+/// sequence). A token past the RoPE table or the cache writes nothing.
 #[derive(Debug)]
 pub struct QkvRope {
     config: QkvRopeConfig,
@@ -343,7 +342,6 @@ impl QkvRope {
             q_rows,
             kv_rows,
             head_dim,
-            max_positions,
         } = config;
         shape.check("qkv_rope")?;
         let aligned = |n: u32| n > 0 && n % ROW_GROUP as u32 == 0;
@@ -351,7 +349,6 @@ impl QkvRope {
             || q_rows % head_dim != 0
             || kv_rows % head_dim != 0
             || shape.rows != q_rows + 2 * kv_rows
-            || max_positions == 0
         {
             return Err(GpuError::shape(
                 "qkv_rope",
@@ -366,7 +363,6 @@ impl QkvRope {
             ("Q_ROWS", f64::from(q_rows)),
             ("KV_ROWS", f64::from(kv_rows)),
             ("HEAD_DIM", f64::from(head_dim)),
-            ("MAX_POSITIONS", f64::from(max_positions)),
         ]);
         Ok(Self {
             config,
@@ -375,8 +371,8 @@ impl QkvRope {
     }
 
     /// Binds the `[Wq; Wk; Wv]` `weights`, the input rows `tokens` of `x`, the norm weight
-    /// (exactly when the kernel fuses a norm), the tokens' u32 `positions`, the RoPE `table`,
-    /// `q_out` (`[count][q_rows]`) and the layer's `cache`.
+    /// (exactly when the kernel fuses a norm), the tokens' u32 `positions` and `cache_rows`, the
+    /// RoPE `table`, `q_out` (`[count][q_rows]`) and the layer's `cache`.
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
@@ -385,6 +381,7 @@ impl QkvRope {
         x: &GpuBuffer,
         norm: Option<&GpuBuffer>,
         positions: &GpuBuffer,
+        cache_rows: &GpuBuffer,
         table: &RopeTable,
         q_out: &GpuBuffer,
         cache: KvLayer<'_>,
@@ -392,20 +389,19 @@ impl QkvRope {
     ) -> Result<Dispatch> {
         let c = &self.config;
         let norm = c.shape.check_inputs("qkv_rope", weights, x, norm, tokens)?;
-        cache.expect_shape("qkv_rope", c.kv_rows, c.max_positions)?;
-        if (table.head_dim(), table.max_positions()) != (c.head_dim, c.max_positions) {
+        cache.expect_kv_dim("qkv_rope", c.kv_rows)?;
+        if table.head_dim() != c.head_dim {
             return Err(GpuError::shape(
                 "qkv_rope",
                 format!(
-                    "RoPE table for head_dim {} and {} positions, kernel built for {} and {}",
+                    "RoPE table for head_dim {}, kernel built for {}",
                     table.head_dim(),
-                    table.max_positions(),
-                    c.head_dim,
-                    c.max_positions
+                    c.head_dim
                 ),
             ));
         }
         require_len("qkv_rope", "position", positions, tokens.end())?;
+        require_len("qkv_rope", "cache row", cache_rows, tokens.end())?;
         require_len(
             "qkv_rope",
             "query output",
@@ -420,6 +416,7 @@ impl QkvRope {
                 x,
                 norm,
                 positions,
+                cache_rows,
                 table.buffer(),
                 q_out,
                 cache.keys,

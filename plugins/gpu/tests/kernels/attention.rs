@@ -6,15 +6,18 @@ use crate::common::{self, EPS};
 /// Scores are head_dim-term dot products (error ≲ sqrt(d)·ε·Σ|q·k|, here |score| ≲ 3), exp of
 /// (score − max) adds (3 + 2|x|) ulp per weight, and the weighted sum of V averages these.
 /// With |q|,|k|,|v| ≤ 1 this gives ≲ 50ε relative to max|out|; tolerance 64ε.
+/// `row_offset`: the sequence's cache rows start there (rows before it hold another sequence).
 fn check(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
     positions: &[u32],
     q_layout: Option<RowLayout>,
+    row_offset: u32,
 ) {
     let gpu = common::gpu();
     let max_positions = 64usize;
+    let rows = max_positions + row_offset as usize;
     let kv_dim = n_kv_heads * head_dim;
     let width = n_heads * head_dim;
     let n_tokens = positions.len();
@@ -35,17 +38,17 @@ fn check(
         .collect();
     let want = reference::attention(&q, positions, &k, &v, n_heads, n_kv_heads, head_dim);
 
-    let cache = KvCache::new(
-        &gpu,
-        1,
-        max_positions as u32,
-        n_kv_heads as u32,
-        head_dim as u32,
-    )
-    .unwrap();
+    let cache = KvCache::new(&gpu, 1, rows as u32, n_kv_heads as u32, head_dim as u32).unwrap();
     let layer = cache.layer(0).unwrap();
-    gpu.write(layer.keys, 0, &k).unwrap();
-    gpu.write(layer.values, 0, &v).unwrap();
+    // The rows before the sequence hold unrelated values that must not be attended to.
+    let other = common::random_f32(&mut rng, row_offset as usize * kv_dim, 9.0);
+    gpu.write(layer.keys, 0, &other).unwrap();
+    gpu.write(layer.values, 0, &other).unwrap();
+    let at = u64::from(row_offset) * kv_dim as u64;
+    gpu.write(layer.keys, at, &k).unwrap();
+    gpu.write(layer.values, at, &v).unwrap();
+    let cache_rows: Vec<u32> = positions.iter().map(|p| p + row_offset).collect();
+    let rows_buf = gpu.storage_from("cache rows", &cache_rows).unwrap();
 
     let q_buf = gpu.storage_from("q", &q_all).unwrap();
     let pos = gpu.storage_from("positions", positions).unwrap();
@@ -57,7 +60,6 @@ fn check(
         n_kv_heads: n_kv_heads as u32,
         head_dim: head_dim as u32,
         q: q_layout,
-        max_positions: max_positions as u32,
     };
     let attention = Attention::new(&gpu, config).unwrap();
     let dispatch = attention
@@ -65,6 +67,7 @@ fn check(
             &gpu,
             &q_buf,
             &pos,
+            &rows_buf,
             cache.layer(0).unwrap(),
             &out,
             n_tokens as u32,
@@ -75,8 +78,8 @@ fn check(
 
     let error = common::max_rel_error(&got, &want);
     println!(
-        "attention {n_heads}/{n_kv_heads} heads x {head_dim} T={n_tokens} positions {positions:?}: \
-         max rel error {error:.2e}"
+        "attention {n_heads}/{n_kv_heads} heads x {head_dim} T={n_tokens} positions {positions:?} \
+         from row {row_offset}: max rel error {error:.2e}"
     );
     assert!(error <= 64.0 * EPS, "{error:.2e}");
 }
@@ -84,12 +87,14 @@ fn check(
 #[test]
 fn attention_matches_reference_with_grouped_heads() {
     // Decode: one token at the first, a middle and the last position.
-    check(9, 3, 64, &[0], None);
-    check(9, 3, 64, &[37], None);
-    check(4, 4, 16, &[63], None);
+    check(9, 3, 64, &[0], None, 0);
+    check(9, 3, 64, &[37], None, 0);
+    check(4, 4, 16, &[63], None, 0);
     // Prefill of 7 tokens at positions 0..7 (causal), and scattered positions.
-    check(6, 2, 32, &[0, 1, 2, 3, 4, 5, 6], None);
-    check(8, 1, 8, &[50, 3, 17], None);
+    check(6, 2, 32, &[0, 1, 2, 3, 4, 5, 6], None, 0);
+    check(8, 1, 8, &[50, 3, 17], None, 0);
+    // A second sequence's rows: the first 40 rows of the cache belong to another one.
+    check(9, 3, 64, &[0, 21, 63], None, 40);
 }
 
 #[test]
@@ -104,6 +109,7 @@ fn attention_reads_queries_through_a_row_layout() {
             stride: 128,
             offset: 0,
         }),
+        0,
     );
     check(
         2,
@@ -114,5 +120,6 @@ fn attention_reads_queries_through_a_row_layout() {
             stride: 44,
             offset: 4,
         }),
+        7,
     );
 }

@@ -235,6 +235,8 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
     let base = 10000.0;
     // Token 3 is past the cache: it writes nothing.
     let positions = [4u32, 5, 6, 12, 7];
+    // Cache rows differ from positions, as when a cache holds several sequences.
+    let cache_rows = [9u32, 10, 11, 12, 0];
     let tokens = positions.len();
     for dtype in [WeightDtype::Q4_1, WeightDtype::Q8_0, WeightDtype::F32] {
         for tile in tiles() {
@@ -272,18 +274,18 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             let mut want_k = initial.clone();
             let mut want_v = initial.clone();
             let kept: Vec<usize> = (0..tokens)
-                .filter(|&t| positions[t] < max_positions)
+                .filter(|&t| cache_rows[t] < max_positions)
                 .collect();
             let rows_of = |m: &[f32], width: usize| -> Vec<f32> {
                 kept.iter()
                     .flat_map(|&t| m[t * width..(t + 1) * width].to_vec())
                     .collect()
             };
-            let kept_positions: Vec<u32> = kept.iter().map(|&t| positions[t]).collect();
+            let kept_rows: Vec<u32> = kept.iter().map(|&t| cache_rows[t]).collect();
             reference::kv_write(
                 &rows_of(&k, kv_rows),
                 &rows_of(&v, kv_rows),
-                &kept_positions,
+                &kept_rows,
                 &mut want_k,
                 &mut want_v,
             );
@@ -300,7 +302,6 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 q_rows: q_rows as u32,
                 kv_rows: kv_rows as u32,
                 head_dim: head_dim as u32,
-                max_positions,
             };
             let kernel = QkvRope::new(&gpu, config).unwrap();
             let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
@@ -312,6 +313,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let pos_buf = gpu.storage_from("positions", &positions).unwrap();
+            let rows_buf = gpu.storage_from("cache rows", &cache_rows).unwrap();
             let q_out = gpu
                 .storage_zeroed("q", (tokens * q_rows * 4) as u64)
                 .unwrap();
@@ -322,6 +324,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                     &x_buf,
                     Some(&gamma_buf),
                     &pos_buf,
+                    &rows_buf,
                     &table,
                     &q_out,
                     layer,
@@ -334,7 +337,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             let got_q = common::read(&gpu, &q_out, tokens * q_rows);
             let got_k = common::read(&gpu, layer.keys, cache_len);
             let got_v = common::read(&gpu, layer.values, cache_len);
-            for (t, &pos) in positions.iter().enumerate() {
+            for (t, &pos) in cache_rows.iter().enumerate() {
                 if pos >= max_positions {
                     continue;
                 }
@@ -372,7 +375,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 "token past the cache wrote q"
             );
             // Positions no token writes keep their values.
-            for pos in [0, 1, 2, 3, 8, 9, 10, 11] {
+            for pos in 1..9 {
                 let at = pos * kv_rows;
                 assert_eq!(
                     got_k[at..at + kv_rows],

@@ -1,0 +1,345 @@
+//! Batched generation (continuous batching's plugin half): sequences are opened one at a time —
+//! each prompt processed on its own — and then decoded together, one token each per step, in
+//! one forward pass over the cache they share. Sequence `s` owns the `slot_context` contiguous
+//! rows starting at `slot * slot_context` of that cache; sequences join and leave between steps.
+//!
+//! A step first emits every listed sequence's pending token (sampled at the end of the previous
+//! step, or at `open`), then feeds the ones that go on through the model together and samples
+//! their next tokens on the host, each with its own sampler. The weights are read once per step
+//! for all sequences, which is where batching gains: the per-step cost grows far slower than the
+//! number of sequences.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pio_plugin_api::{FinishReason, TokenEvent};
+use pio_text::{StreamDecoder, TextTokenizer};
+
+use crate::error::{Error, Result};
+use crate::generate::{room_for_new_tokens, Emitter, GenerateConfig};
+use crate::gpu_model::GpuModel;
+use crate::sampler::Sampler;
+
+/// How many sequences can be open at once, and how long each may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Sequences open at once.
+    pub slots: usize,
+    /// Positions (prompt and generated tokens) each sequence may hold; at most the model's
+    /// activated context.
+    pub slot_context: usize,
+}
+
+impl Default for BatchSettings {
+    /// 8 sequences of up to 1024 positions (SmolLM2-135M: 46 KiB of cache per position, so
+    /// 8 × 1024 positions take 360 MiB, allocated at the first `open`).
+    fn default() -> Self {
+        BatchSettings {
+            slots: 8,
+            slot_context: 1024,
+        }
+    }
+}
+
+/// One step's result for one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stepped {
+    /// The sequence.
+    pub id: u64,
+    /// Its new token.
+    pub event: TokenEvent,
+    /// Set when this token ended it.
+    pub finish: Option<FinishReason>,
+}
+
+/// One open sequence.
+struct Sequence {
+    slot: usize,
+    sampler: Sampler,
+    /// Prompt and every emitted token.
+    history: Vec<u32>,
+    emitter: Emitter<StreamDecoder<Arc<TextTokenizer>>>,
+    /// The sampled token the next step emits.
+    pending: u32,
+    finished: bool,
+}
+
+/// The open sequences and the cache slots they hold.
+pub struct Batch {
+    settings: BatchSettings,
+    free_slots: Vec<usize>,
+    sequences: HashMap<u64, Sequence>,
+    next_id: u64,
+}
+
+impl Batch {
+    /// No sequences yet; the shared cache is reserved at the first [`Batch::open`].
+    pub fn new(settings: BatchSettings) -> Self {
+        Batch {
+            free_slots: (0..settings.slots).rev().collect(),
+            settings,
+            sequences: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> BatchSettings {
+        self.settings
+    }
+
+    /// Number of open sequences.
+    pub fn open_count(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Opens a sequence: processes `prompt` into a free slot and samples its first token (the
+    /// first step emits it). Returns the sequence's id.
+    pub fn open(
+        &mut self,
+        model: &mut GpuModel,
+        tokenizer: &Arc<TextTokenizer>,
+        prompt: &[u32],
+        config: &GenerateConfig,
+    ) -> Result<u64> {
+        let context = self.settings.slot_context;
+        if prompt.is_empty() {
+            return Err(Error::InvalidParams("the prompt has no tokens".into()));
+        }
+        if prompt.len() > context {
+            return Err(Error::PromptTooLong {
+                prompt: prompt.len(),
+                context,
+            });
+        }
+        if config.max_new_tokens == 0 {
+            return Err(Error::InvalidParams(
+                "a batched sequence needs max_new_tokens of at least 1".into(),
+            ));
+        }
+        let max_new = config
+            .max_new_tokens
+            .min(room_for_new_tokens(prompt.len(), context));
+        let mut sampler = Sampler::new(config.sampling.clone())?;
+        let slot = *self.free_slots.last().ok_or_else(|| {
+            Error::InvalidParams(format!(
+                "all {} batch slots are in use; close a sequence first",
+                self.settings.slots
+            ))
+        })?;
+        model.reserve_batch_cache(self.settings.slots * context)?;
+        let base = slot * context;
+        let positions: Vec<u32> = (0..prompt.len() as u32).collect();
+        let rows: Vec<u32> = positions.iter().map(|p| base as u32 + p).collect();
+        let logits = model.forward_batch(prompt, &positions, &rows, false)?;
+        let pending = sampler.sample(&logits, prompt)?;
+        self.free_slots.pop();
+
+        let id = self.next_id;
+        self.next_id += 1;
+        let decoder = StreamDecoder::new(Arc::clone(tokenizer), true);
+        self.sequences.insert(
+            id,
+            Sequence {
+                slot,
+                sampler,
+                history: prompt.to_vec(),
+                emitter: Emitter::new(
+                    decoder,
+                    &config.stop_strings,
+                    config.eog_ids.clone(),
+                    max_new,
+                ),
+                pending,
+                finished: false,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Emits one token for each of `ids` (distinct open, unfinished sequences) and decodes the
+    /// ones that go on together.
+    pub fn step(&mut self, model: &mut GpuModel, ids: &[u64]) -> Result<Vec<Stepped>> {
+        for (i, id) in ids.iter().enumerate() {
+            match self.sequences.get(id) {
+                None => return Err(Error::InvalidParams(format!("no open sequence {id}"))),
+                Some(s) if s.finished => {
+                    return Err(Error::InvalidParams(format!(
+                        "sequence {id} has finished; close it"
+                    )))
+                }
+                Some(_) if ids[..i].contains(id) => {
+                    return Err(Error::InvalidParams(format!(
+                        "sequence {id} is listed twice"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let context = self.settings.slot_context;
+        let mut stepped = Vec::with_capacity(ids.len());
+        let (mut fed, mut tokens, mut positions, mut rows) = (vec![], vec![], vec![], vec![]);
+        for &id in ids {
+            let seq = self.sequences.get_mut(&id).expect("checked above");
+            let token = seq.pending;
+            seq.history.push(token);
+            let (event, finish) = seq.emitter.accept(token)?;
+            seq.finished = finish.is_some();
+            if !seq.finished {
+                let position = seq.history.len() - 1;
+                fed.push(id);
+                tokens.push(token);
+                positions.push(position as u32);
+                rows.push((seq.slot * context + position) as u32);
+            }
+            stepped.push(Stepped { id, event, finish });
+        }
+        if !fed.is_empty() {
+            let logits = model.forward_batch(&tokens, &positions, &rows, true)?;
+            let vocab = logits.len() / fed.len();
+            for (id, row) in fed.iter().zip(logits.chunks_exact(vocab)) {
+                let seq = self.sequences.get_mut(id).expect("fed sequences are open");
+                seq.pending = seq.sampler.sample(row, &seq.history)?;
+            }
+        }
+        Ok(stepped)
+    }
+
+    /// Closes sequence `id`, freeing its slot.
+    pub fn close(&mut self, id: u64) -> Result<()> {
+        let seq = self
+            .sequences
+            .remove(&id)
+            .ok_or_else(|| Error::InvalidParams(format!("no open sequence {id}")))?;
+        self.free_slots.push(seq.slot);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+    use crate::sampler::SamplingParams;
+    use crate::test_model::{tiny_llama_bytes, TinyConfig};
+    use pio_gpu::DeviceOptions;
+    use pio_plugin_api::StreamControl;
+
+    fn engine(dir: &tempfile::TempDir, slots: usize) -> Engine {
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
+        let settings = BatchSettings {
+            slots,
+            slot_context: 48,
+        };
+        Engine::load(&path, &DeviceOptions::default(), 64, 0, settings).unwrap()
+    }
+
+    fn config(max_new_tokens: usize, temperature: f32, seed: u64) -> GenerateConfig {
+        GenerateConfig {
+            max_new_tokens,
+            sampling: SamplingParams {
+                temperature,
+                top_k: 30,
+                seed,
+                ..SamplingParams::default()
+            },
+            ..GenerateConfig::default()
+        }
+    }
+
+    /// Runs `prompt` alone through the one-sequence path.
+    fn alone(engine: &mut Engine, prompt: &[u32], config: &GenerateConfig) -> (Vec<u32>, String) {
+        let g = engine
+            .generate(prompt, config, &mut |_| StreamControl::Continue)
+            .unwrap();
+        (g.tokens, g.text)
+    }
+
+    #[test]
+    fn batched_sequences_generate_what_they_generate_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = engine(&dir, 3);
+        let cases = [
+            (
+                (0..9).map(|i| (i * 31 + 3) % 290).collect::<Vec<u32>>(),
+                config(12, 0.0, 0),
+            ),
+            (
+                (0..17).map(|i| (i * 7 + 100) % 290).collect(),
+                config(7, 0.9, 42),
+            ),
+            (
+                (0..4).map(|i| (i * 97 + 11) % 290).collect(),
+                config(10, 1.1, 7),
+            ),
+        ];
+        let want: Vec<(Vec<u32>, String)> = cases
+            .iter()
+            .map(|(p, c)| alone(&mut engine, p, c))
+            .collect();
+
+        // The first two start together; the third joins after two steps.
+        let mut ids = vec![
+            engine.open_sequence(&cases[0].0, &cases[0].1).unwrap(),
+            engine.open_sequence(&cases[1].0, &cases[1].1).unwrap(),
+        ];
+        let mut got: HashMap<u64, (Vec<u32>, String)> = HashMap::new();
+        let mut active = ids.clone();
+        let mut steps = 0;
+        while !active.is_empty() {
+            if steps == 2 {
+                let id = engine.open_sequence(&cases[2].0, &cases[2].1).unwrap();
+                ids.push(id);
+                active.push(id);
+            }
+            for s in engine.step_sequences(&active).unwrap() {
+                let entry = got.entry(s.id).or_default();
+                entry.0.push(s.event.token);
+                entry.1.push_str(&s.event.text);
+                assert_eq!(s.event.index as usize + 1, entry.0.len());
+                if s.finish.is_some() {
+                    active.retain(|&a| a != s.id);
+                    engine.close_sequence(s.id).unwrap();
+                }
+            }
+            steps += 1;
+        }
+        for (id, want) in ids.iter().zip(&want) {
+            assert_eq!(&got[id], want, "sequence {id}");
+        }
+        assert_eq!(engine.batch().open_count(), 0);
+    }
+
+    #[test]
+    fn slots_limit_open_sequences_and_bad_calls_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = engine(&dir, 1);
+        let a = engine
+            .open_sequence(&[5, 6, 7], &config(2, 0.0, 0))
+            .unwrap();
+        let err = engine
+            .open_sequence(&[5], &config(2, 0.0, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("all 1 batch slots are in use"), "{err}");
+        assert!(engine.step_sequences(&[a, a]).is_err());
+        assert!(engine.step_sequences(&[a + 1]).is_err());
+        let first = engine.step_sequences(&[a]).unwrap();
+        assert_eq!(first[0].finish, None);
+        let second = engine.step_sequences(&[a]).unwrap();
+        assert_eq!(second[0].finish, Some(FinishReason::Length));
+        let err = engine.step_sequences(&[a]).unwrap_err().to_string();
+        assert!(err.contains("has finished"), "{err}");
+        engine.close_sequence(a).unwrap();
+        assert!(engine.close_sequence(a).is_err());
+        // The slot is free again; a prompt longer than the slot's context is refused.
+        let long: Vec<u32> = (0..49).collect();
+        let err = engine.open_sequence(&long, &config(2, 0.0, 0)).unwrap_err();
+        assert!(
+            matches!(err, Error::PromptTooLong { context: 48, .. }),
+            "{err}"
+        );
+        engine.open_sequence(&[1, 2], &config(2, 0.0, 0)).unwrap();
+    }
+}
