@@ -1,7 +1,8 @@
 //! The OpenAI-compatible HTTP server end to end, with a real HTTP client on loopback: chat and
 //! completions (whole and streamed), 16 concurrent streams, every kind of bad request, API
-//! keys, a client leaving mid-stream, a full queue and priorities, timeouts; the real Llama
-//! plugin with SmolLM2; and the official `openai` Python client.
+//! keys, continuous batching (concurrent streams share steps and get the text they get alone),
+//! a client leaving mid-stream, a full queue and priorities, timeouts; the real Llama plugin
+//! with SmolLM2; and the official `openai` Python client.
 
 use std::{
     io::{BufRead, BufReader},
@@ -10,7 +11,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use pio_host::server::ConfigLayer;
+use pio_host::server::{BatchLayer, ConfigLayer};
 use pio_plugin_api::ActivateOptions;
 use pio_tests::{
     build_variant,
@@ -66,6 +67,20 @@ fn slow_server(layer: ConfigLayer) -> TestServer {
 
 fn chat(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// The text of a streamed chat `request`.
+fn streamed_text(server: &TestServer, request: &Value) -> String {
+    let mut request = request.clone();
+    request["stream"] = json!(true);
+    let (status, sse) = server.stream("/v1/chat/completions", &request);
+    assert_eq!(status, 200);
+    let data = sse.collect_all();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| chunk_text(&serde_json::from_str(d).unwrap()).to_owned())
+        .collect()
 }
 
 fn error_of(body: &Value) -> (&str, &str, Option<&str>) {
@@ -244,6 +259,69 @@ fn sixteen_concurrent_streams_each_get_their_own_text() {
 }
 
 #[test]
+fn concurrent_streams_share_batched_steps_and_get_the_text_they_get_alone() {
+    // A step target no step reaches, so the limit only grows (to 8).
+    let server = Arc::new(slow_server(ConfigLayer {
+        batch: BatchLayer {
+            max_sequences: Some(8),
+            target_step_ms: Some(60_000),
+        },
+        ..ConfigLayer::default()
+    }));
+    let requests: Vec<Value> = (0..8)
+        .map(|i| {
+            let mut request = chat("slow", &format!("client {i} hi"));
+            request["stop"] = json!(["4 t"]);
+            request["max_tokens"] = json!(5 + i);
+            request
+        })
+        .collect();
+    let alone: Vec<String> = requests.iter().map(|r| streamed_text(&server, r)).collect();
+    let steps_alone = server
+        .metric("pio_batch_size_count{plugin=\"slow\"}")
+        .unwrap();
+    assert_eq!(
+        server.metric("pio_batch_size_bucket{plugin=\"slow\",le=\"1\"}"),
+        Some(steps_alone),
+        "one at a time, every step carries one sequence"
+    );
+
+    // A long stream keeps a sequence open while the eight run concurrently.
+    let mut long = chat("slow", &"z".repeat(500));
+    long["stream"] = json!(true);
+    long["max_tokens"] = json!(500);
+    let (_, mut running) = server.stream("/v1/chat/completions", &long);
+    running.next_data().unwrap();
+    let clients: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let server = server.clone();
+            std::thread::spawn(move || streamed_text(&server, &request))
+        })
+        .collect();
+    let together: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(together, alone);
+    assert_eq!(alone[4], "ih ", "the stop string cut it");
+
+    let steps = server
+        .metric("pio_batch_size_count{plugin=\"slow\"}")
+        .unwrap();
+    let single = server
+        .metric("pio_batch_size_bucket{plugin=\"slow\",le=\"1\"}")
+        .unwrap();
+    assert!(steps > single, "no step carried more than one sequence");
+    assert!(server.metric("pio_batch_limit{plugin=\"slow\"}").unwrap() > 1.0);
+    drop(running);
+    server.wait_for("every sequence to be closed", || {
+        server.metric("pio_active_sequences{plugin=\"slow\"}") == Some(0.0)
+    });
+    assert_eq!(
+        server.metric("pio_sequences_closed_total{plugin=\"slow\",reason=\"finished\"}"),
+        Some(16.0)
+    );
+}
+
+#[test]
 fn bad_requests_get_openai_error_bodies() {
     let server = example_server(ConfigLayer {
         body_limit_bytes: Some(4096),
@@ -374,6 +452,11 @@ fn a_client_leaving_mid_stream_cancels_its_generation() {
         "{generated} tokens: the generation ran to its end"
     );
     assert_eq!(
+        server.metric("pio_sequences_closed_total{plugin=\"slow\",reason=\"disconnected\"}"),
+        Some(1.0),
+        "the plugin's sequence was closed"
+    );
+    assert_eq!(
         server.metric("pio_active_sequences{plugin=\"slow\"}"),
         Some(0.0)
     );
@@ -383,9 +466,13 @@ fn a_client_leaving_mid_stream_cancels_its_generation() {
 fn a_full_queue_answers_429_and_priorities_are_honoured() {
     let server = Arc::new(slow_server(ConfigLayer {
         queue_depth: Some(1),
+        batch: BatchLayer {
+            max_sequences: Some(1),
+            target_step_ms: None,
+        },
         ..ConfigLayer::default()
     }));
-    // A long generation occupies the plugin.
+    // A long generation occupies the plugin's only batch slot.
     let mut long = chat("slow", &"z".repeat(500));
     long["stream"] = json!(true);
     long["max_tokens"] = json!(500);

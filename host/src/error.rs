@@ -105,6 +105,15 @@ pub enum HostError {
         /// The capability.
         capability: &'static str,
     },
+    /// The plugin instance a call was pinned to (it holds the call's open sequences) is no
+    /// longer served: it was replaced by a reload or unloaded.
+    #[error("plugin instance '{plugin}' (generation {generation}) is no longer served (replaced or unloaded); its open sequences are lost")]
+    InstanceGone {
+        /// `name@version` of the instance.
+        plugin: String,
+        /// Its reload generation.
+        generation: u64,
+    },
     /// The plugin returned an error.
     #[error("plugin '{plugin}' failed in {operation}: {error}")]
     Plugin {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::{
-    server::{ConfigLayer, PluginSource, RunningServer, ServerOptions},
+    server::{BatchLayer, ConfigLayer, PluginSource, RunningServer, ServerOptions},
     watch::WatchOptions,
 };
 
@@ -25,7 +25,8 @@ pub struct ServeArgs {
     #[arg(long)]
     addr: Option<String>,
     /// TOML file with any of: addr, plugins, api_key, profile, queue_depth,
-    /// request_timeout_secs, body_limit_bytes, max_tokens_limit, default_max_tokens.
+    /// request_timeout_secs, body_limit_bytes, max_tokens_limit, default_max_tokens, and a
+    /// [batch] table with max_sequences, target_step_ms.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Named limits: default, low-latency or throughput [env PIO_PROFILE].
@@ -43,6 +44,13 @@ pub struct ServeArgs {
     /// Largest max_tokens a request may ask for [env PIO_MAX_TOKENS_LIMIT].
     #[arg(long)]
     max_tokens_limit: Option<u32>,
+    /// Most sequences one batched step may carry [env PIO_BATCH_MAX_SEQUENCES].
+    #[arg(long)]
+    batch_max_sequences: Option<usize>,
+    /// Step latency, in milliseconds, the adaptive batch limit aims at
+    /// [env PIO_BATCH_TARGET_STEP_MS].
+    #[arg(long)]
+    batch_target_step_ms: Option<u64>,
     /// Bearer key required on every route but /health. Prefer PIO_API_KEY: flags are visible
     /// to other users of the machine.
     #[arg(long)]
@@ -66,6 +74,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         body_limit_bytes: args.body_limit_bytes,
         max_tokens_limit: args.max_tokens_limit,
         default_max_tokens: None,
+        batch: BatchLayer {
+            max_sequences: args.batch_max_sequences,
+            target_step_ms: args.batch_target_step_ms,
+        },
     };
     let env = ConfigLayer::from_env(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
     let file = match &args.config {

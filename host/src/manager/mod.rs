@@ -15,8 +15,9 @@ use std::{
 
 use pio_plugin_api::{
     abi_stable::std_types::RVec, ActivateOptions, Capability, ChatRequest, EmbedRequest,
-    EmbedResponse, FnSink, GenerateRequest, GenerateResponse, Health, PluginError, PluginMetadata,
-    PluginStats, SequenceOpened, SequenceRequest, SequenceStep, StreamControl, TokenEvent,
+    EmbedResponse, FnSink, GenerateRequest, GenerateResponse, Health, PluginError,
+    PluginInstanceBox, PluginMetadata, PluginStats, SequenceOpened, SequenceRequest, SequenceStep,
+    StreamControl, TokenEvent,
 };
 use semver::Version;
 
@@ -420,39 +421,54 @@ impl PluginManager {
         )
     }
 
-    /// Decodes one token for each of the sequences `ids` of instance `plugin` together.
+    /// Decodes one token for each of the sequences `ids` of the instance that opened them:
+    /// `plugin` (`name@version`) of reload `generation`, as [`open_sequence`](Self::open_sequence)
+    /// answered. Never re-routed: once that instance is retired (replaced or unloaded), its
+    /// sequences are gone and this answers [`HostError::InstanceGone`].
     pub fn step_sequences(
         &self,
         plugin: &str,
+        generation: u64,
         ids: &[u64],
-    ) -> HostResult<Served<Vec<SequenceStep>>> {
-        self.serve(
-            plugin,
-            Some(Capability::BatchedGeneration),
-            "step_sequences",
-            |entry, cell| {
-                entry.call(cell, "step_sequences", |i| {
-                    i.step_sequences(ids.into())
-                        .into_result()
-                        .map(RVec::into_vec)
-                })
-            },
-        )
+    ) -> HostResult<Vec<SequenceStep>> {
+        self.on_instance(plugin, generation, "step_sequences", |i| {
+            i.step_sequences(ids.into())
+                .into_result()
+                .map(RVec::into_vec)
+        })
     }
 
-    /// Closes sequence `id` of instance `plugin`.
-    pub fn close_sequence(&self, plugin: &str, id: u64) -> HostResult<()> {
-        self.serve(
-            plugin,
-            Some(Capability::BatchedGeneration),
-            "close_sequence",
-            |entry, cell| {
-                entry.call(cell, "close_sequence", |i| {
-                    i.close_sequence(id).into_result()
-                })
-            },
-        )
-        .map(|_| ())
+    /// Closes sequence `id` of the instance that opened it (as for
+    /// [`step_sequences`](Self::step_sequences)).
+    pub fn close_sequence(&self, plugin: &str, generation: u64, id: u64) -> HostResult<()> {
+        self.on_instance(plugin, generation, "close_sequence", |i| {
+            i.close_sequence(id).into_result()
+        })
+    }
+
+    /// Runs `call` on exactly the instance `plugin` of `generation`, if it still serves.
+    fn on_instance<T>(
+        &self,
+        plugin: &str,
+        generation: u64,
+        operation: &'static str,
+        call: impl FnOnce(&mut PluginInstanceBox) -> Result<T, PluginError>,
+    ) -> HostResult<T> {
+        let gone = || HostError::InstanceGone {
+            plugin: plugin.to_owned(),
+            generation,
+        };
+        let entry = read(&self.entries)
+            .values()
+            .find(|e| e.generation == generation && e.id() == plugin)
+            .cloned()
+            .ok_or_else(gone)?;
+        let mut cell = entry.lock();
+        if entry.is_retiring() || cell.state != PluginState::Active {
+            return Err(gone());
+        }
+        entry.require_capability(&cell, Capability::BatchedGeneration)?;
+        entry.call(&mut cell, operation, call)
     }
 
     /// Embeds a batch of texts.

@@ -34,6 +34,16 @@ impl Profile {
             Profile::Throughput => (512, 1800, 8192),
         }
     }
+
+    /// `(batch.max_sequences, batch.target_step_ms)` of the profile: small batches and a
+    /// tight step target for latency, large batches and a loose one for throughput.
+    fn batch(self) -> (usize, u64) {
+        match self {
+            Profile::Default => (16, 100),
+            Profile::LowLatency => (4, 40),
+            Profile::Throughput => (64, 400),
+        }
+    }
 }
 
 impl FromStr for Profile {
@@ -72,6 +82,28 @@ pub struct ServerConfig {
     pub max_tokens_limit: u32,
     /// `max_tokens` of requests that give none.
     pub default_max_tokens: u32,
+    /// Continuous batching of plugins with batched generation.
+    pub batch: BatchConfig,
+}
+
+/// How the scheduler batches the sequences of a plugin with batched generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// The most sequences one step may carry; the adaptive limit stays in `1..=` this.
+    pub max_sequences: usize,
+    /// The step latency the adaptive limit aims at: it grows while full steps are faster and
+    /// shrinks when a step is slower.
+    pub target_step: Duration,
+}
+
+/// The `[batch]` table of a configuration layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLayer {
+    /// See [`BatchConfig::max_sequences`].
+    pub max_sequences: Option<usize>,
+    /// See [`BatchConfig::target_step`], in milliseconds.
+    pub target_step_ms: Option<u64>,
 }
 
 /// One layer of settings: every field optional. The TOML file has exactly these keys.
@@ -96,6 +128,9 @@ pub struct ConfigLayer {
     pub max_tokens_limit: Option<u32>,
     /// See [`ServerConfig::default_max_tokens`].
     pub default_max_tokens: Option<u32>,
+    /// See [`ServerConfig::batch`]; the TOML table `[batch]`.
+    #[serde(default)]
+    pub batch: BatchLayer,
 }
 
 /// The default listening address: loopback only.
@@ -111,7 +146,8 @@ impl ConfigLayer {
 
     /// Reads the `PIO_*` variables through `var` (the process environment in `pio serve`):
     /// `PIO_ADDR`, `PIO_API_KEY`, `PIO_PROFILE`, `PIO_QUEUE_DEPTH`, `PIO_REQUEST_TIMEOUT_SECS`,
-    /// `PIO_BODY_LIMIT_BYTES`, `PIO_MAX_TOKENS_LIMIT`, `PIO_DEFAULT_MAX_TOKENS`.
+    /// `PIO_BODY_LIMIT_BYTES`, `PIO_MAX_TOKENS_LIMIT`, `PIO_DEFAULT_MAX_TOKENS`,
+    /// `PIO_BATCH_MAX_SEQUENCES`, `PIO_BATCH_TARGET_STEP_MS`.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         fn number<T: FromStr>(
             var: &impl Fn(&str) -> Option<String>,
@@ -135,6 +171,10 @@ impl ConfigLayer {
             body_limit_bytes: number(&var, "PIO_BODY_LIMIT_BYTES")?,
             max_tokens_limit: number(&var, "PIO_MAX_TOKENS_LIMIT")?,
             default_max_tokens: number(&var, "PIO_DEFAULT_MAX_TOKENS")?,
+            batch: BatchLayer {
+                max_sequences: number(&var, "PIO_BATCH_MAX_SEQUENCES")?,
+                target_step_ms: number(&var, "PIO_BATCH_TARGET_STEP_MS")?,
+            },
         })
     }
 
@@ -150,6 +190,10 @@ impl ConfigLayer {
             body_limit_bytes: self.body_limit_bytes.or(lower.body_limit_bytes),
             max_tokens_limit: self.max_tokens_limit.or(lower.max_tokens_limit),
             default_max_tokens: self.default_max_tokens.or(lower.default_max_tokens),
+            batch: BatchLayer {
+                max_sequences: self.batch.max_sequences.or(lower.batch.max_sequences),
+                target_step_ms: self.batch.target_step_ms.or(lower.batch.target_step_ms),
+            },
         }
     }
 
@@ -163,6 +207,7 @@ impl ConfigLayer {
             format!("addr: '{addr_text}' is not an address with a port (e.g. {DEFAULT_ADDR})")
         })?;
         let max_tokens_limit = self.max_tokens_limit.unwrap_or(max_tokens_limit);
+        let (max_sequences, target_step_ms) = profile.batch();
         let config = ServerConfig {
             addr,
             plugins: self.plugins,
@@ -173,6 +218,12 @@ impl ConfigLayer {
             body_limit_bytes: self.body_limit_bytes.unwrap_or(1 << 20),
             max_tokens_limit,
             default_max_tokens: self.default_max_tokens.unwrap_or(256.min(max_tokens_limit)),
+            batch: BatchConfig {
+                max_sequences: self.batch.max_sequences.unwrap_or(max_sequences),
+                target_step: Duration::from_millis(
+                    self.batch.target_step_ms.unwrap_or(target_step_ms),
+                ),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -207,6 +258,18 @@ impl ServerConfig {
                 "default_max_tokens must be in 1..=max_tokens_limit ({}), got {}",
                 self.max_tokens_limit, self.default_max_tokens
             ),
+        )?;
+        check(
+            (1..=1024).contains(&self.batch.max_sequences),
+            format!(
+                "batch.max_sequences must be in 1..=1024, got {}",
+                self.batch.max_sequences
+            ),
+        )?;
+        let target_ms = self.batch.target_step.as_millis();
+        check(
+            (1..=60_000).contains(&target_ms),
+            format!("batch.target_step_ms must be in 1..=60000, got {target_ms}"),
         )?;
         if let Some(key) = &self.api_key {
             check(
@@ -262,6 +325,50 @@ mod tests {
             "from the low-latency profile"
         );
         assert_eq!(config.profile, Profile::LowLatency);
+        assert_eq!(
+            config.batch,
+            BatchConfig {
+                max_sequences: 4,
+                target_step: Duration::from_millis(40)
+            },
+            "from the low-latency profile"
+        );
+    }
+
+    #[test]
+    fn batch_settings_come_from_the_table_env_and_profile() {
+        let file: ConfigLayer = toml::from_str(
+            "profile = \"throughput\"\n[batch]\nmax_sequences = 3\ntarget_step_ms = 70",
+        )
+        .unwrap();
+        let env = ConfigLayer::from_env(env(&[("PIO_BATCH_MAX_SEQUENCES", "9")])).unwrap();
+        let config = env.over(file).resolve().unwrap();
+        assert_eq!(config.batch.max_sequences, 9, "env over file");
+        assert_eq!(config.batch.target_step, Duration::from_millis(70));
+        let throughput = ConfigLayer {
+            profile: Some("throughput".to_owned()),
+            ..ConfigLayer::default()
+        };
+        let default = ServerConfig::default().batch;
+        let throughput = throughput.resolve().unwrap().batch;
+        assert!(throughput.max_sequences > default.max_sequences);
+        assert!(throughput.target_step > default.target_step);
+
+        let error = toml::from_str::<ConfigLayer>("[batch]\nmax_sequence = 3").unwrap_err();
+        assert!(error.to_string().contains("max_sequence"), "{error}");
+        for (max_sequences, target_step_ms, field) in [
+            (Some(0), None, "batch.max_sequences"),
+            (None, Some(0), "batch.target_step_ms"),
+        ] {
+            let layer = ConfigLayer {
+                batch: BatchLayer {
+                    max_sequences,
+                    target_step_ms,
+                },
+                ..ConfigLayer::default()
+            };
+            assert!(layer.resolve().unwrap_err().contains(field));
+        }
     }
 
     #[test]

@@ -182,15 +182,22 @@ impl From<EngineError> for ApiError {
                 "plugin_stopped",
                 format!("plugin '{plugin}' stopped serving before answering"),
             ),
-            EngineError::Host(error) => ApiError::from(error),
+            EngineError::Host(error) => ApiError::from(&error),
+            EngineError::Step(error) => ApiError::from(&*error),
         }
     }
 }
 
 impl From<HostError> for ApiError {
     fn from(error: HostError) -> Self {
+        ApiError::from(&error)
+    }
+}
+
+impl From<&HostError> for ApiError {
+    fn from(error: &HostError) -> Self {
         let message = error.to_string();
-        match &error {
+        match error {
             HostError::NotFound(_) => ApiError {
                 param: Some("model"),
                 ..ApiError::not_found("model_not_found", message)
@@ -199,6 +206,7 @@ impl From<HostError> for ApiError {
             HostError::InvalidTransition { .. } => {
                 ApiError::unavailable("plugin_not_active", message)
             }
+            HostError::InstanceGone { .. } => ApiError::unavailable("instance_replaced", message),
             HostError::Plugin { error, .. } => match error.kind {
                 ErrorKind::InvalidInput => ApiError::new(
                     StatusCode::BAD_REQUEST,

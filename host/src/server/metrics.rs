@@ -13,6 +13,9 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Bucket upper bounds of the batch size histogram (sequences per step).
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// The window over which `pio_decode_tokens_per_second` is averaged.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -43,9 +46,51 @@ impl<T: Default> Family<T> {
 
 #[derive(Debug, Clone, Default)]
 struct Histogram {
-    counts: [u64; LATENCY_BUCKETS.len()],
+    /// One count per bucket bound (allocated at the first observation).
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
+}
+
+/// A histogram metric: its series and their bucket bounds.
+struct Histograms {
+    family: Family<Histogram>,
+    bounds: &'static [f64],
+}
+
+impl Histograms {
+    const fn new(name: &'static str, help: &'static str, bounds: &'static [f64]) -> Self {
+        Self {
+            family: Family::new(name, help),
+            bounds,
+        }
+    }
+
+    fn observe(&self, labels: Labels<'_>, value: f64) {
+        self.family.with(labels, |h| {
+            h.counts.resize(self.bounds.len(), 0);
+            for (count, bound) in h.counts.iter_mut().zip(self.bounds) {
+                if value <= *bound {
+                    *count += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += value;
+        });
+    }
+
+    fn render(&self, out: &mut String) {
+        header(out, &self.family, "histogram");
+        let name = self.family.name;
+        for (labels, h) in lock(&self.family.series).iter() {
+            for (count, bound) in h.counts.iter().zip(self.bounds) {
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+        }
+    }
 }
 
 /// Token counts per second of wall time, for a sliding-window rate.
@@ -102,9 +147,12 @@ pub struct Metrics {
     generations: Family<u64>,
     prompt_tokens: Family<u64>,
     generated_tokens: Family<u64>,
-    queue_wait: Family<Histogram>,
-    time_to_first_token: Family<Histogram>,
-    inter_token: Family<Histogram>,
+    sequences_closed: Family<u64>,
+    queue_wait: Histograms,
+    time_to_first_token: Histograms,
+    inter_token: Histograms,
+    batch_size: Histograms,
+    step_latency: Histograms,
     decode_rate: Family<RateWindow>,
 }
 
@@ -125,17 +173,34 @@ impl Default for Metrics {
             ),
             prompt_tokens: Family::new("pio_prompt_tokens_total", "Prompt tokens processed."),
             generated_tokens: Family::new("pio_generated_tokens_total", "Tokens generated."),
-            queue_wait: Family::new(
+            sequences_closed: Family::new(
+                "pio_sequences_closed_total",
+                "Batched sequences closed in their plugin, by reason (finished, disconnected, timeout, failed).",
+            ),
+            queue_wait: Histograms::new(
                 "pio_queue_wait_seconds",
                 "Time requests waited in the queue before their plugin took them.",
+                &LATENCY_BUCKETS,
             ),
-            time_to_first_token: Family::new(
+            time_to_first_token: Histograms::new(
                 "pio_time_to_first_token_seconds",
                 "From request arrival to its first generated token.",
+                &LATENCY_BUCKETS,
             ),
-            inter_token: Family::new(
+            inter_token: Histograms::new(
                 "pio_inter_token_latency_seconds",
                 "Between consecutive generated tokens of one sequence.",
+                &LATENCY_BUCKETS,
+            ),
+            batch_size: Histograms::new(
+                "pio_batch_size",
+                "Sequences per batched step.",
+                &BATCH_BUCKETS,
+            ),
+            step_latency: Histograms::new(
+                "pio_batch_step_seconds",
+                "Duration of one batched step (one token for every sequence of the step).",
+                &LATENCY_BUCKETS,
             ),
             decode_rate: Family::new(
                 "pio_decode_tokens_per_second",
@@ -170,7 +235,20 @@ impl Metrics {
     /// Records how long a request waited in `plugin`'s queue.
     pub fn queue_wait(&self, plugin: &str, waited: Duration) {
         self.queue_wait
-            .with(&[("plugin", plugin)], |h| observe(h, waited));
+            .observe(&[("plugin", plugin)], waited.as_secs_f64());
+    }
+
+    /// Records one batched step of `plugin` carrying `sequences` that took `took`.
+    pub fn step(&self, plugin: &str, sequences: usize, took: Duration) {
+        let labels = [("plugin", plugin)];
+        self.batch_size.observe(&labels, sequences as f64);
+        self.step_latency.observe(&labels, took.as_secs_f64());
+    }
+
+    /// Counts one batched sequence of `plugin` closed for `reason`.
+    pub fn sequence_closed(&self, plugin: &str, reason: &str) {
+        self.sequences_closed
+            .with(&[("plugin", plugin), ("reason", reason)], |n| *n += 1);
     }
 
     /// Records one generated token of `plugin`: `since_previous` is the time since the
@@ -182,7 +260,7 @@ impl Metrics {
         } else {
             &self.inter_token
         };
-        latency.with(&labels, |h| observe(h, since_previous));
+        latency.observe(&labels, since_previous.as_secs_f64());
         self.generated_tokens.with(&labels, |n| *n += 1);
         self.decode_rate.with(&labels, |w| w.add(Instant::now(), 1));
     }
@@ -207,15 +285,18 @@ impl Metrics {
             &self.generations,
             &self.prompt_tokens,
             &self.generated_tokens,
+            &self.sequences_closed,
         ] {
             render_counter(&mut out, family);
         }
-        for family in [
+        for histograms in [
             &self.queue_wait,
             &self.time_to_first_token,
             &self.inter_token,
+            &self.batch_size,
+            &self.step_latency,
         ] {
-            render_histogram(&mut out, family);
+            histograms.render(&mut out);
         }
         let now = Instant::now();
         header(&mut out, &self.decode_rate, "gauge");
@@ -250,17 +331,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn observe(histogram: &mut Histogram, value: Duration) {
-    let seconds = value.as_secs_f64();
-    for (count, bound) in histogram.counts.iter_mut().zip(LATENCY_BUCKETS) {
-        if seconds <= bound {
-            *count += 1;
-        }
-    }
-    histogram.count += 1;
-    histogram.sum += seconds;
-}
-
 fn header<T>(out: &mut String, family: &Family<T>, kind: &str) {
     let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
     let _ = writeln!(out, "# TYPE {} {kind}", family.name);
@@ -270,19 +340,6 @@ fn render_counter(out: &mut String, family: &Family<u64>) {
     header(out, family, "counter");
     for (labels, value) in lock(&family.series).iter() {
         let _ = writeln!(out, "{}{{{labels}}} {value}", family.name);
-    }
-}
-
-fn render_histogram(out: &mut String, family: &Family<Histogram>) {
-    header(out, family, "histogram");
-    let name = family.name;
-    for (labels, h) in lock(&family.series).iter() {
-        for (count, bound) in h.counts.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
     }
 }
 
@@ -311,6 +368,8 @@ mod tests {
         metrics.response("/v1/models", 200);
         metrics.token("a\"b", true, Duration::from_millis(20));
         metrics.token("a\"b", false, Duration::from_millis(2));
+        metrics.step("x", 3, Duration::from_millis(30));
+        metrics.sequence_closed("x", "finished");
         let text = metrics.render(&[
             GaugeSample {
                 name: "pio_queue_depth",
@@ -332,6 +391,10 @@ mod tests {
         assert!(text
             .contains("pio_time_to_first_token_seconds_bucket{plugin=\"a\\\"b\",le=\"0.01\"} 0"));
         assert!(text.contains("pio_inter_token_latency_seconds_count{plugin=\"a\\\"b\"} 1"));
+        assert!(text.contains("pio_batch_size_bucket{plugin=\"x\",le=\"2\"} 0"));
+        assert!(text.contains("pio_batch_size_bucket{plugin=\"x\",le=\"4\"} 1"));
+        assert!(text.contains("pio_batch_step_seconds_count{plugin=\"x\"} 1"));
+        assert!(text.contains("pio_sequences_closed_total{plugin=\"x\",reason=\"finished\"} 1"));
         assert!(text.contains("# TYPE pio_queue_depth gauge\npio_queue_depth{plugin=\"x\"} 3"));
         assert!(text.contains("\npio_ready 1\n"), "{text}");
         assert_eq!(metrics.generated_tokens("a\"b"), 2);

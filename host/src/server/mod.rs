@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use crate::{watch::WatchOptions, PluginManager};
 
-pub use config::{ConfigLayer, Profile, ServerConfig};
+pub use config::{BatchConfig, BatchLayer, ConfigLayer, Profile, ServerConfig};
 pub use plugins::PluginSource;
 
 use engine::Engine;
@@ -103,6 +103,7 @@ impl RunningServer {
             metrics.clone(),
             config.queue_depth,
             config.request_timeout,
+            config.batch,
         ));
         let log = Arc::new(PluginLog::new(print_events));
         let (stop_loader, stop_rx) = crossbeam_channel::bounded(1);

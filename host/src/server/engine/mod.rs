@@ -2,11 +2,17 @@
 //! request queue per plugin name ([`queue`]) feeding that plugin's scheduler thread
 //! ([`scheduler`]), which owns every call the server makes into the plugin.
 //!
+//! A plugin with batched generation is served by continuous batching ([`batch`]): its
+//! scheduler keeps up to an adaptive number of sequences ([`limit`]) open and decodes one token
+//! for all of them per step; others run one sequence per call.
+//!
 //! Handlers never call plugins themselves: they [`submit`](Engine::submit_sequence) a sequence
 //! (a generation or a chat answer, streamed back token by token) or a one-off
 //! [`call`](Engine::call) (tokenize, detokenize, embed), and await the answer. Admission is
 //! immediate: a full queue is refused with [`EngineError::QueueFull`].
 
+mod batch;
+mod limit;
 mod queue;
 mod scheduler;
 
@@ -19,12 +25,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_plugin_api::{ChatRequest, FinishReason, GenerateRequest, PluginStats};
+use pio_plugin_api::{FinishReason, PluginStats, SequenceRequest};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{HostError, HostResult, PluginManager, PluginState};
 
-use super::metrics::{GaugeSample, Metrics};
+use super::{
+    metrics::{GaugeSample, Metrics},
+    BatchConfig,
+};
 
 pub use queue::Priority;
 
@@ -46,16 +55,12 @@ pub enum EngineError {
     Stopped(String),
     /// The plugin or the manager refused the request.
     Host(HostError),
+    /// A batched step failed: every sequence of the step gets the plugin's error.
+    Step(Arc<HostError>),
 }
 
-/// A request that produces a sequence of tokens.
-#[derive(Debug, Clone)]
-pub enum Sequence {
-    /// Continue a prompt.
-    Generate(GenerateRequest),
-    /// Answer a conversation.
-    Chat(ChatRequest),
-}
+/// A request that produces a sequence of tokens: a continuation or a chat answer.
+pub type Sequence = SequenceRequest;
 
 /// A finished sequence.
 #[derive(Debug, Clone)]
@@ -120,6 +125,8 @@ enum Job {
 struct LaneState {
     /// Sequences being generated now.
     active: AtomicU64,
+    /// The current adaptive batch limit (0 until the plugin has run a batched step).
+    batch_limit: AtomicU64,
     /// The plugin's resource use, read by the scheduler after every job.
     stats: Mutex<Option<PluginStats>>,
 }
@@ -144,23 +151,26 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     depth: usize,
     timeout: Duration,
+    batch: BatchConfig,
     lanes: Mutex<BTreeMap<String, Lane>>,
 }
 
 impl Engine {
-    /// An engine whose queues hold `depth` requests per priority class and whose requests
-    /// time out after `timeout`.
+    /// An engine whose queues hold `depth` requests per priority class, whose requests time
+    /// out after `timeout` and whose batched plugins are batched as `batch` says.
     pub fn new(
         manager: Arc<PluginManager>,
         metrics: Arc<Metrics>,
         depth: usize,
         timeout: Duration,
+        batch: BatchConfig,
     ) -> Self {
         Self {
             manager,
             metrics,
             depth,
             timeout,
+            batch,
             lanes: Mutex::new(BTreeMap::new()),
         }
     }
@@ -179,6 +189,7 @@ impl Engine {
             state.clone(),
             self.manager.clone(),
             self.metrics.clone(),
+            self.batch,
         )
         .map_err(|e| HostError::io("scheduler thread", e))?;
         lanes.insert(
@@ -280,6 +291,14 @@ impl Engine {
                 "Sequences being generated.",
                 plugin,
                 lane.state.active.load(Ordering::Relaxed) as f64,
+            );
+        }
+        for (plugin, lane) in lanes.iter() {
+            add(
+                "pio_batch_limit",
+                "Sequences the adaptive batch limit lets the plugin's steps carry now (0: not batched).",
+                plugin,
+                lane.state.batch_limit.load(Ordering::Relaxed) as f64,
             );
         }
         let stats: Vec<(&String, PluginStats)> = lanes

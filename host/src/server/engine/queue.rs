@@ -93,16 +93,10 @@ impl<T> QueueReceiver<T> {
     /// sender is gone and nothing is left.
     pub fn next(&self) -> Option<T> {
         loop {
-            let mut open = false;
-            for class in &self.classes {
-                match class.try_recv() {
-                    Ok(item) => return Some(item),
-                    Err(TryRecvError::Empty) => open = true,
-                    Err(TryRecvError::Disconnected) => {}
-                }
-            }
-            if !open {
-                return None;
+            match self.try_next() {
+                Waiting::Ready(item) => return Some(item),
+                Waiting::Closed => return None,
+                Waiting::Empty => {}
             }
             // Wait until any class has something (or closes), then look again in order.
             let mut select = Select::new();
@@ -112,6 +106,34 @@ impl<T> QueueReceiver<T> {
             select.ready();
         }
     }
+
+    /// The next request, highest class first, without waiting.
+    pub fn try_next(&self) -> Waiting<T> {
+        let mut open = false;
+        for class in &self.classes {
+            match class.try_recv() {
+                Ok(item) => return Waiting::Ready(item),
+                Err(TryRecvError::Empty) => open = true,
+                Err(TryRecvError::Disconnected) => {}
+            }
+        }
+        if open {
+            Waiting::Empty
+        } else {
+            Waiting::Closed
+        }
+    }
+}
+
+/// What [`QueueReceiver::try_next`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Waiting<T> {
+    /// The next request.
+    Ready(T),
+    /// Nothing waits now.
+    Empty,
+    /// Nothing waits and every sender is gone.
+    Closed,
 }
 
 #[cfg(test)]
@@ -143,9 +165,13 @@ mod tests {
     fn ends_when_senders_are_gone() {
         let (tx, rx) = bounded(2);
         tx.admit(Priority::Normal, 1).unwrap();
+        assert_eq!(rx.try_next(), Waiting::Ready(1));
+        assert_eq!(rx.try_next(), Waiting::Empty);
+        tx.admit(Priority::Low, 2).unwrap();
         drop(tx);
-        assert_eq!(rx.next(), Some(1));
+        assert_eq!(rx.next(), Some(2));
         assert_eq!(rx.next(), None);
+        assert_eq!(rx.try_next(), Waiting::Closed);
     }
 
     #[test]

@@ -1,27 +1,31 @@
 //! A plugin's scheduler: one thread that takes requests from the plugin's queue, highest
 //! priority first, and makes every call into the plugin for the server.
 //!
-//! **Not batched yet.** The plugin ABI runs one sequence per `generate`/`chat` call, so the
-//! scheduler runs one sequence at a time, to its end. This loop is the one place where
-//! continuous batching belongs once the ABI offers a batched decode step: keep a set of
-//! running sequences, admit waiting ones between steps, decode the set in one call, and retire
-//! finished ones.
+//! Sequences for an instance with batched generation join the continuous batch
+//! ([`batch`](super::batch)): while sequences are open, the loop admits waiting requests up to
+//! the adaptive limit, then runs one step, and repeats; with none open it blocks on the queue.
+//! Sequences for other plugins run one at a time, to their end, through `generate` / `chat`
+//! (while one runs, an open batch of the same plugin name waits: that mix exists only between
+//! a reload that changes the capability and the end of the old instance's sequences).
+//! One-off calls run between steps; while the batch is full, nothing leaves the queue (calls
+//! included), so the priority classes decide which request joins when a sequence leaves.
 
 use std::{
     sync::{atomic::Ordering, Arc},
     time::Instant,
 };
 
-use pio_plugin_api::{StreamControl, TokenEvent};
+use pio_plugin_api::{Capability, StreamControl, TokenEvent};
 use tokio::sync::mpsc;
 
 use crate::PluginManager;
 
 use super::{
-    queue::QueueReceiver, Admission, Completion, EngineError, Job, LaneState, Sequence,
-    SequenceEvent,
+    batch::Batch,
+    queue::{QueueReceiver, Waiting},
+    Admission, Completion, EngineError, Job, LaneState, Sequence, SequenceEvent,
 };
-use crate::server::metrics::Metrics;
+use crate::server::{metrics::Metrics, BatchConfig};
 
 /// Why the scheduler stopped a generation early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,21 +36,22 @@ enum Cancel {
     Disconnected,
 }
 
-struct Scheduler {
-    name: String,
-    manager: Arc<PluginManager>,
-    metrics: Arc<Metrics>,
-    state: Arc<LaneState>,
+pub(super) struct Scheduler {
+    pub(super) name: String,
+    pub(super) manager: Arc<PluginManager>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) state: Arc<LaneState>,
 }
 
-/// Starts the scheduler thread of plugin `name`; it exits once the queue's senders are gone
-/// and the queue is empty.
+/// Starts the scheduler thread of plugin `name`; it exits once the queue's senders are gone,
+/// the queue is empty and no sequence is open.
 pub(super) fn spawn(
     name: String,
     queue: QueueReceiver<Job>,
     state: Arc<LaneState>,
     manager: Arc<PluginManager>,
     metrics: Arc<Metrics>,
+    batch: BatchConfig,
 ) -> std::io::Result<()> {
     let scheduler = Scheduler {
         name: name.clone(),
@@ -56,60 +61,108 @@ pub(super) fn spawn(
     };
     std::thread::Builder::new()
         .name(format!("pio-sched-{name}"))
-        .spawn(move || scheduler.run(&queue))
+        .spawn(move || scheduler.run(&queue, Batch::new(batch)))
         .map(drop)
 }
 
 impl Scheduler {
-    fn run(self, queue: &QueueReceiver<Job>) {
+    fn run(self, queue: &QueueReceiver<Job>, mut batch: Batch) {
         self.refresh_stats();
-        while let Some(job) = queue.next() {
-            match job {
-                Job::Sequence {
-                    admission,
-                    request,
-                    events,
-                } => self.run_sequence(&admission, &request, &events),
-                Job::Call { admission, run } => {
-                    self.metrics
-                        .queue_wait(&self.name, admission.arrived.elapsed());
-                    // A call whose deadline passed has been answered with a timeout already.
-                    if Instant::now() < admission.deadline {
-                        run(&self.manager, &admission.reference);
-                    }
+        loop {
+            // With a full batch nothing leaves the queue, so priorities decide who joins next.
+            let waiting = if batch.is_empty() {
+                match queue.next() {
+                    Some(job) => Waiting::Ready(job),
+                    None => break,
                 }
+            } else if batch.has_room() {
+                queue.try_next()
+            } else {
+                Waiting::Empty
+            };
+            match waiting {
+                Waiting::Ready(job) => self.take(job, &mut batch),
+                Waiting::Empty | Waiting::Closed => self.step(&mut batch),
             }
             self.refresh_stats();
         }
         tracing::info!(plugin = %self.name, "scheduler stopped");
     }
 
-    fn refresh_stats(&self) {
+    /// Runs a call, runs a sequence of an unbatched plugin to its end, or opens a sequence in
+    /// `batch`.
+    fn take(&self, job: Job, batch: &mut Batch) {
+        match job {
+            Job::Sequence {
+                admission,
+                request,
+                events,
+            } => {
+                if !self.still_wanted(&admission, &events) {
+                    return;
+                }
+                if self.batches(&admission.reference) {
+                    self.open(batch, admission, &request, events);
+                } else {
+                    self.run_sequence(&admission, &request, &events);
+                }
+            }
+            Job::Call { admission, run } => {
+                self.metrics
+                    .queue_wait(&self.name, admission.arrived.elapsed());
+                // A call whose deadline passed has been answered with a timeout already.
+                if Instant::now() < admission.deadline {
+                    run(&self.manager, &admission.reference);
+                }
+            }
+        }
+    }
+
+    /// Whether the instance `reference` resolves to offers batched generation.
+    fn batches(&self, reference: &str) -> bool {
+        self.manager
+            .info(reference)
+            .ok()
+            .and_then(|summary| summary.metadata)
+            .is_some_and(|metadata| metadata.has(Capability::BatchedGeneration))
+    }
+
+    /// Records the queue wait of a sequence leaving the queue; answers whether it is still
+    /// worth starting (its client is there and its deadline has not passed).
+    fn still_wanted(
+        &self,
+        admission: &Admission,
+        events: &mpsc::UnboundedSender<SequenceEvent>,
+    ) -> bool {
+        self.metrics
+            .queue_wait(&self.name, admission.arrived.elapsed());
+        if events.is_closed() {
+            self.metrics.generation(&self.name, "disconnected", 0);
+            return false;
+        }
+        if Instant::now() >= admission.deadline {
+            self.metrics.generation(&self.name, "timeout", 0);
+            let timeout = admission.deadline - admission.arrived;
+            let _ = events.send(SequenceEvent::Finished(Err(EngineError::Timeout(timeout))));
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn refresh_stats(&self) {
         let stats = self.manager.stats(&self.name).ok();
         *self.state.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
     }
 
-    /// Runs one sequence to its end, streaming its text to `events`, stopping it early when
-    /// the client leaves or the deadline passes.
+    /// Runs one sequence of an unbatched plugin to its end, streaming its text to `events`,
+    /// stopping it early when the client leaves or the deadline passes.
     fn run_sequence(
         &self,
         admission: &Admission,
         request: &Sequence,
         events: &mpsc::UnboundedSender<SequenceEvent>,
     ) {
-        self.metrics
-            .queue_wait(&self.name, admission.arrived.elapsed());
-        if events.is_closed() {
-            self.metrics.generation(&self.name, "disconnected", 0);
-            return;
-        }
         let timeout = admission.deadline - admission.arrived;
-        if Instant::now() >= admission.deadline {
-            self.metrics.generation(&self.name, "timeout", 0);
-            let _ = events.send(SequenceEvent::Finished(Err(EngineError::Timeout(timeout))));
-            return;
-        }
-
         self.state.active.fetch_add(1, Ordering::Relaxed);
         let mut cancel = None;
         let mut previous = admission.arrived;

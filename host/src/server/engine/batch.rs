@@ -1,0 +1,258 @@
+//! Continuous batching for a plugin with batched generation: the open sequences of one
+//! plugin name, and the scheduler's two moves on them — [`open`](Scheduler::open) a waiting
+//! request (the plugin processes its prompt) and [`step`](Scheduler::step) every open sequence
+//! by one token.
+//!
+//! Each sequence stays on the instance that opened it (`name@version` and reload generation:
+//! its KV cache lives there); a step groups the sequences by instance. At every step boundary,
+//! before decoding, sequences whose client left or whose deadline passed are closed. A sequence
+//! leaves the batch when its token says it finished, and is closed then. A failed step fails
+//! exactly the sequences it carried, each with the plugin's error; a sequence whose instance
+//! was retired by a reload fails with `InstanceGone` (503), while new sequences open on the
+//! instance that now serves the name.
+
+use std::{collections::HashMap, sync::atomic::Ordering, sync::Arc, time::Instant};
+
+use pio_plugin_api::{PluginError, SequenceStep};
+use tokio::sync::mpsc;
+
+use crate::{HostError, HostResult};
+
+use super::{
+    limit::AdaptiveLimit, scheduler::Scheduler, Admission, Completion, EngineError, Sequence,
+    SequenceEvent,
+};
+use crate::server::BatchConfig;
+
+/// The instance a sequence lives on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Owner {
+    /// `name@version`.
+    plugin: String,
+    generation: u64,
+}
+
+/// One open sequence.
+struct Running {
+    owner: Owner,
+    /// The plugin's id of the sequence.
+    id: u64,
+    admission: Admission,
+    events: mpsc::UnboundedSender<SequenceEvent>,
+    prompt_tokens: u32,
+    text: String,
+    tokens: u32,
+    /// When its previous token (or, before the first, its request) arrived.
+    previous: Instant,
+}
+
+/// The open sequences of one plugin name and the adaptive limit on their number.
+pub(super) struct Batch {
+    running: Vec<Running>,
+    limit: AdaptiveLimit,
+}
+
+impl Batch {
+    /// An empty batch whose limit adapts as `config` says.
+    pub fn new(config: BatchConfig) -> Self {
+        Self {
+            running: Vec::new(),
+            limit: AdaptiveLimit::new(config),
+        }
+    }
+
+    /// Whether no sequence is open.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Whether another sequence may be opened now.
+    pub fn has_room(&self) -> bool {
+        self.running.len() < self.limit.current()
+    }
+}
+
+impl Scheduler {
+    /// Opens `request` on the instance serving its model and adds it to `batch`; a refusal
+    /// (bad input, plugin error) answers that request only.
+    pub(super) fn open(
+        &self,
+        batch: &mut Batch,
+        admission: Admission,
+        request: &Sequence,
+        events: mpsc::UnboundedSender<SequenceEvent>,
+    ) {
+        match self.manager.open_sequence(&admission.reference, request) {
+            Ok(served) => {
+                batch.running.push(Running {
+                    owner: Owner {
+                        plugin: served.plugin,
+                        generation: served.generation,
+                    },
+                    id: served.response.id,
+                    previous: admission.arrived,
+                    admission,
+                    events,
+                    prompt_tokens: served.response.prompt_tokens,
+                    text: String::new(),
+                    tokens: 0,
+                });
+                self.publish(batch);
+            }
+            Err(error) => {
+                self.metrics.generation(&self.name, "error", 0);
+                let _ = events.send(SequenceEvent::Finished(Err(EngineError::Host(error))));
+            }
+        }
+    }
+
+    /// One step boundary: closes the sequences nobody waits for any more, then decodes one
+    /// token for every other open sequence, one plugin call per instance.
+    pub(super) fn step(&self, batch: &mut Batch) {
+        let now = Instant::now();
+        let (abandoned, mut running): (Vec<_>, Vec<_>) = std::mem::take(&mut batch.running)
+            .into_iter()
+            .partition(|r| r.events.is_closed() || now >= r.admission.deadline);
+        for sequence in abandoned {
+            self.abandon(sequence, now);
+        }
+        while let Some(owner) = running.first().map(|r| r.owner.clone()) {
+            let (carried, rest): (Vec<_>, Vec<_>) =
+                running.into_iter().partition(|r| r.owner == owner);
+            running = rest;
+            let ids: Vec<u64> = carried.iter().map(|r| r.id).collect();
+            let started = Instant::now();
+            let result = self
+                .manager
+                .step_sequences(&owner.plugin, owner.generation, &ids);
+            let took = started.elapsed();
+            match result {
+                Ok(steps) => {
+                    self.metrics.step(&self.name, ids.len(), took);
+                    batch.limit.observe(ids.len(), took);
+                    batch.running.extend(self.deliver(carried, steps));
+                }
+                Err(error) => self.fail(carried, error),
+            }
+        }
+        self.publish(batch);
+    }
+
+    /// Hands each sequence its token; returns those that go on.
+    fn deliver(&self, carried: Vec<Running>, steps: Vec<SequenceStep>) -> Vec<Running> {
+        let mut steps: HashMap<u64, SequenceStep> = steps.into_iter().map(|s| (s.id, s)).collect();
+        let mut going_on = Vec::new();
+        let mut missing = Vec::new();
+        for mut sequence in carried {
+            let Some(step) = steps.remove(&sequence.id) else {
+                missing.push(sequence);
+                continue;
+            };
+            let now = Instant::now();
+            let first = sequence.tokens == 0;
+            self.metrics
+                .token(&self.name, first, now - sequence.previous);
+            sequence.previous = now;
+            sequence.tokens += 1;
+            if !step.event.text.is_empty() {
+                sequence.text.push_str(&step.event.text);
+                // A client that left is noticed at the next step boundary.
+                let _ = sequence
+                    .events
+                    .send(SequenceEvent::Text(step.event.text.into_string()));
+            }
+            match step.finish.into_option() {
+                Some(finish) => {
+                    self.close(&sequence, "finished");
+                    self.metrics.generation(
+                        &self.name,
+                        finish.as_str(),
+                        u64::from(sequence.prompt_tokens),
+                    );
+                    let completion = Completion {
+                        completion_tokens: sequence.tokens,
+                        prompt_tokens: sequence.prompt_tokens,
+                        finish,
+                        plugin: sequence.owner.plugin.clone(),
+                        text: sequence.text,
+                    };
+                    let _ = sequence
+                        .events
+                        .send(SequenceEvent::Finished(Ok(completion)));
+                }
+                None => going_on.push(sequence),
+            }
+        }
+        if let Some(sequence) = missing.first() {
+            let error = HostError::Plugin {
+                plugin: sequence.owner.plugin.clone(),
+                operation: "step_sequences",
+                error: PluginError::internal("the step returned no token for this sequence"),
+            };
+            self.fail(missing, error);
+        }
+        going_on
+    }
+
+    /// Ends `sequences` with `error` and closes them where their instance still serves.
+    fn fail(&self, sequences: Vec<Running>, error: HostError) {
+        tracing::warn!(plugin = %self.name, sequences = sequences.len(), "batched step failed: {error}");
+        let gone = matches!(error, HostError::InstanceGone { .. });
+        let error = Arc::new(error);
+        for sequence in sequences {
+            if !gone {
+                self.close(&sequence, "failed");
+            }
+            self.metrics
+                .generation(&self.name, "error", u64::from(sequence.prompt_tokens));
+            let _ = sequence
+                .events
+                .send(SequenceEvent::Finished(Err(EngineError::Step(
+                    error.clone(),
+                ))));
+        }
+    }
+
+    /// Closes a sequence whose client left or whose deadline passed.
+    fn abandon(&self, sequence: Running, now: Instant) {
+        let prompt_tokens = u64::from(sequence.prompt_tokens);
+        if sequence.events.is_closed() && now < sequence.admission.deadline {
+            tracing::info!(plugin = %self.name, "client disconnected; sequence closed");
+            self.close(&sequence, "disconnected");
+            self.metrics
+                .generation(&self.name, "disconnected", prompt_tokens);
+        } else {
+            self.close(&sequence, "timeout");
+            self.metrics
+                .generation(&self.name, "timeout", prompt_tokens);
+            let timeout = sequence.admission.deadline - sequence.admission.arrived;
+            let _ = sequence
+                .events
+                .send(SequenceEvent::Finished(Err(EngineError::Timeout(timeout))));
+        }
+    }
+
+    /// Closes `sequence` in its plugin, counting it under `reason`.
+    fn close(&self, sequence: &Running, reason: &str) {
+        let closed: HostResult<()> = self.manager.close_sequence(
+            &sequence.owner.plugin,
+            sequence.owner.generation,
+            sequence.id,
+        );
+        match closed {
+            Ok(()) => self.metrics.sequence_closed(&self.name, reason),
+            Err(error) => tracing::warn!(plugin = %self.name, "closing a sequence failed: {error}"),
+        }
+    }
+
+    /// Publishes the open sequences and the batch limit for `/metrics`.
+    fn publish(&self, batch: &Batch) {
+        let state = &self.state;
+        state
+            .active
+            .store(batch.running.len() as u64, Ordering::Relaxed);
+        state
+            .batch_limit
+            .store(batch.limit.current() as u64, Ordering::Relaxed);
+    }
+}
