@@ -36,12 +36,14 @@ impl Profile {
     }
 
     /// `(batch.max_sequences, batch.target_step_ms)` of the profile: small batches and a
-    /// tight step target for latency, large batches and a loose one for throughput.
+    /// tight step target for latency, a loose target for throughput. No profile goes above 8
+    /// sequences: that is the Llama plugin's default number of batch slots, and a plugin
+    /// refuses to open more sequences than it has slots.
     fn batch(self) -> (usize, u64) {
         match self {
-            Profile::Default => (16, 100),
+            Profile::Default => (8, 100),
             Profile::LowLatency => (4, 40),
-            Profile::Throughput => (64, 400),
+            Profile::Throughput => (8, 400),
         }
     }
 }
@@ -89,7 +91,9 @@ pub struct ServerConfig {
 /// How the scheduler batches the sequences of a plugin with batched generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
-    /// The most sequences one step may carry; the adaptive limit stays in `1..=` this.
+    /// The most sequences one step may carry; the adaptive limit stays in `1..=` this. It must
+    /// not exceed what the plugin can hold open (the Llama plugin's `batch_slots`, default 8):
+    /// beyond that, opening a sequence fails its request.
     pub max_sequences: usize,
     /// The step latency the adaptive limit aims at: it grows while full steps are faster and
     /// shrinks when a step is slower.
@@ -351,7 +355,7 @@ mod tests {
         };
         let default = ServerConfig::default().batch;
         let throughput = throughput.resolve().unwrap().batch;
-        assert!(throughput.max_sequences > default.max_sequences);
+        assert!(throughput.max_sequences >= default.max_sequences);
         assert!(throughput.target_step > default.target_step);
 
         let error = toml::from_str::<ConfigLayer>("[batch]\nmax_sequence = 3").unwrap_err();
