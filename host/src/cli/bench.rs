@@ -1,5 +1,6 @@
-//! `pio bench [PLUGIN]`: load time, prefill and decode speed, time to first token, dispatches
-//! per token and peak memory of a text-generation plugin, as a table or as JSON.
+//! `pio bench [PLUGIN]`: load time, prefill and decode speed, time to first token, batched
+//! (aggregate) decode speed, dispatches per token and peak memory of a text-generation plugin,
+//! as a table or as JSON.
 //!
 //! The host times activation and reads its own peak RSS (plugins run in-process); the plugin
 //! measures its forward passes itself through its `{"op": "bench"}` operation, which is run
@@ -30,6 +31,10 @@ pub struct BenchArgs {
     /// Tokens decoded (greedily, after a 128-token prompt) per run.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
+    /// Numbers of sequences decoded together (batched generation, for plugins that offer it;
+    /// empty to skip): aggregate decode speed of each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 8])]
+    batch_sizes: Vec<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -68,6 +73,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         "prompt_lengths": args.prompt_lengths,
         "decode_prompt": DECODE_PROMPT,
         "decode_tokens": args.decode_tokens,
+        "batch_sizes": args.batch_sizes,
     });
     let mut runs = Vec::with_capacity(args.runs);
     for run in 0..args.runs {
@@ -77,7 +83,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             .response;
         runs.push(answer);
     }
-    let report = Report::new(&id, &runs, load_ms, stats.activate_ms, &args.prompt_lengths)?;
+    let report = Report::new(
+        &id,
+        &runs,
+        load_ms,
+        stats.activate_ms,
+        &args.prompt_lengths,
+        &args.batch_sizes,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
@@ -100,6 +113,8 @@ struct Report {
     prefill: Vec<(usize, f64, f64)>,
     decode_tokens: u64,
     decode_tok_s: f64,
+    /// (sequences decoded together, aggregate tok/s)
+    batched: Vec<(usize, f64)>,
 }
 
 impl Report {
@@ -109,6 +124,7 @@ impl Report {
         load_ms: f64,
         activate_ms: f64,
         prompt_lengths: &[usize],
+        batch_sizes: &[usize],
     ) -> anyhow::Result<Self> {
         let first = &runs[0];
         let number = |v: &Value, what: &str| {
@@ -133,6 +149,16 @@ impl Report {
                 ))
             })
             .collect::<anyhow::Result<_>>()?;
+        let batched = batch_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                Ok((
+                    n,
+                    median_of("aggregate_tok_s", &|r| &r["batched"][i]["aggregate_tok_s"])?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Report {
             plugin: plugin.to_owned(),
             adapter: first["adapter"].as_str().unwrap_or("unknown").to_owned(),
@@ -145,6 +171,7 @@ impl Report {
             prefill,
             decode_tokens: first["decode"]["decode_tokens"].as_u64().unwrap_or(0),
             decode_tok_s: median_of("decode_tok_s", &|r| &r["decode"]["decode_tok_s"])?,
+            batched,
         })
     }
 
@@ -164,6 +191,9 @@ impl Report {
         for &(len, tok_s, ttft) in &self.prefill {
             out[format!("prefill_tok_s_{len}")] = tok_s.into();
             out[format!("ttft_ms_{len}")] = ttft.into();
+        }
+        for &(n, tok_s) in &self.batched {
+            out[format!("batched_decode_tok_s_{n}")] = tok_s.into();
         }
         out
     }
@@ -185,6 +215,13 @@ impl Report {
             self.decode_tok_s,
             "tok/s",
         ));
+        for &(n, tok_s) in &self.batched {
+            rows.push(row(
+                &format!("batched decode, {n} sequences (aggregate)"),
+                tok_s,
+                "tok/s",
+            ));
+        }
         rows.push(count_row("dispatches per token", self.dispatches_per_token));
         rows.push(count_row("dispatches per layer", self.dispatches_per_layer));
         if let Some(bytes) = self.peak_rss_bytes {
@@ -240,16 +277,20 @@ mod tests {
                 "dispatches_per_layer": 5,
                 "prefill": [{"prompt_tokens": 128, "prefill_tok_s": prefill, "ttft_ms": 10.0}],
                 "decode": {"decode_tokens": 128, "decode_tok_s": decode},
+                "batched": [{"sequences": 4, "aggregate_tok_s": 2.0 * decode}],
             })
         };
         let runs = [run(10.0, 50.0), run(30.0, 70.0), run(20.0, 60.0)];
-        let report = Report::new("llama@0.1.0", &runs, 900.0, 800.0, &[128]).unwrap();
+        let report = Report::new("llama@0.1.0", &runs, 900.0, 800.0, &[128], &[4]).unwrap();
         let j = report.to_json();
         assert_eq!(j["decode_tok_s"], 20.0);
         assert_eq!(j["prefill_tok_s_128"], 60.0);
+        assert_eq!(j["batched_decode_tok_s_4"], 40.0);
         assert_eq!(j["dispatches_per_layer"], 5);
         let broken = [json!({"prefill": [], "decode": {}})];
-        let err = Report::new("x", &broken, 0.0, 0.0, &[128]).err().unwrap();
+        let err = Report::new("x", &broken, 0.0, 0.0, &[128], &[])
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("prefill_tok_s"), "{err}");
     }
 

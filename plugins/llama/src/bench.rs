@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::generate::Forward;
+use crate::generate::{Forward, GenerateConfig};
 use crate::sampler::{Sampler, SamplingParams};
 
 /// What to measure.
@@ -126,6 +127,76 @@ pub fn bench_run<F: Forward + ?Sized>(model: &mut F, config: &BenchConfig) -> Re
             decode_tok_s: config.decode_tokens as f64 / decode_s,
         },
     })
+}
+
+/// One batched-decode measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchedRun {
+    /// Sequences decoded together.
+    pub sequences: usize,
+    /// Tokens emitted by all of them.
+    pub tokens: usize,
+    /// Wall time of the steps (prompts excluded), in milliseconds.
+    pub decode_ms: f64,
+    /// `tokens / decode time`: the aggregate decode speed.
+    pub aggregate_tok_s: f64,
+}
+
+/// Opens `sequences` batched sequences of `prompt_len` pseudo-random tokens and steps them
+/// together, greedily, for up to `steps` tokens each; measures the aggregate decode speed.
+pub fn bench_batched(
+    engine: &mut Engine,
+    sequences: usize,
+    prompt_len: usize,
+    steps: usize,
+) -> Result<BatchedRun> {
+    let vocab = engine.summary().hparams.vocab_size;
+    let config = GenerateConfig {
+        max_new_tokens: steps,
+        ..GenerateConfig::default()
+    };
+    let mut open = Vec::with_capacity(sequences);
+    for i in 0..sequences {
+        let opened = engine.open_sequence(&prompt(prompt_len, vocab, 100 + i as u64), &config);
+        match opened {
+            Ok(id) => open.push(id),
+            Err(e) => {
+                close_all(engine, &open);
+                return Err(e);
+            }
+        }
+    }
+    let start = Instant::now();
+    let mut tokens = 0;
+    let mut active = open.clone();
+    while !active.is_empty() {
+        let stepped = match engine.step_sequences(&active) {
+            Ok(stepped) => stepped,
+            Err(e) => {
+                close_all(engine, &open);
+                return Err(e);
+            }
+        };
+        tokens += stepped.len();
+        for s in stepped.iter().filter(|s| s.finish.is_some()) {
+            active.retain(|&id| id != s.id);
+        }
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+    close_all(engine, &open);
+    Ok(BatchedRun {
+        sequences,
+        tokens,
+        decode_ms: decode_s * 1e3,
+        aggregate_tok_s: tokens as f64 / decode_s,
+    })
+}
+
+fn close_all(engine: &mut Engine, ids: &[u64]) {
+    for &id in ids {
+        // Closing an open sequence cannot fail; an id already closed is not in `ids`.
+        let _ = engine.close_sequence(id);
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use pio_plugin_api::{
 };
 
 use crate::batch::BatchSettings;
-use crate::bench::{bench_run, BenchConfig};
+use crate::bench::{bench_batched, bench_run, BenchConfig};
 use crate::engine::{Engine, ModelSummary};
 use crate::error::Error;
 use crate::generate::{GenerateConfig, Generation};
@@ -112,8 +112,9 @@ impl LlamaPlugin {
     }
 }
 
-/// The [`BenchConfig`] of a `bench` request; absent fields take `pio bench`'s defaults.
-fn bench_config(request: &serde_json::Value) -> PluginResult<BenchConfig> {
+/// The [`BenchConfig`] and batch sizes of a `bench` request; absent fields take `pio bench`'s
+/// defaults.
+fn bench_config(request: &serde_json::Value) -> PluginResult<(BenchConfig, Vec<usize>)> {
     let count = |field: &str, default: usize| -> PluginResult<usize> {
         match request.get(field) {
             None => Ok(default),
@@ -124,20 +125,25 @@ fn bench_config(request: &serde_json::Value) -> PluginResult<BenchConfig> {
             }),
         }
     };
-    let prompt_lengths = match request.get("prompt_lengths") {
-        None => vec![128, 512],
-        Some(v) => v
-            .as_array()
-            .and_then(|a| a.iter().map(|n| n.as_u64().map(|n| n as usize)).collect())
-            .ok_or_else(|| {
-                PluginError::invalid_input("bench: 'prompt_lengths' must be an array of integers")
-            })?,
+    let counts = |field: &str, default: &[usize]| -> PluginResult<Vec<usize>> {
+        match request.get(field) {
+            None => Ok(default.to_vec()),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| a.iter().map(|n| n.as_u64().map(|n| n as usize)).collect())
+                .ok_or_else(|| {
+                    PluginError::invalid_input(format!(
+                        "bench: '{field}' must be an array of integers"
+                    ))
+                }),
+        }
     };
-    Ok(BenchConfig {
-        prompt_lengths,
+    let config = BenchConfig {
+        prompt_lengths: counts("prompt_lengths", &[128, 512])?,
         decode_prompt: count("decode_prompt", 128)?,
         decode_tokens: count("decode_tokens", 128)?,
-    })
+    };
+    Ok((config, counts("batch_sizes", &[])?))
 }
 
 /// The generation loop's configuration for the API's parameters. Without a seed, one is drawn
@@ -263,18 +269,30 @@ impl Plugin for LlamaPlugin {
     /// - `{"op": "perplexity", "text": TEXT, "window": N}` answers
     ///   `{"perplexity", "mean_nll", "scored_tokens", "windows", "window"}` (windows as described
     ///   in [`crate::perplexity::perplexity`]);
-    /// - `{"op": "bench", "prompt_lengths": [N, ...], "decode_prompt": N, "decode_tokens": N}`
-    ///   runs [`bench_run`] once and answers its measurements plus `dispatches_per_token`,
-    ///   `dispatches_per_layer` and `adapter`.
+    /// - `{"op": "bench", "prompt_lengths": [N, ...], "decode_prompt": N, "decode_tokens": N,
+    ///   "batch_sizes": [N, ...]}` runs [`bench_run`] once, and [`bench_batched`] for each batch
+    ///   size (32-token prompts, `decode_tokens` steps), and answers their measurements plus
+    ///   `dispatches_per_token`, `dispatches_per_layer` and `adapter`.
     fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
         match request.get("op").and_then(|op| op.as_str()) {
             Some("bench") => {
-                let config = bench_config(&request)?;
-                let model = self.active()?.engine.model_mut();
-                let run = bench_run(model, &config)?;
-                let mut answer = serde_json::to_value(run).map_err(|e| {
-                    PluginError::internal(format!("cannot serialize the benchmark: {e}"))
-                })?;
+                let (config, batch_sizes) = bench_config(&request)?;
+                let engine = &mut self.active()?.engine;
+                let json = |value: Result<serde_json::Value, serde_json::Error>| {
+                    value.map_err(|e| {
+                        PluginError::internal(format!("cannot serialize the benchmark: {e}"))
+                    })
+                };
+                let mut answer = json(serde_json::to_value(bench_run(
+                    engine.model_mut(),
+                    &config,
+                )?))?;
+                let batched = batch_sizes
+                    .iter()
+                    .map(|&n| bench_batched(engine, n, 32, config.decode_tokens))
+                    .collect::<Result<Vec<_>, Error>>()?;
+                answer["batched"] = json(serde_json::to_value(batched))?;
+                let model = engine.model();
                 answer["dispatches_per_token"] = model.dispatches_per_token().into();
                 answer["dispatches_per_layer"] = model.dispatches_per_layer().into();
                 answer["adapter"] = model.gpu().adapter_info().to_string().into();
