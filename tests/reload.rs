@@ -323,3 +323,75 @@ fn plugin_removed_while_busy_finishes_its_request_first() {
     );
     assert!(matches!(mirror(&site.manager), Err(HostError::NotFound(_))));
 }
+
+#[test]
+fn llama_plugin_is_replaced_while_it_generates() {
+    let Some(model) = pio_testkit::cached_model(pio_testkit::SMOLLM2) else {
+        return;
+    };
+    let site = Site::new();
+    let llama = workspace_plugin("pio_plugin_llama");
+    site.install("llama", &llama, json!({ "model": model }), 0);
+    let (tx, events) = crossbeam_channel::unbounded();
+    let options = WatchOptions {
+        activate: pio_plugin_api::ActivateOptions {
+            context_length: 256,
+            ..Default::default()
+        },
+        ..WatchOptions::default()
+    };
+    let _watcher = PluginWatcher::start(site.manager.clone(), &site.plugins, options, tx).unwrap();
+    assert!(matches!(next_event(&events), ReloadEvent::Added { .. }));
+
+    let chat = pio_plugin_api::ChatRequest {
+        messages: vec![pio_plugin_api::ChatMessage::new(
+            "user",
+            "What is the capital of France?",
+        )]
+        .into(),
+        params: GenerationParams::greedy(32),
+    };
+    let (first_token_tx, first_token) = crossbeam_channel::bounded(1);
+    let manager = site.manager.clone();
+    let request = chat.clone();
+    let busy = std::thread::spawn(move || {
+        manager.chat("llama", &request, |event| {
+            if event.index == 0 {
+                let _ = first_token_tx.send(());
+            }
+            // Slow enough for the replacement to land while this generation runs.
+            std::thread::sleep(Duration::from_millis(100));
+            StreamControl::Continue
+        })
+    });
+    first_token.recv_timeout(EVENT_TIMEOUT).unwrap();
+    // A new manifest (other batch settings) for the same library: a new version to load.
+    site.install(
+        "llama",
+        &llama,
+        json!({ "model": model, "batch_slots": 2 }),
+        1,
+    );
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Replaced { generation: 2, .. }),
+        "{event:?}"
+    );
+
+    let in_flight = busy.join().unwrap().expect("the in-flight chat completes");
+    assert_eq!(
+        in_flight.generation, 1,
+        "finished on the instance it started on"
+    );
+    let after = site
+        .manager
+        .chat("llama", &chat, |_| StreamControl::Continue)
+        .unwrap();
+    assert_eq!(after.generation, 2, "new requests go to the new instance");
+    assert_eq!(in_flight.response.text, after.response.text);
+    assert!(
+        after.response.text.contains("Paris"),
+        "{:?}",
+        after.response.text
+    );
+}
