@@ -3,8 +3,10 @@
 //!
 //! `cargo bench -p pio-tests --bench http` serves the Llama plugin with SmolLM2 when the model
 //! is cached (else the example plugin, whose numbers only measure the server's overhead).
-//! The plugins run one sequence per call (no batched decode yet), so aggregate tokens/s stays
-//! flat with concurrency while the time to first token grows with the queue.
+//! Both plugins offer batched generation, so the server batches concurrent streams
+//! continuously (default profile: at most 8 sequences per step, 100 ms step target); the table
+//! shows the mean sequences per step and the adaptive limit after each round. `PIO_*` server
+//! variables apply (e.g. `PIO_BATCH_TARGET_STEP_MS=1000`).
 
 use std::{
     sync::Arc,
@@ -78,7 +80,7 @@ fn main() {
             library: &library,
             config,
         }],
-        ConfigLayer::default(),
+        ConfigLayer::from_env(|name| std::env::var(name).ok()).unwrap(),
         ActivateOptions {
             context_length: 512,
             ..ActivateOptions::default()
@@ -88,8 +90,19 @@ fn main() {
     run_stream(&server, model, 0);
 
     println!("plugin {model}, max_tokens {MAX_TOKENS}, streaming chat");
-    println!("streams  tokens  wall s  aggregate tok/s  TTFT p50 ms  TTFT max ms");
+    println!(
+        "streams  tokens  wall s  aggregate tok/s  TTFT p50 ms  TTFT max ms  mean batch  limit"
+    );
+    let batch_series = format!("pio_batch_size_sum{{plugin=\"{model}\"}}");
+    let steps_series = format!("pio_batch_size_count{{plugin=\"{model}\"}}");
+    let counters = || {
+        (
+            server.metric(&batch_series).unwrap_or(0.0),
+            server.metric(&steps_series).unwrap_or(0.0),
+        )
+    };
     for streams in [1usize, 4, 16] {
+        let (sequences_before, steps_before) = counters();
         let started = Instant::now();
         let clients: Vec<_> = (0..streams)
             .map(|i| {
@@ -102,12 +115,17 @@ fn main() {
         let tokens: u64 = results.iter().map(|r| r.tokens).sum();
         let mut ttft: Vec<Duration> = results.iter().map(|r| r.first_token).collect();
         ttft.sort();
+        let (sequences, steps) = counters();
+        let limit = server
+            .metric(&format!("pio_batch_limit{{plugin=\"{model}\"}}"))
+            .unwrap_or(0.0);
         println!(
-            "{streams:>7}  {tokens:>6}  {:>6.2}  {:>15.1}  {:>11.0}  {:>11.0}",
+            "{streams:>7}  {tokens:>6}  {:>6.2}  {:>15.1}  {:>11.0}  {:>11.0}  {:>10.1}  {limit:>5}",
             wall.as_secs_f64(),
             tokens as f64 / wall.as_secs_f64(),
             percentile(&ttft, 0.5).as_secs_f64() * 1e3,
             percentile(&ttft, 1.0).as_secs_f64() * 1e3,
+            (sequences - sequences_before) / (steps - steps_before).max(1.0),
         );
     }
 }

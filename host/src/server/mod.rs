@@ -4,7 +4,7 @@
 //! - [`plugins`]: what is served (a watched plugin directory or the bundled defaults), the
 //!   loading state behind `/health`, and the reload-event log.
 //! - [`engine`]: per-plugin bounded priority queues and the scheduler threads that make every
-//!   call into the plugins (cancellation, timeouts).
+//!   call into the plugins (continuous batching, cancellation, timeouts).
 //! - [`routes`]: the router and handlers; [`openai`]: the wire format; [`stream`]: SSE;
 //!   [`body`]: JSON bodies within the size limit; [`auth`]: the API key; [`error`]: error
 //!   bodies; [`metrics`]: Prometheus text.
