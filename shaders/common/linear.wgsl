@@ -7,11 +7,6 @@
 override ACCUMULATE: bool;
 override WORKGROUP_SIZE: u32;
 
-struct Params {
-    count: u32,
-    first: u32,
-}
-
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> params: Params;
 

@@ -14,22 +14,20 @@
 // loads, and the result is scaled by 1 / sqrt(mean(x^2) + NORM_EPS) at the end. (W (g*x) / rms
 // equals W (g * x / rms) exactly in real arithmetic; only the rounding order differs.)
 //
-// Bindings 0-2 are declared here; kernels declare theirs from 3 on.
+// Element j < 4 of chunk c is component j of x group chunk_groups(c).x, element j >= 4
+// component j - 4 of chunk_groups(c).y.
+//
+// Bindings 0-2 are declared here; kernels declare theirs from 3 on, with `params: Params`.
 
-const DTYPE_F32: u32 = 0u;
-const DTYPE_F16: u32 = 1u;
-const DTYPE_Q4_0: u32 = 2u;
-const DTYPE_Q4_1: u32 = 3u;
-const DTYPE_Q8_0: u32 = 4u;
+// Runtime parameters: tokens first .. first + count of x.
+struct Params {
+    count: u32,
+    first: u32,
+}
 
-const ROW_GROUP: u32 = 8u;
 const MAX_TOKENS: u32 = 8u;
 
-// Which storage layout the weights use, and its words per block of 32 elements.
-override DTYPE: u32;
-override BLOCK_WORDS: u32;
-// Elements per weight row (a multiple of 32) and rows of the matrix.
-override COLS: u32;
+// Rows of the matrix (DTYPE, BLOCK_WORDS and COLS: packed.wgsl).
 override ROWS: u32;
 // Tokens per invocation, 1..=MAX_TOKENS.
 override TOKENS_PER_INVOCATION: u32;
@@ -51,10 +49,6 @@ struct Tile {
     hi: array<vec4<f32>, MAX_TOKENS>,
 }
 
-fn is_q4() -> bool {
-    return DTYPE == DTYPE_Q4_0 || DTYPE == DTYPE_Q4_1;
-}
-
 // Words of a block that hold one chunk of 8 elements.
 fn chunk_words() -> u32 {
     switch DTYPE {
@@ -74,16 +68,6 @@ fn chunk_first_word(c: u32) -> u32 {
         case DTYPE_Q4_0: { return 1u + c; }
         default: { return 2u + c; }
     }
-}
-
-// The two vec4 groups of x (within a block of 8 groups) that chunk c covers: element j < 4 of
-// the chunk is component j of the first, element j >= 4 component j - 4 of the second.
-fn chunk_groups(c: u32) -> vec2<u32> {
-    if is_q4() {
-        // Low nibbles of word c are elements 4c..4c+4, high nibbles 16+4c..16+4c+4.
-        return vec2<u32>(c, c + 4u);
-    }
-    return vec2<u32>(2u * c, 2u * c + 1u);
 }
 
 // Index (within the chunk's words) of the word holding element j of a chunk.

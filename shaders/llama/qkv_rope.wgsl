@@ -14,11 +14,6 @@ override KV_ROWS: u32;
 override HEAD_DIM: u32;
 override WORKGROUP_SIZE: u32;
 
-struct Params {
-    count: u32,
-    first: u32,
-}
-
 @group(0) @binding(3) var<storage, read> positions: array<u32>;
 @group(0) @binding(4) var<storage, read> cache_rows: array<u32>;
 // [positions][HEAD_DIM / 2] of (cos, sin).

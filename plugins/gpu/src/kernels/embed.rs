@@ -7,7 +7,12 @@ use crate::error::{GpuError, Result};
 use crate::pipeline::{kernel, Kernel};
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS};
 
-const KERNEL: Kernel = kernel!("embed", "common/embed.wgsl", "common/quant.wgsl");
+const KERNEL: Kernel = kernel!(
+    "embed",
+    "common/embed.wgsl",
+    "common/packed.wgsl",
+    "common/quant.wgsl"
+);
 const WORKGROUP_SIZE: u32 = 32;
 
 /// Gathers and dequantizes rows of a table: `out[t] = table[ids[t]]`, out `[T][cols]`.

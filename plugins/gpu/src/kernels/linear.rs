@@ -20,9 +20,24 @@ use crate::kernels::rope::RopeTable;
 use crate::pipeline::{kernel, Kernel};
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
 
-const LINEAR: Kernel = kernel!("linear", "common/linear.wgsl", "common/row_group.wgsl");
-const SWIGLU: Kernel = kernel!("swiglu", "common/swiglu.wgsl", "common/row_group.wgsl");
-const QKV_ROPE: Kernel = kernel!("qkv_rope", "llama/qkv_rope.wgsl", "common/row_group.wgsl");
+const LINEAR: Kernel = kernel!(
+    "linear",
+    "common/linear.wgsl",
+    "common/packed.wgsl",
+    "common/row_group.wgsl"
+);
+const SWIGLU: Kernel = kernel!(
+    "swiglu",
+    "common/swiglu.wgsl",
+    "common/packed.wgsl",
+    "common/row_group.wgsl"
+);
+const QKV_ROPE: Kernel = kernel!(
+    "qkv_rope",
+    "llama/qkv_rope.wgsl",
+    "common/packed.wgsl",
+    "common/row_group.wgsl"
+);
 
 /// Largest [`RowTile::tokens`] (`MAX_TOKENS` in the WGSL).
 pub const MAX_TILE_TOKENS: u32 = 8;
@@ -195,6 +210,38 @@ impl LinearShape {
         }
     }
 
+    /// Binds a kernel whose only binding after the inputs is `out`, `[tokens][width]`.
+    fn bind_to_output(
+        &self,
+        gpu: &Gpu,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        inputs: MatmulInputs<'_>,
+        out: &GpuBuffer,
+        width: u32,
+    ) -> Result<Dispatch> {
+        let MatmulInputs {
+            weights,
+            x,
+            norm,
+            tokens,
+        } = inputs;
+        let norm = self.check_inputs(label, weights, x, norm, tokens)?;
+        require_len(
+            label,
+            "output",
+            out,
+            u64::from(tokens.count) * u64::from(width),
+        )?;
+        gpu.dispatch(
+            label,
+            pipeline,
+            &[weights.buffer(), x, norm, out],
+            Params::range(tokens.first, tokens.count),
+            self.grid(self.row_groups(), tokens.count),
+        )
+    }
+
     /// Workgroup counts for `row_groups` row groups and `count` tokens.
     fn grid(&self, row_groups: u32, count: u32) -> [u32; 3] {
         [
@@ -207,6 +254,15 @@ impl LinearShape {
     fn row_groups(&self) -> u32 {
         self.rows.div_ceil(ROW_GROUP as u32)
     }
+}
+
+/// The inputs every fused linear kernel binds first.
+#[derive(Clone, Copy)]
+struct MatmulInputs<'a> {
+    weights: &'a QuantMatrix,
+    x: &'a GpuBuffer,
+    norm: Option<&'a GpuBuffer>,
+    tokens: TokenRange,
 }
 
 /// `out[t] = W norm?(x[first + t])`, or `out[t] += ...` when accumulating (a fused residual
@@ -240,21 +296,15 @@ impl Linear {
         out: &GpuBuffer,
         tokens: TokenRange,
     ) -> Result<Dispatch> {
-        let s = &self.shape;
-        let norm = s.check_inputs("linear", weights, x, norm, tokens)?;
-        require_len(
-            "linear",
-            "output",
-            out,
-            u64::from(tokens.count) * u64::from(s.rows),
-        )?;
-        gpu.dispatch(
-            "linear",
-            &self.pipeline,
-            &[weights.buffer(), x, norm, out],
-            Params::range(tokens.first, tokens.count),
-            s.grid(s.row_groups(), tokens.count),
-        )
+        let inputs = MatmulInputs {
+            weights,
+            x,
+            norm,
+            tokens,
+        };
+        let width = self.shape.rows;
+        self.shape
+            .bind_to_output(gpu, "linear", &self.pipeline, inputs, out, width)
     }
 }
 
@@ -294,21 +344,15 @@ impl SwiGlu {
         out: &GpuBuffer,
         tokens: TokenRange,
     ) -> Result<Dispatch> {
-        let s = &self.shape;
-        let norm = s.check_inputs("swiglu", weights, x, norm, tokens)?;
-        require_len(
-            "swiglu",
-            "output",
-            out,
-            u64::from(tokens.count) * u64::from(s.rows / 2),
-        )?;
-        gpu.dispatch(
-            "swiglu",
-            &self.pipeline,
-            &[weights.buffer(), x, norm, out],
-            Params::range(tokens.first, tokens.count),
-            s.grid(s.row_groups(), tokens.count),
-        )
+        let inputs = MatmulInputs {
+            weights,
+            x,
+            norm,
+            tokens,
+        };
+        let width = self.shape.rows / 2;
+        self.shape
+            .bind_to_output(gpu, "swiglu", &self.pipeline, inputs, out, width)
     }
 }
 
