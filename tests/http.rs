@@ -592,6 +592,15 @@ fn llama_chat_end_to_end_with_smollm2() {
         .map(|d| chunk_text(&serde_json::from_str(d).unwrap()).to_owned())
         .collect();
     assert_eq!(streamed, answer, "greedy streaming gives the same text");
+    // The second request repeated the first prompt: its keys and values came from the prefix
+    // cache, and the answer is the same.
+    let metrics = server.metrics();
+    for line in [
+        "pio_prefix_cache_lookups_total{plugin=\"llama\",result=\"miss\"} 1",
+        "pio_prefix_cache_lookups_total{plugin=\"llama\",result=\"hit\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
 
     let (status, body) = server.post("/tokenize", &json!({"model": "llama", "prompt": "Paris"}));
     assert_eq!(status, 200, "{body}");

@@ -59,6 +59,9 @@ pub struct SequenceOpened {
     pub id: u64,
     /// Tokens of its prompt (after the chat template, for chat).
     pub prompt_tokens: u32,
+    /// How many of them were not recomputed: their keys and values were reused from an earlier
+    /// sequence with the same prompt prefix (prefix cache); 0 on a miss.
+    pub cached_tokens: u32,
 }
 
 /// What one batch step produced for one sequence.

@@ -148,6 +148,8 @@ pub struct Metrics {
     prompt_tokens: Family<u64>,
     generated_tokens: Family<u64>,
     sequences_closed: Family<u64>,
+    prefix_cache: Family<u64>,
+    prefix_cache_tokens: Family<u64>,
     queue_wait: Histograms,
     time_to_first_token: Histograms,
     inter_token: Histograms,
@@ -176,6 +178,14 @@ impl Default for Metrics {
             sequences_closed: Family::new(
                 "pio_sequences_closed_total",
                 "Batched sequences closed in their plugin, by reason (finished, disconnected, timeout, failed).",
+            ),
+            prefix_cache: Family::new(
+                "pio_prefix_cache_lookups_total",
+                "Batched sequences opened, by whether part of their prompt's keys and values was reused (hit) or not (miss).",
+            ),
+            prefix_cache_tokens: Family::new(
+                "pio_prefix_cache_tokens_total",
+                "Prompt tokens whose keys and values were reused instead of recomputed.",
             ),
             queue_wait: Histograms::new(
                 "pio_queue_wait_seconds",
@@ -245,6 +255,16 @@ impl Metrics {
         self.step_latency.observe(&labels, took.as_secs_f64());
     }
 
+    /// Counts one batched sequence of `plugin` opened with `cached_tokens` prompt tokens reused
+    /// from its prefix cache (a hit when positive).
+    pub fn sequence_opened(&self, plugin: &str, cached_tokens: u32) {
+        let result = if cached_tokens > 0 { "hit" } else { "miss" };
+        self.prefix_cache
+            .with(&[("plugin", plugin), ("result", result)], |n| *n += 1);
+        self.prefix_cache_tokens
+            .with(&[("plugin", plugin)], |n| *n += u64::from(cached_tokens));
+    }
+
     /// Counts one batched sequence of `plugin` closed for `reason`.
     pub fn sequence_closed(&self, plugin: &str, reason: &str) {
         self.sequences_closed
@@ -286,6 +306,8 @@ impl Metrics {
             &self.prompt_tokens,
             &self.generated_tokens,
             &self.sequences_closed,
+            &self.prefix_cache,
+            &self.prefix_cache_tokens,
         ] {
             render_counter(&mut out, family);
         }
@@ -370,6 +392,9 @@ mod tests {
         metrics.token("a\"b", false, Duration::from_millis(2));
         metrics.step("x", 3, Duration::from_millis(30));
         metrics.sequence_closed("x", "finished");
+        metrics.sequence_opened("x", 0);
+        metrics.sequence_opened("x", 12);
+        metrics.sequence_opened("x", 30);
         let text = metrics.render(&[
             GaugeSample {
                 name: "pio_queue_depth",
@@ -395,6 +420,9 @@ mod tests {
         assert!(text.contains("pio_batch_size_bucket{plugin=\"x\",le=\"4\"} 1"));
         assert!(text.contains("pio_batch_step_seconds_count{plugin=\"x\"} 1"));
         assert!(text.contains("pio_sequences_closed_total{plugin=\"x\",reason=\"finished\"} 1"));
+        assert!(text.contains("pio_prefix_cache_lookups_total{plugin=\"x\",result=\"hit\"} 2"));
+        assert!(text.contains("pio_prefix_cache_lookups_total{plugin=\"x\",result=\"miss\"} 1"));
+        assert!(text.contains("pio_prefix_cache_tokens_total{plugin=\"x\"} 42"));
         assert!(text.contains("# TYPE pio_queue_depth gauge\npio_queue_depth{plugin=\"x\"} 3"));
         assert!(text.contains("\npio_ready 1\n"), "{text}");
         assert_eq!(metrics.generated_tokens("a\"b"), 2);

@@ -294,7 +294,12 @@ impl Plugin for ExamplePlugin {
         let sequence = active.start(prompt, params)?;
         let prompt_tokens = sequence.prompt_tokens();
         let id = active.sequences.open(sequence);
-        Ok(SequenceOpened { id, prompt_tokens })
+        Ok(SequenceOpened {
+            id,
+            prompt_tokens,
+            // The mirror model keeps no per-token state worth reusing.
+            cached_tokens: 0,
+        })
     }
 
     fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {

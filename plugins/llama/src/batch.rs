@@ -3,6 +3,12 @@
 //! one forward pass over the cache they share. Sequence `s` owns the `slot_context` contiguous
 //! rows starting at `slot * slot_context` of that cache; sequences join and leave between steps.
 //!
+//! **Prefix cache.** A closed sequence's slot keeps the keys and values it computed, and the
+//! tokens they belong to. A new sequence takes the free slot whose kept tokens share the longest
+//! prefix with its prompt and recomputes only the rest (at least the prompt's last token, whose
+//! logits give the first sampled token): a follow-up chat turn, or requests sharing a system
+//! prompt, skip most of their prefill.
+//!
 //! A step first emits every listed sequence's pending token (sampled at the end of the previous
 //! step, or at `open`), then feeds the ones that go on through the model together and samples
 //! their next tokens on the host, each with its own sampler. The weights are read once per step
@@ -58,16 +64,30 @@ struct Sequence {
     sampler: Sampler,
     /// Prompt and every emitted token.
     history: Vec<u32>,
+    /// How many tokens of `history` have their keys and values in the slot.
+    cached: usize,
     emitter: Emitter<StreamDecoder<Arc<TextTokenizer>>>,
     /// The sampled token the next step emits.
     pending: u32,
     finished: bool,
 }
 
+/// A newly opened sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// Its id.
+    pub id: u64,
+    /// Prompt tokens whose keys and values were reused from the slot's previous sequence.
+    pub cached_tokens: usize,
+}
+
 /// The open sequences and the cache slots they hold.
 pub struct Batch {
     settings: BatchSettings,
     free_slots: Vec<usize>,
+    /// Per slot, the tokens whose keys and values its rows hold (for free slots: what the
+    /// last sequence there left behind).
+    slot_tokens: Vec<Vec<u32>>,
     sequences: HashMap<u64, Sequence>,
     next_id: u64,
 }
@@ -77,6 +97,7 @@ impl Batch {
     pub fn new(settings: BatchSettings) -> Self {
         Batch {
             free_slots: (0..settings.slots).rev().collect(),
+            slot_tokens: vec![Vec::new(); settings.slots],
             settings,
             sequences: HashMap::new(),
             next_id: 1,
@@ -93,15 +114,30 @@ impl Batch {
         self.sequences.len()
     }
 
-    /// Opens a sequence: processes `prompt` into a free slot and samples its first token (the
-    /// first step emits it). Returns the sequence's id.
+    /// The free slot to open `prompt` in: the one whose kept tokens share the longest prefix
+    /// with it (ties: the most recently freed), with the number of prompt tokens it can reuse.
+    fn pick_slot(&self, prompt: &[u32]) -> Option<(usize, usize)> {
+        self.free_slots
+            .iter()
+            .rev()
+            .map(|&slot| {
+                let kept = &self.slot_tokens[slot];
+                let common = kept.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+                // The last prompt token is always recomputed: its logits start the sequence.
+                (slot, common.min(prompt.len() - 1))
+            })
+            .max_by_key(|&(_, reused)| reused)
+    }
+
+    /// Opens a sequence: processes `prompt` into a free slot (reusing the longest cached
+    /// prefix) and samples its first token (the first step emits it).
     pub fn open(
         &mut self,
         model: &mut GpuModel,
         tokenizer: &Arc<TextTokenizer>,
         prompt: &[u32],
         config: &GenerateConfig,
-    ) -> Result<u64> {
+    ) -> Result<Opened> {
         let context = self.settings.slot_context;
         if prompt.is_empty() {
             return Err(Error::InvalidParams("the prompt has no tokens".into()));
@@ -121,7 +157,7 @@ impl Batch {
             .max_new_tokens
             .min(room_for_new_tokens(prompt.len(), context));
         let mut sampler = Sampler::new(config.sampling.clone())?;
-        let slot = *self.free_slots.last().ok_or_else(|| {
+        let (slot, reused) = self.pick_slot(prompt).ok_or_else(|| {
             Error::InvalidParams(format!(
                 "all {} batch slots are in use; close a sequence first",
                 self.settings.slots
@@ -129,11 +165,13 @@ impl Batch {
         })?;
         model.reserve_batch_cache(self.settings.slots * context)?;
         let base = slot * context;
-        let positions: Vec<u32> = (0..prompt.len() as u32).collect();
+        let positions: Vec<u32> = (reused as u32..prompt.len() as u32).collect();
         let rows: Vec<u32> = positions.iter().map(|p| base as u32 + p).collect();
-        let logits = model.forward_batch(prompt, &positions, &rows, false)?;
+        // The slot's rows past `reused` are overwritten from here on.
+        self.slot_tokens[slot].truncate(reused);
+        let logits = model.forward_batch(&prompt[reused..], &positions, &rows, false)?;
         let pending = sampler.sample(&logits, prompt)?;
-        self.free_slots.pop();
+        self.free_slots.retain(|&s| s != slot);
 
         let id = self.next_id;
         self.next_id += 1;
@@ -144,6 +182,7 @@ impl Batch {
                 slot,
                 sampler,
                 history: prompt.to_vec(),
+                cached: prompt.len(),
                 emitter: Emitter::new(
                     decoder,
                     &config.stop_strings,
@@ -154,7 +193,10 @@ impl Batch {
                 finished: false,
             },
         );
-        Ok(id)
+        Ok(Opened {
+            id,
+            cached_tokens: reused,
+        })
     }
 
     /// Emits one token for each of `ids` (distinct open, unfinished sequences) and decodes the
@@ -187,6 +229,7 @@ impl Batch {
             seq.finished = finish.is_some();
             if !seq.finished {
                 let position = seq.history.len() - 1;
+                seq.cached = seq.history.len();
                 fed.push(id);
                 tokens.push(token);
                 positions.push(position as u32);
@@ -205,12 +248,15 @@ impl Batch {
         Ok(stepped)
     }
 
-    /// Closes sequence `id`, freeing its slot.
+    /// Closes sequence `id`, freeing its slot; the slot keeps the sequence's cached tokens
+    /// for a later prompt with the same prefix.
     pub fn close(&mut self, id: u64) -> Result<()> {
-        let seq = self
+        let mut seq = self
             .sequences
             .remove(&id)
             .ok_or_else(|| Error::InvalidParams(format!("no open sequence {id}")))?;
+        seq.history.truncate(seq.cached);
+        self.slot_tokens[seq.slot] = seq.history;
         self.free_slots.push(seq.slot);
         Ok(())
     }
@@ -281,15 +327,15 @@ mod tests {
 
         // The first two start together; the third joins after two steps.
         let mut ids = vec![
-            engine.open_sequence(&cases[0].0, &cases[0].1).unwrap(),
-            engine.open_sequence(&cases[1].0, &cases[1].1).unwrap(),
+            engine.open_sequence(&cases[0].0, &cases[0].1).unwrap().id,
+            engine.open_sequence(&cases[1].0, &cases[1].1).unwrap().id,
         ];
         let mut got: HashMap<u64, (Vec<u32>, String)> = HashMap::new();
         let mut active = ids.clone();
         let mut steps = 0;
         while !active.is_empty() {
             if steps == 2 {
-                let id = engine.open_sequence(&cases[2].0, &cases[2].1).unwrap();
+                let id = engine.open_sequence(&cases[2].0, &cases[2].1).unwrap().id;
                 ids.push(id);
                 active.push(id);
             }
@@ -317,7 +363,8 @@ mod tests {
         let mut engine = engine(&dir, 1);
         let a = engine
             .open_sequence(&[5, 6, 7], &config(2, 0.0, 0))
-            .unwrap();
+            .unwrap()
+            .id;
         let err = engine
             .open_sequence(&[5], &config(2, 0.0, 0))
             .unwrap_err()
@@ -341,5 +388,52 @@ mod tests {
             "{err}"
         );
         engine.open_sequence(&[1, 2], &config(2, 0.0, 0)).unwrap();
+    }
+
+    /// Runs an open sequence to its end; returns its tokens.
+    fn run_to_end(engine: &mut Engine, id: u64) -> Vec<u32> {
+        let mut tokens = Vec::new();
+        loop {
+            let step = engine.step_sequences(&[id]).unwrap().remove(0);
+            tokens.push(step.event.token);
+            if step.finish.is_some() {
+                engine.close_sequence(id).unwrap();
+                return tokens;
+            }
+        }
+    }
+
+    #[test]
+    fn a_shared_prompt_prefix_is_reused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = engine(&dir, 2);
+        let first: Vec<u32> = (0..12).map(|i| (i * 13 + 1) % 290).collect();
+        let greedy = config(5, 0.0, 0);
+        let opened = engine.open_sequence(&first, &greedy).unwrap();
+        assert_eq!(opened.cached_tokens, 0, "nothing cached yet");
+        let answer = run_to_end(&mut engine, opened.id);
+
+        // A follow-up turn: the first prompt, the answer and more; everything fed before is
+        // reused (the answer's last token was emitted but never fed).
+        let mut follow_up = first.clone();
+        follow_up.extend_from_slice(&answer);
+        follow_up.extend_from_slice(&[7, 8, 9]);
+        let opened = engine.open_sequence(&follow_up, &greedy).unwrap();
+        assert_eq!(opened.cached_tokens, first.len() + answer.len() - 1);
+        let reused = run_to_end(&mut engine, opened.id);
+        let (alone, _) = alone(&mut engine, &follow_up, &greedy);
+        assert_eq!(
+            reused, alone,
+            "reusing the cache gives what a full prefill gives"
+        );
+
+        // A prompt sharing nothing reuses nothing; the same prompt again reuses all but its
+        // last token.
+        let other: Vec<u32> = (0..6).map(|i| (i * 5 + 200) % 290).collect();
+        let opened = engine.open_sequence(&other, &greedy).unwrap();
+        assert_eq!(opened.cached_tokens, 0);
+        run_to_end(&mut engine, opened.id);
+        let opened = engine.open_sequence(&other, &greedy).unwrap();
+        assert_eq!(opened.cached_tokens, other.len() - 1);
     }
 }

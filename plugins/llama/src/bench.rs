@@ -159,7 +159,7 @@ pub fn bench_batched(
     for i in 0..sequences {
         let opened = engine.open_sequence(&prompt(prompt_len, vocab, 100 + i as u64), &config);
         match opened {
-            Ok(id) => open.push(id),
+            Ok(opened) => open.push(opened.id),
             Err(e) => {
                 close_all(engine, &open);
                 return Err(e);

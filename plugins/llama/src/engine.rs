@@ -9,7 +9,7 @@ use pio_gpu::{DeviceOptions, Gpu};
 use pio_plugin_api::{StreamControl, TokenEvent};
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 
-use crate::batch::{Batch, BatchSettings, Stepped};
+use crate::batch::{Batch, BatchSettings, Opened, Stepped};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig, Generation};
 use crate::gpu_model::{GpuModel, DEFAULT_MAX_BATCH};
@@ -225,7 +225,7 @@ impl Engine {
     }
 
     /// Opens a batched sequence generating from `prompt` (see [`Batch::open`]).
-    pub fn open_sequence(&mut self, prompt: &[u32], config: &GenerateConfig) -> Result<u64> {
+    pub fn open_sequence(&mut self, prompt: &[u32], config: &GenerateConfig) -> Result<Opened> {
         let config = self.with_eog(config);
         self.batch
             .open(&mut self.model, &self.tokenizer, prompt, &config)

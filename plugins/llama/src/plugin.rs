@@ -357,12 +357,13 @@ impl Plugin for LlamaPlugin {
         params.validate()?;
         let config = generate_config(params);
         let active = self.active()?;
-        let id = active.engine.open_sequence(&prompt, &config)?;
+        let opened = active.engine.open_sequence(&prompt, &config)?;
         active.requests += 1;
         active.tokens += prompt.len() as u64;
         Ok(SequenceOpened {
-            id,
+            id: opened.id,
             prompt_tokens: prompt.len() as u32,
+            cached_tokens: opened.cached_tokens as u32,
         })
     }
 

@@ -84,6 +84,8 @@ impl Scheduler {
     ) {
         match self.manager.open_sequence(&admission.reference, request) {
             Ok(served) => {
+                self.metrics
+                    .sequence_opened(&self.name, served.response.cached_tokens);
                 batch.running.push(Running {
                     owner: Owner {
                         plugin: served.plugin,
