@@ -395,3 +395,69 @@ fn llama_plugin_is_replaced_while_it_generates() {
         after.response.text
     );
 }
+
+#[test]
+fn batched_sequences_finish_on_the_instance_that_opened_them() {
+    let site = Site::new();
+    site.install(
+        "example",
+        &workspace_plugin("pio_plugin_example"),
+        json!({}),
+        0,
+    );
+    let folder = site.plugins.join("example");
+    let manager = &site.manager;
+    manager
+        .replace_from_path(&folder, &Default::default())
+        .unwrap();
+    let request = pio_plugin_api::SequenceRequest::Generate(GenerateRequest {
+        prompt: Prompt::Text("batched".into()),
+        params: GenerationParams::greedy(64),
+    });
+    let opened = manager.open_sequence("example", &request).unwrap();
+    let (plugin, old) = (opened.plugin.clone(), opened.generation);
+    let id = opened.response.id;
+
+    // A reload while the sequence is open: new sequences go to the new instance, the open one
+    // keeps stepping on the old one, which is torn down when it closes.
+    manager
+        .replace_from_path(&folder, &Default::default())
+        .unwrap();
+    let newer = manager.open_sequence("example", &request).unwrap();
+    assert!(
+        newer.generation > old,
+        "new sequences open on the new instance"
+    );
+    assert_eq!(
+        manager.list_plugins().len(),
+        2,
+        "the old instance waits for its sequence"
+    );
+    let mut text = String::new();
+    loop {
+        let step = manager
+            .step_sequences(&plugin, old, &[id])
+            .unwrap()
+            .remove(0);
+        text.push_str(&step.event.text);
+        if step.finish.is_some() {
+            break;
+        }
+    }
+    assert_eq!(text, "dehctab", "the old instance finished the sequence");
+    manager.close_sequence(&plugin, old, id).unwrap();
+    let left: Vec<u64> = manager
+        .list_plugins()
+        .iter()
+        .map(|p| p.generation)
+        .collect();
+    assert_eq!(
+        left,
+        vec![newer.generation],
+        "retired once its last sequence closed"
+    );
+    assert!(matches!(
+        manager.step_sequences(&plugin, old, &[id]),
+        Err(HostError::InstanceGone { .. })
+    ));
+}

@@ -4,7 +4,7 @@ use std::{
     ops::{Deref, DerefMut},
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Mutex, MutexGuard,
     },
 };
@@ -33,6 +33,9 @@ pub(super) struct Entry {
     /// Set once a newer generation has replaced this one or it is being unloaded: requests
     /// that reach it afterwards go to whatever now serves its name.
     pub retiring: AtomicBool,
+    /// Batched sequences open on this instance: a retiring instance is torn down only when
+    /// the last one closes, so they finish where their keys and values are.
+    open_sequences: AtomicUsize,
     cell: Mutex<Cell>,
     /// State and metadata as of the last release of `cell`, readable while a call holds it,
     /// so listings and health checks never wait for a generation.
@@ -100,6 +103,7 @@ impl Entry {
             manifest,
             dir,
             retiring: AtomicBool::new(false),
+            open_sequences: AtomicUsize::new(0),
             published: Mutex::new(Published {
                 state: state.clone(),
                 metadata: None,
@@ -131,11 +135,26 @@ impl Entry {
     }
 
     pub fn is_retiring(&self) -> bool {
-        self.retiring.load(Ordering::Acquire)
+        self.retiring.load(Ordering::SeqCst)
     }
 
     pub fn retire(&self) {
-        self.retiring.store(true, Ordering::Release);
+        self.retiring.store(true, Ordering::SeqCst);
+    }
+
+    /// Counts a batched sequence opened on this instance.
+    pub fn sequence_opened(&self) {
+        self.open_sequences.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts a batched sequence closed; returns how many stay open.
+    pub fn sequence_closed(&self) -> usize {
+        self.open_sequences.fetch_sub(1, Ordering::SeqCst) - 1
+    }
+
+    /// Batched sequences open on this instance.
+    pub fn open_sequences(&self) -> usize {
+        self.open_sequences.load(Ordering::SeqCst)
     }
 
     /// The entry as of the last release of its lock: never waits for a call in flight.

@@ -305,8 +305,10 @@ impl PluginManager {
         Ok(entry.id())
     }
 
-    /// Takes `entry` out of service: marks it retiring, stops it serving its name, waits for
-    /// its call in flight, tears it down and forgets it.
+    /// Takes `entry` out of service: marks it retiring and stops it serving its name; then,
+    /// once its call in flight and its open batched sequences are done, tears it down and
+    /// forgets it. With sequences open, the last [`close_sequence`](Self::close_sequence) on
+    /// it completes the retirement.
     fn retire(&self, entry: &Arc<Entry>) -> HostResult<()> {
         entry.retire();
         {
@@ -315,11 +317,23 @@ impl PluginManager {
                 serving.remove(entry.name());
             }
         }
+        let open = entry.open_sequences();
+        if open > 0 {
+            tracing::info!(plugin = %entry.id(), generation = entry.generation, open, "retires once its open sequences close");
+            return Ok(());
+        }
+        self.finish_retirement(entry)
+    }
+
+    /// Tears a retiring `entry` down and forgets it (once, whoever calls first).
+    fn finish_retirement(&self, entry: &Arc<Entry>) -> HostResult<()> {
+        if write(&self.entries).remove(&entry.number).is_none() {
+            return Ok(());
+        }
         let result = {
             let mut cell = entry.lock();
             entry.tear_down(&mut cell)
         };
-        write(&self.entries).remove(&entry.number);
         tracing::info!(plugin = %entry.id(), generation = entry.generation, "retired");
         result
     }
@@ -414,17 +428,20 @@ impl PluginManager {
             Some(Capability::BatchedGeneration),
             "open_sequence",
             |entry, cell| {
-                entry.call(cell, "open_sequence", |i| {
+                let opened = entry.call(cell, "open_sequence", |i| {
                     i.open_sequence(request).into_result()
-                })
+                })?;
+                entry.sequence_opened();
+                Ok(opened)
             },
         )
     }
 
     /// Decodes one token for each of the sequences `ids` of the instance that opened them:
     /// `plugin` (`name@version`) of reload `generation`, as [`open_sequence`](Self::open_sequence)
-    /// answered. Never re-routed: once that instance is retired (replaced or unloaded), its
-    /// sequences are gone and this answers [`HostError::InstanceGone`].
+    /// answered. Never re-routed: a replaced or unloaded instance keeps serving its open
+    /// sequences until they close; an instance that is gone answers
+    /// [`HostError::InstanceGone`].
     pub fn step_sequences(
         &self,
         plugin: &str,
@@ -441,9 +458,26 @@ impl PluginManager {
     /// Closes sequence `id` of the instance that opened it (as for
     /// [`step_sequences`](Self::step_sequences)).
     pub fn close_sequence(&self, plugin: &str, generation: u64, id: u64) -> HostResult<()> {
+        let entry = self.instance(plugin, generation)?;
         self.on_instance(plugin, generation, "close_sequence", |i| {
             i.close_sequence(id).into_result()
-        })
+        })?;
+        if entry.sequence_closed() == 0 && entry.is_retiring() {
+            self.finish_retirement(&entry)?;
+        }
+        Ok(())
+    }
+
+    /// The entry of instance `plugin` of `generation`, retiring or not.
+    fn instance(&self, plugin: &str, generation: u64) -> HostResult<Arc<Entry>> {
+        read(&self.entries)
+            .values()
+            .find(|e| e.generation == generation && e.id() == plugin)
+            .cloned()
+            .ok_or_else(|| HostError::InstanceGone {
+                plugin: plugin.to_owned(),
+                generation,
+            })
     }
 
     /// Runs `call` on exactly the instance `plugin` of `generation`, if it still serves.
@@ -454,18 +488,13 @@ impl PluginManager {
         operation: &'static str,
         call: impl FnOnce(&mut PluginInstanceBox) -> Result<T, PluginError>,
     ) -> HostResult<T> {
-        let gone = || HostError::InstanceGone {
-            plugin: plugin.to_owned(),
-            generation,
-        };
-        let entry = read(&self.entries)
-            .values()
-            .find(|e| e.generation == generation && e.id() == plugin)
-            .cloned()
-            .ok_or_else(gone)?;
+        let entry = self.instance(plugin, generation)?;
         let mut cell = entry.lock();
-        if entry.is_retiring() || cell.state != PluginState::Active {
-            return Err(gone());
+        if cell.state != PluginState::Active {
+            return Err(HostError::InstanceGone {
+                plugin: plugin.to_owned(),
+                generation,
+            });
         }
         entry.require_capability(&cell, Capability::BatchedGeneration)?;
         entry.call(&mut cell, operation, call)
@@ -600,7 +629,8 @@ impl PluginManager {
         for _ in 0..ATTEMPTS {
             let entry = self.resolve_entry(reference)?;
             let mut cell = entry.lock();
-            if cell.state != PluginState::Active && entry.is_retiring() {
+            if entry.is_retiring() {
+                // Replaced while this request waited: follow the name to what serves it now.
                 continue;
             }
             entry.require(&cell, Transition::Execute)?;
