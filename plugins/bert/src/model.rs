@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use pio_gpu::{Gpu, GpuBuffer};
+use pio_gpu::{Dispatch, Gpu, GpuBuffer};
 use pio_plugin_api::{PluginError, PluginResult};
 
 use crate::config::ModelConfig;
@@ -13,7 +13,7 @@ use crate::kernels::embed_norm::{EmbedBuffers, EmbedNorm};
 use crate::kernels::linear::Linear;
 use crate::kernels::linear_norm::LinearNorm;
 use crate::kernels::pool::Pool;
-use crate::kernels::{gpu_error, submit, Launch, Params};
+use crate::kernels::{gpu_error, Params};
 use crate::pack::WeightFormat;
 use crate::upload::DeviceWeights;
 use crate::weights::BertWeights;
@@ -183,7 +183,7 @@ impl GpuBert {
     }
 
     /// The kernel launches of one forward pass over `shape`.
-    fn launches(&self, w: &Workspace, shape: Params) -> PluginResult<Vec<Launch>> {
+    fn launches(&self, w: &Workspace, shape: Params) -> pio_gpu::Result<Vec<Dispatch>> {
         let gpu = &self.gpu;
         let k = &self.kernels;
         let p = &w.params;
@@ -252,11 +252,18 @@ impl GpuBert {
         gpu.write(&w.params, 0, &[shape]).map_err(write)?;
         gpu.write(&w.ids, 0, &ids).map_err(write)?;
         gpu.write(&w.lengths, 0, &lengths).map_err(write)?;
-        let launches = self.launches(w, shape)?;
-        submit(gpu, &launches)?;
+        let launches = self
+            .launches(w, shape)
+            .map_err(|e| gpu_error("binding the kernels", e))?;
+        // One submission: the forward pass and the copy of the pooled vectors.
         let pooled: Vec<f32> = gpu
-            .read_range(&w.pooled, 0, u64::from(shape.batch) * hidden as u64)
-            .map_err(|e| gpu_error("reading the embeddings back", e))?;
+            .submit_and_read(
+                gpu.encode(&launches),
+                &w.pooled,
+                0,
+                u64::from(shape.batch) * hidden as u64,
+            )
+            .map_err(|e| gpu_error("running the model", e))?;
         Ok(pooled.chunks_exact(hidden).map(<[f32]>::to_vec).collect())
     }
 }

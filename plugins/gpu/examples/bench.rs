@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use pio_gpu::{
-    Attention, AttentionConfig, DeviceOptions, Dispatch, Gpu, KvCache, Linear, LinearShape,
-    QuantMatrix, RowLayout, RowTile, TokenRange, WeightDtype,
+    Attention, AttentionConfig, DeviceOptions, Dispatch, Epilogue, Gpu, KvCache, Linear,
+    LinearShape, QuantMatrix, RowLayout, RowTile, TokenRange, WeightDtype,
 };
 
 const REPEAT: usize = 20;
@@ -61,7 +61,7 @@ fn matmul(gpu: &Gpu, dtype: WeightDtype, rows: usize, cols: usize, n_tokens: usi
         norm_eps: None,
         tile,
     };
-    let kernel = Linear::new(gpu, shape, false).expect("pipeline");
+    let kernel = Linear::new(gpu, shape, Epilogue::Store).expect("pipeline");
     let tokens = TokenRange::all(n_tokens as u32);
     let dispatch = kernel
         .bind(gpu, &weights, &x, None, &out, tokens)

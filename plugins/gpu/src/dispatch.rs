@@ -17,8 +17,9 @@ pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
-    /// Runtime parameters bound as a uniform, owned here so their bytes stay accounted.
-    _params: GpuBuffer,
+    /// Runtime parameters bound as a uniform by this crate's kernels, owned here so their bytes
+    /// stay accounted (`None` for [`Gpu::bind`], whose caller owns every buffer).
+    _params: Option<GpuBuffer>,
 }
 
 impl Dispatch {
@@ -75,14 +76,14 @@ pub(crate) fn groups(n: u32, size: u32) -> u32 {
 }
 
 impl Gpu {
-    /// Binds `buffers` to bindings 0, 1, ... of group 0 of `pipeline`, followed by a uniform
-    /// holding `params`, and checks the workgroup counts against the device limit.
-    pub(crate) fn dispatch(
+    /// Binds `buffers` to bindings 0, 1, ... of group 0 of `pipeline` (see [`Gpu::pipeline`])
+    /// for a launch of `workgroups`, checking the counts against the device limit: how a plugin
+    /// launches a kernel of its own.
+    pub fn bind(
         &self,
         label: &'static str,
         pipeline: &wgpu::ComputePipeline,
         buffers: &[&GpuBuffer],
-        params: Params,
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
         let max = self.device.limits().max_compute_workgroups_per_dimension;
@@ -92,11 +93,9 @@ impl Gpu {
                 format!("workgroup counts {workgroups:?} exceed the device limit of {max} per dimension"),
             ));
         }
-        let params = self.uniform_from(label, &params)?;
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
             .iter()
-            .chain([&&params])
             .enumerate()
             .map(|(binding, buffer)| wgpu::BindGroupEntry {
                 binding: binding as u32,
@@ -118,14 +117,34 @@ impl Gpu {
             pipeline: pipeline.clone(),
             bind_group,
             workgroups,
-            _params: params,
+            _params: None,
         })
     }
 
-    /// Records `dispatches` in order into one compute pass, submits it and waits for it to
-    /// finish. Convenient for tests and for warming pipelines up at activation; a decode step
-    /// records into its own encoder instead (see [`Dispatch::record`]).
-    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+    /// [`Gpu::bind`] with a uniform holding `params` bound after `buffers`, as this crate's
+    /// kernels expect.
+    pub(crate) fn dispatch(
+        &self,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&GpuBuffer],
+        params: Params,
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let params = self.uniform_from(label, &params)?;
+        let mut all = buffers.to_vec();
+        all.push(&params);
+        let mut dispatch = self.bind(label, pipeline, &all, workgroups)?;
+        dispatch._params = Some(params);
+        Ok(dispatch)
+    }
+
+    /// A command encoder with `dispatches` recorded in order into one compute pass, ready to
+    /// submit (e.g. with [`Gpu::submit_and_read`]).
+    pub fn encode<'a>(
+        &self,
+        dispatches: impl IntoIterator<Item = &'a Dispatch>,
+    ) -> wgpu::CommandEncoder {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -133,6 +152,14 @@ impl Gpu {
                 dispatch.record(&mut pass);
             }
         }
+        encoder
+    }
+
+    /// Records `dispatches` in order into one compute pass, submits it and waits for it to
+    /// finish. Convenient for tests and for warming pipelines up at activation; a decode step
+    /// submits its own encoder instead (see [`Gpu::encode`]).
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let encoder = self.encode(dispatches.iter().copied());
         self.checked(
             || "submitting dispatches".to_owned(),
             || self.queue.submit([encoder.finish()]),
@@ -141,8 +168,9 @@ impl Gpu {
     }
 }
 
-/// Checks that `buffer` holds at least `needed` 32-bit elements, naming `what` otherwise.
-pub(crate) fn require_len(
+/// Checks that `buffer` holds at least `needed` 32-bit elements, naming `context` (the kernel)
+/// and `what` otherwise.
+pub fn require_len(
     context: &'static str,
     what: &str,
     buffer: &GpuBuffer,

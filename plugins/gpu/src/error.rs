@@ -67,8 +67,9 @@ pub enum GpuError {
 }
 
 impl GpuError {
-    /// A [`GpuError::Shape`] for `context` with a formatted message.
-    pub(crate) fn shape(context: &'static str, message: impl Into<String>) -> Self {
+    /// A [`GpuError::Shape`] for `context` with a formatted message (also for plugins' own
+    /// kernels).
+    pub fn shape(context: &'static str, message: impl Into<String>) -> Self {
         Self::Shape {
             context,
             message: message.into(),

@@ -26,17 +26,18 @@ pub mod reference;
 
 pub use buffer::GpuBuffer;
 pub use device::{list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu};
-pub use dispatch::Dispatch;
+pub use dispatch::{require_len, Dispatch};
 pub use error::{GpuError, Result};
 pub use kernels::attention::{Attention, AttentionConfig};
 pub use kernels::embed::Embed;
 pub use kernels::kv_cache::{KvCache, KvLayer};
 pub use kernels::linear::{
-    Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, SwiGlu, TokenRange, MAX_TILE_TOKENS,
+    Epilogue, Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, TokenRange, MAX_TILE_TOKENS,
 };
 pub use kernels::rope::RopeTable;
 pub use kernels::sample::{DeviceSampler, SampleSettings, MAX_PENALTY_TOKENS};
 pub use layout::RowLayout;
+pub use pipeline::Kernel;
 pub use quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
 /// The wgpu version this crate is built on, for callers that record their own command encoders.
 pub use wgpu;

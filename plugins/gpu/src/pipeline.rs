@@ -11,19 +11,22 @@ use std::sync::Mutex;
 use crate::device::Gpu;
 use crate::error::Result;
 
-/// A WGSL kernel embedded from the top-level `shaders/` directory.
+/// A WGSL kernel embedded from the top-level `shaders/` directory (see [`kernel!`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Kernel {
+pub struct Kernel {
     /// Short name used as cache key and in labels, e.g. `matmul`.
     pub name: &'static str,
     /// Complete WGSL source (shared helpers already prepended).
     pub source: &'static str,
 }
 
-/// Embeds `shaders/<path>` as a [`Kernel`], prepending the listed shared helper files.
+/// Embeds `shaders/<path>` as a [`Kernel`], prepending the listed shared helper files (paths
+/// relative to `shaders/`). For crates in `plugins/` of this repository, e.g.
+/// `kernel!("bert_pool", "bert/pool.wgsl", "bert/common.wgsl")`.
+#[macro_export]
 macro_rules! kernel {
     ($name:literal, $path:literal $(, $helper:literal)*) => {
-        $crate::pipeline::Kernel {
+        $crate::Kernel {
             name: $name,
             source: concat!(
                 $(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders/", $helper)), "\n",)*
@@ -32,7 +35,6 @@ macro_rules! kernel {
         }
     };
 }
-pub(crate) use kernel;
 
 /// Identity of one compiled pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -53,7 +55,7 @@ pub(crate) struct PipelineCache {
 impl Gpu {
     /// The pipeline for `entry` of `kernel` with the given override constants, compiled on first
     /// use and cached afterwards.
-    pub(crate) fn pipeline(
+    pub fn pipeline(
         &self,
         kernel: Kernel,
         entry: &'static str,

@@ -221,7 +221,7 @@ impl QuantMatrix {
 
     /// Uploads the gate and up projections of a gated FFN (each `ff` × `cols` raw GGUF bytes in
     /// `dtype`) as one `2 ff` × `cols` matrix whose row group `g` holds gate rows `4g..4g + 4`
-    /// followed by up rows `4g..4g + 4`, the layout [`SwiGlu`](crate::SwiGlu) reads. `ff` must be
+    /// followed by up rows `4g..4g + 4`, the layout [`Epilogue::SwiGlu`](crate::Epilogue::SwiGlu) reads. `ff` must be
     /// a multiple of 4.
     pub fn upload_gate_up(
         gpu: &Gpu,

@@ -3,8 +3,8 @@
 mod common;
 
 use pio_gpu::{
-    list_adapters, DeviceKind, DeviceOptions, Gpu, GpuError, Linear, LinearShape, RowTile,
-    WeightDtype,
+    list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Linear, LinearShape,
+    RowTile, WeightDtype,
 };
 
 #[test]
@@ -103,12 +103,12 @@ fn caches_pipelines_by_shape() {
         norm_eps: None,
         tile: RowTile::decode(DeviceKind::Cpu),
     };
-    Linear::new(&gpu, shape, false).unwrap();
-    Linear::new(&gpu, shape, false).unwrap();
+    Linear::new(&gpu, shape, Epilogue::Store).unwrap();
+    Linear::new(&gpu, shape, Epilogue::Store).unwrap();
     assert_eq!(gpu.pipeline_count(), 1);
-    Linear::new(&gpu, LinearShape { rows: 96, ..shape }, false).unwrap();
+    Linear::new(&gpu, LinearShape { rows: 96, ..shape }, Epilogue::Store).unwrap();
     assert_eq!(gpu.pipeline_count(), 2);
-    Linear::new(&gpu, shape, true).unwrap();
+    Linear::new(&gpu, shape, Epilogue::Accumulate).unwrap();
     assert_eq!(gpu.pipeline_count(), 3);
 }
 

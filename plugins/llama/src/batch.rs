@@ -22,7 +22,7 @@ use pio_plugin_api::{FinishReason, TokenEvent};
 use pio_text::{StreamDecoder, TextTokenizer};
 
 use crate::error::{Error, Result};
-use crate::generate::{room_for_new_tokens, Emitter, GenerateConfig};
+use crate::generate::{check_prompt, room_for_new_tokens, Emitter, GenerateConfig};
 use crate::gpu_model::GpuModel;
 use crate::sampler::Sampler;
 
@@ -139,15 +139,7 @@ impl Batch {
         config: &GenerateConfig,
     ) -> Result<Opened> {
         let context = self.settings.slot_context;
-        if prompt.is_empty() {
-            return Err(Error::InvalidParams("the prompt has no tokens".into()));
-        }
-        if prompt.len() > context {
-            return Err(Error::PromptTooLong {
-                prompt: prompt.len(),
-                context,
-            });
-        }
+        check_prompt(prompt, context)?;
         if config.max_new_tokens == 0 {
             return Err(Error::InvalidParams(
                 "a batched sequence needs max_new_tokens of at least 1".into(),

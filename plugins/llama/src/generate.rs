@@ -172,6 +172,20 @@ pub struct Generation {
     pub timings: Timings,
 }
 
+/// Checks that `prompt` has tokens and fits a context of `context` positions.
+pub fn check_prompt(prompt: &[u32], context: usize) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::InvalidParams("the prompt has no tokens".into()));
+    }
+    if prompt.len() > context {
+        return Err(Error::PromptTooLong {
+            prompt: prompt.len(),
+            context,
+        });
+    }
+    Ok(())
+}
+
 /// Largest number of tokens that can be sampled after a prompt of `prompt_len` tokens: every
 /// sampled token but the last must be fed back, and positions run up to `context_length - 1`.
 pub fn room_for_new_tokens(prompt_len: usize, context_length: usize) -> usize {
@@ -197,15 +211,7 @@ pub fn generate<F: Forward + ?Sized>(
 ) -> Result<Generation> {
     let start = Instant::now();
     let context = model.context_length();
-    if prompt.is_empty() {
-        return Err(Error::InvalidParams("the prompt has no tokens".into()));
-    }
-    if prompt.len() > context {
-        return Err(Error::PromptTooLong {
-            prompt: prompt.len(),
-            context,
-        });
-    }
+    check_prompt(prompt, context)?;
     let vocab = model.vocab_size();
     if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
         return Err(Error::InvalidParams(format!(

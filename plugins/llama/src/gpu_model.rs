@@ -10,7 +10,7 @@
 //! per layer:  q, cache[positions] = rope(Wqkv rmsnorm(x, attn_norm))      (QkvRope)
 //!             a = attention(q, cache)                                    (causal GQA)
 //!             x += Wo a                                                  (Linear, residual)
-//!             f = silu(Wgate h) * (Wup h),  h = rmsnorm(x, ffn_norm)     (SwiGlu)
+//!             f = silu(Wgate h) * (Wup h),  h = rmsnorm(x, ffn_norm)     (Linear, SwiGlu)
 //!             x += Wdown f                                               (Linear, residual)
 //! logits = Wout rmsnorm(x, output_norm)   (all T rows, or only the last)  (Linear)
 //! [token = sample(logits)]                                               (DeviceSampler)
@@ -26,8 +26,8 @@ use std::borrow::Cow;
 
 use pio_gguf::{GgufFile, TensorType, TensorView};
 use pio_gpu::{
-    Attention, AttentionConfig, DeviceSampler, Dispatch, Embed, Gpu, GpuBuffer, KvCache, Linear,
-    LinearShape, QkvRope, QkvRopeConfig, QuantMatrix, RopeTable, RowLayout, RowTile, SwiGlu,
+    Attention, AttentionConfig, DeviceSampler, Dispatch, Embed, Epilogue, Gpu, GpuBuffer, KvCache,
+    Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix, RopeTable, RowLayout, RowTile,
     TokenRange, WeightDtype,
 };
 
@@ -89,7 +89,7 @@ fn common_storage<'a>(tensors: &[&TensorView<'a>]) -> Result<(WeightDtype, Vec<C
 struct LayerKernels {
     qkv: QkvRope,
     output: Linear,
-    gate_up: SwiGlu,
+    gate_up: Linear,
     down: Linear,
 }
 
@@ -225,9 +225,21 @@ impl KernelFactory<'_> {
                     head_dim: hp.head_dim as u32,
                 },
             )?,
-            output: Linear::new(self.gpu, self.shape(&layer.output, false, tile), true)?,
-            gate_up: SwiGlu::new(self.gpu, self.shape(&layer.gate_up, true, tile))?,
-            down: Linear::new(self.gpu, self.shape(&layer.down, false, tile), true)?,
+            output: Linear::new(
+                self.gpu,
+                self.shape(&layer.output, false, tile),
+                Epilogue::Accumulate,
+            )?,
+            gate_up: Linear::new(
+                self.gpu,
+                self.shape(&layer.gate_up, true, tile),
+                Epilogue::SwiGlu,
+            )?,
+            down: Linear::new(
+                self.gpu,
+                self.shape(&layer.down, false, tile),
+                Epilogue::Accumulate,
+            )?,
         })
     }
 }
@@ -339,8 +351,16 @@ impl GpuModel {
         };
         let head_weights = output.as_ref().unwrap_or(&token_embd);
         let head = Head {
-            decode: Linear::new(&gpu, factory.shape(head_weights, true, decode_tile), false)?,
-            prefill: Linear::new(&gpu, factory.shape(head_weights, true, prefill_tile), false)?,
+            decode: Linear::new(
+                &gpu,
+                factory.shape(head_weights, true, decode_tile),
+                Epilogue::Store,
+            )?,
+            prefill: Linear::new(
+                &gpu,
+                factory.shape(head_weights, true, prefill_tile),
+                Epilogue::Store,
+            )?,
             output,
         };
 
@@ -505,19 +525,8 @@ impl GpuModel {
         self.gpu.write(&self.acts.tokens, 0, at.tokens)?;
         self.gpu.write(&self.acts.positions, 0, at.positions)?;
         self.gpu.write(&self.acts.cache_rows, 0, at.rows)?;
-        let mut encoder = self
-            .gpu
-            .device()
-            .create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for d in &step.dispatches {
-                d.record(&mut pass);
-            }
-            if sample {
-                self.sample.record(&mut pass);
-            }
-        }
+        let sampler = sample.then_some(&self.sample);
+        let encoder = self.gpu.encode(step.dispatches.iter().chain(sampler));
         Ok(encoder)
     }
 

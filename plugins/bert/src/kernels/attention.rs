@@ -1,11 +1,11 @@
 //! Bidirectional masked multi-head attention (`shaders/bert/attention.wgsl`).
 
-use pio_gpu::{Gpu, GpuBuffer};
+use pio_gpu::{kernel, require_len, Dispatch, Gpu, GpuBuffer, Kernel, Result};
 use pio_plugin_api::{PluginError, PluginResult};
 
-use super::{launch, pipeline, require, shader, Launch, Params, Shader};
+use super::{pipeline, Params};
 
-const SHADER: Shader = shader!("bert_attention", "attention.wgsl");
+const SHADER: Kernel = kernel!("bert_attention", "bert/attention.wgsl", "bert/common.wgsl");
 /// Queries per invocation (each key and value loaded serves this many).
 const QUERIES: u32 = 4;
 const WORKGROUP_SIZE: u32 = 8;
@@ -18,7 +18,7 @@ const MAX_HEAD_DIM: u32 = 128;
 pub struct Attention {
     heads: u32,
     head_dim: u32,
-    pipeline: wgpu::ComputePipeline,
+    pipeline: pio_gpu::wgpu::ComputePipeline,
 }
 
 impl Attention {
@@ -53,14 +53,13 @@ impl Attention {
         ctx: &GpuBuffer,
         params: &GpuBuffer,
         shape: Params,
-    ) -> PluginResult<Launch> {
+    ) -> Result<Dispatch> {
         let hidden = u64::from(self.heads * self.head_dim);
         let t = u64::from(shape.tokens);
-        require("attention", "qkv", qkv, t * 3 * hidden)?;
-        require("attention", "lengths", lengths, u64::from(shape.batch))?;
-        require("attention", "output", ctx, t * hidden)?;
-        launch(
-            gpu,
+        require_len("attention", "qkv", qkv, t * 3 * hidden)?;
+        require_len("attention", "lengths", lengths, u64::from(shape.batch))?;
+        require_len("attention", "output", ctx, t * hidden)?;
+        gpu.bind(
             "attention",
             &self.pipeline,
             &[qkv, lengths, ctx, params],

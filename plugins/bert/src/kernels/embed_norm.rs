@@ -1,18 +1,22 @@
 //! Embedding lookup + LayerNorm (`shaders/bert/embed_norm.wgsl`).
 
-use pio_gpu::{Gpu, GpuBuffer};
+use pio_gpu::{kernel, require_len, Dispatch, Gpu, GpuBuffer, Kernel, Result};
 use pio_plugin_api::PluginResult;
 
-use super::{launch, pipeline, require, shader, Launch, Params, Shader};
+use super::{pipeline, Params};
 
-const SHADER: Shader = shader!("bert_embed_norm", "embed_norm.wgsl");
+const SHADER: Kernel = kernel!(
+    "bert_embed_norm",
+    "bert/embed_norm.wgsl",
+    "bert/common.wgsl"
+);
 const WORKGROUP_SIZE: u32 = 16;
 
 /// `out[t] = LayerNorm(word[ids[t]] + pos_type[t % seq_len])`.
 #[derive(Debug)]
 pub struct EmbedNorm {
     hidden: u32,
-    pipeline: wgpu::ComputePipeline,
+    pipeline: pio_gpu::wgpu::ComputePipeline,
 }
 
 /// Device buffers of [`EmbedNorm::bind`].
@@ -47,19 +51,18 @@ impl EmbedNorm {
     }
 
     /// Binds `b` for a batch of shape `shape` (positions must fit in `pos_type`).
-    pub fn bind(&self, gpu: &Gpu, b: EmbedBuffers<'_>, shape: Params) -> PluginResult<Launch> {
+    pub fn bind(&self, gpu: &Gpu, b: EmbedBuffers<'_>, shape: Params) -> Result<Dispatch> {
         let h = u64::from(self.hidden);
-        require(
+        require_len(
             "embed_norm",
             "position",
             b.pos_type,
             u64::from(shape.seq_len) * h,
         )?;
-        require("embed_norm", "norm", b.norm, 2 * h)?;
-        require("embed_norm", "ids", b.ids, u64::from(shape.tokens))?;
-        require("embed_norm", "output", b.out, u64::from(shape.tokens) * h)?;
-        launch(
-            gpu,
+        require_len("embed_norm", "norm", b.norm, 2 * h)?;
+        require_len("embed_norm", "ids", b.ids, u64::from(shape.tokens))?;
+        require_len("embed_norm", "output", b.out, u64::from(shape.tokens) * h)?;
+        gpu.bind(
             "embed_norm",
             &self.pipeline,
             &[b.word, b.pos_type, b.norm, b.ids, b.out, b.params],

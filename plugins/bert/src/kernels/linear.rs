@@ -1,13 +1,13 @@
 //! Register-tiled linear layer with bias and optional GELU (`shaders/bert/linear.wgsl`): the
 //! fused Q|K|V projection and the feed-forward up-projection.
 
-use pio_gpu::{Gpu, GpuBuffer};
-use pio_plugin_api::{PluginError, PluginResult};
+use pio_gpu::{kernel, require_len, Dispatch, Gpu, GpuBuffer, GpuError, Kernel, Result};
+use pio_plugin_api::PluginResult;
 
-use super::{launch, pipeline, require, shader, Launch, Params, Shader};
+use super::{pipeline, Params};
 use crate::upload::DeviceMatrix;
 
-const SHADER: Shader = shader!("bert_linear", "linear.wgsl");
+const SHADER: Kernel = kernel!("bert_linear", "bert/linear.wgsl", "bert/common.wgsl");
 /// Output rows per invocation (each x value loaded is used this many times; fixed in the WGSL).
 const TILE_ROWS: u32 = 8;
 /// Tokens per invocation (each weight chunk loaded is used this many times; fixed in the WGSL).
@@ -20,7 +20,7 @@ const WORKGROUP_SIZE: u32 = 8;
 pub struct Linear {
     rows: u32,
     cols: u32,
-    pipeline: wgpu::ComputePipeline,
+    pipeline: pio_gpu::wgpu::ComputePipeline,
 }
 
 impl Linear {
@@ -52,20 +52,22 @@ impl Linear {
         out: &GpuBuffer,
         params: &GpuBuffer,
         shape: Params,
-    ) -> PluginResult<Launch> {
+    ) -> Result<Dispatch> {
         if (weights.rows, weights.cols) != (self.rows, self.cols) {
-            return Err(PluginError::internal(format!(
-                "linear: kernel built for {}x{}, weights are {}x{}",
-                self.rows, self.cols, weights.rows, weights.cols
-            )));
+            return Err(GpuError::shape(
+                "linear",
+                format!(
+                    "kernel built for {}x{}, weights are {}x{}",
+                    self.rows, self.cols, weights.rows, weights.cols
+                ),
+            ));
         }
         let t = u64::from(shape.tokens);
-        require("linear", "bias", bias, u64::from(self.rows))?;
-        require("linear", "input", x, t * u64::from(self.cols))?;
-        require("linear", "output", out, t * u64::from(self.rows))?;
+        require_len("linear", "bias", bias, u64::from(self.rows))?;
+        require_len("linear", "input", x, t * u64::from(self.cols))?;
+        require_len("linear", "output", out, t * u64::from(self.rows))?;
         let invocations = self.rows.div_ceil(8 * TILE_ROWS) * 8;
-        launch(
-            gpu,
+        gpu.bind(
             "linear",
             &self.pipeline,
             &[&weights.words, &weights.scales, bias, x, out, params],

@@ -1,13 +1,17 @@
 //! Linear layer + bias + residual + LayerNorm in one kernel (`shaders/bert/linear_norm.wgsl`):
 //! the attention output projection and the feed-forward down-projection.
 
-use pio_gpu::{Gpu, GpuBuffer};
+use pio_gpu::{kernel, require_len, Dispatch, Gpu, GpuBuffer, GpuError, Kernel, Result};
 use pio_plugin_api::{PluginError, PluginResult};
 
-use super::{launch, pipeline, require, shader, Launch, Params, Shader};
+use super::{pipeline, Params};
 use crate::upload::DeviceMatrix;
 
-const SHADER: Shader = shader!("bert_linear_norm", "linear_norm.wgsl");
+const SHADER: Kernel = kernel!(
+    "bert_linear_norm",
+    "bert/linear_norm.wgsl",
+    "bert/common.wgsl"
+);
 /// Tokens per workgroup (each weight chunk loaded is used this many times).
 const TILE_TOKENS: u32 = 4;
 /// Most rows one invocation holds (`MAX_TILE` in the WGSL).
@@ -20,7 +24,7 @@ const MAX_WORKGROUP: u32 = 256;
 pub struct LinearNorm {
     rows: u32,
     cols: u32,
-    pipeline: wgpu::ComputePipeline,
+    pipeline: pio_gpu::wgpu::ComputePipeline,
 }
 
 impl LinearNorm {
@@ -66,30 +70,32 @@ impl LinearNorm {
         out: &GpuBuffer,
         params: &GpuBuffer,
         shape: Params,
-    ) -> PluginResult<Launch> {
+    ) -> Result<Dispatch> {
         if (weights.rows, weights.cols) != (self.rows, self.cols) {
-            return Err(PluginError::internal(format!(
-                "linear_norm: kernel built for {}x{}, weights are {}x{}",
-                self.rows, self.cols, weights.rows, weights.cols
-            )));
+            return Err(GpuError::shape(
+                "linear_norm",
+                format!(
+                    "kernel built for {}x{}, weights are {}x{}",
+                    self.rows, self.cols, weights.rows, weights.cols
+                ),
+            ));
         }
         let t = u64::from(shape.tokens);
-        require(
+        require_len(
             "linear_norm",
             "bias/gamma/beta",
             aux,
             3 * u64::from(self.rows),
         )?;
-        require("linear_norm", "input", x, t * u64::from(self.cols))?;
-        require(
+        require_len("linear_norm", "input", x, t * u64::from(self.cols))?;
+        require_len(
             "linear_norm",
             "residual",
             residual,
             t * u64::from(self.rows),
         )?;
-        require("linear_norm", "output", out, t * u64::from(self.rows))?;
-        launch(
-            gpu,
+        require_len("linear_norm", "output", out, t * u64::from(self.rows))?;
+        gpu.bind(
             "linear_norm",
             &self.pipeline,
             &[

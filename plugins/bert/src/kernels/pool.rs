@@ -1,12 +1,12 @@
 //! Sentence pooling + L2 normalisation on the device (`shaders/bert/pool.wgsl`).
 
-use pio_gpu::{Gpu, GpuBuffer};
+use pio_gpu::{kernel, require_len, Dispatch, Gpu, GpuBuffer, Kernel, Result};
 use pio_plugin_api::{PluginError, PluginResult};
 
-use super::{launch, pipeline, require, shader, Launch, Params, Shader};
+use super::{pipeline, Params};
 use crate::config::Pooling;
 
-const SHADER: Shader = shader!("bert_pool", "pool.wgsl");
+const SHADER: Kernel = kernel!("bert_pool", "bert/pool.wgsl", "bert/common.wgsl");
 const WORKGROUP_SIZE: u32 = 32;
 /// vec4 feature groups one invocation holds (`MAX_PER_LANE` in the WGSL).
 const MAX_PER_LANE: u32 = 32;
@@ -15,7 +15,7 @@ const MAX_PER_LANE: u32 = 32;
 #[derive(Debug)]
 pub struct Pool {
     hidden: u32,
-    pipeline: wgpu::ComputePipeline,
+    pipeline: pio_gpu::wgpu::ComputePipeline,
 }
 
 impl Pool {
@@ -49,13 +49,12 @@ impl Pool {
         out: &GpuBuffer,
         params: &GpuBuffer,
         shape: Params,
-    ) -> PluginResult<Launch> {
+    ) -> Result<Dispatch> {
         let h = u64::from(self.hidden);
-        require("pool", "input", x, u64::from(shape.tokens) * h)?;
-        require("pool", "lengths", lengths, u64::from(shape.batch))?;
-        require("pool", "output", out, u64::from(shape.batch) * h)?;
-        launch(
-            gpu,
+        require_len("pool", "input", x, u64::from(shape.tokens) * h)?;
+        require_len("pool", "lengths", lengths, u64::from(shape.batch))?;
+        require_len("pool", "output", out, u64::from(shape.batch) * h)?;
+        gpu.bind(
             "pool",
             &self.pipeline,
             &[x, lengths, out, params],

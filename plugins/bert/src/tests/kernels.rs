@@ -19,7 +19,7 @@ use crate::kernels::embed_norm::{EmbedBuffers, EmbedNorm};
 use crate::kernels::linear::Linear;
 use crate::kernels::linear_norm::LinearNorm;
 use crate::kernels::pool::Pool;
-use crate::kernels::{submit, Launch, Params};
+use crate::kernels::Params;
 use crate::pack::{PackedMatrix, WeightFormat};
 use crate::reference;
 use crate::upload::DeviceMatrix;
@@ -28,8 +28,8 @@ fn params(gpu: &Gpu, shape: Params) -> pio_gpu::GpuBuffer {
     gpu.uniform_from("params", &shape).expect("params")
 }
 
-fn run(gpu: &Gpu, launch: Launch) {
-    submit(gpu, &[launch]).expect("submit");
+fn run(gpu: &Gpu, launch: pio_gpu::Dispatch) {
+    gpu.run(&[&launch]).expect("run");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
 use crate::kernels::kv_cache::KvLayer;
 use crate::layout::RowLayout;
-use crate::pipeline::{kernel, Kernel};
+use crate::{kernel, Kernel};
 
 const KERNEL: Kernel = kernel!("attention", "llama/attention.wgsl");
 /// Largest head width the shader's registers hold (`4 * MAX_HEAD_VEC4` in the WGSL).

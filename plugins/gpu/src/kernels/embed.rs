@@ -4,8 +4,8 @@ use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
-use crate::pipeline::{kernel, Kernel};
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS};
+use crate::{kernel, Kernel};
 
 const KERNEL: Kernel = kernel!(
     "embed",

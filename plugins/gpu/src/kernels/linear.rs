@@ -2,10 +2,10 @@
 //! times the activations of several tokens, with an optional RMSNorm of the input fused in front
 //! and an epilogue fused behind:
 //!
-//! - [`Linear`]: store, or accumulate into the output (a residual add) — output projection, FFN
-//!   down projection, final norm + LM head;
-//! - [`SwiGlu`]: `silu(gate) * up` from one interleaved gate/up matrix
-//!   ([`QuantMatrix::upload_gate_up`]) — the FFN's first half with its norm;
+//! - [`Linear`] with an [`Epilogue`]: store, or accumulate into the output (a residual add) —
+//!   output projection, FFN down projection, final norm + LM head; or `silu(gate) * up` from one
+//!   interleaved gate/up matrix ([`QuantMatrix::upload_gate_up`]) — the FFN's first half with
+//!   its norm;
 //! - [`QkvRope`]: Q, K and V from one concatenated matrix, RoPE on Q and K, K and V written into
 //!   the layer's cache — the attention block's input with its norm.
 //!
@@ -17,8 +17,8 @@ use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
 use crate::kernels::kv_cache::KvLayer;
 use crate::kernels::rope::RopeTable;
-use crate::pipeline::{kernel, Kernel};
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
+use crate::{kernel, Kernel};
 
 const LINEAR: Kernel = kernel!(
     "linear",
@@ -210,38 +210,6 @@ impl LinearShape {
         }
     }
 
-    /// Binds a kernel whose only binding after the inputs is `out`, `[tokens][width]`.
-    fn bind_to_output(
-        &self,
-        gpu: &Gpu,
-        label: &'static str,
-        pipeline: &wgpu::ComputePipeline,
-        inputs: MatmulInputs<'_>,
-        out: &GpuBuffer,
-        width: u32,
-    ) -> Result<Dispatch> {
-        let MatmulInputs {
-            weights,
-            x,
-            norm,
-            tokens,
-        } = inputs;
-        let norm = self.check_inputs(label, weights, x, norm, tokens)?;
-        require_len(
-            label,
-            "output",
-            out,
-            u64::from(tokens.count) * u64::from(width),
-        )?;
-        gpu.dispatch(
-            label,
-            pipeline,
-            &[weights.buffer(), x, norm, out],
-            Params::range(tokens.first, tokens.count),
-            self.grid(self.row_groups(), tokens.count),
-        )
-    }
-
     /// Workgroup counts for `row_groups` row groups and `count` tokens.
     fn grid(&self, row_groups: u32, count: u32) -> [u32; 3] {
         [
@@ -256,32 +224,63 @@ impl LinearShape {
     }
 }
 
-/// The inputs every fused linear kernel binds first.
-#[derive(Clone, Copy)]
-struct MatmulInputs<'a> {
-    weights: &'a QuantMatrix,
-    x: &'a GpuBuffer,
-    norm: Option<&'a GpuBuffer>,
-    tokens: TokenRange,
+/// What a [`Linear`] does with its product `W h` (`h = norm?(x[first + t])`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// `out[t] = W h`; `out` is `[count][rows]`.
+    Store,
+    /// `out[t] += W h`: a fused residual add.
+    Accumulate,
+    /// `out[t] = silu(Wgate h) * (Wup h)` from a gate/up matrix built by
+    /// [`QuantMatrix::upload_gate_up`] (`rows` = 2 × the FFN width, a multiple of 8); `out` is
+    /// `[count][rows / 2]`.
+    SwiGlu,
 }
 
-/// `out[t] = W norm?(x[first + t])`, or `out[t] += ...` when accumulating (a fused residual
-/// add): `out` is `[count][rows]`.
+impl Epilogue {
+    fn label(self) -> &'static str {
+        match self {
+            Epilogue::Store | Epilogue::Accumulate => "linear",
+            Epilogue::SwiGlu => "swiglu",
+        }
+    }
+}
+
+/// A quantized matrix times the (optionally RMS-normalised) activations of several tokens,
+/// followed by its [`Epilogue`].
 #[derive(Debug)]
 pub struct Linear {
     shape: LinearShape,
+    epilogue: Epilogue,
     pipeline: wgpu::ComputePipeline,
 }
 
 impl Linear {
-    /// Compiles (or looks up) the pipeline; `accumulate` adds to `out` instead of overwriting.
-    pub fn new(gpu: &Gpu, shape: LinearShape, accumulate: bool) -> Result<Self> {
-        shape.check("linear")?;
+    /// Compiles (or looks up) the pipeline.
+    pub fn new(gpu: &Gpu, shape: LinearShape, epilogue: Epilogue) -> Result<Self> {
+        let label = epilogue.label();
+        shape.check(label)?;
         let mut constants = shape.constants();
-        constants.push(("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }));
+        let kernel = match epilogue {
+            Epilogue::Store | Epilogue::Accumulate => {
+                let accumulate = epilogue == Epilogue::Accumulate;
+                constants.push(("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }));
+                LINEAR
+            }
+            Epilogue::SwiGlu => {
+                if shape.rows % 8 != 0 {
+                    return Err(GpuError::shape(
+                        label,
+                        format!("{} gate/up rows is not twice a multiple of 4", shape.rows),
+                    ));
+                }
+                SWIGLU
+            }
+        };
         Ok(Self {
             shape,
-            pipeline: gpu.pipeline(LINEAR, "main", &constants)?,
+            epilogue,
+            pipeline: gpu.pipeline(kernel, "main", &constants)?,
         })
     }
 
@@ -296,63 +295,25 @@ impl Linear {
         out: &GpuBuffer,
         tokens: TokenRange,
     ) -> Result<Dispatch> {
-        let inputs = MatmulInputs {
-            weights,
-            x,
-            norm,
-            tokens,
+        let (s, label) = (&self.shape, self.epilogue.label());
+        let norm = s.check_inputs(label, weights, x, norm, tokens)?;
+        let width = match self.epilogue {
+            Epilogue::SwiGlu => s.rows / 2,
+            Epilogue::Store | Epilogue::Accumulate => s.rows,
         };
-        let width = self.shape.rows;
-        self.shape
-            .bind_to_output(gpu, "linear", &self.pipeline, inputs, out, width)
-    }
-}
-
-/// `out[t] = silu(Wgate h) * (Wup h)` with `h = norm?(x[first + t])`, from a gate/up matrix
-/// built by [`QuantMatrix::upload_gate_up`] (`rows` = 2 × the FFN width): `out` is
-/// `[count][rows / 2]`.
-#[derive(Debug)]
-pub struct SwiGlu {
-    shape: LinearShape,
-    pipeline: wgpu::ComputePipeline,
-}
-
-impl SwiGlu {
-    /// Compiles (or looks up) the pipeline. The FFN width (`rows / 2`) must be a multiple of 4.
-    pub fn new(gpu: &Gpu, shape: LinearShape) -> Result<Self> {
-        shape.check("swiglu")?;
-        if shape.rows % 8 != 0 {
-            return Err(GpuError::shape(
-                "swiglu",
-                format!("{} gate/up rows is not twice a multiple of 4", shape.rows),
-            ));
-        }
-        Ok(Self {
-            shape,
-            pipeline: gpu.pipeline(SWIGLU, "main", &shape.constants())?,
-        })
-    }
-
-    /// Binds the gate/up `weights`, the input rows `tokens` of `x`, the norm weight (exactly
-    /// when the kernel fuses a norm) and `out`.
-    pub fn bind(
-        &self,
-        gpu: &Gpu,
-        weights: &QuantMatrix,
-        x: &GpuBuffer,
-        norm: Option<&GpuBuffer>,
-        out: &GpuBuffer,
-        tokens: TokenRange,
-    ) -> Result<Dispatch> {
-        let inputs = MatmulInputs {
-            weights,
-            x,
-            norm,
-            tokens,
-        };
-        let width = self.shape.rows / 2;
-        self.shape
-            .bind_to_output(gpu, "swiglu", &self.pipeline, inputs, out, width)
+        require_len(
+            label,
+            "output",
+            out,
+            u64::from(tokens.count) * u64::from(width),
+        )?;
+        gpu.dispatch(
+            label,
+            &self.pipeline,
+            &[weights.buffer(), x, norm, out],
+            Params::range(tokens.first, tokens.count),
+            s.grid(s.row_groups(), tokens.count),
+        )
     }
 }
 

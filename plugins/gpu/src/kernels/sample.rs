@@ -8,7 +8,7 @@ use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::dispatch::{require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
-use crate::pipeline::{kernel, Kernel};
+use crate::{kernel, Kernel};
 
 const KERNEL: Kernel = kernel!("sample", "common/sample.wgsl");
 

@@ -1,7 +1,7 @@
 use pio_gpu::reference;
 use pio_gpu::{
-    DeviceKind, KvCache, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix, RopeTable,
-    RowTile, SwiGlu, TokenRange, WeightDtype,
+    DeviceKind, Epilogue, KvCache, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
+    RopeTable, RowTile, TokenRange, WeightDtype,
 };
 
 use crate::common::{self, EPS};
@@ -103,7 +103,12 @@ fn check_linear(case: LinearCase) {
         norm_eps: norm.then_some(NORM_EPS),
         tile,
     };
-    let kernel = Linear::new(&gpu, shape, accumulate).unwrap();
+    let epilogue = if accumulate {
+        Epilogue::Accumulate
+    } else {
+        Epilogue::Store
+    };
+    let kernel = Linear::new(&gpu, shape, epilogue).unwrap();
     let range = TokenRange {
         first: skip as u32,
         count: tokens as u32,
@@ -204,7 +209,7 @@ fn swiglu_matches_reference() {
                 norm_eps: Some(NORM_EPS),
                 tile,
             };
-            let kernel = SwiGlu::new(&gpu, shape).unwrap();
+            let kernel = Linear::new(&gpu, shape, Epilogue::SwiGlu).unwrap();
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let out = gpu.storage_zeroed("out", (tokens * ff * 4) as u64).unwrap();
@@ -407,7 +412,7 @@ fn fused_kernels_reject_mismatched_weights_norms_and_short_buffers() {
     };
     let x = gpu.storage_zeroed("x", 2 * 64 * 4).unwrap();
     let out = gpu.storage_zeroed("out", 2 * 8 * 4).unwrap();
-    let plain = Linear::new(&gpu, shape, false).unwrap();
+    let plain = Linear::new(&gpu, shape, Epilogue::Store).unwrap();
     assert!(plain
         .bind(&gpu, &weights, &x, None, &out, TokenRange::all(2))
         .is_ok());
@@ -426,17 +431,17 @@ fn fused_kernels_reject_mismatched_weights_norms_and_short_buffers() {
             norm_eps: Some(1e-5),
             ..shape
         },
-        false,
+        Epilogue::Store,
     )
     .unwrap();
     assert!(normed
         .bind(&gpu, &weights, &x, None, &out, TokenRange::all(1))
         .is_err());
-    let other = Linear::new(&gpu, LinearShape { rows: 16, ..shape }, false).unwrap();
+    let other = Linear::new(&gpu, LinearShape { rows: 16, ..shape }, Epilogue::Store).unwrap();
     assert!(other
         .bind(&gpu, &weights, &x, None, &out, TokenRange::all(1))
         .is_err());
-    assert!(SwiGlu::new(&gpu, LinearShape { rows: 12, ..shape }).is_err());
+    assert!(Linear::new(&gpu, LinearShape { rows: 12, ..shape }, Epilogue::SwiGlu).is_err());
     let bad_tile = RowTile {
         tokens: 9,
         workgroup_size: 8,
@@ -447,7 +452,7 @@ fn fused_kernels_reject_mismatched_weights_norms_and_short_buffers() {
             tile: bad_tile,
             ..shape
         },
-        false
+        Epilogue::Store
     )
     .is_err());
 }
