@@ -1,12 +1,16 @@
 //! Loading real built plugin libraries: the happy path, several plugins and versions side by
 //! side, every refusal, panics inside plugins, and invalid state transitions.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use pio_host::{HostError, Manifest, PluginManager, PluginState};
 use pio_plugin_api::{
     ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, ErrorKind, FinishReason,
-    GenerateRequest, GenerationParams, Prompt, StreamControl,
+    GenerateRequest, GenerationParams, Prompt, SequenceRequest, StreamControl,
 };
 use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
 use serde_json::json;
@@ -397,6 +401,31 @@ fn hash_mismatch_is_refused() {
 }
 
 #[test]
+fn library_swapped_between_check_and_load_is_refused() {
+    let f = Fixture::new();
+    let (folder, manifest) = f.pack(&workspace_plugin("pio_plugin_example"), "swap", json!({}));
+    let id = f.manager.register(&folder).unwrap();
+    // After the checks passed, an impostor takes the library's place: a loadable library (the
+    // same one with a byte appended) that the manifest's digest does not vouch for.
+    let library = folder.join(&manifest.library);
+    let mut impostor = std::fs::read(&library).unwrap();
+    impostor.push(0);
+    std::fs::write(&library, impostor).unwrap();
+
+    let err = f.manager.load(&id).unwrap_err();
+    assert!(matches!(err, HostError::HashMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&manifest.sha256), "{err}");
+    assert!(matches!(
+        f.manager.info(&id).unwrap().state,
+        PluginState::Failed(_)
+    ));
+    assert!(
+        f.manager.info(&id).unwrap().metadata.is_none(),
+        "no library was opened"
+    );
+}
+
+#[test]
 fn manifest_paths_escaping_the_folder_are_refused() {
     let f = Fixture::new();
     let folder = f.example("escape");
@@ -590,4 +619,128 @@ fn invalid_state_transitions_are_errors() {
         f.manager.register(&folder),
         Err(HostError::AlreadyRegistered(_))
     ));
+}
+
+fn open_sequence(manager: &PluginManager, prompt: &str) -> (String, u64, u64) {
+    let request = SequenceRequest::Generate(GenerateRequest {
+        prompt: Prompt::Text(prompt.into()),
+        params: GenerationParams::greedy(64),
+    });
+    let opened = manager.open_sequence("example", &request).unwrap();
+    (opened.plugin, opened.generation, opened.response.id)
+}
+
+/// Rewrites `folder`'s manifest with an empty configuration (no fault) and reloads it as a new
+/// generation.
+fn reload_with_healthy_config(manager: &PluginManager, folder: &Path) {
+    rewrite_manifest(folder, |m| m.config = json!({}));
+    manager
+        .replace_from_path(folder, &ActivateOptions::default())
+        .unwrap();
+}
+
+#[test]
+fn retired_instance_is_torn_down_after_its_closes_fail() {
+    let f = Fixture::new();
+    let (folder, _) = f.pack(
+        &workspace_plugin("pio_plugin_example"),
+        "closing",
+        json!({"fail_in": "close_sequence", "fault": "error"}),
+    );
+    f.manager
+        .replace_from_path(&folder, &ActivateOptions::default())
+        .unwrap();
+    let sequences = [
+        open_sequence(&f.manager, "one"),
+        open_sequence(&f.manager, "two"),
+    ];
+    reload_with_healthy_config(&f.manager, &folder);
+    assert_eq!(f.manager.list_plugins().len(), 2, "the old instance waits");
+
+    for (plugin, generation, id) in &sequences {
+        let err = f
+            .manager
+            .close_sequence(plugin, *generation, *id)
+            .unwrap_err();
+        assert!(err.to_string().contains("fault injected"), "{err}");
+    }
+    let generations: Vec<u64> = f
+        .manager
+        .list_plugins()
+        .iter()
+        .map(|p| p.generation)
+        .collect();
+    assert_eq!(
+        generations,
+        vec![2],
+        "torn down once its last sequence closed"
+    );
+}
+
+#[test]
+fn retired_instance_is_torn_down_after_a_failed_step() {
+    let f = Fixture::new();
+    let (folder, _) = f.pack(
+        &workspace_plugin("pio_plugin_example"),
+        "stepping",
+        json!({"fail_in": "step_sequences"}),
+    );
+    f.manager
+        .replace_from_path(&folder, &ActivateOptions::default())
+        .unwrap();
+    let (plugin, generation, id) = open_sequence(&f.manager, "doomed");
+    reload_with_healthy_config(&f.manager, &folder);
+
+    let err = f
+        .manager
+        .step_sequences(&plugin, generation, &[id])
+        .unwrap_err();
+    assert!(err.to_string().contains("fault injected"), "{err}");
+    // The instance failed with the panic: its plugin can no longer close the sequence, but the
+    // host counts it closed.
+    assert!(f.manager.close_sequence(&plugin, generation, id).is_err());
+    let generations: Vec<u64> = f
+        .manager
+        .list_plugins()
+        .iter()
+        .map(|p| p.generation)
+        .collect();
+    assert_eq!(generations, vec![2]);
+}
+
+#[test]
+fn stuck_plugin_does_not_block_its_replacement() {
+    let f = Fixture::new();
+    let manager = Arc::new(PluginManager::new(&f.dir.path().join("shadow-stuck")).unwrap());
+    let (folder, _) = f.pack(
+        &workspace_plugin("pio_plugin_example"),
+        "stuck",
+        json!({"fail_in": "infer", "fault": "hang"}),
+    );
+    manager
+        .replace_from_path(&folder, &ActivateOptions::default())
+        .unwrap();
+    let (started, calling) = crossbeam_channel::bounded(1);
+    let stuck = manager.clone();
+    std::thread::spawn(move || {
+        started.send(()).unwrap();
+        // Never returns: the plugin loops forever inside the call.
+        let _ = stuck.execute("example", &json!({"text": "x"}));
+    });
+    calling.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let (done, replaced) = crossbeam_channel::bounded(1);
+    let reloading = manager.clone();
+    let healthy = folder.clone();
+    std::thread::spawn(move || {
+        reload_with_healthy_config(&reloading, &healthy);
+        done.send(()).unwrap();
+    });
+    replaced
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the reload finished while the old instance was stuck in a call");
+    let served = manager.execute("example", &json!({"text": "ok"})).unwrap();
+    assert_eq!(served.generation, 2);
+    assert_eq!(served.response["text"], "ko");
 }

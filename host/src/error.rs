@@ -124,6 +124,24 @@ pub enum HostError {
         /// What it said.
         error: PluginError,
     },
+    /// A worker process failed to answer a call (see [`crate::isolation`]).
+    #[error("plugin '{plugin}' {error} (during {operation})")]
+    Worker {
+        /// The plugin.
+        plugin: String,
+        /// The call.
+        operation: &'static str,
+        /// How the worker failed.
+        error: crate::isolation::WorkerError,
+    },
+    /// A worker process refused to load its plugin (the same checks as in process, run there).
+    #[error("{reason} (checked in the plugin's worker process)")]
+    WorkerRefused {
+        /// The plugin.
+        plugin: String,
+        /// The check that failed, naming the plugin and file.
+        reason: String,
+    },
 }
 
 impl HostError {

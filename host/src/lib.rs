@@ -10,6 +10,7 @@ pub mod digest;
 mod elf;
 pub mod error;
 mod heap;
+pub mod isolation;
 pub mod loader;
 pub mod manager;
 pub mod manifest;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use pio_plugin_api::{PluginMetadata, PluginModRef};
+use pio_plugin_api::{PluginInstanceBox, PluginMetadata, PluginModRef};
 
 use crate::{
     elf::check_shared_library,
@@ -24,17 +24,86 @@ pub struct LoadedLibrary {
     pub shadow_path: PathBuf,
 }
 
-/// Loads `library` (already verified against its manifest) from a fresh shadow copy.
+/// Loads the library of the plugin folder `dir` described by `manifest` (already checked, see
+/// [`Manifest::check_compatibility`]) and checks that its metadata agrees with the manifest.
+pub fn open_plugin(
+    manifest: &Manifest,
+    dir: &Path,
+    shadow: &ShadowDir,
+) -> HostResult<LoadedLibrary> {
+    let library_path = manifest.library_path(dir)?;
+    let library = load_verified_library(&manifest.name, &library_path, &manifest.sha256, shadow)?;
+    check_metadata(manifest, &library_path, &library.metadata)?;
+    Ok(library)
+}
+
+/// Creates an instance of plugin `plugin` from its loaded `library` and initializes it with
+/// the configuration `config` (JSON).
+pub fn new_instance(
+    plugin: &str,
+    library: &LoadedLibrary,
+    config: &str,
+) -> HostResult<PluginInstanceBox> {
+    let plugin_error = |operation, error| HostError::Plugin {
+        plugin: plugin.to_owned(),
+        operation,
+        error,
+    };
+    let mut instance = (library.module.new_instance())()
+        .into_result()
+        .map_err(|e| plugin_error("new", e))?;
+    instance
+        .initialize(config.into())
+        .into_result()
+        .map_err(|e| plugin_error("initialize", e))?;
+    Ok(instance)
+}
+
+/// Loads the library of plugin `plugin` from a fresh shadow copy, refusing it unless the copy's
+/// bytes have the manifest's digest `sha256`.
+///
+/// The digest is checked on the copy that is then opened, not on the plugin folder's file: the
+/// folder may change between a check and the copy, and only the bytes that run matter.
+pub fn load_verified_library(
+    plugin: &str,
+    library: &Path,
+    sha256: &str,
+    shadow: &ShadowDir,
+) -> HostResult<LoadedLibrary> {
+    let copy = shadow.copy_in(library)?;
+    if copy.sha256 != sha256 {
+        let _ = std::fs::remove_file(&copy.path);
+        return Err(HostError::HashMismatch {
+            plugin: plugin.to_owned(),
+            file: library.to_owned(),
+            expected: sha256.to_owned(),
+            actual: copy.sha256,
+        });
+    }
+    open_library(plugin, library, copy.path)
+}
+
+/// Loads a library no manifest vouches for (`pio plugins pack` reading a freshly built
+/// library's metadata) from a fresh shadow copy.
+pub fn load_unverified_library(
+    plugin: &str,
+    library: &Path,
+    shadow: &ShadowDir,
+) -> HostResult<LoadedLibrary> {
+    let copy = shadow.copy_in(library)?;
+    open_library(plugin, library, copy.path)
+}
+
+/// Opens the shadow copy `shadow_path` of `library` and reads its metadata.
 ///
 /// Each library is loaded through its own header rather than `abi_stable`'s per-type cached
 /// loader, which would return the first library loaded for every later path.
-pub fn load_library(plugin: &str, library: &Path, shadow: &ShadowDir) -> HostResult<LoadedLibrary> {
+fn open_library(plugin: &str, library: &Path, shadow_path: PathBuf) -> HostResult<LoadedLibrary> {
     let fail = |reason: String| HostError::Library {
         plugin: plugin.to_owned(),
         file: library.to_owned(),
         reason,
     };
-    let shadow_path = shadow.copy_in(library)?;
     if cfg!(target_os = "linux") {
         check_shared_library(&shadow_path)
             .map_err(|reason| fail(format!("not a loadable shared library: {reason}")))?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::{
     digest::sha256_file,
     error::{HostError, HostResult},
-    loader::load_library,
+    loader::load_unverified_library,
     manifest::{Manifest, ModelFile},
     shadow::ShadowDir,
 };
@@ -30,7 +30,7 @@ pub struct PackRequest {
 /// and host range come from the library itself.
 pub fn pack(request: &PackRequest, shadow: &ShadowDir) -> HostResult<Manifest> {
     let library_name = file_name(&request.library)?;
-    let loaded = load_library(&library_name, &request.library, shadow)?;
+    let loaded = load_unverified_library(&library_name, &request.library, shadow)?;
     let metadata = loaded.metadata;
     std::fs::create_dir_all(&request.out_dir).map_err(|e| HostError::io(&request.out_dir, e))?;
 

@@ -6,11 +6,28 @@
 //! one, and the plugin folder can change while the copy is in use.
 
 use std::{
+    fs::File,
+    io::{Read, Write},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use crate::error::{HostError, HostResult};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    digest::hex,
+    error::{HostError, HostResult},
+};
+
+/// A library copied into the shadow directory, with the digest of the bytes written.
+#[derive(Debug, Clone)]
+pub struct ShadowCopy {
+    /// The copy: the file that is loaded.
+    pub path: PathBuf,
+    /// Lowercase hex SHA-256 of the copy's contents, computed from the very bytes written, so
+    /// a check of it holds for what is loaded even if the source changes meanwhile.
+    pub sha256: String,
+}
 
 /// This process's directory of shadow copies.
 #[derive(Debug)]
@@ -42,17 +59,54 @@ impl ShadowDir {
         &self.dir
     }
 
-    /// Copies `library` into the shadow directory under a name no other copy has had.
-    pub fn copy_in(&self, library: &Path) -> HostResult<PathBuf> {
+    /// Copies `library` into the shadow directory under a name no other copy has had, hashing
+    /// the bytes as they are written. The copy is made read-only.
+    pub fn copy_in(&self, library: &Path) -> HostResult<ShadowCopy> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let file_name = library
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| "library".to_owned());
         let target = self.dir.join(format!("{n}-{file_name}"));
-        std::fs::copy(library, &target).map_err(|e| HostError::io(library, e))?;
-        Ok(target)
+        let sha256 = copy_hashing(library, &target)?;
+        Ok(ShadowCopy {
+            path: target,
+            sha256,
+        })
     }
+}
+
+/// Copies `from` to the new file `to` and returns the SHA-256 of the bytes written.
+fn copy_hashing(from: &Path, to: &Path) -> HostResult<String> {
+    let mut source = File::open(from).map_err(|e| HostError::io(from, e))?;
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|e| HostError::io(to, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = source
+            .read(&mut buffer)
+            .map_err(|e| HostError::io(from, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        target
+            .write_all(&buffer[..n])
+            .map_err(|e| HostError::io(to, e))?;
+    }
+    let mut permissions = target
+        .metadata()
+        .map_err(|e| HostError::io(to, e))?
+        .permissions();
+    permissions.set_readonly(true);
+    target
+        .set_permissions(permissions)
+        .map_err(|e| HostError::io(to, e))?;
+    Ok(hex(&hasher.finalize()))
 }
 
 /// Removes `root/<pid>` directories whose process is gone. Best effort: failures are logged.
@@ -96,8 +150,9 @@ mod tests {
         std::fs::write(&source, b"lib").unwrap();
         let a = shadow.copy_in(&source).unwrap();
         let b = shadow.copy_in(&source).unwrap();
-        assert_ne!(a, b);
-        assert_eq!(std::fs::read(&a).unwrap(), b"lib");
-        assert!(a.starts_with(shadow.path()));
+        assert_ne!(a.path, b.path);
+        assert_eq!(std::fs::read(&a.path).unwrap(), b"lib");
+        assert!(a.path.starts_with(shadow.path()));
+        assert_eq!(a.sha256, crate::digest::sha256_file(&a.path).unwrap());
     }
 }

@@ -3,10 +3,11 @@
 use std::fmt;
 
 use abi_stable::{std_types::RString, StableAbi};
+use serde::{Deserialize, Serialize};
 
 /// What went wrong, coarsely; the message says the rest.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The request or configuration is malformed or out of range.
     InvalidInput,
@@ -50,7 +51,7 @@ impl fmt::Display for ErrorKind {
 
 /// An error returned by a plugin: a kind plus a human-readable message.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct PluginError {
     /// The category of the failure.
     pub kind: ErrorKind,

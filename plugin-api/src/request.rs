@@ -4,10 +4,11 @@ use abi_stable::{
     std_types::{ROption, RString, RVec},
     StableAbi,
 };
+use serde::{Deserialize, Serialize};
 
 /// Options for [`activate`](crate::PluginInstance::activate): where and how big to run.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Default, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct ActivateOptions {
     /// Preferred device: a case-insensitive substring of the adapter name or its index in
     /// `pio devices`. `None` lets the plugin choose (a real GPU first, else a software one).
@@ -23,7 +24,7 @@ pub struct ActivateOptions {
 /// The defaults match llama.cpp's: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no
 /// repetition penalty, 256 new tokens, a random seed.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct GenerationParams {
     /// Upper bound on generated tokens.
     pub max_new_tokens: u32,
@@ -98,7 +99,7 @@ impl GenerationParams {
 
 /// A prompt given as text (tokenized by the plugin) or as token ids.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Prompt {
     /// Raw text; special tokens written in it (such as `<|im_start|>`) are recognised.
     Text(RString),
@@ -108,7 +109,7 @@ pub enum Prompt {
 
 /// A request to continue a prompt.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct GenerateRequest {
     /// What to continue.
     pub prompt: Prompt,
@@ -118,7 +119,7 @@ pub struct GenerateRequest {
 
 /// One message of a conversation.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
     /// `system`, `user` or `assistant`.
     pub role: RString,
@@ -138,7 +139,7 @@ impl ChatMessage {
 
 /// A request to answer a conversation with the model's chat template.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ChatRequest {
     /// The conversation so far, oldest first.
     pub messages: RVec<ChatMessage>,
@@ -148,7 +149,7 @@ pub struct ChatRequest {
 
 /// What one sequence of a batch generates: a continuation or a chat answer.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum SequenceRequest {
     /// Continue a prompt, as [`GenerateRequest`] does.
     Generate(GenerateRequest),
@@ -158,7 +159,7 @@ pub enum SequenceRequest {
 
 /// A request to embed texts.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct EmbedRequest {
     /// The texts, embedded together as one batch.
     pub inputs: RVec<RString>,

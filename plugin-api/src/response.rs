@@ -4,10 +4,11 @@ use abi_stable::{
     std_types::{ROption, RString, RVec},
     StableAbi,
 };
+use serde::{Deserialize, Serialize};
 
 /// One generated token, as streamed to the host's sink.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct TokenEvent {
     /// Position of the token in the generated sequence, from 0.
     pub index: u32,
@@ -20,7 +21,7 @@ pub struct TokenEvent {
 
 /// What the host's sink wants after a token.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamControl {
     /// Keep generating.
     Continue,
@@ -30,7 +31,7 @@ pub enum StreamControl {
 
 /// Why a generation ended.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
     /// The model produced an end-of-generation token, or a stop string matched.
     Stop,
@@ -53,7 +54,7 @@ impl FinishReason {
 
 /// A sequence opened for batched generation.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SequenceOpened {
     /// The plugin's handle for the sequence.
     pub id: u64,
@@ -66,7 +67,7 @@ pub struct SequenceOpened {
 
 /// What one batch step produced for one sequence.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct SequenceStep {
     /// The sequence.
     pub id: u64,
@@ -78,7 +79,7 @@ pub struct SequenceStep {
 
 /// Wall-clock durations of one request, in milliseconds.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Copy, Default, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
     /// Processing the prompt, up to the first generated token.
     pub prompt_ms: f64,
@@ -88,7 +89,7 @@ pub struct Timings {
 
 /// The result of `generate` or `chat`.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct GenerateResponse {
     /// The generated text (stop strings excluded).
     pub text: RString,
@@ -104,7 +105,7 @@ pub struct GenerateResponse {
 
 /// The result of `embed`: one vector per input, in input order.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct EmbedResponse {
     /// One vector per input.
     pub embeddings: RVec<RVec<f32>>,
@@ -116,7 +117,7 @@ pub struct EmbedResponse {
 
 /// Resource use and counters of a plugin instance.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Default, PartialEq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct PluginStats {
     /// Device (GPU) memory currently allocated, in bytes.
     pub device_memory_bytes: u64,
@@ -134,7 +135,7 @@ pub struct PluginStats {
 
 /// How a plugin instance feels.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthStatus {
     /// Ready to serve.
     Ok,
@@ -146,7 +147,7 @@ pub enum HealthStatus {
 
 /// A health report: a status and a reason.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     /// The status.
     pub status: HealthStatus,

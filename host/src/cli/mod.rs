@@ -22,6 +22,8 @@ pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    isolation: session::IsolationArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +62,14 @@ enum Command {
     /// Run one input through a plugin: a JSON object goes to `infer`, text to `generate` (or
     /// `embed` for embedding-only plugins).
     Run(run::RunArgs),
+    /// Internal: serve one plugin to the host over the socket on descriptor FD (out-of-process
+    /// plugins; started by the host, never by hand).
+    #[command(hide = true)]
+    Worker {
+        /// The socket's descriptor number.
+        #[arg(long)]
+        fd: i32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,7 +120,9 @@ pub struct PluginDirs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    session::set_isolation(cli.isolation);
     let result = match cli.command {
+        Command::Worker { fd } => return worker(fd),
         Command::Plugins(PluginsCommand::List(dirs)) => plugins::list(&dirs),
         Command::Plugins(PluginsCommand::Info {
             name,
@@ -134,6 +146,21 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `pio worker`: serves the host on the inherited socket until the host closes it.
+fn worker(fd: i32) -> ExitCode {
+    use std::os::{fd::FromRawFd, unix::net::UnixStream};
+    // SAFETY: the host started this process with its end of a socket pair on `fd`, owned by
+    // nothing else here.
+    let socket = unsafe { UnixStream::from_raw_fd(fd) };
+    match crate::isolation::worker::serve(socket) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pio worker: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,25 +1,34 @@
 //! One loaded (or failed) plugin: its manifest, lifecycle state, library and instance.
 
 use std::{
+    collections::HashSet,
     ops::{Deref, DerefMut},
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Mutex, MutexGuard,
     },
 };
 
-use pio_plugin_api::{Capability, ErrorKind, PluginError, PluginInstanceBox, PluginMetadata};
+use pio_plugin_api::{Capability, ErrorKind, PluginMetadata};
 
 use crate::{
     error::{HostError, HostResult},
-    loader::{check_metadata, load_library, LoadedLibrary},
+    isolation::{
+        client::{CallError, WorkerSpec},
+        Isolation, WorkerError, WorkerInstance, WorkerSettings,
+    },
+    loader::{new_instance, open_plugin, LoadedLibrary},
     manifest::{Manifest, MANIFEST_FILE},
     shadow::ShadowDir,
     state::{PluginState, Transition},
 };
 
-use super::{config::ConfigLayers, PluginSummary};
+use super::{
+    config::ConfigLayers,
+    instance::{CallResult, Instance},
+    PluginSummary,
+};
 
 /// A plugin known to the manager. Several entries may share a name (two versions side by side,
 /// or the old and new generation during a reload).
@@ -35,7 +44,7 @@ pub(super) struct Entry {
     pub retiring: AtomicBool,
     /// Batched sequences open on this instance: a retiring instance is torn down only when
     /// the last one closes, so they finish where their keys and values are.
-    open_sequences: AtomicUsize,
+    open_sequences: Mutex<HashSet<u64>>,
     cell: Mutex<Cell>,
     /// State and metadata as of the last release of `cell`, readable while a call holds it,
     /// so listings and health checks never wait for a generation.
@@ -75,8 +84,8 @@ impl Drop for CellGuard<'_> {
         if published.state != self.cell.state {
             published.state = self.cell.state.clone();
         }
-        if published.metadata.is_some() != self.cell.library.is_some() {
-            published.metadata = self.cell.library.as_ref().map(|l| l.metadata.clone());
+        if published.metadata.is_some() != self.cell.metadata.is_some() {
+            published.metadata = self.cell.metadata.clone();
         }
     }
 }
@@ -85,8 +94,12 @@ impl Drop for CellGuard<'_> {
 /// one instance never overlap.
 pub(super) struct Cell {
     pub state: PluginState,
+    /// What the library says about itself, once loaded (in this process or in a worker).
+    pub metadata: Option<PluginMetadata>,
+    /// The library, when loaded in this process (kept: libraries are never unloaded, and a
+    /// failed plugin's next instance comes from it).
     pub library: Option<LoadedLibrary>,
-    pub instance: Option<PluginInstanceBox>,
+    pub instance: Option<Instance>,
 }
 
 impl Entry {
@@ -103,13 +116,14 @@ impl Entry {
             manifest,
             dir,
             retiring: AtomicBool::new(false),
-            open_sequences: AtomicUsize::new(0),
+            open_sequences: Mutex::default(),
             published: Mutex::new(Published {
                 state: state.clone(),
                 metadata: None,
             }),
             cell: Mutex::new(Cell {
                 state,
+                metadata: None,
                 library: None,
                 instance: None,
             }),
@@ -134,6 +148,19 @@ impl Entry {
         }
     }
 
+    /// The cell if no call holds it now.
+    pub fn try_lock(&self) -> Option<CellGuard<'_>> {
+        let cell = match self.cell.try_lock() {
+            Ok(cell) => cell,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(CellGuard {
+            cell,
+            published: &self.published,
+        })
+    }
+
     pub fn is_retiring(&self) -> bool {
         self.retiring.load(Ordering::SeqCst)
     }
@@ -142,19 +169,28 @@ impl Entry {
         self.retiring.store(true, Ordering::SeqCst);
     }
 
-    /// Counts a batched sequence opened on this instance.
-    pub fn sequence_opened(&self) {
-        self.open_sequences.fetch_add(1, Ordering::SeqCst);
+    /// Records batched sequence `id` opened on this instance.
+    pub fn sequence_opened(&self, id: u64) {
+        self.open_ids().insert(id);
     }
 
-    /// Counts a batched sequence closed; returns how many stay open.
-    pub fn sequence_closed(&self) -> usize {
-        self.open_sequences.fetch_sub(1, Ordering::SeqCst) - 1
+    /// Records sequence `id` closed — also when the plugin refused the close or had failed, as
+    /// the host will not use it again — and returns how many stay open.
+    pub fn sequence_closed(&self, id: u64) -> usize {
+        let mut open = self.open_ids();
+        open.remove(&id);
+        open.len()
     }
 
     /// Batched sequences open on this instance.
-    pub fn open_sequences(&self) -> usize {
-        self.open_sequences.load(Ordering::SeqCst)
+    pub fn open_sequence_count(&self) -> usize {
+        self.open_ids().len()
+    }
+
+    fn open_ids(&self) -> MutexGuard<'_, HashSet<u64>> {
+        self.open_sequences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The entry as of the last release of its lock: never waits for a call in flight.
@@ -192,8 +228,8 @@ impl Entry {
     }
 
     pub fn require_capability(&self, cell: &Cell, capability: Capability) -> HostResult<()> {
-        match &cell.library {
-            Some(library) if library.metadata.has(capability) => Ok(()),
+        match &cell.metadata {
+            Some(metadata) if metadata.has(capability) => Ok(()),
             _ => Err(HostError::MissingCapability {
                 plugin: self.manifest.name.clone(),
                 capability: capability.as_str(),
@@ -201,64 +237,98 @@ impl Entry {
         }
     }
 
-    /// Runs `call` on the instance, turning its error into a [`HostError`]; a panic marks the
-    /// plugin failed (the instance refuses further work after one).
+    /// Runs `call` on the instance, turning its error into a [`HostError`]. A panic marks the
+    /// plugin failed (the instance refuses further work after one), and so does a worker that
+    /// crashed too often; a worker's single crash fails only this call (the next one restarts
+    /// it).
     pub fn call<T>(
         &self,
         cell: &mut Cell,
         operation: &'static str,
-        call: impl FnOnce(&mut PluginInstanceBox) -> Result<T, PluginError>,
+        call: impl FnOnce(&mut Instance) -> CallResult<T>,
     ) -> HostResult<T> {
         let Some(instance) = cell.instance.as_mut() else {
             return Err(self.invalid(operation, &cell.state));
         };
-        call(instance).map_err(|error| {
-            if error.kind == ErrorKind::Panic {
-                tracing::error!(plugin = %self.id(), "{error}");
-                cell.state = PluginState::Failed(error.message.to_string());
+        call(instance).map_err(|error| match error {
+            CallError::Plugin(error) => {
+                if error.kind == ErrorKind::Panic {
+                    tracing::error!(plugin = %self.id(), "{error}");
+                    cell.state = PluginState::Failed(error.message.to_string());
+                }
+                HostError::Plugin {
+                    plugin: self.manifest.name.clone(),
+                    operation,
+                    error,
+                }
             }
-            HostError::Plugin {
-                plugin: self.manifest.name.clone(),
-                operation,
-                error,
+            CallError::Worker(error) => {
+                tracing::error!(plugin = %self.id(), operation, "{error}");
+                if matches!(error, WorkerError::GaveUp { .. }) {
+                    cell.state = PluginState::Failed(error.to_string());
+                }
+                HostError::Worker {
+                    plugin: self.manifest.name.clone(),
+                    operation,
+                    error,
+                }
             }
         })
     }
 
-    /// Loads the library (once per entry), checks its metadata and creates an initialized
-    /// instance.
-    pub fn load(
-        &self,
-        cell: &mut Cell,
-        shadow: &ShadowDir,
-        config: &ConfigLayers,
-    ) -> HostResult<()> {
-        let name = self.name();
-        if cell.library.is_none() {
-            let library_path = self.manifest.library_path(&self.dir)?;
-            let library = load_library(name, &library_path, shadow)?;
-            check_metadata(&self.manifest, &library_path, &library.metadata)?;
-            cell.library = Some(library);
-        }
-        let module = cell.library.as_ref().expect("just loaded").module;
+    /// Loads the library (once per entry) in this process, or starts a worker that loads it,
+    /// and creates an initialized instance.
+    pub fn load(&self, cell: &mut Cell, host: &LoadContext<'_>) -> HostResult<()> {
         cell.instance = None;
-        let plugin_error = |operation, error| HostError::Plugin {
-            plugin: name.to_owned(),
-            operation,
-            error,
-        };
-        let mut instance = (module.new_instance())()
-            .into_result()
-            .map_err(|e| plugin_error("new", e))?;
-        let config = config.merge(&self.manifest.config, &self.dir);
-        instance
-            .initialize(config.to_string().as_str().into())
-            .into_result()
-            .map_err(|e| plugin_error("initialize", e))?;
-        cell.instance = Some(instance);
+        let config = host
+            .config
+            .merge(&self.manifest.config, &self.dir)
+            .to_string();
+        match host.isolation {
+            Isolation::InProcess => {
+                if cell.library.is_none() {
+                    cell.library = Some(open_plugin(&self.manifest, &self.dir, host.shadow)?);
+                }
+                let library = cell.library.as_ref().expect("just loaded");
+                cell.metadata = Some(library.metadata.clone());
+                let instance = new_instance(self.name(), library, &config)?;
+                cell.instance = Some(Instance::InProcess(instance));
+            }
+            Isolation::Process => {
+                let spec = WorkerSpec {
+                    plugin: self.name().to_owned(),
+                    folder: self.dir.clone(),
+                    config,
+                    shadow_root: host.shadow_root.to_owned(),
+                    host_version: host.host_version.to_owned(),
+                    settings: host.worker.clone(),
+                };
+                let (worker, metadata_json) =
+                    WorkerInstance::start(spec).map_err(|error| match error {
+                        CallError::Plugin(error) => HostError::WorkerRefused {
+                            plugin: self.name().to_owned(),
+                            reason: error.message.into_string(),
+                        },
+                        CallError::Worker(error) => HostError::Worker {
+                            plugin: self.name().to_owned(),
+                            operation: "load",
+                            error,
+                        },
+                    })?;
+                let metadata: PluginMetadata =
+                    serde_json::from_str(&metadata_json).map_err(|e| HostError::Library {
+                        plugin: self.name().to_owned(),
+                        file: self.dir.clone(),
+                        reason: format!("the worker sent invalid metadata: {e}"),
+                    })?;
+                cell.metadata = Some(metadata);
+                cell.instance = Some(Instance::Worker(Box::new(worker)));
+            }
+        }
         tracing::info!(
             plugin = %self.id(),
             generation = self.generation,
+            isolation = host.isolation.as_str(),
             manifest = %self.dir.join(MANIFEST_FILE).display(),
             "loaded"
         );
@@ -270,10 +340,10 @@ impl Entry {
     pub fn tear_down(&self, cell: &mut Cell) -> HostResult<()> {
         let mut result = Ok(());
         if cell.state == PluginState::Active {
-            result = self.call(cell, "deactivate", |i| i.deactivate().into_result());
+            result = self.call(cell, "deactivate", Instance::deactivate);
         }
         if cell.instance.is_some() && !matches!(cell.state, PluginState::Failed(_)) {
-            result = result.and(self.call(cell, "cleanup", |i| i.cleanup().into_result()));
+            result = result.and(self.call(cell, "cleanup", Instance::cleanup));
         }
         if cell.instance.take().is_some() {
             crate::heap::release_freed_memory();
@@ -283,4 +353,14 @@ impl Entry {
         }
         result
     }
+}
+
+/// What loading an entry needs from the manager.
+pub(super) struct LoadContext<'a> {
+    pub shadow: &'a ShadowDir,
+    pub shadow_root: &'a std::path::Path,
+    pub host_version: &'a str,
+    pub config: &'a ConfigLayers,
+    pub isolation: Isolation,
+    pub worker: &'a WorkerSettings,
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod entry;
+mod instance;
 
 use std::{
     collections::BTreeMap,
@@ -14,22 +15,23 @@ use std::{
 };
 
 use pio_plugin_api::{
-    abi_stable::std_types::RVec, ActivateOptions, Capability, ChatRequest, EmbedRequest,
-    EmbedResponse, FnSink, GenerateRequest, GenerateResponse, Health, PluginError,
-    PluginInstanceBox, PluginMetadata, PluginStats, SequenceOpened, SequenceRequest, SequenceStep,
-    StreamControl, TokenEvent,
+    ActivateOptions, Capability, ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest,
+    GenerateResponse, Health, PluginError, PluginMetadata, PluginStats, SequenceOpened,
+    SequenceRequest, SequenceStep, StreamControl, TokenEvent,
 };
 use semver::Version;
 
 use crate::{
     error::{HostError, HostResult},
+    isolation::{Isolation, WorkerSettings},
     manifest::Manifest,
     shadow::ShadowDir,
     state::{PluginState, Transition},
 };
 
 use config::ConfigLayers;
-use entry::{Cell, Entry};
+use entry::{Cell, Entry, LoadContext};
+use instance::{CallResult, Instance};
 
 /// The version of this host, matched against each plugin's `host` requirement.
 pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -89,6 +91,8 @@ pub struct PluginManager {
     serving: RwLock<BTreeMap<String, u64>>,
     next_number: AtomicU64,
     shadow: ShadowDir,
+    shadow_root: PathBuf,
+    isolation: IsolationPolicy,
     host_version: Version,
     api_version: Version,
     config_overrides: BTreeMap<String, serde_json::Value>,
@@ -103,6 +107,8 @@ impl PluginManager {
             serving: RwLock::default(),
             next_number: AtomicU64::new(1),
             shadow: ShadowDir::create(shadow_root)?,
+            shadow_root: shadow_root.to_owned(),
+            isolation: IsolationPolicy::default(),
             host_version: Version::parse(HOST_VERSION).expect("crate version is semver"),
             api_version: pio_plugin_api::api_version(),
             config_overrides: BTreeMap::new(),
@@ -120,6 +126,26 @@ impl PluginManager {
     pub fn with_host_version(mut self, version: Version) -> Self {
         self.host_version = version;
         self
+    }
+
+    /// Where plugins run: `default` for every plugin but those named in `per_plugin`, and how
+    /// worker processes are started and supervised. Applies to plugins loaded afterwards.
+    pub fn set_isolation(
+        &mut self,
+        default: Isolation,
+        per_plugin: BTreeMap<String, Isolation>,
+        worker: WorkerSettings,
+    ) {
+        self.isolation = IsolationPolicy {
+            default,
+            per_plugin,
+            worker,
+        };
+    }
+
+    /// Where the plugin `name` runs when it is next loaded.
+    pub fn isolation_of(&self, name: &str) -> Isolation {
+        self.isolation.of(name)
     }
 
     /// Configuration merged over the manifest's `config` (its top-level keys replace the
@@ -200,7 +226,16 @@ impl PluginManager {
             defaults: self.config_defaults.get(entry.name()).cloned(),
             overrides: self.config_overrides.get(entry.name()).cloned(),
         };
-        let result = preflight.and_then(|()| entry.load(&mut cell, &self.shadow, &config));
+        let host_version = self.host_version.to_string();
+        let context = LoadContext {
+            shadow: &self.shadow,
+            shadow_root: &self.shadow_root,
+            host_version: &host_version,
+            config: &config,
+            isolation: self.isolation.of(entry.name()),
+            worker: &self.isolation.worker,
+        };
+        let result = preflight.and_then(|()| entry.load(&mut cell, &context));
         cell.state = match &result {
             Ok(()) => PluginState::Loaded,
             Err(e) => PluginState::Failed(e.to_string()),
@@ -254,7 +289,7 @@ impl PluginManager {
     fn activate_entry(&self, entry: &Entry, options: &ActivateOptions) -> HostResult<()> {
         let mut cell = entry.lock();
         entry.require(&cell, Transition::Activate)?;
-        entry.call(&mut cell, "activate", |i| i.activate(options).into_result())?;
+        entry.call(&mut cell, "activate", |i| i.activate(options))?;
         cell.state = PluginState::Active;
         tracing::info!(plugin = %entry.id(), generation = entry.generation, "activated");
         Ok(())
@@ -265,7 +300,7 @@ impl PluginManager {
         let entry = self.resolve_entry(reference)?;
         let mut cell = entry.lock();
         entry.require(&cell, Transition::Deactivate)?;
-        entry.call(&mut cell, "deactivate", |i| i.deactivate().into_result())?;
+        entry.call(&mut cell, "deactivate", Instance::deactivate)?;
         cell.state = PluginState::Inactive;
         Ok(())
     }
@@ -317,7 +352,7 @@ impl PluginManager {
                 serving.remove(entry.name());
             }
         }
-        let open = entry.open_sequences();
+        let open = entry.open_sequence_count();
         if open > 0 {
             tracing::info!(plugin = %entry.id(), generation = entry.generation, open, "retires once its open sequences close");
             return Ok(());
@@ -325,17 +360,31 @@ impl PluginManager {
         self.finish_retirement(entry)
     }
 
-    /// Tears a retiring `entry` down and forgets it (once, whoever calls first).
+    /// Forgets a retiring `entry` and tears it down (once, whoever calls first).
+    ///
+    /// With a call still in flight on it — a long generation, or a plugin stuck in an endless
+    /// loop — the tear-down waits for that call on a thread of its own, so the caller (a reload,
+    /// the watcher) never waits for a plugin; a call that never returns leaves its instance
+    /// abandoned, not the host blocked.
     fn finish_retirement(&self, entry: &Arc<Entry>) -> HostResult<()> {
         if write(&self.entries).remove(&entry.number).is_none() {
             return Ok(());
         }
-        let result = {
-            let mut cell = entry.lock();
-            entry.tear_down(&mut cell)
-        };
-        tracing::info!(plugin = %entry.id(), generation = entry.generation, "retired");
-        result
+        if let Some(mut cell) = entry.try_lock() {
+            return tear_down_retired(entry, &mut cell);
+        }
+        tracing::info!(plugin = %entry.id(), generation = entry.generation, "busy: retires when its call in flight returns");
+        let retired = entry.clone();
+        std::thread::Builder::new()
+            .name(format!("pio-retire-{}", entry.name()))
+            .spawn(move || {
+                let mut cell = retired.lock();
+                if let Err(e) = tear_down_retired(&retired, &mut cell) {
+                    tracing::warn!(plugin = %retired.id(), generation = retired.generation, "tear-down of the retired instance failed: {e}");
+                }
+            })
+            .map_err(|e| HostError::io(&entry.dir, e))?;
+        Ok(())
     }
 
     /// Unloads every plugin loaded from the folder `dir` (as in [`unload`](Self::unload)),
@@ -369,9 +418,7 @@ impl PluginManager {
     ) -> HostResult<Served<serde_json::Value>> {
         let text = request.to_string();
         self.serve(reference, None, "infer", |entry, cell| {
-            let response = entry.call(cell, "infer", |i| {
-                i.infer(text.as_str().into()).into_result()
-            })?;
+            let response = entry.call(cell, "infer", |i| i.infer(&text))?;
             serde_json::from_str(&response).map_err(|e| HostError::Plugin {
                 plugin: entry.name().to_owned(),
                 operation: "infer",
@@ -385,18 +432,13 @@ impl PluginManager {
         &self,
         reference: &str,
         request: &GenerateRequest,
-        on_token: impl FnMut(&TokenEvent) -> StreamControl,
+        mut on_token: impl FnMut(&TokenEvent) -> StreamControl,
     ) -> HostResult<Served<GenerateResponse>> {
-        let mut sink = FnSink(on_token);
         self.serve(
             reference,
             Some(Capability::TextGeneration),
             "generate",
-            |entry, cell| {
-                entry.call(cell, "generate", |i| {
-                    i.generate(request, sink.as_sink()).into_result()
-                })
-            },
+            |entry, cell| entry.call(cell, "generate", |i| i.generate(request, &mut on_token)),
         )
     }
 
@@ -405,13 +447,10 @@ impl PluginManager {
         &self,
         reference: &str,
         request: &ChatRequest,
-        on_token: impl FnMut(&TokenEvent) -> StreamControl,
+        mut on_token: impl FnMut(&TokenEvent) -> StreamControl,
     ) -> HostResult<Served<GenerateResponse>> {
-        let mut sink = FnSink(on_token);
         self.serve(reference, Some(Capability::Chat), "chat", |entry, cell| {
-            entry.call(cell, "chat", |i| {
-                i.chat(request, sink.as_sink()).into_result()
-            })
+            entry.call(cell, "chat", |i| i.chat(request, &mut on_token))
         })
     }
 
@@ -428,10 +467,8 @@ impl PluginManager {
             Some(Capability::BatchedGeneration),
             "open_sequence",
             |entry, cell| {
-                let opened = entry.call(cell, "open_sequence", |i| {
-                    i.open_sequence(request).into_result()
-                })?;
-                entry.sequence_opened();
+                let opened = entry.call(cell, "open_sequence", |i| i.open_sequence(request))?;
+                entry.sequence_opened(opened.id);
                 Ok(opened)
             },
         )
@@ -449,23 +486,25 @@ impl PluginManager {
         ids: &[u64],
     ) -> HostResult<Vec<SequenceStep>> {
         self.on_instance(plugin, generation, "step_sequences", |i| {
-            i.step_sequences(ids.into())
-                .into_result()
-                .map(RVec::into_vec)
+            i.step_sequences(ids)
         })
     }
 
     /// Closes sequence `id` of the instance that opened it (as for
     /// [`step_sequences`](Self::step_sequences)).
+    ///
+    /// The host counts the sequence closed whatever the plugin answers — an error, or an
+    /// instance that failed in an earlier step — so a retiring instance is always torn down once
+    /// its last sequence is closed.
     pub fn close_sequence(&self, plugin: &str, generation: u64, id: u64) -> HostResult<()> {
         let entry = self.instance(plugin, generation)?;
-        self.on_instance(plugin, generation, "close_sequence", |i| {
-            i.close_sequence(id).into_result()
-        })?;
-        if entry.sequence_closed() == 0 && entry.is_retiring() {
+        let closed = self.on_instance(plugin, generation, "close_sequence", |i| {
+            i.close_sequence(id)
+        });
+        if entry.sequence_closed(id) == 0 && entry.is_retiring() {
             self.finish_retirement(&entry)?;
         }
-        Ok(())
+        closed
     }
 
     /// The entry of instance `plugin` of `generation`, retiring or not.
@@ -486,7 +525,7 @@ impl PluginManager {
         plugin: &str,
         generation: u64,
         operation: &'static str,
-        call: impl FnOnce(&mut PluginInstanceBox) -> Result<T, PluginError>,
+        call: impl FnOnce(&mut Instance) -> CallResult<T>,
     ) -> HostResult<T> {
         let entry = self.instance(plugin, generation)?;
         let mut cell = entry.lock();
@@ -510,35 +549,31 @@ impl PluginManager {
             reference,
             Some(Capability::Embeddings),
             "embed",
-            |entry, cell| entry.call(cell, "embed", |i| i.embed(request).into_result()),
+            |entry, cell| entry.call(cell, "embed", |i| i.embed(request)),
         )
     }
 
     /// Text to token ids.
     pub fn tokenize(&self, reference: &str, text: &str, add_special: bool) -> HostResult<Vec<u32>> {
         self.serve(reference, None, "tokenize", |entry, cell| {
-            entry.call(cell, "tokenize", |i| {
-                i.tokenize(text.into(), add_special).into_result()
-            })
+            entry.call(cell, "tokenize", |i| i.tokenize(text, add_special))
         })
-        .map(|served| served.response.into_vec())
+        .map(|served| served.response)
     }
 
     /// Token ids to text.
     pub fn detokenize(&self, reference: &str, tokens: &[u32]) -> HostResult<String> {
         self.serve(reference, None, "detokenize", |entry, cell| {
-            entry.call(cell, "detokenize", |i| {
-                i.detokenize(tokens.to_vec().into()).into_result()
-            })
+            entry.call(cell, "detokenize", |i| i.detokenize(tokens))
         })
-        .map(|served| served.response.into_string())
+        .map(|served| served.response)
     }
 
     /// Resource use and counters of a plugin with an instance.
     pub fn stats(&self, reference: &str) -> HostResult<PluginStats> {
         let entry = self.resolve_entry(reference)?;
-        let cell = entry.lock();
-        match &cell.instance {
+        let mut cell = entry.lock();
+        match &mut cell.instance {
             Some(instance) => Ok(instance.stats()),
             None => Err(entry.invalid("report stats", &cell.state)),
         }
@@ -547,8 +582,8 @@ impl PluginManager {
     /// Health of a plugin with an instance.
     pub fn health(&self, reference: &str) -> HostResult<Health> {
         let entry = self.resolve_entry(reference)?;
-        let cell = entry.lock();
-        match &cell.instance {
+        let mut cell = entry.lock();
+        match &mut cell.instance {
             Some(instance) => Ok(instance.health()),
             None => Err(entry.invalid("report health", &cell.state)),
         }
@@ -658,6 +693,26 @@ impl PluginManager {
         manifest.check_compatibility(&self.api_version, &self.host_version)?;
         manifest.verify_files(dir)
     }
+}
+
+/// Where each plugin runs.
+#[derive(Debug, Clone, Default)]
+struct IsolationPolicy {
+    default: Isolation,
+    per_plugin: BTreeMap<String, Isolation>,
+    worker: WorkerSettings,
+}
+
+impl IsolationPolicy {
+    fn of(&self, name: &str) -> Isolation {
+        self.per_plugin.get(name).copied().unwrap_or(self.default)
+    }
+}
+
+fn tear_down_retired(entry: &Entry, cell: &mut Cell) -> HostResult<()> {
+    let result = entry.tear_down(cell);
+    tracing::info!(plugin = %entry.id(), generation = entry.generation, "retired");
+    result
 }
 
 fn not_a_plugin_folder(path: &Path) -> HostError {

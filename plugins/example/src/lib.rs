@@ -11,7 +11,8 @@
 //! - **batched generation** (`open_sequence` / `step_sequences` / `close_sequence`, see
 //!   [`batch`]) gives exactly the tokens and text of `generate` / `chat` for the same request,
 //!   so results never depend on how the host batches; `stats().details_json` reports
-//!   `largest_batch` (the most sequences one step carried) and `open_sequences`;
+//!   `largest_batch` (the most sequences one step carried), `open_sequences` and `pid` (the
+//!   process serving the instance: the host's, or a worker's);
 //! - **embeddings** and a free-form JSON **infer** call;
 //! - **errors** carry a kind and a message naming the problem; panics are caught by the glue.
 //!
@@ -21,10 +22,13 @@
 //!
 //! Configuration keys (all optional):
 //! - `dimensions` (integer, default 64): embedding size;
-//! - `fail_in` (string): fault injection for the host's tests — `"initialize"` or `"infer"`
-//!   makes that call panic, to prove the host survives it.
+//! - `fail_in` (string) and `fault` (string, default `"panic"`): fault injection for the host's
+//!   tests — the named call (`initialize`, `activate`, `infer`, `generate`, `chat`,
+//!   `open_sequence`, `step_sequences`, `close_sequence`) fails that way (see [`fault`]), to
+//!   prove the host survives it.
 
 mod batch;
+mod fault;
 mod mirror;
 mod trigram;
 
@@ -36,6 +40,7 @@ use pio_plugin_api::{
 };
 
 use batch::OpenSequences;
+use fault::FaultPlan;
 use mirror::MirrorSequence;
 
 /// Context length used when the host does not ask for one.
@@ -45,7 +50,7 @@ const DEFAULT_CONTEXT_LENGTH: u32 = 4096;
 #[derive(Debug, Clone, PartialEq)]
 struct Config {
     dimensions: usize,
-    fail_in: Option<String>,
+    fault: Option<FaultPlan>,
 }
 
 impl Config {
@@ -64,18 +69,17 @@ impl Config {
                     ))
                 })? as usize,
         };
-        let fail_in = object
-            .get("fail_in")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
         Ok(Self {
             dimensions,
-            fail_in,
+            fault: FaultPlan::from_config(object)?,
         })
     }
 
-    fn should_fail_in(&self, operation: &str) -> bool {
-        self.fail_in.as_deref() == Some(operation)
+    /// Fails as configured if `call` is the call named by `fail_in`.
+    fn inject_fault(&self, call: &str) -> PluginResult<()> {
+        self.fault
+            .as_ref()
+            .map_or(Ok(()), |plan| plan.trigger(call))
     }
 }
 
@@ -214,15 +218,13 @@ impl Plugin for ExamplePlugin {
 
     fn initialize(&mut self, config: pio_plugin_api::serde_json::Value) -> PluginResult<()> {
         let config = Config::from_json(&config)?;
-        if config.should_fail_in("initialize") {
-            panic!("fault injected in initialize");
-        }
+        config.inject_fault("initialize")?;
         self.config = Some(config);
         Ok(())
     }
 
     fn activate(&mut self, options: &ActivateOptions) -> PluginResult<()> {
-        self.config()?;
+        self.config()?.inject_fault("activate")?;
         let context_length = match options.context_length {
             0 => DEFAULT_CONTEXT_LENGTH,
             n => n,
@@ -245,9 +247,7 @@ impl Plugin for ExamplePlugin {
         &mut self,
         request: pio_plugin_api::serde_json::Value,
     ) -> PluginResult<pio_plugin_api::serde_json::Value> {
-        if self.config()?.should_fail_in("infer") {
-            panic!("fault injected in infer");
-        }
+        self.config()?.inject_fault("infer")?;
         self.active()?;
         let text = request
             .get("text")
@@ -274,6 +274,7 @@ impl Plugin for ExamplePlugin {
         request: &GenerateRequest,
         stream: &mut TokenStream<'_>,
     ) -> PluginResult<GenerateResponse> {
+        self.config()?.inject_fault("generate")?;
         self.run(generate_prompt(request)?, &request.params, stream)
     }
 
@@ -282,10 +283,12 @@ impl Plugin for ExamplePlugin {
         request: &ChatRequest,
         stream: &mut TokenStream<'_>,
     ) -> PluginResult<GenerateResponse> {
+        self.config()?.inject_fault("chat")?;
         self.run(chat_prompt(request)?, &request.params, stream)
     }
 
     fn open_sequence(&mut self, request: &SequenceRequest) -> PluginResult<SequenceOpened> {
+        self.config()?.inject_fault("open_sequence")?;
         let (prompt, params) = match request {
             SequenceRequest::Generate(request) => (generate_prompt(request)?, &request.params),
             SequenceRequest::Chat(request) => (chat_prompt(request)?, &request.params),
@@ -303,10 +306,12 @@ impl Plugin for ExamplePlugin {
     }
 
     fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
+        self.config()?.inject_fault("step_sequences")?;
         self.active()?.sequences.step(ids)
     }
 
     fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
+        self.config()?.inject_fault("close_sequence")?;
         let active = self.active()?;
         let sequence = active.sequences.close(id)?;
         active.record(sequence.prompt_tokens(), sequence.generated_tokens());
@@ -341,6 +346,7 @@ impl Plugin for ExamplePlugin {
         let details = pio_plugin_api::serde_json::json!({
             "largest_batch": active.sequences.largest_step(),
             "open_sequences": active.sequences.count(),
+            "pid": std::process::id(),
         });
         PluginStats {
             host_memory_bytes: std::mem::size_of::<Self>() as u64,
