@@ -5,7 +5,9 @@
 //! directory and alternates two versions of the example plugin.
 //! `cargo bench -p pio-tests --bench reload -- RELOADS --folder PLUGIN_FOLDER [--model PATH]`
 //! instead replaces the plugin in PLUGIN_FOLDER with itself RELOADS times (each a new library
-//! load, initialize and activate), e.g. the Llama plugin's bundled folder with its model.
+//! load, initialize and activate), e.g. the Llama plugin's bundled folder with its model;
+//! `--isolation process` runs each generation in a worker process, and the report adds the
+//! workers' memory (the children of this process) to the host's.
 //! Build the workspace first (`cargo build --workspace --release`).
 
 use std::{
@@ -15,6 +17,7 @@ use std::{
 };
 
 use pio_host::{
+    isolation::{Isolation, WorkerSettings},
     watch::{PluginWatcher, ReloadEvent, WatchOptions},
     PluginManager,
 };
@@ -45,12 +48,36 @@ fn mapped_files_under(dir: &Path) -> usize {
     files.len()
 }
 
+/// Resident memory (KiB) of this process's children: the worker processes.
+fn children_rss_kib() -> u64 {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // Fields after the parenthesised command name: state, ppid, ...
+            let after_name = &stat[stat.rfind(')')? + 2..];
+            (after_name.split_whitespace().nth(1)? == me).then_some(())?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// Resident memory and mapped library copies at one moment.
 struct Memory {
     rss: u64,
     anon: u64,
     file: u64,
     maps: usize,
+    workers: u64,
 }
 
 impl Memory {
@@ -60,6 +87,7 @@ impl Memory {
             anon: status_kib("RssAnon:"),
             file: status_kib("RssFile:"),
             maps: mapped_files_under(shadow),
+            workers: children_rss_kib(),
         }
     }
 
@@ -82,6 +110,10 @@ impl Memory {
             "mapped shadow copies: {} -> {} (libraries are never unloaded)",
             before.maps, self.maps
         );
+        println!(
+            "worker processes (children): {} KiB -> {} KiB",
+            before.workers, self.workers
+        );
     }
 }
 
@@ -99,16 +131,25 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .map(std::path::PathBuf::from)
     };
+    let isolation = flag("--isolation")
+        .map(|mode| mode.to_string_lossy().parse().expect("--isolation in-process|process"))
+        .unwrap_or_default();
     match flag("--folder") {
-        Some(folder) => replace_in_place(&folder, flag("--model"), reloads),
+        Some(folder) => replace_in_place(&folder, flag("--model"), reloads, isolation),
         None => watched_example(reloads),
     }
 }
 
 /// Replaces the plugin in `folder` with itself `reloads` times.
-fn replace_in_place(folder: &Path, model: Option<std::path::PathBuf>, reloads: usize) {
+fn replace_in_place(
+    folder: &Path,
+    model: Option<std::path::PathBuf>,
+    reloads: usize,
+    isolation: Isolation,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let mut manager = PluginManager::new(&tmp.path().join("shadow")).unwrap();
+    manager.set_isolation(isolation, Default::default(), WorkerSettings::default());
     let manifest = pio_host::Manifest::read(folder).unwrap();
     if let Some(model) = model {
         manager.set_config_override(&manifest.name, json!({ "model": model }));
@@ -127,7 +168,12 @@ fn replace_in_place(folder: &Path, model: Option<std::path::PathBuf>, reloads: u
         replace_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
     let after = Memory::now(&shadow);
-    println!("plugin: {} ({} reloads)", manifest.label(), reloads);
+    println!(
+        "plugin: {} ({} reloads, isolation {})",
+        manifest.label(),
+        reloads,
+        isolation.as_str()
+    );
     println!("replace_from_path (copy, checks, load, initialize, activate, swap, tear down old): median {:.1} ms", median(&mut replace_ms));
     after.report_growth(&before, reloads);
 }

@@ -2,15 +2,20 @@
 //! (aggregate) decode speed, dispatches per token and peak memory of a text-generation plugin,
 //! as a table or as JSON.
 //!
-//! The host times activation and reads its own peak RSS (plugins run in-process); the plugin
-//! measures its forward passes itself through its `{"op": "bench"}` operation, which is run
-//! `--runs` times. Every figure is the median over the runs.
+//! The host times activation and reads its own peak RSS; the plugin measures its forward passes
+//! itself through its `{"op": "bench"}` operation, which is run `--runs` times. The host also
+//! times one streamed generation per run through the manager, as a client would see it — time
+//! to first token and decode speed including the relay of every token (which is what
+//! `--isolation process` adds to). Every figure is the median over the runs.
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::Context;
 use clap::Args;
+use pio_plugin_api::{GenerateRequest, GenerationParams, Prompt, StreamControl};
 use serde_json::{json, Value};
+
+use crate::{isolation::Isolation, PluginManager};
 
 use super::{output::print_table, run::ActivateArgs, text::open, PluginDirs};
 
@@ -76,14 +81,17 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         "batch_sizes": args.batch_sizes,
     });
     let mut runs = Vec::with_capacity(args.runs);
+    let mut streamed = Vec::with_capacity(args.runs);
     for run in 0..args.runs {
+        let context = || format!("benchmark run {} of {}", run + 1, args.runs);
         let answer = manager
             .execute(&id, &request)
-            .with_context(|| format!("benchmark run {} of {}", run + 1, args.runs))?
+            .with_context(context)?
             .response;
         runs.push(answer);
+        streamed.push(stream_generation(&manager, &id, args.decode_tokens).with_context(context)?);
     }
-    let report = Report::new(
+    let mut report = Report::new(
         &id,
         &runs,
         load_ms,
@@ -91,6 +99,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         &args.prompt_lengths,
         &args.batch_sizes,
     )?;
+    report.isolation = manager.isolation_of(&manager.info(&id)?.manifest.name);
+    report.streamed = Some(Streamed::median(&streamed));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
@@ -99,9 +109,62 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One generation streamed through the manager, timed by the host.
+#[derive(Debug, Clone, Copy)]
+struct Streamed {
+    /// Time to the first streamed token.
+    ttft_ms: f64,
+    /// Tokens after the first, per second.
+    decode_tok_s: f64,
+    /// Tokens generated.
+    tokens: usize,
+}
+
+impl Streamed {
+    fn median(runs: &[Streamed]) -> Streamed {
+        Streamed {
+            ttft_ms: median(runs.iter().map(|r| r.ttft_ms).collect()),
+            decode_tok_s: median(runs.iter().map(|r| r.decode_tok_s).collect()),
+            tokens: runs.iter().map(|r| r.tokens).min().unwrap_or(0),
+        }
+    }
+}
+
+/// Generates greedily after a [`DECODE_PROMPT`]-token prompt through the manager, timing the
+/// first token and the rest as a client receives them.
+fn stream_generation(
+    manager: &PluginManager,
+    plugin: &str,
+    max_tokens: usize,
+) -> anyhow::Result<Streamed> {
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(DECODE_PROMPT);
+    let mut prompt = manager.tokenize(plugin, &text, false)?;
+    prompt.truncate(DECODE_PROMPT);
+    let request = GenerateRequest {
+        prompt: Prompt::Tokens(prompt.into()),
+        params: GenerationParams::greedy(u32::try_from(max_tokens)?),
+    };
+    let start = Instant::now();
+    let mut arrivals = Vec::with_capacity(max_tokens);
+    manager.generate(plugin, &request, |_| {
+        arrivals.push(start.elapsed());
+        StreamControl::Continue
+    })?;
+    let (Some(first), Some(last)) = (arrivals.first(), arrivals.last()) else {
+        anyhow::bail!("the plugin generated no token");
+    };
+    let decoded = arrivals.len() - 1;
+    Ok(Streamed {
+        ttft_ms: first.as_secs_f64() * 1e3,
+        decode_tok_s: decoded as f64 / (*last - *first).as_secs_f64().max(1e-9),
+        tokens: arrivals.len(),
+    })
+}
+
 /// Medians over the runs, plus what is measured once.
 struct Report {
     plugin: String,
+    isolation: Isolation,
     adapter: String,
     runs: usize,
     load_ms: f64,
@@ -115,6 +178,8 @@ struct Report {
     decode_tok_s: f64,
     /// (sequences decoded together, aggregate tok/s)
     batched: Vec<(usize, f64)>,
+    /// The streamed generation timed by the host.
+    streamed: Option<Streamed>,
 }
 
 impl Report {
@@ -161,6 +226,7 @@ impl Report {
             .collect::<anyhow::Result<_>>()?;
         Ok(Report {
             plugin: plugin.to_owned(),
+            isolation: Isolation::default(),
             adapter: first["adapter"].as_str().unwrap_or("unknown").to_owned(),
             runs: runs.len(),
             load_ms,
@@ -172,12 +238,14 @@ impl Report {
             decode_tokens: first["decode"]["decode_tokens"].as_u64().unwrap_or(0),
             decode_tok_s: median_of("decode_tok_s", &|r| &r["decode"]["decode_tok_s"])?,
             batched,
+            streamed: None,
         })
     }
 
     fn to_json(&self) -> Value {
         let mut out = json!({
             "plugin": self.plugin,
+            "isolation": self.isolation.as_str(),
             "adapter": self.adapter,
             "runs": self.runs,
             "load_ms": self.load_ms,
@@ -195,12 +263,18 @@ impl Report {
         for &(n, tok_s) in &self.batched {
             out[format!("batched_decode_tok_s_{n}")] = tok_s.into();
         }
+        if let Some(streamed) = self.streamed {
+            out["streamed_ttft_ms"] = streamed.ttft_ms.into();
+            out["streamed_decode_tok_s"] = streamed.decode_tok_s.into();
+            out["streamed_tokens"] = streamed.tokens.into();
+        }
         out
     }
 
     fn print(&self) {
-        println!("plugin:  {}", self.plugin);
-        println!("adapter: {}", self.adapter);
+        println!("plugin:    {}", self.plugin);
+        println!("isolation: {}", self.isolation.as_str());
+        println!("adapter:   {}", self.adapter);
         println!("median of {} runs", self.runs);
         let mut rows = vec![
             row("load (plugin load + activate)", self.load_ms, "ms"),
@@ -222,10 +296,26 @@ impl Report {
                 "tok/s",
             ));
         }
+        if let Some(streamed) = self.streamed {
+            rows.push(row(
+                &format!("streamed: time to first token ({DECODE_PROMPT})"),
+                streamed.ttft_ms,
+                "ms",
+            ));
+            rows.push(row(
+                &format!("streamed: decode {} tokens", streamed.tokens),
+                streamed.decode_tok_s,
+                "tok/s",
+            ));
+        }
         rows.push(count_row("dispatches per token", self.dispatches_per_token));
         rows.push(count_row("dispatches per layer", self.dispatches_per_layer));
         if let Some(bytes) = self.peak_rss_bytes {
-            rows.push(row("peak RSS", bytes as f64 / (1 << 20) as f64, "MiB"));
+            rows.push(row(
+                "peak RSS (host process)",
+                bytes as f64 / (1 << 20) as f64,
+                "MiB",
+            ));
         }
         print_table(&["METRIC", "VALUE", "UNIT"], &rows);
     }
