@@ -360,7 +360,8 @@ mod tests {
 
     #[test]
     fn missing_fields_wrong_types_and_unknown_fields_are_named() {
-        let cases: [(&str, fn(&mut serde_json::Value)); 7] = [
+        type Edit = fn(&mut serde_json::Value);
+        let cases: [(&str, Edit); 7] = [
             ("missing field `sha256`", |j| {
                 j.as_object_mut().unwrap().remove("sha256");
             }),

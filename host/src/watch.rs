@@ -208,7 +208,7 @@ struct Pending {
 /// What examining a folder concluded.
 enum Verdict {
     /// Complete: act on this manifest now.
-    Ready(Manifest),
+    Ready(Box<Manifest>),
     /// Look again later (still changing or not yet complete), with the reason if it stays so.
     NotYet(String),
     /// The folder is gone.
@@ -426,7 +426,7 @@ impl Reconciler {
             return Verdict::NotYet(format!("{}: still changing", library.display()));
         }
         match sha256_file(&library) {
-            Ok(digest) if digest == manifest.sha256 => Verdict::Ready(manifest),
+            Ok(digest) if digest == manifest.sha256 => Verdict::Ready(Box::new(manifest)),
             Ok(digest) => Verdict::NotYet(format!(
                 "plugin '{}': {}: sha256 is {digest}, the manifest says {}",
                 manifest.name,
