@@ -1,8 +1,13 @@
 //! Hot reload under load: a watched plugin directory whose plugin is replaced 20 times
 //! (alternating versions, a broken version and a half-written library among them) while
-//! several clients send requests; and a plugin removed while a request runs.
+//! several clients send requests; and a plugin removed while a request runs. And the watcher's
+//! own robustness: an idle directory stays idle, a refused folder is reported once per change,
+//! two folders declaring one plugin keep one winner, and files that are FIFOs, devices or too
+//! large are refused without wedging the watcher.
 
 use std::{
+    collections::BTreeMap,
+    fs::OpenOptions,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -13,14 +18,18 @@ use std::{
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use pio_host::{
+    manifest::MAX_MANIFEST_BYTES,
     watch::{PluginWatcher, ReloadEvent, WatchOptions},
-    HostError, PluginManager,
+    HostError, Manifest, PluginManager,
 };
 use pio_plugin_api::{FinishReason, GenerateRequest, GenerationParams, Prompt, StreamControl};
 use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
 use serde_json::json;
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Many debounce and settle intervals: long enough for the watcher to act on anything pending.
+const QUIET: Duration = Duration::from_secs(2);
 
 struct Site {
     _tmp: tempfile::TempDir,
@@ -56,9 +65,23 @@ impl Site {
     /// Packs `library` in a hidden staging folder (ignored by the watcher), then moves the
     /// library and the manifest into `folder` with atomic renames, library first.
     fn install(&self, folder: &str, library: &Path, config: serde_json::Value, step: usize) {
+        self.install_edited(folder, library, config, step, |_| ());
+    }
+
+    /// [`install`](Self::install), with `edit` applied to the manifest first.
+    fn install_edited(
+        &self,
+        folder: &str,
+        library: &Path,
+        config: serde_json::Value,
+        step: usize,
+        edit: impl FnOnce(&mut Manifest),
+    ) {
         let staging_name = format!(".staging-{step}");
-        let (staging, manifest) =
+        let (staging, mut manifest) =
             pack_into(&self.manager, library, &self.plugins, &staging_name, config);
+        edit(&mut manifest);
+        manifest.write(&staging).unwrap();
         let target = self.plugins.join(folder);
         std::fs::create_dir_all(&target).unwrap();
         std::fs::rename(
@@ -77,6 +100,38 @@ fn next_event(events: &Receiver<ReloadEvent>) -> ReloadEvent {
         Err(RecvTimeoutError::Timeout) => panic!("no reload event within {EVENT_TIMEOUT:?}"),
         Err(e) => panic!("event channel closed: {e}"),
     }
+}
+
+/// Waits for `condition`, failing after [`EVENT_TIMEOUT`].
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {EVENT_TIMEOUT:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits [`QUIET`], then checks that no event came.
+fn assert_quiet(events: &Receiver<ReloadEvent>, why: &str) {
+    std::thread::sleep(QUIET);
+    let extra: Vec<ReloadEvent> = events.try_iter().collect();
+    assert!(extra.is_empty(), "{why}: {extra:?}");
+}
+
+fn shadow_copies(manager: &PluginManager) -> usize {
+    std::fs::read_dir(manager.shadow().path()).unwrap().count()
+}
+
+/// Makes a FIFO at `path`: opening it for reading waits for a writer.
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
 }
 
 fn mirror(manager: &PluginManager) -> Result<(String, String), HostError> {
@@ -460,4 +515,201 @@ fn batched_sequences_finish_on_the_instance_that_opened_them() {
         manager.step_sequences(&plugin, old, &[id]),
         Err(HostError::InstanceGone { .. })
     ));
+}
+
+#[test]
+fn an_idle_directory_is_not_examined_again() {
+    let site = Site::new();
+    site.install(
+        "example",
+        &workspace_plugin("pio_plugin_example"),
+        json!({}),
+        0,
+    );
+    let (watcher, events) = site.watch();
+    assert!(matches!(next_event(&events), ReloadEvent::Added { .. }));
+    let looks = watcher.folders_examined();
+    // Loading read the folder's files, and so do requests' plugin and the watcher's checks:
+    // none of that is a change.
+    mirror(&site.manager).unwrap();
+    assert_quiet(&events, "nothing happens in an idle directory");
+    assert_eq!(
+        watcher.folders_examined(),
+        looks,
+        "an idle folder is examined again"
+    );
+}
+
+#[test]
+fn a_folder_refused_after_loading_is_reported_once_per_change() {
+    let site = Site::new();
+    let (watcher, events) = site.watch();
+    let library = workspace_plugin("pio_plugin_example");
+    // Every check before loading passes (the API version is in the host's band); the library's
+    // own metadata then disagrees with the manifest.
+    site.install_edited("example", &library, json!({}), 0, |m| {
+        m.plugin_api.patch += 1
+    });
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Failed { reason, .. } if reason.contains("plugin_api")),
+        "{event:?}"
+    );
+    let copies = shadow_copies(&site.manager);
+
+    // Opening its files for writing and closing them changes nothing: the watcher looks, sees
+    // the folder as it was refused, and does nothing.
+    let looks = watcher.folders_examined();
+    let folder = site.plugins.join("example");
+    for file in ["plugin.json", "libpio_plugin_example.so"] {
+        drop(
+            OpenOptions::new()
+                .append(true)
+                .open(folder.join(file))
+                .unwrap(),
+        );
+    }
+    wait_until("the folder is looked at again", || {
+        watcher.folders_examined() > looks
+    });
+    assert_quiet(&events, "a refused folder is reported once");
+    assert_eq!(
+        shadow_copies(&site.manager),
+        copies,
+        "a refused folder is not loaded again"
+    );
+
+    // Fixed, it loads.
+    site.install("example", &library, json!({}), 1);
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Added { plugin, .. } if plugin == "example@0.1.0"),
+        "{event:?}"
+    );
+}
+
+#[test]
+fn two_folders_with_one_plugin_keep_one_winner_until_it_is_removed() {
+    let site = Site::new();
+    let library = workspace_plugin("pio_plugin_example");
+    let (first, second) = (site.plugins.join("first"), site.plugins.join("second"));
+    site.install("first", &library, json!({}), 0);
+    let (_watcher, events) = site.watch();
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Added { folder, .. } if *folder == first),
+        "{event:?}"
+    );
+
+    site.install("second", &library, json!({}), 1);
+    match next_event(&events) {
+        ReloadEvent::Failed { folder, reason } => {
+            assert_eq!(folder, second);
+            for part in [
+                second.to_str().unwrap(),
+                first.to_str().unwrap(),
+                "example@0.1.0",
+            ] {
+                assert!(reason.contains(part), "{part:?} not in {reason}");
+            }
+        }
+        other => panic!("the second folder is refused, not {other:?}"),
+    }
+    assert_quiet(&events, "the conflict is reported once and settles");
+    let serving = site.manager.info("example").unwrap();
+    assert_eq!(
+        (serving.dir, serving.generation),
+        (first.clone(), 1),
+        "the first folder keeps serving"
+    );
+
+    std::fs::remove_dir_all(&first).unwrap();
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Removed { folder, .. } if *folder == first),
+        "{event:?}"
+    );
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Added { folder, plugin, .. } if *folder == second && plugin == "example@0.1.0"),
+        "{event:?}"
+    );
+    assert_eq!(site.manager.info("example").unwrap().dir, second);
+    assert_eq!(mirror(&site.manager).unwrap().0, "example@0.1.0");
+}
+
+#[test]
+fn fifos_devices_and_oversized_manifests_are_refused_and_later_folders_load() {
+    let site = Site::new();
+    let (_watcher, events) = site.watch();
+    let library = workspace_plugin("pio_plugin_example");
+    // Each bad folder is built in a hidden staging folder and renamed into place whole.
+    let stage = |folder: &str, config: serde_json::Value, spoil: &dyn Fn(&Path, &Manifest)| {
+        let staging = format!(".staging-{folder}");
+        let (dir, manifest) = pack_into(&site.manager, &library, &site.plugins, &staging, config);
+        spoil(&dir, &manifest);
+        std::fs::rename(dir, site.plugins.join(folder)).unwrap();
+    };
+    let replace = |path: PathBuf, make: &dyn Fn(&Path)| {
+        std::fs::remove_file(&path).unwrap();
+        make(&path);
+    };
+    let to_dev_zero = |path: &Path| std::os::unix::fs::symlink("/dev/zero", path).unwrap();
+    stage("fifo-manifest", json!({}), &|dir, _| {
+        replace(dir.join("plugin.json"), &mkfifo)
+    });
+    stage("zero-manifest", json!({}), &|dir, _| {
+        replace(dir.join("plugin.json"), &to_dev_zero)
+    });
+    stage("fifo-library", json!({}), &|dir, m| {
+        replace(dir.join(&m.library), &mkfifo)
+    });
+    stage("zero-library", json!({}), &|dir, m| {
+        replace(dir.join(&m.library), &to_dev_zero)
+    });
+    // A valid manifest, over the size limit.
+    let padding = "x".repeat(MAX_MANIFEST_BYTES as usize);
+    stage("big-manifest", json!({ "padding": padding }), &|_, _| ());
+
+    let expected = BTreeMap::from([
+        (
+            "big-manifest",
+            "plugin.json: larger than the limit of 1048576 bytes",
+        ),
+        (
+            "fifo-library",
+            "libpio_plugin_example.so: not a regular file (a FIFO)",
+        ),
+        ("fifo-manifest", "plugin.json: not a regular file (a FIFO)"),
+        ("zero-library", "outside the plugin folder"),
+        (
+            "zero-manifest",
+            "plugin.json: not a regular file (a character device)",
+        ),
+    ]);
+    let mut failures = BTreeMap::new();
+    while failures.len() < expected.len() {
+        match next_event(&events) {
+            ReloadEvent::Failed { folder, reason } => {
+                let name = folder.file_name().unwrap().to_str().unwrap().to_owned();
+                assert!(
+                    failures.insert(name, reason).is_none(),
+                    "reported twice: {folder:?}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for (folder, part) in expected {
+        let reason = &failures[folder];
+        assert!(reason.contains(part), "{folder}: {part:?} not in {reason}");
+    }
+
+    site.install("good", &library, json!({}), 0);
+    let event = next_event(&events);
+    assert!(
+        matches!(&event, ReloadEvent::Added { folder, .. } if folder.ends_with("good")),
+        "{event:?}"
+    );
+    assert_quiet(&events, "refused folders are reported once");
 }

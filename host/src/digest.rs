@@ -1,14 +1,18 @@
 //! SHA-256 digests of files, as written in manifests (lowercase hex).
 
-use std::{fs::File, io::Read, path::Path};
+use std::{io::Read, path::Path};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{HostError, HostResult};
+use crate::{
+    error::{HostError, HostResult},
+    files::open_regular,
+};
 
-/// The lowercase hex SHA-256 of the file at `path`, read in chunks.
+/// The lowercase hex SHA-256 of the regular file at `path`, read in chunks. Anything else (a
+/// FIFO, a device) is refused with [`HostError::NotRegularFile`] rather than read forever.
 pub fn sha256_file(path: &Path) -> HostResult<String> {
-    let mut file = File::open(path).map_err(|e| HostError::io(path, e))?;
+    let mut file = open_regular(path)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
@@ -39,6 +43,22 @@ mod tests {
             sha256_file(&path).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("lib.so");
+        crate::files::mkfifo(&fifo);
+        let zero = dir.path().join("model.bin");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        for path in [fifo, zero] {
+            let err = sha256_file(&path).unwrap_err();
+            assert!(
+                matches!(&err, HostError::NotRegularFile { path: p, .. } if *p == path),
+                "{err}"
+            );
+        }
     }
 
     #[test]

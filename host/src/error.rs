@@ -25,6 +25,33 @@ pub enum HostError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A file the host reads from a plugin folder (manifest, library, model) is not a regular
+    /// file: reading a FIFO would block forever, a device such as `/dev/zero` never ends.
+    #[error("{path}: not a regular file ({kind}); plugin folders may hold only regular files")]
+    NotRegularFile {
+        /// The file, as named (before following symlinks).
+        path: PathBuf,
+        /// What it is instead (`a FIFO`, `a character device`, ...).
+        kind: &'static str,
+    },
+    /// A file the host reads whole is larger than it accepts.
+    #[error("{path}: larger than the limit of {limit} bytes")]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The most bytes accepted.
+        limit: u64,
+    },
+    /// Two plugin folders declare the same `name@version`; the one serving it keeps serving.
+    #[error("{folder}: declares {plugin}, which {serving} already serves; this folder is not loaded (remove one of the two folders or change its version)")]
+    DuplicatePlugin {
+        /// `name@version`.
+        plugin: String,
+        /// The folder that is not loaded.
+        folder: PathBuf,
+        /// The folder that serves the plugin.
+        serving: PathBuf,
+    },
     /// A manifest path leaves its plugin folder.
     #[error("plugin '{plugin}': {path}: {reason}")]
     PathEscape {

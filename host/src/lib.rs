@@ -9,6 +9,7 @@ pub mod cli;
 pub mod digest;
 mod elf;
 pub mod error;
+pub mod files;
 mod heap;
 pub mod isolation;
 pub mod loader;

@@ -10,10 +10,15 @@ use serde::{Deserialize, Serialize};
 use crate::{
     digest::sha256_file,
     error::{HostError, HostResult},
+    files::read_regular,
 };
 
 /// The manifest's file name inside a plugin folder.
 pub const MANIFEST_FILE: &str = "plugin.json";
+
+/// The largest manifest read, in bytes. Real manifests take a few hundred bytes; the limit
+/// leaves room for a large inline `config` while keeping a runaway file out of memory.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// A model file shipped in the plugin folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,21 +60,28 @@ fn empty_object() -> serde_json::Value {
 
 impl Manifest {
     /// Reads and parses `dir/plugin.json`, and checks the fields that need no other file.
+    ///
+    /// The manifest must be a regular file of at most [`MAX_MANIFEST_BYTES`]: a FIFO or a
+    /// device under that name is refused without blocking, a larger file without reading it.
     pub fn read(dir: &Path) -> HostResult<Manifest> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| HostError::Manifest {
-            path: path.clone(),
-            reason: match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "no manifest: a plugin folder needs a plugin.json".to_owned()
-                }
-                _ => e.to_string(),
+        let bytes = read_regular(&path, MAX_MANIFEST_BYTES).map_err(|e| match e {
+            HostError::Io { source, .. } => HostError::Manifest {
+                path: path.clone(),
+                reason: match source.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        "no manifest: a plugin folder needs a plugin.json".to_owned()
+                    }
+                    _ => source.to_string(),
+                },
             },
+            other => other,
         })?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| HostError::Manifest {
-            path: path.clone(),
-            reason: format!("invalid manifest: {e}"),
-        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| HostError::Manifest {
+                path: path.clone(),
+                reason: format!("invalid manifest: {e}"),
+            })?;
         manifest.check_fields(&path)?;
         Ok(manifest)
     }
@@ -333,5 +345,108 @@ mod tests {
         std::fs::write(dir.path().join(MANIFEST_FILE), "{ not json").unwrap();
         let err = Manifest::read(dir.path()).unwrap_err().to_string();
         assert!(err.contains("plugin.json: invalid manifest"), "{err}");
+    }
+
+    /// Writes `manifest()` as JSON with `edit` applied to it, and returns the error reading it.
+    fn read_error(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut json = serde_json::to_value(manifest()).unwrap();
+        edit(&mut json);
+        std::fs::write(dir.path().join(MANIFEST_FILE), json.to_string()).unwrap();
+        let err = Manifest::read(dir.path()).unwrap_err();
+        assert!(matches!(err, HostError::Manifest { .. }), "{err}");
+        err.to_string()
+    }
+
+    #[test]
+    fn missing_fields_wrong_types_and_unknown_fields_are_named() {
+        type Edit = fn(&mut serde_json::Value);
+        let cases: [(&str, Edit); 7] = [
+            ("missing field `sha256`", |j| {
+                j.as_object_mut().unwrap().remove("sha256");
+            }),
+            ("missing field `library`", |j| {
+                j.as_object_mut().unwrap().remove("library");
+            }),
+            ("invalid type: integer `5`, expected a string", |j| {
+                j["library"] = 5.into()
+            }),
+            (
+                "unexpected character 'x' while parsing major version number",
+                |j| j["version"] = "x.y".into(),
+            ),
+            ("invalid type: string \"all\", expected a sequence", |j| {
+                j["models"] = "all".into()
+            }),
+            ("unknown field `extra`", |j| j["extra"] = true.into()),
+            ("'config' must be a JSON object", |j| {
+                j["config"] = serde_json::json!([1, 2])
+            }),
+        ];
+        for (expected, edit) in cases {
+            let err = read_error(edit);
+            assert!(
+                err.contains("plugin.json: ") && err.contains(expected),
+                "expected {expected:?} in {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn fifo_and_device_manifests_are_refused_without_blocking() {
+        let fifo = tempfile::tempdir().unwrap();
+        crate::files::mkfifo(&fifo.path().join(MANIFEST_FILE));
+        let zero = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", zero.path().join(MANIFEST_FILE)).unwrap();
+        for (dir, kind) in [(&fifo, "a FIFO"), (&zero, "a character device")] {
+            let err = Manifest::read(dir.path()).unwrap_err();
+            assert!(
+                matches!(&err, HostError::NotRegularFile { path, kind: k }
+                    if *path == dir.path().join(MANIFEST_FILE) && *k == kind),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_manifest_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut big = manifest();
+        big.config = serde_json::json!({ "padding": "x".repeat(MAX_MANIFEST_BYTES as usize) });
+        big.write(dir.path()).unwrap();
+        let err = Manifest::read(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                HostError::FileTooLarge {
+                    limit: MAX_MANIFEST_BYTES,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: larger than the limit of 1048576 bytes",
+                dir.path().join(MANIFEST_FILE).display()
+            )
+        );
+    }
+
+    #[test]
+    fn model_paths_must_stay_inside_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("libdemo.so"), b"lib").unwrap();
+        let mut m = manifest();
+        m.sha256 = sha256_file(&dir.path().join("libdemo.so")).unwrap();
+        for bad in ["../weights.bin", "/etc/passwd"] {
+            m.models = vec![ModelFile {
+                path: bad.to_owned(),
+                sha256: "0".repeat(64),
+            }];
+            let err = m.verify_files(dir.path()).unwrap_err();
+            assert!(matches!(err, HostError::PathEscape { .. }), "{bad}: {err}");
+        }
     }
 }
