@@ -529,8 +529,8 @@ fn an_idle_directory_is_not_examined_again() {
     let (watcher, events) = site.watch();
     assert!(matches!(next_event(&events), ReloadEvent::Added { .. }));
     let looks = watcher.folders_examined();
-    // Loading read the folder's files, and so do requests' plugin and the watcher's checks:
-    // none of that is a change.
+    // The watcher's checks and the load read the folder's files, and a request runs: none of
+    // that changes the folder.
     mirror(&site.manager).unwrap();
     assert_quiet(&events, "nothing happens in an idle directory");
     assert_eq!(
