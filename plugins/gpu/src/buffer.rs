@@ -90,6 +90,16 @@ impl Gpu {
         self.memory.current.load(Ordering::Relaxed)
     }
 
+    /// The largest storage buffer this device can create and bind whole: the smaller of its
+    /// maximum buffer size and maximum storage binding size. Callers sizing buffers from user
+    /// input (a context length) check against it before allocating anything.
+    pub fn max_storage_buffer_bytes(&self) -> u64 {
+        let limits = self.device.limits();
+        limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+    }
+
     /// The largest value [`Gpu::allocated_bytes`] has had.
     pub fn peak_allocated_bytes(&self) -> u64 {
         self.memory.peak.load(Ordering::Relaxed)
@@ -105,9 +115,7 @@ impl Gpu {
         let allocated = allocation(size);
         let limits = self.device.limits();
         let limit = if usage.contains(wgpu::BufferUsages::STORAGE) {
-            limits
-                .max_storage_buffer_binding_size
-                .min(limits.max_buffer_size)
+            self.max_storage_buffer_bytes()
         } else if usage.contains(wgpu::BufferUsages::UNIFORM) {
             limits.max_uniform_buffer_binding_size
         } else {

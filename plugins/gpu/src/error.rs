@@ -36,6 +36,14 @@ pub enum GpuError {
         /// The device limit that was exceeded.
         limit: u64,
     },
+    /// A host-side allocation (e.g. a table computed before its upload) failed.
+    #[error("{what} needs {bytes} bytes of host memory, which could not be allocated")]
+    HostOutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// Bytes asked for.
+        bytes: u64,
+    },
     /// wgpu reported an error (validation or out-of-memory) while doing `what`.
     #[error("{what}: {message}")]
     Wgpu {

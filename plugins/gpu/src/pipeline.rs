@@ -1,9 +1,11 @@
 //! WGSL kernel sources and the per-device cache of compiled compute pipelines.
 //!
-//! A pipeline is identified by its kernel, entry point and the values of its pipeline-overridable
-//! constants (the shapes). Creating one is expensive on software drivers (llvmpipe compiles the
-//! shader at its first dispatch, ~150 ms), so pipelines are created once, when a model is
-//! activated, and looked up from this cache afterwards.
+//! A pipeline is identified by its kernel (name *and* source: a plugin's own kernel may share a
+//! name with one of this crate's, or another plugin kernel's, and still get its own module),
+//! entry point and the values of its pipeline-overridable constants (the shapes). Creating one
+//! is expensive on software drivers (llvmpipe compiles the shader at its first dispatch,
+//! ~150 ms), so pipelines are created once, when a model is activated, and looked up from this
+//! cache afterwards.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,10 +13,14 @@ use std::sync::Mutex;
 use crate::device::Gpu;
 use crate::error::Result;
 
-/// A WGSL kernel embedded from the top-level `shaders/` directory (see [`kernel!`]).
+/// A WGSL kernel embedded from the top-level `shaders/` directory (see
+/// [`kernel!`](crate::kernel)).
+///
+/// Two kernels are the same kernel only when both name and source are equal: the pipeline
+/// cache is keyed by both, so kernels that share a name keep their own compiled modules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Kernel {
-    /// Short name used as cache key and in labels, e.g. `matmul`.
+    /// Short name used in labels and logs, e.g. `matmul`.
     pub name: &'static str,
     /// Complete WGSL source (shared helpers already prepended).
     pub source: &'static str,
@@ -39,7 +45,8 @@ macro_rules! kernel {
 /// Identity of one compiled pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PipelineKey {
-    kernel: &'static str,
+    /// Name and full source: equal names with different sources are different kernels.
+    kernel: Kernel,
     entry: &'static str,
     /// Override constants as (name, bits of the f64 value), sorted by name.
     constants: Vec<(&'static str, u64)>,
@@ -48,7 +55,8 @@ struct PipelineKey {
 /// Shader modules and compute pipelines created so far on one device.
 #[derive(Debug, Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    /// Keyed by the whole [`Kernel`] (name and source), never by the name alone.
+    modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
@@ -67,7 +75,7 @@ impl Gpu {
             .collect();
         sorted.sort_unstable();
         let key = PipelineKey {
-            kernel: kernel.name,
+            kernel,
             entry,
             constants: sorted,
         };
@@ -111,7 +119,7 @@ impl Gpu {
             .modules
             .lock()
             .expect("shader module cache lock");
-        if let Some(module) = modules.get(kernel.name) {
+        if let Some(module) = modules.get(&kernel) {
             return Ok(module.clone());
         }
         let module = self.checked(
@@ -124,7 +132,7 @@ impl Gpu {
                     })
             },
         )?;
-        modules.insert(kernel.name, module.clone());
+        modules.insert(kernel, module.clone());
         Ok(module)
     }
 

@@ -3,8 +3,8 @@
 mod common;
 
 use pio_gpu::{
-    list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Linear, LinearShape,
-    RowTile, WeightDtype,
+    list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Kernel, KvCache, Linear,
+    LinearShape, RopeTable, RowTile, WeightDtype,
 };
 
 #[test]
@@ -110,6 +110,77 @@ fn caches_pipelines_by_shape() {
     assert_eq!(gpu.pipeline_count(), 2);
     Linear::new(&gpu, shape, Epilogue::Accumulate).unwrap();
     assert_eq!(gpu.pipeline_count(), 3);
+}
+
+const FILL_ONE: &str = "@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(1) fn main() { out[0] = 1.0; }";
+const FILL_TWO: &str = "@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(1) fn main() { out[0] = 2.0; }";
+
+/// Runs `kernel`'s `main` on a fresh 4-element buffer and returns element 0.
+fn run_fill(gpu: &Gpu, kernel: Kernel) -> f32 {
+    let pipeline = gpu.pipeline(kernel, "main", &[]).unwrap();
+    let out = gpu.storage_zeroed("out", 16).unwrap();
+    let dispatch = gpu.bind("fill", &pipeline, &[&out], [1, 1, 1]).unwrap();
+    gpu.run(&[&dispatch]).unwrap();
+    gpu.read_f32(&out).unwrap()[0]
+}
+
+#[test]
+fn kernels_sharing_a_name_keep_their_own_source() {
+    let gpu = common::gpu();
+    // Two kernels with one name and different sources: each runs its own code, in either order
+    // and again after both are cached.
+    let one = Kernel {
+        name: "fill",
+        source: FILL_ONE,
+    };
+    let two = Kernel {
+        name: "fill",
+        source: FILL_TWO,
+    };
+    assert_eq!(run_fill(&gpu, one), 1.0);
+    assert_eq!(run_fill(&gpu, two), 2.0);
+    assert_eq!(run_fill(&gpu, one), 1.0);
+    assert_eq!(gpu.pipeline_count(), 2);
+    // A plugin kernel named like one of this crate's ("attention") after that one was compiled.
+    pio_gpu::Attention::new(
+        &gpu,
+        pio_gpu::AttentionConfig {
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 8,
+            q: pio_gpu::RowLayout::contiguous(16),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        run_fill(
+            &gpu,
+            Kernel {
+                name: "attention",
+                source: FILL_TWO,
+            }
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn absurd_position_counts_fail_before_allocating() {
+    let gpu = common::gpu();
+    // 2^32 - 1 positions of 64-wide heads would be a 1 TiB host table and device buffer: the
+    // device limit refuses it before anything is allocated (the process must not abort).
+    let error = RopeTable::new(&gpu, 64, 10_000.0, u32::MAX).unwrap_err();
+    let table_bytes = u64::from(u32::MAX) * 64 * 4;
+    assert!(
+        matches!(error, GpuError::BufferTooLarge { size, .. } if size == table_bytes),
+        "{error}"
+    );
+    let error = KvCache::new(&gpu, 30, u32::MAX, 8, 64).unwrap_err();
+    assert!(matches!(error, GpuError::BufferTooLarge { .. }), "{error}");
+    assert_eq!(gpu.allocated_bytes(), 0);
+    assert_eq!(gpu.peak_allocated_bytes(), 0);
 }
 
 #[test]

@@ -3,6 +3,15 @@
 //! one forward pass over the cache they share. Sequence `s` owns the `slot_context` contiguous
 //! rows starting at `slot * slot_context` of that cache; sequences join and leave between steps.
 //!
+//! **Growing slots.** A sequence may hold as many positions as the model's context, like one
+//! generated alone. When one needs more rows than a slot holds (its prompt at `open`, or its
+//! next token at a step), every slot grows — to the next power of two of what is needed, at
+//! least double, at most the model's context — and the rows each slot holds move to their new
+//! place (one device-side copy). `open` checks beforehand, without allocating, that the slots
+//! can grow as far as the sequence may need (prompt plus `max_new_tokens`, as
+//! [`crate::memory::check`] sees it); if they cannot, it refuses with
+//! [`Error::SequenceTooLong`] (`out_of_memory`), and the request can run as a single sequence.
+//!
 //! **Prefix cache.** A closed sequence's slot keeps the keys and values it computed, and the
 //! tokens they belong to. A new sequence takes the free slot whose kept tokens share the longest
 //! prefix with its prompt and recomputes only the rest (at least the prompt's last token, whose
@@ -21,9 +30,11 @@ use std::sync::Arc;
 use pio_plugin_api::{FinishReason, TokenEvent};
 use pio_text::{StreamDecoder, TextTokenizer};
 
+use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
 use crate::generate::{check_prompt, room_for_new_tokens, Emitter, GenerateConfig};
 use crate::gpu_model::GpuModel;
+use crate::memory::{self, MemoryConfig, MemoryLimits};
 use crate::sampler::Sampler;
 
 /// How many sequences can be open at once, and how long each may grow.
@@ -31,8 +42,8 @@ use crate::sampler::Sampler;
 pub struct BatchSettings {
     /// Sequences open at once.
     pub slots: usize,
-    /// Positions (prompt and generated tokens) each sequence may hold; at most the model's
-    /// activated context.
+    /// Positions (prompt and generated tokens) each slot holds at first (at most the model's
+    /// activated context). Slots grow when a sequence needs more, up to the model's context.
     pub slot_context: usize,
 }
 
@@ -81,9 +92,20 @@ pub struct Opened {
     pub cached_tokens: usize,
 }
 
+/// What the batch cache is sized against: the model and the device's limits.
+#[derive(Debug, Clone)]
+pub struct BatchMemory {
+    /// The model.
+    pub summary: ModelSummary,
+    /// The device's limits and the caller's budget.
+    pub limits: MemoryLimits,
+}
+
 /// The open sequences and the cache slots they hold.
 pub struct Batch {
+    /// The slots' current size in `slot_context` (it grows).
     settings: BatchSettings,
+    memory: BatchMemory,
     free_slots: Vec<usize>,
     /// Per slot, the tokens whose keys and values its rows hold (for free slots: what the
     /// last sequence there left behind).
@@ -93,9 +115,11 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// No sequences yet; the shared cache is reserved at the first [`Batch::open`].
-    pub fn new(settings: BatchSettings) -> Self {
+    /// No sequences yet; the shared cache is reserved at the first [`Batch::open`], within
+    /// what `memory` allows.
+    pub fn new(settings: BatchSettings, memory: BatchMemory) -> Self {
         Batch {
+            memory,
             free_slots: (0..settings.slots).rev().collect(),
             slot_tokens: vec![Vec::new(); settings.slots],
             settings,
@@ -104,7 +128,7 @@ impl Batch {
         }
     }
 
-    /// The settings.
+    /// The settings; `slot_context` is the slots' current size.
     pub fn settings(&self) -> BatchSettings {
         self.settings
     }
@@ -129,8 +153,93 @@ impl Batch {
             .max_by_key(|&(_, reused)| reused)
     }
 
+    /// The slot size for sequences needing `rows` positions: the current size when it is
+    /// enough, else the next power of two of `rows`, at least double the current size, at most
+    /// `context`.
+    fn slot_size_for(&self, rows: usize, context: usize) -> usize {
+        let current = self.settings.slot_context;
+        if rows <= current {
+            current
+        } else {
+            rows.next_power_of_two()
+                .max(current.saturating_mul(2))
+                .min(context)
+        }
+    }
+
+    /// Checks, allocating nothing, that slots of `slot_context` positions fit in memory next to
+    /// everything else, the current batch cache included while it is copied.
+    fn check_slots(&self, model: &GpuModel, slot_context: usize) -> Result<()> {
+        let config = MemoryConfig {
+            context: model.context(),
+            max_batch: model.max_batch(),
+            batch_rows: self.settings.slots.saturating_mul(slot_context),
+            copied_batch_rows: model.batch_cache_rows().unwrap_or(0),
+        };
+        memory::check(
+            &self.memory.summary,
+            &config,
+            &self.memory.limits,
+            model.gpu().allocated_bytes(),
+            memory::host_available_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Rows of `slot` holding keys and values worth keeping: its open sequence's, or those a
+    /// closed one left for the prefix cache.
+    fn kept_rows(&self, slot: usize) -> usize {
+        let kept = self
+            .sequences
+            .values()
+            .find(|s| s.slot == slot)
+            .map_or(self.slot_tokens[slot].len(), |s| s.cached);
+        kept.min(self.settings.slot_context)
+    }
+
+    /// Makes every slot hold at least `rows` positions: reserves the shared cache at the first
+    /// call, and grows it (moving every slot's kept rows) when `rows` exceeds the slot size.
+    fn ensure_slot_rows(&mut self, model: &mut GpuModel, rows: usize) -> Result<()> {
+        let current = self.settings.slot_context;
+        let size = self.slot_size_for(rows, model.context());
+        if size < rows {
+            return Err(Error::PromptTooLong {
+                prompt: rows,
+                context: model.context(),
+            });
+        }
+        let reserved = model.batch_cache_rows().is_some();
+        if reserved && size == current {
+            return Ok(());
+        }
+        self.check_slots(model, size)?;
+        let slots = self.settings.slots;
+        if reserved {
+            let moves: Vec<(u32, u32, u32)> = (0..slots)
+                .map(|slot| {
+                    let kept = self.kept_rows(slot);
+                    ((slot * current) as u32, (slot * size) as u32, kept as u32)
+                })
+                .filter(|&(_, _, kept)| kept > 0)
+                .collect();
+            tracing::info!(
+                from = current,
+                to = size,
+                slots,
+                "batch slots grow for a longer sequence"
+            );
+            model.grow_batch_cache(slots * size, &moves)?;
+        } else {
+            model.reserve_batch_cache(slots * size)?;
+        }
+        self.settings.slot_context = size;
+        Ok(())
+    }
+
     /// Opens a sequence: processes `prompt` into a free slot (reusing the longest cached
-    /// prefix) and samples its first token (the first step emits it).
+    /// prefix) and samples its first token (the first step emits it). The sequence may hold
+    /// as many positions as the model's context (slots grow); when memory does not allow the
+    /// slots to grow that far, it is refused with [`Error::SequenceTooLong`].
     pub fn open(
         &mut self,
         model: &mut GpuModel,
@@ -138,7 +247,8 @@ impl Batch {
         prompt: &[u32],
         config: &GenerateConfig,
     ) -> Result<Opened> {
-        let context = self.settings.slot_context;
+        // The same limits as a sequence generated alone: the model's context.
+        let context = model.context();
         check_prompt(prompt, context)?;
         if config.max_new_tokens == 0 {
             return Err(Error::InvalidParams(
@@ -155,8 +265,19 @@ impl Batch {
                 self.settings.slots
             ))
         })?;
-        model.reserve_batch_cache(self.settings.slots * context)?;
-        let base = slot * context;
+        // Every sampled token but the last is fed back: the sequence may need this many rows.
+        let positions_needed = prompt.len() + max_new - 1;
+        let final_size = self.slot_size_for(positions_needed, context);
+        if final_size > self.settings.slot_context {
+            self.check_slots(model, final_size)
+                .map_err(|e| Error::SequenceTooLong {
+                    positions: positions_needed,
+                    slot_context: self.settings.slot_context,
+                    reason: e.to_string(),
+                })?;
+        }
+        self.ensure_slot_rows(model, prompt.len())?;
+        let base = slot * self.settings.slot_context;
         let positions: Vec<u32> = (reused as u32..prompt.len() as u32).collect();
         let rows: Vec<u32> = positions.iter().map(|p| base as u32 + p).collect();
         // The slot's rows past `reused` are overwritten from here on.
@@ -210,9 +331,8 @@ impl Batch {
                 Some(_) => {}
             }
         }
-        let context = self.settings.slot_context;
         let mut stepped = Vec::with_capacity(ids.len());
-        let (mut fed, mut tokens, mut positions, mut rows) = (vec![], vec![], vec![], vec![]);
+        let (mut fed, mut tokens, mut positions, mut slots) = (vec![], vec![], vec![], vec![]);
         for &id in ids {
             let seq = self.sequences.get_mut(&id).expect("checked above");
             let token = seq.pending;
@@ -225,11 +345,20 @@ impl Batch {
                 fed.push(id);
                 tokens.push(token);
                 positions.push(position as u32);
-                rows.push((seq.slot * context + position) as u32);
+                slots.push(seq.slot);
             }
             stepped.push(Stepped { id, event, finish });
         }
         if !fed.is_empty() {
+            // A sequence past its slot's end grows the slots first (checked possible at open).
+            let needed = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
+            self.ensure_slot_rows(model, needed)?;
+            let context = self.settings.slot_context;
+            let rows: Vec<u32> = slots
+                .iter()
+                .zip(&positions)
+                .map(|(&slot, &position)| (slot * context) as u32 + position)
+                .collect();
             let logits = model.forward_batch(&tokens, &positions, &rows, true)?;
             let vocab = logits.len() / fed.len();
             for (id, row) in fed.iter().zip(logits.chunks_exact(vocab)) {
@@ -258,19 +387,31 @@ impl Batch {
 mod tests {
     use super::*;
     use crate::engine::Engine;
+    use crate::memory::MemoryConfig;
     use crate::sampler::SamplingParams;
     use crate::test_model::{tiny_llama_bytes, TinyConfig};
     use pio_gpu::DeviceOptions;
     use pio_plugin_api::StreamControl;
 
     fn engine(dir: &tempfile::TempDir, slots: usize) -> Engine {
+        engine_with(dir, slots, 48, 0)
+    }
+
+    /// The tiny model with a 64-position context, `slots` slots of `slot_context` positions
+    /// and a device memory budget (0: none).
+    fn engine_with(
+        dir: &tempfile::TempDir,
+        slots: usize,
+        slot_context: usize,
+        budget: u64,
+    ) -> Engine {
         let path = dir.path().join("tiny.gguf");
         std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
         let settings = BatchSettings {
             slots,
-            slot_context: 48,
+            slot_context,
         };
-        Engine::load(&path, &DeviceOptions::default(), 64, 0, settings).unwrap()
+        Engine::load(&path, &DeviceOptions::default(), 64, budget, settings).unwrap()
     }
 
     fn config(max_new_tokens: usize, temperature: f32, seed: u64) -> GenerateConfig {
@@ -372,11 +513,18 @@ mod tests {
         assert!(err.contains("has finished"), "{err}");
         engine.close_sequence(a).unwrap();
         assert!(engine.close_sequence(a).is_err());
-        // The slot is free again; a prompt longer than the slot's context is refused.
-        let long: Vec<u32> = (0..49).collect();
+        // The slot is free again; a prompt longer than the model's context is refused, naming
+        // both lengths.
+        let long: Vec<u32> = (0..65).collect();
         let err = engine.open_sequence(&long, &config(2, 0.0, 0)).unwrap_err();
         assert!(
-            matches!(err, Error::PromptTooLong { context: 48, .. }),
+            matches!(
+                err,
+                Error::PromptTooLong {
+                    prompt: 65,
+                    context: 64
+                }
+            ),
             "{err}"
         );
         engine.open_sequence(&[1, 2], &config(2, 0.0, 0)).unwrap();
@@ -427,5 +575,116 @@ mod tests {
         run_to_end(&mut engine, opened.id);
         let opened = engine.open_sequence(&other, &greedy).unwrap();
         assert_eq!(opened.cached_tokens, other.len() - 1);
+    }
+
+    #[test]
+    fn sequences_longer_than_a_slot_grow_the_slots_and_match_generating_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        // Slots of 16 positions in a model context of 64.
+        let mut engine = engine_with(&dir, 3, 16, 0);
+        let prompt = |n: usize, k: usize| -> Vec<u32> {
+            (0..n).map(|i| ((i * k + 7) % 290) as u32).collect()
+        };
+        let cases = [
+            // Fits a slot of 16.
+            (prompt(5, 31), config(6, 0.0, 0)),
+            // Its prompt fits, its tokens do not: the slots grow to 32 at a step.
+            (prompt(12, 17), config(10, 0.9, 42)),
+            // Its prompt alone exceeds a slot of 32: the slots grow to 64 at its opening,
+            // moving the rows of the two sequences already open.
+            (prompt(40, 13), config(8, 1.1, 7)),
+        ];
+        let want: Vec<(Vec<u32>, String)> = cases
+            .iter()
+            .map(|(p, c)| alone(&mut engine, p, c))
+            .collect();
+        let mut got: HashMap<u64, (Vec<u32>, String)> = HashMap::new();
+        let mut ids = vec![
+            engine.open_sequence(&cases[0].0, &cases[0].1).unwrap().id,
+            engine.open_sequence(&cases[1].0, &cases[1].1).unwrap().id,
+        ];
+        assert_eq!(engine.batch().settings().slot_context, 16);
+        let mut active = ids.clone();
+        let mut sizes = vec![];
+        let mut steps = 0;
+        while !active.is_empty() {
+            if steps == 5 {
+                let id = engine.open_sequence(&cases[2].0, &cases[2].1).unwrap().id;
+                assert_eq!(engine.batch().settings().slot_context, 64);
+                ids.push(id);
+                active.push(id);
+            }
+            for s in engine.step_sequences(&active).unwrap() {
+                let entry = got.entry(s.id).or_default();
+                entry.0.push(s.event.token);
+                entry.1.push_str(&s.event.text);
+                if s.finish.is_some() {
+                    active.retain(|&a| a != s.id);
+                    engine.close_sequence(s.id).unwrap();
+                }
+            }
+            sizes.push(engine.batch().settings().slot_context);
+            steps += 1;
+        }
+        assert!(sizes.contains(&32), "grew to 32 at a step: {sizes:?}");
+        for (id, want) in ids.iter().zip(&want) {
+            assert_eq!(&got[id], want, "sequence {id}");
+        }
+        // The prefix cache survives the moves: the long prompt again reuses all but its last
+        // token and gives the same tokens.
+        let opened = engine.open_sequence(&cases[2].0, &cases[2].1).unwrap();
+        assert_eq!(opened.cached_tokens, cases[2].0.len() - 1);
+        assert_eq!(run_to_end(&mut engine, opened.id), want[2].0);
+    }
+
+    #[test]
+    fn slots_that_cannot_grow_refuse_the_sequence_without_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
+        let summary = ModelSummary::read(&pio_gguf::GgufFile::open(&path).unwrap()).unwrap();
+        // A budget of exactly what 2 slots of 16 positions need: they cannot grow.
+        let budget = summary
+            .memory_needs(&MemoryConfig {
+                context: 64,
+                max_batch: 64,
+                batch_rows: 2 * 16,
+                copied_batch_rows: 0,
+            })
+            .device;
+        let mut engine = engine_with(&dir, 2, 16, budget);
+        let short = engine
+            .open_sequence(&[5, 6, 7], &config(4, 0.0, 0))
+            .unwrap();
+        let allocated = engine.model().gpu().allocated_bytes();
+        let long: Vec<u32> = (0..20).collect();
+        let err = engine.open_sequence(&long, &config(4, 0.0, 0)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SequenceTooLong {
+                    positions: 23,
+                    slot_context: 16,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("budget"), "{text}");
+        assert_eq!(engine.model().gpu().allocated_bytes(), allocated);
+        assert_eq!(engine.batch().open_count(), 1);
+        // A sequence that stays within its slot is refused likewise when its token limit could
+        // take it past the slot; with a limit that fits, it runs.
+        let err = engine
+            .open_sequence(&[1, 2], &config(20, 0.0, 0))
+            .unwrap_err();
+        assert!(matches!(err, Error::SequenceTooLong { .. }), "{err}");
+        let fits = engine.open_sequence(&[1, 2], &config(15, 0.0, 0)).unwrap();
+        run_to_end(&mut engine, fits.id);
+        run_to_end(&mut engine, short.id);
+        // The single-sequence path serves the refused request.
+        let (tokens, _) = alone(&mut engine, &long, &config(4, 0.0, 0));
+        assert_eq!(tokens.len(), 4);
     }
 }

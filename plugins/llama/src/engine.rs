@@ -9,11 +9,12 @@ use pio_gpu::{DeviceOptions, Gpu};
 use pio_plugin_api::{StreamControl, TokenEvent};
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 
-use crate::batch::{Batch, BatchSettings, Opened, Stepped};
+use crate::batch::{Batch, BatchMemory, BatchSettings, Opened, Stepped};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig, Generation};
 use crate::gpu_model::{GpuModel, DEFAULT_MAX_BATCH};
 use crate::hparams::HParams;
+use crate::memory::{self, MemoryConfig, MemoryLimits};
 use crate::perplexity::{perplexity, Perplexity};
 use crate::weights::ModelTensors;
 
@@ -65,13 +66,15 @@ impl ModelSummary {
 
     /// Device bytes needed to run with a `context`-position KV cache and batches of `max_batch`
     /// tokens: weights, KV cache, RoPE table and activations (small uniforms excluded).
+    /// (The batched sequences' cache is not included: see [`ModelSummary::memory_needs`].)
     pub fn required_device_bytes(&self, context: usize, max_batch: usize) -> u64 {
-        let hp = &self.hparams;
-        let (ctx, b) = (context as u64, max_batch as u64);
-        let kv = 2 * hp.n_layer as u64 * ctx * hp.kv_dim() as u64 * 4;
-        let rope = ctx * hp.head_dim as u64 * 4;
-        let per_token = 4 * hp.n_embd + 2 * hp.kv_dim() + 3 * hp.n_ff + hp.vocab_size + 2;
-        self.weight_bytes + kv + rope + b * per_token as u64 * 4 + hp.n_embd as u64 * 4
+        self.memory_needs(&MemoryConfig {
+            context,
+            max_batch,
+            batch_rows: 0,
+            copied_batch_rows: 0,
+        })
+        .device
     }
 }
 
@@ -112,9 +115,13 @@ pub struct Engine {
 
 impl Engine {
     /// Loads `path` onto the device chosen by `device`, with a KV cache of `context_length`
-    /// positions (0: the model's trained context length). Fails before allocating anything if
-    /// `memory_budget` (bytes, 0 = unlimited) is below [`ModelSummary::required_device_bytes`].
-    /// Batched sequences get `batch` (their context capped at the model's).
+    /// positions (0: the model's trained context length). Batched sequences get `batch` (their
+    /// slot context capped at the model's).
+    ///
+    /// Fails before allocating anything (see [`memory::check`]) when the context exceeds the
+    /// model's trained context, or the configuration (batch slots included) needs a buffer
+    /// larger than the device allows, more than `memory_budget` (bytes, 0 = unlimited), or more
+    /// host memory than is available.
     pub fn load(
         path: &Path,
         device: &DeviceOptions,
@@ -129,13 +136,26 @@ impl Engine {
             n => n,
         };
         let max_batch = DEFAULT_MAX_BATCH.min(context);
-        let needed = summary.required_device_bytes(context, max_batch);
-        if memory_budget > 0 && needed > memory_budget {
-            return Err(Error::OverBudget {
-                needed,
-                budget: memory_budget,
-            });
-        }
+        let batch = BatchSettings {
+            slot_context: batch.slot_context.min(context),
+            ..batch
+        };
+        // Nothing sized by the context exists before this check: a device holds no buffers yet.
+        let gpu = Gpu::new(device)?;
+        let limits = MemoryLimits::of(&gpu, memory_budget);
+        let config = MemoryConfig {
+            context,
+            max_batch,
+            batch_rows: batch.slots.saturating_mul(batch.slot_context),
+            copied_batch_rows: 0,
+        };
+        memory::check(
+            &summary,
+            &config,
+            &limits,
+            0,
+            memory::host_available_bytes(),
+        )?;
         let tokenizer = TextTokenizer::from_gguf(&file)?;
         if tokenizer.vocab_size() != summary.hparams.vocab_size {
             return Err(Error::InvalidModel(format!(
@@ -148,12 +168,15 @@ impl Engine {
             Some(_) => Some(ChatTemplate::from_gguf(&file)?),
             None => None,
         };
-        let model = GpuModel::new(Gpu::new(device)?, &file, context, max_batch)?;
+        let model = GpuModel::new(gpu, &file, context, max_batch)?;
         let host_bytes = host_bytes(&tokenizer, &summary.hparams, max_batch);
-        let batch = Batch::new(BatchSettings {
-            slot_context: batch.slot_context.min(context),
-            ..batch
-        });
+        let batch = Batch::new(
+            batch,
+            BatchMemory {
+                summary: summary.clone(),
+                limits,
+            },
+        );
         Ok(Engine {
             model,
             tokenizer: Arc::new(tokenizer),

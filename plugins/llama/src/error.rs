@@ -30,6 +30,39 @@ pub enum Error {
         /// Context length in tokens.
         context: usize,
     },
+    /// The context asked for is longer than the model's trained context.
+    #[error(
+        "a context of {requested} positions exceeds the model's trained context of {trained} \
+         positions (it would need {} of device memory); ask for at most {trained}",
+        crate::memory::bytes_text(*bytes)
+    )]
+    ContextTooLong {
+        /// Positions asked for.
+        requested: usize,
+        /// The model's trained context (`llama.context_length`).
+        trained: usize,
+        /// Device bytes the requested context would need.
+        bytes: u64,
+    },
+    /// A configuration needs more memory than the device or the host can give; the message
+    /// names the configuration, the bytes and the limit.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// A batched sequence needs more positions than a batch slot holds, and the slots cannot
+    /// grow to hold them (memory). The same request can still run as a single sequence.
+    #[error(
+        "a batched sequence of up to {positions} positions does not fit a batch slot of \
+         {slot_context} positions, and the slots cannot grow: {reason}; run it as a single \
+         sequence (generate or chat) instead"
+    )]
+    SequenceTooLong {
+        /// Positions the sequence may need: prompt plus new tokens (less one).
+        positions: usize,
+        /// Positions a batch slot holds now.
+        slot_context: usize,
+        /// Why the slots cannot grow.
+        reason: String,
+    },
     /// Loading would exceed the caller's device memory budget.
     #[error("the model needs about {needed} bytes of device memory, over the budget of {budget}")]
     OverBudget {

@@ -299,6 +299,12 @@ impl GpuModel {
                 "context length and batch size must be positive".into(),
             ));
         }
+        if u32::try_from(context).is_err() || u32::try_from(max_batch).is_err() {
+            return Err(Error::InvalidParams(format!(
+                "a context of {context} positions and batches of {max_batch} tokens: both must \
+                 fit in 32 bits"
+            )));
+        }
         let t = ModelTensors::from_gguf(file, &hp)?;
         let u = |v: usize| v as u32;
         let (e, vocab) = (u(hp.n_embd), u(hp.vocab_size));
@@ -621,21 +627,43 @@ impl GpuModel {
         Ok(out)
     }
 
+    /// A zeroed KV cache of `rows` rows for batched sequences.
+    fn new_batch_cache(&self, rows: usize) -> Result<KvCache> {
+        let hp = &self.hp;
+        let rows =
+            u32::try_from(rows).map_err(|_| Error::InvalidParams(format!("{rows} cache rows")))?;
+        Ok(KvCache::new(
+            &self.gpu,
+            hp.n_layer as u32,
+            rows,
+            hp.n_head_kv as u32,
+            hp.head_dim as u32,
+        )?)
+    }
+
     /// Allocates, once, the cache that batched sequences share: `rows` rows, each sequence in
     /// its own contiguous range (see [`GpuModel::forward_batch`]).
     pub fn reserve_batch_cache(&mut self, rows: usize) -> Result<()> {
         if self.batch_cache.is_none() {
-            let hp = &self.hp;
-            let rows = u32::try_from(rows)
-                .map_err(|_| Error::InvalidParams(format!("{rows} cache rows")))?;
-            self.batch_cache = Some(KvCache::new(
-                &self.gpu,
-                hp.n_layer as u32,
-                rows,
-                hp.n_head_kv as u32,
-                hp.head_dim as u32,
-            )?);
+            self.batch_cache = Some(self.new_batch_cache(rows)?);
         }
+        Ok(())
+    }
+
+    /// Rows of the batched sequences' cache, once reserved.
+    pub fn batch_cache_rows(&self) -> Option<usize> {
+        self.batch_cache
+            .as_ref()
+            .map(|c| c.max_positions() as usize)
+    }
+
+    /// Replaces the batched sequences' cache (reserved before) by one of `rows` rows, moving
+    /// the `(old_row, new_row, count)` ranges of the old one into it. The old cache is freed
+    /// once its rows are copied; on failure it stays as it was.
+    pub fn grow_batch_cache(&mut self, rows: usize, moves: &[(u32, u32, u32)]) -> Result<()> {
+        let grown = self.new_batch_cache(rows)?;
+        grown.copy_rows_from(&self.gpu, self.cache(CacheKind::Batch)?, moves)?;
+        self.batch_cache = Some(grown);
         Ok(())
     }
 

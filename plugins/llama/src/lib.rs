@@ -6,7 +6,9 @@
 //! - [`sampler`]: greedy and seeded sampling; [`stop`]: stop-string matching;
 //! - [`generate`]: the generation loop over any [`generate::Forward`]; [`batch`]: sequences
 //!   decoded together (continuous batching);
-//! - [`perplexity`]: perplexity over a token sequence; [`bench`]: the plugin's benchmark;
+//! - [`memory`]: what a context and batch configuration costs, checked before allocating;
+//! - [`perplexity`]: perplexity over a token sequence; [`bench`](mod@bench): the plugin's
+//!   benchmark;
 //! - [`engine`]: model + tokenizer + chat template; [`plugin`]: the Inference-PIO plugin.
 //!
 //! Tests compare the GPU model with a plain f32 CPU reference (`reference.rs`, test-only).
@@ -18,6 +20,7 @@ pub mod error;
 pub mod generate;
 pub mod gpu_model;
 pub mod hparams;
+pub mod memory;
 pub mod perplexity;
 pub mod plugin;
 #[cfg(test)]

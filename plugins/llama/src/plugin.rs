@@ -3,9 +3,16 @@
 //!
 //! Configuration (the `initialize` JSON): `{"model": "/path/to/model.gguf"}`; the host supplies
 //! its cached default model's path. Optional `"batch_slots"` (default 8) and `"batch_context"`
-//! (default 1024) size batched generation: sequences open at once and positions each may hold. `initialize` reads the file's metadata and tensor table (no
-//! weights are loaded); `activate` creates the GPU device and uploads the weights; `deactivate`
-//! drops both.
+//! (default 1024) size batched generation: sequences open at once and the positions each slot
+//! holds at first (slots grow, up to the model's context, when a sequence needs more and memory
+//! allows). `initialize` reads the file's metadata and tensor table (no weights are loaded);
+//! `activate` checks that the context fits the model and the memory (see [`crate::memory`]),
+//! then creates the GPU device and uploads the weights; `deactivate` drops both.
+//!
+//! Errors the host acts on: a context or prompt too long, or a token id outside the
+//! vocabulary, is `invalid_input`; `open_sequence` refusing with `out_of_memory` (the batch
+//! slots cannot grow for this sequence) means the same request can run through `generate` /
+//! `chat`, which need no batch cache.
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +37,10 @@ impl From<Error> for PluginError {
     fn from(e: Error) -> Self {
         let message = e.to_string();
         match e {
-            Error::InvalidParams(_) | Error::PromptTooLong { .. } => {
+            Error::InvalidParams(_)
+            | Error::PromptTooLong { .. }
+            | Error::ContextTooLong { .. }
+            | Error::Text(pio_text::TextError::UnknownToken { .. }) => {
                 PluginError::invalid_input(message)
             }
             Error::UnsupportedArchitecture(_) | Error::UnsupportedTensorType { .. } => {
@@ -39,7 +49,16 @@ impl From<Error> for PluginError {
             Error::InvalidModel(_) | Error::Gguf(_) | Error::Text(_) => {
                 PluginError::model_load(message)
             }
-            Error::OverBudget { .. } => PluginError::out_of_memory(message),
+            // `SequenceTooLong` from `open_sequence` is the host's cue to serve the request as a
+            // single sequence (`generate` / `chat`): every out-of-memory refusal of
+            // `open_sequence` is, since that path needs no batch cache.
+            Error::OverBudget { .. }
+            | Error::OutOfMemory(_)
+            | Error::SequenceTooLong { .. }
+            | Error::Gpu(
+                pio_gpu::GpuError::BufferTooLarge { .. }
+                | pio_gpu::GpuError::HostOutOfMemory { .. },
+            ) => PluginError::out_of_memory(message),
             Error::Numerics(_) | Error::Gpu(_) => PluginError::internal(message),
         }
     }
@@ -598,8 +617,16 @@ mod tests {
             .0
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        assert!(e.message.contains("65"), "{}", e.message);
+        assert!(
+            e.message.contains("65") && e.message.contains("64"),
+            "{}",
+            e.message
+        );
         assert_eq!(p.stats().requests, 3);
+        // Token ids outside the vocabulary are the caller's mistake, named.
+        let e = p.detokenize(&[5, 100_000]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+        assert!(e.message.contains("100000"), "{}", e.message);
 
         p.deactivate().unwrap();
         assert_eq!(p.stats().device_memory_bytes, 0);
@@ -673,5 +700,175 @@ mod tests {
             p.close_sequence(a.id).unwrap_err().kind,
             ErrorKind::InvalidInput
         );
+        // A prompt longer than the model's context (64, not the slot's 32) is refused, naming
+        // both lengths.
+        let long = SequenceRequest::Generate(GenerateRequest {
+            prompt: Prompt::Tokens(vec![5; 65].into()),
+            params: GenerationParams::greedy(3),
+        });
+        let e = p.open_sequence(&long).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+        assert!(
+            e.message.contains("65") && e.message.contains("64"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn absurd_contexts_are_refused_before_anything_is_allocated() {
+        // Trained for 256 positions: more is refused, naming both.
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = initialized(&tiny_file(&dir, &TinyConfig::default()));
+        for context in [1_000_000_000, u32::MAX] {
+            let e = p
+                .activate(&ActivateOptions {
+                    context_length: context,
+                    ..ActivateOptions::default()
+                })
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+            assert!(
+                e.message.contains(&context.to_string()) && e.message.contains("256"),
+                "{}",
+                e.message
+            );
+            assert_eq!(p.health().status, HealthStatus::Unavailable);
+            assert_eq!(p.stats().device_memory_bytes, 0);
+        }
+
+        // A model claiming a 2^32 - 1 position context: its own context and any large one
+        // need buffers no device has (each layer's K cache: 128 bytes a position).
+        let dir = tempfile::tempdir().unwrap();
+        let huge = TinyConfig {
+            context_length: u32::MAX as usize,
+            ..TinyConfig::default()
+        };
+        let mut p = initialized(&tiny_file(&dir, &huge));
+        for context in [0, 1_000_000_000, u32::MAX] {
+            let e = p
+                .activate(&ActivateOptions {
+                    context_length: context,
+                    ..ActivateOptions::default()
+                })
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::OutOfMemory, "{e}");
+            let positions = if context == 0 { u32::MAX } else { context };
+            let bytes = u64::from(positions) * 128;
+            assert!(
+                e.message
+                    .contains(&format!("a context of {positions} positions"))
+                    && e.message.contains(&bytes.to_string())
+                    && e.message.contains("largest storage buffer"),
+                "{}",
+                e.message
+            );
+            assert_eq!(p.stats().device_memory_bytes, 0);
+        }
+        // What fits still activates.
+        p.activate(&ActivateOptions {
+            context_length: 64,
+            ..ActivateOptions::default()
+        })
+        .unwrap();
+        assert_eq!(p.health().status, HealthStatus::Ok);
+    }
+
+    /// A batched sequence and the same request generated alone.
+    fn batched_and_alone(
+        p: &mut LlamaPlugin,
+        request: &GenerateRequest,
+    ) -> (Vec<u32>, GenerateResponse) {
+        let opened = p
+            .open_sequence(&SequenceRequest::Generate(request.clone()))
+            .unwrap();
+        let mut tokens = Vec::new();
+        loop {
+            let step = p.step_sequences(&[opened.id]).unwrap().remove(0);
+            tokens.push(step.event.token);
+            if step.finish.into_option().is_some() {
+                p.close_sequence(opened.id).unwrap();
+                break;
+            }
+        }
+        let (alone, _) = streaming(
+            |s| p.generate(request, s).unwrap(),
+            |_| StreamControl::Continue,
+        );
+        (tokens, alone)
+    }
+
+    #[test]
+    fn a_prompt_longer_than_a_default_batch_slot_is_served() {
+        // A 1500-token prompt in a 2048-position context: longer than the default slot of
+        // 1024 positions.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TinyConfig {
+            context_length: 2048,
+            ..TinyConfig::default()
+        };
+        let path = tiny_file(&dir, &cfg);
+        let mut p = initialized(&path);
+        assert_eq!(BatchSettings::default().slot_context, 1024);
+        p.activate(&ActivateOptions {
+            context_length: 2048,
+            ..ActivateOptions::default()
+        })
+        .unwrap();
+        let prompt: Vec<u32> = (0..1500).map(|i| (i * 37 + 11) % 290).collect();
+        for params in [
+            GenerationParams::greedy(12),
+            GenerationParams {
+                max_new_tokens: 12,
+                temperature: 0.9,
+                seed: Some(3).into(),
+                ..GenerationParams::default()
+            },
+        ] {
+            let request = GenerateRequest {
+                prompt: Prompt::Tokens(prompt.clone().into()),
+                params,
+            };
+            let (batched, alone) = batched_and_alone(&mut p, &request);
+            assert_eq!(batched, alone.tokens.to_vec());
+        }
+        let details: serde_json::Value = serde_json::from_str(&p.stats().details_json).unwrap();
+        assert_eq!(details["batch_context"], 2048, "the slots grew");
+
+        // Under a device budget that leaves no room to grow, the sequence is refused as out of
+        // memory (the host's cue to run it alone), and alone it runs.
+        let summary = p.model.clone().unwrap();
+        let budget = summary
+            .memory_needs(&crate::memory::MemoryConfig {
+                context: 2048,
+                max_batch: DEFAULT_MAX_BATCH,
+                batch_rows: 8 * 1024,
+                copied_batch_rows: 0,
+            })
+            .device;
+        p.activate(&ActivateOptions {
+            context_length: 2048,
+            memory_budget_bytes: budget,
+            ..ActivateOptions::default()
+        })
+        .unwrap();
+        let request = GenerateRequest {
+            prompt: Prompt::Tokens(prompt.into()),
+            params: GenerationParams::greedy(4),
+        };
+        let e = p
+            .open_sequence(&SequenceRequest::Generate(request.clone()))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::OutOfMemory, "{e}");
+        assert!(
+            e.message.contains("1503 positions") && e.message.contains("single sequence"),
+            "{}",
+            e.message
+        );
+        let (alone, _) = streaming(
+            |s| p.generate(&request, s).unwrap(),
+            |_| StreamControl::Continue,
+        );
+        assert_eq!(alone.tokens.len(), 4);
     }
 }

@@ -48,7 +48,9 @@ impl Params {
 pub(crate) fn gpu_error(context: &str, error: GpuError) -> PluginError {
     let message = format!("{context}: {error}");
     match error {
-        GpuError::BufferTooLarge { .. } => PluginError::out_of_memory(message),
+        GpuError::BufferTooLarge { .. } | GpuError::HostOutOfMemory { .. } => {
+            PluginError::out_of_memory(message)
+        }
         GpuError::AdapterNotFound { .. } => PluginError::invalid_input(message),
         _ => PluginError::internal(message),
     }

@@ -30,6 +30,15 @@ impl KvCache {
     ) -> Result<Self> {
         let kv_dim = n_kv_heads * head_dim;
         let bytes = u64::from(max_positions) * u64::from(kv_dim) * 4;
+        // Every layer's buffers have this size: refuse before allocating the first one.
+        let limit = gpu.max_storage_buffer_bytes();
+        if bytes > limit {
+            return Err(GpuError::BufferTooLarge {
+                label: "layer 0 K cache".to_owned(),
+                size: bytes,
+                limit,
+            });
+        }
         let layers = (0..n_layers)
             .map(|layer| {
                 Ok((
@@ -43,6 +52,71 @@ impl KvCache {
             kv_dim,
             layers,
         })
+    }
+
+    /// Copies rows of `source` into this cache, in every layer, keys and values: each range
+    /// `(source_row, row, count)` copies `source` rows `source_row..source_row + count` to rows
+    /// `row..row + count` here. Submits the copies and waits for them (used to move sequences
+    /// into a larger cache).
+    pub fn copy_rows_from(
+        &self,
+        gpu: &Gpu,
+        source: &KvCache,
+        ranges: &[(u32, u32, u32)],
+    ) -> Result<()> {
+        if std::ptr::eq(source, self) {
+            return Err(GpuError::shape(
+                "kv cache copy",
+                "source and destination are the same cache",
+            ));
+        }
+        if source.kv_dim != self.kv_dim || source.layers.len() != self.layers.len() {
+            return Err(GpuError::shape(
+                "kv cache copy",
+                format!(
+                    "source has {} layers of kv_dim {}, destination {} of kv_dim {}",
+                    source.layers.len(),
+                    source.kv_dim,
+                    self.layers.len(),
+                    self.kv_dim
+                ),
+            ));
+        }
+        let fits = |first: u32, count: u32, rows: u32| {
+            u64::from(first) + u64::from(count) <= u64::from(rows)
+        };
+        if let Some(bad) = ranges.iter().find(|&&(from, to, count)| {
+            !fits(from, count, source.max_positions) || !fits(to, count, self.max_positions)
+        }) {
+            return Err(GpuError::shape(
+                "kv cache copy",
+                format!(
+                    "range {bad:?} does not fit {} source rows and {} destination rows",
+                    source.max_positions, self.max_positions
+                ),
+            ));
+        }
+        let row_bytes = u64::from(self.kv_dim) * 4;
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        for ((keys, values), (source_keys, source_values)) in self.layers.iter().zip(&source.layers)
+        {
+            for &(from, to, count) in ranges.iter().filter(|r| r.2 > 0) {
+                for (src, dst) in [(source_keys, keys), (source_values, values)] {
+                    encoder.copy_buffer_to_buffer(
+                        src.raw(),
+                        u64::from(from) * row_bytes,
+                        dst.raw(),
+                        u64::from(to) * row_bytes,
+                        u64::from(count) * row_bytes,
+                    );
+                }
+            }
+        }
+        gpu.checked(
+            || "copying KV cache rows".to_owned(),
+            || gpu.queue().submit([encoder.finish()]),
+        )?;
+        gpu.wait()
     }
 
     /// Positions each layer holds.

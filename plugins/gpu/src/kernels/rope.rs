@@ -31,7 +31,25 @@ impl RopeTable {
                 ),
             ));
         }
-        let mut values = Vec::with_capacity(max_positions as usize * head_dim as usize);
+        // The table is computed on the host first: check its size against the device limit
+        // before allocating either copy (a context length is user input).
+        let bytes = u64::from(max_positions) * u64::from(head_dim) * 4;
+        let limit = gpu.max_storage_buffer_bytes();
+        if bytes > limit {
+            return Err(GpuError::BufferTooLarge {
+                label: "rope cos/sin table".to_owned(),
+                size: bytes,
+                limit,
+            });
+        }
+        let len = max_positions as usize * head_dim as usize;
+        let mut values: Vec<f32> = Vec::new();
+        values
+            .try_reserve_exact(len)
+            .map_err(|_| GpuError::HostOutOfMemory {
+                what: "rope cos/sin table".to_owned(),
+                bytes,
+            })?;
         for position in 0..max_positions {
             for pair in 0..head_dim / 2 {
                 let (sin, cos) = rope_angle(position, pair, head_dim, base).sin_cos();

@@ -1,0 +1,345 @@
+//! What a configuration (context length, batch size, batch slots) costs in memory, checked
+//! before anything is allocated.
+//!
+//! Every buffer and host vector whose size follows from a context length is listed here:
+//! the KV cache (per layer, one K and one V buffer of `context × kv_dim` f32), the RoPE table
+//! (`context × head_dim` f32, computed on the host and then uploaded), the batched sequences'
+//! cache (`slots × slot_context` rows, like the KV cache) and the activations and logits
+//! read-back (`max_batch` tokens). [`check`] compares a configuration with the model's trained
+//! context, the device's largest storage buffer, the caller's budget and the host memory
+//! available, so that an absurd `--ctx` is an error naming the numbers instead of an abort on
+//! a terabyte allocation.
+
+use crate::engine::ModelSummary;
+use crate::error::{Error, Result};
+
+/// The sizes that decide what is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Positions of the model's own KV cache (and RoPE table).
+    pub context: usize,
+    /// Tokens one forward submission processes (activations, logits read-back).
+    pub max_batch: usize,
+    /// Rows of the cache batched sequences share (`slots × slot_context`; 0: none).
+    pub batch_rows: usize,
+    /// Rows of a batch cache still held while a larger one (`batch_rows`) is filled from it
+    /// (0: none).
+    pub copied_batch_rows: usize,
+}
+
+/// What a [`MemoryConfig`] needs, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryNeeds {
+    /// Weights once repacked on the device.
+    pub weights: u64,
+    /// The model's KV cache, all layers.
+    pub kv_cache: u64,
+    /// The batched sequences' cache, all layers (plus the one it is copied from, if any).
+    pub batch_cache: u64,
+    /// The RoPE table (also built on the host first).
+    pub rope_table: u64,
+    /// Activation buffers and logits.
+    pub activations: u64,
+    /// Everything on the device at once.
+    pub device: u64,
+    /// Host memory: the RoPE table computed before its upload and the largest logits
+    /// read-back (device memory not included; see [`MemoryLimits::device_is_host`]).
+    pub host: u64,
+    /// The largest single device buffer and what it is.
+    pub largest_buffer: (&'static str, u64),
+}
+
+/// What a configuration is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Largest storage buffer the device can create and bind (`u64::MAX`: unknown).
+    pub max_buffer_bytes: u64,
+    /// The caller's device memory budget (0: none).
+    pub budget_bytes: u64,
+    /// Device memory is host memory (a software adapter such as llvmpipe).
+    pub device_is_host: bool,
+}
+
+impl MemoryLimits {
+    /// The limits of `gpu`, with the caller's `budget_bytes`.
+    pub fn of(gpu: &pio_gpu::Gpu, budget_bytes: u64) -> Self {
+        MemoryLimits {
+            max_buffer_bytes: gpu.max_storage_buffer_bytes(),
+            budget_bytes,
+            device_is_host: !gpu.adapter_info().device_type.is_hardware(),
+        }
+    }
+}
+
+/// `a × b × ...` in u64, saturating (sizes come from user input).
+fn product(factors: &[usize]) -> u64 {
+    factors
+        .iter()
+        .fold(1u64, |acc, &f| acc.saturating_mul(f as u64))
+}
+
+impl ModelSummary {
+    /// The bytes `config` needs; see [`MemoryNeeds`].
+    pub fn memory_needs(&self, config: &MemoryConfig) -> MemoryNeeds {
+        let hp = &self.hparams;
+        let kv_row = product(&[hp.kv_dim(), 4]);
+        let kv_layer = kv_row.saturating_mul(config.context as u64);
+        let kv_cache = kv_layer.saturating_mul(2 * hp.n_layer as u64);
+        let batch_layer = kv_row.saturating_mul(config.batch_rows as u64);
+        let batch_cache = batch_layer
+            .saturating_add(kv_row.saturating_mul(config.copied_batch_rows as u64))
+            .saturating_mul(2 * hp.n_layer as u64);
+        let rope_table = product(&[config.context, hp.head_dim, 4]);
+        let per_token = 4 * hp.n_embd + 2 * hp.kv_dim() + 3 * hp.n_ff + hp.vocab_size + 2;
+        let activations = product(&[config.max_batch, per_token, 4]) + 4 * hp.n_embd as u64;
+        let logits = product(&[config.max_batch, hp.vocab_size, 4]);
+        let device = [
+            self.weight_bytes,
+            kv_cache,
+            batch_cache,
+            rope_table,
+            activations,
+        ]
+        .iter()
+        .fold(0u64, |acc, &b| acc.saturating_add(b));
+        let largest_buffer = [
+            ("each layer's K and V cache", kv_layer),
+            ("each layer's batch K and V cache", batch_layer),
+            ("the RoPE table", rope_table),
+            ("the logits", logits),
+        ]
+        .into_iter()
+        .max_by_key(|&(_, bytes)| bytes)
+        .expect("not empty");
+        MemoryNeeds {
+            weights: self.weight_bytes,
+            kv_cache,
+            batch_cache,
+            rope_table,
+            activations,
+            device,
+            host: rope_table.saturating_add(logits),
+            largest_buffer,
+        }
+    }
+}
+
+/// The bytes of host memory the system can still give (`MemAvailable` of `/proc/meminfo`), or
+/// `None` where that is unknown.
+pub fn host_available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// A byte count for messages: exact, with a readable unit.
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = u;
+    }
+    if unit == "B" {
+        format!("{bytes} bytes")
+    } else {
+        format!("{bytes} bytes ({value:.1} {unit})")
+    }
+}
+
+/// Computes what `config` needs for the model `summary` and checks it, before anything is
+/// allocated:
+/// - `config.context` must be positive and at most the model's trained context (this plugin
+///   implements no RoPE scaling, so later positions are outside what the model was trained
+///   on): else [`Error::ContextTooLong`] (`invalid_input`);
+/// - the largest buffer must fit the device's largest storage buffer, and the device bytes the
+///   caller's budget: else [`Error::OutOfMemory`] / [`Error::OverBudget`] (`out_of_memory`);
+/// - the host bytes (plus, on a software adapter, the device bytes not yet allocated) must fit
+///   `host_available` when it is known: else [`Error::OutOfMemory`].
+///
+/// `held_device_bytes` are device bytes of `config` already allocated (they took their host
+/// memory already). Every error names the requested context, the bytes and the limit.
+pub fn check(
+    summary: &ModelSummary,
+    config: &MemoryConfig,
+    limits: &MemoryLimits,
+    held_device_bytes: u64,
+    host_available: Option<u64>,
+) -> Result<MemoryNeeds> {
+    let trained = summary.hparams.context_length;
+    if config.context == 0 || config.max_batch == 0 {
+        return Err(Error::InvalidParams(
+            "context length and batch size must be positive".into(),
+        ));
+    }
+    let needs = summary.memory_needs(config);
+    let what = || {
+        let mut text = format!("a context of {} positions", config.context);
+        if config.batch_rows > 0 {
+            text.push_str(&format!(
+                " with {} rows of batched sequences' cache",
+                config.batch_rows
+            ));
+        }
+        text
+    };
+    if config.context > trained {
+        return Err(Error::ContextTooLong {
+            requested: config.context,
+            trained,
+            bytes: needs.device,
+        });
+    }
+    let (buffer, buffer_bytes) = needs.largest_buffer;
+    if buffer_bytes > limits.max_buffer_bytes {
+        return Err(Error::OutOfMemory(format!(
+            "{} needs {} for {buffer}, over the device's largest storage buffer of {} \
+             ({} of device memory in all)",
+            what(),
+            bytes_text(buffer_bytes),
+            bytes_text(limits.max_buffer_bytes),
+            bytes_text(needs.device),
+        )));
+    }
+    if limits.budget_bytes > 0 && needs.device > limits.budget_bytes {
+        return Err(Error::OverBudget {
+            needed: needs.device,
+            budget: limits.budget_bytes,
+        });
+    }
+    if let Some(available) = host_available {
+        let on_host = if limits.device_is_host {
+            needs.device.saturating_sub(held_device_bytes)
+        } else {
+            0
+        };
+        let host = needs.host.saturating_add(on_host);
+        if host > available {
+            return Err(Error::OutOfMemory(format!(
+                "{} needs {} of host memory{}, over the {} available",
+                what(),
+                bytes_text(host),
+                if limits.device_is_host {
+                    " (the software adapter's device memory included)"
+                } else {
+                    ""
+                },
+                bytes_text(available),
+            )));
+        }
+    }
+    Ok(needs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_model::{tiny_llama, TinyConfig};
+
+    fn summary(trained: usize) -> ModelSummary {
+        let file = tiny_llama(&TinyConfig {
+            context_length: trained,
+            ..TinyConfig::default()
+        });
+        ModelSummary::read(&file).unwrap()
+    }
+
+    const UNLIMITED: MemoryLimits = MemoryLimits {
+        max_buffer_bytes: u64::MAX,
+        budget_bytes: 0,
+        device_is_host: false,
+    };
+
+    fn config(context: usize) -> MemoryConfig {
+        MemoryConfig {
+            context,
+            max_batch: 8,
+            batch_rows: 0,
+            copied_batch_rows: 0,
+        }
+    }
+
+    #[test]
+    fn needs_follow_the_configuration() {
+        let s = summary(4096);
+        // Tiny model: 2 layers, kv_dim 32, head_dim 16.
+        let a = s.memory_needs(&config(1000));
+        assert_eq!(a.kv_cache, 2 * 2 * 1000 * 32 * 4);
+        assert_eq!(a.rope_table, 1000 * 16 * 4);
+        assert_eq!(a.batch_cache, 0);
+        assert_eq!(a.device, s.required_device_bytes(1000, 8));
+        let b = s.memory_needs(&MemoryConfig {
+            batch_rows: 300,
+            copied_batch_rows: 100,
+            ..config(1000)
+        });
+        assert_eq!(b.batch_cache, 2 * 2 * 400 * 32 * 4);
+        assert_eq!(b.device, a.device + b.batch_cache);
+        // Absurd sizes saturate instead of overflowing.
+        let c = s.memory_needs(&MemoryConfig {
+            batch_rows: usize::MAX,
+            ..config(usize::MAX)
+        });
+        assert_eq!(c.device, u64::MAX);
+    }
+
+    #[test]
+    fn every_limit_is_named_in_its_error() {
+        let s = summary(1 << 20);
+        let e = check(&s, &config(1 << 21), &UNLIMITED, 0, None).unwrap_err();
+        assert!(matches!(e, Error::ContextTooLong { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("2097152") && text.contains("1048576"),
+            "{text}"
+        );
+
+        let small_buffers = MemoryLimits {
+            max_buffer_bytes: 1 << 20,
+            ..UNLIMITED
+        };
+        let e = check(&s, &config(1 << 20), &small_buffers, 0, None).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::OutOfMemory(_)), "{text}");
+        // 2^20 positions × 32 values × 4 bytes per layer's K cache, over a 1 MiB buffer.
+        assert!(text.contains("1048576 positions"), "{text}");
+        assert!(text.contains(&(1u64 << 27).to_string()), "{text}");
+        assert!(text.contains(&(1u64 << 20).to_string()), "{text}");
+
+        let budget = MemoryLimits {
+            budget_bytes: 1000,
+            ..UNLIMITED
+        };
+        let e = check(&s, &config(64), &budget, 0, None).unwrap_err();
+        assert!(matches!(e, Error::OverBudget { budget: 1000, .. }), "{e}");
+
+        // Host memory: a hardware adapter needs only the RoPE table and logits on the host, a
+        // software one its device memory too (less what it already holds).
+        let needs = check(&s, &config(64), &UNLIMITED, 0, None).unwrap();
+        assert!(check(&s, &config(64), &UNLIMITED, 0, Some(needs.host)).is_ok());
+        let software = MemoryLimits {
+            device_is_host: true,
+            ..UNLIMITED
+        };
+        let e = check(&s, &config(64), &software, 0, Some(needs.host)).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::OutOfMemory(_)), "{text}");
+        assert!(
+            text.contains(&(needs.host + needs.device).to_string()),
+            "{text}"
+        );
+        assert!(text.contains(&needs.host.to_string()), "{text}");
+        assert!(check(&s, &config(64), &software, needs.device, Some(needs.host)).is_ok());
+    }
+
+    #[test]
+    fn byte_counts_read_well() {
+        assert_eq!(bytes_text(512), "512 bytes");
+        assert_eq!(bytes_text(3 << 30), "3221225472 bytes (3.0 GiB)");
+    }
+}
