@@ -22,7 +22,11 @@
 //! Configuration keys (all optional):
 //! - `dimensions` (integer, default 64): embedding size;
 //! - `fail_in` (string): fault injection for the host's tests — `"initialize"` or `"infer"`
-//!   makes that call panic, to prove the host survives it.
+//!   makes that call panic, to prove the host survives it;
+//! - `ignore_limits` (boolean, default false): a test fixture for the host — generation
+//!   ignores `max_new_tokens` and stop strings (it still ends with the mirrored prompt or the
+//!   context, and still stops when the host's token callback says so), to prove the host
+//!   enforces them itself. Never set it otherwise.
 
 mod batch;
 mod mirror;
@@ -38,6 +42,9 @@ use pio_plugin_api::{
 use batch::OpenSequences;
 use mirror::MirrorSequence;
 
+/// Token ids are below this: one past the largest Unicode scalar value.
+const VOCAB_SIZE: u32 = 0x11_0000;
+
 /// Context length used when the host does not ask for one.
 const DEFAULT_CONTEXT_LENGTH: u32 = 4096;
 
@@ -46,6 +53,8 @@ const DEFAULT_CONTEXT_LENGTH: u32 = 4096;
 struct Config {
     dimensions: usize,
     fail_in: Option<String>,
+    /// Test fixture: generate as if no `max_new_tokens` or stop string had been given.
+    ignore_limits: bool,
 }
 
 impl Config {
@@ -68,9 +77,18 @@ impl Config {
             .get("fail_in")
             .and_then(|v| v.as_str())
             .map(str::to_owned);
+        let ignore_limits = match object.get("ignore_limits") {
+            None => false,
+            Some(value) => value.as_bool().ok_or_else(|| {
+                PluginError::invalid_input(format!(
+                    "configuration 'ignore_limits' must be a boolean, got {value}"
+                ))
+            })?,
+        };
         Ok(Self {
             dimensions,
             fail_in,
+            ignore_limits,
         })
     }
 
@@ -83,6 +101,8 @@ impl Config {
 #[derive(Debug)]
 struct Active {
     context_length: u32,
+    /// See [`Config::ignore_limits`].
+    ignore_limits: bool,
     requests: u64,
     tokens: u64,
     sequences: OpenSequences,
@@ -92,6 +112,17 @@ impl Active {
     /// Checks a request against the context and starts its sequence.
     fn start(&self, prompt: Vec<u32>, params: &GenerationParams) -> PluginResult<MirrorSequence> {
         params.validate()?;
+        let unlimited;
+        let params = if self.ignore_limits {
+            unlimited = GenerationParams {
+                max_new_tokens: u32::MAX,
+                stop: Default::default(),
+                ..params.clone()
+            };
+            &unlimited
+        } else {
+            params
+        };
         let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
         if prompt_len >= self.context_length {
             return Err(PluginError::invalid_input(format!(
@@ -222,13 +253,14 @@ impl Plugin for ExamplePlugin {
     }
 
     fn activate(&mut self, options: &ActivateOptions) -> PluginResult<()> {
-        self.config()?;
+        let ignore_limits = self.config()?.ignore_limits;
         let context_length = match options.context_length {
             0 => DEFAULT_CONTEXT_LENGTH,
             n => n,
         };
         self.active = Some(Active {
             context_length,
+            ignore_limits,
             requests: 0,
             tokens: 0,
             sequences: OpenSequences::default(),
@@ -341,6 +373,8 @@ impl Plugin for ExamplePlugin {
         let details = pio_plugin_api::serde_json::json!({
             "largest_batch": active.sequences.largest_step(),
             "open_sequences": active.sequences.count(),
+            // Token ids are Unicode scalar values, all below this (surrogates are refused).
+            "vocab_size": VOCAB_SIZE,
         });
         PluginStats {
             host_memory_bytes: std::mem::size_of::<Self>() as u64,
@@ -472,6 +506,33 @@ mod tests {
         assert!(error.message.contains("has finished"), "{error:?}");
         plugin.close_sequence(id).unwrap();
         assert!(plugin.close_sequence(id).is_err());
+    }
+
+    #[test]
+    fn ignore_limits_generates_past_max_tokens_and_stops() {
+        let mut plugin = ExamplePlugin::new().unwrap();
+        plugin
+            .initialize(pio_plugin_api::serde_json::json!({"ignore_limits": true}))
+            .unwrap();
+        plugin.activate(&ActivateOptions::default()).unwrap();
+        let id = plugin
+            .open_sequence(&generate("abcdef", 2, &["dc"]))
+            .unwrap()
+            .id;
+        let mut text = String::new();
+        loop {
+            let step = plugin.step_sequences(&[id]).unwrap().remove(0);
+            text.push_str(&step.event.text);
+            if step.finish.into_option().is_some() {
+                break;
+            }
+        }
+        assert_eq!(text, "fedcba");
+        let error = ExamplePlugin::new()
+            .unwrap()
+            .initialize(pio_plugin_api::serde_json::json!({"ignore_limits": 1}))
+            .unwrap_err();
+        assert!(error.message.contains("ignore_limits"), "{error:?}");
     }
 
     #[test]

@@ -30,7 +30,9 @@ impl From<Error> for PluginError {
     fn from(e: Error) -> Self {
         let message = e.to_string();
         match e {
-            Error::InvalidParams(_) | Error::PromptTooLong { .. } => {
+            Error::InvalidParams(_)
+            | Error::PromptTooLong { .. }
+            | Error::Text(pio_text::TextError::UnknownToken { .. }) => {
                 PluginError::invalid_input(message)
             }
             Error::UnsupportedArchitecture(_) | Error::UnsupportedTensorType { .. } => {
@@ -470,6 +472,16 @@ mod tests {
         });
         let out = f(&mut TokenStream::new(sink.as_sink()));
         (out, events)
+    }
+
+    #[test]
+    fn an_unknown_token_id_is_invalid_input_naming_it() {
+        let e = PluginError::from(Error::Text(pio_text::TextError::UnknownToken {
+            id: 999_999,
+            vocab_size: 49_152,
+        }));
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert!(e.message.contains("999999"), "{}", e.message);
     }
 
     #[test]
