@@ -1,11 +1,14 @@
 //! The OpenAI-compatible HTTP server end to end, with a real HTTP client on loopback: chat and
-//! completions (whole and streamed), 16 concurrent streams, every kind of bad request, API
-//! keys, continuous batching (concurrent streams share steps and get the text they get alone),
-//! a client leaving mid-stream, a full queue and priorities, timeouts; the real Llama plugin
-//! with SmolLM2; and the official `openai` Python client.
+//! completions (whole and streamed), 16 concurrent streams, every kind of bad request (hostile
+//! sampling values, wrong types, unknown roles, token ids outside the vocabulary, oversized
+//! bodies and headers), API keys, connection timeouts (half-sent requests, idle connections),
+//! the admin listing through reloads, the server enforcing max_tokens and stop strings on a
+//! plugin that ignores them, continuous batching (concurrent streams share steps and get the
+//! text they get alone), a client leaving mid-stream, a full queue and priorities, timeouts;
+//! the real Llama plugin with SmolLM2; and the official `openai` Python client.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     path::PathBuf,
     process::{Command, Stdio},
     sync::{Arc, Mutex, OnceLock},
@@ -22,12 +25,17 @@ use serde_json::{json, Value};
 
 /// The example plugin, packed as `example`, with a context of 64 tokens.
 fn example_server(layer: ConfigLayer) -> TestServer {
+    example_server_with(json!({}), layer)
+}
+
+/// [`example_server`] with the plugin configured by `config`.
+fn example_server_with(config: Value, layer: ConfigLayer) -> TestServer {
     let library = workspace_plugin("pio_plugin_example");
     TestServer::start(
         &[Served {
             folder: "example",
             library: &library,
-            config: json!({}),
+            config,
         }],
         layer,
         ActivateOptions {
@@ -46,6 +54,22 @@ fn slow_library() -> PathBuf {
                 id: "slow",
                 plugin_name: Some("slow"),
                 token_delay_ms: Some(20),
+                ..Default::default()
+            })
+        })
+        .clone()
+}
+
+/// The example plugin built as `unbatched`: without the batched-generation capability, so the
+/// server runs each sequence through one streaming call.
+fn unbatched_library() -> PathBuf {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY
+        .get_or_init(|| {
+            build_variant(&Variant {
+                id: "unbatched",
+                plugin_name: Some("unbatched"),
+                without_batching: true,
                 ..Default::default()
             })
         })
@@ -420,11 +444,592 @@ fn api_key_is_required_everywhere_but_health() {
     assert!(text.contains("invalid_api_key"), "{text}");
     let (status, _) = server.post_raw("/v1/chat/completions", body.as_bytes(), Some("sesame"));
     assert_eq!(status, 200);
+    // The scheme is case-insensitive (RFC 7235); the key is not.
+    for authorization in ["bearer sesame", "BEARER sesame", "bEaReR   sesame"] {
+        let (status, text) =
+            server.post_with_authorization("/v1/chat/completions", body.as_bytes(), authorization);
+        assert_eq!(status, 200, "{authorization}: {text}");
+    }
+    for (authorization, why) in [
+        ("bearer SESAME", "invalid API key"),
+        ("Basic sesame", "missing API key"),
+        ("bearer", "missing API key"),
+    ] {
+        let (status, text) =
+            server.post_with_authorization("/v1/chat/completions", body.as_bytes(), authorization);
+        assert_eq!(status, 401, "{authorization}: {text}");
+        assert!(text.contains(why), "{authorization}: {text}");
+    }
 
     assert_eq!(server.get_with_key("/health", None).0, 200);
     assert_eq!(server.get_with_key("/metrics", None).0, 401);
     assert_eq!(server.get_with_key("/v1/models", Some("wrong")).0, 401);
     assert_eq!(server.get("/v1/models").0, 200);
+}
+
+#[test]
+fn detokenize_refuses_ids_outside_the_vocabulary_with_a_400_naming_them() {
+    let server = example_server(ConfigLayer::default());
+    // At or above the vocabulary size the plugin reports (its stats' `vocab_size`): refused by
+    // the server before the plugin sees it.
+    let (status, body) = server.post(
+        "/detokenize",
+        &json!({"model": "example", "tokens": [104, 1_114_112]}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        error_of(&body),
+        ("invalid_request_error", "invalid_value", Some("tokens"))
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1114112") && message.contains("tokens[1]"),
+        "{message}"
+    );
+    // Inside the vocabulary but refused by the plugin (a surrogate code point has no text):
+    // the plugin's invalid_input is the client's mistake too.
+    let (status, body) = server.post(
+        "/detokenize",
+        &json!({"model": "example", "tokens": [0xD800]}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_of(&body).2, Some("tokens"));
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("55296"),
+        "{body}"
+    );
+    let (status, body) = server.post("/detokenize", &json!({"model": "example", "tokens": [104]}));
+    assert_eq!((status, &body["prompt"]), (200, &json!("h")));
+    assert!(
+        !server.metrics().contains("type=\"server_error\""),
+        "no 500 was answered"
+    );
+}
+
+#[test]
+fn unknown_or_templated_roles_and_empty_messages_are_refused() {
+    let server = example_server(ConfigLayer::default());
+    for role in [
+        "wizard",
+        "{{ 7*7 }}",
+        "{% raw %}",
+        "tool",
+        "function",
+        "User",
+        "",
+    ] {
+        let request = json!({"model": "example", "messages": [
+            {"role": "system", "content": "be nice"},
+            {"role": role, "content": "hi"},
+            {"role": "user", "content": "hello"},
+        ]});
+        let (status, body) = server.post("/v1/chat/completions", &request);
+        assert_eq!(status, 400, "{role:?}: {body}");
+        assert_eq!(
+            error_of(&body),
+            (
+                "invalid_request_error",
+                "invalid_value",
+                Some("messages[1].role")
+            ),
+            "{role:?}"
+        );
+    }
+    let (status, body) = server.post(
+        "/v1/chat/completions",
+        &json!({"model": "example", "messages": []}),
+    );
+    assert_eq!(
+        (status, error_of(&body).2),
+        (400, Some("messages")),
+        "{body}"
+    );
+    let (status, body) = server.post(
+        "/v1/chat/completions",
+        &json!({"model": "example", "messages": [{"content": "no role"}]}),
+    );
+    assert_eq!(
+        (status, error_of(&body).0),
+        (400, "invalid_request_error"),
+        "{body}"
+    );
+    // `developer` is OpenAI's newer name for system instructions: accepted as `system`.
+    let (status, body) = server.post(
+        "/v1/chat/completions",
+        &json!({"model": "example", "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": "abc"},
+            {"role": "assistant", "content": "cba"},
+            {"role": "user", "content": "xyz"},
+        ]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "zyx");
+}
+
+/// Writes `bytes` (ignoring a refusal: the server may close first) and reads until the server
+/// closes the connection; `None` if it did not within [`pio_tests::http::WAIT`].
+fn send_and_read_to_close(stream: &mut std::net::TcpStream, bytes: &[u8]) -> Option<Vec<u8>> {
+    let _ = stream.write_all(bytes);
+    let mut received = Vec::new();
+    match stream.read_to_end(&mut received) {
+        Ok(_) => Some(received),
+        // Closed with our bytes unread: a reset is a close too.
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Some(received),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(e) => panic!("reading failed: {e}"),
+    }
+}
+
+#[test]
+fn half_sent_requests_and_idle_connections_are_closed() {
+    let server = example_server(ConfigLayer {
+        header_read_timeout_secs: Some(1),
+        idle_timeout_secs: Some(1),
+        ..ConfigLayer::default()
+    });
+
+    // Half a request line, then nothing: closed after the header timeout, unanswered.
+    let mut half = server.connect();
+    let received = send_and_read_to_close(&mut half, b"GET /health HT")
+        .expect("the server keeps a half-sent request open");
+    assert!(
+        received.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+
+    // Complete headers arriving slowly are closed as well.
+    let mut slow = server.connect();
+    slow.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    let received = send_and_read_to_close(&mut slow, b"Host: x\r\n");
+    assert!(received.is_some(), "the server waits for headers forever");
+
+    // A connection that never sends anything is closed after the idle timeout.
+    let mut silent = server.connect();
+    assert_eq!(send_and_read_to_close(&mut silent, b""), Some(Vec::new()));
+
+    // A kept-alive connection is answered, then closed once idle.
+    let mut kept = server.connect();
+    let received = send_and_read_to_close(&mut kept, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("an idle kept-alive connection stays open");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // A body that stops half-way is answered 408 and the connection closed.
+    let mut half_body = server.connect();
+    let body = chat("example", "hi").to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..body.len() / 2]
+    );
+    let received = send_and_read_to_close(&mut half_body, request.as_bytes())
+        .expect("the server waits for a half-sent body forever");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+
+    // The server still answers.
+    assert_eq!(server.get("/health").0, 200);
+}
+
+#[test]
+fn oversized_headers_are_refused() {
+    let server = example_server(ConfigLayer {
+        header_limit_bytes: Some(8192),
+        ..ConfigLayer::default()
+    });
+    // Within the limit: served.
+    let mut fits = server.connect();
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(4000)
+    );
+    let received = send_and_read_to_close(&mut fits, request.as_bytes()).unwrap();
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+
+    // Over it: 431, or closed unanswered.
+    let mut big = server.connect();
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let received =
+        send_and_read_to_close(&mut big, request.as_bytes()).expect("the connection is closed");
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        received.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert_eq!(server.get("/health").0, 200);
+}
+
+#[test]
+fn requests_longer_than_the_connection_timeouts_are_served() {
+    // 20 ms per token, 100 tokens: two seconds with nothing sent before the answer, longer
+    // than both timeouts, which apply only while no request is in flight.
+    let server = slow_server(ConfigLayer {
+        header_read_timeout_secs: Some(1),
+        idle_timeout_secs: Some(1),
+        ..ConfigLayer::default()
+    });
+    let prompt = "z".repeat(100);
+    let mut request = chat("slow", &prompt);
+    request["max_tokens"] = json!(100);
+    let (status, body) = server.post("/v1/chat/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], json!(prompt));
+    assert_eq!(streamed_text(&server, &request), prompt);
+}
+
+/// The admin listing's entries for plugin `name`, by generation.
+fn admin_entries(server: &TestServer, name: &str) -> Vec<Value> {
+    let (status, text) = server.get("/admin/plugins");
+    assert_eq!(status, 200, "{text}");
+    let admin: Value = serde_json::from_str(&text).unwrap();
+    admin["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == name)
+        .cloned()
+        .collect()
+}
+
+fn entry(entries: &[Value], generation: u64) -> &Value {
+    entries
+        .iter()
+        .find(|p| p["generation"] == generation)
+        .unwrap_or_else(|| panic!("no generation {generation} in {entries:?}"))
+}
+
+#[test]
+fn admin_plugins_tells_serving_retiring_and_failed_instances_apart() {
+    let server = slow_server(ConfigLayer::default());
+    let library = slow_library();
+    // A long stream keeps a batched sequence open on generation 1.
+    let mut long = chat("slow", &"z".repeat(500));
+    long["stream"] = json!(true);
+    long["max_tokens"] = json!(500);
+    let (_, mut running) = server.stream("/v1/chat/completions", &long);
+    running.next_data().unwrap();
+
+    // The same version again, configured differently: generation 2 serves, generation 1
+    // retires once its sequence closes.
+    server.install("slow", &library, json!({"dimensions": 32}));
+    server.wait_for("generation 2 to serve", || {
+        admin_entries(&server, "slow")
+            .iter()
+            .any(|p| p["generation"] == 2 && p["serving"] == true)
+    });
+    let entries = admin_entries(&server, "slow");
+    let (old, new) = (entry(&entries, 1), entry(&entries, 2));
+    assert_eq!(
+        (
+            &old["role"],
+            &old["serving"],
+            &old["retiring"],
+            &old["open_sequences"]
+        ),
+        (&json!("retiring"), &json!(false), &json!(true), &json!(1)),
+        "{old}"
+    );
+    assert_eq!(
+        (
+            &new["role"],
+            &new["serving"],
+            &new["retiring"],
+            &new["state"]
+        ),
+        (
+            &json!("serving"),
+            &json!(true),
+            &json!(false),
+            &json!("active")
+        ),
+        "{new}"
+    );
+    let (_, models) = server.get("/v1/models");
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(
+        models["data"].as_array().unwrap().len(),
+        1,
+        "a retiring instance is not offered: {models}"
+    );
+    assert_eq!(models["data"][0]["generation"], 2);
+
+    // A version whose initialization fails: a failed attempt with its reason, serving nothing.
+    server.install("slow", &library, json!({"fail_in": "initialize"}));
+    server.wait_for("the failed reload", || {
+        server
+            .get("/admin/plugins")
+            .1
+            .contains("\"event\":\"failed\"")
+    });
+    let entries = admin_entries(&server, "slow");
+    let failed = entry(&entries, 3);
+    assert_eq!(
+        (
+            &failed["role"],
+            &failed["serving"],
+            &failed["retiring"],
+            &failed["state"]
+        ),
+        (
+            &json!("failed"),
+            &json!(false),
+            &json!(false),
+            &json!("failed")
+        ),
+        "{failed}"
+    );
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fault injected in initialize"),
+        "{failed}"
+    );
+    assert_eq!(
+        entries.iter().filter(|p| p["serving"] == true).count(),
+        1,
+        "{entries:?}"
+    );
+    assert_eq!(entry(&entries, 2)["role"], "serving");
+
+    // Once its sequence closes, the retired instance is gone.
+    drop(running);
+    server.wait_for("generation 1 to be torn down", || {
+        admin_entries(&server, "slow")
+            .iter()
+            .all(|p| p["generation"] != 1)
+    });
+    let (status, _) = server.post("/v1/chat/completions", &chat("slow", "ab"));
+    assert_eq!(status, 200);
+}
+
+/// Checks that the server cuts `model`, a plugin that ignores max_tokens and stop strings.
+fn check_limits_enforced(server: &TestServer, model: &str) {
+    // The mirror would give all ten characters reversed.
+    let mut request = chat(model, "abcdefghij");
+    request["max_tokens"] = json!(3);
+    let (status, body) = server.post("/v1/chat/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    assert_eq!(
+        (&choice["message"]["content"], &choice["finish_reason"]),
+        (&json!("jih"), &json!("length")),
+        "{model}: {body}"
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 3, "{body}");
+
+    request["stream"] = json!(true);
+    let (status, sse) = server.stream("/v1/chat/completions", &request);
+    assert_eq!(status, 200);
+    let data = sse.collect_all();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks.iter().map(chunk_text).collect();
+    let finish = &chunks.last().unwrap()["choices"][0]["finish_reason"];
+    assert_eq!(
+        (text.as_str(), finish),
+        ("jih", &json!("length")),
+        "{model}"
+    );
+
+    // A stop string split over two tokens ("f", "e"): cut before it, never sent.
+    let mut request = chat(model, "abcdefghij");
+    request["stop"] = json!(["fe"]);
+    request["stream"] = json!(true);
+    let (_, sse) = server.stream("/v1/chat/completions", &request);
+    let data = sse.collect_all();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks.iter().map(chunk_text).collect();
+    let finish = &chunks.last().unwrap()["choices"][0]["finish_reason"];
+    assert_eq!((text.as_str(), finish), ("jihg", &json!("stop")), "{model}");
+
+    let (status, body) = server.post(
+        "/v1/completions",
+        &json!({"model": model, "prompt": "abcdefghij", "stop": "gf", "max_tokens": 50}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            &body["choices"][0]["text"],
+            &body["choices"][0]["finish_reason"]
+        ),
+        (&json!("jih"), &json!("stop")),
+        "{model}"
+    );
+}
+
+#[test]
+fn the_server_enforces_max_tokens_and_stop_strings_itself() {
+    // Batched: the server closes the sequence at the limit.
+    let server = example_server_with(json!({"ignore_limits": true}), ConfigLayer::default());
+    check_limits_enforced(&server, "example");
+    let closed = "pio_sequences_closed_total{plugin=\"example\",reason=\"limit\"}";
+    assert_eq!(server.metric(closed), Some(4.0), "{}", server.metrics());
+    server.wait_for("no sequence to be open", || {
+        server.metric("pio_active_sequences{plugin=\"example\"}") == Some(0.0)
+    });
+
+    // One streaming call per sequence: the token callback tells the plugin to stop.
+    let library = unbatched_library();
+    let server = TestServer::start(
+        &[Served {
+            folder: "unbatched",
+            library: &library,
+            config: json!({"ignore_limits": true}),
+        }],
+        ConfigLayer::default(),
+        ActivateOptions::default(),
+    );
+    check_limits_enforced(&server, "unbatched");
+    // The plugin stopped when told: it made no token past the last one the server took
+    // (3 + 3, then 6 and 5 up to the end of the stop string), not its ten each time.
+    assert_eq!(
+        server.metric("pio_generated_tokens_total{plugin=\"unbatched\"}"),
+        Some(17.0)
+    );
+}
+
+#[test]
+fn hostile_sampling_values_and_wrong_types_are_refused() {
+    let server = example_server(ConfigLayer {
+        body_limit_bytes: Some(64 * 1024),
+        ..ConfigLayer::default()
+    });
+    let with = |field: &str, value: Value| {
+        let mut request = chat("example", "hi");
+        request[field] = value;
+        request
+    };
+    // Out of range: 400 naming the field.
+    let ranged = [
+        ("temperature", json!(-1)),
+        ("temperature", json!(-0.0001)),
+        ("temperature", json!(2.5)),
+        ("temperature", json!(1e39)),
+        ("top_p", json!(0)),
+        ("top_p", json!(-0.1)),
+        ("top_p", json!(1.5)),
+        ("min_p", json!(-0.1)),
+        ("min_p", json!(1.01)),
+        ("repetition_penalty", json!(0)),
+        ("repetition_penalty", json!(-1)),
+        ("max_tokens", json!(0)),
+        ("max_tokens", json!(1_000_000)),
+        ("n", json!(3)),
+    ];
+    for (field, value) in ranged {
+        let (status, body) = server.post("/v1/chat/completions", &with(field, value.clone()));
+        assert_eq!(status, 400, "{field} = {value}: {body}");
+        assert_eq!(
+            error_of(&body),
+            ("invalid_request_error", "invalid_value", Some(field)),
+            "{field} = {value}"
+        );
+    }
+    // Wrong types (and numbers no field can hold): 400, the body is not what the route takes.
+    let mistyped = [
+        ("temperature", json!("NaN")),
+        ("temperature", json!("hot")),
+        ("top_k", json!(-1)),
+        ("top_k", json!(1.5)),
+        ("top_k", json!("5")),
+        ("top_k", json!(1u64 << 40)),
+        ("max_tokens", json!(-1)),
+        ("max_tokens", json!("10")),
+        ("seed", json!(-1)),
+        ("stream", json!("yes")),
+        ("stop", json!(5)),
+        ("stop", json!([1, 2])),
+        ("messages", json!("hi")),
+        ("messages", json!([{"role": "user", "content": 5}])),
+        ("messages", json!([{"role": 1, "content": "x"}])),
+        ("model", json!(5)),
+        ("priority", json!("high")),
+    ];
+    for (field, value) in mistyped {
+        let (status, body) = server.post("/v1/chat/completions", &with(field, value.clone()));
+        assert_eq!(status, 400, "{field} = {value}: {body}");
+        assert_eq!(
+            error_of(&body).0,
+            "invalid_request_error",
+            "{field} = {value}"
+        );
+    }
+    // NaN, Infinity and out-of-range numbers are not JSON at all.
+    for raw in [
+        r#"{"model": "example", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}"#,
+        r#"{"model": "example", "messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}"#,
+        r#"{"model": "example", "messages": [{"role": "user", "content": "hi"}], "min_p": 1e400}"#,
+    ] {
+        let (status, text) = server.post_raw("/v1/chat/completions", raw.as_bytes(), None);
+        assert_eq!(status, 400, "{raw}: {text}");
+        assert!(text.contains("invalid_request_error"), "{text}");
+    }
+    // Thousands of stop strings, or a very long one: 400 naming the limit.
+    let many: Vec<String> = (0..2000).map(|i| format!("s{i}")).collect();
+    let (status, body) = server.post("/v1/chat/completions", &with("stop", json!(many)));
+    assert_eq!((status, error_of(&body).2), (400, Some("stop")), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 16"),
+        "{body}"
+    );
+    let (status, body) = server.post(
+        "/v1/chat/completions",
+        &with("stop", json!(["x".repeat(10_000)])),
+    );
+    assert_eq!((status, error_of(&body).2), (400, Some("stop")), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 256"),
+        "{body}"
+    );
+    // A body over the limit: 413, whether its length is announced or it comes in chunks.
+    let huge = chat("example", &"x".repeat(100_000)).to_string();
+    let (status, text) = server.post_raw("/v1/chat/completions", huge.as_bytes(), None);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+    let mut chunked = server.connect();
+    let mut request = String::from(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    for piece in huge.as_bytes().chunks(8192) {
+        request.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            piece.len(),
+            std::str::from_utf8(piece).unwrap()
+        ));
+    }
+    request.push_str("0\r\n\r\n");
+    let received = send_and_read_to_close(&mut chunked, request.as_bytes()).unwrap();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+
+    // Nothing was a server error, and the server still serves.
+    assert!(!server.metrics().contains("type=\"server_error\""));
+    assert_eq!(
+        server
+            .post("/v1/chat/completions", &chat("example", "ok"))
+            .0,
+        200
+    );
 }
 
 #[test]
@@ -609,6 +1214,19 @@ fn llama_chat_end_to_end_with_smollm2() {
         &json!({"model": "llama", "tokens": body["tokens"]}),
     );
     assert_eq!((status, text["prompt"].as_str()), (200, Some("Paris")));
+    // An id outside the vocabulary is the client's mistake, named.
+    let (status, body) = server.post(
+        "/detokenize",
+        &json!({"model": "llama", "tokens": [1, 999_999]}),
+    );
+    assert_eq!((status, error_of(&body).2), (400, Some("tokens")), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("999999"),
+        "{body}"
+    );
 }
 
 #[test]

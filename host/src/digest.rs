@@ -12,6 +12,15 @@ use crate::{
 /// The lowercase hex SHA-256 of the regular file at `path`, read in chunks. Anything else (a
 /// FIFO, a device) is refused with [`HostError::NotRegularFile`] rather than read forever.
 pub fn sha256_file(path: &Path) -> HostResult<String> {
+    sha256_of_regular_file(path, |_| Ok(()))
+}
+
+/// Like [`sha256_file`], handing every chunk read to `chunk` too (a copy made while hashing
+/// then has exactly the digest returned).
+pub fn sha256_of_regular_file(
+    path: &Path,
+    mut chunk: impl FnMut(&[u8]) -> HostResult<()>,
+) -> HostResult<String> {
     let mut file = open_regular(path)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -21,12 +30,13 @@ pub fn sha256_file(path: &Path) -> HostResult<String> {
             break;
         }
         hasher.update(&buffer[..n]);
+        chunk(&buffer[..n])?;
     }
     Ok(hex(&hasher.finalize()))
 }
 
 /// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

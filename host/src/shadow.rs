@@ -6,16 +6,13 @@
 //! one, and the plugin folder can change while the copy is in use.
 
 use std::{
-    fs::File,
-    io::{Read, Write},
+    io::Write,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use sha2::{Digest, Sha256};
-
 use crate::{
-    digest::hex,
+    digest::sha256_of_regular_file,
     error::{HostError, HostResult},
 };
 
@@ -76,28 +73,17 @@ impl ShadowDir {
     }
 }
 
-/// Copies `from` to the new file `to` and returns the SHA-256 of the bytes written.
+/// Copies the regular file `from` to the new file `to` and returns the SHA-256 of the bytes
+/// written; the copy is made read-only.
 fn copy_hashing(from: &Path, to: &Path) -> HostResult<String> {
-    let mut source = File::open(from).map_err(|e| HostError::io(from, e))?;
     let mut target = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(to)
         .map_err(|e| HostError::io(to, e))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = source
-            .read(&mut buffer)
-            .map_err(|e| HostError::io(from, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        target
-            .write_all(&buffer[..n])
-            .map_err(|e| HostError::io(to, e))?;
-    }
+    let sha256 = sha256_of_regular_file(from, |chunk| {
+        target.write_all(chunk).map_err(|e| HostError::io(to, e))
+    })?;
     let mut permissions = target
         .metadata()
         .map_err(|e| HostError::io(to, e))?
@@ -106,7 +92,7 @@ fn copy_hashing(from: &Path, to: &Path) -> HostResult<String> {
     target
         .set_permissions(permissions)
         .map_err(|e| HostError::io(to, e))?;
-    Ok(hex(&hasher.finalize()))
+    Ok(sha256)
 }
 
 /// Removes `root/<pid>` directories whose process is gone. Best effort: failures are logged.

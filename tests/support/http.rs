@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
+    net::TcpStream,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -39,6 +40,7 @@ pub struct TestServer {
     pub api_key: Option<String>,
     /// The served (and watched) plugin directory.
     pub plugin_dir: PathBuf,
+    manager: Arc<PluginManager>,
     server: Option<RunningServer>,
     _tmp: tempfile::TempDir,
 }
@@ -70,7 +72,7 @@ impl TestServer {
         .unwrap();
         let api_key = config.api_key.clone();
         let server = RunningServer::start(
-            manager,
+            manager.clone(),
             ServerOptions {
                 config,
                 source: PluginSource::Directory(dir.clone()),
@@ -86,6 +88,7 @@ impl TestServer {
             base: format!("http://{}", server.local_addr()),
             api_key,
             plugin_dir: dir,
+            manager,
             server: Some(server),
             _tmp: tmp,
         };
@@ -100,6 +103,37 @@ impl TestServer {
             assert!(started.elapsed() < WAIT, "waited {WAIT:?} for {what}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Packs `library` with `config` in a hidden staging folder (which the watcher ignores),
+    /// then moves the library and the manifest into `folder` of the served directory with
+    /// atomic renames, library first: a new plugin or a reload for the watcher.
+    pub fn install(&self, folder: &str, library: &Path, config: Value) {
+        let staging_name = format!(".staging-{folder}");
+        let (staging, manifest) = pack_into(
+            &self.manager,
+            library,
+            &self.plugin_dir,
+            &staging_name,
+            config,
+        );
+        let target = self.plugin_dir.join(folder);
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::rename(
+            staging.join(&manifest.library),
+            target.join(&manifest.library),
+        )
+        .unwrap();
+        std::fs::rename(staging.join("plugin.json"), target.join("plugin.json")).unwrap();
+        std::fs::remove_dir_all(staging).unwrap();
+    }
+
+    /// A raw TCP connection to the server, whose reads give up after [`WAIT`].
+    pub fn connect(&self) -> TcpStream {
+        let addr = self.base.strip_prefix("http://").expect("an http:// base");
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream
     }
 
     /// The full URL of `path`.
@@ -148,6 +182,21 @@ impl TestServer {
             .post(self.url(path))
             .header("Content-Type", "application/json");
         read(with_key(request, key).send(body))
+    }
+
+    /// `POST path` with raw `body` and the header `Authorization: {authorization}`: status and
+    /// body text.
+    pub fn post_with_authorization(
+        &self,
+        path: &str,
+        body: &[u8],
+        authorization: &str,
+    ) -> (u16, String) {
+        let request = Self::agent()
+            .post(self.url(path))
+            .header("Content-Type", "application/json")
+            .header("Authorization", authorization);
+        read(request.send(body))
     }
 
     /// `POST path` with a JSON body and the server's key: status and JSON answer.

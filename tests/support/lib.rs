@@ -69,6 +69,9 @@ pub struct Variant {
     /// With `api_version`: the copied API appends a function to the root module, as a later
     /// minor version of the API would.
     pub api_appends_function: bool,
+    /// Leave out the `batched-generation` capability: the host runs each sequence through one
+    /// streaming `generate` / `chat` call instead of batched steps.
+    pub without_batching: bool,
     /// Sleep this many milliseconds before making each token (streamed or batched: a step of
     /// n sequences sleeps n times): a slow model, so tests can act while a generation runs.
     pub token_delay_ms: Option<u64>,
@@ -108,6 +111,14 @@ pub fn build_variant(variant: &Variant) -> PathBuf {
                 anchor,
                 &format!("{anchor}\nstd::thread::sleep(std::time::Duration::from_millis({ms}));"),
             );
+        }
+        if variant.without_batching {
+            let capability = "Capability::BatchedGeneration,";
+            assert!(
+                entry.file_name() != "lib.rs" || text.contains(capability),
+                "lib.rs no longer contains {capability:?}"
+            );
+            text = text.replace(capability, "");
         }
         if variant.without_root_module {
             text = text

@@ -25,8 +25,9 @@ pub struct ServeArgs {
     #[arg(long)]
     addr: Option<String>,
     /// TOML file with any of: addr, plugins, api_key, profile, queue_depth,
-    /// request_timeout_secs, body_limit_bytes, max_tokens_limit, default_max_tokens, and a
-    /// [batch] table with max_sequences, target_step_ms.
+    /// request_timeout_secs, body_limit_bytes, max_tokens_limit, default_max_tokens,
+    /// header_read_timeout_secs, idle_timeout_secs, header_limit_bytes, and a [batch] table
+    /// with max_sequences, target_step_ms.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Named limits: default, low-latency or throughput [env PIO_PROFILE].
@@ -44,6 +45,18 @@ pub struct ServeArgs {
     /// Largest max_tokens a request may ask for [env PIO_MAX_TOKENS_LIMIT].
     #[arg(long)]
     max_tokens_limit: Option<u32>,
+    /// Seconds a client may take to send a request's line and headers once it has started
+    /// [default: 10; env PIO_HEADER_READ_TIMEOUT_SECS].
+    #[arg(long = "header-read-timeout", value_name = "SECS")]
+    header_read_timeout_secs: Option<u64>,
+    /// Seconds a connection may stay open with no request in flight, and a request body may take
+    /// to arrive [default: 60; env PIO_IDLE_TIMEOUT_SECS].
+    #[arg(long = "idle-timeout", value_name = "SECS")]
+    idle_timeout_secs: Option<u64>,
+    /// Largest request line plus headers in bytes; larger is answered 431
+    /// [default: 16384; env PIO_HEADER_LIMIT_BYTES].
+    #[arg(long)]
+    header_limit_bytes: Option<usize>,
     /// Most sequences one batched step may carry [env PIO_BATCH_MAX_SEQUENCES].
     #[arg(long)]
     batch_max_sequences: Option<usize>,
@@ -74,6 +87,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         body_limit_bytes: args.body_limit_bytes,
         max_tokens_limit: args.max_tokens_limit,
         default_max_tokens: None,
+        header_read_timeout_secs: args.header_read_timeout_secs,
+        idle_timeout_secs: args.idle_timeout_secs,
+        header_limit_bytes: args.header_limit_bytes,
         batch: BatchLayer {
             max_sequences: args.batch_max_sequences,
             target_step_ms: args.batch_target_step_ms,

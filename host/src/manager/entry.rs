@@ -207,6 +207,8 @@ impl Entry {
             dir: self.dir.clone(),
             state: published.state,
             metadata: published.metadata,
+            retiring: self.is_retiring(),
+            open_sequences: self.open_sequence_count(),
         }
     }
 

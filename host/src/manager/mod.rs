@@ -52,6 +52,11 @@ pub struct PluginSummary {
     pub state: PluginState,
     /// The library's metadata, once loaded.
     pub metadata: Option<PluginMetadata>,
+    /// Replaced or being unloaded: it takes no new work and is torn down once its open
+    /// batched sequences have closed.
+    pub retiring: bool,
+    /// Batched sequences open on this instance.
+    pub open_sequences: usize,
 }
 
 /// A response together with the plugin instance that produced it.

@@ -1,4 +1,5 @@
-//! The JSON body extractor: the body is read up to the configured limit (larger is 413) and
+//! The JSON body extractor: the body is read up to the configured limit (larger is 413) within
+//! the idle timeout (a body still incomplete then is 408, and the connection is closed) and
 //! parsed into the route's request type (malformed or mistyped is 400, naming the problem).
 
 use std::sync::Arc;
@@ -20,8 +21,11 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, app: &Arc<App>) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, app)
+        let timeout = app.config.connection.idle_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(request, app));
+        let bytes = read
             .await
+            .map_err(|_| ApiError::body_timeout(timeout))?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::too_large(app.config.body_limit_bytes)

@@ -88,6 +88,33 @@ pub struct ServerConfig {
     pub default_max_tokens: u32,
     /// Continuous batching of plugins with batched generation.
     pub batch: BatchConfig,
+    /// Connection limits: header read and idle timeouts, header size.
+    pub connection: ConnectionLimits,
+}
+
+/// Limits on client connections, so half-sent requests and idle connections do not pile up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Once the first byte of a request has arrived, its request line and headers must be
+    /// complete within this time; else the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight (a fresh one before its first byte, or a kept-alive
+    /// one between requests) is closed after this long; a request body must also have arrived
+    /// whole within this time of the handler starting to read it (else 408).
+    pub idle_timeout: Duration,
+    /// Largest request line plus headers, in bytes; larger is answered 431 and the connection
+    /// closed.
+    pub header_limit_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            header_limit_bytes: 16 * 1024,
+        }
+    }
 }
 
 /// How the scheduler batches the sequences of a plugin with batched generation.
@@ -134,6 +161,12 @@ pub struct ConfigLayer {
     pub max_tokens_limit: Option<u32>,
     /// See [`ServerConfig::default_max_tokens`].
     pub default_max_tokens: Option<u32>,
+    /// See [`ConnectionLimits::header_read_timeout`], in seconds.
+    pub header_read_timeout_secs: Option<u64>,
+    /// See [`ConnectionLimits::idle_timeout`], in seconds.
+    pub idle_timeout_secs: Option<u64>,
+    /// See [`ConnectionLimits::header_limit_bytes`].
+    pub header_limit_bytes: Option<usize>,
     /// See [`ServerConfig::batch`]; the TOML table `[batch]`.
     #[serde(default)]
     pub batch: BatchLayer,
@@ -153,6 +186,7 @@ impl ConfigLayer {
     /// Reads the `PIO_*` variables through `var` (the process environment in `pio serve`):
     /// `PIO_ADDR`, `PIO_API_KEY`, `PIO_PROFILE`, `PIO_QUEUE_DEPTH`, `PIO_REQUEST_TIMEOUT_SECS`,
     /// `PIO_BODY_LIMIT_BYTES`, `PIO_MAX_TOKENS_LIMIT`, `PIO_DEFAULT_MAX_TOKENS`,
+    /// `PIO_HEADER_READ_TIMEOUT_SECS`, `PIO_IDLE_TIMEOUT_SECS`, `PIO_HEADER_LIMIT_BYTES`,
     /// `PIO_BATCH_MAX_SEQUENCES`, `PIO_BATCH_TARGET_STEP_MS`.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         fn number<T: FromStr>(
@@ -177,6 +211,9 @@ impl ConfigLayer {
             body_limit_bytes: number(&var, "PIO_BODY_LIMIT_BYTES")?,
             max_tokens_limit: number(&var, "PIO_MAX_TOKENS_LIMIT")?,
             default_max_tokens: number(&var, "PIO_DEFAULT_MAX_TOKENS")?,
+            header_read_timeout_secs: number(&var, "PIO_HEADER_READ_TIMEOUT_SECS")?,
+            idle_timeout_secs: number(&var, "PIO_IDLE_TIMEOUT_SECS")?,
+            header_limit_bytes: number(&var, "PIO_HEADER_LIMIT_BYTES")?,
             batch: BatchLayer {
                 max_sequences: number(&var, "PIO_BATCH_MAX_SEQUENCES")?,
                 target_step_ms: number(&var, "PIO_BATCH_TARGET_STEP_MS")?,
@@ -196,6 +233,11 @@ impl ConfigLayer {
             body_limit_bytes: self.body_limit_bytes.or(lower.body_limit_bytes),
             max_tokens_limit: self.max_tokens_limit.or(lower.max_tokens_limit),
             default_max_tokens: self.default_max_tokens.or(lower.default_max_tokens),
+            header_read_timeout_secs: self
+                .header_read_timeout_secs
+                .or(lower.header_read_timeout_secs),
+            idle_timeout_secs: self.idle_timeout_secs.or(lower.idle_timeout_secs),
+            header_limit_bytes: self.header_limit_bytes.or(lower.header_limit_bytes),
             batch: BatchLayer {
                 max_sequences: self.batch.max_sequences.or(lower.batch.max_sequences),
                 target_step_ms: self.batch.target_step_ms.or(lower.batch.target_step_ms),
@@ -214,6 +256,7 @@ impl ConfigLayer {
         })?;
         let max_tokens_limit = self.max_tokens_limit.unwrap_or(max_tokens_limit);
         let (max_sequences, target_step_ms) = profile.batch();
+        let connection = ConnectionLimits::default();
         let config = ServerConfig {
             addr,
             plugins: self.plugins,
@@ -229,6 +272,17 @@ impl ConfigLayer {
                 target_step: Duration::from_millis(
                     self.batch.target_step_ms.unwrap_or(target_step_ms),
                 ),
+            },
+            connection: ConnectionLimits {
+                header_read_timeout: self
+                    .header_read_timeout_secs
+                    .map_or(connection.header_read_timeout, Duration::from_secs),
+                idle_timeout: self
+                    .idle_timeout_secs
+                    .map_or(connection.idle_timeout, Duration::from_secs),
+                header_limit_bytes: self
+                    .header_limit_bytes
+                    .unwrap_or(connection.header_limit_bytes),
             },
         };
         config.validate()?;
@@ -276,6 +330,23 @@ impl ServerConfig {
         check(
             (1..=60_000).contains(&target_ms),
             format!("batch.target_step_ms must be in 1..=60000, got {target_ms}"),
+        )?;
+        let connection = &self.connection;
+        for (field, timeout) in [
+            ("header_read_timeout_secs", connection.header_read_timeout),
+            ("idle_timeout_secs", connection.idle_timeout),
+        ] {
+            check(
+                (1..=3600).contains(&timeout.as_secs()),
+                format!("{field} must be in 1..=3600, got {}", timeout.as_secs()),
+            )?;
+        }
+        check(
+            (1024..=1 << 20).contains(&connection.header_limit_bytes),
+            format!(
+                "header_limit_bytes must be in 1024..=1048576, got {}",
+                connection.header_limit_bytes
+            ),
         )?;
         if let Some(key) = &self.api_key {
             check(
@@ -423,5 +494,54 @@ mod tests {
             ..ConfigLayer::default()
         };
         assert!(layer.resolve().unwrap_err().contains("default_max_tokens"));
+
+        for (layer, field) in [
+            (
+                ConfigLayer {
+                    header_read_timeout_secs: Some(0),
+                    ..ConfigLayer::default()
+                },
+                "header_read_timeout_secs",
+            ),
+            (
+                ConfigLayer {
+                    idle_timeout_secs: Some(0),
+                    ..ConfigLayer::default()
+                },
+                "idle_timeout_secs",
+            ),
+            (
+                ConfigLayer {
+                    header_limit_bytes: Some(10),
+                    ..ConfigLayer::default()
+                },
+                "header_limit_bytes",
+            ),
+        ] {
+            assert!(layer.resolve().unwrap_err().contains(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_come_from_every_layer() {
+        let defaults = ServerConfig::default().connection;
+        assert_eq!(defaults, ConnectionLimits::default());
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.header_limit_bytes, 16 * 1024);
+        let file: ConfigLayer = toml::from_str(
+            "header_read_timeout_secs = 3\nidle_timeout_secs = 4\nheader_limit_bytes = 9000",
+        )
+        .unwrap();
+        let env = ConfigLayer::from_env(env(&[("PIO_IDLE_TIMEOUT_SECS", "5")])).unwrap();
+        let limits = env.over(file).resolve().unwrap().connection;
+        assert_eq!(
+            limits,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_secs(3),
+                idle_timeout: Duration::from_secs(5),
+                header_limit_bytes: 9000,
+            }
+        );
     }
 }

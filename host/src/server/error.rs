@@ -1,6 +1,8 @@
 //! OpenAI-style error responses: `{"error": {"message", "type", "param", "code"}}` with the
 //! matching HTTP status. Every refusal of the server goes through [`ApiError`].
 
+use std::borrow::Cow;
+
 use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Response},
@@ -20,8 +22,8 @@ pub struct ApiError {
     pub message: String,
     /// OpenAI error type (`invalid_request_error`, `authentication_error`, ...).
     pub kind: &'static str,
-    /// The request field at fault, if one is.
-    pub param: Option<&'static str>,
+    /// The request field at fault, if one is (`messages[2].role`).
+    pub param: Option<Cow<'static, str>>,
     /// A stable machine-readable code.
     pub code: &'static str,
 }
@@ -53,9 +55,9 @@ impl ApiError {
     }
 
     /// 400: the request is malformed or out of range; `param` names the field.
-    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(param: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
-            param: Some(param),
+            param: Some(param.into()),
             ..Self::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
@@ -110,6 +112,19 @@ impl ApiError {
         )
     }
 
+    /// 408: the request body did not arrive in time; the connection is closed.
+    pub fn body_timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                after.as_secs()
+            ),
+        )
+    }
+
     /// 503: the server cannot serve this now (loading, timed out, plugin not ready).
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
@@ -150,6 +165,13 @@ impl IntoResponse for ApiError {
             self.body().to_string(),
         )
             .into_response();
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: do not read it as the next request.
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         response.extensions_mut().insert(ErrorLabel {
             kind: self.kind,
             code: self.code,
@@ -162,7 +184,7 @@ impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::NotServed(model) => ApiError {
-                param: Some("model"),
+                param: Some("model".into()),
                 ..ApiError::not_found(
                     "model_not_found",
                     format!("model '{model}' is not served (GET /v1/models lists the models)"),
@@ -199,7 +221,7 @@ impl From<&HostError> for ApiError {
         let message = error.to_string();
         match error {
             HostError::NotFound(_) => ApiError {
-                param: Some("model"),
+                param: Some("model".into()),
                 ..ApiError::not_found("model_not_found", message)
             },
             HostError::MissingCapability { .. } => ApiError::invalid("model", message),

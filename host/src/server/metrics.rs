@@ -177,7 +177,7 @@ impl Default for Metrics {
             generated_tokens: Family::new("pio_generated_tokens_total", "Tokens generated."),
             sequences_closed: Family::new(
                 "pio_sequences_closed_total",
-                "Batched sequences closed in their plugin, by reason (finished, disconnected, timeout, failed).",
+                "Batched sequences closed in their plugin, by reason (finished, limit: the host cut a plugin that went past max_tokens or a stop string, disconnected, timeout, failed).",
             ),
             prefix_cache: Family::new(
                 "pio_prefix_cache_lookups_total",

@@ -8,6 +8,8 @@
 //! - [`routes`]: the router and handlers; [`openai`]: the wire format; [`stream`]: SSE;
 //!   [`body`]: JSON bodies within the size limit; [`auth`]: the API key; [`error`]: error
 //!   bodies; [`metrics`]: Prometheus text.
+//! - `conn`: the accept loop and HTTP/1 connections with their header-read and idle timeouts
+//!   and header size limit.
 //!
 //! The HTTP side is async (`tokio`, `axum`); plugins are called only from the scheduler
 //! threads, which talk to handlers through channels.
@@ -15,6 +17,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+mod conn;
 pub mod engine;
 pub mod error;
 pub mod metrics;
@@ -36,7 +39,7 @@ use tokio::sync::oneshot;
 
 use crate::{watch::WatchOptions, PluginManager};
 
-pub use config::{BatchConfig, BatchLayer, ConfigLayer, Profile, ServerConfig};
+pub use config::{BatchConfig, BatchLayer, ConfigLayer, ConnectionLimits, Profile, ServerConfig};
 pub use plugins::PluginSource;
 
 use engine::Engine;
@@ -130,6 +133,7 @@ impl RunningServer {
             .enable_time()
             .build()?;
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let limits = app.config.connection;
         let router = routes::router(app);
         runtime.spawn(async move {
             let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -139,14 +143,7 @@ impl RunningServer {
                     return;
                 }
             };
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = shutdown_rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!("server on {addr} stopped: {e}");
-            }
+            conn::serve(listener, router, limits, shutdown_rx).await;
         });
         tracing::info!(%addr, "listening");
         Ok(Self {

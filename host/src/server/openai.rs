@@ -10,7 +10,13 @@ use serde_json::{json, Value};
 use super::{engine::Completion, error::ApiError};
 
 /// Most stop strings a request may give.
-const MAX_STOP_STRINGS: usize = 16;
+pub const MAX_STOP_STRINGS: usize = 16;
+
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// Highest `temperature` accepted (OpenAI's range is 0 to 2).
+const MAX_TEMPERATURE: f32 = 2.0;
 
 /// Sampling fields shared by chat and text completions.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -93,6 +99,24 @@ impl Sampling {
                 ),
             ));
         }
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                "stop",
+                format!(
+                    "a stop string has {} bytes; at most {MAX_STOP_BYTES} are accepted",
+                    long.len()
+                ),
+            ));
+        }
+        if let Some(temperature) = self.temperature {
+            // `validate` below refuses negative and non-finite values.
+            if temperature > MAX_TEMPERATURE {
+                return Err(ApiError::invalid(
+                    "temperature",
+                    format!("temperature must be in [0, {MAX_TEMPERATURE}], got {temperature}"),
+                ));
+            }
+        }
         let defaults = GenerationParams::default();
         let params = GenerationParams {
             max_new_tokens: max_tokens,
@@ -162,15 +186,42 @@ struct ContentPart {
     text: Option<String>,
 }
 
+/// The role a plugin gets for a message's `role`: `system`, `user` and `assistant` as they
+/// are; `developer` (OpenAI's newer name for system instructions) as `system`. Everything else
+/// is refused: `tool` and `function` (this server has no tool calling) and any other string,
+/// which would otherwise reach the plugin's chat template.
+fn plugin_role(role: &str) -> Result<&'static str, String> {
+    match role {
+        "system" | "developer" => Ok("system"),
+        "user" => Ok("user"),
+        "assistant" => Ok("assistant"),
+        "tool" | "function" => Err(format!(
+            "role '{role}' is not supported: this server does not do tool calling"
+        )),
+        other => {
+            let shown: String = other.chars().take(40).collect();
+            Err(format!(
+                "unknown role {shown:?}; one of: system, developer, user, assistant"
+            ))
+        }
+    }
+}
+
 impl ChatCompletionRequest {
-    /// The conversation as plugin chat messages; only text content is accepted.
+    /// The conversation as plugin chat messages; only text content and the roles of
+    /// [`plugin_role`] are accepted.
     pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid("messages", "messages must not be empty"));
         }
         self.messages
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(i, m)| {
+                let role = plugin_role(&m.role).map_err(|message| {
+                    let field = format!("messages[{i}].role");
+                    ApiError::invalid(field.clone(), format!("{field}: {message}"))
+                })?;
                 let text = match &m.content {
                     None => String::new(),
                     Some(Content::Text(text)) => text.clone(),
@@ -179,16 +230,16 @@ impl ChatCompletionRequest {
                         .map(|p| match (p.kind.as_str(), &p.text) {
                             ("text", Some(text)) => Ok(text.as_str()),
                             (kind, _) => Err(ApiError::invalid(
-                                "messages",
+                                format!("messages[{i}].content"),
                                 format!(
-                                    "content parts of type '{kind}' are not supported; only 'text'"
+                                    "messages[{i}].content: content parts of type '{kind}' are not supported; only 'text'"
                                 ),
                             )),
                         })
                         .collect::<Result<Vec<_>, _>>()?
                         .concat(),
                 };
-                Ok(ChatMessage::new(&m.role, &text))
+                Ok(ChatMessage::new(role, &text))
             })
             .collect()
     }
@@ -544,13 +595,52 @@ mod tests {
             (json!({"temperature": -1.0}), "temperature"),
             (json!({"top_p": 0.0}), "top_p"),
             (json!({"stop": [""]}), "stop"),
+            (json!({"stop": vec!["x"; 17]}), "stop"),
+            (json!({"stop": "x".repeat(257)}), "stop"),
+            (json!({"temperature": 2.5}), "temperature"),
+            (json!({"temperature": 1e39}), "temperature"),
+            (json!({"top_p": 1.5}), "top_p"),
+            (json!({"min_p": -0.1}), "min_p"),
+            (json!({"repetition_penalty": 0.0}), "repetition_penalty"),
             (json!({"n": 2}), "n"),
         ];
         for (body, field) in cases {
             let error = sampling(body.clone()).params(LIMITS).unwrap_err();
-            assert_eq!(error.param, Some(field), "{body}");
+            assert_eq!(error.param.as_deref(), Some(field), "{body}");
             assert_eq!(error.status, 400);
         }
+    }
+
+    fn chat_request(messages: Value) -> ChatCompletionRequest {
+        serde_json::from_value(json!({"model": "m", "messages": messages})).unwrap()
+    }
+
+    #[test]
+    fn only_known_roles_are_accepted() {
+        let request = chat_request(json!([
+            {"role": "developer", "content": "be brief"},
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a"},
+        ]));
+        let roles: Vec<String> = request
+            .messages()
+            .unwrap()
+            .iter()
+            .map(|m| m.role.to_string())
+            .collect();
+        assert_eq!(roles, ["system", "system", "user", "assistant"]);
+        for role in ["wizard", "{{ 7*7 }}", "tool", "function", "User", ""] {
+            let request = chat_request(json!([
+                {"role": "user", "content": "hi"},
+                {"role": role, "content": "x"},
+            ]));
+            let error = request.messages().unwrap_err();
+            assert_eq!(error.status, 400);
+            assert_eq!(error.param.as_deref(), Some("messages[1].role"), "{role}");
+        }
+        let error = chat_request(json!([])).messages().unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("messages"));
     }
 
     #[test]

@@ -12,10 +12,10 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use pio_plugin_api::{Capability, ChatRequest, EmbedRequest, GenerateRequest};
+use pio_plugin_api::{Capability, ChatRequest, EmbedRequest, ErrorKind, GenerateRequest};
 use serde_json::{json, Value};
 
-use crate::PluginState;
+use crate::{HostError, PluginState, PluginSummary};
 
 use super::{
     auth::require_api_key,
@@ -145,6 +145,19 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     json_response(status, &body)
 }
 
+/// Whether `plugin` is the very instance its name resolves to: same version *and* reload
+/// generation (a failed or retiring attempt may share the version of the one serving).
+fn serves(app: &App, plugin: &PluginSummary) -> bool {
+    app.manager
+        .info(&plugin.manifest.name)
+        .is_ok_and(|serving| {
+            serving.id == plugin.id
+                && serving.generation == plugin.generation
+                && serving.state == PluginState::Active
+                && !serving.retiring
+        })
+}
+
 /// `GET /v1/models`: every active plugin; the instance serving a name is listed by the bare
 /// name, other active versions as `name@version`.
 async fn models(State(app): State<Arc<App>>) -> Response {
@@ -152,9 +165,12 @@ async fn models(State(app): State<Arc<App>>) -> Response {
         .manager
         .list_active_plugins()
         .into_iter()
+        // A retiring instance only finishes the sequences it has: requests to it would go to
+        // whatever serves its name now.
+        .filter(|p| !p.retiring)
         .map(|p| {
             let name = &p.manifest.name;
-            let serving = app.manager.resolve(name).ok().as_ref() == Some(&p.id);
+            let serving = serves(&app, &p);
             let capabilities: Vec<&str> = p
                 .metadata
                 .iter()
@@ -345,13 +361,42 @@ async fn detokenize(
 ) -> Result<Response, ApiError> {
     let priority = priority(None, &headers)?;
     let DetokenizeRequest { model, tokens } = request;
-    let text = app
+    let answer = app
         .engine
         .call(&model, priority, move |manager, model| {
-            manager.detokenize(model, &tokens)
+            if let Some(vocab) = vocab_size(manager, model) {
+                let outside = tokens.iter().enumerate().find(|(_, &t)| u64::from(t) >= vocab);
+                if let Some((i, token)) = outside {
+                    return Ok(Err(ApiError::invalid(
+                        "tokens",
+                        format!(
+                            "token id {token} (tokens[{i}]) is outside the vocabulary of {vocab} tokens"
+                        ),
+                    )));
+                }
+            }
+            manager.detokenize(model, &tokens).map(Ok)
         })
-        .await?;
-    Ok(json_response(StatusCode::OK, &json!({"prompt": text})))
+        .await;
+    match answer {
+        Ok(Ok(text)) => Ok(json_response(StatusCode::OK, &json!({"prompt": text}))),
+        Ok(Err(error)) => Err(error),
+        // The plugin refused the ids (say, one it has no text for): the client's mistake.
+        Err(EngineError::Host(HostError::Plugin { error, .. }))
+            if error.kind == ErrorKind::InvalidInput =>
+        {
+            Err(ApiError::invalid("tokens", error.message.to_string()))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The vocabulary size the plugin `model` reports in its stats details (`vocab_size`), if it
+/// does. Runs on the plugin's scheduler thread, like every plugin call.
+fn vocab_size(manager: &crate::PluginManager, model: &str) -> Option<u64> {
+    let stats = manager.stats(model).ok()?;
+    let details: Value = serde_json::from_str(&stats.details_json).ok()?;
+    details.get("vocab_size")?.as_u64()
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -372,7 +417,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /admin/plugins`: every plugin with version, state, generation, capabilities and queue,
-/// plus the last reload events.
+/// plus the last reload events. `role` tells the instances of a name apart: `serving` (the one
+/// its name resolves to; `serving: true`), `retiring` (replaced or unloaded, finishing its open
+/// sequences; `retiring: true`), `failed` (an attempt that failed, with its `reason`),
+/// `available` (another active version, reachable as `name@version`) or `inactive`. `queued`
+/// and `active_sequences` are those of the name's queue; `open_sequences` this instance's.
 async fn admin_plugins(State(app): State<Arc<App>>) -> Response {
     let plugins: Vec<Value> = app
         .manager
@@ -382,6 +431,19 @@ async fn admin_plugins(State(app): State<Arc<App>>) -> Response {
             let (state, reason) = match &p.state {
                 PluginState::Failed(reason) => ("failed".to_owned(), Some(reason.clone())),
                 state => (state.to_string(), None),
+            };
+            let serving = serves(&app, &p);
+            let role = if serving {
+                "serving"
+            } else if p.retiring {
+                "retiring"
+            } else if reason.is_some() {
+                "failed"
+            } else if p.state == PluginState::Active {
+                // Another version of the name, reachable as `name@version`.
+                "available"
+            } else {
+                "inactive"
             };
             let capabilities: Vec<&str> = p
                 .metadata
@@ -396,11 +458,14 @@ async fn admin_plugins(State(app): State<Arc<App>>) -> Response {
                 "generation": p.generation,
                 "state": state,
                 "reason": reason,
-                "serving": app.manager.resolve(&p.manifest.name).ok().as_ref() == Some(&p.id),
+                "role": role,
+                "serving": serving,
+                "retiring": p.retiring,
                 "capabilities": capabilities,
                 "folder": p.dir,
                 "queued": lane.queued,
                 "active_sequences": lane.active,
+                "open_sequences": p.open_sequences,
             })
         })
         .collect();

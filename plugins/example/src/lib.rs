@@ -25,7 +25,11 @@
 //! - `fail_in` (string) and `fault` (string, default `"panic"`): fault injection for the host's
 //!   tests — the named call (`initialize`, `activate`, `infer`, `generate`, `chat`,
 //!   `open_sequence`, `step_sequences`, `close_sequence`) fails that way (see [`fault`]), to
-//!   prove the host survives it.
+//!   prove the host survives it;
+//! - `ignore_limits` (boolean, default false): a test fixture for the host — generation
+//!   ignores `max_new_tokens` and stop strings (it still ends with the mirrored prompt or the
+//!   context, and still stops when the host's token callback says so), to prove the host
+//!   enforces them itself. Never set it otherwise.
 
 mod batch;
 mod fault;
@@ -43,6 +47,9 @@ use batch::OpenSequences;
 use fault::FaultPlan;
 use mirror::MirrorSequence;
 
+/// Token ids are below this: one past the largest Unicode scalar value.
+const VOCAB_SIZE: u32 = 0x11_0000;
+
 /// Context length used when the host does not ask for one.
 const DEFAULT_CONTEXT_LENGTH: u32 = 4096;
 
@@ -51,6 +58,8 @@ const DEFAULT_CONTEXT_LENGTH: u32 = 4096;
 struct Config {
     dimensions: usize,
     fault: Option<FaultPlan>,
+    /// Test fixture: generate as if no `max_new_tokens` or stop string had been given.
+    ignore_limits: bool,
 }
 
 impl Config {
@@ -69,9 +78,18 @@ impl Config {
                     ))
                 })? as usize,
         };
+        let ignore_limits = match object.get("ignore_limits") {
+            None => false,
+            Some(value) => value.as_bool().ok_or_else(|| {
+                PluginError::invalid_input(format!(
+                    "configuration 'ignore_limits' must be a boolean, got {value}"
+                ))
+            })?,
+        };
         Ok(Self {
             dimensions,
             fault: FaultPlan::from_config(object)?,
+            ignore_limits,
         })
     }
 
@@ -87,6 +105,8 @@ impl Config {
 #[derive(Debug)]
 struct Active {
     context_length: u32,
+    /// See [`Config::ignore_limits`].
+    ignore_limits: bool,
     requests: u64,
     tokens: u64,
     sequences: OpenSequences,
@@ -96,6 +116,17 @@ impl Active {
     /// Checks a request against the context and starts its sequence.
     fn start(&self, prompt: Vec<u32>, params: &GenerationParams) -> PluginResult<MirrorSequence> {
         params.validate()?;
+        let unlimited;
+        let params = if self.ignore_limits {
+            unlimited = GenerationParams {
+                max_new_tokens: u32::MAX,
+                stop: Default::default(),
+                ..params.clone()
+            };
+            &unlimited
+        } else {
+            params
+        };
         let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
         if prompt_len >= self.context_length {
             return Err(PluginError::invalid_input(format!(
@@ -224,13 +255,16 @@ impl Plugin for ExamplePlugin {
     }
 
     fn activate(&mut self, options: &ActivateOptions) -> PluginResult<()> {
-        self.config()?.inject_fault("activate")?;
+        let config = self.config()?;
+        config.inject_fault("activate")?;
+        let ignore_limits = config.ignore_limits;
         let context_length = match options.context_length {
             0 => DEFAULT_CONTEXT_LENGTH,
             n => n,
         };
         self.active = Some(Active {
             context_length,
+            ignore_limits,
             requests: 0,
             tokens: 0,
             sequences: OpenSequences::default(),
@@ -347,6 +381,8 @@ impl Plugin for ExamplePlugin {
             "largest_batch": active.sequences.largest_step(),
             "open_sequences": active.sequences.count(),
             "pid": std::process::id(),
+            // Token ids are Unicode scalar values, all below this (surrogates are refused).
+            "vocab_size": VOCAB_SIZE,
         });
         PluginStats {
             host_memory_bytes: std::mem::size_of::<Self>() as u64,
@@ -478,6 +514,33 @@ mod tests {
         assert!(error.message.contains("has finished"), "{error:?}");
         plugin.close_sequence(id).unwrap();
         assert!(plugin.close_sequence(id).is_err());
+    }
+
+    #[test]
+    fn ignore_limits_generates_past_max_tokens_and_stops() {
+        let mut plugin = ExamplePlugin::new().unwrap();
+        plugin
+            .initialize(pio_plugin_api::serde_json::json!({"ignore_limits": true}))
+            .unwrap();
+        plugin.activate(&ActivateOptions::default()).unwrap();
+        let id = plugin
+            .open_sequence(&generate("abcdef", 2, &["dc"]))
+            .unwrap()
+            .id;
+        let mut text = String::new();
+        loop {
+            let step = plugin.step_sequences(&[id]).unwrap().remove(0);
+            text.push_str(&step.event.text);
+            if step.finish.into_option().is_some() {
+                break;
+            }
+        }
+        assert_eq!(text, "fedcba");
+        let error = ExamplePlugin::new()
+            .unwrap()
+            .initialize(pio_plugin_api::serde_json::json!({"ignore_limits": 1}))
+            .unwrap_err();
+        assert!(error.message.contains("ignore_limits"), "{error:?}");
     }
 
     #[test]

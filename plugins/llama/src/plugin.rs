@@ -492,6 +492,16 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_token_id_is_invalid_input_naming_it() {
+        let e = PluginError::from(Error::Text(pio_text::TextError::UnknownToken {
+            id: 999_999,
+            vocab_size: 49_152,
+        }));
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert!(e.message.contains("999999"), "{}", e.message);
+    }
+
+    #[test]
     fn metadata_is_static_and_names_capabilities() {
         let m = LlamaPlugin::metadata();
         assert_eq!(m.name, "llama");

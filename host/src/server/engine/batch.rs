@@ -19,8 +19,10 @@ use tokio::sync::mpsc;
 use crate::{HostError, HostResult};
 
 use super::{
-    limit::AdaptiveLimit, scheduler::Scheduler, Admission, Completion, EngineError, Sequence,
-    SequenceEvent,
+    guard::OutputGuard,
+    limit::AdaptiveLimit,
+    scheduler::{params, Scheduler},
+    Admission, Completion, EngineError, Sequence, SequenceEvent,
 };
 use crate::server::BatchConfig;
 
@@ -40,8 +42,8 @@ struct Running {
     admission: Admission,
     events: mpsc::UnboundedSender<SequenceEvent>,
     prompt_tokens: u32,
-    text: String,
-    tokens: u32,
+    /// What the client gets: at most max_tokens tokens, cut at a stop string.
+    guard: OutputGuard,
     /// When its previous token (or, before the first, its request) arrived.
     previous: Instant,
 }
@@ -96,8 +98,7 @@ impl Scheduler {
                     admission,
                     events,
                     prompt_tokens: served.response.prompt_tokens,
-                    text: String::new(),
-                    tokens: 0,
+                    guard: OutputGuard::new(params(request)),
                 });
                 self.publish(batch);
             }
@@ -151,39 +152,47 @@ impl Scheduler {
                 continue;
             };
             let now = Instant::now();
-            let first = sequence.tokens == 0;
+            let first = sequence.guard.tokens() == 0;
             self.metrics
                 .token(&self.name, first, now - sequence.previous);
             sequence.previous = now;
-            sequence.tokens += 1;
-            if !step.event.text.is_empty() {
-                sequence.text.push_str(&step.event.text);
+            // The sequence is closed as soon as the guard ends it, so it always takes the token.
+            let text = sequence.guard.accept(&step.event.text).unwrap_or_default();
+            if !text.is_empty() {
                 // A client that left is noticed at the next step boundary.
-                let _ = sequence
-                    .events
-                    .send(SequenceEvent::Text(step.event.text.into_string()));
+                let _ = sequence.events.send(SequenceEvent::Text(text));
             }
-            match step.finish.into_option() {
-                Some(finish) => {
-                    self.close(&sequence, "finished");
-                    self.metrics.generation(
-                        &self.name,
-                        finish.as_str(),
-                        u64::from(sequence.prompt_tokens),
-                    );
-                    let completion = Completion {
-                        completion_tokens: sequence.tokens,
-                        prompt_tokens: sequence.prompt_tokens,
-                        finish,
-                        plugin: sequence.owner.plugin.clone(),
-                        text: sequence.text,
-                    };
-                    let _ = sequence
-                        .events
-                        .send(SequenceEvent::Finished(Ok(completion)));
-                }
-                None => going_on.push(sequence),
+            let plugin_finish = step.finish.into_option();
+            if plugin_finish.is_none() && sequence.guard.ended().is_none() {
+                going_on.push(sequence);
+                continue;
             }
+            let (tail, finish) = sequence.guard.finish(plugin_finish);
+            if !tail.is_empty() {
+                let _ = sequence.events.send(SequenceEvent::Text(tail));
+            }
+            if plugin_finish.is_some() {
+                self.close(&sequence, "finished");
+            } else {
+                // The plugin would have gone on past max_tokens or a stop string.
+                tracing::warn!(plugin = %sequence.owner.plugin, "the plugin went on past max_tokens or a stop string; the host closed the sequence");
+                self.close(&sequence, "limit");
+            }
+            self.metrics.generation(
+                &self.name,
+                finish.as_str(),
+                u64::from(sequence.prompt_tokens),
+            );
+            let completion = Completion {
+                completion_tokens: sequence.guard.tokens(),
+                prompt_tokens: sequence.prompt_tokens,
+                finish,
+                plugin: sequence.owner.plugin.clone(),
+                text: sequence.guard.text().to_owned(),
+            };
+            let _ = sequence
+                .events
+                .send(SequenceEvent::Finished(Ok(completion)));
         }
         if let Some(sequence) = missing.first() {
             let error = HostError::Plugin {

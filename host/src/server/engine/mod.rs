@@ -12,6 +12,7 @@
 //! immediate: a full queue is refused with [`EngineError::QueueFull`].
 
 mod batch;
+mod guard;
 mod limit;
 mod queue;
 mod scheduler;

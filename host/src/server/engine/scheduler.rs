@@ -15,17 +15,26 @@ use std::{
     time::Instant,
 };
 
-use pio_plugin_api::{Capability, StreamControl, TokenEvent};
+use pio_plugin_api::{Capability, GenerationParams, StreamControl, TokenEvent};
 use tokio::sync::mpsc;
 
 use crate::PluginManager;
 
 use super::{
     batch::Batch,
+    guard::OutputGuard,
     queue::{QueueReceiver, Waiting},
     Admission, Completion, EngineError, Job, LaneState, Sequence, SequenceEvent,
 };
 use crate::server::{metrics::Metrics, BatchConfig};
+
+/// The generation parameters of a sequence request.
+pub(super) fn params(request: &Sequence) -> &GenerationParams {
+    match request {
+        Sequence::Generate(request) => &request.params,
+        Sequence::Chat(request) => &request.params,
+    }
+}
 
 /// Why the scheduler stopped a generation early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,14 +176,17 @@ impl Scheduler {
         let mut cancel = None;
         let mut previous = admission.arrived;
         let mut first = true;
+        let mut guard = OutputGuard::new(params(request));
         let on_token = |event: &TokenEvent| {
             let now = Instant::now();
             self.metrics.token(&self.name, first, now - previous);
             (first, previous) = (false, now);
-            let delivered = event.text.is_empty()
-                || events
-                    .send(SequenceEvent::Text(event.text.to_string()))
-                    .is_ok();
+            // Past max_tokens or a stop string the host relays nothing more, whatever the
+            // plugin sends.
+            let Some(text) = guard.accept(&event.text) else {
+                return StreamControl::Stop;
+            };
+            let delivered = text.is_empty() || events.send(SequenceEvent::Text(text)).is_ok();
             // Past the deadline the handler has answered 503 and dropped its receiver: that
             // is a timeout, not a client leaving.
             cancel = if now >= admission.deadline {
@@ -184,9 +196,10 @@ impl Scheduler {
             } else {
                 None
             };
-            match cancel {
-                Some(_) => StreamControl::Stop,
-                None => StreamControl::Continue,
+            if cancel.is_some() || guard.ended().is_some() {
+                StreamControl::Stop
+            } else {
+                StreamControl::Continue
             }
         };
         let reference = admission.reference.as_str();
@@ -199,15 +212,27 @@ impl Scheduler {
         let (outcome, prompt_tokens, answer) = match (result, cancel) {
             (Ok(served), None) => {
                 let response = served.response;
+                let (tail, finish) = guard.finish(Some(response.finish_reason));
+                if guard.overrun() > 0 {
+                    tracing::warn!(
+                        plugin = %served.plugin,
+                        dropped = guard.overrun(),
+                        "the plugin went on past max_tokens or a stop string; the host cut it"
+                    );
+                }
+                if !tail.is_empty() {
+                    let _ = events.send(SequenceEvent::Text(tail));
+                }
+                // The text and count the client got, not what the plugin says it made.
                 let completion = Completion {
-                    text: response.text.into_string(),
+                    text: guard.text().to_owned(),
                     prompt_tokens: response.prompt_tokens,
-                    completion_tokens: response.tokens.len() as u32,
-                    finish: response.finish_reason,
+                    completion_tokens: guard.tokens(),
+                    finish,
                     plugin: served.plugin,
                 };
                 (
-                    response.finish_reason.as_str(),
+                    finish.as_str(),
                     completion.prompt_tokens,
                     Some(Ok(completion)),
                 )
