@@ -14,7 +14,10 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use pio_host::server::{BatchLayer, ConfigLayer};
+use pio_host::{
+    isolation::{Isolation, IsolationLayer},
+    server::{BatchLayer, ConfigLayer},
+};
 use pio_plugin_api::ActivateOptions;
 use pio_tests::{
     build_variant,
@@ -248,6 +251,54 @@ fn streaming_chat_and_completion_end_with_usage_and_done() {
         .map(|d| chunk_text(&serde_json::from_str(d).unwrap()).to_owned())
         .collect();
     assert_eq!(text, "cba");
+}
+
+#[test]
+fn a_sequence_too_long_for_a_batch_slot_runs_alone() {
+    // The plugin refuses to open a batched sequence for lack of memory (as the Llama plugin
+    // does for a prompt longer than its slots can grow to): the server serves the request on
+    // the single-sequence path instead of failing it.
+    let server = example_server_with(
+        json!({"fail_in": "open_sequence", "fault": "out_of_memory"}),
+        ConfigLayer::default(),
+    );
+    assert_eq!(
+        streamed_text(&server, &chat("example", "too long")),
+        "gnol oot"
+    );
+    let (status, body) = server.post("/v1/chat/completions", &chat("example", "again"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "niaga");
+}
+
+#[test]
+fn a_plugin_in_a_worker_process_is_served_and_its_crash_fails_only_that_request() {
+    let layer = ConfigLayer {
+        isolation: IsolationLayer {
+            mode: Some(Isolation::Process),
+            ..IsolationLayer::default()
+        },
+        ..ConfigLayer::default()
+    };
+    // Every batched sequence's first step crashes the worker; single calls work.
+    let server = example_server_with(
+        json!({"fail_in": "step_sequences", "fault": "segfault"}),
+        layer,
+    );
+    let (status, body) = server.post("/v1/chat/completions", &chat("example", "crash"));
+    assert_eq!(status, 503, "{body}");
+    let (_, code, _) = error_of(&body);
+    assert_eq!(code, "plugin_crashed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("killed by signal 11 (SIGSEGV)"),
+        "{message}"
+    );
+    // The worker restarts for the next request.
+    let (status, body) = server.post("/tokenize", &json!({"model": "example", "prompt": "ab"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 2);
+    assert_eq!(server.get("/health").0, 200);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use pio_host::{
-    isolation::{Isolation, WorkerError, WorkerSettings},
+    isolation::{Isolation, IsolationConfig, WorkerError, WorkerSettings},
     HostError, PluginManager, PluginState,
 };
 use pio_plugin_api::{
@@ -29,7 +29,11 @@ impl Site {
     fn new(settings: WorkerSettings) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut manager = PluginManager::new(&dir.path().join("shadow")).unwrap();
-        manager.set_isolation(Isolation::Process, BTreeMap::new(), settings);
+        manager.set_isolation(IsolationConfig {
+            default: Isolation::Process,
+            per_plugin: BTreeMap::new(),
+            worker: settings,
+        });
         Self { dir, manager }
     }
 
@@ -246,7 +250,11 @@ fn a_crash_leaves_the_other_plugins_serving() {
     let mut manager = PluginManager::new(&dir.path().join("shadow")).unwrap();
     // The crashing plugin in a worker, a bystander in this process: modes mix per plugin.
     let per_plugin = BTreeMap::from([("bystander".to_owned(), Isolation::InProcess)]);
-    manager.set_isolation(Isolation::Process, per_plugin, WorkerSettings::default());
+    manager.set_isolation(IsolationConfig {
+        default: Isolation::Process,
+        per_plugin,
+        worker: WorkerSettings::default(),
+    });
     let bystander = build_variant(&Variant {
         id: "bystander",
         plugin_name: Some("bystander"),

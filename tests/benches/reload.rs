@@ -17,7 +17,7 @@ use std::{
 };
 
 use pio_host::{
-    isolation::{Isolation, WorkerSettings},
+    isolation::{Isolation, IsolationConfig},
     watch::{PluginWatcher, ReloadEvent, WatchOptions},
     PluginManager,
 };
@@ -132,7 +132,11 @@ fn main() {
             .map(std::path::PathBuf::from)
     };
     let isolation = flag("--isolation")
-        .map(|mode| mode.to_string_lossy().parse().expect("--isolation in-process|process"))
+        .map(|mode| {
+            mode.to_string_lossy()
+                .parse()
+                .expect("--isolation in-process|process")
+        })
         .unwrap_or_default();
     match flag("--folder") {
         Some(folder) => replace_in_place(&folder, flag("--model"), reloads, isolation),
@@ -149,7 +153,10 @@ fn replace_in_place(
 ) {
     let tmp = tempfile::tempdir().unwrap();
     let mut manager = PluginManager::new(&tmp.path().join("shadow")).unwrap();
-    manager.set_isolation(isolation, Default::default(), WorkerSettings::default());
+    manager.set_isolation(IsolationConfig {
+        default: isolation,
+        ..IsolationConfig::default()
+    });
     let manifest = pio_host::Manifest::read(folder).unwrap();
     if let Some(model) = model {
         manager.set_config_override(&manifest.name, json!({ "model": model }));

@@ -53,7 +53,7 @@ impl TestServer {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("plugins");
         std::fs::create_dir_all(&dir).unwrap();
-        let manager = Arc::new(PluginManager::new(&tmp.path().join("shadow")).unwrap());
+        let mut manager = PluginManager::new(&tmp.path().join("shadow")).unwrap();
         for plugin in plugins {
             pack_into(
                 &manager,
@@ -70,6 +70,8 @@ impl TestServer {
         }
         .resolve()
         .unwrap();
+        manager.set_isolation(config.isolation.clone());
+        let manager = Arc::new(manager);
         let api_key = config.api_key.clone();
         let server = RunningServer::start(
             manager.clone(),

@@ -13,7 +13,10 @@ use crate::{
     watch::WatchOptions,
 };
 
-use super::{run::ActivateArgs, session::new_manager};
+use super::{
+    run::ActivateArgs,
+    session::{isolation_layer, new_manager},
+};
 
 /// Arguments of `pio serve`.
 #[derive(Debug, Args)]
@@ -94,6 +97,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             max_sequences: args.batch_max_sequences,
             target_step_ms: args.batch_target_step_ms,
         },
+        isolation: isolation_layer(),
     };
     let env = ConfigLayer::from_env(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
     let file = match &args.config {
@@ -120,7 +124,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         },
         print_events: true,
     };
-    let manager = Arc::new(new_manager()?);
+    let mut manager = new_manager()?;
+    manager.set_isolation(options.config.isolation.clone());
+    let manager = Arc::new(manager);
     let server = RunningServer::start(manager, options)?;
     eprintln!(
         "listening on http://{} (Ctrl-C stops); reload events follow as JSON lines",

@@ -1,6 +1,6 @@
 //! A plugin manager filled from the plugin directories, as every plugin command needs.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::OnceLock, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::OnceLock};
 
 use anyhow::Context;
 use bytesize::ByteSize;
@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::{
     bundled::load_bundled,
-    isolation::{Isolation, WorkerSettings},
+    isolation::{Isolation, IsolationLayer},
     models::{default_model, DEFAULT_MODELS},
     paths, PluginManager,
 };
@@ -45,18 +45,14 @@ pub fn load_plugins(manager: &mut PluginManager, dirs: &PluginDirs) -> anyhow::R
     Ok(())
 }
 
-/// Where plugins run, for every command that loads them.
-#[derive(Debug, Clone, Args)]
+/// Where plugins run, for every command that loads them (`pio serve` also reads the
+/// `[isolation]` table of its configuration file, below these).
+#[derive(Debug, Clone, Default, Args)]
 pub struct IsolationArgs {
-    /// Run plugins in this process (`in-process`, the fastest) or each in a worker process of
-    /// its own (`process`: a crashing plugin takes down only its worker).
-    #[arg(
-        long,
-        global = true,
-        env = "PIO_ISOLATION",
-        default_value = "in-process"
-    )]
-    isolation: Isolation,
+    /// Run plugins in this process (`in-process`, the default and the fastest) or each in a
+    /// worker process of its own (`process`: a crashing plugin takes down only its worker).
+    #[arg(long, global = true, env = "PIO_ISOLATION", value_name = "MODE")]
+    isolation: Option<Isolation>,
     /// With process isolation: the address-space limit of each worker (e.g. `4GiB`).
     #[arg(
         long,
@@ -66,26 +62,33 @@ pub struct IsolationArgs {
     )]
     worker_memory_limit: Option<ByteSize>,
     /// With process isolation: the CPU-time limit of each worker, in seconds.
-    #[arg(long, global = true, env = "PIO_WORKER_CPU_LIMIT", value_name = "SECS")]
-    worker_cpu_limit: Option<u64>,
-    /// With process isolation: a worker silent this long during a call is killed as hung.
     #[arg(
         long,
         global = true,
-        env = "PIO_WORKER_STALL_TIMEOUT",
-        value_name = "SECS",
-        default_value_t = 300
+        env = "PIO_WORKER_CPU_LIMIT_SECS",
+        value_name = "SECS"
     )]
-    worker_stall_timeout: u64,
+    worker_cpu_limit_secs: Option<u64>,
+    /// With process isolation: a worker silent this long during a call is killed as hung
+    /// (default 300).
+    #[arg(
+        long,
+        global = true,
+        env = "PIO_WORKER_STALL_TIMEOUT_SECS",
+        value_name = "SECS"
+    )]
+    worker_stall_timeout_secs: Option<u64>,
 }
 
 impl IsolationArgs {
-    fn worker_settings(&self) -> WorkerSettings {
-        WorkerSettings {
-            memory_limit_bytes: self.worker_memory_limit.map(|size| size.as_u64()),
-            cpu_limit_secs: self.worker_cpu_limit,
-            stall_timeout: Duration::from_secs(self.worker_stall_timeout),
-            ..WorkerSettings::default()
+    /// These options as a configuration layer.
+    pub fn layer(&self) -> IsolationLayer {
+        IsolationLayer {
+            mode: self.isolation,
+            memory_limit: self.worker_memory_limit,
+            cpu_limit_secs: self.worker_cpu_limit_secs,
+            stall_timeout_secs: self.worker_stall_timeout_secs,
+            plugins: BTreeMap::new(),
         }
     }
 }
@@ -98,6 +101,14 @@ pub fn set_isolation(args: IsolationArgs) {
     let _ = ISOLATION.set(args);
 }
 
+/// The command line's isolation options as a configuration layer.
+pub fn isolation_layer() -> IsolationLayer {
+    ISOLATION
+        .get()
+        .map(IsolationArgs::layer)
+        .unwrap_or_default()
+}
+
 /// A manager with no plugins, its shadow copies under the cache, and the default model of each
 /// bundled model plugin as that plugin's default `model` configuration (used when the
 /// manifest names none; fetched by the commands that need it, see [`fetch_default_model`]).
@@ -105,9 +116,11 @@ pub fn new_manager() -> anyhow::Result<PluginManager> {
     let root = paths::shadow_root();
     let mut manager = PluginManager::new(&root)
         .with_context(|| format!("cannot set up shadow copies in {}", root.display()))?;
-    if let Some(args) = ISOLATION.get() {
-        manager.set_isolation(args.isolation, BTreeMap::new(), args.worker_settings());
-    }
+    let isolation = isolation_layer()
+        .resolve()
+        .map_err(anyhow::Error::msg)
+        .context("invalid isolation settings")?;
+    manager.set_isolation(isolation);
     for (plugin, _) in DEFAULT_MODELS {
         if let Some(model) = default_model(plugin) {
             manager.set_config_default(plugin, serde_json::json!({ "model": model.path() }));

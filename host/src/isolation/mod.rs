@@ -11,6 +11,7 @@
 //!   crashes too often.
 
 pub mod client;
+mod config;
 pub mod protocol;
 pub mod worker;
 
@@ -19,6 +20,7 @@ use std::{path::PathBuf, time::Duration};
 use serde::{Deserialize, Serialize};
 
 pub use client::{WorkerError, WorkerInstance};
+pub use config::{IsolationConfig, IsolationLayer};
 
 /// Where a plugin's code runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

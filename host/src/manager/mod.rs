@@ -23,7 +23,7 @@ use semver::Version;
 
 use crate::{
     error::{HostError, HostResult},
-    isolation::{Isolation, WorkerSettings},
+    isolation::{Isolation, IsolationConfig},
     manifest::Manifest,
     shadow::ShadowDir,
     state::{PluginState, Transition},
@@ -97,7 +97,7 @@ pub struct PluginManager {
     next_number: AtomicU64,
     shadow: ShadowDir,
     shadow_root: PathBuf,
-    isolation: IsolationPolicy,
+    isolation: IsolationConfig,
     host_version: Version,
     api_version: Version,
     config_overrides: BTreeMap<String, serde_json::Value>,
@@ -113,7 +113,7 @@ impl PluginManager {
             next_number: AtomicU64::new(1),
             shadow: ShadowDir::create(shadow_root)?,
             shadow_root: shadow_root.to_owned(),
-            isolation: IsolationPolicy::default(),
+            isolation: IsolationConfig::default(),
             host_version: Version::parse(HOST_VERSION).expect("crate version is semver"),
             api_version: pio_plugin_api::api_version(),
             config_overrides: BTreeMap::new(),
@@ -133,19 +133,10 @@ impl PluginManager {
         self
     }
 
-    /// Where plugins run: `default` for every plugin but those named in `per_plugin`, and how
-    /// worker processes are started and supervised. Applies to plugins loaded afterwards.
-    pub fn set_isolation(
-        &mut self,
-        default: Isolation,
-        per_plugin: BTreeMap<String, Isolation>,
-        worker: WorkerSettings,
-    ) {
-        self.isolation = IsolationPolicy {
-            default,
-            per_plugin,
-            worker,
-        };
+    /// Where plugins run, and how worker processes are started and supervised. Applies to
+    /// plugins loaded afterwards.
+    pub fn set_isolation(&mut self, isolation: IsolationConfig) {
+        self.isolation = isolation;
     }
 
     /// Where the plugin `name` runs when it is next loaded.
@@ -697,20 +688,6 @@ impl PluginManager {
     fn preflight(&self, manifest: &Manifest, dir: &Path) -> HostResult<()> {
         manifest.check_compatibility(&self.api_version, &self.host_version)?;
         manifest.verify_files(dir)
-    }
-}
-
-/// Where each plugin runs.
-#[derive(Debug, Clone, Default)]
-struct IsolationPolicy {
-    default: Isolation,
-    per_plugin: BTreeMap<String, Isolation>,
-    worker: WorkerSettings,
-}
-
-impl IsolationPolicy {
-    fn of(&self, name: &str) -> Isolation {
-        self.per_plugin.get(name).copied().unwrap_or(self.default)
     }
 }
 

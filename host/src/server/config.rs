@@ -7,6 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::Deserialize;
 
+use crate::isolation::{IsolationConfig, IsolationLayer};
+
 /// A named bundle of queue and limit settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -90,6 +92,8 @@ pub struct ServerConfig {
     pub batch: BatchConfig,
     /// Connection limits: header read and idle timeouts, header size.
     pub connection: ConnectionLimits,
+    /// Where plugins run (in this process or in worker processes) and the workers' limits.
+    pub isolation: IsolationConfig,
 }
 
 /// Limits on client connections, so half-sent requests and idle connections do not pile up.
@@ -170,6 +174,9 @@ pub struct ConfigLayer {
     /// See [`ServerConfig::batch`]; the TOML table `[batch]`.
     #[serde(default)]
     pub batch: BatchLayer,
+    /// See [`ServerConfig::isolation`]; the TOML table `[isolation]`.
+    #[serde(default)]
+    pub isolation: IsolationLayer,
 }
 
 /// The default listening address: loopback only.
@@ -187,7 +194,8 @@ impl ConfigLayer {
     /// `PIO_ADDR`, `PIO_API_KEY`, `PIO_PROFILE`, `PIO_QUEUE_DEPTH`, `PIO_REQUEST_TIMEOUT_SECS`,
     /// `PIO_BODY_LIMIT_BYTES`, `PIO_MAX_TOKENS_LIMIT`, `PIO_DEFAULT_MAX_TOKENS`,
     /// `PIO_HEADER_READ_TIMEOUT_SECS`, `PIO_IDLE_TIMEOUT_SECS`, `PIO_HEADER_LIMIT_BYTES`,
-    /// `PIO_BATCH_MAX_SEQUENCES`, `PIO_BATCH_TARGET_STEP_MS`.
+    /// `PIO_BATCH_MAX_SEQUENCES`, `PIO_BATCH_TARGET_STEP_MS`, and the isolation variables of
+    /// [`IsolationLayer::from_env`].
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         fn number<T: FromStr>(
             var: &impl Fn(&str) -> Option<String>,
@@ -218,6 +226,7 @@ impl ConfigLayer {
                 max_sequences: number(&var, "PIO_BATCH_MAX_SEQUENCES")?,
                 target_step_ms: number(&var, "PIO_BATCH_TARGET_STEP_MS")?,
             },
+            isolation: IsolationLayer::from_env(&var)?,
         })
     }
 
@@ -242,6 +251,7 @@ impl ConfigLayer {
                 max_sequences: self.batch.max_sequences.or(lower.batch.max_sequences),
                 target_step_ms: self.batch.target_step_ms.or(lower.batch.target_step_ms),
             },
+            isolation: self.isolation.over(lower.isolation),
         }
     }
 
@@ -257,6 +267,7 @@ impl ConfigLayer {
         let max_tokens_limit = self.max_tokens_limit.unwrap_or(max_tokens_limit);
         let (max_sequences, target_step_ms) = profile.batch();
         let connection = ConnectionLimits::default();
+        let isolation = self.isolation.resolve()?;
         let config = ServerConfig {
             addr,
             plugins: self.plugins,
@@ -284,6 +295,7 @@ impl ConfigLayer {
                     .header_limit_bytes
                     .unwrap_or(connection.header_limit_bytes),
             },
+            isolation,
         };
         config.validate()?;
         Ok(config)

@@ -245,6 +245,9 @@ impl From<&HostError> for ApiError {
                 ErrorKind::OutOfMemory => ApiError::unavailable("out_of_memory", message),
                 _ => ApiError::internal(message),
             },
+            // The plugin's worker crashed, hung or gave up: this request is lost, the next one
+            // restarts the worker (or finds the plugin failed).
+            HostError::Worker { .. } => ApiError::unavailable("plugin_crashed", message),
             _ => ApiError::internal(message),
         }
     }

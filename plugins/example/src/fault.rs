@@ -11,6 +11,8 @@ pub enum Fault {
     Panic,
     /// Returns an `internal` error.
     Error,
+    /// Returns an `out_of_memory` error.
+    OutOfMemory,
     /// Never returns.
     Hang,
     /// Reads an unmapped address: SIGSEGV.
@@ -30,6 +32,7 @@ impl Fault {
         Ok(match name {
             "panic" => Self::Panic,
             "error" => Self::Error,
+            "out_of_memory" => Self::OutOfMemory,
             "hang" => Self::Hang,
             "segfault" => Self::Segfault,
             "abort" => Self::Abort,
@@ -38,7 +41,7 @@ impl Fault {
             "allocation" => Self::Allocation,
             other => {
                 return Err(PluginError::invalid_input(format!(
-                    "configuration 'fault' must be one of panic, error, hang, segfault, abort, \
+                    "configuration 'fault' must be one of panic, error, out_of_memory, hang, segfault, abort, \
                      exit, stack_overflow, allocation; got '{other}'"
                 )))
             }
@@ -85,6 +88,9 @@ impl FaultPlan {
         match self.fault {
             Fault::Panic => panic!("fault injected in {call}"),
             Fault::Error => Err(PluginError::internal(format!("fault injected in {call}"))),
+            Fault::OutOfMemory => Err(PluginError::out_of_memory(format!(
+                "fault injected in {call}"
+            ))),
             Fault::Hang => loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             },
@@ -92,7 +98,9 @@ impl FaultPlan {
                 // SAFETY: none — reading the never-mapped lowest page (a dangling pointer is
                 // address 8) is meant to crash the process.
                 let value = unsafe { std::ptr::read_volatile(std::ptr::dangling::<u64>()) };
-                Err(PluginError::internal(format!("read {value} from address 8")))
+                Err(PluginError::internal(format!(
+                    "read {value} from address 8"
+                )))
             }
             Fault::Abort => std::process::abort(),
             Fault::Exit => std::process::exit(3),

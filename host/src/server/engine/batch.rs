@@ -13,7 +13,7 @@
 
 use std::{collections::HashMap, sync::atomic::Ordering, sync::Arc, time::Instant};
 
-use pio_plugin_api::{PluginError, SequenceStep};
+use pio_plugin_api::{ErrorKind, PluginError, SequenceStep};
 use tokio::sync::mpsc;
 
 use crate::{HostError, HostResult};
@@ -77,6 +77,10 @@ impl Batch {
 impl Scheduler {
     /// Opens `request` on the instance serving its model and adds it to `batch`; a refusal
     /// (bad input, plugin error) answers that request only.
+    ///
+    /// A sequence the plugin cannot hold in a batch slot (`out_of_memory` from
+    /// `open_sequence`: a long prompt whose slot cannot grow) runs on the single-sequence path
+    /// instead, which needs no batch cache; the open sequences wait for it to end.
     pub(super) fn open(
         &self,
         batch: &mut Batch,
@@ -101,6 +105,10 @@ impl Scheduler {
                     guard: OutputGuard::new(params(request)),
                 });
                 self.publish(batch);
+            }
+            Err(HostError::Plugin { error, .. }) if error.kind == ErrorKind::OutOfMemory => {
+                tracing::info!(plugin = %self.name, "{error}; running it alone");
+                self.run_sequence(&admission, request, &events);
             }
             Err(error) => {
                 self.metrics.generation(&self.name, "error", 0);

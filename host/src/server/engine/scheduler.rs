@@ -165,7 +165,7 @@ impl Scheduler {
 
     /// Runs one sequence of an unbatched plugin to its end, streaming its text to `events`,
     /// stopping it early when the client leaves or the deadline passes.
-    fn run_sequence(
+    pub(super) fn run_sequence(
         &self,
         admission: &Admission,
         request: &Sequence,
