@@ -299,6 +299,22 @@ fn a_plugin_in_a_worker_process_is_served_and_its_crash_fails_only_that_request(
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["count"], 2);
     assert_eq!(server.get("/health").0, 200);
+
+    // Two more crashes within the window (three in all): the plugin is marked failed, with
+    // the reason in /health and /admin/plugins.
+    for _ in 0..2 {
+        let (status, _) = server.post("/v1/chat/completions", &chat("example", "crash"));
+        assert_eq!(status, 503);
+    }
+    let (status, body) = server.post("/v1/chat/completions", &chat("example", "crash"));
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not restarted again"), "{message}");
+    let (status, health) = server.get("/health");
+    assert_eq!(status, 503, "{health}");
+    let health: Value = serde_json::from_str(&health).unwrap();
+    let reason = health["failed"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("crashed 3 times") && reason.contains("SIGSEGV"), "{reason}");
 }
 
 #[test]

@@ -277,13 +277,14 @@ impl WorkerInstance {
         on_token: &mut dyn FnMut(&TokenEvent) -> StreamControl,
     ) -> Result<Outcome, CallError> {
         if self.process.is_none() {
-            // A worker that is down is restarted only for work: tearing it down or asking how
-            // it is needs no plugin.
+            // A worker that is down is restarted only for work: tearing it down, closing a
+            // sequence (it ended with the worker) or asking how it is needs no plugin.
             match &call {
                 Call::Deactivate | Call::Cleanup => {
                     self.activated = None;
                     return Ok(Outcome::Done);
                 }
+                Call::CloseSequence(_) => return Ok(Outcome::Done),
                 Call::Stats => return Ok(Outcome::Stats(PluginStats::default())),
                 Call::Health => {
                     let last = self.crashes.back().map_or("", |(_, why)| why.as_str());

@@ -121,11 +121,20 @@ impl App {
 
 /// `GET /health`: 503 while loading or with nothing to serve, else 200.
 async fn health(State(app): State<Arc<App>>) -> Response {
-    let active: Vec<String> = app
-        .manager
-        .list_active_plugins()
-        .into_iter()
-        .map(|p| p.id)
+    let plugins = app.manager.list_plugins();
+    let active: Vec<&str> = plugins
+        .iter()
+        .filter(|p| p.state == PluginState::Active)
+        .map(|p| p.id.as_str())
+        .collect();
+    // Failed plugins (a refused folder, a plugin whose worker crashed too often) do not make
+    // the server unready while another serves, but their reasons are part of the detail.
+    let failed: Vec<Value> = plugins
+        .iter()
+        .filter_map(|p| match &p.state {
+            PluginState::Failed(reason) => Some(json!({"plugin": p.id, "reason": reason})),
+            _ => None,
+        })
         .collect();
     let (status, body) = match app.plugins.readiness() {
         Readiness::Loading => (
@@ -138,9 +147,17 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         ),
         Readiness::Ready if active.is_empty() => (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "unavailable", "message": "no plugin is active", "plugins": active}),
+            json!({
+                "status": "unavailable",
+                "message": "no plugin is active",
+                "plugins": active,
+                "failed": failed,
+            }),
         ),
-        Readiness::Ready => (StatusCode::OK, json!({"status": "ok", "plugins": active})),
+        Readiness::Ready => (
+            StatusCode::OK,
+            json!({"status": "ok", "plugins": active, "failed": failed}),
+        ),
     };
     json_response(status, &body)
 }
