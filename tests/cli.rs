@@ -92,3 +92,78 @@ fn pack_check_list_run_and_refuse() {
         "{err}"
     );
 }
+
+#[test]
+fn process_isolation_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let plugins = tmp.path().join("plugins");
+    let folder = plugins.join("example");
+    let library = workspace_plugin("pio_plugin_example");
+    let (ok, _, err) = pio(
+        &cache,
+        &[
+            "plugins",
+            "pack",
+            library.to_str().unwrap(),
+            "--out",
+            folder.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let dir = plugins.to_str().unwrap();
+
+    let (ok, out, err) = pio(
+        &cache,
+        &[
+            "--isolation",
+            "process",
+            "run",
+            "example",
+            "worker",
+            "--dir",
+            dir,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "rekrow");
+
+    let (ok, _, err) = pio(
+        &cache,
+        &[
+            "--isolation",
+            "sandbox",
+            "run",
+            "example",
+            "x",
+            "--dir",
+            dir,
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("in-process") && err.contains("process"),
+        "{err}"
+    );
+
+    // A library refused by the checks the worker runs.
+    let lib_in_folder = folder.join("libpio_plugin_example.so");
+    let mut bytes = std::fs::read(&lib_in_folder).unwrap();
+    bytes.push(0);
+    std::fs::write(&lib_in_folder, bytes).unwrap();
+    let (ok, _, err) = pio(
+        &cache,
+        &[
+            "--isolation",
+            "process",
+            "plugins",
+            "check",
+            folder.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("refused") && err.contains("sha256 is"),
+        "{err}"
+    );
+}

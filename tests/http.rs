@@ -314,7 +314,10 @@ fn a_plugin_in_a_worker_process_is_served_and_its_crash_fails_only_that_request(
     assert_eq!(status, 503, "{health}");
     let health: Value = serde_json::from_str(&health).unwrap();
     let reason = health["failed"][0]["reason"].as_str().unwrap();
-    assert!(reason.contains("crashed 3 times") && reason.contains("SIGSEGV"), "{reason}");
+    assert!(
+        reason.contains("crashed 3 times") && reason.contains("SIGSEGV"),
+        "{reason}"
+    );
 }
 
 #[test]
