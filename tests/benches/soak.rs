@@ -53,7 +53,7 @@ fn stream_once(server: &TestServer, i: usize) -> Result<(), String> {
     });
     let (status, mut sse) = server.stream("/v1/chat/completions", &request);
     if status != 200 {
-        return Err(format!("status {status}"));
+        return Err(format!("status {status}: {}", sse.into_text()));
     }
     while let Some(data) = sse.next_data() {
         if data == "[DONE]" {

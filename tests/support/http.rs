@@ -266,6 +266,13 @@ impl SseReader {
         }
     }
 
+    /// The rest of the body as text (the error body of a refused request).
+    pub fn into_text(mut self) -> String {
+        let mut text = String::new();
+        let _ = self.reader.read_to_string(&mut text);
+        text
+    }
+
     /// Every remaining payload.
     pub fn collect_all(mut self) -> Vec<String> {
         std::iter::from_fn(|| self.next_data()).collect()

@@ -91,7 +91,8 @@ pub struct DirectoryReport {
 /// [`list_plugins`](Self::list_plugins)) never wait: they report each plugin as of the end of
 /// its last lifecycle step or call.
 pub struct PluginManager {
-    entries: RwLock<BTreeMap<u64, Arc<Entry>>>,
+    /// Shared with retirement threads, which forget an entry once its last call returned.
+    entries: Arc<RwLock<BTreeMap<u64, Arc<Entry>>>>,
     /// Name → number of the entry that serves it.
     serving: RwLock<BTreeMap<String, u64>>,
     next_number: AtomicU64,
@@ -108,7 +109,7 @@ impl PluginManager {
     /// A manager whose shadow copies live under `shadow_root/<pid>/`.
     pub fn new(shadow_root: &Path) -> HostResult<Self> {
         Ok(Self {
-            entries: RwLock::default(),
+            entries: Arc::default(),
             serving: RwLock::default(),
             next_number: AtomicU64::new(1),
             shadow: ShadowDir::create(shadow_root)?,
@@ -356,26 +357,26 @@ impl PluginManager {
         self.finish_retirement(entry)
     }
 
-    /// Forgets a retiring `entry` and tears it down (once, whoever calls first).
+    /// Tears a retiring `entry` down and forgets it (once, whoever calls first), unless it
+    /// still holds open sequences — then the last [`close_sequence`](Self::close_sequence)
+    /// does. The decision is taken under the entry's lock, after any call in flight: a call
+    /// that opened a sequence just as the entry was retired is counted first.
     ///
-    /// With a call still in flight on it — a long generation, or a plugin stuck in an endless
-    /// loop — the tear-down waits for that call on a thread of its own, so the caller (a reload,
-    /// the watcher) never waits for a plugin; a call that never returns leaves its instance
-    /// abandoned, not the host blocked.
+    /// With a call in flight — a long generation, or a plugin stuck in an endless loop — that
+    /// waiting happens on a thread of its own, so the caller (a reload, the watcher) never waits
+    /// for a plugin; a call that never returns leaves its instance abandoned (listed as
+    /// retiring), not the host blocked.
     fn finish_retirement(&self, entry: &Arc<Entry>) -> HostResult<()> {
-        if write(&self.entries).remove(&entry.number).is_none() {
-            return Ok(());
-        }
         if let Some(mut cell) = entry.try_lock() {
-            return tear_down_retired(entry, &mut cell);
+            return retire_locked(&self.entries, entry, &mut cell);
         }
         tracing::info!(plugin = %entry.id(), generation = entry.generation, "busy: retires when its call in flight returns");
-        let retired = entry.clone();
+        let (entries, retired) = (self.entries.clone(), entry.clone());
         std::thread::Builder::new()
             .name(format!("pio-retire-{}", entry.name()))
             .spawn(move || {
                 let mut cell = retired.lock();
-                if let Err(e) = tear_down_retired(&retired, &mut cell) {
+                if let Err(e) = retire_locked(&entries, &retired, &mut cell) {
                     tracing::warn!(plugin = %retired.id(), generation = retired.generation, "tear-down of the retired instance failed: {e}");
                 }
             })
@@ -691,7 +692,18 @@ impl PluginManager {
     }
 }
 
-fn tear_down_retired(entry: &Entry, cell: &mut Cell) -> HostResult<()> {
+/// The end of [`PluginManager::finish_retirement`], with the entry's lock held.
+fn retire_locked(
+    entries: &RwLock<BTreeMap<u64, Arc<Entry>>>,
+    entry: &Entry,
+    cell: &mut Cell,
+) -> HostResult<()> {
+    if entry.open_sequence_count() > 0 {
+        return Ok(());
+    }
+    if write(entries).remove(&entry.number).is_none() {
+        return Ok(());
+    }
     let result = entry.tear_down(cell);
     tracing::info!(plugin = %entry.id(), generation = entry.generation, "retired");
     result
