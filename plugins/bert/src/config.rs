@@ -78,7 +78,12 @@ pub struct ModelConfig {
 fn read_object(path: &Path) -> PluginResult<Map<String, Value>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| PluginError::model_load(format!("cannot read {}: {e}", path.display())))?;
-    match pio_plugin_api::serde_json::from_str::<Value>(&text) {
+    parse_object(path, &text)
+}
+
+/// Parses the text of one JSON file (named `path` in errors) into an object.
+fn parse_object(path: &Path, text: &str) -> PluginResult<Map<String, Value>> {
+    match pio_plugin_api::serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(PluginError::model_load(format!(
             "{}: expected a JSON object",
@@ -132,9 +137,16 @@ impl Fields<'_> {
     }
 }
 
-/// Parses and validates `config.json`.
-fn bert_config(path: &Path) -> PluginResult<BertConfig> {
-    let map = read_object(path)?;
+impl BertConfig {
+    /// Parses and validates the text of a `config.json`; `path` only names the file in errors.
+    /// [`ModelConfig::load`] reads the file and calls this.
+    pub fn parse(text: &str, path: &Path) -> PluginResult<Self> {
+        bert_config(path, parse_object(path, text)?)
+    }
+}
+
+/// Validates the object of `config.json` (read from `path`).
+fn bert_config(path: &Path, map: Map<String, Value>) -> PluginResult<BertConfig> {
     let f = Fields { path, map: &map };
     let model_type = f.string_or("model_type", "bert")?;
     if model_type != "bert" {
@@ -294,7 +306,8 @@ fn pooling(path: &Path, hidden_size: usize) -> PluginResult<Pooling> {
 impl ModelConfig {
     /// Reads and validates the configuration files of the model directory `dir`.
     pub fn load(dir: &Path) -> PluginResult<Self> {
-        let bert = bert_config(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let bert = bert_config(&config_path, read_object(&config_path)?)?;
         let st_path = dir.join("sentence_bert_config.json");
         let st = read_object(&st_path)?;
         let st_fields = Fields {
