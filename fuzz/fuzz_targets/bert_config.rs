@@ -26,7 +26,8 @@ fn model_dir() -> &'static Path {
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(5, |&b| b == 0xFF);
     let mut next = || parts.next().unwrap_or_default();
-    let (config, sentence, modules, pooling, safetensors) = (next(), next(), next(), next(), next());
+    let (config, sentence, modules, pooling, safetensors) =
+        (next(), next(), next(), next(), next());
 
     let config_text = String::from_utf8_lossy(config);
     let Ok(bert) = BertConfig::parse(&config_text, Path::new("config.json")) else {
@@ -38,7 +39,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(weights) = BertWeights::from_bytes(safetensors, Path::new("model.safetensors"), &bert)
     {
         assert_eq!(weights.layers.len(), bert.num_layers);
-        assert_eq!(weights.word_embeddings.len(), bert.vocab_size * bert.hidden_size);
+        assert_eq!(
+            weights.word_embeddings.len(),
+            bert.vocab_size * bert.hidden_size
+        );
     }
 
     let dir = model_dir();

@@ -15,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(file) = GgufFile::from_bytes(data.to_vec()) else {
         return;
     };
-    let _ = (file.version(), file.alignment(), file.data_offset(), file.path());
+    let _ = (
+        file.version(),
+        file.alignment(),
+        file.data_offset(),
+        file.path(),
+    );
     let _ = file.architecture();
     for (key, value) in file.metadata() {
         walk(value);
@@ -32,7 +37,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = file.opt_u32_array(key);
     }
     for info in file.tensors() {
-        let _ = (info.n_elements(), info.n_rows(), info.byte_size(), info.row_bytes());
+        let _ = (
+            info.n_elements(),
+            info.n_rows(),
+            info.byte_size(),
+            info.row_bytes(),
+        );
         let _ = info.dtype.to_string();
         assert!(file.tensor_info(&info.name).is_some());
         let Ok(view) = file.tensor(&info.name) else {
@@ -59,7 +69,12 @@ fuzz_target!(|data: &[u8]| {
 /// Visits a value and every array item in it.
 fn walk(value: &MetadataValue) {
     let _ = value.describe();
-    let _ = (value.value_type(), value.as_integer(), value.as_f64(), value.as_str());
+    let _ = (
+        value.value_type(),
+        value.as_integer(),
+        value.as_f64(),
+        value.as_str(),
+    );
     if let Some(items) = value.as_array() {
         items.iter().for_each(walk);
     }

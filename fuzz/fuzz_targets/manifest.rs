@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
     // the like): anything else found would be outside it.
     for path in std::iter::once(&manifest.library).chain(manifest.models.iter().map(|m| &m.path)) {
         if let Ok(real) = resolve_inside(&manifest.name, dir, path) {
-            assert_eq!(real, dir.canonicalize().unwrap(), "{path:?} resolved outside");
+            assert_eq!(
+                real,
+                dir.canonicalize().unwrap(),
+                "{path:?} resolved outside"
+            );
         }
     }
     let _ = manifest.library_path(dir);
