@@ -77,12 +77,18 @@ impl Manifest {
             },
             other => other,
         })?;
+        Self::parse(&bytes, &path)
+    }
+
+    /// Parses the bytes of a `plugin.json` and checks the fields that need no other file;
+    /// `path` only names the manifest in errors. [`Self::read`] is this after reading the file.
+    pub fn parse(bytes: &[u8], path: &Path) -> HostResult<Manifest> {
         let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| HostError::Manifest {
-                path: path.clone(),
+            serde_json::from_slice(bytes).map_err(|e| HostError::Manifest {
+                path: path.to_owned(),
                 reason: format!("invalid manifest: {e}"),
             })?;
-        manifest.check_fields(&path)?;
+        manifest.check_fields(path)?;
         Ok(manifest)
     }
 

@@ -3,7 +3,7 @@
 //! `modules.json` (which modules follow the transformer) and the pooling module's
 //! `config.json` (e.g. `1_Pooling/config.json`). Every error names the file and the field.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use pio_plugin_api::serde_json::{Map, Value};
 use pio_plugin_api::{PluginError, PluginResult};
@@ -78,7 +78,12 @@ pub struct ModelConfig {
 fn read_object(path: &Path) -> PluginResult<Map<String, Value>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| PluginError::model_load(format!("cannot read {}: {e}", path.display())))?;
-    match pio_plugin_api::serde_json::from_str::<Value>(&text) {
+    parse_object(path, &text)
+}
+
+/// Parses the text of one JSON file (named `path` in errors) into an object.
+fn parse_object(path: &Path, text: &str) -> PluginResult<Map<String, Value>> {
+    match pio_plugin_api::serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(PluginError::model_load(format!(
             "{}: expected a JSON object",
@@ -132,9 +137,16 @@ impl Fields<'_> {
     }
 }
 
-/// Parses and validates `config.json`.
-fn bert_config(path: &Path) -> PluginResult<BertConfig> {
-    let map = read_object(path)?;
+impl BertConfig {
+    /// Parses and validates the text of a `config.json`; `path` only names the file in errors.
+    /// [`ModelConfig::load`] reads the file and calls this.
+    pub fn parse(text: &str, path: &Path) -> PluginResult<Self> {
+        bert_config(path, parse_object(path, text)?)
+    }
+}
+
+/// Validates the object of `config.json` (read from `path`).
+fn bert_config(path: &Path, map: Map<String, Value>) -> PluginResult<BertConfig> {
     let f = Fields { path, map: &map };
     let model_type = f.string_or("model_type", "bert")?;
     if model_type != "bert" {
@@ -228,7 +240,21 @@ fn modules(path: &Path) -> PluginResult<(PathBuf, bool)> {
                         path.display()
                     ))
                 })?;
-                pooling = Some(PathBuf::from(dir));
+                // modules.json comes with the downloaded model: a path that leaves the model
+                // folder ("/dev/zero", "../../..") would make loading read any file, even one
+                // that never ends. Only plain relative paths are followed.
+                let relative = Path::new(dir);
+                if !relative
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+                {
+                    return Err(PluginError::model_load(format!(
+                        "{}: Pooling module {i} has path {dir:?}; it must be a relative path \
+                         inside the model folder (no '..', not absolute)",
+                        path.display()
+                    )));
+                }
+                pooling = Some(relative.to_owned());
             }
             "Normalize" => normalize = true,
             other => {
@@ -294,7 +320,8 @@ fn pooling(path: &Path, hidden_size: usize) -> PluginResult<Pooling> {
 impl ModelConfig {
     /// Reads and validates the configuration files of the model directory `dir`.
     pub fn load(dir: &Path) -> PluginResult<Self> {
-        let bert = bert_config(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let bert = bert_config(&config_path, read_object(&config_path)?)?;
         let st_path = dir.join("sentence_bert_config.json");
         let st = read_object(&st_path)?;
         let st_fields = Fields {
@@ -319,5 +346,78 @@ impl ModelConfig {
             pooling,
             normalize,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model folder whose modules.json names `pooling_path` as the Pooling module's folder.
+    fn model_with_pooling_path(pooling_path: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, value: Value| {
+            std::fs::write(dir.path().join(name), value.to_string()).unwrap();
+        };
+        write(
+            "config.json",
+            pio_plugin_api::serde_json::json!({
+                "vocab_size": 3, "hidden_size": 4, "num_hidden_layers": 1,
+                "num_attention_heads": 1, "intermediate_size": 4,
+                "max_position_embeddings": 4, "type_vocab_size": 1
+            }),
+        );
+        write(
+            "sentence_bert_config.json",
+            pio_plugin_api::serde_json::json!({"max_seq_length": 4}),
+        );
+        write(
+            "modules.json",
+            pio_plugin_api::serde_json::json!([
+                {"path": pooling_path, "type": "sentence_transformers.models.Pooling"}
+            ]),
+        );
+        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+        write(
+            "1_Pooling/config.json",
+            pio_plugin_api::serde_json::json!({
+                "word_embedding_dimension": 4, "pooling_mode_mean_tokens": true
+            }),
+        );
+        dir
+    }
+
+    #[test]
+    fn pooling_path_inside_the_model_folder_loads() {
+        let dir = model_with_pooling_path("1_Pooling");
+        let config = ModelConfig::load(dir.path()).unwrap();
+        assert_eq!(config.pooling, Pooling::Mean);
+        assert_eq!(config.bert.hidden_size, 4);
+    }
+
+    /// Regression: the Pooling module's path was joined to the model folder unchecked, so a
+    /// modules.json naming "/dev/zero" made loading read without end (memory exhaustion).
+    #[test]
+    fn pooling_path_outside_the_model_folder_is_refused() {
+        for escape in ["/dev/zero", "../1_Pooling", "1_Pooling/../../etc"] {
+            let dir = model_with_pooling_path(escape);
+            let err = ModelConfig::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("inside the model folder"), "{escape}: {err}");
+        }
+    }
+
+    #[test]
+    fn parse_names_the_file_and_field() {
+        let err = BertConfig::parse(r#"{"vocab_size": 0}"#, Path::new("x/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x/config.json") && err.contains("vocab_size"),
+            "{err}"
+        );
+        let err = BertConfig::parse("[1]", Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected a JSON object"), "{err}");
     }
 }

@@ -157,7 +157,13 @@ impl BertWeights {
         // any mapped read).
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| PluginError::model_load(format!("cannot map {}: {e}", path.display())))?;
-        let tensors = SafeTensors::deserialize(&map).map_err(|e| {
+        Self::from_bytes(&map, path, config)
+    }
+
+    /// Reads every tensor `config` needs from the bytes of a safetensors file; `path` only
+    /// names the file in errors. [`Self::load`] maps the file and calls this.
+    pub fn from_bytes(bytes: &[u8], path: &Path, config: &BertConfig) -> PluginResult<Self> {
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
             PluginError::model_load(format!(
                 "{}: not a valid safetensors file: {e}",
                 path.display()

@@ -214,11 +214,17 @@ impl TensorInfo {
             .ok_or_else(|| format!("size of dims {:?} overflows", self.dims))
     }
 
-    /// Bytes per row (`dims[0]` elements), or `None` if [`Self::byte_size`] would fail.
+    /// Bytes per row (`dims[0]` elements), or `None` if [`Self::byte_size`] would fail or the
+    /// row size overflows `u64`.
     pub fn row_bytes(&self) -> Option<u64> {
         let (block, type_size) = (self.dtype.block_size()?, self.dtype.type_size()?);
         let cols = self.dims.first().copied().unwrap_or(1);
-        (cols % block == 0).then_some(cols / block * type_size)
+        // Checked: a tensor with a zero dimension is empty (byte size 0) and so passes every
+        // check at open time, whatever its other dimensions, so `cols` can be near `u64::MAX`.
+        if cols % block != 0 {
+            return None;
+        }
+        (cols / block).checked_mul(type_size)
     }
 }
 

@@ -229,3 +229,21 @@ fn bad_tensor_infos() {
     bytes[b_name + 8] = b'a';
     assert!(malformed(bytes).contains("duplicate tensor name `a`"));
 }
+
+/// Regression (found by the `gguf_reader` fuzz target): an empty tensor whose first dimension
+/// is huge passes the checks at open time (its byte size is 0), and computing its row size
+/// then overflowed (a panic in debug builds, a wrapped size in release builds).
+#[test]
+fn empty_tensor_with_a_huge_row_has_no_row_size() {
+    let mut writer = GgufWriter::new();
+    writer
+        .add_tensor("w", &[1 << 62, 0], TensorType::F32, Vec::new())
+        .unwrap();
+    let file = GgufFile::from_bytes(writer.to_bytes().unwrap()).unwrap();
+    let info = file.tensor_info("w").unwrap();
+    assert_eq!(info.byte_size(), Ok(0));
+    assert_eq!(info.row_bytes(), None);
+    let view = file.tensor("w").unwrap();
+    assert_eq!(view.row(0), None);
+    assert_eq!(view.to_f32().unwrap(), Vec::<f32>::new());
+}

@@ -14,6 +14,26 @@ pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + messa
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// The work one render may do, in minijinja fuel: one fuel per template instruction, plus one
+/// per 64 bytes of text the template creates or writes. Templates come from model files, so a
+/// hostile one (`{% for i in range(100000) %}{% for j in range(100000) %}`, strings doubled in
+/// a loop) must end with an error instead of looping for hours or filling memory: 2 000 000
+/// fuel bounds a render to about two million instructions and 128 MB of text created in all.
+/// Real templates need far less: ChatML over a 1 MiB conversation (the server's default body
+/// limit) uses about 100 000.
+pub const RENDER_FUEL: u64 = 2_000_000;
+
+/// The longest rendered prompt, in bytes. Far above any context window, but it stops a
+/// template from turning a short conversation into an enormous prompt before the fuel runs
+/// out, and names the problem.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// How deep templates may nest blocks, loops and macro calls (a macro call counts about 10).
+/// Lower than minijinja's default of 500 so that a recursive macro fails with an error, not a
+/// stack overflow, on threads with the 2 MiB stack Rust gives spawned threads, in unoptimised
+/// builds too; real chat templates nest a few levels.
+pub const RECURSION_LIMIT: usize = 200;
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
@@ -70,6 +90,12 @@ impl std::fmt::Debug for ChatTemplate {
 }
 
 fn template_error(e: Error) -> TextError {
+    if e.kind() == ErrorKind::OutOfFuel {
+        return TextError::Template(format!(
+            "rendering used up its budget of {RENDER_FUEL} fuel \
+             (the template loops too long or builds too much text)"
+        ));
+    }
     let mut message = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
@@ -123,6 +149,8 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
+        env.set_fuel(Some(RENDER_FUEL));
+        env.set_recursion_limit(RECURSION_LIMIT);
         env.add_template_owned(TEMPLATE_NAME, source.into())
             .map_err(template_error)?;
         Ok(Self {
@@ -158,13 +186,38 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(template_error)?;
+        let mut out = CappedOutput(Vec::new());
         template
-            .render(context! {
-                messages => Value::from(Serde(messages)),
-                add_generation_prompt => add_generation_prompt,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-            })
-            .map_err(template_error)
+            .render_captured_to(
+                context! {
+                    messages => Value::from(Serde(messages)),
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => &self.bos_token,
+                    eos_token => &self.eos_token,
+                },
+                &mut out,
+            )
+            .map_err(template_error)?;
+        String::from_utf8(out.0)
+            .map_err(|e| TextError::Template(format!("rendered text is not UTF-8: {e}")))
+    }
+}
+
+/// The render's output, refusing to grow past [`MAX_RENDERED_BYTES`].
+struct CappedOutput(Vec<u8>);
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the rendered prompt exceeds {MAX_RENDERED_BYTES} bytes"
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -14,7 +14,9 @@ pub mod pretokenizer;
 mod stream;
 mod tokenizer;
 
-pub use chat::{ChatMessage, ChatTemplate, CHATML};
+pub use chat::{
+    ChatMessage, ChatTemplate, CHATML, MAX_RENDERED_BYTES, RECURSION_LIMIT, RENDER_FUEL,
+};
 pub use error::{Result, TextError};
 pub use stream::StreamDecoder;
 pub use tokenizer::TextTokenizer;
