@@ -1,7 +1,10 @@
 //! The `pio` binary end to end on the example plugin: pack, check, list, run, and a refusal
 //! with a non-zero exit.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use pio_tests::{target_dir, workspace_plugin};
 
@@ -24,14 +27,13 @@ fn pio(cache: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn pack_check_list_run_and_refuse() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = tmp.path().join("cache");
-    let plugins = tmp.path().join("plugins");
+/// `pio plugins pack`s the example plugin under `root`; returns the cache, the plugin directory
+/// and the plugin folder.
+fn pack_example(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let cache = root.join("cache");
+    let plugins = root.join("plugins");
     let folder = plugins.join("example");
     let library = workspace_plugin("pio_plugin_example");
-
     let (ok, out, err) = pio(
         &cache,
         &[
@@ -44,6 +46,13 @@ fn pack_check_list_run_and_refuse() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("packed example 0.1.0"), "{out}");
+    (cache, plugins, folder)
+}
+
+#[test]
+fn pack_check_list_run_and_refuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, plugins, folder) = pack_example(tmp.path());
 
     let (ok, out, err) = pio(&cache, &["plugins", "check", folder.to_str().unwrap()]);
     assert!(ok, "{err}");
@@ -96,21 +105,7 @@ fn pack_check_list_run_and_refuse() {
 #[test]
 fn process_isolation_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let cache = tmp.path().join("cache");
-    let plugins = tmp.path().join("plugins");
-    let folder = plugins.join("example");
-    let library = workspace_plugin("pio_plugin_example");
-    let (ok, _, err) = pio(
-        &cache,
-        &[
-            "plugins",
-            "pack",
-            library.to_str().unwrap(),
-            "--out",
-            folder.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{err}");
+    let (cache, plugins, folder) = pack_example(tmp.path());
     let dir = plugins.to_str().unwrap();
 
     let (ok, out, err) = pio(
