@@ -2,11 +2,7 @@
 //! crashes, aborts, exits, overflows its stack, exhausts its memory limit or hangs takes down
 //! only its worker and the requests running on it.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use pio_host::{
     isolation::{Isolation, IsolationConfig, WorkerError, WorkerSettings},
@@ -16,7 +12,7 @@ use pio_plugin_api::{
     ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, GenerateRequest, GenerationParams,
     HealthStatus, Prompt, SequenceRequest, StreamControl,
 };
-use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
+use pio_tests::{build_variant, pack_into, procfs::mapped_files_under, workspace_plugin, Variant};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -72,18 +68,6 @@ impl Site {
         let served = self.manager.execute("example", &json!({ "text": text }))?;
         Ok(served.response["text"].as_str().unwrap().to_owned())
     }
-}
-
-/// Files under `dir` mapped into this process.
-fn mapped_files_under(dir: &Path) -> Vec<String> {
-    let dir = dir.canonicalize().unwrap();
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .filter(|path| Path::new(path).starts_with(&dir))
-        .map(str::to_owned)
-        .collect()
 }
 
 fn process_alive(pid: u32) -> bool {

@@ -21,55 +21,12 @@ use pio_host::{
     watch::{PluginWatcher, ReloadEvent, WatchOptions},
     PluginManager,
 };
-use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
+use pio_tests::{
+    build_variant, pack_into,
+    procfs::{children_rss_kib, mapped_files_under, status_kib},
+    workspace_plugin, Variant,
+};
 use serde_json::json;
-
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Distinct files under `dir` mapped into this process.
-fn mapped_files_under(dir: &Path) -> usize {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let dir = dir.to_string_lossy();
-    let mut files: Vec<&str> = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| p.starts_with(dir.as_ref()))
-        .collect();
-    files.sort_unstable();
-    files.dedup();
-    files.len()
-}
-
-/// Resident memory (KiB) of this process's children: the worker processes.
-fn children_rss_kib() -> u64 {
-    let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // Fields after the parenthesised command name: state, ppid, ...
-            let after_name = &stat[stat.rfind(')')? + 2..];
-            (after_name.split_whitespace().nth(1)? == me).then_some(())?;
-            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
-}
 
 /// Resident memory and mapped library copies at one moment.
 struct Memory {
@@ -83,10 +40,10 @@ struct Memory {
 impl Memory {
     fn now(shadow: &Path) -> Self {
         Memory {
-            rss: status_kib("VmRSS:"),
-            anon: status_kib("RssAnon:"),
-            file: status_kib("RssFile:"),
-            maps: mapped_files_under(shadow),
+            rss: status_kib("self", "VmRSS:"),
+            anon: status_kib("self", "RssAnon:"),
+            file: status_kib("self", "RssFile:"),
+            maps: mapped_files_under(shadow).len(),
             workers: children_rss_kib(),
         }
     }

@@ -19,6 +19,7 @@ use pio_host::{isolation::IsolationLayer, server::ConfigLayer};
 use pio_plugin_api::ActivateOptions;
 use pio_tests::{
     http::{Served, TestServer},
+    procfs::{children_rss_kib, status_kib},
     workspace_plugin,
 };
 use serde_json::{json, Value};
@@ -80,33 +81,6 @@ fn serving_generation(server: &TestServer) -> u64 {
         .unwrap_or(0)
 }
 
-fn status_kib(pid: &str, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Resident memory (KiB) of this process and of its children (the workers).
-fn memory_kib() -> (u64, u64) {
-    let me = std::process::id().to_string();
-    let children: u64 = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let after_name = &stat[stat.rfind(')')? + 2..];
-            (after_name.split_whitespace().nth(1)? == me).then(|| status_kib(&pid, "VmRSS:"))
-        })
-        .sum();
-    (status_kib("self", "VmRSS:"), children)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -137,7 +111,7 @@ fn main() {
             ..ActivateOptions::default()
         },
     ));
-    let (rss_start, workers_start) = memory_kib();
+    let (rss_start, workers_start) = (status_kib("self", "VmRSS:"), children_rss_kib());
     let done = Arc::new(AtomicBool::new(false));
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let started = Instant::now();
@@ -178,7 +152,7 @@ fn main() {
     let wall = started.elapsed();
     // Let the last retired instance finish its tear-down before measuring.
     std::thread::sleep(Duration::from_secs(2));
-    let (rss_end, workers_end) = memory_kib();
+    let (rss_end, workers_end) = (status_kib("self", "VmRSS:"), children_rss_kib());
     let mut outcomes = outcomes.lock().unwrap();
     outcomes.latencies.sort();
     let served = outcomes.latencies.len();

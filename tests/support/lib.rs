@@ -3,6 +3,7 @@
 //! folders, and ([`http`]) running the HTTP server on loopback with a client for it.
 
 pub mod http;
+pub mod procfs;
 
 use std::{
     path::{Path, PathBuf},

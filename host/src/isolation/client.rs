@@ -94,7 +94,7 @@ impl Process {
     /// Starts `pio worker` with the settings' limits and exchanges hellos.
     fn start(spec: &WorkerSpec) -> Result<Self, WorkerError> {
         let settings = &spec.settings;
-        let program = settings.locate_program().ok_or_else(|| {
+        let program = WorkerSettings::locate_program().ok_or_else(|| {
             WorkerError::Worker(
                 "cannot find the `pio` executable to run workers (set PIO_WORKER_PROGRAM)"
                     .to_owned(),

@@ -60,8 +60,6 @@ impl std::str::FromStr for Isolation {
 /// How worker processes are started, limited and supervised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerSettings {
-    /// The `pio` executable run as `pio worker` (see [`WorkerSettings::locate_program`]).
-    pub program: Option<PathBuf>,
     /// Address-space limit of each worker (`RLIMIT_AS`), enforced by the kernel: an allocation
     /// past it fails inside the worker.
     pub memory_limit_bytes: Option<u64>,
@@ -82,7 +80,6 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            program: None,
             memory_limit_bytes: None,
             cpu_limit_secs: None,
             // A cold start on the software device compiles every shader (~10 s) and a long
@@ -96,13 +93,10 @@ impl Default for WorkerSettings {
 }
 
 impl WorkerSettings {
-    /// The `pio` executable to start workers from: [`program`](Self::program) if set, else
-    /// `$PIO_WORKER_PROGRAM`, else this executable when it is `pio`, else a `pio` beside this
-    /// executable or one directory up (where cargo puts it for the workspace's test binaries).
-    pub fn locate_program(&self) -> Option<PathBuf> {
-        if let Some(program) = &self.program {
-            return Some(program.clone());
-        }
+    /// The `pio` executable to start workers from: `$PIO_WORKER_PROGRAM` if set, else this
+    /// executable when it is `pio`, else a `pio` beside this executable or one directory up
+    /// (where cargo puts it for the workspace's test binaries).
+    pub fn locate_program() -> Option<PathBuf> {
         if let Some(program) = std::env::var_os("PIO_WORKER_PROGRAM") {
             return Some(PathBuf::from(program));
         }
