@@ -320,6 +320,55 @@ fn a_plugin_in_a_worker_process_is_served_and_its_crash_fails_only_that_request(
     );
 }
 
+/// A plugin stuck in an endless loop in one request (here: every batched prompt) must not take
+/// its other requests with it, in either isolation mode.
+fn a_stuck_plugin_call_does_not_block_later_requests(mode: Isolation) {
+    let layer = ConfigLayer {
+        request_timeout_secs: Some(1),
+        isolation: IsolationLayer {
+            mode: Some(mode),
+            stall_timeout_secs: Some(2),
+            ..IsolationLayer::default()
+        },
+        ..ConfigLayer::default()
+    };
+    let server = example_server_with(json!({"fail_in": "open_sequence", "fault": "hang"}), layer);
+    let (status, body) = server.post("/v1/chat/completions", &chat("example", "loop"));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(error_of(&body).1, "timeout");
+
+    // Queued behind the stuck call, this would time out too; it is served once the stall
+    // timeout has passed (in process: by a new instance on a new scheduler; in a worker
+    // process: by a restarted worker).
+    let mut answered = None;
+    server.wait_for("a request to be served after the stuck one", || {
+        let (status, body) = server.post("/tokenize", &json!({"model": "example", "prompt": "ab"}));
+        answered = Some(body);
+        status == 200
+    });
+    assert_eq!(answered.unwrap()["count"], 2);
+    assert_eq!(server.get("/health").0, 200);
+    let stuck = server.metric("pio_stuck_calls_total{plugin=\"example\"}");
+    match mode {
+        Isolation::InProcess => {
+            assert_eq!(stuck, Some(1.0));
+            let (_, plugins) = server.get("/admin/plugins");
+            assert!(plugins.contains("\"generation\":2"), "{plugins}");
+        }
+        Isolation::Process => assert_eq!(stuck, None, "the worker's stall timeout frees it"),
+    }
+}
+
+#[test]
+fn a_stuck_in_process_plugin_is_replaced_and_serves_again() {
+    a_stuck_plugin_call_does_not_block_later_requests(Isolation::InProcess);
+}
+
+#[test]
+fn a_stuck_worker_is_killed_and_serves_again() {
+    a_stuck_plugin_call_does_not_block_later_requests(Isolation::Process);
+}
+
 #[test]
 fn sixteen_concurrent_streams_each_get_their_own_text() {
     let server = Arc::new(example_server(ConfigLayer::default()));

@@ -24,6 +24,6 @@ pub mod state;
 pub mod watch;
 
 pub use error::{HostError, HostResult};
-pub use manager::{DirectoryReport, PluginManager, PluginSummary, Served, HOST_VERSION};
+pub use manager::{DirectoryReport, PluginManager, PluginSummary, Served, Stuck, HOST_VERSION};
 pub use manifest::{Manifest, ModelFile, MANIFEST_FILE};
 pub use state::PluginState;

@@ -33,7 +33,7 @@ impl IsolationConfig {
 /// mode = "process"            # or "in-process" (the default)
 /// memory_limit = "4GiB"       # address-space limit of each worker
 /// cpu_limit_secs = 3600       # CPU-time limit of each worker
-/// stall_timeout_secs = 300    # a worker silent this long during a call is killed
+/// stall_timeout_secs = 300    # a call silent this long is stuck (worker killed, or instance replaced)
 /// [isolation.plugins]
 /// bert = "in-process"         # per plugin name
 /// ```

@@ -66,7 +66,8 @@ pub struct WorkerSettings {
     /// CPU-time limit of each worker (`RLIMIT_CPU`), in seconds.
     pub cpu_limit_secs: Option<u64>,
     /// A call that sends nothing back (no token, no answer) for this long is taken for a hung
-    /// plugin: its worker is killed and the call fails.
+    /// plugin: its worker is killed and the call fails. The server applies the same limit to
+    /// in-process plugins, whose stuck instance it replaces (see `server::engine::watchdog`).
     pub stall_timeout: Duration,
     /// Crashes within [`crash_window`](Self::crash_window) after which the plugin is marked
     /// failed instead of restarted.

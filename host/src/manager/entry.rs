@@ -10,7 +10,7 @@ use std::{
     },
 };
 
-use pio_plugin_api::{Capability, ErrorKind, PluginMetadata};
+use pio_plugin_api::{ActivateOptions, Capability, ErrorKind, PluginMetadata};
 
 use crate::{
     error::{HostError, HostResult},
@@ -45,6 +45,9 @@ pub(super) struct Entry {
     /// Batched sequences open on this instance: a retiring instance is torn down only when
     /// the last one closes, so they finish where their keys and values are.
     open_sequences: Mutex<HashSet<u64>>,
+    /// The options of the last successful `activate`, readable while a call holds `cell`: a
+    /// stuck instance's replacement is activated the same way.
+    activated_with: Mutex<Option<ActivateOptions>>,
     cell: Mutex<Cell>,
     /// State and metadata as of the last release of `cell`, readable while a call holds it,
     /// so listings and health checks never wait for a generation.
@@ -117,6 +120,7 @@ impl Entry {
             dir,
             retiring: AtomicBool::new(false),
             open_sequences: Mutex::default(),
+            activated_with: Mutex::default(),
             published: Mutex::new(Published {
                 state: state.clone(),
                 metadata: None,
@@ -169,6 +173,16 @@ impl Entry {
         self.retiring.store(true, Ordering::SeqCst);
     }
 
+    /// Records the options this instance was activated with.
+    pub fn activated(&self, options: &ActivateOptions) {
+        *lock_unpoisoned(&self.activated_with) = Some(options.clone());
+    }
+
+    /// The options of the last successful activation, if any.
+    pub fn activated_with(&self) -> Option<ActivateOptions> {
+        lock_unpoisoned(&self.activated_with).clone()
+    }
+
     /// Records batched sequence `id` opened on this instance.
     pub fn sequence_opened(&self, id: u64) {
         self.open_ids().insert(id);
@@ -188,9 +202,7 @@ impl Entry {
     }
 
     fn open_ids(&self) -> MutexGuard<'_, HashSet<u64>> {
-        self.open_sequences
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock_unpoisoned(&self.open_sequences)
     }
 
     /// The entry as of the last release of its lock: never waits for a call in flight.
@@ -365,4 +377,9 @@ pub(super) struct LoadContext<'a> {
     pub config: &'a ConfigLayers,
     pub isolation: Isolation,
     pub worker: &'a WorkerSettings,
+}
+
+/// Locks `mutex`; a poisoned one still holds a consistent value (each is written whole).
+fn lock_unpoisoned<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

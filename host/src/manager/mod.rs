@@ -70,6 +70,17 @@ pub struct Served<T> {
     pub generation: u64,
 }
 
+/// What [`PluginManager::replace_stuck`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stuck {
+    /// The plugin runs in a worker process, whose stall timeout ends the stuck call.
+    InWorker,
+    /// The instance serving the name was not stuck (any more): nothing was replaced.
+    NotServing,
+    /// The stuck instance was abandoned; this instance (`name@version`) serves the name now.
+    Replaced(String),
+}
+
 /// The outcome of loading every plugin folder in a directory.
 #[derive(Debug, Default)]
 pub struct DirectoryReport {
@@ -287,6 +298,7 @@ impl PluginManager {
         let mut cell = entry.lock();
         entry.require(&cell, Transition::Activate)?;
         entry.call(&mut cell, "activate", |i| i.activate(options))?;
+        entry.activated(options);
         cell.state = PluginState::Active;
         tracing::info!(plugin = %entry.id(), generation = entry.generation, "activated");
         Ok(())
@@ -335,6 +347,32 @@ impl PluginManager {
             }
         }
         Ok(entry.id())
+    }
+
+    /// Deals with a call into the plugin `name` that has given no sign of life for too long (a
+    /// plugin stuck in an endless loop or a deadlock), so later requests are served again:
+    ///
+    /// - in a worker process, nothing is needed here: the worker's own stall timeout kills it
+    ///   and the next call starts a new one ([`Stuck::InWorker`]);
+    /// - in this process, the stuck thread cannot be stopped: the instance serving `name` is
+    ///   abandoned — replaced by a fresh instance of the same folder, activated as it was,
+    ///   while the old one is retired (torn down if its call ever returns, else left behind;
+    ///   its thread keeps whatever CPU it spins on, which only process isolation prevents).
+    ///
+    /// An instance that is not busy any more (the call returned meanwhile, or the stuck call
+    /// was on an older generation already replaced) is left serving ([`Stuck::NotServing`]).
+    pub fn replace_stuck(&self, name: &str) -> HostResult<Stuck> {
+        if self.isolation_of(name) == Isolation::Process {
+            return Ok(Stuck::InWorker);
+        }
+        let entry = self.resolve_entry(name)?;
+        if entry.try_lock().is_some() {
+            return Ok(Stuck::NotServing);
+        }
+        let options = entry.activated_with().unwrap_or_default();
+        tracing::warn!(plugin = %entry.id(), generation = entry.generation, "stuck in a call: abandoning the instance and starting a new one");
+        self.replace_from_path(&entry.dir, &options)
+            .map(Stuck::Replaced)
     }
 
     /// Takes `entry` out of service: marks it retiring and stops it serving its name; then,

@@ -150,6 +150,7 @@ pub struct Metrics {
     sequences_closed: Family<u64>,
     prefix_cache: Family<u64>,
     prefix_cache_tokens: Family<u64>,
+    stuck_calls: Family<u64>,
     queue_wait: Histograms,
     time_to_first_token: Histograms,
     inter_token: Histograms,
@@ -186,6 +187,10 @@ impl Default for Metrics {
             prefix_cache_tokens: Family::new(
                 "pio_prefix_cache_tokens_total",
                 "Prompt tokens whose keys and values were reused instead of recomputed.",
+            ),
+            stuck_calls: Family::new(
+                "pio_stuck_calls_total",
+                "Plugin calls that gave no sign of life for the stall timeout; the plugin's scheduler was restarted and (in process) its instance replaced.",
             ),
             queue_wait: Histograms::new(
                 "pio_queue_wait_seconds",
@@ -271,6 +276,11 @@ impl Metrics {
             .with(&[("plugin", plugin), ("reason", reason)], |n| *n += 1);
     }
 
+    /// Counts one call into `plugin` given up as stuck.
+    pub fn stuck_call(&self, plugin: &str) {
+        self.stuck_calls.with(&[("plugin", plugin)], |n| *n += 1);
+    }
+
     /// Records one generated token of `plugin`: `since_previous` is the time since the
     /// previous token of the sequence, or since the request arrived for the first token.
     pub fn token(&self, plugin: &str, first: bool, since_previous: Duration) {
@@ -308,6 +318,7 @@ impl Metrics {
             &self.sequences_closed,
             &self.prefix_cache,
             &self.prefix_cache_tokens,
+            &self.stuck_calls,
         ] {
             render_counter(&mut out, family);
         }

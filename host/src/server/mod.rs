@@ -106,8 +106,10 @@ impl RunningServer {
             metrics.clone(),
             config.queue_depth,
             config.request_timeout,
+            config.isolation.worker.stall_timeout,
             config.batch,
         ));
+        Engine::start_watchdog(&engine)?;
         let log = Arc::new(PluginLog::new(print_events));
         let (stop_loader, stop_rx) = crossbeam_channel::bounded(1);
         plugins::start_loading(

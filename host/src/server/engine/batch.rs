@@ -213,6 +213,22 @@ impl Scheduler {
         going_on
     }
 
+    /// Fails every open sequence: this scheduler was found stuck in a call and replaced.
+    pub(super) fn give_up(&self, batch: &mut Batch) {
+        let Some(first) = batch.running.first() else {
+            return;
+        };
+        let error = HostError::Plugin {
+            plugin: first.owner.plugin.clone(),
+            operation: "step_sequences",
+            error: PluginError::internal(
+                "the plugin was stuck in a call; its instance was abandoned with these sequences",
+            ),
+        };
+        self.fail(std::mem::take(&mut batch.running), error);
+        self.publish(batch);
+    }
+
     /// Ends `sequences` with `error` and closes them where their instance still serves.
     fn fail(&self, sequences: Vec<Running>, error: HostError) {
         tracing::warn!(plugin = %self.name, sequences = sequences.len(), "batched step failed: {error}");

@@ -6,6 +6,10 @@
 //! scheduler keeps up to an adaptive number of sequences ([`limit`]) open and decodes one token
 //! for all of them per step; others run one sequence per call.
 //!
+//! A scheduler stuck in a plugin call (no sign of life for the stall timeout: a plugin in an
+//! endless loop) is found by the engine's [`watchdog`]: it has the manager abandon the stuck
+//! instance and starts a new scheduler on the same queue, so later requests are served.
+//!
 //! Handlers never call plugins themselves: they [`submit`](Engine::submit_sequence) a sequence
 //! (a generation or a chat answer, streamed back token by token) or a one-off
 //! [`call`](Engine::call) (tokenize, detokenize, embed), and await the answer. Admission is
@@ -16,12 +20,13 @@ mod guard;
 mod limit;
 mod queue;
 mod scheduler;
+mod watchdog;
 
 use std::{
     collections::BTreeMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
     },
     time::{Duration, Instant},
 };
@@ -130,10 +135,42 @@ struct LaneState {
     batch_limit: AtomicU64,
     /// The plugin's resource use, read by the scheduler after every job.
     stats: Mutex<Option<PluginStats>>,
+    /// While the scheduler is inside a plugin call: when the call last showed progress (its
+    /// start, or its last streamed token).
+    progress: Mutex<Option<Instant>>,
+    /// Set when the watchdog gave up on this scheduler and started another on the same queue:
+    /// if its call ever returns, it fails its open sequences and exits.
+    abandoned: AtomicBool,
+}
+
+impl LaneState {
+    /// Runs `call`, a job that calls into the plugin, marked busy for the watchdog.
+    fn working<T>(&self, call: impl FnOnce() -> T) -> T {
+        self.progressed();
+        let result = call();
+        *lock(&self.progress) = None;
+        result
+    }
+
+    /// The call in flight showed progress now.
+    fn progressed(&self) {
+        *lock(&self.progress) = Some(Instant::now());
+    }
+
+    /// How long the call in flight has gone without progress; zero when no call runs.
+    fn silent_for(&self) -> Duration {
+        lock(&self.progress).map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::SeqCst)
+    }
 }
 
 struct Lane {
     queue: queue::QueueSender<Job>,
+    /// The scheduler's end, kept so a replacement scheduler can take over the queue.
+    receiver: queue::QueueReceiver<Job>,
     state: Arc<LaneState>,
 }
 
@@ -152,18 +189,22 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     depth: usize,
     timeout: Duration,
+    /// A plugin call silent this long is stuck (the workers' stall timeout).
+    stall_timeout: Duration,
     batch: BatchConfig,
     lanes: Mutex<BTreeMap<String, Lane>>,
 }
 
 impl Engine {
     /// An engine whose queues hold `depth` requests per priority class, whose requests time
-    /// out after `timeout` and whose batched plugins are batched as `batch` says.
+    /// out after `timeout`, whose plugin calls count as stuck when silent for `stall_timeout`
+    /// (see [`watchdog`]) and whose batched plugins are batched as `batch` says.
     pub fn new(
         manager: Arc<PluginManager>,
         metrics: Arc<Metrics>,
         depth: usize,
         timeout: Duration,
+        stall_timeout: Duration,
         batch: BatchConfig,
     ) -> Self {
         Self {
@@ -171,6 +212,7 @@ impl Engine {
             metrics,
             depth,
             timeout,
+            stall_timeout,
             batch,
             lanes: Mutex::new(BTreeMap::new()),
         }
@@ -183,24 +225,35 @@ impl Engine {
             return Ok(());
         }
         let (sender, receiver) = queue::bounded(self.depth);
+        let state = self.spawn_scheduler(name, &receiver)?;
+        lanes.insert(
+            name.to_owned(),
+            Lane {
+                queue: sender,
+                receiver,
+                state,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts a scheduler for plugin `name` taking from `queue`; returns what it shares.
+    fn spawn_scheduler(
+        &self,
+        name: &str,
+        queue: &queue::QueueReceiver<Job>,
+    ) -> HostResult<Arc<LaneState>> {
         let state = Arc::new(LaneState::default());
         scheduler::spawn(
             name.to_owned(),
-            receiver,
+            queue.clone(),
             state.clone(),
             self.manager.clone(),
             self.metrics.clone(),
             self.batch,
         )
         .map_err(|e| HostError::io("scheduler thread", e))?;
-        lanes.insert(
-            name.to_owned(),
-            Lane {
-                queue: sender,
-                state,
-            },
-        );
-        Ok(())
+        Ok(state)
     }
 
     /// Stops the queue of plugin `name` if no plugin of that name is left. Its scheduler
@@ -304,10 +357,7 @@ impl Engine {
         }
         let stats: Vec<(&String, PluginStats)> = lanes
             .iter()
-            .filter_map(|(plugin, lane)| {
-                let stats = lane.state.stats.lock().unwrap_or_else(|p| p.into_inner());
-                stats.clone().map(|s| (plugin, s))
-            })
+            .filter_map(|(plugin, lane)| lock(&lane.state.stats).clone().map(|s| (plugin, s)))
             .collect();
         for (plugin, s) in &stats {
             add(
@@ -366,7 +416,12 @@ impl Engine {
         }
     }
 
-    fn lock_lanes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Lane>> {
-        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_lanes(&self) -> MutexGuard<'_, BTreeMap<String, Lane>> {
+        lock(&self.lanes)
     }
+}
+
+/// Locks `mutex`; a poisoned one still holds a consistent value (each is written whole).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -35,7 +35,7 @@ pub struct QueueSender<T> {
     depth: usize,
 }
 
-/// The scheduler's side.
+/// The scheduler's side; a clone takes from the same queue (a replacement scheduler does).
 #[derive(Debug)]
 pub struct QueueReceiver<T> {
     classes: [Receiver<T>; CLASSES],
@@ -85,6 +85,15 @@ impl<T> QueueSender<T> {
     /// The capacity of each class.
     pub fn depth(&self) -> usize {
         self.depth
+    }
+}
+
+// By hand: a derive would require `T: Clone`, which receiving does not need.
+impl<T> Clone for QueueReceiver<T> {
+    fn clone(&self) -> Self {
+        Self {
+            classes: self.classes.clone(),
+        }
     }
 }
 

@@ -78,6 +78,11 @@ impl Scheduler {
     fn run(self, queue: &QueueReceiver<Job>, mut batch: Batch) {
         self.refresh_stats();
         loop {
+            if self.state.is_abandoned() {
+                // The watchdog found this scheduler stuck and another took over its queue.
+                self.give_up(&mut batch);
+                break;
+            }
             // With a full batch nothing leaves the queue, so priorities decide who joins next.
             let waiting = if batch.is_empty() {
                 match queue.next() {
@@ -89,11 +94,11 @@ impl Scheduler {
             } else {
                 Waiting::Empty
             };
-            match waiting {
+            self.state.working(|| match waiting {
                 Waiting::Ready(job) => self.take(job, &mut batch),
                 Waiting::Empty | Waiting::Closed => self.step(&mut batch),
-            }
-            self.refresh_stats();
+            });
+            self.state.working(|| self.refresh_stats());
         }
         tracing::info!(plugin = %self.name, "scheduler stopped");
     }
@@ -160,7 +165,7 @@ impl Scheduler {
 
     pub(super) fn refresh_stats(&self) {
         let stats = self.manager.stats(&self.name).ok();
-        *self.state.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+        *super::lock(&self.state.stats) = stats;
     }
 
     /// Runs one sequence of an unbatched plugin to its end, streaming its text to `events`,
@@ -178,6 +183,7 @@ impl Scheduler {
         let mut first = true;
         let mut guard = OutputGuard::new(params(request));
         let on_token = |event: &TokenEvent| {
+            self.state.progressed();
             let now = Instant::now();
             self.metrics.token(&self.name, first, now - previous);
             (first, previous) = (false, now);
