@@ -302,67 +302,6 @@ fn pack_foreign(
     dir
 }
 
-fn api_0_2_library() -> Vec<u8> {
-    let library = build_variant(&Variant {
-        id: "api_0_2",
-        api_version: Some("0.2.0"),
-        ..Default::default()
-    });
-    std::fs::read(library).unwrap()
-}
-
-#[test]
-fn api_version_mismatch_is_refused_before_loading() {
-    let f = Fixture::new();
-    let folder = pack_foreign(&f, "future", &api_0_2_library(), |m| {
-        m.plugin_api = "0.2.0".parse().unwrap()
-    });
-    let err = f
-        .manager
-        .load_plugin_from_path(&folder)
-        .unwrap_err()
-        .to_string();
-    assert_eq!(
-        err,
-        "plugin 'example' 0.1.0 needs pio-plugin-api ^0.2, this host has 0.1.0"
-    );
-    let listed = f.manager.list_plugins();
-    assert!(matches!(&listed[0].state, PluginState::Failed(reason) if reason == &err));
-}
-
-#[test]
-fn manifest_lying_about_the_api_version_is_caught_by_the_library_checks() {
-    let f = Fixture::new();
-    let folder = pack_foreign(&f, "liar", &api_0_2_library(), |_| ());
-    let err = f.manager.load_plugin_from_path(&folder).unwrap_err();
-    assert!(matches!(err, HostError::Library { .. }), "unexpected {err}");
-    let text = err.to_string();
-    assert!(
-        text.contains("plugin 'example'") && text.contains("liar/libpio_plugin_example.so"),
-        "{text}"
-    );
-    assert!(text.contains("incompatible package versions"), "{text}");
-    assert!(text.len() < 1200, "the layout dump is condensed: {text}");
-}
-
-#[test]
-fn plugin_built_against_a_newer_api_with_an_appended_function_loads() {
-    let library = build_variant(&Variant {
-        id: "api_0_1_9_appended",
-        api_version: Some("0.1.9"),
-        api_appends_function: true,
-        ..Default::default()
-    });
-    let f = Fixture::new();
-    let (folder, manifest) = f.pack(&library, "newer", json!({}));
-    assert_eq!(manifest.plugin_api.to_string(), "0.1.9");
-    f.manager.load_plugin_from_path(&folder).unwrap();
-    f.manager
-        .activate("example", &ActivateOptions::default())
-        .unwrap();
-    assert_eq!(generate(&f.manager, "example", "new"), "wen");
-}
-
 #[test]
 fn unsatisfied_host_range_is_refused() {
     let f = Fixture::new();

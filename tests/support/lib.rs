@@ -2,6 +2,7 @@
 //! of the example plugin (other versions, names, API versions, slow token rates), packing plugin
 //! folders, and ([`http`]) running the HTTP server on loopback with a client for it.
 
+pub mod frozen_api;
 pub mod http;
 pub mod procfs;
 

@@ -1,0 +1,125 @@
+//! API compatibility: plugins built against the plugin API as released (0.1.0, frozen in
+//! `tests/fixtures/api-0.1.0`) load and serve in today's host; so do plugins built against the
+//! next compatible release (one appended root-module function); plugins of the next
+//! incompatible release are refused — from the manifest before any code runs, and by the
+//! library's own version check when a manifest lies about it.
+
+use std::path::{Path, PathBuf};
+
+use pio_host::{HostError, Manifest, PluginManager, PluginState};
+use pio_plugin_api::{ActivateOptions, GenerateRequest, GenerationParams, Prompt, StreamControl};
+use pio_tests::{
+    frozen_api::{frozen_api_plugin, ApiRelease},
+    pack_into,
+};
+use serde_json::json;
+use tempfile::TempDir;
+
+struct Host {
+    dir: TempDir,
+    manager: PluginManager,
+}
+
+impl Host {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = PluginManager::new(&dir.path().join("shadow")).unwrap();
+        Self { dir, manager }
+    }
+
+    fn pack(&self, library: &Path, folder: &str) -> (PathBuf, Manifest) {
+        pack_into(
+            &self.manager,
+            library,
+            &self.dir.path().join("plugins"),
+            folder,
+            json!({}),
+        )
+    }
+
+    /// Loads, activates and asks the `compat` plugin to answer `prompt`.
+    fn serve(&self, folder: &Path, prompt: &str) -> String {
+        self.manager.load_plugin_from_path(folder).unwrap();
+        self.manager
+            .activate("compat", &ActivateOptions::default())
+            .unwrap();
+        let request = GenerateRequest {
+            prompt: Prompt::Text(prompt.into()),
+            params: GenerationParams::greedy(16),
+        };
+        let mut streamed = String::new();
+        let served = self
+            .manager
+            .generate("compat", &request, |event| {
+                streamed.push_str(&event.text);
+                StreamControl::Continue
+            })
+            .unwrap();
+        assert_eq!(streamed, served.response.text.as_str());
+        streamed
+    }
+
+    /// A folder holding the library of the next incompatible release under a manifest that
+    /// says `plugin_api` (packing cannot load that library, so the manifest of the released
+    /// build is reused with the other library's bytes and digest).
+    fn next_major_folder(&self, folder: &str, plugin_api: &str) -> PathBuf {
+        let (dir, mut manifest) = self.pack(&frozen_api_plugin(ApiRelease::Released), folder);
+        let library = dir.join(&manifest.library);
+        std::fs::copy(frozen_api_plugin(ApiRelease::NextMajor), &library).unwrap();
+        manifest.sha256 = pio_host::digest::sha256_file(&library).unwrap();
+        manifest.plugin_api = plugin_api.parse().unwrap();
+        manifest.write(&dir).unwrap();
+        dir
+    }
+}
+
+#[test]
+fn a_plugin_built_against_the_released_api_loads_and_serves() {
+    let host = Host::new();
+    let (folder, manifest) = host.pack(&frozen_api_plugin(ApiRelease::Released), "released");
+    assert_eq!(manifest.plugin_api.to_string(), "0.1.0");
+    assert_eq!(host.serve(&folder, "stressed"), "desserts");
+}
+
+#[test]
+fn a_plugin_built_against_the_next_minor_api_loads_and_serves() {
+    let host = Host::new();
+    let (folder, manifest) = host.pack(&frozen_api_plugin(ApiRelease::NextMinor), "next-minor");
+    assert_eq!(manifest.plugin_api.to_string(), "0.1.1");
+    assert_eq!(host.serve(&folder, "drawer"), "reward");
+}
+
+#[test]
+fn a_plugin_of_the_next_major_api_is_refused_before_loading() {
+    let host = Host::new();
+    let folder = host.next_major_folder("next-major", "0.2.0");
+    let error = host
+        .manager
+        .load_plugin_from_path(&folder)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "plugin 'compat' 0.1.0 needs pio-plugin-api ^0.2, this host has 0.1.0"
+    );
+    let listed = host.manager.list_plugins();
+    assert!(matches!(&listed[0].state, PluginState::Failed(reason) if reason == &error));
+}
+
+#[test]
+fn a_manifest_hiding_the_next_major_api_is_caught_by_the_library_checks() {
+    let host = Host::new();
+    let folder = host.next_major_folder("liar", "0.1.0");
+    let error = host.manager.load_plugin_from_path(&folder).unwrap_err();
+    assert!(
+        matches!(error, HostError::Library { .. }),
+        "unexpected {error}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("plugin 'compat'") && text.contains("liar/libpio_plugin_compat"),
+        "{text}"
+    );
+    assert!(text.contains("incompatible package versions"), "{text}");
+    assert!(text.len() < 1200, "the layout dump is condensed: {text}");
+}

@@ -1,0 +1,83 @@
+//! The frozen plugin API fixture (`tests/fixtures/api-0.1.0`): the plugin API as released in
+//! 0.1.0, kept as it was, and a plugin written against it, built as that release or as the next
+//! compatible or incompatible one would be (a cargo feature and a second manifest over the same
+//! sources, not edited sources).
+
+use std::{path::PathBuf, process::Command, sync::Mutex};
+
+use crate::{target_dir, workspace_root};
+
+/// Which API release the fixture plugin is built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRelease {
+    /// 0.1.0 exactly as released.
+    Released,
+    /// 0.1.1: 0.1.0 with a function appended to the root module, as a compatible release adds.
+    NextMinor,
+    /// 0.2.0: the next incompatible release.
+    NextMajor,
+}
+
+impl ApiRelease {
+    /// The fixture workspace (relative to the fixture's folder) and the feature it is built
+    /// with.
+    fn build(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ApiRelease::Released => (".", None),
+            ApiRelease::NextMinor => (".", Some("next-minor")),
+            ApiRelease::NextMajor => ("next-major", None),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ApiRelease::Released => "released",
+            ApiRelease::NextMinor => "next-minor",
+            ApiRelease::NextMajor => "next-major",
+        }
+    }
+}
+
+/// Builds the fixture plugin (`compat`) against `release` and returns a copy of its library
+/// that later builds leave alone. The builds share one target directory, apart from the
+/// workspace's, so the dependencies are compiled once.
+pub fn frozen_api_plugin(release: ApiRelease) -> PathBuf {
+    // One build at a time in this process: each writes the same output file.
+    static BUILDS: Mutex<()> = Mutex::new(());
+    let _serialised = BUILDS.lock().unwrap_or_else(|p| p.into_inner());
+    let (workspace, feature) = release.build();
+    let fixture = workspace_root().join("tests/fixtures/api-0.1.0");
+    let target = target_dir().join("fixtures/api-0.1.0");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args([
+            "build",
+            "--offline",
+            "--locked",
+            "--quiet",
+            "--manifest-path",
+        ])
+        .arg(fixture.join(workspace).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("CARGO_TARGET_DIR");
+    if let Some(feature) = feature {
+        build.args(["--features", feature]);
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(
+        status.success(),
+        "building the frozen-API fixture plugin ({}) failed",
+        release.name()
+    );
+    let file = |suffix: &str| {
+        format!(
+            "libpio_plugin_compat{suffix}{}",
+            std::env::consts::DLL_SUFFIX
+        )
+    };
+    let built = target.join("debug").join(file(""));
+    let kept = target.join(file(&format!("-{}", release.name())));
+    std::fs::copy(&built, &kept).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+    kept
+}
