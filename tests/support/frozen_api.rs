@@ -50,13 +50,9 @@ pub fn frozen_api_plugin(release: ApiRelease) -> PathBuf {
     let target = target_dir().join("fixtures/api-0.1.0");
     let mut build = Command::new(env!("CARGO"));
     build
-        .args([
-            "build",
-            "--offline",
-            "--locked",
-            "--quiet",
-            "--manifest-path",
-        ])
+        // Its own lock file pins the dependencies it was released with: fetched once if the
+        // workspace does not use the same versions.
+        .args(["build", "--locked", "--quiet", "--manifest-path"])
         .arg(fixture.join(workspace).join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target)
