@@ -66,7 +66,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let (library, model, config) = match pio_testkit::cached_model(pio_testkit::SMOLLM2) {
+    let (library, model, config) = match pio_testkit::find_model(pio_testkit::SMOLLM2) {
         Some(path) => (
             workspace_plugin("pio_plugin_llama"),
             "llama",

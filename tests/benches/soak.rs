@@ -89,8 +89,7 @@ fn main() {
     let reloads: usize = arg("--reloads", 50);
     let clients: usize = arg("--clients", 16);
     let isolation: String = arg("--isolation", "in-process".to_owned());
-    let model = pio_testkit::cached_model(pio_testkit::SMOLLM2)
-        .expect("the soak serves SmolLM2: run `pio models fetch` first");
+    let model = pio_testkit::model(pio_testkit::SMOLLM2);
     let library = workspace_plugin("pio_plugin_llama");
     let layer = ConfigLayer {
         isolation: IsolationLayer {

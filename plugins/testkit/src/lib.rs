@@ -2,9 +2,11 @@
 //! tests that need one.
 //!
 //! Models are fetched by `pio models fetch` into `<cache>/models` (`$PIO_CACHE_DIR`, else
-//! `$XDG_CACHE_HOME/pio`, else `~/.cache/pio` — the host's rule). A test that needs a missing
-//! model prints a loud `SKIPPED` line and passes, unless `PIO_REQUIRE_MODELS=1` (set by the
-//! project's test command), which makes a missing model a failure.
+//! `$XDG_CACHE_HOME/pio`, else `~/.cache/pio` — the host's rule). A test that needs a model is
+//! `#[ignore = "needs the SmolLM2 model: pio models fetch"]` (so a plain `cargo test` lists it as
+//! ignored instead of passing it) and gets the model from [`model`], which fails the test when
+//! the model is missing; the project's test command (`scripts/test`) fetches the models and runs
+//! the ignored tests too (`--include-ignored`).
 
 use std::path::PathBuf;
 
@@ -22,6 +24,22 @@ pub fn models_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pio")))
         .unwrap_or_else(|| PathBuf::from("/tmp/pio"));
     cache.join("models")
+}
+
+/// The cached model `relative` (e.g. [`SMOLLM2`]); fails the test, naming the command that
+/// fetches it, when it is missing.
+pub fn model(relative: &str) -> PathBuf {
+    find_model(relative).unwrap_or_else(|| {
+        panic!(
+            "this test needs the model {relative} at {}: run `pio models fetch`",
+            models_dir().join(relative).display()
+        )
+    })
+}
+
+/// The cached model `relative`, if it is there (for benchmarks that can run without it).
+pub fn find_model(relative: &str) -> Option<PathBuf> {
+    Some(models_dir().join(relative)).filter(|path| path.exists())
 }
 
 /// The cached model `relative` (e.g. [`SMOLLM2`]), or `None` after a loud skip notice; panics

@@ -2,16 +2,15 @@
 //!
 //! Expected values come from `tests/data/smollm2_ids.json`, produced outside
 //! the test path by `tests/data/make_reference.py` (transformers + jinja2).
-//! Without the model these tests print a loud SKIPPED line and pass, unless
-//! `PIO_REQUIRE_MODELS=1`, which makes a missing model a failure.
+//! They need the model (`pio models fetch`): ignored by a plain `cargo test`, failing without
+//! it when run.
 
 use pio_gguf::GgufFile;
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 use serde_json::Value;
 
-fn open_model() -> Option<GgufFile> {
-    let path = pio_testkit::cached_model(pio_testkit::SMOLLM2)?;
-    Some(GgufFile::open(path).unwrap())
+fn open_model() -> GgufFile {
+    GgufFile::open(pio_testkit::model(pio_testkit::SMOLLM2)).unwrap()
 }
 
 fn reference() -> Value {
@@ -29,8 +28,9 @@ fn ids(value: &Value) -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "needs the SmolLM2 model: pio models fetch"]
 fn encode_and_decode_match_reference() {
-    let Some(file) = open_model() else { return };
+    let file = open_model();
     let tokenizer = TextTokenizer::from_gguf(&file).unwrap();
     let reference = reference();
     assert_eq!(
@@ -68,8 +68,9 @@ fn encode_and_decode_match_reference() {
 /// llama.cpp's `smollm` rule checked by hand: digits are isolated before the
 /// GPT-2 split, so the two spaces stay one pre-token instead of " 4".
 #[test]
+#[ignore = "needs the SmolLM2 model: pio models fetch"]
 fn digits_are_isolated_after_spaces() {
-    let Some(file) = open_model() else { return };
+    let file = open_model();
     let tokenizer = TextTokenizer::from_gguf(&file).unwrap();
     let texts: Vec<&str> = tokenizer
         .encode("x =  42", false)
@@ -81,8 +82,9 @@ fn digits_are_isolated_after_spaces() {
 }
 
 #[test]
+#[ignore = "needs the SmolLM2 model: pio models fetch"]
 fn special_ids_from_metadata() {
-    let Some(file) = open_model() else { return };
+    let file = open_model();
     let tokenizer = TextTokenizer::from_gguf(&file).unwrap();
     assert_eq!(tokenizer.bos_id(), Some(1));
     assert_eq!(tokenizer.eos_id(), Some(2));
@@ -95,8 +97,9 @@ fn special_ids_from_metadata() {
 }
 
 #[test]
+#[ignore = "needs the SmolLM2 model: pio models fetch"]
 fn chat_template_matches_reference() {
-    let Some(file) = open_model() else { return };
+    let file = open_model();
     let template = ChatTemplate::from_gguf(&file).unwrap();
     let tokenizer = TextTokenizer::from_gguf(&file).unwrap();
     let reference = reference();
