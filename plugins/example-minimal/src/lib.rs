@@ -1,0 +1,63 @@
+//! # The minimal Inference-PIO text plugin
+//!
+//! How little a text plugin needs with the authoring kit (`pio-plugin-kit`): a model that
+//! answers a prompt with its characters in reverse order. The glue is the two trait impls'
+//! boilerplate and the export, about 25 lines; the model is `open` and `step`. The kit supplies
+//! the rest: configuration and lifecycle, metadata from `Cargo.toml`, `generate` with stop
+//! strings, `max_new_tokens`, cancellation, timings and usage counts, batched sequences, and
+//! `tokenize` / `detokenize`. `plugins/example` shows every other part of the contract.
+
+use pio_plugin_kit::{
+    export_text_model, metadata, Activation, Capability, CharTokenizer, Model, Next, NoConfig,
+    PluginMetadata, PluginResult, Sampling, TextModel,
+};
+
+/// The active model. It has no weights, so activation only records the context length.
+pub struct Reverse {
+    context_length: u32,
+}
+
+impl Model for Reverse {
+    type Config = NoConfig;
+
+    fn metadata() -> PluginMetadata {
+        metadata!("example-minimal")
+            .capabilities([Capability::TextGeneration, Capability::BatchedGeneration])
+            .build()
+    }
+
+    fn activate(_config: &NoConfig, activation: &Activation) -> PluginResult<Self> {
+        let context_length = activation.context_length.unwrap_or(4096);
+        Ok(Self { context_length })
+    }
+}
+
+impl TextModel for Reverse {
+    type Tokenizer = CharTokenizer;
+    /// The prompt's tokens not yet said, the next one last.
+    type Sequence = Vec<u32>;
+
+    fn tokenizer(&self) -> &CharTokenizer {
+        &CharTokenizer
+    }
+
+    fn context_length(&self) -> u32 {
+        self.context_length
+    }
+
+    fn open(&mut self, prompt: &[u32], _sampling: &Sampling) -> PluginResult<Vec<u32>> {
+        Ok(prompt.to_vec())
+    }
+
+    fn step(&mut self, rest: &mut Vec<u32>) -> PluginResult<Next> {
+        // The kit opens no empty prompt and steps no sequence past its `Final` token.
+        let token = rest.pop().unwrap_or_default();
+        Ok(if rest.is_empty() {
+            Next::Final(token)
+        } else {
+            Next::Token(token)
+        })
+    }
+}
+
+export_text_model!(Reverse);
