@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn a_valid_configuration_parses() {
         let settings: Settings = parse_config(json!({"model": "m.gguf"})).unwrap();
-        assert_eq!((settings.model.as_str(), settings.batch.slots), ("m.gguf", 0));
+        assert_eq!(
+            (settings.model.as_str(), settings.batch.slots),
+            ("m.gguf", 0)
+        );
     }
 
     #[test]
@@ -125,10 +128,7 @@ mod tests {
             error(json!({"model": "m", "batch": {"slots": "8"}})),
             "configuration: batch.slots: invalid type: string \"8\", expected u32"
         );
-        assert_eq!(
-            error(json!({})),
-            "configuration: missing field `model`"
-        );
+        assert_eq!(error(json!({})), "configuration: missing field `model`");
         assert_eq!(
             error(json!({"model": "m", "modle": 1})),
             "configuration: modle: unknown field `modle`, expected `model` or `batch`"
@@ -151,7 +151,10 @@ mod tests {
     fn no_config_takes_any_object_and_only_objects() {
         assert!(parse_config::<NoConfig>(json!({"whatever": 1})).is_ok());
         assert_eq!(
-            parse_config::<NoConfig>(json!(3)).unwrap_err().message.as_str(),
+            parse_config::<NoConfig>(json!(3))
+                .unwrap_err()
+                .message
+                .as_str(),
             "configuration: invalid type: integer `3`, expected struct NoConfig"
         );
     }

@@ -219,7 +219,10 @@ mod tests {
     #[test]
     fn max_new_tokens_and_the_context_limit_the_output() {
         let (texts, finish) = decode(&params(3, &[]), "abcdef", Next::Token);
-        assert_eq!((texts.concat(), finish), ("abc".into(), Some(FinishReason::Length)));
+        assert_eq!(
+            (texts.concat(), finish),
+            ("abc".into(), Some(FinishReason::Length))
+        );
         // A prompt of 1 token in a context of 100 leaves room for 99.
         let mut decoding = Decoding::start(CharTokenizer, &params(1000, &[]), 1, 100).unwrap();
         let ends = (0..200)
@@ -259,10 +262,7 @@ mod tests {
         decoding.accept(Next::Token(98)).unwrap();
         assert_eq!(decoding.processed_tokens(), 5);
         let response = decoding.into_response();
-        assert_eq!(
-            (response.text.as_str(), response.prompt_tokens),
-            ("ab", 3)
-        );
+        assert_eq!((response.text.as_str(), response.prompt_tokens), ("ab", 3));
         assert_eq!(response.finish_reason, FinishReason::Length);
         assert!(response.timings.prompt_ms >= 0.0 && response.timings.generation_ms >= 0.0);
     }

@@ -128,9 +128,7 @@ mod tokenizer;
 
 pub use config::{parse_config, Config, NoConfig};
 pub use metadata::{default_host_range, Metadata};
-pub use model::{
-    Activation, Embeddings, Message, Model, ModelStats, Next, Sampling, TextModel,
-};
+pub use model::{Activation, Embeddings, Message, Model, ModelStats, Next, Sampling, TextModel};
 pub use stop::{StopMatcher, StopStep};
 pub use text::TextPlugin;
 pub use tokenizer::{CharTokenizer, Decoder, Tokenizer};

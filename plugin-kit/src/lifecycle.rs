@@ -113,9 +113,7 @@ impl<M: Model, S: Default> Lifecycle<M, S> {
         match &mut self.state {
             State::Active(_, active) => Ok(active),
             State::Initialized(_) => Err(PluginError::invalid_input("the plugin is not active")),
-            State::Created => Err(PluginError::invalid_input(
-                "the plugin is not initialized",
-            )),
+            State::Created => Err(PluginError::invalid_input("the plugin is not initialized")),
         }
     }
 

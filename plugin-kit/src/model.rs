@@ -84,7 +84,10 @@ pub trait TextModel: Model {
     /// that decodes several sequences in one forward pass overrides it, and must return what
     /// [`step`](TextModel::step) would for each.
     fn step_batch(&mut self, batch: &mut [&mut Self::Sequence]) -> PluginResult<Vec<Next>> {
-        batch.iter_mut().map(|sequence| self.step(sequence)).collect()
+        batch
+            .iter_mut()
+            .map(|sequence| self.step(sequence))
+            .collect()
     }
 
     /// Ends a sequence, finished or abandoned, freeing what it holds. (Sequences still open
@@ -137,7 +140,11 @@ pub struct Activation {
 impl From<&ActivateOptions> for Activation {
     fn from(options: &ActivateOptions) -> Self {
         Self {
-            adapter: options.adapter.as_ref().map(|a| a.to_string()).into_option(),
+            adapter: options
+                .adapter
+                .as_ref()
+                .map(|a| a.to_string())
+                .into_option(),
             context_length: (options.context_length != 0).then_some(options.context_length),
             memory_budget_bytes: (options.memory_budget_bytes != 0)
                 .then_some(options.memory_budget_bytes),

@@ -217,3 +217,311 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pio_plugin_api::{ChatMessage, ErrorKind, FinishReason, FnSink, HealthStatus, TokenEvent};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{metadata, Activation, CharTokenizer, Config, Model, Next};
+
+    /// A deterministic model over characters: each token follows from the last one and the
+    /// step count, and the sequence ends with an end-of-generation token after `length` steps.
+    struct Counter {
+        length: u32,
+    }
+
+    /// The end-of-generation token: NUL, which has no text to show.
+    const EOG: u32 = 0;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CounterConfig {
+        length: u32,
+    }
+
+    impl Config for CounterConfig {
+        fn validate(&self) -> Result<(), String> {
+            match self.length {
+                0 => Err("length must be at least 1".to_owned()),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    struct Count {
+        last: u32,
+        steps: u32,
+    }
+
+    impl Model for Counter {
+        type Config = CounterConfig;
+        fn metadata() -> PluginMetadata {
+            metadata!("counter").build()
+        }
+        fn activate(config: &CounterConfig, _: &Activation) -> PluginResult<Self> {
+            Ok(Self {
+                length: config.length,
+            })
+        }
+    }
+
+    impl TextModel for Counter {
+        type Tokenizer = CharTokenizer;
+        type Sequence = Count;
+        fn tokenizer(&self) -> &CharTokenizer {
+            &CharTokenizer
+        }
+        fn context_length(&self) -> u32 {
+            64
+        }
+        fn chat_prompt(&self, messages: &[Message]) -> PluginResult<Vec<u32>> {
+            let text: String = messages
+                .iter()
+                .map(|m| format!("{}:{}\n", m.role, m.content))
+                .collect();
+            CharTokenizer.encode(&text, true)
+        }
+        fn open(&mut self, prompt: &[u32], _: &Sampling) -> PluginResult<Count> {
+            Ok(Count {
+                last: prompt.iter().sum(),
+                steps: 0,
+            })
+        }
+        fn step(&mut self, count: &mut Count) -> PluginResult<Next> {
+            count.steps += 1;
+            if count.steps > self.length {
+                return Ok(Next::EndOfGeneration(EOG));
+            }
+            count.last = 'a' as u32 + (count.last + count.steps) % 26;
+            Ok(Next::Token(count.last))
+        }
+    }
+
+    fn plugin(length: u32) -> TextPlugin<Counter> {
+        let mut plugin = TextPlugin::<Counter>::new().unwrap();
+        plugin.initialize(json!({ "length": length })).unwrap();
+        plugin.activate(&ActivateOptions::default()).unwrap();
+        plugin
+    }
+
+    fn params(max_new_tokens: u32, stop: &[&str]) -> GenerationParams {
+        let mut params = GenerationParams::greedy(max_new_tokens);
+        params.stop = stop.iter().map(|s| (*s).into()).collect();
+        params
+    }
+
+    /// Runs `request` through `generate` or `chat`, answering `Stop` after `stop_after` events.
+    fn stream(
+        plugin: &mut TextPlugin<Counter>,
+        request: &SequenceRequest,
+        stop_after: Option<usize>,
+    ) -> (Vec<TokenEvent>, GenerateResponse) {
+        let mut events = Vec::new();
+        let mut sink = FnSink(|e: &TokenEvent| {
+            events.push(e.clone());
+            match stop_after == Some(events.len()) {
+                true => StreamControl::Stop,
+                false => StreamControl::Continue,
+            }
+        });
+        let mut stream = TokenStream::new(sink.as_sink());
+        let response = match request {
+            SequenceRequest::Generate(r) => plugin.generate(r, &mut stream),
+            SequenceRequest::Chat(r) => plugin.chat(r, &mut stream),
+        }
+        .unwrap();
+        drop(stream);
+        (events, response)
+    }
+
+    fn generate(prompt: &str, params: GenerationParams) -> SequenceRequest {
+        SequenceRequest::Generate(GenerateRequest {
+            prompt: Prompt::Text(prompt.into()),
+            params,
+        })
+    }
+
+    fn requests() -> Vec<SequenceRequest> {
+        vec![
+            generate("hello", params(100, &[])),
+            generate("hello", params(3, &[])),
+            generate("abc", params(100, &["fi"])),
+            generate("xyz", params(100, &["q", "zz"])),
+            SequenceRequest::Chat(ChatRequest {
+                messages: vec![ChatMessage::new("user", "hi")].into(),
+                params: params(100, &["ghi"]),
+            }),
+        ]
+    }
+
+    #[test]
+    fn batched_sequences_give_exactly_what_generate_and_chat_give() {
+        let requests = requests();
+        let mut batched = plugin(10);
+        let mut open: Vec<(u64, usize)> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (batched.open_sequence(r).unwrap().id, i))
+            .collect();
+        let mut got = vec![(Vec::new(), None); requests.len()];
+        while !open.is_empty() {
+            let ids: Vec<u64> = open.iter().map(|(id, _)| *id).collect();
+            let steps = batched.step_sequences(&ids).unwrap();
+            assert_eq!(steps.iter().map(|s| s.id).collect::<Vec<_>>(), ids);
+            for (step, (id, i)) in steps.into_iter().zip(open.clone()) {
+                got[i].0.push(step.event);
+                if let Some(finish) = step.finish.into_option() {
+                    got[i].1 = Some(finish);
+                    batched.close_sequence(id).unwrap();
+                    open.retain(|(open_id, _)| *open_id != id);
+                }
+            }
+        }
+        let mut alone = plugin(10);
+        for (request, (events, finish)) in requests.iter().zip(got) {
+            let (streamed, response) = stream(&mut alone, request, None);
+            assert_eq!(events, streamed, "{request:?}");
+            assert_eq!(finish, Some(response.finish_reason), "{request:?}");
+            let text: String = events.iter().map(|e| e.text.as_str()).collect();
+            assert_eq!(text, response.text.as_str());
+            let tokens: Vec<u32> = events.iter().map(|e| e.token).collect();
+            assert_eq!(tokens, response.tokens.as_slice());
+        }
+        let details: serde_json::Value =
+            serde_json::from_str(&batched.stats().details_json).unwrap();
+        assert_eq!(details["largest_batch"], requests.len());
+        assert_eq!(details["open_sequences"], 0);
+        assert_eq!(details["vocab_size"], 0x11_0000);
+        assert_eq!(details["pid"], std::process::id());
+        let usage = |stats: PluginStats| (stats.requests, stats.tokens);
+        assert_eq!(usage(batched.stats()), usage(alone.stats()));
+    }
+
+    #[test]
+    fn stop_strings_limits_and_end_of_generation_end_a_generation() {
+        let mut plugin = plugin(10);
+        let (_, free) = stream(&mut plugin, &generate("abc", params(100, &[])), None);
+        assert_eq!(free.finish_reason, FinishReason::Stop);
+        assert_eq!(
+            free.tokens.len(),
+            11,
+            "10 tokens and the end-of-generation token"
+        );
+        assert_eq!(free.tokens.last(), Some(&EOG));
+        assert_eq!(free.text.chars().count(), 10);
+
+        let (_, limited) = stream(&mut plugin, &generate("abc", params(4, &[])), None);
+        assert_eq!(limited.finish_reason, FinishReason::Length);
+        assert_eq!(limited.text.as_str(), &free.text[..4]);
+
+        // A stop string spanning two tokens: neither token's text is shown.
+        let stop = &free.text[5..7];
+        let (events, stopped) = stream(&mut plugin, &generate("abc", params(100, &[stop])), None);
+        assert_eq!(stopped.finish_reason, FinishReason::Stop);
+        assert_eq!(stopped.text.as_str(), &free.text[..5]);
+        assert_eq!(events.len(), 7);
+        assert_eq!(
+            events[5].text.as_str(),
+            "",
+            "held back: it may start the stop string"
+        );
+    }
+
+    #[test]
+    fn the_host_can_cancel_and_held_back_text_is_dropped() {
+        let mut plugin = plugin(10);
+        let (_, free) = stream(&mut plugin, &generate("abc", params(100, &[])), None);
+        let held = &free.text[2..3];
+        let request = generate("abc", params(100, &[&format!("{held}?")]));
+        let (events, cancelled) = stream(&mut plugin, &request, Some(3));
+        assert_eq!(events.len(), 3);
+        assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
+        assert_eq!(cancelled.text.as_str(), &free.text[..2]);
+        assert_eq!(cancelled.tokens.len(), 3);
+    }
+
+    #[test]
+    fn the_lifecycle_answers_calls_in_the_wrong_state() {
+        let mut plugin = TextPlugin::<Counter>::new().unwrap();
+        assert_eq!(plugin.health().status, HealthStatus::Unavailable);
+        let error = plugin.tokenize("a", false).unwrap_err();
+        assert_eq!(error.message.as_str(), "the plugin is not initialized");
+        let error = plugin.activate(&ActivateOptions::default()).unwrap_err();
+        assert!(error.message.contains("not initialized"), "{error}");
+
+        let error = plugin.initialize(json!({ "length": 0 })).unwrap_err();
+        assert_eq!(
+            error.message.as_str(),
+            "configuration: length must be at least 1"
+        );
+        let error = plugin.initialize(json!({ "length": "9" })).unwrap_err();
+        assert_eq!(
+            error.message.as_str(),
+            "configuration: length: invalid type: string \"9\", expected u32"
+        );
+
+        plugin.initialize(json!({ "length": 3 })).unwrap();
+        let error = plugin.detokenize(&[97]).unwrap_err();
+        assert_eq!(error.message.as_str(), "the plugin is not active");
+        plugin.activate(&ActivateOptions::default()).unwrap();
+        assert_eq!(plugin.health().status, HealthStatus::Ok);
+        assert_eq!(plugin.detokenize(&[104, 105]).unwrap(), "hi");
+        let error = plugin.initialize(json!({ "length": 3 })).unwrap_err();
+        assert!(error.message.contains("deactivate it first"), "{error}");
+        let error = plugin
+            .embed(&EmbedRequest {
+                inputs: vec!["a".into()].into(),
+            })
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Unsupported);
+
+        plugin.deactivate().unwrap();
+        assert_eq!(plugin.health().message.as_str(), "initialized, not active");
+        assert_eq!(plugin.stats(), PluginStats::default());
+        plugin.activate(&ActivateOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn requests_are_checked_before_the_model_sees_them() {
+        let mut plugin = plugin(10);
+        let refused = |plugin: &mut TextPlugin<Counter>, request| {
+            plugin
+                .open_sequence(&request)
+                .unwrap_err()
+                .message
+                .into_string()
+        };
+        let tokens = |ids: &[u32]| {
+            SequenceRequest::Generate(GenerateRequest {
+                prompt: Prompt::Tokens(ids.to_vec().into()),
+                params: params(5, &[]),
+            })
+        };
+        assert!(refused(&mut plugin, tokens(&[97, 0xD800])).contains("55296"));
+        assert!(refused(&mut plugin, tokens(&[])).contains("prompt is empty"));
+        assert_eq!(
+            refused(&mut plugin, tokens(&[97; 64])),
+            "prompt has 64 tokens but the context holds 64"
+        );
+        let mut bad = params(5, &[]);
+        bad.top_p = 2.0;
+        assert!(refused(&mut plugin, generate("a", bad)).contains("top_p"));
+
+        let id = plugin.open_sequence(&tokens(&[97])).unwrap().id;
+        let error = plugin.step_sequences(&[id, id + 1]).unwrap_err();
+        assert_eq!(
+            error.message.as_str(),
+            format!("no open sequence {}", id + 1)
+        );
+        let error = plugin.step_sequences(&[id, id]).unwrap_err();
+        assert!(error.message.contains("twice"), "{error}");
+        let details: serde_json::Value =
+            serde_json::from_str(&plugin.stats().details_json).unwrap();
+        assert_eq!(
+            details["largest_batch"], 0,
+            "a refused step changes nothing"
+        );
+    }
+}
