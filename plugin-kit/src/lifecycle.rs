@@ -2,7 +2,7 @@
 //! configuration) → active (a model) → initialized again after `deactivate`. Model code sees
 //! only the states it can act in; "not initialized" and "not active" are answered here.
 
-use std::time::Instant;
+use std::{path::PathBuf, time::Instant};
 
 use pio_plugin_api::{
     ActivateOptions, Health, HealthStatus, PluginError, PluginResult, PluginStats,
@@ -10,11 +10,20 @@ use pio_plugin_api::{
 
 use crate::{config::parse_config, Activation, Model};
 
+/// The key under which the host adds the plugin's folder to every configuration.
+const PLUGIN_DIR_KEY: &str = "plugin_dir";
+
 /// Where an instance is in its lifecycle.
 enum State<M: Model, S> {
     Created,
-    Initialized(M::Config),
-    Active(M::Config, Active<M, S>),
+    Initialized(Configured<M::Config>),
+    Active(Configured<M::Config>, Active<M, S>),
+}
+
+/// What `initialize` received: the author's configuration and the host's plugin folder.
+struct Configured<C> {
+    config: C,
+    plugin_dir: Option<PathBuf>,
 }
 
 /// An active model with the kit's per-activation state `S` beside it.
@@ -53,15 +62,22 @@ impl<M: Model, S: Default> Lifecycle<M, S> {
         }
     }
 
-    /// Parses and validates the configuration. Refused while active: the configuration an
-    /// active model was built from must stay the one reported.
-    pub(crate) fn initialize(&mut self, json: serde_json::Value) -> PluginResult<()> {
+    /// Parses and validates the configuration. The host's `plugin_dir` key is taken out first
+    /// (it reaches the model as [`Activation::plugin_dir`]), so a configuration type may deny
+    /// unknown keys. Refused while active: the configuration an active model was built from
+    /// must stay the one reported.
+    pub(crate) fn initialize(&mut self, mut json: serde_json::Value) -> PluginResult<()> {
         if let State::Active(..) = self.state {
             return Err(PluginError::invalid_input(
                 "cannot initialize an active plugin: deactivate it first",
             ));
         }
-        self.state = State::Initialized(parse_config(json)?);
+        let plugin_dir = json
+            .as_object_mut()
+            .and_then(|object| object.remove(PLUGIN_DIR_KEY))
+            .and_then(|dir| dir.as_str().map(PathBuf::from));
+        let config = parse_config(json)?;
+        self.state = State::Initialized(Configured { config, plugin_dir });
         Ok(())
     }
 
@@ -69,8 +85,8 @@ impl<M: Model, S: Default> Lifecycle<M, S> {
     /// memory is free before the new one allocates.
     pub(crate) fn activate(&mut self, options: &ActivateOptions) -> PluginResult<()> {
         self.deactivate();
-        let config = match std::mem::replace(&mut self.state, State::Created) {
-            State::Initialized(config) => config,
+        let configured = match std::mem::replace(&mut self.state, State::Created) {
+            State::Initialized(configured) => configured,
             other => {
                 self.state = other;
                 return Err(PluginError::invalid_input(
@@ -79,7 +95,8 @@ impl<M: Model, S: Default> Lifecycle<M, S> {
             }
         };
         let started = Instant::now();
-        match M::activate(&config, &Activation::from(options)) {
+        let activation = Activation::new(options, configured.plugin_dir.clone());
+        match M::activate(&configured.config, &activation) {
             Ok(model) => {
                 let active = Active {
                     model,
@@ -87,11 +104,11 @@ impl<M: Model, S: Default> Lifecycle<M, S> {
                     usage: Usage::default(),
                     activate_ms: started.elapsed().as_secs_f64() * 1e3,
                 };
-                self.state = State::Active(config, active);
+                self.state = State::Active(configured, active);
                 Ok(())
             }
             Err(error) => {
-                self.state = State::Initialized(config);
+                self.state = State::Initialized(configured);
                 Err(error)
             }
         }
@@ -100,9 +117,9 @@ impl<M: Model, S: Default> Lifecycle<M, S> {
     /// Drops the model (and everything in the session), keeping the configuration.
     pub(crate) fn deactivate(&mut self) {
         self.state = match std::mem::replace(&mut self.state, State::Created) {
-            State::Active(config, active) => {
+            State::Active(configured, active) => {
                 drop(active);
-                State::Initialized(config)
+                State::Initialized(configured)
             }
             other => other,
         };

@@ -1,6 +1,8 @@
 //! The traits an author implements — [`Model`] for every plugin, [`TextModel`] for one that
 //! generates text — and the plain Rust types they exchange with the kit.
 
+use std::path::PathBuf;
+
 use pio_plugin_api::{
     ActivateOptions, ChatMessage, GenerationParams, PluginError, PluginMetadata, PluginResult,
 };
@@ -125,9 +127,12 @@ impl Next {
     }
 }
 
-/// Where and how big to run, from the host's `activate` call.
+/// Where and how big to run, from the host's `activate` call, and where the plugin lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Activation {
+    /// The plugin's folder, against which relative paths of its configuration (model files)
+    /// resolve; the host sets it, a test may not.
+    pub plugin_dir: Option<PathBuf>,
     /// Preferred device: a case-insensitive substring of the adapter name or its index in
     /// `pio devices`; `None` lets the model choose.
     pub adapter: Option<String>,
@@ -137,9 +142,11 @@ pub struct Activation {
     pub memory_budget_bytes: Option<u64>,
 }
 
-impl From<&ActivateOptions> for Activation {
-    fn from(options: &ActivateOptions) -> Self {
+impl Activation {
+    /// The host's `options` for a plugin in `plugin_dir`.
+    pub fn new(options: &ActivateOptions, plugin_dir: Option<PathBuf>) -> Self {
         Self {
+            plugin_dir,
             adapter: options
                 .adapter
                 .as_ref()

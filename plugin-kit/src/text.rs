@@ -224,12 +224,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{metadata, Activation, CharTokenizer, Config, Model, Next};
+    use crate::{metadata, Activation, CharTokenizer, Config, Model, ModelStats, Next};
 
     /// A deterministic model over characters: each token follows from the last one and the
     /// step count, and the sequence ends with an end-of-generation token after `length` steps.
     struct Counter {
         length: u32,
+        activation: Activation,
     }
 
     /// The end-of-generation token: NUL, which has no text to show.
@@ -260,10 +261,20 @@ mod tests {
         fn metadata() -> PluginMetadata {
             metadata!("counter").build()
         }
-        fn activate(config: &CounterConfig, _: &Activation) -> PluginResult<Self> {
+        fn activate(config: &CounterConfig, activation: &Activation) -> PluginResult<Self> {
             Ok(Self {
                 length: config.length,
+                activation: activation.clone(),
             })
+        }
+        fn stats(&self) -> ModelStats {
+            let mut details = serde_json::Map::new();
+            details.insert("activation".to_owned(), format!("{:?}", self.activation).into());
+            ModelStats {
+                host_memory_bytes: 7,
+                details,
+                ..ModelStats::default()
+            }
         }
     }
 
@@ -462,10 +473,27 @@ mod tests {
             "configuration: length: invalid type: string \"9\", expected u32"
         );
 
-        plugin.initialize(json!({ "length": 3 })).unwrap();
+        // The host adds `plugin_dir` to every configuration; the kit hands it to `activate`.
+        plugin
+            .initialize(json!({ "length": 3, "plugin_dir": "/plugins/counter" }))
+            .unwrap();
         let error = plugin.detokenize(&[97]).unwrap_err();
         assert_eq!(error.message.as_str(), "the plugin is not active");
-        plugin.activate(&ActivateOptions::default()).unwrap();
+        plugin
+            .activate(&ActivateOptions {
+                context_length: 32,
+                ..ActivateOptions::default()
+            })
+            .unwrap();
+        let stats = plugin.stats();
+        assert_eq!(stats.host_memory_bytes, 7);
+        let details: serde_json::Value = serde_json::from_str(&stats.details_json).unwrap();
+        let expected = Activation {
+            plugin_dir: Some("/plugins/counter".into()),
+            context_length: Some(32),
+            ..Activation::default()
+        };
+        assert_eq!(details["activation"], format!("{expected:?}"));
         assert_eq!(plugin.health().status, HealthStatus::Ok);
         assert_eq!(plugin.detokenize(&[104, 105]).unwrap(), "hi");
         let error = plugin.initialize(json!({ "length": 3 })).unwrap_err();

@@ -1,7 +1,7 @@
 //! # The minimal Inference-PIO text plugin
 //!
 //! How little a text plugin needs with the authoring kit (`pio-plugin-kit`): a model that
-//! answers a prompt with its characters in reverse order. The glue is the two trait impls'
+//! echoes its prompt in ASCII capitals. The glue is the two trait impls'
 //! boilerplate and the export, about 25 lines; the model is `open` and `step`. The kit supplies
 //! the rest: configuration and lifecycle, metadata from `Cargo.toml`, `generate` with stop
 //! strings, `max_new_tokens`, cancellation, timings and usage counts, batched sequences, and
@@ -13,11 +13,11 @@ use pio_plugin_kit::{
 };
 
 /// The active model. It has no weights, so activation only records the context length.
-pub struct Reverse {
+pub struct Shout {
     context_length: u32,
 }
 
-impl Model for Reverse {
+impl Model for Shout {
     type Config = NoConfig;
 
     fn metadata() -> PluginMetadata {
@@ -32,10 +32,10 @@ impl Model for Reverse {
     }
 }
 
-impl TextModel for Reverse {
+impl TextModel for Shout {
     type Tokenizer = CharTokenizer;
-    /// The prompt's tokens not yet said, the next one last.
-    type Sequence = Vec<u32>;
+    /// The prompt's tokens not yet echoed.
+    type Sequence = std::vec::IntoIter<u32>;
 
     fn tokenizer(&self) -> &CharTokenizer {
         &CharTokenizer
@@ -45,19 +45,19 @@ impl TextModel for Reverse {
         self.context_length
     }
 
-    fn open(&mut self, prompt: &[u32], _sampling: &Sampling) -> PluginResult<Vec<u32>> {
-        Ok(prompt.to_vec())
+    fn open(&mut self, prompt: &[u32], _sampling: &Sampling) -> PluginResult<Self::Sequence> {
+        Ok(prompt.to_vec().into_iter())
     }
 
-    fn step(&mut self, rest: &mut Vec<u32>) -> PluginResult<Next> {
+    fn step(&mut self, rest: &mut Self::Sequence) -> PluginResult<Next> {
         // The kit opens no empty prompt and steps no sequence past its `Final` token.
-        let token = rest.pop().unwrap_or_default();
-        Ok(if rest.is_empty() {
-            Next::Final(token)
-        } else {
-            Next::Token(token)
+        let token = rest.next().unwrap_or_default();
+        let shouted = char::from_u32(token).map_or(token, |c| c.to_ascii_uppercase().into());
+        Ok(match rest.len() {
+            0 => Next::Final(shouted),
+            _ => Next::Token(shouted),
         })
     }
 }
 
-export_text_model!(Reverse);
+export_text_model!(Shout);
