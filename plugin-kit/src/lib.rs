@@ -88,27 +88,10 @@
 //!   host checks them again: a plugin that drifted from them would be caught by the host's
 //!   output guard, one that uses the kit cannot drift.
 //!
-//! ## Versioning, for authors
+//! ## Versioning
 //!
-//! Both crates follow Cargo's semver. What a host does with a plugin depends only on the
-//! `pio-plugin-api` version the plugin was built against, which the kit records in its metadata
-//! and the host checks before the library's code runs. A *band* is what Cargo calls compatible
-//! versions: the same major version, and the same minor version while the major is 0.
-//!
-//! - **Compatible change** (`0.1.0` → `0.1.1` while the major is 0; `1.1` → `1.2` after; a
-//!   fix, or an addition that keeps every layout): fields appended to the root module's prefix
-//!   type, methods appended to the instance's vtable after its last prefix field (each with a
-//!   default), new metadata JSON fields (a missing one takes its default). A host loads a
-//!   plugin built against a *newer* version of its band (it ignores what it does not know),
-//!   and one built against an *older* version of its band as long as nothing was appended in
-//!   between (`abi_stable`'s layout check at load refuses a plugin with fewer prefix fields
-//!   than the host reads).
-//! - **Breaking change** (`0.1` → `0.2` while the major is 0; `1.x` → `2.0` after): anything
-//!   else — a field, method or type changed or removed, a variant added to an ABI enum. A host
-//!   refuses a plugin of another band before loading its code, with an error naming both
-//!   versions (`plugin 'x' 0.1.0 needs pio-plugin-api ^0.2, this host has 0.1.0`); rebuild
-//!   the plugin against the host's API.
-//!
+//! What a host accepts depends only on the `pio-plugin-api` version a plugin was built
+//! against: see [the API's versioning rules](pio_plugin_api#versioning-for-authors).
 //! [`default_host_range`] encodes the band: a plugin built with API `0.1.x` declares the hosts
 //! `>=0.1.0, <0.2.0`. The kit itself is not part of the ABI: a new kit version in the API's
 //! band changes nothing a host can see, so upgrading it is a rebuild, never a migration of

@@ -320,6 +320,39 @@ mod tests {
     }
 
     #[test]
+    fn fixture_keys_are_taken_out_before_the_model_parses_its_configuration() {
+        let mut plugin = ExamplePlugin::new().unwrap();
+        let error = plugin
+            .initialize(serde_json::json!({"dimension": 8}))
+            .unwrap_err();
+        assert!(error.message.contains("unknown field `dimension`"), "{error:?}");
+        let error = plugin
+            .initialize(serde_json::json!({"dimensions": 0}))
+            .unwrap_err();
+        assert!(error.message.contains("dimensions must be in 1..=4096"), "{error:?}");
+        plugin
+            .initialize(serde_json::json!({
+                "dimensions": 8,
+                "fail_in": "generate",
+                "fault": "error",
+                "plugin_dir": "/plugins/example",
+            }))
+            .unwrap();
+        plugin.activate(&ActivateOptions::default()).unwrap();
+        let mut sink = FnSink(|_: &TokenEvent| StreamControl::Continue);
+        let request = GenerateRequest {
+            prompt: Prompt::Text("ab".into()),
+            params: GenerationParams::greedy(5),
+        };
+        let error = plugin
+            .generate(&request, &mut TokenStream::new(sink.as_sink()))
+            .unwrap_err();
+        assert_eq!(error.message.as_str(), "fault injected in generate");
+        let id = plugin.open_sequence(&SequenceRequest::Generate(request)).unwrap().id;
+        assert_eq!(plugin.step_sequences(&[id]).unwrap()[0].event.text.as_str(), "b");
+    }
+
+    #[test]
     fn open_checks_the_request_like_generate() {
         let mut plugin = active_plugin();
         plugin.deactivate().unwrap();
