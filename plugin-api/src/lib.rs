@@ -1,7 +1,6 @@
 //! # pio-plugin-api
 //!
-//! The stable ABI between the Inference-PIO host (`pio`) and its plugins, and the only crate a
-//! plugin author depends on.
+//! The stable ABI between the Inference-PIO host (`pio`) and its plugins.
 //!
 //! An author implements the plain Rust trait [`Plugin`] and calls [`export_plugin!`] once; the
 //! macro generates the `abi_stable` root module, and the glue behind it turns every panic into an

@@ -269,7 +269,10 @@ mod tests {
         }
         fn stats(&self) -> ModelStats {
             let mut details = serde_json::Map::new();
-            details.insert("activation".to_owned(), format!("{:?}", self.activation).into());
+            details.insert(
+                "activation".to_owned(),
+                format!("{:?}", self.activation).into(),
+            );
             ModelStats {
                 host_memory_bytes: 7,
                 details,

@@ -96,10 +96,7 @@ pub fn build_variant(variant: &Variant) -> PathBuf {
         let entry = entry.unwrap();
         let mut text = std::fs::read_to_string(entry.path()).unwrap();
         if let Some(name) = variant.plugin_name {
-            text = text.replace(
-                "metadata!(\"example\")",
-                &format!("metadata!(\"{name}\")"),
-            );
+            text = text.replace("metadata!(\"example\")", &format!("metadata!(\"{name}\")"));
         }
         if let Some(ms) = variant.token_delay_ms {
             // Every token of both generation paths (streaming and batched) is made here.

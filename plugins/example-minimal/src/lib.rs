@@ -35,7 +35,7 @@ impl Model for Shout {
 impl TextModel for Shout {
     type Tokenizer = CharTokenizer;
     /// The prompt's tokens not yet echoed.
-    type Sequence = std::vec::IntoIter<u32>;
+    type Sequence = std::collections::VecDeque<u32>;
 
     fn tokenizer(&self) -> &CharTokenizer {
         &CharTokenizer
@@ -46,16 +46,16 @@ impl TextModel for Shout {
     }
 
     fn open(&mut self, prompt: &[u32], _sampling: &Sampling) -> PluginResult<Self::Sequence> {
-        Ok(prompt.to_vec().into_iter())
+        Ok(prompt.iter().copied().collect())
     }
 
     fn step(&mut self, rest: &mut Self::Sequence) -> PluginResult<Next> {
         // The kit opens no empty prompt and steps no sequence past its `Final` token.
-        let token = rest.next().unwrap_or_default();
+        let token = rest.pop_front().unwrap_or_default();
         let shouted = char::from_u32(token).map_or(token, |c| c.to_ascii_uppercase().into());
-        Ok(match rest.len() {
-            0 => Next::Final(shouted),
-            _ => Next::Token(shouted),
+        Ok(match rest.is_empty() {
+            true => Next::Final(shouted),
+            false => Next::Token(shouted),
         })
     }
 }

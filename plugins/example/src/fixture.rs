@@ -10,9 +10,9 @@ use std::borrow::Cow;
 
 use pio_plugin_kit::{
     api::{
-        abi_stable::std_types::RVec, serde_json, ActivateOptions, ChatRequest, EmbedRequest, EmbedResponse,
-        GenerateRequest, GenerateResponse, GenerationParams, Health, Plugin, PluginStats,
-        SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
+        abi_stable::std_types::RVec, serde_json, ActivateOptions, ChatRequest, EmbedRequest,
+        EmbedResponse, GenerateRequest, GenerateResponse, GenerationParams, Health, Plugin,
+        PluginStats, SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
     },
     PluginError, PluginMetadata, PluginResult,
 };

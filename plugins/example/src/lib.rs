@@ -190,9 +190,7 @@ mod tests {
 
     fn active_plugin() -> ExamplePlugin {
         let mut plugin = ExamplePlugin::new().unwrap();
-        plugin
-            .initialize(serde_json::json!({}))
-            .unwrap();
+        plugin.initialize(serde_json::json!({})).unwrap();
         plugin.activate(&ActivateOptions::default()).unwrap();
         plugin
     }
@@ -325,11 +323,17 @@ mod tests {
         let error = plugin
             .initialize(serde_json::json!({"dimension": 8}))
             .unwrap_err();
-        assert!(error.message.contains("unknown field `dimension`"), "{error:?}");
+        assert!(
+            error.message.contains("unknown field `dimension`"),
+            "{error:?}"
+        );
         let error = plugin
             .initialize(serde_json::json!({"dimensions": 0}))
             .unwrap_err();
-        assert!(error.message.contains("dimensions must be in 1..=4096"), "{error:?}");
+        assert!(
+            error.message.contains("dimensions must be in 1..=4096"),
+            "{error:?}"
+        );
         plugin
             .initialize(serde_json::json!({
                 "dimensions": 8,
@@ -348,8 +352,14 @@ mod tests {
             .generate(&request, &mut TokenStream::new(sink.as_sink()))
             .unwrap_err();
         assert_eq!(error.message.as_str(), "fault injected in generate");
-        let id = plugin.open_sequence(&SequenceRequest::Generate(request)).unwrap().id;
-        assert_eq!(plugin.step_sequences(&[id]).unwrap()[0].event.text.as_str(), "b");
+        let id = plugin
+            .open_sequence(&SequenceRequest::Generate(request))
+            .unwrap()
+            .id;
+        assert_eq!(
+            plugin.step_sequences(&[id]).unwrap()[0].event.text.as_str(),
+            "b"
+        );
     }
 
     #[test]
