@@ -144,7 +144,7 @@ pub struct Activation {
 
 impl Activation {
     /// The host's `options` for a plugin in `plugin_dir`.
-    pub fn new(options: &ActivateOptions, plugin_dir: Option<PathBuf>) -> Self {
+    pub(crate) fn new(options: &ActivateOptions, plugin_dir: Option<PathBuf>) -> Self {
         Self {
             plugin_dir,
             adapter: options
