@@ -24,20 +24,20 @@ struct Alphabet;
 
 impl Model for Alphabet {
     type Config = NoConfig;
+    type Tokenizer = CharTokenizer;
     fn metadata() -> PluginMetadata {
         metadata!("alphabet").build()
     }
     fn activate(_: &NoConfig, _: &Activation) -> PluginResult<Self> {
         Ok(Alphabet)
     }
-}
-
-impl TextModel for Alphabet {
-    type Tokenizer = CharTokenizer;
-    type Sequence = u32;
     fn tokenizer(&self) -> &CharTokenizer {
         &CharTokenizer
     }
+}
+
+impl TextModel for Alphabet {
+    type Sequence = u32;
     fn context_length(&self) -> u32 {
         TOKENS + 1
     }

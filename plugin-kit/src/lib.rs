@@ -12,6 +12,8 @@
 //! - **Metadata.** [`metadata!`] fills a [`Metadata`] builder from the plugin's `Cargo.toml`
 //!   (version, authors, license, description); the API version and the default host range come
 //!   from the kit ([`default_host_range`]), never by hand.
+//! - **Embeddings.** A [`Model`] overriding [`Model::embed`] is a complete embeddings plugin
+//!   ([`EmbeddingPlugin`]); a text model may embed too.
 //! - **Generation.** A [`TextModel`] implements [`open`](TextModel::open) /
 //!   [`step`](TextModel::step) / [`close`](TextModel::close) over token ids. The kit's one
 //!   driver handles stop strings (held back across token boundaries, never emitted),
@@ -19,7 +21,8 @@
 //!   `generate`, `chat` and batched sequences from it — so all three give the same tokens and
 //!   text for the same request by construction.
 //! - **Plain types.** Authors see [`Activation`], [`Sampling`], [`Message`], [`Next`],
-//!   [`ModelStats`], [`Embeddings`]; the `abi_stable` types stay behind [`TextPlugin`].
+//!   [`ModelStats`], [`Embeddings`]; the `abi_stable` types stay behind [`TextPlugin`] and
+//!   [`EmbeddingPlugin`].
 //!
 //! ## A complete plugin
 //!
@@ -36,21 +39,21 @@
 //!
 //! impl Model for Reverse {
 //!     type Config = NoConfig;
+//!     type Tokenizer = CharTokenizer;
 //!     fn metadata() -> PluginMetadata {
 //!         metadata!("reverse").capabilities([Capability::TextGeneration]).build()
 //!     }
 //!     fn activate(_: &NoConfig, _: &Activation) -> PluginResult<Self> {
 //!         Ok(Reverse)
 //!     }
-//! }
-//!
-//! impl TextModel for Reverse {
-//!     type Tokenizer = CharTokenizer;
-//!     /// The tokens still to say, last first.
-//!     type Sequence = Vec<u32>;
 //!     fn tokenizer(&self) -> &CharTokenizer {
 //!         &CharTokenizer
 //!     }
+//! }
+//!
+//! impl TextModel for Reverse {
+//!     /// The tokens still to say, last first.
+//!     type Sequence = Vec<u32>;
 //!     fn context_length(&self) -> u32 {
 //!         4096
 //!     }
@@ -67,7 +70,8 @@
 //! export_text_model!(Reverse);
 //! ```
 //!
-//! `plugins/example-minimal` is this plugin as a crate, loaded by the host in its tests;
+//! `plugins/example-minimal` is a plugin of this size as a crate (it echoes the prompt in
+//! capitals), loaded by the host in its tests;
 //! `plugins/example` is the full template (chat, embeddings, batched generation, `infer`, and
 //! the host's test fixtures as a [`Plugin`](api::Plugin) decorator).
 //!
@@ -99,8 +103,10 @@
 
 #![deny(missing_docs)]
 
+mod calls;
 mod config;
 mod decoding;
+mod embedding;
 mod lifecycle;
 mod metadata;
 mod model;
@@ -110,6 +116,7 @@ mod text;
 mod tokenizer;
 
 pub use config::{parse_config, Config, NoConfig};
+pub use embedding::EmbeddingPlugin;
 pub use metadata::{default_host_range, Metadata};
 pub use model::{Activation, Embeddings, Message, Model, ModelStats, Next, Sampling, TextModel};
 pub use stop::{StopMatcher, StopStep};
@@ -130,5 +137,14 @@ pub use pio_plugin_api::{
 macro_rules! export_text_model {
     ($model:ty) => {
         $crate::api::export_plugin!($crate::TextPlugin<$model>);
+    };
+}
+
+/// Exports a [`Model`] that embeds (see [`EmbeddingPlugin`]): use it once, at the crate root of
+/// a `cdylib` crate.
+#[macro_export]
+macro_rules! export_embedding_model {
+    ($model:ty) => {
+        $crate::api::export_plugin!($crate::EmbeddingPlugin<$model>);
     };
 }

@@ -8,7 +8,7 @@ use pio_plugin_api::{
     ActivateOptions, Health, HealthStatus, PluginError, PluginResult, PluginStats,
 };
 
-use crate::{config::parse_config, Activation, Model};
+use crate::{config::parse_config, Activation, Model, Tokenizer};
 
 /// The key under which the host adds the plugin's folder to every configuration.
 const PLUGIN_DIR_KEY: &str = "plugin_dir";
@@ -145,8 +145,8 @@ impl<M: Model, S: Default> Lifecycle<M, S> {
         }
     }
 
-    /// The stats: the model's memory and details, the kit's counters, and the details `extra`
-    /// adds from the session; empty while inactive.
+    /// The stats: the model's memory and details, the kit's counters and details (`pid`,
+    /// `vocab_size`), and the details `extra` adds from the session; empty while inactive.
     pub(crate) fn stats(
         &self,
         extra: impl FnOnce(&Active<M, S>, &mut serde_json::Map<String, serde_json::Value>),
@@ -158,6 +158,11 @@ impl<M: Model, S: Default> Lifecycle<M, S> {
         let mut details = model.details;
         // The process serving the instance: the host's, or a worker's.
         details.insert("pid".to_owned(), std::process::id().into());
+        // The host checks `/detokenize` requests against it.
+        details.insert(
+            "vocab_size".to_owned(),
+            active.model.tokenizer().vocab_size().into(),
+        );
         extra(active, &mut details);
         PluginStats {
             device_memory_bytes: model.device_memory_bytes,

@@ -13,9 +13,16 @@ use crate::{Config, Tokenizer};
 /// `deactivate`. The kit holds the lifecycle (created → initialized → active, and back), so
 /// model code never checks whether it is configured or active: a `&self` of this type *is*
 /// an active model.
+///
+/// A model that only embeds implements this trait (overriding [`embed`](Model::embed)) and is
+/// exported with [`export_embedding_model!`](crate::export_embedding_model); one that generates
+/// text implements [`TextModel`] too.
 pub trait Model: Sized + Send + 'static {
     /// The configuration, parsed and validated by the kit in `initialize`.
     type Config: Config;
+
+    /// The model's tokenizer: `tokenize` / `detokenize`, prompts, streamed text.
+    type Tokenizer: Tokenizer;
 
     /// What the plugin is; build it with [`metadata!`](crate::metadata). Must be cheap: no
     /// model loading, no device work.
@@ -23,6 +30,9 @@ pub trait Model: Sized + Send + 'static {
 
     /// Acquires the device and loads the model.
     fn activate(config: &Self::Config, activation: &Activation) -> PluginResult<Self>;
+
+    /// The tokenizer.
+    fn tokenizer(&self) -> &Self::Tokenizer;
 
     /// Memory use and model-specific details for the host's stats. The kit adds its own
     /// counters (requests, tokens, activation time) and details.
@@ -55,14 +65,8 @@ pub trait Model: Sized + Send + 'static {
 /// until the kit ends it, then [`close`](TextModel::close). Each step returns the token that
 /// follows everything the sequence has seen so far, the tokens of earlier steps included.
 pub trait TextModel: Model {
-    /// The model's tokenizer.
-    type Tokenizer: Tokenizer;
-
     /// One sequence's state: its KV-cache slot, position, sampler, ...
     type Sequence: Send + 'static;
-
-    /// The tokenizer.
-    fn tokenizer(&self) -> &Self::Tokenizer;
 
     /// Positions a sequence may hold, prompt and generated tokens together: the kit refuses a
     /// prompt that leaves no room and stops a generation (finish reason `length`) when it is

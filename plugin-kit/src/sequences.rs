@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use pio_plugin_api::{abi_stable::std_types::ROption, PluginError, PluginResult, SequenceStep};
 
-use crate::{decoding::Decoding, Next, TextModel, Tokenizer};
+use crate::{decoding::Decoding, Model, Next, TextModel, Tokenizer};
 
 /// The decoder type of model `M`'s sequences.
-type DecoderOf<M> = <<M as TextModel>::Tokenizer as Tokenizer>::Decoder;
+type DecoderOf<M> = <<M as Model>::Tokenizer as Tokenizer>::Decoder;
 
 /// One open sequence.
 pub(crate) struct Open<M: TextModel> {

@@ -126,15 +126,15 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
     }
 
     fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
-        self.active()?.model.infer(request)
+        self.lifecycle.infer(request)
     }
 
     fn tokenize(&mut self, text: &str, add_special: bool) -> PluginResult<Vec<u32>> {
-        self.active()?.model.tokenizer().encode(text, add_special)
+        self.lifecycle.tokenize(text, add_special)
     }
 
     fn detokenize(&mut self, tokens: &[u32]) -> PluginResult<String> {
-        self.active()?.model.tokenizer().decode(tokens)
+        self.lifecycle.detokenize(tokens)
     }
 
     fn generate(
@@ -158,15 +158,7 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
     }
 
     fn embed(&mut self, request: &EmbedRequest) -> PluginResult<EmbedResponse> {
-        let active = self.active()?;
-        let texts: Vec<&str> = request.inputs.iter().map(|t| t.as_str()).collect();
-        let embeddings = active.model.embed(&texts)?;
-        active.usage.record(u64::from(embeddings.prompt_tokens));
-        Ok(EmbedResponse {
-            embeddings: embeddings.vectors.into_iter().map(Into::into).collect(),
-            dimensions: embeddings.dimensions,
-            prompt_tokens: embeddings.prompt_tokens,
-        })
+        self.lifecycle.embed(request)
     }
 
     fn stats(&self) -> PluginStats {
@@ -174,10 +166,6 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
             let sequences = &active.session;
             details.insert("largest_batch".to_owned(), sequences.largest_step().into());
             details.insert("open_sequences".to_owned(), sequences.count().into());
-            details.insert(
-                "vocab_size".to_owned(),
-                active.model.tokenizer().vocab_size().into(),
-            );
         })
     }
 
@@ -258,6 +246,7 @@ mod tests {
 
     impl Model for Counter {
         type Config = CounterConfig;
+        type Tokenizer = CharTokenizer;
         fn metadata() -> PluginMetadata {
             metadata!("counter").build()
         }
@@ -266,6 +255,9 @@ mod tests {
                 length: config.length,
                 activation: activation.clone(),
             })
+        }
+        fn tokenizer(&self) -> &CharTokenizer {
+            &CharTokenizer
         }
         fn stats(&self) -> ModelStats {
             let mut details = serde_json::Map::new();
@@ -282,11 +274,7 @@ mod tests {
     }
 
     impl TextModel for Counter {
-        type Tokenizer = CharTokenizer;
         type Sequence = Count;
-        fn tokenizer(&self) -> &CharTokenizer {
-            &CharTokenizer
-        }
         fn context_length(&self) -> u32 {
             64
         }

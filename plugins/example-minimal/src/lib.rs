@@ -19,6 +19,7 @@ pub struct Shout {
 
 impl Model for Shout {
     type Config = NoConfig;
+    type Tokenizer = CharTokenizer;
 
     fn metadata() -> PluginMetadata {
         metadata!("example-minimal")
@@ -30,16 +31,15 @@ impl Model for Shout {
         let context_length = activation.context_length.unwrap_or(4096);
         Ok(Self { context_length })
     }
-}
-
-impl TextModel for Shout {
-    type Tokenizer = CharTokenizer;
-    /// The prompt's tokens not yet echoed.
-    type Sequence = std::collections::VecDeque<u32>;
 
     fn tokenizer(&self) -> &CharTokenizer {
         &CharTokenizer
     }
+}
+
+impl TextModel for Shout {
+    /// The prompt's tokens not yet echoed.
+    type Sequence = std::collections::VecDeque<u32>;
 
     fn context_length(&self) -> u32 {
         self.context_length

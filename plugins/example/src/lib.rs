@@ -87,6 +87,7 @@ pub struct Mirror {
 
 impl Model for Mirror {
     type Config = MirrorConfig;
+    type Tokenizer = CharTokenizer;
 
     fn metadata() -> PluginMetadata {
         metadata!("example")
@@ -112,6 +113,10 @@ impl Model for Mirror {
             context_length: activation.context_length.unwrap_or(DEFAULT_CONTEXT_LENGTH),
             dimensions: config.dimensions,
         })
+    }
+
+    fn tokenizer(&self) -> &CharTokenizer {
+        &CharTokenizer
     }
 
     fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
@@ -141,13 +146,8 @@ impl Model for Mirror {
 }
 
 impl TextModel for Mirror {
-    type Tokenizer = CharTokenizer;
     /// The prompt's tokens not yet mirrored: the next one is the last.
     type Sequence = Vec<u32>;
-
-    fn tokenizer(&self) -> &CharTokenizer {
-        &CharTokenizer
-    }
 
     fn context_length(&self) -> u32 {
         self.context_length
