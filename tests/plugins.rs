@@ -683,3 +683,74 @@ fn stuck_plugin_does_not_block_its_replacement() {
     assert_eq!(served.generation, 2);
     assert_eq!(served.response["text"], "ko");
 }
+
+/// The minimal kit plugin (`plugins/example-minimal`: the kit's glue around a model of two
+/// small functions) loads like any plugin, with its metadata from its `Cargo.toml`, and the
+/// kit serves it generation with stop strings and batched sequences that agree with it.
+#[test]
+fn the_minimal_kit_plugin_loads_and_generates_alone_and_batched() {
+    let f = Fixture::new();
+    let library = workspace_plugin("pio_plugin_example_minimal");
+    let (folder, manifest) = f.pack(&library, "minimal", json!({}));
+    assert_eq!(
+        (manifest.name.as_str(), manifest.host.to_string().as_str()),
+        ("example-minimal", ">=0.1.0, <0.2.0")
+    );
+    f.manager.load_plugin_from_path(&folder).unwrap();
+    let metadata = f.manager.info("example-minimal").unwrap().metadata.unwrap();
+    assert_eq!(metadata.author, "Inference-PIO developers");
+    assert!(metadata.description.contains("smallest"), "{metadata:?}");
+    f.manager
+        .activate("example-minimal", &ActivateOptions::default())
+        .unwrap();
+    assert_eq!(
+        generate(&f.manager, "example-minimal", "Hello, kit"),
+        "HELLO, KIT"
+    );
+
+    let mut params = GenerationParams::greedy(64);
+    params.stop = vec!["DE".into()].into();
+    let request = GenerateRequest {
+        prompt: Prompt::Text("abcdefg".into()),
+        params,
+    };
+    let stopped = f
+        .manager
+        .generate("example-minimal", &request, |_| StreamControl::Continue)
+        .unwrap()
+        .response;
+    assert_eq!(
+        (stopped.text.as_str(), stopped.finish_reason),
+        ("ABC", FinishReason::Stop)
+    );
+
+    let opened = f
+        .manager
+        .open_sequence("example-minimal", &SequenceRequest::Generate(request))
+        .unwrap();
+    let mut text = String::new();
+    loop {
+        let step = f
+            .manager
+            .step_sequences(&opened.plugin, opened.generation, &[opened.response.id])
+            .unwrap()
+            .remove(0);
+        text.push_str(&step.event.text);
+        if let Some(finish) = step.finish.into_option() {
+            assert_eq!((text.as_str(), finish), ("ABC", FinishReason::Stop));
+            break;
+        }
+    }
+    f.manager
+        .close_sequence(&opened.plugin, opened.generation, opened.response.id)
+        .unwrap();
+    let chat = ChatRequest {
+        messages: vec![ChatMessage::new("user", "hi")].into(),
+        params: GenerationParams::greedy(8),
+    };
+    let error = f
+        .manager
+        .chat("example-minimal", &chat, |_| StreamControl::Continue)
+        .unwrap_err();
+    assert!(error.to_string().contains("chat"), "{error}");
+}

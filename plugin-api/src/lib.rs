@@ -1,7 +1,6 @@
 //! # pio-plugin-api
 //!
-//! The stable ABI between the Inference-PIO host (`pio`) and its plugins, and the only crate a
-//! plugin author depends on.
+//! The stable ABI between the Inference-PIO host (`pio`) and its plugins.
 //!
 //! An author implements the plain Rust trait [`Plugin`] and calls [`export_plugin!`] once; the
 //! macro generates the `abi_stable` root module, and the glue behind it turns every panic into an
@@ -15,15 +14,39 @@
 //! export_plugin!(MyPlugin);
 //! ```
 //!
-//! See `plugins/example` in the repository for a complete, documented plugin.
+//! Most authors do not implement [`Plugin`] by hand: the authoring kit (`pio-plugin-kit`)
+//! implements it for a model (lifecycle, metadata from `Cargo.toml`, stop strings, limits,
+//! batched generation). See `plugins/example-minimal` for the smallest plugin and
+//! `plugins/example` for a complete, documented one.
 //!
-//! ## Versioning
-//! This crate follows semver. A host accepts a plugin whose API version is in its band (same
-//! major version; same minor version while the major is 0); `abi_stable` then checks the type
-//! layouts at load. Later versions in a band only append to the prefix types in [`abi`], and
-//! `abi_stable` accepts a library with *more* prefix fields than the host knows, never fewer:
-//! a plugin built against a newer API in the band loads in an older host, while a plugin built
-//! against an older API loads in a newer host only if nothing was appended in between.
+//! ## Versioning, for authors
+//!
+//! This crate follows Cargo's semver. What a host does with a plugin depends only on the
+//! `pio-plugin-api` version the plugin was built against, which [`export_plugin!`] records in
+//! its metadata and the host checks before the library's code runs. A *band* is what Cargo calls compatible
+//! versions: the same major version, and the same minor version while the major is 0.
+//!
+//! - **Compatible change** (`0.1.0` → `0.1.1` while the major is 0; `1.1` → `1.2` after; a
+//!   fix, or an addition that keeps every layout): fields appended to the root module's prefix
+//!   type, methods appended to the instance's vtable after its last prefix field (each with a
+//!   default), new metadata JSON fields (a missing one takes its default). A host loads a
+//!   plugin built against a *newer* version of its band (it ignores what it does not know),
+//!   and one built against an *older* version of its band as long as nothing was appended in
+//!   between (`abi_stable`'s layout check at load refuses a plugin with fewer prefix fields
+//!   than the host reads).
+//! - **Breaking change** (`0.1` → `0.2` while the major is 0; `1.x` → `2.0` after): anything
+//!   else — a field, method or type changed or removed, a variant added to an ABI enum. A host
+//!   refuses a plugin of another band before loading its code, with an error naming both
+//!   versions (`plugin 'x' 0.1.0 needs pio-plugin-api ^0.2, this host has 0.1.0`); rebuild
+//!   the plugin against the host's API.
+//!
+//! Mechanically: a host accepts a plugin whose API version is in its band; `abi_stable` then
+//! checks the type layouts at load. Later versions in a band only append to the prefix types in
+//! [`abi`], and `abi_stable` accepts a library with *more* prefix fields than the host knows,
+//! never fewer. Plugin metadata crosses as JSON ([`PluginMetadata`]), so it grows without any
+//! layout change.
+
+#![deny(missing_docs)]
 
 pub mod abi;
 mod author;

@@ -97,17 +97,14 @@ pub fn build_variant(variant: &Variant) -> PathBuf {
         let entry = entry.unwrap();
         let mut text = std::fs::read_to_string(entry.path()).unwrap();
         if let Some(name) = variant.plugin_name {
-            text = text.replace(
-                "name: \"example\".to_owned()",
-                &format!("name: \"{name}\".to_owned()"),
-            );
+            text = text.replace("metadata!(\"example\")", &format!("metadata!(\"{name}\")"));
         }
         if let Some(ms) = variant.token_delay_ms {
             // Every token of both generation paths (streaming and batched) is made here.
-            let anchor = "pub fn next_token(&mut self) -> Option<Decoded> {";
+            let anchor = "fn step(&mut self, rest: &mut Vec<u32>) -> PluginResult<Next> {";
             assert!(
-                entry.file_name() != "mirror.rs" || text.contains(anchor),
-                "mirror.rs no longer contains {anchor:?}"
+                entry.file_name() != "lib.rs" || text.contains(anchor),
+                "lib.rs no longer contains {anchor:?}"
             );
             text = text.replace(
                 anchor,
@@ -130,9 +127,12 @@ pub fn build_variant(variant: &Variant) -> PathBuf {
         std::fs::write(src.join("src").join(entry.file_name()), text).unwrap();
     }
 
-    let api_path = match variant.api_version {
-        None => root.join("plugin-api"),
-        Some(version) => copy_api_crate(&root, &src, version, variant.api_appends_function),
+    let kit_path = match variant.api_version {
+        None => root.join("plugin-kit"),
+        Some(version) => {
+            let api = copy_api_crate(&root, &src, version, variant.api_appends_function);
+            copy_kit_crate(&root, &src, &api)
+        }
     };
     let package = format!("pio-plugin-example-{}", variant.id);
     let version = variant.version.unwrap_or("0.1.0");
@@ -149,12 +149,12 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-pio-plugin-api = {{ path = "{api}" }}
-serde_json = "1"
+pio-plugin-kit = {{ path = "{kit}" }}
+serde = {{ version = "1", features = ["derive"] }}
 
 [workspace]
 "#,
-            api = api_path.display()
+            kit = kit_path.display()
         ),
     )
     .unwrap();
@@ -217,6 +217,37 @@ serde_json = "1"
     )
     .unwrap();
     api
+}
+
+/// Copies the kit crate into the variant's folder, built against the API crate at `api`.
+fn copy_kit_crate(root: &Path, variant_src: &Path, api: &Path) -> PathBuf {
+    let kit = variant_src.join("plugin-kit");
+    std::fs::create_dir_all(kit.join("src")).unwrap();
+    for entry in std::fs::read_dir(root.join("plugin-kit/src")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), kit.join("src").join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        kit.join("Cargo.toml"),
+        format!(
+            r#"[package]
+name = "pio-plugin-kit"
+version = "0.1.0"
+description = "The authoring kit, built against another API version."
+license = "MIT OR Apache-2.0"
+edition = "2021"
+
+[dependencies]
+pio-plugin-api = {{ path = "{api}" }}
+serde = {{ version = "1", features = ["derive"] }}
+serde_json = "1"
+serde_path_to_error = "0.1"
+"#,
+            api = api.display()
+        ),
+    )
+    .unwrap();
+    kit
 }
 
 fn append_root_module_function(file: &str, text: String) -> String {

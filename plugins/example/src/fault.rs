@@ -1,8 +1,12 @@
 //! Fault injection, for the host's tests: configuration `fail_in` names a plugin call and
 //! `fault` says how that call fails, so the tests can prove the host survives each way a plugin
-//! can go wrong. Authors copying this template can delete this module.
+//! can go wrong. [`TestFixtures`](crate::fixture::TestFixtures) triggers it. Authors copying
+//! this template can delete this module.
 
-use pio_plugin_api::{serde_json::Map, serde_json::Value, PluginError, PluginResult};
+use pio_plugin_kit::{
+    api::serde_json::{Map, Value},
+    PluginError, PluginResult,
+};
 
 /// How an injected fault fails its call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,17 +61,18 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
-    /// Reads `fail_in` (a call name) and `fault` (default `panic`) from the configuration.
-    pub fn from_config(object: &Map<String, Value>) -> PluginResult<Option<Self>> {
-        let Some(call) = object.get("fail_in") else {
+    /// Takes `fail_in` (a call name) and `fault` (default `panic`) out of the configuration.
+    pub fn take(object: &mut Map<String, Value>) -> PluginResult<Option<Self>> {
+        let fault = object.remove("fault");
+        let Some(call) = object.remove("fail_in") else {
             return Ok(None);
         };
         let call = call.as_str().ok_or_else(|| {
             PluginError::invalid_input("configuration 'fail_in' must be a call name")
         })?;
-        let fault = match object.get("fault") {
+        let fault = match fault {
             None => Fault::Panic,
-            Some(Value::String(name)) => Fault::parse(name)?,
+            Some(Value::String(name)) => Fault::parse(&name)?,
             Some(other) => {
                 return Err(PluginError::invalid_input(format!(
                     "configuration 'fault' must be a string, got {other}"

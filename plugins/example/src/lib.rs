@@ -1,27 +1,31 @@
 //! # The Inference-PIO example plugin
 //!
 //! A complete plugin that needs no model file and no GPU: the template third-party authors copy,
-//! and the fixture of the host's loader tests. It shows every part of the contract:
+//! and the fixture of the host's loader tests. It is written with the authoring kit
+//! (`pio-plugin-kit`), so this file holds only what is particular to the model:
 //!
-//! - **metadata** ([`Plugin::metadata`]) is static and cheap;
-//! - **configuration** arrives as JSON in [`Plugin::initialize`] and is validated there;
-//! - **activation** allocates what serving needs and honours the context length;
-//! - **text generation** streams one token at a time, honours `max_new_tokens`, stop strings
-//!   (never emitting a stop string's text) and cancellation by the host;
-//! - **batched generation** (`open_sequence` / `step_sequences` / `close_sequence`, see
-//!   [`batch`]) gives exactly the tokens and text of `generate` / `chat` for the same request,
-//!   so results never depend on how the host batches; `stats().details_json` reports
-//!   `largest_batch` (the most sequences one step carried), `open_sequences` and `pid` (the
-//!   process serving the instance: the host's, or a worker's);
-//! - **embeddings** and a free-form JSON **infer** call;
+//! - **configuration** ([`Config`]) is a serde type the kit parses and validates in
+//!   `initialize`, with errors naming the key;
+//! - **metadata** comes from `Cargo.toml` through [`metadata!`]; the API version and host range
+//!   are the kit's;
+//! - **activation** ([`Model::activate`]) builds the [`Mirror`], honouring the context length;
+//! - **text generation** is [`TextModel::open`] / [`TextModel::step`] over token ids: the kit's
+//!   driver adds stop strings (never emitting a stop string's text), `max_new_tokens`,
+//!   cancellation by the host, timings and usage, and serves `generate`, `chat` and **batched
+//!   generation** (`open_sequence` / `step_sequences` / `close_sequence`) from the same steps,
+//!   so results never depend on how the host batches; the kit's stats details report
+//!   `largest_batch` (the most sequences one step carried), `open_sequences`, `vocab_size` and
+//!   `pid` (the process serving the instance: the host's, or a worker's);
+//! - **embeddings** ([`Model::embed`]) and a free-form JSON **infer** call;
 //! - **errors** carry a kind and a message naming the problem; panics are caught by the glue.
 //!
 //! The "model" is deliberately trivial so the plumbing is easy to read: tokens are Unicode
-//! characters, generation mirrors the prompt (its characters in reverse order), and embeddings
-//! are L2-normalised hashed character trigrams.
+//! characters ([`CharTokenizer`]), generation mirrors the prompt (its characters in reverse
+//! order), chat mirrors the last user message, and embeddings are L2-normalised hashed
+//! character trigrams.
 //!
 //! Configuration keys (all optional):
-//! - `dimensions` (integer, default 64): embedding size;
+//! - `dimensions` (integer in 1..=4096, default 64): embedding size;
 //! - `fail_in` (string) and `fault` (string, default `"panic"`): fault injection for the host's
 //!   tests — the named call (`initialize`, `activate`, `infer`, `generate`, `chat`,
 //!   `open_sequence`, `step_sequences`, `close_sequence`) fails that way (see [`fault`]), to
@@ -30,375 +34,146 @@
 //!   ignores `max_new_tokens` and stop strings (it still ends with the mirrored prompt or the
 //!   context, and still stops when the host's token callback says so), to prove the host
 //!   enforces them itself. Never set it otherwise.
+//!
+//! The last two are the host's test fixtures, kept out of the model by a decorator
+//! ([`fixture::TestFixtures`]); a real plugin exports its `TextPlugin` directly.
 
-mod batch;
 mod fault;
-mod mirror;
+mod fixture;
 mod trigram;
 
-use pio_plugin_api::{
-    export_plugin, semver::Version, ActivateOptions, Capability, ChatRequest, EmbedRequest,
-    EmbedResponse, GenerateRequest, GenerateResponse, GenerationParams, Health, HealthStatus,
-    ModelInfo, Plugin, PluginError, PluginMetadata, PluginResult, PluginStats, Prompt,
-    SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
+use pio_plugin_kit::{
+    api::serde_json::{self, json},
+    export_plugin, metadata, Activation, Capability, CharTokenizer, Config, Embeddings, Message,
+    Model, ModelInfo, Next, PluginError, PluginMetadata, PluginResult, Sampling, TextModel,
+    TextPlugin,
 };
-
-use batch::OpenSequences;
-use fault::FaultPlan;
-use mirror::MirrorSequence;
-
-/// Token ids are below this: one past the largest Unicode scalar value.
-const VOCAB_SIZE: u32 = 0x11_0000;
 
 /// Context length used when the host does not ask for one.
 const DEFAULT_CONTEXT_LENGTH: u32 = 4096;
 
-/// Validated configuration of the example plugin.
-#[derive(Debug, Clone, PartialEq)]
-struct Config {
+/// The example plugin: the mirror model with the host's test fixtures.
+pub type ExamplePlugin = fixture::TestFixtures<TextPlugin<Mirror>>;
+
+/// Configuration of the example plugin (the test fixtures' keys are taken out before).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Embedding size.
     dimensions: usize,
-    fault: Option<FaultPlan>,
-    /// Test fixture: generate as if no `max_new_tokens` or stop string had been given.
-    ignore_limits: bool,
 }
 
-impl Config {
-    fn from_json(config: &pio_plugin_api::serde_json::Value) -> PluginResult<Self> {
-        let object = config
-            .as_object()
-            .ok_or_else(|| PluginError::invalid_input("configuration must be a JSON object"))?;
-        let dimensions = match object.get("dimensions") {
-            None => 64,
-            Some(value) => value
-                .as_u64()
-                .filter(|d| (1..=4096).contains(d))
-                .ok_or_else(|| {
-                    PluginError::invalid_input(format!(
-                        "configuration 'dimensions' must be an integer in 1..=4096, got {value}"
-                    ))
-                })? as usize,
-        };
-        let ignore_limits = match object.get("ignore_limits") {
-            None => false,
-            Some(value) => value.as_bool().ok_or_else(|| {
-                PluginError::invalid_input(format!(
-                    "configuration 'ignore_limits' must be a boolean, got {value}"
-                ))
-            })?,
-        };
-        Ok(Self {
-            dimensions,
-            fault: FaultPlan::from_config(object)?,
-            ignore_limits,
-        })
-    }
-
-    /// Fails as configured if `call` is the call named by `fail_in`.
-    fn inject_fault(&self, call: &str) -> PluginResult<()> {
-        self.fault
-            .as_ref()
-            .map_or(Ok(()), |plan| plan.trigger(call))
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        Self { dimensions: 64 }
     }
 }
 
-/// State that exists only while the plugin is active.
+impl Config for MirrorConfig {
+    fn validate(&self) -> Result<(), String> {
+        match self.dimensions {
+            1..=4096 => Ok(()),
+            other => Err(format!("dimensions must be in 1..=4096, got {other}")),
+        }
+    }
+}
+
+/// The active mirror model.
 #[derive(Debug)]
-struct Active {
+pub struct Mirror {
     context_length: u32,
-    /// See [`Config::ignore_limits`].
-    ignore_limits: bool,
-    requests: u64,
-    tokens: u64,
-    sequences: OpenSequences,
+    dimensions: usize,
 }
 
-impl Active {
-    /// Checks a request against the context and starts its sequence.
-    fn start(&self, prompt: Vec<u32>, params: &GenerationParams) -> PluginResult<MirrorSequence> {
-        params.validate()?;
-        let unlimited;
-        let params = if self.ignore_limits {
-            unlimited = GenerationParams {
-                max_new_tokens: u32::MAX,
-                stop: Default::default(),
-                ..params.clone()
-            };
-            &unlimited
-        } else {
-            params
-        };
-        let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
-        if prompt_len >= self.context_length {
-            return Err(PluginError::invalid_input(format!(
-                "prompt has {prompt_len} tokens but the context holds {}",
-                self.context_length
-            )));
-        }
-        MirrorSequence::new(&prompt, params, self.context_length - prompt_len)
-    }
+impl Model for Mirror {
+    type Config = MirrorConfig;
+    type Tokenizer = CharTokenizer;
 
-    /// Counts a served request.
-    fn record(&mut self, prompt_tokens: u32, generated_tokens: usize) {
-        self.requests += 1;
-        self.tokens += u64::from(prompt_tokens) + generated_tokens as u64;
-    }
-}
-
-/// The example plugin.
-#[derive(Debug, Default)]
-pub struct ExamplePlugin {
-    config: Option<Config>,
-    active: Option<Active>,
-}
-
-impl ExamplePlugin {
-    fn config(&self) -> PluginResult<&Config> {
-        self.config
-            .as_ref()
-            .ok_or_else(|| PluginError::invalid_input("plugin is not initialized"))
-    }
-
-    fn active(&mut self) -> PluginResult<&mut Active> {
-        self.active
-            .as_mut()
-            .ok_or_else(|| PluginError::invalid_input("plugin is not active"))
-    }
-
-    /// Runs the mirror "model" over `prompt` to its end, streaming its output.
-    fn run(
-        &mut self,
-        prompt: Vec<u32>,
-        params: &GenerationParams,
-        stream: &mut TokenStream<'_>,
-    ) -> PluginResult<GenerateResponse> {
-        let active = self.active()?;
-        let response = active.start(prompt, params)?.stream(stream);
-        active.record(response.prompt_tokens, response.tokens.len());
-        Ok(response)
-    }
-}
-
-/// The prompt tokens of a completion request.
-fn generate_prompt(request: &GenerateRequest) -> PluginResult<Vec<u32>> {
-    match &request.prompt {
-        Prompt::Text(text) => Ok(tokenize_chars(text)),
-        Prompt::Tokens(tokens) => {
-            detokenize_chars(tokens)?;
-            Ok(tokens.to_vec())
-        }
-    }
-}
-
-/// The prompt tokens of a chat request: the mirror answers the last user message.
-fn chat_prompt(request: &ChatRequest) -> PluginResult<Vec<u32>> {
-    let last_user = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role.as_str() == "user")
-        .ok_or_else(|| PluginError::invalid_input("chat needs at least one user message"))?;
-    Ok(tokenize_chars(&last_user.content))
-}
-
-/// Tokens of the example "model" are Unicode scalar values.
-fn tokenize_chars(text: &str) -> Vec<u32> {
-    text.chars().map(u32::from).collect()
-}
-
-fn detokenize_chars(tokens: &[u32]) -> PluginResult<String> {
-    tokens
-        .iter()
-        .map(|&t| {
-            char::from_u32(t)
-                .ok_or_else(|| PluginError::invalid_input(format!("token id {t} is out of range")))
-        })
-        .collect()
-}
-
-impl Plugin for ExamplePlugin {
     fn metadata() -> PluginMetadata {
-        PluginMetadata {
-            name: "example".to_owned(),
-            version: Version::parse(env!("CARGO_PKG_VERSION")).expect("crate version is semver"),
-            plugin_api: pio_plugin_api::api_version(),
-            host: ">=0.1.0, <0.2.0".parse().expect("valid requirement"),
-            author: "Inference-PIO developers".to_owned(),
-            description: "Model-free example: mirrors prompts and embeds character trigrams."
-                .to_owned(),
-            license: "MIT OR Apache-2.0".to_owned(),
-            capabilities: vec![
+        metadata!("example")
+            .capabilities([
                 Capability::TextGeneration,
                 Capability::Chat,
                 Capability::Embeddings,
                 Capability::BatchedGeneration,
-            ],
-            model: ModelInfo {
+            ])
+            .model(ModelInfo {
                 architecture: Some("mirror".to_owned()),
                 parameter_count: Some(0),
                 quantization: None,
                 context_length: Some(DEFAULT_CONTEXT_LENGTH),
                 required_memory_bytes: Some(0),
-            },
-            tags: vec!["example".to_owned(), "template".to_owned()],
-        }
+            })
+            .tags(["example", "template"])
+            .build()
     }
 
-    fn new() -> PluginResult<Self> {
-        Ok(Self::default())
+    fn activate(config: &MirrorConfig, activation: &Activation) -> PluginResult<Self> {
+        Ok(Self {
+            context_length: activation.context_length.unwrap_or(DEFAULT_CONTEXT_LENGTH),
+            dimensions: config.dimensions,
+        })
     }
 
-    fn initialize(&mut self, config: pio_plugin_api::serde_json::Value) -> PluginResult<()> {
-        let config = Config::from_json(&config)?;
-        config.inject_fault("initialize")?;
-        self.config = Some(config);
-        Ok(())
+    fn tokenizer(&self) -> &CharTokenizer {
+        &CharTokenizer
     }
 
-    fn activate(&mut self, options: &ActivateOptions) -> PluginResult<()> {
-        let config = self.config()?;
-        config.inject_fault("activate")?;
-        let ignore_limits = config.ignore_limits;
-        let context_length = match options.context_length {
-            0 => DEFAULT_CONTEXT_LENGTH,
-            n => n,
-        };
-        self.active = Some(Active {
-            context_length,
-            ignore_limits,
-            requests: 0,
-            tokens: 0,
-            sequences: OpenSequences::default(),
-        });
-        Ok(())
-    }
-
-    fn deactivate(&mut self) -> PluginResult<()> {
-        self.active = None;
-        Ok(())
-    }
-
-    fn infer(
-        &mut self,
-        request: pio_plugin_api::serde_json::Value,
-    ) -> PluginResult<pio_plugin_api::serde_json::Value> {
-        self.config()?.inject_fault("infer")?;
-        self.active()?;
+    fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
         let text = request
             .get("text")
             .and_then(|t| t.as_str())
             .ok_or_else(|| PluginError::invalid_input("request needs a string field 'text'"))?;
         let mirrored: String = text.chars().rev().collect();
         // The version lets callers attribute every response to the library that computed it.
-        Ok(pio_plugin_api::serde_json::json!({
+        Ok(json!({
             "text": mirrored,
             "version": env!("CARGO_PKG_VERSION"),
         }))
     }
 
-    fn tokenize(&mut self, text: &str, _add_special: bool) -> PluginResult<Vec<u32>> {
-        Ok(tokenize_chars(text))
-    }
-
-    fn detokenize(&mut self, tokens: &[u32]) -> PluginResult<String> {
-        detokenize_chars(tokens)
-    }
-
-    fn generate(
-        &mut self,
-        request: &GenerateRequest,
-        stream: &mut TokenStream<'_>,
-    ) -> PluginResult<GenerateResponse> {
-        self.config()?.inject_fault("generate")?;
-        self.run(generate_prompt(request)?, &request.params, stream)
-    }
-
-    fn chat(
-        &mut self,
-        request: &ChatRequest,
-        stream: &mut TokenStream<'_>,
-    ) -> PluginResult<GenerateResponse> {
-        self.config()?.inject_fault("chat")?;
-        self.run(chat_prompt(request)?, &request.params, stream)
-    }
-
-    fn open_sequence(&mut self, request: &SequenceRequest) -> PluginResult<SequenceOpened> {
-        self.config()?.inject_fault("open_sequence")?;
-        let (prompt, params) = match request {
-            SequenceRequest::Generate(request) => (generate_prompt(request)?, &request.params),
-            SequenceRequest::Chat(request) => (chat_prompt(request)?, &request.params),
-        };
-        let active = self.active()?;
-        let sequence = active.start(prompt, params)?;
-        let prompt_tokens = sequence.prompt_tokens();
-        let id = active.sequences.open(sequence);
-        Ok(SequenceOpened {
-            id,
-            prompt_tokens,
-            // The mirror model keeps no per-token state worth reusing.
-            cached_tokens: 0,
-        })
-    }
-
-    fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
-        self.config()?.inject_fault("step_sequences")?;
-        self.active()?.sequences.step(ids)
-    }
-
-    fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
-        self.config()?.inject_fault("close_sequence")?;
-        let active = self.active()?;
-        let sequence = active.sequences.close(id)?;
-        active.record(sequence.prompt_tokens(), sequence.generated_tokens());
-        Ok(())
-    }
-
-    fn embed(&mut self, request: &EmbedRequest) -> PluginResult<EmbedResponse> {
-        let dimensions = self.config()?.dimensions;
-        let active = self.active()?;
-        let embeddings = request
-            .inputs
-            .iter()
-            .map(|text| trigram::embed(text, dimensions).into())
-            .collect();
-        let prompt_tokens: usize = request.inputs.iter().map(|t| t.chars().count()).sum();
-        active.requests += 1;
-        active.tokens += prompt_tokens as u64;
-        Ok(EmbedResponse {
-            embeddings,
-            dimensions: dimensions as u32,
+    fn embed(&mut self, texts: &[&str]) -> PluginResult<Embeddings> {
+        let prompt_tokens: usize = texts.iter().map(|t| t.chars().count()).sum();
+        Ok(Embeddings {
+            vectors: texts
+                .iter()
+                .map(|text| trigram::embed(text, self.dimensions))
+                .collect(),
+            dimensions: self.dimensions as u32,
             prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
         })
     }
+}
 
-    fn stats(&self) -> PluginStats {
-        let Some(active) = &self.active else {
-            return PluginStats {
-                host_memory_bytes: std::mem::size_of::<Self>() as u64,
-                ..PluginStats::default()
-            };
-        };
-        let details = pio_plugin_api::serde_json::json!({
-            "largest_batch": active.sequences.largest_step(),
-            "open_sequences": active.sequences.count(),
-            "pid": std::process::id(),
-            // Token ids are Unicode scalar values, all below this (surrogates are refused).
-            "vocab_size": VOCAB_SIZE,
-        });
-        PluginStats {
-            host_memory_bytes: std::mem::size_of::<Self>() as u64,
-            requests: active.requests,
-            tokens: active.tokens,
-            details_json: details.to_string().into(),
-            ..PluginStats::default()
-        }
+impl TextModel for Mirror {
+    /// The prompt's tokens not yet mirrored: the next one is the last.
+    type Sequence = Vec<u32>;
+
+    fn context_length(&self) -> u32 {
+        self.context_length
     }
 
-    fn health(&self) -> Health {
-        match (&self.config, &self.active) {
-            (_, Some(_)) => Health::new(HealthStatus::Ok, "active"),
-            (Some(_), None) => Health::new(HealthStatus::Unavailable, "initialized, not active"),
-            (None, None) => Health::new(HealthStatus::Unavailable, "not initialized"),
-        }
+    /// The mirror answers the last user message.
+    fn chat_prompt(&self, messages: &[Message]) -> PluginResult<Vec<u32>> {
+        let last_user = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .ok_or_else(|| PluginError::invalid_input("chat needs at least one user message"))?;
+        Ok(last_user.content.chars().map(u32::from).collect())
+    }
+
+    fn open(&mut self, prompt: &[u32], _sampling: &Sampling) -> PluginResult<Vec<u32>> {
+        Ok(prompt.to_vec())
+    }
+
+    fn step(&mut self, rest: &mut Vec<u32>) -> PluginResult<Next> {
+        // The kit opens no empty prompt and never steps a sequence past its `Final` token.
+        let token = rest.pop().unwrap_or_default();
+        Ok(match rest.is_empty() {
+            true => Next::Final(token),
+            false => Next::Token(token),
+        })
     }
 }
 
@@ -406,17 +181,16 @@ export_plugin!(ExamplePlugin);
 
 #[cfg(test)]
 mod tests {
-    use pio_plugin_api::{
-        ChatMessage, FinishReason, FnSink, StreamControl, TokenEvent, TokenStream,
+    use pio_plugin_kit::api::{
+        ActivateOptions, ChatMessage, ChatRequest, FinishReason, FnSink, GenerateRequest,
+        GenerationParams, Plugin, Prompt, SequenceRequest, StreamControl, TokenEvent, TokenStream,
     };
 
     use super::*;
 
     fn active_plugin() -> ExamplePlugin {
         let mut plugin = ExamplePlugin::new().unwrap();
-        plugin
-            .initialize(pio_plugin_api::serde_json::json!({}))
-            .unwrap();
+        plugin.initialize(serde_json::json!({})).unwrap();
         plugin.activate(&ActivateOptions::default()).unwrap();
         plugin
     }
@@ -440,8 +214,8 @@ mod tests {
         (events, finish)
     }
 
-    fn details(plugin: &ExamplePlugin) -> pio_plugin_api::serde_json::Value {
-        pio_plugin_api::serde_json::from_str(&plugin.stats().details_json).unwrap()
+    fn details(plugin: &ExamplePlugin) -> serde_json::Value {
+        serde_json::from_str(&plugin.stats().details_json).unwrap()
     }
 
     fn generate(prompt: &str, max_new_tokens: u32, stop: &[&str]) -> SequenceRequest {
@@ -520,7 +294,7 @@ mod tests {
     fn ignore_limits_generates_past_max_tokens_and_stops() {
         let mut plugin = ExamplePlugin::new().unwrap();
         plugin
-            .initialize(pio_plugin_api::serde_json::json!({"ignore_limits": true}))
+            .initialize(serde_json::json!({"ignore_limits": true}))
             .unwrap();
         plugin.activate(&ActivateOptions::default()).unwrap();
         let id = plugin
@@ -538,9 +312,54 @@ mod tests {
         assert_eq!(text, "fedcba");
         let error = ExamplePlugin::new()
             .unwrap()
-            .initialize(pio_plugin_api::serde_json::json!({"ignore_limits": 1}))
+            .initialize(serde_json::json!({"ignore_limits": 1}))
             .unwrap_err();
         assert!(error.message.contains("ignore_limits"), "{error:?}");
+    }
+
+    #[test]
+    fn fixture_keys_are_taken_out_before_the_model_parses_its_configuration() {
+        let mut plugin = ExamplePlugin::new().unwrap();
+        let error = plugin
+            .initialize(serde_json::json!({"dimension": 8}))
+            .unwrap_err();
+        assert!(
+            error.message.contains("unknown field `dimension`"),
+            "{error:?}"
+        );
+        let error = plugin
+            .initialize(serde_json::json!({"dimensions": 0}))
+            .unwrap_err();
+        assert!(
+            error.message.contains("dimensions must be in 1..=4096"),
+            "{error:?}"
+        );
+        plugin
+            .initialize(serde_json::json!({
+                "dimensions": 8,
+                "fail_in": "generate",
+                "fault": "error",
+                "plugin_dir": "/plugins/example",
+            }))
+            .unwrap();
+        plugin.activate(&ActivateOptions::default()).unwrap();
+        let mut sink = FnSink(|_: &TokenEvent| StreamControl::Continue);
+        let request = GenerateRequest {
+            prompt: Prompt::Text("ab".into()),
+            params: GenerationParams::greedy(5),
+        };
+        let error = plugin
+            .generate(&request, &mut TokenStream::new(sink.as_sink()))
+            .unwrap_err();
+        assert_eq!(error.message.as_str(), "fault injected in generate");
+        let id = plugin
+            .open_sequence(&SequenceRequest::Generate(request))
+            .unwrap()
+            .id;
+        assert_eq!(
+            plugin.step_sequences(&[id]).unwrap()[0].event.text.as_str(),
+            "b"
+        );
     }
 
     #[test]

@@ -1,0 +1,165 @@
+//! The host's test fixtures, as a decorator around any plugin: [`TestFixtures`] takes its
+//! configuration keys out before the plugin sees the rest, then injects the configured fault
+//! ([`crate::fault`]) and, with `ignore_limits`, hands generation requests on without their
+//! `max_new_tokens` and stop strings, so the host's tests can prove it enforces them itself.
+//!
+//! None of this is part of a real plugin: authors copying this template export their
+//! [`TextPlugin`](pio_plugin_kit::TextPlugin) directly and delete this module and `fault.rs`.
+
+use std::borrow::Cow;
+
+use pio_plugin_kit::{
+    api::{
+        abi_stable::std_types::RVec, serde_json, ActivateOptions, ChatRequest, EmbedRequest,
+        EmbedResponse, GenerateRequest, GenerateResponse, GenerationParams, Health, Plugin,
+        PluginStats, SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
+    },
+    PluginError, PluginMetadata, PluginResult,
+};
+
+use crate::fault::FaultPlan;
+
+/// Plugin `P` with the host's test fixtures.
+pub struct TestFixtures<P> {
+    plugin: P,
+    fault: Option<FaultPlan>,
+    /// Generate as if no `max_new_tokens` or stop string had been given.
+    ignore_limits: bool,
+}
+
+impl<P> TestFixtures<P> {
+    /// Fails as configured if `call` is the call named by `fail_in`.
+    fn inject_fault(&self, call: &str) -> PluginResult<()> {
+        self.fault
+            .as_ref()
+            .map_or(Ok(()), |plan| plan.trigger(call))
+    }
+
+    /// `request`, without its limits when `ignore_limits` is set.
+    fn limits<'a, R: Clone>(
+        &self,
+        request: &'a R,
+        params: fn(&mut R) -> &mut GenerationParams,
+    ) -> Cow<'a, R> {
+        if !self.ignore_limits {
+            return Cow::Borrowed(request);
+        }
+        let mut unlimited = request.clone();
+        let params = params(&mut unlimited);
+        params.max_new_tokens = u32::MAX;
+        params.stop = RVec::new();
+        Cow::Owned(unlimited)
+    }
+}
+
+fn sequence_params(request: &mut SequenceRequest) -> &mut GenerationParams {
+    match request {
+        SequenceRequest::Generate(request) => &mut request.params,
+        SequenceRequest::Chat(request) => &mut request.params,
+    }
+}
+
+impl<P: Plugin> Plugin for TestFixtures<P> {
+    fn metadata() -> PluginMetadata {
+        P::metadata()
+    }
+
+    fn new() -> PluginResult<Self> {
+        Ok(Self {
+            plugin: P::new()?,
+            fault: None,
+            ignore_limits: false,
+        })
+    }
+
+    fn initialize(&mut self, mut config: serde_json::Value) -> PluginResult<()> {
+        // A configuration that is not an object is the plugin's to refuse.
+        if let Some(object) = config.as_object_mut() {
+            self.fault = FaultPlan::take(object)?;
+            self.ignore_limits = match object.remove("ignore_limits") {
+                None => false,
+                Some(value) => value.as_bool().ok_or_else(|| {
+                    PluginError::invalid_input(format!(
+                        "configuration 'ignore_limits' must be a boolean, got {value}"
+                    ))
+                })?,
+            };
+        }
+        self.plugin.initialize(config)?;
+        self.inject_fault("initialize")
+    }
+
+    fn activate(&mut self, options: &ActivateOptions) -> PluginResult<()> {
+        self.inject_fault("activate")?;
+        self.plugin.activate(options)
+    }
+
+    fn deactivate(&mut self) -> PluginResult<()> {
+        self.plugin.deactivate()
+    }
+
+    fn cleanup(&mut self) -> PluginResult<()> {
+        self.plugin.cleanup()
+    }
+
+    fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
+        self.inject_fault("infer")?;
+        self.plugin.infer(request)
+    }
+
+    fn tokenize(&mut self, text: &str, add_special: bool) -> PluginResult<Vec<u32>> {
+        self.plugin.tokenize(text, add_special)
+    }
+
+    fn detokenize(&mut self, tokens: &[u32]) -> PluginResult<String> {
+        self.plugin.detokenize(tokens)
+    }
+
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        stream: &mut TokenStream<'_>,
+    ) -> PluginResult<GenerateResponse> {
+        self.inject_fault("generate")?;
+        let request = self.limits(request, |r| &mut r.params);
+        self.plugin.generate(&request, stream)
+    }
+
+    fn chat(
+        &mut self,
+        request: &ChatRequest,
+        stream: &mut TokenStream<'_>,
+    ) -> PluginResult<GenerateResponse> {
+        self.inject_fault("chat")?;
+        let request = self.limits(request, |r| &mut r.params);
+        self.plugin.chat(&request, stream)
+    }
+
+    fn embed(&mut self, request: &EmbedRequest) -> PluginResult<EmbedResponse> {
+        self.plugin.embed(request)
+    }
+
+    fn stats(&self) -> PluginStats {
+        self.plugin.stats()
+    }
+
+    fn health(&self) -> Health {
+        self.plugin.health()
+    }
+
+    fn open_sequence(&mut self, request: &SequenceRequest) -> PluginResult<SequenceOpened> {
+        self.inject_fault("open_sequence")?;
+        let request = self.limits(request, sequence_params);
+        self.plugin.open_sequence(&request)
+    }
+
+    fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
+        self.inject_fault("step_sequences")?;
+        self.plugin.step_sequences(ids)
+    }
+
+    fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
+        self.inject_fault("close_sequence")?;
+        self.plugin.close_sequence(id)
+    }
+}
