@@ -3,21 +3,48 @@
 //! ([`crate::fault`]) and, with `ignore_limits`, hands generation requests on without their
 //! `max_new_tokens` and stop strings, so the host's tests can prove it enforces them itself.
 //!
+//! The host's tests also build *variants* of this plugin from the same sources (see
+//! `build_variant` in the repository's `tests/support`), with environment variables read at
+//! compile time:
+//! - `PIO_EXAMPLE_NAME`: the plugin name in the metadata (default: the plugin's own);
+//! - `PIO_EXAMPLE_UNBATCHED` (any value): leave out the `batched-generation` capability, so the
+//!   host runs each sequence through one `generate` / `chat` call;
+//! - `PIO_EXAMPLE_TOKEN_DELAY_MS`: sleep this long per token of a batched step (a step of n
+//!   sequences sleeps n times): a slow model, so tests can act while a generation runs.
+//!
+//! and the cargo feature `no-root-module`, which leaves out the export (see `lib.rs`).
+//!
 //! None of this is part of a real plugin: authors copying this template export their
 //! [`TextPlugin`](pio_plugin_kit::TextPlugin) directly and delete this module and `fault.rs`.
 
 use std::borrow::Cow;
 
+use std::time::Duration;
+
 use pio_plugin_kit::{
     api::{
-        abi_stable::std_types::RVec, serde_json, ActivateOptions, ChatRequest, EmbedRequest,
-        EmbedResponse, GenerateRequest, GenerateResponse, GenerationParams, Health, Plugin,
-        PluginStats, SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
+        abi_stable::std_types::RVec, serde_json, ActivateOptions, Capability, ChatRequest,
+        EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse, GenerationParams, Health,
+        Plugin, PluginStats, SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
     },
     PluginError, PluginMetadata, PluginResult,
 };
 
 use crate::fault::FaultPlan;
+
+/// The build-time variant knobs (see the module documentation).
+mod variant {
+    pub const NAME: Option<&str> = option_env!("PIO_EXAMPLE_NAME");
+    pub const UNBATCHED: bool = option_env!("PIO_EXAMPLE_UNBATCHED").is_some();
+    pub const TOKEN_DELAY_MS: Option<&str> = option_env!("PIO_EXAMPLE_TOKEN_DELAY_MS");
+}
+
+/// The per-token delay of a slow variant.
+fn token_delay() -> Option<Duration> {
+    variant::TOKEN_DELAY_MS.map(|ms| {
+        Duration::from_millis(ms.parse().expect("PIO_EXAMPLE_TOKEN_DELAY_MS is a number"))
+    })
+}
 
 /// Plugin `P` with the host's test fixtures.
 pub struct TestFixtures<P> {
@@ -61,7 +88,16 @@ fn sequence_params(request: &mut SequenceRequest) -> &mut GenerationParams {
 
 impl<P: Plugin> Plugin for TestFixtures<P> {
     fn metadata() -> PluginMetadata {
-        P::metadata()
+        let mut metadata = P::metadata();
+        if let Some(name) = variant::NAME {
+            metadata.name = name.to_owned();
+        }
+        if variant::UNBATCHED {
+            metadata
+                .capabilities
+                .retain(|c| *c != Capability::BatchedGeneration);
+        }
+        metadata
     }
 
     fn new() -> PluginResult<Self> {
@@ -155,6 +191,9 @@ impl<P: Plugin> Plugin for TestFixtures<P> {
 
     fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
         self.inject_fault("step_sequences")?;
+        if let Some(delay) = token_delay() {
+            std::thread::sleep(delay * ids.len() as u32);
+        }
         self.plugin.step_sequences(ids)
     }
 

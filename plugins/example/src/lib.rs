@@ -44,9 +44,8 @@ mod trigram;
 
 use pio_plugin_kit::{
     api::serde_json::{self, json},
-    export_plugin, metadata, Activation, Capability, CharTokenizer, Config, Embeddings, Message,
-    Model, ModelInfo, Next, PluginError, PluginMetadata, PluginResult, Sampling, TextModel,
-    TextPlugin,
+    metadata, Activation, Capability, CharTokenizer, Config, Embeddings, Message, Model, ModelInfo,
+    Next, PluginError, PluginMetadata, PluginResult, Sampling, TextModel, TextPlugin,
 };
 
 /// Context length used when the host does not ask for one.
@@ -177,7 +176,9 @@ impl TextModel for Mirror {
     }
 }
 
-export_plugin!(ExamplePlugin);
+// Left out only by the host's test of a library that is not a plugin.
+#[cfg(not(feature = "no-root-module"))]
+pio_plugin_kit::export_plugin!(ExamplePlugin);
 
 #[cfg(test)]
 mod tests {
