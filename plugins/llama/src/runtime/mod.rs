@@ -1,15 +1,15 @@
 //! The GPU runtime: a [`ModelSpec`] run with `pio-gpu`'s fused kernels, with its KV caches.
 //!
 //! Nothing here knows a family: [`GpuModel::new`] reads the file's spec
-//! ([`crate::models::describe`]), refuses what no kernel does ([`support`]), uploads the weights
-//! ([`upload`]) and builds each layer's kernels ([`graph`]). A forward step of `T` tokens records
-//! five dispatches per layer into one command encoder (see [`GpuModel::build_step`]), submits
-//! them once, then reads back either the logits ([`Forward::forward`]) or, when generating
-//! ([`Forward::next_token`]), only the token id the device sampler picked. Prompts longer than
-//! [`GpuModel::max_batch`] are processed in chunks. The dispatches of a single-token step are
-//! built once and reused for every decoded token; only the token-id and position buffers
-//! change. Tiles (tokens per invocation, workgroup size) are chosen per adapter class, see
-//! [`RowTile`].
+//! ([`crate::models::describe`]); `support.rs` refuses what no kernel does, `upload.rs` puts
+//! the weights on the device and `graph.rs` builds each layer's kernels and the dispatches of a
+//! step. A forward step of `T` tokens records five dispatches per layer into one command
+//! encoder, submits them once, then reads back either the logits ([`Forward::forward`]) or,
+//! when generating ([`Forward::next_token`]), only the token id the device sampler picked.
+//! Prompts longer than [`GpuModel::max_batch`] are processed in chunks. The dispatches of a
+//! single-token step are built once and reused for every decoded token; only the token-id and
+//! position buffers change. Tiles (tokens per invocation, workgroup size) are chosen per
+//! adapter class, see [`RowTile`].
 
 mod graph;
 mod support;
