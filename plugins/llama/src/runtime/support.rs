@@ -76,7 +76,9 @@ mod tests {
     fn features_without_kernels_are_refused_by_name_and_layer() {
         let spec = models::describe(&tiny_llama(&TinyConfig::default())).unwrap();
         check(&spec).unwrap();
-        let cases: [(fn(&mut ModelSpec), &str); 6] = [
+        /// A change to Llama's spec, and the words its refusal must contain.
+        type Case = (fn(&mut ModelSpec), &'static str);
+        let cases: [Case; 6] = [
             (|s| s.embedding.scale = 8.0, "embeddings scaled by 8"),
             (
                 |s| s.layers[1].attention.window = AttentionWindow::Sliding(4),
