@@ -103,6 +103,7 @@ impl ReferenceModel {
     /// Dequantizes every weight `spec` names in `file` and sizes the KV cache for `context`
     /// positions.
     pub fn from_spec(file: &GgufFile, spec: ModelSpec, context: usize) -> Result<Self> {
+        spec.validate()?;
         let t = ModelTensors::from_gguf(file, &spec)?;
         let weight = spec.norm.weight;
         let norm = |t: &TensorView| Norm::load(t, weight);

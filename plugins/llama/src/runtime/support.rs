@@ -11,8 +11,10 @@ use pio_gpu::Epilogue;
 use crate::error::{Error, Result};
 use crate::models::{Activation, AttentionWindow, ModelSpec};
 
-/// Refuses `spec` when it needs something no kernel does, or shapes the kernels cannot tile.
+/// Refuses `spec` when it is inconsistent ([`ModelSpec::validate`]), needs something no kernel
+/// does, or has shapes the kernels cannot tile.
 pub(super) fn check(spec: &ModelSpec) -> Result<()> {
+    spec.validate()?;
     let hp = &spec.hparams;
     let unsupported = |feature: String| {
         Err(Error::UnsupportedFeature {
