@@ -33,8 +33,8 @@ use pio_text::{StreamDecoder, TextTokenizer};
 use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
 use crate::generate::{check_prompt, room_for_new_tokens, Emitter, GenerateConfig};
-use crate::gpu_model::GpuModel;
 use crate::memory::{self, MemoryConfig, MemoryLimits};
+use crate::runtime::GpuModel;
 use crate::sampler::Sampler;
 
 /// How many sequences can be open at once, and how long each may grow.

@@ -150,7 +150,7 @@ pub fn bench_batched(
     prompt_len: usize,
     steps: usize,
 ) -> Result<BatchedRun> {
-    let vocab = engine.summary().hparams.vocab_size;
+    let vocab = engine.summary().spec.hparams.vocab_size;
     let config = GenerateConfig {
         max_new_tokens: steps,
         ..GenerateConfig::default()

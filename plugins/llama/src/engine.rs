@@ -12,10 +12,10 @@ use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 use crate::batch::{Batch, BatchMemory, BatchSettings, Opened, Stepped};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig, Generation};
-use crate::gpu_model::{GpuModel, DEFAULT_MAX_BATCH};
-use crate::hparams::HParams;
 use crate::memory::{self, MemoryConfig, MemoryLimits};
+use crate::models::{self, ModelSpec};
 use crate::perplexity::{perplexity, Perplexity};
+use crate::runtime::{GpuModel, DEFAULT_MAX_BATCH};
 use crate::weights::ModelTensors;
 
 /// What a model file is, read from its metadata and tensor table without touching the device.
@@ -23,10 +23,8 @@ use crate::weights::ModelTensors;
 pub struct ModelSummary {
     /// The GGUF file.
     pub path: PathBuf,
-    /// `general.architecture` (always `llama` here).
-    pub architecture: String,
-    /// The hyperparameters.
-    pub hparams: HParams,
+    /// What the model is: its family's description of it.
+    pub spec: ModelSpec,
     /// Number of parameters.
     pub parameter_count: u64,
     /// Storage type of most block weights, e.g. `Q4_1`.
@@ -38,8 +36,8 @@ pub struct ModelSummary {
 impl ModelSummary {
     /// Reads and validates the hyperparameters and tensor table of `file`.
     pub fn read(file: &GgufFile) -> Result<Self> {
-        let hparams = HParams::from_gguf(file)?;
-        let tensors = ModelTensors::from_gguf(file, &hparams)?;
+        let spec = models::describe(file)?;
+        let tensors = ModelTensors::from_gguf(file, &spec)?;
         let mut weight_bytes =
             packed_bytes(&tensors.token_embd.info.dims, tensors.token_embd.info.dtype);
         if !tensors.tied_output {
@@ -51,16 +49,15 @@ impl ModelSummary {
                 .iter()
                 .map(|t| packed_bytes(&t.info.dims, t.info.dtype))
                 .sum::<u64>();
-            weight_bytes += 2 * 4 * hparams.n_embd as u64;
+            weight_bytes += l.norms().map(|t| 4 * t.info.dims[0]).sum::<u64>();
         }
-        weight_bytes += 4 * hparams.n_embd as u64;
+        weight_bytes += 4 * spec.hparams.n_embd as u64;
         Ok(ModelSummary {
             path: file.path().to_owned(),
-            architecture: file.architecture()?.to_owned(),
             parameter_count: tensors.parameter_count(),
             quantization: tensors.dominant_type().to_string(),
             weight_bytes,
-            hparams,
+            spec,
         })
     }
 
@@ -92,7 +89,7 @@ fn packed_bytes(dims: &[u64], dtype: TensorType) -> u64 {
 }
 
 /// See [`Engine::host_bytes`].
-fn host_bytes(tokenizer: &TextTokenizer, hp: &HParams, max_batch: usize) -> u64 {
+fn host_bytes(tokenizer: &TextTokenizer, vocab_size: usize, max_batch: usize) -> u64 {
     let vocab: usize = (0..tokenizer.vocab_size() as u32)
         .map(|id| {
             let text = tokenizer.token_text(id).map_or(0, str::len);
@@ -100,7 +97,7 @@ fn host_bytes(tokenizer: &TextTokenizer, hp: &HParams, max_batch: usize) -> u64 
             2 * text + piece
         })
         .sum();
-    (vocab + max_batch * hp.vocab_size * 4) as u64
+    (vocab + max_batch * vocab_size * 4) as u64
 }
 
 /// A model on the GPU with its tokenizer and (optional) chat template.
@@ -132,7 +129,7 @@ impl Engine {
         let file = GgufFile::open(path)?;
         let summary = ModelSummary::read(&file)?;
         let context = match context_length {
-            0 => summary.hparams.context_length,
+            0 => summary.spec.hparams.context_length,
             n => n,
         };
         let max_batch = DEFAULT_MAX_BATCH.min(context);
@@ -157,11 +154,11 @@ impl Engine {
             memory::host_available_bytes(),
         )?;
         let tokenizer = TextTokenizer::from_gguf(&file)?;
-        if tokenizer.vocab_size() != summary.hparams.vocab_size {
+        if tokenizer.vocab_size() != summary.spec.hparams.vocab_size {
             return Err(Error::InvalidModel(format!(
                 "tokenizer has {} tokens, the model {}",
                 tokenizer.vocab_size(),
-                summary.hparams.vocab_size
+                summary.spec.hparams.vocab_size
             )));
         }
         let template = match file.get("tokenizer.chat_template") {
@@ -169,7 +166,7 @@ impl Engine {
             None => None,
         };
         let model = GpuModel::new(gpu, &file, context, max_batch)?;
-        let host_bytes = host_bytes(&tokenizer, &summary.hparams, max_batch);
+        let host_bytes = host_bytes(&tokenizer, summary.spec.hparams.vocab_size, max_batch);
         let batch = Batch::new(
             batch,
             BatchMemory {
@@ -329,7 +326,7 @@ mod tests {
             .unwrap();
         assert_eq!(g.text, streamed);
         assert!(!g.tokens.is_empty());
-        assert_eq!(engine.summary().hparams.n_layer, 2);
+        assert_eq!(engine.summary().spec.hparams.n_layer, 2);
         assert_eq!(engine.model_mut().context_length(), 64);
     }
 

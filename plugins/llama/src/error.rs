@@ -1,10 +1,13 @@
 //! The crate's error type.
 
-/// Everything that can go wrong loading, running or sampling a Llama model.
+/// Everything that can go wrong loading, running or sampling a model.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The GGUF file declares an architecture this plugin does not implement.
-    #[error("unsupported model architecture `{0}` (this plugin runs `llama`)")]
+    #[error(
+        "unsupported model architecture `{0}` (this plugin runs {runs})",
+        runs = crate::models::architectures()
+    )]
     UnsupportedArchitecture(String),
     /// A tensor is stored in a type the kernels cannot read.
     #[error(
@@ -15,6 +18,14 @@ pub enum Error {
         name: String,
         /// The type as named by the GGUF reader.
         dtype: String,
+    },
+    /// The model needs something the GPU runtime has no kernel for (e.g. a sliding window).
+    #[error("`{architecture}` model needs {feature}, which the GPU runtime does not implement")]
+    UnsupportedFeature {
+        /// The model's `general.architecture`.
+        architecture: &'static str,
+        /// What it needs, in words.
+        feature: String,
     },
     /// Metadata or tensors are missing, inconsistent or out of range.
     #[error("invalid model: {0}")]

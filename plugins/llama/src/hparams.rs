@@ -1,104 +1,116 @@
-//! Model hyperparameters, read from GGUF metadata and validated.
+//! The shapes every family shares, read from GGUF metadata under the family's key prefix.
+//!
+//! llama.cpp writes the same keys for every transformer family, prefixed by its
+//! `general.architecture` (`llama.block_count`, `gemma3.block_count`, ...), so a family file
+//! reads these with [`HParams::from_gguf`] and only what is its own (RoPE, norms, windows) by
+//! hand.
 
 use pio_gguf::GgufFile;
 
 use crate::error::{Error, Result};
 
-/// The only `general.architecture` this plugin runs.
-pub const ARCHITECTURE: &str = "llama";
-
-/// Default RoPE base when `llama.rope.freq_base` is absent (llama.cpp's default).
-pub const DEFAULT_ROPE_BASE: f32 = 10_000.0;
-
-/// Hyperparameters of a Llama-architecture model.
+/// Shapes of a decoder-only transformer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HParams {
-    /// Transformer blocks (`llama.block_count`).
+    /// Transformer blocks (`{arch}.block_count`).
     pub n_layer: usize,
-    /// Hidden size (`llama.embedding_length`).
+    /// Hidden size (`{arch}.embedding_length`).
     pub n_embd: usize,
-    /// Feed-forward inner size (`llama.feed_forward_length`).
+    /// Feed-forward inner size (`{arch}.feed_forward_length`).
     pub n_ff: usize,
-    /// Query heads (`llama.attention.head_count`).
+    /// Query heads (`{arch}.attention.head_count`).
     pub n_head: usize,
-    /// Key/value heads (`llama.attention.head_count_kv`, defaults to `n_head`).
+    /// Key/value heads (`{arch}.attention.head_count_kv`, defaults to `n_head`).
     pub n_head_kv: usize,
-    /// Size of one head: `n_embd / n_head`.
+    /// Size of one head (`{arch}.attention.key_length`, defaults to `n_embd / n_head`).
     pub head_dim: usize,
-    /// Leading dimensions of each head that RoPE rotates (`llama.rope.dimension_count`, defaults
-    /// to `head_dim`).
-    pub rope_dim: usize,
-    /// RoPE frequency base (`llama.rope.freq_base`, default [`DEFAULT_ROPE_BASE`]).
-    pub rope_base: f32,
-    /// RMSNorm epsilon (`llama.attention.layer_norm_rms_epsilon`).
-    pub rms_eps: f32,
-    /// Context length the model was trained with (`llama.context_length`).
+    /// Context length the model was trained with (`{arch}.context_length`).
     pub context_length: usize,
-    /// Vocabulary size: the length of `tokenizer.ggml.tokens` (or `llama.vocab_size`).
+    /// Vocabulary size: the length of `tokenizer.ggml.tokens` (or `{arch}.vocab_size`).
     pub vocab_size: usize,
 }
 
+/// Typed reads of `{architecture}.{name}` metadata keys.
+#[derive(Clone, Copy)]
+pub struct Metadata<'a> {
+    file: &'a GgufFile,
+    architecture: &'a str,
+}
+
+impl<'a> Metadata<'a> {
+    /// Reads the keys of `architecture` in `file`.
+    pub fn new(file: &'a GgufFile, architecture: &'a str) -> Self {
+        Metadata { file, architecture }
+    }
+
+    /// The file itself, for keys outside the prefix and for tensors.
+    pub fn file(&self) -> &'a GgufFile {
+        self.file
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}.{name}", self.architecture)
+    }
+
+    /// A required unsigned integer.
+    pub fn usize(&self, name: &str) -> Result<usize> {
+        Ok(self.file.get_u32(&self.key(name))? as usize)
+    }
+
+    /// An optional unsigned integer.
+    pub fn opt_usize(&self, name: &str) -> Result<Option<usize>> {
+        Ok(self.file.opt_u32(&self.key(name))?.map(|v| v as usize))
+    }
+
+    /// A required float.
+    pub fn f32(&self, name: &str) -> Result<f32> {
+        Ok(self.file.get_f32(&self.key(name))?)
+    }
+
+    /// An optional float.
+    pub fn opt_f32(&self, name: &str) -> Result<Option<f32>> {
+        Ok(self.file.opt_f32(&self.key(name))?)
+    }
+
+    /// An optional string.
+    pub fn opt_str(&self, name: &str) -> Result<Option<&'a str>> {
+        Ok(self.file.opt_str(&self.key(name))?)
+    }
+}
+
 impl HParams {
-    /// Reads and validates the hyperparameters of `file`.
-    ///
-    /// Fails with [`Error::UnsupportedArchitecture`] for anything but `llama`, and with
-    /// [`Error::InvalidModel`] for missing keys, inconsistent shapes or unsupported RoPE scaling.
-    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let arch = file.architecture()?;
-        if arch != ARCHITECTURE {
-            return Err(Error::UnsupportedArchitecture(arch.to_owned()));
-        }
-        let key = |name: &str| format!("{ARCHITECTURE}.{name}");
-        let u = |name: &str| -> Result<usize> { Ok(file.get_u32(&key(name))? as usize) };
-        let opt_u = |name: &str| -> Result<Option<usize>> {
-            Ok(file.opt_u32(&key(name))?.map(|v| v as usize))
+    /// Reads the shared shapes from `meta` and validates them.
+    pub fn from_gguf(meta: Metadata) -> Result<Self> {
+        let n_embd = meta.usize("embedding_length")?;
+        let n_head = meta.usize("attention.head_count")?;
+        let head_dim = match meta.opt_usize("attention.key_length")? {
+            Some(len) => len,
+            None if n_head != 0 && n_embd % n_head == 0 => n_embd / n_head,
+            None => {
+                return Err(Error::InvalidModel(format!(
+                    "embedding_length {n_embd} is not a multiple of head_count {n_head}"
+                )))
+            }
         };
-
-        let n_embd = u("embedding_length")?;
-        let n_head = u("attention.head_count")?;
-        if n_head == 0 || n_embd % n_head != 0 {
-            return Err(Error::InvalidModel(format!(
-                "embedding_length {n_embd} is not a multiple of head_count {n_head}"
-            )));
-        }
-        let head_dim = n_embd / n_head;
-        if let Some(kl) = opt_u("attention.key_length")? {
-            if kl != head_dim {
+        if let Some(len) = meta.opt_usize("attention.value_length")? {
+            if len != head_dim {
                 return Err(Error::InvalidModel(format!(
-                    "attention.key_length {kl} differs from embedding_length / head_count = {head_dim}"
+                    "attention.value_length {len} differs from the key length {head_dim}"
                 )));
             }
         }
-        if let Some(scaling) = file.opt_str(&key("rope.scaling.type"))? {
-            if scaling != "none" {
-                return Err(Error::InvalidModel(format!(
-                    "RoPE scaling `{scaling}` is not supported"
-                )));
-            }
-        }
-        if file.tensor_info("rope_freqs.weight").is_some() {
-            return Err(Error::InvalidModel(
-                "per-dimension RoPE frequency factors (rope_freqs.weight) are not supported".into(),
-            ));
-        }
-        let vocab_size = match file.opt_string_array("tokenizer.ggml.tokens")? {
+        let vocab_size = match meta.file().opt_string_array("tokenizer.ggml.tokens")? {
             Some(tokens) => tokens.len(),
-            None => u("vocab_size")?,
+            None => meta.usize("vocab_size")?,
         };
-
         let hp = HParams {
-            n_layer: u("block_count")?,
+            n_layer: meta.usize("block_count")?,
             n_embd,
-            n_ff: u("feed_forward_length")?,
+            n_ff: meta.usize("feed_forward_length")?,
             n_head,
-            n_head_kv: opt_u("attention.head_count_kv")?.unwrap_or(n_head),
+            n_head_kv: meta.opt_usize("attention.head_count_kv")?.unwrap_or(n_head),
             head_dim,
-            rope_dim: opt_u("rope.dimension_count")?.unwrap_or(head_dim),
-            rope_base: file
-                .opt_f32(&key("rope.freq_base"))?
-                .unwrap_or(DEFAULT_ROPE_BASE),
-            rms_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
-            context_length: u("context_length")?,
+            context_length: meta.usize("context_length")?,
             vocab_size,
         };
         hp.validate()?;
@@ -114,6 +126,7 @@ impl HParams {
             ("feed_forward_length", self.n_ff),
             ("head_count", self.n_head),
             ("head_count_kv", self.n_head_kv),
+            ("key_length", self.head_dim),
             ("context_length", self.context_length),
             ("vocabulary size", self.vocab_size),
         ] {
@@ -127,28 +140,12 @@ impl HParams {
                 self.n_head, self.n_head_kv
             ));
         }
-        if self.head_dim * self.n_head != self.n_embd {
-            return bad(format!(
-                "head_dim {} x head_count {} != embedding_length {}",
-                self.head_dim, self.n_head, self.n_embd
-            ));
-        }
-        if self.rope_dim == 0 || self.rope_dim % 2 != 0 || self.rope_dim > self.head_dim {
-            return bad(format!(
-                "rope.dimension_count {} must be even and in 2..={}",
-                self.rope_dim, self.head_dim
-            ));
-        }
-        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
-            return bad(format!("rope.freq_base {} is not positive", self.rope_base));
-        }
-        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
-            return bad(format!(
-                "layer_norm_rms_epsilon {} is not positive",
-                self.rms_eps
-            ));
-        }
         Ok(())
+    }
+
+    /// Width of the query projection (and of the attention output): `n_head * head_dim`.
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
     }
 
     /// Width of the key (and value) projections: `n_head_kv * head_dim`.
@@ -165,55 +162,37 @@ impl HParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_model::{smollm2, tiny_llama, TinyConfig};
+    use crate::test_model::{tiny_llama, TinyConfig};
 
     #[test]
-    fn reads_tiny_model_metadata() {
-        let hp = HParams::from_gguf(&tiny_llama(&TinyConfig::default())).unwrap();
+    fn reads_tiny_model_shapes() {
+        let file = tiny_llama(&TinyConfig::default());
+        let hp = HParams::from_gguf(Metadata::new(&file, "llama")).unwrap();
         assert_eq!(
             (hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv),
             (2, 64, 128, 4, 2)
         );
         assert_eq!(
-            (hp.head_dim, hp.rope_dim, hp.kv_dim(), hp.gqa_group()),
-            (16, 16, 32, 2)
+            (hp.head_dim, hp.q_dim(), hp.kv_dim(), hp.gqa_group()),
+            (16, 64, 32, 2)
         );
         assert_eq!(hp.context_length, 256);
         assert_eq!(hp.vocab_size, 3 + 256 + 40);
     }
 
     #[test]
-    fn rejects_other_architectures_by_name() {
-        let cfg = TinyConfig {
-            architecture: "gpt2",
-            ..TinyConfig::default()
-        };
-        let err = HParams::from_gguf(&tiny_llama(&cfg)).unwrap_err();
-        assert!(matches!(err, Error::UnsupportedArchitecture(ref a) if a == "gpt2"));
-        assert!(err.to_string().contains("gpt2"));
-    }
-
-    #[test]
     fn rejects_inconsistent_heads() {
-        let mut hp = HParams::from_gguf(&tiny_llama(&TinyConfig::default())).unwrap();
+        let file = tiny_llama(&TinyConfig::default());
+        let mut hp = HParams::from_gguf(Metadata::new(&file, "llama")).unwrap();
         hp.n_head_kv = 3;
         let err = hp.validate().unwrap_err().to_string();
         assert!(err.contains("head_count_kv"), "{err}");
-        hp.n_head_kv = 2;
-        hp.rope_dim = 17;
-        assert!(hp.validate().is_err());
     }
 
     #[test]
-    fn reads_smollm2_metadata() {
-        let Some(path) = smollm2() else { return };
-        let hp = HParams::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
-        assert_eq!(
-            (hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv),
-            (30, 576, 1536, 9, 3)
-        );
-        assert_eq!((hp.head_dim, hp.rope_dim, hp.vocab_size), (64, 64, 49152));
-        assert_eq!(hp.rope_base, 100_000.0);
-        assert!(hp.context_length >= 2048);
+    fn missing_key_is_named_with_the_prefix() {
+        let file = tiny_llama(&TinyConfig::default());
+        let err = HParams::from_gguf(Metadata::new(&file, "gemma3")).unwrap_err();
+        assert!(err.to_string().contains("gemma3.embedding_length"), "{err}");
     }
 }

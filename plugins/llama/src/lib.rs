@@ -1,8 +1,10 @@
-//! Llama-architecture GGUF text-generation plugin for Inference-PIO.
+//! GGUF text-generation plugin for Inference-PIO: Llama-family models on the GPU.
 //!
 //! Modules, one job each:
-//! - [`hparams`]: hyperparameters from GGUF metadata; [`weights`]: tensor-name mapping and checks;
-//! - [`gpu_model`]: the forward pass on the GPU (pio-gpu kernels) with its KV cache;
+//! - [`models`]: one file per model family, each describing its layers as a
+//!   [`models::ModelSpec`] read from GGUF metadata; [`hparams`]: the shapes every family shares;
+//!   [`weights`]: the tensors a spec names, with shape and type checks;
+//! - [`runtime`]: any spec's forward pass on the GPU (pio-gpu kernels) with its KV cache;
 //! - [`sampler`]: greedy and seeded sampling; [`stop`]: stop-string matching;
 //! - [`generate`]: the generation loop over any [`generate::Forward`]; [`batch`]: sequences
 //!   decoded together (continuous batching);
@@ -11,20 +13,22 @@
 //!   benchmark;
 //! - [`engine`]: model + tokenizer + chat template; [`plugin`]: the Inference-PIO plugin.
 //!
-//! Tests compare the GPU model with a plain f32 CPU reference (`reference.rs`, test-only).
+//! Tests compare the GPU model with a plain f32 CPU reference (`reference.rs`, test-only), which
+//! runs the same spec.
 
 pub mod batch;
 pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod generate;
-pub mod gpu_model;
 pub mod hparams;
 pub mod memory;
+pub mod models;
 pub mod perplexity;
 pub mod plugin;
 #[cfg(test)]
 mod reference;
+pub mod runtime;
 pub mod sampler;
 pub mod stop;
 #[cfg(test)]

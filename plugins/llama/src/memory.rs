@@ -2,8 +2,9 @@
 //! before anything is allocated.
 //!
 //! Every buffer and host vector whose size follows from a context length is listed here:
-//! the KV cache (per layer, one K and one V buffer of `context × kv_dim` f32), the RoPE table
-//! (`context × head_dim` f32, computed on the host and then uploaded), the batched sequences'
+//! the KV cache (per layer, one K and one V buffer of `context × kv_dim` f32), the RoPE tables
+//! (one per distinct RoPE of the layers, `context × head_dim` f32 each, computed on the host
+//! and then uploaded), the batched sequences'
 //! cache (`slots × slot_context` rows, like the KV cache) and the activations and logits
 //! read-back (`max_batch` tokens). [`check`] compares a configuration with the model's trained
 //! context, the device's largest storage buffer, the caller's budget and the host memory
@@ -16,7 +17,7 @@ use crate::error::{Error, Result};
 /// The sizes that decide what is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryConfig {
-    /// Positions of the model's own KV cache (and RoPE table).
+    /// Positions of the model's own KV cache (and RoPE tables).
     pub context: usize,
     /// Tokens one forward submission processes (activations, logits read-back).
     pub max_batch: usize,
@@ -36,7 +37,7 @@ pub struct MemoryNeeds {
     pub kv_cache: u64,
     /// The batched sequences' cache, all layers (plus the one it is copied from, if any).
     pub batch_cache: u64,
-    /// The RoPE table (also built on the host first).
+    /// The RoPE tables (each also built on the host first).
     pub rope_table: u64,
     /// Activation buffers and logits.
     pub activations: u64,
@@ -81,7 +82,7 @@ fn product(factors: &[usize]) -> u64 {
 impl ModelSummary {
     /// The bytes `config` needs; see [`MemoryNeeds`].
     pub fn memory_needs(&self, config: &MemoryConfig) -> MemoryNeeds {
-        let hp = &self.hparams;
+        let hp = &self.spec.hparams;
         let kv_row = product(&[hp.kv_dim(), 4]);
         let kv_layer = kv_row.saturating_mul(config.context as u64);
         let kv_cache = kv_layer.saturating_mul(2 * hp.n_layer as u64);
@@ -89,7 +90,9 @@ impl ModelSummary {
         let batch_cache = batch_layer
             .saturating_add(kv_row.saturating_mul(config.copied_batch_rows as u64))
             .saturating_mul(2 * hp.n_layer as u64);
-        let rope_table = product(&[config.context, hp.head_dim, 4]);
+        // One table per distinct RoPE of the layers (one for Llama).
+        let one_rope_table = product(&[config.context, hp.head_dim, 4]);
+        let rope_table = one_rope_table.saturating_mul(self.spec.ropes().len() as u64);
         let per_token = 4 * hp.n_embd + 2 * hp.kv_dim() + 3 * hp.n_ff + hp.vocab_size + 2;
         let activations = product(&[config.max_batch, per_token, 4]) + 4 * hp.n_embd as u64;
         let logits = product(&[config.max_batch, hp.vocab_size, 4]);
@@ -105,7 +108,7 @@ impl ModelSummary {
         let largest_buffer = [
             ("each layer's K and V cache", kv_layer),
             ("each layer's batch K and V cache", batch_layer),
-            ("the RoPE table", rope_table),
+            ("each RoPE table", one_rope_table),
             ("the logits", logits),
         ]
         .into_iter()
@@ -118,7 +121,7 @@ impl ModelSummary {
             rope_table,
             activations,
             device,
-            host: rope_table.saturating_add(logits),
+            host: one_rope_table.saturating_add(logits),
             largest_buffer,
         }
     }
@@ -171,7 +174,7 @@ pub fn check(
     held_device_bytes: u64,
     host_available: Option<u64>,
 ) -> Result<MemoryNeeds> {
-    let trained = summary.hparams.context_length;
+    let trained = summary.spec.hparams.context_length;
     if config.context == 0 || config.max_batch == 0 {
         return Err(Error::InvalidParams(
             "context length and batch size must be positive".into(),

@@ -84,8 +84,8 @@ fn log_softmax_at(row: &[f32], index: usize) -> f64 {
 mod tests {
     use super::*;
     use crate::generate::tests::Script;
-    use crate::gpu_model::GpuModel;
     use crate::reference::ReferenceModel;
+    use crate::runtime::GpuModel;
     use crate::test_model::{test_gpu, tiny_llama, TinyConfig};
 
     #[test]

@@ -30,7 +30,7 @@ use crate::bench::{bench_batched, bench_run, BenchConfig};
 use crate::engine::{Engine, ModelSummary};
 use crate::error::Error;
 use crate::generate::{GenerateConfig, Generation};
-use crate::gpu_model::DEFAULT_MAX_BATCH;
+use crate::runtime::DEFAULT_MAX_BATCH;
 use crate::sampler::{SamplingParams, DEFAULT_REPEAT_LAST_N};
 
 impl From<Error> for PluginError {
@@ -43,9 +43,9 @@ impl From<Error> for PluginError {
             | Error::Text(pio_text::TextError::UnknownToken { .. }) => {
                 PluginError::invalid_input(message)
             }
-            Error::UnsupportedArchitecture(_) | Error::UnsupportedTensorType { .. } => {
-                PluginError::incompatible(message)
-            }
+            Error::UnsupportedArchitecture(_)
+            | Error::UnsupportedFeature { .. }
+            | Error::UnsupportedTensorType { .. } => PluginError::incompatible(message),
             Error::InvalidModel(_) | Error::Gguf(_) | Error::Text(_) => {
                 PluginError::model_load(message)
             }
@@ -408,9 +408,9 @@ impl Plugin for LlamaPlugin {
         let mut stats = PluginStats::default();
         let mut details = serde_json::Map::new();
         if let Some(m) = &self.model {
-            let hp = &m.hparams;
+            let hp = &m.spec.hparams;
             details.insert("model".into(), m.path.display().to_string().into());
-            details.insert("architecture".into(), m.architecture.clone().into());
+            details.insert("architecture".into(), m.spec.architecture.into());
             details.insert("parameter_count".into(), m.parameter_count.into());
             details.insert("quantization".into(), m.quantization.clone().into());
             details.insert("trained_context_length".into(), hp.context_length.into());

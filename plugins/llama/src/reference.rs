@@ -1,14 +1,16 @@
-//! A plain f32 CPU forward pass of the whole model, the oracle the GPU model is tested against.
+//! A plain f32 CPU forward pass of any [`ModelSpec`], the oracle the GPU model is tested against.
 //!
 //! Every tensor is dequantized to f32 once; each token is processed on its own, one position at
 //! a time, with straightforward loops (dot products accumulated in f64) and an f32 KV cache.
-//! Nothing here is optimised or shared with the GPU path.
+//! Nothing here is optimised or shared with the GPU path. It follows the spec in full (scaled
+//! embeddings, q/k and sandwich norms, sliding windows, GELU gates), so a new family has its
+//! reference before it has kernels.
 
 use pio_gguf::{GgufFile, TensorView};
 
 use crate::error::Result;
 use crate::generate::Forward;
-use crate::hparams::HParams;
+use crate::models::{self, Activation, AttentionWindow, ModelSpec, NormWeight};
 use crate::weights::ModelTensors;
 
 /// A row-major f32 matrix: `rows` outputs of `cols` inputs.
@@ -47,16 +49,33 @@ impl Matrix {
     }
 }
 
+/// An RMSNorm weight, `1 + w` already applied where the family stores the offset.
+struct Norm(Vec<f32>);
+
+impl Norm {
+    fn load(t: &TensorView, weight: NormWeight) -> Result<Self> {
+        let mut w = t.to_f32()?;
+        if weight == NormWeight::OnePlus {
+            w.iter_mut().for_each(|v| *v += 1.0);
+        }
+        Ok(Norm(w))
+    }
+}
+
 struct Layer {
-    attn_norm: Vec<f32>,
+    attn_norm: Norm,
     wq: Matrix,
     wk: Matrix,
     wv: Matrix,
+    /// Per-head norms of queries and keys.
+    qk_norm: Option<(Norm, Norm)>,
     wo: Matrix,
-    ffn_norm: Vec<f32>,
+    attn_post_norm: Option<Norm>,
+    ffn_norm: Norm,
     w_gate: Matrix,
     w_up: Matrix,
     w_down: Matrix,
+    ffn_post_norm: Option<Norm>,
     /// Keys of positions `0..len`, `[pos][kv_dim]`, RoPE applied.
     k_cache: Vec<f32>,
     /// Values of positions `0..len`, `[pos][kv_dim]`.
@@ -65,34 +84,50 @@ struct Layer {
 
 /// The CPU reference model; implements [`Forward`].
 pub struct ReferenceModel {
-    hp: HParams,
+    spec: ModelSpec,
     context: usize,
     token_embd: Matrix,
-    output_norm: Vec<f32>,
+    output_norm: Norm,
     /// `None` when tied to `token_embd`.
     output: Option<Matrix>,
     layers: Vec<Layer>,
 }
 
 impl ReferenceModel {
-    /// Dequantizes every weight of `file` and sizes the KV cache for `context` positions.
+    /// Reads the spec of `file` ([`models::describe`]) and loads it: see
+    /// [`ReferenceModel::from_spec`].
     pub fn load(file: &GgufFile, context: usize) -> Result<Self> {
-        let hp = HParams::from_gguf(file)?;
-        let t = ModelTensors::from_gguf(file, &hp)?;
+        Self::from_spec(file, models::describe(file)?, context)
+    }
+
+    /// Dequantizes every weight `spec` names in `file` and sizes the KV cache for `context`
+    /// positions.
+    pub fn from_spec(file: &GgufFile, spec: ModelSpec, context: usize) -> Result<Self> {
+        spec.validate()?;
+        let t = ModelTensors::from_gguf(file, &spec)?;
+        let weight = spec.norm.weight;
+        let norm = |t: &TensorView| Norm::load(t, weight);
+        let opt_norm = |t: &Option<TensorView>| t.as_ref().map(norm).transpose();
         let layers = t
             .layers
             .iter()
             .map(|l| {
                 Ok(Layer {
-                    attn_norm: l.attn_norm.to_f32()?,
+                    attn_norm: norm(&l.attn_norm)?,
                     wq: Matrix::load(&l.attn_q)?,
                     wk: Matrix::load(&l.attn_k)?,
                     wv: Matrix::load(&l.attn_v)?,
+                    qk_norm: match &l.qk_norm {
+                        Some((q, k)) => Some((norm(q)?, norm(k)?)),
+                        None => None,
+                    },
                     wo: Matrix::load(&l.attn_output)?,
-                    ffn_norm: l.ffn_norm.to_f32()?,
+                    attn_post_norm: opt_norm(&l.attn_post_norm)?,
+                    ffn_norm: norm(&l.ffn_norm)?,
                     w_gate: Matrix::load(&l.ffn_gate)?,
                     w_up: Matrix::load(&l.ffn_up)?,
                     w_down: Matrix::load(&l.ffn_down)?,
+                    ffn_post_norm: opt_norm(&l.ffn_post_norm)?,
                     k_cache: Vec::new(),
                     v_cache: Vec::new(),
                 })
@@ -101,43 +136,62 @@ impl ReferenceModel {
         Ok(ReferenceModel {
             context,
             token_embd: Matrix::load(&t.token_embd)?,
-            output_norm: t.output_norm.to_f32()?,
+            output_norm: norm(&t.output_norm)?,
             output: if t.tied_output {
                 None
             } else {
                 Some(Matrix::load(&t.output)?)
             },
             layers,
-            hp,
+            spec,
         })
     }
 
     /// One token at position `pos` (the caches hold exactly positions `0..pos`); returns its
     /// logits.
     fn step(&mut self, token: u32, pos: usize) -> Vec<f32> {
-        let hp = &self.hp;
+        let (hp, eps) = (&self.spec.hparams, self.spec.norm.eps);
         let (hd, kv_dim) = (hp.head_dim, hp.kv_dim());
-        let mut x = self.token_embd.row(token as usize).to_vec();
-        for layer in &mut self.layers {
+        let scale = self.spec.embedding.scale;
+        let mut x: Vec<f32> = self
+            .token_embd
+            .row(token as usize)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        for (layer, spec) in self.layers.iter_mut().zip(&self.spec.layers) {
             // Attention.
-            let h = rms_norm(&x, &layer.attn_norm, hp.rms_eps);
+            let (attention, ffn) = (&spec.attention, &spec.feed_forward);
+            let h = rms_norm(&x, &layer.attn_norm, eps);
             let mut q = layer.wq.mul(&h);
             let mut k = layer.wk.mul(&h);
             let v = layer.wv.mul(&h);
+            if let Some((q_norm, k_norm)) = &layer.qk_norm {
+                for head in q.chunks_exact_mut(hd) {
+                    head.copy_from_slice(&rms_norm(head, q_norm, eps));
+                }
+                for head in k.chunks_exact_mut(hd) {
+                    head.copy_from_slice(&rms_norm(head, k_norm, eps));
+                }
+            }
             for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-                rope(head, pos, hp.rope_dim, hp.rope_base);
+                rope(head, pos, attention.rope.dim, attention.rope.base);
             }
             layer.k_cache.truncate(pos * kv_dim);
             layer.v_cache.truncate(pos * kv_dim);
             layer.k_cache.extend_from_slice(&k);
             layer.v_cache.extend_from_slice(&v);
 
-            let mut attn = vec![0f32; hp.n_embd];
+            let first = match attention.window {
+                AttentionWindow::Global => 0,
+                AttentionWindow::Sliding(n) => (pos + 1).saturating_sub(n),
+            };
+            let mut attn = vec![0f32; hp.q_dim()];
             let scale = 1.0 / (hd as f64).sqrt();
             for head in 0..hp.n_head {
                 let kvh = head / hp.gqa_group();
                 let qh = &q[head * hd..(head + 1) * hd];
-                let scores: Vec<f64> = (0..=pos)
+                let scores: Vec<f64> = (first..=pos)
                     .map(|p| {
                         let kp = &layer.k_cache[p * kv_dim + kvh * hd..][..hd];
                         dot(qh, kp) * scale
@@ -146,29 +200,36 @@ impl ReferenceModel {
                 let probs = softmax(&scores);
                 let out = &mut attn[head * hd..(head + 1) * hd];
                 for (i, o) in out.iter_mut().enumerate() {
-                    let s: f64 = (0..=pos)
-                        .map(|p| probs[p] * layer.v_cache[p * kv_dim + kvh * hd + i] as f64)
+                    let s: f64 = (first..=pos)
+                        .zip(&probs)
+                        .map(|(p, prob)| prob * layer.v_cache[p * kv_dim + kvh * hd + i] as f64)
                         .sum();
                     *o = s as f32;
                 }
             }
-            add(&mut x, &layer.wo.mul(&attn));
+            let out = layer.wo.mul(&attn);
+            add(&mut x, &post_norm(out, layer.attn_post_norm.as_ref(), eps));
 
-            // SwiGLU feed-forward.
-            let h = rms_norm(&x, &layer.ffn_norm, hp.rms_eps);
+            // Gated feed-forward.
+            let h = rms_norm(&x, &layer.ffn_norm, eps);
             let gate = layer.w_gate.mul(&h);
             let up = layer.w_up.mul(&h);
-            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
-            add(&mut x, &layer.w_down.mul(&act));
+            let act: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| activate(ffn.activation, g) * u)
+                .collect();
+            let out = layer.w_down.mul(&act);
+            add(&mut x, &post_norm(out, layer.ffn_post_norm.as_ref(), eps));
         }
-        let h = rms_norm(&x, &self.output_norm, hp.rms_eps);
+        let h = rms_norm(&x, &self.output_norm, eps);
         self.output.as_ref().unwrap_or(&self.token_embd).mul(&h)
     }
 }
 
 impl Forward for ReferenceModel {
     fn vocab_size(&self) -> usize {
-        self.hp.vocab_size
+        self.spec.hparams.vocab_size
     }
 
     fn context_length(&self) -> usize {
@@ -192,11 +253,11 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+fn rms_norm(x: &[f32], w: &Norm, eps: f32) -> Vec<f32> {
     let mean_sq = dot(x, x) / x.len() as f64;
     let inv = 1.0 / (mean_sq + eps as f64).sqrt();
     x.iter()
-        .zip(w)
+        .zip(&w.0)
         .map(|(&v, &g)| (v as f64 * inv) as f32 * g)
         .collect()
 }
@@ -220,8 +281,24 @@ fn softmax(x: &[f64]) -> Vec<f64> {
     e.into_iter().map(|v| v / sum).collect()
 }
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+/// `x` through `norm` when the block has one there (Gemma's sandwich norms), else unchanged.
+fn post_norm(x: Vec<f32>, norm: Option<&Norm>, eps: f32) -> Vec<f32> {
+    match norm {
+        Some(norm) => rms_norm(&x, norm, eps),
+        None => x,
+    }
+}
+
+fn activate(activation: Activation, x: f32) -> f32 {
+    let x = x as f64;
+    let y = match activation {
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::GeluTanh => {
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3));
+            0.5 * x * (1.0 + inner.tanh())
+        }
+    };
+    y as f32
 }
 
 fn add(acc: &mut [f32], x: &[f32]) {
@@ -233,6 +310,7 @@ fn add(acc: &mut [f32], x: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_model::{compare, tiny_llama, TinyConfig};
 
     #[test]
     fn rope_rotates_adjacent_pairs_by_position_dependent_angles() {
@@ -250,8 +328,48 @@ mod tests {
     }
 
     #[test]
+    fn activations_match_known_values() {
+        // GELU(±1) with the tanh approximation, and SiLU(1) = 1 / (1 + e^-1).
+        for (activation, x, y) in [
+            (Activation::GeluTanh, 1.0, 0.841_192),
+            (Activation::GeluTanh, -1.0, -0.158_808),
+            (Activation::Silu, 1.0, 0.731_059),
+        ] {
+            let got = activate(activation, x);
+            assert!(
+                (got - y).abs() < 1e-6,
+                "{activation:?}({x}) = {got}, not {y}"
+            );
+        }
+    }
+
+    /// A window as wide as the sequence is global attention (the same sums in the same order);
+    /// a narrow one changes exactly the positions that see past it.
+    #[test]
+    fn sliding_window_limits_what_a_position_attends_to() {
+        let file = tiny_llama(&TinyConfig::default());
+        let llama = models::describe(&file).unwrap();
+        let vocab = llama.hparams.vocab_size;
+        let prompt: Vec<u32> = (0..12).map(|i| (i * 29 + 11) % 290).collect();
+        let run = |window| {
+            let mut spec = llama.clone();
+            spec.layers
+                .iter_mut()
+                .for_each(|l| l.attention.window = window);
+            let mut model = ReferenceModel::from_spec(&file, spec, 32).unwrap();
+            model.forward(&prompt, 0, true).unwrap()
+        };
+        let global = run(AttentionWindow::Global);
+        assert_eq!(global, run(AttentionWindow::Sliding(prompt.len())));
+        let narrow = run(AttentionWindow::Sliding(3));
+        let (seen, past) = global.split_at(3 * vocab);
+        assert_eq!(seen, &narrow[..3 * vocab]);
+        assert!(compare(past, &narrow[3 * vocab..]).0 > 1e-3);
+    }
+
+    #[test]
     fn rms_norm_scales_to_unit_rms() {
-        let y = rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0);
+        let y = rms_norm(&[3.0, 4.0], &Norm(vec![1.0, 2.0]), 0.0);
         let r = (12.5f32).sqrt();
         assert!((y[0] - 3.0 / r).abs() < 1e-6 && (y[1] - 8.0 / r).abs() < 1e-6);
     }

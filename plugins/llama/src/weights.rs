@@ -1,17 +1,14 @@
-//! The mapping from GGUF tensor names to the model's weights, with shape and type checks.
+//! The tensors a [`ModelSpec`] names, looked up in the file with shape and type checks.
 //!
-//! Names follow llama.cpp: `token_embd.weight`, `output_norm.weight`, `output.weight` (optional:
-//! without it the output projection is tied to the embedding), and per block `N`
-//! `blk.N.{attn_norm,attn_q,attn_k,attn_v,attn_output,ffn_norm,ffn_gate,ffn_up,ffn_down}.weight`.
-//! A weight matrix with `rows` outputs and `cols` inputs has GGUF dims `[cols, rows]`.
-//!
-//! llama.cpp's converter permutes the rows of `attn_q` and `attn_k` so that RoPE rotates
-//! *adjacent* pairs of each head (GGML's "normal" mode), which is what this crate implements.
+//! Names follow llama.cpp: the spec gives the embedding, output-norm and output names and, per
+//! block `N`, the part of `blk.N.{name}.weight`. Without the output tensor the output projection
+//! is tied to the embedding. A weight matrix with `rows` outputs and `cols` inputs has GGUF dims
+//! `[cols, rows]`.
 
 use pio_gguf::{GgufFile, TensorType, TensorView};
 
 use crate::error::{Error, Result};
-use crate::hparams::HParams;
+use crate::models::ModelSpec;
 
 /// Element types the matrix kernels read.
 pub const SUPPORTED_TYPES: [TensorType; 5] = [
@@ -22,7 +19,7 @@ pub const SUPPORTED_TYPES: [TensorType; 5] = [
     TensorType::Q8_0,
 ];
 
-/// The tensors of one transformer block.
+/// The tensors of one transformer block, by role (see [`crate::models::LayerSpec`]).
 #[derive(Debug, Clone)]
 pub struct LayerTensors<'a> {
     /// RMSNorm weight before attention, `[n_embd]`.
@@ -33,8 +30,12 @@ pub struct LayerTensors<'a> {
     pub attn_k: TensorView<'a>,
     /// Value projection, `n_embd` → `n_head_kv * head_dim`.
     pub attn_v: TensorView<'a>,
-    /// Attention output projection, `n_embd` → `n_embd`.
+    /// Per-head norm weights of queries and keys, `[head_dim]` each, when the spec has them.
+    pub qk_norm: Option<(TensorView<'a>, TensorView<'a>)>,
+    /// Attention output projection, `n_head * head_dim` → `n_embd`.
     pub attn_output: TensorView<'a>,
+    /// RMSNorm weight after attention, `[n_embd]`, when the spec has one.
+    pub attn_post_norm: Option<TensorView<'a>>,
     /// RMSNorm weight before the feed-forward, `[n_embd]`.
     pub ffn_norm: TensorView<'a>,
     /// Gate projection, `n_embd` → `n_ff`.
@@ -43,6 +44,8 @@ pub struct LayerTensors<'a> {
     pub ffn_up: TensorView<'a>,
     /// Down projection, `n_ff` → `n_embd`.
     pub ffn_down: TensorView<'a>,
+    /// RMSNorm weight after the feed-forward, `[n_embd]`, when the spec has one.
+    pub ffn_post_norm: Option<TensorView<'a>>,
 }
 
 impl<'a> LayerTensors<'a> {
@@ -58,6 +61,16 @@ impl<'a> LayerTensors<'a> {
             &self.ffn_down,
         ]
     }
+
+    /// The block's norm weights (vectors), whichever the spec has.
+    pub fn norms(&self) -> impl Iterator<Item = &TensorView<'a>> {
+        let qk = self.qk_norm.as_ref().map(|(q, k)| [q, k]);
+        [&self.attn_norm, &self.ffn_norm]
+            .into_iter()
+            .chain(self.attn_post_norm.as_ref())
+            .chain(self.ffn_post_norm.as_ref())
+            .chain(qk.into_iter().flatten())
+    }
 }
 
 /// Every tensor the model uses, borrowed from the mapped file.
@@ -67,46 +80,57 @@ pub struct ModelTensors<'a> {
     pub token_embd: TensorView<'a>,
     /// Final RMSNorm weight, `[n_embd]`.
     pub output_norm: TensorView<'a>,
-    /// Output projection (`n_embd` → `vocab`): `output.weight`, or `token_embd` when tied.
+    /// Output projection (`n_embd` → `vocab`): its own tensor, or `token_embd` when tied.
     pub output: TensorView<'a>,
-    /// Whether `output` is the embedding table (no `output.weight` in the file).
+    /// Whether `output` is the embedding table (no output tensor in the file).
     pub tied_output: bool,
     /// The transformer blocks in order.
     pub layers: Vec<LayerTensors<'a>>,
 }
 
 impl<'a> ModelTensors<'a> {
-    /// Looks up every tensor `hp` calls for and checks its shape and element type.
-    pub fn from_gguf(file: &'a GgufFile, hp: &HParams) -> Result<Self> {
-        let (e, q, kv, ff, vocab) = (hp.n_embd, hp.n_embd, hp.kv_dim(), hp.n_ff, hp.vocab_size);
-        let token_embd = matrix(file, "token_embd.weight", vocab, e)?;
-        let (output, tied_output) = if file.tensor_info("output.weight").is_some() {
-            (matrix(file, "output.weight", vocab, e)?, false)
+    /// Looks up every tensor `spec` names and checks its shape and element type.
+    pub fn from_gguf(file: &'a GgufFile, spec: &ModelSpec) -> Result<Self> {
+        let hp = &spec.hparams;
+        let (e, q, kv, ff, vocab) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff, hp.vocab_size);
+        let token_embd = matrix(file, &format!("{}.weight", spec.embedding.tensor), vocab, e)?;
+        let output_name = format!("{}.weight", spec.output.tensor);
+        let (output, tied_output) = if file.tensor_info(&output_name).is_some() {
+            (matrix(file, &output_name, vocab, e)?, false)
         } else {
             (token_embd, true)
         };
-        let layers = (0..hp.n_layer)
-            .map(|i| {
-                let m = |name: &str, rows, cols| {
-                    matrix(file, &format!("blk.{i}.{name}.weight"), rows, cols)
-                };
-                let v = |name: &str| vector(file, &format!("blk.{i}.{name}.weight"), e);
+        let layers = spec
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let name = |name: &str| format!("blk.{i}.{name}.weight");
+                let m = |n: &str, rows, cols| matrix(file, &name(n), rows, cols);
+                let v = |n: &str, len| vector(file, &name(n), len);
+                let (attn, ffn) = (&layer.attention, &layer.feed_forward);
                 Ok(LayerTensors {
-                    attn_norm: v("attn_norm")?,
-                    attn_q: m("attn_q", q, e)?,
-                    attn_k: m("attn_k", kv, e)?,
-                    attn_v: m("attn_v", kv, e)?,
-                    attn_output: m("attn_output", e, q)?,
-                    ffn_norm: v("ffn_norm")?,
-                    ffn_gate: m("ffn_gate", ff, e)?,
-                    ffn_up: m("ffn_up", ff, e)?,
-                    ffn_down: m("ffn_down", e, ff)?,
+                    attn_norm: v(attn.input_norm, e)?,
+                    attn_q: m(attn.q, q, e)?,
+                    attn_k: m(attn.k, kv, e)?,
+                    attn_v: m(attn.v, kv, e)?,
+                    qk_norm: match &attn.qk_norm {
+                        Some(n) => Some((v(n.q, hp.head_dim)?, v(n.k, hp.head_dim)?)),
+                        None => None,
+                    },
+                    attn_output: m(attn.output, e, q)?,
+                    attn_post_norm: attn.output_norm.map(|n| v(n, e)).transpose()?,
+                    ffn_norm: v(ffn.input_norm, e)?,
+                    ffn_gate: m(ffn.gate, ff, e)?,
+                    ffn_up: m(ffn.up, ff, e)?,
+                    ffn_down: m(ffn.down, e, ff)?,
+                    ffn_post_norm: ffn.output_norm.map(|n| v(n, e)).transpose()?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ModelTensors {
             token_embd,
-            output_norm: vector(file, "output_norm.weight", e)?,
+            output_norm: vector(file, &format!("{}.weight", spec.output.norm), e)?,
             output,
             tied_output,
             layers,
@@ -121,7 +145,7 @@ impl<'a> ModelTensors<'a> {
             n += count(&self.output);
         }
         for l in &self.layers {
-            n += count(&l.attn_norm) + count(&l.ffn_norm);
+            n += l.norms().map(count).sum::<u64>();
             n += l.matrices().iter().map(|t| count(t)).sum::<u64>();
         }
         n
@@ -187,13 +211,15 @@ fn expect_dims(t: &TensorView, dims: &[u64]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models;
     use crate::test_model::{smollm2, tiny_llama, TinyConfig};
 
     #[test]
     fn maps_untied_and_tied_outputs() {
         let file = tiny_llama(&TinyConfig::default());
-        let hp = HParams::from_gguf(&file).unwrap();
-        let t = ModelTensors::from_gguf(&file, &hp).unwrap();
+        let spec = models::describe(&file).unwrap();
+        let hp = &spec.hparams;
+        let t = ModelTensors::from_gguf(&file, &spec).unwrap();
         assert!(!t.tied_output);
         assert_eq!(t.output.info.name, "output.weight");
         assert_eq!(t.layers.len(), 2);
@@ -206,7 +232,7 @@ mod tests {
             tied: true,
             ..TinyConfig::default()
         });
-        let t = ModelTensors::from_gguf(&file, &hp).unwrap();
+        let t = ModelTensors::from_gguf(&file, &spec).unwrap();
         assert!(t.tied_output);
         assert_eq!(t.output.info.name, "token_embd.weight");
         assert_eq!(t.parameter_count(), expect - v * e);
@@ -219,8 +245,8 @@ mod tests {
             ..TinyConfig::default()
         };
         let file = tiny_llama(&cfg);
-        let hp = HParams::from_gguf(&file).unwrap();
-        let err = ModelTensors::from_gguf(&file, &hp).unwrap_err();
+        let spec = models::describe(&file).unwrap();
+        let err = ModelTensors::from_gguf(&file, &spec).unwrap_err();
         let msg = err.to_string();
         let Error::UnsupportedTensorType { name, dtype } = err else {
             panic!("{msg}")
@@ -234,8 +260,8 @@ mod tests {
     fn smollm2_is_tied_q4_1_with_135m_parameters() {
         let Some(path) = smollm2() else { return };
         let file = GgufFile::open(path).unwrap();
-        let hp = HParams::from_gguf(&file).unwrap();
-        let t = ModelTensors::from_gguf(&file, &hp).unwrap();
+        let spec = models::describe(&file).unwrap();
+        let t = ModelTensors::from_gguf(&file, &spec).unwrap();
         assert!(t.tied_output);
         assert_eq!(t.token_embd.info.dtype, TensorType::Q8_0);
         assert_eq!(t.dominant_type(), TensorType::Q4_1);

@@ -1,0 +1,509 @@
+//! The GPU runtime: a [`ModelSpec`] run with `pio-gpu`'s fused kernels, with its KV caches.
+//!
+//! Nothing here knows a family: [`GpuModel::new`] reads the file's spec
+//! ([`crate::models::describe`]); `support.rs` refuses what no kernel does, `upload.rs` puts
+//! the weights on the device and `graph.rs` builds each layer's kernels and the dispatches of a
+//! step. A forward step of `T` tokens records five dispatches per layer into one command
+//! encoder, submits them once, then reads back either the logits ([`Forward::forward`]) or,
+//! when generating ([`Forward::next_token`]), only the token id the device sampler picked.
+//! Prompts longer than [`GpuModel::max_batch`] are processed in chunks. The dispatches of a
+//! single-token step are built once and reused for every decoded token; only the token-id and
+//! position buffers change. Tiles (tokens per invocation, workgroup size) are chosen per
+//! adapter class, see [`RowTile`].
+
+mod graph;
+mod support;
+mod upload;
+
+use pio_gguf::GgufFile;
+use pio_gpu::{
+    Attention, AttentionConfig, DeviceSampler, Dispatch, Embed, Epilogue, Gpu, GpuBuffer, KvCache,
+    Linear, QuantMatrix, RopeTable, RowLayout, RowTile,
+};
+
+use crate::error::{Error, Result};
+use crate::generate::Forward;
+use crate::models::{self, ModelSpec};
+use crate::sampler::Sampler;
+use crate::weights::ModelTensors;
+use graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step};
+use upload::LayerWeights;
+
+/// Default largest number of tokens processed by one forward submission.
+pub const DEFAULT_MAX_BATCH: usize = 64;
+
+/// The tokens of a step with, for each, its position in its sequence and its cache row.
+#[derive(Debug, Clone, Copy)]
+struct Placement<'a> {
+    tokens: &'a [u32],
+    positions: &'a [u32],
+    rows: &'a [u32],
+}
+
+impl<'a> Placement<'a> {
+    /// Tokens `start..start + len` (clamped to the end).
+    fn chunk(&self, start: usize, len: usize) -> Placement<'a> {
+        let end = (start + len).min(self.tokens.len());
+        Placement {
+            tokens: &self.tokens[start..end],
+            positions: &self.positions[start..end],
+            rows: &self.rows[start..end],
+        }
+    }
+}
+
+/// The model on the GPU with its KV cache; implements [`Forward`].
+pub struct GpuModel {
+    spec: ModelSpec,
+    context: usize,
+    max_batch: usize,
+    token_embd: QuantMatrix,
+    embed: Embed,
+    attention: Attention,
+    layers: Vec<Layer>,
+    output_norm: GpuBuffer,
+    head: Head,
+    /// One table per distinct RoPE of the layers ([`ModelSpec::ropes`]).
+    rope_tables: Vec<RopeTable>,
+    cache: KvCache,
+    /// The cache batched sequences share, once reserved.
+    batch_cache: Option<KvCache>,
+    acts: Activations,
+    decode_step: Option<Step>,
+    sampler: DeviceSampler,
+    /// The sampling kernel bound to the logits (of the last token of every step).
+    sample: Dispatch,
+    // Declared last so every buffer above is dropped before the device.
+    gpu: Gpu,
+}
+
+impl GpuModel {
+    /// Reads the spec of `file` ([`models::describe`]) and runs it: see [`GpuModel::from_spec`].
+    pub fn new(gpu: Gpu, file: &GgufFile, context: usize, max_batch: usize) -> Result<Self> {
+        Self::from_spec(gpu, file, models::describe(file)?, context, max_batch)
+    }
+
+    /// Uploads the weights `spec` names in `file` to `gpu`, compiles every kernel, and
+    /// allocates a KV cache of `context` positions and activations for batches of up to
+    /// `max_batch` tokens. Fails with [`Error::UnsupportedFeature`] when the spec needs a
+    /// kernel the runtime does not have.
+    pub fn from_spec(
+        gpu: Gpu,
+        file: &GgufFile,
+        spec: ModelSpec,
+        context: usize,
+        max_batch: usize,
+    ) -> Result<Self> {
+        support::check(&spec)?;
+        if context == 0 || max_batch == 0 {
+            return Err(Error::InvalidParams(
+                "context length and batch size must be positive".into(),
+            ));
+        }
+        if u32::try_from(context).is_err() || u32::try_from(max_batch).is_err() {
+            return Err(Error::InvalidParams(format!(
+                "a context of {context} positions and batches of {max_batch} tokens: both must \
+                 fit in 32 bits"
+            )));
+        }
+        let t = ModelTensors::from_gguf(file, &spec)?;
+        let hp = &spec.hparams;
+        let u = |v: usize| v as u32;
+        let (e, vocab, q_rows) = (u(hp.n_embd), u(hp.vocab_size), u(hp.q_dim()));
+        let (ctx, b) = (u(context), max_batch as u64);
+        let kind = gpu.adapter_info().device_type;
+        let (decode_tile, prefill_tile) = (RowTile::decode(kind), RowTile::prefill(kind));
+        tracing::info!(?decode_tile, ?prefill_tile, adapter = %gpu.adapter_info(), "kernel tiles");
+
+        let ropes = spec.ropes();
+        let factory = KernelFactory {
+            gpu: &gpu,
+            spec: &spec,
+        };
+        let layers = t
+            .layers
+            .iter()
+            .zip(&spec.layers)
+            .enumerate()
+            .map(|(i, (l, layer))| {
+                let weights = LayerWeights::upload(&gpu, &spec, l)?;
+                Ok(Layer {
+                    decode: factory.layer(i, &weights, decode_tile)?,
+                    prefill: factory.layer(i, &weights, prefill_tile)?,
+                    rope: ropes
+                        .iter()
+                        .position(|r| *r == layer.attention.rope)
+                        .expect("ropes() lists every layer's RoPE"),
+                    weights,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let embd_dtype = upload::weight_dtype(&t.token_embd)?;
+        let token_embd = upload::matrix(&gpu, &t.token_embd, hp.vocab_size, hp.n_embd)?;
+        // A tied head reads the embedding table itself (same packed layout).
+        let output = match t.tied_output {
+            true => None,
+            false => Some(upload::matrix(&gpu, &t.output, hp.vocab_size, hp.n_embd)?),
+        };
+        let head_weights = output.as_ref().unwrap_or(&token_embd);
+        let head = Head {
+            decode: Linear::new(
+                &gpu,
+                factory.shape(head_weights, true, decode_tile),
+                Epilogue::Store,
+            )?,
+            prefill: Linear::new(
+                &gpu,
+                factory.shape(head_weights, true, prefill_tile),
+                Epilogue::Store,
+            )?,
+            output,
+        };
+
+        let (hd, nh, nkv) = (u(hp.head_dim), u(hp.n_head), u(hp.n_head_kv));
+        let embed = Embed::new(&gpu, embd_dtype, vocab, e)?;
+        let attention = Attention::new(
+            &gpu,
+            AttentionConfig {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                q: RowLayout::contiguous(q_rows),
+            },
+        )?;
+        let rope_tables = ropes
+            .iter()
+            .map(|r| Ok(RopeTable::new(&gpu, hd, f64::from(r.base), ctx)?))
+            .collect::<Result<Vec<_>>>()?;
+        let cache = KvCache::new(&gpu, u(hp.n_layer), ctx, nkv, hd)?;
+        let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
+        let acts = Activations {
+            tokens: words("token ids", b)?,
+            positions: words("positions", b)?,
+            cache_rows: words("cache rows", b)?,
+            x: words("x", b * u64::from(e))?,
+            q: words("q", b * u64::from(q_rows))?,
+            attn: words("attention out", b * u64::from(q_rows))?,
+            ffn: words("gated feed-forward", b * hp.n_ff as u64)?,
+            logits: words("logits", b * u64::from(vocab))?,
+        };
+        let sampler = DeviceSampler::new(&gpu, vocab)?;
+        let sample = sampler.bind(&gpu, &acts.logits)?;
+        let output_norm = upload::norm(&gpu, &t.output_norm, spec.norm.weight)?;
+        let mut model = GpuModel {
+            spec,
+            context,
+            max_batch,
+            token_embd,
+            embed,
+            attention,
+            layers,
+            output_norm,
+            head,
+            rope_tables,
+            cache,
+            batch_cache: None,
+            acts,
+            decode_step: None,
+            sample,
+            sampler,
+            gpu,
+        };
+        model.decode_step = Some(model.build_step(1, false, CacheKind::Main)?);
+        // Software drivers compile a pipeline at its first dispatch: run a batched and a
+        // single-token step now so the first request does not pay for it. The cache positions
+        // written here are overwritten by the first real forward.
+        model.forward(&[0, 0], 0, false)?;
+        let mut warm_up = Sampler::new(crate::sampler::SamplingParams::default())?;
+        model.next_token(&[0], 0, &mut warm_up, &[])?;
+        Ok(model)
+    }
+
+    /// The device the model runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// What the model is.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Positions the KV cache holds.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Largest number of tokens one submission processes.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Kernel launches per decoded token, from the embedding lookup to the sampled token id
+    /// (all in one submission).
+    pub fn dispatches_per_token(&self) -> usize {
+        self.decode_step.as_ref().map_or(0, |s| s.dispatches.len()) + 1
+    }
+
+    /// Kernel launches each transformer layer takes per decoded token.
+    pub fn dispatches_per_layer(&self) -> usize {
+        // Everything but the embedding lookup, the head and the sampler, over the layers.
+        (self.dispatches_per_token().saturating_sub(3)) / self.layers.len().max(1)
+    }
+
+    /// The cache a step of `kind` uses.
+    fn cache(&self, kind: CacheKind) -> Result<&KvCache> {
+        match kind {
+            CacheKind::Main => Ok(&self.cache),
+            CacheKind::Batch => self.batch_cache.as_ref().ok_or_else(|| {
+                Error::InvalidParams("no cache for batched sequences was reserved".into())
+            }),
+        }
+    }
+
+    /// Queues the tokens, positions and cache rows of `step` and records its dispatches,
+    /// followed by the sampling kernel when `sample` is set, into a new encoder.
+    fn encode_step(
+        &self,
+        step: &Step,
+        at: Placement<'_>,
+        sample: bool,
+    ) -> Result<pio_gpu::wgpu::CommandEncoder> {
+        debug_assert_eq!(at.tokens.len(), step.n_tokens as usize);
+        self.gpu.write(&self.acts.tokens, 0, at.tokens)?;
+        self.gpu.write(&self.acts.positions, 0, at.positions)?;
+        self.gpu.write(&self.acts.cache_rows, 0, at.rows)?;
+        let sampler = sample.then_some(&self.sample);
+        let encoder = self.gpu.encode(step.dispatches.iter().chain(sampler));
+        Ok(encoder)
+    }
+
+    /// Runs one step of at most `max_batch` tokens and reads its logits back.
+    fn run_step(&self, step: &Step, at: Placement<'_>) -> Result<Vec<f32>> {
+        let encoder = self.encode_step(step, at, false)?;
+        let rows = if step.all_logits { at.tokens.len() } else { 1 };
+        let vocab = self.spec.hparams.vocab_size as u64;
+        let logits =
+            self.gpu
+                .submit_and_read::<f32>(encoder, &self.acts.logits, 0, rows as u64 * vocab)?;
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Numerics(format!(
+                "GPU logit {} of position {} is {}",
+                i as u64 % vocab,
+                at.positions[i / vocab as usize],
+                logits[i]
+            )));
+        }
+        Ok(logits)
+    }
+
+    /// Runs one step and samples the token after its last one on the device: one submission,
+    /// one 4-byte read-back.
+    fn run_step_sampled(&self, step: &Step, at: Placement<'_>) -> Result<u32> {
+        let encoder = self.encode_step(step, at, true)?;
+        let raw = self
+            .gpu
+            .submit_and_read::<u32>(encoder, self.sampler.result(), 0, 1)?;
+        self.sampler.token(raw[0]).ok_or_else(|| {
+            Error::Numerics(format!(
+                "a GPU logit after position {} is NaN or infinite",
+                at.positions[at.positions.len() - 1]
+            ))
+        })
+    }
+
+    /// Checks that `tokens` at `start_pos..` fit the cache and the vocabulary.
+    fn check_tokens(&self, tokens: &[u32], start_pos: usize) -> Result<()> {
+        if start_pos + tokens.len() > self.context {
+            return Err(Error::PromptTooLong {
+                prompt: start_pos + tokens.len(),
+                context: self.context,
+            });
+        }
+        self.check_vocabulary(tokens)
+    }
+
+    /// Checks that `tokens` is not empty and every id is in the vocabulary.
+    fn check_vocabulary(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidParams("forward of no tokens".into()));
+        }
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.spec.hparams.vocab_size)
+        {
+            return Err(Error::InvalidParams(format!(
+                "token {bad} is outside the vocabulary of {}",
+                self.spec.hparams.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the step for a chunk of `n` tokens against the cache of `kind`: the prebuilt
+    /// decode step for one token of the main cache, else one built for the chunk.
+    fn with_step<T>(
+        &self,
+        n: usize,
+        all_logits: bool,
+        kind: CacheKind,
+        f: impl FnOnce(&Step) -> Result<T>,
+    ) -> Result<T> {
+        match (&self.decode_step, n, kind) {
+            (Some(step), 1, CacheKind::Main) => f(step),
+            _ => f(&self.build_step(n as u32, all_logits, kind)?),
+        }
+    }
+
+    /// Runs `at` in chunks of at most `max_batch` tokens; returns the logits of every token
+    /// with `all_logits`, else of the last one.
+    fn run_chunks(&self, at: Placement<'_>, all_logits: bool, kind: CacheKind) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        let n_chunks = at.tokens.len().div_ceil(self.max_batch);
+        for i in 0..n_chunks {
+            let chunk = at.chunk(i * self.max_batch, self.max_batch);
+            let logits = self.with_step(chunk.tokens.len(), all_logits, kind, |step| {
+                self.run_step(step, chunk)
+            })?;
+            if all_logits || i + 1 == n_chunks {
+                out.extend_from_slice(&logits);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A zeroed KV cache of `rows` rows for batched sequences.
+    fn new_batch_cache(&self, rows: usize) -> Result<KvCache> {
+        let hp = &self.spec.hparams;
+        let rows =
+            u32::try_from(rows).map_err(|_| Error::InvalidParams(format!("{rows} cache rows")))?;
+        Ok(KvCache::new(
+            &self.gpu,
+            hp.n_layer as u32,
+            rows,
+            hp.n_head_kv as u32,
+            hp.head_dim as u32,
+        )?)
+    }
+
+    /// Allocates, once, the cache that batched sequences share: `rows` rows, each sequence in
+    /// its own contiguous range (see [`GpuModel::forward_batch`]).
+    pub fn reserve_batch_cache(&mut self, rows: usize) -> Result<()> {
+        if self.batch_cache.is_none() {
+            self.batch_cache = Some(self.new_batch_cache(rows)?);
+        }
+        Ok(())
+    }
+
+    /// Rows of the batched sequences' cache, once reserved.
+    pub fn batch_cache_rows(&self) -> Option<usize> {
+        self.batch_cache
+            .as_ref()
+            .map(|c| c.max_positions() as usize)
+    }
+
+    /// Replaces the batched sequences' cache (reserved before) by one of `rows` rows, moving
+    /// the `(old_row, new_row, count)` ranges of the old one into it. The old cache is freed
+    /// once its rows are copied; on failure it stays as it was.
+    pub fn grow_batch_cache(&mut self, rows: usize, moves: &[(u32, u32, u32)]) -> Result<()> {
+        let grown = self.new_batch_cache(rows)?;
+        grown.copy_rows_from(&self.gpu, self.cache(CacheKind::Batch)?, moves)?;
+        self.batch_cache = Some(grown);
+        Ok(())
+    }
+
+    /// Runs `tokens` of possibly different sequences at their `positions`, writing their keys
+    /// and values to `rows` of the batch cache (each token attends to the `positions[t] + 1`
+    /// rows ending at `rows[t]`); returns the logits of every token with `all_logits`, else of
+    /// the last one.
+    pub fn forward_batch(
+        &mut self,
+        tokens: &[u32],
+        positions: &[u32],
+        rows: &[u32],
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
+        let cache_rows = self.cache(CacheKind::Batch)?.max_positions();
+        if positions.len() != tokens.len() || rows.len() != tokens.len() {
+            return Err(Error::InvalidParams(
+                "a batch needs one position and one cache row per token".into(),
+            ));
+        }
+        if let Some(bad) = positions.iter().find(|&&p| p as usize >= self.context) {
+            return Err(Error::PromptTooLong {
+                prompt: *bad as usize + 1,
+                context: self.context,
+            });
+        }
+        if let Some(bad) = rows.iter().find(|&&r| r >= cache_rows) {
+            return Err(Error::InvalidParams(format!(
+                "cache row {bad} is outside the batch cache of {cache_rows} rows"
+            )));
+        }
+        self.check_vocabulary(tokens)?;
+        let at = Placement {
+            tokens,
+            positions,
+            rows,
+        };
+        self.run_chunks(at, all_logits, CacheKind::Batch)
+    }
+}
+
+impl Forward for GpuModel {
+    fn vocab_size(&self) -> usize {
+        self.spec.hparams.vocab_size
+    }
+
+    fn context_length(&self) -> usize {
+        self.context
+    }
+
+    fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>> {
+        self.check_tokens(tokens, start_pos)?;
+        let sequential = sequential(start_pos, tokens.len());
+        let at = Placement {
+            tokens,
+            positions: &sequential,
+            rows: &sequential,
+        };
+        self.run_chunks(at, all_logits, CacheKind::Main)
+    }
+
+    /// Samples on the device: every chunk but the last runs as in [`Forward::forward`], the last
+    /// one ends with the sampling kernel and reads back only the token id.
+    fn next_token(
+        &mut self,
+        tokens: &[u32],
+        start_pos: usize,
+        sampler: &mut Sampler,
+        history: &[u32],
+    ) -> Result<u32> {
+        self.check_tokens(tokens, start_pos)?;
+        let last_start = (tokens.len() - 1) / self.max_batch * self.max_batch;
+        if last_start > 0 {
+            self.forward(&tokens[..last_start], start_pos, false)?;
+        }
+        let (settings, penalized) = sampler.device_settings(history);
+        self.sampler.set(&self.gpu, &settings, &penalized)?;
+        let last = &tokens[last_start..];
+        let sequential = sequential(start_pos + last_start, last.len());
+        let at = Placement {
+            tokens: last,
+            positions: &sequential,
+            rows: &sequential,
+        };
+        self.with_step(last.len(), false, CacheKind::Main, |step| {
+            self.run_step_sampled(step, at)
+        })
+    }
+}
+
+/// `start..start + n` as u32 positions (or cache rows).
+fn sequential(start: usize, n: usize) -> Vec<u32> {
+    (start..start + n).map(|p| p as u32).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+use pio_gguf::TensorType;
+
+use super::*;
+use crate::models::NormWeight;
+use crate::reference::ReferenceModel;
+use crate::sampler::argmax;
+use crate::test_model::{compare, smollm2, test_gpu, tiny_llama, TinyConfig};
+
+/// Runs `prompt` (all positions) and then `decode_steps` greedy tokens through both models,
+/// printing and returning the worst absolute and relative logit errors.
+fn check_against_reference(
+    gpu_model: &mut GpuModel,
+    reference: &mut ReferenceModel,
+    prompt: &[u32],
+    decode_steps: usize,
+    label: &str,
+) -> (f32, f32) {
+    let vocab = reference.vocab_size();
+    let g = gpu_model.forward(prompt, 0, true).unwrap();
+    let r = reference.forward(prompt, 0, true).unwrap();
+    let (mut abs, mut rel) = compare(&g, &r);
+    eprintln!(
+        "{label}: prompt of {} tokens: max abs {abs:.3e}, rel {rel:.3e}",
+        prompt.len()
+    );
+    let mut next = argmax(&r[r.len() - vocab..]);
+    for step in 0..decode_steps {
+        let pos = prompt.len() + step;
+        let g = gpu_model.forward(&[next], pos, false).unwrap();
+        let r = reference.forward(&[next], pos, false).unwrap();
+        let (a, b) = compare(&g, &r);
+        eprintln!("{label}: decode position {pos}: max abs {a:.3e}, rel {b:.3e}");
+        (abs, rel) = (abs.max(a), rel.max(b));
+        next = argmax(&r);
+    }
+    (abs, rel)
+}
+
+fn tiny_case(cfg: TinyConfig, max_batch: usize) {
+    let file = tiny_llama(&cfg);
+    let mut reference = ReferenceModel::load(&file, 64).unwrap();
+    let mut model = GpuModel::new(test_gpu(), &file, 64, max_batch).unwrap();
+    let prompt: Vec<u32> = (0..21).map(|i| (i * 37 + 5) % 290).collect();
+    let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 6, "tiny");
+    // Both sides use the same quantized weights; only f32 summation order differs.
+    assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
+}
+
+#[test]
+fn tiny_random_model_matches_reference() {
+    tiny_case(TinyConfig::default(), 8);
+}
+
+#[test]
+fn tiny_tied_model_in_one_batch_matches_reference() {
+    let cfg = TinyConfig {
+        tied: true,
+        n_head_kv: 1,
+        types: vec![TensorType::Q4_1, TensorType::F16, TensorType::Q8_0],
+        seed: 7,
+        ..TinyConfig::default()
+    };
+    tiny_case(cfg, 64);
+}
+
+/// What the runtime runs beyond Llama's spec needs no kernel of its own: a different RoPE base
+/// per layer (one table each) and `1 + w` norm weights (folded in at upload). The GPU and the
+/// reference follow such a spec alike, and it changes the logits.
+#[test]
+fn per_layer_rope_bases_and_offset_norm_weights_match_reference() {
+    let file = tiny_llama(&TinyConfig::default());
+    let llama = models::describe(&file).unwrap();
+    let mut spec = llama.clone();
+    spec.layers[1].attention.rope.base = 500.0;
+    spec.norm.weight = NormWeight::OnePlus;
+    let mut reference = ReferenceModel::from_spec(&file, spec.clone(), 64).unwrap();
+    let mut model = GpuModel::from_spec(test_gpu(), &file, spec, 64, 8).unwrap();
+    assert_eq!(model.rope_tables.len(), 2);
+    let prompt: Vec<u32> = (0..13).map(|i| (i * 41 + 3) % 290).collect();
+    let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 3, "spec");
+    // As in `tiny_case`: the same weights on both sides, only f32 summation order differs.
+    assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
+
+    let as_llama = ReferenceModel::from_spec(&file, llama, 64)
+        .unwrap()
+        .forward(&prompt, 0, false)
+        .unwrap();
+    let as_spec = model.forward(&prompt, 0, false).unwrap();
+    assert!(
+        compare(&as_spec, &as_llama).0 > 0.1,
+        "the spec changed nothing"
+    );
+}
+
+/// A detokenizer producing no text: these tests compare token ids.
+struct Silent;
+
+impl crate::generate::Detokenizer for Silent {
+    fn push(&mut self, _token: u32) -> Result<String> {
+        Ok(String::new())
+    }
+    fn finish(&mut self) -> String {
+        String::new()
+    }
+}
+
+#[test]
+fn device_sampling_picks_the_tokens_the_host_sampler_picks() {
+    use crate::generate::{generate, GenerateConfig};
+    use crate::sampler::SamplingParams;
+    let file = tiny_llama(&TinyConfig::default());
+    let mut reference = ReferenceModel::load(&file, 64).unwrap();
+    let mut model = GpuModel::new(test_gpu(), &file, 64, 8).unwrap();
+    let prompt: Vec<u32> = (0..11).map(|i| (i * 53 + 7) % 290).collect();
+    for (temperature, top_k, top_p, min_p, penalty) in [
+        (0.0, 0, 1.0, 0.0, 1.3),
+        (1.0, 0, 1.0, 0.0, 1.0),
+        (0.8, 20, 0.95, 0.0, 1.1),
+        (1.2, 0, 0.9, 0.05, 1.0),
+    ] {
+        let config = GenerateConfig {
+            max_new_tokens: 16,
+            sampling: SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty: penalty,
+                seed: 5,
+                ..SamplingParams::default()
+            },
+            ..GenerateConfig::default()
+        };
+        let run = |m: &mut dyn Forward| {
+            generate(m, &mut Silent, &prompt, &config, &mut |_| {
+                pio_plugin_api::StreamControl::Continue
+            })
+            .unwrap()
+            .tokens
+        };
+        let on_device = run(&mut model);
+        let on_host = run(&mut reference);
+        assert_eq!(on_device, on_host, "{:?}", config.sampling);
+    }
+}
+
+#[test]
+fn rewinding_the_cache_recomputes_the_same_logits() {
+    let file = tiny_llama(&TinyConfig::default());
+    let mut model = GpuModel::new(test_gpu(), &file, 32, 16).unwrap();
+    let a = model.forward(&[5, 6, 7, 8], 0, false).unwrap();
+    model.forward(&[9, 9, 9], 4, false).unwrap();
+    // Overwrite positions 2.. with the original tokens: the cache of 0..2 is reused.
+    let b = model.forward(&[7, 8], 2, false).unwrap();
+    assert!(compare(&a, &b).0 < 1e-5);
+    let err = model.forward(&[1; 5], 30, false).unwrap_err();
+    assert!(matches!(err, Error::PromptTooLong { .. }), "{err}");
+}
+
+#[test]
+fn smollm2_matches_reference() {
+    let Some(path) = smollm2() else { return };
+    let file = GgufFile::open(path).unwrap();
+    let mut reference = ReferenceModel::load(&file, 128).unwrap();
+    let mut model = GpuModel::new(test_gpu(), &file, 128, DEFAULT_MAX_BATCH).unwrap();
+    // "<|im_start|>user\nThe capital" and some arbitrary ids.
+    let prompt = [1, 4093, 198, 504, 3575, 3223, 28, 1029, 8130, 49, 2];
+    let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 4, "SmolLM2");
+    assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
+}
