@@ -349,8 +349,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs the SmolLM2 model: pio models fetch"]
     fn smollm2_answers_capital_of_france_greedily() {
-        let Some(path) = smollm2() else { return };
+        let path = smollm2();
         let mut engine = Engine::load(
             &path,
             &DeviceOptions::default(),

@@ -645,8 +645,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs the SmolLM2 model: pio models fetch"]
     fn smollm2_chat_through_the_plugin() {
-        let Some(path) = smollm2() else { return };
+        let path = smollm2();
         let mut p = initialized(&path);
         p.activate(&ActivateOptions {
             context_length: 256,

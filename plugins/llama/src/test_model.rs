@@ -8,9 +8,10 @@ use pio_gguf::{GgufFile, GgufWriter, MetadataValue, TensorType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The real SmolLM2 model, or `None` after a loud skip notice (see [`pio_testkit`]).
-pub fn smollm2() -> Option<PathBuf> {
-    pio_testkit::cached_model(pio_testkit::SMOLLM2)
+/// The real SmolLM2 model; a test that needs it is `#[ignore = "needs the SmolLM2 model: …"]`
+/// and fails without it when run (see [`pio_testkit`]).
+pub fn smollm2() -> PathBuf {
+    pio_testkit::model(pio_testkit::SMOLLM2)
 }
 
 /// ChatML, as SmolLM2 ships it (without the default system message).

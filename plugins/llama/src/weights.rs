@@ -257,8 +257,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs the SmolLM2 model: pio models fetch"]
     fn smollm2_is_tied_q4_1_with_135m_parameters() {
-        let Some(path) = smollm2() else { return };
+        let path = smollm2();
         let file = GgufFile::open(path).unwrap();
         let spec = models::describe(&file).unwrap();
         let t = ModelTensors::from_gguf(&file, &spec).unwrap();
