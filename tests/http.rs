@@ -14,10 +14,8 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use pio_host::{
-    isolation::{Isolation, IsolationLayer},
-    server::{BatchLayer, ConfigLayer},
-};
+use pio_host::isolation::{Isolation, IsolationLayer};
+use pio_server::{BatchLayer, ConfigLayer};
 use pio_plugin_api::ActivateOptions;
 use pio_tests::{
     build_variant,

@@ -4,8 +4,6 @@
 //! shadow copies, the [`PluginManager`] and the `pio` command line. The `pio` binary only
 //! parses arguments and calls [`cli::run`].
 
-pub mod bundled;
-pub mod cli;
 pub mod digest;
 mod elf;
 pub mod error;
@@ -15,10 +13,8 @@ pub mod isolation;
 pub mod loader;
 pub mod manager;
 pub mod manifest;
-pub mod models;
 pub mod pack;
 pub mod paths;
-pub mod server;
 pub mod shadow;
 pub mod state;
 pub mod watch;

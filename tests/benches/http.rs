@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_host::server::ConfigLayer;
+use pio_server::ConfigLayer;
 use pio_plugin_api::ActivateOptions;
 use pio_tests::{
     http::{chunk_text, Served, TestServer},

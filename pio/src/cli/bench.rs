@@ -15,7 +15,7 @@ use clap::Args;
 use pio_plugin_api::{GenerateRequest, GenerationParams, Prompt, StreamControl};
 use serde_json::{json, Value};
 
-use crate::{isolation::Isolation, PluginManager};
+use pio_host::{isolation::Isolation, PluginManager};
 
 use super::{output::print_table, run::ActivateArgs, text::open, PluginDirs};
 

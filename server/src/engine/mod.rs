@@ -34,7 +34,7 @@ use std::{
 use pio_plugin_api::{FinishReason, PluginStats, SequenceRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{HostError, HostResult, PluginManager, PluginState};
+use pio_host::{HostError, HostResult, PluginManager, PluginState};
 
 use super::{
     metrics::{GaugeSample, Metrics},

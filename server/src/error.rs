@@ -9,7 +9,7 @@ use axum::{
 };
 use pio_plugin_api::ErrorKind;
 
-use crate::HostError;
+use pio_host::HostError;
 
 use super::engine::EngineError;
 

@@ -157,7 +157,7 @@ fn worker(fd: i32) -> ExitCode {
     // SAFETY: the host started this process with its end of a socket pair on `fd`, owned by
     // nothing else here.
     let socket = unsafe { UnixStream::from_raw_fd(fd) };
-    match crate::isolation::worker::serve(socket) {
+    match pio_host::isolation::worker::serve(socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pio worker: {e}");

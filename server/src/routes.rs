@@ -15,7 +15,7 @@ use axum::{
 use pio_plugin_api::{Capability, ChatRequest, EmbedRequest, ErrorKind, GenerateRequest};
 use serde_json::{json, Value};
 
-use crate::{HostError, PluginState, PluginSummary};
+use pio_host::{HostError, PluginState, PluginSummary};
 
 use super::{
     auth::require_api_key,
@@ -410,7 +410,7 @@ async fn detokenize(
 
 /// The vocabulary size the plugin `model` reports in its stats details (`vocab_size`), if it
 /// does. Runs on the plugin's scheduler thread, like every plugin call.
-fn vocab_size(manager: &crate::PluginManager, model: &str) -> Option<u64> {
+fn vocab_size(manager: &pio_host::PluginManager, model: &str) -> Option<u64> {
     let stats = manager.stats(model).ok()?;
     let details: Value = serde_json::from_str(&stats.details_json).ok()?;
     details.get("vocab_size")?.as_u64()

@@ -16,7 +16,7 @@ use std::{collections::HashMap, sync::atomic::Ordering, sync::Arc, time::Instant
 use pio_plugin_api::{ErrorKind, PluginError, SequenceStep};
 use tokio::sync::mpsc;
 
-use crate::{HostError, HostResult};
+use pio_host::{HostError, HostResult};
 
 use super::{
     guard::OutputGuard,
@@ -24,7 +24,7 @@ use super::{
     scheduler::{params, Scheduler},
     Admission, Completion, EngineError, Sequence, SequenceEvent,
 };
-use crate::server::BatchConfig;
+use crate::BatchConfig;
 
 /// The instance a sequence lives on.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -13,7 +13,7 @@ use pio_plugin_api::{
     ChatMessage, ChatRequest, GenerateRequest, GenerateResponse, Prompt, StreamControl, TokenEvent,
 };
 
-use crate::PluginManager;
+use pio_host::PluginManager;
 
 use super::{
     run::{ActivateArgs, SamplingArgs},
