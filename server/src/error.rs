@@ -7,7 +7,7 @@ use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
-use pio_plugin_api::ErrorKind;
+use pio_host::ErrorKind;
 
 use pio_host::HostError;
 

@@ -12,7 +12,7 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use pio_plugin_api::{Capability, ChatRequest, EmbedRequest, ErrorKind, GenerateRequest};
+use pio_host::{Capability, ChatRequest, EmbedRequest, ErrorKind, GenerateRequest};
 use serde_json::{json, Value};
 
 use pio_host::{HostError, PluginState, PluginSummary};
@@ -215,7 +215,7 @@ async fn chat_completions(
     JsonBody(request): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let sequence = Sequence::Chat(ChatRequest {
-        messages: request.messages()?.into(),
+        messages: request.messages()?,
         params: request.sampling.params(app.limits())?,
     });
     complete(
@@ -317,7 +317,7 @@ async fn embeddings(
     let encoding = request.encoding()?;
     let priority = priority(request.priority, &headers)?;
     let embed = EmbedRequest {
-        inputs: inputs.iter().map(|t| t.as_str().into()).collect(),
+        inputs: inputs.to_vec(),
     };
     let served = app
         .engine

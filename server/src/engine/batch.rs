@@ -13,7 +13,7 @@
 
 use std::{collections::HashMap, sync::atomic::Ordering, sync::Arc, time::Instant};
 
-use pio_plugin_api::{ErrorKind, PluginError, SequenceStep};
+use pio_host::{ErrorKind, PluginError, SequenceStep};
 use tokio::sync::mpsc;
 
 use pio_host::{HostError, HostResult};
@@ -170,7 +170,7 @@ impl Scheduler {
                 // A client that left is noticed at the next step boundary.
                 let _ = sequence.events.send(SequenceEvent::Text(text));
             }
-            let plugin_finish = step.finish.into_option();
+            let plugin_finish = step.finish;
             if plugin_finish.is_none() && sequence.guard.ended().is_none() {
                 going_on.push(sequence);
                 continue;

@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_plugin_api::{FinishReason, PluginStats, SequenceRequest};
+use pio_host::{FinishReason, PluginStats, SequenceRequest};
 use tokio::sync::{mpsc, oneshot};
 
 use pio_host::{HostError, HostResult, PluginManager, PluginState};

@@ -15,7 +15,7 @@ use std::{
     time::Instant,
 };
 
-use pio_plugin_api::{Capability, GenerationParams, StreamControl, TokenEvent};
+use pio_host::{Capability, GenerationParams, StreamControl, TokenEvent};
 use tokio::sync::mpsc;
 
 use pio_host::PluginManager;
