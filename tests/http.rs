@@ -15,8 +15,8 @@ use std::{
 };
 
 use pio_host::isolation::{Isolation, IsolationLayer};
+use pio_host::ActivateOptions;
 use pio_server::{BatchLayer, ConfigLayer};
-use pio_plugin_api::ActivateOptions;
 use pio_tests::{
     build_variant,
     http::{chunk_text, Served, TestServer},

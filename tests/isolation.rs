@@ -8,7 +8,7 @@ use pio_host::{
     isolation::{Isolation, IsolationConfig, WorkerError, WorkerSettings},
     HostError, PluginManager, PluginState,
 };
-use pio_plugin_api::{
+use pio_host::{
     ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, GenerateRequest, GenerationParams,
     HealthStatus, Prompt, SequenceRequest, StreamControl,
 };
@@ -116,7 +116,7 @@ fn every_call_works_out_of_process() {
     assert_eq!(response.text.as_str(), "fe");
 
     let chat = ChatRequest {
-        messages: vec![ChatMessage::new("user", "hi!")].into(),
+        messages: vec![ChatMessage::new("user", "hi!")],
         params: GenerationParams::greedy(10),
     };
     let reply = site
@@ -129,7 +129,7 @@ fn every_call_works_out_of_process() {
         .embed(
             "example",
             &EmbedRequest {
-                inputs: vec!["a b".into(), "c".into()].into(),
+                inputs: vec!["a b".into(), "c".into()],
             },
         )
         .unwrap()

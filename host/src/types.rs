@@ -75,7 +75,9 @@ impl GenerationParams {
     /// Checks every field's range, naming the first one out of range (the ABI's rules, which
     /// plugins apply too).
     pub fn validate(&self) -> Result<(), PluginError> {
-        abi::GenerationParams::from(self).validate().map_err(Into::into)
+        abi::GenerationParams::from(self)
+            .validate()
+            .map_err(Into::into)
     }
 }
 

@@ -11,7 +11,7 @@ use pio_host::{
     isolation::{Isolation, IsolationConfig},
     PluginManager,
 };
-use pio_plugin_api::{ActivateOptions, GenerateRequest, GenerationParams, Prompt, StreamControl};
+use pio_host::{ActivateOptions, GenerateRequest, GenerationParams, Prompt, StreamControl};
 use pio_tests::{pack_into, workspace_plugin};
 use serde_json::json;
 
@@ -41,7 +41,7 @@ fn measure(isolation: Isolation) -> (Duration, Duration) {
 
     // The example mirrors its prompt: a prompt of TOKENS characters streams TOKENS tokens.
     let request = GenerateRequest {
-        prompt: Prompt::Text("ab".repeat(TOKENS / 2).into()),
+        prompt: Prompt::Text("ab".repeat(TOKENS / 2)),
         params: GenerationParams::greedy(TOKENS as u32),
     };
     let per_token = median(

@@ -16,8 +16,8 @@ use std::{
 };
 
 use pio_host::isolation::IsolationLayer;
+use pio_host::ActivateOptions;
 use pio_server::ConfigLayer;
-use pio_plugin_api::ActivateOptions;
 use pio_tests::{
     http::{Served, TestServer},
     procfs::{children_rss_kib, status_kib},

@@ -9,9 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use pio_host::ActivateOptions;
 use pio_host::{watch::WatchOptions, PluginManager};
 use pio_server::{ConfigLayer, PluginSource, RunningServer, ServerConfig, ServerOptions};
-use pio_plugin_api::ActivateOptions;
 use serde_json::Value;
 
 use crate::pack_into;

@@ -488,7 +488,10 @@ impl PluginManager {
             "generate",
             |entry, cell| {
                 entry.call(cell, "generate", |i| {
-                    i.generate(&abi::GenerateRequest::from(request), &mut plain_tokens(&mut on_token))
+                    i.generate(
+                        &abi::GenerateRequest::from(request),
+                        &mut plain_tokens(&mut on_token),
+                    )
                 })
             },
         )
@@ -504,7 +507,10 @@ impl PluginManager {
     ) -> HostResult<Served<GenerateResponse>> {
         self.serve(reference, Some(Capability::Chat), "chat", |entry, cell| {
             entry.call(cell, "chat", |i| {
-                i.chat(&abi::ChatRequest::from(request), &mut plain_tokens(&mut on_token))
+                i.chat(
+                    &abi::ChatRequest::from(request),
+                    &mut plain_tokens(&mut on_token),
+                )
             })
         })
         .map(|served| served.map(GenerateResponse::from))
@@ -607,7 +613,11 @@ impl PluginManager {
             reference,
             Some(Capability::Embeddings),
             "embed",
-            |entry, cell| entry.call(cell, "embed", |i| i.embed(&abi::EmbedRequest::from(request))),
+            |entry, cell| {
+                entry.call(cell, "embed", |i| {
+                    i.embed(&abi::EmbedRequest::from(request))
+                })
+            },
         )
         .map(|served| served.map(EmbedResponse::from))
     }
