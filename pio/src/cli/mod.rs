@@ -2,6 +2,7 @@
 //! module and only calls the host library.
 
 mod bench;
+mod devices;
 mod embed;
 mod models;
 mod output;
@@ -140,7 +141,7 @@ pub fn main() -> ExitCode {
         Command::Perplexity(args) => text::perplexity(&args),
         Command::Embed(args) => embed::embed(&args),
         Command::Bench(args) => bench::bench(&args),
-        Command::Devices => devices(),
+        Command::Devices => devices::devices(),
     };
     match result {
         Ok(code) => code,
@@ -164,32 +165,6 @@ fn worker(fd: i32) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `pio devices`.
-fn devices() -> anyhow::Result<ExitCode> {
-    let adapters = pio_gpu::list_adapters();
-    if adapters.is_empty() {
-        anyhow::bail!(
-            "no GPU adapter found: install a Vulkan driver (scripts/install-system installs \
-             Mesa's software driver)"
-        );
-    }
-    let rows: Vec<Vec<String>> = adapters
-        .iter()
-        .enumerate()
-        .map(|(index, a)| {
-            vec![
-                index.to_string(),
-                a.name.clone(),
-                a.backend.clone(),
-                a.device_type.to_string(),
-                format!("{} {}", a.driver, a.driver_info).trim().to_owned(),
-            ]
-        })
-        .collect();
-    output::print_table(&["#", "NAME", "BACKEND", "TYPE", "DRIVER"], &rows);
-    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(verbose: u8) {
