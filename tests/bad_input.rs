@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 
 use pio_host::{
     ActivateOptions, ChatMessage, ChatRequest, ErrorKind, GenerateRequest, GenerationParams,
-    Prompt, SequenceRequest, StreamControl,
+    HostError, PluginManager, Prompt, SequenceRequest, StreamControl,
 };
-use pio_host::{HostError, PluginManager};
 use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
 use serde_json::json;
 

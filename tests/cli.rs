@@ -172,7 +172,11 @@ fn devices_lists_the_adapters_through_pio_devices() {
     let (ok, out, err) = pio(tmp.path(), &["devices"]);
     assert!(ok, "{err}");
     let mut lines = out.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(header, ["#", "NAME", "BACKEND", "TYPE", "DRIVER"], "{out}");
     let first = lines.next().unwrap_or_default();
     assert!(first.starts_with("0 "), "no adapter row: {out}");

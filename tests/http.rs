@@ -14,8 +14,10 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use pio_host::isolation::{Isolation, IsolationLayer};
-use pio_host::ActivateOptions;
+use pio_host::{
+    isolation::{Isolation, IsolationLayer},
+    ActivateOptions,
+};
 use pio_server::{BatchLayer, ConfigLayer};
 use pio_tests::{
     build_variant,

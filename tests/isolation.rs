@@ -6,11 +6,8 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use pio_host::{
     isolation::{Isolation, IsolationConfig, WorkerError, WorkerSettings},
-    HostError, PluginManager, PluginState,
-};
-use pio_host::{
     ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, GenerateRequest, GenerationParams,
-    HealthStatus, Prompt, SequenceRequest, StreamControl,
+    HealthStatus, HostError, PluginManager, PluginState, Prompt, SequenceRequest, StreamControl,
 };
 use pio_tests::{build_variant, pack_into, procfs::mapped_files_under, workspace_plugin, Variant};
 use serde_json::json;

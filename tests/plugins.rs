@@ -9,9 +9,9 @@ use std::{
 
 use pio_host::{
     ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, ErrorKind, FinishReason,
-    GenerateRequest, GenerationParams, Prompt, SequenceRequest, StreamControl,
+    GenerateRequest, GenerationParams, HostError, Manifest, PluginManager, PluginState, Prompt,
+    SequenceRequest, StreamControl,
 };
-use pio_host::{HostError, Manifest, PluginManager, PluginState};
 use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
 use serde_json::json;
 use tempfile::TempDir;

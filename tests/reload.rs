@@ -20,9 +20,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use pio_host::{
     manifest::MAX_MANIFEST_BYTES,
     watch::{PluginWatcher, ReloadEvent, WatchOptions},
-    HostError, Manifest, PluginManager,
+    FinishReason, GenerateRequest, GenerationParams, HostError, Manifest, PluginManager, Prompt,
+    StreamControl,
 };
-use pio_host::{FinishReason, GenerateRequest, GenerationParams, Prompt, StreamControl};
 use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
 use serde_json::json;
 

@@ -43,7 +43,7 @@ use tokio::sync::oneshot;
 use pio_host::{watch::WatchOptions, PluginManager};
 
 pub use config::{BatchConfig, BatchLayer, ConfigLayer, ConnectionLimits, Profile, ServerConfig};
-pub use plugins::{LoadReport, PluginSource};
+pub use plugins::{LoadPlugins, LoadReport, PluginSource};
 
 use engine::Engine;
 use metrics::Metrics;

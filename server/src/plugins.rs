@@ -31,8 +31,11 @@ pub enum PluginSource {
     /// Plugins this function loads into the manager, called once on the loading thread (the
     /// `pio` binary fetches the default models and loads the bundled plugins). The plugins it
     /// reports are activated and served; nothing is watched.
-    Loader(Box<dyn FnOnce(&PluginManager) -> LoadReport + Send>),
+    Loader(LoadPlugins),
 }
+
+/// The function of a [`PluginSource::Loader`].
+pub type LoadPlugins = Box<dyn FnOnce(&PluginManager) -> LoadReport + Send>;
 
 impl fmt::Debug for PluginSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,7 +192,7 @@ impl Loader {
     }
 
     /// Runs the caller's `load` and activates the plugins it reports.
-    fn load_with(&self, load: Box<dyn FnOnce(&PluginManager) -> LoadReport + Send>) {
+    fn load_with(&self, load: LoadPlugins) {
         let report = load(&self.manager);
         for (folder, reason) in report.failures {
             self.log.record(ReloadEvent::Failed { folder, reason });

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use pio_host::{
     isolation::{Isolation, IsolationConfig},
-    PluginManager,
+    ActivateOptions, GenerateRequest, GenerationParams, PluginManager, Prompt, StreamControl,
 };
-use pio_host::{ActivateOptions, GenerateRequest, GenerationParams, Prompt, StreamControl};
 use pio_tests::{pack_into, workspace_plugin};
 use serde_json::json;
 

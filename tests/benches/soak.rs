@@ -15,8 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_host::isolation::IsolationLayer;
-use pio_host::ActivateOptions;
+use pio_host::{isolation::IsolationLayer, ActivateOptions};
 use pio_server::ConfigLayer;
 use pio_tests::{
     http::{Served, TestServer},

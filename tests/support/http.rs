@@ -9,8 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_host::ActivateOptions;
-use pio_host::{watch::WatchOptions, PluginManager};
+use pio_host::{watch::WatchOptions, ActivateOptions, PluginManager};
 use pio_server::{ConfigLayer, PluginSource, RunningServer, ServerConfig, ServerOptions};
 use serde_json::Value;
 
