@@ -417,12 +417,6 @@ impl From<abi::PluginError> for PluginError {
     }
 }
 
-impl From<&PluginError> for abi::PluginError {
-    fn from(error: &PluginError) -> Self {
-        Self::new(error.kind, error.message.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
