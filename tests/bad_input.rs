@@ -9,10 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use pio_host::{HostError, PluginManager};
-use pio_plugin_api::{
+use pio_host::{
     ActivateOptions, ChatMessage, ChatRequest, ErrorKind, GenerateRequest, GenerationParams,
-    Prompt, SequenceRequest, StreamControl,
+    HostError, PluginManager, Prompt, SequenceRequest, StreamControl,
 };
 use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
 use serde_json::json;
@@ -70,7 +69,7 @@ fn exercise(manager: &PluginManager, call: &str) -> Result<(), HostError> {
         "generate" => manager.generate("example", &greedy("abc"), go_on).map(drop),
         "chat" => {
             let request = ChatRequest {
-                messages: vec![ChatMessage::new("user", "hi")].into(),
+                messages: vec![ChatMessage::new("user", "hi")],
                 params: GenerationParams::greedy(8),
             };
             manager.chat("example", &request, go_on).map(drop)

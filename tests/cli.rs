@@ -1,5 +1,5 @@
 //! The `pio` binary end to end on the example plugin: pack, check, list, run, and a refusal
-//! with a non-zero exit.
+//! with a non-zero exit; and `pio devices`, which runs the `pio-devices` executable.
 
 use std::{
     path::{Path, PathBuf},
@@ -160,5 +160,30 @@ fn process_isolation_from_the_command_line() {
     assert!(
         err.contains("refused") && err.contains("sha256 is"),
         "{err}"
+    );
+}
+
+/// `pio devices` gets its listing from `pio-devices` (built beside `pio`) and prints one row
+/// per adapter, numbered from 0 as `--adapter` takes them. Like every GPU test, it fails without
+/// an adapter (scripts/install-system installs Mesa's software one).
+#[test]
+fn devices_lists_the_adapters_through_pio_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out, err) = pio(tmp.path(), &["devices"]);
+    assert!(ok, "{err}");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["#", "NAME", "BACKEND", "TYPE", "DRIVER"], "{out}");
+    let first = lines.next().unwrap_or_default();
+    assert!(first.starts_with("0 "), "no adapter row: {out}");
+    assert!(
+        ["vulkan", "metal", "dx12"]
+            .iter()
+            .any(|backend| first.contains(backend)),
+        "no backend in {first:?}"
     );
 }

@@ -16,9 +16,9 @@ use std::{
 
 use pio_host::{
     isolation::{Isolation, IsolationLayer},
-    server::{BatchLayer, ConfigLayer},
+    ActivateOptions,
 };
-use pio_plugin_api::ActivateOptions;
+use pio_server::{BatchLayer, ConfigLayer};
 use pio_tests::{
     build_variant,
     http::{chunk_text, Served, TestServer},

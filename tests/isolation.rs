@@ -6,11 +6,8 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use pio_host::{
     isolation::{Isolation, IsolationConfig, WorkerError, WorkerSettings},
-    HostError, PluginManager, PluginState,
-};
-use pio_plugin_api::{
     ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, GenerateRequest, GenerationParams,
-    HealthStatus, Prompt, SequenceRequest, StreamControl,
+    HealthStatus, HostError, PluginManager, PluginState, Prompt, SequenceRequest, StreamControl,
 };
 use pio_tests::{build_variant, pack_into, procfs::mapped_files_under, workspace_plugin, Variant};
 use serde_json::json;
@@ -116,7 +113,7 @@ fn every_call_works_out_of_process() {
     assert_eq!(response.text.as_str(), "fe");
 
     let chat = ChatRequest {
-        messages: vec![ChatMessage::new("user", "hi!")].into(),
+        messages: vec![ChatMessage::new("user", "hi!")],
         params: GenerationParams::greedy(10),
     };
     let reply = site
@@ -129,7 +126,7 @@ fn every_call_works_out_of_process() {
         .embed(
             "example",
             &EmbedRequest {
-                inputs: vec!["a b".into(), "c".into()].into(),
+                inputs: vec!["a b".into(), "c".into()],
             },
         )
         .unwrap()

@@ -7,10 +7,10 @@ use std::{
     time::Duration,
 };
 
-use pio_host::{HostError, Manifest, PluginManager, PluginState};
-use pio_plugin_api::{
+use pio_host::{
     ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, ErrorKind, FinishReason,
-    GenerateRequest, GenerationParams, Prompt, SequenceRequest, StreamControl,
+    GenerateRequest, GenerationParams, HostError, Manifest, PluginManager, PluginState, Prompt,
+    SequenceRequest, StreamControl,
 };
 use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
 use serde_json::json;
@@ -63,7 +63,7 @@ fn generate(manager: &PluginManager, plugin: &str, prompt: &str) -> String {
         response.text.as_str(),
         "streamed text equals the response"
     );
-    response.text.into_string()
+    response.text
 }
 
 fn rewrite_manifest(folder: &Path, edit: impl FnOnce(&mut Manifest)) {
@@ -93,8 +93,7 @@ fn happy_path_covers_the_whole_lifecycle() {
         messages: vec![
             ChatMessage::new("system", "be brief"),
             ChatMessage::new("user", "hi!"),
-        ]
-        .into(),
+        ],
         params: GenerationParams::greedy(10),
     };
     let reply = f
@@ -109,7 +108,7 @@ fn happy_path_covers_the_whole_lifecycle() {
         .embed(
             "example",
             &EmbedRequest {
-                inputs: vec!["a b".into(), "c".into()].into(),
+                inputs: vec!["a b".into(), "c".into()],
             },
         )
         .unwrap()
@@ -132,7 +131,7 @@ fn happy_path_covers_the_whole_lifecycle() {
     assert_eq!(stats.requests, 3, "generate, chat and embed were counted");
     assert_eq!(
         f.manager.health("example").unwrap().status,
-        pio_plugin_api::HealthStatus::Ok
+        pio_host::HealthStatus::Ok
     );
 
     f.manager.deactivate("example").unwrap();

@@ -20,9 +20,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use pio_host::{
     manifest::MAX_MANIFEST_BYTES,
     watch::{PluginWatcher, ReloadEvent, WatchOptions},
-    HostError, Manifest, PluginManager,
+    FinishReason, GenerateRequest, GenerationParams, HostError, Manifest, PluginManager, Prompt,
+    StreamControl,
 };
-use pio_plugin_api::{FinishReason, GenerateRequest, GenerationParams, Prompt, StreamControl};
 use pio_tests::{build_variant, pack_into, workspace_plugin, Variant};
 use serde_json::json;
 
@@ -388,7 +388,7 @@ fn llama_plugin_is_replaced_while_it_generates() {
     site.install("llama", &llama, json!({ "model": model }), 0);
     let (tx, events) = crossbeam_channel::unbounded();
     let options = WatchOptions {
-        activate: pio_plugin_api::ActivateOptions {
+        activate: pio_host::ActivateOptions {
             context_length: 256,
             ..Default::default()
         },
@@ -397,12 +397,11 @@ fn llama_plugin_is_replaced_while_it_generates() {
     let _watcher = PluginWatcher::start(site.manager.clone(), &site.plugins, options, tx).unwrap();
     assert!(matches!(next_event(&events), ReloadEvent::Added { .. }));
 
-    let chat = pio_plugin_api::ChatRequest {
-        messages: vec![pio_plugin_api::ChatMessage::new(
+    let chat = pio_host::ChatRequest {
+        messages: vec![pio_host::ChatMessage::new(
             "user",
             "What is the capital of France?",
-        )]
-        .into(),
+        )],
         params: GenerationParams::greedy(32),
     };
     let (first_token_tx, first_token) = crossbeam_channel::bounded(1);
@@ -464,7 +463,7 @@ fn batched_sequences_finish_on_the_instance_that_opened_them() {
     manager
         .replace_from_path(&folder, &Default::default())
         .unwrap();
-    let request = pio_plugin_api::SequenceRequest::Generate(GenerateRequest {
+    let request = pio_host::SequenceRequest::Generate(GenerateRequest {
         prompt: Prompt::Text("batched".into()),
         params: GenerationParams::greedy(64),
     });

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pio_host::server::openai::{
+use pio_server::openai::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Limits, MAX_STOP_BYTES,
     MAX_STOP_STRINGS,
 };
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// Whatever `params` accepts is inside the server's limits and the plugin API's own checks.
-fn check_sampling(sampling: &pio_host::server::openai::Sampling) {
+fn check_sampling(sampling: &pio_server::openai::Sampling) {
     let _ = sampling.include_usage();
     if let Ok(params) = sampling.params(LIMITS) {
         assert!((1..=LIMITS.max_tokens_limit).contains(&params.max_new_tokens));

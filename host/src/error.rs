@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use pio_plugin_api::PluginError;
+use crate::types::PluginError;
 
 use crate::state::PluginState;
 

@@ -1,11 +1,14 @@
 //! # pio-host
 //!
-//! The Inference-PIO host library: plugin manifests and their checks, loading libraries from
-//! shadow copies, the [`PluginManager`] and the `pio` command line. The `pio` binary only
-//! parses arguments and calls [`cli::run`].
+//! The Inference-PIO plugin host library: plugin manifests and their checks, loading libraries
+//! from shadow copies, the [`PluginManager`], the directory watcher and out-of-process workers
+//! (including the worker's own entry point, [`isolation::worker::serve`]).
+//!
+//! **API boundary.** The manager takes and returns the plain Rust types of [`types`]; the ABI
+//! types of `pio-plugin-api` are converted there and stay inside this crate (the worker
+//! protocol carries them on its wire). The HTTP server (`pio-server`) and the `pio` binary
+//! build on this crate only.
 
-pub mod bundled;
-pub mod cli;
 pub mod digest;
 mod elf;
 pub mod error;
@@ -15,15 +18,20 @@ pub mod isolation;
 pub mod loader;
 pub mod manager;
 pub mod manifest;
-pub mod models;
 pub mod pack;
 pub mod paths;
-pub mod server;
 pub mod shadow;
 pub mod state;
+pub mod types;
 pub mod watch;
 
 pub use error::{HostError, HostResult};
 pub use manager::{DirectoryReport, PluginManager, PluginSummary, Served, Stuck, HOST_VERSION};
 pub use manifest::{Manifest, ModelFile, MANIFEST_FILE};
 pub use state::PluginState;
+pub use types::{
+    ActivateOptions, Capability, ChatMessage, ChatRequest, EmbedRequest, EmbedResponse, ErrorKind,
+    FinishReason, GenerateRequest, GenerateResponse, GenerationParams, Health, HealthStatus,
+    ModelInfo, PluginError, PluginMetadata, PluginStats, Prompt, SequenceOpened, SequenceRequest,
+    SequenceStep, StreamControl, Timings, TokenEvent,
+};

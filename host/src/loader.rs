@@ -44,10 +44,10 @@ pub fn new_instance(
     library: &LoadedLibrary,
     config: &str,
 ) -> HostResult<PluginInstanceBox> {
-    let plugin_error = |operation, error| HostError::Plugin {
+    let plugin_error = |operation, error: pio_plugin_api::PluginError| HostError::Plugin {
         plugin: plugin.to_owned(),
         operation,
-        error,
+        error: error.into(),
     };
     let mut instance = (library.module.new_instance())()
         .into_result()

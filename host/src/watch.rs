@@ -36,14 +36,13 @@ use notify::{
     event::{AccessKind, AccessMode},
     EventKind, RecursiveMode, Watcher,
 };
-use pio_plugin_api::ActivateOptions;
 use serde::Serialize;
 
 use crate::{
     digest::sha256_file,
     error::{HostError, HostResult},
     manifest::Manifest,
-    PluginManager, PluginState,
+    ActivateOptions, PluginManager, PluginState,
 };
 
 /// Timing and activation settings of a [`PluginWatcher`].

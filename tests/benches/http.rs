@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_host::server::ConfigLayer;
-use pio_plugin_api::ActivateOptions;
+use pio_host::ActivateOptions;
+use pio_server::ConfigLayer;
 use pio_tests::{
     http::{chunk_text, Served, TestServer},
     workspace_plugin,

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use pio_host::{
     isolation::{Isolation, IsolationConfig},
-    PluginManager,
+    ActivateOptions, GenerateRequest, GenerationParams, PluginManager, Prompt, StreamControl,
 };
-use pio_plugin_api::{ActivateOptions, GenerateRequest, GenerationParams, Prompt, StreamControl};
 use pio_tests::{pack_into, workspace_plugin};
 use serde_json::json;
 
@@ -41,7 +40,7 @@ fn measure(isolation: Isolation) -> (Duration, Duration) {
 
     // The example mirrors its prompt: a prompt of TOKENS characters streams TOKENS tokens.
     let request = GenerateRequest {
-        prompt: Prompt::Text("ab".repeat(TOKENS / 2).into()),
+        prompt: Prompt::Text("ab".repeat(TOKENS / 2)),
         params: GenerationParams::greedy(TOKENS as u32),
     };
     let per_token = median(

@@ -15,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_host::{isolation::IsolationLayer, server::ConfigLayer};
-use pio_plugin_api::ActivateOptions;
+use pio_host::{isolation::IsolationLayer, ActivateOptions};
+use pio_server::ConfigLayer;
 use pio_tests::{
     http::{Served, TestServer},
     procfs::{children_rss_kib, status_kib},

@@ -9,12 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_host::{
-    server::{ConfigLayer, PluginSource, RunningServer, ServerConfig, ServerOptions},
-    watch::WatchOptions,
-    PluginManager,
-};
-use pio_plugin_api::ActivateOptions;
+use pio_host::{watch::WatchOptions, ActivateOptions, PluginManager};
+use pio_server::{ConfigLayer, PluginSource, RunningServer, ServerConfig, ServerOptions};
 use serde_json::Value;
 
 use crate::pack_into;

@@ -10,7 +10,7 @@ use std::{
     },
 };
 
-use pio_plugin_api::{ActivateOptions, Capability, ErrorKind, PluginMetadata};
+use pio_plugin_api::ErrorKind;
 
 use crate::{
     error::{HostError, HostResult},
@@ -22,6 +22,7 @@ use crate::{
     manifest::{Manifest, MANIFEST_FILE},
     shadow::ShadowDir,
     state::{PluginState, Transition},
+    types::{ActivateOptions, Capability, PluginMetadata},
 };
 
 use super::{
@@ -273,7 +274,7 @@ impl Entry {
                 HostError::Plugin {
                     plugin: self.manifest.name.clone(),
                     operation,
-                    error,
+                    error: error.into(),
                 }
             }
             CallError::Worker(error) => {

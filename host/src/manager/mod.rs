@@ -14,11 +14,7 @@ use std::{
     },
 };
 
-use pio_plugin_api::{
-    ActivateOptions, Capability, ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest,
-    GenerateResponse, Health, PluginError, PluginMetadata, PluginStats, SequenceOpened,
-    SequenceRequest, SequenceStep, StreamControl, TokenEvent,
-};
+use pio_plugin_api as abi;
 use semver::Version;
 
 use crate::{
@@ -27,6 +23,11 @@ use crate::{
     manifest::Manifest,
     shadow::ShadowDir,
     state::{PluginState, Transition},
+    types::{
+        ActivateOptions, Capability, ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest,
+        GenerateResponse, Health, PluginError, PluginMetadata, PluginStats, SequenceOpened,
+        SequenceRequest, SequenceStep, StreamControl, TokenEvent,
+    },
 };
 
 use config::ConfigLayers;
@@ -68,6 +69,17 @@ pub struct Served<T> {
     pub plugin: String,
     /// Its reload generation.
     pub generation: u64,
+}
+
+impl<T> Served<T> {
+    /// The same instance's answer, converted.
+    fn map<U>(self, convert: impl FnOnce(T) -> U) -> Served<U> {
+        Served {
+            response: convert(self.response),
+            plugin: self.plugin,
+            generation: self.generation,
+        }
+    }
 }
 
 /// What [`PluginManager::replace_stuck`] did.
@@ -297,7 +309,8 @@ impl PluginManager {
     fn activate_entry(&self, entry: &Entry, options: &ActivateOptions) -> HostResult<()> {
         let mut cell = entry.lock();
         entry.require(&cell, Transition::Activate)?;
-        entry.call(&mut cell, "activate", |i| i.activate(options))?;
+        let abi_options = abi::ActivateOptions::from(options);
+        entry.call(&mut cell, "activate", |i| i.activate(&abi_options))?;
         entry.activated(options);
         cell.state = PluginState::Active;
         tracing::info!(plugin = %entry.id(), generation = entry.generation, "activated");
@@ -473,8 +486,16 @@ impl PluginManager {
             reference,
             Some(Capability::TextGeneration),
             "generate",
-            |entry, cell| entry.call(cell, "generate", |i| i.generate(request, &mut on_token)),
+            |entry, cell| {
+                entry.call(cell, "generate", |i| {
+                    i.generate(
+                        &abi::GenerateRequest::from(request),
+                        &mut plain_tokens(&mut on_token),
+                    )
+                })
+            },
         )
+        .map(|served| served.map(GenerateResponse::from))
     }
 
     /// Answers a conversation; `on_token` sees every token and may stop the generation.
@@ -485,8 +506,14 @@ impl PluginManager {
         mut on_token: impl FnMut(&TokenEvent) -> StreamControl,
     ) -> HostResult<Served<GenerateResponse>> {
         self.serve(reference, Some(Capability::Chat), "chat", |entry, cell| {
-            entry.call(cell, "chat", |i| i.chat(request, &mut on_token))
+            entry.call(cell, "chat", |i| {
+                i.chat(
+                    &abi::ChatRequest::from(request),
+                    &mut plain_tokens(&mut on_token),
+                )
+            })
         })
+        .map(|served| served.map(GenerateResponse::from))
     }
 
     /// Opens a sequence for batched generation and processes its prompt. Later calls for the
@@ -502,7 +529,8 @@ impl PluginManager {
             Some(Capability::BatchedGeneration),
             "open_sequence",
             |entry, cell| {
-                let opened = entry.call(cell, "open_sequence", |i| i.open_sequence(request))?;
+                let request = abi::SequenceRequest::from(request);
+                let opened = entry.call(cell, "open_sequence", |i| i.open_sequence(&request))?;
                 entry.sequence_opened(opened.id);
                 Ok(opened)
             },
@@ -523,6 +551,7 @@ impl PluginManager {
         self.on_instance(plugin, generation, "step_sequences", |i| {
             i.step_sequences(ids)
         })
+        .map(|steps| steps.into_iter().map(SequenceStep::from).collect())
     }
 
     /// Closes sequence `id` of the instance that opened it (as for
@@ -584,8 +613,13 @@ impl PluginManager {
             reference,
             Some(Capability::Embeddings),
             "embed",
-            |entry, cell| entry.call(cell, "embed", |i| i.embed(request)),
+            |entry, cell| {
+                entry.call(cell, "embed", |i| {
+                    i.embed(&abi::EmbedRequest::from(request))
+                })
+            },
         )
+        .map(|served| served.map(EmbedResponse::from))
     }
 
     /// Text to token ids.
@@ -609,7 +643,7 @@ impl PluginManager {
         let entry = self.resolve_entry(reference)?;
         let mut cell = entry.lock();
         match &mut cell.instance {
-            Some(instance) => Ok(instance.stats()),
+            Some(instance) => Ok(instance.stats().into()),
             None => Err(entry.invalid("report stats", &cell.state)),
         }
     }
@@ -619,7 +653,7 @@ impl PluginManager {
         let entry = self.resolve_entry(reference)?;
         let mut cell = entry.lock();
         match &mut cell.instance {
-            Some(instance) => Ok(instance.health()),
+            Some(instance) => Ok(instance.health().into()),
             None => Err(entry.invalid("report health", &cell.state)),
         }
     }
@@ -760,4 +794,11 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The plugin's token callback for a caller's `on_token`, which sees plain [`TokenEvent`]s.
+fn plain_tokens(
+    on_token: &mut impl FnMut(&TokenEvent) -> StreamControl,
+) -> impl FnMut(&abi::TokenEvent) -> StreamControl + '_ {
+    move |event| on_token(&TokenEvent::from(event))
 }

@@ -9,11 +9,11 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use pio_plugin_api::{
+use pio_host::{
     ChatMessage, ChatRequest, GenerateRequest, GenerateResponse, Prompt, StreamControl, TokenEvent,
 };
 
-use crate::PluginManager;
+use pio_host::PluginManager;
 
 use super::{
     run::{ActivateArgs, SamplingArgs},
@@ -151,7 +151,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let m = &args.model;
     let (manager, id) = open(plugin, m.model.as_ref(), &m.activate, None, &m.dirs)?;
     let request = GenerateRequest {
-        prompt: Prompt::Text(prompt.as_str().into()),
+        prompt: Prompt::Text(prompt.clone()),
         params: args.sampling.params()?,
     };
     let mut stdout = std::io::stdout().lock();
@@ -184,7 +184,7 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<ExitCode> {
     let ask = |history: &mut Vec<ChatMessage>, text: &str| -> anyhow::Result<()> {
         history.push(ChatMessage::new("user", text));
         let request = ChatRequest {
-            messages: history.clone().into(),
+            messages: history.clone(),
             params: params.clone(),
         };
         let mut stdout = std::io::stdout().lock();

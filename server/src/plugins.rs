@@ -1,10 +1,12 @@
 //! Which plugins the server serves and how they get there: a plugin directory (loaded,
-//! activated, then watched and hot-reloaded) or the bundled default plugins. Loading runs on
-//! its own thread while the server already answers (`/health` says 503 until it is done);
-//! every reload event is kept in a short log for `/admin/plugins`.
+//! activated, then watched and hot-reloaded) or plugins the caller loads itself (the `pio`
+//! binary's bundled default plugins). Loading runs on its own thread while the server already
+//! answers (`/health` says 503 until it is done); every reload event is kept in a short log for
+//! `/admin/plugins`.
 
 use std::{
     collections::VecDeque,
+    fmt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -12,9 +14,7 @@ use std::{
 use crossbeam_channel::{select, Receiver};
 use serde::Serialize;
 
-use crate::{
-    bundled::load_bundled,
-    models::{default_model, DEFAULT_MODELS},
+use pio_host::{
     watch::{PluginWatcher, ReloadEvent, WatchOptions},
     HostError, PluginManager,
 };
@@ -25,12 +25,35 @@ use super::{engine::Engine, openai::unix_seconds};
 const EVENT_LOG_LEN: usize = 100;
 
 /// Where the served plugins come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
     /// Every plugin folder in this directory, watched and hot-reloaded.
     Directory(PathBuf),
-    /// The bundled default plugins (`llama`, `bert`) with their default models.
-    Defaults,
+    /// Plugins this function loads into the manager, called once on the loading thread (the
+    /// `pio` binary fetches the default models and loads the bundled plugins). The plugins it
+    /// reports are activated and served; nothing is watched.
+    Loader(LoadPlugins),
+}
+
+/// The function of a [`PluginSource::Loader`].
+pub type LoadPlugins = Box<dyn FnOnce(&PluginManager) -> LoadReport + Send>;
+
+impl fmt::Debug for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginSource::Directory(dir) => f.debug_tuple("Directory").field(dir).finish(),
+            PluginSource::Loader(_) => f.write_str("Loader(..)"),
+        }
+    }
+}
+
+/// What the function of a [`PluginSource::Loader`] did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Plugins (`name@version`) to activate and serve.
+    pub activate: Vec<String>,
+    /// What failed (a plugin folder, or the name of what could not be prepared), with the
+    /// reason; each becomes a `failed` reload event.
+    pub failures: Vec<(PathBuf, String)>,
 }
 
 /// Whether the initial load has finished.
@@ -129,8 +152,8 @@ pub fn start_loading(
                 watch,
             };
             match source {
-                PluginSource::Defaults => {
-                    loader.load_defaults();
+                PluginSource::Loader(load) => {
+                    loader.load_with(load);
                     loader.log.set(Readiness::Ready);
                 }
                 PluginSource::Directory(dir) => match loader.load_directory(&dir) {
@@ -168,31 +191,14 @@ impl Loader {
         Ok(())
     }
 
-    /// Fetches the default models that are not cached, loads the bundled plugins (which read
-    /// their model when initialized) and activates the default model plugins.
-    fn load_defaults(&self) {
-        let mut fetched = Vec::new();
-        for (plugin, _) in DEFAULT_MODELS {
-            match default_model(plugin).map_or(Ok(()), |model| model.ensure().map(drop)) {
-                Ok(()) => fetched.push(*plugin),
-                Err(error) => self.log.record(ReloadEvent::Failed {
-                    folder: PathBuf::from(plugin),
-                    reason: format!("cannot fetch the default model of '{plugin}': {error}"),
-                }),
-            }
+    /// Runs the caller's `load` and activates the plugins it reports.
+    fn load_with(&self, load: LoadPlugins) {
+        let report = load(&self.manager);
+        for (folder, reason) in report.failures {
+            self.log.record(ReloadEvent::Failed { folder, reason });
         }
-        for (folder, result) in load_bundled(&self.manager) {
-            if let Err(error) = result {
-                self.log.record(ReloadEvent::Failed {
-                    folder,
-                    reason: error.to_string(),
-                });
-            }
-        }
-        for plugin in fetched {
-            if let Ok(id) = self.manager.resolve(plugin) {
-                self.activate(&id);
-            }
+        for id in report.activate {
+            self.activate(&id);
         }
     }
 

@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context;
 use clap::Args;
 
-use crate::{
+use pio_host::{
     pack::{pack as pack_library, PackRequest},
     PluginState, PluginSummary,
 };

@@ -13,10 +13,10 @@
 
 use std::{collections::HashMap, sync::atomic::Ordering, sync::Arc, time::Instant};
 
-use pio_plugin_api::{ErrorKind, PluginError, SequenceStep};
+use pio_host::{ErrorKind, PluginError, SequenceStep};
 use tokio::sync::mpsc;
 
-use crate::{HostError, HostResult};
+use pio_host::{HostError, HostResult};
 
 use super::{
     guard::OutputGuard,
@@ -24,7 +24,7 @@ use super::{
     scheduler::{params, Scheduler},
     Admission, Completion, EngineError, Sequence, SequenceEvent,
 };
-use crate::server::BatchConfig;
+use crate::BatchConfig;
 
 /// The instance a sequence lives on.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -170,7 +170,7 @@ impl Scheduler {
                 // A client that left is noticed at the next step boundary.
                 let _ = sequence.events.send(SequenceEvent::Text(text));
             }
-            let plugin_finish = step.finish.into_option();
+            let plugin_finish = step.finish;
             if plugin_finish.is_none() && sequence.guard.ended().is_none() {
                 going_on.push(sequence);
                 continue;

@@ -6,11 +6,14 @@ use anyhow::Context;
 use bytesize::ByteSize;
 use clap::Args;
 
+use pio_host::{
+    isolation::{Isolation, IsolationLayer},
+    paths, PluginManager,
+};
+
 use crate::{
     bundled::load_bundled,
-    isolation::{Isolation, IsolationLayer},
     models::{default_model, DEFAULT_MODELS},
-    paths, PluginManager,
 };
 
 use super::PluginDirs;

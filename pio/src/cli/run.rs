@@ -4,7 +4,7 @@ use std::{io::Write, process::ExitCode};
 
 use anyhow::Context;
 use clap::Args;
-use pio_plugin_api::{
+use pio_host::{
     ActivateOptions, Capability, EmbedRequest, GenerateRequest, GenerationParams, Prompt,
     StreamControl,
 };
@@ -50,8 +50,8 @@ impl SamplingArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             repetition_penalty: self.repeat_penalty,
-            seed: self.seed.into(),
-            stop: self.stop.iter().map(|s| s.as_str().into()).collect(),
+            seed: self.seed,
+            stop: self.stop.clone(),
         };
         params.validate()?;
         Ok(params)
@@ -73,7 +73,7 @@ impl ActivateArgs {
     /// The activation options these flags describe.
     pub fn options(&self) -> ActivateOptions {
         ActivateOptions {
-            adapter: self.adapter.as_deref().map(Into::into).into(),
+            adapter: self.adapter.clone(),
             context_length: self.context_length,
             memory_budget_bytes: 0,
         }
@@ -109,7 +109,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&response)?);
     } else if metadata.has(Capability::TextGeneration) {
         let request = GenerateRequest {
-            prompt: Prompt::Text(args.input.as_str().into()),
+            prompt: Prompt::Text(args.input.clone()),
             params: args.sampling.params()?,
         };
         let mut stdout = std::io::stdout().lock();
@@ -131,7 +131,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         );
     } else if metadata.has(Capability::Embeddings) {
         let request = EmbedRequest {
-            inputs: vec![args.input.as_str().into()].into(),
+            inputs: vec![args.input.clone()],
         };
         let response = manager.embed(&summary.id, &request)?.response;
         let vectors: Vec<Vec<f32>> = response.embeddings.iter().map(|v| v.to_vec()).collect();

@@ -8,9 +8,12 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::Args;
 
+use pio_host::{watch::WatchOptions, PluginManager};
+use pio_server::{BatchLayer, ConfigLayer, LoadReport, PluginSource, RunningServer, ServerOptions};
+
 use crate::{
-    server::{BatchLayer, ConfigLayer, PluginSource, RunningServer, ServerOptions},
-    watch::WatchOptions,
+    bundled::load_bundled,
+    models::{default_model, DEFAULT_MODELS},
 };
 
 use super::{
@@ -112,7 +115,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .context("invalid server configuration")?;
     let source = match &config.plugins {
         Some(dir) => PluginSource::Directory(dir.clone()),
-        None => PluginSource::Defaults,
+        None => PluginSource::Loader(Box::new(load_defaults)),
     };
     let options = ServerOptions {
         config,
@@ -134,4 +137,31 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     );
     server.run_until_signal()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `pio serve` serves without `--plugins`: fetches the default models that are not
+/// cached, loads the bundled plugins (which read their model when initialized) and reports the
+/// default model plugins for activation.
+fn load_defaults(manager: &PluginManager) -> LoadReport {
+    let mut report = LoadReport::default();
+    let mut fetched = Vec::new();
+    for (plugin, _) in DEFAULT_MODELS {
+        match default_model(plugin).map_or(Ok(()), |model| model.ensure().map(drop)) {
+            Ok(()) => fetched.push(*plugin),
+            Err(error) => report.failures.push((
+                PathBuf::from(plugin),
+                format!("cannot fetch the default model of '{plugin}': {error}"),
+            )),
+        }
+    }
+    for (folder, result) in load_bundled(manager) {
+        if let Err(error) = result {
+            report.failures.push((folder, error.to_string()));
+        }
+    }
+    report.activate = fetched
+        .into_iter()
+        .filter_map(|plugin| manager.resolve(plugin).ok())
+        .collect();
+    report
 }

@@ -7,9 +7,9 @@ use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
-use pio_plugin_api::ErrorKind;
+use pio_host::ErrorKind;
 
-use crate::HostError;
+use pio_host::HostError;
 
 use super::engine::EngineError;
 

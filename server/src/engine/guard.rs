@@ -6,7 +6,7 @@
 //! sequence is closed. For a plugin that honours its parameters the guard changes nothing: the
 //! same text, tokens and finish reason.
 
-use pio_plugin_api::{FinishReason, GenerationParams};
+use pio_host::{FinishReason, GenerationParams};
 
 /// What the host relays of one sequence.
 #[derive(Debug)]

@@ -15,10 +15,10 @@ use std::{
     time::Instant,
 };
 
-use pio_plugin_api::{Capability, GenerationParams, StreamControl, TokenEvent};
+use pio_host::{Capability, GenerationParams, StreamControl, TokenEvent};
 use tokio::sync::mpsc;
 
-use crate::PluginManager;
+use pio_host::PluginManager;
 
 use super::{
     batch::Batch,
@@ -26,7 +26,7 @@ use super::{
     queue::{QueueReceiver, Waiting},
     Admission, Completion, EngineError, Job, LaneState, Sequence, SequenceEvent,
 };
-use crate::server::{metrics::Metrics, BatchConfig};
+use crate::{metrics::Metrics, BatchConfig};
 
 /// The generation parameters of a sequence request.
 pub(super) fn params(request: &Sequence) -> &GenerationParams {

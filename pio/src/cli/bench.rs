@@ -12,10 +12,10 @@ use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::Context;
 use clap::Args;
-use pio_plugin_api::{GenerateRequest, GenerationParams, Prompt, StreamControl};
+use pio_host::{GenerateRequest, GenerationParams, Prompt, StreamControl};
 use serde_json::{json, Value};
 
-use crate::{isolation::Isolation, PluginManager};
+use pio_host::{isolation::Isolation, PluginManager};
 
 use super::{output::print_table, run::ActivateArgs, text::open, PluginDirs};
 
@@ -141,7 +141,7 @@ fn stream_generation(
     let mut prompt = manager.tokenize(plugin, &text, false)?;
     prompt.truncate(DECODE_PROMPT);
     let request = GenerateRequest {
-        prompt: Prompt::Tokens(prompt.into()),
+        prompt: Prompt::Tokens(prompt),
         params: GenerationParams::greedy(u32::try_from(max_tokens)?),
     };
     let start = Instant::now();

@@ -31,10 +31,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_plugin_api::{FinishReason, PluginStats, SequenceRequest};
+use pio_host::{FinishReason, PluginStats, SequenceRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{HostError, HostResult, PluginManager, PluginState};
+use pio_host::{HostError, HostResult, PluginManager, PluginState};
 
 use super::{
     metrics::{GaugeSample, Metrics},

@@ -12,10 +12,10 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use pio_plugin_api::{Capability, ChatRequest, EmbedRequest, ErrorKind, GenerateRequest};
+use pio_host::{Capability, ChatRequest, EmbedRequest, ErrorKind, GenerateRequest};
 use serde_json::{json, Value};
 
-use crate::{HostError, PluginState, PluginSummary};
+use pio_host::{HostError, PluginState, PluginSummary};
 
 use super::{
     auth::require_api_key,
@@ -215,7 +215,7 @@ async fn chat_completions(
     JsonBody(request): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let sequence = Sequence::Chat(ChatRequest {
-        messages: request.messages()?.into(),
+        messages: request.messages()?,
         params: request.sampling.params(app.limits())?,
     });
     complete(
@@ -317,7 +317,7 @@ async fn embeddings(
     let encoding = request.encoding()?;
     let priority = priority(request.priority, &headers)?;
     let embed = EmbedRequest {
-        inputs: inputs.iter().map(|t| t.as_str().into()).collect(),
+        inputs: inputs.to_vec(),
     };
     let served = app
         .engine
@@ -410,7 +410,7 @@ async fn detokenize(
 
 /// The vocabulary size the plugin `model` reports in its stats details (`vocab_size`), if it
 /// does. Runs on the plugin's scheduler thread, like every plugin call.
-fn vocab_size(manager: &crate::PluginManager, model: &str) -> Option<u64> {
+fn vocab_size(manager: &pio_host::PluginManager, model: &str) -> Option<u64> {
     let stats = manager.stats(model).ok()?;
     let details: Value = serde_json::from_str(&stats.details_json).ok()?;
     details.get("vocab_size")?.as_u64()

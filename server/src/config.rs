@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::Deserialize;
 
-use crate::isolation::{IsolationConfig, IsolationLayer};
+use pio_host::isolation::{IsolationConfig, IsolationLayer};
 
 /// A named bundle of queue and limit settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! module and only calls the host library.
 
 mod bench;
+mod devices;
 mod embed;
 mod models;
 mod output;
@@ -140,7 +141,7 @@ pub fn main() -> ExitCode {
         Command::Perplexity(args) => text::perplexity(&args),
         Command::Embed(args) => embed::embed(&args),
         Command::Bench(args) => bench::bench(&args),
-        Command::Devices => devices(),
+        Command::Devices => devices::devices(),
     };
     match result {
         Ok(code) => code,
@@ -157,39 +158,13 @@ fn worker(fd: i32) -> ExitCode {
     // SAFETY: the host started this process with its end of a socket pair on `fd`, owned by
     // nothing else here.
     let socket = unsafe { UnixStream::from_raw_fd(fd) };
-    match crate::isolation::worker::serve(socket) {
+    match pio_host::isolation::worker::serve(socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pio worker: {e}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// `pio devices`.
-fn devices() -> anyhow::Result<ExitCode> {
-    let adapters = pio_gpu::list_adapters();
-    if adapters.is_empty() {
-        anyhow::bail!(
-            "no GPU adapter found: install a Vulkan driver (scripts/install-system installs \
-             Mesa's software driver)"
-        );
-    }
-    let rows: Vec<Vec<String>> = adapters
-        .iter()
-        .enumerate()
-        .map(|(index, a)| {
-            vec![
-                index.to_string(),
-                a.name.clone(),
-                a.backend.clone(),
-                a.device_type.to_string(),
-                format!("{} {}", a.driver, a.driver_info).trim().to_owned(),
-            ]
-        })
-        .collect();
-    output::print_table(&["#", "NAME", "BACKEND", "TYPE", "DRIVER"], &rows);
-    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(verbose: u8) {

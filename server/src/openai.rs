@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pio_plugin_api::{ChatMessage, FinishReason, GenerationParams, Prompt};
+use pio_host::{ChatMessage, FinishReason, GenerationParams, Prompt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -127,8 +127,8 @@ impl Sampling {
             repetition_penalty: self
                 .repetition_penalty
                 .unwrap_or(defaults.repetition_penalty),
-            seed: self.seed.into(),
-            stop: stop.iter().map(|s| s.as_str().into()).collect(),
+            seed: self.seed,
+            stop: stop.to_vec(),
         };
         params.validate().map_err(|e| {
             let message = e.message.to_string();
@@ -268,11 +268,11 @@ impl CompletionRequest {
     /// The prompt: a string (or an array holding one), or token ids.
     pub fn prompt(&self) -> Result<Prompt, ApiError> {
         match &self.prompt {
-            PromptIn::Text(text) => Ok(Prompt::Text(text.as_str().into())),
+            PromptIn::Text(text) => Ok(Prompt::Text(text.clone())),
             PromptIn::Tokens(tokens) if !tokens.is_empty() => {
-                Ok(Prompt::Tokens(tokens.clone().into()))
+                Ok(Prompt::Tokens(tokens.clone()))
             }
-            PromptIn::Texts(texts) if texts.len() == 1 => Ok(Prompt::Text(texts[0].as_str().into())),
+            PromptIn::Texts(texts) if texts.len() == 1 => Ok(Prompt::Text(texts[0].clone())),
             _ => Err(ApiError::invalid(
                 "prompt",
                 "prompt must be a string, an array of one string, or a non-empty array of token ids",
@@ -574,7 +574,7 @@ mod tests {
         assert_eq!(params.max_new_tokens, 5);
         assert_eq!(params.temperature, 0.0);
         assert_eq!(params.top_k, 3);
-        assert_eq!(params.seed, Some(7).into());
+        assert_eq!(params.seed, Some(7));
         assert_eq!(params.stop.len(), 1);
         let params =
             sampling(json!({"stop": ["a", "b"], "max_completion_tokens": 9, "max_tokens": 2}))

@@ -5,14 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{
+use pio_host::{
     digest::sha256_file,
-    error::HostResult,
-    manifest::Manifest,
     pack::{pack, PackRequest},
     paths::cache_dir,
     shadow::ShadowDir,
-    PluginManager,
+    HostResult, Manifest, PluginManager,
 };
 
 /// File-name prefix of bundled plugin libraries.

@@ -8,11 +8,7 @@ use std::{
     process::Command,
 };
 
-use crate::{
-    digest::sha256_file,
-    error::{HostError, HostResult},
-    paths::cache_dir,
-};
+use pio_host::{digest::sha256_file, paths::cache_dir, HostError, HostResult};
 
 /// A model the project can fetch.
 #[derive(Debug, Clone, Copy)]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::server::BatchConfig;
+use crate::BatchConfig;
 
 /// The current limit and what it adapts to.
 #[derive(Debug, Clone)]

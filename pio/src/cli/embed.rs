@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::Args;
-use pio_plugin_api::EmbedRequest;
+use pio_host::EmbedRequest;
 
 use super::{
     run::ActivateArgs,
@@ -50,7 +50,7 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     let id = manager.resolve(plugin)?;
     manager.activate(&id, &args.activate.options())?;
     let request = EmbedRequest {
-        inputs: texts.iter().map(|t| t.as_str().into()).collect(),
+        inputs: texts.to_vec(),
     };
     let served = manager.embed(&id, &request)?;
     let response = served.response;

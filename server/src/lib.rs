@@ -1,7 +1,10 @@
-//! The OpenAI-compatible HTTP server of `pio serve`.
+//! # pio-server
+//!
+//! The OpenAI-compatible HTTP server of `pio serve`, over a [`PluginManager`] of the `pio-host`
+//! library.
 //!
 //! - [`config`]: defaults, profiles, TOML file, `PIO_*` environment, flags; validation.
-//! - [`plugins`]: what is served (a watched plugin directory or the bundled defaults), the
+//! - [`plugins`]: what is served (a watched plugin directory, or plugins the caller loads), the
 //!   loading state behind `/health`, and the reload-event log.
 //! - [`engine`]: per-plugin bounded priority queues and the scheduler threads that make every
 //!   call into the plugins (continuous batching, cancellation, timeouts).
@@ -37,10 +40,10 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::{watch::WatchOptions, PluginManager};
+use pio_host::{watch::WatchOptions, PluginManager};
 
 pub use config::{BatchConfig, BatchLayer, ConfigLayer, ConnectionLimits, Profile, ServerConfig};
-pub use plugins::PluginSource;
+pub use plugins::{LoadPlugins, LoadReport, PluginSource};
 
 use engine::Engine;
 use metrics::Metrics;
@@ -65,7 +68,7 @@ impl App {
 }
 
 /// How to run a server.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServerOptions {
     /// Address, limits, key.
     pub config: ServerConfig,

@@ -17,7 +17,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{PluginManager, Stuck};
+use pio_host::{PluginManager, Stuck};
 
 use super::{Engine, LaneState};
 
