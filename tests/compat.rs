@@ -6,8 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use pio_host::{HostError, Manifest, PluginManager, PluginState};
-use pio_plugin_api::{ActivateOptions, GenerateRequest, GenerationParams, Prompt, StreamControl};
+use pio_host::{
+    ActivateOptions, GenerateRequest, GenerationParams, HostError, Manifest, PluginManager,
+    PluginState, Prompt, StreamControl,
+};
 use pio_tests::{
     frozen_api::{frozen_api_plugin, ApiRelease},
     pack_into,
@@ -55,7 +57,7 @@ impl Host {
                 StreamControl::Continue
             })
             .unwrap();
-        assert_eq!(streamed, served.response.text.as_str());
+        assert_eq!(streamed, served.response.text);
         streamed
     }
 

@@ -735,7 +735,7 @@ fn the_minimal_kit_plugin_loads_and_generates_alone_and_batched() {
             .unwrap()
             .remove(0);
         text.push_str(&step.event.text);
-        if let Some(finish) = step.finish.into_option() {
+        if let Some(finish) = step.finish {
             assert_eq!((text.as_str(), finish), ("ABC", FinishReason::Stop));
             break;
         }
