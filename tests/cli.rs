@@ -187,3 +187,87 @@ fn devices_lists_the_adapters_through_pio_devices() {
         "no backend in {first:?}"
     );
 }
+
+/// `pio plugins new` writes a crate outside the workspace that builds with
+/// `cargo build --release`, and `pio plugins pack` and `check` accept what it builds; the
+/// plugin then serves. Both kinds of scaffold.
+#[test]
+fn a_new_plugin_crate_builds_packs_checks_and_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let plugins = tmp.path().join("plugins");
+    for (name, kind) in [("my-echo", "text"), ("my-embedder", "embeddings")] {
+        let (ok, out, err) = pio(
+            &cache,
+            &[
+                "plugins",
+                "new",
+                name,
+                "--kind",
+                kind,
+                "--dir",
+                tmp.path().to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        assert!(out.contains("created the"), "{out}");
+        let crate_dir = tmp.path().join(name);
+        // One target directory for both scaffolds and every run: the kit and its dependencies
+        // are compiled once.
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--offline", "--quiet"])
+            .current_dir(&crate_dir)
+            .env("CARGO_TARGET_DIR", target_dir().join("scaffolds"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "the {kind} scaffold does not build");
+        let library = target_dir()
+            .join("scaffolds/release")
+            .join(format!("lib{}.so", name.replace('-', "_")));
+        let folder = plugins.join(name);
+        let (ok, _, err) = pio(
+            &cache,
+            &[
+                "plugins",
+                "pack",
+                library.to_str().unwrap(),
+                "--out",
+                folder.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        let (ok, out, err) = pio(&cache, &["plugins", "check", folder.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        assert!(out.starts_with(&format!("ok: {name} 0.1.0")), "{out}");
+    }
+
+    let dir = plugins.to_str().unwrap();
+    let (ok, out, err) = pio(&cache, &["run", "--dir", dir, "my-echo", "Hello, scaffold"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Hello, scaffold"), "{out}");
+    let (ok, out, err) = pio(
+        &cache,
+        &["embed", "--dir", dir, "--plugin", "my-embedder", "Hello"],
+    );
+    assert!(ok, "{err}");
+    let embedded: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(embedded["dimensions"], 64, "{out}");
+    let vector = embedded["embeddings"][0].as_array().expect("one vector");
+    assert_eq!(vector.len(), 64, "{out}");
+    let norm: f64 = vector.iter().map(|x| x.as_f64().unwrap().powi(2)).sum();
+    assert!((norm - 1.0).abs() < 1e-5, "not L2-normalised: {norm}");
+}
+
+#[test]
+fn a_new_plugin_needs_a_valid_name_and_a_free_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let dir = tmp.path().to_str().unwrap();
+    let (ok, _, err) = pio(&cache, &["plugins", "new", "Bad Name", "--dir", dir]);
+    assert!(!ok);
+    assert!(err.contains("may only contain lowercase letters"), "{err}");
+    std::fs::create_dir(tmp.path().join("taken")).unwrap();
+    let (ok, _, err) = pio(&cache, &["plugins", "new", "taken", "--dir", dir]);
+    assert!(!ok);
+    assert!(err.contains("exists already"), "{err}");
+}

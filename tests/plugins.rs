@@ -708,7 +708,7 @@ fn the_minimal_kit_plugin_loads_and_generates_alone_and_batched() {
     );
 
     let mut params = GenerationParams::greedy(64);
-    params.stop = vec!["DE".into()].into();
+    params.stop = vec!["DE".into()];
     let request = GenerateRequest {
         prompt: Prompt::Text("abcdefg".into()),
         params,
@@ -744,7 +744,7 @@ fn the_minimal_kit_plugin_loads_and_generates_alone_and_batched() {
         .close_sequence(&opened.plugin, opened.generation, opened.response.id)
         .unwrap();
     let chat = ChatRequest {
-        messages: vec![ChatMessage::new("user", "hi")].into(),
+        messages: vec![ChatMessage::new("user", "hi")],
         params: GenerationParams::greedy(8),
     };
     let error = f

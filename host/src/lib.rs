@@ -27,7 +27,7 @@ pub mod watch;
 
 pub use error::{HostError, HostResult};
 pub use manager::{DirectoryReport, PluginManager, PluginSummary, Served, Stuck, HOST_VERSION};
-pub use manifest::{Manifest, ModelFile, MANIFEST_FILE};
+pub use manifest::{validate_plugin_name, Manifest, ModelFile, MANIFEST_FILE};
 pub use state::PluginState;
 pub use types::{
     ActivateOptions, Capability, ChatMessage, ChatRequest, EmbedRequest, EmbedResponse, ErrorKind,

@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use pio_plugin_api::validate_plugin_name;
+pub use pio_plugin_api::validate_plugin_name;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 

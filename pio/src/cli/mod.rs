@@ -8,6 +8,7 @@ mod models;
 mod output;
 mod plugins;
 mod run;
+mod scaffold;
 mod serve;
 mod session;
 mod text;
@@ -95,6 +96,8 @@ enum PluginsCommand {
     },
     /// Write a plugin folder with a correct manifest for a built library.
     Pack(plugins::PackArgs),
+    /// Create a standalone plugin crate on the authoring kit, ready to build, pack and check.
+    New(scaffold::NewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +135,9 @@ pub fn main() -> ExitCode {
         }) => plugins::info(&name, activate, &dirs),
         Command::Plugins(PluginsCommand::Check { path }) => plugins::check(&path),
         Command::Plugins(PluginsCommand::Pack(args)) => plugins::pack(&args),
+        Command::Plugins(PluginsCommand::New(args)) => {
+            scaffold::new(&args).map(|()| ExitCode::SUCCESS)
+        }
         Command::Models(ModelsCommand::List) => models::list(),
         Command::Models(ModelsCommand::Fetch { ids }) => models::fetch(&ids),
         Command::Run(args) => run::run(&args),
