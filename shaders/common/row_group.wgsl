@@ -168,9 +168,23 @@ fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
                 xa[t] = a * ga;
                 xb[t] = bb * gb;
             }
+            let first = word_vec(g, b, chunk_first_word(c));
+            if DTYPE == DTYPE_F32 {
+                // One word per element: load each where it is used rather than staging the
+                // chunk's 16 vectors in an array first (llvmpipe keeps such arrays in memory).
+                for (var j = 0u; j < 8u; j++) {
+                    let v_lo = bitcast<vec4<f32>>(weights[first + 2u * j]);
+                    let v_hi = bitcast<vec4<f32>>(weights[first + 2u * j + 1u]);
+                    for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+                        let xv = pick(xa[t], xb[t], j);
+                        tile.lo[t] += v_lo * xv;
+                        tile.hi[t] += v_hi * xv;
+                    }
+                }
+                continue;
+            }
             var w_lo: array<vec4<u32>, 8>;
             var w_hi: array<vec4<u32>, 8>;
-            let first = word_vec(g, b, chunk_first_word(c));
             for (var i = 0u; i < chunk_words(); i++) {
                 w_lo[i] = weights[first + 2u * i];
                 w_hi[i] = weights[first + 2u * i + 1u];

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pio_gpu::{DeviceOptions, Gpu};
-use pio_plugin_bert::{Embedder, ModelFiles, WeightFormat};
+use pio_gpu::{DeviceOptions, Gpu, WeightDtype};
+use pio_plugin_bert::settings::weight_dtype;
+use pio_plugin_bert::{Embedder, ModelFiles};
 
 /// sentence-transformers (torch, CPU, 2 threads) on this machine, sentences/s for short
 /// sentences, measured by the project.
@@ -71,19 +72,19 @@ fn sentences() -> Vec<String> {
 }
 
 fn main() {
-    let format = std::env::args()
+    let dtype = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
-        .map(|a| WeightFormat::parse(&a).unwrap_or_else(|| panic!("unknown weight format {a:?}")))
-        .unwrap_or(WeightFormat::F32);
+        .map(|a| weight_dtype(&a).unwrap_or_else(|| panic!("unknown weight format {a:?}")))
+        .unwrap_or(WeightDtype::F32);
     let dir = model_dir();
     let files = ModelFiles::load(&dir)
         .unwrap_or_else(|e| panic!("loading {}: {}", dir.display(), e.message));
     let gpu =
         Arc::new(Gpu::new(&DeviceOptions::default()).expect("a GPU adapter (lavapipe is enough)"));
     println!("adapter: {}", gpu.adapter_info());
-    println!("model: {} ({} weights)", dir.display(), format.name());
-    let mut embedder = Embedder::new(gpu, &files, format, 32).expect("embedder");
+    println!("model: {} ({} weights)", dir.display(), dtype.name());
+    let mut embedder = Embedder::new(gpu, &files, dtype, 32).expect("embedder");
     let sentences = sentences();
     for batch in [1usize, 8, 32] {
         // One untimed batch of this size (buffers grow to it).

@@ -15,8 +15,10 @@ use pio_gpu::Gpu;
 use pio_plugin_api::serde_json::{json, Value};
 use pio_plugin_api::{PluginError, PluginResult};
 
+use pio_gpu::WeightDtype;
+
 use crate::embedder::{Embedder, ModelFiles};
-use crate::pack::WeightFormat;
+use crate::settings::weight_dtype;
 
 /// Inputs used when the request names none.
 const DEFAULT_INPUTS: [&str; 6] = [
@@ -40,7 +42,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb).max(f64::MIN_POSITIVE)
 }
 
-fn parse_request(request: &Value) -> PluginResult<(Vec<String>, Vec<WeightFormat>)> {
+fn parse_request(request: &Value) -> PluginResult<(Vec<String>, Vec<WeightDtype>)> {
     let inputs = match request.get("inputs") {
         None => DEFAULT_INPUTS.iter().map(|s| (*s).to_owned()).collect(),
         Some(Value::Array(items)) if !items.is_empty() => items
@@ -55,10 +57,10 @@ fn parse_request(request: &Value) -> PluginResult<(Vec<String>, Vec<WeightFormat
         }
     };
     let formats = match request.get("formats") {
-        None => vec![WeightFormat::F16, WeightFormat::Q8_0],
+        None => vec![WeightDtype::F16, WeightDtype::Q8_0],
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.as_str().and_then(WeightFormat::parse))
+            .map(|v| v.as_str().and_then(weight_dtype))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
                 PluginError::invalid_input("'formats' must list \"f32\", \"f16\" or \"q8_0\"")
@@ -77,17 +79,17 @@ pub fn compare_compression(
     request: &Value,
 ) -> PluginResult<Value> {
     let (inputs, formats) = parse_request(request)?;
-    let run = |format: WeightFormat| -> PluginResult<(Vec<Vec<f32>>, u64, f64)> {
-        let mut embedder = Embedder::new(Arc::clone(gpu), files, format, max_batch)?;
+    let run = |dtype: WeightDtype| -> PluginResult<(Vec<Vec<f32>>, u64, f64)> {
+        let mut embedder = Embedder::new(Arc::clone(gpu), files, dtype, max_batch)?;
         let weight_bytes = embedder.model().weight_bytes();
         let start = Instant::now();
         let vectors = embedder.embed(&inputs)?.vectors;
         Ok((vectors, weight_bytes, start.elapsed().as_secs_f64() * 1e3))
     };
-    let (reference, _, _) = run(WeightFormat::F32)?;
+    let (reference, _, _) = run(WeightDtype::F32)?;
     let mut results = Vec::new();
-    for format in formats {
-        let (vectors, weight_bytes, ms) = run(format)?;
+    for dtype in formats {
+        let (vectors, weight_bytes, ms) = run(dtype)?;
         let cosines: Vec<f64> = vectors
             .iter()
             .zip(&reference)
@@ -96,7 +98,7 @@ pub fn compare_compression(
         let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
         let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
         results.push(json!({
-            "weights": format.name(),
+            "weights": dtype.name(),
             "min_cosine": min,
             "mean_cosine": mean,
             "weight_bytes": weight_bytes,

@@ -4,12 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use pio_gpu::Gpu;
+use pio_gpu::{Gpu, WeightDtype};
 use pio_plugin_api::{PluginError, PluginResult};
 
 use crate::config::ModelConfig;
 use crate::model::GpuBert;
-use crate::pack::WeightFormat;
 use crate::tokenize::BertTokenizer;
 use crate::weights::BertWeights;
 
@@ -74,18 +73,18 @@ pub struct Embedder {
 }
 
 impl Embedder {
-    /// Uploads `files`' weights in `format` to `gpu` and warms every pipeline up with one
-    /// batch. At most `max_batch` texts run in one pass.
+    /// Uploads `files`' weights to `gpu`, the linear layers stored as `dtype`, and warms every
+    /// pipeline up with one batch. At most `max_batch` texts run in one pass.
     pub fn new(
         gpu: Arc<Gpu>,
         files: &ModelFiles,
-        format: WeightFormat,
+        dtype: WeightDtype,
         max_batch: usize,
     ) -> PluginResult<Self> {
         if max_batch == 0 {
             return Err(PluginError::invalid_input("max_batch must be at least 1"));
         }
-        let model = GpuBert::new(gpu, &files.config, &files.weights, format)?;
+        let model = GpuBert::new(gpu, &files.config, &files.weights, dtype)?;
         let mut embedder = Self {
             tokenizer: files.tokenizer.clone(),
             model,

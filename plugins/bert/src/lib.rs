@@ -1,7 +1,8 @@
 //! # The Inference-PIO BERT plugin
 //!
 //! Sentence embeddings from sentence-transformers BERT models (e.g. all-MiniLM-L6-v2) on the
-//! GPU through pio-gpu, with fused WGSL kernels (`shaders/bert/`):
+//! GPU through pio-gpu, with fused WGSL kernels (pio-gpu's linear layers, `shaders/bert/` for
+//! the rest):
 //!
 //! 1. embeddings (word + position + token type) + LayerNorm;
 //! 2. per layer: fused Q|K|V projection; masked bidirectional attention (running softmax);
@@ -13,8 +14,9 @@
 //! A batch of texts of different lengths runs in one pass, padded to the longest and masked.
 //!
 //! Modules: [`config`] (model configuration files), [`weights`] (safetensors),
-//! [`tokenize`] (tokenizer.json), [`pack`] (weight formats f32/f16/q8_0), [`upload`] (weights on
-//! the device), [`kernels`] (kernel launchers), [`model`] (the encoder on the device),
+//! [`tokenize`] (tokenizer.json), [`upload`] (weights on the device: the linear layers as
+//! pio-gpu matrices in f32, f16 or q8_0), [`kernels`] (launchers of the BERT-specific kernels;
+//! the linear layers are pio-gpu's `Linear` with bias epilogues), [`model`] (the encoder on the device),
 //! [`embedder`] (texts → vectors), [`compare`] (compressed vs f32), [`settings`] (plugin
 //! configuration) and [`plugin`] (the `Plugin` implementation).
 
@@ -23,7 +25,6 @@ pub mod config;
 pub mod embedder;
 pub mod kernels;
 pub mod model;
-pub mod pack;
 pub mod plugin;
 #[cfg(test)]
 mod reference;
@@ -35,7 +36,6 @@ pub mod upload;
 pub mod weights;
 
 pub use embedder::{Embedder, Embeddings, ModelFiles};
-pub use pack::WeightFormat;
 pub use plugin::BertPlugin;
 
 pio_plugin_api::export_plugin!(BertPlugin);

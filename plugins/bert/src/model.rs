@@ -4,17 +4,17 @@
 
 use std::sync::Arc;
 
-use pio_gpu::{Dispatch, Gpu, GpuBuffer};
+use pio_gpu::{
+    Dispatch, Epilogue, EpilogueParams, Gpu, GpuBuffer, Linear, LinearShape, QuantMatrix, RowTile,
+    TokenRange, WeightDtype, BLOCK_ELEMENTS, MAX_LAYER_NORM_ROWS,
+};
 use pio_plugin_api::{PluginError, PluginResult};
 
 use crate::config::ModelConfig;
 use crate::kernels::attention::Attention;
 use crate::kernels::embed_norm::{EmbedBuffers, EmbedNorm};
-use crate::kernels::linear::Linear;
-use crate::kernels::linear_norm::LinearNorm;
 use crate::kernels::pool::Pool;
-use crate::kernels::{gpu_error, Params};
-use crate::pack::WeightFormat;
+use crate::kernels::Params;
 use crate::upload::DeviceWeights;
 use crate::weights::BertWeights;
 
@@ -22,12 +22,58 @@ use crate::weights::BertWeights;
 #[derive(Debug)]
 struct Kernels {
     embed: EmbedNorm,
+    /// `qkv = W h + b`.
     qkv: Linear,
     attention: Attention,
-    attn_out: LinearNorm,
+    /// `h = LayerNorm(W ctx + b + h)`.
+    attn_out: Linear,
+    /// `inter = gelu(W h + b)`.
     up: Linear,
-    down: LinearNorm,
+    /// `h = LayerNorm(W inter + b + h)`.
+    down: Linear,
     pool: Pool,
+}
+
+/// Checks that the model's widths fit the linear kernels, naming the limit: rows of whole
+/// 32-element weight blocks, and hidden states no wider than one LayerNorm workgroup holds.
+fn check_widths(config: &ModelConfig) -> PluginResult<()> {
+    let c = &config.bert;
+    for (field, width) in [
+        ("hidden_size", c.hidden_size),
+        ("intermediate_size", c.intermediate_size),
+    ] {
+        if width % BLOCK_ELEMENTS != 0 {
+            return Err(PluginError::model_load(format!(
+                "{field} {width} is not a multiple of {BLOCK_ELEMENTS}, the weight block of the \
+                 GPU linear kernels"
+            )));
+        }
+    }
+    if c.hidden_size > MAX_LAYER_NORM_ROWS as usize {
+        return Err(PluginError::model_load(format!(
+            "hidden_size {} is more than the {MAX_LAYER_NORM_ROWS} the fused LayerNorm kernel holds",
+            c.hidden_size
+        )));
+    }
+    Ok(())
+}
+
+/// A [`Linear`] for `matrix` with `epilogue`, tiled for many tokens (a batch is prefill-like
+/// work: every weight is reused for several tokens).
+fn linear(
+    gpu: &Gpu,
+    matrix: &QuantMatrix,
+    tile: RowTile,
+    epilogue: Epilogue,
+) -> PluginResult<Linear> {
+    let shape = LinearShape {
+        dtype: matrix.dtype(),
+        rows: matrix.rows(),
+        cols: matrix.cols(),
+        norm_eps: None,
+        tile,
+    };
+    Linear::new(gpu, shape, epilogue).map_err(|e| e.into_plugin_error("compiling a linear layer"))
 }
 
 /// Activation buffers sized for up to `batch` sequences and `tokens` padded tokens.
@@ -38,8 +84,9 @@ struct Workspace {
     params: GpuBuffer,
     ids: GpuBuffer,
     lengths: GpuBuffer,
-    h0: GpuBuffer,
-    h1: GpuBuffer,
+    /// The hidden states; the LayerNorm epilogues update them in place (residual in, normed
+    /// sum out).
+    hidden: GpuBuffer,
     qkv: GpuBuffer,
     ctx: GpuBuffer,
     inter: GpuBuffer,
@@ -53,18 +100,17 @@ impl Workspace {
         let f = config.bert.intermediate_size as u64;
         let buffer = |label: &str, values: u64| {
             gpu.storage_zeroed(label, values * 4)
-                .map_err(|e| gpu_error("allocating activations", e))
+                .map_err(|e| e.into_plugin_error("allocating activations"))
         };
         Ok(Self {
             batch,
             tokens,
             params: gpu
                 .uniform_from("bert.params", &Params::new(0, 0))
-                .map_err(|e| gpu_error("allocating activations", e))?,
+                .map_err(|e| e.into_plugin_error("allocating activations"))?,
             ids: buffer("bert.ids", t)?,
             lengths: buffer("bert.lengths", b)?,
-            h0: buffer("bert.h0", t * h)?,
-            h1: buffer("bert.h1", t * h)?,
+            hidden: buffer("bert.hidden", t * h)?,
             qkv: buffer("bert.qkv", t * 3 * h)?,
             ctx: buffer("bert.ctx", t * h)?,
             inter: buffer("bert.ffn", t * f)?,
@@ -78,50 +124,54 @@ impl Workspace {
 pub struct GpuBert {
     gpu: Arc<Gpu>,
     config: ModelConfig,
-    format: WeightFormat,
+    dtype: WeightDtype,
     weights: DeviceWeights,
     kernels: Kernels,
     workspace: Option<Workspace>,
 }
 
 impl GpuBert {
-    /// Uploads `weights` in `format` and compiles the kernels. Pipelines are compiled by the
-    /// driver at their first dispatch: run one batch ([`Self::forward`]) to warm them up.
+    /// Uploads `weights` with the linear layers stored as `dtype` and compiles the kernels.
+    /// Pipelines are compiled by the driver at their first dispatch: run one batch
+    /// ([`Self::forward`]) to warm them up.
     pub fn new(
         gpu: Arc<Gpu>,
         config: &ModelConfig,
         weights: &BertWeights,
-        format: WeightFormat,
+        dtype: WeightDtype,
     ) -> PluginResult<Self> {
-        let device_weights = DeviceWeights::upload(&gpu, weights, format)?;
+        check_widths(config)?;
+        let device_weights = DeviceWeights::upload(&gpu, weights, dtype)?;
         let c = &config.bert;
         let layer = device_weights
             .layers
             .first()
             .ok_or_else(|| PluginError::model_load("the model has no encoder layers"))?;
         let eps = c.layer_norm_eps;
+        let tile = RowTile::prefill(gpu.adapter_info().device_type);
+        let layer_norm = Epilogue::BiasResidualLayerNorm { eps };
         let kernels = Kernels {
             embed: EmbedNorm::new(&gpu, c.hidden_size as u32, eps)?,
-            qkv: Linear::new(&gpu, &layer.qkv, false)?,
+            qkv: linear(&gpu, &layer.qkv, tile, Epilogue::Bias)?,
             attention: Attention::new(&gpu, c.num_heads as u32, c.head_dim() as u32)?,
-            attn_out: LinearNorm::new(&gpu, &layer.attn_out, eps)?,
-            up: Linear::new(&gpu, &layer.up, true)?,
-            down: LinearNorm::new(&gpu, &layer.down, eps)?,
+            attn_out: linear(&gpu, &layer.attn_out, tile, layer_norm)?,
+            up: linear(&gpu, &layer.up, tile, Epilogue::BiasGelu)?,
+            down: linear(&gpu, &layer.down, tile, layer_norm)?,
             pool: Pool::new(&gpu, c.hidden_size as u32, config.pooling, config.normalize)?,
         };
         Ok(Self {
             gpu,
             config: config.clone(),
-            format,
+            dtype,
             weights: device_weights,
             kernels,
             workspace: None,
         })
     }
 
-    /// The weight storage format.
-    pub fn format(&self) -> WeightFormat {
-        self.format
+    /// The storage type of the linear layers' weights.
+    pub fn dtype(&self) -> WeightDtype {
+        self.dtype
     }
 
     /// Device bytes the weights take.
@@ -187,6 +237,15 @@ impl GpuBert {
         let gpu = &self.gpu;
         let k = &self.kernels;
         let p = &w.params;
+        let tokens = TokenRange::all(shape.tokens);
+        let bias = |bias| EpilogueParams {
+            bias,
+            layer_norm: None,
+        };
+        let bias_norm = |bias, norm| EpilogueParams {
+            bias,
+            layer_norm: Some(norm),
+        };
         let mut launches = Vec::with_capacity(2 + 5 * self.weights.layers.len());
         launches.push(k.embed.bind(
             gpu,
@@ -195,43 +254,57 @@ impl GpuBert {
                 pos_type: &self.weights.pos_type,
                 norm: &self.weights.embed_norm,
                 ids: &w.ids,
-                out: &w.h0,
+                out: &w.hidden,
                 params: p,
             },
             shape,
         )?);
-        for layer in &self.weights.layers {
-            launches.push(
-                k.qkv
-                    .bind(gpu, &layer.qkv, &layer.qkv_bias, &w.h0, &w.qkv, p, shape)?,
-            );
+        for l in &self.weights.layers {
+            launches.push(k.qkv.bind_with(
+                gpu,
+                &l.qkv,
+                &w.hidden,
+                None,
+                &w.qkv,
+                bias(&l.qkv_bias),
+                tokens,
+            )?);
             launches.push(
                 k.attention
                     .bind(gpu, &w.qkv, &w.lengths, &w.ctx, p, shape)?,
             );
-            launches.push(k.attn_out.bind(
+            launches.push(k.attn_out.bind_with(
                 gpu,
-                &layer.attn_out,
-                &layer.attn_aux,
+                &l.attn_out,
                 &w.ctx,
-                &w.h0,
-                &w.h1,
-                p,
-                shape,
+                None,
+                &w.hidden,
+                bias_norm(&l.attn_out_bias, &l.attn_norm),
+                tokens,
             )?);
-            launches.push(k.up.bind(gpu, &layer.up, &layer.up_bias, &w.h1, &w.inter, p, shape)?);
-            launches.push(k.down.bind(
+            launches.push(k.up.bind_with(
                 gpu,
-                &layer.down,
-                &layer.down_aux,
+                &l.up,
+                &w.hidden,
+                None,
                 &w.inter,
-                &w.h1,
-                &w.h0,
-                p,
-                shape,
+                bias(&l.up_bias),
+                tokens,
+            )?);
+            launches.push(k.down.bind_with(
+                gpu,
+                &l.down,
+                &w.inter,
+                None,
+                &w.hidden,
+                bias_norm(&l.down_bias, &l.out_norm),
+                tokens,
             )?);
         }
-        launches.push(k.pool.bind(gpu, &w.h0, &w.lengths, &w.pooled, p, shape)?);
+        launches.push(
+            k.pool
+                .bind(gpu, &w.hidden, &w.lengths, &w.pooled, p, shape)?,
+        );
         Ok(launches)
     }
 
@@ -248,13 +321,13 @@ impl GpuBert {
         self.ensure_workspace(shape)?;
         let gpu = &self.gpu;
         let w = self.workspace.as_ref().expect("ensure_workspace made it");
-        let write = |e| gpu_error("writing the batch", e);
+        let write = |e: pio_gpu::GpuError| e.into_plugin_error("writing the batch");
         gpu.write(&w.params, 0, &[shape]).map_err(write)?;
         gpu.write(&w.ids, 0, &ids).map_err(write)?;
         gpu.write(&w.lengths, 0, &lengths).map_err(write)?;
         let launches = self
             .launches(w, shape)
-            .map_err(|e| gpu_error("binding the kernels", e))?;
+            .map_err(|e| e.into_plugin_error("binding the kernels"))?;
         // One submission: the forward pass and the copy of the pooled vectors.
         let pooled: Vec<f32> = gpu
             .submit_and_read(
@@ -263,7 +336,7 @@ impl GpuBert {
                 0,
                 u64::from(shape.batch) * hidden as u64,
             )
-            .map_err(|e| gpu_error("running the model", e))?;
+            .map_err(|e| e.into_plugin_error("running the model"))?;
         Ok(pooled.chunks_exact(hidden).map(<[f32]>::to_vec).collect())
     }
 }

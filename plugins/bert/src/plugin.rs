@@ -12,7 +12,6 @@ use pio_plugin_api::{
 
 use crate::compare::compare_compression;
 use crate::embedder::{Embedder, ModelFiles};
-use crate::kernels::gpu_error;
 use crate::settings::Settings;
 use crate::tokenize::BertTokenizer;
 
@@ -109,7 +108,7 @@ impl Plugin for BertPlugin {
                 .into_option(),
             ..DeviceOptions::default()
         })
-        .map_err(|e| gpu_error("opening the GPU device", e))?;
+        .map_err(|e| e.into_plugin_error("opening the GPU device"))?;
         let gpu = Arc::new(gpu);
         let files = ModelFiles::load(&settings.model)?;
         let embedder = Embedder::new(
@@ -182,7 +181,7 @@ impl Plugin for BertPlugin {
         let details = json!({
             "adapter": active.gpu.adapter_info(),
             "model": self.settings.as_ref().map(|s| s.model.display().to_string()),
-            "weights": active.embedder.model().format().name(),
+            "weights": active.embedder.model().dtype().name(),
             "weight_bytes": active.embedder.model().weight_bytes(),
             "peak_device_bytes": active.gpu.peak_allocated_bytes(),
             "dimensions": active.embedder.dimensions(),

@@ -1,53 +1,11 @@
 //! Plain CPU BERT for tests: f32 values, f64 accumulation, each sequence run on its own (no
-//! padding), textbook formulas (exact `erf` from libm, softmax with the max subtracted).
+//! padding), textbook formulas (exact `erf` from libm, softmax with the max subtracted). The
+//! per-op references shared with the kernels' tests (matmul, LayerNorm, GELU) are pio-gpu's.
+
+pub use pio_gpu::reference::{gelu, layer_norm};
 
 use crate::config::{ModelConfig, Pooling};
 use crate::weights::{BertWeights, Linear, Norm};
-
-/// `x[t] · W^T + b` for `t` rows of `x`.
-pub fn linear(x: &[f32], w: &[f32], bias: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let tokens = x.len() / cols;
-    let mut out = vec![0.0; tokens * rows];
-    for t in 0..tokens {
-        let xt = &x[t * cols..][..cols];
-        for n in 0..rows {
-            let wn = &w[n * cols..][..cols];
-            let dot: f64 = xt
-                .iter()
-                .zip(wn)
-                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                .sum();
-            out[t * rows + n] = (dot + f64::from(bias[n])) as f32;
-        }
-    }
-    out
-}
-
-/// Row-wise LayerNorm of `x` (rows of `gamma.len()` values).
-pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
-    let h = gamma.len();
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(h) {
-        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / h as f64;
-        let var = row
-            .iter()
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / h as f64;
-        let inv = 1.0 / (var + f64::from(eps)).sqrt();
-        for i in 0..h {
-            let v = (f64::from(row[i]) - mean) * inv * f64::from(gamma[i]) + f64::from(beta[i]);
-            out.push(v as f32);
-        }
-    }
-    out
-}
-
-/// GELU, erf form, with libm's erf.
-pub fn gelu(x: f32) -> f32 {
-    let x = f64::from(x);
-    (0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))) as f32
-}
 
 /// Attention of one unpadded sequence: `qkv` is `[len][3 * heads * head_dim]`.
 pub fn attention(qkv: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
@@ -105,7 +63,9 @@ fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
 }
 
 fn dense(x: &[f32], l: &Linear) -> Vec<f32> {
-    linear(x, &l.weight, &l.bias, l.rows, l.cols)
+    let mut out = pio_gpu::reference::matmul(&l.weight, l.rows, l.cols, x);
+    pio_gpu::reference::add_bias(&mut out, &l.bias);
+    out
 }
 
 fn norm(x: &[f32], n: &Norm, eps: f32) -> Vec<f32> {

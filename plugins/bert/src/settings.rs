@@ -13,8 +13,18 @@ use std::path::PathBuf;
 use pio_plugin_api::serde_json::Value;
 use pio_plugin_api::{PluginError, PluginResult};
 
+use pio_gpu::WeightDtype;
+
 use crate::embedder::DEFAULT_MAX_BATCH;
-use crate::pack::WeightFormat;
+
+/// The weight storage types offered: those whose fidelity against sentence-transformers is
+/// tested (`tests/minilm.rs`).
+pub const WEIGHT_DTYPES: [WeightDtype; 3] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8_0];
+
+/// The offered weight storage type called `name` (`"f32"`, `"f16"` or `"q8_0"`).
+pub fn weight_dtype(name: &str) -> Option<WeightDtype> {
+    WeightDtype::from_name(name).filter(|dtype| WEIGHT_DTYPES.contains(dtype))
+}
 
 /// Largest accepted `max_batch`.
 const MAX_BATCH_LIMIT: u64 = 256;
@@ -24,8 +34,8 @@ const MAX_BATCH_LIMIT: u64 = 256;
 pub struct Settings {
     /// The model directory.
     pub model: PathBuf,
-    /// Device weight format.
-    pub weights: WeightFormat,
+    /// Storage type of the linear layers' weights on the device.
+    pub weights: WeightDtype,
     /// Most texts per pass.
     pub max_batch: usize,
 }
@@ -60,8 +70,8 @@ impl Settings {
             }
         }
         let weights = match string(config, "weights")? {
-            None => WeightFormat::F32,
-            Some(name) => WeightFormat::parse(name).ok_or_else(|| {
+            None => WeightDtype::F32,
+            Some(name) => weight_dtype(name).ok_or_else(|| {
                 PluginError::invalid_input(format!(
                     "configuration 'weights' must be \"f32\", \"f16\" or \"q8_0\", got {name:?}"
                 ))

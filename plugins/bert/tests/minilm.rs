@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pio_gpu::{DeviceOptions, Gpu};
+use pio_gpu::{DeviceOptions, Gpu, WeightDtype};
 use pio_plugin_bert::compare::cosine;
-use pio_plugin_bert::{Embedder, ModelFiles, WeightFormat};
+use pio_plugin_bert::{Embedder, ModelFiles};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -73,9 +73,9 @@ fn gpu() -> Arc<Gpu> {
     }))
 }
 
-/// Embeds the reference sentences with `format` weights; returns the cosine with
+/// Embeds the reference sentences with `dtype` weights; returns the cosine with
 /// sentence-transformers for each.
-fn cosines(format: WeightFormat) -> Option<Vec<f64>> {
+fn cosines(dtype: WeightDtype) -> Option<Vec<f64>> {
     let dir = require_model()?;
     let reference = reference(&dir);
     assert!(reference.sentences.len() >= 8);
@@ -91,7 +91,7 @@ fn cosines(format: WeightFormat) -> Option<Vec<f64>> {
         let ids = files.tokenizer.encode(sentence).unwrap();
         assert_eq!(ids.len(), count, "token count of {sentence:?}");
     }
-    let mut embedder = Embedder::new(gpu(), &files, format, 4).unwrap();
+    let mut embedder = Embedder::new(gpu(), &files, dtype, 4).unwrap();
     let got = embedder.embed(&reference.sentences).unwrap();
     assert_eq!(got.tokens, reference.token_counts.iter().sum::<usize>());
     let cosines: Vec<f64> = got
@@ -102,14 +102,14 @@ fn cosines(format: WeightFormat) -> Option<Vec<f64>> {
         .collect();
     for (sentence, c) in reference.sentences.iter().zip(&cosines) {
         let shown: String = sentence.chars().take(40).collect();
-        println!("{} cosine {c:.9}  {shown:?}", format.name());
+        println!("{} cosine {c:.9}  {shown:?}", dtype.name());
     }
     Some(cosines)
 }
 
 #[test]
 fn minilm_f32_matches_sentence_transformers() {
-    let Some(cosines) = cosines(WeightFormat::F32) else {
+    let Some(cosines) = cosines(WeightDtype::F32) else {
         return;
     };
     let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
@@ -118,7 +118,7 @@ fn minilm_f32_matches_sentence_transformers() {
 
 #[test]
 fn minilm_f16_weights_stay_close() {
-    let Some(cosines) = cosines(WeightFormat::F16) else {
+    let Some(cosines) = cosines(WeightDtype::F16) else {
         return;
     };
     let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
@@ -127,7 +127,7 @@ fn minilm_f16_weights_stay_close() {
 
 #[test]
 fn minilm_q8_0_weights_stay_close() {
-    let Some(cosines) = cosines(WeightFormat::Q8_0) else {
+    let Some(cosines) = cosines(WeightDtype::Q8_0) else {
         return;
     };
     let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);

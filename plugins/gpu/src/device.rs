@@ -280,8 +280,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// Runs `f` inside a wgpu error scope catching validation and out-of-memory errors, turning
-    /// any into [`GpuError::Wgpu`] that names `what`.
+    /// Runs `f` inside wgpu error scopes catching validation and out-of-memory errors, turning
+    /// them into [`GpuError::Wgpu`] or [`GpuError::DeviceOutOfMemory`] naming `what`.
     pub(crate) fn checked<T>(
         &self,
         what: impl FnOnce() -> String,
@@ -292,9 +292,13 @@ impl Gpu {
         let value = f();
         let validation = pollster::block_on(validation.pop());
         let memory = pollster::block_on(memory.pop());
-        match validation.or(memory) {
-            None => Ok(value),
-            Some(error) => Err(GpuError::Wgpu {
+        match (validation, memory) {
+            (None, None) => Ok(value),
+            (None, Some(error)) => Err(GpuError::DeviceOutOfMemory {
+                what: what(),
+                message: error.to_string(),
+            }),
+            (Some(error), _) => Err(GpuError::Wgpu {
                 what: what(),
                 message: error.to_string(),
             }),

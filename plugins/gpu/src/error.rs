@@ -1,4 +1,6 @@
-//! The one error type of this crate.
+//! The one error type of this crate, and how plugins report it through the plugin API.
+
+use pio_plugin_api::{ErrorKind, PluginError};
 
 /// Everything that can fail in the GPU runtime, each variant naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +46,15 @@ pub enum GpuError {
         /// Bytes asked for.
         bytes: u64,
     },
-    /// wgpu reported an error (validation or out-of-memory) while doing `what`.
+    /// The device ran out of memory while doing `what` (wgpu's out-of-memory error).
+    #[error("{what}: the device is out of memory ({message})")]
+    DeviceOutOfMemory {
+        /// The operation that failed, e.g. `creating buffer "kv cache"`.
+        what: String,
+        /// wgpu's description of the error.
+        message: String,
+    },
+    /// wgpu reported a validation or internal error while doing `what`.
     #[error("{what}: {message}")]
     Wgpu {
         /// The operation that failed, e.g. `creating pipeline matmul::main`.
@@ -82,6 +92,39 @@ impl GpuError {
             context,
             message: message.into(),
         }
+    }
+}
+
+impl GpuError {
+    /// How a plugin reports this error through the plugin API: every failed allocation — host,
+    /// device, or a buffer past the device's limits — is [`ErrorKind::OutOfMemory`] (the host
+    /// may retry with less, e.g. a smaller batch); a missing device or one that refuses the
+    /// limits the kernels need is [`ErrorKind::Incompatible`]; an adapter the configuration
+    /// names but the machine lacks is [`ErrorKind::InvalidInput`]; anything else (wrong
+    /// shapes, validation errors) is the plugin's own bug, [`ErrorKind::Internal`].
+    pub fn plugin_error_kind(&self) -> ErrorKind {
+        match self {
+            Self::BufferTooLarge { .. }
+            | Self::HostOutOfMemory { .. }
+            | Self::DeviceOutOfMemory { .. } => ErrorKind::OutOfMemory,
+            Self::NoAdapter | Self::RequestDevice { .. } => ErrorKind::Incompatible,
+            Self::AdapterNotFound { .. } => ErrorKind::InvalidInput,
+            Self::Wgpu { .. } | Self::Map { .. } | Self::Poll(_) | Self::Shape { .. } => {
+                ErrorKind::Internal
+            }
+        }
+    }
+
+    /// This error as a plugin error of [`GpuError::plugin_error_kind`], its message prefixed
+    /// with what the plugin was doing (`context`, e.g. `uploading layer3.qkv`).
+    pub fn into_plugin_error(self, context: &str) -> PluginError {
+        PluginError::new(self.plugin_error_kind(), format!("{context}: {self}"))
+    }
+}
+
+impl From<GpuError> for PluginError {
+    fn from(error: GpuError) -> Self {
+        PluginError::new(error.plugin_error_kind(), error.to_string())
     }
 }
 

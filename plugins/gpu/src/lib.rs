@@ -11,7 +11,11 @@
 //!    one compute pass ([`Dispatch::record`]), submit, and read the logits back.
 //!
 //! With the `reference` feature, [`reference`] holds a plain-f32 CPU implementation of every
-//! kernel for tests.
+//! kernel for tests; with `testing`, [`testing`] holds the helpers the GPU tests of this crate
+//! and of the model plugins share (device, seeded random data, error measures).
+//!
+//! [`GpuError`] converts into the plugin API's `PluginError` (one mapping for every plugin;
+//! out-of-memory stays `out_of_memory`).
 
 mod buffer;
 mod device;
@@ -21,8 +25,11 @@ pub mod kernels;
 mod layout;
 mod pipeline;
 mod quant;
+mod quantize;
 #[cfg(feature = "reference")]
 pub mod reference;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use buffer::GpuBuffer;
 pub use device::{list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu};
@@ -32,12 +39,14 @@ pub use kernels::attention::{Attention, AttentionConfig};
 pub use kernels::embed::Embed;
 pub use kernels::kv_cache::{KvCache, KvLayer};
 pub use kernels::linear::{
-    Epilogue, Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, TokenRange, MAX_TILE_TOKENS,
+    Epilogue, EpilogueParams, Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, TokenRange,
+    MAX_LAYER_NORM_ROWS, MAX_TILE_TOKENS,
 };
 pub use kernels::rope::RopeTable;
 pub use kernels::sample::{DeviceSampler, SampleSettings, MAX_PENALTY_TOKENS};
 pub use layout::RowLayout;
 pub use pipeline::Kernel;
 pub use quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
+pub use quantize::quantize;
 /// The wgpu version this crate is built on, for callers that record their own command encoders.
 pub use wgpu;

@@ -29,6 +29,7 @@ use half::f16;
 use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{GpuError, Result};
+use crate::quantize::quantize;
 
 /// Elements per quantization block (and per packed block of every dtype).
 pub const BLOCK_ELEMENTS: usize = 32;
@@ -54,6 +55,23 @@ pub enum WeightDtype {
 impl WeightDtype {
     /// All supported dtypes.
     pub const ALL: [Self; 5] = [Self::F32, Self::F16, Self::Q4_0, Self::Q4_1, Self::Q8_0];
+
+    /// GGML's lowercase name of the dtype: `f32`, `f16`, `q4_0`, `q4_1`, `q8_0` (as in
+    /// configuration files).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
+            Self::Q8_0 => "q8_0",
+        }
+    }
+
+    /// The dtype called `name` (see [`WeightDtype::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|dtype| dtype.name() == name)
+    }
 
     /// Bytes one GGUF row of `cols` elements takes (`cols` must be a multiple of 32).
     pub fn gguf_row_bytes(self, cols: usize) -> usize {
@@ -217,6 +235,29 @@ impl QuantMatrix {
             cols: cols_u32,
             buffer,
         })
+    }
+
+    /// Uploads a row-major `rows` × `cols` f32 matrix stored as `dtype` (quantized with
+    /// [`quantize`](crate::quantize)): how weights that come as f32 are compressed on the
+    /// device. `cols` must be a multiple of 32.
+    pub fn from_f32(
+        gpu: &Gpu,
+        dtype: WeightDtype,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> Result<Self> {
+        if values.len() != rows * cols || cols % BLOCK_ELEMENTS != 0 {
+            return Err(GpuError::shape(
+                "weight upload",
+                format!(
+                    "{} values do not form a {rows}x{cols} matrix with rows a multiple of \
+                     {BLOCK_ELEMENTS} wide",
+                    values.len()
+                ),
+            ));
+        }
+        Self::upload(gpu, dtype, rows, cols, &quantize(dtype, values)?)
     }
 
     /// Uploads the gate and up projections of a gated FFN (each `ff` × `cols` raw GGUF bytes in

@@ -176,6 +176,41 @@ pub fn add(acc: &mut [f32], x: &[f32]) {
     }
 }
 
+/// `out[t][r] += bias[r]` for rows of `bias.len()` values.
+pub fn add_bias(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        add(row, bias);
+    }
+}
+
+/// GELU in its erf form, `x/2 · (1 + erf(x/√2))`, with libm's erf.
+pub fn gelu(x: f32) -> f32 {
+    let x = f64::from(x);
+    (0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))) as f32
+}
+
+/// Row-wise LayerNorm of `x` (rows as wide as `gamma`): `(x − mean) / sqrt(var + eps) · gamma
+/// + beta`, the variance over the row (biased).
+pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
+    let width = gamma.len();
+    x.chunks_exact(width)
+        .flat_map(|row| {
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / width as f64;
+            let var = row
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / width as f64;
+            let inv = 1.0 / (var + f64::from(eps)).sqrt();
+            row.iter()
+                .zip(gamma.iter().zip(beta))
+                .map(move |(&v, (&g, &b))| {
+                    ((f64::from(v) - mean) * inv * f64::from(g) + f64::from(b)) as f32
+                })
+        })
+        .collect()
+}
+
 /// The tokens `sample.wgsl` can pick from `logits` with `settings`, after the repetition
 /// penalty on the distinct `penalty_ids`, in id order with their probabilities: for greedy
 /// settings the maximum (lowest id on ties) with probability 1, else the top-k, top-p (on the

@@ -1,6 +1,6 @@
 //! Adapter listing, device creation, byte accounting and pipeline caching.
 
-mod common;
+use pio_gpu::testing as common;
 
 use pio_gpu::{
     list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Kernel, KvCache, Linear,

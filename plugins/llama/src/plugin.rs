@@ -52,14 +52,12 @@ impl From<Error> for PluginError {
             // `SequenceTooLong` from `open_sequence` is the host's cue to serve the request as a
             // single sequence (`generate` / `chat`): every out-of-memory refusal of
             // `open_sequence` is, since that path needs no batch cache.
-            Error::OverBudget { .. }
-            | Error::OutOfMemory(_)
-            | Error::SequenceTooLong { .. }
-            | Error::Gpu(
-                pio_gpu::GpuError::BufferTooLarge { .. }
-                | pio_gpu::GpuError::HostOutOfMemory { .. },
-            ) => PluginError::out_of_memory(message),
-            Error::Numerics(_) | Error::Gpu(_) => PluginError::internal(message),
+            Error::OverBudget { .. } | Error::OutOfMemory(_) | Error::SequenceTooLong { .. } => {
+                PluginError::out_of_memory(message)
+            }
+            // pio-gpu's one mapping: failed allocations stay `out_of_memory`.
+            Error::Gpu(gpu) => PluginError::new(gpu.plugin_error_kind(), message),
+            Error::Numerics(_) => PluginError::internal(message),
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Launchers of the BERT kernels (WGSL in `shaders/bert/`, embedded at compile time with
-//! `pio_gpu::kernel!`, `shaders/bert/common.wgsl` prepended).
+//! Launchers of the BERT-specific kernels (WGSL in `shaders/bert/`, embedded at compile time
+//! with `pio_gpu::kernel!`, `shaders/bert/common.wgsl` prepended): embeddings + LayerNorm,
+//! masked bidirectional attention, pooling. The linear layers are pio-gpu's [`pio_gpu::Linear`]
+//! with its bias epilogues.
 //!
 //! Each kernel is a struct created once per model (`new` compiles its pipeline, through
 //! pio-gpu's pipeline cache, with the model's shapes as override constants) whose `bind` checks
@@ -11,13 +13,11 @@
 
 pub mod attention;
 pub mod embed_norm;
-pub mod linear;
-pub mod linear_norm;
 pub mod pool;
 
 use bytemuck::{Pod, Zeroable};
-use pio_gpu::{Gpu, GpuError, Kernel};
-use pio_plugin_api::{PluginError, PluginResult};
+use pio_gpu::{Gpu, Kernel};
+use pio_plugin_api::PluginResult;
 
 /// The shape of one batch, as the kernels see it (`struct Params` in `common.wgsl`).
 #[repr(C)]
@@ -44,18 +44,6 @@ impl Params {
     }
 }
 
-/// Turns a pio-gpu error into a plugin error, naming `context`.
-pub(crate) fn gpu_error(context: &str, error: GpuError) -> PluginError {
-    let message = format!("{context}: {error}");
-    match error {
-        GpuError::BufferTooLarge { .. } | GpuError::HostOutOfMemory { .. } => {
-            PluginError::out_of_memory(message)
-        }
-        GpuError::AdapterNotFound { .. } => PluginError::invalid_input(message),
-        _ => PluginError::internal(message),
-    }
-}
-
 /// Compiles `kernel`'s `main` with the given override constants (cached per device).
 pub(crate) fn pipeline(
     gpu: &Gpu,
@@ -63,5 +51,5 @@ pub(crate) fn pipeline(
     constants: &[(&'static str, f64)],
 ) -> PluginResult<pio_gpu::wgpu::ComputePipeline> {
     gpu.pipeline(kernel, "main", constants)
-        .map_err(|e| gpu_error(kernel.name, e))
+        .map_err(|e| e.into_plugin_error(kernel.name))
 }

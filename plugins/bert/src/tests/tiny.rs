@@ -4,17 +4,18 @@
 
 use std::path::Path;
 
+use pio_gpu::WeightDtype;
 use pio_plugin_api::serde_json::{json, Value};
 use pio_plugin_api::{ActivateOptions, EmbedRequest, ErrorKind, Plugin};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::{gpu, random, rel_error, rng};
+use super::{gpu, max_rel_error, random_f32, rng};
 use crate::compare::cosine;
 use crate::embedder::{Embedder, ModelFiles};
-use crate::pack::WeightFormat;
 use crate::plugin::BertPlugin;
 use crate::reference;
+use crate::settings::WEIGHT_DTYPES;
 
 const WORDS: [&str; 20] = [
     "the", "cat", "sat", "on", "mat", "a", "dog", "##s", "run", ".", ",", "hello", "world", "gp",
@@ -85,7 +86,7 @@ fn tensors(seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut out = Vec::new();
     let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
         let n = shape.iter().product();
-        let values = random(&mut rng, n, scale)
+        let values = random_f32(&mut rng, n, scale)
             .into_iter()
             .map(|v| v + offset)
             .collect();
@@ -273,9 +274,9 @@ fn tiny_model_gpu_matches_cpu_reference() {
     let dir = tiny_model(11);
     let files = ModelFiles::load(dir.path()).unwrap();
     let gpu = gpu();
-    for format in WeightFormat::ALL {
+    for dtype in WEIGHT_DTYPES {
         // max_batch 4: the 6 texts run in two padded passes.
-        let mut embedder = Embedder::new(gpu.clone(), &files, format, 4).unwrap();
+        let mut embedder = Embedder::new(gpu.clone(), &files, dtype, 4).unwrap();
         let got = embedder.embed(&TEXTS).unwrap();
         let mut worst_err: f64 = 0.0;
         let mut worst_cos: f64 = 1.0;
@@ -284,23 +285,24 @@ fn tiny_model_gpu_matches_cpu_reference() {
             let ids = files.tokenizer.encode(text).unwrap();
             tokens += ids.len();
             let want = reference::forward(&files.config, &files.weights, &ids);
-            worst_err = worst_err.max(rel_error(vector, &want));
+            worst_err = worst_err.max(max_rel_error(vector, &want));
             worst_cos = worst_cos.min(cosine(vector, &want));
         }
         assert_eq!(got.tokens, tokens);
         println!(
             "tiny model {}: max relative error {worst_err:.2e}, min cosine {worst_cos:.8}",
-            format.name()
+            dtype.name()
         );
         // f32: two layers of kernels each within 5e-5 (see kernels.rs) → 2e-4 overall.
         // f16 / q8_0 weights are compared with the f32 reference: precision loss, not bugs.
-        let (max_err, min_cos) = match format {
-            WeightFormat::F32 => (2e-4, 0.999_999),
-            WeightFormat::F16 => (5e-3, 0.9999),
-            WeightFormat::Q8_0 => (3e-2, 0.999),
+        let (max_err, min_cos) = match dtype {
+            WeightDtype::F32 => (2e-4, 0.999_999),
+            WeightDtype::F16 => (5e-3, 0.9999),
+            WeightDtype::Q8_0 => (3e-2, 0.999),
+            other => panic!("{other:?} is not an offered weight type"),
         };
-        assert!(worst_err < max_err, "{format:?}: error {worst_err:.2e}");
-        assert!(worst_cos > min_cos, "{format:?}: cosine {worst_cos}");
+        assert!(worst_err < max_err, "{dtype:?}: error {worst_err:.2e}");
+        assert!(worst_cos > min_cos, "{dtype:?}: cosine {worst_cos}");
     }
 }
 
@@ -309,12 +311,12 @@ fn batching_does_not_change_embeddings() {
     let dir = tiny_model(12);
     let files = ModelFiles::load(dir.path()).unwrap();
     let gpu = gpu();
-    let mut batched = Embedder::new(gpu.clone(), &files, WeightFormat::F32, 32).unwrap();
-    let mut single = Embedder::new(gpu, &files, WeightFormat::F32, 1).unwrap();
+    let mut batched = Embedder::new(gpu.clone(), &files, WeightDtype::F32, 32).unwrap();
+    let mut single = Embedder::new(gpu, &files, WeightDtype::F32, 1).unwrap();
     let all = batched.embed(&TEXTS).unwrap().vectors;
     for (text, vector) in TEXTS.iter().zip(&all) {
         let alone = &single.embed(&[text]).unwrap().vectors[0];
-        let err = rel_error(vector, alone);
+        let err = max_rel_error(vector, alone);
         assert!(err < 1e-5, "{text:?}: batched vs alone differ by {err:.2e}");
     }
 }

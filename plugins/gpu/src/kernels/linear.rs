@@ -6,6 +6,9 @@
 //!   output projection, FFN down projection, final norm + LM head; or `silu(gate) * up` from one
 //!   interleaved gate/up matrix ([`QuantMatrix::upload_gate_up`]) — the FFN's first half with
 //!   its norm;
+//! - the bias epilogues (BERT's layers): `+ bias`, `gelu(. + bias)`, and
+//!   `LayerNorm(. + bias + residual)` — one workgroup per token tile holding every row, so the
+//!   LayerNorm's sums stay in workgroup memory;
 //! - [`QkvRope`]: Q, K and V from one concatenated matrix, RoPE on Q and K, K and V written into
 //!   the layer's cache — the attention block's input with its norm.
 //!
@@ -32,6 +35,21 @@ const SWIGLU: Kernel = kernel!(
     "common/packed.wgsl",
     "common/row_group.wgsl"
 );
+const LINEAR_BIAS: Kernel = kernel!(
+    "linear_bias",
+    "common/linear_bias.wgsl",
+    "common/packed.wgsl",
+    "common/row_group.wgsl"
+);
+const LINEAR_LAYER_NORM: Kernel = kernel!(
+    "linear_layer_norm",
+    "common/linear_layer_norm.wgsl",
+    "common/packed.wgsl",
+    "common/row_group.wgsl"
+);
+/// Most rows an [`Epilogue::BiasResidualLayerNorm`] kernel takes: its workgroup holds every
+/// row group (`MAX_ROW_GROUPS` = 256 in `linear_layer_norm.wgsl`).
+pub const MAX_LAYER_NORM_ROWS: u32 = 256 * ROW_GROUP as u32;
 const QKV_ROPE: Kernel = kernel!(
     "qkv_rope",
     "llama/qkv_rope.wgsl",
@@ -224,10 +242,12 @@ impl LinearShape {
     }
 }
 
-/// What a [`Linear`] does with its product `W h` (`h = norm?(x[first + t])`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a [`Linear`] does with its product `W h` (`h = norm?(x[first + t])`). `out` is
+/// `[count][rows]` unless said otherwise; the bias epilogues read their per-row vectors from
+/// the [`EpilogueParams`] given to [`Linear::bind_with`].
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Epilogue {
-    /// `out[t] = W h`; `out` is `[count][rows]`.
+    /// `out[t] = W h`.
     Store,
     /// `out[t] += W h`: a fused residual add.
     Accumulate,
@@ -235,6 +255,17 @@ pub enum Epilogue {
     /// [`QuantMatrix::upload_gate_up`] (`rows` = 2 × the FFN width, a multiple of 8); `out` is
     /// `[count][rows / 2]`.
     SwiGlu,
+    /// `out[t] = W h + bias`.
+    Bias,
+    /// `out[t] = gelu(W h + bias)`, GELU in its erf form (BERT's `gelu`).
+    BiasGelu,
+    /// `out[t] = LayerNorm(W h + bias + out[t]) * gamma + beta`: the residual add and the
+    /// LayerNorm after it (BERT's post-norm), fused. One workgroup holds every row of its
+    /// tokens (the [`RowTile::workgroup_size`] is not used), so `rows` is at most 2048.
+    BiasResidualLayerNorm {
+        /// The LayerNorm's epsilon.
+        eps: f32,
+    },
 }
 
 impl Epilogue {
@@ -242,8 +273,38 @@ impl Epilogue {
         match self {
             Epilogue::Store | Epilogue::Accumulate => "linear",
             Epilogue::SwiGlu => "swiglu",
+            Epilogue::Bias | Epilogue::BiasGelu => "linear_bias",
+            Epilogue::BiasResidualLayerNorm { .. } => "linear_layer_norm",
         }
     }
+
+    /// Whether the epilogue reads a bias, and LayerNorm weights (see [`EpilogueParams`]).
+    fn row_vectors(self) -> (bool, bool) {
+        match self {
+            Epilogue::Store | Epilogue::Accumulate | Epilogue::SwiGlu => (false, false),
+            Epilogue::Bias | Epilogue::BiasGelu => (true, false),
+            Epilogue::BiasResidualLayerNorm { .. } => (true, true),
+        }
+    }
+
+    /// Width of one token's output row for a matrix of `rows` rows.
+    fn out_width(self, rows: u32) -> u32 {
+        match self {
+            Epilogue::SwiGlu => rows / 2,
+            _ => rows,
+        }
+    }
+}
+
+/// The per-row vectors of the bias epilogues ([`Epilogue::Bias`], [`Epilogue::BiasGelu`],
+/// [`Epilogue::BiasResidualLayerNorm`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EpilogueParams<'a> {
+    /// `[rows]`, added to the product.
+    pub bias: &'a GpuBuffer,
+    /// The LayerNorm's gamma then beta, `[2][rows]`: exactly for
+    /// [`Epilogue::BiasResidualLayerNorm`].
+    pub layer_norm: Option<&'a GpuBuffer>,
 }
 
 /// A quantized matrix times the (optionally RMS-normalised) activations of several tokens,
@@ -261,10 +322,10 @@ impl Linear {
         let label = epilogue.label();
         shape.check(label)?;
         let mut constants = shape.constants();
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
         let kernel = match epilogue {
             Epilogue::Store | Epilogue::Accumulate => {
-                let accumulate = epilogue == Epilogue::Accumulate;
-                constants.push(("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }));
+                constants.push(("ACCUMULATE", flag(epilogue == Epilogue::Accumulate)));
                 LINEAR
             }
             Epilogue::SwiGlu => {
@@ -276,6 +337,32 @@ impl Linear {
                 }
                 SWIGLU
             }
+            Epilogue::Bias | Epilogue::BiasGelu => {
+                constants.push(("GELU", flag(epilogue == Epilogue::BiasGelu)));
+                LINEAR_BIAS
+            }
+            Epilogue::BiasResidualLayerNorm { eps } => {
+                let groups = shape.row_groups();
+                let limit = (MAX_LAYER_NORM_ROWS / ROW_GROUP as u32)
+                    .min(gpu.limits().max_compute_invocations_per_workgroup);
+                if groups > limit {
+                    return Err(GpuError::shape(
+                        label,
+                        format!(
+                            "{} rows need a workgroup of {groups} row groups; the kernel and \
+                             device allow {limit} ({} rows)",
+                            shape.rows,
+                            limit * ROW_GROUP as u32
+                        ),
+                    ));
+                }
+                constants.retain(|&(name, _)| name != "WORKGROUP_SIZE");
+                constants.extend([
+                    ("WORKGROUP_SIZE", f64::from(groups)),
+                    ("LN_EPS", f64::from(eps)),
+                ]);
+                LINEAR_LAYER_NORM
+            }
         };
         Ok(Self {
             shape,
@@ -285,7 +372,12 @@ impl Linear {
     }
 
     /// Binds `weights`, the input rows `tokens` of `x`, the norm weight (exactly when the
-    /// kernel fuses a norm) and `out`.
+    /// kernel fuses a norm) and `out`, for the epilogues without per-row vectors ([`Store`],
+    /// [`Accumulate`], [`SwiGlu`]; the others take [`Linear::bind_with`]).
+    ///
+    /// [`Store`]: Epilogue::Store
+    /// [`Accumulate`]: Epilogue::Accumulate
+    /// [`SwiGlu`]: Epilogue::SwiGlu
     pub fn bind(
         &self,
         gpu: &Gpu,
@@ -295,24 +387,89 @@ impl Linear {
         out: &GpuBuffer,
         tokens: TokenRange,
     ) -> Result<Dispatch> {
+        self.bind_inner(gpu, weights, x, norm, out, None, tokens)
+    }
+
+    /// [`Linear::bind`] for the bias epilogues, with their per-row vectors `params`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_with(
+        &self,
+        gpu: &Gpu,
+        weights: &QuantMatrix,
+        x: &GpuBuffer,
+        norm: Option<&GpuBuffer>,
+        out: &GpuBuffer,
+        params: EpilogueParams<'_>,
+        tokens: TokenRange,
+    ) -> Result<Dispatch> {
+        self.bind_inner(gpu, weights, x, norm, out, Some(params), tokens)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bind_inner(
+        &self,
+        gpu: &Gpu,
+        weights: &QuantMatrix,
+        x: &GpuBuffer,
+        norm: Option<&GpuBuffer>,
+        out: &GpuBuffer,
+        params: Option<EpilogueParams<'_>>,
+        tokens: TokenRange,
+    ) -> Result<Dispatch> {
         let (s, label) = (&self.shape, self.epilogue.label());
         let norm = s.check_inputs(label, weights, x, norm, tokens)?;
-        let width = match self.epilogue {
-            Epilogue::SwiGlu => s.rows / 2,
-            Epilogue::Store | Epilogue::Accumulate => s.rows,
-        };
+        let width = self.epilogue.out_width(s.rows);
         require_len(
             label,
             "output",
             out,
             u64::from(tokens.count) * u64::from(width),
         )?;
+        let given = (
+            params.is_some(),
+            params.is_some_and(|p| p.layer_norm.is_some()),
+        );
+        if given != self.epilogue.row_vectors() {
+            let names = |(bias, layer_norm): (bool, bool)| match (bias, layer_norm) {
+                (false, _) => "no per-row vectors",
+                (true, false) => "a bias",
+                (true, true) => "a bias and LayerNorm weights",
+            };
+            return Err(GpuError::shape(
+                label,
+                format!(
+                    "epilogue {:?} reads {}, the launch gives {}",
+                    self.epilogue,
+                    names(self.epilogue.row_vectors()),
+                    names(given)
+                ),
+            ));
+        }
+        let mut buffers = vec![weights.buffer(), x, norm, out];
+        if let Some(p) = params {
+            require_len(label, "bias", p.bias, u64::from(s.rows))?;
+            buffers.push(p.bias);
+            if let Some(gamma_beta) = p.layer_norm {
+                require_len(
+                    label,
+                    "LayerNorm gamma/beta",
+                    gamma_beta,
+                    2 * u64::from(s.rows),
+                )?;
+                buffers.push(gamma_beta);
+            }
+        }
+        let grid = match self.epilogue {
+            // One workgroup holds every row group of its tokens.
+            Epilogue::BiasResidualLayerNorm { .. } => [1, groups(tokens.count, s.tile.tokens), 1],
+            _ => s.grid(s.row_groups(), tokens.count),
+        };
         gpu.dispatch(
             label,
             &self.pipeline,
-            &[weights.buffer(), x, norm, out],
+            &buffers,
             Params::range(tokens.first, tokens.count),
-            s.grid(s.row_groups(), tokens.count),
+            grid,
         )
     }
 }

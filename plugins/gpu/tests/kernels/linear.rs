@@ -11,7 +11,7 @@ use crate::common::{self, EPS};
 const SHAPES: [(usize, usize, usize); 4] = [(1, 32, 1), (37, 96, 1), (67, 160, 5), (130, 576, 9)];
 
 /// The tiles of both adapter classes: the software (lavapipe) and the GPU variants.
-fn tiles() -> [RowTile; 4] {
+pub(crate) fn tiles() -> [RowTile; 4] {
     [
         RowTile::decode(DeviceKind::Cpu),
         RowTile::prefill(DeviceKind::Cpu),
@@ -20,13 +20,20 @@ fn tiles() -> [RowTile; 4] {
     ]
 }
 
-const NORM_EPS: f32 = 1e-5;
+pub(crate) const NORM_EPS: f32 = 1e-5;
 
 /// Error bound per output: an f32 sum of K products, each rounded once, errs by about
 /// c·sqrt(K)·ε·Σ|w·x| for random rounding (the worst case is K·ε·Σ|w·x|). c = 2 for a plain
 /// product; with a fused norm the 1/rms factor (itself a K-term f32 sum) adds a comparable
 /// relative error, so c = 4.
-fn check_within_bound(label: &str, got: &[f32], want: &[f32], magnitude: &[f32], c: f64, k: usize) {
+pub(crate) fn check_within_bound(
+    label: &str,
+    got: &[f32],
+    want: &[f32],
+    magnitude: &[f32],
+    c: f64,
+    k: usize,
+) {
     let bound = c * (k as f64).sqrt() * EPS;
     let worst = got
         .iter()
@@ -41,12 +48,12 @@ fn check_within_bound(label: &str, got: &[f32], want: &[f32], magnitude: &[f32],
     assert!(worst <= 1.0, "{label}: error {worst:.2} x the bound");
 }
 
-fn abs(v: &[f32]) -> Vec<f32> {
+pub(crate) fn abs(v: &[f32]) -> Vec<f32> {
     v.iter().map(|a| a.abs()).collect()
 }
 
 /// The kernel's input after the optional norm, on the CPU.
-fn normed(x: &[f32], gamma: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn normed(x: &[f32], gamma: Option<&[f32]>) -> Vec<f32> {
     match gamma {
         Some(g) => reference::rmsnorm(x, g, NORM_EPS),
         None => x.to_vec(),

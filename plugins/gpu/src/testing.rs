@@ -1,20 +1,26 @@
-//! Shared helpers of the integration tests: device, seeded random data, error measures.
-
-#![allow(dead_code)] // each test binary uses a different subset
+//! Helpers shared by the GPU tests of this crate and of the model plugins (feature `testing`):
+//! the device, seeded random data, and error measures for comparing kernels with the CPU
+//! [`reference`](crate::reference).
+//!
+//! GPU tests fail, never skip, without an adapter: [`gpu`] panics with the fix.
 
 use half::f16;
-use pio_gpu::{DeviceOptions, Gpu, GpuBuffer, WeightDtype};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// f32 machine epsilon (2^-23).
+use crate::{DeviceOptions, Gpu, GpuBuffer, WeightDtype};
+
+/// f32 machine epsilon (2^-23), the unit of the tolerances derived from rounding analyses.
 pub const EPS: f64 = f32::EPSILON as f64;
 
-/// The default device. Panics (failing the test, never skipping it) when there is no adapter.
+/// The default device. Panics (failing the test, never skipping it) when there is none.
 pub fn gpu() -> Gpu {
     match Gpu::new(&DeviceOptions::default()) {
         Ok(gpu) => gpu,
-        Err(error) => panic!("GPU tests need a wgpu adapter (lavapipe is enough): {error}"),
+        Err(error) => panic!(
+            "GPU tests need a wgpu adapter (Mesa's lavapipe is enough: apt-get install \
+             mesa-vulkan-drivers): {error}"
+        ),
     }
 }
 
@@ -66,9 +72,10 @@ pub fn random_gguf(rng: &mut StdRng, dtype: WeightDtype, rows: usize, cols: usiz
     raw
 }
 
-/// Largest absolute difference.
+/// Largest absolute difference. Panics on a length mismatch or a non-finite result.
 pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "result length");
+    assert!(got.iter().all(|g| g.is_finite()), "non-finite result");
     got.iter()
         .zip(want)
         .map(|(&g, &w)| (f64::from(g) - f64::from(w)).abs())
@@ -81,7 +88,17 @@ pub fn max_rel_error(got: &[f32], want: &[f32]) -> f64 {
     max_abs_diff(got, want) / scale.max(f64::MIN_POSITIVE)
 }
 
-/// Reads `len` f32 values of `buffer`.
+/// Reads the first `len` f32 values of `buffer`.
 pub fn read(gpu: &Gpu, buffer: &GpuBuffer, len: usize) -> Vec<f32> {
     gpu.read_range(buffer, 0, len as u64).expect("readback")
+}
+
+/// A storage buffer holding `data`.
+pub fn upload<T: bytemuck::Pod>(gpu: &Gpu, label: &str, data: &[T]) -> GpuBuffer {
+    gpu.storage_from(label, data).expect("upload")
+}
+
+/// A zeroed storage buffer of `n` 32-bit values.
+pub fn zeroed(gpu: &Gpu, label: &str, n: usize) -> GpuBuffer {
+    gpu.storage_zeroed(label, n as u64 * 4).expect("allocate")
 }
