@@ -1,7 +1,7 @@
 //! The real all-MiniLM-L6-v2 against sentence-transformers' embeddings of the same sentences
 //! (`tests/data/minilm_reference.json`, made by `tests/data/make_reference.py` outside the test
-//! path). Without the model files the tests print "SKIPPED" and pass, unless
-//! `PIO_REQUIRE_MODELS=1`. Without a GPU adapter they fail.
+//! path). They need the model (`pio models fetch`): ignored by a plain `cargo test`, failing
+//! without it when run. Without a GPU adapter they fail.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,9 +12,9 @@ use pio_plugin_bert::{Embedder, ModelFiles};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The model directory (see [`pio_testkit::cached_model`] for the skip rule).
-fn require_model() -> Option<PathBuf> {
-    pio_testkit::cached_model(pio_testkit::MINILM)
+/// The model directory; fails the test when it is missing.
+fn require_model() -> PathBuf {
+    pio_testkit::model(pio_testkit::MINILM)
 }
 
 struct Reference {
@@ -75,8 +75,8 @@ fn gpu() -> Arc<Gpu> {
 
 /// Embeds the reference sentences with `dtype` weights; returns the cosine with
 /// sentence-transformers for each.
-fn cosines(dtype: WeightDtype) -> Option<Vec<f64>> {
-    let dir = require_model()?;
+fn cosines(dtype: WeightDtype) -> Vec<f64> {
+    let dir = require_model();
     let reference = reference(&dir);
     assert!(reference.sentences.len() >= 8);
     assert!(
@@ -104,32 +104,29 @@ fn cosines(dtype: WeightDtype) -> Option<Vec<f64>> {
         let shown: String = sentence.chars().take(40).collect();
         println!("{} cosine {c:.9}  {shown:?}", dtype.name());
     }
-    Some(cosines)
+    cosines
 }
 
 #[test]
+#[ignore = "needs the all-MiniLM-L6-v2 model: pio models fetch"]
 fn minilm_f32_matches_sentence_transformers() {
-    let Some(cosines) = cosines(WeightDtype::F32) else {
-        return;
-    };
+    let cosines = cosines(WeightDtype::F32);
     let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
     assert!(min >= 0.9999, "min cosine {min}");
 }
 
 #[test]
+#[ignore = "needs the all-MiniLM-L6-v2 model: pio models fetch"]
 fn minilm_f16_weights_stay_close() {
-    let Some(cosines) = cosines(WeightDtype::F16) else {
-        return;
-    };
+    let cosines = cosines(WeightDtype::F16);
     let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
     assert!(min >= 0.9999, "min cosine {min}");
 }
 
 #[test]
+#[ignore = "needs the all-MiniLM-L6-v2 model: pio models fetch"]
 fn minilm_q8_0_weights_stay_close() {
-    let Some(cosines) = cosines(WeightDtype::Q8_0) else {
-        return;
-    };
+    let cosines = cosines(WeightDtype::Q8_0);
     let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
     assert!(min >= 0.999, "min cosine {min}");
 }

@@ -41,19 +41,3 @@ pub fn model(relative: &str) -> PathBuf {
 pub fn find_model(relative: &str) -> Option<PathBuf> {
     Some(models_dir().join(relative)).filter(|path| path.exists())
 }
-
-/// The cached model `relative` (e.g. [`SMOLLM2`]), or `None` after a loud skip notice; panics
-/// when it is missing and `PIO_REQUIRE_MODELS=1`.
-pub fn cached_model(relative: &str) -> Option<PathBuf> {
-    let path = models_dir().join(relative);
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("PIO_REQUIRE_MODELS").as_deref() != Ok("1"),
-        "PIO_REQUIRE_MODELS=1 but the model is not at {} (run `pio models fetch`)",
-        path.display()
-    );
-    eprintln!("\n*** SKIPPED: model not found at {} ***\n", path.display());
-    None
-}
