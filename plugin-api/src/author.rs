@@ -384,8 +384,9 @@ pub fn root_module<P: Plugin>() -> PluginModRef {
 
 /// Exports a [`Plugin`] implementation as the library's root module.
 ///
-/// Use it once, at the crate root of a `cdylib` crate:
-/// ```ignore
+/// Use it once, at the crate root of a `cdylib` crate, on the type implementing [`Plugin`]
+/// (the crate documentation has a complete example):
+/// ```text
 /// pio_plugin_api::export_plugin!(MyPlugin);
 /// ```
 #[macro_export]

@@ -6,11 +6,46 @@
 //! macro generates the `abi_stable` root module, and the glue behind it turns every panic into an
 //! [`ErrorKind::Panic`] error so nothing unwinds across the boundary.
 //!
-//! ```ignore
-//! use pio_plugin_api::{export_plugin, Plugin, PluginMetadata, PluginResult};
+//! ```
+//! use pio_plugin_api::{
+//!     export_plugin, semver, serde_json, ActivateOptions, Health, HealthStatus, ModelInfo,
+//!     Plugin, PluginMetadata, PluginResult,
+//! };
 //!
 //! pub struct MyPlugin;
-//! impl Plugin for MyPlugin { /* ... */ }
+//!
+//! impl Plugin for MyPlugin {
+//!     fn metadata() -> PluginMetadata {
+//!         PluginMetadata {
+//!             name: "my-plugin".to_owned(),
+//!             version: semver::Version::new(0, 1, 0),
+//!             plugin_api: pio_plugin_api::api_version(),
+//!             host: ">=0.1.0, <0.2.0".parse().unwrap(),
+//!             author: String::new(),
+//!             description: String::new(),
+//!             license: String::new(),
+//!             capabilities: Vec::new(),
+//!             model: ModelInfo::default(),
+//!             tags: Vec::new(),
+//!         }
+//!     }
+//!     fn new() -> PluginResult<Self> {
+//!         Ok(MyPlugin)
+//!     }
+//!     fn initialize(&mut self, _config: serde_json::Value) -> PluginResult<()> {
+//!         Ok(())
+//!     }
+//!     fn activate(&mut self, _options: &ActivateOptions) -> PluginResult<()> {
+//!         Ok(())
+//!     }
+//!     fn deactivate(&mut self) -> PluginResult<()> {
+//!         Ok(())
+//!     }
+//!     fn health(&self) -> Health {
+//!         Health::new(HealthStatus::Ok, "ready")
+//!     }
+//! }
+//!
 //! export_plugin!(MyPlugin);
 //! ```
 //!
