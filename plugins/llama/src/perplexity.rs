@@ -86,7 +86,9 @@ mod tests {
     use crate::generate::tests::Script;
     use crate::reference::ReferenceModel;
     use crate::runtime::GpuModel;
-    use crate::test_model::{test_gpu, tiny_llama, TinyConfig};
+    use pio_gpu::testing::gpu as test_gpu;
+
+    use crate::test_model::{tiny_llama, TinyConfig};
 
     #[test]
     fn counts_windows_and_scored_tokens() {

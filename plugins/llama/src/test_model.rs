@@ -17,26 +17,6 @@ pub fn smollm2() -> PathBuf {
 /// ChatML, as SmolLM2 ships it (without the default system message).
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-/// A GPU device for tests; panics with a clear message when there is none (tests never skip
-/// for a missing adapter).
-pub fn test_gpu() -> pio_gpu::Gpu {
-    pio_gpu::Gpu::new(&pio_gpu::DeviceOptions::default()).unwrap_or_else(|e| {
-        panic!("no usable GPU adapter for the Llama plugin tests ({e}); install Mesa's lavapipe")
-    })
-}
-
-/// Largest absolute and relative (to the reference's largest magnitude) differences.
-pub fn compare(gpu: &[f32], reference: &[f32]) -> (f32, f32) {
-    assert_eq!(gpu.len(), reference.len());
-    let max_abs = gpu
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    let scale = reference.iter().map(|v| v.abs()).fold(0.0, f32::max);
-    (max_abs, max_abs / scale.max(f32::MIN_POSITIVE))
-}
-
 /// Shape and storage types of a random test model.
 #[derive(Debug, Clone)]
 pub struct TinyConfig {

@@ -4,7 +4,9 @@ use super::*;
 use crate::models::NormWeight;
 use crate::reference::ReferenceModel;
 use crate::sampler::argmax;
-use crate::test_model::{compare, smollm2, test_gpu, tiny_llama, TinyConfig};
+use pio_gpu::testing::{gpu as test_gpu, max_abs_diff, max_rel_error};
+
+use crate::test_model::{smollm2, tiny_llama, TinyConfig};
 
 /// Runs `prompt` (all positions) and then `decode_steps` greedy tokens through both models,
 /// printing and returning the worst absolute and relative logit errors.
@@ -14,11 +16,11 @@ fn check_against_reference(
     prompt: &[u32],
     decode_steps: usize,
     label: &str,
-) -> (f32, f32) {
+) -> (f64, f64) {
     let vocab = reference.vocab_size();
     let g = gpu_model.forward(prompt, 0, true).unwrap();
     let r = reference.forward(prompt, 0, true).unwrap();
-    let (mut abs, mut rel) = compare(&g, &r);
+    let (mut abs, mut rel) = (max_abs_diff(&g, &r), max_rel_error(&g, &r));
     eprintln!(
         "{label}: prompt of {} tokens: max abs {abs:.3e}, rel {rel:.3e}",
         prompt.len()
@@ -28,7 +30,7 @@ fn check_against_reference(
         let pos = prompt.len() + step;
         let g = gpu_model.forward(&[next], pos, false).unwrap();
         let r = reference.forward(&[next], pos, false).unwrap();
-        let (a, b) = compare(&g, &r);
+        let (a, b) = (max_abs_diff(&g, &r), max_rel_error(&g, &r));
         eprintln!("{label}: decode position {pos}: max abs {a:.3e}, rel {b:.3e}");
         (abs, rel) = (abs.max(a), rel.max(b));
         next = argmax(&r);
@@ -87,7 +89,7 @@ fn per_layer_rope_bases_and_offset_norm_weights_match_reference() {
         .unwrap();
     let as_spec = model.forward(&prompt, 0, false).unwrap();
     assert!(
-        compare(&as_spec, &as_llama).0 > 0.1,
+        max_abs_diff(&as_spec, &as_llama) > 0.1,
         "the spec changed nothing"
     );
 }
@@ -152,7 +154,7 @@ fn rewinding_the_cache_recomputes_the_same_logits() {
     model.forward(&[9, 9, 9], 4, false).unwrap();
     // Overwrite positions 2.. with the original tokens: the cache of 0..2 is reused.
     let b = model.forward(&[7, 8], 2, false).unwrap();
-    assert!(compare(&a, &b).0 < 1e-5);
+    assert!(max_abs_diff(&a, &b) < 1e-5);
     let err = model.forward(&[1; 5], 30, false).unwrap_err();
     assert!(matches!(err, Error::PromptTooLong { .. }), "{err}");
 }
