@@ -14,7 +14,7 @@ use pio_text::{StreamDecoder, TextTokenizer};
 
 use crate::error::{Error, Result};
 use crate::sampler::{Sampler, SamplingParams};
-use crate::stop::StopMatcher;
+use pio_plugin_kit::StopMatcher;
 
 /// A causal language model with a KV cache, seen as a function from tokens to logits.
 pub trait Forward {

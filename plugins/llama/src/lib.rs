@@ -30,7 +30,6 @@ pub mod plugin;
 mod reference;
 pub mod runtime;
 pub mod sampler;
-pub mod stop;
 #[cfg(test)]
 mod test_model;
 pub mod weights;
