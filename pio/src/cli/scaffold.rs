@@ -102,7 +102,6 @@ pub fn new(args: &NewArgs) -> anyhow::Result<()> {
     let fill = |template: &str| {
         template
             .replace("{{name}}", &args.name)
-            .replace("{{package}}", &args.name)
             .replace("{{crate}}", &crate_name)
             .replace("{{kind}}", args.kind.name())
             .replace(

@@ -72,8 +72,8 @@ pub struct IsolationArgs {
         value_name = "SECS"
     )]
     worker_cpu_limit_secs: Option<u64>,
-    /// With process isolation: a worker silent this long during a call is killed as hung
-    /// (default 300).
+    /// A plugin call silent this long is stuck (default 300): a worker is killed; under
+    /// `pio serve` an in-process instance is replaced.
     #[arg(
         long,
         global = true,

@@ -60,21 +60,18 @@ impl Engine {
     /// shared state is `stuck` (unless the lane has changed meanwhile).
     fn replace_scheduler(&self, name: &str, stuck: &Arc<LaneState>) {
         let mut lanes = self.lock_lanes();
-        let Some(lane) = lanes.get(name) else {
+        let Some(lane) = lanes
+            .get_mut(name)
+            .filter(|lane| Arc::ptr_eq(&lane.state, stuck))
+        else {
             return;
         };
-        if !Arc::ptr_eq(&lane.state, stuck) {
-            return;
-        }
-        let receiver = lane.receiver.clone();
-        match self.spawn_scheduler(name, &receiver) {
+        match self.spawn_scheduler(name, &lane.receiver) {
             Ok(state) => {
                 stuck
                     .abandoned
                     .store(true, std::sync::atomic::Ordering::SeqCst);
-                if let Some(lane) = lanes.get_mut(name) {
-                    lane.state = state;
-                }
+                lane.state = state;
                 tracing::warn!(plugin = %name, "a new scheduler serves the queue of the stuck one");
             }
             Err(e) => tracing::error!(plugin = %name, "cannot replace the stuck scheduler: {e}"),
