@@ -136,6 +136,57 @@ pub enum SequenceRequest {
     Chat(ChatRequest),
 }
 
+/// A grammar the generated text must match (constrained decoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Constraint {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching this JSON Schema document.
+    JsonSchema(String),
+    /// Text matching this regular expression as a whole.
+    Regex(String),
+    /// Text matching this grammar in llguidance's Lark dialect.
+    Lark(String),
+}
+
+/// What a batched sequence reports and obeys beyond its [`GenerationParams`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Report each generated token's log-probability and those of its `n` most likely
+    /// alternatives (`Some(0)`: the token's alone); `None`: none.
+    pub logprobs: Option<u32>,
+    /// A grammar the generated text must match.
+    pub constraint: Option<Constraint>,
+}
+
+impl DecodeOptions {
+    /// Whether these options ask nothing beyond a plain sequence (what every plugin serves).
+    pub fn is_plain(&self) -> bool {
+        self.logprobs.is_none() && self.constraint.is_none()
+    }
+}
+
+/// A token and its log-probability (natural log).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token id.
+    pub token: u32,
+    /// The token's bytes (a token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    /// Its log-probability.
+    pub logprob: f32,
+}
+
+/// The log-probabilities at one position: of the sequence's token there, and of the most likely
+/// tokens there, most likely first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PositionLogprobs {
+    /// The token the sequence has at this position.
+    pub chosen: TokenLogprob,
+    /// The most likely tokens at this position, as many as asked for.
+    pub top: Vec<TokenLogprob>,
+}
+
 /// A request to embed texts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbedRequest {
@@ -319,6 +370,26 @@ impl From<&SequenceRequest> for abi::SequenceRequest {
     }
 }
 
+impl From<&Constraint> for abi::Constraint {
+    fn from(constraint: &Constraint) -> Self {
+        match constraint {
+            Constraint::JsonObject => Self::new("json_object", ""),
+            Constraint::JsonSchema(schema) => Self::new("json_schema", schema),
+            Constraint::Regex(regex) => Self::new("regex", regex),
+            Constraint::Lark(grammar) => Self::new("lark", grammar),
+        }
+    }
+}
+
+impl From<&DecodeOptions> for abi::DecodeOptions {
+    fn from(options: &DecodeOptions) -> Self {
+        Self {
+            logprobs: options.logprobs.into(),
+            constraint: options.constraint.as_ref().map(Into::into).into(),
+        }
+    }
+}
+
 impl From<&EmbedRequest> for abi::EmbedRequest {
     fn from(request: &EmbedRequest) -> Self {
         Self {
@@ -350,6 +421,25 @@ impl From<&abi::TokenEvent> for TokenEvent {
             index: event.index,
             token: event.token,
             text: event.text.as_str().to_owned(),
+        }
+    }
+}
+
+impl From<abi::TokenLogprob> for TokenLogprob {
+    fn from(token: abi::TokenLogprob) -> Self {
+        Self {
+            token: token.token,
+            bytes: token.bytes.into_vec(),
+            logprob: token.logprob,
+        }
+    }
+}
+
+impl From<abi::PositionLogprobs> for PositionLogprobs {
+    fn from(position: abi::PositionLogprobs) -> Self {
+        Self {
+            chosen: position.chosen.into(),
+            top: position.top.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -25,9 +25,9 @@ use abi_stable::{
 };
 
 use crate::{
-    ActivateOptions, ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse,
-    Health, PluginError, PluginStats, SequenceOpened, SequenceRequest, SequenceStep, StreamControl,
-    TokenEvent,
+    ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse, GenerateRequest,
+    GenerateResponse, Health, PluginError, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
+    SequenceRequest, SequenceStep, StreamControl, TokenEvent,
 };
 
 /// The receiver of streamed tokens, implemented by the host.
@@ -102,6 +102,35 @@ pub trait PluginInstance: Send {
     fn close_sequence(&mut self, id: u64) -> RResult<(), PluginError> {
         let _ = id;
         RErr(PluginError::unsupported("batched generation"))
+    }
+
+    /// Opens a sequence as [`open_sequence`](PluginInstance::open_sequence) does, reporting
+    /// log-probabilities and obeying a grammar as `options` ask (API 0.1.1).
+    fn open_sequence_with(
+        &mut self,
+        request: &SequenceRequest,
+        options: &DecodeOptions,
+    ) -> RResult<SequenceOpened, PluginError> {
+        let _ = (request, options);
+        RErr(PluginError::unsupported(
+            "log-probabilities and constrained decoding",
+        ))
+    }
+    /// The log-probabilities of the tokens sequence `id` generated since the last call, in
+    /// order (for a sequence opened with `logprobs`; API 0.1.1).
+    fn sequence_logprobs(&mut self, id: u64) -> RResult<RVec<PositionLogprobs>, PluginError> {
+        let _ = id;
+        RErr(PluginError::unsupported("log-probabilities"))
+    }
+    /// Scores a prompt: for each of its tokens after the first, its log-probability given
+    /// the tokens before it, with the `top` most likely tokens at that position (API 0.1.1).
+    fn score(
+        &mut self,
+        prompt: &Prompt,
+        top: u32,
+    ) -> RResult<RVec<PositionLogprobs>, PluginError> {
+        let _ = (prompt, top);
+        RErr(PluginError::unsupported("prompt log-probabilities"))
     }
 }
 

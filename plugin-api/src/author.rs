@@ -14,9 +14,10 @@ use crate::abi::{
     TokenSink_TO,
 };
 use crate::{
-    ActivateOptions, ChatRequest, EmbedRequest, EmbedResponse, ErrorKind, GenerateRequest,
-    GenerateResponse, Health, HealthStatus, PluginError, PluginMetadata, PluginResult, PluginStats,
-    SequenceOpened, SequenceRequest, SequenceStep, StreamControl, TokenEvent,
+    ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse, ErrorKind,
+    GenerateRequest, GenerateResponse, Health, HealthStatus, PluginError, PluginMetadata,
+    PluginResult, PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest,
+    SequenceStep, StreamControl, TokenEvent,
 };
 
 /// A plugin, written as plain Rust. [`export_plugin!`](crate::export_plugin) turns it into a
@@ -119,6 +120,30 @@ pub trait Plugin: Send + Sized + 'static {
     fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
         let _ = id;
         Err(unsupported("batched generation"))
+    }
+
+    /// Opens a sequence that reports log-probabilities and/or obeys a grammar, as `options`
+    /// ask (already validated).
+    fn open_sequence_with(
+        &mut self,
+        request: &SequenceRequest,
+        options: &DecodeOptions,
+    ) -> PluginResult<SequenceOpened> {
+        let _ = (request, options);
+        Err(unsupported("log-probabilities and constrained decoding"))
+    }
+
+    /// Drains the log-probabilities of the tokens sequence `id` generated since the last call.
+    fn sequence_logprobs(&mut self, id: u64) -> PluginResult<Vec<PositionLogprobs>> {
+        let _ = id;
+        Err(unsupported("log-probabilities"))
+    }
+
+    /// The log-probability of each prompt token after the first given those before it, with
+    /// the `top` most likely tokens at each position.
+    fn score(&mut self, prompt: &Prompt, top: u32) -> PluginResult<Vec<PositionLogprobs>> {
+        let _ = (prompt, top);
+        Err(unsupported("prompt log-probabilities"))
     }
 }
 
@@ -300,6 +325,39 @@ impl<P: Plugin> PluginInstance for Exported<P> {
 
     fn close_sequence(&mut self, id: u64) -> RResult<(), PluginError> {
         self.call("close_sequence", |p| p.close_sequence(id))
+    }
+
+    fn open_sequence_with(
+        &mut self,
+        request: &SequenceRequest,
+        options: &DecodeOptions,
+    ) -> RResult<SequenceOpened, PluginError> {
+        self.call("open_sequence_with", |p| {
+            options.validate()?;
+            p.open_sequence_with(request, options)
+        })
+    }
+
+    fn sequence_logprobs(&mut self, id: u64) -> RResult<RVec<PositionLogprobs>, PluginError> {
+        self.call("sequence_logprobs", |p| {
+            p.sequence_logprobs(id).map(RVec::from)
+        })
+    }
+
+    fn score(
+        &mut self,
+        prompt: &Prompt,
+        top: u32,
+    ) -> RResult<RVec<PositionLogprobs>, PluginError> {
+        self.call("score", |p| {
+            if top > crate::MAX_TOP_LOGPROBS {
+                return Err(PluginError::invalid_input(format!(
+                    "top_logprobs must be at most {}, got {top}",
+                    crate::MAX_TOP_LOGPROBS
+                )));
+            }
+            p.score(prompt, top).map(RVec::from)
+        })
     }
 
     fn stats(&self) -> PluginStats {

@@ -95,12 +95,13 @@ pub use author::{root_module, FnSink, Plugin, TokenStream};
 pub use error::{ErrorKind, PluginError, PluginResult};
 pub use metadata::{validate_plugin_name, Capability, ModelInfo, PluginMetadata};
 pub use request::{
-    ActivateOptions, ChatMessage, ChatRequest, EmbedRequest, GenerateRequest, GenerationParams,
-    Prompt, SequenceRequest,
+    ActivateOptions, ChatMessage, ChatRequest, Constraint, DecodeOptions, EmbedRequest,
+    GenerateRequest, GenerationParams, Prompt, SequenceRequest, MAX_TOP_LOGPROBS,
 };
 pub use response::{
     EmbedResponse, FinishReason, GenerateResponse, Health, HealthStatus, PluginStats,
-    SequenceOpened, SequenceStep, StreamControl, Timings, TokenEvent,
+    PositionLogprobs, SequenceOpened, SequenceStep, StreamControl, Timings, TokenEvent,
+    TokenLogprob,
 };
 
 /// Re-exported so the [`export_plugin!`] expansion and plugins need no direct dependency on them.

@@ -157,6 +157,76 @@ pub enum SequenceRequest {
     Chat(ChatRequest),
 }
 
+/// Most alternatives a request may ask log-probabilities for, per token (OpenAI's limit for
+/// `top_logprobs`).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// A grammar the generated text must match: constrained decoding, applied to the model's
+/// choices token by token so the output matches by construction.
+#[repr(C)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    /// What `source` is: `json_object` (any JSON object; `source` is empty), `json_schema` (a
+    /// JSON Schema document), `regex` (a regular expression the whole text matches) or `lark`
+    /// (a grammar in llguidance's Lark dialect). A string, so later kinds keep the layout.
+    pub kind: RString,
+    /// The schema, expression or grammar.
+    pub source: RString,
+}
+
+impl Constraint {
+    /// The kinds a constraint may have.
+    pub const KINDS: [&'static str; 4] = ["json_object", "json_schema", "regex", "lark"];
+
+    /// A constraint of `kind` over `source`.
+    pub fn new(kind: &str, source: &str) -> Self {
+        Self {
+            kind: kind.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// What a batched sequence reports and obeys beyond its [`GenerationParams`]
+/// ([`open_sequence_with`](crate::PluginInstance::open_sequence_with), API 0.1.1).
+#[repr(C)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Report each generated token's log-probability and those of its `n` most likely
+    /// alternatives (`Some(0)`: the token's alone, at most [`MAX_TOP_LOGPROBS`]); `None`: none.
+    pub logprobs: ROption<u32>,
+    /// A grammar the generated text must match.
+    pub constraint: ROption<Constraint>,
+}
+
+impl DecodeOptions {
+    /// Whether these options ask nothing beyond a plain sequence.
+    pub fn is_plain(&self) -> bool {
+        self.logprobs.is_none() && self.constraint.is_none()
+    }
+
+    /// Checks the number of alternatives and the constraint's kind, naming what is wrong.
+    pub fn validate(&self) -> Result<(), crate::PluginError> {
+        if let ROption::RSome(n) = self.logprobs {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(crate::PluginError::invalid_input(format!(
+                    "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {n}"
+                )));
+            }
+        }
+        if let ROption::RSome(constraint) = &self.constraint {
+            if !Constraint::KINDS.contains(&constraint.kind.as_str()) {
+                return Err(crate::PluginError::invalid_input(format!(
+                    "unknown constraint kind '{}'; one of: {}",
+                    constraint.kind,
+                    Constraint::KINDS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A request to embed texts.
 #[repr(C)]
 #[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -77,6 +77,29 @@ pub struct SequenceStep {
     pub finish: ROption<FinishReason>,
 }
 
+/// A token and its log-probability (natural log) under the model's distribution.
+#[repr(C)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token id.
+    pub token: u32,
+    /// The token's bytes (a token may hold part of a UTF-8 character).
+    pub bytes: RVec<u8>,
+    /// Its log-probability.
+    pub logprob: f32,
+}
+
+/// The log-probabilities at one position: of the token there, and of the most likely tokens
+/// there (most likely first).
+#[repr(C)]
+#[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PositionLogprobs {
+    /// The token the sequence has at this position (generated, or the prompt's).
+    pub chosen: TokenLogprob,
+    /// The most likely tokens at this position, as many as asked for.
+    pub top: RVec<TokenLogprob>,
+}
+
 /// Wall-clock durations of one request, in milliseconds.
 #[repr(C)]
 #[derive(StableAbi, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq)]

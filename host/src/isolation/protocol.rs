@@ -10,14 +10,14 @@
 use std::io::{Read, Write};
 
 use pio_plugin_api::{
-    ActivateOptions, ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse,
-    Health, PluginError, PluginStats, SequenceOpened, SequenceRequest, SequenceStep, StreamControl,
-    TokenEvent,
+    ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse, GenerateRequest,
+    GenerateResponse, Health, PluginError, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
+    SequenceRequest, SequenceStep, StreamControl, TokenEvent,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts (a batch of embeddings is the largest message).
 pub const MAX_FRAME_BYTES: usize = 256 << 20;
@@ -55,6 +55,9 @@ pub enum Call {
     OpenSequence(SequenceRequest),
     StepSequences(Vec<u64>),
     CloseSequence(u64),
+    OpenSequenceWith(SequenceRequest, DecodeOptions),
+    SequenceLogprobs(u64),
+    Score { prompt: Prompt, top: u32 },
 }
 
 /// A message from the host.
@@ -80,6 +83,7 @@ pub enum Outcome {
     Health(Health),
     Opened(SequenceOpened),
     Steps(Vec<SequenceStep>),
+    Logprobs(Vec<PositionLogprobs>),
     /// The plugin (or the worker's checks) refused the call.
     Failed(PluginError),
 }

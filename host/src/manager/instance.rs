@@ -3,9 +3,10 @@
 //! above this module knows where a plugin runs.
 
 use pio_plugin_api::{
-    ActivateOptions, ChatRequest, EmbedRequest, EmbedResponse, FnSink, GenerateRequest,
-    GenerateResponse, Health, HealthStatus, PluginError, PluginInstanceBox, PluginStats,
-    SequenceOpened, SequenceRequest, SequenceStep, StreamControl, TokenEvent,
+    abi_stable::std_types::RVec, ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest,
+    EmbedResponse, FnSink, GenerateRequest, GenerateResponse, Health, HealthStatus, PluginError,
+    PluginInstanceBox, PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest,
+    SequenceStep, StreamControl, TokenEvent,
 };
 
 use crate::isolation::{
@@ -185,6 +186,52 @@ impl Instance {
         }
     }
 
+    /// Opens a sequence with `options`; plain options take the original call, which every
+    /// plugin has.
+    pub fn open_sequence_with(
+        &mut self,
+        request: &SequenceRequest,
+        options: &DecodeOptions,
+    ) -> CallResult<SequenceOpened> {
+        if options.is_plain() {
+            return self.open_sequence(request);
+        }
+        match self {
+            Self::InProcess(i) => local(i.open_sequence_with(request, options).into_result()),
+            Self::Worker(w) => remote(
+                w,
+                Call::OpenSequenceWith(request.clone(), options.clone()),
+                None,
+                |o| match o {
+                    Outcome::Opened(opened) => Ok(opened),
+                    other => Err(other),
+                },
+            ),
+        }
+    }
+
+    pub fn sequence_logprobs(&mut self, id: u64) -> CallResult<Vec<PositionLogprobs>> {
+        match self {
+            Self::InProcess(i) => local(i.sequence_logprobs(id).into_result()).map(RVec::into_vec),
+            Self::Worker(w) => remote(w, Call::SequenceLogprobs(id), None, logprobs),
+        }
+    }
+
+    pub fn score(&mut self, prompt: &Prompt, top: u32) -> CallResult<Vec<PositionLogprobs>> {
+        match self {
+            Self::InProcess(i) => local(i.score(prompt, top).into_result()).map(RVec::into_vec),
+            Self::Worker(w) => remote(
+                w,
+                Call::Score {
+                    prompt: prompt.clone(),
+                    top,
+                },
+                None,
+                logprobs,
+            ),
+        }
+    }
+
     pub fn close_sequence(&mut self, id: u64) -> CallResult<()> {
         match self {
             Self::InProcess(i) => local(i.close_sequence(id).into_result()),
@@ -213,6 +260,13 @@ fn remote<T>(
             "unexpected answer: {described:.200}"
         )))
     })
+}
+
+fn logprobs(outcome: Outcome) -> Result<Vec<PositionLogprobs>, Outcome> {
+    match outcome {
+        Outcome::Logprobs(logprobs) => Ok(logprobs),
+        other => Err(other),
+    }
 }
 
 fn done(worker: &mut WorkerInstance, call: Call) -> CallResult<()> {

@@ -24,9 +24,10 @@ use crate::{
     shadow::ShadowDir,
     state::{PluginState, Transition},
     types::{
-        ActivateOptions, Capability, ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest,
-        GenerateResponse, Health, PluginError, PluginMetadata, PluginStats, SequenceOpened,
-        SequenceRequest, SequenceStep, StreamControl, TokenEvent,
+        ActivateOptions, Capability, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse,
+        GenerateRequest, GenerateResponse, Health, PluginError, PluginMetadata, PluginStats,
+        PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep, StreamControl,
+        TokenEvent,
     },
 };
 
@@ -524,17 +525,68 @@ impl PluginManager {
         reference: &str,
         request: &SequenceRequest,
     ) -> HostResult<Served<SequenceOpened>> {
+        self.open_sequence_with(reference, request, &DecodeOptions::default())
+    }
+
+    /// Opens a sequence as [`open_sequence`](Self::open_sequence) does, reporting
+    /// log-probabilities (drained with [`sequence_logprobs`](Self::sequence_logprobs)) and
+    /// obeying a grammar as `options` ask. A plugin built before API 0.1.1, or one without
+    /// these features, answers [`ErrorKind::Unsupported`].
+    pub fn open_sequence_with(
+        &self,
+        reference: &str,
+        request: &SequenceRequest,
+        options: &DecodeOptions,
+    ) -> HostResult<Served<SequenceOpened>> {
         self.serve(
             reference,
             Some(Capability::BatchedGeneration),
             "open_sequence",
             |entry, cell| {
                 let request = abi::SequenceRequest::from(request);
-                let opened = entry.call(cell, "open_sequence", |i| i.open_sequence(&request))?;
+                let options = abi::DecodeOptions::from(options);
+                let opened = entry.call(cell, "open_sequence", |i| {
+                    i.open_sequence_with(&request, &options)
+                })?;
                 entry.sequence_opened(opened.id);
                 Ok(opened)
             },
         )
+    }
+
+    /// The log-probabilities of the tokens sequence `id` generated since the last call, of
+    /// the instance that opened it (as for [`step_sequences`](Self::step_sequences)).
+    pub fn sequence_logprobs(
+        &self,
+        plugin: &str,
+        generation: u64,
+        id: u64,
+    ) -> HostResult<Vec<PositionLogprobs>> {
+        self.on_instance(plugin, generation, "sequence_logprobs", |i| {
+            i.sequence_logprobs(id)
+        })
+        .map(|positions| positions.into_iter().map(Into::into).collect())
+    }
+
+    /// Scores `prompt`: each token after the first with its log-probability given those
+    /// before it, and the `top` most likely tokens at its position (what `echo` with
+    /// `logprobs` needs).
+    pub fn score(
+        &self,
+        reference: &str,
+        prompt: &Prompt,
+        top: u32,
+    ) -> HostResult<Served<Vec<PositionLogprobs>>> {
+        self.serve(
+            reference,
+            Some(Capability::TextGeneration),
+            "score",
+            |entry, cell| {
+                let prompt = abi::Prompt::from(prompt);
+                entry.call(cell, "score", |i| i.score(&prompt, top))
+            },
+        )
+        .map(|served| served.map(|positions| positions.into_iter().map(Into::into).collect()))
     }
 
     /// Decodes one token for each of the sequences `ids` of the instance that opened them:
