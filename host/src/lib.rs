@@ -30,9 +30,9 @@ pub use manager::{DirectoryReport, PluginManager, PluginSummary, Served, Stuck, 
 pub use manifest::{validate_plugin_name, Manifest, ModelFile, MANIFEST_FILE};
 pub use state::PluginState;
 pub use types::{
-    ActivateOptions, Capability, ChatMessage, ChatRequest, Constraint, DecodeOptions,
-    EmbedRequest, EmbedResponse, ErrorKind, FinishReason, GenerateRequest, GenerateResponse,
-    GenerationParams, Health, HealthStatus, ModelInfo, PluginError, PluginMetadata, PluginStats,
-    PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep, StreamControl,
-    Timings, TokenEvent, TokenLogprob,
+    ActivateOptions, Capability, ChatMessage, ChatRequest, Constraint, DecodeOptions, EmbedRequest,
+    EmbedResponse, ErrorKind, FinishReason, GenerateRequest, GenerateResponse, GenerationParams,
+    Health, HealthStatus, ModelInfo, PluginError, PluginMetadata, PluginStats, PositionLogprobs,
+    Prompt, SequenceOpened, SequenceRequest, SequenceStep, StreamControl, Timings, TokenEvent,
+    TokenLogprob,
 };

@@ -124,11 +124,7 @@ pub trait PluginInstance: Send {
     }
     /// Scores a prompt: for each of its tokens after the first, its log-probability given
     /// the tokens before it, with the `top` most likely tokens at that position (API 0.1.1).
-    fn score(
-        &mut self,
-        prompt: &Prompt,
-        top: u32,
-    ) -> RResult<RVec<PositionLogprobs>, PluginError> {
+    fn score(&mut self, prompt: &Prompt, top: u32) -> RResult<RVec<PositionLogprobs>, PluginError> {
         let _ = (prompt, top);
         RErr(PluginError::unsupported("prompt log-probabilities"))
     }

@@ -344,11 +344,7 @@ impl<P: Plugin> PluginInstance for Exported<P> {
         })
     }
 
-    fn score(
-        &mut self,
-        prompt: &Prompt,
-        top: u32,
-    ) -> RResult<RVec<PositionLogprobs>, PluginError> {
+    fn score(&mut self, prompt: &Prompt, top: u32) -> RResult<RVec<PositionLogprobs>, PluginError> {
         self.call("score", |p| {
             if top > crate::MAX_TOP_LOGPROBS {
                 return Err(PluginError::invalid_input(format!(

@@ -107,7 +107,9 @@ mod calls;
 mod config;
 mod decoding;
 mod embedding;
+mod guide;
 mod lifecycle;
+mod logprobs;
 mod metadata;
 mod model;
 mod sequences;
@@ -117,8 +119,12 @@ mod tokenizer;
 
 pub use config::{parse_config, Config, NoConfig};
 pub use embedding::EmbeddingPlugin;
+pub use logprobs::{Logprobs, TokenSet};
 pub use metadata::{default_host_range, Metadata};
-pub use model::{Activation, Embeddings, Message, Model, ModelStats, Next, Sampling, TextModel};
+pub use model::{
+    Activation, Embeddings, Message, Model, ModelStats, Next, Sampled, Sampling, StepOptions,
+    TextModel,
+};
 pub use stop::{StopMatcher, StopStep};
 pub use text::TextPlugin;
 pub use tokenizer::{CharTokenizer, Decoder, Tokenizer};

@@ -7,7 +7,7 @@ use pio_plugin_api::{
     ActivateOptions, ChatMessage, GenerationParams, PluginError, PluginMetadata, PluginResult,
 };
 
-use crate::{Config, Tokenizer};
+use crate::{Config, Logprobs, TokenSet, Tokenizer};
 
 /// An active model: the state `activate` builds from the configuration, dropped by
 /// `deactivate`. The kit holds the lifecycle (created → initialized → active, and back), so
@@ -106,6 +106,77 @@ pub trait TextModel: Model {
     fn reused_prompt_tokens(&self, sequence: &Self::Sequence) -> u32 {
         let _ = sequence;
         0
+    }
+
+    /// Steps `batch` as [`step_batch`](TextModel::step_batch) does, each sequence under its
+    /// [`StepOptions`]: only tokens of `allowed` may be chosen (constrained decoding; the
+    /// model masks its logits, then samples as usual), and `logprobs` asks for the chosen
+    /// token's log-probability and the most likely tokens' (under the model's unmasked
+    /// distribution: [`Logprobs::from_logits`]).
+    ///
+    /// The default serves options that ask nothing through `step_batch` and refuses the others
+    /// as unsupported; a model that offers log-probabilities or constrained decoding overrides
+    /// it (and lets `step_batch` call it with plain options, so the two cannot disagree).
+    fn step_with(
+        &mut self,
+        batch: &mut [&mut Self::Sequence],
+        options: &[StepOptions<'_>],
+    ) -> PluginResult<Vec<Sampled>> {
+        if let Some(asked) = options.iter().find_map(StepOptions::feature) {
+            return Err(unsupported(asked));
+        }
+        let nexts = self.step_batch(batch)?;
+        Ok(nexts.into_iter().map(Sampled::from).collect())
+    }
+
+    /// The log-probabilities of `prompt`'s tokens after the first, each given the tokens before
+    /// it, with the `top` most likely tokens at each position: one [`Logprobs`] per token from
+    /// the second on (what `echo` with `logprobs` reports).
+    fn score(&mut self, prompt: &[u32], top: u32) -> PluginResult<Vec<Logprobs>> {
+        let _ = (prompt, top);
+        Err(unsupported("prompt log-probabilities"))
+    }
+}
+
+/// What the kit asks of one sequence's step beyond its next token (see
+/// [`TextModel::step_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepOptions<'a> {
+    /// Only these tokens may be chosen; `None`: any.
+    pub allowed: Option<&'a TokenSet>,
+    /// Report the chosen token's log-probability and those of this many most likely tokens;
+    /// `None`: no log-probabilities.
+    pub logprobs: Option<u32>,
+}
+
+impl StepOptions<'_> {
+    /// The feature these options need beyond a plain step, if any.
+    fn feature(&self) -> Option<&'static str> {
+        if self.allowed.is_some() {
+            Some("constrained decoding")
+        } else if self.logprobs.is_some() {
+            Some("log-probabilities")
+        } else {
+            None
+        }
+    }
+}
+
+/// What a model chose at one step under [`StepOptions`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    /// The token and whether it ends the sequence.
+    pub next: Next,
+    /// Its log-probabilities, when the options asked for them.
+    pub logprobs: Option<Logprobs>,
+}
+
+impl From<Next> for Sampled {
+    fn from(next: Next) -> Self {
+        Self {
+            next,
+            logprobs: None,
+        }
     }
 }
 

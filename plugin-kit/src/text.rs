@@ -3,15 +3,16 @@
 //! `generate`, `chat` and batched sequences.
 
 use pio_plugin_api::{
-    ActivateOptions, ChatRequest, EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse,
-    GenerationParams, Health, Plugin, PluginMetadata, PluginResult, PluginStats, Prompt,
-    SequenceOpened, SequenceRequest, SequenceStep, StreamControl, TokenStream,
+    ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse, GenerateRequest,
+    GenerateResponse, GenerationParams, Health, Plugin, PluginError, PluginMetadata, PluginResult,
+    PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep,
+    StreamControl, TokenStream,
 };
 
 use crate::{
     decoding::Decoding,
     lifecycle::{Active, Lifecycle},
-    sequences::{Open, Sequences},
+    sequences::{position_logprobs, Extras, Open, Sequences},
     Message, Sampling, TextModel, Tokenizer,
 };
 
@@ -61,7 +62,11 @@ fn start<M: TextModel>(
         model.context_length(),
     )?;
     let sequence = model.open(prompt, &Sampling::from(params))?;
-    Ok(Open { sequence, decoding })
+    Ok(Open {
+        sequence,
+        decoding,
+        extras: Extras::default(),
+    })
 }
 
 /// Runs one sequence to its end, streaming every token; the host's `Stop` cancels it.
@@ -74,6 +79,7 @@ fn run<M: TextModel>(
     let Open {
         mut sequence,
         mut decoding,
+        ..
     } = start(&mut active.model, prompt, params)?;
     let outcome = stream_tokens(&mut active.model, &mut sequence, &mut decoding, stream);
     active.model.close(sequence);
@@ -174,6 +180,15 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
     }
 
     fn open_sequence(&mut self, request: &SequenceRequest) -> PluginResult<SequenceOpened> {
+        self.open_sequence_with(request, &DecodeOptions::default())
+    }
+
+    fn open_sequence_with(
+        &mut self,
+        request: &SequenceRequest,
+        options: &DecodeOptions,
+    ) -> PluginResult<SequenceOpened> {
+        options.validate()?;
         let active = self.active()?;
         let (prompt, params) = match request {
             SequenceRequest::Generate(request) => {
@@ -181,7 +196,19 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
             }
             SequenceRequest::Chat(request) => (chat_ids(&active.model, request)?, &request.params),
         };
-        let open = start(&mut active.model, &prompt, params)?;
+        // The grammar is compiled before the prompt is processed: an invalid one costs nothing.
+        let guide = options
+            .constraint
+            .as_ref()
+            .into_option()
+            .map(|constraint| active.session.guide(&active.model, constraint))
+            .transpose()?;
+        let mut open = start(&mut active.model, &prompt, params)?;
+        open.extras = Extras {
+            guide,
+            logprobs: options.logprobs.into_option(),
+            unread: Vec::new(),
+        };
         let prompt_tokens = open.decoding.prompt_tokens();
         let cached_tokens = active.model.reused_prompt_tokens(&open.sequence);
         let id = active.session.open(open);
@@ -192,6 +219,43 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
         })
     }
 
+    fn sequence_logprobs(&mut self, id: u64) -> PluginResult<Vec<PositionLogprobs>> {
+        self.active()?.session.take_logprobs(id)
+    }
+
+    fn score(&mut self, prompt: &Prompt, top: u32) -> PluginResult<Vec<PositionLogprobs>> {
+        let active = self.active()?;
+        let model = &mut active.model;
+        let prompt = prompt_ids(model, prompt)?;
+        model.tokenizer().check(&prompt)?;
+        let context = model.context_length() as usize;
+        if prompt.is_empty() {
+            return Err(PluginError::invalid_input(
+                "the prompt is empty: there is nothing to score",
+            ));
+        }
+        if prompt.len() > context {
+            return Err(PluginError::invalid_input(format!(
+                "prompt has {} tokens but the context holds {context}",
+                prompt.len()
+            )));
+        }
+        let scored = model.score(&prompt, top)?;
+        if scored.len() + 1 != prompt.len() {
+            return Err(PluginError::internal(format!(
+                "the model scored {} positions of a {}-token prompt",
+                scored.len(),
+                prompt.len()
+            )));
+        }
+        active.usage.record(prompt.len() as u64);
+        prompt[1..]
+            .iter()
+            .zip(&scored)
+            .map(|(&token, logprobs)| position_logprobs(model.tokenizer(), token, logprobs, top))
+            .collect()
+    }
+
     fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
         let active = self.active()?;
         active.session.step(&mut active.model, ids)
@@ -199,7 +263,9 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
 
     fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
         let active = self.active()?;
-        let Open { sequence, decoding } = active.session.close(id)?;
+        let Open {
+            sequence, decoding, ..
+        } = active.session.close(id)?;
         active.model.close(sequence);
         active.usage.record(decoding.processed_tokens());
         Ok(())

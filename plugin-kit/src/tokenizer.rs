@@ -21,6 +21,28 @@ pub trait Tokenizer {
     /// A fresh streaming decoder for one generated sequence.
     fn decoder(&self) -> Self::Decoder;
 
+    /// The bytes `token` stands for in generated text, as log-probabilities report them and
+    /// constrained decoding matches them (a byte-level token may hold part of a UTF-8
+    /// character). The default is the bytes of [`decode`](Tokenizer::decode); a tokenizer with
+    /// byte tokens overrides it.
+    fn token_bytes(&self, token: u32) -> PluginResult<Vec<u8>> {
+        self.decode(&[token]).map(String::into_bytes)
+    }
+
+    /// Whether `token` is a control token (BOS, end of turn, ...): text never contains it, so a
+    /// grammar never produces it. The default: none is.
+    fn is_control(&self, token: u32) -> bool {
+        let _ = token;
+        false
+    }
+
+    /// The token a model ends a generation with, which constrained decoding allows once the
+    /// grammar is complete (and the model maps to [`Next::EndOfGeneration`](crate::Next)).
+    /// `None` (the default): the model does not offer constrained decoding.
+    fn end_of_generation(&self) -> Option<u32> {
+        None
+    }
+
     /// Checks token ids given as a prompt before any work starts. The default refuses ids at or
     /// above [`vocab_size`](Tokenizer::vocab_size).
     fn check(&self, tokens: &[u32]) -> PluginResult<()> {

@@ -57,7 +57,10 @@ pub enum Call {
     CloseSequence(u64),
     OpenSequenceWith(SequenceRequest, DecodeOptions),
     SequenceLogprobs(u64),
-    Score { prompt: Prompt, top: u32 },
+    Score {
+        prompt: Prompt,
+        top: u32,
+    },
 }
 
 /// A message from the host.

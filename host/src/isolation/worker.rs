@@ -199,17 +199,21 @@ impl Worker {
             ),
             Call::CloseSequence(id) => done(instance.close_sequence(id).into_result()),
             Call::OpenSequenceWith(request, options) => outcome(
-                instance.open_sequence_with(&request, &options).into_result(),
+                instance
+                    .open_sequence_with(&request, &options)
+                    .into_result(),
                 Outcome::Opened,
             ),
-            Call::SequenceLogprobs(id) => outcome(
-                instance.sequence_logprobs(id).into_result(),
-                |logprobs| Outcome::Logprobs(logprobs.into_vec()),
-            ),
-            Call::Score { prompt, top } => outcome(
-                instance.score(&prompt, top).into_result(),
-                |logprobs| Outcome::Logprobs(logprobs.into_vec()),
-            ),
+            Call::SequenceLogprobs(id) => {
+                outcome(instance.sequence_logprobs(id).into_result(), |logprobs| {
+                    Outcome::Logprobs(logprobs.into_vec())
+                })
+            }
+            Call::Score { prompt, top } => {
+                outcome(instance.score(&prompt, top).into_result(), |logprobs| {
+                    Outcome::Logprobs(logprobs.into_vec())
+                })
+            }
         };
         match relay_failure {
             Some(e) => Err(e),
