@@ -34,5 +34,5 @@ pub use types::{
     EmbedResponse, ErrorKind, FinishReason, GenerateRequest, GenerateResponse, GenerationParams,
     Health, HealthStatus, ModelInfo, PluginError, PluginMetadata, PluginStats, PositionLogprobs,
     Prompt, SequenceOpened, SequenceRequest, SequenceStep, StreamControl, Timings, TokenEvent,
-    TokenLogprob,
+    TokenLogprob, MAX_TOP_LOGPROBS,
 };

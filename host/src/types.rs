@@ -18,7 +18,7 @@ use pio_plugin_api as abi;
 
 pub use abi::{
     Capability, ErrorKind, FinishReason, HealthStatus, ModelInfo, PluginMetadata, SequenceOpened,
-    StreamControl, Timings,
+    StreamControl, Timings, MAX_TOP_LOGPROBS,
 };
 
 /// Where and how big to run a plugin (see [`PluginManager::activate`](crate::PluginManager::activate)).

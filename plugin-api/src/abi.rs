@@ -122,8 +122,10 @@ pub trait PluginInstance: Send {
         let _ = id;
         RErr(PluginError::unsupported("log-probabilities"))
     }
-    /// Scores a prompt: for each of its tokens after the first, its log-probability given
-    /// the tokens before it, with the `top` most likely tokens at that position (API 0.1.1).
+    /// Scores a prompt: one entry per prompt token (as the plugin tokenizes it), each with
+    /// its log-probability given the tokens before it and the `top` most likely tokens at
+    /// its position. The first token has no context: its log-probability is NaN and it has no
+    /// alternatives (API 0.1.1).
     fn score(&mut self, prompt: &Prompt, top: u32) -> RResult<RVec<PositionLogprobs>, PluginError> {
         let _ = (prompt, top);
         RErr(PluginError::unsupported("prompt log-probabilities"))

@@ -139,8 +139,8 @@ pub trait Plugin: Send + Sized + 'static {
         Err(unsupported("log-probabilities"))
     }
 
-    /// The log-probability of each prompt token after the first given those before it, with
-    /// the `top` most likely tokens at each position.
+    /// One entry per prompt token: its log-probability given those before it (NaN for the
+    /// first, which has no context) and the `top` most likely tokens at its position.
     fn score(&mut self, prompt: &Prompt, top: u32) -> PluginResult<Vec<PositionLogprobs>> {
         let _ = (prompt, top);
         Err(unsupported("prompt log-probabilities"))

@@ -13,7 +13,7 @@ use crate::{
     decoding::Decoding,
     lifecycle::{Active, Lifecycle},
     sequences::{position_logprobs, Extras, Open, Sequences},
-    Message, Sampling, TextModel, Tokenizer,
+    Logprobs, Message, Sampling, TextModel, Tokenizer,
 };
 
 /// A [`TextModel`] as a [`Plugin`]; export it with
@@ -249,10 +249,16 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
             )));
         }
         active.usage.record(prompt.len() as u64);
-        prompt[1..]
+        let tokenizer = model.tokenizer();
+        // The first token has no context to be scored against.
+        let first = Logprobs {
+            logprob: f32::NAN,
+            top: Vec::new(),
+        };
+        prompt
             .iter()
-            .zip(&scored)
-            .map(|(&token, logprobs)| position_logprobs(model.tokenizer(), token, logprobs, top))
+            .zip(std::iter::once(&first).chain(&scored))
+            .map(|(&token, logprobs)| position_logprobs(tokenizer, token, logprobs, top))
             .collect()
     }
 

@@ -327,8 +327,13 @@ fn step_log_probabilities_are_the_models_own_and_are_drained_once() {
 fn a_prompt_is_scored_token_by_token() {
     let mut plugin = plugin();
     let scored = plugin.score(&Prompt::Text("abc".into()), 2).unwrap();
-    assert_eq!(scored.len(), 2, "every token after the first");
-    for (i, position) in scored.iter().enumerate() {
+    assert_eq!(scored.len(), 3, "every token");
+    assert_eq!(scored[0].chosen.token, u32::from(b'a'));
+    assert!(
+        scored[0].chosen.logprob.is_nan() && scored[0].top.is_empty(),
+        "no context"
+    );
+    for (i, position) in scored[1..].iter().enumerate() {
         let context: Vec<u32> = b"abc"[..=i].iter().map(|&b| u32::from(b)).collect();
         let expected = Logprobs::from_logits(&logits(&context), u32::from(b"abc"[i + 1]), 2);
         assert_eq!(position.chosen.token, u32::from(b"abc"[i + 1]));

@@ -19,10 +19,12 @@
 
 pub mod auth;
 pub mod body;
+mod complete;
 pub mod config;
 mod conn;
 pub mod engine;
 pub mod error;
+pub mod logprobs;
 pub mod metrics;
 pub mod openai;
 pub mod plugins;

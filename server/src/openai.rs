@@ -3,11 +3,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pio_host::{ChatMessage, FinishReason, GenerationParams, Prompt};
+use pio_host::{
+    ChatMessage, Constraint, FinishReason, GenerationParams, PositionLogprobs, Prompt,
+    MAX_TOP_LOGPROBS,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{engine::Completion, error::ApiError};
+use super::{engine::Completion, error::ApiError, logprobs};
 
 /// Most stop strings a request may give.
 pub const MAX_STOP_STRINGS: usize = 16;
@@ -17,6 +20,9 @@ pub const MAX_STOP_BYTES: usize = 256;
 
 /// Highest `temperature` accepted (OpenAI's range is 0 to 2).
 const MAX_TEMPERATURE: f32 = 2.0;
+
+/// Most choices one request may ask for: `n` times the number of prompts.
+pub const MAX_CHOICES: u32 = 16;
 
 /// Sampling fields shared by chat and text completions.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -40,6 +46,26 @@ pub struct Sampling {
     #[serde(default)]
     pub stream: bool,
     stream_options: Option<StreamOptions>,
+    /// `json_object` or `json_schema`: the output is JSON, matching the schema if one is given.
+    response_format: Option<ResponseFormat>,
+    /// Extension: the output matches this regular expression as a whole.
+    regex: Option<String>,
+    /// Extension: the output matches this grammar, in llguidance's Lark dialect.
+    grammar: Option<String>,
+}
+
+/// OpenAI's `response_format`, and llama.cpp's `json_object` with an inline `schema`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat {
+    Text,
+    JsonObject { schema: Option<Value> },
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct JsonSchemaFormat {
+    schema: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,9 +94,6 @@ impl Sampling {
     /// The plugin's generation parameters: the plugin defaults, overridden by every field
     /// the request sets; each value checked, errors naming the field.
     pub fn params(&self, limits: Limits) -> Result<GenerationParams, ApiError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid("n", "only n = 1 is supported"));
-        }
         let (param, max_tokens) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(n), _) => ("max_completion_tokens", n),
             (None, Some(n)) => ("max_tokens", n),
@@ -147,11 +170,87 @@ impl Sampling {
         Ok(params)
     }
 
+    /// Whether the request sets `max_tokens` (or `max_completion_tokens`) to 0.
+    pub fn asks_no_tokens(&self) -> bool {
+        self.max_completion_tokens.or(self.max_tokens) == Some(0)
+    }
+
+    /// How many choices to generate per prompt (`n`).
+    pub fn choices(&self) -> Result<u32, ApiError> {
+        match self.n.unwrap_or(1) {
+            n @ 1..=MAX_CHOICES => Ok(n),
+            n => Err(ApiError::invalid(
+                "n",
+                format!("n must be in 1..={MAX_CHOICES}, got {n}"),
+            )),
+        }
+    }
+
+    /// The grammar the output must match: `response_format`, or the `regex` / `grammar`
+    /// extensions — at most one of them.
+    pub fn constraint(&self) -> Result<Option<Constraint>, ApiError> {
+        let format = match &self.response_format {
+            None | Some(ResponseFormat::Text) => None,
+            Some(ResponseFormat::JsonObject { schema: None }) => Some(Constraint::JsonObject),
+            Some(ResponseFormat::JsonObject {
+                schema: Some(schema),
+            }) => Some(json_schema(schema)?),
+            Some(ResponseFormat::JsonSchema {
+                json_schema: format,
+            }) => {
+                let schema = format.schema.as_ref().ok_or_else(|| {
+                    ApiError::invalid(
+                        "response_format",
+                        "response_format.json_schema.schema is missing",
+                    )
+                })?;
+                Some(json_schema(schema)?)
+            }
+        };
+        let given = [
+            ("response_format", format),
+            ("regex", self.regex.clone().map(Constraint::Regex)),
+            ("grammar", self.grammar.clone().map(Constraint::Lark)),
+        ];
+        let mut given = given.into_iter().filter(|(_, c)| c.is_some());
+        match (given.next(), given.next()) {
+            (Some((_, constraint)), None) => Ok(constraint),
+            (None, _) => Ok(None),
+            (Some((first, _)), Some((second, _))) => Err(ApiError::invalid(
+                second,
+                format!("{first} and {second} both constrain the output; give one"),
+            )),
+        }
+    }
+
     /// Whether a stream should end with a usage-only chunk (`stream_options.include_usage`).
     pub fn include_usage(&self) -> bool {
         self.stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage)
+    }
+}
+
+/// A JSON Schema given in a request, checked to be an object (the plugin compiles it).
+fn json_schema(schema: &Value) -> Result<Constraint, ApiError> {
+    if !schema.is_object() {
+        return Err(ApiError::invalid(
+            "response_format",
+            "the JSON schema must be an object",
+        ));
+    }
+    Ok(Constraint::JsonSchema(schema.to_string()))
+}
+
+/// The log-probabilities a request asks for: `Some(n)` for the chosen tokens' and the `n` most
+/// likely alternatives', `None` for none.
+fn top_logprobs(field: &'static str, n: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match n {
+        Some(n) if n > MAX_TOP_LOGPROBS => Err(ApiError::invalid(
+            field,
+            format!("{field} must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+        )),
+        n => Ok(n),
     }
 }
 
@@ -164,6 +263,11 @@ pub struct ChatCompletionRequest {
     /// Sampling, streaming and priority.
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<u32>,
+    /// Only for completions; refused here with a clear error.
+    echo: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +312,25 @@ fn plugin_role(role: &str) -> Result<&'static str, String> {
 }
 
 impl ChatCompletionRequest {
+    /// The log-probabilities asked for (`logprobs`, `top_logprobs`); refuses `echo`, which only
+    /// completions have.
+    pub fn logprobs(&self) -> Result<Option<u32>, ApiError> {
+        if self.echo.is_some() {
+            return Err(ApiError::invalid(
+                "echo",
+                "echo is not supported on chat completions; use /v1/completions",
+            ));
+        }
+        match (self.logprobs, self.top_logprobs) {
+            (false, Some(_)) => Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            )),
+            (false, None) => Ok(None),
+            (true, n) => top_logprobs("top_logprobs", Some(n.unwrap_or(0))),
+        }
+    }
+
     /// The conversation as plugin chat messages; only text content and the roles of
     /// [`plugin_role`] are accepted.
     pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
@@ -254,6 +377,10 @@ pub struct CompletionRequest {
     /// Sampling, streaming and priority.
     #[serde(flatten)]
     pub sampling: Sampling,
+    logprobs: Option<u32>,
+    /// Whether the text starts with the prompt (and the log-probabilities with the prompt's).
+    #[serde(default)]
+    pub echo: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,22 +389,43 @@ enum PromptIn {
     Text(String),
     Tokens(Vec<u32>),
     Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
 }
 
 impl CompletionRequest {
-    /// The prompt: a string (or an array holding one), or token ids.
-    pub fn prompt(&self) -> Result<Prompt, ApiError> {
-        match &self.prompt {
-            PromptIn::Text(text) => Ok(Prompt::Text(text.clone())),
-            PromptIn::Tokens(tokens) if !tokens.is_empty() => {
-                Ok(Prompt::Tokens(tokens.clone()))
-            }
-            PromptIn::Texts(texts) if texts.len() == 1 => Ok(Prompt::Text(texts[0].clone())),
-            _ => Err(ApiError::invalid(
+    /// The prompts: a string or token ids, or an array of either (each prompt gets `n`
+    /// choices, in order).
+    pub fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
+        let prompts: Vec<Prompt> = match &self.prompt {
+            PromptIn::Text(text) => vec![Prompt::Text(text.clone())],
+            PromptIn::Tokens(tokens) => vec![Prompt::Tokens(tokens.clone())],
+            PromptIn::Texts(texts) => texts.iter().cloned().map(Prompt::Text).collect(),
+            PromptIn::TokenLists(lists) => lists.iter().cloned().map(Prompt::Tokens).collect(),
+        };
+        let empty = |p: &Prompt| matches!(p, Prompt::Tokens(tokens) if tokens.is_empty());
+        if prompts.is_empty() || prompts.iter().any(empty) {
+            return Err(ApiError::invalid(
                 "prompt",
-                "prompt must be a string, an array of one string, or a non-empty array of token ids",
-            )),
+                "prompt must be a string, non-empty token ids, or a non-empty array of either",
+            ));
         }
+        let choices = prompts.len() as u64 * u64::from(self.sampling.choices()?);
+        if choices > u64::from(MAX_CHOICES) {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!(
+                    "{} prompts with n = {} make {choices} choices; at most {MAX_CHOICES} are accepted",
+                    prompts.len(),
+                    self.sampling.choices()?
+                ),
+            ));
+        }
+        Ok(prompts)
+    }
+
+    /// The log-probabilities asked for (`logprobs`: how many alternatives per token).
+    pub fn logprobs(&self) -> Result<Option<u32>, ApiError> {
+        top_logprobs("logprobs", self.logprobs)
     }
 }
 
@@ -419,12 +567,44 @@ fn finish_reason(finish: FinishReason) -> &'static str {
     }
 }
 
-/// The `usage` object of a completion.
-pub fn usage(completion: &Completion) -> Value {
+/// One choice of a response: what one sequence generated, where it goes in `choices`, and the
+/// prompt it echoes.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    /// The choice's `index`: prompt number × `n` + choice number.
+    pub index: u32,
+    /// Whether this is the first choice of its prompt (the prompt's tokens count once).
+    pub counts_prompt: bool,
+    /// What was generated.
+    pub completion: Completion,
+    /// The prompt the text starts with (completions' `echo`).
+    pub echo: Option<Echo>,
+}
+
+/// The prompt a completion echoes: its text, and its tokens' log-probabilities when the request
+/// asked for log-probabilities.
+#[derive(Debug, Clone, Default)]
+pub struct Echo {
+    /// The prompt's text.
+    pub text: String,
+    /// One entry per prompt token (the first without a log-probability).
+    pub logprobs: Vec<PositionLogprobs>,
+}
+
+/// The `usage` object of the choices of one request: each prompt's tokens once, every
+/// choice's generated tokens.
+pub fn usage<'a>(choices: impl IntoIterator<Item = (bool, &'a Completion)>) -> Value {
+    let (mut prompt, mut generated) = (0u64, 0u64);
+    for (counts_prompt, completion) in choices {
+        if counts_prompt {
+            prompt += u64::from(completion.prompt_tokens);
+        }
+        generated += u64::from(completion.completion_tokens);
+    }
     json!({
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
     })
 }
 
@@ -437,69 +617,111 @@ impl Endpoint {
         }
     }
 
-    /// The non-streaming response body.
-    pub fn response(self, meta: &ResponseMeta, completion: &Completion) -> Value {
-        let finish = finish_reason(completion.finish);
-        let choice = match self {
-            Endpoint::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text},
-                "finish_reason": finish,
-                "logprobs": null,
-            }),
-            Endpoint::Completion => json!({
-                "index": 0,
-                "text": completion.text,
-                "finish_reason": finish,
-                "logprobs": null,
-            }),
-        };
+    /// The `logprobs` of a choice or chunk: `null` unless the request asked for them.
+    fn logprobs(self, positions: Option<&[PositionLogprobs]>, text_offset: usize) -> Value {
+        match (self, positions) {
+            (_, None) => Value::Null,
+            (Endpoint::Chat, Some(positions)) => logprobs::chat(positions),
+            (Endpoint::Completion, Some(positions)) => logprobs::completion(positions, text_offset),
+        }
+    }
+
+    /// The non-streaming response body; `logprobs` says whether the request asked for them.
+    pub fn response(self, meta: &ResponseMeta, choices: &[Choice], logprobs: bool) -> Value {
+        let bodies: Vec<Value> = choices
+            .iter()
+            .map(|choice| {
+                let completion = &choice.completion;
+                let finish = finish_reason(completion.finish);
+                match self {
+                    Endpoint::Chat => json!({
+                        "index": choice.index,
+                        "message": {"role": "assistant", "content": completion.text},
+                        "finish_reason": finish,
+                        "logprobs": self.logprobs(logprobs.then_some(&completion.logprobs), 0),
+                    }),
+                    Endpoint::Completion => {
+                        let echo = choice.echo.clone().unwrap_or_default();
+                        let positions: Vec<PositionLogprobs> =
+                            [echo.logprobs, completion.logprobs.clone()].concat();
+                        json!({
+                            "index": choice.index,
+                            "text": echo.text + &completion.text,
+                            "finish_reason": finish,
+                            "logprobs": self.logprobs(logprobs.then_some(&positions), 0),
+                        })
+                    }
+                }
+            })
+            .collect();
+        let plugin = choices.first().map_or("", |c| c.completion.plugin.as_str());
         json!({
             "id": meta.id,
             "object": self.object(false),
             "created": meta.created,
             "model": meta.model,
-            "system_fingerprint": completion.plugin,
-            "choices": [choice],
-            "usage": usage(completion),
+            "system_fingerprint": plugin,
+            "choices": bodies,
+            "usage": usage(choices.iter().map(|c| (c.counts_prompt, &c.completion))),
         })
     }
 
-    /// A stream chunk carrying `text` (and for chat, the assistant role on the first chunk).
-    pub fn text_chunk(self, meta: &ResponseMeta, text: &str, first: bool) -> Value {
+    /// A stream chunk of choice `index` carrying `text` (for chat, the assistant role on the
+    /// first chunk) and the log-probabilities of the tokens that made it, when asked for;
+    /// `text_offset` is where the text starts in the choice's whole text.
+    pub fn text_chunk(
+        self,
+        meta: &ResponseMeta,
+        index: u32,
+        text: &str,
+        first: bool,
+        logprobs: Option<&[PositionLogprobs]>,
+        text_offset: usize,
+    ) -> Value {
+        let logprobs = self.logprobs(logprobs, text_offset);
         let choice = match self {
             Endpoint::Chat if first => {
-                json!({"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": null, "logprobs": null})
+                json!({"index": index, "delta": {"role": "assistant", "content": text}, "finish_reason": null, "logprobs": logprobs})
             }
             Endpoint::Chat => {
-                json!({"index": 0, "delta": {"content": text}, "finish_reason": null, "logprobs": null})
+                json!({"index": index, "delta": {"content": text}, "finish_reason": null, "logprobs": logprobs})
             }
             Endpoint::Completion => {
-                json!({"index": 0, "text": text, "finish_reason": null, "logprobs": null})
+                json!({"index": index, "text": text, "finish_reason": null, "logprobs": logprobs})
             }
         };
         self.chunk(meta, vec![choice], None)
     }
 
-    /// The last chunk with a choice: the finish reason, plus the usage.
-    pub fn finish_chunk(self, meta: &ResponseMeta, completion: &Completion) -> Value {
+    /// The last chunk of choice `index`: its finish reason, the log-probabilities not sent yet,
+    /// and its usage.
+    pub fn finish_chunk(
+        self,
+        meta: &ResponseMeta,
+        choice: &Choice,
+        logprobs: Option<&[PositionLogprobs]>,
+        text_offset: usize,
+    ) -> Value {
+        let completion = &choice.completion;
         let finish = finish_reason(completion.finish);
-        let choice = match self {
+        let logprobs = self.logprobs(logprobs, text_offset);
+        let body = match self {
             Endpoint::Chat => {
-                json!({"index": 0, "delta": {}, "finish_reason": finish, "logprobs": null})
+                json!({"index": choice.index, "delta": {}, "finish_reason": finish, "logprobs": logprobs})
             }
             Endpoint::Completion => {
-                json!({"index": 0, "text": "", "finish_reason": finish, "logprobs": null})
+                json!({"index": choice.index, "text": "", "finish_reason": finish, "logprobs": logprobs})
             }
         };
-        let mut chunk = self.chunk(meta, vec![choice], Some(usage(completion)));
+        let usage = usage([(choice.counts_prompt, completion)]);
+        let mut chunk = self.chunk(meta, vec![body], Some(usage));
         chunk["system_fingerprint"] = completion.plugin.as_str().into();
         chunk
     }
 
     /// The usage-only chunk (`choices: []`) sent when `stream_options.include_usage` is set.
-    pub fn usage_chunk(self, meta: &ResponseMeta, completion: &Completion) -> Value {
-        self.chunk(meta, Vec::new(), Some(usage(completion)))
+    pub fn usage_chunk(self, meta: &ResponseMeta, usage: Value) -> Value {
+        self.chunk(meta, Vec::new(), Some(usage))
     }
 
     fn chunk(self, meta: &ResponseMeta, choices: Vec<Value>, usage: Option<Value>) -> Value {
@@ -602,13 +824,114 @@ mod tests {
             (json!({"top_p": 1.5}), "top_p"),
             (json!({"min_p": -0.1}), "min_p"),
             (json!({"repetition_penalty": 0.0}), "repetition_penalty"),
-            (json!({"n": 2}), "n"),
         ];
         for (body, field) in cases {
             let error = sampling(body.clone()).params(LIMITS).unwrap_err();
             assert_eq!(error.param.as_deref(), Some(field), "{body}");
             assert_eq!(error.status, 400);
         }
+    }
+
+    #[test]
+    fn choices_and_constraints_are_checked() {
+        assert_eq!(sampling(json!({})).choices().unwrap(), 1);
+        assert_eq!(sampling(json!({"n": 16})).choices().unwrap(), 16);
+        for n in [0, 17] {
+            let error = sampling(json!({ "n": n })).choices().unwrap_err();
+            assert_eq!(error.param.as_deref(), Some("n"));
+        }
+        let constraint = |body: Value| sampling(body).constraint();
+        assert_eq!(constraint(json!({})).unwrap(), None);
+        assert_eq!(
+            constraint(json!({"response_format": {"type": "text"}})).unwrap(),
+            None
+        );
+        assert_eq!(
+            constraint(json!({"response_format": {"type": "json_object"}})).unwrap(),
+            Some(Constraint::JsonObject)
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let format = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}});
+        assert_eq!(
+            constraint(json!({ "response_format": format })).unwrap(),
+            Some(Constraint::JsonSchema(schema.to_string()))
+        );
+        assert_eq!(
+            constraint(json!({"regex": "[0-9]+"})).unwrap(),
+            Some(Constraint::Regex("[0-9]+".to_owned()))
+        );
+        let cases = [
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_object", "schema": [1]}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_object"}, "regex": "a"}),
+                "regex",
+            ),
+            (json!({"regex": "a", "grammar": "start: \"a\""}), "grammar"),
+        ];
+        for (body, field) in cases {
+            let error = constraint(body.clone()).unwrap_err();
+            assert_eq!(error.param.as_deref(), Some(field), "{body}");
+            assert_eq!(error.status, 400);
+        }
+        assert!(
+            serde_json::from_value::<Sampling>(json!({"response_format": {"type": "yaml"}}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn logprobs_fields_are_checked_per_endpoint() {
+        let chat = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<ChatCompletionRequest>(body)
+                .unwrap()
+                .logprobs()
+        };
+        assert_eq!(chat(json!({})).unwrap(), None);
+        assert_eq!(chat(json!({"logprobs": true})).unwrap(), Some(0));
+        assert_eq!(
+            chat(json!({"logprobs": true, "top_logprobs": 20})).unwrap(),
+            Some(20)
+        );
+        for (extra, field) in [
+            (
+                json!({"logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+            ),
+            (json!({"top_logprobs": 2}), "top_logprobs"),
+            (json!({"echo": true}), "echo"),
+        ] {
+            let error = chat(extra.clone()).unwrap_err();
+            assert_eq!(error.param.as_deref(), Some(field), "{extra}");
+        }
+        let completion = |body: Value| serde_json::from_value::<CompletionRequest>(body).unwrap();
+        let request =
+            completion(json!({"model": "m", "prompt": [[1, 2], [3]], "n": 2, "logprobs": 5}));
+        assert_eq!(request.prompts().unwrap().len(), 2);
+        assert_eq!(request.logprobs().unwrap(), Some(5));
+        let request = completion(json!({"model": "m", "prompt": ["a", "b", "c"], "n": 6}));
+        let error = request.prompts().unwrap_err();
+        assert!(error.message.contains("18 choices"), "{}", error.message);
+        let request = completion(json!({"model": "m", "prompt": "a", "logprobs": 21}));
+        assert_eq!(
+            request.logprobs().unwrap_err().param.as_deref(),
+            Some("logprobs")
+        );
+        let request = completion(json!({"model": "m", "prompt": [[1], []]}));
+        assert_eq!(
+            request.prompts().unwrap_err().param.as_deref(),
+            Some("prompt")
+        );
     }
 
     fn chat_request(messages: Value) -> ChatCompletionRequest {

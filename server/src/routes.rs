@@ -8,11 +8,11 @@ use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{header, HeaderMap, StatusCode},
     middleware::{self, Next},
-    response::{sse::Sse, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::{get, post},
     Router,
 };
-use pio_host::{Capability, ChatRequest, EmbedRequest, ErrorKind, GenerateRequest};
+use pio_host::{Capability, EmbedRequest, ErrorKind};
 use serde_json::{json, Value};
 
 use pio_host::{HostError, PluginState, PluginSummary};
@@ -20,14 +20,14 @@ use pio_host::{HostError, PluginState, PluginSummary};
 use super::{
     auth::require_api_key,
     body::JsonBody,
-    engine::{EngineError, Priority, Sequence, SequenceEvent, SequenceHandle},
+    complete,
+    engine::{EngineError, Priority},
     error::{ApiError, ErrorLabel},
     openai::{
         encode_embedding, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-        EmbeddingRequest, Endpoint, Limits, ResponseMeta, Sampling, TokenizeRequest,
+        EmbeddingRequest, Limits, TokenizeRequest,
     },
     plugins::Readiness,
-    stream::CompletionStream,
     App,
 };
 
@@ -83,7 +83,8 @@ async fn require_ready(State(app): State<Arc<App>>, request: Request, next: Next
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+/// A JSON body with `status`.
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -93,7 +94,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 /// The priority of a request: its `priority` field, else the `x-priority` header.
-fn priority(field: Option<i64>, headers: &HeaderMap) -> Result<Priority, ApiError> {
+pub(crate) fn priority(field: Option<i64>, headers: &HeaderMap) -> Result<Priority, ApiError> {
     let level = match field {
         Some(level) => level,
         None => match headers.get(PRIORITY_HEADER) {
@@ -111,7 +112,7 @@ fn priority(field: Option<i64>, headers: &HeaderMap) -> Result<Priority, ApiErro
 }
 
 impl App {
-    fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             default_max_tokens: self.config.default_max_tokens,
             max_tokens_limit: self.config.max_tokens_limit,
@@ -214,19 +215,7 @@ async fn chat_completions(
     headers: HeaderMap,
     JsonBody(request): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let sequence = Sequence::Chat(ChatRequest {
-        messages: request.messages()?,
-        params: request.sampling.params(app.limits())?,
-    });
-    complete(
-        &app,
-        Endpoint::Chat,
-        &request.model,
-        &request.sampling,
-        &headers,
-        sequence,
-    )
-    .await
+    complete::chat(&app, &headers, request).await
 }
 
 /// `POST /v1/completions`.
@@ -235,76 +224,7 @@ async fn completions(
     headers: HeaderMap,
     JsonBody(request): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let sequence = Sequence::Generate(GenerateRequest {
-        prompt: request.prompt()?,
-        params: request.sampling.params(app.limits())?,
-    });
-    complete(
-        &app,
-        Endpoint::Completion,
-        &request.model,
-        &request.sampling,
-        &headers,
-        sequence,
-    )
-    .await
-}
-
-/// Queues a sequence and answers with the whole completion, or streams it.
-///
-/// The first event is awaited before answering, so a request the plugin refuses (say, a
-/// prompt longer than the context) gets its 4xx status even when streaming.
-async fn complete(
-    app: &App,
-    endpoint: Endpoint,
-    model: &str,
-    sampling: &Sampling,
-    headers: &HeaderMap,
-    sequence: Sequence,
-) -> Result<Response, ApiError> {
-    let priority = priority(sampling.priority, headers)?;
-    let mut handle = app.engine.submit_sequence(model, priority, sequence)?;
-    let first = next_event(&mut handle, app, model).await?;
-    if let SequenceEvent::Finished(Err(error)) = first {
-        return Err(error.into());
-    }
-    let meta = ResponseMeta::new(endpoint, app.next_request_number(), model);
-    if sampling.stream {
-        let stream = CompletionStream::new(
-            endpoint,
-            meta,
-            first,
-            handle.events,
-            sampling.include_usage(),
-        );
-        return Ok(Sse::new(stream).into_response());
-    }
-    let mut event = first;
-    loop {
-        match event {
-            SequenceEvent::Text(_) => event = next_event(&mut handle, app, model).await?,
-            SequenceEvent::Finished(result) => {
-                let completion = result?;
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &endpoint.response(&meta, &completion),
-                ));
-            }
-        }
-    }
-}
-
-/// The next event of a sequence for `model`, or the reason there is none before its deadline.
-async fn next_event(
-    handle: &mut SequenceHandle,
-    app: &App,
-    model: &str,
-) -> Result<SequenceEvent, ApiError> {
-    match tokio::time::timeout_at(handle.deadline.into(), handle.events.recv()).await {
-        Ok(Some(event)) => Ok(event),
-        Ok(None) => Err(EngineError::Stopped(model.to_owned()).into()),
-        Err(_) => Err(EngineError::Timeout(app.config.request_timeout).into()),
-    }
+    complete::completion(&app, &headers, request).await
 }
 
 /// `POST /v1/embeddings`.

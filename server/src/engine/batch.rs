@@ -13,16 +13,14 @@
 
 use std::{collections::HashMap, sync::atomic::Ordering, sync::Arc, time::Instant};
 
-use pio_host::{ErrorKind, PluginError, SequenceStep};
+use pio_host::{ErrorKind, PluginError, PositionLogprobs, SequenceStep};
 use tokio::sync::mpsc;
 
 use pio_host::{HostError, HostResult};
 
 use super::{
-    guard::OutputGuard,
-    limit::AdaptiveLimit,
-    scheduler::{params, Scheduler},
-    Admission, Completion, EngineError, Sequence, SequenceEvent,
+    guard::OutputGuard, limit::AdaptiveLimit, scheduler::Scheduler, Admission, Completion,
+    EngineError, Sequence, SequenceEvent,
 };
 use crate::BatchConfig;
 
@@ -46,6 +44,8 @@ struct Running {
     guard: OutputGuard,
     /// When its previous token (or, before the first, its request) arrived.
     previous: Instant,
+    /// The log-probabilities of its tokens so far: `Some` when the request asked for them.
+    logprobs: Option<Vec<PositionLogprobs>>,
 }
 
 /// The open sequences of one plugin name and the adaptive limit on their number.
@@ -88,7 +88,12 @@ impl Scheduler {
         request: &Sequence,
         events: mpsc::UnboundedSender<SequenceEvent>,
     ) {
-        match self.manager.open_sequence(&admission.reference, request) {
+        let opened = self.manager.open_sequence_with(
+            &admission.reference,
+            &request.request,
+            &request.options,
+        );
+        match opened {
             Ok(served) => {
                 self.metrics
                     .sequence_opened(&self.name, served.response.cached_tokens);
@@ -102,11 +107,14 @@ impl Scheduler {
                     admission,
                     events,
                     prompt_tokens: served.response.prompt_tokens,
-                    guard: OutputGuard::new(params(request)),
+                    guard: OutputGuard::new(request.params()),
+                    logprobs: request.options.logprobs.map(|_| Vec::new()),
                 });
                 self.publish(batch);
             }
-            Err(HostError::Plugin { error, .. }) if error.kind == ErrorKind::OutOfMemory => {
+            Err(HostError::Plugin { error, .. })
+                if error.kind == ErrorKind::OutOfMemory && request.options.is_plain() =>
+            {
                 tracing::info!(plugin = %self.name, "{error}; running it alone");
                 self.run_sequence(&admission, request, &events);
             }
@@ -159,6 +167,10 @@ impl Scheduler {
                 missing.push(sequence);
                 continue;
             };
+            if let Err(error) = self.collect_logprobs(&mut sequence) {
+                self.fail(vec![sequence], error);
+                continue;
+            }
             let now = Instant::now();
             let first = sequence.guard.tokens() == 0;
             self.metrics
@@ -197,6 +209,7 @@ impl Scheduler {
                 finish,
                 plugin: sequence.owner.plugin.clone(),
                 text: sequence.guard.text().to_owned(),
+                logprobs: sequence.logprobs.take().unwrap_or_default(),
             };
             let _ = sequence
                 .events
@@ -211,6 +224,21 @@ impl Scheduler {
             self.fail(missing, error);
         }
         going_on
+    }
+
+    /// Fetches the log-probabilities of the step's token of a sequence that asked for them,
+    /// and sends them ahead of its text.
+    fn collect_logprobs(&self, sequence: &mut Running) -> HostResult<()> {
+        let Some(collected) = &mut sequence.logprobs else {
+            return Ok(());
+        };
+        let owner = &sequence.owner;
+        let new = self
+            .manager
+            .sequence_logprobs(&owner.plugin, owner.generation, sequence.id)?;
+        collected.extend_from_slice(&new);
+        let _ = sequence.events.send(SequenceEvent::Logprobs(new));
+        Ok(())
     }
 
     /// Fails every open sequence: this scheduler was found stuck in a call and replaced.

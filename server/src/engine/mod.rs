@@ -31,7 +31,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pio_host::{FinishReason, PluginStats, SequenceRequest};
+use pio_host::{
+    DecodeOptions, FinishReason, GenerationParams, PluginStats, PositionLogprobs, SequenceRequest,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use pio_host::{HostError, HostResult, PluginManager, PluginState};
@@ -65,8 +67,25 @@ pub enum EngineError {
     Step(Arc<HostError>),
 }
 
-/// A request that produces a sequence of tokens: a continuation or a chat answer.
-pub type Sequence = SequenceRequest;
+/// A request that produces a sequence of tokens — a continuation or a chat answer — and what
+/// it reports and obeys beyond its tokens (log-probabilities, a grammar).
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    /// The continuation or chat answer.
+    pub request: SequenceRequest,
+    /// Log-probabilities and grammar; plain options need nothing beyond generation.
+    pub options: DecodeOptions,
+}
+
+impl Sequence {
+    /// The generation parameters of the request.
+    pub fn params(&self) -> &GenerationParams {
+        match &self.request {
+            SequenceRequest::Generate(request) => &request.params,
+            SequenceRequest::Chat(request) => &request.params,
+        }
+    }
+}
 
 /// A finished sequence.
 #[derive(Debug, Clone)]
@@ -81,11 +100,17 @@ pub struct Completion {
     pub finish: FinishReason,
     /// `name@version` of the instance that generated it.
     pub plugin: String,
+    /// The log-probabilities of every generated token, when the request asked for them.
+    pub logprobs: Vec<PositionLogprobs>,
 }
 
-/// What a submitted sequence sends back, in order: text pieces, then exactly one `Finished`.
+/// What a submitted sequence sends back, in order: text pieces (each after the
+/// log-probabilities of the tokens that made it, when asked for), then exactly one `Finished`.
 #[derive(Debug)]
 pub enum SequenceEvent {
+    /// The log-probabilities of the tokens of one step (their text may be held back for a
+    /// while: it follows in a later `Text`).
+    Logprobs(Vec<PositionLogprobs>),
     /// The next piece of generated text (never empty).
     Text(String),
     /// The end: the completion, or why there is none.

@@ -15,7 +15,9 @@ use std::{
     time::Instant,
 };
 
-use pio_host::{Capability, GenerationParams, StreamControl, TokenEvent};
+use pio_host::{
+    Capability, ErrorKind, HostError, PluginError, SequenceRequest, StreamControl, TokenEvent,
+};
 use tokio::sync::mpsc;
 
 use pio_host::PluginManager;
@@ -27,14 +29,6 @@ use super::{
     Admission, Completion, EngineError, Job, LaneState, Sequence, SequenceEvent,
 };
 use crate::{metrics::Metrics, BatchConfig};
-
-/// The generation parameters of a sequence request.
-pub(super) fn params(request: &Sequence) -> &GenerationParams {
-    match request {
-        Sequence::Generate(request) => &request.params,
-        Sequence::Chat(request) => &request.params,
-    }
-}
 
 /// Why the scheduler stopped a generation early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +111,8 @@ impl Scheduler {
                 }
                 if self.batches(&admission.reference) {
                     self.open(batch, admission, &request, events);
+                } else if !request.options.is_plain() {
+                    self.refuse_options(&admission, &events);
                 } else {
                     self.run_sequence(&admission, &request, &events);
                 }
@@ -163,6 +159,25 @@ impl Scheduler {
         true
     }
 
+    /// Answers a request for log-probabilities or a grammar from a plugin without batched
+    /// generation: those come only through sequences.
+    pub(super) fn refuse_options(
+        &self,
+        admission: &Admission,
+        events: &mpsc::UnboundedSender<SequenceEvent>,
+    ) {
+        self.metrics.generation(&self.name, "error", 0);
+        let error = HostError::Plugin {
+            plugin: admission.reference.clone(),
+            operation: "open_sequence",
+            error: PluginError::new(
+                ErrorKind::Unsupported,
+                "log-probabilities and constrained decoding need a plugin with batched generation",
+            ),
+        };
+        let _ = events.send(SequenceEvent::Finished(Err(EngineError::Host(error))));
+    }
+
     pub(super) fn refresh_stats(&self) {
         let stats = self.manager.stats(&self.name).ok();
         *super::lock(&self.state.stats) = stats;
@@ -181,7 +196,7 @@ impl Scheduler {
         let mut cancel = None;
         let mut previous = admission.arrived;
         let mut first = true;
-        let mut guard = OutputGuard::new(params(request));
+        let mut guard = OutputGuard::new(request.params());
         let on_token = |event: &TokenEvent| {
             self.state.progressed();
             let now = Instant::now();
@@ -209,9 +224,11 @@ impl Scheduler {
             }
         };
         let reference = admission.reference.as_str();
-        let result = match request {
-            Sequence::Generate(request) => self.manager.generate(reference, request, on_token),
-            Sequence::Chat(request) => self.manager.chat(reference, request, on_token),
+        let result = match &request.request {
+            SequenceRequest::Generate(request) => {
+                self.manager.generate(reference, request, on_token)
+            }
+            SequenceRequest::Chat(request) => self.manager.chat(reference, request, on_token),
         };
         self.state.active.fetch_sub(1, Ordering::Relaxed);
 
@@ -236,6 +253,7 @@ impl Scheduler {
                     completion_tokens: guard.tokens(),
                     finish,
                     plugin: served.plugin,
+                    logprobs: Vec::new(),
                 };
                 (
                     finish.as_str(),
