@@ -465,6 +465,126 @@ fn concurrent_streams_share_batched_steps_and_get_the_text_they_get_alone() {
 }
 
 #[test]
+fn logprobs_echo_and_several_choices_with_the_example_plugin() {
+    let server = example_server(ConfigLayer::default());
+    // The mirror is certain of each token it writes (log-probability 0).
+    let mut request = chat("example", "hello");
+    request["n"] = json!(2);
+    request["logprobs"] = json!(true);
+    request["top_logprobs"] = json!(2);
+    let (status, body) = server.post("/v1/chat/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        assert_eq!(choice["message"]["content"], "olleh");
+        let content = choice["logprobs"]["content"].as_array().unwrap();
+        let tokens: Vec<&str> = content
+            .iter()
+            .map(|t| t["token"].as_str().unwrap())
+            .collect();
+        assert_eq!(tokens, ["o", "l", "l", "e", "h"]);
+        assert!(content.iter().all(|t| t["logprob"] == 0.0), "{choice}");
+        assert_eq!(content[0]["bytes"], json!([111]));
+        assert_eq!(
+            content[0]["top_logprobs"],
+            json!([{"token": "o", "logprob": 0.0, "bytes": [111]}])
+        );
+    }
+    assert_eq!(body["usage"]["prompt_tokens"], 5, "the prompt counts once");
+    assert_eq!(body["usage"]["completion_tokens"], 10);
+
+    // Two prompts, two choices each, echoed and scored: the mirror finds every character
+    // equally likely, so each prompt token after the first has log-probability −ln(0x110000).
+    let uniform = -(f64::from(0x11_0000u32)).ln();
+    let request = json!({"model": "example", "prompt": ["abc", "xy"], "n": 2, "echo": true,
+                         "logprobs": 1, "max_tokens": 2});
+    let (status, body) = server.post("/v1/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    let choices = body["choices"].as_array().unwrap();
+    let texts: Vec<&str> = choices
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["abccb", "abccb", "xyyx", "xyyx"]);
+    let logprobs = &choices[0]["logprobs"];
+    assert_eq!(logprobs["tokens"], json!(["a", "b", "c", "c", "b"]));
+    assert_eq!(logprobs["text_offset"], json!([0, 1, 2, 3, 4]));
+    let values = logprobs["token_logprobs"].as_array().unwrap();
+    assert!(values[0].is_null() && logprobs["top_logprobs"][0].is_null());
+    for value in &values[1..3] {
+        assert!((value.as_f64().unwrap() - uniform).abs() < 1e-4, "{value}");
+    }
+    assert_eq!(&values[3..], [json!(0.0), json!(0.0)]);
+    assert_eq!(logprobs["top_logprobs"][3], json!({"c": 0.0}));
+    assert_eq!(body["usage"]["prompt_tokens"], 5);
+
+    // `max_tokens: 0` with echo and logprobs scores the prompt alone.
+    let request = json!({"model": "example", "prompt": "abc", "echo": true, "logprobs": 0,
+                         "max_tokens": 0});
+    let (status, body) = server.post("/v1/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["text"], "abc");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        body["choices"][0]["logprobs"]["tokens"],
+        json!(["a", "b", "c"])
+    );
+
+    // Streamed: every chunk names its choice; each choice's pieces give its whole text, and the
+    // log-probabilities arrive with the text they belong to.
+    let mut request = chat("example", "abc");
+    request["n"] = json!(3);
+    request["logprobs"] = json!(true);
+    request["stream"] = json!(true);
+    let (status, sse) = server.stream("/v1/chat/completions", &request);
+    assert_eq!(status, 200);
+    let data = sse.collect_all();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let mut texts = vec![String::new(); 3];
+    let mut tokens = vec![0usize; 3];
+    for chunk in &data[..data.len() - 1] {
+        let chunk: Value = serde_json::from_str(chunk).unwrap();
+        let choice = &chunk["choices"][0];
+        let index = choice["index"].as_u64().unwrap() as usize;
+        let text = choice["delta"]["content"].as_str().unwrap_or("");
+        texts[index].push_str(text);
+        if let Some(content) = choice["logprobs"]["content"].as_array() {
+            tokens[index] += content.len();
+        }
+    }
+    assert_eq!(texts, ["cba", "cba", "cba"]);
+    assert_eq!(tokens, [3, 3, 3]);
+
+    // What the mirror cannot do, and what no request may ask, is a 400 naming the field.
+    let mut request = chat("example", "hi");
+    request["response_format"] = json!({"type": "json_object"});
+    let (status, body) = server.post("/v1/chat/completions", &request);
+    assert_eq!((status, error_of(&body).1), (400, "unsupported"), "{body}");
+    for (extra, field) in [
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (json!({"n": 17}), "n"),
+        (json!({"echo": true}), "echo"),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+            "response_format",
+        ),
+    ] {
+        let mut request = chat("example", "hi");
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, body) = server.post("/v1/chat/completions", &request);
+        assert_eq!((status, error_of(&body).2), (400, Some(field)), "{body}");
+    }
+}
+
+#[test]
 fn bad_requests_get_openai_error_bodies() {
     let server = example_server(ConfigLayer {
         body_limit_bytes: Some(4096),

@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod loader;
 pub mod manager;
 pub mod manifest;
+pub mod object;
 pub mod pack;
 pub mod paths;
 pub mod shadow;

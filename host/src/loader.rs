@@ -4,20 +4,21 @@
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use pio_plugin_api::{PluginInstanceBox, PluginMetadata, PluginModRef};
+use pio_plugin_api::{abi::v0_1_0, PluginMetadata, PluginModRef};
 
 use crate::{
     elf::check_shared_library,
     error::{HostError, HostResult},
     manifest::Manifest,
+    object::{PluginModule, PluginObject},
     shadow::ShadowDir,
 };
 
 /// A library loaded through its `abi_stable` header, with its parsed metadata.
 #[derive(Clone)]
 pub struct LoadedLibrary {
-    /// The root module.
-    pub module: PluginModRef,
+    /// The root module, in the API layout the library was built with.
+    pub module: PluginModule,
     /// What the library says about itself.
     pub metadata: PluginMetadata,
     /// The shadow copy that was loaded.
@@ -43,14 +44,15 @@ pub fn new_instance(
     plugin: &str,
     library: &LoadedLibrary,
     config: &str,
-) -> HostResult<PluginInstanceBox> {
+) -> HostResult<PluginObject> {
     let plugin_error = |operation, error: pio_plugin_api::PluginError| HostError::Plugin {
         plugin: plugin.to_owned(),
         operation,
         error: error.into(),
     };
-    let mut instance = (library.module.new_instance())()
-        .into_result()
+    let mut instance = library
+        .module
+        .new_instance()
         .map_err(|e| plugin_error("new", e))?;
     instance
         .initialize(config.into())
@@ -109,10 +111,17 @@ fn open_library(plugin: &str, library: &Path, shadow_path: PathBuf) -> HostResul
             .map_err(|reason| fail(format!("not a loadable shared library: {reason}")))?;
     }
     let header = lib_header_from_path(&shadow_path).map_err(|e| fail(describe(&e)))?;
-    let module = header
-        .init_root_module::<PluginModRef>()
-        .map_err(|e| fail(describe(&e)))?;
-    let json = (module.metadata_json())()
+    // The current layout, else the frozen earlier layouts of the band (a library built against
+    // an older minor has fewer vtable methods, which the current layout's check refuses).
+    let module = match header.init_root_module::<PluginModRef>() {
+        Ok(module) => PluginModule::Current(module),
+        Err(current) => match header.init_root_module::<v0_1_0::PluginModRef>() {
+            Ok(module) => PluginModule::V0_1_0(module),
+            Err(_) => return Err(fail(describe(&current))),
+        },
+    };
+    let json = module
+        .metadata_json()
         .into_result()
         .map_err(|e| fail(format!("metadata failed: {e}")))?;
     let metadata: PluginMetadata =

@@ -66,9 +66,11 @@
 //!   type, methods appended to the instance's vtable after its last prefix field (each with a
 //!   default), new metadata JSON fields (a missing one takes its default). A host loads a
 //!   plugin built against a *newer* version of its band (it ignores what it does not know),
-//!   and one built against an *older* version of its band as long as nothing was appended in
-//!   between (`abi_stable`'s layout check at load refuses a plugin with fewer prefix fields
-//!   than the host reads).
+//!   and one built against an *older* version of its band through a frozen copy of that
+//!   version's layout ([`abi::v0_1_0`]: `abi_stable`'s layout check refuses a library with
+//!   fewer vtable methods than the host's type, so every release that appends keeps the
+//!   previous layout frozen); the calls the older layout lacks answer
+//!   [`ErrorKind::Unsupported`] naming the plugin's API version.
 //! - **Breaking change** (`0.1` → `0.2` while the major is 0; `1.x` → `2.0` after): anything
 //!   else — a field, method or type changed or removed, a variant added to an ABI enum. A host
 //!   refuses a plugin of another band before loading its code, with an error naming both

@@ -8,13 +8,14 @@
 
 use std::{os::unix::net::UnixStream, path::Path};
 
-use pio_plugin_api::{ErrorKind, FnSink, PluginError, PluginInstanceBox, StreamControl};
+use pio_plugin_api::{ErrorKind, FnSink, PluginError, StreamControl};
 use semver::Version;
 
 use crate::{
     error::HostError,
     loader::{new_instance, open_plugin, LoadedLibrary},
     manifest::Manifest,
+    object::PluginObject,
     shadow::ShadowDir,
 };
 
@@ -67,7 +68,7 @@ struct Worker {
     socket: UnixStream,
     /// Kept for the life of the process: the instance's code lives in it.
     library: Option<LoadedLibrary>,
-    instance: Option<PluginInstanceBox>,
+    instance: Option<PluginObject>,
     /// This worker's shadow directory (its copies are removed by the next process that finds
     /// this worker gone).
     _shadow: Option<ShadowDir>,

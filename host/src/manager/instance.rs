@@ -5,9 +5,11 @@
 use pio_plugin_api::{
     abi_stable::std_types::RVec, ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest,
     EmbedResponse, FnSink, GenerateRequest, GenerateResponse, Health, HealthStatus, PluginError,
-    PluginInstanceBox, PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest,
-    SequenceStep, StreamControl, TokenEvent,
+    PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep,
+    StreamControl, TokenEvent,
 };
+
+use crate::object::PluginObject;
 
 use crate::isolation::{
     client::CallError,
@@ -18,7 +20,7 @@ use crate::isolation::{
 /// A plugin instance and where it runs.
 pub(crate) enum Instance {
     /// In this process.
-    InProcess(PluginInstanceBox),
+    InProcess(PluginObject),
     /// In a worker process.
     Worker(Box<WorkerInstance>),
 }

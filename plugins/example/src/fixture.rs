@@ -24,8 +24,9 @@ use std::time::Duration;
 use pio_plugin_kit::{
     api::{
         abi_stable::std_types::RVec, serde_json, ActivateOptions, Capability, ChatRequest,
-        EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse, GenerationParams, Health,
-        Plugin, PluginStats, SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
+        DecodeOptions, EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse,
+        GenerationParams, Health, Plugin, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
+        SequenceRequest, SequenceStep, TokenStream,
     },
     PluginError, PluginMetadata, PluginResult,
 };
@@ -200,5 +201,23 @@ impl<P: Plugin> Plugin for TestFixtures<P> {
     fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
         self.inject_fault("close_sequence")?;
         self.plugin.close_sequence(id)
+    }
+
+    fn open_sequence_with(
+        &mut self,
+        request: &SequenceRequest,
+        options: &DecodeOptions,
+    ) -> PluginResult<SequenceOpened> {
+        self.inject_fault("open_sequence")?;
+        let request = self.limits(request, sequence_params);
+        self.plugin.open_sequence_with(&request, options)
+    }
+
+    fn sequence_logprobs(&mut self, id: u64) -> PluginResult<Vec<PositionLogprobs>> {
+        self.plugin.sequence_logprobs(id)
+    }
+
+    fn score(&mut self, prompt: &Prompt, top: u32) -> PluginResult<Vec<PositionLogprobs>> {
+        self.plugin.score(prompt, top)
     }
 }

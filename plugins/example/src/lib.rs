@@ -44,8 +44,9 @@ mod trigram;
 
 use pio_plugin_kit::{
     api::serde_json::{self, json},
-    metadata, Activation, Capability, CharTokenizer, Config, Embeddings, Message, Model, ModelInfo,
-    Next, PluginError, PluginMetadata, PluginResult, Sampling, TextModel, TextPlugin,
+    metadata, Activation, Capability, CharTokenizer, Config, Embeddings, Logprobs, Message, Model,
+    ModelInfo, Next, PluginError, PluginMetadata, PluginResult, Sampled, Sampling, StepOptions,
+    TextModel, TextPlugin, Tokenizer,
 };
 
 /// Context length used when the host does not ask for one.
@@ -173,6 +174,45 @@ impl TextModel for Mirror {
             true => Next::Final(token),
             false => Next::Token(token),
         })
+    }
+
+    /// The mirror is certain of every token it writes: probability 1 (log-probability 0), no
+    /// alternative with any chance. It has no grammar support (its text is fixed), which the
+    /// kit reports: its tokenizer names no end-of-generation token.
+    fn step_with(
+        &mut self,
+        batch: &mut [&mut Vec<u32>],
+        options: &[StepOptions<'_>],
+    ) -> PluginResult<Vec<Sampled>> {
+        batch
+            .iter_mut()
+            .zip(options)
+            .map(|(rest, options)| {
+                let next = self.step(rest)?;
+                let certain = Logprobs {
+                    logprob: 0.0,
+                    top: vec![(next.token(), 0.0)],
+                };
+                Ok(Sampled {
+                    next,
+                    logprobs: options.logprobs.map(|_| certain),
+                })
+            })
+            .collect()
+    }
+
+    /// The mirror has no view of what a text continues with: every character is equally
+    /// likely (ties list the lowest ids first).
+    fn score(&mut self, prompt: &[u32], top: u32) -> PluginResult<Vec<Logprobs>> {
+        let uniform = -(f64::from(CharTokenizer.vocab_size())).ln() as f32;
+        let alternatives: Vec<(u32, f32)> = (0..top).map(|token| (token, uniform)).collect();
+        Ok(prompt[1..]
+            .iter()
+            .map(|_| Logprobs {
+                logprob: uniform,
+                top: alternatives.clone(),
+            })
+            .collect())
     }
 }
 

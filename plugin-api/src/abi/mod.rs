@@ -10,9 +10,14 @@
 //! - [`PluginInstance`] and [`TokenSink`] are `sabi_trait`s whose vtables are prefix types too:
 //!   new methods go after the one marked `last_prefix_field`, with a default implementation.
 //! - Every function returns errors as values; none may unwind.
+//! - `abi_stable` refuses a library whose prefix types have *fewer* fields than the host's, so
+//!   a host keeps a frozen copy of every earlier layout of its band ([`v0_1_0`]) and loads an
+//!   older plugin through it; the calls that layout lacks answer unsupported.
 
 // abi_stable's derive and trait macros define impls inside generated constants.
 #![allow(non_local_definitions)]
+
+pub mod v0_1_0;
 
 use abi_stable::{
     declare_root_module_statics,
