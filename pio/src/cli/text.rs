@@ -10,7 +10,8 @@ use std::{
 use anyhow::Context;
 use clap::Args;
 use pio_host::{
-    ChatMessage, ChatRequest, GenerateRequest, GenerateResponse, Prompt, StreamControl, TokenEvent,
+    ChatMessage, ChatRequest, Constraint, DecodeOptions, GenerateRequest, GenerateResponse, Prompt,
+    SequenceRequest, StreamControl, TokenEvent,
 };
 
 use pio_host::PluginManager;
@@ -46,7 +47,45 @@ pub struct GenerateArgs {
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
+    constraint: ConstraintArgs,
+    #[command(flatten)]
     model: ModelArgs,
+}
+
+/// A grammar the generated text must match (constrained decoding); at most one.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct ConstraintArgs {
+    /// The output is JSON matching the JSON Schema in this file.
+    #[arg(long = "json-schema", value_name = "FILE")]
+    json_schema: Option<PathBuf>,
+    /// The output is a JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The output matches this regular expression as a whole.
+    #[arg(long, value_name = "REGEX")]
+    regex: Option<String>,
+    /// The output matches the grammar in this file (llguidance's Lark dialect).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
+}
+
+impl ConstraintArgs {
+    /// The constraint the flags give, its file read.
+    fn constraint(&self) -> anyhow::Result<Option<Constraint>> {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        Ok(if let Some(path) = &self.json_schema {
+            Some(Constraint::JsonSchema(read(path)?))
+        } else if let Some(path) = &self.grammar {
+            Some(Constraint::Lark(read(path)?))
+        } else if let Some(regex) = &self.regex {
+            Some(Constraint::Regex(regex.clone()))
+        } else {
+            self.json.then_some(Constraint::JsonObject)
+        })
+    }
 }
 
 /// Arguments of `pio chat`.
@@ -155,12 +194,54 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         params: args.sampling.params()?,
     };
     let mut stdout = std::io::stdout().lock();
+    if let Some(constraint) = args.constraint.constraint()? {
+        generate_constrained(&manager, &id, request, constraint, &mut stdout)?;
+        println!();
+        return Ok(ExitCode::SUCCESS);
+    }
     let response = manager
         .generate(&id, &request, print_tokens(&mut stdout))?
         .response;
     println!();
     log_response(&response);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Generates under a grammar: a sequence opened with the constraint (grammars are a sequence
+/// option) and stepped alone to its end, its text printed as it comes.
+fn generate_constrained(
+    manager: &PluginManager,
+    plugin: &str,
+    request: GenerateRequest,
+    constraint: Constraint,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let options = DecodeOptions {
+        logprobs: None,
+        constraint: Some(constraint),
+    };
+    let opened =
+        manager.open_sequence_with(plugin, &SequenceRequest::Generate(request), &options)?;
+    let (instance, generation, id) = (&opened.plugin, opened.generation, opened.response.id);
+    let outcome = (|| loop {
+        let steps = manager.step_sequences(instance, generation, &[id])?;
+        let Some(step) = steps.first() else {
+            anyhow::bail!("the plugin returned no token for its sequence");
+        };
+        out.write_all(step.event.text.as_bytes())?;
+        out.flush()?;
+        if let Some(finish) = step.finish {
+            tracing::info!(
+                prompt_tokens = opened.response.prompt_tokens,
+                generated = step.event.index + 1,
+                finish = finish.as_str(),
+                "done"
+            );
+            return Ok(());
+        }
+    })();
+    manager.close_sequence(instance, generation, id)?;
+    outcome
 }
 
 /// `pio chat [PLUGIN]`: one message with `--message`, else an interactive session that keeps
