@@ -557,6 +557,25 @@ fn logprobs_echo_and_several_choices_with_the_example_plugin() {
     assert_eq!(texts, ["cba", "cba", "cba"]);
     assert_eq!(tokens, [3, 3, 3]);
 
+    // lm-eval's remote tokenizer: `/tokenizer_info`, and `/tokenize` without a model when one
+    // text plugin is served.
+    let (status, info) = server.get("/tokenizer_info");
+    assert_eq!(status, 200, "{info}");
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        (&info["model"], &info["vocab_size"]),
+        (&json!("example"), &json!(0x11_0000))
+    );
+    assert!(
+        info.as_object().unwrap().contains_key("eos_token"),
+        "{info}"
+    );
+    let (status, body) = server.post(
+        "/tokenize",
+        &json!({"prompt": "ab", "add_special_tokens": false}),
+    );
+    assert_eq!((status, &body["tokens"]), (200, &json!([97, 98])), "{body}");
+
     // What the mirror cannot do, and what no request may ask, is a 400 naming the field.
     let mut request = chat("example", "hi");
     request["response_format"] = json!({"type": "json_object"});

@@ -495,8 +495,8 @@ impl EmbeddingRequest {
 /// `POST /tokenize`.
 #[derive(Debug, Deserialize)]
 pub struct TokenizeRequest {
-    /// The plugin.
-    pub model: String,
+    /// The plugin; optional when one text plugin is served.
+    pub model: Option<String>,
     /// The text.
     pub prompt: String,
     /// Whether the model's special tokens (e.g. BOS) are added.
@@ -511,8 +511,8 @@ fn yes() -> bool {
 /// `POST /detokenize`.
 #[derive(Debug, Deserialize)]
 pub struct DetokenizeRequest {
-    /// The plugin.
-    pub model: String,
+    /// The plugin; optional when one text plugin is served.
+    pub model: Option<String>,
     /// Token ids.
     pub tokens: Vec<u32>,
 }

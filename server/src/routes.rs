@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    extract::{DefaultBodyLimit, MatchedPath, Query, Request, State},
     http::{header, HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -43,6 +43,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/tokenizer_info", get(tokenizer_info))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_ready))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
@@ -278,6 +279,7 @@ async fn tokenize(
         prompt,
         add_special_tokens,
     } = request;
+    let model = text_model(&app, model)?;
     let tokens = app
         .engine
         .call(&model, priority, move |manager, model| {
@@ -298,6 +300,7 @@ async fn detokenize(
 ) -> Result<Response, ApiError> {
     let priority = priority(None, &headers)?;
     let DetokenizeRequest { model, tokens } = request;
+    let model = text_model(&app, model)?;
     let answer = app
         .engine
         .call(&model, priority, move |manager, model| {
@@ -331,9 +334,81 @@ async fn detokenize(
 /// The vocabulary size the plugin `model` reports in its stats details (`vocab_size`), if it
 /// does. Runs on the plugin's scheduler thread, like every plugin call.
 fn vocab_size(manager: &pio_host::PluginManager, model: &str) -> Option<u64> {
+    tokenizer_details(manager, model)?
+        .get("vocab_size")?
+        .as_u64()
+}
+
+/// The stats details of plugin `model`, where plugins report their tokenizer's facts.
+fn tokenizer_details(manager: &pio_host::PluginManager, model: &str) -> Option<Value> {
     let stats = manager.stats(model).ok()?;
-    let details: Value = serde_json::from_str(&stats.details_json).ok()?;
-    details.get("vocab_size")?.as_u64()
+    serde_json::from_str(&stats.details_json).ok()
+}
+
+/// The model a tokenizer route names, or when it names none, the one text plugin served (as
+/// vLLM's routes and the clients written for them, such as lm-eval's remote tokenizer, expect).
+fn text_model(app: &App, model: Option<String>) -> Result<String, ApiError> {
+    if let Some(model) = model {
+        return Ok(model);
+    }
+    let text_plugins: Vec<String> = app
+        .manager
+        .list_active_plugins()
+        .into_iter()
+        .filter(|p| !p.retiring)
+        .filter(|p| {
+            p.metadata
+                .as_ref()
+                .is_some_and(|m| m.has(Capability::TextGeneration))
+        })
+        .map(|p| p.manifest.name)
+        .collect();
+    match text_plugins.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(ApiError::invalid("model", "no text plugin is served")),
+        several => Err(ApiError::invalid(
+            "model",
+            format!(
+                "model is required when several text plugins are served ({})",
+                several.join(", ")
+            ),
+        )),
+    }
+}
+
+/// Query of `GET /tokenizer_info`.
+#[derive(Debug, serde::Deserialize)]
+struct TokenizerInfoQuery {
+    model: Option<String>,
+}
+
+/// `GET /tokenizer_info[?model=NAME]`: the facts a client needs to tokenize for the model
+/// itself (vLLM's route; lm-eval's remote tokenizer reads it): `eos_token` and `vocab_size`
+/// where the plugin reports them, else `null`.
+async fn tokenizer_info(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<TokenizerInfoQuery>,
+) -> Result<Response, ApiError> {
+    let priority = priority(None, &headers)?;
+    let model = text_model(&app, query.model)?;
+    let details = app
+        .engine
+        .call(&model, priority, |manager, model| {
+            Ok(tokenizer_details(manager, model).unwrap_or(Value::Null))
+        })
+        .await?;
+    let fact = |key: &str| details.get(key).cloned().unwrap_or(Value::Null);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "model": model,
+            "eos_token": fact("eos_token"),
+            "bos_token": fact("bos_token"),
+            "pad_token": Value::Null,
+            "vocab_size": fact("vocab_size"),
+        }),
+    ))
 }
 
 /// `GET /metrics`: Prometheus text format.
