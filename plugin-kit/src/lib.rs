@@ -20,9 +20,9 @@
 //!   `max_new_tokens`, the context limit, cancellation, timings and usage counts, and serves
 //!   `generate`, `chat` and batched sequences from it — so all three give the same tokens and
 //!   text for the same request by construction.
-//! - **Plain types.** Authors see [`Activation`], [`Sampling`], [`Message`], [`Next`],
-//!   [`ModelStats`], [`Embeddings`]; the `abi_stable` types stay behind [`TextPlugin`] and
-//!   [`EmbeddingPlugin`].
+//! - **Plain types.** Authors see [`Activation`], [`SequenceParams`] (with [`Sampling`]),
+//!   [`Message`], [`Next`], [`ModelStats`], [`Embeddings`]; the `abi_stable` types stay behind
+//!   [`TextPlugin`] and [`EmbeddingPlugin`].
 //!
 //! ## A complete plugin
 //!
@@ -32,7 +32,7 @@
 //! ```
 //! use pio_plugin_kit::{
 //!     export_text_model, metadata, Activation, Capability, CharTokenizer, Model, Next,
-//!     NoConfig, PluginMetadata, PluginResult, Sampling, TextModel,
+//!     NoConfig, PluginMetadata, PluginResult, SequenceParams, TextModel,
 //! };
 //!
 //! struct Reverse;
@@ -57,7 +57,7 @@
 //!     fn context_length(&self) -> u32 {
 //!         4096
 //!     }
-//!     fn open(&mut self, prompt: &[u32], _: &Sampling) -> PluginResult<Vec<u32>> {
+//!     fn open(&mut self, prompt: &[u32], _: &SequenceParams) -> PluginResult<Vec<u32>> {
 //!         Ok(prompt.to_vec())
 //!     }
 //!     fn step(&mut self, rest: &mut Vec<u32>) -> PluginResult<Next> {
@@ -122,8 +122,8 @@ pub use embedding::EmbeddingPlugin;
 pub use logprobs::{Logprobs, TokenSet};
 pub use metadata::{default_host_range, Metadata};
 pub use model::{
-    Activation, Embeddings, Message, Model, ModelStats, Next, Sampled, Sampling, StepOptions,
-    TextModel,
+    Activation, Embeddings, Message, Model, ModelStats, Next, Sampled, Sampling, SequenceParams,
+    StepOptions, TextModel,
 };
 pub use stop::{StopMatcher, StopStep};
 pub use text::TextPlugin;

@@ -9,7 +9,7 @@ use pio_plugin_kit::{
         Prompt, SequenceRequest,
     },
     metadata, Activation, Decoder, ErrorKind, Logprobs, Model, Next, NoConfig, PluginMetadata,
-    PluginResult, Sampled, Sampling, StepOptions, TextModel, TextPlugin, Tokenizer,
+    PluginResult, Sampled, SequenceParams, StepOptions, TextModel, TextPlugin, Tokenizer,
 };
 
 /// Tokens 0..=255 are bytes; 256 ends a generation.
@@ -104,7 +104,7 @@ impl TextModel for Babbler {
     fn context_length(&self) -> u32 {
         4096
     }
-    fn open(&mut self, prompt: &[u32], _: &Sampling) -> PluginResult<Context> {
+    fn open(&mut self, prompt: &[u32], _: &SequenceParams) -> PluginResult<Context> {
         Ok(Context {
             tokens: prompt.to_vec(),
         })

@@ -45,8 +45,8 @@ mod trigram;
 use pio_plugin_kit::{
     api::serde_json::{self, json},
     metadata, Activation, Capability, CharTokenizer, Config, Embeddings, Logprobs, Message, Model,
-    ModelInfo, Next, PluginError, PluginMetadata, PluginResult, Sampled, Sampling, StepOptions,
-    TextModel, TextPlugin, Tokenizer,
+    ModelInfo, Next, PluginError, PluginMetadata, PluginResult, Sampled, SequenceParams,
+    StepOptions, TextModel, TextPlugin, Tokenizer,
 };
 
 /// Context length used when the host does not ask for one.
@@ -163,7 +163,7 @@ impl TextModel for Mirror {
         Ok(last_user.content.chars().map(u32::from).collect())
     }
 
-    fn open(&mut self, prompt: &[u32], _sampling: &Sampling) -> PluginResult<Vec<u32>> {
+    fn open(&mut self, prompt: &[u32], _params: &SequenceParams) -> PluginResult<Vec<u32>> {
         Ok(prompt.to_vec())
     }
 
