@@ -18,11 +18,13 @@
 //! logits give the first sampled token): a follow-up chat turn, or requests sharing a system
 //! prompt, skip most of their prefill.
 //!
-//! A step returns, for each listed sequence at its first step, the token sampled at `open`;
-//! the others feed their last token through the model together and sample their next tokens on
-//! the host, each with its own sampler. The weights are read once per step for all sequences,
-//! which is where batching gains: the per-step cost grows far slower than the number of
-//! sequences. The kit decides what the tokens become and when a sequence ends.
+//! `open` keeps the logits of the prompt's last position; a sequence's first step samples from
+//! them, and every later step feeds the sequence's last token through the model together with
+//! the other sequences'. Each sequence samples on the host with its own sampler, under its step
+//! options: logits outside a grammar's allowed tokens masked to −∞ first, log-probabilities
+//! taken from the unmasked row. The weights are read once per step for all sequences, which is
+//! where batching gains: the per-step cost grows far slower than the number of sequences. The
+//! kit decides what the tokens become and when a sequence ends.
 
 use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
@@ -30,6 +32,7 @@ use crate::memory::{self, MemoryConfig, MemoryLimits};
 use crate::runtime::GpuModel;
 use crate::sampler::Sampler;
 use crate::sequence::Tokens;
+use pio_plugin_kit::{Logprobs, StepOptions};
 
 /// How many sequences can be open at once, and how long each may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub struct Slot {
     /// Prompt tokens whose keys and values were reused from the slot's previous sequence.
     reused: usize,
     tokens: Tokens,
+    /// The logits of the prompt's last position, until the first step samples from them.
+    prompt_logits: Option<Vec<f32>>,
 }
 
 impl Slot {
@@ -198,7 +203,7 @@ impl Batch {
     }
 
     /// Opens a sequence: processes `prompt` into a free slot (reusing the longest cached
-    /// prefix) and samples its first token (the first step returns it). The sequence may hold
+    /// prefix) and keeps its last logits (the first step samples from them). The sequence may hold
     /// its prompt and `max_new_tokens` tokens but the last, up to the model's context (slots
     /// grow); when memory does not allow the slots to grow that far, it is refused with
     /// [`Error::SequenceTooLong`]. The caller has checked the prompt against the context.
@@ -207,7 +212,7 @@ impl Batch {
         model: &mut GpuModel,
         prompt: &[u32],
         max_new_tokens: usize,
-        mut sampler: Sampler,
+        sampler: Sampler,
     ) -> Result<Slot> {
         let (slot, reused) = self.pick_slot(prompt).ok_or_else(|| {
             Error::InvalidParams(format!(
@@ -233,21 +238,33 @@ impl Batch {
         // The slot's rows past `reused` are overwritten from here on.
         self.slot_tokens[slot].truncate(reused);
         let logits = model.forward_batch(&prompt[reused..], &positions, &rows, false)?;
-        let first = sampler.sample(&logits, prompt)?;
         self.slot_tokens[slot].extend_from_slice(&prompt[reused..]);
         self.free_slots.retain(|&s| s != slot);
         Ok(Slot {
             index: slot,
             reused,
-            tokens: Tokens::new(sampler, prompt, first),
+            tokens: Tokens::unsampled(sampler, prompt),
+            prompt_logits: Some(logits),
         })
     }
 
-    /// The next token of each of `sequences`: those at their first step return the token
-    /// sampled at `open`; the others feed their last token through the model together.
-    pub fn step(&mut self, model: &mut GpuModel, sequences: &mut [&mut Slot]) -> Result<Vec<u32>> {
+    /// The next token of each of `sequences`, each chosen under its `options`: those at their
+    /// first step sample from their prompt's logits; the others feed their last token through
+    /// the model together.
+    pub fn step(
+        &mut self,
+        model: &mut GpuModel,
+        sequences: &mut [&mut Slot],
+        options: &[StepOptions<'_>],
+    ) -> Result<Vec<(u32, Option<Logprobs>)>> {
+        let mut chosen = vec![None; sequences.len()];
+        for (i, sequence) in sequences.iter_mut().enumerate() {
+            if let Some(logits) = sequence.prompt_logits.take() {
+                chosen[i] = Some(sequence.tokens.choose(&logits, &options[i])?);
+            }
+        }
         let fed: Vec<usize> = (0..sequences.len())
-            .filter(|&i| sequences[i].tokens.first.is_none())
+            .filter(|&i| chosen[i].is_none())
             .collect();
         if !fed.is_empty() {
             let tokens: Vec<u32> = fed.iter().map(|&i| sequences[i].tokens.last()).collect();
@@ -269,18 +286,10 @@ impl Batch {
             for ((&i, &token), row) in fed.iter().zip(&tokens).zip(logits.chunks_exact(vocab)) {
                 let sequence = &mut *sequences[i];
                 self.slot_tokens[sequence.index].push(token);
-                let tokens = &mut sequence.tokens;
-                let next = tokens.sampler.sample(row, &tokens.history)?;
-                tokens.history.push(next);
+                chosen[i] = Some(sequence.tokens.choose(row, &options[i])?);
             }
         }
-        for sequence in sequences.iter_mut() {
-            let tokens = &mut sequence.tokens;
-            if let Some(first) = tokens.first.take() {
-                tokens.history.push(first);
-            }
-        }
-        Ok(sequences.iter().map(|s| s.tokens.last()).collect())
+        Ok(chosen.into_iter().flatten().collect())
     }
 
     /// Frees the slot of a closed sequence; the slot keeps the keys and values of its fed

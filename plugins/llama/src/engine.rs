@@ -7,11 +7,15 @@ use std::path::{Path, PathBuf};
 
 use pio_gguf::{GgufFile, TensorType};
 use pio_gpu::{DeviceOptions, Gpu};
-use pio_plugin_kit::{Message, Next, PluginError, PluginResult, SequenceParams, TextModel};
+use pio_plugin_kit::{
+    Logprobs, Message, Next, PluginError, PluginResult, Sampled, SequenceParams, StepOptions,
+    TextModel,
+};
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 
 use crate::batch::{Batch, BatchMemory, BatchSettings};
 use crate::error::{Error, Result};
+use crate::forward::Forward;
 use crate::memory::{self, MemoryConfig, MemoryLimits};
 use crate::models::{self, ModelSpec};
 use crate::perplexity::{perplexity, Perplexity};
@@ -283,15 +287,28 @@ impl TextModel for Engine {
     }
 
     fn step(&mut self, sequence: &mut Sequence) -> PluginResult<Next> {
-        let token = match sequence {
-            Sequence::Alone(tokens) => tokens.step_alone(&mut self.model)?,
-            Sequence::InSlot(slot) => self.batch.step(&mut self.model, &mut [slot])?[0],
-        };
-        Ok(self.next(token))
+        match sequence {
+            Sequence::Alone(tokens) => {
+                let token = tokens.step_alone(&mut self.model)?;
+                Ok(self.next(token))
+            }
+            Sequence::InSlot(_) => self.step_batch(&mut [sequence]).map(|nexts| nexts[0]),
+        }
     }
 
-    /// Batched sequences decoded in one forward pass over the batch cache.
     fn step_batch(&mut self, batch: &mut [&mut Sequence]) -> PluginResult<Vec<Next>> {
+        let plain = vec![StepOptions::default(); batch.len()];
+        let sampled = self.step_with(batch, &plain)?;
+        Ok(sampled.into_iter().map(|s| s.next).collect())
+    }
+
+    /// Batched sequences decoded in one forward pass over the batch cache, each sampled on the
+    /// host under its options (a grammar's mask, log-probabilities).
+    fn step_with(
+        &mut self,
+        batch: &mut [&mut Sequence],
+        options: &[StepOptions<'_>],
+    ) -> PluginResult<Vec<Sampled>> {
         let mut slots = Vec::with_capacity(batch.len());
         for sequence in batch.iter_mut() {
             match &mut **sequence {
@@ -303,8 +320,25 @@ impl TextModel for Engine {
                 }
             }
         }
-        let tokens = self.batch.step(&mut self.model, &mut slots)?;
-        Ok(tokens.into_iter().map(|token| self.next(token)).collect())
+        let chosen = self.batch.step(&mut self.model, &mut slots, options)?;
+        Ok(chosen
+            .into_iter()
+            .map(|(token, logprobs)| Sampled {
+                next: self.next(token),
+                logprobs,
+            })
+            .collect())
+    }
+
+    /// The prompt through the model's own cache, every position's logits kept.
+    fn score(&mut self, prompt: &[u32], top: u32) -> PluginResult<Vec<Logprobs>> {
+        let logits = self.model.forward(prompt, 0, true)?;
+        let vocab = logits.len() / prompt.len();
+        Ok(logits
+            .chunks_exact(vocab)
+            .zip(&prompt[1..])
+            .map(|(row, &token)| Logprobs::from_logits(row, token, top))
+            .collect())
     }
 
     fn close(&mut self, sequence: Sequence) {

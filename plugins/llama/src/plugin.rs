@@ -583,3 +583,94 @@ mod tests {
         assert_eq!(response.unwrap().tokens.len(), 4);
     }
 }
+
+/// Log-probabilities on the real model against the CPU reference.
+#[cfg(test)]
+mod logprob_tests {
+    use pio_gguf::GgufFile;
+    use pio_plugin_kit::api::{
+        abi_stable::std_types::ROption, DecodeOptions, Plugin, PositionLogprobs, Prompt,
+    };
+    use pio_plugin_kit::Logprobs;
+
+    use crate::forward::Forward;
+    use crate::reference::ReferenceModel;
+    use crate::test_model::{active_plugin, sampled, smollm2, tokens_request};
+
+    /// The log-probability tolerance: the GPU's logits agree with the reference's within 1e-3
+    /// (`smollm2_matches_reference`), and a log-softmax value moves by at most twice the largest
+    /// logit difference (the value itself and the log-sum-exp).
+    const TOLERANCE: f32 = 2e-3;
+
+    /// `got`, reported for `token` at a position whose reference logits are `row`, agrees with
+    /// the reference's full-vocabulary log-softmax: the token's value, and each listed
+    /// alternative's (most likely first).
+    fn check(got: &PositionLogprobs, row: &[f32], token: u32, top: usize) {
+        let reference = |token: u32| Logprobs::from_logits(row, token, 0).logprob;
+        assert_eq!(got.chosen.token, token);
+        let close = |a: f32, b: f32| (a - b).abs() < TOLERANCE;
+        assert!(
+            close(got.chosen.logprob, reference(token)),
+            "token {token}: {} against {}",
+            got.chosen.logprob,
+            reference(token)
+        );
+        assert_eq!(got.top.len(), top);
+        let expected_best = Logprobs::from_logits(row, token, 1).top[0].1;
+        assert!(close(got.top[0].logprob, expected_best), "{got:?}");
+        for pair in got.top.windows(2) {
+            assert!(pair[0].logprob >= pair[1].logprob, "most likely first: {got:?}");
+        }
+        for alternative in &got.top {
+            assert!(close(alternative.logprob, reference(alternative.token)), "{got:?}");
+        }
+    }
+
+    /// Log-probabilities of generated tokens (batched steps) and of a prompt (`score`, what
+    /// `echo` reports) are the CPU reference's full-vocabulary log-softmax within
+    /// [`TOLERANCE`].
+    #[test]
+    #[ignore = "needs the SmolLM2 model: pio models fetch"]
+    fn logprobs_and_prompt_scores_match_the_cpu_reference() {
+        let path = smollm2();
+        let mut plugin = active_plugin(serde_json::json!({ "model": path }), 128);
+        // "<|im_start|>user\nThe capital" and some arbitrary ids.
+        let prompt = [1, 4093, 198, 504, 3575, 3223, 28, 1029, 8130, 49, 2];
+        let options = DecodeOptions {
+            logprobs: ROption::RSome(5),
+            constraint: ROption::RNone,
+        };
+        let request = tokens_request(&prompt, sampled(6, 0.0, 0));
+        let id = plugin.open_sequence_with(&request, &options).unwrap().id;
+        let (mut generated, mut reported) = (Vec::new(), Vec::new());
+        loop {
+            let step = plugin.step_sequences(&[id]).unwrap().remove(0);
+            generated.push(step.event.token);
+            reported.extend(plugin.sequence_logprobs(id).unwrap());
+            if step.finish.is_some() {
+                break;
+            }
+        }
+        plugin.close_sequence(id).unwrap();
+        let scored = plugin
+            .score(&Prompt::Tokens(prompt.to_vec().into()), 3)
+            .unwrap();
+
+        let file = GgufFile::open(&path).unwrap();
+        let mut reference = ReferenceModel::load(&file, 128).unwrap();
+        let all: Vec<u32> = prompt.iter().chain(&generated).copied().collect();
+        let logits = reference.forward(&all, 0, true).unwrap();
+        let vocab = logits.len() / all.len();
+        // Token `position` is predicted by the logits of the position before it.
+        let row = |position: usize| &logits[(position - 1) * vocab..position * vocab];
+        assert_eq!(reported.len(), generated.len());
+        for (j, (got, &token)) in reported.iter().zip(&generated).enumerate() {
+            check(got, row(prompt.len() + j), token, 5);
+        }
+        assert_eq!(scored.len(), prompt.len());
+        assert!(scored[0].chosen.logprob.is_nan() && scored[0].top.is_empty());
+        for (i, got) in scored.iter().enumerate().skip(1) {
+            check(got, row(i), prompt[i], 3);
+        }
+    }
+}

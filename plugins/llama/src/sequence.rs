@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::forward::Forward;
 use crate::runtime::GpuModel;
 use crate::sampler::Sampler;
+use pio_plugin_kit::{Logprobs, StepOptions};
 
 /// One open sequence of the Llama plugin.
 pub enum Sequence {
@@ -41,10 +42,41 @@ impl Tokens {
     /// A sequence of `prompt` whose first token, sampled by `sampler`, is `first`.
     pub(crate) fn new(sampler: Sampler, prompt: &[u32], first: u32) -> Self {
         Self {
+            first: Some(first),
+            ..Self::unsampled(sampler, prompt)
+        }
+    }
+
+    /// A sequence of `prompt` whose first token is still to be chosen.
+    pub(crate) fn unsampled(sampler: Sampler, prompt: &[u32]) -> Self {
+        Self {
             sampler,
             history: prompt.to_vec(),
-            first: Some(first),
+            first: None,
         }
+    }
+
+    /// Chooses the next token from `logits` under `options` and appends it: the sampler sees
+    /// the logits with every token outside `options.allowed` masked to −∞; the log-probabilities
+    /// asked for are those of the unmasked row (the model's own distribution).
+    pub(crate) fn choose(
+        &mut self,
+        logits: &[f32],
+        options: &StepOptions<'_>,
+    ) -> Result<(u32, Option<Logprobs>)> {
+        let token = match options.allowed {
+            Some(allowed) => {
+                let mut masked = logits.to_vec();
+                allowed.mask(&mut masked);
+                self.sampler.sample(&masked, &self.history)?
+            }
+            None => self.sampler.sample(logits, &self.history)?,
+        };
+        let logprobs = options
+            .logprobs
+            .map(|top| Logprobs::from_logits(logits, token, top));
+        self.history.push(token);
+        Ok((token, logprobs))
     }
 
     /// The position of the last returned token: where it is fed to sample the next one.

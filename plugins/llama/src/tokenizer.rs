@@ -43,6 +43,18 @@ impl Tokenizer for GgufTokenizer {
     fn decoder(&self) -> GgufDecoder {
         GgufDecoder(StreamDecoder::new(Arc::clone(&self.0), true))
     }
+
+    fn token_bytes(&self, token: u32) -> PluginResult<Vec<u8>> {
+        Ok(self.0.token_to_piece(token).map_err(Error::from)?.to_vec())
+    }
+
+    fn is_control(&self, token: u32) -> bool {
+        self.0.is_special(token)
+    }
+
+    fn end_of_generation(&self) -> Option<u32> {
+        self.0.eos_id()
+    }
 }
 
 /// One sequence's streaming decoder: UTF-8 safe, control tokens skipped.
