@@ -5,7 +5,10 @@
 //! A step is checked as a whole before anything changes (unknown, finished or repeated ids fail
 //! it and leave every sequence as it was), and a sequence is freed only when the host closes it.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use pio_plugin_api::{
     abi_stable::std_types::ROption, Constraint, PluginError, PluginResult, PositionLogprobs,
@@ -50,6 +53,10 @@ pub(crate) struct Sequences<M: TextModel> {
     /// The grammar compiler for the model's vocabulary, built at the first constrained
     /// sequence.
     grammars: Option<Grammars>,
+    /// Grammar masks computed since activation, and the time they took: what constrained
+    /// decoding adds to a step.
+    masks: u64,
+    mask_time: Duration,
 }
 
 impl<M: TextModel> Default for Sequences<M> {
@@ -59,6 +66,8 @@ impl<M: TextModel> Default for Sequences<M> {
             open: BTreeMap::new(),
             largest_step: 0,
             grammars: None,
+            masks: 0,
+            mask_time: Duration::ZERO,
         }
     }
 }
@@ -99,10 +108,16 @@ impl<M: TextModel> Sequences<M> {
         batch.sort_unstable_by_key(|(position, _)| *position);
         let mut batch: Vec<&mut Open<M>> = batch.into_iter().map(|(_, open)| open).collect();
 
+        let started = Instant::now();
         let allowed: Vec<Option<TokenSet>> = batch
             .iter_mut()
             .map(|open| open.extras.guide.as_mut().map(Guide::allowed).transpose())
             .collect::<PluginResult<_>>()?;
+        let masks = allowed.iter().flatten().count() as u64;
+        if masks > 0 {
+            self.masks += masks;
+            self.mask_time += started.elapsed();
+        }
         let options: Vec<StepOptions<'_>> = batch
             .iter()
             .zip(&allowed)
@@ -170,6 +185,11 @@ impl<M: TextModel> Sequences<M> {
     /// The most sequences one step has carried since activation.
     pub(crate) fn largest_step(&self) -> usize {
         self.largest_step
+    }
+
+    /// Grammar masks computed since activation, and the milliseconds they took in all.
+    pub(crate) fn mask_work(&self) -> (u64, f64) {
+        (self.masks, self.mask_time.as_secs_f64() * 1e3)
     }
 }
 

@@ -208,7 +208,10 @@ fn bench(engine: &mut Engine, request: &serde_json::Value) -> PluginResult<serde
     let json = |value: Result<serde_json::Value, serde_json::Error>| {
         value.map_err(|e| PluginError::internal(format!("cannot serialize the benchmark: {e}")))
     };
-    let mut answer = json(serde_json::to_value(bench_run(engine.model_mut(), &config)?))?;
+    let mut answer = json(serde_json::to_value(bench_run(
+        engine.model_mut(),
+        &config,
+    )?))?;
     let batched = batch_sizes
         .iter()
         .map(|&n| bench_batched(engine, n, 32, config.decode_tokens))
@@ -267,8 +270,8 @@ mod tests {
     use crate::memory::MemoryConfig;
     use crate::runtime::DEFAULT_MAX_BATCH;
     use crate::test_model::{
-        active_plugin, alone, details, run_to_end, smollm2, tiny_file, tokens_request,
-        LlamaPlugin, TinyConfig,
+        active_plugin, alone, details, run_to_end, smollm2, tiny_file, tokens_request, LlamaPlugin,
+        TinyConfig,
     };
 
     fn initialized(path: &std::path::Path) -> LlamaPlugin {
@@ -319,7 +322,10 @@ mod tests {
         let e = p
             .initialize(serde_json::json!({ "model": "m.gguf", "batch_slots": 0 }))
             .unwrap_err();
-        assert_eq!(e.message.as_str(), "configuration: batch_slots must be at least 1, got 0");
+        assert_eq!(
+            e.message.as_str(),
+            "configuration: batch_slots must be at least 1, got 0"
+        );
         let e = p
             .initialize(serde_json::json!({ "model": "m.gguf", "batch_slot": 2 }))
             .unwrap_err();
@@ -344,7 +350,11 @@ mod tests {
         let e = activate(&mut p, 64).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Incompatible);
         assert!(e.message.contains("falcon"), "{e}");
-        let (outcome, _) = alone(&mut p, &tokens_request(&[1], GenerationParams::greedy(1)), None);
+        let (outcome, _) = alone(
+            &mut p,
+            &tokens_request(&[1], GenerationParams::greedy(1)),
+            None,
+        );
         let e = outcome.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         assert!(e.message.contains("not active"), "{e}");
@@ -401,13 +411,22 @@ mod tests {
             assert_eq!((events.len(), c.tokens.len()), (3, 3));
         }
 
-        let bad = text_request("The cat", GenerationParams { top_p: 0.0, ..params.clone() });
+        let bad = text_request(
+            "The cat",
+            GenerationParams {
+                top_p: 0.0,
+                ..params.clone()
+            },
+        );
         let e = alone(&mut p, &bad, None).0.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         let long = tokens_request(&[5; 65], params);
         let e = alone(&mut p, &long, None).0.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        assert_eq!(e.message.as_str(), "prompt has 65 tokens but the context holds 64");
+        assert_eq!(
+            e.message.as_str(),
+            "prompt has 65 tokens but the context holds 64"
+        );
         assert_eq!(p.stats().requests, 3);
         // Token ids outside the vocabulary are the caller's mistake, named.
         let e = p.detokenize(&[5, 100_000]).unwrap_err();
@@ -475,7 +494,10 @@ mod tests {
             .open_sequence(&tokens_request(&[5; 65], GenerationParams::greedy(3)))
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
-        assert_eq!(e.message.as_str(), "prompt has 65 tokens but the context holds 64");
+        assert_eq!(
+            e.message.as_str(),
+            "prompt has 65 tokens but the context holds 64"
+        );
     }
 
     #[test]
@@ -619,10 +641,16 @@ mod logprob_tests {
         let expected_best = Logprobs::from_logits(row, token, 1).top[0].1;
         assert!(close(got.top[0].logprob, expected_best), "{got:?}");
         for pair in got.top.windows(2) {
-            assert!(pair[0].logprob >= pair[1].logprob, "most likely first: {got:?}");
+            assert!(
+                pair[0].logprob >= pair[1].logprob,
+                "most likely first: {got:?}"
+            );
         }
         for alternative in &got.top {
-            assert!(close(alternative.logprob, reference(alternative.token)), "{got:?}");
+            assert!(
+                close(alternative.logprob, reference(alternative.token)),
+                "{got:?}"
+            );
         }
     }
 
