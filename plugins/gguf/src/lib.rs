@@ -12,6 +12,7 @@
 mod error;
 mod quant;
 mod reader;
+pub mod requantize;
 mod tensor;
 mod value;
 pub mod writer;

@@ -7,7 +7,8 @@ use pio_gpu::{
 use crate::common::{self, EPS};
 
 /// (rows, cols, tokens): row counts that are not multiples of the 8-row group or of the
-/// workgroup, token counts that are not multiples of the token tile.
+/// workgroup, token counts that are not multiples of the token tile. Widths are rounded up to
+/// the dtype's block (256 for the K-quants).
 const SHAPES: [(usize, usize, usize); 4] = [(1, 32, 1), (37, 96, 1), (67, 160, 5), (130, 576, 9)];
 
 /// The tiles of both adapter classes: the software (lavapipe) and the GPU variants.
@@ -142,7 +143,7 @@ fn linear_matches_reference_for_every_dtype_shape_and_tile() {
                 check_linear(LinearCase {
                     dtype,
                     rows,
-                    cols,
+                    cols: cols.next_multiple_of(dtype.block_elements()),
                     tokens,
                     tile,
                     norm: (i + j) % 2 == 1,
@@ -184,8 +185,14 @@ fn linear_accumulates_and_reads_a_range_of_rows() {
 #[test]
 fn swiglu_matches_reference() {
     let gpu = common::gpu();
-    let (ff, cols, tokens) = (36, 96, 5);
-    for dtype in [WeightDtype::Q4_1, WeightDtype::F16] {
+    let (ff, tokens) = (36, 5);
+    for dtype in [
+        WeightDtype::Q4_1,
+        WeightDtype::F16,
+        WeightDtype::Q4_K,
+        WeightDtype::Q5_0,
+    ] {
+        let cols = 96usize.next_multiple_of(dtype.block_elements());
         for tile in tiles() {
             let mut rng = common::rng(ff as u64 + tile.tokens as u64);
             let gate_raw = common::random_gguf(&mut rng, dtype, ff, cols);
@@ -241,7 +248,7 @@ fn swiglu_matches_reference() {
 #[test]
 fn qkv_rope_matches_reference_and_writes_the_cache() {
     let gpu = common::gpu();
-    let (n_heads, n_kv_heads, head_dim, cols, max_positions) = (3, 1, 16, 64, 12u32);
+    let (n_heads, n_kv_heads, head_dim, max_positions) = (3, 1, 16, 12u32);
     let (q_rows, kv_rows) = (n_heads * head_dim, n_kv_heads * head_dim);
     let rows = q_rows + 2 * kv_rows;
     let base = 10000.0;
@@ -250,7 +257,14 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
     // Cache rows differ from positions, as when a cache holds several sequences.
     let cache_rows = [9u32, 10, 11, 12, 0];
     let tokens = positions.len();
-    for dtype in [WeightDtype::Q4_1, WeightDtype::Q8_0, WeightDtype::F32] {
+    for dtype in [
+        WeightDtype::Q4_1,
+        WeightDtype::Q8_0,
+        WeightDtype::F32,
+        WeightDtype::Q5_0,
+        WeightDtype::Q6_K,
+    ] {
+        let cols = 64usize.next_multiple_of(dtype.block_elements());
         for tile in tiles() {
             let mut rng = common::rng(rows as u64 + tile.tokens as u64);
             let raw = common::random_gguf(&mut rng, dtype, rows, cols);
