@@ -469,6 +469,63 @@ mod tests {
             .all(|(i, &w)| i % ROW_GROUP == 0 || w == 0));
     }
 
+    /// Element `e` of a device block from its words, read as the module's layout table says.
+    fn element_by_table(dtype: WeightDtype, words: &[u32], e: usize) -> f32 {
+        let f = |w: usize| f32::from_bits(words[w]);
+        let header = match dtype {
+            WeightDtype::Q4_0 | WeightDtype::Q5_0 => 1,
+            _ => 2,
+        };
+        // Word e % 16 / 4, byte e % 4: the low nibble for e < 16, the high one after.
+        let shift = 8 * (e % 4) + if e < 16 { 0 } else { 4 };
+        let low = (words[header + e % 16 / 4] >> shift) & 15;
+        let q = match dtype {
+            WeightDtype::Q5_0 | WeightDtype::Q5_1 | WeightDtype::Q5_K => {
+                low | (words[header + 4] >> e & 1) << 4
+            }
+            WeightDtype::Q6_K => low | (words[header + 4 + e / 16] >> (2 * (e % 16)) & 3) << 4,
+            _ => low,
+        } as f32;
+        match dtype {
+            WeightDtype::Q4_0 => (q - 8.0) * f(0),
+            WeightDtype::Q5_0 => (q - 16.0) * f(0),
+            WeightDtype::Q6_K => (q - 32.0) * f(e / 16),
+            _ => q * f(0) + f(1),
+        }
+    }
+
+    /// The device blocks of every nibble format, read as the layout table documents, give
+    /// GGML's values (pio-gguf's dequantization) exactly.
+    #[test]
+    fn device_blocks_follow_the_layout_table() {
+        let values: Vec<f32> = (0..512).map(|i| ((i * 7919 % 211) as f32 / 105.0 - 1.0)).collect();
+        for dtype in [
+            WeightDtype::Q4_0,
+            WeightDtype::Q4_1,
+            WeightDtype::Q5_0,
+            WeightDtype::Q5_1,
+            WeightDtype::Q4_K,
+            WeightDtype::Q5_K,
+            WeightDtype::Q6_K,
+        ] {
+            let raw = pio_gguf::writer::quantize(dtype.gguf_type(), &values).unwrap();
+            let mut want = vec![0.0; values.len()];
+            pio_gguf::dequantize(dtype.gguf_type(), &raw, &mut want).unwrap();
+            // One row: its words are every ROW_GROUP-th of the interleaved layout.
+            let words: Vec<u32> = repack(dtype, 1, values.len(), &raw)
+                .into_iter()
+                .step_by(ROW_GROUP)
+                .collect();
+            let block_words = dtype.packed_block_words() as usize;
+            for (b, block) in words.chunks_exact(block_words).enumerate() {
+                for e in 0..BLOCK_ELEMENTS {
+                    let got = element_by_table(dtype, block, e);
+                    assert_eq!(got, want[32 * b + e], "{dtype:?} block {b} element {e}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn rejects_wrong_sizes() {
         assert!(check_gguf_shape("t", WeightDtype::Q8_0, 2, 32, 68).is_ok());
