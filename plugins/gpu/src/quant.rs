@@ -498,7 +498,9 @@ mod tests {
     /// GGML's values (pio-gguf's dequantization) exactly.
     #[test]
     fn device_blocks_follow_the_layout_table() {
-        let values: Vec<f32> = (0..512).map(|i| ((i * 7919 % 211) as f32 / 105.0 - 1.0)).collect();
+        let values: Vec<f32> = (0..512)
+            .map(|i| (i * 7919 % 211) as f32 / 105.0 - 1.0)
+            .collect();
         for dtype in [
             WeightDtype::Q4_0,
             WeightDtype::Q4_1,
