@@ -46,6 +46,12 @@ fn header_words() -> u32 {
     return 1u;
 }
 
+// Whether codes have bits above the nibble, in high words after the nibble words (Q5_0, Q5_1:
+// qh; Q6_K: two words of 2-bit fields).
+fn has_high_bits() -> bool {
+    return DTYPE == DTYPE_Q5_0 || DTYPE == DTYPE_Q5_1 || DTYPE == DTYPE_Q6_K;
+}
+
 // Whether word 1 of a block is a second f32 (Q4_1, Q5_1: the minimum; Q6_K: the second scale).
 fn has_second_scale() -> bool {
     return header_words() == 2u;
