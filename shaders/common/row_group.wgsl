@@ -96,7 +96,8 @@ fn element_word(j: u32) -> u32 {
     return j / 4u;
 }
 
-// Element j of a chunk for four rows, from the word holding it for those rows, before scaling.
+// Element j of a chunk for four rows, from the word holding it for those rows, before scaling
+// (F16, Q8_0).
 fn element_raw(word: vec4<u32>, j: u32) -> vec4<f32> {
     if DTYPE == DTYPE_F16 {
         let h = (word >> vec4<u32>(16u * (j % 2u))) & vec4<u32>(0xffffu);
