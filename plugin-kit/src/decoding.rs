@@ -240,7 +240,10 @@ mod tests {
         assert_eq!(ends + 1, 100);
         // A prompt that fills the context gets one token.
         let mut full = Decoding::start(CharTokenizer, &params(1000, &[]), 100, 100).unwrap();
-        assert_eq!(full.accept(Next::Token(97)).unwrap().1, Some(FinishReason::Length));
+        assert_eq!(
+            full.accept(Next::Token(97)).unwrap().1,
+            Some(FinishReason::Length)
+        );
     }
 
     #[test]

@@ -299,7 +299,10 @@ mod tests {
             ..Activation::default()
         };
         let resolve = |path: &str| activation.resolve(Path::new(path));
-        assert_eq!(resolve("model.gguf"), Path::new("/plugins/llama/model.gguf"));
+        assert_eq!(
+            resolve("model.gguf"),
+            Path::new("/plugins/llama/model.gguf")
+        );
         assert_eq!(resolve("/models/m.gguf"), Path::new("/models/m.gguf"));
         let without_folder = Activation::default().resolve(Path::new("model.gguf"));
         assert_eq!(without_folder, Path::new("model.gguf"));

@@ -307,14 +307,16 @@ mod tests {
             CharTokenizer.encode(&text, true)
         }
         fn open(&mut self, prompt: &[u32], params: &SequenceParams) -> PluginResult<Count> {
-            self.opened.push(format!("batched, {}", params.max_new_tokens));
+            self.opened
+                .push(format!("batched, {}", params.max_new_tokens));
             Ok(Count {
                 last: prompt.iter().sum(),
                 steps: 0,
             })
         }
         fn open_alone(&mut self, prompt: &[u32], params: &SequenceParams) -> PluginResult<Count> {
-            self.opened.push(format!("alone, {}", params.max_new_tokens));
+            self.opened
+                .push(format!("alone, {}", params.max_new_tokens));
             Ok(Count {
                 last: prompt.iter().sum(),
                 steps: 0,
@@ -434,15 +436,23 @@ mod tests {
     fn generate_opens_its_sequence_alone_and_each_open_knows_its_limit() {
         let mut plugin = plugin(100);
         stream(&mut plugin, &generate("abc", params(5, &[])), None);
-        plugin.open_sequence(&generate("abc", params(500, &[]))).unwrap();
+        plugin
+            .open_sequence(&generate("abc", params(500, &[])))
+            .unwrap();
         // A prompt that fills the context still gets its one token.
         let full = generate(&"a".repeat(64), params(5, &[]));
         let (events, response) = stream(&mut plugin, &full, None);
-        assert_eq!((events.len(), response.finish_reason), (1, FinishReason::Length));
+        assert_eq!(
+            (events.len(), response.finish_reason),
+            (1, FinishReason::Length)
+        );
         let details: serde_json::Value =
             serde_json::from_str(&plugin.stats().details_json).unwrap();
         // The second: 500 asked for, 62 left after a prompt of 3 in a context of 64.
-        assert_eq!(details["opened"], json!(["alone, 5", "batched, 62", "alone, 1"]));
+        assert_eq!(
+            details["opened"],
+            json!(["alone, 5", "batched, 62", "alone, 1"])
+        );
     }
 
     #[test]

@@ -300,8 +300,8 @@ mod tests {
     use super::*;
     use crate::memory::MemoryConfig;
     use crate::test_model::{
-        active_plugin, alone, details, run_to_end, sampled, tiny_file, tokens_request,
-        LlamaPlugin, TinyConfig,
+        active_plugin, alone, details, run_to_end, sampled, tiny_file, tokens_request, LlamaPlugin,
+        TinyConfig,
     };
 
     /// The tiny model with a 64-position context and `slots` slots of `slot_context` positions.
@@ -314,7 +314,10 @@ mod tests {
     }
 
     /// What each request gives alone, through `generate`.
-    fn alone_events(plugin: &mut LlamaPlugin, requests: &[SequenceRequest]) -> Vec<Vec<TokenEvent>> {
+    fn alone_events(
+        plugin: &mut LlamaPlugin,
+        requests: &[SequenceRequest],
+    ) -> Vec<Vec<TokenEvent>> {
         requests
             .iter()
             .map(|request| {
@@ -338,7 +341,12 @@ mod tests {
         while !open.is_empty() {
             between(plugin, step, &mut open);
             let ids: Vec<u64> = open.iter().map(|(id, _)| *id).collect();
-            for (stepped, (id, i)) in plugin.step_sequences(&ids).unwrap().into_iter().zip(open.clone()) {
+            for (stepped, (id, i)) in plugin
+                .step_sequences(&ids)
+                .unwrap()
+                .into_iter()
+                .zip(open.clone())
+            {
                 got[i].push(stepped.event);
                 if stepped.finish.is_some() {
                     plugin.close_sequence(id).unwrap();
@@ -355,9 +363,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut plugin = plugin(&dir, 3, 48);
         let requests = [
-            tokens_request(&(0..9).map(|i| (i * 31 + 3) % 290).collect::<Vec<_>>(), sampled(12, 0.0, 0)),
-            tokens_request(&(0..17).map(|i| (i * 7 + 100) % 290).collect::<Vec<_>>(), sampled(7, 0.9, 42)),
-            tokens_request(&(0..4).map(|i| (i * 97 + 11) % 290).collect::<Vec<_>>(), sampled(10, 1.1, 7)),
+            tokens_request(
+                &(0..9).map(|i| (i * 31 + 3) % 290).collect::<Vec<_>>(),
+                sampled(12, 0.0, 0),
+            ),
+            tokens_request(
+                &(0..17).map(|i| (i * 7 + 100) % 290).collect::<Vec<_>>(),
+                sampled(7, 0.9, 42),
+            ),
+            tokens_request(
+                &(0..4).map(|i| (i * 97 + 11) % 290).collect::<Vec<_>>(),
+                sampled(10, 1.1, 7),
+            ),
         ];
         let want = alone_events(&mut plugin, &requests);
 
@@ -387,7 +404,10 @@ mod tests {
         let err = plugin
             .open_sequence(&tokens_request(&[5], GenerationParams::greedy(2)))
             .unwrap_err();
-        assert!(err.message.contains("all 1 batch slots are in use"), "{err}");
+        assert!(
+            err.message.contains("all 1 batch slots are in use"),
+            "{err}"
+        );
         let events = run_to_end(&mut plugin, a);
         assert_eq!(events.len(), 2);
         // The slot is free again.
@@ -414,7 +434,10 @@ mod tests {
         let request = tokens_request(&prompt, GenerationParams::greedy(10));
         let err = plugin.open_sequence(&request).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidInput);
-        assert_eq!(err.message.as_str(), "prompt has 65 tokens but the context holds 64");
+        assert_eq!(
+            err.message.as_str(),
+            "prompt has 65 tokens but the context holds 64"
+        );
     }
 
     #[test]
@@ -426,7 +449,10 @@ mod tests {
             .open_sequence(&tokens_request(&first, GenerationParams::greedy(5)))
             .unwrap();
         assert_eq!(opened.cached_tokens, 0, "nothing cached yet");
-        let answer: Vec<u32> = run_to_end(&mut plugin, opened.id).iter().map(|e| e.token).collect();
+        let answer: Vec<u32> = run_to_end(&mut plugin, opened.id)
+            .iter()
+            .map(|e| e.token)
+            .collect();
 
         // A follow-up turn: the first prompt, the answer and more; everything fed before is
         // reused (the answer's last token was returned but never fed).
@@ -435,10 +461,16 @@ mod tests {
         follow_up.extend_from_slice(&[7, 8, 9]);
         let request = tokens_request(&follow_up, GenerationParams::greedy(5));
         let opened = plugin.open_sequence(&request).unwrap();
-        assert_eq!(opened.cached_tokens as usize, first.len() + answer.len() - 1);
+        assert_eq!(
+            opened.cached_tokens as usize,
+            first.len() + answer.len() - 1
+        );
         let reused = run_to_end(&mut plugin, opened.id);
         let (_, full_prefill) = alone(&mut plugin, &request, None);
-        assert_eq!(reused, full_prefill, "reusing the cache gives what a full prefill gives");
+        assert_eq!(
+            reused, full_prefill,
+            "reusing the cache gives what a full prefill gives"
+        );
 
         // A prompt sharing nothing reuses nothing; the same prompt again reuses all but its
         // last token.

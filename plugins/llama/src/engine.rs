@@ -103,7 +103,8 @@ fn host_bytes(tokenizer: &TextTokenizer, vocab_size: usize, max_batch: usize) ->
     (vocab + max_batch * vocab_size * 4) as u64
 }
 
-/// A model on the GPU with its tokenizer and (optional) chat template.
+/// A model on the GPU with its tokenizer, (optional) chat template and batch slots: the active
+/// state of the plugin.
 pub struct Engine {
     model: GpuModel,
     tokenizer: GgufTokenizer,
@@ -261,7 +262,11 @@ impl TextModel for Engine {
             .map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str()))
             .collect();
         let text = template.render(&messages, true).map_err(Error::from)?;
-        Ok(self.tokenizer.text().encode(&text, true).map_err(Error::from)?)
+        Ok(self
+            .tokenizer
+            .text()
+            .encode(&text, true)
+            .map_err(Error::from)?)
     }
 
     /// A batched sequence, in the batch slot sharing the longest prefix with `prompt` (see
@@ -346,7 +351,10 @@ mod tests {
         let engine = tiny_engine(&dir);
         let tokenizer = engine.tokenizer();
         let ids = tokenizer.encode("The capital of France", false).unwrap();
-        assert!(ids.len() < "The capital of France".len(), "merges apply: {ids:?}");
+        assert!(
+            ids.len() < "The capital of France".len(),
+            "merges apply: {ids:?}"
+        );
         assert_eq!(tokenizer.decode(&ids).unwrap(), "The capital of France");
         let chat = engine
             .chat_prompt(&[Message {

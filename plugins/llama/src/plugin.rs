@@ -143,28 +143,32 @@ impl Model for Engine {
         let model = self.model();
         let hp = &summary.spec.hparams;
         let batch = self.batch_settings();
-        let details = serde_json::json!({
-            "model": summary.path.display().to_string(),
-            "architecture": summary.spec.architecture,
-            "parameter_count": summary.parameter_count,
-            "quantization": summary.quantization,
-            "trained_context_length": hp.context_length,
-            "layers": hp.n_layer,
-            "embedding_length": hp.n_embd,
-            "adapter": model.gpu().adapter_info().to_string(),
-            "batch_slots": batch.slots,
-            "batch_context": batch.slot_context,
-            "context_length": model.context(),
-            "required_memory_bytes":
-                summary.required_device_bytes(model.context(), model.max_batch()),
-        });
+        let details: [(&str, serde_json::Value); 12] = [
+            ("model", summary.path.display().to_string().into()),
+            ("architecture", summary.spec.architecture.into()),
+            ("parameter_count", summary.parameter_count.into()),
+            ("quantization", summary.quantization.clone().into()),
+            ("trained_context_length", hp.context_length.into()),
+            ("layers", hp.n_layer.into()),
+            ("embedding_length", hp.n_embd.into()),
+            ("adapter", model.gpu().adapter_info().to_string().into()),
+            ("batch_slots", batch.slots.into()),
+            ("batch_context", batch.slot_context.into()),
+            ("context_length", model.context().into()),
+            (
+                "required_memory_bytes",
+                summary
+                    .required_device_bytes(model.context(), model.max_batch())
+                    .into(),
+            ),
+        ];
         ModelStats {
             device_memory_bytes: model.gpu().allocated_bytes(),
             host_memory_bytes: self.host_bytes(),
-            details: match details {
-                serde_json::Value::Object(details) => details,
-                _ => serde_json::Map::new(),
-            },
+            details: details
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect(),
         }
     }
 
@@ -208,7 +212,10 @@ fn bench(engine: &mut Engine, request: &serde_json::Value) -> PluginResult<serde
     let json = |value: Result<serde_json::Value, serde_json::Error>| {
         value.map_err(|e| PluginError::internal(format!("cannot serialize the benchmark: {e}")))
     };
-    let mut answer = json(serde_json::to_value(bench_run(engine.model_mut(), &config)?))?;
+    let mut answer = json(serde_json::to_value(bench_run(
+        engine.model_mut(),
+        &config,
+    )?))?;
     let batched = batch_sizes
         .iter()
         .map(|&n| bench_batched(engine, n, 32, config.decode_tokens))
@@ -267,8 +274,8 @@ mod tests {
     use crate::memory::MemoryConfig;
     use crate::runtime::DEFAULT_MAX_BATCH;
     use crate::test_model::{
-        active_plugin, alone, details, run_to_end, smollm2, tiny_file, tokens_request,
-        LlamaPlugin, TinyConfig,
+        active_plugin, alone, details, run_to_end, smollm2, tiny_file, tokens_request, LlamaPlugin,
+        TinyConfig,
     };
 
     fn initialized(path: &std::path::Path) -> LlamaPlugin {
@@ -319,7 +326,10 @@ mod tests {
         let e = p
             .initialize(serde_json::json!({ "model": "m.gguf", "batch_slots": 0 }))
             .unwrap_err();
-        assert_eq!(e.message.as_str(), "configuration: batch_slots must be at least 1, got 0");
+        assert_eq!(
+            e.message.as_str(),
+            "configuration: batch_slots must be at least 1, got 0"
+        );
         let e = p
             .initialize(serde_json::json!({ "model": "m.gguf", "batch_slot": 2 }))
             .unwrap_err();
@@ -344,7 +354,11 @@ mod tests {
         let e = activate(&mut p, 64).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Incompatible);
         assert!(e.message.contains("falcon"), "{e}");
-        let (outcome, _) = alone(&mut p, &tokens_request(&[1], GenerationParams::greedy(1)), None);
+        let (outcome, _) = alone(
+            &mut p,
+            &tokens_request(&[1], GenerationParams::greedy(1)),
+            None,
+        );
         let e = outcome.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         assert!(e.message.contains("not active"), "{e}");
@@ -401,13 +415,22 @@ mod tests {
             assert_eq!((events.len(), c.tokens.len()), (3, 3));
         }
 
-        let bad = text_request("The cat", GenerationParams { top_p: 0.0, ..params.clone() });
+        let bad = text_request(
+            "The cat",
+            GenerationParams {
+                top_p: 0.0,
+                ..params.clone()
+            },
+        );
         let e = alone(&mut p, &bad, None).0.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         let long = tokens_request(&[5; 65], params);
         let e = alone(&mut p, &long, None).0.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        assert_eq!(e.message.as_str(), "prompt has 65 tokens but the context holds 64");
+        assert_eq!(
+            e.message.as_str(),
+            "prompt has 65 tokens but the context holds 64"
+        );
         assert_eq!(p.stats().requests, 3);
         // Token ids outside the vocabulary are the caller's mistake, named.
         let e = p.detokenize(&[5, 100_000]).unwrap_err();
@@ -475,7 +498,10 @@ mod tests {
             .open_sequence(&tokens_request(&[5; 65], GenerationParams::greedy(3)))
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
-        assert_eq!(e.message.as_str(), "prompt has 65 tokens but the context holds 64");
+        assert_eq!(
+            e.message.as_str(),
+            "prompt has 65 tokens but the context holds 64"
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ fn load(context: usize) -> Engine {
 fn plugin(context: u32) -> TextPlugin<Engine> {
     let path = pio_testkit::model(pio_testkit::SMOLLM2);
     let mut plugin = TextPlugin::<Engine>::new().unwrap();
-    plugin.initialize(serde_json::json!({ "model": path })).unwrap();
+    plugin
+        .initialize(serde_json::json!({ "model": path }))
+        .unwrap();
     let options = ActivateOptions {
         context_length: context,
         ..ActivateOptions::default()
