@@ -13,7 +13,7 @@ use pio_plugin_kit::{
         SequenceRequest, StreamControl, TokenEvent, TokenStream,
     },
     metadata, Activation, CharTokenizer, Model, Next, NoConfig, PluginMetadata, PluginResult,
-    Sampling, TextModel, TextPlugin,
+    SequenceParams, TextModel, TextPlugin,
 };
 
 /// Tokens per generation: the context's room after a one-token prompt.
@@ -39,9 +39,9 @@ impl Model for Alphabet {
 impl TextModel for Alphabet {
     type Sequence = u32;
     fn context_length(&self) -> u32 {
-        TOKENS + 1
+        TOKENS
     }
-    fn open(&mut self, _: &[u32], _: &Sampling) -> PluginResult<u32> {
+    fn open(&mut self, _: &[u32], _: &SequenceParams) -> PluginResult<u32> {
         Ok(0)
     }
     fn step(&mut self, count: &mut u32) -> PluginResult<Next> {

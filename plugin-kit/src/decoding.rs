@@ -30,7 +30,8 @@ impl<D: Decoder> Decoding<D> {
     /// Checks a prompt of `prompt_tokens` ids against a context of `context_length` positions
     /// and the request's limits, and starts decoding. Refused when not a single token could be
     /// generated: a batched sequence must yield a token at every step, and every path refuses
-    /// alike.
+    /// alike. The last generated token is never fed back, so a prompt that fills the context
+    /// still gets one.
     pub(crate) fn start(
         decoder: D,
         params: &GenerationParams,
@@ -43,7 +44,7 @@ impl<D: Decoder> Decoding<D> {
             ));
         }
         let context = context_length as usize;
-        if prompt_tokens >= context {
+        if prompt_tokens > context {
             return Err(PluginError::invalid_input(format!(
                 "prompt has {prompt_tokens} tokens but the context holds {context_length}"
             )));
@@ -57,7 +58,7 @@ impl<D: Decoder> Decoding<D> {
         Ok(Self {
             decoder,
             stops: StopMatcher::new(&stops),
-            limit: (params.max_new_tokens as usize).min(context - prompt_tokens),
+            limit: (params.max_new_tokens as usize).min(context - prompt_tokens + 1),
             tokens: Vec::new(),
             text: String::new(),
             prompt_tokens: prompt_tokens as u32,
@@ -113,6 +114,12 @@ impl<D: Decoder> Decoding<D> {
             text: text.into(),
         };
         Ok((event, finish))
+    }
+
+    /// The most tokens the sequence may generate: `max_new_tokens` within the context.
+    pub(crate) fn limit(&self) -> u32 {
+        // At most `max_new_tokens`, a u32.
+        self.limit as u32
     }
 
     /// Ends the sequence because the host asked to stop; text still held back is dropped.
@@ -223,12 +230,20 @@ mod tests {
             (texts.concat(), finish),
             ("abc".into(), Some(FinishReason::Length))
         );
-        // A prompt of 1 token in a context of 100 leaves room for 99.
+        // A prompt of 1 token in a context of 100 leaves room for 100: 99 fed back, the last
+        // one not.
         let mut decoding = Decoding::start(CharTokenizer, &params(1000, &[]), 1, 100).unwrap();
+        assert_eq!(decoding.limit(), 100);
         let ends = (0..200)
             .position(|_| decoding.accept(Next::Token(97)).unwrap().1.is_some())
             .unwrap();
-        assert_eq!(ends + 1, 99);
+        assert_eq!(ends + 1, 100);
+        // A prompt that fills the context gets one token.
+        let mut full = Decoding::start(CharTokenizer, &params(1000, &[]), 100, 100).unwrap();
+        assert_eq!(
+            full.accept(Next::Token(97)).unwrap().1,
+            Some(FinishReason::Length)
+        );
     }
 
     #[test]
@@ -250,8 +265,8 @@ mod tests {
         assert!(refused(&params(5, &[]), 0, 10).contains("prompt is empty"));
         assert!(refused(&params(0, &[]), 1, 10).contains("max_new_tokens is 0"));
         assert_eq!(
-            refused(&params(5, &[]), 4, 4),
-            "prompt has 4 tokens but the context holds 4"
+            refused(&params(5, &[]), 5, 4),
+            "prompt has 5 tokens but the context holds 4"
         );
     }
 

@@ -19,10 +19,12 @@
 //!   driver handles stop strings (held back across token boundaries, never emitted),
 //!   `max_new_tokens`, the context limit, cancellation, timings and usage counts, and serves
 //!   `generate`, `chat` and batched sequences from it — so all three give the same tokens and
-//!   text for the same request by construction.
-//! - **Plain types.** Authors see [`Activation`], [`Sampling`], [`Message`], [`Next`],
-//!   [`ModelStats`], [`Embeddings`]; the `abi_stable` types stay behind [`TextPlugin`] and
-//!   [`EmbeddingPlugin`].
+//!   text for the same request by construction. A model that runs a sequence alone faster
+//!   than in a batch (its own cache, sampling on the device) overrides
+//!   [`open_alone`](TextModel::open_alone), which `generate` and `chat` open theirs with.
+//! - **Plain types.** Authors see [`Activation`], [`SequenceParams`] (with [`Sampling`]),
+//!   [`Message`], [`Next`], [`ModelStats`], [`Embeddings`]; the `abi_stable` types stay behind
+//!   [`TextPlugin`] and [`EmbeddingPlugin`].
 //!
 //! ## A complete plugin
 //!
@@ -32,7 +34,7 @@
 //! ```
 //! use pio_plugin_kit::{
 //!     export_text_model, metadata, Activation, Capability, CharTokenizer, Model, Next,
-//!     NoConfig, PluginMetadata, PluginResult, Sampling, TextModel,
+//!     NoConfig, PluginMetadata, PluginResult, SequenceParams, TextModel,
 //! };
 //!
 //! struct Reverse;
@@ -57,7 +59,7 @@
 //!     fn context_length(&self) -> u32 {
 //!         4096
 //!     }
-//!     fn open(&mut self, prompt: &[u32], _: &Sampling) -> PluginResult<Vec<u32>> {
+//!     fn open(&mut self, prompt: &[u32], _: &SequenceParams) -> PluginResult<Vec<u32>> {
 //!         Ok(prompt.to_vec())
 //!     }
 //!     fn step(&mut self, rest: &mut Vec<u32>) -> PluginResult<Next> {
@@ -118,7 +120,9 @@ mod tokenizer;
 pub use config::{parse_config, Config, NoConfig};
 pub use embedding::EmbeddingPlugin;
 pub use metadata::{default_host_range, Metadata};
-pub use model::{Activation, Embeddings, Message, Model, ModelStats, Next, Sampling, TextModel};
+pub use model::{
+    Activation, Embeddings, Message, Model, ModelStats, Next, Sampling, SequenceParams, TextModel,
+};
 pub use stop::{StopMatcher, StopStep};
 pub use text::TextPlugin;
 pub use tokenizer::{CharTokenizer, Decoder, Tokenizer};

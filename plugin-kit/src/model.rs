@@ -1,7 +1,7 @@
 //! The traits an author implements — [`Model`] for every plugin, [`TextModel`] for one that
 //! generates text — and the plain Rust types they exchange with the kit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pio_plugin_api::{
     ActivateOptions, ChatMessage, GenerationParams, PluginError, PluginMetadata, PluginResult,
@@ -68,9 +68,10 @@ pub trait TextModel: Model {
     /// One sequence's state: its KV-cache slot, position, sampler, ...
     type Sequence: Send + 'static;
 
-    /// Positions a sequence may hold, prompt and generated tokens together: the kit refuses a
-    /// prompt that leaves no room and stops a generation (finish reason `length`) when it is
-    /// full.
+    /// Positions a sequence may hold: its prompt and every generated token but the last, which
+    /// is returned and never fed back. The kit refuses a prompt longer than this (a prompt that
+    /// fills it still gets one token) and stops a generation (finish reason `length`) when it
+    /// is full.
     fn context_length(&self) -> u32;
 
     /// The prompt ids of a conversation, with the model's chat template (capability `chat`).
@@ -80,8 +81,22 @@ pub trait TextModel: Model {
     }
 
     /// Starts a sequence: processes `prompt` (never empty, checked against the vocabulary and
-    /// the context) and prepares to sample with `sampling`.
-    fn open(&mut self, prompt: &[u32], sampling: &Sampling) -> PluginResult<Self::Sequence>;
+    /// the context) and prepares to continue it as `params` say. Batched sequences are opened
+    /// here; several may be open at once and are stepped together.
+    fn open(&mut self, prompt: &[u32], params: &SequenceParams) -> PluginResult<Self::Sequence>;
+
+    /// Starts a sequence that runs alone: `generate` and `chat` open it, step it with
+    /// [`step`](TextModel::step) until it ends and close it within one call, so no other
+    /// sequence is stepped while it is open. A model may keep such a sequence where only one
+    /// fits (a cache of its own, sampling on the device); it must produce the tokens a
+    /// sequence from [`open`](TextModel::open) would. The default is `open`.
+    fn open_alone(
+        &mut self,
+        prompt: &[u32],
+        params: &SequenceParams,
+    ) -> PluginResult<Self::Sequence> {
+        self.open(prompt, params)
+    }
 
     /// The next token of `sequence`.
     fn step(&mut self, sequence: &mut Self::Sequence) -> PluginResult<Next>;
@@ -147,6 +162,16 @@ pub struct Activation {
 }
 
 impl Activation {
+    /// `path`, a path from the configuration, resolved against the plugin's folder: a
+    /// relative path names a file in the folder (the manifest's model files), an absolute one
+    /// stays as it is. Without a folder (a test), a relative path stays relative.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match &self.plugin_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        }
+    }
+
     /// The host's `options` for a plugin in `plugin_dir`.
     pub(crate) fn new(options: &ActivateOptions, plugin_dir: Option<PathBuf>) -> Self {
         Self {
@@ -163,8 +188,19 @@ impl Activation {
     }
 }
 
-/// How to pick tokens: a request's parameters without the ones the kit enforces itself
-/// (`max_new_tokens`, stop strings). Already validated.
+/// How a sequence is to be continued, as its model needs to know. Already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceParams {
+    /// How to pick tokens.
+    pub sampling: Sampling,
+    /// The most tokens the kit will ask this sequence for: the request's `max_new_tokens`
+    /// within the context's room. A model that reserves room per sequence sizes it by this;
+    /// the kit enforces it (and ends the sequence earlier on stop strings).
+    pub max_new_tokens: u32,
+}
+
+/// How to pick tokens: a request's sampling parameters (the kit enforces the others itself:
+/// `max_new_tokens`, stop strings). Already validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
     /// Softmax temperature; 0 means greedy decoding.
@@ -179,6 +215,20 @@ pub struct Sampling {
     pub repetition_penalty: f32,
     /// Seed of the sampler's random generator; `None` lets the model pick one.
     pub seed: Option<u64>,
+}
+
+impl Sampling {
+    /// Greedy decoding without a repetition penalty: always the most likely token.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
 }
 
 impl From<&GenerationParams> for Sampling {
@@ -236,4 +286,25 @@ pub struct Embeddings {
 
 fn unsupported(operation: &str) -> PluginError {
     PluginError::unsupported(format!("this plugin does not implement {operation}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_paths_resolve_against_the_plugin_folder() {
+        let activation = Activation {
+            plugin_dir: Some("/plugins/llama".into()),
+            ..Activation::default()
+        };
+        let resolve = |path: &str| activation.resolve(Path::new(path));
+        assert_eq!(
+            resolve("model.gguf"),
+            Path::new("/plugins/llama/model.gguf")
+        );
+        assert_eq!(resolve("/models/m.gguf"), Path::new("/models/m.gguf"));
+        let without_folder = Activation::default().resolve(Path::new("model.gguf"));
+        assert_eq!(without_folder, Path::new("model.gguf"));
+    }
 }

@@ -12,7 +12,7 @@ use crate::{
     decoding::Decoding,
     lifecycle::{Active, Lifecycle},
     sequences::{Open, Sequences},
-    Message, Sampling, TextModel, Tokenizer,
+    Message, Sampling, SequenceParams, TextModel, Tokenizer,
 };
 
 /// A [`TextModel`] as a [`Plugin`]; export it with
@@ -46,11 +46,21 @@ fn chat_ids<M: TextModel>(model: &M, request: &ChatRequest) -> PluginResult<Vec<
     model.chat_prompt(&messages)
 }
 
+/// How a sequence will be stepped, which decides how the model opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stepping {
+    /// By `generate` / `chat`, to its end within the call: [`TextModel::open_alone`].
+    Alone,
+    /// In batches, between other calls: [`TextModel::open`].
+    Batched,
+}
+
 /// Checks a request and opens its sequence on the model.
 fn start<M: TextModel>(
     model: &mut M,
     prompt: &[u32],
     params: &GenerationParams,
+    stepping: Stepping,
 ) -> PluginResult<Open<M>> {
     params.validate()?;
     model.tokenizer().check(prompt)?;
@@ -60,7 +70,14 @@ fn start<M: TextModel>(
         prompt.len(),
         model.context_length(),
     )?;
-    let sequence = model.open(prompt, &Sampling::from(params))?;
+    let params = SequenceParams {
+        sampling: Sampling::from(params),
+        max_new_tokens: decoding.limit(),
+    };
+    let sequence = match stepping {
+        Stepping::Alone => model.open_alone(prompt, &params)?,
+        Stepping::Batched => model.open(prompt, &params)?,
+    };
     Ok(Open { sequence, decoding })
 }
 
@@ -74,7 +91,7 @@ fn run<M: TextModel>(
     let Open {
         mut sequence,
         mut decoding,
-    } = start(&mut active.model, prompt, params)?;
+    } = start(&mut active.model, prompt, params, Stepping::Alone)?;
     let outcome = stream_tokens(&mut active.model, &mut sequence, &mut decoding, stream);
     active.model.close(sequence);
     outcome?;
@@ -181,7 +198,7 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
             }
             SequenceRequest::Chat(request) => (chat_ids(&active.model, request)?, &request.params),
         };
-        let open = start(&mut active.model, &prompt, params)?;
+        let open = start(&mut active.model, &prompt, params, Stepping::Batched)?;
         let prompt_tokens = open.decoding.prompt_tokens();
         let cached_tokens = active.model.reused_prompt_tokens(&open.sequence);
         let id = active.session.open(open);
@@ -219,6 +236,8 @@ mod tests {
     struct Counter {
         length: u32,
         activation: Activation,
+        /// How each sequence was opened, and the most tokens it was opened for.
+        opened: Vec<String>,
     }
 
     /// The end-of-generation token: NUL, which has no text to show.
@@ -254,6 +273,7 @@ mod tests {
             Ok(Self {
                 length: config.length,
                 activation: activation.clone(),
+                opened: Vec::new(),
             })
         }
         fn tokenizer(&self) -> &CharTokenizer {
@@ -265,6 +285,7 @@ mod tests {
                 "activation".to_owned(),
                 format!("{:?}", self.activation).into(),
             );
+            details.insert("opened".to_owned(), self.opened.clone().into());
             ModelStats {
                 host_memory_bytes: 7,
                 details,
@@ -285,7 +306,17 @@ mod tests {
                 .collect();
             CharTokenizer.encode(&text, true)
         }
-        fn open(&mut self, prompt: &[u32], _: &Sampling) -> PluginResult<Count> {
+        fn open(&mut self, prompt: &[u32], params: &SequenceParams) -> PluginResult<Count> {
+            self.opened
+                .push(format!("batched, {}", params.max_new_tokens));
+            Ok(Count {
+                last: prompt.iter().sum(),
+                steps: 0,
+            })
+        }
+        fn open_alone(&mut self, prompt: &[u32], params: &SequenceParams) -> PluginResult<Count> {
+            self.opened
+                .push(format!("alone, {}", params.max_new_tokens));
             Ok(Count {
                 last: prompt.iter().sum(),
                 steps: 0,
@@ -399,6 +430,29 @@ mod tests {
         assert_eq!(details["pid"], std::process::id());
         let usage = |stats: PluginStats| (stats.requests, stats.tokens);
         assert_eq!(usage(batched.stats()), usage(alone.stats()));
+    }
+
+    #[test]
+    fn generate_opens_its_sequence_alone_and_each_open_knows_its_limit() {
+        let mut plugin = plugin(100);
+        stream(&mut plugin, &generate("abc", params(5, &[])), None);
+        plugin
+            .open_sequence(&generate("abc", params(500, &[])))
+            .unwrap();
+        // A prompt that fills the context still gets its one token.
+        let full = generate(&"a".repeat(64), params(5, &[]));
+        let (events, response) = stream(&mut plugin, &full, None);
+        assert_eq!(
+            (events.len(), response.finish_reason),
+            (1, FinishReason::Length)
+        );
+        let details: serde_json::Value =
+            serde_json::from_str(&plugin.stats().details_json).unwrap();
+        // The second: 500 asked for, 62 left after a prompt of 3 in a context of 64.
+        assert_eq!(
+            details["opened"],
+            json!(["alone, 5", "batched, 62", "alone, 1"])
+        );
     }
 
     #[test]
@@ -521,8 +575,8 @@ mod tests {
         assert!(refused(&mut plugin, tokens(&[97, 0xD800])).contains("55296"));
         assert!(refused(&mut plugin, tokens(&[])).contains("prompt is empty"));
         assert_eq!(
-            refused(&mut plugin, tokens(&[97; 64])),
-            "prompt has 64 tokens but the context holds 64"
+            refused(&mut plugin, tokens(&[97; 65])),
+            "prompt has 65 tokens but the context holds 64"
         );
         let mut bad = params(5, &[]);
         bad.top_p = 2.0;

@@ -9,7 +9,7 @@
 
 use pio_plugin_kit::{
     export_text_model, metadata, Activation, Capability, CharTokenizer, Model, Next, NoConfig,
-    PluginMetadata, PluginResult, Sampling, TextModel,
+    PluginMetadata, PluginResult, SequenceParams, TextModel,
 };
 
 /// The active model. It has no weights, so activation only records the context length.
@@ -45,7 +45,7 @@ impl TextModel for Shout {
         self.context_length
     }
 
-    fn open(&mut self, prompt: &[u32], _sampling: &Sampling) -> PluginResult<Self::Sequence> {
+    fn open(&mut self, prompt: &[u32], _params: &SequenceParams) -> PluginResult<Self::Sequence> {
         Ok(prompt.iter().copied().collect())
     }
 

@@ -45,7 +45,7 @@ mod trigram;
 use pio_plugin_kit::{
     api::serde_json::{self, json},
     metadata, Activation, Capability, CharTokenizer, Config, Embeddings, Message, Model, ModelInfo,
-    Next, PluginError, PluginMetadata, PluginResult, Sampling, TextModel, TextPlugin,
+    Next, PluginError, PluginMetadata, PluginResult, SequenceParams, TextModel, TextPlugin,
 };
 
 /// Context length used when the host does not ask for one.
@@ -162,7 +162,7 @@ impl TextModel for Mirror {
         Ok(last_user.content.chars().map(u32::from).collect())
     }
 
-    fn open(&mut self, prompt: &[u32], _sampling: &Sampling) -> PluginResult<Vec<u32>> {
+    fn open(&mut self, prompt: &[u32], _params: &SequenceParams) -> PluginResult<Vec<u32>> {
         Ok(prompt.to_vec())
     }
 

@@ -18,24 +18,18 @@
 //! logits give the first sampled token): a follow-up chat turn, or requests sharing a system
 //! prompt, skip most of their prefill.
 //!
-//! A step first emits every listed sequence's pending token (sampled at the end of the previous
-//! step, or at `open`), then feeds the ones that go on through the model together and samples
-//! their next tokens on the host, each with its own sampler. The weights are read once per step
-//! for all sequences, which is where batching gains: the per-step cost grows far slower than the
-//! number of sequences.
-
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use pio_plugin_api::{FinishReason, TokenEvent};
-use pio_text::{StreamDecoder, TextTokenizer};
+//! A step returns, for each listed sequence at its first step, the token sampled at `open`;
+//! the others feed their last token through the model together and sample their next tokens on
+//! the host, each with its own sampler. The weights are read once per step for all sequences,
+//! which is where batching gains: the per-step cost grows far slower than the number of
+//! sequences. The kit decides what the tokens become and when a sequence ends.
 
 use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
-use crate::generate::{check_prompt, room_for_new_tokens, Emitter, GenerateConfig};
 use crate::memory::{self, MemoryConfig, MemoryLimits};
 use crate::runtime::GpuModel;
 use crate::sampler::Sampler;
+use crate::sequence::Tokens;
 
 /// How many sequences can be open at once, and how long each may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,38 +52,19 @@ impl Default for BatchSettings {
     }
 }
 
-/// One step's result for one sequence.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stepped {
-    /// The sequence.
-    pub id: u64,
-    /// Its new token.
-    pub event: TokenEvent,
-    /// Set when this token ended it.
-    pub finish: Option<FinishReason>,
-}
-
-/// One open sequence.
-struct Sequence {
-    slot: usize,
-    sampler: Sampler,
-    /// Prompt and every emitted token.
-    history: Vec<u32>,
-    /// How many tokens of `history` have their keys and values in the slot.
-    cached: usize,
-    emitter: Emitter<StreamDecoder<Arc<TextTokenizer>>>,
-    /// The sampled token the next step emits.
-    pending: u32,
-    finished: bool,
-}
-
-/// A newly opened sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Opened {
-    /// Its id.
-    pub id: u64,
+/// A batched sequence: its slot of the batch cache and its tokens.
+pub struct Slot {
+    index: usize,
     /// Prompt tokens whose keys and values were reused from the slot's previous sequence.
-    pub cached_tokens: usize,
+    reused: usize,
+    tokens: Tokens,
+}
+
+impl Slot {
+    /// Prompt tokens whose keys and values were reused from the slot's previous sequence.
+    pub fn reused(&self) -> usize {
+        self.reused
+    }
 }
 
 /// What the batch cache is sized against: the model and the device's limits.
@@ -101,17 +76,15 @@ pub struct BatchMemory {
     pub limits: MemoryLimits,
 }
 
-/// The open sequences and the cache slots they hold.
+/// The cache slots of batched sequences: which are free, and what each holds.
 pub struct Batch {
     /// The slots' current size in `slot_context` (it grows).
     settings: BatchSettings,
     memory: BatchMemory,
     free_slots: Vec<usize>,
-    /// Per slot, the tokens whose keys and values its rows hold (for free slots: what the
-    /// last sequence there left behind).
+    /// Per slot, the tokens whose keys and values its rows hold: its open sequence's, or for
+    /// a free slot what the last sequence there left behind.
     slot_tokens: Vec<Vec<u32>>,
-    sequences: HashMap<u64, Sequence>,
-    next_id: u64,
 }
 
 impl Batch {
@@ -123,19 +96,12 @@ impl Batch {
             free_slots: (0..settings.slots).rev().collect(),
             slot_tokens: vec![Vec::new(); settings.slots],
             settings,
-            sequences: HashMap::new(),
-            next_id: 1,
         }
     }
 
     /// The settings; `slot_context` is the slots' current size.
     pub fn settings(&self) -> BatchSettings {
         self.settings
-    }
-
-    /// Number of open sequences.
-    pub fn open_count(&self) -> usize {
-        self.sequences.len()
     }
 
     /// The free slot to open `prompt` in: the one whose kept tokens share the longest prefix
@@ -189,12 +155,7 @@ impl Batch {
     /// Rows of `slot` holding keys and values worth keeping: its open sequence's, or those a
     /// closed one left for the prefix cache.
     fn kept_rows(&self, slot: usize) -> usize {
-        let kept = self
-            .sequences
-            .values()
-            .find(|s| s.slot == slot)
-            .map_or(self.slot_tokens[slot].len(), |s| s.cached);
-        kept.min(self.settings.slot_context)
+        self.slot_tokens[slot].len().min(self.settings.slot_context)
     }
 
     /// Makes every slot hold at least `rows` positions: reserves the shared cache at the first
@@ -237,37 +198,26 @@ impl Batch {
     }
 
     /// Opens a sequence: processes `prompt` into a free slot (reusing the longest cached
-    /// prefix) and samples its first token (the first step emits it). The sequence may hold
-    /// as many positions as the model's context (slots grow); when memory does not allow the
-    /// slots to grow that far, it is refused with [`Error::SequenceTooLong`].
+    /// prefix) and samples its first token (the first step returns it). The sequence may hold
+    /// its prompt and `max_new_tokens` tokens but the last, up to the model's context (slots
+    /// grow); when memory does not allow the slots to grow that far, it is refused with
+    /// [`Error::SequenceTooLong`]. The caller has checked the prompt against the context.
     pub fn open(
         &mut self,
         model: &mut GpuModel,
-        tokenizer: &Arc<TextTokenizer>,
         prompt: &[u32],
-        config: &GenerateConfig,
-    ) -> Result<Opened> {
-        // The same limits as a sequence generated alone: the model's context.
-        let context = model.context();
-        check_prompt(prompt, context)?;
-        if config.max_new_tokens == 0 {
-            return Err(Error::InvalidParams(
-                "a batched sequence needs max_new_tokens of at least 1".into(),
-            ));
-        }
-        let max_new = config
-            .max_new_tokens
-            .min(room_for_new_tokens(prompt.len(), context));
-        let mut sampler = Sampler::new(config.sampling.clone())?;
+        max_new_tokens: usize,
+        mut sampler: Sampler,
+    ) -> Result<Slot> {
         let (slot, reused) = self.pick_slot(prompt).ok_or_else(|| {
             Error::InvalidParams(format!(
                 "all {} batch slots are in use; close a sequence first",
                 self.settings.slots
             ))
         })?;
-        // Every sampled token but the last is fed back: the sequence may need this many rows.
-        let positions_needed = prompt.len() + max_new - 1;
-        let final_size = self.slot_size_for(positions_needed, context);
+        // Every token but the last is fed back: the sequence may need this many rows.
+        let positions_needed = prompt.len() + max_new_tokens.max(1) - 1;
+        let final_size = self.slot_size_for(positions_needed, model.context());
         if final_size > self.settings.slot_context {
             self.check_slots(model, final_size)
                 .map_err(|e| Error::SequenceTooLong {
@@ -283,366 +233,301 @@ impl Batch {
         // The slot's rows past `reused` are overwritten from here on.
         self.slot_tokens[slot].truncate(reused);
         let logits = model.forward_batch(&prompt[reused..], &positions, &rows, false)?;
-        let pending = sampler.sample(&logits, prompt)?;
+        let first = sampler.sample(&logits, prompt)?;
+        self.slot_tokens[slot].extend_from_slice(&prompt[reused..]);
         self.free_slots.retain(|&s| s != slot);
-
-        let id = self.next_id;
-        self.next_id += 1;
-        let decoder = StreamDecoder::new(Arc::clone(tokenizer), true);
-        self.sequences.insert(
-            id,
-            Sequence {
-                slot,
-                sampler,
-                history: prompt.to_vec(),
-                cached: prompt.len(),
-                emitter: Emitter::new(
-                    decoder,
-                    &config.stop_strings,
-                    config.eog_ids.clone(),
-                    max_new,
-                ),
-                pending,
-                finished: false,
-            },
-        );
-        Ok(Opened {
-            id,
-            cached_tokens: reused,
+        Ok(Slot {
+            index: slot,
+            reused,
+            tokens: Tokens::new(sampler, prompt, first),
         })
     }
 
-    /// Emits one token for each of `ids` (distinct open, unfinished sequences) and decodes the
-    /// ones that go on together.
-    pub fn step(&mut self, model: &mut GpuModel, ids: &[u64]) -> Result<Vec<Stepped>> {
-        for (i, id) in ids.iter().enumerate() {
-            match self.sequences.get(id) {
-                None => return Err(Error::InvalidParams(format!("no open sequence {id}"))),
-                Some(s) if s.finished => {
-                    return Err(Error::InvalidParams(format!(
-                        "sequence {id} has finished; close it"
-                    )))
-                }
-                Some(_) if ids[..i].contains(id) => {
-                    return Err(Error::InvalidParams(format!(
-                        "sequence {id} is listed twice"
-                    )))
-                }
-                Some(_) => {}
-            }
-        }
-        let mut stepped = Vec::with_capacity(ids.len());
-        let (mut fed, mut tokens, mut positions, mut slots) = (vec![], vec![], vec![], vec![]);
-        for &id in ids {
-            let seq = self.sequences.get_mut(&id).expect("checked above");
-            let token = seq.pending;
-            seq.history.push(token);
-            let (event, finish) = seq.emitter.accept(token)?;
-            seq.finished = finish.is_some();
-            if !seq.finished {
-                let position = seq.history.len() - 1;
-                seq.cached = seq.history.len();
-                fed.push(id);
-                tokens.push(token);
-                positions.push(position as u32);
-                slots.push(seq.slot);
-            }
-            stepped.push(Stepped { id, event, finish });
-        }
+    /// The next token of each of `sequences`: those at their first step return the token
+    /// sampled at `open`; the others feed their last token through the model together.
+    pub fn step(&mut self, model: &mut GpuModel, sequences: &mut [&mut Slot]) -> Result<Vec<u32>> {
+        let fed: Vec<usize> = (0..sequences.len())
+            .filter(|&i| sequences[i].tokens.first.is_none())
+            .collect();
         if !fed.is_empty() {
+            let tokens: Vec<u32> = fed.iter().map(|&i| sequences[i].tokens.last()).collect();
+            let positions: Vec<u32> = fed
+                .iter()
+                .map(|&i| sequences[i].tokens.last_position() as u32)
+                .collect();
             // A sequence past its slot's end grows the slots first (checked possible at open).
             let needed = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
             self.ensure_slot_rows(model, needed)?;
             let context = self.settings.slot_context;
-            let rows: Vec<u32> = slots
+            let rows: Vec<u32> = fed
                 .iter()
                 .zip(&positions)
-                .map(|(&slot, &position)| (slot * context) as u32 + position)
+                .map(|(&i, &position)| (sequences[i].index * context) as u32 + position)
                 .collect();
             let logits = model.forward_batch(&tokens, &positions, &rows, true)?;
             let vocab = logits.len() / fed.len();
-            for (id, row) in fed.iter().zip(logits.chunks_exact(vocab)) {
-                let seq = self.sequences.get_mut(id).expect("fed sequences are open");
-                seq.pending = seq.sampler.sample(row, &seq.history)?;
+            for ((&i, &token), row) in fed.iter().zip(&tokens).zip(logits.chunks_exact(vocab)) {
+                let sequence = &mut *sequences[i];
+                self.slot_tokens[sequence.index].push(token);
+                let tokens = &mut sequence.tokens;
+                let next = tokens.sampler.sample(row, &tokens.history)?;
+                tokens.history.push(next);
             }
         }
-        Ok(stepped)
+        for sequence in sequences.iter_mut() {
+            let tokens = &mut sequence.tokens;
+            if let Some(first) = tokens.first.take() {
+                tokens.history.push(first);
+            }
+        }
+        Ok(sequences.iter().map(|s| s.tokens.last()).collect())
     }
 
-    /// Closes sequence `id`, freeing its slot; the slot keeps the sequence's cached tokens
-    /// for a later prompt with the same prefix.
-    pub fn close(&mut self, id: u64) -> Result<()> {
-        let mut seq = self
-            .sequences
-            .remove(&id)
-            .ok_or_else(|| Error::InvalidParams(format!("no open sequence {id}")))?;
-        seq.history.truncate(seq.cached);
-        self.slot_tokens[seq.slot] = seq.history;
-        self.free_slots.push(seq.slot);
-        Ok(())
+    /// Frees the slot of a closed sequence; the slot keeps the keys and values of its fed
+    /// tokens for a later prompt with the same prefix.
+    pub fn close(&mut self, sequence: Slot) {
+        self.free_slots.push(sequence.index);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use pio_plugin_kit::api::{
+        ActivateOptions, ErrorKind, FinishReason, GenerationParams, Plugin, SequenceRequest,
+        TokenEvent,
+    };
+
     use super::*;
-    use crate::engine::Engine;
     use crate::memory::MemoryConfig;
-    use crate::sampler::SamplingParams;
-    use crate::test_model::{tiny_llama_bytes, TinyConfig};
-    use pio_gpu::DeviceOptions;
-    use pio_plugin_api::StreamControl;
+    use crate::test_model::{
+        active_plugin, alone, details, run_to_end, sampled, tiny_file, tokens_request, LlamaPlugin,
+        TinyConfig,
+    };
 
-    fn engine(dir: &tempfile::TempDir, slots: usize) -> Engine {
-        engine_with(dir, slots, 48, 0)
+    /// The tiny model with a 64-position context and `slots` slots of `slot_context` positions.
+    fn plugin(dir: &tempfile::TempDir, slots: usize, slot_context: usize) -> LlamaPlugin {
+        let model = tiny_file(dir, &TinyConfig::default());
+        let config = serde_json::json!({
+            "model": model, "batch_slots": slots, "batch_context": slot_context
+        });
+        active_plugin(config, 64)
     }
 
-    /// The tiny model with a 64-position context, `slots` slots of `slot_context` positions
-    /// and a device memory budget (0: none).
-    fn engine_with(
-        dir: &tempfile::TempDir,
-        slots: usize,
-        slot_context: usize,
-        budget: u64,
-    ) -> Engine {
-        let path = dir.path().join("tiny.gguf");
-        std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
-        let settings = BatchSettings {
-            slots,
-            slot_context,
-        };
-        Engine::load(&path, &DeviceOptions::default(), 64, budget, settings).unwrap()
+    /// What each request gives alone, through `generate`.
+    fn alone_events(
+        plugin: &mut LlamaPlugin,
+        requests: &[SequenceRequest],
+    ) -> Vec<Vec<TokenEvent>> {
+        requests
+            .iter()
+            .map(|request| {
+                let (response, events) = alone(plugin, request, None);
+                response.unwrap();
+                events
+            })
+            .collect()
     }
 
-    fn config(max_new_tokens: usize, temperature: f32, seed: u64) -> GenerateConfig {
-        GenerateConfig {
-            max_new_tokens,
-            sampling: SamplingParams {
-                temperature,
-                top_k: 30,
-                seed,
-                ..SamplingParams::default()
-            },
-            ..GenerateConfig::default()
+    /// Steps the open sequences `open` (ids, by request index) together until every one has
+    /// ended, calling `between(step)` before each step; returns each request's events.
+    fn step_together(
+        plugin: &mut LlamaPlugin,
+        mut open: Vec<(u64, usize)>,
+        requests: usize,
+        mut between: impl FnMut(&mut LlamaPlugin, usize, &mut Vec<(u64, usize)>),
+    ) -> Vec<Vec<TokenEvent>> {
+        let mut got = vec![Vec::new(); requests];
+        let mut step = 0;
+        while !open.is_empty() {
+            between(plugin, step, &mut open);
+            let ids: Vec<u64> = open.iter().map(|(id, _)| *id).collect();
+            for (stepped, (id, i)) in plugin
+                .step_sequences(&ids)
+                .unwrap()
+                .into_iter()
+                .zip(open.clone())
+            {
+                got[i].push(stepped.event);
+                if stepped.finish.is_some() {
+                    plugin.close_sequence(id).unwrap();
+                    open.retain(|&(open_id, _)| open_id != id);
+                }
+            }
+            step += 1;
         }
-    }
-
-    /// Runs `prompt` alone through the one-sequence path.
-    fn alone(engine: &mut Engine, prompt: &[u32], config: &GenerateConfig) -> (Vec<u32>, String) {
-        let g = engine
-            .generate(prompt, config, &mut |_| StreamControl::Continue)
-            .unwrap();
-        (g.tokens, g.text)
+        got
     }
 
     #[test]
     fn batched_sequences_generate_what_they_generate_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let mut engine = engine(&dir, 3);
-        let cases = [
-            (
-                (0..9).map(|i| (i * 31 + 3) % 290).collect::<Vec<u32>>(),
-                config(12, 0.0, 0),
+        let mut plugin = plugin(&dir, 3, 48);
+        let requests = [
+            tokens_request(
+                &(0..9).map(|i| (i * 31 + 3) % 290).collect::<Vec<_>>(),
+                sampled(12, 0.0, 0),
             ),
-            (
-                (0..17).map(|i| (i * 7 + 100) % 290).collect(),
-                config(7, 0.9, 42),
+            tokens_request(
+                &(0..17).map(|i| (i * 7 + 100) % 290).collect::<Vec<_>>(),
+                sampled(7, 0.9, 42),
             ),
-            (
-                (0..4).map(|i| (i * 97 + 11) % 290).collect(),
-                config(10, 1.1, 7),
+            tokens_request(
+                &(0..4).map(|i| (i * 97 + 11) % 290).collect::<Vec<_>>(),
+                sampled(10, 1.1, 7),
             ),
         ];
-        let want: Vec<(Vec<u32>, String)> = cases
-            .iter()
-            .map(|(p, c)| alone(&mut engine, p, c))
-            .collect();
+        let want = alone_events(&mut plugin, &requests);
 
         // The first two start together; the third joins after two steps.
-        let mut ids = vec![
-            engine.open_sequence(&cases[0].0, &cases[0].1).unwrap().id,
-            engine.open_sequence(&cases[1].0, &cases[1].1).unwrap().id,
-        ];
-        let mut got: HashMap<u64, (Vec<u32>, String)> = HashMap::new();
-        let mut active = ids.clone();
-        let mut steps = 0;
-        while !active.is_empty() {
-            if steps == 2 {
-                let id = engine.open_sequence(&cases[2].0, &cases[2].1).unwrap().id;
-                ids.push(id);
-                active.push(id);
+        let open = (0..2)
+            .map(|i| (plugin.open_sequence(&requests[i]).unwrap().id, i))
+            .collect();
+        let got = step_together(&mut plugin, open, requests.len(), |plugin, step, open| {
+            if step == 2 {
+                open.push((plugin.open_sequence(&requests[2]).unwrap().id, 2));
             }
-            for s in engine.step_sequences(&active).unwrap() {
-                let entry = got.entry(s.id).or_default();
-                entry.0.push(s.event.token);
-                entry.1.push_str(&s.event.text);
-                assert_eq!(s.event.index as usize + 1, entry.0.len());
-                if s.finish.is_some() {
-                    active.retain(|&a| a != s.id);
-                    engine.close_sequence(s.id).unwrap();
-                }
-            }
-            steps += 1;
-        }
-        for (id, want) in ids.iter().zip(&want) {
-            assert_eq!(&got[id], want, "sequence {id}");
-        }
-        assert_eq!(engine.batch().open_count(), 0);
+        });
+        assert_eq!(got, want);
+        assert!(want.iter().all(|events| events.len() > 1));
+        assert_eq!(details(&plugin)["largest_batch"], 3);
+        assert_eq!(details(&plugin)["open_sequences"], 0);
     }
 
     #[test]
-    fn slots_limit_open_sequences_and_bad_calls_are_errors() {
+    fn slots_limit_open_sequences() {
         let dir = tempfile::tempdir().unwrap();
-        let mut engine = engine(&dir, 1);
-        let a = engine
-            .open_sequence(&[5, 6, 7], &config(2, 0.0, 0))
+        let mut plugin = plugin(&dir, 1, 48);
+        let a = plugin
+            .open_sequence(&tokens_request(&[5, 6, 7], GenerationParams::greedy(2)))
             .unwrap()
             .id;
-        let err = engine
-            .open_sequence(&[5], &config(2, 0.0, 0))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("all 1 batch slots are in use"), "{err}");
-        assert!(engine.step_sequences(&[a, a]).is_err());
-        assert!(engine.step_sequences(&[a + 1]).is_err());
-        let first = engine.step_sequences(&[a]).unwrap();
-        assert_eq!(first[0].finish, None);
-        let second = engine.step_sequences(&[a]).unwrap();
-        assert_eq!(second[0].finish, Some(FinishReason::Length));
-        let err = engine.step_sequences(&[a]).unwrap_err().to_string();
-        assert!(err.contains("has finished"), "{err}");
-        engine.close_sequence(a).unwrap();
-        assert!(engine.close_sequence(a).is_err());
-        // The slot is free again; a prompt longer than the model's context is refused, naming
-        // both lengths.
-        let long: Vec<u32> = (0..65).collect();
-        let err = engine.open_sequence(&long, &config(2, 0.0, 0)).unwrap_err();
+        let err = plugin
+            .open_sequence(&tokens_request(&[5], GenerationParams::greedy(2)))
+            .unwrap_err();
         assert!(
-            matches!(
-                err,
-                Error::PromptTooLong {
-                    prompt: 65,
-                    context: 64
-                }
-            ),
+            err.message.contains("all 1 batch slots are in use"),
             "{err}"
         );
-        engine.open_sequence(&[1, 2], &config(2, 0.0, 0)).unwrap();
+        let events = run_to_end(&mut plugin, a);
+        assert_eq!(events.len(), 2);
+        // The slot is free again.
+        plugin
+            .open_sequence(&tokens_request(&[1, 2], GenerationParams::greedy(2)))
+            .unwrap();
     }
 
-    /// Runs an open sequence to its end; returns its tokens.
-    fn run_to_end(engine: &mut Engine, id: u64) -> Vec<u32> {
-        let mut tokens = Vec::new();
-        loop {
-            let step = engine.step_sequences(&[id]).unwrap().remove(0);
-            tokens.push(step.event.token);
-            if step.finish.is_some() {
-                engine.close_sequence(id).unwrap();
-                return tokens;
-            }
+    #[test]
+    fn a_prompt_that_fills_the_context_gets_one_token_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plugin = plugin(&dir, 2, 16);
+        for (length, expected) in [(64, 1), (63, 2)] {
+            let prompt: Vec<u32> = (0..length).map(|i| (i * 11 + 5) % 290).collect();
+            let request = tokens_request(&prompt, GenerationParams::greedy(10));
+            let (response, events) = alone(&mut plugin, &request, None);
+            let response = response.unwrap();
+            assert_eq!(response.tokens.len(), expected);
+            assert_eq!(response.finish_reason, FinishReason::Length);
+            let id = plugin.open_sequence(&request).unwrap().id;
+            assert_eq!(run_to_end(&mut plugin, id), events, "prompt of {length}");
         }
+        let prompt: Vec<u32> = (0..65).collect();
+        let request = tokens_request(&prompt, GenerationParams::greedy(10));
+        let err = plugin.open_sequence(&request).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidInput);
+        assert_eq!(
+            err.message.as_str(),
+            "prompt has 65 tokens but the context holds 64"
+        );
     }
 
     #[test]
     fn a_shared_prompt_prefix_is_reused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut engine = engine(&dir, 2);
+        let mut plugin = plugin(&dir, 2, 48);
         let first: Vec<u32> = (0..12).map(|i| (i * 13 + 1) % 290).collect();
-        let greedy = config(5, 0.0, 0);
-        let opened = engine.open_sequence(&first, &greedy).unwrap();
+        let opened = plugin
+            .open_sequence(&tokens_request(&first, GenerationParams::greedy(5)))
+            .unwrap();
         assert_eq!(opened.cached_tokens, 0, "nothing cached yet");
-        let answer = run_to_end(&mut engine, opened.id);
+        let answer: Vec<u32> = run_to_end(&mut plugin, opened.id)
+            .iter()
+            .map(|e| e.token)
+            .collect();
 
         // A follow-up turn: the first prompt, the answer and more; everything fed before is
-        // reused (the answer's last token was emitted but never fed).
+        // reused (the answer's last token was returned but never fed).
         let mut follow_up = first.clone();
         follow_up.extend_from_slice(&answer);
         follow_up.extend_from_slice(&[7, 8, 9]);
-        let opened = engine.open_sequence(&follow_up, &greedy).unwrap();
-        assert_eq!(opened.cached_tokens, first.len() + answer.len() - 1);
-        let reused = run_to_end(&mut engine, opened.id);
-        let (alone, _) = alone(&mut engine, &follow_up, &greedy);
+        let request = tokens_request(&follow_up, GenerationParams::greedy(5));
+        let opened = plugin.open_sequence(&request).unwrap();
         assert_eq!(
-            reused, alone,
+            opened.cached_tokens as usize,
+            first.len() + answer.len() - 1
+        );
+        let reused = run_to_end(&mut plugin, opened.id);
+        let (_, full_prefill) = alone(&mut plugin, &request, None);
+        assert_eq!(
+            reused, full_prefill,
             "reusing the cache gives what a full prefill gives"
         );
 
         // A prompt sharing nothing reuses nothing; the same prompt again reuses all but its
         // last token.
         let other: Vec<u32> = (0..6).map(|i| (i * 5 + 200) % 290).collect();
-        let opened = engine.open_sequence(&other, &greedy).unwrap();
+        let request = tokens_request(&other, GenerationParams::greedy(5));
+        let opened = plugin.open_sequence(&request).unwrap();
         assert_eq!(opened.cached_tokens, 0);
-        run_to_end(&mut engine, opened.id);
-        let opened = engine.open_sequence(&other, &greedy).unwrap();
-        assert_eq!(opened.cached_tokens, other.len() - 1);
+        run_to_end(&mut plugin, opened.id);
+        let opened = plugin.open_sequence(&request).unwrap();
+        assert_eq!(opened.cached_tokens as usize, other.len() - 1);
     }
 
     #[test]
     fn sequences_longer_than_a_slot_grow_the_slots_and_match_generating_alone() {
         let dir = tempfile::tempdir().unwrap();
         // Slots of 16 positions in a model context of 64.
-        let mut engine = engine_with(&dir, 3, 16, 0);
+        let mut plugin = plugin(&dir, 3, 16);
         let prompt = |n: usize, k: usize| -> Vec<u32> {
             (0..n).map(|i| ((i * k + 7) % 290) as u32).collect()
         };
-        let cases = [
+        let requests = [
             // Fits a slot of 16.
-            (prompt(5, 31), config(6, 0.0, 0)),
-            // Its prompt fits, its tokens do not: the slots grow to 32 at a step.
-            (prompt(12, 17), config(10, 0.9, 42)),
-            // Its prompt alone exceeds a slot of 32: the slots grow to 64 at its opening,
-            // moving the rows of the two sequences already open.
-            (prompt(40, 13), config(8, 1.1, 7)),
+            tokens_request(&prompt(5, 31), sampled(6, 0.0, 0)),
+            // Its prompt fits, its tokens do not: the slots grow to 32 at a step (the sixth, which
+            // feeds its fifth token at position 16).
+            tokens_request(&prompt(12, 17), sampled(10, 0.9, 42)),
+            // Its prompt alone exceeds a slot of 32: the slots grow to 64 at its opening (before
+            // the eighth step), moving the rows of the sequences already open.
+            tokens_request(&prompt(40, 13), sampled(8, 1.1, 7)),
         ];
-        let want: Vec<(Vec<u32>, String)> = cases
-            .iter()
-            .map(|(p, c)| alone(&mut engine, p, c))
+        let want = alone_events(&mut plugin, &requests);
+        let open = (0..2)
+            .map(|i| (plugin.open_sequence(&requests[i]).unwrap().id, i))
             .collect();
-        let mut got: HashMap<u64, (Vec<u32>, String)> = HashMap::new();
-        let mut ids = vec![
-            engine.open_sequence(&cases[0].0, &cases[0].1).unwrap().id,
-            engine.open_sequence(&cases[1].0, &cases[1].1).unwrap().id,
-        ];
-        assert_eq!(engine.batch().settings().slot_context, 16);
-        let mut active = ids.clone();
+        assert_eq!(details(&plugin)["batch_context"], 16);
         let mut sizes = vec![];
-        let mut steps = 0;
-        while !active.is_empty() {
-            if steps == 5 {
-                let id = engine.open_sequence(&cases[2].0, &cases[2].1).unwrap().id;
-                assert_eq!(engine.batch().settings().slot_context, 64);
-                ids.push(id);
-                active.push(id);
+        let got = step_together(&mut plugin, open, requests.len(), |plugin, step, open| {
+            sizes.push(details(plugin)["batch_context"].as_u64().unwrap());
+            if step == 7 {
+                open.push((plugin.open_sequence(&requests[2]).unwrap().id, 2));
+                assert_eq!(details(plugin)["batch_context"], 64);
             }
-            for s in engine.step_sequences(&active).unwrap() {
-                let entry = got.entry(s.id).or_default();
-                entry.0.push(s.event.token);
-                entry.1.push_str(&s.event.text);
-                if s.finish.is_some() {
-                    active.retain(|&a| a != s.id);
-                    engine.close_sequence(s.id).unwrap();
-                }
-            }
-            sizes.push(engine.batch().settings().slot_context);
-            steps += 1;
-        }
+        });
         assert!(sizes.contains(&32), "grew to 32 at a step: {sizes:?}");
-        for (id, want) in ids.iter().zip(&want) {
-            assert_eq!(&got[id], want, "sequence {id}");
-        }
+        assert_eq!(got, want);
         // The prefix cache survives the moves: the long prompt again reuses all but its last
         // token and gives the same tokens.
-        let opened = engine.open_sequence(&cases[2].0, &cases[2].1).unwrap();
-        assert_eq!(opened.cached_tokens, cases[2].0.len() - 1);
-        assert_eq!(run_to_end(&mut engine, opened.id), want[2].0);
+        let opened = plugin.open_sequence(&requests[2]).unwrap();
+        assert_eq!(opened.cached_tokens, 39);
+        assert_eq!(run_to_end(&mut plugin, opened.id), want[2]);
     }
 
     #[test]
     fn slots_that_cannot_grow_refuse_the_sequence_without_allocating() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
-        let summary = ModelSummary::read(&pio_gguf::GgufFile::open(&path).unwrap()).unwrap();
+        let model = tiny_file(&dir, &TinyConfig::default());
+        let summary = ModelSummary::read(&pio_gguf::GgufFile::open(&model).unwrap()).unwrap();
         // A budget of exactly what 2 slots of 16 positions need: they cannot grow.
         let budget = summary
             .memory_needs(&MemoryConfig {
@@ -652,39 +537,45 @@ mod tests {
                 copied_batch_rows: 0,
             })
             .device;
-        let mut engine = engine_with(&dir, 2, 16, budget);
-        let short = engine
-            .open_sequence(&[5, 6, 7], &config(4, 0.0, 0))
+        let mut plugin = LlamaPlugin::new().unwrap();
+        let config = serde_json::json!({"model": model, "batch_slots": 2, "batch_context": 16});
+        plugin.initialize(config).unwrap();
+        plugin
+            .activate(&ActivateOptions {
+                context_length: 64,
+                memory_budget_bytes: budget,
+                ..ActivateOptions::default()
+            })
             .unwrap();
-        let allocated = engine.model().gpu().allocated_bytes();
+        let short = plugin
+            .open_sequence(&tokens_request(&[5, 6, 7], GenerationParams::greedy(4)))
+            .unwrap();
+        let allocated = plugin.stats().device_memory_bytes;
         let long: Vec<u32> = (0..20).collect();
-        let err = engine.open_sequence(&long, &config(4, 0.0, 0)).unwrap_err();
+        let long = tokens_request(&long, GenerationParams::greedy(4));
+        let err = plugin.open_sequence(&long).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::OutOfMemory, "{err}");
         assert!(
-            matches!(
-                err,
-                Error::SequenceTooLong {
-                    positions: 23,
-                    slot_context: 16,
-                    ..
-                }
-            ),
+            err.message.contains("up to 23 positions")
+                && err.message.contains("batch slot of 16 positions")
+                && err.message.contains("budget"),
             "{err}"
         );
-        let text = err.to_string();
-        assert!(text.contains("budget"), "{text}");
-        assert_eq!(engine.model().gpu().allocated_bytes(), allocated);
-        assert_eq!(engine.batch().open_count(), 1);
+        assert_eq!(plugin.stats().device_memory_bytes, allocated);
+        assert_eq!(details(&plugin)["open_sequences"], 1);
         // A sequence that stays within its slot is refused likewise when its token limit could
         // take it past the slot; with a limit that fits, it runs.
-        let err = engine
-            .open_sequence(&[1, 2], &config(20, 0.0, 0))
+        let err = plugin
+            .open_sequence(&tokens_request(&[1, 2], GenerationParams::greedy(20)))
             .unwrap_err();
-        assert!(matches!(err, Error::SequenceTooLong { .. }), "{err}");
-        let fits = engine.open_sequence(&[1, 2], &config(15, 0.0, 0)).unwrap();
-        run_to_end(&mut engine, fits.id);
-        run_to_end(&mut engine, short.id);
+        assert_eq!(err.kind, ErrorKind::OutOfMemory, "{err}");
+        let fits = plugin
+            .open_sequence(&tokens_request(&[1, 2], GenerationParams::greedy(15)))
+            .unwrap();
+        run_to_end(&mut plugin, fits.id);
+        run_to_end(&mut plugin, short.id);
         // The single-sequence path serves the refused request.
-        let (tokens, _) = alone(&mut engine, &long, &config(4, 0.0, 0));
-        assert_eq!(tokens.len(), 4);
+        let (response, _) = alone(&mut plugin, &long, None);
+        assert_eq!(response.unwrap().tokens.len(), 4);
     }
 }

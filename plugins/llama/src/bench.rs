@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use pio_plugin_kit::{PluginResult, Sampling, SequenceParams, TextModel};
+
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::generate::{Forward, GenerateConfig};
+use crate::forward::Forward;
 use crate::sampler::{Sampler, SamplingParams};
 
 /// What to measure.
@@ -143,47 +145,39 @@ pub struct BatchedRun {
 }
 
 /// Opens `sequences` batched sequences of `prompt_len` pseudo-random tokens and steps them
-/// together, greedily, for up to `steps` tokens each; measures the aggregate decode speed.
+/// together, greedily, for `steps` tokens each (end-of-generation tokens do not end them, as
+/// in [`bench_run`]); measures the aggregate decode speed.
 pub fn bench_batched(
     engine: &mut Engine,
     sequences: usize,
     prompt_len: usize,
     steps: usize,
-) -> Result<BatchedRun> {
+) -> PluginResult<BatchedRun> {
     let vocab = engine.summary().spec.hparams.vocab_size;
-    let config = GenerateConfig {
-        max_new_tokens: steps,
-        ..GenerateConfig::default()
+    let params = SequenceParams {
+        sampling: Sampling::greedy(),
+        max_new_tokens: u32::try_from(steps).unwrap_or(u32::MAX),
     };
     let mut open = Vec::with_capacity(sequences);
-    for i in 0..sequences {
-        let opened = engine.open_sequence(&prompt(prompt_len, vocab, 100 + i as u64), &config);
-        match opened {
-            Ok(opened) => open.push(opened.id),
-            Err(e) => {
-                close_all(engine, &open);
-                return Err(e);
+    let decoded: PluginResult<f64> = (0..sequences)
+        .try_for_each(|i| {
+            let prompt = prompt(prompt_len, vocab, 100 + i as u64);
+            open.push(engine.open(&prompt, &params)?);
+            Ok(())
+        })
+        .and_then(|()| {
+            let start = Instant::now();
+            let mut batch: Vec<_> = open.iter_mut().collect();
+            for _ in 0..steps {
+                engine.step_batch(&mut batch)?;
             }
-        }
+            Ok(start.elapsed().as_secs_f64())
+        });
+    for sequence in open {
+        engine.close(sequence);
     }
-    let start = Instant::now();
-    let mut tokens = 0;
-    let mut active = open.clone();
-    while !active.is_empty() {
-        let stepped = match engine.step_sequences(&active) {
-            Ok(stepped) => stepped,
-            Err(e) => {
-                close_all(engine, &open);
-                return Err(e);
-            }
-        };
-        tokens += stepped.len();
-        for s in stepped.iter().filter(|s| s.finish.is_some()) {
-            active.retain(|&id| id != s.id);
-        }
-    }
-    let decode_s = start.elapsed().as_secs_f64();
-    close_all(engine, &open);
+    let decode_s = decoded?;
+    let tokens = sequences * steps;
     Ok(BatchedRun {
         sequences,
         tokens,
@@ -192,17 +186,10 @@ pub fn bench_batched(
     })
 }
 
-fn close_all(engine: &mut Engine, ids: &[u64]) {
-    for &id in ids {
-        // Closing an open sequence cannot fail; an id already closed is not in `ids`.
-        let _ = engine.close_sequence(id);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::tests::Script;
+    use crate::forward::tests::Script;
 
     #[test]
     fn prompts_are_deterministic_and_in_the_vocabulary() {

@@ -1,21 +1,24 @@
-//! A loaded model ready to serve: the GPU model with its tokenizer and chat template, and the
-//! entry points that take text or token ids to generated text.
+//! A loaded model ready to serve: the GPU model with its tokenizer, chat template and batch
+//! slots, and its generation as the authoring kit's [`TextModel`]: sequences opened alone
+//! (`generate`, `chat`) run in the model's own cache, batched ones in slots of the batch cache
+//! (see [`crate::sequence`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use pio_gguf::{GgufFile, TensorType};
 use pio_gpu::{DeviceOptions, Gpu};
-use pio_plugin_api::{StreamControl, TokenEvent};
+use pio_plugin_kit::{Message, Next, PluginError, PluginResult, SequenceParams, TextModel};
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 
-use crate::batch::{Batch, BatchMemory, BatchSettings, Opened, Stepped};
+use crate::batch::{Batch, BatchMemory, BatchSettings};
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenerateConfig, Generation};
 use crate::memory::{self, MemoryConfig, MemoryLimits};
 use crate::models::{self, ModelSpec};
 use crate::perplexity::{perplexity, Perplexity};
 use crate::runtime::{GpuModel, DEFAULT_MAX_BATCH};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::sequence::{Sequence, Tokens};
+use crate::tokenizer::GgufTokenizer;
 use crate::weights::ModelTensors;
 
 /// What a model file is, read from its metadata and tensor table without touching the device.
@@ -100,10 +103,11 @@ fn host_bytes(tokenizer: &TextTokenizer, vocab_size: usize, max_batch: usize) ->
     (vocab + max_batch * vocab_size * 4) as u64
 }
 
-/// A model on the GPU with its tokenizer and (optional) chat template.
+/// A model on the GPU with its tokenizer, (optional) chat template and batch slots: the active
+/// state of the plugin.
 pub struct Engine {
     model: GpuModel,
-    tokenizer: Arc<TextTokenizer>,
+    tokenizer: GgufTokenizer,
     batch: Batch,
     template: Option<ChatTemplate>,
     summary: ModelSummary,
@@ -176,7 +180,7 @@ impl Engine {
         );
         Ok(Engine {
             model,
-            tokenizer: Arc::new(tokenizer),
+            tokenizer: GgufTokenizer::new(tokenizer),
             batch,
             template,
             summary,
@@ -206,135 +210,196 @@ impl Engine {
         &mut self.model
     }
 
-    /// Text to token ids; with `add_special`, BOS is prepended if the model asks for it.
-    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        Ok(self.tokenizer.encode(text, add_special)?)
-    }
-
-    /// Token ids to text (special tokens included as written).
-    pub fn detokenize(&self, tokens: &[u32]) -> Result<String> {
-        Ok(self.tokenizer.decode(tokens, false)?)
-    }
-
-    /// The token ids of a conversation rendered with the model's chat template, ending with the
-    /// assistant header.
-    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let template = self.template.as_ref().ok_or_else(|| {
-            Error::InvalidModel("the model has no chat template (tokenizer.chat_template)".into())
-        })?;
-        let text = template.render(messages, true)?;
-        self.tokenize(&text, true)
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.tokenizer
     }
 
     /// Perplexity of `text` with windows of `window` tokens (see [`perplexity`] for how windows
     /// are formed and scored); each window starts with BOS when the tokenizer adds one.
     pub fn perplexity(&mut self, text: &str, window: usize) -> Result<Perplexity> {
-        let tokens = self.tokenizer.encode(text, false)?;
-        let with_special = self.tokenizer.encode(text, true)?;
+        let tokenizer = self.tokenizer.text();
+        let tokens = tokenizer.encode(text, false)?;
+        let with_special = tokenizer.encode(text, true)?;
         let bos = (with_special.len() > tokens.len())
-            .then(|| self.tokenizer.bos_id())
+            .then(|| tokenizer.bos_id())
             .flatten();
         perplexity(&mut self.model, &tokens, window, bos)
     }
 
-    /// `config` with the model's end-of-generation ids added.
-    fn with_eog(&self, config: &GenerateConfig) -> GenerateConfig {
-        let mut config = config.clone();
-        config.eog_ids.extend_from_slice(self.tokenizer.eos_ids());
-        config
+    /// The batch slots: their settings (the slot size grows).
+    pub fn batch_settings(&self) -> BatchSettings {
+        self.batch.settings()
     }
 
-    /// Opens a batched sequence generating from `prompt` (see [`Batch::open`]).
-    pub fn open_sequence(&mut self, prompt: &[u32], config: &GenerateConfig) -> Result<Opened> {
-        let config = self.with_eog(config);
-        self.batch
-            .open(&mut self.model, &self.tokenizer, prompt, &config)
+    /// What the kit's driver makes of `token`: end-of-generation ids end the sequence
+    /// without text.
+    fn next(&self, token: u32) -> Next {
+        match self.tokenizer.text().is_eog(token) {
+            true => Next::EndOfGeneration(token),
+            false => Next::Token(token),
+        }
+    }
+}
+
+/// Generation: the kit's driver over this model's sequences.
+impl TextModel for Engine {
+    type Sequence = Sequence;
+
+    fn context_length(&self) -> u32 {
+        // The context was checked to fit in 32 bits when the model was built.
+        self.model.context() as u32
     }
 
-    /// One token for each of the batched sequences `ids`, decoded together.
-    pub fn step_sequences(&mut self, ids: &[u64]) -> Result<Vec<Stepped>> {
-        self.batch.step(&mut self.model, ids)
+    /// The conversation rendered with the model's chat template, ending with the assistant
+    /// header, tokenized with the model's special tokens.
+    fn chat_prompt(&self, messages: &[Message]) -> PluginResult<Vec<u32>> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            Error::InvalidModel("the model has no chat template (tokenizer.chat_template)".into())
+        })?;
+        let messages: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str()))
+            .collect();
+        let text = template.render(&messages, true).map_err(Error::from)?;
+        Ok(self
+            .tokenizer
+            .text()
+            .encode(&text, true)
+            .map_err(Error::from)?)
     }
 
-    /// Closes batched sequence `id`.
-    pub fn close_sequence(&mut self, id: u64) -> Result<()> {
-        self.batch.close(id)
+    /// A batched sequence, in the batch slot sharing the longest prefix with `prompt` (see
+    /// [`Batch::open`]).
+    fn open(&mut self, prompt: &[u32], params: &SequenceParams) -> PluginResult<Sequence> {
+        let sampler = Sampler::new(SamplingParams::from(&params.sampling))?;
+        let max_new_tokens = params.max_new_tokens as usize;
+        let slot = self
+            .batch
+            .open(&mut self.model, prompt, max_new_tokens, sampler)?;
+        Ok(Sequence::InSlot(slot))
     }
 
-    /// The batch: its settings and open sequences.
-    pub fn batch(&self) -> &Batch {
-        &self.batch
+    /// A sequence in the model's own cache, sampled on the device.
+    fn open_alone(&mut self, prompt: &[u32], params: &SequenceParams) -> PluginResult<Sequence> {
+        let sampler = Sampler::new(SamplingParams::from(&params.sampling))?;
+        let tokens = Tokens::open_alone(&mut self.model, prompt, sampler)?;
+        Ok(Sequence::Alone(tokens))
     }
 
-    /// Generates from `prompt` token ids (see [`generate`]); the model's end-of-generation ids
-    /// are added to `config.eog_ids`, and special tokens produce no text.
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        config: &GenerateConfig,
-        on_token: &mut dyn FnMut(&TokenEvent) -> StreamControl,
-    ) -> Result<Generation> {
-        let config = self.with_eog(config);
-        let mut decoder = self.tokenizer.stream_decoder(true);
-        generate(&mut self.model, &mut decoder, prompt, &config, on_token)
+    fn step(&mut self, sequence: &mut Sequence) -> PluginResult<Next> {
+        let token = match sequence {
+            Sequence::Alone(tokens) => tokens.step_alone(&mut self.model)?,
+            Sequence::InSlot(slot) => self.batch.step(&mut self.model, &mut [slot])?[0],
+        };
+        Ok(self.next(token))
+    }
+
+    /// Batched sequences decoded in one forward pass over the batch cache.
+    fn step_batch(&mut self, batch: &mut [&mut Sequence]) -> PluginResult<Vec<Next>> {
+        let mut slots = Vec::with_capacity(batch.len());
+        for sequence in batch.iter_mut() {
+            match &mut **sequence {
+                Sequence::InSlot(slot) => slots.push(slot),
+                Sequence::Alone(_) => {
+                    return Err(PluginError::internal(
+                        "a sequence opened alone is stepped alone, never in a batch",
+                    ))
+                }
+            }
+        }
+        let tokens = self.batch.step(&mut self.model, &mut slots)?;
+        Ok(tokens.into_iter().map(|token| self.next(token)).collect())
+    }
+
+    fn close(&mut self, sequence: Sequence) {
+        if let Sequence::InSlot(slot) = sequence {
+            self.batch.close(slot);
+        }
+    }
+
+    fn reused_prompt_tokens(&self, sequence: &Sequence) -> u32 {
+        match sequence {
+            // At most the prompt's length, which fits the context.
+            Sequence::InSlot(slot) => slot.reused() as u32,
+            Sequence::Alone(_) => 0,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::generate::Forward;
-    use crate::test_model::{smollm2, tiny_llama_bytes, TinyConfig};
-    use pio_plugin_api::FinishReason;
+    use pio_plugin_kit::{Sampling, Tokenizer};
 
-    fn greedy(max_new_tokens: usize) -> GenerateConfig {
-        GenerateConfig {
-            max_new_tokens,
-            ..GenerateConfig::default()
-        }
+    use super::*;
+    use crate::test_model::{tiny_file, TinyConfig};
+
+    fn tiny_engine(dir: &tempfile::TempDir) -> Engine {
+        let path = tiny_file(dir, &TinyConfig::default());
+        let batch = BatchSettings::default();
+        Engine::load(&path, &DeviceOptions::default(), 64, 0, batch).unwrap()
+    }
+
+    /// `n` tokens of `sequence`, end-of-generation tokens included.
+    fn steps(engine: &mut Engine, sequence: &mut Sequence, n: usize) -> Vec<Next> {
+        (0..n).map(|_| engine.step(sequence).unwrap()).collect()
     }
 
     #[test]
-    fn tiny_model_round_trips_text_and_generates() {
+    fn tiny_model_round_trips_text_and_renders_chat() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
-        let mut engine = Engine::load(
-            &path,
-            &DeviceOptions::default(),
-            64,
-            0,
-            BatchSettings::default(),
-        )
-        .unwrap();
-        let ids = engine.tokenize("The capital of France", false).unwrap();
+        let engine = tiny_engine(&dir);
+        let tokenizer = engine.tokenizer();
+        let ids = tokenizer.encode("The capital of France", false).unwrap();
         assert!(
             ids.len() < "The capital of France".len(),
             "merges apply: {ids:?}"
         );
-        assert_eq!(engine.detokenize(&ids).unwrap(), "The capital of France");
+        assert_eq!(tokenizer.decode(&ids).unwrap(), "The capital of France");
         let chat = engine
-            .chat_prompt(&[ChatMessage::user("hello there")])
+            .chat_prompt(&[Message {
+                role: "user".into(),
+                content: "hello there".into(),
+            }])
             .unwrap();
         assert_eq!(chat[0], 1, "starts with <|im_start|>");
-        let mut streamed = String::new();
-        let g = engine
-            .generate(&chat, &greedy(10), &mut |e| {
-                streamed.push_str(&e.text);
-                StreamControl::Continue
-            })
-            .unwrap();
-        assert_eq!(g.text, streamed);
-        assert!(!g.tokens.is_empty());
         assert_eq!(engine.summary().spec.hparams.n_layer, 2);
-        assert_eq!(engine.model_mut().context_length(), 64);
+        assert_eq!(engine.context_length(), 64);
+    }
+
+    #[test]
+    fn a_sequence_alone_and_one_in_a_slot_continue_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = tiny_engine(&dir);
+        let prompt: Vec<u32> = (0..13).map(|i| (i * 29 + 3) % 290).collect();
+        for sampling in [
+            Sampling::greedy(),
+            Sampling {
+                temperature: 0.9,
+                top_k: 40,
+                seed: Some(11),
+                ..Sampling::greedy()
+            },
+        ] {
+            let params = SequenceParams {
+                sampling,
+                max_new_tokens: 12,
+            };
+            let mut alone = engine.open_alone(&prompt, &params).unwrap();
+            assert!(matches!(alone, Sequence::Alone(_)));
+            let want = steps(&mut engine, &mut alone, 12);
+            engine.close(alone);
+            let mut in_slot = engine.open(&prompt, &params).unwrap();
+            assert!(matches!(in_slot, Sequence::InSlot(_)));
+            assert_eq!(steps(&mut engine, &mut in_slot, 12), want, "{params:?}");
+            engine.close(in_slot);
+        }
     }
 
     #[test]
     fn memory_budget_is_enforced_before_loading() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        std::fs::write(&path, tiny_llama_bytes(&TinyConfig::default())).unwrap();
+        let path = tiny_file(&dir, &TinyConfig::default());
         let err = Engine::load(
             &path,
             &DeviceOptions::default(),
@@ -346,56 +411,5 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(err.contains("budget"), "{err}");
-    }
-
-    #[test]
-    #[ignore = "needs the SmolLM2 model: pio models fetch"]
-    fn smollm2_answers_capital_of_france_greedily() {
-        let path = smollm2();
-        let mut engine = Engine::load(
-            &path,
-            &DeviceOptions::default(),
-            512,
-            0,
-            BatchSettings::default(),
-        )
-        .unwrap();
-        let prompt = engine
-            .chat_prompt(&[ChatMessage::user("What is the capital of France?")])
-            .unwrap();
-        let text = engine.detokenize(&prompt).unwrap();
-        assert!(
-            text.contains("You are a helpful AI assistant named SmolLM"),
-            "{text}"
-        );
-        let start = std::time::Instant::now();
-        let g = engine
-            .generate(&prompt, &greedy(32), &mut |_| StreamControl::Continue)
-            .unwrap();
-        let secs = start.elapsed().as_secs_f64();
-        eprintln!(
-            "SmolLM2 greedy answer: {:?} ({} prompt tokens, {} new tokens, prefill {:.0} ms, \
-             decode {:.1} tokens/s, total {secs:.1} s)",
-            g.text,
-            g.prompt_tokens,
-            g.tokens.len(),
-            g.timings.prompt_ms,
-            (g.tokens.len() - 1) as f64 / (g.timings.generation_ms / 1e3)
-        );
-        // The first answer token is a near tie between "The" and "L": report the GPU margin.
-        let logits = engine.model_mut().forward(&prompt, 0, false).unwrap();
-        let mut ranked: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let name = |id: usize| engine.detokenize(&[id as u32]).unwrap();
-        eprintln!(
-            "first token: {:?} {:.4} vs {:?} {:.4} (margin {:.4})",
-            name(ranked[0].0),
-            ranked[0].1,
-            name(ranked[1].0),
-            ranked[1].1,
-            ranked[0].1 - ranked[1].1
-        );
-        assert_eq!(g.text, "The capital of France is Paris.");
-        assert_eq!(g.finish_reason, FinishReason::Stop);
     }
 }

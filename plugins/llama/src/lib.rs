@@ -1,17 +1,20 @@
-//! GGUF text-generation plugin for Inference-PIO: Llama-family models on the GPU.
+//! GGUF text-generation plugin for Inference-PIO: Llama-family models on the GPU, written on
+//! the authoring kit (`pio-plugin-kit`), which drives generation, chat and batched sequences.
 //!
 //! Modules, one job each:
 //! - [`models`]: one file per model family, each describing its layers as a
 //!   [`models::ModelSpec`] read from GGUF metadata; [`hparams`]: the shapes every family shares;
 //!   [`weights`]: the tensors a spec names, with shape and type checks;
-//! - [`runtime`]: any spec's forward pass on the GPU (pio-gpu kernels) with its KV cache;
-//! - [`sampler`]: greedy and seeded sampling; [`stop`]: stop-string matching;
-//! - [`generate`]: the generation loop over any [`generate::Forward`]; [`batch`]: sequences
-//!   decoded together (continuous batching);
+//! - [`runtime`]: any spec's forward pass on the GPU (pio-gpu kernels) with its KV caches;
+//!   [`forward`]: what it and the CPU reference share;
+//! - [`sampler`]: greedy and seeded sampling; [`tokenizer`]: the GGUF tokenizer for the kit;
+//! - [`sequence`]: a prompt's continuation, alone in the model's cache or in a batch slot;
+//!   [`batch`]: the batch slots (growth, prefix cache) and their one-pass decode;
 //! - [`memory`]: what a context and batch configuration costs, checked before allocating;
 //! - [`perplexity`]: perplexity over a token sequence; [`bench`](mod@bench): the plugin's
 //!   benchmark;
-//! - [`engine`]: model + tokenizer + chat template; [`plugin`]: the Inference-PIO plugin.
+//! - [`engine`]: model + tokenizer + chat template + batch slots, the kit's `TextModel`;
+//!   [`plugin`]: configuration, activation, stats and `infer`, the kit's `Model`.
 //!
 //! Tests compare the GPU model with a plain f32 CPU reference (`reference.rs`, test-only), which
 //! runs the same spec.
@@ -20,7 +23,7 @@ pub mod batch;
 pub mod bench;
 pub mod engine;
 pub mod error;
-pub mod generate;
+pub mod forward;
 pub mod hparams;
 pub mod memory;
 pub mod models;
@@ -30,11 +33,13 @@ pub mod plugin;
 mod reference;
 pub mod runtime;
 pub mod sampler;
+pub mod sequence;
 #[cfg(test)]
 mod test_model;
+pub mod tokenizer;
 pub mod weights;
 
+pub use engine::Engine;
 pub use error::{Error, Result};
-pub use plugin::LlamaPlugin;
 
-pio_plugin_api::export_plugin!(LlamaPlugin);
+pio_plugin_kit::export_text_model!(Engine);

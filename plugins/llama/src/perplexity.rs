@@ -1,7 +1,7 @@
 //! Perplexity of a model over a token sequence.
 
 use crate::error::{Error, Result};
-use crate::generate::Forward;
+use crate::forward::Forward;
 
 /// The outcome of [`perplexity`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,7 +83,7 @@ fn log_softmax_at(row: &[f32], index: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::tests::Script;
+    use crate::forward::tests::Script;
     use crate::reference::ReferenceModel;
     use crate::runtime::GpuModel;
     use pio_gpu::testing::gpu as test_gpu;

@@ -1,13 +1,16 @@
-//! The Inference-PIO plugin: configuration, lifecycle and the mapping between the plugin API's
-//! types and the [`Engine`].
+//! The Inference-PIO plugin: the Llama model on the authoring kit. The kit holds the
+//! lifecycle, the API's types and the generation driver (stop strings, limits, cancellation,
+//! timings, usage, batched sequences); this module holds the configuration, activation, stats
+//! and the `infer` operations of an [`Engine`], and maps the crate's errors to the API's kinds.
 //!
-//! Configuration (the `initialize` JSON): `{"model": "/path/to/model.gguf"}`; the host supplies
-//! its cached default model's path. Optional `"batch_slots"` (default 8) and `"batch_context"`
-//! (default 1024) size batched generation: sequences open at once and the positions each slot
-//! holds at first (slots grow, up to the model's context, when a sequence needs more and memory
-//! allows). `initialize` reads the file's metadata and tensor table (no weights are loaded);
-//! `activate` checks that the context fits the model and the memory (see [`crate::memory`]),
-//! then creates the GPU device and uploads the weights; `deactivate` drops both.
+//! Configuration (the `initialize` JSON, see [`Settings`]): `{"model": "model.gguf"}`, a path
+//! relative to the plugin's folder or absolute; the host supplies its cached default model's
+//! path. Optional `"batch_slots"` (default 8) and `"batch_context"` (default 1024) size batched
+//! generation: sequences open at once and the positions each slot holds at first (slots grow,
+//! up to the model's context, when a sequence needs more and memory allows). `activate` reads
+//! the file's metadata and tensor table, checks that the context fits the model and the memory
+//! (see [`crate::memory`]), then creates the GPU device and uploads the weights; `deactivate`
+//! drops both.
 //!
 //! Errors the host acts on: a context or prompt too long, or a token id outside the
 //! vocabulary, is `invalid_input`; `open_sequence` refusing with `out_of_memory` (the batch
@@ -15,23 +18,18 @@
 //! `chat`, which need no batch cache.
 
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use pio_gguf::GgufFile;
 use pio_gpu::DeviceOptions;
-use pio_plugin_api::{
-    semver::Version, ActivateOptions, Capability, ChatRequest, GenerateRequest, GenerateResponse,
-    GenerationParams, Health, HealthStatus, ModelInfo, Plugin, PluginError, PluginMetadata,
-    PluginResult, PluginStats, Prompt, SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
+use pio_plugin_kit::{
+    metadata, Activation, Capability, Config, Model, ModelInfo, ModelStats, PluginError,
+    PluginMetadata, PluginResult,
 };
 
 use crate::batch::BatchSettings;
 use crate::bench::{bench_batched, bench_run, BenchConfig};
-use crate::engine::{Engine, ModelSummary};
+use crate::engine::Engine;
 use crate::error::Error;
-use crate::generate::{GenerateConfig, Generation};
-use crate::runtime::DEFAULT_MAX_BATCH;
-use crate::sampler::{SamplingParams, DEFAULT_REPEAT_LAST_N};
+use crate::tokenizer::GgufTokenizer;
 
 impl From<Error> for PluginError {
     fn from(e: Error) -> Self {
@@ -62,71 +60,172 @@ impl From<Error> for PluginError {
     }
 }
 
-/// What `activate` produced.
-struct Active {
-    engine: Engine,
-    activate_ms: f64,
-    requests: u64,
-    tokens: u64,
+/// The plugin's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The GGUF file: relative to the plugin's folder, or absolute.
+    pub model: PathBuf,
+    /// Batched sequences open at once.
+    #[serde(default = "default_batch_slots")]
+    pub batch_slots: usize,
+    /// Positions each batch slot holds at first.
+    #[serde(default = "default_batch_context")]
+    pub batch_context: usize,
 }
 
-/// The Llama plugin instance.
-#[derive(Default)]
-pub struct LlamaPlugin {
-    /// The model file and what it holds, after `initialize`.
-    model: Option<ModelSummary>,
-    /// Batched generation's sizes, from the configuration.
-    batch: BatchSettings,
-    active: Option<Active>,
+fn default_batch_slots() -> usize {
+    BatchSettings::default().slots
 }
 
-impl LlamaPlugin {
-    /// The token ids of a prompt (text is tokenized with BOS when the model adds one).
-    fn prompt_tokens(&mut self, prompt: &Prompt) -> PluginResult<Vec<u32>> {
-        Ok(match prompt {
-            Prompt::Text(text) => self.active()?.engine.tokenize(text, true)?,
-            Prompt::Tokens(tokens) => tokens.to_vec(),
-        })
+fn default_batch_context() -> usize {
+    BatchSettings::default().slot_context
+}
+
+impl Config for Settings {
+    fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("batch_slots", self.batch_slots),
+            ("batch_context", self.batch_context),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1, got 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Model for Engine {
+    type Config = Settings;
+    type Tokenizer = GgufTokenizer;
+
+    fn metadata() -> PluginMetadata {
+        metadata!("llama")
+            .capabilities([
+                Capability::TextGeneration,
+                Capability::Chat,
+                Capability::BatchedGeneration,
+            ])
+            // The model is only known at activation; `stats` reports it in its details.
+            .model(ModelInfo {
+                architecture: Some("llama".to_owned()),
+                ..ModelInfo::default()
+            })
+            .tags(["llama", "gguf", "gpu"])
+            .build()
     }
 
-    /// The token ids of a conversation rendered with the chat template.
-    fn chat_tokens(&mut self, messages: &[pio_plugin_api::ChatMessage]) -> PluginResult<Vec<u32>> {
-        let messages: Vec<pio_text::ChatMessage> = messages
-            .iter()
-            .map(|m| pio_text::ChatMessage::new(m.role.as_str(), m.content.as_str()))
-            .collect();
-        Ok(self.active()?.engine.chat_prompt(&messages)?)
+    fn activate(settings: &Settings, activation: &Activation) -> PluginResult<Self> {
+        let device = DeviceOptions {
+            adapter: activation.adapter.clone(),
+            ..DeviceOptions::default()
+        };
+        let batch = BatchSettings {
+            slots: settings.batch_slots,
+            slot_context: settings.batch_context,
+        };
+        Ok(Engine::load(
+            &activation.resolve(&settings.model),
+            &device,
+            activation.context_length.unwrap_or(0) as usize,
+            activation.memory_budget_bytes.unwrap_or(0),
+            batch,
+        )?)
     }
 
-    fn active(&mut self) -> PluginResult<&mut Active> {
-        self.active
-            .as_mut()
-            .ok_or_else(|| PluginError::invalid_input("the plugin is not activated"))
+    fn tokenizer(&self) -> &GgufTokenizer {
+        self.tokenizer()
     }
 
-    /// Runs a generation from prompt token ids, streaming to `stream`.
-    fn run(
-        &mut self,
-        prompt: Vec<u32>,
-        params: &GenerationParams,
-        stream: &mut TokenStream<'_>,
-    ) -> PluginResult<GenerateResponse> {
-        params.validate()?;
-        let config = generate_config(params);
-        let active = self.active()?;
-        let g: Generation = active
-            .engine
-            .generate(&prompt, &config, &mut |e| stream.send(e.clone()))?;
-        active.requests += 1;
-        active.tokens += (g.prompt_tokens + g.tokens.len()) as u64;
-        Ok(GenerateResponse {
-            text: g.text.into(),
-            tokens: g.tokens.into(),
-            prompt_tokens: g.prompt_tokens as u32,
-            finish_reason: g.finish_reason,
-            timings: g.timings,
-        })
+    fn stats(&self) -> ModelStats {
+        let summary = self.summary();
+        let model = self.model();
+        let hp = &summary.spec.hparams;
+        let batch = self.batch_settings();
+        let details: [(&str, serde_json::Value); 12] = [
+            ("model", summary.path.display().to_string().into()),
+            ("architecture", summary.spec.architecture.into()),
+            ("parameter_count", summary.parameter_count.into()),
+            ("quantization", summary.quantization.clone().into()),
+            ("trained_context_length", hp.context_length.into()),
+            ("layers", hp.n_layer.into()),
+            ("embedding_length", hp.n_embd.into()),
+            ("adapter", model.gpu().adapter_info().to_string().into()),
+            ("batch_slots", batch.slots.into()),
+            ("batch_context", batch.slot_context.into()),
+            ("context_length", model.context().into()),
+            (
+                "required_memory_bytes",
+                summary
+                    .required_device_bytes(model.context(), model.max_batch())
+                    .into(),
+            ),
+        ];
+        ModelStats {
+            device_memory_bytes: model.gpu().allocated_bytes(),
+            host_memory_bytes: self.host_bytes(),
+            details: details
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect(),
+        }
     }
+
+    /// Free-form operations:
+    /// - `{"op": "perplexity", "text": TEXT, "window": N}` answers
+    ///   `{"perplexity", "mean_nll", "scored_tokens", "windows", "window"}` (windows as described
+    ///   in [`crate::perplexity::perplexity`]);
+    /// - `{"op": "bench", "prompt_lengths": [N, ...], "decode_prompt": N, "decode_tokens": N,
+    ///   "batch_sizes": [N, ...]}` runs [`bench_run`] once, and [`bench_batched`] for each batch
+    ///   size (32-token prompts, `decode_tokens` steps), and answers their measurements plus
+    ///   `dispatches_per_token`, `dispatches_per_layer` and `adapter`.
+    fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
+        match request.get("op").and_then(|op| op.as_str()) {
+            Some("bench") => bench(self, &request),
+            Some("perplexity") => {
+                let text = request["text"].as_str().ok_or_else(|| {
+                    PluginError::invalid_input("perplexity needs a string field 'text'")
+                })?;
+                let window = request["window"].as_u64().ok_or_else(|| {
+                    PluginError::invalid_input("perplexity needs an integer field 'window'")
+                })? as usize;
+                let result = self.perplexity(text, window)?;
+                Ok(serde_json::json!({
+                    "perplexity": result.perplexity,
+                    "mean_nll": result.mean_nll,
+                    "scored_tokens": result.scored_tokens,
+                    "windows": result.windows,
+                    "window": window,
+                }))
+            }
+            other => Err(PluginError::unsupported(format!(
+                "unknown op {other:?}; this plugin's infer supports \"perplexity\" and \"bench\""
+            ))),
+        }
+    }
+}
+
+/// The `bench` operation (see [`Model::infer`]).
+fn bench(engine: &mut Engine, request: &serde_json::Value) -> PluginResult<serde_json::Value> {
+    let (config, batch_sizes) = bench_config(request)?;
+    let json = |value: Result<serde_json::Value, serde_json::Error>| {
+        value.map_err(|e| PluginError::internal(format!("cannot serialize the benchmark: {e}")))
+    };
+    let mut answer = json(serde_json::to_value(bench_run(
+        engine.model_mut(),
+        &config,
+    )?))?;
+    let batched = batch_sizes
+        .iter()
+        .map(|&n| bench_batched(engine, n, 32, config.decode_tokens))
+        .collect::<PluginResult<Vec<_>>>()?;
+    answer["batched"] = json(serde_json::to_value(batched))?;
+    let model = engine.model();
+    answer["dispatches_per_token"] = model.dispatches_per_token().into();
+    answer["dispatches_per_layer"] = model.dispatches_per_layer().into();
+    answer["adapter"] = model.gpu().adapter_info().to_string().into();
+    Ok(answer)
 }
 
 /// The [`BenchConfig`] and batch sizes of a `bench` request; absent fields take `pio bench`'s
@@ -163,311 +262,21 @@ fn bench_config(request: &serde_json::Value) -> PluginResult<(BenchConfig, Vec<u
     Ok((config, counts("batch_sizes", &[])?))
 }
 
-/// The generation loop's configuration for the API's parameters. Without a seed, one is drawn
-/// from the clock.
-fn generate_config(params: &GenerationParams) -> GenerateConfig {
-    let seed = params.seed.into_option().unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
-    GenerateConfig {
-        max_new_tokens: params.max_new_tokens as usize,
-        sampling: SamplingParams {
-            temperature: params.temperature,
-            top_k: params.top_k as usize,
-            top_p: params.top_p,
-            min_p: params.min_p,
-            repetition_penalty: params.repetition_penalty,
-            repeat_last_n: DEFAULT_REPEAT_LAST_N,
-            seed,
-        },
-        stop_strings: params.stop.iter().map(|s| s.to_string()).collect(),
-        eog_ids: Vec::new(),
-    }
-}
-
-impl Plugin for LlamaPlugin {
-    fn metadata() -> PluginMetadata {
-        PluginMetadata {
-            name: "llama".to_owned(),
-            version: Version::parse(env!("CARGO_PKG_VERSION")).expect("crate version is semver"),
-            plugin_api: pio_plugin_api::api_version(),
-            host: ">=0.1.0, <0.2.0".parse().expect("valid requirement"),
-            author: "Inference-PIO developers".to_owned(),
-            description: "Llama-architecture GGUF text generation on the GPU (wgpu)".to_owned(),
-            license: "MIT OR Apache-2.0".to_owned(),
-            capabilities: vec![
-                Capability::TextGeneration,
-                Capability::Chat,
-                Capability::BatchedGeneration,
-            ],
-            // The model is only known after `initialize`; `stats` reports it in `details_json`.
-            model: ModelInfo {
-                architecture: Some("llama".to_owned()),
-                ..ModelInfo::default()
-            },
-            tags: vec!["llama".to_owned(), "gguf".to_owned(), "gpu".to_owned()],
-        }
-    }
-
-    fn new() -> PluginResult<Self> {
-        Ok(Self::default())
-    }
-
-    fn initialize(&mut self, config: serde_json::Value) -> PluginResult<()> {
-        let path = config
-            .get("model")
-            .and_then(|m| m.as_str())
-            .map(PathBuf::from)
-            .ok_or_else(|| {
-                PluginError::invalid_input(
-                    "configuration needs \"model\": the path of a Llama GGUF file",
-                )
-            })?;
-        let defaults = BatchSettings::default();
-        let count = |field: &str, default: usize| -> PluginResult<usize> {
-            match config.get(field) {
-                None => Ok(default),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|&n| n > 0)
-                    .map(|n| n as usize)
-                    .ok_or_else(|| {
-                        PluginError::invalid_input(format!(
-                            "configuration field \"{field}\" must be a positive integer, got {v}"
-                        ))
-                    }),
-            }
-        };
-        let batch = BatchSettings {
-            slots: count("batch_slots", defaults.slots)?,
-            slot_context: count("batch_context", defaults.slot_context)?,
-        };
-        let file = GgufFile::open(&path).map_err(Error::from)?;
-        self.model = Some(ModelSummary::read(&file)?);
-        self.batch = batch;
-        Ok(())
-    }
-
-    fn activate(&mut self, options: &ActivateOptions) -> PluginResult<()> {
-        let summary = self
-            .model
-            .as_ref()
-            .ok_or_else(|| PluginError::invalid_input("activate before initialize"))?;
-        let start = Instant::now();
-        let device = DeviceOptions {
-            adapter: options.adapter.clone().into_option().map(|a| a.to_string()),
-            ..DeviceOptions::default()
-        };
-        self.active = None;
-        let engine = Engine::load(
-            &summary.path,
-            &device,
-            options.context_length as usize,
-            options.memory_budget_bytes,
-            self.batch,
-        )?;
-        self.active = Some(Active {
-            engine,
-            activate_ms: start.elapsed().as_secs_f64() * 1e3,
-            requests: 0,
-            tokens: 0,
-        });
-        Ok(())
-    }
-
-    fn deactivate(&mut self) -> PluginResult<()> {
-        self.active = None;
-        Ok(())
-    }
-
-    /// Free-form operations:
-    /// - `{"op": "perplexity", "text": TEXT, "window": N}` answers
-    ///   `{"perplexity", "mean_nll", "scored_tokens", "windows", "window"}` (windows as described
-    ///   in [`crate::perplexity::perplexity`]);
-    /// - `{"op": "bench", "prompt_lengths": [N, ...], "decode_prompt": N, "decode_tokens": N,
-    ///   "batch_sizes": [N, ...]}` runs [`bench_run`] once, and [`bench_batched`] for each batch
-    ///   size (32-token prompts, `decode_tokens` steps), and answers their measurements plus
-    ///   `dispatches_per_token`, `dispatches_per_layer` and `adapter`.
-    fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
-        match request.get("op").and_then(|op| op.as_str()) {
-            Some("bench") => {
-                let (config, batch_sizes) = bench_config(&request)?;
-                let engine = &mut self.active()?.engine;
-                let json = |value: Result<serde_json::Value, serde_json::Error>| {
-                    value.map_err(|e| {
-                        PluginError::internal(format!("cannot serialize the benchmark: {e}"))
-                    })
-                };
-                let mut answer = json(serde_json::to_value(bench_run(
-                    engine.model_mut(),
-                    &config,
-                )?))?;
-                let batched = batch_sizes
-                    .iter()
-                    .map(|&n| bench_batched(engine, n, 32, config.decode_tokens))
-                    .collect::<Result<Vec<_>, Error>>()?;
-                answer["batched"] = json(serde_json::to_value(batched))?;
-                let model = engine.model();
-                answer["dispatches_per_token"] = model.dispatches_per_token().into();
-                answer["dispatches_per_layer"] = model.dispatches_per_layer().into();
-                answer["adapter"] = model.gpu().adapter_info().to_string().into();
-                Ok(answer)
-            }
-            Some("perplexity") => {
-                let text = request["text"].as_str().ok_or_else(|| {
-                    PluginError::invalid_input("perplexity needs a string field 'text'")
-                })?;
-                let window = request["window"].as_u64().ok_or_else(|| {
-                    PluginError::invalid_input("perplexity needs an integer field 'window'")
-                })? as usize;
-                let active = self.active()?;
-                let result = active.engine.perplexity(text, window)?;
-                active.requests += 1;
-                active.tokens += result.scored_tokens as u64;
-                Ok(serde_json::json!({
-                    "perplexity": result.perplexity,
-                    "mean_nll": result.mean_nll,
-                    "scored_tokens": result.scored_tokens,
-                    "windows": result.windows,
-                    "window": window,
-                }))
-            }
-            other => Err(PluginError::unsupported(format!(
-                "unknown op {other:?}; this plugin's infer supports \"perplexity\" and \"bench\""
-            ))),
-        }
-    }
-
-    fn tokenize(&mut self, text: &str, add_special: bool) -> PluginResult<Vec<u32>> {
-        Ok(self.active()?.engine.tokenize(text, add_special)?)
-    }
-
-    fn detokenize(&mut self, tokens: &[u32]) -> PluginResult<String> {
-        Ok(self.active()?.engine.detokenize(tokens)?)
-    }
-
-    fn generate(
-        &mut self,
-        request: &GenerateRequest,
-        stream: &mut TokenStream<'_>,
-    ) -> PluginResult<GenerateResponse> {
-        let prompt = self.prompt_tokens(&request.prompt)?;
-        self.run(prompt, &request.params, stream)
-    }
-
-    fn chat(
-        &mut self,
-        request: &ChatRequest,
-        stream: &mut TokenStream<'_>,
-    ) -> PluginResult<GenerateResponse> {
-        let prompt = self.chat_tokens(&request.messages)?;
-        self.run(prompt, &request.params, stream)
-    }
-
-    fn open_sequence(&mut self, request: &SequenceRequest) -> PluginResult<SequenceOpened> {
-        let (prompt, params) = match request {
-            SequenceRequest::Generate(r) => (self.prompt_tokens(&r.prompt)?, &r.params),
-            SequenceRequest::Chat(r) => (self.chat_tokens(&r.messages)?, &r.params),
-        };
-        params.validate()?;
-        let config = generate_config(params);
-        let active = self.active()?;
-        let opened = active.engine.open_sequence(&prompt, &config)?;
-        active.requests += 1;
-        active.tokens += prompt.len() as u64;
-        Ok(SequenceOpened {
-            id: opened.id,
-            prompt_tokens: prompt.len() as u32,
-            cached_tokens: opened.cached_tokens as u32,
-        })
-    }
-
-    fn step_sequences(&mut self, ids: &[u64]) -> PluginResult<Vec<SequenceStep>> {
-        let active = self.active()?;
-        let stepped = active.engine.step_sequences(ids)?;
-        active.tokens += stepped.len() as u64;
-        Ok(stepped
-            .into_iter()
-            .map(|s| SequenceStep {
-                id: s.id,
-                event: s.event,
-                finish: s.finish.into(),
-            })
-            .collect())
-    }
-
-    fn close_sequence(&mut self, id: u64) -> PluginResult<()> {
-        Ok(self.active()?.engine.close_sequence(id)?)
-    }
-
-    fn stats(&self) -> PluginStats {
-        let mut stats = PluginStats::default();
-        let mut details = serde_json::Map::new();
-        if let Some(m) = &self.model {
-            let hp = &m.spec.hparams;
-            details.insert("model".into(), m.path.display().to_string().into());
-            details.insert("architecture".into(), m.spec.architecture.into());
-            details.insert("parameter_count".into(), m.parameter_count.into());
-            details.insert("quantization".into(), m.quantization.clone().into());
-            details.insert("trained_context_length".into(), hp.context_length.into());
-            details.insert("layers".into(), hp.n_layer.into());
-            details.insert("embedding_length".into(), hp.n_embd.into());
-            details.insert("vocab_size".into(), hp.vocab_size.into());
-            // At the trained context until activation says otherwise (below).
-            let batch = DEFAULT_MAX_BATCH.min(hp.context_length);
-            details.insert(
-                "required_memory_bytes".into(),
-                m.required_device_bytes(hp.context_length, batch).into(),
-            );
-        }
-        if let Some(a) = &self.active {
-            let model = a.engine.model();
-            let gpu = model.gpu();
-            stats.device_memory_bytes = gpu.allocated_bytes();
-            stats.host_memory_bytes = a.engine.host_bytes();
-            stats.activate_ms = a.activate_ms;
-            stats.requests = a.requests;
-            stats.tokens = a.tokens;
-            details.insert("adapter".into(), gpu.adapter_info().to_string().into());
-            let batch = a.engine.batch();
-            details.insert("batch_slots".into(), batch.settings().slots.into());
-            details.insert("batch_context".into(), batch.settings().slot_context.into());
-            details.insert("open_sequences".into(), batch.open_count().into());
-            details.insert("context_length".into(), model.context().into());
-            details.insert(
-                "required_memory_bytes".into(),
-                a.engine
-                    .summary()
-                    .required_device_bytes(model.context(), model.max_batch())
-                    .into(),
-            );
-        }
-        stats.details_json = serde_json::Value::Object(details).to_string().into();
-        stats
-    }
-
-    fn health(&self) -> Health {
-        match (&self.model, &self.active) {
-            (_, Some(_)) => Health::new(HealthStatus::Ok, "active"),
-            (Some(_), None) => Health::new(HealthStatus::Unavailable, "initialized, not active"),
-            (None, None) => Health::new(HealthStatus::Unavailable, "not initialized"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::test_model::{smollm2, tiny_llama_bytes, TinyConfig};
-    use pio_plugin_api::{ChatMessage, ErrorKind, FinishReason, FnSink, StreamControl, TokenEvent};
+    use pio_plugin_kit::api::{
+        ActivateOptions, ChatMessage, ChatRequest, ErrorKind, FinishReason, GenerateRequest,
+        GenerationParams, HealthStatus, Plugin, Prompt, SequenceRequest,
+    };
 
-    fn tiny_file(dir: &tempfile::TempDir, cfg: &TinyConfig) -> PathBuf {
-        let path = dir.path().join("tiny.gguf");
-        std::fs::write(&path, tiny_llama_bytes(cfg)).unwrap();
-        path
-    }
+    use super::*;
+    use crate::engine::ModelSummary;
+    use crate::memory::MemoryConfig;
+    use crate::runtime::DEFAULT_MAX_BATCH;
+    use crate::test_model::{
+        active_plugin, alone, details, run_to_end, smollm2, tiny_file, tokens_request, LlamaPlugin,
+        TinyConfig,
+    };
 
     fn initialized(path: &std::path::Path) -> LlamaPlugin {
         let mut p = LlamaPlugin::new().unwrap();
@@ -475,18 +284,18 @@ mod tests {
         p
     }
 
-    /// Runs `f` with a token stream collecting events.
-    fn streaming<T>(
-        f: impl FnOnce(&mut TokenStream<'_>) -> T,
-        control: impl Fn(usize) -> StreamControl,
-    ) -> (T, Vec<TokenEvent>) {
-        let mut events = Vec::new();
-        let mut sink = FnSink(|e: &TokenEvent| {
-            events.push(e.clone());
-            control(events.len())
-        });
-        let out = f(&mut TokenStream::new(sink.as_sink()));
-        (out, events)
+    fn activate(p: &mut LlamaPlugin, context_length: u32) -> PluginResult<()> {
+        p.activate(&ActivateOptions {
+            context_length,
+            ..ActivateOptions::default()
+        })
+    }
+
+    fn text_request(text: &str, params: GenerationParams) -> SequenceRequest {
+        SequenceRequest::Generate(GenerateRequest {
+            prompt: Prompt::Text(text.into()),
+            params,
+        })
     }
 
     #[test]
@@ -503,62 +312,77 @@ mod tests {
     fn metadata_is_static_and_names_capabilities() {
         let m = LlamaPlugin::metadata();
         assert_eq!(m.name, "llama");
+        assert_eq!(m.author, "Inference-PIO developers");
         assert!(m.has(Capability::TextGeneration) && m.has(Capability::Chat));
+        assert!(m.has(Capability::BatchedGeneration));
     }
 
     #[test]
-    fn configuration_errors_are_typed() {
+    fn configuration_and_model_errors_are_typed_and_named() {
         let mut p = LlamaPlugin::new().unwrap();
         let e = p.initialize(serde_json::json!({})).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert_eq!(e.message.as_str(), "configuration: missing field `model`");
         let e = p
-            .initialize(serde_json::json!({ "model": "/nonexistent.gguf" }))
+            .initialize(serde_json::json!({ "model": "m.gguf", "batch_slots": 0 }))
             .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::ModelLoad);
+        assert_eq!(
+            e.message.as_str(),
+            "configuration: batch_slots must be at least 1, got 0"
+        );
+        let e = p
+            .initialize(serde_json::json!({ "model": "m.gguf", "batch_slot": 2 }))
+            .unwrap_err();
+        assert!(e.message.contains("unknown field `batch_slot`"), "{e}");
+
+        // The file is read at activation, relative to the plugin's folder.
         let dir = tempfile::tempdir().unwrap();
+        p.initialize(serde_json::json!({ "model": "missing.gguf", "plugin_dir": dir.path() }))
+            .unwrap();
+        let e = activate(&mut p, 64).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ModelLoad);
+        let missing = dir.path().join("missing.gguf");
+        assert!(e.message.contains(&missing.display().to_string()), "{e}");
+
         let cfg = TinyConfig {
             architecture: "falcon",
             ..TinyConfig::default()
         };
-        let e = p
-            .initialize(serde_json::json!({ "model": tiny_file(&dir, &cfg) }))
-            .unwrap_err();
+        tiny_file(&dir, &cfg);
+        p.initialize(serde_json::json!({ "model": "tiny.gguf", "plugin_dir": dir.path() }))
+            .unwrap();
+        let e = activate(&mut p, 64).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Incompatible);
-        assert!(e.message.contains("falcon"), "{}", e.message);
-        let request = GenerateRequest {
-            prompt: Prompt::Tokens(vec![1].into()),
-            params: GenerationParams::greedy(1),
-        };
-        let e = streaming(|s| p.generate(&request, s), |_| StreamControl::Continue)
-            .0
-            .unwrap_err();
+        assert!(e.message.contains("falcon"), "{e}");
+        let (outcome, _) = alone(
+            &mut p,
+            &tokens_request(&[1], GenerationParams::greedy(1)),
+            None,
+        );
+        let e = outcome.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        assert!(e.message.contains("not activated"), "{}", e.message);
+        assert!(e.message.contains("not active"), "{e}");
     }
 
     #[test]
     fn lifecycle_generate_stream_cancel_and_stats() {
         let dir = tempfile::tempdir().unwrap();
-        let mut p = initialized(&tiny_file(&dir, &TinyConfig::default()));
+        let path = tiny_file(&dir, &TinyConfig::default());
+        let mut p = initialized(&path);
         assert_eq!(p.health().status, HealthStatus::Unavailable);
-        let before: serde_json::Value = serde_json::from_str(&p.stats().details_json).unwrap();
-        p.activate(&ActivateOptions {
-            context_length: 64,
-            ..ActivateOptions::default()
-        })
-        .unwrap();
+        activate(&mut p, 64).unwrap();
         assert_eq!(p.health().status, HealthStatus::Ok);
         let stats = p.stats();
         assert!(stats.device_memory_bytes > 0 && stats.host_memory_bytes > 0);
-        let details: serde_json::Value = serde_json::from_str(&stats.details_json).unwrap();
+        let details = details(&p);
         assert_eq!(details["context_length"], 64);
         assert_eq!(details["architecture"], "llama");
+        let summary = ModelSummary::read(&pio_gguf::GgufFile::open(&path).unwrap()).unwrap();
+        assert_eq!(details["vocab_size"], summary.spec.hparams.vocab_size);
         // The estimate for the trained context (256) exceeds the one for the 64 positions used,
         // and the estimate used covers what was actually allocated to within 10%.
-        let (at_trained, at_64) = (
-            before["required_memory_bytes"].as_u64().unwrap(),
-            details["required_memory_bytes"].as_u64().unwrap(),
-        );
+        let at_trained = summary.required_device_bytes(256, DEFAULT_MAX_BATCH);
+        let at_64 = details["required_memory_bytes"].as_u64().unwrap();
         assert!(at_trained > at_64);
         let allocated = stats.device_memory_bytes as f64;
         assert!(
@@ -569,66 +393,43 @@ mod tests {
         let ids = p.tokenize("hello world", false).unwrap();
         assert_eq!(p.detokenize(&ids).unwrap(), "hello world");
 
-        let request = GenerateRequest {
-            prompt: Prompt::Text("The cat".into()),
-            params: GenerationParams {
-                max_new_tokens: 12,
-                temperature: 0.9,
-                seed: Some(42).into(),
-                ..GenerationParams::default()
-            },
+        let params = GenerationParams {
+            max_new_tokens: 12,
+            temperature: 0.9,
+            seed: Some(42).into(),
+            ..GenerationParams::default()
         };
-        let (a, events) = streaming(
-            |s| p.generate(&request, s).unwrap(),
-            |_| StreamControl::Continue,
-        );
-        let (b, _) = streaming(
-            |s| p.generate(&request, s).unwrap(),
-            |_| StreamControl::Continue,
-        );
-        assert_eq!(a.tokens, b.tokens, "same seed, same tokens");
+        let request = text_request("The cat", params.clone());
+        let (a, events) = alone(&mut p, &request, None);
+        let a = a.unwrap();
+        let (b, _) = alone(&mut p, &request, None);
+        assert_eq!(a.tokens, b.unwrap().tokens, "same seed, same tokens");
         let streamed: String = events.iter().map(|e| e.text.as_str()).collect();
         assert_eq!(streamed, a.text.as_str());
         assert_eq!(events.len(), a.tokens.len());
 
-        let (c, events) = streaming(
-            |s| p.generate(&request, s).unwrap(),
-            |n| {
-                if n == 3 {
-                    StreamControl::Stop
-                } else {
-                    StreamControl::Continue
-                }
-            },
-        );
+        let (c, events) = alone(&mut p, &request, Some(3));
+        let c = c.unwrap();
         if a.tokens.len() > 3 {
             assert_eq!(c.finish_reason, FinishReason::Cancelled);
             assert_eq!((events.len(), c.tokens.len()), (3, 3));
         }
 
-        let bad = GenerateRequest {
-            params: GenerationParams {
+        let bad = text_request(
+            "The cat",
+            GenerationParams {
                 top_p: 0.0,
-                ..GenerationParams::default()
+                ..params.clone()
             },
-            ..request.clone()
-        };
-        let e = streaming(|s| p.generate(&bad, s), |_| StreamControl::Continue)
-            .0
-            .unwrap_err();
+        );
+        let e = alone(&mut p, &bad, None).0.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        let long = GenerateRequest {
-            prompt: Prompt::Tokens(vec![5; 65].into()),
-            ..request
-        };
-        let e = streaming(|s| p.generate(&long, s), |_| StreamControl::Continue)
-            .0
-            .unwrap_err();
+        let long = tokens_request(&[5; 65], params);
+        let e = alone(&mut p, &long, None).0.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        assert!(
-            e.message.contains("65") && e.message.contains("64"),
-            "{}",
-            e.message
+        assert_eq!(
+            e.message.as_str(),
+            "prompt has 65 tokens but the context holds 64"
         );
         assert_eq!(p.stats().requests, 3);
         // Token ids outside the vocabulary are the caller's mistake, named.
@@ -645,50 +446,32 @@ mod tests {
     #[test]
     #[ignore = "needs the SmolLM2 model: pio models fetch"]
     fn smollm2_chat_through_the_plugin() {
-        let path = smollm2();
-        let mut p = initialized(&path);
-        p.activate(&ActivateOptions {
-            context_length: 256,
-            ..ActivateOptions::default()
-        })
-        .unwrap();
-        let request = ChatRequest {
+        let mut p = active_plugin(serde_json::json!({ "model": smollm2() }), 256);
+        let request = SequenceRequest::Chat(ChatRequest {
             messages: vec![ChatMessage::new("user", "What is the capital of France?")].into(),
             params: GenerationParams {
                 stop: vec![" Paris".into()].into(),
                 ..GenerationParams::greedy(32)
             },
-        };
-        let (r, _) = streaming(
-            |s| p.chat(&request, s).unwrap(),
-            |_| StreamControl::Continue,
-        );
+        });
+        let (r, _) = alone(&mut p, &request, None);
+        let r = r.unwrap();
         // The stop string ends generation and is not part of the text.
         assert_eq!(r.text.as_str(), "The capital of France is");
         assert_eq!(r.finish_reason, FinishReason::Stop);
+        // Batched, the same request gives the same events.
+        let (_, events) = alone(&mut p, &request, None);
+        let id = p.open_sequence(&request).unwrap().id;
+        assert_eq!(run_to_end(&mut p, id), events);
     }
+
     #[test]
     fn batched_generation_through_the_plugin_api() {
         let dir = tempfile::tempdir().unwrap();
         let path = tiny_file(&dir, &TinyConfig::default());
-        let mut p = LlamaPlugin::new().unwrap();
-        let bad = p
-            .initialize(serde_json::json!({ "model": path, "batch_slots": 0 }))
-            .unwrap_err();
-        assert_eq!(bad.kind, ErrorKind::InvalidInput);
-        assert!(bad.message.contains("batch_slots"), "{}", bad.message);
-        p.initialize(serde_json::json!({ "model": path, "batch_slots": 2, "batch_context": 32 }))
-            .unwrap();
-        assert!(LlamaPlugin::metadata().has(Capability::BatchedGeneration));
-        p.activate(&ActivateOptions {
-            context_length: 64,
-            ..ActivateOptions::default()
-        })
-        .unwrap();
-        let generate = SequenceRequest::Generate(GenerateRequest {
-            prompt: Prompt::Tokens(vec![3, 4, 5].into()),
-            params: GenerationParams::greedy(3),
-        });
+        let config = serde_json::json!({ "model": path, "batch_slots": 2, "batch_context": 32 });
+        let mut p = active_plugin(config, 64);
+        let generate = tokens_request(&[3, 4, 5], GenerationParams::greedy(3));
         let chat = SequenceRequest::Chat(ChatRequest {
             messages: vec![ChatMessage::new("user", "hi")].into(),
             params: GenerationParams::greedy(3),
@@ -697,7 +480,7 @@ mod tests {
         let b = p.open_sequence(&chat).unwrap();
         assert_eq!(a.prompt_tokens, 3);
         assert!(b.prompt_tokens > 3, "the chat template adds tokens");
-        let details: serde_json::Value = serde_json::from_str(&p.stats().details_json).unwrap();
+        let details = details(&p);
         assert_eq!(details["batch_slots"], 2);
         assert_eq!(details["batch_context"], 32);
         assert_eq!(details["open_sequences"], 2);
@@ -711,16 +494,13 @@ mod tests {
         );
         // A prompt longer than the model's context (64, not the slot's 32) is refused, naming
         // both lengths.
-        let long = SequenceRequest::Generate(GenerateRequest {
-            prompt: Prompt::Tokens(vec![5; 65].into()),
-            params: GenerationParams::greedy(3),
-        });
-        let e = p.open_sequence(&long).unwrap_err();
+        let e = p
+            .open_sequence(&tokens_request(&[5; 65], GenerationParams::greedy(3)))
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
-        assert!(
-            e.message.contains("65") && e.message.contains("64"),
-            "{}",
-            e.message
+        assert_eq!(
+            e.message.as_str(),
+            "prompt has 65 tokens but the context holds 64"
         );
     }
 
@@ -730,12 +510,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = initialized(&tiny_file(&dir, &TinyConfig::default()));
         for context in [1_000_000_000, u32::MAX] {
-            let e = p
-                .activate(&ActivateOptions {
-                    context_length: context,
-                    ..ActivateOptions::default()
-                })
-                .unwrap_err();
+            let e = activate(&mut p, context).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
             assert!(
                 e.message.contains(&context.to_string()) && e.message.contains("256"),
@@ -755,12 +530,7 @@ mod tests {
         };
         let mut p = initialized(&tiny_file(&dir, &huge));
         for context in [0, 1_000_000_000, u32::MAX] {
-            let e = p
-                .activate(&ActivateOptions {
-                    context_length: context,
-                    ..ActivateOptions::default()
-                })
-                .unwrap_err();
+            let e = activate(&mut p, context).unwrap_err();
             assert_eq!(e.kind, ErrorKind::OutOfMemory, "{e}");
             let positions = if context == 0 { u32::MAX } else { context };
             let bytes = u64::from(positions) * 128;
@@ -775,36 +545,8 @@ mod tests {
             assert_eq!(p.stats().device_memory_bytes, 0);
         }
         // What fits still activates.
-        p.activate(&ActivateOptions {
-            context_length: 64,
-            ..ActivateOptions::default()
-        })
-        .unwrap();
+        activate(&mut p, 64).unwrap();
         assert_eq!(p.health().status, HealthStatus::Ok);
-    }
-
-    /// A batched sequence and the same request generated alone.
-    fn batched_and_alone(
-        p: &mut LlamaPlugin,
-        request: &GenerateRequest,
-    ) -> (Vec<u32>, GenerateResponse) {
-        let opened = p
-            .open_sequence(&SequenceRequest::Generate(request.clone()))
-            .unwrap();
-        let mut tokens = Vec::new();
-        loop {
-            let step = p.step_sequences(&[opened.id]).unwrap().remove(0);
-            tokens.push(step.event.token);
-            if step.finish.into_option().is_some() {
-                p.close_sequence(opened.id).unwrap();
-                break;
-            }
-        }
-        let (alone, _) = streaming(
-            |s| p.generate(request, s).unwrap(),
-            |_| StreamControl::Continue,
-        );
-        (tokens, alone)
     }
 
     #[test]
@@ -819,11 +561,7 @@ mod tests {
         let path = tiny_file(&dir, &cfg);
         let mut p = initialized(&path);
         assert_eq!(BatchSettings::default().slot_context, 1024);
-        p.activate(&ActivateOptions {
-            context_length: 2048,
-            ..ActivateOptions::default()
-        })
-        .unwrap();
+        activate(&mut p, 2048).unwrap();
         let prompt: Vec<u32> = (0..1500).map(|i| (i * 37 + 11) % 290).collect();
         for params in [
             GenerationParams::greedy(12),
@@ -834,21 +572,19 @@ mod tests {
                 ..GenerationParams::default()
             },
         ] {
-            let request = GenerateRequest {
-                prompt: Prompt::Tokens(prompt.clone().into()),
-                params,
-            };
-            let (batched, alone) = batched_and_alone(&mut p, &request);
-            assert_eq!(batched, alone.tokens.to_vec());
+            let request = tokens_request(&prompt, params);
+            let id = p.open_sequence(&request).unwrap().id;
+            let batched = run_to_end(&mut p, id);
+            let (_, events) = alone(&mut p, &request, None);
+            assert_eq!(batched, events);
         }
-        let details: serde_json::Value = serde_json::from_str(&p.stats().details_json).unwrap();
-        assert_eq!(details["batch_context"], 2048, "the slots grew");
+        assert_eq!(details(&p)["batch_context"], 2048, "the slots grew");
 
         // Under a device budget that leaves no room to grow, the sequence is refused as out of
         // memory (the host's cue to run it alone), and alone it runs.
-        let summary = p.model.clone().unwrap();
+        let summary = ModelSummary::read(&pio_gguf::GgufFile::open(&path).unwrap()).unwrap();
         let budget = summary
-            .memory_needs(&crate::memory::MemoryConfig {
+            .memory_needs(&MemoryConfig {
                 context: 2048,
                 max_batch: DEFAULT_MAX_BATCH,
                 batch_rows: 8 * 1024,
@@ -861,23 +597,15 @@ mod tests {
             ..ActivateOptions::default()
         })
         .unwrap();
-        let request = GenerateRequest {
-            prompt: Prompt::Tokens(prompt.into()),
-            params: GenerationParams::greedy(4),
-        };
-        let e = p
-            .open_sequence(&SequenceRequest::Generate(request.clone()))
-            .unwrap_err();
+        let request = tokens_request(&prompt, GenerationParams::greedy(4));
+        let e = p.open_sequence(&request).unwrap_err();
         assert_eq!(e.kind, ErrorKind::OutOfMemory, "{e}");
         assert!(
             e.message.contains("1503 positions") && e.message.contains("single sequence"),
             "{}",
             e.message
         );
-        let (alone, _) = streaming(
-            |s| p.generate(&request, s).unwrap(),
-            |_| StreamControl::Continue,
-        );
-        assert_eq!(alone.tokens.len(), 4);
+        let (response, _) = alone(&mut p, &request, None);
+        assert_eq!(response.unwrap().tokens.len(), 4);
     }
 }

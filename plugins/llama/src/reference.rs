@@ -9,7 +9,7 @@
 use pio_gguf::{GgufFile, TensorView};
 
 use crate::error::Result;
-use crate::generate::Forward;
+use crate::forward::Forward;
 use crate::models::{self, Activation, AttentionWindow, ModelSpec, NormWeight};
 use crate::weights::ModelTensors;
 

@@ -17,7 +17,10 @@
 //! does. A temperature of `0` means greedy decoding: after the repetition penalty, the token with the
 //! highest logit is chosen (the lowest id on exact ties) and the other filters are irrelevant.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use pio_gpu::SampleSettings;
+use pio_plugin_kit::Sampling;
 
 use crate::error::{Error, Result};
 
@@ -54,6 +57,27 @@ impl Default for SamplingParams {
             repetition_penalty: 1.0,
             repeat_last_n: DEFAULT_REPEAT_LAST_N,
             seed: 0,
+        }
+    }
+}
+
+impl From<&Sampling> for SamplingParams {
+    /// A request's sampling with llama.cpp's repetition window; without a seed, one is drawn
+    /// from the clock.
+    fn from(sampling: &Sampling) -> Self {
+        let seed = sampling.seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        SamplingParams {
+            temperature: sampling.temperature,
+            top_k: sampling.top_k as usize,
+            top_p: sampling.top_p,
+            min_p: sampling.min_p,
+            repetition_penalty: sampling.repetition_penalty,
+            repeat_last_n: DEFAULT_REPEAT_LAST_N,
+            seed,
         }
     }
 }

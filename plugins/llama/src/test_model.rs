@@ -232,3 +232,107 @@ pub fn tiny_llama_bytes(cfg: &TinyConfig) -> Vec<u8> {
 pub fn tiny_llama(cfg: &TinyConfig) -> GgufFile {
     GgufFile::from_bytes(tiny_llama_bytes(cfg)).unwrap()
 }
+
+/// The Llama plugin as the host sees it: the kit's `Plugin` over an [`crate::Engine`].
+pub type LlamaPlugin = pio_plugin_kit::TextPlugin<crate::Engine>;
+
+/// Writes the tiny model of `cfg` into `dir`; returns its path.
+pub fn tiny_file(dir: &tempfile::TempDir, cfg: &TinyConfig) -> PathBuf {
+    let path = dir.path().join("tiny.gguf");
+    std::fs::write(&path, tiny_llama_bytes(cfg)).unwrap();
+    path
+}
+
+/// A plugin initialized with `config` and activated with a context of `context` positions.
+pub fn active_plugin(config: serde_json::Value, context: u32) -> LlamaPlugin {
+    use pio_plugin_kit::api::{ActivateOptions, Plugin};
+    let mut plugin = LlamaPlugin::new().unwrap();
+    plugin.initialize(config).unwrap();
+    plugin
+        .activate(&ActivateOptions {
+            context_length: context,
+            ..ActivateOptions::default()
+        })
+        .unwrap();
+    plugin
+}
+
+/// Runs `request` alone through `generate` or `chat`, answering `Stop` after `stop_after`
+/// events; returns the outcome and the streamed events.
+pub fn alone(
+    plugin: &mut LlamaPlugin,
+    request: &pio_plugin_kit::api::SequenceRequest,
+    stop_after: Option<usize>,
+) -> (
+    pio_plugin_kit::PluginResult<pio_plugin_kit::api::GenerateResponse>,
+    Vec<pio_plugin_kit::api::TokenEvent>,
+) {
+    use pio_plugin_kit::api::{
+        FnSink, Plugin, SequenceRequest, StreamControl, TokenEvent, TokenStream,
+    };
+    let mut events = Vec::new();
+    let mut sink = FnSink(|event: &TokenEvent| {
+        events.push(event.clone());
+        match stop_after == Some(events.len()) {
+            true => StreamControl::Stop,
+            false => StreamControl::Continue,
+        }
+    });
+    let mut stream = TokenStream::new(sink.as_sink());
+    let outcome = match request {
+        SequenceRequest::Generate(request) => plugin.generate(request, &mut stream),
+        SequenceRequest::Chat(request) => plugin.chat(request, &mut stream),
+    };
+    drop(stream);
+    (outcome, events)
+}
+
+/// Steps the open sequence `id` by itself until it ends, then closes it; returns its events.
+pub fn run_to_end(plugin: &mut LlamaPlugin, id: u64) -> Vec<pio_plugin_kit::api::TokenEvent> {
+    use pio_plugin_kit::api::Plugin;
+    let mut events = Vec::new();
+    loop {
+        let step = plugin.step_sequences(&[id]).unwrap().remove(0);
+        events.push(step.event);
+        if step.finish.is_some() {
+            plugin.close_sequence(id).unwrap();
+            return events;
+        }
+    }
+}
+
+/// The plugin's stats details.
+pub fn details(plugin: &LlamaPlugin) -> serde_json::Value {
+    use pio_plugin_kit::api::Plugin;
+    serde_json::from_str(&plugin.stats().details_json).unwrap()
+}
+
+/// A request continuing `prompt` (token ids) with `params`.
+pub fn tokens_request(
+    prompt: &[u32],
+    params: pio_plugin_kit::api::GenerationParams,
+) -> pio_plugin_kit::api::SequenceRequest {
+    use pio_plugin_kit::api::{GenerateRequest, Prompt, SequenceRequest};
+    SequenceRequest::Generate(GenerateRequest {
+        prompt: Prompt::Tokens(prompt.to_vec().into()),
+        params,
+    })
+}
+
+/// `max_new_tokens` tokens at `temperature` (top-k 30, no other filter) with `seed`; greedy
+/// at 0.
+pub fn sampled(
+    max_new_tokens: u32,
+    temperature: f32,
+    seed: u64,
+) -> pio_plugin_kit::api::GenerationParams {
+    pio_plugin_kit::api::GenerationParams {
+        max_new_tokens,
+        temperature,
+        top_k: 30,
+        top_p: 1.0,
+        min_p: 0.0,
+        seed: Some(seed).into(),
+        ..pio_plugin_kit::api::GenerationParams::default()
+    }
+}

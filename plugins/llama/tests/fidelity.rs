@@ -3,8 +3,12 @@
 //! outside the test path by `tests/data/make_reference.py`; this test only reads them.
 
 use pio_gpu::DeviceOptions;
-use pio_plugin_llama::{engine::Engine, generate::Forward, perplexity::perplexity};
-use pio_text::ChatMessage;
+use pio_plugin_kit::api::{
+    ActivateOptions, ChatMessage, ChatRequest, FnSink, GenerationParams, Plugin, StreamControl,
+    TokenEvent, TokenStream,
+};
+use pio_plugin_kit::{Message, TextModel, TextPlugin, Tokenizer};
+use pio_plugin_llama::{engine::Engine, forward::Forward, perplexity::perplexity};
 use serde_json::Value;
 
 const QUESTION: &str = "What is the capital of France?";
@@ -35,6 +39,21 @@ fn load(context: usize) -> Engine {
     Engine::load(&path, &DeviceOptions::default(), context, 0, batch).expect("SmolLM2 loads")
 }
 
+/// The plugin as the host runs it, on SmolLM2 with a context of `context` positions.
+fn plugin(context: u32) -> TextPlugin<Engine> {
+    let path = pio_testkit::model(pio_testkit::SMOLLM2);
+    let mut plugin = TextPlugin::<Engine>::new().unwrap();
+    plugin
+        .initialize(serde_json::json!({ "model": path }))
+        .unwrap();
+    let options = ActivateOptions {
+        context_length: context,
+        ..ActivateOptions::default()
+    };
+    plugin.activate(&options).expect("SmolLM2 activates");
+    plugin
+}
+
 /// The ChatML prompt tokenizes to the reference's ids, and the last-position logits agree with
 /// the fp32 reference within 2e-2 (the bar; f32 summation order alone moves logits by
 /// ~1e-4, so a larger gap means a different computation).
@@ -43,9 +62,11 @@ fn load(context: usize) -> Engine {
 fn france_prompt_logits_and_greedy_answer_match_transformers() {
     let mut engine = load(512);
     let reference = reference();
-    let prompt = engine
-        .chat_prompt(&[ChatMessage::new("user", QUESTION)])
-        .unwrap();
+    let question = Message {
+        role: "user".into(),
+        content: QUESTION.into(),
+    };
+    let prompt = engine.chat_prompt(&[question]).unwrap();
     assert_eq!(prompt, ids(&reference["prompt_ids"]), "chat prompt ids");
 
     let logits = engine.model_mut().forward(&prompt, 0, false).unwrap();
@@ -59,21 +80,19 @@ fn france_prompt_logits_and_greedy_answer_match_transformers() {
     eprintln!("last-position logits: max |GPU - transformers fp32| = {max_abs:.2e}");
     assert!(max_abs <= 2e-2, "max abs logit difference {max_abs}");
 
-    let config = pio_plugin_llama::generate::GenerateConfig {
-        max_new_tokens: 24,
-        sampling: pio_plugin_llama::sampler::SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        stop_strings: Vec::new(),
-        eog_ids: Vec::new(),
+    drop(engine);
+
+    // Greedy generation through the plugin, as the host calls it.
+    let mut plugin = plugin(512);
+    let request = ChatRequest {
+        messages: vec![ChatMessage::new("user", QUESTION)].into(),
+        params: GenerationParams::greedy(24),
     };
-    let answer = engine
-        .generate(&prompt, &config, &mut |_| {
-            pio_plugin_api::StreamControl::Continue
-        })
+    let mut sink = FnSink(|_: &TokenEvent| StreamControl::Continue);
+    let answer = plugin
+        .chat(&request, &mut TokenStream::new(sink.as_sink()))
         .unwrap();
-    assert_eq!(answer.text, "The capital of France is Paris.");
+    assert_eq!(answer.text.as_str(), "The capital of France is Paris.");
     let mut expected_ids = ids(&reference["greedy_ids"]);
     // The reference includes the end-of-turn token; the generation stops on it without
     // returning it as text.
@@ -89,7 +108,7 @@ fn perplexity_matches_transformers_within_one_percent() {
     let mut engine = load(512);
     let reference = reference();
     let text = include_str!("data/gpl-3.0.txt");
-    let tokens = engine.tokenize(text, false).unwrap();
+    let tokens = engine.tokenizer().encode(text, false).unwrap();
     assert_eq!(
         tokens.len() as u64,
         reference["perplexity"]["tokens"].as_u64().unwrap(),

@@ -22,7 +22,7 @@ use pio_gpu::{
 };
 
 use crate::error::{Error, Result};
-use crate::generate::Forward;
+use crate::forward::Forward;
 use crate::models::{self, ModelSpec};
 use crate::sampler::Sampler;
 use crate::weights::ModelTensors;

@@ -3,7 +3,7 @@ use pio_gguf::TensorType;
 use super::*;
 use crate::models::NormWeight;
 use crate::reference::ReferenceModel;
-use crate::sampler::argmax;
+use crate::sampler::{argmax, SamplingParams};
 use pio_gpu::testing::{gpu as test_gpu, max_abs_diff, max_rel_error};
 
 use crate::test_model::{smollm2, tiny_llama, TinyConfig};
@@ -129,22 +129,28 @@ fn per_layer_rope_bases_and_offset_norm_weights_match_reference() {
     );
 }
 
-/// A detokenizer producing no text: these tests compare token ids.
-struct Silent;
-
-impl crate::generate::Detokenizer for Silent {
-    fn push(&mut self, _token: u32) -> Result<String> {
-        Ok(String::new())
+/// `n` tokens after `prompt`, each fed back to sample the next, as a sequence alone runs.
+fn continue_prompt(
+    model: &mut dyn Forward,
+    prompt: &[u32],
+    sampling: &SamplingParams,
+    n: usize,
+) -> Vec<u32> {
+    let mut sampler = Sampler::new(sampling.clone()).unwrap();
+    let mut history = prompt.to_vec();
+    let mut next = model.next_token(prompt, 0, &mut sampler, &history).unwrap();
+    for _ in 1..n {
+        history.push(next);
+        next = model
+            .next_token(&[next], history.len() - 1, &mut sampler, &history)
+            .unwrap();
     }
-    fn finish(&mut self) -> String {
-        String::new()
-    }
+    history.push(next);
+    history.split_off(prompt.len())
 }
 
 #[test]
 fn device_sampling_picks_the_tokens_the_host_sampler_picks() {
-    use crate::generate::{generate, GenerateConfig};
-    use crate::sampler::SamplingParams;
     let file = tiny_llama(&TinyConfig::default());
     let mut reference = ReferenceModel::load(&file, 64).unwrap();
     let mut model = GpuModel::new(test_gpu(), &file, 64, 8).unwrap();
@@ -155,29 +161,19 @@ fn device_sampling_picks_the_tokens_the_host_sampler_picks() {
         (0.8, 20, 0.95, 0.0, 1.1),
         (1.2, 0, 0.9, 0.05, 1.0),
     ] {
-        let config = GenerateConfig {
-            max_new_tokens: 16,
-            sampling: SamplingParams {
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                repetition_penalty: penalty,
-                seed: 5,
-                ..SamplingParams::default()
-            },
-            ..GenerateConfig::default()
+        let sampling = SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty: penalty,
+            seed: 5,
+            ..SamplingParams::default()
         };
-        let run = |m: &mut dyn Forward| {
-            generate(m, &mut Silent, &prompt, &config, &mut |_| {
-                pio_plugin_api::StreamControl::Continue
-            })
-            .unwrap()
-            .tokens
-        };
-        let on_device = run(&mut model);
-        let on_host = run(&mut reference);
-        assert_eq!(on_device, on_host, "{:?}", config.sampling);
+        let on_device = continue_prompt(&mut model, &prompt, &sampling, 16);
+        let on_host = continue_prompt(&mut reference, &prompt, &sampling, 16);
+        assert_eq!(on_device.len(), 16);
+        assert_eq!(on_device, on_host, "{sampling:?}");
     }
 }
 
