@@ -1,8 +1,10 @@
-// Embedding lookup: out[t][c] = W[ids[t]][c], dequantized, for t < params.count tokens.
+// Embedding lookup: out[t][c] = W[ids[t]][c] * SCALE, dequantized, for t < params.count tokens
+// (SCALE is 1 for Llama, sqrt(hidden) for Gemma).
 // One invocation per (chunk of 8 elements, token). Ids past the table are clamped to its last row.
 // Requires: weights from quant.wgsl (binding 0), COLS a multiple of 32.
 
 override ROWS: u32;
+override SCALE: f32;
 override WORKGROUP_SIZE: u32;
 
 struct Params {
@@ -26,6 +28,6 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let base = block_base(row, b);
     let values = dequant_chunk(base, c, block_scale(base));
     let g = chunk_groups(c) + vec2<u32>(t * (COLS / 4u) + b * 8u);
-    out[g.x] = values.a;
-    out[g.y] = values.b;
+    out[g.x] = values.a * SCALE;
+    out[g.y] = values.b * SCALE;
 }

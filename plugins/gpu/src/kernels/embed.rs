@@ -15,7 +15,8 @@ const KERNEL: Kernel = kernel!(
 );
 const WORKGROUP_SIZE: u32 = 32;
 
-/// Gathers and dequantizes rows of a table: `out[t] = table[ids[t]]`, out `[T][cols]`.
+/// Gathers and dequantizes rows of a table, scaled: `out[t] = table[ids[t]] * scale`, out
+/// `[T][cols]`.
 #[derive(Debug)]
 pub struct Embed {
     dtype: WeightDtype,
@@ -25,12 +26,16 @@ pub struct Embed {
 }
 
 impl Embed {
-    /// Compiles (or looks up) the pipeline for a `rows` × `cols` table of `dtype`.
-    pub fn new(gpu: &Gpu, dtype: WeightDtype, rows: u32, cols: u32) -> Result<Self> {
-        if rows == 0 || cols == 0 || cols as usize % BLOCK_ELEMENTS != 0 {
+    /// Compiles (or looks up) the pipeline for a `rows` × `cols` table of `dtype` whose rows
+    /// are multiplied by `scale` (a finite number).
+    pub fn new(gpu: &Gpu, dtype: WeightDtype, rows: u32, cols: u32, scale: f32) -> Result<Self> {
+        if rows == 0 || cols == 0 || cols as usize % BLOCK_ELEMENTS != 0 || !scale.is_finite() {
             return Err(GpuError::shape(
                 "embed",
-                format!("{rows}x{cols}: rows must be positive, columns a positive multiple of 32"),
+                format!(
+                    "{rows}x{cols} scaled by {scale}: rows must be positive, columns a positive \
+                     multiple of 32, the scale finite"
+                ),
             ));
         }
         let [dtype_id, block_words] = dtype.shader_constants();
@@ -39,6 +44,7 @@ impl Embed {
             block_words,
             ("ROWS", f64::from(rows)),
             ("COLS", f64::from(cols)),
+            ("SCALE", f64::from(scale)),
             ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
         ];
         Ok(Self {

@@ -181,11 +181,21 @@ fn linear_accumulates_and_reads_a_range_of_rows() {
     }
 }
 
+/// The reference of a gated epilogue: `act(gate) * up`.
+type GateReference = fn(&[f32], &[f32]) -> Vec<f32>;
+
 #[test]
-fn swiglu_matches_reference() {
+fn gated_epilogues_match_reference() {
     let gpu = common::gpu();
     let (ff, cols, tokens) = (36, 96, 5);
-    for dtype in [WeightDtype::Q4_1, WeightDtype::F16] {
+    let gates: [(Epilogue, GateReference); 2] = [
+        (Epilogue::SwiGlu, reference::silu_mul),
+        (Epilogue::GeGlu, reference::gelu_tanh_mul),
+    ];
+    for ((epilogue, act_mul), dtype) in gates
+        .into_iter()
+        .flat_map(|g| [WeightDtype::Q4_1, WeightDtype::F16].map(|d| (g, d)))
+    {
         for tile in tiles() {
             let mut rng = common::rng(ff as u64 + tile.tokens as u64);
             let gate_raw = common::random_gguf(&mut rng, dtype, ff, cols);
@@ -198,13 +208,13 @@ fn swiglu_matches_reference() {
             let up_w = reference::dequantize(dtype, ff, cols, &up_raw);
             let gate = reference::matmul(&gate_w, ff, cols, &h);
             let up = reference::matmul(&up_w, ff, cols, &h);
-            let want = reference::silu_mul(&gate, &up);
-            // Errors δg, δu of the two products propagate as |silu'(g)|·|δg|·|u| + |silu(g)|·|δu|
-            // with |silu'| ≤ 1.1 and |silu(g)| ≤ max(|g|, 0.28).
+            let want = act_mul(&gate, &up);
+            // Errors δg, δu of the two products propagate as |act'(g)|·|δg|·|u| + |act(g)|·|δu|
+            // with |act'| ≤ 1.13 (SiLU: 1.1, tanh-GELU: 1.129) and |act(g)| ≤ max(|g|, 0.28).
             let gate_mag = reference::matmul(&abs(&gate_w), ff, cols, &abs(&h));
             let up_mag = reference::matmul(&abs(&up_w), ff, cols, &abs(&h));
             let magnitude: Vec<f32> = (0..want.len())
-                .map(|i| 1.1 * gate_mag[i] * up[i].abs() + gate[i].abs().max(0.28) * up_mag[i])
+                .map(|i| 1.13 * gate_mag[i] * up[i].abs() + gate[i].abs().max(0.28) * up_mag[i])
                 .collect();
 
             let weights =
@@ -216,7 +226,7 @@ fn swiglu_matches_reference() {
                 norm_eps: Some(NORM_EPS),
                 tile,
             };
-            let kernel = Linear::new(&gpu, shape, Epilogue::SwiGlu).unwrap();
+            let kernel = Linear::new(&gpu, shape, epilogue).unwrap();
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let out = gpu.storage_zeroed("out", (tokens * ff * 4) as u64).unwrap();
@@ -232,7 +242,7 @@ fn swiglu_matches_reference() {
                 .unwrap();
             gpu.run(&[&dispatch]).unwrap();
             let got = common::read(&gpu, &out, tokens * ff);
-            let label = format!("swiglu {dtype:?} ff={ff} cols={cols} tile {tile:?}");
+            let label = format!("{epilogue:?} {dtype:?} ff={ff} cols={cols} tile {tile:?}");
             check_within_bound(&label, &got, &want, &magnitude, 4.0, cols);
         }
     }
@@ -250,7 +260,13 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
     // Cache rows differ from positions, as when a cache holds several sequences.
     let cache_rows = [9u32, 10, 11, 12, 0];
     let tokens = positions.len();
-    for dtype in [WeightDtype::Q4_1, WeightDtype::Q8_0, WeightDtype::F32] {
+    // Without RoPE (a per-head norm comes first), q and k are written as projected.
+    for (dtype, rope) in [
+        (WeightDtype::Q4_1, true),
+        (WeightDtype::Q8_0, true),
+        (WeightDtype::F32, true),
+        (WeightDtype::Q8_0, false),
+    ] {
         for tile in tiles() {
             let mut rng = common::rng(rows as u64 + tile.tokens as u64);
             let raw = common::random_gguf(&mut rng, dtype, rows, cols);
@@ -269,8 +285,10 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             let mut q = split(&qkv, 0, q_rows);
             let mut k = split(&qkv, q_rows, kv_rows);
             let v = split(&qkv, q_rows + kv_rows, kv_rows);
-            reference::rope(&mut q, head_dim, &positions, base);
-            reference::rope(&mut k, head_dim, &positions, base);
+            if rope {
+                reference::rope(&mut q, head_dim, &positions, base);
+                reference::rope(&mut k, head_dim, &positions, base);
+            }
             // A rotation mixes two values of equal magnitude bound: use the pair's larger one.
             let pair_max = |m: Vec<f32>| -> Vec<f32> {
                 m.chunks_exact(2)
@@ -314,6 +332,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 q_rows: q_rows as u32,
                 kv_rows: kv_rows as u32,
                 head_dim: head_dim as u32,
+                rope,
             };
             let kernel = QkvRope::new(&gpu, config).unwrap();
             let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
@@ -345,7 +364,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 .unwrap();
             gpu.run(&[&dispatch]).unwrap();
 
-            let label = format!("qkv_rope {dtype:?} tile {tile:?}");
+            let label = format!("qkv_rope {dtype:?} rope {rope} tile {tile:?}");
             let got_q = common::read(&gpu, &q_out, tokens * q_rows);
             let got_k = common::read(&gpu, layer.keys, cache_len);
             let got_v = common::read(&gpu, layer.values, cache_len);

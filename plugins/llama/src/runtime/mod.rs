@@ -3,8 +3,8 @@
 //! Nothing here knows a family: [`GpuModel::new`] reads the file's spec
 //! ([`crate::models::describe`]); `support.rs` refuses what no kernel does, `upload.rs` puts
 //! the weights on the device and `graph.rs` builds each layer's kernels and the dispatches of a
-//! step. A forward step of `T` tokens records five dispatches per layer into one command
-//! encoder, submits them once, then reads back either the logits ([`Forward::forward`]) or,
+//! step. A forward step of `T` tokens records five dispatches per layer (Llama; eight with
+//! Gemma's q/k and sandwich norms) into one command encoder, submits them once, then reads back either the logits ([`Forward::forward`]) or,
 //! when generating ([`Forward::next_token`]), only the token id the device sampler picked.
 //! Prompts longer than [`GpuModel::max_batch`] are processed in chunks. The dispatches of a
 //! single-token step are built once and reused for every decoded token; only the token-id and
@@ -17,8 +17,8 @@ mod upload;
 
 use pio_gguf::GgufFile;
 use pio_gpu::{
-    Attention, AttentionConfig, DeviceSampler, Dispatch, Embed, Epilogue, Gpu, GpuBuffer, KvCache,
-    Linear, QuantMatrix, RopeTable, RowLayout, RowTile,
+    DeviceSampler, Dispatch, Embed, Epilogue, Gpu, GpuBuffer, KvCache, Linear, QuantMatrix,
+    RopeTable, RowTile,
 };
 
 use crate::error::{Error, Result};
@@ -59,7 +59,6 @@ pub struct GpuModel {
     max_batch: usize,
     token_embd: QuantMatrix,
     embed: Embed,
-    attention: Attention,
     layers: Vec<Layer>,
     output_norm: GpuBuffer,
     head: Head,
@@ -126,10 +125,13 @@ impl GpuModel {
             .zip(&spec.layers)
             .enumerate()
             .map(|(i, (l, layer))| {
-                let weights = LayerWeights::upload(&gpu, &spec, l)?;
+                let weights = LayerWeights::upload(&gpu, &spec, layer, l)?;
                 Ok(Layer {
                     decode: factory.layer(i, &weights, decode_tile)?,
                     prefill: factory.layer(i, &weights, prefill_tile)?,
+                    attention: factory.attention(i)?,
+                    qk_norm: factory.qk_norm(&weights)?,
+                    post_norm: factory.post_norm(&weights)?,
                     rope: ropes
                         .iter()
                         .position(|r| *r == layer.attention.rope)
@@ -161,17 +163,8 @@ impl GpuModel {
             output,
         };
 
-        let (hd, nh, nkv) = (u(hp.head_dim), u(hp.n_head), u(hp.n_head_kv));
-        let embed = Embed::new(&gpu, embd_dtype, vocab, e)?;
-        let attention = Attention::new(
-            &gpu,
-            AttentionConfig {
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-                q: RowLayout::contiguous(q_rows),
-            },
-        )?;
+        let (hd, nkv) = (u(hp.head_dim), u(hp.n_head_kv));
+        let embed = Embed::new(&gpu, embd_dtype, vocab, e, spec.embedding.scale)?;
         let rope_tables = ropes
             .iter()
             .map(|r| Ok(RopeTable::new(&gpu, hd, f64::from(r.base), ctx)?))
@@ -185,6 +178,7 @@ impl GpuModel {
             x: words("x", b * u64::from(e))?,
             q: words("q", b * u64::from(q_rows))?,
             attn: words("attention out", b * u64::from(q_rows))?,
+            proj: words("projection", b * u64::from(e))?,
             ffn: words("gated feed-forward", b * hp.n_ff as u64)?,
             logits: words("logits", b * u64::from(vocab))?,
         };
@@ -197,7 +191,6 @@ impl GpuModel {
             max_batch,
             token_embd,
             embed,
-            attention,
             layers,
             output_norm,
             head,
