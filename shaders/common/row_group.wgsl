@@ -49,6 +49,22 @@ struct Tile {
     hi: array<vec4<f32>, MAX_TOKENS>,
 }
 
+// Bits 4 and up of element j (0..8) of chunk c (element 4c + j for j < 4, else 16 + 4c + j - 4),
+// for four rows, from the block's high words (qh in `a`; Q6_K: first and second high word),
+// already shifted into place (0 for the 4-bit layouts).
+fn high_bits(a: vec4<u32>, b: vec4<u32>, c: u32, j: u32) -> vec4<u32> {
+    let i = j % 4u;
+    if DTYPE == DTYPE_Q6_K {
+        let word = select(b, a, j < 4u);
+        return ((word >> vec4<u32>(8u * c + 2u * i)) & vec4<u32>(3u)) << vec4<u32>(4u);
+    }
+    if DTYPE == DTYPE_Q5_0 || DTYPE == DTYPE_Q5_1 {
+        let bit = select(16u, 0u, j < 4u) + 4u * c + i;
+        return ((a >> vec4<u32>(bit)) & vec4<u32>(1u)) << vec4<u32>(4u);
+    }
+    return vec4<u32>(0u);
+}
+
 // Words of a block that hold one chunk of 8 elements.
 fn chunk_words() -> u32 {
     switch DTYPE {
@@ -65,8 +81,7 @@ fn chunk_first_word(c: u32) -> u32 {
         case DTYPE_F32: { return 8u * c; }
         case DTYPE_F16: { return 4u * c; }
         case DTYPE_Q8_0: { return 1u + 2u * c; }
-        case DTYPE_Q4_0: { return 1u + c; }
-        default: { return 2u + c; }
+        default: { return header_words() + c; }
     }
 }
 
@@ -102,12 +117,15 @@ fn element_raw(word: vec4<u32>, j: u32) -> vec4<f32> {
     }
 }
 
-// Dequantizes raw values with the block's scale d and minimum m (per row).
-fn dequantize(raw: vec4<f32>, d: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
+// Dequantizes raw values of element j of a chunk with the block's scale d and minimum m (per
+// row; Q6_K: the scales of the block's elements 0-15 and 16-31).
+fn dequantize(raw: vec4<f32>, d: vec4<f32>, m: vec4<f32>, j: u32) -> vec4<f32> {
     switch DTYPE {
         case DTYPE_Q4_0: { return (raw - 8.0) * d; }
-        case DTYPE_Q4_1: { return raw * d + m; }
+        case DTYPE_Q5_0: { return (raw - 16.0) * d; }
+        case DTYPE_Q4_1, DTYPE_Q5_1: { return raw * d + m; }
         case DTYPE_Q8_0: { return raw * d; }
+        case DTYPE_Q6_K: { return (raw - 32.0) * select(m, d, j < 4u); }
         default: { return raw; }
     }
 }
@@ -141,13 +159,27 @@ fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
         var d_hi = vec4<f32>(1.0);
         var m_lo = vec4<f32>(0.0);
         var m_hi = vec4<f32>(0.0);
-        if DTYPE >= DTYPE_Q4_0 {
+        if DTYPE != DTYPE_F32 && DTYPE != DTYPE_F16 {
             d_lo = bitcast<vec4<f32>>(weights[word_vec(g, b, 0u)]);
             d_hi = bitcast<vec4<f32>>(weights[word_vec(g, b, 0u) + 1u]);
         }
-        if DTYPE == DTYPE_Q4_1 {
+        if has_second_scale() {
             m_lo = bitcast<vec4<f32>>(weights[word_vec(g, b, 1u)]);
             m_hi = bitcast<vec4<f32>>(weights[word_vec(g, b, 1u) + 1u]);
+        }
+        // The block's high-bit words (qh; Q6_K's two), loaded once for its four chunks.
+        var high_a_lo = vec4<u32>(0u);
+        var high_a_hi = vec4<u32>(0u);
+        var high_b_lo = vec4<u32>(0u);
+        var high_b_hi = vec4<u32>(0u);
+        if DTYPE == DTYPE_Q5_0 || DTYPE == DTYPE_Q5_1 || DTYPE == DTYPE_Q6_K {
+            let at = word_vec(g, b, header_words() + 4u);
+            high_a_lo = weights[at];
+            high_a_hi = weights[at + 1u];
+            if DTYPE == DTYPE_Q6_K {
+                high_b_lo = weights[at + 2u];
+                high_b_hi = weights[at + 3u];
+            }
         }
         for (var c = 0u; c < 4u; c++) {
             let groups = chunk_groups(c) + vec2<u32>(b * 8u);
@@ -191,8 +223,10 @@ fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
             }
             for (var j = 0u; j < 8u; j++) {
                 let k = element_word(j);
-                let v_lo = dequantize(element_raw(w_lo[k], j), d_lo, m_lo);
-                let v_hi = dequantize(element_raw(w_hi[k], j), d_hi, m_hi);
+                let raw_lo = element_raw(w_lo[k], j) + vec4<f32>(high_bits(high_a_lo, high_b_lo, c, j));
+                let raw_hi = element_raw(w_hi[k], j) + vec4<f32>(high_bits(high_a_hi, high_b_hi, c, j));
+                let v_lo = dequantize(raw_lo, d_lo, m_lo, j);
+                let v_hi = dequantize(raw_hi, d_hi, m_hi, j);
                 for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
                     let xv = pick(xa[t], xb[t], j);
                     tile.lo[t] += v_lo * xv;

@@ -1,48 +1,18 @@
 //! Plain CPU implementations of every kernel, written for obviousness rather than speed, with
 //! f64 accumulation. Activations are contiguous row-major `[T][width]` f32 slices.
 
-use half::f16;
+use crate::quant::{check_gguf_shape, WeightDtype};
 
-use crate::quant::{check_gguf_shape, WeightDtype, BLOCK_ELEMENTS};
-
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
-}
-
-/// Dequantizes a `rows` × `cols` matrix from raw GGUF bytes into row-major f32.
+/// Dequantizes a `rows` × `cols` matrix from raw GGUF bytes into row-major f32, with
+/// `pio-gguf`'s dequantizer (GGML's arithmetic, checked bit for bit against the `gguf` Python
+/// package on real blocks).
 ///
 /// # Panics
 /// If `raw` does not have the size of such a matrix.
 pub fn dequantize(dtype: WeightDtype, rows: usize, cols: usize, raw: &[u8]) -> Vec<f32> {
     check_gguf_shape("reference dequantize", dtype, rows, cols, raw.len()).expect("matrix shape");
-    let block_bytes = dtype.gguf_row_bytes(BLOCK_ELEMENTS);
-    let mut out = Vec::with_capacity(rows * cols);
-    for block in raw.chunks_exact(block_bytes) {
-        match dtype {
-            WeightDtype::F32 => out.extend(
-                block
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
-            ),
-            WeightDtype::F16 => out.extend((0..32).map(|i| f16_at(block, 2 * i))),
-            WeightDtype::Q4_0 => {
-                let d = f16_at(block, 0);
-                let qs = &block[2..18];
-                out.extend(qs.iter().map(|&q| (f32::from(q & 15) - 8.0) * d));
-                out.extend(qs.iter().map(|&q| (f32::from(q >> 4) - 8.0) * d));
-            }
-            WeightDtype::Q4_1 => {
-                let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-                let qs = &block[4..20];
-                out.extend(qs.iter().map(|&q| f32::from(q & 15) * d + m));
-                out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
-            }
-            WeightDtype::Q8_0 => {
-                let d = f16_at(block, 0);
-                out.extend(block[2..34].iter().map(|&q| f32::from(q as i8) * d));
-            }
-        }
-    }
+    let mut out = vec![0.0; rows * cols];
+    pio_gguf::dequantize(dtype.gguf_type(), raw, &mut out).expect("a GGUF type pio-gguf decodes");
     out
 }
 

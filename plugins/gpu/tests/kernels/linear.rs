@@ -7,7 +7,8 @@ use pio_gpu::{
 use crate::common::{self, EPS};
 
 /// (rows, cols, tokens): row counts that are not multiples of the 8-row group or of the
-/// workgroup, token counts that are not multiples of the token tile.
+/// workgroup, token counts that are not multiples of the token tile. Widths are rounded up to
+/// the dtype's block (256 for the K-quants).
 const SHAPES: [(usize, usize, usize); 4] = [(1, 32, 1), (37, 96, 1), (67, 160, 5), (130, 576, 9)];
 
 /// The tiles of both adapter classes: the software (lavapipe) and the GPU variants.
@@ -142,7 +143,7 @@ fn linear_matches_reference_for_every_dtype_shape_and_tile() {
                 check_linear(LinearCase {
                     dtype,
                     rows,
-                    cols,
+                    cols: cols.next_multiple_of(dtype.block_elements()),
                     tokens,
                     tile,
                     norm: (i + j) % 2 == 1,
@@ -187,15 +188,23 @@ type GateReference = fn(&[f32], &[f32]) -> Vec<f32>;
 #[test]
 fn gated_epilogues_match_reference() {
     let gpu = common::gpu();
-    let (ff, cols, tokens) = (36, 96, 5);
+    let (ff, tokens) = (36, 5);
     let gates: [(Epilogue, GateReference); 2] = [
         (Epilogue::SwiGlu, reference::silu_mul),
         (Epilogue::GeGlu, reference::gelu_tanh_mul),
     ];
-    for ((epilogue, act_mul), dtype) in gates
-        .into_iter()
-        .flat_map(|g| [WeightDtype::Q4_1, WeightDtype::F16].map(|d| (g, d)))
+    // SwiGLU over four storage types; GeGLU over Gemma 3's (Q5_0 gate and up).
+    for (epilogue, act_mul, dtype) in [
+        (gates[0], WeightDtype::Q4_1),
+        (gates[0], WeightDtype::F16),
+        (gates[0], WeightDtype::Q4_K),
+        (gates[0], WeightDtype::Q5_0),
+        (gates[1], WeightDtype::Q5_0),
+        (gates[1], WeightDtype::F16),
+    ]
+    .map(|((e, f), d)| (e, f, d))
     {
+        let cols = 96usize.next_multiple_of(dtype.block_elements());
         for tile in tiles() {
             let mut rng = common::rng(ff as u64 + tile.tokens as u64);
             let gate_raw = common::random_gguf(&mut rng, dtype, ff, cols);
@@ -251,7 +260,7 @@ fn gated_epilogues_match_reference() {
 #[test]
 fn qkv_rope_matches_reference_and_writes_the_cache() {
     let gpu = common::gpu();
-    let (n_heads, n_kv_heads, head_dim, cols, max_positions) = (3, 1, 16, 64, 12u32);
+    let (n_heads, n_kv_heads, head_dim, max_positions) = (3, 1, 16, 12u32);
     let (q_rows, kv_rows) = (n_heads * head_dim, n_kv_heads * head_dim);
     let rows = q_rows + 2 * kv_rows;
     let base = 10000.0;
@@ -265,8 +274,11 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
         (WeightDtype::Q4_1, true),
         (WeightDtype::Q8_0, true),
         (WeightDtype::F32, true),
-        (WeightDtype::Q8_0, false),
+        (WeightDtype::Q5_0, true),
+        (WeightDtype::Q6_K, true),
+        (WeightDtype::Q5_0, false),
     ] {
+        let cols = 64usize.next_multiple_of(dtype.block_elements());
         for tile in tiles() {
             let mut rng = common::rng(rows as u64 + tile.tokens as u64);
             let raw = common::random_gguf(&mut rng, dtype, rows, cols);

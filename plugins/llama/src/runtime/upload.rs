@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use pio_gguf::{TensorType, TensorView};
+use pio_gguf::TensorView;
 use pio_gpu::{Gpu, GpuBuffer, QuantMatrix, WeightDtype};
 
 use crate::error::{Error, Result};
@@ -20,18 +20,9 @@ use crate::weights::LayerTensors;
 
 /// The kernels' name for the storage type of `t`.
 pub(super) fn weight_dtype(t: &TensorView) -> Result<WeightDtype> {
-    Ok(match t.info.dtype {
-        TensorType::F32 => WeightDtype::F32,
-        TensorType::F16 => WeightDtype::F16,
-        TensorType::Q4_0 => WeightDtype::Q4_0,
-        TensorType::Q4_1 => WeightDtype::Q4_1,
-        TensorType::Q8_0 => WeightDtype::Q8_0,
-        other => {
-            return Err(Error::UnsupportedTensorType {
-                name: t.info.name.clone(),
-                dtype: other.to_string(),
-            })
-        }
+    WeightDtype::from_gguf_type(t.info.dtype).ok_or_else(|| Error::UnsupportedTensorType {
+        name: t.info.name.clone(),
+        dtype: t.info.dtype.to_string(),
     })
 }
 
