@@ -36,7 +36,7 @@ pub use device::{list_adapters, AdapterInfo, AdapterPreference, DeviceKind, Devi
 pub use dispatch::{require_len, Dispatch};
 pub use error::{GpuError, Result};
 pub use kernels::attention::{Attention, AttentionConfig, MAX_HEAD_DIM};
-pub use kernels::embed::Embed;
+pub use kernels::embed::{Embed, EmbedTable};
 pub use kernels::kv_cache::{KvCache, KvLayer};
 pub use kernels::linear::{
     Epilogue, EpilogueParams, Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, TokenRange,

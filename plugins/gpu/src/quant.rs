@@ -163,6 +163,12 @@ impl WeightDtype {
         cols / block * bytes
     }
 
+    /// Bytes one row of `cols` elements (a multiple of [`WeightDtype::block_elements`]) takes on
+    /// the device once repacked: how many rows fit a buffer.
+    pub fn device_row_bytes(self, cols: usize) -> u64 {
+        (cols / BLOCK_ELEMENTS) as u64 * u64::from(self.packed_block_words()) * 4
+    }
+
     /// 32-bit words one device block of 32 elements takes once repacked.
     pub(crate) fn packed_block_words(self) -> u32 {
         match self {
@@ -498,7 +504,9 @@ mod tests {
     /// GGML's values (pio-gguf's dequantization) exactly.
     #[test]
     fn device_blocks_follow_the_layout_table() {
-        let values: Vec<f32> = (0..512).map(|i| ((i * 7919 % 211) as f32 / 105.0 - 1.0)).collect();
+        let values: Vec<f32> = (0..512)
+            .map(|i| ((i * 7919 % 211) as f32 / 105.0 - 1.0))
+            .collect();
         for dtype in [
             WeightDtype::Q4_0,
             WeightDtype::Q4_1,

@@ -30,6 +30,7 @@ use crate::bench::{bench_batched, bench_run, BenchConfig};
 use crate::engine::{Engine, ModelSummary};
 use crate::error::Error;
 use crate::generate::{GenerateConfig, Generation};
+use crate::perplexity::Style;
 use crate::runtime::DEFAULT_MAX_BATCH;
 use crate::sampler::{SamplingParams, DEFAULT_REPEAT_LAST_N};
 
@@ -283,9 +284,10 @@ impl Plugin for LlamaPlugin {
     }
 
     /// Free-form operations:
-    /// - `{"op": "perplexity", "text": TEXT, "window": N}` answers
-    ///   `{"perplexity", "mean_nll", "scored_tokens", "windows", "window"}` (windows as described
-    ///   in [`crate::perplexity::perplexity`]);
+    /// - `{"op": "perplexity", "text": TEXT, "window": N, "style": "plain" | "llama.cpp"}`
+    ///   answers `{"perplexity", "mean_nll", "scored_tokens", "windows", "window"}` (windows as
+    ///   described in [`crate::perplexity::perplexity`], or with `"llama.cpp"` in
+    ///   [`crate::perplexity::perplexity_llama_cpp`]; `style` defaults to `plain`);
     /// - `{"op": "bench", "prompt_lengths": [N, ...], "decode_prompt": N, "decode_tokens": N,
     ///   "batch_sizes": [N, ...]}` runs [`bench_run`] once, and [`bench_batched`] for each batch
     ///   size (32-token prompts, `decode_tokens` steps), and answers their measurements plus
@@ -322,8 +324,16 @@ impl Plugin for LlamaPlugin {
                 let window = request["window"].as_u64().ok_or_else(|| {
                     PluginError::invalid_input("perplexity needs an integer field 'window'")
                 })? as usize;
+                let style = match request.get("style") {
+                    None => Style::Plain,
+                    Some(name) => name.as_str().and_then(Style::from_name).ok_or_else(|| {
+                        PluginError::invalid_input(format!(
+                            "perplexity style {name} is not \"plain\" or \"llama.cpp\""
+                        ))
+                    })?,
+                };
                 let active = self.active()?;
-                let result = active.engine.perplexity(text, window)?;
+                let result = active.engine.perplexity(text, window, style)?;
                 active.requests += 1;
                 active.tokens += result.scored_tokens as u64;
                 Ok(serde_json::json!({

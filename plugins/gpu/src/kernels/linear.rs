@@ -20,6 +20,7 @@ use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
 use crate::kernels::kv_cache::KvLayer;
 use crate::kernels::rope::RopeTable;
+use crate::layout::RowLayout;
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
 use crate::{kernel, Kernel};
 
@@ -317,19 +318,50 @@ pub struct EpilogueParams<'a> {
 pub struct Linear {
     shape: LinearShape,
     epilogue: Epilogue,
+    /// Where each token's output row is in `out`.
+    output: RowLayout,
     pipeline: wgpu::ComputePipeline,
 }
 
 impl Linear {
-    /// Compiles (or looks up) the pipeline.
+    /// Compiles (or looks up) the pipeline; each token's output row is `out[t]`, back to back.
     pub fn new(gpu: &Gpu, shape: LinearShape, epilogue: Epilogue) -> Result<Self> {
+        let output = RowLayout::contiguous(epilogue.out_width(shape.rows));
+        Self::with_output(gpu, shape, epilogue, output)
+    }
+
+    /// [`Linear::new`] writing token `t`'s `rows` outputs at element `t * stride + offset` of
+    /// `out` (`output`; `stride` ≥ `offset` + `rows`): a row shard of a matrix too large for one
+    /// buffer writes its columns of the whole output. Only [`Epilogue::Store`] and
+    /// [`Epilogue::Accumulate`] take a layout other than contiguous.
+    pub fn with_output(
+        gpu: &Gpu,
+        shape: LinearShape,
+        epilogue: Epilogue,
+        output: RowLayout,
+    ) -> Result<Self> {
         let label = epilogue.label();
         shape.check(label)?;
+        let plain = matches!(epilogue, Epilogue::Store | Epilogue::Accumulate);
+        let contiguous = output == RowLayout::contiguous(epilogue.out_width(shape.rows));
+        if !(contiguous || plain && output.stride >= output.offset + shape.rows) {
+            return Err(GpuError::shape(
+                label,
+                format!(
+                    "output layout {output:?} for {} rows with epilogue {epilogue:?}",
+                    shape.rows
+                ),
+            ));
+        }
         let mut constants = shape.constants();
         let flag = |on: bool| if on { 1.0 } else { 0.0 };
         let kernel = match epilogue {
             Epilogue::Store | Epilogue::Accumulate => {
-                constants.push(("ACCUMULATE", flag(epilogue == Epilogue::Accumulate)));
+                constants.extend([
+                    ("ACCUMULATE", flag(epilogue == Epilogue::Accumulate)),
+                    ("OUT_STRIDE", f64::from(output.stride)),
+                    ("OUT_OFFSET", f64::from(output.offset)),
+                ]);
                 LINEAR
             }
             Epilogue::SwiGlu | Epilogue::GeGlu => {
@@ -372,6 +404,7 @@ impl Linear {
         Ok(Self {
             shape,
             epilogue,
+            output,
             pipeline: gpu.pipeline(kernel, "main", &constants)?,
         })
     }
@@ -429,7 +462,7 @@ impl Linear {
             label,
             "output",
             out,
-            u64::from(tokens.count) * u64::from(width),
+            self.output.required_len(tokens.count, width),
         )?;
         let given = (
             params.is_some(),

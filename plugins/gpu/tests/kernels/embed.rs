@@ -1,5 +1,5 @@
 use pio_gpu::reference;
-use pio_gpu::{Embed, QuantMatrix, WeightDtype};
+use pio_gpu::{Embed, EmbedTable, QuantMatrix, WeightDtype};
 
 use crate::common::{self, EPS};
 
@@ -30,7 +30,14 @@ fn embedding_gathers_dequantized_rows_for_every_dtype() {
             let out = gpu
                 .storage_zeroed("out", (ids.len() * cols * 4) as u64)
                 .unwrap();
-            let embed = Embed::new(&gpu, dtype, rows as u32, cols as u32, scale).unwrap();
+            let table_shape = EmbedTable {
+                dtype,
+                rows: rows as u32,
+                cols: cols as u32,
+                first_row: 0,
+                scale,
+            };
+            let embed = Embed::new(&gpu, table_shape).unwrap();
             let dispatch = embed
                 .bind(&gpu, &table, &ids_buf, &out, ids.len() as u32)
                 .unwrap();
@@ -45,4 +52,50 @@ fn embedding_gathers_dequantized_rows_for_every_dtype() {
             assert!(error <= 4.0 * EPS, "{dtype:?}: {error:.2e}");
         }
     }
+}
+
+/// A vocabulary split into two row shards: each launch writes the tokens whose ids are its
+/// rows and leaves the others alone, so the two together give the whole table's lookup.
+#[test]
+fn row_shards_each_write_their_own_tokens() {
+    let gpu = common::gpu();
+    let (dtype, rows, cols, split) = (WeightDtype::Q8_0, 40, 64, 24);
+    let ids = [39u32, 0, 23, 24, 7, 30];
+    let mut rng = common::rng(77);
+    let raw = common::random_gguf(&mut rng, dtype, rows, cols);
+    let want = reference::embed(&reference::dequantize(dtype, rows, cols, &raw), cols, &ids);
+    let row_bytes = dtype.gguf_row_bytes(cols);
+    let ids_buf = gpu.storage_from("ids", &ids).unwrap();
+    let out = gpu
+        .storage_zeroed("out", (ids.len() * cols * 4) as u64)
+        .unwrap();
+    let shards = [(0, split), (split, rows - split)];
+    let tables: Vec<QuantMatrix> = shards
+        .iter()
+        .map(|&(first, n)| {
+            let bytes = &raw[first * row_bytes..(first + n) * row_bytes];
+            QuantMatrix::upload(&gpu, dtype, n, cols, bytes).unwrap()
+        })
+        .collect();
+    let dispatches: Vec<_> = shards
+        .iter()
+        .zip(&tables)
+        .map(|(&(first, n), table)| {
+            let shape = EmbedTable {
+                dtype,
+                rows: n as u32,
+                cols: cols as u32,
+                first_row: first as u32,
+                scale: 1.0,
+            };
+            Embed::new(&gpu, shape)
+                .unwrap()
+                .bind(&gpu, table, &ids_buf, &out, ids.len() as u32)
+                .unwrap()
+        })
+        .collect();
+    gpu.run(&dispatches.iter().collect::<Vec<_>>()).unwrap();
+    let got = common::read(&gpu, &out, want.len());
+    let error = common::max_rel_error(&got, &want);
+    assert!(error <= 4.0 * EPS, "{error:.2e}");
 }

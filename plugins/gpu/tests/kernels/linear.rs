@@ -1,7 +1,7 @@
 use pio_gpu::reference;
 use pio_gpu::{
     DeviceKind, Epilogue, KvCache, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
-    RopeTable, RowTile, TokenRange, WeightDtype,
+    RopeTable, RowLayout, RowTile, TokenRange, WeightDtype,
 };
 
 use crate::common::{self, EPS};
@@ -493,4 +493,77 @@ fn fused_kernels_reject_mismatched_weights_norms_and_short_buffers() {
         Epilogue::Store
     )
     .is_err());
+}
+
+/// A matrix split into two row shards, each a Linear writing its columns of the whole output
+/// (stride = all rows, offset = its first row): together they store the whole product, for
+/// one token and for a tile of several. Tolerance as for `linear_matches_reference_...`.
+#[test]
+fn row_shards_write_their_columns_of_a_wider_output() {
+    let gpu = common::gpu();
+    let (dtype, rows, cols, split) = (WeightDtype::Q8_0, 40usize, 64usize, 24usize);
+    for (tokens, tile) in [(1usize, tiles()[0]), (5, tiles()[1])] {
+        let mut rng = common::rng(tokens as u64 + 500);
+        let raw = common::random_gguf(&mut rng, dtype, rows, cols);
+        let x = common::random_f32(&mut rng, tokens * cols, 1.0);
+        let w = reference::dequantize(dtype, rows, cols, &raw);
+        let want = reference::matmul(&w, rows, cols, &x);
+        let magnitude = reference::matmul(&abs(&w), rows, cols, &abs(&x));
+        let row_bytes = dtype.gguf_row_bytes(cols);
+        let x_buf = gpu.storage_from("x", &x).unwrap();
+        let out = gpu
+            .storage_zeroed("out", (tokens * rows * 4) as u64)
+            .unwrap();
+        let shards = [(0, split), (split, rows - split)];
+        let matrices: Vec<QuantMatrix> = shards
+            .iter()
+            .map(|&(first, n)| {
+                let bytes = &raw[first * row_bytes..(first + n) * row_bytes];
+                QuantMatrix::upload(&gpu, dtype, n, cols, bytes).unwrap()
+            })
+            .collect();
+        let dispatches: Vec<_> = shards
+            .iter()
+            .zip(&matrices)
+            .map(|(&(first, n), m)| {
+                let shape = LinearShape {
+                    dtype,
+                    rows: n as u32,
+                    cols: cols as u32,
+                    norm_eps: None,
+                    tile,
+                };
+                let layout = RowLayout {
+                    stride: rows as u32,
+                    offset: first as u32,
+                };
+                Linear::with_output(&gpu, shape, Epilogue::Store, layout)
+                    .unwrap()
+                    .bind(&gpu, m, &x_buf, None, &out, TokenRange::all(tokens as u32))
+                    .unwrap()
+            })
+            .collect();
+        gpu.run(&dispatches.iter().collect::<Vec<_>>()).unwrap();
+        let got = common::read(&gpu, &out, tokens * rows);
+        let label = format!("row shards T={tokens}");
+        check_within_bound(&label, &got, &want, &magnitude, 2.0, cols);
+    }
+    // A layout is only for the plain epilogues, and must hold the rows.
+    let shape = LinearShape {
+        dtype,
+        rows: 16,
+        cols: 64,
+        norm_eps: None,
+        tile: tiles()[0],
+    };
+    let narrow = RowLayout {
+        stride: 20,
+        offset: 8,
+    };
+    assert!(Linear::with_output(&gpu, shape, Epilogue::Store, narrow).is_err());
+    let wide = RowLayout {
+        stride: 40,
+        offset: 8,
+    };
+    assert!(Linear::with_output(&gpu, shape, Epilogue::SwiGlu, wide).is_err());
 }

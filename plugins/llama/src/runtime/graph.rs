@@ -10,6 +10,7 @@ use pio_gpu::{
 
 use super::support::gate_epilogue;
 use super::upload::LayerWeights;
+use super::vocab::VocabMatrix;
 use super::GpuModel;
 use crate::error::Result;
 use crate::models::{AttentionWindow, ModelSpec};
@@ -48,12 +49,13 @@ impl Layer {
     }
 }
 
-/// The final norm + output projection, for both tiles.
+/// The final norm + output projection, for both tiles: one kernel per shard of the
+/// projection, each writing its columns of the logits.
 pub(super) struct Head {
     /// `None` when the projection is tied to the embedding table.
-    pub output: Option<QuantMatrix>,
-    pub decode: Linear,
-    pub prefill: Linear,
+    pub output: Option<VocabMatrix>,
+    pub decode: Vec<Linear>,
+    pub prefill: Vec<Linear>,
 }
 
 /// Activation buffers, each sized for `max_batch` tokens.
@@ -188,21 +190,26 @@ impl GpuModel {
     /// Binds every dispatch of a step over `n` tokens against the cache of `kind`:
     ///
     /// ```text
-    /// x = embed(tokens) * scale
+    /// x = embed(tokens) * scale                                (one Embed per vocabulary shard)
     /// per layer:  q, cache[rows] = rope(Wqkv rmsnorm(x, attn_norm))          (QkvRope)
     ///             [q, cache[rows].k = rope(headnorm(q)), rope(headnorm(k))]  (QkNormRope)
     ///             a = attention(q, cache)                     (causal GQA, maybe windowed)
     ///             x += Wo a   or   x += rmsnorm(Wo a, post_attention_norm)   (Linear [+ norm])
     ///             f = act(Wgate h) * (Wup h),  h = rmsnorm(x, ffn_norm)      (Linear, gated)
     ///             x += Wdown f   or   x += rmsnorm(Wdown f, post_ffw_norm)   (Linear [+ norm])
-    /// logits = Wout rmsnorm(x, output_norm)   (all n rows, or only the last)  (Linear)
+    /// logits = Wout rmsnorm(x, output_norm)  (all n rows, or only the last; one Linear per shard)
     /// ```
     /// (bracketed steps only for layers whose spec has them).
     pub(super) fn build_step(&self, n: u32, all_logits: bool, kind: CacheKind) -> Result<Step> {
         let (gpu, a) = (&self.gpu, &self.acts);
         let kv = self.cache(kind)?;
         let tokens = TokenRange::all(n);
-        let mut dispatches = vec![self.embed.bind(gpu, &self.token_embd, &a.tokens, &a.x, n)?];
+        let mut dispatches = self
+            .embed
+            .iter()
+            .zip(&self.token_embd.shards)
+            .map(|(embed, shard)| Ok(embed.bind(gpu, &shard.matrix, &a.tokens, &a.x, n)?))
+            .collect::<Result<Vec<_>>>()?;
         for (i, l) in self.layers.iter().enumerate() {
             let (k, w) = (l.kernels(n), &l.weights);
             let cache = kv.layer(i)?;
@@ -266,14 +273,17 @@ impl GpuModel {
         } else {
             (&self.head.decode, TokenRange::one(n - 1))
         };
-        dispatches.push(head.bind(
-            gpu,
-            self.head.output.as_ref().unwrap_or(&self.token_embd),
-            &a.x,
-            Some(&self.output_norm),
-            &a.logits,
-            rows,
-        )?);
+        let weights = self.head.output.as_ref().unwrap_or(&self.token_embd);
+        for (kernel, shard) in head.iter().zip(&weights.shards) {
+            dispatches.push(kernel.bind(
+                gpu,
+                &shard.matrix,
+                &a.x,
+                Some(&self.output_norm),
+                &a.logits,
+                rows,
+            )?);
+        }
         Ok(Step {
             dispatches,
             n_tokens: n,

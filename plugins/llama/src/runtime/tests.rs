@@ -6,7 +6,7 @@ use crate::reference::ReferenceModel;
 use crate::sampler::argmax;
 use pio_gpu::testing::{gpu as test_gpu, max_abs_diff, max_rel_error};
 
-use crate::test_model::{smollm2, tiny_gemma3, tiny_llama, TinyConfig};
+use crate::test_model::{gemma3, smollm2, tiny_gemma3, tiny_llama, TinyConfig};
 
 /// Runs `prompt` (all positions) and then `decode_steps` greedy tokens through both models,
 /// printing and returning the worst absolute and relative logit errors.
@@ -255,5 +255,17 @@ fn real_model_matches_reference(file: &GgufFile, label: &str) {
     // "<|im_start|>user\nThe capital" and some arbitrary ids.
     let prompt = [1, 4093, 198, 504, 3575, 3223, 28, 1029, 8130, 49, 2];
     let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 4, label);
+    assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
+}
+
+#[test]
+#[ignore = "needs the Gemma 3 model: pio models fetch"]
+fn gemma3_matches_reference() {
+    let file = GgufFile::open(gemma3()).unwrap();
+    let mut reference = ReferenceModel::load(&file, 64).unwrap();
+    let mut model = GpuModel::new(test_gpu(), &file, 64, DEFAULT_MAX_BATCH).unwrap();
+    // "<bos>The capital of France is" and some arbitrary ids.
+    let prompt = [2, 818, 5279, 529, 7001, 563, 9079, 236761, 107, 1018, 40000];
+    let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 3, "Gemma 3");
     assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
 }
