@@ -71,7 +71,7 @@ impl Q4KM {
     /// llama.cpp's `use_more_bits`.
     fn more_bits(&self, layer: usize) -> bool {
         let n = self.layers;
-        layer < n / 8 || layer >= 7 * n / 8 || (layer >= n / 8 && (layer - n / 8) % 3 == 2)
+        layer < n / 8 || layer >= 7 * n / 8 || (layer - n / 8) % 3 == 2
     }
 
     /// The type of `info` in the mix.
@@ -87,9 +87,8 @@ impl Q4KM {
             .and_then(|rest| rest.split('.').next())
             .and_then(|n| n.parse::<usize>().ok());
         let more_bits = layer.is_some_and(|l| self.more_bits(l));
-        let wanted = if is_output {
-            TensorType::Q6_K
-        } else if (name.contains("attn_v.weight") || name.contains("ffn_down")) && more_bits {
+        let more_bits_role = name.contains("attn_v.weight") || name.contains("ffn_down");
+        let wanted = if is_output || (more_bits_role && more_bits) {
             TensorType::Q6_K
         } else {
             TensorType::Q4_K

@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn device_blocks_follow_the_layout_table() {
         let values: Vec<f32> = (0..512)
-            .map(|i| ((i * 7919 % 211) as f32 / 105.0 - 1.0))
+            .map(|i| (i * 7919 % 211) as f32 / 105.0 - 1.0)
             .collect();
         for dtype in [
             WeightDtype::Q4_0,

@@ -45,8 +45,11 @@ fn check_lengths(dtype: TensorType, n_bytes: usize, n_out: usize) -> Result<(usi
     Ok((block, type_size))
 }
 
+/// Decodes one block's bytes into its elements.
+type BlockDecoder = fn(&[u8], &mut [f32]);
+
 /// The block decoder of `dtype`, if this crate decodes it.
-fn block_decoder(dtype: TensorType) -> Option<fn(&[u8], &mut [f32])> {
+fn block_decoder(dtype: TensorType) -> Option<BlockDecoder> {
     Some(match dtype {
         TensorType::F32 => |b, o| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         TensorType::F16 => |b, o| o[0] = read_f16(b),
