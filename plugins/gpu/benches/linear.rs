@@ -34,10 +34,17 @@ fn main() {
     let gpu = gpu();
     let tile = RowTile::decode(gpu.adapter_info().device_type);
     println!("adapter: {}", gpu.adapter_info());
-    println!("{ROWS}x{COLS} matvec, tile {tile:?}, median of {SUBMITS} submissions of {PER_SUBMIT}");
-    println!("{:<6} {:>12} {:>14} {:>16}", "dtype", "µs/dispatch", "G weights/s", "device bits/w");
+    println!(
+        "{ROWS}x{COLS} matvec, tile {tile:?}, median of {SUBMITS} submissions of {PER_SUBMIT}"
+    );
+    println!(
+        "{:<6} {:>12} {:>14} {:>16}",
+        "dtype", "µs/dispatch", "G weights/s", "device bits/w"
+    );
     let mut rng = rng(1);
-    let x = gpu.storage_from("x", &random_f32(&mut rng, COLS, 1.0)).unwrap();
+    let x = gpu
+        .storage_from("x", &random_f32(&mut rng, COLS, 1.0))
+        .unwrap();
     let out = gpu.storage_zeroed("out", (ROWS * 4) as u64).unwrap();
     for dtype in dtypes {
         let raw = random_gguf(&mut rng, dtype, ROWS, COLS);

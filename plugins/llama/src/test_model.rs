@@ -211,15 +211,15 @@ fn writer_with_vocab(cfg: &TinyConfig, arch: &str, rope_base: f32, eps: f32) -> 
     let key = |name: &str| format!("{arch}.{name}");
     w.add_metadata("general.architecture", cfg.architecture)
         .add_metadata("general.name", format!("tiny-random-{arch}"))
-        .add_metadata(&key("block_count"), u(cfg.n_layer))
-        .add_metadata(&key("context_length"), u(cfg.context_length))
-        .add_metadata(&key("embedding_length"), u(cfg.n_embd))
-        .add_metadata(&key("feed_forward_length"), u(cfg.n_ff))
-        .add_metadata(&key("attention.head_count"), u(cfg.n_head))
-        .add_metadata(&key("attention.head_count_kv"), u(cfg.n_head_kv))
-        .add_metadata(&key("rope.freq_base"), MetadataValue::F32(rope_base))
+        .add_metadata(key("block_count"), u(cfg.n_layer))
+        .add_metadata(key("context_length"), u(cfg.context_length))
+        .add_metadata(key("embedding_length"), u(cfg.n_embd))
+        .add_metadata(key("feed_forward_length"), u(cfg.n_ff))
+        .add_metadata(key("attention.head_count"), u(cfg.n_head))
+        .add_metadata(key("attention.head_count_kv"), u(cfg.n_head_kv))
+        .add_metadata(key("rope.freq_base"), MetadataValue::F32(rope_base))
         .add_metadata(
-            &key("attention.layer_norm_rms_epsilon"),
+            key("attention.layer_norm_rms_epsilon"),
             MetadataValue::F32(eps),
         )
         .add_metadata("tokenizer.ggml.model", "gpt2")
@@ -244,7 +244,7 @@ fn writer_with_vocab(cfg: &TinyConfig, arch: &str, rope_base: f32, eps: f32) -> 
         .add_metadata("tokenizer.ggml.add_bos_token", MetadataValue::Bool(false))
         .add_metadata("tokenizer.chat_template", CHATML_TEMPLATE);
     if let Some(head_dim) = cfg.head_dim {
-        w.add_metadata(&key("attention.key_length"), u(head_dim));
+        w.add_metadata(key("attention.key_length"), u(head_dim));
     }
     w
 }
