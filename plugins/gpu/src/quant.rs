@@ -163,6 +163,12 @@ impl WeightDtype {
         cols / block * bytes
     }
 
+    /// Bytes one row of `cols` elements (a multiple of [`WeightDtype::block_elements`]) takes on
+    /// the device once repacked: how many rows fit a buffer.
+    pub fn device_row_bytes(self, cols: usize) -> u64 {
+        (cols / BLOCK_ELEMENTS) as u64 * u64::from(self.packed_block_words()) * 4
+    }
+
     /// 32-bit words one device block of 32 elements takes once repacked.
     pub(crate) fn packed_block_words(self) -> u32 {
         match self {

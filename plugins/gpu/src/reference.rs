@@ -83,9 +83,11 @@ pub fn kv_write(k: &[f32], v: &[f32], positions: &[u32], k_cache: &mut [f32], v_
 }
 
 /// Causal grouped-query attention: for token `t` (query `q[t]`, `[n_heads * head_dim]`) at
-/// position `positions[t]` and head `h`, softmax over cache positions `0..=positions[t]` of
-/// `q·k / sqrt(head_dim)` with kv head `h / (n_heads / n_kv_heads)`, applied to V. Caches are
+/// position `p = positions[t]` and head `h`, softmax over cache positions `0..=p` (with a
+/// `window` of `n`, only the last `n`: `p + 1 - n ..= p`) of `q·k / sqrt(head_dim)` with kv
+/// head `h / (n_heads / n_kv_heads)`, applied to V. Caches are
 /// `[positions][n_kv_heads * head_dim]`; out is `[T][n_heads * head_dim]`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
     positions: &[u32],
@@ -94,6 +96,7 @@ pub fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    window: Option<usize>,
 ) -> Vec<f32> {
     let kv_dim = n_kv_heads * head_dim;
     let group = n_heads / n_kv_heads;
@@ -102,7 +105,10 @@ pub fn attention(
     for (qt, &pos) in q.chunks_exact(n_heads * head_dim).zip(positions) {
         for (h, qh) in qt.chunks_exact(head_dim).enumerate() {
             let at = |j: usize| j * kv_dim + (h / group) * head_dim;
-            let scores: Vec<f64> = (0..=pos as usize)
+            let first = window.map_or(0, |n| (pos as usize + 1).saturating_sub(n));
+            let seen = first..=pos as usize;
+            let scores: Vec<f64> = seen
+                .clone()
                 .map(|j| {
                     let k = &k_cache[at(j)..at(j) + head_dim];
                     qh.iter()
@@ -116,9 +122,9 @@ pub fn attention(
             let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let total: f64 = weights.iter().sum();
             for i in 0..head_dim {
-                let value: f64 = weights
-                    .iter()
-                    .enumerate()
+                let value: f64 = seen
+                    .clone()
+                    .zip(&weights)
                     .map(|(j, w)| w * f64::from(v_cache[at(j) + i]))
                     .sum();
                 out.push((value / total) as f32);
@@ -135,6 +141,19 @@ pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
         .map(|(&g, &u)| {
             let g = f64::from(g);
             (g / (1.0 + (-g).exp()) * f64::from(u)) as f32
+        })
+        .collect()
+}
+
+/// `out[i] = gelu_tanh(gate[i]) * up[i]`, GELU's tanh approximation
+/// `g/2 · (1 + tanh(√(2/π) (g + 0.044715 g³)))`.
+pub fn gelu_tanh_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| {
+            let g = f64::from(g);
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g.powi(3));
+            (0.5 * g * (1.0 + inner.tanh()) * f64::from(u)) as f32
         })
         .collect()
 }

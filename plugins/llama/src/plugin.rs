@@ -29,6 +29,7 @@ use crate::batch::BatchSettings;
 use crate::bench::{bench_batched, bench_run, BenchConfig};
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::perplexity::Style;
 use crate::tokenizer::GgufTokenizer;
 
 impl From<Error> for PluginError {
@@ -190,7 +191,15 @@ impl Model for Engine {
                 let window = request["window"].as_u64().ok_or_else(|| {
                     PluginError::invalid_input("perplexity needs an integer field 'window'")
                 })? as usize;
-                let result = self.perplexity(text, window)?;
+                let style = match request.get("style") {
+                    None => Style::Plain,
+                    Some(name) => name.as_str().and_then(Style::from_name).ok_or_else(|| {
+                        PluginError::invalid_input(format!(
+                            "perplexity style {name} is not \"plain\" or \"llama.cpp\""
+                        ))
+                    })?,
+                };
+                let result = self.perplexity(text, window, style)?;
                 Ok(serde_json::json!({
                     "perplexity": result.perplexity,
                     "mean_nll": result.mean_nll,

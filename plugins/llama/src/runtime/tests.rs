@@ -6,7 +6,7 @@ use crate::reference::ReferenceModel;
 use crate::sampler::{argmax, SamplingParams};
 use pio_gpu::testing::{gpu as test_gpu, max_abs_diff, max_rel_error};
 
-use crate::test_model::{smollm2, tiny_llama, TinyConfig};
+use crate::test_model::{gemma3, smollm2, tiny_gemma3, tiny_llama, TinyConfig};
 
 /// Runs `prompt` (all positions) and then `decode_steps` greedy tokens through both models,
 /// printing and returning the worst absolute and relative logit errors.
@@ -129,6 +129,27 @@ fn per_layer_rope_bases_and_offset_norm_weights_match_reference() {
     );
 }
 
+/// Gemma 3's whole spec on the GPU — scaled embedding, q/k norms, sandwich norms, GeGLU,
+/// RoPE on halves with a local and a global base, a window of 4 on every layer but the sixth —
+/// against the reference: a prompt longer than the window and than one batch, then decoding.
+#[test]
+fn tiny_gemma3_matches_reference() {
+    for (max_batch, seed) in [(8, 1), (64, 5)] {
+        let cfg = TinyConfig {
+            seed,
+            ..TinyConfig::gemma3()
+        };
+        let file = tiny_gemma3(&cfg);
+        let mut reference = ReferenceModel::load(&file, 64).unwrap();
+        let mut model = GpuModel::new(test_gpu(), &file, 64, max_batch).unwrap();
+        assert_eq!(model.dispatches_per_layer(), 8);
+        let prompt: Vec<u32> = (0..21).map(|i| (i * 37 + 5) % 290).collect();
+        let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 6, "gemma3");
+        // As in `tiny_case`: the same weights on both sides, only f32 summation order differs.
+        assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
+    }
+}
+
 /// `n` tokens after `prompt`, each fed back to sample the next, as a sequence alone runs.
 fn continue_prompt(
     model: &mut dyn Forward,
@@ -230,5 +251,17 @@ fn real_model_matches_reference(file: &GgufFile, label: &str) {
     // "<|im_start|>user\nThe capital" and some arbitrary ids.
     let prompt = [1, 4093, 198, 504, 3575, 3223, 28, 1029, 8130, 49, 2];
     let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 4, label);
+    assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
+}
+
+#[test]
+#[ignore = "needs the Gemma 3 model: pio models fetch"]
+fn gemma3_matches_reference() {
+    let file = GgufFile::open(gemma3()).unwrap();
+    let mut reference = ReferenceModel::load(&file, 64).unwrap();
+    let mut model = GpuModel::new(test_gpu(), &file, 64, DEFAULT_MAX_BATCH).unwrap();
+    // "<bos>The capital of France is" and some arbitrary ids.
+    let prompt = [2, 818, 5279, 529, 7001, 563, 9079, 236761, 107, 1018, 40000];
+    let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 3, "Gemma 3");
     assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
 }
