@@ -145,7 +145,11 @@ fn broken_model_files_are_named_errors() {
         let model = models.join(format!("{case}.gguf"));
         std::fs::write(&model, bytes).unwrap();
         let folder = host.pack(&llama, case, json!({ "model": model }));
-        let err = host.manager.load_plugin_from_path(&folder).expect_err(case);
+        // The plugin reads its model when it is activated.
+        let err = host
+            .manager
+            .replace_from_path(&folder, &ActivateOptions::default())
+            .expect_err(case);
         let message = err.to_string();
         assert!(
             message.contains(&format!("{case}.gguf")),

@@ -19,7 +19,9 @@
 //!   driver handles stop strings (held back across token boundaries, never emitted),
 //!   `max_new_tokens`, the context limit, cancellation, timings and usage counts, and serves
 //!   `generate`, `chat` and batched sequences from it — so all three give the same tokens and
-//!   text for the same request by construction.
+//!   text for the same request by construction. A model that runs a sequence alone faster
+//!   than in a batch (its own cache, sampling on the device) overrides
+//!   [`open_alone`](TextModel::open_alone), which `generate` and `chat` open theirs with.
 //! - **Plain types.** Authors see [`Activation`], [`SequenceParams`] (with [`Sampling`]),
 //!   [`Message`], [`Next`], [`ModelStats`], [`Embeddings`]; the `abi_stable` types stay behind
 //!   [`TextPlugin`] and [`EmbeddingPlugin`].

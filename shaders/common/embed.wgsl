@@ -1,8 +1,13 @@
-// Embedding lookup: out[t][c] = W[ids[t]][c], dequantized, for t < params.count tokens.
-// One invocation per (chunk of 8 elements, token). Ids past the table are clamped to its last row.
+// Embedding lookup: out[t][c] = W[ids[t] - FIRST_ROW][c] * SCALE, dequantized, for
+// t < params.count tokens whose id is one of the table's rows FIRST_ROW .. FIRST_ROW + ROWS
+// (SCALE is 1 for Llama, sqrt(hidden) for Gemma). Other tokens are left alone: a vocabulary
+// too large for one buffer is split into row shards, one launch each.
+// One invocation per (chunk of 8 elements, token).
 // Requires: weights from quant.wgsl (binding 0), COLS a multiple of 32.
 
 override ROWS: u32;
+override FIRST_ROW: u32;
+override SCALE: f32;
 override WORKGROUP_SIZE: u32;
 
 struct Params {
@@ -22,10 +27,14 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     }
     let b = chunk / 4u;
     let c = chunk % 4u;
-    let row = min(ids[t], ROWS - 1u);
+    let token = ids[t];
+    if token < FIRST_ROW || token - FIRST_ROW >= ROWS {
+        return;
+    }
+    let row = token - FIRST_ROW;
     let base = block_base(row, b);
     let values = dequant_chunk(base, c, block_scale(base));
     let g = chunk_groups(c) + vec2<u32>(t * (COLS / 4u) + b * 8u);
-    out[g.x] = values.a;
-    out[g.y] = values.b;
+    out[g.x] = values.a * SCALE;
+    out[g.y] = values.b * SCALE;
 }

@@ -4,6 +4,10 @@
 // norm + LM head. One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens; see
 // row_group.wgsl.
 
+// out[t][r] is element t * OUT_STRIDE + OUT_OFFSET + r (OUT_STRIDE = ROWS, OUT_OFFSET = 0 for
+// rows back to back; a row shard of a larger matrix writes its part of each wider row).
+override OUT_STRIDE: u32;
+override OUT_OFFSET: u32;
 override ACCUMULATE: bool;
 override WORKGROUP_SIZE: u32;
 
@@ -23,7 +27,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         for (var r = 0u; r < ROW_GROUP; r++) {
             let row = g * ROW_GROUP + r;
             if tok < params.count && row < ROWS {
-                let i = tok * ROWS + row;
+                let i = tok * OUT_STRIDE + OUT_OFFSET + row;
                 var value = tile_value(tile, t, r);
                 if ACCUMULATE {
                     value += out[i];

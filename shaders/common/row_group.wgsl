@@ -49,14 +49,33 @@ struct Tile {
     hi: array<vec4<f32>, MAX_TOKENS>,
 }
 
-// Words of a block that hold one chunk of 8 elements.
-fn chunk_words() -> u32 {
-    switch DTYPE {
-        case DTYPE_F32: { return 8u; }
-        case DTYPE_F16: { return 4u; }
-        case DTYPE_Q8_0: { return 2u; }
-        default: { return 1u; }
+// The codes of chunk c of a nibble layout, for four rows, one per byte: of elements 4c..4c+4
+// from the low nibbles of `nibbles` (second: of 16+4c..16+4c+4 from the high nibbles), with
+// their bits 4 and up from the block's high words (qh in `high_a`; Q6_K: first and second high
+// word) moved in beside them. Spreading four bits at once and reading whole bytes afterwards
+// costs a few operations per chunk instead of a shift and mask per element.
+fn chunk_codes(nibbles: vec4<u32>, high_a: vec4<u32>, high_b: vec4<u32>, c: u32, second: bool) -> vec4<u32> {
+    var codes = (nibbles >> vec4<u32>(select(0u, 4u, second))) & vec4<u32>(0x0f0f0f0fu);
+    if DTYPE == DTYPE_Q5_0 || DTYPE == DTYPE_Q5_1 {
+        // Bit i of the 4 bits moves to bit 8i: b * (1 + 2^7 + 2^14 + 2^21) places copy i of
+        // bit i at 8i, and no two copies overlap.
+        let bits = (high_a >> vec4<u32>(4u * c + select(0u, 16u, second))) & vec4<u32>(15u);
+        codes |= ((bits * vec4<u32>(0x204081u)) & vec4<u32>(0x01010101u)) << vec4<u32>(4u);
     }
+    if DTYPE == DTYPE_Q6_K {
+        // The 2-bit field i (bits 2i, 2i+1) moves to bits 8i+4, 8i+5.
+        let h = (select(high_a, high_b, second) >> vec4<u32>(8u * c)) & vec4<u32>(0xffu);
+        let spread = (h & vec4<u32>(0x3u)) | ((h & vec4<u32>(0xcu)) << vec4<u32>(6u))
+            | ((h & vec4<u32>(0x30u)) << vec4<u32>(12u)) | ((h & vec4<u32>(0xc0u)) << vec4<u32>(18u));
+        codes |= spread << vec4<u32>(4u);
+    }
+    return codes;
+}
+
+// Words of a block that hold one chunk of 8 elements (F16, Q8_0; F32 and the nibble layouts
+// read theirs in their own paths).
+fn chunk_words() -> u32 {
+    return select(2u, 4u, DTYPE == DTYPE_F16);
 }
 
 // First word of chunk c (0..4) of a block.
@@ -65,49 +84,41 @@ fn chunk_first_word(c: u32) -> u32 {
         case DTYPE_F32: { return 8u * c; }
         case DTYPE_F16: { return 4u * c; }
         case DTYPE_Q8_0: { return 1u + 2u * c; }
-        case DTYPE_Q4_0: { return 1u + c; }
-        default: { return 2u + c; }
+        default: { return header_words() + c; }
     }
 }
 
-// Index (within the chunk's words) of the word holding element j of a chunk.
+// Index (within the chunk's words) of the word holding element j of a chunk (F16, Q8_0).
 fn element_word(j: u32) -> u32 {
-    switch DTYPE {
-        case DTYPE_F32: { return j; }
-        case DTYPE_F16: { return j / 2u; }
-        case DTYPE_Q8_0: { return j / 4u; }
-        default: { return 0u; }
+    if DTYPE == DTYPE_F16 {
+        return j / 2u;
     }
+    return j / 4u;
 }
 
-// Element j of a chunk for four rows, from the word holding it for those rows, before scaling.
+// Element j of a chunk for four rows, from the word holding it for those rows, before scaling
+// (F16, Q8_0).
 fn element_raw(word: vec4<u32>, j: u32) -> vec4<f32> {
-    switch DTYPE {
-        case DTYPE_F32: { return bitcast<vec4<f32>>(word); }
-        case DTYPE_F16: {
-            let h = (word >> vec4<u32>(16u * (j % 2u))) & vec4<u32>(0xffffu);
-            return vec4<f32>(
-                unpack2x16float(h.x).x, unpack2x16float(h.y).x,
-                unpack2x16float(h.z).x, unpack2x16float(h.w).x,
-            );
-        }
-        case DTYPE_Q8_0: {
-            let shifted = bitcast<vec4<i32>>(word << vec4<u32>(24u - 8u * (j % 4u)));
-            return vec4<f32>(shifted >> vec4<u32>(24u));
-        }
-        default: {
-            let shift = select(8u * (j - 4u) + 4u, 8u * j, j < 4u);
-            return vec4<f32>((word >> vec4<u32>(shift)) & vec4<u32>(15u));
-        }
+    if DTYPE == DTYPE_F16 {
+        let h = (word >> vec4<u32>(16u * (j % 2u))) & vec4<u32>(0xffffu);
+        return vec4<f32>(
+            unpack2x16float(h.x).x, unpack2x16float(h.y).x,
+            unpack2x16float(h.z).x, unpack2x16float(h.w).x,
+        );
     }
+    let shifted = bitcast<vec4<i32>>(word << vec4<u32>(24u - 8u * (j % 4u)));
+    return vec4<f32>(shifted >> vec4<u32>(24u));
 }
 
-// Dequantizes raw values with the block's scale d and minimum m (per row).
-fn dequantize(raw: vec4<f32>, d: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
+// Dequantizes raw values of element j of a chunk with the block's scale d and minimum m (per
+// row; Q6_K: the scales of the block's elements 0-15 and 16-31).
+fn dequantize(raw: vec4<f32>, d: vec4<f32>, m: vec4<f32>, j: u32) -> vec4<f32> {
     switch DTYPE {
         case DTYPE_Q4_0: { return (raw - 8.0) * d; }
-        case DTYPE_Q4_1: { return raw * d + m; }
+        case DTYPE_Q5_0: { return (raw - 16.0) * d; }
+        case DTYPE_Q4_1, DTYPE_Q5_1: { return raw * d + m; }
         case DTYPE_Q8_0: { return raw * d; }
+        case DTYPE_Q6_K: { return (raw - 32.0) * select(m, d, j < 4u); }
         default: { return raw; }
     }
 }
@@ -141,13 +152,27 @@ fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
         var d_hi = vec4<f32>(1.0);
         var m_lo = vec4<f32>(0.0);
         var m_hi = vec4<f32>(0.0);
-        if DTYPE >= DTYPE_Q4_0 {
+        if DTYPE != DTYPE_F32 && DTYPE != DTYPE_F16 {
             d_lo = bitcast<vec4<f32>>(weights[word_vec(g, b, 0u)]);
             d_hi = bitcast<vec4<f32>>(weights[word_vec(g, b, 0u) + 1u]);
         }
-        if DTYPE == DTYPE_Q4_1 {
+        if has_second_scale() {
             m_lo = bitcast<vec4<f32>>(weights[word_vec(g, b, 1u)]);
             m_hi = bitcast<vec4<f32>>(weights[word_vec(g, b, 1u) + 1u]);
+        }
+        // The block's high-bit words (qh; Q6_K's two), loaded once for its four chunks.
+        var high_a_lo = vec4<u32>(0u);
+        var high_a_hi = vec4<u32>(0u);
+        var high_b_lo = vec4<u32>(0u);
+        var high_b_hi = vec4<u32>(0u);
+        if has_high_bits() {
+            let at = word_vec(g, b, header_words() + 4u);
+            high_a_lo = weights[at];
+            high_a_hi = weights[at + 1u];
+            if DTYPE == DTYPE_Q6_K {
+                high_b_lo = weights[at + 2u];
+                high_b_hi = weights[at + 3u];
+            }
         }
         for (var c = 0u; c < 4u; c++) {
             let groups = chunk_groups(c) + vec2<u32>(b * 8u);
@@ -183,6 +208,39 @@ fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
                 }
                 continue;
             }
+            if is_nibbles() {
+                // Elements 0-3 (a) and 4-7 (b) of the chunk, rows 0-3 and 4-7, held in
+                // variables (llvmpipe keeps arrays indexed at run time in memory): the 4-bit
+                // layouts read both from the nibble word, the others from their codes.
+                let n_lo = weights[first];
+                let n_hi = weights[first + 1u];
+                var a_lo = n_lo;
+                var b_lo = n_lo;
+                var a_hi = n_hi;
+                var b_hi = n_hi;
+                if has_high_bits() {
+                    a_lo = chunk_codes(n_lo, high_a_lo, high_b_lo, c, false);
+                    b_lo = chunk_codes(n_lo, high_a_lo, high_b_lo, c, true);
+                    a_hi = chunk_codes(n_hi, high_a_hi, high_b_hi, c, false);
+                    b_hi = chunk_codes(n_hi, high_a_hi, high_b_hi, c, true);
+                }
+                let mask = vec4<u32>(select(15u, 0xffu, has_high_bits()));
+                for (var j = 0u; j < 8u; j++) {
+                    // A 4-bit layout's elements 4-7 are the high nibbles.
+                    let high_nibble = j >= 4u && !has_high_bits();
+                    let shift = vec4<u32>(8u * (j % 4u) + select(0u, 4u, high_nibble));
+                    let q_lo = vec4<f32>((select(b_lo, a_lo, j < 4u) >> shift) & mask);
+                    let q_hi = vec4<f32>((select(b_hi, a_hi, j < 4u) >> shift) & mask);
+                    let v_lo = dequantize(q_lo, d_lo, m_lo, j);
+                    let v_hi = dequantize(q_hi, d_hi, m_hi, j);
+                    for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+                        let xv = pick(xa[t], xb[t], j);
+                        tile.lo[t] += v_lo * xv;
+                        tile.hi[t] += v_hi * xv;
+                    }
+                }
+                continue;
+            }
             var w_lo: array<vec4<u32>, 8>;
             var w_hi: array<vec4<u32>, 8>;
             for (var i = 0u; i < chunk_words(); i++) {
@@ -191,8 +249,8 @@ fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
             }
             for (var j = 0u; j < 8u; j++) {
                 let k = element_word(j);
-                let v_lo = dequantize(element_raw(w_lo[k], j), d_lo, m_lo);
-                let v_hi = dequantize(element_raw(w_hi[k], j), d_hi, m_hi);
+                let v_lo = dequantize(element_raw(w_lo[k], j), d_lo, m_lo, j);
+                let v_hi = dequantize(element_raw(w_hi[k], j), d_hi, m_hi, j);
                 for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
                     let xv = pick(xa[t], xb[t], j);
                     tile.lo[t] += v_lo * xv;

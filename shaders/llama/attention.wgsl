@@ -3,6 +3,8 @@
 // one cache can hold several sequences side by side), and query head h (kv head
 // h / (N_HEADS / N_KV_HEADS)):
 //   out[t][h] = sum_{j <= p} softmax_j(q[t][h] . K[r - p + j][kv] * SCALE) V[r - p + j][kv]
+// over every earlier position, or with WINDOW > 0 only the last WINDOW (p - WINDOW < j <= p:
+// sliding-window attention).
 // One invocation per (head, token), barrier-free, with an online softmax (running maximum
 // subtracted before exp, earlier terms rescaled when it grows), so every K and V row is read once.
 // q rows are read through stride/offset (multiples of 4); caches are [rows][KV_DIM];
@@ -16,6 +18,8 @@ override N_KV_HEADS: u32;
 override Q_STRIDE: u32;
 override Q_OFFSET: u32;
 override SCALE: f32;
+// Positions a token attends to, its own included; 0: all.
+override WINDOW: u32;
 override WORKGROUP_SIZE: u32;
 
 struct Params {
@@ -52,7 +56,11 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     var total = 0.0;
     // Rows past the cache are clamped to it (the model never asks for them).
     let last = min(cache_rows[t], arrayLength(&k_cache) / kv_row - 1u);
-    let first = last - min(positions[t], last);
+    var span = min(positions[t], last);
+    if WINDOW > 0u {
+        span = min(span, WINDOW - 1u);
+    }
+    let first = last - span;
     for (var j = first; j <= last; j++) {
         let base = j * kv_row + kv_head * d4;
         var score = 0.0;

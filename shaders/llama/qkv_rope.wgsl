@@ -2,7 +2,8 @@
 // with cache row r = cache_rows[t] (r = p for a cache holding one sequence),
 //   [q; k; v] = Wqkv rmsnorm(x[t])          (one matrix: Q_ROWS + 2 * KV_ROWS rows)
 //   q, k rotated by RoPE (GGML "normal" mode: adjacent pairs (2i, 2i+1) within each head by
-//        theta_i = p * base^(-2i/HEAD_DIM), cos/sin from the host-computed table)
+//        theta_i = p * base^(-2i/HEAD_DIM), cos/sin from the host-computed table), unless ROPE
+//        is off (a per-head norm comes first: qk_norm_rope.wgsl rotates after it)
 //   q_out[t] = q;  k_cache[r] = k;  v_cache[r] = v
 // A token whose position is past the RoPE table or whose row is past the cache writes nothing.
 // One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens, see row_group.wgsl.
@@ -12,6 +13,7 @@
 override Q_ROWS: u32;
 override KV_ROWS: u32;
 override HEAD_DIM: u32;
+override ROPE: bool;
 override WORKGROUP_SIZE: u32;
 
 @group(0) @binding(3) var<storage, read> positions: array<u32>;
@@ -25,6 +27,9 @@ override WORKGROUP_SIZE: u32;
 
 // Rotates the pairs (v.x, v.y) and (v.z, v.w) by the angles of pairs i and i + 1.
 fn rotate(v: vec4<f32>, pos: u32, i: u32) -> vec4<f32> {
+    if !ROPE {
+        return v;
+    }
     let half_dim = HEAD_DIM / 2u;
     let a = rope_table[pos * half_dim + i];
     let b = rope_table[pos * half_dim + i + 1u];

@@ -44,12 +44,19 @@ enum Command {
     Chat(text::ChatArgs),
     /// Compute a model's perplexity on a text file, printed as `PPL = <number>`.
     ///
-    /// The text is tokenized once and cut into consecutive, non-overlapping windows (the last
-    /// may be shorter), each evaluated on its own from an empty cache. Without BOS, a window is
+    /// The text is tokenized once and cut into consecutive, non-overlapping windows, each
+    /// evaluated on its own from an empty cache. A token's score is the log-probability the
+    /// model gives it from the tokens before it in its window; PPL = exp(-mean log-probability
+    /// of the scored tokens).
+    ///
+    /// `--style plain` (the default): the last window may be shorter. Without BOS, a window is
     /// `--ctx` tokens and every token but its first is scored; if the model adds BOS, a window
-    /// is BOS + `--ctx`-1 text tokens and every text token is scored. A token's score is the
-    /// log-probability the model gives it from the tokens before it in its window.
-    /// PPL = exp(-mean log-probability of the scored tokens).
+    /// is BOS + `--ctx`-1 text tokens and every text token is scored.
+    ///
+    /// `--style llama.cpp`: llama.cpp's `llama-perplexity`. The text is tokenized with BOS (if
+    /// the model adds one) and cut into whole windows of `--ctx` tokens (at least two; the rest
+    /// is dropped), each window's first token replaced by BOS, and only the second half of each
+    /// window is scored — comparable with the numbers llama.cpp users publish.
     Perplexity(text::PerplexityArgs),
     /// Benchmark a text-generation plugin (default: llama with SmolLM2): load time, prefill
     /// and decode tokens/s, time to first token, dispatches per token, peak RSS.

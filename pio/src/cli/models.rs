@@ -13,13 +13,13 @@ pub fn list() -> anyhow::Result<ExitCode> {
         .map(|m| {
             vec![
                 m.id.to_owned(),
-                m.package.to_owned(),
+                m.package_list(),
                 if m.is_present() { "yes" } else { "no" }.to_owned(),
                 m.path().display().to_string(),
             ]
         })
         .collect();
-    print_table(&["ID", "PACKAGE", "CACHED", "PATH"], &rows);
+    print_table(&["ID", "PACKAGES", "CACHED", "PATH"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -116,11 +116,34 @@ pub struct PerplexityArgs {
     /// Window length in tokens.
     #[arg(long = "ctx", default_value_t = 512)]
     window: u32,
+    /// How windows are formed and scored: `plain` or `llama.cpp` (see the command's help).
+    #[arg(long, value_enum, default_value_t = PerplexityStyle::Plain)]
+    style: PerplexityStyle,
     /// Model file passed to the plugin (default for `llama`: SmolLM2-135M-Instruct Q4_1).
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     #[command(flatten)]
     dirs: PluginDirs,
+}
+
+/// `pio perplexity --style`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PerplexityStyle {
+    /// Every token scored once.
+    Plain,
+    /// llama.cpp's `llama-perplexity`: the second half of each window scored.
+    #[value(name = "llama.cpp")]
+    LlamaCpp,
+}
+
+impl PerplexityStyle {
+    /// The name the plugin's `perplexity` op takes.
+    fn name(self) -> &'static str {
+        match self {
+            PerplexityStyle::Plain => "plain",
+            PerplexityStyle::LlamaCpp => "llama.cpp",
+        }
+    }
 }
 
 /// Loads the plugins with `plugin` configured for `model`, and activates `plugin`.
@@ -306,7 +329,7 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `pio perplexity [PLUGIN] --file F --ctx N`: prints `PPL = <number>`.
+/// `pio perplexity [PLUGIN] --file F --ctx N [--style S]`: prints `PPL = <number>`.
 pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
@@ -318,7 +341,12 @@ pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<ExitCode> {
         Some(args.window),
         &args.dirs,
     )?;
-    let request = serde_json::json!({ "op": "perplexity", "text": text, "window": args.window });
+    let request = serde_json::json!({
+        "op": "perplexity",
+        "text": text,
+        "window": args.window,
+        "style": args.style.name(),
+    });
     let result = manager.execute(&id, &request)?.response;
     let ppl = result["perplexity"]
         .as_f64()

@@ -4,18 +4,22 @@
 //! table, and hands out [`TensorView`]s that borrow tensor bytes straight
 //! from the map. Every count, offset and size is validated against the file
 //! length, so corrupt input gives a [`GgufError`] naming the file, never a
-//! panic. [`dequantize`] decodes F32/F16/BF16/Q4_0/Q4_1/Q8_0 data, and
-//! [`GgufWriter`] builds valid v3 files (with GGML-exact quantizers) for tests.
+//! panic. [`dequantize`] decodes F32/F16/BF16, the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0) and the K-quants (Q4_K, Q5_K, Q6_K; [`SuperBlock`] is their decoded form), bit-exact
+//! with GGML; [`GgufWriter`] builds valid v3 files, quantizing with GGML's reference quantizers
+//! (simplified for the K-quants), for tests and requantized models.
 
 mod error;
 mod quant;
 mod reader;
+pub mod requantize;
 mod tensor;
 mod value;
 pub mod writer;
 
 pub use error::{GgufError, Result};
-pub use quant::dequantize;
+pub use quant::kquant::{SuperBlock, QK_K};
+pub use quant::{can_dequantize, dequantize};
 pub use reader::{GgufFile, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC};
 pub use tensor::{TensorInfo, TensorType, TensorView};
 pub use value::{MetadataValue, ValueType};

@@ -22,9 +22,11 @@ use crate::reader::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 use crate::tensor::{TensorInfo, TensorType};
 use crate::value::MetadataValue;
 
-pub use crate::quant::{
-    encode_bf16, encode_f16, encode_f32, quantize, quantize_q4_0, quantize_q4_1, quantize_q8_0,
+pub use crate::quant::block32::{
+    quantize_q4_0, quantize_q4_1, quantize_q5_0, quantize_q5_1, quantize_q8_0,
 };
+pub use crate::quant::kquant::{quantize_q4_k, quantize_q5_k, quantize_q6_k};
+pub use crate::quant::{encode_bf16, encode_f16, encode_f32, quantize};
 
 /// The GGUF version this writer produces.
 pub const WRITE_VERSION: u32 = 3;
@@ -108,7 +110,7 @@ impl GgufWriter {
     }
 
     /// Adds a tensor given as `f32` values, encoding or quantizing them to
-    /// `dtype` (F32, F16, BF16, Q4_0, Q4_1 or Q8_0).
+    /// `dtype` (every type [`quantize`] writes).
     pub fn add_f32_tensor(
         &mut self,
         name: impl Into<String>,

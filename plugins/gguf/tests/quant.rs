@@ -4,7 +4,7 @@ use half::f16;
 use pio_gguf::writer::{
     encode_bf16, encode_f16, quantize, quantize_q4_0, quantize_q4_1, quantize_q8_0,
 };
-use pio_gguf::{dequantize, GgufError, TensorType};
+use pio_gguf::{dequantize, GgufError, SuperBlock, TensorType, QK_K};
 
 fn decode(dtype: TensorType, bytes: &[u8], n: usize) -> Vec<f32> {
     let mut out = vec![0.0; n];
@@ -176,14 +176,118 @@ fn length_and_type_errors() {
         Err(GgufError::BadLength { .. })
     ));
     assert!(matches!(
-        quantize(TensorType::Q6_K, &[0.0; 256]),
-        Err(GgufError::UnsupportedType(TensorType::Q6_K))
+        quantize(TensorType::IQ2_XXS, &[0.0; 256]),
+        Err(GgufError::UnsupportedType(TensorType::IQ2_XXS))
     ));
     let mut out = [0.0; 32];
     let err = dequantize(TensorType::Q4_0, &[0u8; 17], &mut out).unwrap_err();
     assert!(err.to_string().contains("need 18 bytes, got 17"), "{err}");
     let mut out = [0.0; 31];
     assert!(dequantize(TensorType::Q4_0, &[0u8; 18], &mut out).is_err());
+    let err = quantize(TensorType::Q4_K, &[0.0; 288]).unwrap_err();
+    assert!(err.to_string().contains("block size 256"), "{err}");
     let err = dequantize(TensorType::Other(77), &[], &mut []).unwrap_err();
     assert!(err.to_string().contains("77"), "{err}");
+}
+
+/// Half an f16 ulp at `v`: the error of storing a scale `v` as f16 (absolute 2^-25 in the
+/// subnormal range, where small weights put GGML's super-block scales).
+fn f16_error(v: f32) -> f32 {
+    (v.abs() * 2f32.powi(-11)).max(2f32.powi(-25))
+}
+
+/// The K-quant quantizers, against the scales they stored: every element decodes to the code
+/// nearest to it on its sub-block's grid `scale · q − min` (within half a step), unless it lies
+/// beyond the grid's end, where it takes the end code. And the whole error stays within what
+/// quantizing the sub-block scales costs: half a step, plus for Q4_K/Q5_K the grid falling
+/// short of the range by at most `nmax · d / 2` (the 6-bit scale rounded down) and the
+/// minimum by `dmin / 2`; for Q6_K the 8-bit scale rounded by `d / 2` over 32 steps, and a
+/// whole step at the clamped +31 end; plus the f16 rounding of `d` and `dmin` times the
+/// largest sub-block scale (63, 128) and code.
+#[test]
+fn k_quants_pick_the_nearest_code_of_their_stored_scales() {
+    for (dtype, nmax) in [
+        (TensorType::Q4_K, 15),
+        (TensorType::Q5_K, 31),
+        (TensorType::Q6_K, 31),
+    ] {
+        for seed in 0..12u64 {
+            let scale = [1e-3, 0.1, 1.0, 30.0][seed as usize % 4];
+            let mut x = values(QK_K * 4, seed, scale);
+            // A sub-block with a much smaller range, an all-positive and a zero one.
+            x[64..96].iter_mut().for_each(|v| *v *= 1e-3);
+            x[96..128].iter_mut().for_each(|v| *v = v.abs() + scale);
+            x[128..160].fill(0.0);
+            let bytes = quantize(dtype, &x).unwrap();
+            let block_bytes = dtype.type_size().unwrap() as usize;
+            let out = decode(dtype, &bytes, x.len());
+            for ((xb, ob), raw) in x
+                .chunks(QK_K)
+                .zip(out.chunks(QK_K))
+                .zip(bytes.chunks(block_bytes))
+            {
+                let sb = SuperBlock::unpack(dtype, raw).unwrap();
+                let (d, dmin) = if dtype == TensorType::Q6_K {
+                    (f16::from_le_bytes([raw[208], raw[209]]).to_f32(), 0.0)
+                } else {
+                    (
+                        f16::from_le_bytes([raw[0], raw[1]]).to_f32(),
+                        f16::from_le_bytes([raw[2], raw[3]]).to_f32(),
+                    )
+                };
+                for (i, (&a, &b)) in xb.iter().zip(ob).enumerate() {
+                    let s = i / sb.sub_block;
+                    let (step, min) = (sb.scales[s].abs(), sb.mins[s]);
+                    assert_eq!(b, sb.value(i));
+                    let (lo, hi) = if dtype == TensorType::Q6_K {
+                        let ends = [-32.0 * sb.scales[s], 31.0 * sb.scales[s]];
+                        (ends[0].min(ends[1]), ends[0].max(ends[1]))
+                    } else {
+                        (-min, step * nmax as f32 - min)
+                    };
+                    let nearest = if a < lo {
+                        b == lo
+                    } else if a > hi {
+                        b == hi
+                    } else {
+                        (a - b).abs() <= step / 2.0 * 1.0001 + 1e-30
+                    };
+                    assert!(nearest, "{dtype} seed {seed} #{i}: {a} → {b}, step {step}");
+                    let bound = if dtype == TensorType::Q6_K {
+                        step + 16.0 * d.abs() + 32.0 * 128.0 * f16_error(d)
+                    } else {
+                        step / 2.0
+                            + (nmax as f32 * d + dmin) / 2.0
+                            + 63.0 * (nmax as f32 * f16_error(d) + f16_error(dmin))
+                    };
+                    assert!(
+                        (a - b).abs() <= bound * 1.001 + 1e-6 * scale,
+                        "{dtype} seed {seed} #{i}: {a} → {b}, bound {bound}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q5_layouts_put_bit_4_in_qh() {
+    // Q5_0: d = 0.5, qh has bits 0 and 31 set; nibbles j | (15 - j) << 4.
+    let mut block = f16::from_f32(0.5).to_le_bytes().to_vec();
+    block.extend((1u32 | 1 << 31).to_le_bytes());
+    block.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+    let out = decode(TensorType::Q5_0, &block, 32);
+    assert_eq!(out[0], (16.0 - 16.0) * 0.5);
+    assert_eq!(out[1], (1.0 - 16.0) * 0.5);
+    assert_eq!(out[16], (15.0 - 16.0) * 0.5);
+    assert_eq!(out[31], (16.0 + 0.0 - 16.0) * 0.5);
+    // Q5_1 adds the minimum.
+    let mut block = f16::from_f32(0.25).to_le_bytes().to_vec();
+    block.extend(f16::from_f32(-2.0).to_le_bytes());
+    block.extend((1u32 << 5).to_le_bytes());
+    block.extend([0x21u8; 16]);
+    let out = decode(TensorType::Q5_1, &block, 32);
+    assert_eq!(out[0], 1.0 * 0.25 - 2.0);
+    assert_eq!(out[5], 17.0 * 0.25 - 2.0);
+    assert_eq!(out[16], 2.0 * 0.25 - 2.0);
 }

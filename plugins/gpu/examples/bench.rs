@@ -97,6 +97,7 @@ fn attention(gpu: &Gpu, position: u32) {
         n_kv_heads,
         head_dim,
         q: RowLayout::contiguous(n_heads * head_dim),
+        window: None,
     };
     let kernel = Attention::new(gpu, config).expect("pipeline");
     let layer = cache.layer(0).expect("layer");

@@ -35,13 +35,15 @@ pub use buffer::GpuBuffer;
 pub use device::{list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu};
 pub use dispatch::{require_len, Dispatch};
 pub use error::{GpuError, Result};
-pub use kernels::attention::{Attention, AttentionConfig};
-pub use kernels::embed::Embed;
+pub use kernels::attention::{Attention, AttentionConfig, MAX_HEAD_DIM};
+pub use kernels::embed::{Embed, EmbedTable};
 pub use kernels::kv_cache::{KvCache, KvLayer};
 pub use kernels::linear::{
     Epilogue, EpilogueParams, Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, TokenRange,
     MAX_LAYER_NORM_ROWS, MAX_TILE_TOKENS,
 };
+pub use kernels::qk_norm_rope::{QkNormRope, QkNormRopeConfig};
+pub use kernels::residual_norm::ResidualRmsNorm;
 pub use kernels::rope::RopeTable;
 pub use kernels::sample::{DeviceSampler, SampleSettings, MAX_PENALTY_TOKENS};
 pub use layout::RowLayout;

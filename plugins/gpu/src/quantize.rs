@@ -1,39 +1,51 @@
 //! f32 values into GGML's block layouts: how weights that come as f32 (safetensors models) are
 //! stored in a compressed [`WeightDtype`] before [`QuantMatrix::upload`](crate::QuantMatrix).
 //!
-//! The block formulas are llama.cpp's reference quantizers, with one difference: the values are
-//! quantized against the scale (and minimum) *as stored*, rounded to f16, rather than against
-//! the unrounded f32 scale, so the stored codes are the nearest to the values for the scale the
-//! kernels actually multiply by.
+//! For F16, Q4_0, Q4_1 and Q8_0 the block formulas are llama.cpp's reference quantizers, with one
+//! difference: the values are quantized against the scale (and minimum) *as stored*, rounded to
+//! f16, rather than against the unrounded f32 scale, so the stored codes are the nearest to the
+//! values for the scale the kernels actually multiply by. The 5-bit formats and the K-quants
+//! are quantized by `pio-gguf` (GGML's reference quantizers; simplified scale search for the
+//! K-quants).
 
 use half::f16;
 
 use crate::error::{GpuError, Result};
 use crate::quant::{WeightDtype, BLOCK_ELEMENTS};
 
-/// `values` (a whole number of 32-element blocks, e.g. a row-major matrix whose rows are a
-/// multiple of 32 wide) as GGUF tensor bytes in `dtype`.
+/// `values` (a whole number of `dtype`'s blocks, e.g. a row-major matrix whose rows are a
+/// multiple of [`WeightDtype::block_elements`] wide) as GGUF tensor bytes in `dtype`.
 pub fn quantize(dtype: WeightDtype, values: &[f32]) -> Result<Vec<u8>> {
-    if values.len() % BLOCK_ELEMENTS != 0 {
+    let block = dtype.block_elements();
+    if values.len() % block != 0 {
         return Err(GpuError::shape(
             "quantize",
             format!(
-                "{} values is not a whole number of {BLOCK_ELEMENTS}-element blocks",
+                "{} values is not a whole number of {block}-element {dtype:?} blocks",
                 values.len()
             ),
         ));
     }
-    let mut out = Vec::with_capacity(values.len() / BLOCK_ELEMENTS * dtype.gguf_row_bytes(32));
-    for block in values.chunks_exact(BLOCK_ELEMENTS) {
-        match dtype {
-            WeightDtype::F32 => out.extend(block.iter().flat_map(|v| v.to_le_bytes())),
-            WeightDtype::F16 => {
-                out.extend(block.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()));
-            }
-            WeightDtype::Q4_0 => quantize_q4_0(block, &mut out),
-            WeightDtype::Q4_1 => quantize_q4_1(block, &mut out),
-            WeightDtype::Q8_0 => quantize_q8_0(block, &mut out),
+    let quantize_block: fn(&[f32], &mut Vec<u8>) = match dtype {
+        WeightDtype::F32 => |block, out| out.extend(block.iter().flat_map(|v| v.to_le_bytes())),
+        WeightDtype::F16 => {
+            |block, out| out.extend(block.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()))
         }
+        WeightDtype::Q4_0 => quantize_q4_0,
+        WeightDtype::Q4_1 => quantize_q4_1,
+        WeightDtype::Q8_0 => quantize_q8_0,
+        WeightDtype::Q5_0
+        | WeightDtype::Q5_1
+        | WeightDtype::Q4_K
+        | WeightDtype::Q5_K
+        | WeightDtype::Q6_K => {
+            return pio_gguf::writer::quantize(dtype.gguf_type(), values)
+                .map_err(|error| GpuError::shape("quantize", error.to_string()))
+        }
+    };
+    let mut out = Vec::with_capacity(values.len() / block * dtype.gguf_row_bytes(block));
+    for block in values.chunks_exact(BLOCK_ELEMENTS) {
+        quantize_block(block, &mut out);
     }
     Ok(out)
 }

@@ -1,48 +1,18 @@
 //! Plain CPU implementations of every kernel, written for obviousness rather than speed, with
 //! f64 accumulation. Activations are contiguous row-major `[T][width]` f32 slices.
 
-use half::f16;
+use crate::quant::{check_gguf_shape, WeightDtype};
 
-use crate::quant::{check_gguf_shape, WeightDtype, BLOCK_ELEMENTS};
-
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
-}
-
-/// Dequantizes a `rows` × `cols` matrix from raw GGUF bytes into row-major f32.
+/// Dequantizes a `rows` × `cols` matrix from raw GGUF bytes into row-major f32, with
+/// `pio-gguf`'s dequantizer (GGML's arithmetic, checked bit for bit against the `gguf` Python
+/// package on real blocks).
 ///
 /// # Panics
 /// If `raw` does not have the size of such a matrix.
 pub fn dequantize(dtype: WeightDtype, rows: usize, cols: usize, raw: &[u8]) -> Vec<f32> {
     check_gguf_shape("reference dequantize", dtype, rows, cols, raw.len()).expect("matrix shape");
-    let block_bytes = dtype.gguf_row_bytes(BLOCK_ELEMENTS);
-    let mut out = Vec::with_capacity(rows * cols);
-    for block in raw.chunks_exact(block_bytes) {
-        match dtype {
-            WeightDtype::F32 => out.extend(
-                block
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
-            ),
-            WeightDtype::F16 => out.extend((0..32).map(|i| f16_at(block, 2 * i))),
-            WeightDtype::Q4_0 => {
-                let d = f16_at(block, 0);
-                let qs = &block[2..18];
-                out.extend(qs.iter().map(|&q| (f32::from(q & 15) - 8.0) * d));
-                out.extend(qs.iter().map(|&q| (f32::from(q >> 4) - 8.0) * d));
-            }
-            WeightDtype::Q4_1 => {
-                let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-                let qs = &block[4..20];
-                out.extend(qs.iter().map(|&q| f32::from(q & 15) * d + m));
-                out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
-            }
-            WeightDtype::Q8_0 => {
-                let d = f16_at(block, 0);
-                out.extend(block[2..34].iter().map(|&q| f32::from(q as i8) * d));
-            }
-        }
-    }
+    let mut out = vec![0.0; rows * cols];
+    pio_gguf::dequantize(dtype.gguf_type(), raw, &mut out).expect("a GGUF type pio-gguf decodes");
     out
 }
 
@@ -113,9 +83,11 @@ pub fn kv_write(k: &[f32], v: &[f32], positions: &[u32], k_cache: &mut [f32], v_
 }
 
 /// Causal grouped-query attention: for token `t` (query `q[t]`, `[n_heads * head_dim]`) at
-/// position `positions[t]` and head `h`, softmax over cache positions `0..=positions[t]` of
-/// `q·k / sqrt(head_dim)` with kv head `h / (n_heads / n_kv_heads)`, applied to V. Caches are
+/// position `p = positions[t]` and head `h`, softmax over cache positions `0..=p` (with a
+/// `window` of `n`, only the last `n`: `p + 1 - n ..= p`) of `q·k / sqrt(head_dim)` with kv
+/// head `h / (n_heads / n_kv_heads)`, applied to V. Caches are
 /// `[positions][n_kv_heads * head_dim]`; out is `[T][n_heads * head_dim]`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
     positions: &[u32],
@@ -124,6 +96,7 @@ pub fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    window: Option<usize>,
 ) -> Vec<f32> {
     let kv_dim = n_kv_heads * head_dim;
     let group = n_heads / n_kv_heads;
@@ -132,7 +105,10 @@ pub fn attention(
     for (qt, &pos) in q.chunks_exact(n_heads * head_dim).zip(positions) {
         for (h, qh) in qt.chunks_exact(head_dim).enumerate() {
             let at = |j: usize| j * kv_dim + (h / group) * head_dim;
-            let scores: Vec<f64> = (0..=pos as usize)
+            let first = window.map_or(0, |n| (pos as usize + 1).saturating_sub(n));
+            let seen = first..=pos as usize;
+            let scores: Vec<f64> = seen
+                .clone()
                 .map(|j| {
                     let k = &k_cache[at(j)..at(j) + head_dim];
                     qh.iter()
@@ -146,9 +122,9 @@ pub fn attention(
             let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let total: f64 = weights.iter().sum();
             for i in 0..head_dim {
-                let value: f64 = weights
-                    .iter()
-                    .enumerate()
+                let value: f64 = seen
+                    .clone()
+                    .zip(&weights)
                     .map(|(j, w)| w * f64::from(v_cache[at(j) + i]))
                     .sum();
                 out.push((value / total) as f32);
@@ -165,6 +141,19 @@ pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
         .map(|(&g, &u)| {
             let g = f64::from(g);
             (g / (1.0 + (-g).exp()) * f64::from(u)) as f32
+        })
+        .collect()
+}
+
+/// `out[i] = gelu_tanh(gate[i]) * up[i]`, GELU's tanh approximation
+/// `g/2 · (1 + tanh(√(2/π) (g + 0.044715 g³)))`.
+pub fn gelu_tanh_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| {
+            let g = f64::from(g);
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g.powi(3));
+            (0.5 * g * (1.0 + inner.tanh()) * f64::from(u)) as f32
         })
         .collect()
 }

@@ -34,42 +34,57 @@ pub fn random_f32(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
-/// Random raw GGUF bytes of a `rows` × `cols` matrix in `dtype`, weights of magnitude ≲ 1.
+/// Random raw GGUF bytes of a `rows` × `cols` matrix in `dtype`, weights of magnitude ≲ 1:
+/// float elements uniform in [-1, 1), quantized blocks of random bytes whose f16 scale and
+/// minimum fields are drawn from ranges that keep `|value|` ≲ 1 (every code and, for the
+/// K-quants, every packed sub-block scale bit pattern occurs).
 pub fn random_gguf(rng: &mut StdRng, dtype: WeightDtype, rows: usize, cols: usize) -> Vec<u8> {
-    let blocks = rows * cols / 32;
-    let mut raw = Vec::with_capacity(rows * dtype.gguf_row_bytes(cols));
-    let half =
-        |rng: &mut StdRng, lo: f32, hi: f32| f16::from_f32(rng.random_range(lo..hi)).to_le_bytes();
-    for _ in 0..blocks {
-        match dtype {
-            WeightDtype::F32 => {
-                for _ in 0..32 {
-                    raw.extend(rng.random_range(-1.0f32..1.0).to_le_bytes());
-                }
-            }
-            WeightDtype::F16 => {
-                for _ in 0..32 {
-                    raw.extend(half(rng, -1.0, 1.0));
-                }
-            }
-            WeightDtype::Q4_0 | WeightDtype::Q8_0 => {
-                let scale = if dtype == WeightDtype::Q4_0 {
-                    0.12
-                } else {
-                    0.008
-                };
-                raw.extend(half(rng, -scale, scale));
-                let n = if dtype == WeightDtype::Q4_0 { 16 } else { 32 };
-                raw.extend((0..n).map(|_| rng.random::<u8>()));
-            }
-            WeightDtype::Q4_1 => {
-                raw.extend(half(rng, 0.0, 0.12));
-                raw.extend(half(rng, -1.0, 0.0));
-                raw.extend((0..16).map(|_| rng.random::<u8>()));
-            }
+    let elements = rows * cols;
+    match dtype {
+        WeightDtype::F32 => {
+            return (0..elements)
+                .flat_map(|_| rng.random_range(-1.0f32..1.0).to_le_bytes())
+                .collect()
+        }
+        WeightDtype::F16 => {
+            return (0..elements)
+                .flat_map(|_| f16::from_f32(rng.random_range(-1.0..1.0)).to_le_bytes())
+                .collect()
+        }
+        _ => {}
+    }
+    let block = dtype.block_elements();
+    let block_bytes = dtype.gguf_row_bytes(block);
+    let mut raw = Vec::with_capacity(elements / block * block_bytes);
+    for _ in 0..elements / block {
+        let start = raw.len();
+        raw.extend((0..block_bytes).map(|_| rng.random::<u8>()));
+        for &(offset, lo, hi) in scale_fields(dtype) {
+            let at = start + offset;
+            let value = f16::from_f32(rng.random_range(lo..hi));
+            raw[at..at + 2].copy_from_slice(&value.to_le_bytes());
         }
     }
     raw
+}
+
+/// Byte offsets of the f16 scale and minimum fields of a `dtype` block (none for the float
+/// dtypes), with ranges for them: `d` times the largest code (and, for the K-quants, the
+/// largest sub-block scale) keeps values within about ±1.
+fn scale_fields(dtype: WeightDtype) -> &'static [(usize, f32, f32)] {
+    match dtype {
+        WeightDtype::F32 | WeightDtype::F16 => &[],
+        WeightDtype::Q4_0 => &[(0, -0.12, 0.12)],
+        WeightDtype::Q4_1 => &[(0, 0.0, 0.12), (2, -1.0, 0.0)],
+        WeightDtype::Q5_0 => &[(0, -0.06, 0.06)],
+        WeightDtype::Q5_1 => &[(0, 0.0, 0.06), (2, -1.0, 0.0)],
+        WeightDtype::Q8_0 => &[(0, -0.008, 0.008)],
+        // d·sc·q − dmin·m: sc, m < 64, q < 16 (Q4_K) or 32 (Q5_K).
+        WeightDtype::Q4_K => &[(0, 0.0, 0.002), (2, 0.0, 0.015)],
+        WeightDtype::Q5_K => &[(0, 0.0, 0.001), (2, 0.0, 0.015)],
+        // d·sc·(q − 32): |sc| ≤ 128, |q − 32| ≤ 32; d is the block's last field.
+        WeightDtype::Q6_K => &[(208, -0.00025, 0.00025)],
+    }
 }
 
 /// Largest absolute difference. Panics on a length mismatch or a non-finite result.

@@ -151,6 +151,7 @@ fn kernels_sharing_a_name_keep_their_own_source() {
             n_kv_heads: 1,
             head_dim: 8,
             q: pio_gpu::RowLayout::contiguous(16),
+            window: None,
         },
     )
     .unwrap();

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::forward::Forward;
 use crate::memory::{self, MemoryConfig, MemoryLimits};
 use crate::models::{self, ModelSpec};
-use crate::perplexity::{perplexity, Perplexity};
+use crate::perplexity::{perplexity, perplexity_llama_cpp, Perplexity, Style};
 use crate::runtime::{GpuModel, DEFAULT_MAX_BATCH};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::sequence::{Sequence, Tokens};
@@ -107,7 +107,8 @@ fn host_bytes(tokenizer: &TextTokenizer, vocab_size: usize, max_batch: usize) ->
     (vocab + max_batch * vocab_size * 4) as u64
 }
 
-/// A model on the GPU with its tokenizer and (optional) chat template.
+/// A model on the GPU with its tokenizer, (optional) chat template and batch slots: the active
+/// state of the plugin.
 pub struct Engine {
     model: GpuModel,
     tokenizer: GgufTokenizer,
@@ -218,16 +219,20 @@ impl Engine {
         &self.tokenizer
     }
 
-    /// Perplexity of `text` with windows of `window` tokens (see [`perplexity`] for how windows
-    /// are formed and scored); each window starts with BOS when the tokenizer adds one.
-    pub fn perplexity(&mut self, text: &str, window: usize) -> Result<Perplexity> {
+    /// Perplexity of `text` with windows of `window` tokens in `style` (see [`perplexity`] and
+    /// [`perplexity_llama_cpp`] for how windows are formed and scored); each window starts
+    /// with BOS when the tokenizer adds one.
+    pub fn perplexity(&mut self, text: &str, window: usize, style: Style) -> Result<Perplexity> {
         let tokenizer = self.tokenizer.text();
         let tokens = tokenizer.encode(text, false)?;
         let with_special = tokenizer.encode(text, true)?;
         let bos = (with_special.len() > tokens.len())
             .then(|| tokenizer.bos_id())
             .flatten();
-        perplexity(&mut self.model, &tokens, window, bos)
+        match style {
+            Style::Plain => perplexity(&mut self.model, &tokens, window, bos),
+            Style::LlamaCpp => perplexity_llama_cpp(&mut self.model, &with_special, window, bos),
+        }
     }
 
     /// The batch slots: their settings (the slot size grows).

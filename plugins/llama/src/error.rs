@@ -11,7 +11,8 @@ pub enum Error {
     UnsupportedArchitecture(String),
     /// A tensor is stored in a type the kernels cannot read.
     #[error(
-        "tensor `{name}` has unsupported type {dtype} (supported: F32, F16, Q4_0, Q4_1, Q8_0)"
+        "tensor `{name}` has unsupported type {dtype} (supported: {supported})",
+        supported = supported_types()
     )]
     UnsupportedTensorType {
         /// Tensor name.
@@ -98,3 +99,10 @@ pub enum Error {
 
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The GGUF types the matrix kernels read, for messages: `F32, F16, ...`.
+fn supported_types() -> String {
+    pio_gpu::WeightDtype::ALL
+        .map(|dtype| dtype.gguf_type().name())
+        .join(", ")
+}

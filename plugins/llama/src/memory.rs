@@ -93,7 +93,9 @@ impl ModelSummary {
         // One table per distinct RoPE of the layers (one for Llama).
         let one_rope_table = product(&[config.context, hp.head_dim, 4]);
         let rope_table = one_rope_table.saturating_mul(self.spec.ropes().len() as u64);
-        let per_token = 4 * hp.n_embd + 2 * hp.kv_dim() + 3 * hp.n_ff + hp.vocab_size + 2;
+        // Activations and scratch per token of a batch (the projection before a post-norm
+        // included).
+        let per_token = 5 * hp.n_embd + 2 * hp.kv_dim() + 3 * hp.n_ff + hp.vocab_size + 2;
         let activations = product(&[config.max_batch, per_token, 4]) + 4 * hp.n_embd as u64;
         let logits = product(&[config.max_batch, hp.vocab_size, 4]);
         let device = [

@@ -1,4 +1,7 @@
-//! Perplexity of a model over a token sequence.
+//! Perplexity of a model over a token sequence, in two ways of forming windows: this project's
+//! plain one ([`perplexity`]: every token scored once) and llama.cpp's `llama-perplexity`
+//! ([`perplexity_llama_cpp`]: only the second half of each window scored), so numbers can be
+//! compared with those llama.cpp users publish.
 
 use crate::error::{Error, Result};
 use crate::forward::Forward;
@@ -73,6 +76,78 @@ pub fn perplexity<F: Forward + ?Sized>(
     })
 }
 
+/// How [`crate::engine::Engine::perplexity`] forms windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// [`perplexity`].
+    Plain,
+    /// [`perplexity_llama_cpp`].
+    LlamaCpp,
+}
+
+impl Style {
+    /// The style a name (`plain`, `llama.cpp`) stands for.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "plain" => Some(Style::Plain),
+            "llama.cpp" => Some(Style::LlamaCpp),
+            _ => None,
+        }
+    }
+}
+
+/// Perplexity of `model` on `tokens` the way llama.cpp's `llama-perplexity` computes it.
+///
+/// `tokens` is the text tokenized as the model's tokenizer does with its special tokens (BOS
+/// first when the model adds one). It is cut into `tokens.len() / ctx` whole chunks of `ctx`
+/// tokens (the rest is dropped); each chunk is evaluated from an empty context with its first
+/// token replaced by `bos` when given; only the second half is scored: the logits at positions
+/// `ctx/2 ..= ctx-2` give the probabilities of the tokens after them, `ctx - ctx/2 - 1` per
+/// chunk. PPL = exp(mean negative log-probability). Like llama.cpp, it needs at least two
+/// chunks (`2 * ctx` tokens); `ctx` must be at least 4 and fit the model's context.
+pub fn perplexity_llama_cpp<F: Forward + ?Sized>(
+    model: &mut F,
+    tokens: &[u32],
+    ctx: usize,
+    bos: Option<u32>,
+) -> Result<Perplexity> {
+    if ctx < 4 || ctx > model.context_length() {
+        return Err(Error::InvalidParams(format!(
+            "llama.cpp-style perplexity needs --ctx in 4..={}, got {ctx}",
+            model.context_length()
+        )));
+    }
+    if tokens.len() < 2 * ctx {
+        return Err(Error::InvalidParams(format!(
+            "llama.cpp-style perplexity needs at least 2 * ctx = {} tokens, the text has {}",
+            2 * ctx,
+            tokens.len()
+        )));
+    }
+    let vocab = model.vocab_size();
+    let first = ctx / 2;
+    let (mut nll, mut scored, mut windows) = (0.0f64, 0usize, 0usize);
+    for chunk in tokens.chunks_exact(ctx) {
+        let mut input = chunk.to_vec();
+        if let Some(bos) = bos {
+            input[0] = bos;
+        }
+        let logits = model.forward(&input, 0, true)?;
+        for i in first..ctx - 1 {
+            nll -= log_softmax_at(&logits[i * vocab..(i + 1) * vocab], input[i + 1] as usize);
+            scored += 1;
+        }
+        windows += 1;
+    }
+    let mean_nll = nll / scored as f64;
+    Ok(Perplexity {
+        perplexity: mean_nll.exp(),
+        mean_nll,
+        scored_tokens: scored,
+        windows,
+    })
+}
+
 /// `ln softmax(row)[index]`, stable (max-subtracted) in f64.
 fn log_softmax_at(row: &[f32], index: usize) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -107,6 +182,29 @@ mod tests {
         assert_eq!((p.windows, p.scored_tokens), (4, 7));
         let with_misses = (7.0 * expect + 2.0 * 10.0) / 7.0;
         assert!((p.mean_nll - with_misses).abs() < 1e-9, "{}", p.mean_nll);
+    }
+
+    #[test]
+    fn llama_cpp_style_scores_the_second_half_of_whole_windows() {
+        // As above: logit 10 on next[t] = t + 1 mod 4. Windows of 4 over 11 tokens: two whole
+        // windows [0 1 2 3] [0 1 2 3], the rest dropped; positions 2..=2 are scored, i.e. the
+        // last token of each window: one per window.
+        let mut m = Script::new(vec![1, 2, 3, 0], 16);
+        let tokens = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2];
+        let hit = -(10f64 - (10f64.exp() + 3.0).ln());
+        let p = perplexity_llama_cpp(&mut m, &tokens, 4, None).unwrap();
+        assert_eq!((p.windows, p.scored_tokens), (2, 2));
+        assert!((p.mean_nll - hit).abs() < 1e-9, "{}", p.mean_nll);
+        // Windows of 6 need 12 tokens: one whole window is refused, as llama.cpp does.
+        assert!(perplexity_llama_cpp(&mut m, &tokens, 6, Some(2)).is_err());
+        // Windows of 5 with BOS 1 replacing each first token: [1 1 2 3 0] [1 2 3 0 1]; positions
+        // 2 and 3 are scored in each, all hits (the replaced token is never scored).
+        let p = perplexity_llama_cpp(&mut m, &tokens, 5, Some(1)).unwrap();
+        assert_eq!((p.windows, p.scored_tokens), (2, 4));
+        assert!((p.mean_nll - hit).abs() < 1e-9, "{}", p.mean_nll);
+        assert!(perplexity_llama_cpp(&mut m, &tokens, 3, None).is_err());
+        assert_eq!(Style::from_name("llama.cpp"), Some(Style::LlamaCpp));
+        assert_eq!(Style::from_name("llama"), None);
     }
 
     #[test]

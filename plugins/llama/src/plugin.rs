@@ -29,6 +29,7 @@ use crate::batch::BatchSettings;
 use crate::bench::{bench_batched, bench_run, BenchConfig};
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::perplexity::Style;
 use crate::tokenizer::GgufTokenizer;
 
 impl From<Error> for PluginError {
@@ -143,28 +144,32 @@ impl Model for Engine {
         let model = self.model();
         let hp = &summary.spec.hparams;
         let batch = self.batch_settings();
-        let details = serde_json::json!({
-            "model": summary.path.display().to_string(),
-            "architecture": summary.spec.architecture,
-            "parameter_count": summary.parameter_count,
-            "quantization": summary.quantization,
-            "trained_context_length": hp.context_length,
-            "layers": hp.n_layer,
-            "embedding_length": hp.n_embd,
-            "adapter": model.gpu().adapter_info().to_string(),
-            "batch_slots": batch.slots,
-            "batch_context": batch.slot_context,
-            "context_length": model.context(),
-            "required_memory_bytes":
-                summary.required_device_bytes(model.context(), model.max_batch()),
-        });
+        let details: [(&str, serde_json::Value); 12] = [
+            ("model", summary.path.display().to_string().into()),
+            ("architecture", summary.spec.architecture.into()),
+            ("parameter_count", summary.parameter_count.into()),
+            ("quantization", summary.quantization.clone().into()),
+            ("trained_context_length", hp.context_length.into()),
+            ("layers", hp.n_layer.into()),
+            ("embedding_length", hp.n_embd.into()),
+            ("adapter", model.gpu().adapter_info().to_string().into()),
+            ("batch_slots", batch.slots.into()),
+            ("batch_context", batch.slot_context.into()),
+            ("context_length", model.context().into()),
+            (
+                "required_memory_bytes",
+                summary
+                    .required_device_bytes(model.context(), model.max_batch())
+                    .into(),
+            ),
+        ];
         ModelStats {
             device_memory_bytes: model.gpu().allocated_bytes(),
             host_memory_bytes: self.host_bytes(),
-            details: match details {
-                serde_json::Value::Object(details) => details,
-                _ => serde_json::Map::new(),
-            },
+            details: details
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect(),
         }
     }
 
@@ -186,7 +191,15 @@ impl Model for Engine {
                 let window = request["window"].as_u64().ok_or_else(|| {
                     PluginError::invalid_input("perplexity needs an integer field 'window'")
                 })? as usize;
-                let result = self.perplexity(text, window)?;
+                let style = match request.get("style") {
+                    None => Style::Plain,
+                    Some(name) => name.as_str().and_then(Style::from_name).ok_or_else(|| {
+                        PluginError::invalid_input(format!(
+                            "perplexity style {name} is not \"plain\" or \"llama.cpp\""
+                        ))
+                    })?,
+                };
+                let result = self.perplexity(text, window, style)?;
                 Ok(serde_json::json!({
                     "perplexity": result.perplexity,
                     "mean_nll": result.mean_nll,

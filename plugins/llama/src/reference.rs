@@ -10,7 +10,7 @@ use pio_gguf::{GgufFile, TensorView};
 
 use crate::error::Result;
 use crate::forward::Forward;
-use crate::models::{self, Activation, AttentionWindow, ModelSpec, NormWeight};
+use crate::models::{self, Activation, AttentionWindow, ModelSpec, NormWeight, Rope, RopePairs};
 use crate::weights::ModelTensors;
 
 /// A row-major f32 matrix: `rows` outputs of `cols` inputs.
@@ -175,7 +175,7 @@ impl ReferenceModel {
                 }
             }
             for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-                rope(head, pos, attention.rope.dim, attention.rope.base);
+                rope(head, pos, attention.rope);
             }
             layer.k_cache.truncate(pos * kv_dim);
             layer.v_cache.truncate(pos * kv_dim);
@@ -262,15 +262,20 @@ fn rms_norm(x: &[f32], w: &Norm, eps: f32) -> Vec<f32> {
         .collect()
 }
 
-/// GGML "normal" RoPE: rotates adjacent pairs `(x[2i], x[2i+1])` of the first `rope_dim`
-/// values by `pos * base^(-2i / rope_dim)`.
-fn rope(head: &mut [f32], pos: usize, rope_dim: usize, base: f32) {
-    for i in 0..rope_dim / 2 {
-        let theta = pos as f64 * (base as f64).powf(-2.0 * i as f64 / rope_dim as f64);
+/// RoPE: rotates pair `i` of the first `rope.dim` values — `(x[2i], x[2i+1])` or
+/// `(x[i], x[i + dim/2])`, see [`RopePairs`] — by `pos * base^(-2i / dim)`.
+fn rope(head: &mut [f32], pos: usize, rope: Rope) {
+    let half = rope.dim / 2;
+    for i in 0..half {
+        let theta = pos as f64 * (rope.base as f64).powf(-2.0 * i as f64 / rope.dim as f64);
         let (sin, cos) = theta.sin_cos();
-        let (a, b) = (head[2 * i] as f64, head[2 * i + 1] as f64);
-        head[2 * i] = (a * cos - b * sin) as f32;
-        head[2 * i + 1] = (a * sin + b * cos) as f32;
+        let (j, k) = match rope.pairs {
+            RopePairs::Adjacent => (2 * i, 2 * i + 1),
+            RopePairs::Halves => (i, i + half),
+        };
+        let (a, b) = (head[j] as f64, head[k] as f64);
+        head[j] = (a * cos - b * sin) as f32;
+        head[k] = (a * sin + b * cos) as f32;
     }
 }
 
@@ -316,16 +321,28 @@ mod tests {
 
     #[test]
     fn rope_rotates_adjacent_pairs_by_position_dependent_angles() {
+        let rope_of = |dim, pairs| Rope {
+            base: 10_000.0,
+            dim,
+            pairs,
+        };
         // Pair 0 turns by pos radians, pair 1 by pos * base^(-1/2) = pos / 100 at base 10^4.
         let mut h = [1.0, 0.0, 0.0, 1.0];
-        rope(&mut h, 2, 4, 10_000.0);
+        rope(&mut h, 2, rope_of(4, RopePairs::Adjacent));
         let expect = [2f32.cos(), 2f32.sin(), -(0.02f32.sin()), 0.02f32.cos()];
+        for (a, b) in h.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-6, "{h:?} vs {expect:?}");
+        }
+        // The same rotations on pairs (0, 2) and (1, 3).
+        let mut h = [1.0, 0.0, 0.0, 1.0];
+        rope(&mut h, 2, rope_of(4, RopePairs::Halves));
+        let expect = [2f32.cos(), -(0.02f32.sin()), 2f32.sin(), 0.02f32.cos()];
         for (a, b) in h.iter().zip(expect) {
             assert!((a - b).abs() < 1e-6, "{h:?} vs {expect:?}");
         }
         // Dimensions past rope_dim are untouched.
         let mut h = [1.0, 0.0, 3.0, 4.0];
-        rope(&mut h, 1, 2, 10_000.0);
+        rope(&mut h, 1, rope_of(2, RopePairs::Adjacent));
         assert_eq!(&h[2..], &[3.0, 4.0]);
     }
 

@@ -1,5 +1,5 @@
-//! Test fixtures: small random-weight Llama GGUF files with a working byte-level BPE tokenizer,
-//! and the location of the real SmolLM2 model.
+//! Test fixtures: small random-weight Llama and Gemma 3 GGUF files with a working byte-level BPE
+//! tokenizer, and the locations of the real SmolLM2 and Gemma 3 models.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +14,12 @@ pub fn smollm2() -> PathBuf {
     pio_testkit::model(pio_testkit::SMOLLM2)
 }
 
+/// The real Gemma 3 270M model; a test that needs it is
+/// `#[ignore = "needs the Gemma 3 model: …"]`.
+pub fn gemma3() -> PathBuf {
+    pio_testkit::model(pio_testkit::GEMMA3)
+}
+
 /// ChatML, as SmolLM2 ships it (without the default system message).
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -25,7 +31,12 @@ pub struct TinyConfig {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub n_ff: usize,
+    /// Values per attention head (`attention.key_length`); `None`: `n_embd / n_head`, and the
+    /// key is not written.
+    pub head_dim: Option<usize>,
     pub context_length: usize,
+    /// Gemma 3's `attention.sliding_window`.
+    pub sliding_window: usize,
     /// Tie the output projection to the embedding (no `output.weight`).
     pub tied: bool,
     /// Storage types cycled over the matrices, in file order.
@@ -43,7 +54,9 @@ impl Default for TinyConfig {
             n_head: 4,
             n_head_kv: 2,
             n_ff: 128,
+            head_dim: None,
             context_length: 256,
+            sliding_window: 4,
             tied: false,
             types: vec![
                 TensorType::Q8_0,
@@ -54,6 +67,27 @@ impl Default for TinyConfig {
             ],
             seed: 1,
             architecture: "llama",
+        }
+    }
+}
+
+impl TinyConfig {
+    /// Values per attention head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.n_embd / self.n_head)
+    }
+
+    /// A Gemma-3-shaped model: heads wider than `n_embd / n_head`, one key/value head, a
+    /// window of 4 positions, the global layer as the sixth of seven.
+    pub fn gemma3() -> Self {
+        TinyConfig {
+            n_layer: 7,
+            n_head: 4,
+            n_head_kv: 1,
+            head_dim: Some(32),
+            types: vec![TensorType::Q8_0, TensorType::Q4_0, TensorType::F16],
+            architecture: "gemma3",
+            ..TinyConfig::default()
         }
     }
 }
@@ -130,30 +164,64 @@ pub fn bpe_vocab(n_merges: usize) -> (Vec<String>, Vec<String>) {
     (tokens, merges)
 }
 
-/// Builds a random-weight Llama GGUF for `cfg` in memory.
-pub fn tiny_llama_bytes(cfg: &TinyConfig) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let (tokens, merges) = bpe_vocab(40);
-    let vocab = tokens.len();
-    let mut token_types = vec![1i32; vocab];
-    token_types[..SPECIALS.len()].fill(3);
+/// Random tensors for a test model: matrices cycle through the configured storage types.
+struct RandomTensors<'a> {
+    rng: StdRng,
+    types: std::iter::Cycle<std::slice::Iter<'a, TensorType>>,
+}
 
+impl RandomTensors<'_> {
+    /// A `rows` × `cols` matrix of uniform values in `±scale`.
+    fn matrix(&mut self, w: &mut GgufWriter, name: &str, rows: usize, cols: usize, scale: f32) {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|_| self.rng.random_range(-1.0f32..1.0) * scale)
+            .collect();
+        let dtype = *self.types.next().unwrap();
+        let dims = [cols as u64, rows as u64];
+        match pio_gguf::writer::quantize(dtype, &values) {
+            Ok(bytes) => w.add_tensor(name, &dims, dtype, bytes),
+            // Types the writer cannot encode get zero bytes, for unsupported-type tests.
+            Err(_) => {
+                let blocks = (rows * cols) as u64 / dtype.block_size().unwrap();
+                let size = blocks * dtype.type_size().unwrap();
+                w.add_tensor(name, &dims, dtype, vec![0u8; size as usize])
+            }
+        }
+        .unwrap();
+    }
+
+    /// An f32 norm weight of `len` values around 1.
+    fn norm(&mut self, w: &mut GgufWriter, name: &str, len: usize) {
+        let values: Vec<f32> = (0..len)
+            .map(|_| self.rng.random_range(0.8f32..1.2))
+            .collect();
+        w.add_f32_tensor(name, &[len as u64], TensorType::F32, &values)
+            .unwrap();
+    }
+}
+
+/// A writer holding the metadata of `cfg` under the key prefix `arch` (shapes, RoPE base,
+/// norm epsilon) and the test tokenizer.
+fn writer_with_vocab(cfg: &TinyConfig, arch: &str, rope_base: f32, eps: f32) -> GgufWriter {
+    let (tokens, merges) = bpe_vocab(40);
+    let mut token_types = vec![1i32; tokens.len()];
+    token_types[..SPECIALS.len()].fill(3);
     let mut w = GgufWriter::new();
     let u = |v: usize| MetadataValue::U32(v as u32);
+    let key = |name: &str| format!("{arch}.{name}");
     w.add_metadata("general.architecture", cfg.architecture)
-        .add_metadata("general.name", "tiny-random-llama")
-        .add_metadata("llama.block_count", u(cfg.n_layer))
-        .add_metadata("llama.context_length", u(cfg.context_length))
-        .add_metadata("llama.embedding_length", u(cfg.n_embd))
-        .add_metadata("llama.feed_forward_length", u(cfg.n_ff))
-        .add_metadata("llama.attention.head_count", u(cfg.n_head))
-        .add_metadata("llama.attention.head_count_kv", u(cfg.n_head_kv))
-        .add_metadata("llama.rope.freq_base", MetadataValue::F32(10_000.0))
+        .add_metadata("general.name", format!("tiny-random-{arch}"))
+        .add_metadata(key("block_count"), u(cfg.n_layer))
+        .add_metadata(key("context_length"), u(cfg.context_length))
+        .add_metadata(key("embedding_length"), u(cfg.n_embd))
+        .add_metadata(key("feed_forward_length"), u(cfg.n_ff))
+        .add_metadata(key("attention.head_count"), u(cfg.n_head))
+        .add_metadata(key("attention.head_count_kv"), u(cfg.n_head_kv))
+        .add_metadata(key("rope.freq_base"), MetadataValue::F32(rope_base))
         .add_metadata(
-            "llama.attention.layer_norm_rms_epsilon",
-            MetadataValue::F32(1e-5),
+            key("attention.layer_norm_rms_epsilon"),
+            MetadataValue::F32(eps),
         )
-        .add_metadata("llama.rope.dimension_count", u(cfg.n_embd / cfg.n_head))
         .add_metadata("tokenizer.ggml.model", "gpt2")
         .add_metadata("tokenizer.ggml.pre", "smollm")
         .add_metadata(
@@ -175,56 +243,55 @@ pub fn tiny_llama_bytes(cfg: &TinyConfig) -> Vec<u8> {
         .add_metadata("tokenizer.ggml.eos_token_id", u(2))
         .add_metadata("tokenizer.ggml.add_bos_token", MetadataValue::Bool(false))
         .add_metadata("tokenizer.chat_template", CHATML_TEMPLATE);
+    if let Some(head_dim) = cfg.head_dim {
+        w.add_metadata(key("attention.key_length"), u(head_dim));
+    }
+    w
+}
 
-    let mut type_cycle = cfg.types.iter().cycle();
-    let mut matrix = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize, scale: f32| {
-        let values: Vec<f32> = (0..rows * cols)
-            .map(|_| rng.random_range(-1.0f32..1.0) * scale)
-            .collect();
-        let dtype = *type_cycle.next().unwrap();
-        let dims = [cols as u64, rows as u64];
-        match pio_gguf::writer::quantize(dtype, &values) {
-            Ok(bytes) => w.add_tensor(name, &dims, dtype, bytes),
-            // Types the writer cannot encode get zero bytes, for unsupported-type tests.
-            Err(_) => {
-                let blocks = (rows * cols) as u64 / dtype.block_size().unwrap();
-                let size = blocks * dtype.type_size().unwrap();
-                w.add_tensor(name, &dims, dtype, vec![0u8; size as usize])
-            }
-        }
-        .unwrap();
+/// Uniform(-a, a) has variance a^2/3: a = sqrt(3/cols) keeps activations at unit scale.
+fn unit_scale(cols: usize) -> f32 {
+    (3.0 / cols as f32).sqrt()
+}
+
+/// Builds a random-weight Llama GGUF for `cfg` in memory.
+pub fn tiny_llama_bytes(cfg: &TinyConfig) -> Vec<u8> {
+    let mut w = writer_with_vocab(cfg, "llama", 10_000.0, 1e-5);
+    w.add_metadata(
+        "llama.rope.dimension_count",
+        MetadataValue::U32(cfg.head_dim() as u32),
+    );
+    let mut t = RandomTensors {
+        rng: StdRng::seed_from_u64(cfg.seed),
+        types: cfg.types.iter().cycle(),
     };
-    let (e, kv, ff) = (
+    let vocab = bpe_vocab(40).0.len();
+    let (e, q, kv, ff) = (
         cfg.n_embd,
-        cfg.n_embd / cfg.n_head * cfg.n_head_kv,
+        cfg.n_head * cfg.head_dim(),
+        cfg.n_head_kv * cfg.head_dim(),
         cfg.n_ff,
     );
-    // Uniform(-a, a) has variance a^2/3: a = sqrt(3/cols) keeps activations at unit scale, and a
-    // larger output scale gives logits spread over several units.
-    let s = |cols: usize| (3.0 / cols as f32).sqrt();
-    matrix(&mut w, "token_embd.weight", vocab, e, 1.0);
+    let s = unit_scale;
+    t.matrix(&mut w, "token_embd.weight", vocab, e, 1.0);
     for i in 0..cfg.n_layer {
-        matrix(&mut w, &format!("blk.{i}.attn_q.weight"), e, e, 2.0 * s(e));
-        matrix(&mut w, &format!("blk.{i}.attn_k.weight"), kv, e, 2.0 * s(e));
-        matrix(&mut w, &format!("blk.{i}.attn_v.weight"), kv, e, s(e));
-        matrix(&mut w, &format!("blk.{i}.attn_output.weight"), e, e, s(e));
-        matrix(&mut w, &format!("blk.{i}.ffn_gate.weight"), ff, e, s(e));
-        matrix(&mut w, &format!("blk.{i}.ffn_up.weight"), ff, e, s(e));
-        matrix(&mut w, &format!("blk.{i}.ffn_down.weight"), e, ff, s(ff));
+        t.matrix(&mut w, &format!("blk.{i}.attn_q.weight"), q, e, 2.0 * s(e));
+        t.matrix(&mut w, &format!("blk.{i}.attn_k.weight"), kv, e, 2.0 * s(e));
+        t.matrix(&mut w, &format!("blk.{i}.attn_v.weight"), kv, e, s(e));
+        t.matrix(&mut w, &format!("blk.{i}.attn_output.weight"), e, q, s(q));
+        t.matrix(&mut w, &format!("blk.{i}.ffn_gate.weight"), ff, e, s(e));
+        t.matrix(&mut w, &format!("blk.{i}.ffn_up.weight"), ff, e, s(e));
+        t.matrix(&mut w, &format!("blk.{i}.ffn_down.weight"), e, ff, s(ff));
     }
+    // A larger output scale gives logits spread over several units.
     if !cfg.tied {
-        matrix(&mut w, "output.weight", vocab, e, 3.0 * s(e));
+        t.matrix(&mut w, "output.weight", vocab, e, 3.0 * s(e));
     }
-    let mut norm = |w: &mut GgufWriter, name: &str| {
-        let values: Vec<f32> = (0..e).map(|_| rng.random_range(0.8f32..1.2)).collect();
-        w.add_f32_tensor(name, &[e as u64], TensorType::F32, &values)
-            .unwrap();
-    };
     for i in 0..cfg.n_layer {
-        norm(&mut w, &format!("blk.{i}.attn_norm.weight"));
-        norm(&mut w, &format!("blk.{i}.ffn_norm.weight"));
+        t.norm(&mut w, &format!("blk.{i}.attn_norm.weight"), e);
+        t.norm(&mut w, &format!("blk.{i}.ffn_norm.weight"), e);
     }
-    norm(&mut w, "output_norm.weight");
+    t.norm(&mut w, "output_norm.weight", e);
     w.to_bytes().unwrap()
 }
 
@@ -335,4 +402,61 @@ pub fn sampled(
         seed: Some(seed).into(),
         ..pio_plugin_kit::api::GenerationParams::default()
     }
+}
+
+/// A writer holding a random-weight Gemma 3 model for `cfg` (tied output, sandwich and q/k
+/// norms, `attention.sliding_window`), for tests that add keys before parsing it.
+pub fn tiny_gemma3_writer(cfg: &TinyConfig) -> GgufWriter {
+    let mut w = writer_with_vocab(cfg, "gemma3", 1_000_000.0, 1e-6);
+    w.add_metadata(
+        "gemma3.attention.sliding_window",
+        MetadataValue::U32(cfg.sliding_window as u32),
+    );
+    let mut t = RandomTensors {
+        rng: StdRng::seed_from_u64(cfg.seed),
+        types: cfg.types.iter().cycle(),
+    };
+    let vocab = bpe_vocab(40).0.len();
+    let (e, q, kv, ff, hd) = (
+        cfg.n_embd,
+        cfg.n_head * cfg.head_dim(),
+        cfg.n_head_kv * cfg.head_dim(),
+        cfg.n_ff,
+        cfg.head_dim(),
+    );
+    let s = unit_scale;
+    // Embeddings are scaled by sqrt(n_embd) at lookup: rows of unit rms come out at sqrt(e).
+    t.matrix(
+        &mut w,
+        "token_embd.weight",
+        vocab,
+        e,
+        s(1) / (e as f32).sqrt(),
+    );
+    for i in 0..cfg.n_layer {
+        t.matrix(&mut w, &format!("blk.{i}.attn_q.weight"), q, e, s(e));
+        t.matrix(&mut w, &format!("blk.{i}.attn_k.weight"), kv, e, s(e));
+        t.matrix(&mut w, &format!("blk.{i}.attn_v.weight"), kv, e, s(e));
+        t.matrix(&mut w, &format!("blk.{i}.attn_output.weight"), e, q, s(q));
+        t.matrix(&mut w, &format!("blk.{i}.ffn_gate.weight"), ff, e, s(e));
+        t.matrix(&mut w, &format!("blk.{i}.ffn_up.weight"), ff, e, s(e));
+        t.matrix(&mut w, &format!("blk.{i}.ffn_down.weight"), e, ff, s(ff));
+        for name in [
+            "attn_norm",
+            "post_attention_norm",
+            "ffn_norm",
+            "post_ffw_norm",
+        ] {
+            t.norm(&mut w, &format!("blk.{i}.{name}.weight"), e);
+        }
+        t.norm(&mut w, &format!("blk.{i}.attn_q_norm.weight"), hd);
+        t.norm(&mut w, &format!("blk.{i}.attn_k_norm.weight"), hd);
+    }
+    t.norm(&mut w, "output_norm.weight", e);
+    w
+}
+
+/// [`tiny_gemma3_writer`] parsed.
+pub fn tiny_gemma3(cfg: &TinyConfig) -> GgufFile {
+    GgufFile::from_bytes(tiny_gemma3_writer(cfg).to_bytes().unwrap()).unwrap()
 }

@@ -6,18 +6,10 @@
 //! `[cols, rows]`.
 
 use pio_gguf::{GgufFile, TensorType, TensorView};
+use pio_gpu::WeightDtype;
 
 use crate::error::{Error, Result};
 use crate::models::ModelSpec;
-
-/// Element types the matrix kernels read.
-pub const SUPPORTED_TYPES: [TensorType; 5] = [
-    TensorType::F32,
-    TensorType::F16,
-    TensorType::Q4_0,
-    TensorType::Q4_1,
-    TensorType::Q8_0,
-];
 
 /// The tensors of one transformer block, by role (see [`crate::models::LayerSpec`]).
 #[derive(Debug, Clone)]
@@ -169,10 +161,12 @@ impl<'a> ModelTensors<'a> {
     }
 }
 
-/// A `rows` × `cols` matrix of a supported type.
+/// A `rows` × `cols` matrix of a type the matrix kernels read (a [`WeightDtype`]): checked
+/// here, while the file is only mapped, so an unsupported type is refused before anything is
+/// allocated on the device.
 fn matrix<'a>(file: &'a GgufFile, name: &str, rows: usize, cols: usize) -> Result<TensorView<'a>> {
     let t = file.tensor(name)?;
-    if !SUPPORTED_TYPES.contains(&t.info.dtype) {
+    if WeightDtype::from_gguf_type(t.info.dtype).is_none() {
         return Err(Error::UnsupportedTensorType {
             name: name.to_owned(),
             dtype: t.info.dtype.to_string(),
@@ -238,10 +232,15 @@ mod tests {
         assert_eq!(t.parameter_count(), expect - v * e);
     }
 
+    /// An i-quant (no kernel reads it) among K-quants: refused while only the file is mapped
+    /// (`GpuModel::new` looks the tensors up before it uploads anything), naming the first such
+    /// tensor and its type.
     #[test]
     fn unsupported_tensor_type_is_named() {
         let cfg = TinyConfig {
-            types: vec![TensorType::Q8_0, TensorType::Q5_0],
+            n_embd: 256,
+            n_ff: 256,
+            types: vec![TensorType::Q4_K, TensorType::Q6_K, TensorType::IQ2_XXS],
             ..TinyConfig::default()
         };
         let file = tiny_llama(&cfg);
@@ -251,9 +250,11 @@ mod tests {
         let Error::UnsupportedTensorType { name, dtype } = err else {
             panic!("{msg}")
         };
-        assert_eq!(dtype, "Q5_0");
-        assert!(file.tensor_info(&name).unwrap().dtype == TensorType::Q5_0);
-        assert!(msg.contains(&name) && msg.contains("Q5_0"), "{msg}");
+        assert_eq!(
+            (name.as_str(), dtype.as_str()),
+            ("blk.0.attn_k.weight", "IQ2_XXS")
+        );
+        assert!(msg.contains(&name) && msg.contains("IQ2_XXS"), "{msg}");
     }
 
     #[test]

@@ -13,6 +13,9 @@ use std::path::PathBuf;
 /// SmolLM2-135M-Instruct Q4_1, relative to the models directory.
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// Gemma 3 270M Q4_K_M, relative to the models directory.
+pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
+
 /// The all-MiniLM-L6-v2 folder, relative to the models directory.
 pub const MINILM: &str = "all-MiniLM-L6-v2";
 

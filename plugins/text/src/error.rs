@@ -8,7 +8,7 @@ pub enum TextError {
     Gguf(#[from] pio_gguf::GgufError),
 
     /// `tokenizer.ggml.model` names a tokenizer this crate does not build.
-    #[error("unsupported tokenizer model `{0}` (only byte-level BPE `gpt2` is supported)")]
+    #[error("unsupported tokenizer model `{0}` (supported: byte-level BPE `gpt2`, SentencePiece `llama`)")]
     UnsupportedModel(String),
 
     /// `tokenizer.ggml.pre` names a pre-tokenizer this crate does not know.

@@ -1,7 +1,8 @@
 //! Text handling for GGUF language models.
 //!
-//! - [`TextTokenizer`] builds a byte-level BPE tokenizer from a GGUF file's
-//!   `tokenizer.ggml.*` metadata (with llama.cpp's pre-tokenizer rules).
+//! - [`TextTokenizer`] builds a tokenizer from a GGUF file's `tokenizer.ggml.*` metadata:
+//!   byte-level BPE (with llama.cpp's pre-tokenizer rules) or SentencePiece (as llama.cpp
+//!   encodes it, with byte fallback).
 //! - [`StreamDecoder`] turns generated ids into text incrementally without
 //!   ever splitting a UTF-8 character.
 //! - [`ChatTemplate`] renders the model's Jinja chat template like
@@ -11,6 +12,7 @@ pub mod bytelevel;
 mod chat;
 mod error;
 pub mod pretokenizer;
+mod sentencepiece;
 mod stream;
 mod tokenizer;
 

@@ -1,4 +1,4 @@
-//! [`TextTokenizer`]: a byte-level BPE tokenizer built from GGUF metadata.
+//! [`TextTokenizer`]: a tokenizer built from GGUF metadata (byte-level BPE or SentencePiece).
 
 use pio_gguf::GgufFile;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -7,6 +7,7 @@ use tokenizers::{AddedToken, Tokenizer};
 use crate::bytelevel;
 use crate::error::{Result, TextError};
 use crate::pretokenizer::PreTokenizerKind;
+use crate::sentencepiece;
 use crate::stream::StreamDecoder;
 
 /// `tokenizer.ggml.token_type` value of control tokens (`<|im_start|>`, ...).
@@ -59,17 +60,13 @@ impl std::fmt::Debug for TextTokenizer {
 impl TextTokenizer {
     /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
     ///
-    /// Requires `tokenizer.ggml.model = "gpt2"` (byte-level BPE), `tokens`
-    /// and `merges`; `token_type` marks control (3) and user-defined (4)
-    /// tokens, which are matched in input text before BPE. `pre` selects the
-    /// pre-tokenizer (see [`crate::pretokenizer::SUPPORTED`]); absent means `default`.
+    /// `tokenizer.ggml.model` selects the encoder: `gpt2` is byte-level BPE from `tokens` and
+    /// `merges`, with the pre-tokenizer `pre` names (see [`crate::pretokenizer::SUPPORTED`];
+    /// absent means `default`); `llama` is SentencePiece from `tokens` and `scores`, with byte
+    /// fallback (see [`crate::sentencepiece`]). `token_type` marks control (3) and
+    /// user-defined (4) tokens, which are matched in input text before either encoder.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let model = file.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(TextError::UnsupportedModel(model.to_owned()));
-        }
-        let pre =
-            PreTokenizerKind::from_name(file.opt_str("tokenizer.ggml.pre")?.unwrap_or("default"))?;
         let tokens: Vec<String> = file
             .get_string_array("tokenizer.ggml.tokens")?
             .into_iter()
@@ -85,16 +82,11 @@ impl TextTokenizer {
                 types.len()
             )));
         }
-        let merges = file
-            .get_string_array("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|merge| {
-                merge
-                    .split_once(' ')
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| TextError::InvalidVocab(format!("merge `{merge}` has no space")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (mut inner, pieces) = match model {
+            "gpt2" => byte_level_bpe(file, &tokens, &types)?,
+            "llama" => sentencepiece::build(file, &tokens, &types)?,
+            other => return Err(TextError::UnsupportedModel(other.to_owned())),
+        };
 
         let id = |key: &str| -> Result<Option<u32>> {
             match file.opt_u32(key)? {
@@ -121,14 +113,6 @@ impl TextTokenizer {
         eog.sort_unstable();
         eog.dedup();
 
-        let vocab: Vocab = tokens.iter().cloned().zip(0u32..).collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(pre.ignore_merges())
-            .build()
-            .map_err(|e| TextError::InvalidVocab(e.to_string()))?;
-        let mut inner = Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre.build()?));
         let added = |wanted: i32, special: bool| {
             tokens
                 .iter()
@@ -139,14 +123,6 @@ impl TextTokenizer {
         inner.add_special_tokens(added(TOKEN_TYPE_CONTROL, true))?;
         inner.add_tokens(added(TOKEN_TYPE_USER_DEFINED, false))?;
 
-        let pieces = tokens
-            .iter()
-            .zip(&types)
-            .map(|(text, &t)| match t {
-                TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED => text.as_bytes().to_vec(),
-                _ => bytelevel::token_bytes(text),
-            })
-            .collect();
         Ok(Self {
             inner,
             pieces,
@@ -155,9 +131,10 @@ impl TextTokenizer {
             bos,
             eos,
             eog,
+            // llama.cpp's default: SentencePiece vocabularies add BOS, byte-level ones do not.
             add_bos: file
                 .opt_bool("tokenizer.ggml.add_bos_token")?
-                .unwrap_or(false),
+                .unwrap_or(model == "llama"),
             add_eos: file
                 .opt_bool("tokenizer.ggml.add_eos_token")?
                 .unwrap_or(false),
@@ -247,4 +224,41 @@ impl TextTokenizer {
     pub fn stream_decoder(&self, skip_special: bool) -> StreamDecoder<&TextTokenizer> {
         StreamDecoder::new(self, skip_special)
     }
+}
+
+/// The encoder of a byte-level BPE vocabulary (`gpt2`) and the bytes each token decodes to.
+fn byte_level_bpe(
+    file: &GgufFile,
+    tokens: &[String],
+    types: &[i32],
+) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
+    let pre =
+        PreTokenizerKind::from_name(file.opt_str("tokenizer.ggml.pre")?.unwrap_or("default"))?;
+    let merges = file
+        .get_string_array("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|merge| {
+            merge
+                .split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| TextError::InvalidVocab(format!("merge `{merge}` has no space")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let vocab: Vocab = tokens.iter().cloned().zip(0u32..).collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(pre.ignore_merges())
+        .build()
+        .map_err(|e| TextError::InvalidVocab(e.to_string()))?;
+    let mut inner = Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre.build()?));
+    let pieces = tokens
+        .iter()
+        .zip(types)
+        .map(|(text, &t)| match t {
+            TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED => text.as_bytes().to_vec(),
+            _ => bytelevel::token_bytes(text),
+        })
+        .collect();
+    Ok((inner, pieces))
 }

@@ -61,17 +61,23 @@ pub fn sample_writer() -> GgufWriter {
         TensorType::BF16,
         TensorType::Q4_0,
         TensorType::Q4_1,
+        TensorType::Q5_0,
+        TensorType::Q5_1,
         TensorType::Q8_0,
+        TensorType::Q4_K,
+        TensorType::Q5_K,
+        TensorType::Q6_K,
     ]
     .into_iter()
     .enumerate()
     {
+        let cols = dtype.block_size().unwrap().max(64);
         writer
             .add_f32_tensor(
                 format!("t.{}", dtype.name()),
-                &[64, 3],
+                &[cols, 3],
                 dtype,
-                &values(192, i as u64, 2.0),
+                &values(3 * cols as usize, i as u64, 2.0),
             )
             .unwrap();
     }

@@ -26,10 +26,13 @@ pub struct AttentionConfig {
     pub head_dim: u32,
     /// Where each token's query heads are (stride and offset multiples of 4).
     pub q: RowLayout,
+    /// Attend only to the last `n` positions, the token's own included (sliding-window
+    /// attention; `n` > 0); `None`: to every earlier position.
+    pub window: Option<u32>,
 }
 
 /// `out[t][h] = softmax(q[t][h] · K[r_t - p_t ..= r_t] / sqrt(head_dim)) · V[r_t - p_t ..= r_t]`
-/// for each query head `h`, reading kv head `h / (n_heads / n_kv_heads)`, where `p_t` is token
+/// (with a window of `n`, only the last `n` of these rows) for each query head `h`, reading kv head `h / (n_heads / n_kv_heads)`, where `p_t` is token
 /// `t`'s position and `r_t` its cache row (`r_t = p_t` when the cache holds one sequence; a cache
 /// holding several keeps each sequence's rows contiguous); out is `[T][n_heads * head_dim]`.
 #[derive(Debug)]
@@ -46,8 +49,10 @@ impl Attention {
             n_kv_heads,
             head_dim,
             q,
+            window,
         } = config;
         let valid = n_kv_heads > 0
+            && window != Some(0)
             && n_heads % n_kv_heads == 0
             && head_dim > 0
             && head_dim % 4 == 0
@@ -67,6 +72,7 @@ impl Attention {
             ("Q_STRIDE", f64::from(q.stride)),
             ("Q_OFFSET", f64::from(q.offset)),
             ("SCALE", 1.0 / f64::from(head_dim).sqrt()),
+            ("WINDOW", f64::from(window.unwrap_or(0))),
             ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
         ];
         Ok(Self {
@@ -94,6 +100,7 @@ impl Attention {
             n_kv_heads,
             head_dim,
             q: q_layout,
+            ..
         } = self.config;
         cache.expect_kv_dim("attention", n_kv_heads * head_dim)?;
         let width = n_heads * head_dim;

@@ -5,7 +5,7 @@
 //! - [`Linear`] with an [`Epilogue`]: store, or accumulate into the output (a residual add) —
 //!   output projection, FFN down projection, final norm + LM head; or `silu(gate) * up` from one
 //!   interleaved gate/up matrix ([`QuantMatrix::upload_gate_up`]) — the FFN's first half with
-//!   its norm;
+//!   its norm — or `gelu_tanh(gate) * up` (GeGLU);
 //! - the bias epilogues (BERT's layers): `+ bias`, `gelu(. + bias)`, and
 //!   `LayerNorm(. + bias + residual)` — one workgroup per token tile holding every row, so the
 //!   LayerNorm's sums stay in workgroup memory;
@@ -20,6 +20,7 @@ use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
 use crate::kernels::kv_cache::KvLayer;
 use crate::kernels::rope::RopeTable;
+use crate::layout::RowLayout;
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
 use crate::{kernel, Kernel};
 
@@ -255,6 +256,8 @@ pub enum Epilogue {
     /// [`QuantMatrix::upload_gate_up`] (`rows` = 2 × the FFN width, a multiple of 8); `out` is
     /// `[count][rows / 2]`.
     SwiGlu,
+    /// [`Epilogue::SwiGlu`] with GELU (its tanh approximation) in place of SiLU: GeGLU.
+    GeGlu,
     /// `out[t] = W h + bias`.
     Bias,
     /// `out[t] = gelu(W h + bias)`, GELU in its erf form (BERT's `gelu`).
@@ -272,7 +275,7 @@ impl Epilogue {
     fn label(self) -> &'static str {
         match self {
             Epilogue::Store | Epilogue::Accumulate => "linear",
-            Epilogue::SwiGlu => "swiglu",
+            Epilogue::SwiGlu | Epilogue::GeGlu => "swiglu",
             Epilogue::Bias | Epilogue::BiasGelu => "linear_bias",
             Epilogue::BiasResidualLayerNorm { .. } => "linear_layer_norm",
         }
@@ -281,7 +284,9 @@ impl Epilogue {
     /// Whether the epilogue reads a bias, and LayerNorm weights (see [`EpilogueParams`]).
     fn row_vectors(self) -> (bool, bool) {
         match self {
-            Epilogue::Store | Epilogue::Accumulate | Epilogue::SwiGlu => (false, false),
+            Epilogue::Store | Epilogue::Accumulate | Epilogue::SwiGlu | Epilogue::GeGlu => {
+                (false, false)
+            }
             Epilogue::Bias | Epilogue::BiasGelu => (true, false),
             Epilogue::BiasResidualLayerNorm { .. } => (true, true),
         }
@@ -290,7 +295,7 @@ impl Epilogue {
     /// Width of one token's output row for a matrix of `rows` rows.
     fn out_width(self, rows: u32) -> u32 {
         match self {
-            Epilogue::SwiGlu => rows / 2,
+            Epilogue::SwiGlu | Epilogue::GeGlu => rows / 2,
             _ => rows,
         }
     }
@@ -313,22 +318,54 @@ pub struct EpilogueParams<'a> {
 pub struct Linear {
     shape: LinearShape,
     epilogue: Epilogue,
+    /// Where each token's output row is in `out`.
+    output: RowLayout,
     pipeline: wgpu::ComputePipeline,
 }
 
 impl Linear {
-    /// Compiles (or looks up) the pipeline.
+    /// Compiles (or looks up) the pipeline; each token's output row is `out[t]`, back to back.
     pub fn new(gpu: &Gpu, shape: LinearShape, epilogue: Epilogue) -> Result<Self> {
+        let output = RowLayout::contiguous(epilogue.out_width(shape.rows));
+        Self::with_output(gpu, shape, epilogue, output)
+    }
+
+    /// [`Linear::new`] writing token `t`'s `rows` outputs at element `t * stride + offset` of
+    /// `out` (`output`; `stride` ≥ `offset` + `rows`): a row shard of a matrix too large for one
+    /// buffer writes its columns of the whole output. Only [`Epilogue::Store`] and
+    /// [`Epilogue::Accumulate`] take a layout other than contiguous.
+    pub fn with_output(
+        gpu: &Gpu,
+        shape: LinearShape,
+        epilogue: Epilogue,
+        output: RowLayout,
+    ) -> Result<Self> {
         let label = epilogue.label();
         shape.check(label)?;
+        let plain = matches!(epilogue, Epilogue::Store | Epilogue::Accumulate);
+        let contiguous = output == RowLayout::contiguous(epilogue.out_width(shape.rows));
+        if !(contiguous || plain && output.stride >= output.offset + shape.rows) {
+            return Err(GpuError::shape(
+                label,
+                format!(
+                    "output layout {output:?} for {} rows with epilogue {epilogue:?}",
+                    shape.rows
+                ),
+            ));
+        }
         let mut constants = shape.constants();
         let flag = |on: bool| if on { 1.0 } else { 0.0 };
         let kernel = match epilogue {
             Epilogue::Store | Epilogue::Accumulate => {
-                constants.push(("ACCUMULATE", flag(epilogue == Epilogue::Accumulate)));
+                constants.extend([
+                    ("ACCUMULATE", flag(epilogue == Epilogue::Accumulate)),
+                    ("OUT_STRIDE", f64::from(output.stride)),
+                    ("OUT_OFFSET", f64::from(output.offset)),
+                ]);
                 LINEAR
             }
-            Epilogue::SwiGlu => {
+            Epilogue::SwiGlu | Epilogue::GeGlu => {
+                constants.push(("GELU", flag(epilogue == Epilogue::GeGlu)));
                 if shape.rows % 8 != 0 {
                     return Err(GpuError::shape(
                         label,
@@ -367,17 +404,19 @@ impl Linear {
         Ok(Self {
             shape,
             epilogue,
+            output,
             pipeline: gpu.pipeline(kernel, "main", &constants)?,
         })
     }
 
     /// Binds `weights`, the input rows `tokens` of `x`, the norm weight (exactly when the
     /// kernel fuses a norm) and `out`, for the epilogues without per-row vectors ([`Store`],
-    /// [`Accumulate`], [`SwiGlu`]; the others take [`Linear::bind_with`]).
+    /// [`Accumulate`], [`SwiGlu`], [`GeGlu`]; the others take [`Linear::bind_with`]).
     ///
     /// [`Store`]: Epilogue::Store
     /// [`Accumulate`]: Epilogue::Accumulate
     /// [`SwiGlu`]: Epilogue::SwiGlu
+    /// [`GeGlu`]: Epilogue::GeGlu
     pub fn bind(
         &self,
         gpu: &Gpu,
@@ -423,7 +462,7 @@ impl Linear {
             label,
             "output",
             out,
-            u64::from(tokens.count) * u64::from(width),
+            self.output.required_len(tokens.count, width),
         )?;
         let given = (
             params.is_some(),
@@ -485,9 +524,14 @@ pub struct QkvRopeConfig {
     pub kv_rows: u32,
     /// Values per head (a multiple of 8).
     pub head_dim: u32,
+    /// Rotate q and k; off when a per-head norm must come first ([`QkNormRope`] then rotates).
+    ///
+    /// [`QkNormRope`]: crate::QkNormRope
+    pub rope: bool,
 }
 
-/// `[q; k; v] = Wqkv norm?(x[t])`, RoPE on q and k at `positions[t]`, q to `q_out[t]`, k and v
+/// `[q; k; v] = Wqkv norm?(x[t])`, RoPE on q and k at `positions[t]` (unless
+/// [`QkvRopeConfig::rope`] is off), q to `q_out[t]`, k and v
 /// into row `cache_rows[t]` of the layer's cache (the token's position when the cache holds one
 /// sequence). A token past the RoPE table or the cache writes nothing.
 #[derive(Debug)]
@@ -504,6 +548,7 @@ impl QkvRope {
             q_rows,
             kv_rows,
             head_dim,
+            rope,
         } = config;
         shape.check("qkv_rope")?;
         let aligned = |n: u32| n > 0 && n % ROW_GROUP as u32 == 0;
@@ -525,6 +570,7 @@ impl QkvRope {
             ("Q_ROWS", f64::from(q_rows)),
             ("KV_ROWS", f64::from(kv_rows)),
             ("HEAD_DIM", f64::from(head_dim)),
+            ("ROPE", if rope { 1.0 } else { 0.0 }),
         ]);
         Ok(Self {
             config,

@@ -14,5 +14,7 @@ pub mod attention;
 pub mod embed;
 pub mod kv_cache;
 pub mod linear;
+pub mod qk_norm_rope;
+pub mod residual_norm;
 pub mod rope;
 pub mod sample;

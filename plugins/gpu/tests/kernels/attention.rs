@@ -6,7 +6,8 @@ use crate::common::{self, EPS};
 /// Scores are head_dim-term dot products (error ≲ sqrt(d)·ε·Σ|q·k|, here |score| ≲ 3), exp of
 /// (score − max) adds (3 + 2|x|) ulp per weight, and the weighted sum of V averages these.
 /// With |q|,|k|,|v| ≤ 1 this gives ≲ 50ε relative to max|out|; tolerance 64ε.
-/// `row_offset`: the sequence's cache rows start there (rows before it hold another sequence).
+/// `row_offset`: the sequence's cache rows start there (rows before it hold another sequence);
+/// `window`: attend to that many last positions only.
 fn check(
     n_heads: usize,
     n_kv_heads: usize,
@@ -14,6 +15,7 @@ fn check(
     positions: &[u32],
     q_layout: Option<RowLayout>,
     row_offset: u32,
+    window: Option<u32>,
 ) {
     let gpu = common::gpu();
     let max_positions = 64usize;
@@ -36,7 +38,16 @@ fn check(
     let q: Vec<f32> = (0..n_tokens)
         .flat_map(|t| q_all[row(t)..row(t) + width].to_vec())
         .collect();
-    let want = reference::attention(&q, positions, &k, &v, n_heads, n_kv_heads, head_dim);
+    let want = reference::attention(
+        &q,
+        positions,
+        &k,
+        &v,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        window.map(|n| n as usize),
+    );
 
     let cache = KvCache::new(&gpu, 1, rows as u32, n_kv_heads as u32, head_dim as u32).unwrap();
     let layer = cache.layer(0).unwrap();
@@ -60,6 +71,7 @@ fn check(
         n_kv_heads: n_kv_heads as u32,
         head_dim: head_dim as u32,
         q: q_layout,
+        window,
     };
     let attention = Attention::new(&gpu, config).unwrap();
     let dispatch = attention
@@ -79,7 +91,7 @@ fn check(
     let error = common::max_rel_error(&got, &want);
     println!(
         "attention {n_heads}/{n_kv_heads} heads x {head_dim} T={n_tokens} positions {positions:?} \
-         from row {row_offset}: max rel error {error:.2e}"
+         from row {row_offset}, window {window:?}: max rel error {error:.2e}"
     );
     assert!(error <= 64.0 * EPS, "{error:.2e}");
 }
@@ -87,14 +99,14 @@ fn check(
 #[test]
 fn attention_matches_reference_with_grouped_heads() {
     // Decode: one token at the first, a middle and the last position.
-    check(9, 3, 64, &[0], None, 0);
-    check(9, 3, 64, &[37], None, 0);
-    check(4, 4, 16, &[63], None, 0);
+    check(9, 3, 64, &[0], None, 0, None);
+    check(9, 3, 64, &[37], None, 0, None);
+    check(4, 4, 16, &[63], None, 0, None);
     // Prefill of 7 tokens at positions 0..7 (causal), and scattered positions.
-    check(6, 2, 32, &[0, 1, 2, 3, 4, 5, 6], None, 0);
-    check(8, 1, 8, &[50, 3, 17], None, 0);
+    check(6, 2, 32, &[0, 1, 2, 3, 4, 5, 6], None, 0, None);
+    check(8, 1, 8, &[50, 3, 17], None, 0, None);
     // A second sequence's rows: the first 40 rows of the cache belong to another one.
-    check(9, 3, 64, &[0, 21, 63], None, 40);
+    check(9, 3, 64, &[0, 21, 63], None, 40, None);
 }
 
 #[test]
@@ -110,6 +122,7 @@ fn attention_reads_queries_through_a_row_layout() {
             offset: 0,
         }),
         0,
+        None,
     );
     check(
         2,
@@ -121,5 +134,18 @@ fn attention_reads_queries_through_a_row_layout() {
             offset: 4,
         }),
         7,
+        None,
     );
+}
+
+#[test]
+fn sliding_window_attends_to_the_last_positions_only() {
+    // Windows shorter than, equal to and longer than the positions seen, for decode and
+    // prefill, also within a second sequence's rows and with head_dim 256 (Gemma 3).
+    check(9, 3, 64, &[37], None, 0, Some(8));
+    check(6, 2, 32, &[0, 1, 2, 3, 4, 5, 6], None, 0, Some(3));
+    check(4, 1, 16, &[5, 63], None, 0, Some(6));
+    check(4, 4, 16, &[63], None, 0, Some(64));
+    check(2, 1, 256, &[0, 9, 40], None, 20, Some(16));
+    check(4, 1, 256, &[12], None, 0, None);
 }

@@ -1,13 +1,14 @@
 use pio_gpu::reference;
 use pio_gpu::{
     DeviceKind, Epilogue, KvCache, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
-    RopeTable, RowTile, TokenRange, WeightDtype,
+    RopeTable, RowLayout, RowTile, TokenRange, WeightDtype,
 };
 
 use crate::common::{self, EPS};
 
 /// (rows, cols, tokens): row counts that are not multiples of the 8-row group or of the
-/// workgroup, token counts that are not multiples of the token tile.
+/// workgroup, token counts that are not multiples of the token tile. Widths are rounded up to
+/// the dtype's block (256 for the K-quants).
 const SHAPES: [(usize, usize, usize); 4] = [(1, 32, 1), (37, 96, 1), (67, 160, 5), (130, 576, 9)];
 
 /// The tiles of both adapter classes: the software (lavapipe) and the GPU variants.
@@ -142,7 +143,7 @@ fn linear_matches_reference_for_every_dtype_shape_and_tile() {
                 check_linear(LinearCase {
                     dtype,
                     rows,
-                    cols,
+                    cols: cols.next_multiple_of(dtype.block_elements()),
                     tokens,
                     tile,
                     norm: (i + j) % 2 == 1,
@@ -181,11 +182,29 @@ fn linear_accumulates_and_reads_a_range_of_rows() {
     }
 }
 
+/// The reference of a gated epilogue: `act(gate) * up`.
+type GateReference = fn(&[f32], &[f32]) -> Vec<f32>;
+
 #[test]
-fn swiglu_matches_reference() {
+fn gated_epilogues_match_reference() {
     let gpu = common::gpu();
-    let (ff, cols, tokens) = (36, 96, 5);
-    for dtype in [WeightDtype::Q4_1, WeightDtype::F16] {
+    let (ff, tokens) = (36, 5);
+    let gates: [(Epilogue, GateReference); 2] = [
+        (Epilogue::SwiGlu, reference::silu_mul),
+        (Epilogue::GeGlu, reference::gelu_tanh_mul),
+    ];
+    // SwiGLU over four storage types; GeGLU over Gemma 3's (Q5_0 gate and up).
+    for (epilogue, act_mul, dtype) in [
+        (gates[0], WeightDtype::Q4_1),
+        (gates[0], WeightDtype::F16),
+        (gates[0], WeightDtype::Q4_K),
+        (gates[0], WeightDtype::Q5_0),
+        (gates[1], WeightDtype::Q5_0),
+        (gates[1], WeightDtype::F16),
+    ]
+    .map(|((e, f), d)| (e, f, d))
+    {
+        let cols = 96usize.next_multiple_of(dtype.block_elements());
         for tile in tiles() {
             let mut rng = common::rng(ff as u64 + tile.tokens as u64);
             let gate_raw = common::random_gguf(&mut rng, dtype, ff, cols);
@@ -198,13 +217,13 @@ fn swiglu_matches_reference() {
             let up_w = reference::dequantize(dtype, ff, cols, &up_raw);
             let gate = reference::matmul(&gate_w, ff, cols, &h);
             let up = reference::matmul(&up_w, ff, cols, &h);
-            let want = reference::silu_mul(&gate, &up);
-            // Errors δg, δu of the two products propagate as |silu'(g)|·|δg|·|u| + |silu(g)|·|δu|
-            // with |silu'| ≤ 1.1 and |silu(g)| ≤ max(|g|, 0.28).
+            let want = act_mul(&gate, &up);
+            // Errors δg, δu of the two products propagate as |act'(g)|·|δg|·|u| + |act(g)|·|δu|
+            // with |act'| ≤ 1.13 (SiLU: 1.1, tanh-GELU: 1.129) and |act(g)| ≤ max(|g|, 0.28).
             let gate_mag = reference::matmul(&abs(&gate_w), ff, cols, &abs(&h));
             let up_mag = reference::matmul(&abs(&up_w), ff, cols, &abs(&h));
             let magnitude: Vec<f32> = (0..want.len())
-                .map(|i| 1.1 * gate_mag[i] * up[i].abs() + gate[i].abs().max(0.28) * up_mag[i])
+                .map(|i| 1.13 * gate_mag[i] * up[i].abs() + gate[i].abs().max(0.28) * up_mag[i])
                 .collect();
 
             let weights =
@@ -216,7 +235,7 @@ fn swiglu_matches_reference() {
                 norm_eps: Some(NORM_EPS),
                 tile,
             };
-            let kernel = Linear::new(&gpu, shape, Epilogue::SwiGlu).unwrap();
+            let kernel = Linear::new(&gpu, shape, epilogue).unwrap();
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let out = gpu.storage_zeroed("out", (tokens * ff * 4) as u64).unwrap();
@@ -232,7 +251,7 @@ fn swiglu_matches_reference() {
                 .unwrap();
             gpu.run(&[&dispatch]).unwrap();
             let got = common::read(&gpu, &out, tokens * ff);
-            let label = format!("swiglu {dtype:?} ff={ff} cols={cols} tile {tile:?}");
+            let label = format!("{epilogue:?} {dtype:?} ff={ff} cols={cols} tile {tile:?}");
             check_within_bound(&label, &got, &want, &magnitude, 4.0, cols);
         }
     }
@@ -241,7 +260,7 @@ fn swiglu_matches_reference() {
 #[test]
 fn qkv_rope_matches_reference_and_writes_the_cache() {
     let gpu = common::gpu();
-    let (n_heads, n_kv_heads, head_dim, cols, max_positions) = (3, 1, 16, 64, 12u32);
+    let (n_heads, n_kv_heads, head_dim, max_positions) = (3, 1, 16, 12u32);
     let (q_rows, kv_rows) = (n_heads * head_dim, n_kv_heads * head_dim);
     let rows = q_rows + 2 * kv_rows;
     let base = 10000.0;
@@ -250,7 +269,16 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
     // Cache rows differ from positions, as when a cache holds several sequences.
     let cache_rows = [9u32, 10, 11, 12, 0];
     let tokens = positions.len();
-    for dtype in [WeightDtype::Q4_1, WeightDtype::Q8_0, WeightDtype::F32] {
+    // Without RoPE (a per-head norm comes first), q and k are written as projected.
+    for (dtype, rope) in [
+        (WeightDtype::Q4_1, true),
+        (WeightDtype::Q8_0, true),
+        (WeightDtype::F32, true),
+        (WeightDtype::Q5_0, true),
+        (WeightDtype::Q6_K, true),
+        (WeightDtype::Q5_0, false),
+    ] {
+        let cols = 64usize.next_multiple_of(dtype.block_elements());
         for tile in tiles() {
             let mut rng = common::rng(rows as u64 + tile.tokens as u64);
             let raw = common::random_gguf(&mut rng, dtype, rows, cols);
@@ -269,8 +297,10 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             let mut q = split(&qkv, 0, q_rows);
             let mut k = split(&qkv, q_rows, kv_rows);
             let v = split(&qkv, q_rows + kv_rows, kv_rows);
-            reference::rope(&mut q, head_dim, &positions, base);
-            reference::rope(&mut k, head_dim, &positions, base);
+            if rope {
+                reference::rope(&mut q, head_dim, &positions, base);
+                reference::rope(&mut k, head_dim, &positions, base);
+            }
             // A rotation mixes two values of equal magnitude bound: use the pair's larger one.
             let pair_max = |m: Vec<f32>| -> Vec<f32> {
                 m.chunks_exact(2)
@@ -314,6 +344,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 q_rows: q_rows as u32,
                 kv_rows: kv_rows as u32,
                 head_dim: head_dim as u32,
+                rope,
             };
             let kernel = QkvRope::new(&gpu, config).unwrap();
             let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
@@ -345,7 +376,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 .unwrap();
             gpu.run(&[&dispatch]).unwrap();
 
-            let label = format!("qkv_rope {dtype:?} tile {tile:?}");
+            let label = format!("qkv_rope {dtype:?} rope {rope} tile {tile:?}");
             let got_q = common::read(&gpu, &q_out, tokens * q_rows);
             let got_k = common::read(&gpu, layer.keys, cache_len);
             let got_v = common::read(&gpu, layer.values, cache_len);
@@ -462,4 +493,77 @@ fn fused_kernels_reject_mismatched_weights_norms_and_short_buffers() {
         Epilogue::Store
     )
     .is_err());
+}
+
+/// A matrix split into two row shards, each a Linear writing its columns of the whole output
+/// (stride = all rows, offset = its first row): together they store the whole product, for
+/// one token and for a tile of several. Tolerance as for `linear_matches_reference_...`.
+#[test]
+fn row_shards_write_their_columns_of_a_wider_output() {
+    let gpu = common::gpu();
+    let (dtype, rows, cols, split) = (WeightDtype::Q8_0, 40usize, 64usize, 24usize);
+    for (tokens, tile) in [(1usize, tiles()[0]), (5, tiles()[1])] {
+        let mut rng = common::rng(tokens as u64 + 500);
+        let raw = common::random_gguf(&mut rng, dtype, rows, cols);
+        let x = common::random_f32(&mut rng, tokens * cols, 1.0);
+        let w = reference::dequantize(dtype, rows, cols, &raw);
+        let want = reference::matmul(&w, rows, cols, &x);
+        let magnitude = reference::matmul(&abs(&w), rows, cols, &abs(&x));
+        let row_bytes = dtype.gguf_row_bytes(cols);
+        let x_buf = gpu.storage_from("x", &x).unwrap();
+        let out = gpu
+            .storage_zeroed("out", (tokens * rows * 4) as u64)
+            .unwrap();
+        let shards = [(0, split), (split, rows - split)];
+        let matrices: Vec<QuantMatrix> = shards
+            .iter()
+            .map(|&(first, n)| {
+                let bytes = &raw[first * row_bytes..(first + n) * row_bytes];
+                QuantMatrix::upload(&gpu, dtype, n, cols, bytes).unwrap()
+            })
+            .collect();
+        let dispatches: Vec<_> = shards
+            .iter()
+            .zip(&matrices)
+            .map(|(&(first, n), m)| {
+                let shape = LinearShape {
+                    dtype,
+                    rows: n as u32,
+                    cols: cols as u32,
+                    norm_eps: None,
+                    tile,
+                };
+                let layout = RowLayout {
+                    stride: rows as u32,
+                    offset: first as u32,
+                };
+                Linear::with_output(&gpu, shape, Epilogue::Store, layout)
+                    .unwrap()
+                    .bind(&gpu, m, &x_buf, None, &out, TokenRange::all(tokens as u32))
+                    .unwrap()
+            })
+            .collect();
+        gpu.run(&dispatches.iter().collect::<Vec<_>>()).unwrap();
+        let got = common::read(&gpu, &out, tokens * rows);
+        let label = format!("row shards T={tokens}");
+        check_within_bound(&label, &got, &want, &magnitude, 2.0, cols);
+    }
+    // A layout is only for the plain epilogues, and must hold the rows.
+    let shape = LinearShape {
+        dtype,
+        rows: 16,
+        cols: 64,
+        norm_eps: None,
+        tile: tiles()[0],
+    };
+    let narrow = RowLayout {
+        stride: 20,
+        offset: 8,
+    };
+    assert!(Linear::with_output(&gpu, shape, Epilogue::Store, narrow).is_err());
+    let wide = RowLayout {
+        stride: 40,
+        offset: 8,
+    };
+    assert!(Linear::with_output(&gpu, shape, Epilogue::SwiGlu, wide).is_err());
 }

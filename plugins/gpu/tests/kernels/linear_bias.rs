@@ -123,7 +123,8 @@ fn c(norm: bool) -> f64 {
     }
 }
 
-/// Every dtype with every shape, the tiles (and the fused input norm) rotating over them so
+/// Every dtype with every shape (widths rounded up to the dtype's block: 256 for the
+/// K-quants), the tiles (and the fused input norm) rotating over them so
 /// that each tile meets several dtypes and shapes: `(dtype, shape, tile, norm)`. (Every
 /// combination would compile ~100 pipelines, at ~0.2 s each on llvmpipe.)
 fn cases(
@@ -133,10 +134,14 @@ fn cases(
         .into_iter()
         .enumerate()
         .flat_map(move |(d, dtype)| {
-            SHAPES.into_iter().enumerate().map(move |(i, shape)| {
-                let k = d + i + rotation;
-                (dtype, shape, tiles()[k % 4], k % 3 == 1)
-            })
+            SHAPES
+                .into_iter()
+                .enumerate()
+                .map(move |(i, (rows, cols, tokens))| {
+                    let k = d + i + rotation;
+                    let shape = (rows, cols.next_multiple_of(dtype.block_elements()), tokens);
+                    (dtype, shape, tiles()[k % 4], k % 3 == 1)
+                })
         })
 }
 

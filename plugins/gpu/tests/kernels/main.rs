@@ -7,4 +7,5 @@ mod attention;
 mod embed;
 mod linear;
 mod linear_bias;
+mod norms;
 mod sample;

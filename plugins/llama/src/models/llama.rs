@@ -13,7 +13,7 @@ use pio_gguf::GgufFile;
 
 use super::{
     Activation, AttentionSpec, AttentionWindow, Embedding, FeedForwardSpec, LayerSpec, ModelSpec,
-    NormWeight, Output, RmsNorm, Rope,
+    NormWeight, Output, RmsNorm, Rope, RopePairs,
 };
 use crate::error::{Error, Result};
 use crate::hparams::{HParams, Metadata};
@@ -55,6 +55,7 @@ pub fn describe(file: &GgufFile) -> Result<ModelSpec> {
         dim: meta
             .opt_usize("rope.dimension_count")?
             .unwrap_or(hparams.head_dim),
+        pairs: RopePairs::Adjacent,
     };
     let layer = LayerSpec {
         attention: AttentionSpec {
@@ -113,7 +114,8 @@ mod tests {
             attention.rope,
             Rope {
                 base: 10_000.0,
-                dim: 16
+                dim: 16,
+                pairs: RopePairs::Adjacent,
             }
         );
         assert_eq!(attention.window, AttentionWindow::Global);
@@ -155,7 +157,8 @@ mod tests {
             spec.ropes(),
             [Rope {
                 base: 100_000.0,
-                dim: 64
+                dim: 64,
+                pairs: RopePairs::Adjacent,
             }]
         );
         assert!(hp.context_length >= 2048);

@@ -9,6 +9,7 @@
 //!
 //! [`describe`] is the architecture dispatch: `general.architecture` → family.
 
+pub mod gemma3;
 pub mod llama;
 
 use pio_gguf::GgufFile;
@@ -23,10 +24,16 @@ struct Family {
 }
 
 /// Every family this plugin runs.
-const FAMILIES: [Family; 1] = [Family {
-    architecture: llama::ARCHITECTURE,
-    describe: llama::describe,
-}];
+const FAMILIES: [Family; 2] = [
+    Family {
+        architecture: llama::ARCHITECTURE,
+        describe: llama::describe,
+    },
+    Family {
+        architecture: gemma3::ARCHITECTURE,
+        describe: gemma3::describe,
+    },
+];
 
 /// The `general.architecture` names this plugin runs, for messages.
 pub fn architectures() -> String {
@@ -148,7 +155,7 @@ pub struct QkNorm {
     pub k: &'static str,
 }
 
-/// GGML "normal" RoPE: adjacent pairs of the first `dim` values of each head rotate by
+/// Rotary position embedding: pair `i` of the first `dim` values of each head rotates by
 /// `pos · base^(-2i / dim)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rope {
@@ -156,6 +163,18 @@ pub struct Rope {
     pub base: f32,
     /// Leading dimensions of each head that rotate (even, at most `head_dim`).
     pub dim: usize,
+    /// Which values form pair `i`.
+    pub pairs: RopePairs,
+}
+
+/// Which two values of a head rotate together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopePairs {
+    /// `(2i, 2i + 1)`: GGML's "normal" mode (llama.cpp's Llama converter permutes q and k
+    /// rows into it).
+    Adjacent,
+    /// `(i, i + dim / 2)`: GGML's "NeoX" mode, Hugging Face's `rotate_half` (Gemma).
+    Halves,
 }
 
 /// The positions a token attends to (always causal).

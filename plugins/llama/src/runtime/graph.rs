@@ -3,17 +3,19 @@
 //! activations and a KV cache.
 
 use pio_gpu::{
-    Dispatch, Epilogue, Gpu, GpuBuffer, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
+    Attention, AttentionConfig, Dispatch, Epilogue, Gpu, GpuBuffer, Linear, LinearShape,
+    QkNormRope, QkNormRopeConfig, QkvRope, QkvRopeConfig, QuantMatrix, ResidualRmsNorm, RowLayout,
     RowTile, TokenRange,
 };
 
 use super::support::gate_epilogue;
 use super::upload::LayerWeights;
+use super::vocab::VocabMatrix;
 use super::GpuModel;
 use crate::error::Result;
-use crate::models::ModelSpec;
+use crate::models::{AttentionWindow, ModelSpec};
 
-/// The four fused kernels of one layer, for one tile.
+/// The four fused matrix kernels of one layer, for one tile.
 pub(super) struct LayerKernels {
     qkv: QkvRope,
     output: Linear,
@@ -28,6 +30,13 @@ pub(super) struct Layer {
     pub rope: usize,
     pub decode: LayerKernels,
     pub prefill: LayerKernels,
+    /// Attention over the layer's window.
+    pub attention: Attention,
+    /// The per-head q/k norm with RoPE, when the layer has the norm (then `qkv` does not
+    /// rotate).
+    pub qk_norm: Option<QkNormRope>,
+    /// The normalised residual add of the sandwich norms, when the layer has them.
+    pub post_norm: Option<ResidualRmsNorm>,
 }
 
 impl Layer {
@@ -40,12 +49,13 @@ impl Layer {
     }
 }
 
-/// The final norm + output projection, for both tiles.
+/// The final norm + output projection, for both tiles: one kernel per shard of the
+/// projection, each writing its columns of the logits.
 pub(super) struct Head {
     /// `None` when the projection is tied to the embedding table.
-    pub output: Option<QuantMatrix>,
-    pub decode: Linear,
-    pub prefill: Linear,
+    pub output: Option<VocabMatrix>,
+    pub decode: Vec<Linear>,
+    pub prefill: Vec<Linear>,
 }
 
 /// Activation buffers, each sized for `max_batch` tokens.
@@ -56,6 +66,8 @@ pub(super) struct Activations {
     pub x: GpuBuffer,
     pub q: GpuBuffer,
     pub attn: GpuBuffer,
+    /// A projection's output before its post-norm and residual add.
+    pub proj: GpuBuffer,
     pub ffn: GpuBuffer,
     pub logits: GpuBuffer,
 }
@@ -93,9 +105,15 @@ impl KernelFactory<'_> {
         }
     }
 
-    /// The kernels of layer `i` over its uploaded `weights`.
+    /// The matrix kernels of layer `i` over its uploaded `weights`, for one tile. A projection
+    /// followed by a post-norm stores its output (the norm's kernel adds it to the residual);
+    /// one without accumulates into the residual itself.
     pub fn layer(&self, i: usize, weights: &LayerWeights, tile: RowTile) -> Result<LayerKernels> {
         let hp = &self.spec.hparams;
+        let residual = |post_norm: &Option<GpuBuffer>| match post_norm {
+            Some(_) => Epilogue::Store,
+            None => Epilogue::Accumulate,
+        };
         Ok(LayerKernels {
             qkv: QkvRope::new(
                 self.gpu,
@@ -104,24 +122,67 @@ impl KernelFactory<'_> {
                     q_rows: hp.q_dim() as u32,
                     kv_rows: hp.kv_dim() as u32,
                     head_dim: hp.head_dim as u32,
+                    rope: weights.qk_norm.is_none(),
                 },
             )?,
             output: Linear::new(
                 self.gpu,
                 self.shape(&weights.output, false, tile),
-                Epilogue::Accumulate,
+                residual(&weights.attn_post_norm),
             )?,
             gate_up: Linear::new(
                 self.gpu,
                 self.shape(&weights.gate_up, true, tile),
-                gate_epilogue(self.spec, i)?,
+                gate_epilogue(self.spec, i),
             )?,
             down: Linear::new(
                 self.gpu,
                 self.shape(&weights.down, false, tile),
-                Epilogue::Accumulate,
+                residual(&weights.ffn_post_norm),
             )?,
         })
+    }
+
+    /// Layer `i`'s attention over its window.
+    pub fn attention(&self, i: usize) -> Result<Attention> {
+        let hp = &self.spec.hparams;
+        Ok(Attention::new(
+            self.gpu,
+            AttentionConfig {
+                n_heads: hp.n_head as u32,
+                n_kv_heads: hp.n_head_kv as u32,
+                head_dim: hp.head_dim as u32,
+                q: RowLayout::contiguous(hp.q_dim() as u32),
+                window: match self.spec.layers[i].attention.window {
+                    AttentionWindow::Global => None,
+                    AttentionWindow::Sliding(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                },
+            },
+        )?)
+    }
+
+    /// The per-head q/k norm of a layer whose `weights` have one.
+    pub fn qk_norm(&self, weights: &LayerWeights) -> Result<Option<QkNormRope>> {
+        let hp = &self.spec.hparams;
+        let config = QkNormRopeConfig {
+            n_heads: hp.n_head as u32,
+            n_kv_heads: hp.n_head_kv as u32,
+            head_dim: hp.head_dim as u32,
+            eps: self.spec.norm.eps,
+        };
+        weights
+            .qk_norm
+            .as_ref()
+            .map(|_| Ok(QkNormRope::new(self.gpu, config)?))
+            .transpose()
+    }
+
+    /// The normalised residual add of a layer whose `weights` have a post-norm.
+    pub fn post_norm(&self, weights: &LayerWeights) -> Result<Option<ResidualRmsNorm>> {
+        let has = weights.attn_post_norm.is_some() || weights.ffn_post_norm.is_some();
+        let (e, eps) = (self.spec.hparams.n_embd as u32, self.spec.norm.eps);
+        has.then(|| Ok(ResidualRmsNorm::new(self.gpu, e, eps)?))
+            .transpose()
     }
 }
 
@@ -129,42 +190,81 @@ impl GpuModel {
     /// Binds every dispatch of a step over `n` tokens against the cache of `kind`:
     ///
     /// ```text
-    /// x = embed(tokens)
+    /// x = embed(tokens) * scale                                (one Embed per vocabulary shard)
     /// per layer:  q, cache[rows] = rope(Wqkv rmsnorm(x, attn_norm))          (QkvRope)
-    ///             a = attention(q, cache)                                    (causal GQA)
-    ///             x += Wo a                                                  (Linear, residual)
+    ///             [q, cache[rows].k = rope(headnorm(q)), rope(headnorm(k))]  (QkNormRope)
+    ///             a = attention(q, cache)                     (causal GQA, maybe windowed)
+    ///             x += Wo a   or   x += rmsnorm(Wo a, post_attention_norm)   (Linear [+ norm])
     ///             f = act(Wgate h) * (Wup h),  h = rmsnorm(x, ffn_norm)      (Linear, gated)
-    ///             x += Wdown f                                               (Linear, residual)
-    /// logits = Wout rmsnorm(x, output_norm)   (all n rows, or only the last)  (Linear)
+    ///             x += Wdown f   or   x += rmsnorm(Wdown f, post_ffw_norm)   (Linear [+ norm])
+    /// logits = Wout rmsnorm(x, output_norm)  (all n rows, or only the last; one Linear per shard)
     /// ```
+    /// (bracketed steps only for layers whose spec has them).
     pub(super) fn build_step(&self, n: u32, all_logits: bool, kind: CacheKind) -> Result<Step> {
         let (gpu, a) = (&self.gpu, &self.acts);
         let kv = self.cache(kind)?;
         let tokens = TokenRange::all(n);
-        let mut dispatches = vec![self.embed.bind(gpu, &self.token_embd, &a.tokens, &a.x, n)?];
+        let mut dispatches = self
+            .embed
+            .iter()
+            .zip(&self.token_embd.shards)
+            .map(|(embed, shard)| Ok(embed.bind(gpu, &shard.matrix, &a.tokens, &a.x, n)?))
+            .collect::<Result<Vec<_>>>()?;
         for (i, l) in self.layers.iter().enumerate() {
             let (k, w) = (l.kernels(n), &l.weights);
             let cache = kv.layer(i)?;
-            dispatches.extend([
-                k.qkv.bind(
+            let table = &self.rope_tables[l.rope];
+            dispatches.push(k.qkv.bind(
+                gpu,
+                &w.qkv,
+                &a.x,
+                Some(&w.attn_norm),
+                &a.positions,
+                &a.cache_rows,
+                table,
+                &a.q,
+                cache,
+                tokens,
+            )?);
+            if let (Some(qk), Some((q_norm, k_norm))) = (&l.qk_norm, &w.qk_norm) {
+                dispatches.push(qk.bind(
                     gpu,
-                    &w.qkv,
-                    &a.x,
-                    Some(&w.attn_norm),
+                    &a.q,
                     &a.positions,
                     &a.cache_rows,
-                    &self.rope_tables[l.rope],
-                    &a.q,
+                    table,
+                    q_norm,
+                    k_norm,
                     cache,
-                    tokens,
-                )?,
-                self.attention
-                    .bind(gpu, &a.q, &a.positions, &a.cache_rows, cache, &a.attn, n)?,
-                k.output.bind(gpu, &w.output, &a.attn, None, &a.x, tokens)?,
-                k.gate_up
-                    .bind(gpu, &w.gate_up, &a.x, Some(&w.ffn_norm), &a.ffn, tokens)?,
-                k.down.bind(gpu, &w.down, &a.ffn, None, &a.x, tokens)?,
-            ]);
+                    n,
+                )?);
+            }
+            dispatches.push(l.attention.bind(
+                gpu,
+                &a.q,
+                &a.positions,
+                &a.cache_rows,
+                cache,
+                &a.attn,
+                n,
+            )?);
+            dispatches.extend(self.residual(
+                l,
+                &k.output,
+                &w.output,
+                &a.attn,
+                &w.attn_post_norm,
+                n,
+            )?);
+            dispatches.push(k.gate_up.bind(
+                gpu,
+                &w.gate_up,
+                &a.x,
+                Some(&w.ffn_norm),
+                &a.ffn,
+                tokens,
+            )?);
+            dispatches.extend(self.residual(l, &k.down, &w.down, &a.ffn, &w.ffn_post_norm, n)?);
         }
         let (head, rows) = if n == 1 {
             (&self.head.decode, tokens)
@@ -173,18 +273,44 @@ impl GpuModel {
         } else {
             (&self.head.decode, TokenRange::one(n - 1))
         };
-        dispatches.push(head.bind(
-            gpu,
-            self.head.output.as_ref().unwrap_or(&self.token_embd),
-            &a.x,
-            Some(&self.output_norm),
-            &a.logits,
-            rows,
-        )?);
+        let weights = self.head.output.as_ref().unwrap_or(&self.token_embd);
+        for (kernel, shard) in head.iter().zip(&weights.shards) {
+            dispatches.push(kernel.bind(
+                gpu,
+                &shard.matrix,
+                &a.x,
+                Some(&self.output_norm),
+                &a.logits,
+                rows,
+            )?);
+        }
         Ok(Step {
             dispatches,
             n_tokens: n,
             all_logits,
+        })
+    }
+}
+
+impl GpuModel {
+    /// `x += W input` for `n` tokens, or with a post-norm weight `x += rmsnorm(W input) * w`
+    /// (the projection stored in `proj`, then the layer's normalised residual add).
+    fn residual(
+        &self,
+        layer: &Layer,
+        linear: &Linear,
+        weights: &QuantMatrix,
+        input: &GpuBuffer,
+        post_norm: &Option<GpuBuffer>,
+        n: u32,
+    ) -> Result<Vec<Dispatch>> {
+        let (gpu, a, tokens) = (&self.gpu, &self.acts, TokenRange::all(n));
+        Ok(match (post_norm, &layer.post_norm) {
+            (Some(weight), Some(norm)) => vec![
+                linear.bind(gpu, weights, input, None, &a.proj, tokens)?,
+                norm.bind(gpu, &a.proj, weight, &a.x, n)?,
+            ],
+            _ => vec![linear.bind(gpu, weights, input, None, &a.x, tokens)?],
         })
     }
 }

@@ -3,8 +3,8 @@
 //! Nothing here knows a family: [`GpuModel::new`] reads the file's spec
 //! ([`crate::models::describe`]); `support.rs` refuses what no kernel does, `upload.rs` puts
 //! the weights on the device and `graph.rs` builds each layer's kernels and the dispatches of a
-//! step. A forward step of `T` tokens records five dispatches per layer into one command
-//! encoder, submits them once, then reads back either the logits ([`Forward::forward`]) or,
+//! step. A forward step of `T` tokens records five dispatches per layer (Llama; eight with
+//! Gemma's q/k and sandwich norms) into one command encoder, submits them once, then reads back either the logits ([`Forward::forward`]) or,
 //! when generating ([`Forward::next_token`]), only the token id the device sampler picked.
 //! Prompts longer than [`GpuModel::max_batch`] are processed in chunks. The dispatches of a
 //! single-token step are built once and reused for every decoded token; only the token-id and
@@ -14,11 +14,12 @@
 mod graph;
 mod support;
 mod upload;
+mod vocab;
 
 use pio_gguf::GgufFile;
 use pio_gpu::{
-    Attention, AttentionConfig, DeviceSampler, Dispatch, Embed, Epilogue, Gpu, GpuBuffer, KvCache,
-    Linear, QuantMatrix, RopeTable, RowLayout, RowTile,
+    DeviceSampler, Dispatch, Embed, EmbedTable, Epilogue, Gpu, GpuBuffer, KvCache, Linear,
+    RopeTable, RowLayout, RowTile,
 };
 
 use crate::error::{Error, Result};
@@ -28,6 +29,7 @@ use crate::sampler::Sampler;
 use crate::weights::ModelTensors;
 use graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step};
 use upload::LayerWeights;
+use vocab::VocabMatrix;
 
 /// Default largest number of tokens processed by one forward submission.
 pub const DEFAULT_MAX_BATCH: usize = 64;
@@ -57,9 +59,9 @@ pub struct GpuModel {
     spec: ModelSpec,
     context: usize,
     max_batch: usize,
-    token_embd: QuantMatrix,
-    embed: Embed,
-    attention: Attention,
+    token_embd: VocabMatrix,
+    /// The embedding lookup of each shard of `token_embd`.
+    embed: Vec<Embed>,
     layers: Vec<Layer>,
     output_norm: GpuBuffer,
     head: Head,
@@ -126,10 +128,13 @@ impl GpuModel {
             .zip(&spec.layers)
             .enumerate()
             .map(|(i, (l, layer))| {
-                let weights = LayerWeights::upload(&gpu, &spec, l)?;
+                let weights = LayerWeights::upload(&gpu, &spec, layer, l)?;
                 Ok(Layer {
                     decode: factory.layer(i, &weights, decode_tile)?,
                     prefill: factory.layer(i, &weights, prefill_tile)?,
+                    attention: factory.attention(i)?,
+                    qk_norm: factory.qk_norm(&weights)?,
+                    post_norm: factory.post_norm(&weights)?,
                     rope: ropes
                         .iter()
                         .position(|r| *r == layer.attention.rope)
@@ -139,39 +144,53 @@ impl GpuModel {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let embd_dtype = upload::weight_dtype(&t.token_embd)?;
-        let token_embd = upload::matrix(&gpu, &t.token_embd, hp.vocab_size, hp.n_embd)?;
+        let token_embd = VocabMatrix::upload(&gpu, &t.token_embd, hp.vocab_size, hp.n_embd)?;
         // A tied head reads the embedding table itself (same packed layout).
         let output = match t.tied_output {
             true => None,
-            false => Some(upload::matrix(&gpu, &t.output, hp.vocab_size, hp.n_embd)?),
+            false => Some(VocabMatrix::upload(
+                &gpu,
+                &t.output,
+                hp.vocab_size,
+                hp.n_embd,
+            )?),
         };
-        let head_weights = output.as_ref().unwrap_or(&token_embd);
+        let head_kernels = |tile| {
+            let weights = output.as_ref().unwrap_or(&token_embd);
+            weights
+                .shards
+                .iter()
+                .map(|shard| {
+                    let columns = RowLayout {
+                        stride: vocab,
+                        offset: shard.first_row,
+                    };
+                    let shape = factory.shape(&shard.matrix, true, tile);
+                    Ok(Linear::with_output(&gpu, shape, Epilogue::Store, columns)?)
+                })
+                .collect::<Result<Vec<_>>>()
+        };
         let head = Head {
-            decode: Linear::new(
-                &gpu,
-                factory.shape(head_weights, true, decode_tile),
-                Epilogue::Store,
-            )?,
-            prefill: Linear::new(
-                &gpu,
-                factory.shape(head_weights, true, prefill_tile),
-                Epilogue::Store,
-            )?,
+            decode: head_kernels(decode_tile)?,
+            prefill: head_kernels(prefill_tile)?,
             output,
         };
 
-        let (hd, nh, nkv) = (u(hp.head_dim), u(hp.n_head), u(hp.n_head_kv));
-        let embed = Embed::new(&gpu, embd_dtype, vocab, e)?;
-        let attention = Attention::new(
-            &gpu,
-            AttentionConfig {
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-                q: RowLayout::contiguous(q_rows),
-            },
-        )?;
+        let (hd, nkv) = (u(hp.head_dim), u(hp.n_head_kv));
+        let embed = token_embd
+            .shards
+            .iter()
+            .map(|shard| {
+                let table = EmbedTable {
+                    dtype: shard.matrix.dtype(),
+                    rows: shard.matrix.rows(),
+                    cols: e,
+                    first_row: shard.first_row,
+                    scale: spec.embedding.scale,
+                };
+                Ok(Embed::new(&gpu, table)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let rope_tables = ropes
             .iter()
             .map(|r| Ok(RopeTable::new(&gpu, hd, f64::from(r.base), ctx)?))
@@ -185,6 +204,7 @@ impl GpuModel {
             x: words("x", b * u64::from(e))?,
             q: words("q", b * u64::from(q_rows))?,
             attn: words("attention out", b * u64::from(q_rows))?,
+            proj: words("projection", b * u64::from(e))?,
             ffn: words("gated feed-forward", b * hp.n_ff as u64)?,
             logits: words("logits", b * u64::from(vocab))?,
         };
@@ -197,7 +217,6 @@ impl GpuModel {
             max_batch,
             token_embd,
             embed,
-            attention,
             layers,
             output_norm,
             head,
@@ -248,8 +267,9 @@ impl GpuModel {
 
     /// Kernel launches each transformer layer takes per decoded token.
     pub fn dispatches_per_layer(&self) -> usize {
-        // Everything but the embedding lookup, the head and the sampler, over the layers.
-        (self.dispatches_per_token().saturating_sub(3)) / self.layers.len().max(1)
+        // Everything but the embedding lookups, the heads and the sampler, over the layers.
+        let outside = self.embed.len() + self.head.decode.len() + 1;
+        (self.dispatches_per_token().saturating_sub(outside)) / self.layers.len().max(1)
     }
 
     /// The cache a step of `kind` uses.

@@ -6,7 +6,7 @@ use crate::reference::ReferenceModel;
 use crate::sampler::{argmax, SamplingParams};
 use pio_gpu::testing::{gpu as test_gpu, max_abs_diff, max_rel_error};
 
-use crate::test_model::{smollm2, tiny_llama, TinyConfig};
+use crate::test_model::{gemma3, smollm2, tiny_gemma3, tiny_llama, TinyConfig};
 
 /// Runs `prompt` (all positions) and then `decode_steps` greedy tokens through both models,
 /// printing and returning the worst absolute and relative logit errors.
@@ -65,6 +65,41 @@ fn tiny_tied_model_in_one_batch_matches_reference() {
     tiny_case(cfg, 64);
 }
 
+/// A K-quant mix like llama.cpp's Q4_K_M (256-wide rows): with 7 matrices per layer and the
+/// embedding first, the 7 types land on the same roles in every layer — the embedding and
+/// down projections Q6_K, q/k/v and the output head Q4_K, the attention output Q5_1, gate
+/// and up Q5_K.
+#[test]
+fn tiny_k_quant_model_matches_reference() {
+    let cfg = TinyConfig {
+        n_embd: 256,
+        n_ff: 512,
+        types: vec![
+            TensorType::Q6_K,
+            TensorType::Q4_K,
+            TensorType::Q4_K,
+            TensorType::Q4_K,
+            TensorType::Q5_1,
+            TensorType::Q5_K,
+            TensorType::Q5_K,
+        ],
+        seed: 11,
+        ..TinyConfig::default()
+    };
+    let file = tiny_llama(&cfg);
+    for (name, dtype) in [
+        ("token_embd.weight", TensorType::Q6_K),
+        ("output.weight", TensorType::Q4_K),
+        ("blk.1.attn_v.weight", TensorType::Q4_K),
+        ("blk.1.attn_output.weight", TensorType::Q5_1),
+        ("blk.1.ffn_up.weight", TensorType::Q5_K),
+        ("blk.1.ffn_down.weight", TensorType::Q6_K),
+    ] {
+        assert_eq!(file.tensor_info(name).unwrap().dtype, dtype, "{name}");
+    }
+    tiny_case(cfg, 8);
+}
+
 /// What the runtime runs beyond Llama's spec needs no kernel of its own: a different RoPE base
 /// per layer (one table each) and `1 + w` norm weights (folded in at upload). The GPU and the
 /// reference follow such a spec alike, and it changes the logits.
@@ -92,6 +127,27 @@ fn per_layer_rope_bases_and_offset_norm_weights_match_reference() {
         max_abs_diff(&as_spec, &as_llama) > 0.1,
         "the spec changed nothing"
     );
+}
+
+/// Gemma 3's whole spec on the GPU — scaled embedding, q/k norms, sandwich norms, GeGLU,
+/// RoPE on halves with a local and a global base, a window of 4 on every layer but the sixth —
+/// against the reference: a prompt longer than the window and than one batch, then decoding.
+#[test]
+fn tiny_gemma3_matches_reference() {
+    for (max_batch, seed) in [(8, 1), (64, 5)] {
+        let cfg = TinyConfig {
+            seed,
+            ..TinyConfig::gemma3()
+        };
+        let file = tiny_gemma3(&cfg);
+        let mut reference = ReferenceModel::load(&file, 64).unwrap();
+        let mut model = GpuModel::new(test_gpu(), &file, 64, max_batch).unwrap();
+        assert_eq!(model.dispatches_per_layer(), 8);
+        let prompt: Vec<u32> = (0..21).map(|i| (i * 37 + 5) % 290).collect();
+        let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 6, "gemma3");
+        // As in `tiny_case`: the same weights on both sides, only f32 summation order differs.
+        assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
+    }
 }
 
 /// `n` tokens after `prompt`, each fed back to sample the next, as a sequence alone runs.
@@ -158,12 +214,54 @@ fn rewinding_the_cache_recomputes_the_same_logits() {
 #[test]
 #[ignore = "needs the SmolLM2 model: pio models fetch"]
 fn smollm2_matches_reference() {
-    let path = smollm2();
-    let file = GgufFile::open(path).unwrap();
-    let mut reference = ReferenceModel::load(&file, 128).unwrap();
-    let mut model = GpuModel::new(test_gpu(), &file, 128, DEFAULT_MAX_BATCH).unwrap();
+    let file = GgufFile::open(smollm2()).unwrap();
+    real_model_matches_reference(&file, "SmolLM2");
+}
+
+/// SmolLM2 requantized as llama.cpp's Q4_K_M mix (from the Q4_1 file's values): mostly Q5_0
+/// and Q8_0, since its 576-wide rows hold no 256-element super-blocks, with Q4_K and Q6_K
+/// down projections (1536 wide). A K-quant Llama-family model, checked like the Q4_1 file.
+#[test]
+#[ignore = "needs the SmolLM2 model: pio models fetch"]
+fn smollm2_k_quant_mix_matches_reference() {
+    use pio_gguf::requantize::{requantize, Q4KM};
+    let q4_1 = GgufFile::open(smollm2()).unwrap();
+    let plan = Q4KM::new(&q4_1, 30);
+    let bytes = requantize(&q4_1, |info| plan.type_of(info))
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let file = GgufFile::from_bytes(bytes).unwrap();
+    for (name, dtype) in [
+        ("blk.0.ffn_down.weight", TensorType::Q6_K),
+        ("blk.3.ffn_down.weight", TensorType::Q4_K),
+        ("blk.3.attn_q.weight", TensorType::Q5_0),
+        ("blk.0.attn_v.weight", TensorType::Q8_0),
+    ] {
+        assert_eq!(file.tensor_info(name).unwrap().dtype, dtype, "{name}");
+    }
+    real_model_matches_reference(&file, "SmolLM2 Q4_K_M");
+}
+
+/// The GPU model of a real SmolLM2 `file` against the CPU reference on the same file: a prompt
+/// and a few greedy decode steps.
+fn real_model_matches_reference(file: &GgufFile, label: &str) {
+    let mut reference = ReferenceModel::load(file, 128).unwrap();
+    let mut model = GpuModel::new(test_gpu(), file, 128, DEFAULT_MAX_BATCH).unwrap();
     // "<|im_start|>user\nThe capital" and some arbitrary ids.
     let prompt = [1, 4093, 198, 504, 3575, 3223, 28, 1029, 8130, 49, 2];
-    let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 4, "SmolLM2");
+    let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 4, label);
+    assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
+}
+
+#[test]
+#[ignore = "needs the Gemma 3 model: pio models fetch"]
+fn gemma3_matches_reference() {
+    let file = GgufFile::open(gemma3()).unwrap();
+    let mut reference = ReferenceModel::load(&file, 64).unwrap();
+    let mut model = GpuModel::new(test_gpu(), &file, 64, DEFAULT_MAX_BATCH).unwrap();
+    // "<bos>The capital of France is" and some arbitrary ids.
+    let prompt = [2, 818, 5279, 529, 7001, 563, 9079, 236761, 107, 1018, 40000];
+    let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 3, "Gemma 3");
     assert!(abs < 1e-3 && rel < 1e-4, "max abs {abs}, rel {rel}");
 }

@@ -2,30 +2,27 @@
 //! [`QuantMatrix::upload`]), each layer's q, k and v projections are concatenated into one
 //! matrix and its gate and up projections interleaved into another, so one kernel reads each;
 //! norm weights become f32 vectors with the family's [`NormWeight`] applied.
+//!
+//! The kernels rotate adjacent pairs (GGML's "normal" RoPE). For a layer whose spec pairs the
+//! halves of each head ([`RopePairs::Halves`], Gemma), the rows of `Wq` and `Wk` — and the q/k
+//! norm weights, which act on the same values — are reordered here so that value `i` and
+//! `i + head_dim/2` become neighbours: attention scores are dot products of q and k, which
+//! the same reordering of both leaves unchanged, and v is not touched.
 
 use std::borrow::Cow;
 
-use pio_gguf::{TensorType, TensorView};
+use pio_gguf::TensorView;
 use pio_gpu::{Gpu, GpuBuffer, QuantMatrix, WeightDtype};
 
 use crate::error::{Error, Result};
-use crate::models::{ModelSpec, NormWeight};
+use crate::models::{LayerSpec, ModelSpec, NormWeight, RopePairs};
 use crate::weights::LayerTensors;
 
 /// The kernels' name for the storage type of `t`.
 pub(super) fn weight_dtype(t: &TensorView) -> Result<WeightDtype> {
-    Ok(match t.info.dtype {
-        TensorType::F32 => WeightDtype::F32,
-        TensorType::F16 => WeightDtype::F16,
-        TensorType::Q4_0 => WeightDtype::Q4_0,
-        TensorType::Q4_1 => WeightDtype::Q4_1,
-        TensorType::Q8_0 => WeightDtype::Q8_0,
-        other => {
-            return Err(Error::UnsupportedTensorType {
-                name: t.info.name.clone(),
-                dtype: other.to_string(),
-            })
-        }
+    WeightDtype::from_gguf_type(t.info.dtype).ok_or_else(|| Error::UnsupportedTensorType {
+        name: t.info.name.clone(),
+        dtype: t.info.dtype.to_string(),
     })
 }
 
@@ -43,11 +40,39 @@ pub(super) fn matrix(gpu: &Gpu, t: &TensorView, rows: usize, cols: usize) -> Res
 /// An RMSNorm weight as the kernels multiply by it: `w`, or `1 + w` for [`NormWeight::OnePlus`]
 /// (folded in here, so the kernels know only one kind of norm).
 pub(super) fn norm(gpu: &Gpu, t: &TensorView, weight: NormWeight) -> Result<GpuBuffer> {
+    let values = norm_values(t, weight)?;
+    Ok(gpu.storage_from(&t.info.name, &values)?)
+}
+
+fn norm_values(t: &TensorView, weight: NormWeight) -> Result<Vec<f32>> {
     let mut values = t.to_f32()?;
     if weight == NormWeight::OnePlus {
         values.iter_mut().for_each(|w| *w += 1.0);
     }
-    Ok(gpu.storage_from(&t.info.name, &values)?)
+    Ok(values)
+}
+
+/// For each position of a head reordered for adjacent-pair RoPE, the position it comes from:
+/// `2i` takes `i` and `2i + 1` takes `i + head_dim/2`.
+fn adjacent_pair_source(j: usize, head_dim: usize) -> usize {
+    let head = j / head_dim * head_dim;
+    let i = j % head_dim;
+    head + i / 2 + (i % 2) * (head_dim / 2)
+}
+
+/// `items` (whole heads of `head_dim` items each) in adjacent-pair order.
+fn to_adjacent_pairs<T: Clone>(items: &[T], head_dim: usize) -> Vec<T> {
+    (0..items.len())
+        .map(|j| items[adjacent_pair_source(j, head_dim)].clone())
+        .collect()
+}
+
+/// The rows of a `rows`-row matrix's bytes in adjacent-pair order (each row is whole blocks,
+/// so rows move as byte ranges whatever the storage type).
+fn rows_to_adjacent_pairs(data: &[u8], rows: usize, head_dim: usize) -> Vec<u8> {
+    let row_bytes = data.len() / rows;
+    let chunks: Vec<&[u8]> = data.chunks_exact(row_bytes).collect();
+    to_adjacent_pairs(&chunks, head_dim).concat()
 }
 
 /// The raw bytes of `tensors` in one storage type: their own when they share it, else each
@@ -83,6 +108,11 @@ fn common_storage<'a>(tensors: &[&TensorView<'a>]) -> Result<(WeightDtype, Vec<C
 pub(super) struct LayerWeights {
     pub attn_norm: GpuBuffer,
     pub ffn_norm: GpuBuffer,
+    /// Per-head norm weights of queries and keys, in the order the q and k rows are.
+    pub qk_norm: Option<(GpuBuffer, GpuBuffer)>,
+    /// The sandwich norms after attention and after the feed-forward.
+    pub attn_post_norm: Option<GpuBuffer>,
+    pub ffn_post_norm: Option<GpuBuffer>,
     /// `[Wq; Wk; Wv]`.
     pub qkv: QuantMatrix,
     pub output: QuantMatrix,
@@ -92,19 +122,62 @@ pub(super) struct LayerWeights {
 }
 
 impl LayerWeights {
-    /// Uploads the tensors of one layer of `spec`.
-    pub fn upload(gpu: &Gpu, spec: &ModelSpec, l: &LayerTensors) -> Result<Self> {
+    /// Uploads the tensors `l` of the layer `layer` of `spec`.
+    pub fn upload(
+        gpu: &Gpu,
+        spec: &ModelSpec,
+        layer: &LayerSpec,
+        l: &LayerTensors,
+    ) -> Result<Self> {
         let hp = &spec.hparams;
-        let (e, ff, q_rows) = (hp.n_embd, hp.n_ff, hp.q_dim());
-        let (qkv_dtype, qkv) = common_storage(&[&l.attn_q, &l.attn_k, &l.attn_v])?;
+        let (e, ff, q_rows, hd) = (hp.n_embd, hp.n_ff, hp.q_dim(), hp.head_dim);
+        let halves = layer.attention.rope.pairs == RopePairs::Halves;
+        let (qkv_dtype, mut qkv) = common_storage(&[&l.attn_q, &l.attn_k, &l.attn_v])?;
+        if halves {
+            qkv[0] = Cow::Owned(rows_to_adjacent_pairs(&qkv[0], q_rows, hd));
+            qkv[1] = Cow::Owned(rows_to_adjacent_pairs(&qkv[1], hp.kv_dim(), hd));
+        }
+        let head_norm = |t: &TensorView| -> Result<GpuBuffer> {
+            let values = norm_values(t, spec.norm.weight)?;
+            let values = match halves {
+                true => to_adjacent_pairs(&values, hd),
+                false => values,
+            };
+            Ok(gpu.storage_from(&t.info.name, &values)?)
+        };
+        let opt_norm = |t: &Option<TensorView>| {
+            t.as_ref()
+                .map(|t| norm(gpu, t, spec.norm.weight))
+                .transpose()
+        };
         let (ffn_dtype, gate_up) = common_storage(&[&l.ffn_gate, &l.ffn_up])?;
         Ok(LayerWeights {
             attn_norm: norm(gpu, &l.attn_norm, spec.norm.weight)?,
             ffn_norm: norm(gpu, &l.ffn_norm, spec.norm.weight)?,
+            qk_norm: match &l.qk_norm {
+                Some((q, k)) => Some((head_norm(q)?, head_norm(k)?)),
+                None => None,
+            },
+            attn_post_norm: opt_norm(&l.attn_post_norm)?,
+            ffn_post_norm: opt_norm(&l.ffn_post_norm)?,
             qkv: QuantMatrix::upload(gpu, qkv_dtype, q_rows + 2 * hp.kv_dim(), e, &qkv.concat())?,
             output: matrix(gpu, &l.attn_output, e, q_rows)?,
             gate_up: QuantMatrix::upload_gate_up(gpu, ffn_dtype, ff, e, &gate_up[0], &gate_up[1])?,
             down: matrix(gpu, &l.ffn_down, e, ff)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_become_adjacent_pairs_within_each_head() {
+        // Two heads of 4: (0, 2) and (1, 3) pair up in each.
+        let order = to_adjacent_pairs(&[0, 1, 2, 3, 4, 5, 6, 7], 4);
+        assert_eq!(order, [0, 2, 1, 3, 4, 6, 5, 7]);
+        let rows = rows_to_adjacent_pairs(&[10, 11, 20, 21, 30, 31, 40, 41], 4, 4);
+        assert_eq!(rows, [10, 11, 30, 31, 20, 21, 40, 41]);
     }
 }
