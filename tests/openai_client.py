@@ -39,6 +39,28 @@ assert completion.choices[0].text == "cb", completion
 assert completion.choices[0].finish_reason == "length", completion
 print("completion ok")
 
+choices = client.chat.completions.create(
+    model="example",
+    messages=[{"role": "user", "content": "abc"}],
+    n=2,
+    logprobs=True,
+    top_logprobs=1,
+)
+assert [c.message.content for c in choices.choices] == ["cba", "cba"], choices
+content = choices.choices[1].logprobs.content
+assert [t.token for t in content] == ["c", "b", "a"], content
+assert all(t.logprob == 0.0 and t.top_logprobs[0].token == t.token for t in content), content
+print("logprobs and n ok")
+
+echoed = client.completions.create(
+    model="example", prompt="ab", max_tokens=1, echo=True, logprobs=1
+)
+logprobs = echoed.choices[0].logprobs
+assert echoed.choices[0].text == "abb", echoed
+assert logprobs.tokens == ["a", "b", "b"] and logprobs.token_logprobs[0] is None, logprobs
+assert logprobs.top_logprobs[2] == {"b": 0.0}, logprobs
+print("echo ok")
+
 embeddings = client.embeddings.create(model="example", input=["one", "two"])
 assert len(embeddings.data) == 2 and len(embeddings.data[0].embedding) == 64, embeddings
 norm = sum(x * x for x in embeddings.data[0].embedding)

@@ -25,10 +25,14 @@ fuzz_target!(|data: &[u8]| {
                 assert!(["system", "user", "assistant"].contains(&message.role.as_str()));
             }
         }
+        let _ = request.logprobs();
         check_sampling(&request.sampling);
     }
     if let Ok(request) = serde_json::from_slice::<CompletionRequest>(data) {
-        let _ = request.prompt();
+        if let Ok(prompts) = request.prompts() {
+            assert!(!prompts.is_empty());
+        }
+        let _ = request.logprobs();
         check_sampling(&request.sampling);
     }
     if let Ok(request) = serde_json::from_slice::<EmbeddingRequest>(data) {
@@ -42,6 +46,10 @@ fuzz_target!(|data: &[u8]| {
 /// Whatever `params` accepts is inside the server's limits and the plugin API's own checks.
 fn check_sampling(sampling: &pio_server::openai::Sampling) {
     let _ = sampling.include_usage();
+    let _ = sampling.constraint();
+    if let Ok(n) = sampling.choices() {
+        assert!((1..=pio_server::openai::MAX_CHOICES).contains(&n));
+    }
     if let Ok(params) = sampling.params(LIMITS) {
         assert!((1..=LIMITS.max_tokens_limit).contains(&params.max_new_tokens));
         assert!(params.stop.len() <= MAX_STOP_STRINGS);
