@@ -3,10 +3,10 @@
 //! `generate`, `chat` and batched sequences.
 
 use pio_plugin_api::{
-    ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse, GenerateRequest,
-    GenerateResponse, GenerationParams, Health, Plugin, PluginError, PluginMetadata, PluginResult,
-    PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep,
-    StreamControl, TokenStream,
+    ActivateOptions, Capability, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse,
+    GenerateRequest, GenerateResponse, GenerationParams, Health, Plugin, PluginError,
+    PluginMetadata, PluginResult, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
+    SequenceRequest, SequenceStep, StreamControl, TokenStream,
 };
 
 use crate::{
@@ -125,8 +125,16 @@ fn stream_tokens<M: TextModel>(
 }
 
 impl<M: TextModel> Plugin for TextPlugin<M> {
+    /// The model's metadata with the capabilities every text model has through the kit —
+    /// `text-generation` and `batched-generation` — added where the model left them out.
     fn metadata() -> PluginMetadata {
-        M::metadata()
+        let mut metadata = M::metadata();
+        for capability in [Capability::TextGeneration, Capability::BatchedGeneration] {
+            if !metadata.has(capability) {
+                metadata.capabilities.push(capability);
+            }
+        }
+        metadata
     }
 
     fn new() -> PluginResult<Self> {

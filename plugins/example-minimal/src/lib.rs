@@ -8,8 +8,8 @@
 //! `tokenize` / `detokenize`. `plugins/example` shows every other part of the contract.
 
 use pio_plugin_kit::{
-    export_text_model, metadata, Activation, Capability, CharTokenizer, Model, Next, NoConfig,
-    PluginMetadata, PluginResult, SequenceParams, TextModel,
+    export_text_model, metadata, Activation, CharTokenizer, Model, Next, NoConfig, PluginMetadata,
+    PluginResult, SequenceParams, TextModel,
 };
 
 /// The active model. It has no weights, so activation only records the context length.
@@ -21,10 +21,9 @@ impl Model for Shout {
     type Config = NoConfig;
     type Tokenizer = CharTokenizer;
 
+    /// The kit adds the text capabilities (generation, batched generation).
     fn metadata() -> PluginMetadata {
-        metadata!("example-minimal")
-            .capabilities([Capability::TextGeneration, Capability::BatchedGeneration])
-            .build()
+        metadata!("example-minimal").build()
     }
 
     fn activate(_config: &NoConfig, activation: &Activation) -> PluginResult<Self> {
