@@ -2,6 +2,7 @@
 //! module and only calls the host library.
 
 mod bench;
+mod compress;
 mod devices;
 mod embed;
 mod models;
@@ -58,6 +59,9 @@ enum Command {
     /// is dropped), each window's first token replaced by BOS, and only the second half of each
     /// window is scored — comparable with the numbers llama.cpp users publish.
     Perplexity(text::PerplexityArgs),
+    /// Rewrite a GGUF model in smaller storage types (llama.cpp's quantization schemes) and
+    /// print its size per part before and after; with --evaluate, the perplexity of both.
+    Compress(compress::CompressArgs),
     /// Benchmark a text-generation plugin (default: llama with SmolLM2): load time, prefill
     /// and decode tokens/s, time to first token, dispatches per token, peak RSS.
     Bench(bench::BenchArgs),
@@ -154,6 +158,7 @@ pub fn main() -> ExitCode {
         Command::Perplexity(args) => text::perplexity(&args),
         Command::Embed(args) => embed::embed(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Compress(args) => compress::compress(&args),
         Command::Devices => devices::devices(),
     };
     match result {

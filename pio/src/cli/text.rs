@@ -333,28 +333,59 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<ExitCode> {
 pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let activate = ActivateArgs::default();
-    let (manager, id) = open(
+    let result = model_perplexity(
         args.plugin.as_deref(),
         args.model.as_ref(),
-        &activate,
-        Some(args.window),
+        &text,
+        args.window,
+        args.style,
         &args.dirs,
     )?;
+    eprintln!(
+        "{} windows of up to {} tokens, {} tokens scored",
+        result.windows, args.window, result.scored_tokens
+    );
+    println!("PPL = {:.4}", result.perplexity);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a plugin's `perplexity` operation measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Perplexity {
+    /// exp(−mean log-probability of the scored tokens).
+    pub perplexity: f64,
+    /// Tokens scored.
+    pub scored_tokens: u64,
+    /// Windows the text was cut into.
+    pub windows: u64,
+}
+
+/// The perplexity of `text` under `model` (default: the plugin's default model) run by
+/// `plugin` (default: the default text plugin), in windows of `window` tokens.
+pub fn model_perplexity(
+    plugin: Option<&str>,
+    model: Option<&PathBuf>,
+    text: &str,
+    window: u32,
+    style: PerplexityStyle,
+    dirs: &PluginDirs,
+) -> anyhow::Result<Perplexity> {
+    let (manager, id) = open(plugin, model, &ActivateArgs::default(), Some(window), dirs)?;
     let request = serde_json::json!({
         "op": "perplexity",
         "text": text,
-        "window": args.window,
-        "style": args.style.name(),
+        "window": window,
+        "style": style.name(),
     });
     let result = manager.execute(&id, &request)?.response;
-    let ppl = result["perplexity"]
-        .as_f64()
-        .context("the plugin's perplexity response has no number 'perplexity'")?;
-    eprintln!(
-        "{} windows of up to {} tokens, {} tokens scored",
-        result["windows"], args.window, result["scored_tokens"]
-    );
-    println!("PPL = {ppl:.4}");
-    Ok(ExitCode::SUCCESS)
+    let number = |key: &str| {
+        result[key]
+            .as_f64()
+            .with_context(|| format!("the plugin's perplexity response has no number '{key}'"))
+    };
+    Ok(Perplexity {
+        perplexity: number("perplexity")?,
+        scored_tokens: number("scored_tokens")? as u64,
+        windows: number("windows")? as u64,
+    })
 }

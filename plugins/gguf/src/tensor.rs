@@ -142,6 +142,14 @@ impl TensorType {
         self.entry().map_or("unknown", |e| e.2)
     }
 
+    /// The type GGML calls `name` (case-insensitive), e.g. `"q8_0"`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        KNOWN
+            .iter()
+            .find(|e| e.2.eq_ignore_ascii_case(name))
+            .map(|e| e.0)
+    }
+
     /// Elements per block, or `None` for an unknown type.
     pub fn block_size(self) -> Option<u64> {
         self.entry().map(|e| e.3)
