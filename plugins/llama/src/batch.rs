@@ -536,7 +536,11 @@ mod tests {
     fn slots_that_cannot_grow_refuse_the_sequence_without_allocating() {
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_file(&dir, &TinyConfig::default());
-        let summary = ModelSummary::read(&pio_gguf::GgufFile::open(&model).unwrap()).unwrap();
+        let summary = ModelSummary::read(
+            &pio_gguf::GgufFile::open(&model).unwrap(),
+            crate::storage::WeightStorage::AsStored,
+        )
+        .unwrap();
         // A budget of exactly what 2 slots of 16 positions need: they cannot grow.
         let budget = summary
             .memory_needs(&MemoryConfig {

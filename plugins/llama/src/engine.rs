@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pio_gguf::{GgufFile, TensorType};
+use pio_gguf::GgufFile;
 use pio_gpu::{DeviceOptions, Gpu};
 use pio_plugin_kit::{
     Logprobs, Message, Next, PluginError, PluginResult, Sampled, SequenceParams, StepOptions,
@@ -22,6 +22,7 @@ use crate::perplexity::{perplexity, perplexity_llama_cpp, Perplexity, Style};
 use crate::runtime::{GpuModel, DEFAULT_MAX_BATCH};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::sequence::{Sequence, Tokens};
+use crate::storage::WeightStorage;
 use crate::tokenizer::GgufTokenizer;
 use crate::weights::ModelTensors;
 
@@ -34,28 +35,34 @@ pub struct ModelSummary {
     pub spec: ModelSpec,
     /// Number of parameters.
     pub parameter_count: u64,
-    /// Storage type of most block weights, e.g. `Q4_1`.
+    /// Storage type of most block weights in the file, e.g. `Q4_1`.
     pub quantization: String,
+    /// How the weights are stored on the device.
+    pub weights: WeightStorage,
     /// Bytes the weights take on the device once repacked.
     pub weight_bytes: u64,
 }
 
 impl ModelSummary {
-    /// Reads and validates the hyperparameters and tensor table of `file`.
-    pub fn read(file: &GgufFile) -> Result<Self> {
+    /// Reads and validates the hyperparameters and tensor table of `file`, its weights to be
+    /// stored on the device as `weights` says.
+    pub fn read(file: &GgufFile, weights: WeightStorage) -> Result<Self> {
         let spec = models::describe(file)?;
         let tensors = ModelTensors::from_gguf(file, &spec)?;
-        let mut weight_bytes =
-            packed_bytes(&tensors.token_embd.info.dims, tensors.token_embd.info.dtype);
+        let mut weight_bytes = weights.group_device_bytes(&[&tensors.token_embd])?;
         if !tensors.tied_output {
-            weight_bytes += packed_bytes(&tensors.output.info.dims, tensors.output.info.dtype);
+            weight_bytes += weights.group_device_bytes(&[&tensors.output])?;
         }
         for l in &tensors.layers {
-            weight_bytes += l
-                .matrices()
-                .iter()
-                .map(|t| packed_bytes(&t.info.dims, t.info.dtype))
-                .sum::<u64>();
+            // The groups `runtime::upload` fuses, each stored in one type.
+            for group in [
+                &[&l.attn_q, &l.attn_k, &l.attn_v][..],
+                &[&l.attn_output],
+                &[&l.ffn_gate, &l.ffn_up],
+                &[&l.ffn_down],
+            ] {
+                weight_bytes += weights.group_device_bytes(group)?;
+            }
             weight_bytes += l.norms().map(|t| 4 * t.info.dims[0]).sum::<u64>();
         }
         weight_bytes += 4 * spec.hparams.n_embd as u64;
@@ -63,6 +70,7 @@ impl ModelSummary {
             path: file.path().to_owned(),
             parameter_count: tensors.parameter_count(),
             quantization: tensors.dominant_type().to_string(),
+            weights,
             weight_bytes,
             spec,
         })
@@ -80,19 +88,6 @@ impl ModelSummary {
         })
         .device
     }
-}
-
-/// Device bytes of a matrix once `pio-gpu` repacks it into 32-bit words (see its `quant`
-/// module): words per 32-element block are 32 (F32), 16 (F16), 5 (Q4_0), 6 (Q4_1), 9 (Q8_0).
-fn packed_bytes(dims: &[u64], dtype: TensorType) -> u64 {
-    let words_per_block = match dtype {
-        TensorType::F32 => 32,
-        TensorType::F16 => 16,
-        TensorType::Q4_0 => 5,
-        TensorType::Q4_1 => 6,
-        _ => 9,
-    };
-    dims.iter().product::<u64>() / 32 * words_per_block * 4
 }
 
 /// See [`Engine::host_bytes`].
@@ -120,8 +115,8 @@ pub struct Engine {
 
 impl Engine {
     /// Loads `path` onto the device chosen by `device`, with a KV cache of `context_length`
-    /// positions (0: the model's trained context length). Batched sequences get `batch` (their
-    /// slot context capped at the model's).
+    /// positions (0: the model's trained context length), its weights stored as `weights` says.
+    /// Batched sequences get `batch` (their slot context capped at the model's).
     ///
     /// Fails before allocating anything (see [`memory::check`]) when the context exceeds the
     /// model's trained context, or the configuration (batch slots included) needs a buffer
@@ -133,9 +128,10 @@ impl Engine {
         context_length: usize,
         memory_budget: u64,
         batch: BatchSettings,
+        weights: WeightStorage,
     ) -> Result<Self> {
         let file = GgufFile::open(path)?;
-        let summary = ModelSummary::read(&file)?;
+        let summary = ModelSummary::read(&file, weights)?;
         let context = match context_length {
             0 => summary.spec.hparams.context_length,
             n => n,
@@ -173,7 +169,14 @@ impl Engine {
             Some(_) => Some(ChatTemplate::from_gguf(&file)?),
             None => None,
         };
-        let model = GpuModel::new(gpu, &file, context, max_batch)?;
+        let model = GpuModel::from_spec(
+            gpu,
+            &file,
+            summary.spec.clone(),
+            weights,
+            context,
+            max_batch,
+        )?;
         let host_bytes = host_bytes(&tokenizer, summary.spec.hparams.vocab_size, max_batch);
         let batch = Batch::new(
             batch,
@@ -375,7 +378,15 @@ mod tests {
     fn tiny_engine(dir: &tempfile::TempDir) -> Engine {
         let path = tiny_file(dir, &TinyConfig::default());
         let batch = BatchSettings::default();
-        Engine::load(&path, &DeviceOptions::default(), 64, 0, batch).unwrap()
+        Engine::load(
+            &path,
+            &DeviceOptions::default(),
+            64,
+            0,
+            batch,
+            WeightStorage::AsStored,
+        )
+        .unwrap()
     }
 
     /// `n` tokens of `sequence`, end-of-generation tokens included.
@@ -444,6 +455,7 @@ mod tests {
             64,
             1000,
             BatchSettings::default(),
+            WeightStorage::AsStored,
         )
         .err()
         .unwrap()

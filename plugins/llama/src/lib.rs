@@ -34,6 +34,7 @@ mod reference;
 pub mod runtime;
 pub mod sampler;
 pub mod sequence;
+pub mod storage;
 #[cfg(test)]
 mod test_model;
 pub mod tokenizer;

@@ -251,7 +251,7 @@ mod tests {
             context_length: trained,
             ..TinyConfig::default()
         });
-        ModelSummary::read(&file).unwrap()
+        ModelSummary::read(&file, crate::storage::WeightStorage::AsStored).unwrap()
     }
 
     const UNLIMITED: MemoryLimits = MemoryLimits {

@@ -7,7 +7,9 @@
 //! relative to the plugin's folder or absolute; the host supplies its cached default model's
 //! path. Optional `"batch_slots"` (default 8) and `"batch_context"` (default 1024) size batched
 //! generation: sequences open at once and the positions each slot holds at first (slots grow,
-//! up to the model's context, when a sequence needs more and memory allows). `activate` reads
+//! up to the model's context, when a sequence needs more and memory allows). Optional
+//! `"weights"`: `"as-stored"` (default) or a type such as `"q8_0"` the weight matrices are
+//! converted to as they load (an F32 or F16 model runs compressed without rewriting its file). `activate` reads
 //! the file's metadata and tensor table, checks that the context fits the model and the memory
 //! (see [`crate::memory`]), then creates the GPU device and uploads the weights; `deactivate`
 //! drops both.
@@ -30,6 +32,7 @@ use crate::bench::{bench_batched, bench_run, BenchConfig};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::perplexity::Style;
+use crate::storage::WeightStorage;
 use crate::tokenizer::GgufTokenizer;
 
 impl From<Error> for PluginError {
@@ -73,6 +76,17 @@ pub struct Settings {
     /// Positions each batch slot holds at first.
     #[serde(default = "default_batch_context")]
     pub batch_context: usize,
+    /// Storage of the weight matrices on the device: `"as-stored"` (the default) or a type the
+    /// kernels read, converted at load (see [`WeightStorage`]).
+    #[serde(default, deserialize_with = "weight_storage")]
+    pub weights: WeightStorage,
+}
+
+fn weight_storage<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<WeightStorage, D::Error> {
+    let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+    WeightStorage::from_name(&name).map_err(serde::de::Error::custom)
 }
 
 fn default_batch_slots() -> usize {
@@ -132,6 +146,7 @@ impl Model for Engine {
             activation.context_length.unwrap_or(0) as usize,
             activation.memory_budget_bytes.unwrap_or(0),
             batch,
+            settings.weights,
         )?)
     }
 
@@ -144,11 +159,13 @@ impl Model for Engine {
         let model = self.model();
         let hp = &summary.spec.hparams;
         let batch = self.batch_settings();
-        let details: [(&str, serde_json::Value); 12] = [
+        let details: [(&str, serde_json::Value); 14] = [
             ("model", summary.path.display().to_string().into()),
             ("architecture", summary.spec.architecture.into()),
             ("parameter_count", summary.parameter_count.into()),
             ("quantization", summary.quantization.clone().into()),
+            ("weights", summary.weights.name().into()),
+            ("weight_bytes", summary.weight_bytes.into()),
             ("trained_context_length", hp.context_length.into()),
             ("layers", hp.n_layer.into()),
             ("embedding_length", hp.n_embd.into()),
@@ -386,7 +403,11 @@ mod tests {
         let details = details(&p);
         assert_eq!(details["context_length"], 64);
         assert_eq!(details["architecture"], "llama");
-        let summary = ModelSummary::read(&pio_gguf::GgufFile::open(&path).unwrap()).unwrap();
+        let summary = ModelSummary::read(
+            &pio_gguf::GgufFile::open(&path).unwrap(),
+            crate::storage::WeightStorage::AsStored,
+        )
+        .unwrap();
         assert_eq!(details["vocab_size"], summary.spec.hparams.vocab_size);
         // The estimate for the trained context (256) exceeds the one for the 64 positions used,
         // and the estimate used covers what was actually allocated to within 10%.
@@ -591,7 +612,11 @@ mod tests {
 
         // Under a device budget that leaves no room to grow, the sequence is refused as out of
         // memory (the host's cue to run it alone), and alone it runs.
-        let summary = ModelSummary::read(&pio_gguf::GgufFile::open(&path).unwrap()).unwrap();
+        let summary = ModelSummary::read(
+            &pio_gguf::GgufFile::open(&path).unwrap(),
+            crate::storage::WeightStorage::AsStored,
+        )
+        .unwrap();
         let budget = summary
             .memory_needs(&MemoryConfig {
                 context: 2048,

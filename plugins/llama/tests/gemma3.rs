@@ -4,6 +4,7 @@
 //! `tests/data/gemma3_reference.json`; this test only reads them.
 
 use pio_gpu::DeviceOptions;
+use pio_plugin_llama::storage::WeightStorage;
 use pio_plugin_llama::engine::Engine;
 use pio_plugin_llama::forward::Forward;
 use pio_plugin_llama::perplexity::{perplexity, perplexity_llama_cpp, Perplexity};
@@ -33,7 +34,15 @@ fn ids(value: &Value) -> Vec<u32> {
 fn load(context: usize) -> Engine {
     let path = pio_testkit::model(pio_testkit::GEMMA3);
     let batch = pio_plugin_llama::batch::BatchSettings::default();
-    Engine::load(&path, &DeviceOptions::default(), context, 0, batch).expect("Gemma 3 loads")
+    Engine::load(
+        &path,
+        &DeviceOptions::default(),
+        context,
+        0,
+        batch,
+        WeightStorage::AsStored,
+    )
+    .expect("Gemma 3 loads")
 }
 
 /// `ln Σ exp(logits)` in f64.

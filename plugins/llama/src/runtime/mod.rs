@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::forward::Forward;
 use crate::models::{self, ModelSpec};
 use crate::sampler::Sampler;
+use crate::storage::WeightStorage;
 use crate::weights::ModelTensors;
 use graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step};
 use upload::LayerWeights;
@@ -80,12 +81,15 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
-    /// Reads the spec of `file` ([`models::describe`]) and runs it: see [`GpuModel::from_spec`].
+    /// Reads the spec of `file` ([`models::describe`]) and runs it with the weights as stored:
+    /// see [`GpuModel::from_spec`].
     pub fn new(gpu: Gpu, file: &GgufFile, context: usize, max_batch: usize) -> Result<Self> {
-        Self::from_spec(gpu, file, models::describe(file)?, context, max_batch)
+        let spec = models::describe(file)?;
+        Self::from_spec(gpu, file, spec, WeightStorage::AsStored, context, max_batch)
     }
 
-    /// Uploads the weights `spec` names in `file` to `gpu`, compiles every kernel, and
+    /// Uploads the weights `spec` names in `file` to `gpu` (stored as `storage` says), compiles
+    /// every kernel, and
     /// allocates a KV cache of `context` positions and activations for batches of up to
     /// `max_batch` tokens. Fails with [`Error::UnsupportedFeature`] when the spec needs a
     /// kernel the runtime does not have.
@@ -93,6 +97,7 @@ impl GpuModel {
         gpu: Gpu,
         file: &GgufFile,
         spec: ModelSpec,
+        storage: WeightStorage,
         context: usize,
         max_batch: usize,
     ) -> Result<Self> {
@@ -128,7 +133,7 @@ impl GpuModel {
             .zip(&spec.layers)
             .enumerate()
             .map(|(i, (l, layer))| {
-                let weights = LayerWeights::upload(&gpu, &spec, layer, l)?;
+                let weights = LayerWeights::upload(&gpu, &spec, layer, l, storage)?;
                 Ok(Layer {
                     decode: factory.layer(i, &weights, decode_tile)?,
                     prefill: factory.layer(i, &weights, prefill_tile)?,
@@ -144,12 +149,14 @@ impl GpuModel {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let token_embd = VocabMatrix::upload(&gpu, &t.token_embd, hp.vocab_size, hp.n_embd)?;
+        let token_embd =
+            VocabMatrix::upload(&gpu, storage, &t.token_embd, hp.vocab_size, hp.n_embd)?;
         // A tied head reads the embedding table itself (same packed layout).
         let output = match t.tied_output {
             true => None,
             false => Some(VocabMatrix::upload(
                 &gpu,
+                storage,
                 &t.output,
                 hp.vocab_size,
                 hp.n_embd,

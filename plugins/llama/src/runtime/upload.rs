@@ -1,5 +1,6 @@
-//! Weights onto the device: matrices stay in their GGUF storage type (repacked by
-//! [`QuantMatrix::upload`]), each layer's q, k and v projections are concatenated into one
+//! Weights onto the device: matrices in the type [`WeightStorage`] gives them — their GGUF
+//! storage type unless a conversion is configured — repacked by [`QuantMatrix::upload`]; each
+//! layer's q, k and v projections are concatenated into one
 //! matrix and its gate and up projections interleaved into another, so one kernel reads each;
 //! norm weights become f32 vectors with the family's [`NormWeight`] applied.
 //!
@@ -12,29 +13,23 @@
 use std::borrow::Cow;
 
 use pio_gguf::TensorView;
-use pio_gpu::{Gpu, GpuBuffer, QuantMatrix, WeightDtype};
+use pio_gpu::{Gpu, GpuBuffer, QuantMatrix};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::{LayerSpec, ModelSpec, NormWeight, RopePairs};
+use crate::storage::WeightStorage;
 use crate::weights::LayerTensors;
 
-/// The kernels' name for the storage type of `t`.
-pub(super) fn weight_dtype(t: &TensorView) -> Result<WeightDtype> {
-    WeightDtype::from_gguf_type(t.info.dtype).ok_or_else(|| Error::UnsupportedTensorType {
-        name: t.info.name.clone(),
-        dtype: t.info.dtype.to_string(),
-    })
-}
-
-/// A `rows` × `cols` matrix, uploaded as it is stored.
-pub(super) fn matrix(gpu: &Gpu, t: &TensorView, rows: usize, cols: usize) -> Result<QuantMatrix> {
-    Ok(QuantMatrix::upload(
-        gpu,
-        weight_dtype(t)?,
-        rows,
-        cols,
-        t.data,
-    )?)
+/// A `rows` × `cols` matrix, uploaded in the type `storage` gives it.
+fn matrix(
+    gpu: &Gpu,
+    storage: WeightStorage,
+    t: &TensorView,
+    rows: usize,
+    cols: usize,
+) -> Result<QuantMatrix> {
+    let (dtype, bytes) = storage.group_bytes(&[t])?;
+    Ok(QuantMatrix::upload(gpu, dtype, rows, cols, &bytes[0])?)
 }
 
 /// An RMSNorm weight as the kernels multiply by it: `w`, or `1 + w` for [`NormWeight::OnePlus`]
@@ -75,35 +70,6 @@ fn rows_to_adjacent_pairs(data: &[u8], rows: usize, head_dim: usize) -> Vec<u8> 
     to_adjacent_pairs(&chunks, head_dim).concat()
 }
 
-/// The raw bytes of `tensors` in one storage type: their own when they share it, else each
-/// converted to f32 (exact for every supported type), so they can be uploaded as one matrix.
-fn common_storage<'a>(tensors: &[&TensorView<'a>]) -> Result<(WeightDtype, Vec<Cow<'a, [u8]>>)> {
-    let dtype = weight_dtype(tensors[0])?;
-    let mut same = true;
-    for t in tensors {
-        same &= weight_dtype(t)? == dtype;
-    }
-    if same {
-        return Ok((
-            dtype,
-            tensors.iter().map(|t| Cow::Borrowed(t.data)).collect(),
-        ));
-    }
-    tracing::info!(
-        tensor = %tensors[0].info.name,
-        "fused projections have different storage types; uploading them as f32"
-    );
-    let converted = tensors
-        .iter()
-        .map(|t| {
-            Ok(Cow::Owned(
-                t.to_f32()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ))
-        })
-        .collect::<Result<_>>()?;
-    Ok((WeightDtype::F32, converted))
-}
-
 /// One layer's weights on the device.
 pub(super) struct LayerWeights {
     pub attn_norm: GpuBuffer,
@@ -122,17 +88,19 @@ pub(super) struct LayerWeights {
 }
 
 impl LayerWeights {
-    /// Uploads the tensors `l` of the layer `layer` of `spec`.
+    /// Uploads the tensors `l` of the layer `layer` of `spec`, its matrices stored as
+    /// `storage` says.
     pub fn upload(
         gpu: &Gpu,
         spec: &ModelSpec,
         layer: &LayerSpec,
         l: &LayerTensors,
+        storage: WeightStorage,
     ) -> Result<Self> {
         let hp = &spec.hparams;
         let (e, ff, q_rows, hd) = (hp.n_embd, hp.n_ff, hp.q_dim(), hp.head_dim);
         let halves = layer.attention.rope.pairs == RopePairs::Halves;
-        let (qkv_dtype, mut qkv) = common_storage(&[&l.attn_q, &l.attn_k, &l.attn_v])?;
+        let (qkv_dtype, mut qkv) = storage.group_bytes(&[&l.attn_q, &l.attn_k, &l.attn_v])?;
         if halves {
             qkv[0] = Cow::Owned(rows_to_adjacent_pairs(&qkv[0], q_rows, hd));
             qkv[1] = Cow::Owned(rows_to_adjacent_pairs(&qkv[1], hp.kv_dim(), hd));
@@ -150,7 +118,7 @@ impl LayerWeights {
                 .map(|t| norm(gpu, t, spec.norm.weight))
                 .transpose()
         };
-        let (ffn_dtype, gate_up) = common_storage(&[&l.ffn_gate, &l.ffn_up])?;
+        let (ffn_dtype, gate_up) = storage.group_bytes(&[&l.ffn_gate, &l.ffn_up])?;
         Ok(LayerWeights {
             attn_norm: norm(gpu, &l.attn_norm, spec.norm.weight)?,
             ffn_norm: norm(gpu, &l.ffn_norm, spec.norm.weight)?,
@@ -161,9 +129,9 @@ impl LayerWeights {
             attn_post_norm: opt_norm(&l.attn_post_norm)?,
             ffn_post_norm: opt_norm(&l.ffn_post_norm)?,
             qkv: QuantMatrix::upload(gpu, qkv_dtype, q_rows + 2 * hp.kv_dim(), e, &qkv.concat())?,
-            output: matrix(gpu, &l.attn_output, e, q_rows)?,
+            output: matrix(gpu, storage, &l.attn_output, e, q_rows)?,
             gate_up: QuantMatrix::upload_gate_up(gpu, ffn_dtype, ff, e, &gate_up[0], &gate_up[1])?,
-            down: matrix(gpu, &l.ffn_down, e, ff)?,
+            down: matrix(gpu, storage, &l.ffn_down, e, ff)?,
         })
     }
 }

@@ -9,8 +9,8 @@
 use pio_gguf::TensorView;
 use pio_gpu::{Gpu, QuantMatrix, ROW_GROUP};
 
-use super::upload::weight_dtype;
 use crate::error::{Error, Result};
+use crate::storage::WeightStorage;
 
 /// One shard: rows `first_row .. first_row + matrix.rows()` of the whole matrix.
 pub(super) struct Shard {
@@ -24,10 +24,18 @@ pub(super) struct VocabMatrix {
 }
 
 impl VocabMatrix {
-    /// Uploads `t` (`rows` × `cols`, as stored) in as few shards as the device's buffer limit
-    /// allows; every shard but the last holds a whole number of 8-row groups.
-    pub fn upload(gpu: &Gpu, t: &TensorView, rows: usize, cols: usize) -> Result<Self> {
-        let dtype = weight_dtype(t)?;
+    /// Uploads `t` (`rows` × `cols`, in the type `storage` gives it) in as few shards as the
+    /// device's buffer limit allows; every shard but the last holds a whole number of 8-row
+    /// groups.
+    pub fn upload(
+        gpu: &Gpu,
+        storage: WeightStorage,
+        t: &TensorView,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        let (dtype, data) = storage.group_bytes(&[t])?;
+        let data = &data[0];
         let limit = gpu.max_storage_buffer_bytes();
         let fit = (limit / dtype.device_row_bytes(cols)) as usize / ROW_GROUP * ROW_GROUP;
         if fit == 0 {
@@ -42,7 +50,7 @@ impl VocabMatrix {
             .step_by(fit)
             .map(|first| {
                 let n = fit.min(rows - first);
-                let bytes = &t.data[first * row_bytes..(first + n) * row_bytes];
+                let bytes = &data[first * row_bytes..(first + n) * row_bytes];
                 Ok(Shard {
                     first_row: first as u32,
                     matrix: QuantMatrix::upload(gpu, dtype, n, cols, bytes)?,
