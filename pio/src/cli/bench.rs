@@ -17,7 +17,12 @@ use serde_json::{json, Value};
 
 use pio_host::{isolation::Isolation, PluginManager};
 
-use super::{output::print_table, run::ActivateArgs, text::open, PluginDirs};
+use super::{
+    output::print_table,
+    run::ActivateArgs,
+    text::{open, WeightArgs},
+    PluginDirs,
+};
 
 /// Arguments of `pio bench`.
 #[derive(Debug, Args)]
@@ -27,6 +32,8 @@ pub struct BenchArgs {
     /// Model file passed to the plugin (default for `llama`: SmolLM2-135M-Instruct Q4_1).
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
+    #[command(flatten)]
+    weights: WeightArgs,
     /// Benchmark runs; the median of each figure is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -66,6 +73,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let (manager, id) = open(
         args.plugin.as_deref(),
         args.model.as_ref(),
+        &args.weights,
         &args.activate,
         Some(u32::try_from(longest).context("prompt too long")?),
         &args.dirs,

@@ -9,6 +9,7 @@ use pio_host::EmbedRequest;
 use super::{
     run::ActivateArgs,
     session::{fetch_default_model, load_plugins, new_manager},
+    text::{set_config_overrides, WeightArgs},
     PluginDirs,
 };
 
@@ -26,6 +27,8 @@ pub struct EmbedArgs {
     /// Read texts from this file, one per line (must be UTF-8).
     #[arg(long)]
     file: Option<PathBuf>,
+    #[command(flatten)]
+    weights: WeightArgs,
     #[command(flatten)]
     activate: ActivateArgs,
     #[command(flatten)]
@@ -46,6 +49,7 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     let plugin = args.plugin.as_deref().unwrap_or(DEFAULT_EMBEDDING_PLUGIN);
     fetch_default_model(plugin)?;
     let mut manager = new_manager()?;
+    set_config_overrides(&mut manager, plugin, None, &args.weights)?;
     load_plugins(&mut manager, &args.dirs)?;
     let id = manager.resolve(plugin)?;
     manager.activate(&id, &args.activate.options())?;

@@ -33,9 +33,20 @@ pub struct ModelArgs {
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     #[command(flatten)]
+    weights: WeightArgs,
+    #[command(flatten)]
     activate: ActivateArgs,
     #[command(flatten)]
     dirs: PluginDirs,
+}
+
+/// How the plugin stores the model's weights on the device.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WeightArgs {
+    /// Store the weight matrices as TYPE (e.g. f16, q8_0, q4_0), converted as the model loads;
+    /// default: as the model file stores them (the plugin's `weights` setting).
+    #[arg(long, value_name = "TYPE")]
+    weights: Option<String>,
 }
 
 /// Arguments of `pio generate`.
@@ -123,6 +134,8 @@ pub struct PerplexityArgs {
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     #[command(flatten)]
+    weights: WeightArgs,
+    #[command(flatten)]
     dirs: PluginDirs,
 }
 
@@ -150,21 +163,17 @@ impl PerplexityStyle {
 pub(super) fn open(
     plugin: Option<&str>,
     model: Option<&PathBuf>,
+    weights: &WeightArgs,
     activate: &ActivateArgs,
     context_length: Option<u32>,
     dirs: &PluginDirs,
 ) -> anyhow::Result<(PluginManager, String)> {
     let plugin = plugin.unwrap_or(DEFAULT_TEXT_PLUGIN);
     let mut manager = new_manager()?;
-    match model {
-        Some(path) => {
-            let path = path
-                .canonicalize()
-                .with_context(|| format!("model {}", path.display()))?;
-            manager.set_config_override(plugin, serde_json::json!({ "model": path }));
-        }
-        None => fetch_default_model(plugin)?,
+    if model.is_none() {
+        fetch_default_model(plugin)?;
     }
+    set_config_overrides(&mut manager, plugin, model, weights)?;
     load_plugins(&mut manager, dirs)?;
     let id = manager.resolve(plugin)?;
     let mut options = activate.options();
@@ -173,6 +182,29 @@ pub(super) fn open(
     }
     manager.activate(&id, &options)?;
     Ok((manager, id))
+}
+
+/// Configures `plugin` with the command line's model file and weight storage, where given.
+pub(super) fn set_config_overrides(
+    manager: &mut PluginManager,
+    plugin: &str,
+    model: Option<&PathBuf>,
+    weights: &WeightArgs,
+) -> anyhow::Result<()> {
+    let mut config = serde_json::Map::new();
+    if let Some(path) = model {
+        let path = path
+            .canonicalize()
+            .with_context(|| format!("model {}", path.display()))?;
+        config.insert("model".into(), path.display().to_string().into());
+    }
+    if let Some(weights) = &weights.weights {
+        config.insert("weights".into(), weights.clone().into());
+    }
+    if !config.is_empty() {
+        manager.set_config_override(plugin, config.into());
+    }
+    Ok(())
 }
 
 /// A token callback that prints each piece of text as it arrives.
@@ -211,7 +243,14 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         _ => unreachable!("clap enforces one or two values"),
     };
     let m = &args.model;
-    let (manager, id) = open(plugin, m.model.as_ref(), &m.activate, None, &m.dirs)?;
+    let (manager, id) = open(
+        plugin,
+        m.model.as_ref(),
+        &m.weights,
+        &m.activate,
+        None,
+        &m.dirs,
+    )?;
     let request = GenerateRequest {
         prompt: Prompt::Text(prompt.clone()),
         params: args.sampling.params()?,
@@ -274,6 +313,7 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<ExitCode> {
     let (manager, id) = open(
         args.plugin.as_deref(),
         m.model.as_ref(),
+        &m.weights,
         &m.activate,
         None,
         &m.dirs,
@@ -336,6 +376,7 @@ pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<ExitCode> {
     let result = model_perplexity(
         args.plugin.as_deref(),
         args.model.as_ref(),
+        &args.weights,
         &text,
         args.window,
         args.style,
@@ -365,12 +406,14 @@ pub struct Perplexity {
 pub fn model_perplexity(
     plugin: Option<&str>,
     model: Option<&PathBuf>,
+    weights: &WeightArgs,
     text: &str,
     window: u32,
     style: PerplexityStyle,
     dirs: &PluginDirs,
 ) -> anyhow::Result<Perplexity> {
-    let (manager, id) = open(plugin, model, &ActivateArgs::default(), Some(window), dirs)?;
+    let activate = ActivateArgs::default();
+    let (manager, id) = open(plugin, model, weights, &activate, Some(window), dirs)?;
     let request = serde_json::json!({
         "op": "perplexity",
         "text": text,

@@ -35,14 +35,16 @@ impl WeightStorage {
         if name == Self::AS_STORED {
             return Ok(Self::AsStored);
         }
-        WeightDtype::from_name(name).map(Self::Convert).ok_or_else(|| {
-            let names: Vec<_> = WeightDtype::ALL.iter().map(|d| d.name()).collect();
-            format!(
-                "weights `{name}` is not `{}` or one of {}",
-                Self::AS_STORED,
-                names.join(", ")
-            )
-        })
+        WeightDtype::from_name(name)
+            .map(Self::Convert)
+            .ok_or_else(|| {
+                let names: Vec<_> = WeightDtype::ALL.iter().map(|d| d.name()).collect();
+                format!(
+                    "`{name}` is not `{}` or one of {}",
+                    Self::AS_STORED,
+                    names.join(", ")
+                )
+            })
     }
 
     /// The setting's name of this storage.
@@ -151,7 +153,10 @@ mod tests {
         }
         let error = WeightStorage::from_name("q3_k").unwrap_err();
         assert!(error.contains("q3_k"), "{error}");
-        assert!(error.contains("q8_0") && error.contains("as-stored"), "{error}");
+        assert!(
+            error.contains("q8_0") && error.contains("as-stored"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! `tests/data/gemma3_reference.json`; this test only reads them.
 
 use pio_gpu::DeviceOptions;
-use pio_plugin_llama::storage::WeightStorage;
 use pio_plugin_llama::engine::Engine;
 use pio_plugin_llama::forward::Forward;
 use pio_plugin_llama::perplexity::{perplexity, perplexity_llama_cpp, Perplexity};
+use pio_plugin_llama::storage::WeightStorage;
 use serde_json::Value;
 
 /// Largest difference allowed between a logit and the reference's. Both sides compute in f32

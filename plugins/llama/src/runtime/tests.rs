@@ -111,7 +111,8 @@ fn per_layer_rope_bases_and_offset_norm_weights_match_reference() {
     spec.layers[1].attention.rope.base = 500.0;
     spec.norm.weight = NormWeight::OnePlus;
     let mut reference = ReferenceModel::from_spec(&file, spec.clone(), 64).unwrap();
-    let mut model = GpuModel::from_spec(test_gpu(), &file, spec, WeightStorage::AsStored, 64, 8).unwrap();
+    let mut model =
+        GpuModel::from_spec(test_gpu(), &file, spec, WeightStorage::AsStored, 64, 8).unwrap();
     assert_eq!(model.rope_tables.len(), 2);
     let prompt: Vec<u32> = (0..13).map(|i| (i * 41 + 3) % 290).collect();
     let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 3, "spec");
