@@ -156,7 +156,7 @@ fn perplexity_matches_transformers_within_one_percent() {
 #[ignore = "needs the SmolLM2 model: pio models fetch"]
 fn weights_converted_at_load_keep_perplexity() {
     let text = include_str!("data/gpl-3.0.txt");
-    let mut ppl = |weights| {
+    let ppl = |weights| {
         let mut engine = load_as(512, weights);
         let tokens = engine.tokenizer().encode(text, false).unwrap();
         let bytes = engine.summary().weight_bytes;
