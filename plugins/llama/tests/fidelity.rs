@@ -35,8 +35,8 @@ fn ids(value: &Value) -> Vec<u32> {
 
 fn load(context: usize) -> Engine {
     let path = pio_testkit::model(pio_testkit::SMOLLM2);
-    let batch = pio_plugin_llama::batch::BatchSettings::default();
-    Engine::load(&path, &DeviceOptions::default(), context, 0, batch).expect("SmolLM2 loads")
+    let kv_blocks = pio_plugin_llama::batch::DEFAULT_KV_BLOCKS;
+    Engine::load(&path, &DeviceOptions::default(), context, 0, kv_blocks).expect("SmolLM2 loads")
 }
 
 /// The plugin as the host runs it, on SmolLM2 with a context of `context` positions.

@@ -32,8 +32,8 @@ fn ids(value: &Value) -> Vec<u32> {
 
 fn load(context: usize) -> Engine {
     let path = pio_testkit::model(pio_testkit::GEMMA3);
-    let batch = pio_plugin_llama::batch::BatchSettings::default();
-    Engine::load(&path, &DeviceOptions::default(), context, 0, batch).expect("Gemma 3 loads")
+    let kv_blocks = pio_plugin_llama::batch::DEFAULT_KV_BLOCKS;
+    Engine::load(&path, &DeviceOptions::default(), context, 0, kv_blocks).expect("Gemma 3 loads")
 }
 
 /// `ln Σ exp(logits)` in f64.

@@ -114,7 +114,12 @@ impl Attention {
             q_layout.required_len(n_tokens, width),
         )?;
         require_len("attention", "position", positions, n_tokens.into())?;
-        require_len("attention", "block table start", table_starts, n_tokens.into())?;
+        require_len(
+            "attention",
+            "block table start",
+            table_starts,
+            n_tokens.into(),
+        )?;
         require_len("attention", "block table", blocks, 1)?;
         require_len(
             "attention",

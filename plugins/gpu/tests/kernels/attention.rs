@@ -95,7 +95,10 @@ fn check(
             std::iter::repeat_n((s * blocks_per_sequence) as u32, sequence.positions.len())
         })
         .collect();
-    let positions: Vec<u32> = sequences.iter().flat_map(|s| s.positions.to_vec()).collect();
+    let positions: Vec<u32> = sequences
+        .iter()
+        .flat_map(|s| s.positions.to_vec())
+        .collect();
 
     let q_all = common::random_f32(
         &mut rng,
@@ -189,7 +192,12 @@ fn sequences_of_one_step_read_their_own_and_shared_blocks() {
         9,
         3,
         64,
-        &[alone(&[40]), shared(&[31], 2), shared(&[63], 2), alone(&[16])],
+        &[
+            alone(&[40]),
+            shared(&[31], 2),
+            shared(&[63], 2),
+            alone(&[16]),
+        ],
         None,
         None,
     );

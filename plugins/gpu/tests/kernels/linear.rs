@@ -348,8 +348,14 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             };
             let kernel = QkvRope::new(&gpu, config).unwrap();
             let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
-            let cache =
-                KvCache::new(&gpu, 1, max_positions / KV_BLOCK_ROWS, n_kv_heads as u32, head_dim as u32).unwrap();
+            let cache = KvCache::new(
+                &gpu,
+                1,
+                max_positions / KV_BLOCK_ROWS,
+                n_kv_heads as u32,
+                head_dim as u32,
+            )
+            .unwrap();
             let layer = cache.layer(0).unwrap();
             gpu.write(layer.keys, 0, &initial).unwrap();
             gpu.write(layer.values, 0, &initial).unwrap();

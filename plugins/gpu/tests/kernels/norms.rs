@@ -44,7 +44,14 @@ fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize) {
     let k_weight = common::random_f32(&mut rng, head_dim, 2.0);
 
     let q_buf = gpu.storage_from("q", &q).unwrap();
-    let cache = KvCache::new(&gpu, 1, max_positions / KV_BLOCK_ROWS, n_kv_heads as u32, head_dim as u32).unwrap();
+    let cache = KvCache::new(
+        &gpu,
+        1,
+        max_positions / KV_BLOCK_ROWS,
+        n_kv_heads as u32,
+        head_dim as u32,
+    )
+    .unwrap();
     let layer = cache.layer(0).unwrap();
     gpu.write(layer.keys, 0, &keys).unwrap();
     let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
