@@ -422,7 +422,7 @@ fn llama_plugin_is_replaced_while_it_generates() {
     site.install(
         "llama",
         &llama,
-        json!({ "model": model, "batch_slots": 2 }),
+        json!({ "model": model, "kv_blocks": 64 }),
         1,
     );
     let event = next_event(&events);

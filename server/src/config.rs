@@ -40,9 +40,9 @@ impl Profile {
     /// `(batch.max_sequences, batch.target_step_ms)` of the profile: small batches and a
     /// tight step target for latency, a loose target for throughput. The default's 300 ms lets
     /// the software Vulkan device (about 70 ms for a one-sequence step, growing almost linearly
-    /// with the batch) batch 3-4 sequences; on a GPU every target here allows full batches. No profile goes above 8
-    /// sequences: that is the Llama plugin's default number of batch slots, and a plugin
-    /// refuses to open more sequences than it has slots.
+    /// with the batch) batch 3-4 sequences; on a GPU every target here allows full batches. No
+    /// profile goes above 8 sequences, the software device's useful batch; a plugin that
+    /// cannot hold a sequence now refuses it with `out_of_memory` and the scheduler waits.
     fn batch(self) -> (usize, u64) {
         match self {
             Profile::Default => (8, 300),
@@ -124,9 +124,9 @@ impl Default for ConnectionLimits {
 /// How the scheduler batches the sequences of a plugin with batched generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
-    /// The most sequences one step may carry; the adaptive limit stays in `1..=` this. It must
-    /// not exceed what the plugin can hold open (the Llama plugin's `batch_slots`, default 8):
-    /// beyond that, opening a sequence fails its request.
+    /// The most sequences one step may carry; the adaptive limit stays in `1..=` this. A
+    /// sequence the plugin cannot hold now (`out_of_memory` at opening: the Llama plugin's KV
+    /// block pool is taken) waits for the open ones to finish.
     pub max_sequences: usize,
     /// The step latency the adaptive limit aims at: it grows while full steps are faster and
     /// shrinks when a step is slower.

@@ -1,10 +1,11 @@
-// Causal grouped-query attention over a KV cache. For token t < params.count at position
-// p = positions[t], whose own K/V row is r = cache_rows[t] (its sequence's rows are r - p ..= r:
-// one cache can hold several sequences side by side), and query head h (kv head
-// h / (N_HEADS / N_KV_HEADS)):
-//   out[t][h] = sum_{j <= p} softmax_j(q[t][h] . K[r - p + j][kv] * SCALE) V[r - p + j][kv]
+// Causal grouped-query attention over a paged KV cache. The cache is a pool of blocks of BLOCK
+// rows; token t's sequence lists its blocks at blocks[table_starts[t] ..], so its position j is
+// in row row(j) = blocks[table_starts[t] + j / BLOCK] * BLOCK + j % BLOCK (sequences share the
+// pool, and blocks of a common prefix). For token t < params.count at position
+// p = positions[t] and query head h (kv head h / (N_HEADS / N_KV_HEADS)):
+//   out[t][h] = sum_{j <= p} softmax_j(q[t][h] . K[row(j)][kv] * SCALE) V[row(j)][kv]
 // over every earlier position, or with WINDOW > 0 only the last WINDOW (p - WINDOW < j <= p:
-// sliding-window attention).
+// sliding-window attention). The block id is loaded once per block, not per position.
 // One invocation per (head, token), barrier-free, with an online softmax (running maximum
 // subtracted before exp, earlier terms rescaled when it grows), so every K and V row is read once.
 // q rows are read through stride/offset (multiples of 4); caches are [rows][KV_DIM];
@@ -20,6 +21,8 @@ override Q_OFFSET: u32;
 override SCALE: f32;
 // Positions a token attends to, its own included; 0: all.
 override WINDOW: u32;
+// Rows per block of the pool.
+override BLOCK: u32;
 override WORKGROUP_SIZE: u32;
 
 struct Params {
@@ -28,11 +31,12 @@ struct Params {
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> positions: array<u32>;
-@group(0) @binding(2) var<storage, read> cache_rows: array<u32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
-@group(0) @binding(6) var<uniform> params: Params;
+@group(0) @binding(2) var<storage, read> table_starts: array<u32>;
+@group(0) @binding(3) var<storage, read> blocks: array<u32>;
+@group(0) @binding(4) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(7) var<uniform> params: Params;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -54,15 +58,21 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     var acc: array<vec4<f32>, MAX_HEAD_VEC4>;
     var running_max = -3.0e38;
     var total = 0.0;
-    // Rows past the cache are clamped to it (the model never asks for them).
-    let last = min(cache_rows[t], arrayLength(&k_cache) / kv_row - 1u);
-    var span = min(positions[t], last);
+    let last = positions[t];
+    var span = last;
     if WINDOW > 0u {
         span = min(span, WINDOW - 1u);
     }
     let first = last - span;
+    let table = table_starts[t];
+    // Rows past the pool are clamped to it (the model never asks for them).
+    let last_row = arrayLength(&k_cache) / kv_row - 1u;
+    var block_row = 0u;
     for (var j = first; j <= last; j++) {
-        let base = j * kv_row + kv_head * d4;
+        if j == first || j % BLOCK == 0u {
+            block_row = blocks[table + j / BLOCK] * BLOCK;
+        }
+        let base = min(block_row + j % BLOCK, last_row) * kv_row + kv_head * d4;
         var score = 0.0;
         for (var i = 0u; i < d4; i++) {
             score += dot(qs[i], k_cache[base + i]);

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use pio_gpu::{
     Attention, AttentionConfig, DeviceOptions, Dispatch, Epilogue, Gpu, KvCache, Linear,
-    LinearShape, QuantMatrix, RowLayout, RowTile, TokenRange, WeightDtype,
+    LinearShape, QuantMatrix, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
 };
 
 const REPEAT: usize = 20;
@@ -82,7 +82,8 @@ fn matmul(gpu: &Gpu, dtype: WeightDtype, rows: usize, cols: usize, n_tokens: usi
 
 fn attention(gpu: &Gpu, position: u32) {
     let (n_heads, n_kv_heads, head_dim, max_positions) = (9u32, 3u32, 64u32, 1024u32);
-    let cache = KvCache::new(gpu, 1, max_positions, n_kv_heads, head_dim).expect("cache");
+    let n_blocks = max_positions / KV_BLOCK_ROWS;
+    let cache = KvCache::new(gpu, 1, n_blocks, n_kv_heads, head_dim).expect("cache");
     let q = gpu
         .storage_zeroed("q", u64::from(n_heads * head_dim * 4))
         .expect("q");
@@ -101,8 +102,12 @@ fn attention(gpu: &Gpu, position: u32) {
     };
     let kernel = Attention::new(gpu, config).expect("pipeline");
     let layer = cache.layer(0).expect("layer");
+    // The sequence's blocks in reverse order: a block table as a long-running pool leaves it.
+    let table: Vec<u32> = (0..n_blocks).rev().collect();
+    let blocks = gpu.storage_from("block table", &table).expect("table");
+    let start = gpu.storage_zeroed("table start", 4).expect("start");
     let dispatch = kernel
-        .bind(gpu, &q, &positions, &positions, layer, &out, 1)
+        .bind(gpu, &q, &positions, &start, &blocks, layer, &out, 1)
         .expect("bind");
     let (wall, cpu) = time(gpu, &dispatch);
     println!(

@@ -4,7 +4,7 @@ use pio_gpu::testing as common;
 
 use pio_gpu::{
     list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Kernel, KvCache, Linear,
-    LinearShape, RopeTable, RowTile, WeightDtype,
+    LinearShape, RopeTable, RowTile, WeightDtype, KV_BLOCK_ROWS,
 };
 
 #[test]
@@ -193,4 +193,44 @@ fn runtime_types_can_move_between_threads() {
     assert_send_sync::<pio_gpu::Dispatch>();
     assert_send_sync::<Linear>();
     assert_send_sync::<pio_gpu::KvCache>();
+}
+
+#[test]
+fn copying_blocks_copies_their_first_rows_in_every_layer() {
+    let gpu = common::gpu();
+    let (layers, blocks, kv_dim) = (2u32, 3u32, 8usize);
+    let cache = KvCache::new(&gpu, layers, blocks, 2, 4).unwrap();
+    let block_len = KV_BLOCK_ROWS as usize * kv_dim;
+    let mut rng = common::rng(5);
+    let contents: Vec<(Vec<f32>, Vec<f32>)> = (0..layers)
+        .map(|_| {
+            let len = blocks as usize * block_len;
+            (
+                common::random_f32(&mut rng, len, 1.0),
+                common::random_f32(&mut rng, len, 1.0),
+            )
+        })
+        .collect();
+    for (layer, (k, v)) in contents.iter().enumerate() {
+        let layer = cache.layer(layer).unwrap();
+        gpu.write(layer.keys, 0, k).unwrap();
+        gpu.write(layer.values, 0, v).unwrap();
+    }
+    // Block 2's first 5 rows into block 0, and all of block 0 (before that copy) into block 1:
+    // copies happen in order.
+    cache.copy_blocks(&gpu, &[(0, 1, 16), (2, 0, 5)]).unwrap();
+    let rows = |block: usize, n: usize| block * block_len..block * block_len + n * kv_dim;
+    for (layer, (k, v)) in contents.iter().enumerate() {
+        let kv = cache.layer(layer).unwrap();
+        for (buffer, want) in [(kv.keys, k), (kv.values, v)] {
+            let got = common::read(&gpu, buffer, want.len());
+            assert_eq!(got[rows(1, 16)], want[rows(0, 16)]);
+            assert_eq!(got[rows(0, 5)], want[rows(2, 5)]);
+            // The rest of block 0 and block 2 are untouched.
+            assert_eq!(got[5 * kv_dim..block_len], want[5 * kv_dim..block_len]);
+            assert_eq!(got[rows(2, 16)], want[rows(2, 16)]);
+        }
+    }
+    let error = cache.copy_blocks(&gpu, &[(0, 3, 1)]).unwrap_err();
+    assert!(error.to_string().contains("3 of 16 rows"), "{error}");
 }

@@ -1,22 +1,21 @@
 //! Batched generation (continuous batching's plugin half): sequences are opened one at a time —
 //! each prompt processed on its own — and then decoded together, one token each per step, in
-//! one forward pass over the cache they share. Sequence `s` owns the `slot_context` contiguous
-//! rows starting at `slot * slot_context` of that cache; sequences join and leave between steps.
+//! one forward pass over the block pool they share ([`crate::kv_pool`]: a sequence's keys and
+//! values are in blocks of 16 positions listed by its block table); sequences join and leave
+//! between steps.
 //!
-//! **Growing slots.** A sequence may hold as many positions as the model's context, like one
-//! generated alone. When one needs more rows than a slot holds (its prompt at `open`, or its
-//! next token at a step), every slot grows — to the next power of two of what is needed, at
-//! least double, at most the model's context — and the rows each slot holds move to their new
-//! place (one device-side copy). `open` checks beforehand, without allocating, that the slots
-//! can grow as far as the sequence may need (prompt plus `max_new_tokens`, as
-//! [`crate::memory::check`] sees it); if they cannot, it refuses with
-//! [`Error::SequenceTooLong`] (`out_of_memory`), and the request can run as a single sequence.
+//! **Memory.** A sequence may hold as many positions as the model's context, like one
+//! generated alone. `open` reserves in the pool every block the sequence may need (prompt plus
+//! `max_new_tokens`, less the blocks of a shared prefix); when the pool cannot give them now it
+//! refuses with [`Error::KvPoolFull`] (`out_of_memory`, naming the pool's size): the server
+//! waits for open sequences to finish and tries again, or runs the request alone when nothing
+//! else is open. A running sequence therefore always has its next block.
 //!
-//! **Prefix cache.** A closed sequence's slot keeps the keys and values it computed, and the
-//! tokens they belong to. A new sequence takes the free slot whose kept tokens share the longest
-//! prefix with its prompt and recomputes only the rest (at least the prompt's last token, whose
-//! logits give the first sampled token): a follow-up chat turn, or requests sharing a system
-//! prompt, skip most of their prefill.
+//! **Prefix sharing.** Prompts sharing a prefix with an open or a closed sequence share its
+//! full blocks and copy the part of a block they share ([`crate::kv_pool`]); only the rest is
+//! computed (at least the prompt's last token, whose logits give the first sampled token): a
+//! follow-up chat turn, or requests sharing a system prompt, skip most of their prefill, and
+//! the shared blocks are held once.
 //!
 //! `open` keeps the logits of the prompt's last position; a sequence's first step samples from
 //! them, and every later step feeds the sequence's last token through the model together with
@@ -26,226 +25,100 @@
 //! where batching gains: the per-step cost grows far slower than the number of sequences. The
 //! kit decides what the tokens become and when a sequence ends.
 
-use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
-use crate::memory::{self, MemoryConfig, MemoryLimits};
-use crate::runtime::GpuModel;
+use crate::kv_pool::{BlockPool, BlockTable};
+use crate::runtime::{CacheMap, GpuModel};
 use crate::sampler::Sampler;
 use crate::sequence::Tokens;
 use pio_plugin_kit::{Logprobs, StepOptions};
 
-/// How many sequences can be open at once, and how long each may grow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchSettings {
-    /// Sequences open at once.
-    pub slots: usize,
-    /// Positions (prompt and generated tokens) each slot holds at first (at most the model's
-    /// activated context). Slots grow when a sequence needs more, up to the model's context.
-    pub slot_context: usize,
-}
+/// Blocks of the pool by default: the memory of the 8 batch slots of 1024 positions the
+/// plugin reserved before the cache was paged (SmolLM2-135M: 46 KiB per position, 360 MiB).
+pub const DEFAULT_KV_BLOCKS: usize = 512;
 
-impl Default for BatchSettings {
-    /// 8 sequences of up to 1024 positions (SmolLM2-135M: 46 KiB of cache per position, so
-    /// 8 × 1024 positions take 360 MiB, allocated at the first `open`).
-    fn default() -> Self {
-        BatchSettings {
-            slots: 8,
-            slot_context: 1024,
-        }
-    }
-}
-
-/// A batched sequence: its slot of the batch cache and its tokens.
-pub struct Slot {
-    index: usize,
-    /// Prompt tokens whose keys and values were reused from the slot's previous sequence.
+/// A batched sequence: its blocks in the pool and its tokens.
+pub struct Batched {
+    table: BlockTable,
+    /// Prompt tokens whose keys and values were shared or copied from earlier sequences.
     reused: usize,
     tokens: Tokens,
     /// The logits of the prompt's last position, until the first step samples from them.
     prompt_logits: Option<Vec<f32>>,
 }
 
-impl Slot {
-    /// Prompt tokens whose keys and values were reused from the slot's previous sequence.
+impl Batched {
+    /// Prompt tokens whose keys and values were shared or copied from earlier sequences.
     pub fn reused(&self) -> usize {
         self.reused
     }
 }
 
-/// What the batch cache is sized against: the model and the device's limits.
-#[derive(Debug, Clone)]
-pub struct BatchMemory {
-    /// The model.
-    pub summary: ModelSummary,
-    /// The device's limits and the caller's budget.
-    pub limits: MemoryLimits,
-}
-
-/// The cache slots of batched sequences: which are free, and what each holds.
+/// The batched sequences' block pool, allocated on the device at the first [`Batch::open`].
 pub struct Batch {
-    /// The slots' current size in `slot_context` (it grows).
-    settings: BatchSettings,
-    memory: BatchMemory,
-    free_slots: Vec<usize>,
-    /// Per slot, the tokens whose keys and values its rows hold: its open sequence's, or for
-    /// a free slot what the last sequence there left behind.
-    slot_tokens: Vec<Vec<u32>>,
+    pool: BlockPool,
 }
 
 impl Batch {
-    /// No sequences yet; the shared cache is reserved at the first [`Batch::open`], within
-    /// what `memory` allows.
-    pub fn new(settings: BatchSettings, memory: BatchMemory) -> Self {
+    /// A pool of `blocks` blocks, none allocated yet.
+    pub fn new(blocks: usize) -> Self {
         Batch {
-            memory,
-            free_slots: (0..settings.slots).rev().collect(),
-            slot_tokens: vec![Vec::new(); settings.slots],
-            settings,
+            pool: BlockPool::new(blocks),
         }
     }
 
-    /// The settings; `slot_context` is the slots' current size.
-    pub fn settings(&self) -> BatchSettings {
-        self.settings
+    /// The pool's bookkeeping (its size and what is free).
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
     }
 
-    /// The free slot to open `prompt` in: the one whose kept tokens share the longest prefix
-    /// with it (ties: the most recently freed), with the number of prompt tokens it can reuse.
-    fn pick_slot(&self, prompt: &[u32]) -> Option<(usize, usize)> {
-        self.free_slots
-            .iter()
-            .rev()
-            .map(|&slot| {
-                let kept = &self.slot_tokens[slot];
-                let common = kept.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-                // The last prompt token is always recomputed: its logits start the sequence.
-                (slot, common.min(prompt.len() - 1))
-            })
-            .max_by_key(|&(_, reused)| reused)
-    }
-
-    /// The slot size for sequences needing `rows` positions: the current size when it is
-    /// enough, else the next power of two of `rows`, at least double the current size, at most
-    /// `context`.
-    fn slot_size_for(&self, rows: usize, context: usize) -> usize {
-        let current = self.settings.slot_context;
-        if rows <= current {
-            current
-        } else {
-            rows.next_power_of_two()
-                .max(current.saturating_mul(2))
-                .min(context)
-        }
-    }
-
-    /// Checks, allocating nothing, that slots of `slot_context` positions fit in memory next to
-    /// everything else, the current batch cache included while it is copied.
-    fn check_slots(&self, model: &GpuModel, slot_context: usize) -> Result<()> {
-        let config = MemoryConfig {
-            context: model.context(),
-            max_batch: model.max_batch(),
-            batch_rows: self.settings.slots.saturating_mul(slot_context),
-            copied_batch_rows: model.batch_cache_rows().unwrap_or(0),
-        };
-        memory::check(
-            &self.memory.summary,
-            &config,
-            &self.memory.limits,
-            model.gpu().allocated_bytes(),
-            memory::host_available_bytes(),
-        )?;
-        Ok(())
-    }
-
-    /// Rows of `slot` holding keys and values worth keeping: its open sequence's, or those a
-    /// closed one left for the prefix cache.
-    fn kept_rows(&self, slot: usize) -> usize {
-        self.slot_tokens[slot].len().min(self.settings.slot_context)
-    }
-
-    /// Makes every slot hold at least `rows` positions: reserves the shared cache at the first
-    /// call, and grows it (moving every slot's kept rows) when `rows` exceeds the slot size.
-    fn ensure_slot_rows(&mut self, model: &mut GpuModel, rows: usize) -> Result<()> {
-        let current = self.settings.slot_context;
-        let size = self.slot_size_for(rows, model.context());
-        if size < rows {
-            return Err(Error::PromptTooLong {
-                prompt: rows,
-                context: model.context(),
-            });
-        }
-        let reserved = model.batch_cache_rows().is_some();
-        if reserved && size == current {
-            return Ok(());
-        }
-        self.check_slots(model, size)?;
-        let slots = self.settings.slots;
-        if reserved {
-            let moves: Vec<(u32, u32, u32)> = (0..slots)
-                .map(|slot| {
-                    let kept = self.kept_rows(slot);
-                    ((slot * current) as u32, (slot * size) as u32, kept as u32)
-                })
-                .filter(|&(_, _, kept)| kept > 0)
-                .collect();
-            tracing::info!(
-                from = current,
-                to = size,
-                slots,
-                "batch slots grow for a longer sequence"
-            );
-            model.grow_batch_cache(slots * size, &moves)?;
-        } else {
-            model.reserve_batch_cache(slots * size)?;
-        }
-        self.settings.slot_context = size;
-        Ok(())
-    }
-
-    /// Opens a sequence: processes `prompt` into a free slot (reusing the longest cached
-    /// prefix) and keeps its last logits (the first step samples from them). The sequence may hold
-    /// its prompt and `max_new_tokens` tokens but the last, up to the model's context (slots
-    /// grow); when memory does not allow the slots to grow that far, it is refused with
-    /// [`Error::SequenceTooLong`]. The caller has checked the prompt against the context.
+    /// Opens a sequence: shares or copies the longest prefix of `prompt` the pool holds,
+    /// processes the rest and keeps its last logits (the first step samples from them). The
+    /// sequence may hold its prompt and `max_new_tokens` tokens but the last, up to the
+    /// model's context; their blocks are reserved now, or the sequence is refused with
+    /// [`Error::KvPoolFull`]. The caller has checked the prompt against the context.
     pub fn open(
         &mut self,
         model: &mut GpuModel,
         prompt: &[u32],
         max_new_tokens: usize,
         sampler: Sampler,
-    ) -> Result<Slot> {
-        let (slot, reused) = self.pick_slot(prompt).ok_or_else(|| {
-            Error::InvalidParams(format!(
-                "all {} batch slots are in use; close a sequence first",
-                self.settings.slots
-            ))
-        })?;
-        // Every token but the last is fed back: the sequence may need this many rows.
-        let positions_needed = prompt.len() + max_new_tokens.max(1) - 1;
-        let final_size = self.slot_size_for(positions_needed, model.context());
-        if final_size > self.settings.slot_context {
-            self.check_slots(model, final_size)
-                .map_err(|e| Error::SequenceTooLong {
-                    positions: positions_needed,
-                    slot_context: self.settings.slot_context,
-                    reason: e.to_string(),
-                })?;
+    ) -> Result<Batched> {
+        model.reserve_batch_cache(self.pool.n_blocks())?;
+        // Every token but the last is fed back: the sequence may need this many positions.
+        let positions = (prompt.len() + max_new_tokens.max(1) - 1).min(model.context());
+        let mut table = self
+            .pool
+            .open(prompt, positions, |copy| model.copy_batch_block(copy))?;
+        let reused = table.len();
+        let fed = &prompt[reused..];
+        let logits = self
+            .pool
+            .rows(&mut table, fed.len())
+            .map_err(Error::from)
+            .and_then(|rows| {
+                let positions: Vec<u32> = (reused as u32..prompt.len() as u32).collect();
+                let cache = CacheMap {
+                    rows: &rows,
+                    sequences: &vec![0; fed.len()],
+                    tables: &[table.blocks()],
+                };
+                model.forward_batch(fed, &positions, cache, false)
+            });
+        match logits {
+            Ok(logits) => {
+                self.pool.record(&mut table, fed);
+                Ok(Batched {
+                    table,
+                    reused,
+                    tokens: Tokens::unsampled(sampler, prompt),
+                    prompt_logits: Some(logits),
+                })
+            }
+            Err(error) => {
+                self.pool.close(table);
+                Err(error)
+            }
         }
-        self.ensure_slot_rows(model, prompt.len())?;
-        let base = slot * self.settings.slot_context;
-        let positions: Vec<u32> = (reused as u32..prompt.len() as u32).collect();
-        let rows: Vec<u32> = positions.iter().map(|p| base as u32 + p).collect();
-        // The slot's rows past `reused` are overwritten from here on.
-        self.slot_tokens[slot].truncate(reused);
-        let logits = model.forward_batch(&prompt[reused..], &positions, &rows, false)?;
-        self.slot_tokens[slot].extend_from_slice(&prompt[reused..]);
-        self.free_slots.retain(|&s| s != slot);
-        Ok(Slot {
-            index: slot,
-            reused,
-            tokens: Tokens::unsampled(sampler, prompt),
-            prompt_logits: Some(logits),
-        })
     }
 
     /// The next token of each of `sequences`, each chosen under its `options`: those at their
@@ -254,7 +127,7 @@ impl Batch {
     pub fn step(
         &mut self,
         model: &mut GpuModel,
-        sequences: &mut [&mut Slot],
+        sequences: &mut [&mut Batched],
         options: &[StepOptions<'_>],
     ) -> Result<Vec<(u32, Option<Logprobs>)>> {
         let mut chosen = vec![None; sequences.len()];
@@ -272,30 +145,32 @@ impl Batch {
                 .iter()
                 .map(|&i| sequences[i].tokens.last_position() as u32)
                 .collect();
-            // A sequence past its slot's end grows the slots first (checked possible at open).
-            let needed = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
-            self.ensure_slot_rows(model, needed)?;
-            let context = self.settings.slot_context;
-            let rows: Vec<u32> = fed
-                .iter()
-                .zip(&positions)
-                .map(|(&i, &position)| (sequences[i].index * context) as u32 + position)
-                .collect();
-            let logits = model.forward_batch(&tokens, &positions, &rows, true)?;
+            // A sequence starting a block takes it from its reservation.
+            let mut rows = Vec::with_capacity(fed.len());
+            for &i in &fed {
+                rows.extend(self.pool.rows(&mut sequences[i].table, 1)?);
+            }
+            let tables: Vec<&[u32]> = fed.iter().map(|&i| sequences[i].table.blocks()).collect();
+            let cache = CacheMap {
+                rows: &rows,
+                sequences: &(0..fed.len() as u32).collect::<Vec<_>>(),
+                tables: &tables,
+            };
+            let logits = model.forward_batch(&tokens, &positions, cache, true)?;
             let vocab = logits.len() / fed.len();
             for ((&i, &token), row) in fed.iter().zip(&tokens).zip(logits.chunks_exact(vocab)) {
                 let sequence = &mut *sequences[i];
-                self.slot_tokens[sequence.index].push(token);
+                self.pool.record(&mut sequence.table, &[token]);
                 chosen[i] = Some(sequence.tokens.choose(row, &options[i])?);
             }
         }
         Ok(chosen.into_iter().flatten().collect())
     }
 
-    /// Frees the slot of a closed sequence; the slot keeps the keys and values of its fed
-    /// tokens for a later prompt with the same prefix.
-    pub fn close(&mut self, sequence: Slot) {
-        self.free_slots.push(sequence.index);
+    /// Returns a closed sequence's blocks to the pool, where those holding keys and values stay
+    /// cached for a later prompt with the same prefix until the pool needs them.
+    pub fn close(&mut self, sequence: Batched) {
+        self.pool.close(sequence.table);
     }
 }
 
@@ -306,20 +181,20 @@ mod tests {
         TokenEvent,
     };
 
-    use super::*;
+    use crate::engine::ModelSummary;
     use crate::memory::MemoryConfig;
     use crate::test_model::{
         active_plugin, alone, details, run_to_end, sampled, tiny_file, tokens_request, LlamaPlugin,
         TinyConfig,
     };
 
-    /// The tiny model with a 64-position context and `slots` slots of `slot_context` positions.
-    fn plugin(dir: &tempfile::TempDir, slots: usize, slot_context: usize) -> LlamaPlugin {
+    /// The tiny model with a 64-position context and a pool of `kv_blocks` blocks.
+    fn plugin(dir: &tempfile::TempDir, kv_blocks: usize) -> LlamaPlugin {
         let model = tiny_file(dir, &TinyConfig::default());
-        let config = serde_json::json!({
-            "model": model, "batch_slots": slots, "batch_context": slot_context
-        });
-        active_plugin(config, 64)
+        active_plugin(
+            serde_json::json!({ "model": model, "kv_blocks": kv_blocks }),
+            64,
+        )
     }
 
     /// What each request gives alone, through `generate`.
@@ -367,68 +242,81 @@ mod tests {
         got
     }
 
+    /// `n` tokens from a simple rule; those of different `k` (below 96) differ from the first.
+    fn prompt(n: usize, k: usize) -> Vec<u32> {
+        (0..n).map(|i| ((i * k + 3 * k + 1) % 290) as u32).collect()
+    }
+
     #[test]
     fn batched_sequences_generate_what_they_generate_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let mut plugin = plugin(&dir, 3, 48);
+        let mut plugin = plugin(&dir, 16);
         let requests = [
-            tokens_request(
-                &(0..9).map(|i| (i * 31 + 3) % 290).collect::<Vec<_>>(),
-                sampled(12, 0.0, 0),
-            ),
-            tokens_request(
-                &(0..17).map(|i| (i * 7 + 100) % 290).collect::<Vec<_>>(),
-                sampled(7, 0.9, 42),
-            ),
-            tokens_request(
-                &(0..4).map(|i| (i * 97 + 11) % 290).collect::<Vec<_>>(),
-                sampled(10, 1.1, 7),
-            ),
+            tokens_request(&prompt(9, 31), sampled(12, 0.0, 0)),
+            // Grows past a block boundary while the others run.
+            tokens_request(&prompt(17, 7), sampled(20, 0.9, 42)),
+            tokens_request(&prompt(4, 97), sampled(10, 1.1, 7)),
+            // Its prompt spans three blocks: it joins with a long prefill.
+            tokens_request(&prompt(40, 13), sampled(8, 0.0, 0)),
         ];
         let want = alone_events(&mut plugin, &requests);
 
-        // The first two start together; the third joins after two steps.
+        // The first two start together; the third joins after two steps, the fourth after 7.
         let open = (0..2)
             .map(|i| (plugin.open_sequence(&requests[i]).unwrap().id, i))
             .collect();
         let got = step_together(&mut plugin, open, requests.len(), |plugin, step, open| {
-            if step == 2 {
-                open.push((plugin.open_sequence(&requests[2]).unwrap().id, 2));
+            for (at, i) in [(2, 2), (7, 3)] {
+                if step == at {
+                    open.push((plugin.open_sequence(&requests[i]).unwrap().id, i));
+                }
             }
         });
         assert_eq!(got, want);
         assert!(want.iter().all(|events| events.len() > 1));
-        assert_eq!(details(&plugin)["largest_batch"], 3);
+        assert_eq!(details(&plugin)["largest_batch"], 4);
         assert_eq!(details(&plugin)["open_sequences"], 0);
     }
 
     #[test]
-    fn slots_limit_open_sequences() {
+    fn an_exhausted_pool_refuses_new_sequences_until_one_closes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut plugin = plugin(&dir, 1, 48);
+        // Two blocks: 32 positions.
+        let mut plugin = plugin(&dir, 2);
+        // 3 prompt tokens and up to 20 new ones: 22 positions, both blocks reserved.
         let a = plugin
-            .open_sequence(&tokens_request(&[5, 6, 7], GenerationParams::greedy(2)))
+            .open_sequence(&tokens_request(&[5, 6, 7], GenerationParams::greedy(20)))
             .unwrap()
             .id;
-        let err = plugin
-            .open_sequence(&tokens_request(&[5], GenerationParams::greedy(2)))
-            .unwrap_err();
-        assert!(
-            err.message.contains("all 1 batch slots are in use"),
-            "{err}"
+        assert_eq!(details(&plugin)["kv_blocks_available"], 0);
+        let b = tokens_request(&[50, 51], GenerationParams::greedy(2));
+        let err = plugin.open_sequence(&b).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::OutOfMemory, "{err}");
+        assert_eq!(
+            err.message.as_str(),
+            "the KV cache pool of 2 blocks of 16 positions cannot hold a sequence of up to 3 \
+             positions now: it needs 1 more blocks, 0 are free or cached"
         );
+        assert_eq!(details(&plugin)["open_sequences"], 1);
         let events = run_to_end(&mut plugin, a);
-        assert_eq!(events.len(), 2);
-        // The slot is free again.
-        plugin
-            .open_sequence(&tokens_request(&[1, 2], GenerationParams::greedy(2)))
-            .unwrap();
+        assert_eq!(events.len(), 20);
+        // The blocks are back (cached: the pool gives them up for the new sequence).
+        assert_eq!(details(&plugin)["kv_blocks_available"], 2);
+        let b = plugin.open_sequence(&b).unwrap().id;
+        assert_eq!(run_to_end(&mut plugin, b).len(), 2);
+        // A sequence the whole pool cannot hold is refused the same way; it runs alone.
+        let long = tokens_request(&prompt(40, 3), GenerationParams::greedy(4));
+        let err = plugin.open_sequence(&long).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::OutOfMemory, "{err}");
+        assert!(err.message.contains("up to 43 positions"), "{err}");
+        let (response, _) = alone(&mut plugin, &long, None);
+        assert_eq!(response.unwrap().tokens.len(), 4);
     }
 
     #[test]
     fn a_prompt_that_fills_the_context_gets_one_token_either_way() {
         let dir = tempfile::tempdir().unwrap();
-        let mut plugin = plugin(&dir, 2, 16);
+        let mut plugin = plugin(&dir, 4);
         for (length, expected) in [(64, 1), (63, 2)] {
             let prompt: Vec<u32> = (0..length).map(|i| (i * 11 + 5) % 290).collect();
             let request = tokens_request(&prompt, GenerationParams::greedy(10));
@@ -450,10 +338,10 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_prompt_prefix_is_reused_and_changes_nothing() {
+    fn a_prefix_of_a_closed_sequence_is_reused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut plugin = plugin(&dir, 2, 48);
-        let first: Vec<u32> = (0..12).map(|i| (i * 13 + 1) % 290).collect();
+        let mut plugin = plugin(&dir, 16);
+        let first = prompt(12, 13);
         let opened = plugin
             .open_sequence(&tokens_request(&first, GenerationParams::greedy(5)))
             .unwrap();
@@ -464,7 +352,7 @@ mod tests {
             .collect();
 
         // A follow-up turn: the first prompt, the answer and more; everything fed before is
-        // reused (the answer's last token was returned but never fed).
+        // reused (the answer's last token was returned but never fed), from a partial block.
         let mut follow_up = first.clone();
         follow_up.extend_from_slice(&answer);
         follow_up.extend_from_slice(&[7, 8, 9]);
@@ -483,7 +371,7 @@ mod tests {
 
         // A prompt sharing nothing reuses nothing; the same prompt again reuses all but its
         // last token.
-        let other: Vec<u32> = (0..6).map(|i| (i * 5 + 200) % 290).collect();
+        let other = prompt(6, 5);
         let request = tokens_request(&other, GenerationParams::greedy(5));
         let opened = plugin.open_sequence(&request).unwrap();
         assert_eq!(opened.cached_tokens, 0);
@@ -493,47 +381,53 @@ mod tests {
     }
 
     #[test]
-    fn sequences_longer_than_a_slot_grow_the_slots_and_match_generating_alone() {
+    fn open_sequences_share_a_prompt_prefix_and_copy_its_partial_block() {
         let dir = tempfile::tempdir().unwrap();
-        // Slots of 16 positions in a model context of 64.
-        let mut plugin = plugin(&dir, 3, 16);
-        let prompt = |n: usize, k: usize| -> Vec<u32> {
-            (0..n).map(|i| ((i * k + 7) % 290) as u32).collect()
-        };
+        // Three sequences of up to 47 positions: 9 blocks unshared; shared, the second and
+        // third hold only their own last block(s).
+        let mut plugin = plugin(&dir, 7);
+        let system = prompt(36, 11);
+        let with = |tail: &[u32]| [system.as_slice(), tail].concat();
         let requests = [
-            // Fits a slot of 16.
-            tokens_request(&prompt(5, 31), sampled(6, 0.0, 0)),
-            // Its prompt fits, its tokens do not: the slots grow to 32 at a step (the sixth, which
-            // feeds its fifth token at position 16).
-            tokens_request(&prompt(12, 17), sampled(10, 0.9, 42)),
-            // Its prompt alone exceeds a slot of 32: the slots grow to 64 at its opening (before
-            // the eighth step), moving the rows of the sequences already open.
-            tokens_request(&prompt(40, 13), sampled(8, 1.1, 7)),
+            tokens_request(&system, sampled(10, 0.0, 0)),
+            // Shares 2 full blocks and copies 4 rows of the first's third block.
+            tokens_request(&with(&[3, 4]), sampled(9, 0.8, 5)),
+            // The same prompt as the first: 35 tokens reused.
+            tokens_request(&system, sampled(10, 1.0, 9)),
         ];
         let want = alone_events(&mut plugin, &requests);
-        let open = (0..2)
-            .map(|i| (plugin.open_sequence(&requests[i]).unwrap().id, i))
+        let mut reused = Vec::new();
+        let open = (0..3)
+            .map(|i| {
+                let opened = plugin.open_sequence(&requests[i]).unwrap();
+                reused.push(opened.cached_tokens);
+                (opened.id, i)
+            })
             .collect();
-        assert_eq!(details(&plugin)["batch_context"], 16);
-        let mut sizes = vec![];
-        let got = step_together(&mut plugin, open, requests.len(), |plugin, step, open| {
-            sizes.push(details(plugin)["batch_context"].as_u64().unwrap());
-            if step == 7 {
-                open.push((plugin.open_sequence(&requests[2]).unwrap().id, 2));
-                assert_eq!(details(plugin)["batch_context"], 64);
-            }
-        });
-        assert!(sizes.contains(&32), "grew to 32 at a step: {sizes:?}");
-        assert_eq!(got, want);
-        // The prefix cache survives the moves: the long prompt again reuses all but its last
-        // token and gives the same tokens.
-        let opened = plugin.open_sequence(&requests[2]).unwrap();
-        assert_eq!(opened.cached_tokens, 39);
-        assert_eq!(run_to_end(&mut plugin, opened.id), want[2]);
+        // The alone runs left nothing in the pool: the first computes all, the others share.
+        assert_eq!(reused, [0, 36, 35]);
+        let got = step_together(&mut plugin, open, requests.len(), |_, _, _| {});
+        assert_eq!(got, want, "sharing and copy-on-write change no token");
     }
 
     #[test]
-    fn slots_that_cannot_grow_refuse_the_sequence_without_allocating() {
+    fn blocks_of_closed_sequences_are_reused_by_others_without_mixing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Four blocks: each sequence below evicts the previous ones' cached blocks.
+        let mut plugin = plugin(&dir, 4);
+        let requests: Vec<SequenceRequest> = (0..5)
+            .map(|k| tokens_request(&prompt(20 + 7 * k, 3 + 2 * k), sampled(12, 0.7, k as u64)))
+            .collect();
+        let want = alone_events(&mut plugin, &requests);
+        for (request, want) in requests.iter().zip(&want) {
+            let opened = plugin.open_sequence(request).unwrap();
+            assert_eq!(opened.cached_tokens, 0);
+            assert_eq!(&run_to_end(&mut plugin, opened.id), want);
+        }
+    }
+
+    #[test]
+    fn a_pool_over_the_budget_is_refused_at_activation() {
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_file(&dir, &TinyConfig::default());
         let summary = ModelSummary::read(
@@ -541,54 +435,45 @@ mod tests {
             crate::storage::WeightStorage::AsStored,
         )
         .unwrap();
-        // A budget of exactly what 2 slots of 16 positions need: they cannot grow.
-        let budget = summary
-            .memory_needs(&MemoryConfig {
-                context: 64,
-                max_batch: 64,
-                batch_rows: 2 * 16,
-                copied_batch_rows: 0,
-            })
-            .device;
-        let mut plugin = LlamaPlugin::new().unwrap();
-        let config = serde_json::json!({"model": model, "batch_slots": 2, "batch_context": 16});
-        plugin.initialize(config).unwrap();
-        plugin
-            .activate(&ActivateOptions {
+        let needs = |kv_blocks| {
+            summary
+                .memory_needs(&MemoryConfig {
+                    context: 64,
+                    max_batch: 64,
+                    kv_blocks,
+                })
+                .device
+        };
+        // A budget of exactly what 4 blocks need; the pool, allocated at the first sequence,
+        // takes what the accounting says.
+        let budget = needs(4);
+        let pool_bytes = budget - needs(0);
+        for (kv_blocks, fits) in [(4, true), (5, false)] {
+            let mut plugin = LlamaPlugin::new().unwrap();
+            let config = serde_json::json!({"model": model, "kv_blocks": kv_blocks});
+            plugin.initialize(config).unwrap();
+            let activated = plugin.activate(&ActivateOptions {
                 context_length: 64,
                 memory_budget_bytes: budget,
                 ..ActivateOptions::default()
-            })
-            .unwrap();
-        let short = plugin
-            .open_sequence(&tokens_request(&[5, 6, 7], GenerationParams::greedy(4)))
-            .unwrap();
-        let allocated = plugin.stats().device_memory_bytes;
-        let long: Vec<u32> = (0..20).collect();
-        let long = tokens_request(&long, GenerationParams::greedy(4));
-        let err = plugin.open_sequence(&long).unwrap_err();
-        assert_eq!(err.kind, ErrorKind::OutOfMemory, "{err}");
-        assert!(
-            err.message.contains("up to 23 positions")
-                && err.message.contains("batch slot of 16 positions")
-                && err.message.contains("budget"),
-            "{err}"
-        );
-        assert_eq!(plugin.stats().device_memory_bytes, allocated);
-        assert_eq!(details(&plugin)["open_sequences"], 1);
-        // A sequence that stays within its slot is refused likewise when its token limit could
-        // take it past the slot; with a limit that fits, it runs.
-        let err = plugin
-            .open_sequence(&tokens_request(&[1, 2], GenerationParams::greedy(20)))
-            .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::OutOfMemory, "{err}");
-        let fits = plugin
-            .open_sequence(&tokens_request(&[1, 2], GenerationParams::greedy(15)))
-            .unwrap();
-        run_to_end(&mut plugin, fits.id);
-        run_to_end(&mut plugin, short.id);
-        // The single-sequence path serves the refused request.
-        let (response, _) = alone(&mut plugin, &long, None);
-        assert_eq!(response.unwrap().tokens.len(), 4);
+            });
+            match fits {
+                true => {
+                    activated.unwrap();
+                    let before = plugin.stats().device_memory_bytes;
+                    let opened = plugin
+                        .open_sequence(&tokens_request(&[1, 2], GenerationParams::greedy(3)))
+                        .unwrap();
+                    run_to_end(&mut plugin, opened.id);
+                    let after = plugin.stats().device_memory_bytes;
+                    assert_eq!(after - before, pool_bytes);
+                }
+                false => {
+                    let err = activated.unwrap_err();
+                    assert_eq!(err.kind, ErrorKind::OutOfMemory, "{err}");
+                    assert!(err.message.contains("budget"), "{err}");
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! A loaded model ready to serve: the GPU model with its tokenizer, chat template and batch
-//! slots, and its generation as the authoring kit's [`TextModel`]: sequences opened alone
-//! (`generate`, `chat`) run in the model's own cache, batched ones in slots of the batch cache
+//! A loaded model ready to serve: the GPU model with its tokenizer, chat template and batched
+//! sequences' block pool, and its generation as the authoring kit's [`TextModel`]: sequences
+//! opened alone (`generate`, `chat`) run in the model's own cache, batched ones in the pool
 //! (see [`crate::sequence`]).
 
 use std::path::{Path, PathBuf};
@@ -13,9 +13,10 @@ use pio_plugin_kit::{
 };
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 
-use crate::batch::{Batch, BatchMemory, BatchSettings};
+use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::forward::Forward;
+use crate::kv_pool::BlockPool;
 use crate::memory::{self, MemoryConfig, MemoryLimits};
 use crate::models::{self, ModelSpec};
 use crate::perplexity::{perplexity, perplexity_llama_cpp, Perplexity, Style};
@@ -83,8 +84,7 @@ impl ModelSummary {
         self.memory_needs(&MemoryConfig {
             context,
             max_batch,
-            batch_rows: 0,
-            copied_batch_rows: 0,
+            kv_blocks: 0,
         })
         .device
     }
@@ -102,8 +102,8 @@ fn host_bytes(tokenizer: &TextTokenizer, vocab_size: usize, max_batch: usize) ->
     (vocab + max_batch * vocab_size * 4) as u64
 }
 
-/// A model on the GPU with its tokenizer, (optional) chat template and batch slots: the active
-/// state of the plugin.
+/// A model on the GPU with its tokenizer, (optional) chat template and batched sequences'
+/// block pool: the active state of the plugin.
 pub struct Engine {
     model: GpuModel,
     tokenizer: GgufTokenizer,
@@ -116,10 +116,10 @@ pub struct Engine {
 impl Engine {
     /// Loads `path` onto the device chosen by `device`, with a KV cache of `context_length`
     /// positions (0: the model's trained context length), its weights stored as `weights` says.
-    /// Batched sequences get `batch` (their slot context capped at the model's).
+    /// Batched sequences get a pool of `kv_blocks` blocks.
     ///
     /// Fails before allocating anything (see [`memory::check`]) when the context exceeds the
-    /// model's trained context, or the configuration (batch slots included) needs a buffer
+    /// model's trained context, or the configuration (the pool included) needs a buffer
     /// larger than the device allows, more than `memory_budget` (bytes, 0 = unlimited), or more
     /// host memory than is available.
     pub fn load(
@@ -127,7 +127,7 @@ impl Engine {
         device: &DeviceOptions,
         context_length: usize,
         memory_budget: u64,
-        batch: BatchSettings,
+        kv_blocks: usize,
         weights: WeightStorage,
     ) -> Result<Self> {
         let file = GgufFile::open(path)?;
@@ -137,18 +137,13 @@ impl Engine {
             n => n,
         };
         let max_batch = DEFAULT_MAX_BATCH.min(context);
-        let batch = BatchSettings {
-            slot_context: batch.slot_context.min(context),
-            ..batch
-        };
         // Nothing sized by the context exists before this check: a device holds no buffers yet.
         let gpu = Gpu::new(device)?;
         let limits = MemoryLimits::of(&gpu, memory_budget);
         let config = MemoryConfig {
             context,
             max_batch,
-            batch_rows: batch.slots.saturating_mul(batch.slot_context),
-            copied_batch_rows: 0,
+            kv_blocks,
         };
         memory::check(
             &summary,
@@ -178,13 +173,7 @@ impl Engine {
             max_batch,
         )?;
         let host_bytes = host_bytes(&tokenizer, summary.spec.hparams.vocab_size, max_batch);
-        let batch = Batch::new(
-            batch,
-            BatchMemory {
-                summary: summary.clone(),
-                limits,
-            },
-        );
+        let batch = Batch::new(kv_blocks);
         Ok(Engine {
             model,
             tokenizer: GgufTokenizer::new(tokenizer),
@@ -238,9 +227,9 @@ impl Engine {
         }
     }
 
-    /// The batch slots: their settings (the slot size grows).
-    pub fn batch_settings(&self) -> BatchSettings {
-        self.batch.settings()
+    /// The batched sequences' block pool: its size and what is available.
+    pub fn kv_pool(&self) -> &BlockPool {
+        self.batch.pool()
     }
 
     /// What the kit's driver makes of `token`: end-of-generation ids end the sequence
@@ -280,15 +269,15 @@ impl TextModel for Engine {
             .map_err(Error::from)?)
     }
 
-    /// A batched sequence, in the batch slot sharing the longest prefix with `prompt` (see
-    /// [`Batch::open`]).
+    /// A batched sequence in the block pool, sharing the longest prefix with `prompt` the pool
+    /// holds (see [`Batch::open`]).
     fn open(&mut self, prompt: &[u32], params: &SequenceParams) -> PluginResult<Sequence> {
         let sampler = Sampler::new(SamplingParams::from(&params.sampling))?;
         let max_new_tokens = params.max_new_tokens as usize;
-        let slot = self
+        let batched = self
             .batch
             .open(&mut self.model, prompt, max_new_tokens, sampler)?;
-        Ok(Sequence::InSlot(slot))
+        Ok(Sequence::Batched(batched))
     }
 
     /// A sequence in the model's own cache, sampled on the device.
@@ -304,7 +293,7 @@ impl TextModel for Engine {
                 let token = tokens.step_alone(&mut self.model)?;
                 Ok(self.next(token))
             }
-            Sequence::InSlot(_) => self.step_batch(&mut [sequence]).map(|nexts| nexts[0]),
+            Sequence::Batched(_) => self.step_batch(&mut [sequence]).map(|nexts| nexts[0]),
         }
     }
 
@@ -314,17 +303,17 @@ impl TextModel for Engine {
         Ok(sampled.into_iter().map(|s| s.next).collect())
     }
 
-    /// Batched sequences decoded in one forward pass over the batch cache, each sampled on the
+    /// Batched sequences decoded in one forward pass over the block pool, each sampled on the
     /// host under its options (a grammar's mask, log-probabilities).
     fn step_with(
         &mut self,
         batch: &mut [&mut Sequence],
         options: &[StepOptions<'_>],
     ) -> PluginResult<Vec<Sampled>> {
-        let mut slots = Vec::with_capacity(batch.len());
+        let mut batched = Vec::with_capacity(batch.len());
         for sequence in batch.iter_mut() {
             match &mut **sequence {
-                Sequence::InSlot(slot) => slots.push(slot),
+                Sequence::Batched(sequence) => batched.push(sequence),
                 Sequence::Alone(_) => {
                     return Err(PluginError::internal(
                         "a sequence opened alone is stepped alone, never in a batch",
@@ -332,7 +321,7 @@ impl TextModel for Engine {
                 }
             }
         }
-        let chosen = self.batch.step(&mut self.model, &mut slots, options)?;
+        let chosen = self.batch.step(&mut self.model, &mut batched, options)?;
         Ok(chosen
             .into_iter()
             .map(|(token, logprobs)| Sampled {
@@ -354,15 +343,15 @@ impl TextModel for Engine {
     }
 
     fn close(&mut self, sequence: Sequence) {
-        if let Sequence::InSlot(slot) = sequence {
-            self.batch.close(slot);
+        if let Sequence::Batched(batched) = sequence {
+            self.batch.close(batched);
         }
     }
 
     fn reused_prompt_tokens(&self, sequence: &Sequence) -> u32 {
         match sequence {
             // At most the prompt's length, which fits the context.
-            Sequence::InSlot(slot) => slot.reused() as u32,
+            Sequence::Batched(batched) => batched.reused() as u32,
             Sequence::Alone(_) => 0,
         }
     }
@@ -373,17 +362,17 @@ mod tests {
     use pio_plugin_kit::{Sampling, Tokenizer};
 
     use super::*;
+    use crate::batch::DEFAULT_KV_BLOCKS;
     use crate::test_model::{tiny_file, TinyConfig};
 
     fn tiny_engine(dir: &tempfile::TempDir) -> Engine {
         let path = tiny_file(dir, &TinyConfig::default());
-        let batch = BatchSettings::default();
         Engine::load(
             &path,
             &DeviceOptions::default(),
             64,
             0,
-            batch,
+            DEFAULT_KV_BLOCKS,
             WeightStorage::AsStored,
         )
         .unwrap()
@@ -417,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sequence_alone_and_one_in_a_slot_continue_alike() {
+    fn a_sequence_alone_and_a_batched_one_continue_alike() {
         let dir = tempfile::tempdir().unwrap();
         let mut engine = tiny_engine(&dir);
         let prompt: Vec<u32> = (0..13).map(|i| (i * 29 + 3) % 290).collect();
@@ -438,10 +427,10 @@ mod tests {
             assert!(matches!(alone, Sequence::Alone(_)));
             let want = steps(&mut engine, &mut alone, 12);
             engine.close(alone);
-            let mut in_slot = engine.open(&prompt, &params).unwrap();
-            assert!(matches!(in_slot, Sequence::InSlot(_)));
-            assert_eq!(steps(&mut engine, &mut in_slot, 12), want, "{params:?}");
-            engine.close(in_slot);
+            let mut batched = engine.open(&prompt, &params).unwrap();
+            assert!(matches!(batched, Sequence::Batched(_)));
+            assert_eq!(steps(&mut engine, &mut batched, 12), want, "{params:?}");
+            engine.close(batched);
         }
     }
 
@@ -454,7 +443,7 @@ mod tests {
             &DeviceOptions::default(),
             64,
             1000,
-            BatchSettings::default(),
+            DEFAULT_KV_BLOCKS,
             WeightStorage::AsStored,
         )
         .err()

@@ -60,21 +60,10 @@ pub enum Error {
     /// names the configuration, the bytes and the limit.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
-    /// A batched sequence needs more positions than a batch slot holds, and the slots cannot
-    /// grow to hold them (memory). The same request can still run as a single sequence.
-    #[error(
-        "a batched sequence of up to {positions} positions does not fit a batch slot of \
-         {slot_context} positions, and the slots cannot grow: {reason}; run it as a single \
-         sequence (generate or chat) instead"
-    )]
-    SequenceTooLong {
-        /// Positions the sequence may need: prompt plus new tokens (less one).
-        positions: usize,
-        /// Positions a batch slot holds now.
-        slot_context: usize,
-        /// Why the slots cannot grow.
-        reason: String,
-    },
+    /// The batched sequences' block pool cannot hold a new sequence now (it names the pool's
+    /// size). The request can wait for open sequences to close, or run as a single sequence.
+    #[error(transparent)]
+    KvPoolFull(#[from] crate::kv_pool::PoolFull),
     /// Loading would exceed the caller's device memory budget.
     #[error("the model needs about {needed} bytes of device memory, over the budget of {budget}")]
     OverBudget {

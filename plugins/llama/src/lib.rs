@@ -8,12 +8,13 @@
 //! - [`runtime`]: any spec's forward pass on the GPU (pio-gpu kernels) with its KV caches;
 //!   [`forward`]: what it and the CPU reference share;
 //! - [`sampler`]: greedy and seeded sampling; [`tokenizer`]: the GGUF tokenizer for the kit;
-//! - [`sequence`]: a prompt's continuation, alone in the model's cache or in a batch slot;
-//!   [`batch`]: the batch slots (growth, prefix cache) and their one-pass decode;
+//! - [`sequence`]: a prompt's continuation, alone in the model's cache or batched;
+//!   [`batch`]: batched sequences and their one-pass decode, in the block pool [`kv_pool`]
+//!   keeps (reservation, prefix sharing, copy-on-write, cached blocks);
 //! - [`memory`]: what a context and batch configuration costs, checked before allocating;
 //! - [`perplexity`]: perplexity over a token sequence; [`bench`](mod@bench): the plugin's
 //!   benchmark;
-//! - [`engine`]: model + tokenizer + chat template + batch slots, the kit's `TextModel`;
+//! - [`engine`]: model + tokenizer + chat template + block pool, the kit's `TextModel`;
 //!   [`plugin`]: configuration, activation, stats and `infer`, the kit's `Model`.
 //!
 //! Tests compare the GPU model with a plain f32 CPU reference (`reference.rs`, test-only), which
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod forward;
 pub mod hparams;
+pub mod kv_pool;
 pub mod memory;
 pub mod models;
 pub mod perplexity;

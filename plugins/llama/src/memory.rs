@@ -1,18 +1,19 @@
-//! What a configuration (context length, batch size, batch slots) costs in memory, checked
+//! What a configuration (context length, batch size, block pool) costs in memory, checked
 //! before anything is allocated.
 //!
 //! Every buffer and host vector whose size follows from a context length is listed here:
-//! the KV cache (per layer, one K and one V buffer of `context × kv_dim` f32), the RoPE tables
-//! (one per distinct RoPE of the layers, `context × head_dim` f32 each, computed on the host
-//! and then uploaded), the batched sequences'
-//! cache (`slots × slot_context` rows, like the KV cache) and the activations and logits
-//! read-back (`max_batch` tokens). [`check`] compares a configuration with the model's trained
+//! the KV cache (per layer, one K and one V buffer of `context × kv_dim` f32, rounded up to
+//! whole blocks of 16 positions), the RoPE tables (one per distinct RoPE of the layers,
+//! `context × head_dim` f32 each, computed on the host and then uploaded), the batched
+//! sequences' block pool (`kv_blocks × 16` rows, like the KV cache) and the activations,
+//! block tables and logits read-back (`max_batch` tokens). [`check`] compares a configuration with the model's trained
 //! context, the device's largest storage buffer, the caller's budget and the host memory
 //! available, so that an absurd `--ctx` is an error naming the numbers instead of an abort on
 //! a terabyte allocation.
 
 use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
+use crate::kv_pool::{blocks_for, KV_BLOCK_ROWS};
 
 /// The sizes that decide what is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,11 +22,8 @@ pub struct MemoryConfig {
     pub context: usize,
     /// Tokens one forward submission processes (activations, logits read-back).
     pub max_batch: usize,
-    /// Rows of the cache batched sequences share (`slots × slot_context`; 0: none).
-    pub batch_rows: usize,
-    /// Rows of a batch cache still held while a larger one (`batch_rows`) is filled from it
-    /// (0: none).
-    pub copied_batch_rows: usize,
+    /// Blocks of 16 positions in the pool batched sequences share (0: none).
+    pub kv_blocks: usize,
 }
 
 /// What a [`MemoryConfig`] needs, in bytes.
@@ -35,7 +33,7 @@ pub struct MemoryNeeds {
     pub weights: u64,
     /// The model's KV cache, all layers.
     pub kv_cache: u64,
-    /// The batched sequences' cache, all layers (plus the one it is copied from, if any).
+    /// The batched sequences' block pool, all layers.
     pub batch_cache: u64,
     /// The RoPE tables (each also built on the host first).
     pub rope_table: u64,
@@ -84,19 +82,31 @@ impl ModelSummary {
     pub fn memory_needs(&self, config: &MemoryConfig) -> MemoryNeeds {
         let hp = &self.spec.hparams;
         let kv_row = product(&[hp.kv_dim(), 4]);
-        let kv_layer = kv_row.saturating_mul(config.context as u64);
-        let kv_cache = kv_layer.saturating_mul(2 * hp.n_layer as u64);
-        let batch_layer = kv_row.saturating_mul(config.batch_rows as u64);
-        let batch_cache = batch_layer
-            .saturating_add(kv_row.saturating_mul(config.copied_batch_rows as u64))
-            .saturating_mul(2 * hp.n_layer as u64);
+        let block = KV_BLOCK_ROWS as usize;
+        let context_blocks = blocks_for(config.context);
+        let kv_layer = kv_row.saturating_mul(product(&[context_blocks, block]));
+        // Each cache has a block-sized scratch buffer for copy-on-write.
+        let scratch = kv_row.saturating_mul(block as u64);
+        let kv_cache = kv_layer
+            .saturating_mul(2 * hp.n_layer as u64)
+            .saturating_add(scratch);
+        let batch_layer = kv_row.saturating_mul(product(&[config.kv_blocks, block]));
+        let batch_cache = match config.kv_blocks {
+            0 => 0,
+            _ => batch_layer
+                .saturating_mul(2 * hp.n_layer as u64)
+                .saturating_add(scratch),
+        };
         // One table per distinct RoPE of the layers (one for Llama).
         let one_rope_table = product(&[config.context, hp.head_dim, 4]);
         let rope_table = one_rope_table.saturating_mul(self.spec.ropes().len() as u64);
         // Activations and scratch per token of a batch (the projection before a post-norm
         // included).
-        let per_token = 5 * hp.n_embd + 2 * hp.kv_dim() + 3 * hp.n_ff + hp.vocab_size + 2;
-        let activations = product(&[config.max_batch, per_token, 4]) + 4 * hp.n_embd as u64;
+        // Token ids, positions, cache rows, table starts and a block table of the whole context.
+        let per_token = 5 * hp.n_embd + 2 * hp.kv_dim() + 3 * hp.n_ff + hp.vocab_size + 4;
+        let per_token = per_token.saturating_add(context_blocks);
+        let activations =
+            product(&[config.max_batch, per_token, 4]).saturating_add(4 * hp.n_embd as u64);
         let logits = product(&[config.max_batch, hp.vocab_size, 4]);
         let device = [
             self.weight_bytes,
@@ -109,7 +119,7 @@ impl ModelSummary {
         .fold(0u64, |acc, &b| acc.saturating_add(b));
         let largest_buffer = [
             ("each layer's K and V cache", kv_layer),
-            ("each layer's batch K and V cache", batch_layer),
+            ("each layer's K and V block pool", batch_layer),
             ("each RoPE table", one_rope_table),
             ("the logits", logits),
         ]
@@ -185,10 +195,10 @@ pub fn check(
     let needs = summary.memory_needs(config);
     let what = || {
         let mut text = format!("a context of {} positions", config.context);
-        if config.batch_rows > 0 {
+        if config.kv_blocks > 0 {
             text.push_str(&format!(
-                " with {} rows of batched sequences' cache",
-                config.batch_rows
+                " with a KV cache pool of {} blocks of {KV_BLOCK_ROWS} positions",
+                config.kv_blocks
             ));
         }
         text
@@ -264,8 +274,7 @@ mod tests {
         MemoryConfig {
             context,
             max_batch: 8,
-            batch_rows: 0,
-            copied_batch_rows: 0,
+            kv_blocks: 0,
         }
     }
 
@@ -274,20 +283,20 @@ mod tests {
         let s = summary(4096);
         // Tiny model: 2 layers, kv_dim 32, head_dim 16.
         let a = s.memory_needs(&config(1000));
-        assert_eq!(a.kv_cache, 2 * 2 * 1000 * 32 * 4);
+        // 1000 positions take 63 blocks of 16, plus a block of scratch.
+        assert_eq!(a.kv_cache, 2 * 2 * 1008 * 32 * 4 + 16 * 32 * 4);
         assert_eq!(a.rope_table, 1000 * 16 * 4);
         assert_eq!(a.batch_cache, 0);
         assert_eq!(a.device, s.required_device_bytes(1000, 8));
         let b = s.memory_needs(&MemoryConfig {
-            batch_rows: 300,
-            copied_batch_rows: 100,
+            kv_blocks: 25,
             ..config(1000)
         });
-        assert_eq!(b.batch_cache, 2 * 2 * 400 * 32 * 4);
+        assert_eq!(b.batch_cache, 2 * 2 * 400 * 32 * 4 + 16 * 32 * 4);
         assert_eq!(b.device, a.device + b.batch_cache);
         // Absurd sizes saturate instead of overflowing.
         let c = s.memory_needs(&MemoryConfig {
-            batch_rows: usize::MAX,
+            kv_blocks: usize::MAX,
             ..config(usize::MAX)
         });
         assert_eq!(c.device, u64::MAX);

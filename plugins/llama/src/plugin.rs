@@ -5,19 +5,20 @@
 //!
 //! Configuration (the `initialize` JSON, see [`Settings`]): `{"model": "model.gguf"}`, a path
 //! relative to the plugin's folder or absolute; the host supplies its cached default model's
-//! path. Optional `"batch_slots"` (default 8) and `"batch_context"` (default 1024) size batched
-//! generation: sequences open at once and the positions each slot holds at first (slots grow,
-//! up to the model's context, when a sequence needs more and memory allows). Optional
-//! `"weights"`: `"as-stored"` (default) or a type such as `"q8_0"` the weight matrices are
-//! converted to as they load (an F32 or F16 model runs compressed without rewriting its file). `activate` reads
+//! path. Optional `"kv_blocks"` (default 512, the memory of 8192 positions) sizes the block
+//! pool of batched sequences' keys and values (blocks of 16 positions, see
+//! [`crate::kv_pool`]): how many sequences can be open at once follows from their lengths and
+//! the prefixes they share. Optional `"weights"`: `"as-stored"` (default) or a type such as
+//! `"q8_0"` the weight matrices are converted to as they load (an F32 or F16 model runs
+//! compressed without rewriting its file). `activate` reads
 //! the file's metadata and tensor table, checks that the context fits the model and the memory
 //! (see [`crate::memory`]), then creates the GPU device and uploads the weights; `deactivate`
 //! drops both.
 //!
 //! Errors the host acts on: a context or prompt too long, or a token id outside the
-//! vocabulary, is `invalid_input`; `open_sequence` refusing with `out_of_memory` (the batch
-//! slots cannot grow for this sequence) means the same request can run through `generate` /
-//! `chat`, which need no batch cache.
+//! vocabulary, is `invalid_input`; `open_sequence` refusing with `out_of_memory` (the block
+//! pool cannot hold this sequence now) means the request can wait for open sequences to close,
+//! or run through `generate` / `chat`, which need no block of the pool.
 
 use std::path::PathBuf;
 
@@ -27,7 +28,7 @@ use pio_plugin_kit::{
     PluginMetadata, PluginResult,
 };
 
-use crate::batch::BatchSettings;
+use crate::batch::DEFAULT_KV_BLOCKS;
 use crate::bench::{bench_batched, bench_run, BenchConfig};
 use crate::engine::Engine;
 use crate::error::Error;
@@ -51,10 +52,10 @@ impl From<Error> for PluginError {
             Error::InvalidModel(_) | Error::Gguf(_) | Error::Text(_) => {
                 PluginError::model_load(message)
             }
-            // `SequenceTooLong` from `open_sequence` is the host's cue to serve the request as a
-            // single sequence (`generate` / `chat`): every out-of-memory refusal of
-            // `open_sequence` is, since that path needs no batch cache.
-            Error::OverBudget { .. } | Error::OutOfMemory(_) | Error::SequenceTooLong { .. } => {
+            // `KvPoolFull` from `open_sequence` is the host's cue to retry when open sequences
+            // have closed, or to serve the request as a single sequence (`generate` / `chat`),
+            // which needs no block of the pool.
+            Error::OverBudget { .. } | Error::OutOfMemory(_) | Error::KvPoolFull(_) => {
                 PluginError::out_of_memory(message)
             }
             // pio-gpu's one mapping: failed allocations stay `out_of_memory`.
@@ -70,12 +71,9 @@ impl From<Error> for PluginError {
 pub struct Settings {
     /// The GGUF file: relative to the plugin's folder, or absolute.
     pub model: PathBuf,
-    /// Batched sequences open at once.
-    #[serde(default = "default_batch_slots")]
-    pub batch_slots: usize,
-    /// Positions each batch slot holds at first.
-    #[serde(default = "default_batch_context")]
-    pub batch_context: usize,
+    /// Blocks of 16 positions in the pool batched sequences share.
+    #[serde(default = "default_kv_blocks")]
+    pub kv_blocks: usize,
     /// Storage of the weight matrices on the device: `"as-stored"` (the default) or a type the
     /// kernels read, converted at load (see [`WeightStorage`]).
     #[serde(default, deserialize_with = "weight_storage")]
@@ -89,23 +87,14 @@ fn weight_storage<'de, D: serde::Deserializer<'de>>(
     WeightStorage::from_name(&name).map_err(serde::de::Error::custom)
 }
 
-fn default_batch_slots() -> usize {
-    BatchSettings::default().slots
-}
-
-fn default_batch_context() -> usize {
-    BatchSettings::default().slot_context
+fn default_kv_blocks() -> usize {
+    DEFAULT_KV_BLOCKS
 }
 
 impl Config for Settings {
     fn validate(&self) -> Result<(), String> {
-        for (key, value) in [
-            ("batch_slots", self.batch_slots),
-            ("batch_context", self.batch_context),
-        ] {
-            if value == 0 {
-                return Err(format!("{key} must be at least 1, got 0"));
-            }
+        if self.kv_blocks == 0 {
+            return Err("kv_blocks must be at least 1, got 0".into());
         }
         Ok(())
     }
@@ -136,16 +125,12 @@ impl Model for Engine {
             adapter: activation.adapter.clone(),
             ..DeviceOptions::default()
         };
-        let batch = BatchSettings {
-            slots: settings.batch_slots,
-            slot_context: settings.batch_context,
-        };
         Ok(Engine::load(
             &activation.resolve(&settings.model),
             &device,
             activation.context_length.unwrap_or(0) as usize,
             activation.memory_budget_bytes.unwrap_or(0),
-            batch,
+            settings.kv_blocks,
             settings.weights,
         )?)
     }
@@ -158,7 +143,7 @@ impl Model for Engine {
         let summary = self.summary();
         let model = self.model();
         let hp = &summary.spec.hparams;
-        let batch = self.batch_settings();
+        let pool = self.kv_pool();
         let details: [(&str, serde_json::Value); 14] = [
             ("model", summary.path.display().to_string().into()),
             ("architecture", summary.spec.architecture.into()),
@@ -170,8 +155,8 @@ impl Model for Engine {
             ("layers", hp.n_layer.into()),
             ("embedding_length", hp.n_embd.into()),
             ("adapter", model.gpu().adapter_info().to_string().into()),
-            ("batch_slots", batch.slots.into()),
-            ("batch_context", batch.slot_context.into()),
+            ("kv_blocks", pool.n_blocks().into()),
+            ("kv_blocks_available", pool.available().into()),
             ("context_length", model.context().into()),
             (
                 "required_memory_bytes",
@@ -297,7 +282,6 @@ mod tests {
 
     use super::*;
     use crate::engine::ModelSummary;
-    use crate::memory::MemoryConfig;
     use crate::runtime::DEFAULT_MAX_BATCH;
     use crate::test_model::{
         active_plugin, alone, details, run_to_end, smollm2, tiny_file, tokens_request, LlamaPlugin,
@@ -350,16 +334,17 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         assert_eq!(e.message.as_str(), "configuration: missing field `model`");
         let e = p
-            .initialize(serde_json::json!({ "model": "m.gguf", "batch_slots": 0 }))
+            .initialize(serde_json::json!({ "model": "m.gguf", "kv_blocks": 0 }))
             .unwrap_err();
         assert_eq!(
             e.message.as_str(),
-            "configuration: batch_slots must be at least 1, got 0"
+            "configuration: kv_blocks must be at least 1, got 0"
         );
+        // The slots the pool replaced are an unknown key now.
         let e = p
-            .initialize(serde_json::json!({ "model": "m.gguf", "batch_slot": 2 }))
+            .initialize(serde_json::json!({ "model": "m.gguf", "batch_slots": 2 }))
             .unwrap_err();
-        assert!(e.message.contains("unknown field `batch_slot`"), "{e}");
+        assert!(e.message.contains("unknown field `batch_slots`"), "{e}");
 
         // The file is read at activation, relative to the plugin's folder.
         let dir = tempfile::tempdir().unwrap();
@@ -499,7 +484,7 @@ mod tests {
     fn batched_generation_through_the_plugin_api() {
         let dir = tempfile::tempdir().unwrap();
         let path = tiny_file(&dir, &TinyConfig::default());
-        let config = serde_json::json!({ "model": path, "batch_slots": 2, "batch_context": 32 });
+        let config = serde_json::json!({ "model": path, "kv_blocks": 12 });
         let mut p = active_plugin(config, 64);
         let generate = tokens_request(&[3, 4, 5], GenerationParams::greedy(3));
         let chat = SequenceRequest::Chat(ChatRequest {
@@ -511,8 +496,7 @@ mod tests {
         assert_eq!(a.prompt_tokens, 3);
         assert!(b.prompt_tokens > 3, "the chat template adds tokens");
         let details = details(&p);
-        assert_eq!(details["batch_slots"], 2);
-        assert_eq!(details["batch_context"], 32);
+        assert_eq!(details["kv_blocks"], 12);
         assert_eq!(details["open_sequences"], 2);
         let steps = p.step_sequences(&[a.id, b.id]).unwrap();
         assert_eq!(steps.len(), 2);
@@ -522,8 +506,7 @@ mod tests {
             p.close_sequence(a.id).unwrap_err().kind,
             ErrorKind::InvalidInput
         );
-        // A prompt longer than the model's context (64, not the slot's 32) is refused, naming
-        // both lengths.
+        // A prompt longer than the model's context is refused, naming both lengths.
         let e = p
             .open_sequence(&tokens_request(&[5; 65], GenerationParams::greedy(3)))
             .unwrap_err();
@@ -563,7 +546,8 @@ mod tests {
             let e = activate(&mut p, context).unwrap_err();
             assert_eq!(e.kind, ErrorKind::OutOfMemory, "{e}");
             let positions = if context == 0 { u32::MAX } else { context };
-            let bytes = u64::from(positions) * 128;
+            // Whole blocks of 16 positions.
+            let bytes = u64::from(positions).next_multiple_of(16) * 128;
             assert!(
                 e.message
                     .contains(&format!("a context of {positions} positions"))
@@ -580,9 +564,8 @@ mod tests {
     }
 
     #[test]
-    fn a_prompt_longer_than_a_default_batch_slot_is_served() {
-        // A 1500-token prompt in a 2048-position context: longer than the default slot of
-        // 1024 positions.
+    fn a_prompt_of_many_blocks_is_served_or_refused_by_the_pool_size() {
+        // A 1500-token prompt in a 2048-position context: 94 blocks of the default pool.
         let dir = tempfile::tempdir().unwrap();
         let cfg = TinyConfig {
             context_length: 2048,
@@ -590,7 +573,6 @@ mod tests {
         };
         let path = tiny_file(&dir, &cfg);
         let mut p = initialized(&path);
-        assert_eq!(BatchSettings::default().slot_context, 1024);
         activate(&mut p, 2048).unwrap();
         let prompt: Vec<u32> = (0..1500).map(|i| (i * 37 + 11) % 290).collect();
         for params in [
@@ -608,34 +590,18 @@ mod tests {
             let (_, events) = alone(&mut p, &request, None);
             assert_eq!(batched, events);
         }
-        assert_eq!(details(&p)["batch_context"], 2048, "the slots grew");
 
-        // Under a device budget that leaves no room to grow, the sequence is refused as out of
-        // memory (the host's cue to run it alone), and alone it runs.
-        let summary = ModelSummary::read(
-            &pio_gguf::GgufFile::open(&path).unwrap(),
-            crate::storage::WeightStorage::AsStored,
-        )
-        .unwrap();
-        let budget = summary
-            .memory_needs(&MemoryConfig {
-                context: 2048,
-                max_batch: DEFAULT_MAX_BATCH,
-                batch_rows: 8 * 1024,
-                copied_batch_rows: 0,
-            })
-            .device;
-        p.activate(&ActivateOptions {
-            context_length: 2048,
-            memory_budget_bytes: budget,
-            ..ActivateOptions::default()
-        })
-        .unwrap();
+        // A pool of 64 blocks (1024 positions) cannot hold it: refused as out of memory,
+        // naming the pool (the host's cue to run it alone), and alone it runs.
+        p.deactivate().unwrap();
+        p.initialize(serde_json::json!({ "model": path, "kv_blocks": 64 }))
+            .unwrap();
+        activate(&mut p, 2048).unwrap();
         let request = tokens_request(&prompt, GenerationParams::greedy(4));
         let e = p.open_sequence(&request).unwrap_err();
         assert_eq!(e.kind, ErrorKind::OutOfMemory, "{e}");
         assert!(
-            e.message.contains("1503 positions") && e.message.contains("single sequence"),
+            e.message.contains("1503 positions") && e.message.contains("pool of 64 blocks"),
             "{}",
             e.message
         );

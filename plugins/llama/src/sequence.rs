@@ -8,13 +8,13 @@
 //! Where a sequence's keys and values live decides how it runs:
 //! - [`Sequence::Alone`] (`generate`, `chat`): the model's own KV cache, sampled on the device
 //!   ([`Forward::next_token`]): one submission and a 4-byte read-back per token;
-//! - [`Sequence::InSlot`] (batched sequences): a slot of the batch cache, decoded together
-//!   with the other slots' sequences and sampled on the host ([`crate::batch`]).
+//! - [`Sequence::Batched`] (batched sequences): blocks of the shared block pool, decoded
+//!   together with the other batched sequences and sampled on the host ([`crate::batch`]).
 //!
 //! Both sample with the same seeded [`Sampler`] rules, so a request gives the same tokens
 //! either way (tested).
 
-use crate::batch::Slot;
+use crate::batch::Batched;
 use crate::error::Result;
 use crate::forward::Forward;
 use crate::runtime::GpuModel;
@@ -25,8 +25,8 @@ use pio_plugin_kit::{Logprobs, StepOptions};
 pub enum Sequence {
     /// Stepped alone, in the model's own cache.
     Alone(Tokens),
-    /// Stepped in batches, in a slot of the batch cache.
-    InSlot(Slot),
+    /// Stepped in batches, in blocks of the batched sequences' pool.
+    Batched(Batched),
 }
 
 /// What every sequence keeps to continue its prompt.

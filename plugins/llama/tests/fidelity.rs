@@ -40,9 +40,16 @@ fn load(context: usize) -> Engine {
 
 fn load_as(context: usize, weights: WeightStorage) -> Engine {
     let path = pio_testkit::model(pio_testkit::SMOLLM2);
-    let batch = pio_plugin_llama::batch::BatchSettings::default();
-    Engine::load(&path, &DeviceOptions::default(), context, 0, batch, weights)
-        .expect("SmolLM2 loads")
+    let kv_blocks = pio_plugin_llama::batch::DEFAULT_KV_BLOCKS;
+    Engine::load(
+        &path,
+        &DeviceOptions::default(),
+        context,
+        0,
+        kv_blocks,
+        weights,
+    )
+    .expect("SmolLM2 loads")
 }
 
 /// The plugin as the host runs it, on SmolLM2 with a context of `context` positions.

@@ -33,13 +33,13 @@ fn ids(value: &Value) -> Vec<u32> {
 
 fn load(context: usize) -> Engine {
     let path = pio_testkit::model(pio_testkit::GEMMA3);
-    let batch = pio_plugin_llama::batch::BatchSettings::default();
+    let kv_blocks = pio_plugin_llama::batch::DEFAULT_KV_BLOCKS;
     Engine::load(
         &path,
         &DeviceOptions::default(),
         context,
         0,
-        batch,
+        kv_blocks,
         WeightStorage::AsStored,
     )
     .expect("Gemma 3 loads")

@@ -48,10 +48,20 @@ struct Running {
     logprobs: Option<Vec<PositionLogprobs>>,
 }
 
-/// The open sequences of one plugin name and the adaptive limit on their number.
+/// A request the plugin could not open for lack of memory while other sequences ran: it is
+/// opened again after the next step, when finished sequences may have returned theirs.
+struct Deferred {
+    admission: Admission,
+    request: Sequence,
+    events: mpsc::UnboundedSender<SequenceEvent>,
+}
+
+/// The open sequences of one plugin name, the adaptive limit on their number, and the request
+/// waiting for memory, if any.
 pub(super) struct Batch {
     running: Vec<Running>,
     limit: AdaptiveLimit,
+    deferred: Option<Deferred>,
 }
 
 impl Batch {
@@ -60,6 +70,7 @@ impl Batch {
         Self {
             running: Vec::new(),
             limit: AdaptiveLimit::new(config),
+            deferred: None,
         }
     }
 
@@ -68,9 +79,10 @@ impl Batch {
         self.running.is_empty()
     }
 
-    /// Whether another sequence may be opened now.
+    /// Whether another sequence may be opened now: below the limit, and no request waits for
+    /// memory (it goes first).
     pub fn has_room(&self) -> bool {
-        self.running.len() < self.limit.current()
+        self.running.len() < self.limit.current() && self.deferred.is_none()
     }
 }
 
@@ -78,14 +90,16 @@ impl Scheduler {
     /// Opens `request` on the instance serving its model and adds it to `batch`; a refusal
     /// (bad input, plugin error) answers that request only.
     ///
-    /// A sequence the plugin cannot hold in a batch slot (`out_of_memory` from
-    /// `open_sequence`: a long prompt whose slot cannot grow) runs on the single-sequence path
-    /// instead, which needs no batch cache; the open sequences wait for it to end.
+    /// A sequence the plugin cannot hold now (`out_of_memory` from `open_sequence`: the Llama
+    /// plugin's KV block pool is taken by the open sequences) waits while other sequences are
+    /// open: it is opened again after the next step ([`Scheduler::retry_deferred`]), and no
+    /// other request joins before it. With nothing else open, memory will not come back: it
+    /// runs on the single-sequence path instead, which needs no batch cache.
     pub(super) fn open(
         &self,
         batch: &mut Batch,
         admission: Admission,
-        request: &Sequence,
+        request: Sequence,
         events: mpsc::UnboundedSender<SequenceEvent>,
     ) {
         let opened = self.manager.open_sequence_with(
@@ -113,14 +127,39 @@ impl Scheduler {
                 self.publish(batch);
             }
             Err(HostError::Plugin { error, .. })
+                if error.kind == ErrorKind::OutOfMemory && !batch.running.is_empty() =>
+            {
+                tracing::info!(plugin = %self.name, "{error}; waiting for open sequences");
+                batch.deferred = Some(Deferred {
+                    admission,
+                    request,
+                    events,
+                });
+            }
+            Err(HostError::Plugin { error, .. })
                 if error.kind == ErrorKind::OutOfMemory && request.options.is_plain() =>
             {
                 tracing::info!(plugin = %self.name, "{error}; running it alone");
-                self.run_sequence(&admission, request, &events);
+                self.run_sequence(&admission, &request, &events);
             }
             Err(error) => {
                 self.metrics.generation(&self.name, "error", 0);
                 let _ = events.send(SequenceEvent::Finished(Err(EngineError::Host(error))));
+            }
+        }
+    }
+
+    /// Opens the request that waited for memory, if its client is still there and its deadline
+    /// has not passed (it may wait again).
+    pub(super) fn retry_deferred(&self, batch: &mut Batch) {
+        if let Some(Deferred {
+            admission,
+            request,
+            events,
+        }) = batch.deferred.take()
+        {
+            if self.wanted(&admission, &events) {
+                self.open(batch, admission, request, events);
             }
         }
     }

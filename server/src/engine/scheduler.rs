@@ -90,7 +90,10 @@ impl Scheduler {
             };
             self.state.working(|| match waiting {
                 Waiting::Ready(job) => self.take(job, &mut batch),
-                Waiting::Empty | Waiting::Closed => self.step(&mut batch),
+                Waiting::Empty | Waiting::Closed => {
+                    self.step(&mut batch);
+                    self.retry_deferred(&mut batch);
+                }
             });
             self.state.working(|| self.refresh_stats());
         }
@@ -110,7 +113,7 @@ impl Scheduler {
                     return;
                 }
                 if self.batches(&admission.reference) {
-                    self.open(batch, admission, &request, events);
+                    self.open(batch, admission, request, events);
                 } else if !request.options.is_plain() {
                     self.refuse_options(&admission, &events);
                 } else {
@@ -146,6 +149,16 @@ impl Scheduler {
     ) -> bool {
         self.metrics
             .queue_wait(&self.name, admission.arrived.elapsed());
+        self.wanted(admission, events)
+    }
+
+    /// Whether a request is still worth starting: its client is there and its deadline has not
+    /// passed (else it is counted, and a timeout answered).
+    pub(super) fn wanted(
+        &self,
+        admission: &Admission,
+        events: &mpsc::UnboundedSender<SequenceEvent>,
+    ) -> bool {
         if events.is_closed() {
             self.metrics.generation(&self.name, "disconnected", 0);
             return false;

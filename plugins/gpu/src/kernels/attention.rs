@@ -4,7 +4,7 @@ use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
-use crate::kernels::kv_cache::KvLayer;
+use crate::kernels::kv_cache::{KvLayer, KV_BLOCK_ROWS};
 use crate::layout::RowLayout;
 use crate::{kernel, Kernel};
 
@@ -31,10 +31,11 @@ pub struct AttentionConfig {
     pub window: Option<u32>,
 }
 
-/// `out[t][h] = softmax(q[t][h] · K[r_t - p_t ..= r_t] / sqrt(head_dim)) · V[r_t - p_t ..= r_t]`
-/// (with a window of `n`, only the last `n` of these rows) for each query head `h`, reading kv head `h / (n_heads / n_kv_heads)`, where `p_t` is token
-/// `t`'s position and `r_t` its cache row (`r_t = p_t` when the cache holds one sequence; a cache
-/// holding several keeps each sequence's rows contiguous); out is `[T][n_heads * head_dim]`.
+/// `out[t][h] = softmax(q[t][h] · K[row_t(0..=p_t)] / sqrt(head_dim)) · V[row_t(0..=p_t)]`
+/// (with a window of `n`, only the last `n` of these positions) for each query head `h`,
+/// reading kv head `h / (n_heads / n_kv_heads)`, where `p_t` is token `t`'s position and
+/// `row_t(j)` the cache row of its position `j` through its sequence's block table (see
+/// [`KvCache`](crate::KvCache)); out is `[T][n_heads * head_dim]`.
 #[derive(Debug)]
 pub struct Attention {
     config: AttentionConfig,
@@ -73,6 +74,7 @@ impl Attention {
             ("Q_OFFSET", f64::from(q.offset)),
             ("SCALE", 1.0 / f64::from(head_dim).sqrt()),
             ("WINDOW", f64::from(window.unwrap_or(0))),
+            ("BLOCK", f64::from(KV_BLOCK_ROWS)),
             ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
         ];
         Ok(Self {
@@ -81,16 +83,17 @@ impl Attention {
         })
     }
 
-    /// Binds `n_tokens` query rows of `q`, their u32 `positions` and `cache_rows`, the layer's
-    /// caches (which must already hold rows `cache_rows[t] - positions[t] ..= cache_rows[t]`)
-    /// and `out`.
+    /// Binds `n_tokens` query rows of `q`, their u32 `positions` and `table_starts` (where each
+    /// token's block table starts in `blocks`), the u32 `blocks` of the tables, the layer's
+    /// caches (which must already hold each token's positions `0..=positions[t]`) and `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         gpu: &Gpu,
         q: &GpuBuffer,
         positions: &GpuBuffer,
-        cache_rows: &GpuBuffer,
+        table_starts: &GpuBuffer,
+        blocks: &GpuBuffer,
         cache: KvLayer<'_>,
         out: &GpuBuffer,
         n_tokens: u32,
@@ -111,7 +114,13 @@ impl Attention {
             q_layout.required_len(n_tokens, width),
         )?;
         require_len("attention", "position", positions, n_tokens.into())?;
-        require_len("attention", "cache row", cache_rows, n_tokens.into())?;
+        require_len(
+            "attention",
+            "block table start",
+            table_starts,
+            n_tokens.into(),
+        )?;
+        require_len("attention", "block table", blocks, 1)?;
         require_len(
             "attention",
             "output",
@@ -122,7 +131,15 @@ impl Attention {
         gpu.dispatch(
             "attention",
             &self.pipeline,
-            &[q, positions, cache_rows, cache.keys, cache.values, out],
+            &[
+                q,
+                positions,
+                table_starts,
+                blocks,
+                cache.keys,
+                cache.values,
+                out,
+            ],
             Params::count(n_tokens),
             grid,
         )

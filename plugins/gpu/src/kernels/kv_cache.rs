@@ -5,31 +5,43 @@ use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{GpuError, Result};
 
-/// Keys and values of every layer: `max_positions` rows, one per cached token.
+/// Rows (positions) per block of a [`KvCache`]: a sequence's cache grows by whole blocks.
+/// 16 as in vLLM: small enough that a sequence wastes at most 15 rows, large enough that a
+/// block table stays short and attention loads a block id once per 16 positions.
+pub const KV_BLOCK_ROWS: u32 = 16;
+
+/// Keys and values of every layer, as a pool of blocks of [`KV_BLOCK_ROWS`] rows.
 ///
-/// Layout: per layer, one K and one V f32 buffer, each `[max_positions][n_kv_heads * head_dim]`
-/// (row-major; within a row, head `h` occupies `h * head_dim .. (h + 1) * head_dim`). A single
-/// sequence keeps position `p` in row `p`; several sequences can share one cache, each in its
-/// own contiguous range of rows (kernels take each token's row besides its position).
-/// Rows are written by [`QkvRope`](crate::QkvRope) and read by [`Attention`](crate::Attention).
+/// Layout: per layer, one K and one V f32 buffer, each `[n_blocks * KV_BLOCK_ROWS][n_kv_heads *
+/// head_dim]` (row-major; within a row, head `h` occupies `h * head_dim .. (h + 1) * head_dim`).
+/// A sequence owns a *block table*, the list of its blocks in position order: its position `p`
+/// is row `table[p / KV_BLOCK_ROWS] * KV_BLOCK_ROWS + p % KV_BLOCK_ROWS`. A single sequence
+/// alone in a cache has the identity table (row = position); sequences sharing a cache may
+/// also share the blocks of a common prefix. [`QkvRope`](crate::QkvRope) writes each token's
+/// row (resolved through its table on the host), [`Attention`](crate::Attention) reads every
+/// earlier position through the table itself.
 #[derive(Debug)]
 pub struct KvCache {
-    max_positions: u32,
+    n_blocks: u32,
     kv_dim: u32,
     layers: Vec<(GpuBuffer, GpuBuffer)>,
+    /// One block of one layer's K or V: [`KvCache::copy_blocks`] goes through it, since a
+    /// buffer cannot be copied into itself.
+    scratch: GpuBuffer,
 }
 
 impl KvCache {
-    /// Allocates zeroed caches for `n_layers` layers.
+    /// Allocates zeroed caches of `n_blocks` blocks for `n_layers` layers.
     pub fn new(
         gpu: &Gpu,
         n_layers: u32,
-        max_positions: u32,
+        n_blocks: u32,
         n_kv_heads: u32,
         head_dim: u32,
     ) -> Result<Self> {
         let kv_dim = n_kv_heads * head_dim;
-        let bytes = u64::from(max_positions) * u64::from(kv_dim) * 4;
+        let block_bytes = u64::from(KV_BLOCK_ROWS) * u64::from(kv_dim) * 4;
+        let bytes = u64::from(n_blocks) * block_bytes;
         // Every layer's buffers have this size: refuse before allocating the first one.
         let limit = gpu.max_storage_buffer_bytes();
         if bytes > limit {
@@ -48,80 +60,56 @@ impl KvCache {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            max_positions,
+            n_blocks,
             kv_dim,
             layers,
+            scratch: gpu.storage_zeroed("KV block copy", block_bytes)?,
         })
     }
 
-    /// Copies rows of `source` into this cache, in every layer, keys and values: each range
-    /// `(source_row, row, count)` copies `source` rows `source_row..source_row + count` to rows
-    /// `row..row + count` here. Submits the copies and waits for them (used to move sequences
-    /// into a larger cache).
-    pub fn copy_rows_from(
-        &self,
-        gpu: &Gpu,
-        source: &KvCache,
-        ranges: &[(u32, u32, u32)],
-    ) -> Result<()> {
-        if std::ptr::eq(source, self) {
-            return Err(GpuError::shape(
-                "kv cache copy",
-                "source and destination are the same cache",
-            ));
-        }
-        if source.kv_dim != self.kv_dim || source.layers.len() != self.layers.len() {
-            return Err(GpuError::shape(
-                "kv cache copy",
-                format!(
-                    "source has {} layers of kv_dim {}, destination {} of kv_dim {}",
-                    source.layers.len(),
-                    source.kv_dim,
-                    self.layers.len(),
-                    self.kv_dim
-                ),
-            ));
-        }
-        let fits = |first: u32, count: u32, rows: u32| {
-            u64::from(first) + u64::from(count) <= u64::from(rows)
-        };
-        if let Some(bad) = ranges.iter().find(|&&(from, to, count)| {
-            !fits(from, count, source.max_positions) || !fits(to, count, self.max_positions)
+    /// Copies the first `rows` rows of block `from` to block `to`, in every layer, keys and
+    /// values, for each `(from, to, rows)` (copy-on-write of a shared block a sequence goes on
+    /// writing). Submits the copies and waits for them.
+    pub fn copy_blocks(&self, gpu: &Gpu, copies: &[(u32, u32, u32)]) -> Result<()> {
+        if let Some(bad) = copies.iter().find(|&&(from, to, rows)| {
+            from >= self.n_blocks || to >= self.n_blocks || from == to || rows > KV_BLOCK_ROWS
         }) {
             return Err(GpuError::shape(
                 "kv cache copy",
                 format!(
-                    "range {bad:?} does not fit {} source rows and {} destination rows",
-                    source.max_positions, self.max_positions
+                    "copy {bad:?} (from, to, rows) is not between two blocks of {} of {} rows",
+                    self.n_blocks, KV_BLOCK_ROWS
                 ),
             ));
         }
         let row_bytes = u64::from(self.kv_dim) * 4;
+        let block_bytes = u64::from(KV_BLOCK_ROWS) * row_bytes;
         let mut encoder = gpu.device().create_command_encoder(&Default::default());
-        for ((keys, values), (source_keys, source_values)) in self.layers.iter().zip(&source.layers)
-        {
-            for &(from, to, count) in ranges.iter().filter(|r| r.2 > 0) {
-                for (src, dst) in [(source_keys, keys), (source_values, values)] {
-                    encoder.copy_buffer_to_buffer(
-                        src.raw(),
-                        u64::from(from) * row_bytes,
-                        dst.raw(),
-                        u64::from(to) * row_bytes,
-                        u64::from(count) * row_bytes,
-                    );
+        for (keys, values) in &self.layers {
+            for &(from, to, rows) in copies.iter().filter(|c| c.2 > 0) {
+                for buffer in [keys, values] {
+                    let bytes = u64::from(rows) * row_bytes;
+                    let (src, dst) = (u64::from(from) * block_bytes, u64::from(to) * block_bytes);
+                    encoder.copy_buffer_to_buffer(buffer.raw(), src, self.scratch.raw(), 0, bytes);
+                    encoder.copy_buffer_to_buffer(self.scratch.raw(), 0, buffer.raw(), dst, bytes);
                 }
             }
         }
         gpu.checked(
-            || "copying KV cache rows".to_owned(),
+            || "copying KV cache blocks".to_owned(),
             || gpu.queue().submit([encoder.finish()]),
         )?;
         gpu.wait()
     }
 
-    /// Positions each layer holds.
+    /// Blocks of [`KV_BLOCK_ROWS`] rows each layer holds.
+    pub fn n_blocks(&self) -> u32 {
+        self.n_blocks
+    }
+
+    /// Rows each layer holds: `n_blocks * KV_BLOCK_ROWS`.
     pub fn max_positions(&self) -> u32 {
-        self.max_positions
+        self.n_blocks * KV_BLOCK_ROWS
     }
 
     /// Values per position: `n_kv_heads * head_dim`.
@@ -148,7 +136,7 @@ impl KvCache {
         Ok(KvLayer {
             keys,
             values,
-            max_positions: self.max_positions,
+            max_positions: self.max_positions(),
             kv_dim: self.kv_dim,
         })
     }

@@ -1,34 +1,105 @@
 use pio_gpu::reference;
-use pio_gpu::{Attention, AttentionConfig, KvCache, RowLayout};
+use pio_gpu::{Attention, AttentionConfig, KvCache, RowLayout, KV_BLOCK_ROWS};
 
 use crate::common::{self, EPS};
+
+/// Positions each checked sequence holds: 4 blocks.
+const SEQUENCE_ROWS: usize = 64;
+
+/// One sequence of a check: its tokens' positions, and how many of its first blocks are those
+/// of the first sequence (a shared prompt prefix; 0 for the first sequence itself).
+struct Sequence<'a> {
+    positions: &'a [u32],
+    shared_blocks: usize,
+}
+
+/// A sequence sharing nothing.
+fn alone(positions: &[u32]) -> Sequence<'_> {
+    Sequence {
+        positions,
+        shared_blocks: 0,
+    }
+}
 
 /// Scores are head_dim-term dot products (error ≲ sqrt(d)·ε·Σ|q·k|, here |score| ≲ 3), exp of
 /// (score − max) adds (3 + 2|x|) ulp per weight, and the weighted sum of V averages these.
 /// With |q|,|k|,|v| ≤ 1 this gives ≲ 50ε relative to max|out|; tolerance 64ε.
-/// `row_offset`: the sequence's cache rows start there (rows before it hold another sequence);
-/// `window`: attend to that many last positions only.
+///
+/// Every sequence's blocks lie in the pool out of order and apart (blocks of other content,
+/// of magnitude 9, between them, which must not be attended to); a sequence with
+/// `shared_blocks` reads the first sequence's blocks for its prefix, its own after it. All
+/// sequences' tokens go through one dispatch. `window`: attend to that many last positions.
 fn check(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    positions: &[u32],
+    sequences: &[Sequence<'_>],
     q_layout: Option<RowLayout>,
-    row_offset: u32,
     window: Option<u32>,
 ) {
     let gpu = common::gpu();
-    let max_positions = 64usize;
-    let rows = max_positions + row_offset as usize;
+    let block = KV_BLOCK_ROWS as usize;
+    let blocks_per_sequence = SEQUENCE_ROWS / block;
     let kv_dim = n_kv_heads * head_dim;
+    let block_len = block * kv_dim;
     let width = n_heads * head_dim;
-    let n_tokens = positions.len();
+    let n_tokens: usize = sequences.iter().map(|s| s.positions.len()).sum();
     let q_layout = q_layout.unwrap_or(RowLayout::contiguous(width as u32));
     let mut rng = common::rng((n_heads * 100 + head_dim + n_tokens) as u64);
 
-    // Cache rows for every position.
-    let k = common::random_f32(&mut rng, max_positions * kv_dim, 1.0);
-    let v = common::random_f32(&mut rng, max_positions * kv_dim, 1.0);
+    // Each sequence's keys and values for all its positions; a shared prefix is the first's.
+    let mut kv: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+    for sequence in sequences {
+        let mut k = common::random_f32(&mut rng, SEQUENCE_ROWS * kv_dim, 1.0);
+        let mut v = common::random_f32(&mut rng, SEQUENCE_ROWS * kv_dim, 1.0);
+        let shared = sequence.shared_blocks * block_len;
+        if shared > 0 {
+            k[..shared].copy_from_slice(&kv[0].0[..shared]);
+            v[..shared].copy_from_slice(&kv[0].1[..shared]);
+        }
+        kv.push((k, v));
+    }
+    // Block tables: distinct blocks are numbered in order of first use, then placed in the pool
+    // backwards with a free block between neighbours.
+    let mut tables: Vec<Vec<u32>> = Vec::new();
+    let mut distinct = 0u32;
+    for sequence in sequences {
+        let table = (0..blocks_per_sequence)
+            .map(|i| match i < sequence.shared_blocks {
+                true => tables[0][i],
+                false => {
+                    distinct += 1;
+                    distinct - 1
+                }
+            })
+            .collect();
+        tables.push(table);
+    }
+    let n_blocks = 2 * distinct + 1;
+    let place = |b: u32| n_blocks - 2 - 2 * b;
+    let pool_len = n_blocks as usize * block_len;
+    let mut keys = common::random_f32(&mut rng, pool_len, 9.0);
+    let mut values = common::random_f32(&mut rng, pool_len, 9.0);
+    for ((k, v), table) in kv.iter().zip(&tables) {
+        for (i, &b) in table.iter().enumerate() {
+            let at = place(b) as usize * block_len;
+            keys[at..at + block_len].copy_from_slice(&k[i * block_len..(i + 1) * block_len]);
+            values[at..at + block_len].copy_from_slice(&v[i * block_len..(i + 1) * block_len]);
+        }
+    }
+    let blocks: Vec<u32> = tables.iter().flatten().map(|&b| place(b)).collect();
+    let table_starts: Vec<u32> = sequences
+        .iter()
+        .enumerate()
+        .flat_map(|(s, sequence)| {
+            std::iter::repeat_n((s * blocks_per_sequence) as u32, sequence.positions.len())
+        })
+        .collect();
+    let positions: Vec<u32> = sequences
+        .iter()
+        .flat_map(|s| s.positions.to_vec())
+        .collect();
+
     let q_all = common::random_f32(
         &mut rng,
         q_layout.required_len(n_tokens as u32, width as u32) as usize,
@@ -38,31 +109,31 @@ fn check(
     let q: Vec<f32> = (0..n_tokens)
         .flat_map(|t| q_all[row(t)..row(t) + width].to_vec())
         .collect();
-    let want = reference::attention(
-        &q,
-        positions,
-        &k,
-        &v,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        window.map(|n| n as usize),
-    );
+    let mut want = Vec::new();
+    let mut first_token = 0;
+    for (sequence, (k, v)) in sequences.iter().zip(&kv) {
+        let tokens = sequence.positions.len();
+        want.extend(reference::attention(
+            &q[first_token * width..(first_token + tokens) * width],
+            sequence.positions,
+            k,
+            v,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            window.map(|n| n as usize),
+        ));
+        first_token += tokens;
+    }
 
-    let cache = KvCache::new(&gpu, 1, rows as u32, n_kv_heads as u32, head_dim as u32).unwrap();
+    let cache = KvCache::new(&gpu, 1, n_blocks, n_kv_heads as u32, head_dim as u32).unwrap();
     let layer = cache.layer(0).unwrap();
-    // The rows before the sequence hold unrelated values that must not be attended to.
-    let other = common::random_f32(&mut rng, row_offset as usize * kv_dim, 9.0);
-    gpu.write(layer.keys, 0, &other).unwrap();
-    gpu.write(layer.values, 0, &other).unwrap();
-    let at = u64::from(row_offset) * kv_dim as u64;
-    gpu.write(layer.keys, at, &k).unwrap();
-    gpu.write(layer.values, at, &v).unwrap();
-    let cache_rows: Vec<u32> = positions.iter().map(|p| p + row_offset).collect();
-    let rows_buf = gpu.storage_from("cache rows", &cache_rows).unwrap();
-
+    gpu.write(layer.keys, 0, &keys).unwrap();
+    gpu.write(layer.values, 0, &values).unwrap();
+    let starts_buf = gpu.storage_from("table starts", &table_starts).unwrap();
+    let blocks_buf = gpu.storage_from("block tables", &blocks).unwrap();
     let q_buf = gpu.storage_from("q", &q_all).unwrap();
-    let pos = gpu.storage_from("positions", positions).unwrap();
+    let pos = gpu.storage_from("positions", &positions).unwrap();
     let out = gpu
         .storage_zeroed("out", (n_tokens * width * 4) as u64)
         .unwrap();
@@ -79,7 +150,8 @@ fn check(
             &gpu,
             &q_buf,
             &pos,
-            &rows_buf,
+            &starts_buf,
+            &blocks_buf,
             cache.layer(0).unwrap(),
             &out,
             n_tokens as u32,
@@ -90,8 +162,9 @@ fn check(
 
     let error = common::max_rel_error(&got, &want);
     println!(
-        "attention {n_heads}/{n_kv_heads} heads x {head_dim} T={n_tokens} positions {positions:?} \
-         from row {row_offset}, window {window:?}: max rel error {error:.2e}"
+        "attention {n_heads}/{n_kv_heads} heads x {head_dim}, {} sequences, positions \
+         {positions:?}, block table {blocks:?}, window {window:?}: max rel error {error:.2e}",
+        sequences.len()
     );
     assert!(error <= 64.0 * EPS, "{error:.2e}");
 }
@@ -99,14 +172,44 @@ fn check(
 #[test]
 fn attention_matches_reference_with_grouped_heads() {
     // Decode: one token at the first, a middle and the last position.
-    check(9, 3, 64, &[0], None, 0, None);
-    check(9, 3, 64, &[37], None, 0, None);
-    check(4, 4, 16, &[63], None, 0, None);
+    check(9, 3, 64, &[alone(&[0])], None, None);
+    check(9, 3, 64, &[alone(&[37])], None, None);
+    check(4, 4, 16, &[alone(&[63])], None, None);
     // Prefill of 7 tokens at positions 0..7 (causal), and scattered positions.
-    check(6, 2, 32, &[0, 1, 2, 3, 4, 5, 6], None, 0, None);
-    check(8, 1, 8, &[50, 3, 17], None, 0, None);
-    // A second sequence's rows: the first 40 rows of the cache belong to another one.
-    check(9, 3, 64, &[0, 21, 63], None, 40, None);
+    check(6, 2, 32, &[alone(&[0, 1, 2, 3, 4, 5, 6])], None, None);
+    check(8, 1, 8, &[alone(&[50, 3, 17])], None, None);
+}
+
+#[test]
+fn sequences_of_one_step_read_their_own_and_shared_blocks() {
+    // Three sequences decoded together: two share the first's first two blocks (a common
+    // prompt prefix), one nothing; positions inside, at the end of and past the shared ones.
+    let shared = |positions, shared_blocks| Sequence {
+        positions,
+        shared_blocks,
+    };
+    check(
+        9,
+        3,
+        64,
+        &[
+            alone(&[40]),
+            shared(&[31], 2),
+            shared(&[63], 2),
+            alone(&[16]),
+        ],
+        None,
+        None,
+    );
+    // A prefill beside a decode, sharing one block.
+    check(
+        4,
+        2,
+        16,
+        &[alone(&[5, 6, 7, 8]), shared(&[15, 16, 17, 18, 19], 1)],
+        None,
+        Some(6),
+    );
 }
 
 #[test]
@@ -116,24 +219,22 @@ fn attention_reads_queries_through_a_row_layout() {
         4,
         2,
         16,
-        &[10, 11],
+        &[alone(&[10, 11])],
         Some(RowLayout {
             stride: 128,
             offset: 0,
         }),
-        0,
         None,
     );
     check(
         2,
         1,
         8,
-        &[3],
+        &[alone(&[3])],
         Some(RowLayout {
             stride: 44,
             offset: 4,
         }),
-        7,
         None,
     );
 }
@@ -141,11 +242,11 @@ fn attention_reads_queries_through_a_row_layout() {
 #[test]
 fn sliding_window_attends_to_the_last_positions_only() {
     // Windows shorter than, equal to and longer than the positions seen, for decode and
-    // prefill, also within a second sequence's rows and with head_dim 256 (Gemma 3).
-    check(9, 3, 64, &[37], None, 0, Some(8));
-    check(6, 2, 32, &[0, 1, 2, 3, 4, 5, 6], None, 0, Some(3));
-    check(4, 1, 16, &[5, 63], None, 0, Some(6));
-    check(4, 4, 16, &[63], None, 0, Some(64));
-    check(2, 1, 256, &[0, 9, 40], None, 20, Some(16));
-    check(4, 1, 256, &[12], None, 0, None);
+    // prefill, and with head_dim 256 (Gemma 3).
+    check(9, 3, 64, &[alone(&[37])], None, Some(8));
+    check(6, 2, 32, &[alone(&[0, 1, 2, 3, 4, 5, 6])], None, Some(3));
+    check(4, 1, 16, &[alone(&[5, 63])], None, Some(6));
+    check(4, 4, 16, &[alone(&[63])], None, Some(64));
+    check(2, 1, 256, &[alone(&[0, 9, 40])], None, Some(16));
+    check(4, 1, 256, &[alone(&[12])], None, None);
 }

@@ -1,7 +1,7 @@
 use pio_gpu::reference;
 use pio_gpu::{
     DeviceKind, Epilogue, KvCache, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
-    RopeTable, RowLayout, RowTile, TokenRange, WeightDtype,
+    RopeTable, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
 };
 
 use crate::common::{self, EPS};
@@ -260,14 +260,14 @@ fn gated_epilogues_match_reference() {
 #[test]
 fn qkv_rope_matches_reference_and_writes_the_cache() {
     let gpu = common::gpu();
-    let (n_heads, n_kv_heads, head_dim, max_positions) = (3, 1, 16, 12u32);
+    let (n_heads, n_kv_heads, head_dim, max_positions) = (3, 1, 16, 16u32);
     let (q_rows, kv_rows) = (n_heads * head_dim, n_kv_heads * head_dim);
     let rows = q_rows + 2 * kv_rows;
     let base = 10000.0;
     // Token 3 is past the cache: it writes nothing.
-    let positions = [4u32, 5, 6, 12, 7];
+    let positions = [4u32, 5, 6, 16, 7];
     // Cache rows differ from positions, as when a cache holds several sequences.
-    let cache_rows = [9u32, 10, 11, 12, 0];
+    let cache_rows = [9u32, 10, 11, 16, 0];
     let tokens = positions.len();
     // Without RoPE (a per-head norm comes first), q and k are written as projected.
     for (dtype, rope) in [
@@ -348,8 +348,14 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             };
             let kernel = QkvRope::new(&gpu, config).unwrap();
             let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
-            let cache =
-                KvCache::new(&gpu, 1, max_positions, n_kv_heads as u32, head_dim as u32).unwrap();
+            let cache = KvCache::new(
+                &gpu,
+                1,
+                max_positions / KV_BLOCK_ROWS,
+                n_kv_heads as u32,
+                head_dim as u32,
+            )
+            .unwrap();
             let layer = cache.layer(0).unwrap();
             gpu.write(layer.keys, 0, &initial).unwrap();
             gpu.write(layer.values, 0, &initial).unwrap();

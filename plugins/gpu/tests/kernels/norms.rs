@@ -1,7 +1,7 @@
 //! The per-head query/key norm with RoPE, and the normalised residual add (Gemma 3's norms).
 
 use pio_gpu::reference;
-use pio_gpu::{KvCache, QkNormRope, QkNormRopeConfig, ResidualRmsNorm, RopeTable};
+use pio_gpu::{KvCache, QkNormRope, QkNormRopeConfig, ResidualRmsNorm, RopeTable, KV_BLOCK_ROWS};
 
 use crate::common;
 use crate::linear::{abs, check_within_bound};
@@ -30,11 +30,11 @@ fn pair_magnitude(x: &[f32], weight: &[f32]) -> Vec<f32> {
 /// K = head_dim, relative to the pair magnitude.
 fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize) {
     let gpu = common::gpu();
-    let max_positions = 12u32;
+    let max_positions = 16u32;
     let base = 10_000.0;
     // Token 3 is past the table and the cache: it is left alone. Rows differ from positions.
-    let positions = [4u32, 5, 6, 12, 7];
-    let cache_rows = [9u32, 10, 11, 12, 0];
+    let positions = [4u32, 5, 6, 16, 7];
+    let cache_rows = [9u32, 10, 11, 16, 0];
     let tokens = positions.len();
     let (q_width, kv_width) = (n_heads * head_dim, n_kv_heads * head_dim);
     let mut rng = common::rng((n_heads * 1000 + head_dim) as u64);
@@ -44,7 +44,14 @@ fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize) {
     let k_weight = common::random_f32(&mut rng, head_dim, 2.0);
 
     let q_buf = gpu.storage_from("q", &q).unwrap();
-    let cache = KvCache::new(&gpu, 1, max_positions, n_kv_heads as u32, head_dim as u32).unwrap();
+    let cache = KvCache::new(
+        &gpu,
+        1,
+        max_positions / KV_BLOCK_ROWS,
+        n_kv_heads as u32,
+        head_dim as u32,
+    )
+    .unwrap();
     let layer = cache.layer(0).unwrap();
     gpu.write(layer.keys, 0, &keys).unwrap();
     let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();

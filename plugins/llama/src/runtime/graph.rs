@@ -62,7 +62,12 @@ pub(super) struct Head {
 pub(super) struct Activations {
     pub tokens: GpuBuffer,
     pub positions: GpuBuffer,
+    /// Per token, the row its key and value go to.
     pub cache_rows: GpuBuffer,
+    /// Per token, where its sequence's block table starts in `blocks`.
+    pub table_starts: GpuBuffer,
+    /// The block tables of a step's sequences.
+    pub blocks: GpuBuffer,
     pub x: GpuBuffer,
     pub q: GpuBuffer,
     pub attn: GpuBuffer,
@@ -72,8 +77,8 @@ pub(super) struct Activations {
     pub logits: GpuBuffer,
 }
 
-/// Which KV cache a step uses: the model's own (one sequence, row = position) or the one
-/// batched sequences share.
+/// Which KV cache a step uses: the model's own (one sequence, row = position: the identity
+/// block table) or the block pool batched sequences share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CacheKind {
     Main,
@@ -193,7 +198,7 @@ impl GpuModel {
     /// x = embed(tokens) * scale                                (one Embed per vocabulary shard)
     /// per layer:  q, cache[rows] = rope(Wqkv rmsnorm(x, attn_norm))          (QkvRope)
     ///             [q, cache[rows].k = rope(headnorm(q)), rope(headnorm(k))]  (QkNormRope)
-    ///             a = attention(q, cache)                     (causal GQA, maybe windowed)
+    ///             a = attention(q, cache[block tables])       (causal GQA, maybe windowed)
     ///             x += Wo a   or   x += rmsnorm(Wo a, post_attention_norm)   (Linear [+ norm])
     ///             f = act(Wgate h) * (Wup h),  h = rmsnorm(x, ffn_norm)      (Linear, gated)
     ///             x += Wdown f   or   x += rmsnorm(Wdown f, post_ffw_norm)   (Linear [+ norm])
@@ -243,7 +248,8 @@ impl GpuModel {
                 gpu,
                 &a.q,
                 &a.positions,
-                &a.cache_rows,
+                &a.table_starts,
+                &a.blocks,
                 cache,
                 &a.attn,
                 n,

@@ -24,6 +24,7 @@ use pio_gpu::{
 
 use crate::error::{Error, Result};
 use crate::forward::Forward;
+use crate::kv_pool::{blocks_for, BlockCopy};
 use crate::models::{self, ModelSpec};
 use crate::sampler::Sampler;
 use crate::storage::WeightStorage;
@@ -35,12 +36,26 @@ use vocab::VocabMatrix;
 /// Default largest number of tokens processed by one forward submission.
 pub const DEFAULT_MAX_BATCH: usize = 64;
 
-/// The tokens of a step with, for each, its position in its sequence and its cache row.
+/// Where the tokens of a step go in a paged KV cache (see [`KvCache`]): each token's row (where
+/// its key and value are written) and its sequence's block table (what it attends to).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheMap<'a> {
+    /// Per token, its cache row: its table's block for its position, times the block size, plus
+    /// the position within the block.
+    pub rows: &'a [u32],
+    /// Per token, the index of its sequence's table in `tables`.
+    pub sequences: &'a [u32],
+    /// The block table of each sequence of the step.
+    pub tables: &'a [&'a [u32]],
+}
+
+/// The tokens of a step with, for each, its position in its sequence and where it is in the
+/// cache.
 #[derive(Debug, Clone, Copy)]
 struct Placement<'a> {
     tokens: &'a [u32],
     positions: &'a [u32],
-    rows: &'a [u32],
+    cache: CacheMap<'a>,
 }
 
 impl<'a> Placement<'a> {
@@ -50,8 +65,33 @@ impl<'a> Placement<'a> {
         Placement {
             tokens: &self.tokens[start..end],
             positions: &self.positions[start..end],
-            rows: &self.rows[start..end],
+            cache: CacheMap {
+                rows: &self.cache.rows[start..end],
+                sequences: &self.cache.sequences[start..end],
+                tables: self.cache.tables,
+            },
         }
+    }
+
+    /// The block tables of this placement's sequences, one after the other, and where each
+    /// token's starts: what the attention kernel reads. Only the tables of sequences that have
+    /// tokens here, so a chunk of `max_batch` tokens never needs more than `max_batch` tables.
+    fn tables(&self) -> (Vec<u32>, Vec<u32>) {
+        let mut blocks = Vec::new();
+        let mut starts_of: Vec<Option<u32>> = vec![None; self.cache.tables.len()];
+        let starts = self
+            .cache
+            .sequences
+            .iter()
+            .map(|&s| {
+                *starts_of[s as usize].get_or_insert_with(|| {
+                    let start = blocks.len() as u32;
+                    blocks.extend_from_slice(self.cache.tables[s as usize]);
+                    start
+                })
+            })
+            .collect();
+        (blocks, starts)
     }
 }
 
@@ -68,8 +108,10 @@ pub struct GpuModel {
     head: Head,
     /// One table per distinct RoPE of the layers ([`ModelSpec::ropes`]).
     rope_tables: Vec<RopeTable>,
+    /// The model's own cache, for one sequence: its block table is the identity.
     cache: KvCache,
-    /// The cache batched sequences share, once reserved.
+    identity_table: Vec<u32>,
+    /// The block pool batched sequences share, once reserved.
     batch_cache: Option<KvCache>,
     acts: Activations,
     decode_step: Option<Step>,
@@ -202,12 +244,16 @@ impl GpuModel {
             .iter()
             .map(|r| Ok(RopeTable::new(&gpu, hd, f64::from(r.base), ctx)?))
             .collect::<Result<Vec<_>>>()?;
-        let cache = KvCache::new(&gpu, u(hp.n_layer), ctx, nkv, hd)?;
+        let context_blocks = u(blocks_for(context));
+        let cache = KvCache::new(&gpu, u(hp.n_layer), context_blocks, nkv, hd)?;
         let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
         let acts = Activations {
             tokens: words("token ids", b)?,
             positions: words("positions", b)?,
             cache_rows: words("cache rows", b)?,
+            table_starts: words("block table starts", b)?,
+            // At most one table of the whole context per token.
+            blocks: words("block tables", b * u64::from(context_blocks))?,
             x: words("x", b * u64::from(e))?,
             q: words("q", b * u64::from(q_rows))?,
             attn: words("attention out", b * u64::from(q_rows))?,
@@ -229,6 +275,7 @@ impl GpuModel {
             head,
             rope_tables,
             cache,
+            identity_table: (0..context_blocks).collect(),
             batch_cache: None,
             acts,
             decode_step: None,
@@ -289,7 +336,7 @@ impl GpuModel {
         }
     }
 
-    /// Queues the tokens, positions and cache rows of `step` and records its dispatches,
+    /// Queues the tokens, positions, cache rows and block tables of `step` and records its dispatches,
     /// followed by the sampling kernel when `sample` is set, into a new encoder.
     fn encode_step(
         &self,
@@ -300,7 +347,10 @@ impl GpuModel {
         debug_assert_eq!(at.tokens.len(), step.n_tokens as usize);
         self.gpu.write(&self.acts.tokens, 0, at.tokens)?;
         self.gpu.write(&self.acts.positions, 0, at.positions)?;
-        self.gpu.write(&self.acts.cache_rows, 0, at.rows)?;
+        self.gpu.write(&self.acts.cache_rows, 0, at.cache.rows)?;
+        let (blocks, starts) = at.tables();
+        self.gpu.write(&self.acts.table_starts, 0, &starts)?;
+        self.gpu.write(&self.acts.blocks, 0, &blocks)?;
         let sampler = sample.then_some(&self.sample);
         let encoder = self.gpu.encode(step.dispatches.iter().chain(sampler));
         Ok(encoder)
@@ -400,61 +450,61 @@ impl GpuModel {
         Ok(out)
     }
 
-    /// A zeroed KV cache of `rows` rows for batched sequences.
-    fn new_batch_cache(&self, rows: usize) -> Result<KvCache> {
-        let hp = &self.spec.hparams;
-        let rows =
-            u32::try_from(rows).map_err(|_| Error::InvalidParams(format!("{rows} cache rows")))?;
-        Ok(KvCache::new(
-            &self.gpu,
-            hp.n_layer as u32,
-            rows,
-            hp.n_head_kv as u32,
-            hp.head_dim as u32,
-        )?)
-    }
-
-    /// Allocates, once, the cache that batched sequences share: `rows` rows, each sequence in
-    /// its own contiguous range (see [`GpuModel::forward_batch`]).
-    pub fn reserve_batch_cache(&mut self, rows: usize) -> Result<()> {
+    /// Allocates, once, the block pool that batched sequences share: `n_blocks` blocks of
+    /// [`pio_gpu::KV_BLOCK_ROWS`] positions (see [`GpuModel::forward_batch`]).
+    pub fn reserve_batch_cache(&mut self, n_blocks: usize) -> Result<()> {
         if self.batch_cache.is_none() {
-            self.batch_cache = Some(self.new_batch_cache(rows)?);
+            let hp = &self.spec.hparams;
+            let blocks = u32::try_from(n_blocks)
+                .map_err(|_| Error::InvalidParams(format!("{n_blocks} KV cache blocks")))?;
+            self.batch_cache = Some(KvCache::new(
+                &self.gpu,
+                hp.n_layer as u32,
+                blocks,
+                hp.n_head_kv as u32,
+                hp.head_dim as u32,
+            )?);
         }
         Ok(())
     }
 
-    /// Rows of the batched sequences' cache, once reserved.
-    pub fn batch_cache_rows(&self) -> Option<usize> {
-        self.batch_cache
-            .as_ref()
-            .map(|c| c.max_positions() as usize)
-    }
-
-    /// Replaces the batched sequences' cache (reserved before) by one of `rows` rows, moving
-    /// the `(old_row, new_row, count)` ranges of the old one into it. The old cache is freed
-    /// once its rows are copied; on failure it stays as it was.
-    pub fn grow_batch_cache(&mut self, rows: usize, moves: &[(u32, u32, u32)]) -> Result<()> {
-        let grown = self.new_batch_cache(rows)?;
-        grown.copy_rows_from(&self.gpu, self.cache(CacheKind::Batch)?, moves)?;
-        self.batch_cache = Some(grown);
-        Ok(())
+    /// Copies the first rows of a block of the batched sequences' pool to another block
+    /// (copy-on-write of a shared prefix's last block).
+    pub fn copy_batch_block(&self, copy: BlockCopy) -> Result<()> {
+        let cache = self.cache(CacheKind::Batch)?;
+        Ok(cache.copy_blocks(&self.gpu, &[(copy.from, copy.to, copy.rows)])?)
     }
 
     /// Runs `tokens` of possibly different sequences at their `positions`, writing their keys
-    /// and values to `rows` of the batch cache (each token attends to the `positions[t] + 1`
-    /// rows ending at `rows[t]`); returns the logits of every token with `all_logits`, else of
-    /// the last one.
+    /// and values to the rows `cache` gives in the batched sequences' pool; each token attends
+    /// to positions `0..=positions[t]` of its sequence's block table. Returns the logits of
+    /// every token with `all_logits`, else of the last one.
     pub fn forward_batch(
         &mut self,
         tokens: &[u32],
         positions: &[u32],
-        rows: &[u32],
+        cache: CacheMap<'_>,
         all_logits: bool,
     ) -> Result<Vec<f32>> {
-        let cache_rows = self.cache(CacheKind::Batch)?.max_positions();
-        if positions.len() != tokens.len() || rows.len() != tokens.len() {
+        let pool = self.cache(CacheKind::Batch)?;
+        let (cache_rows, n_blocks) = (pool.max_positions(), pool.n_blocks());
+        if positions.len() != tokens.len()
+            || cache.rows.len() != tokens.len()
+            || cache.sequences.len() != tokens.len()
+        {
             return Err(Error::InvalidParams(
-                "a batch needs one position and one cache row per token".into(),
+                "a batch needs one position, cache row and sequence per token".into(),
+            ));
+        }
+        let table_covers = |(&position, &sequence): (&u32, &u32)| {
+            cache.tables.get(sequence as usize).is_some_and(|table| {
+                table.len() >= blocks_for(position as usize + 1)
+                    && table.iter().all(|&b| b < n_blocks)
+            })
+        };
+        if !positions.iter().zip(cache.sequences).all(table_covers) {
+            return Err(Error::InvalidParams(
+                "a token's block table does not cover its position in the pool".into(),
             ));
         }
         if let Some(bad) = positions.iter().find(|&&p| p as usize >= self.context) {
@@ -463,7 +513,7 @@ impl GpuModel {
                 context: self.context,
             });
         }
-        if let Some(bad) = rows.iter().find(|&&r| r >= cache_rows) {
+        if let Some(bad) = cache.rows.iter().find(|&&r| r >= cache_rows) {
             return Err(Error::InvalidParams(format!(
                 "cache row {bad} is outside the batch cache of {cache_rows} rows"
             )));
@@ -472,7 +522,7 @@ impl GpuModel {
         let at = Placement {
             tokens,
             positions,
-            rows,
+            cache,
         };
         self.run_chunks(at, all_logits, CacheKind::Batch)
     }
@@ -489,13 +539,9 @@ impl Forward for GpuModel {
 
     fn forward(&mut self, tokens: &[u32], start_pos: usize, all_logits: bool) -> Result<Vec<f32>> {
         self.check_tokens(tokens, start_pos)?;
-        let sequential = sequential(start_pos, tokens.len());
-        let at = Placement {
-            tokens,
-            positions: &sequential,
-            rows: &sequential,
-        };
-        self.run_chunks(at, all_logits, CacheKind::Main)
+        self.alone(tokens, start_pos, |at| {
+            self.run_chunks(at, all_logits, CacheKind::Main)
+        })
     }
 
     /// Samples on the device: every chunk but the last runs as in [`Forward::forward`], the last
@@ -515,14 +561,29 @@ impl Forward for GpuModel {
         let (settings, penalized) = sampler.device_settings(history);
         self.sampler.set(&self.gpu, &settings, &penalized)?;
         let last = &tokens[last_start..];
-        let sequential = sequential(start_pos + last_start, last.len());
-        let at = Placement {
-            tokens: last,
-            positions: &sequential,
-            rows: &sequential,
-        };
-        self.with_step(last.len(), false, CacheKind::Main, |step| {
-            self.run_step_sampled(step, at)
+        self.alone(last, start_pos + last_start, |at| {
+            self.with_step(last.len(), false, CacheKind::Main, |step| {
+                self.run_step_sampled(step, at)
+            })
+        })
+    }
+}
+
+impl GpuModel {
+    /// Runs `f` on `tokens` of the one sequence of the model's own cache, from `start_pos` on:
+    /// row = position, through the identity block table.
+    fn alone<T>(&self, tokens: &[u32], start_pos: usize, f: impl FnOnce(Placement<'_>) -> T) -> T {
+        let positions = sequential(start_pos, tokens.len());
+        let sequences = vec![0; tokens.len()];
+        let tables = [self.identity_table.as_slice()];
+        f(Placement {
+            tokens,
+            positions: &positions,
+            cache: CacheMap {
+                rows: &positions,
+                sequences: &sequences,
+                tables: &tables,
+            },
         })
     }
 }
