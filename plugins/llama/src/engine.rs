@@ -13,7 +13,7 @@ use pio_plugin_kit::{
 };
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, DEFAULT_KV_BLOCKS};
 use crate::error::{Error, Result};
 use crate::forward::Forward;
 use crate::kv_pool::BlockPool;
@@ -102,9 +102,37 @@ fn host_bytes(tokenizer: &TextTokenizer, vocab_size: usize, max_batch: usize) ->
     (vocab + max_batch * vocab_size * 4) as u64
 }
 
+/// How [`Engine::load`] loads a model: everything but the file.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The device to run on.
+    pub device: DeviceOptions,
+    /// Positions of the model's own KV cache (0: the model's trained context length).
+    pub context_length: usize,
+    /// Device memory budget in bytes (0: unlimited).
+    pub memory_budget: u64,
+    /// Blocks of the pool batched sequences share.
+    pub kv_blocks: usize,
+    /// How the weight matrices are stored on the device.
+    pub weights: WeightStorage,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: DeviceOptions::default(),
+            context_length: 0,
+            memory_budget: 0,
+            kv_blocks: DEFAULT_KV_BLOCKS,
+            weights: WeightStorage::AsStored,
+        }
+    }
+}
+
 /// A model on the GPU with its tokenizer, (optional) chat template and batched sequences'
 /// block pool: the active state of the plugin.
 pub struct Engine {
+    options: LoadOptions,
     model: GpuModel,
     tokenizer: GgufTokenizer,
     batch: Batch,
@@ -114,22 +142,22 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads `path` onto the device chosen by `device`, with a KV cache of `context_length`
-    /// positions (0: the model's trained context length), its weights stored as `weights` says.
-    /// Batched sequences get a pool of `kv_blocks` blocks.
+    /// Loads `path` as `options` say: on their device, with a KV cache of their
+    /// `context_length`, their weight storage and a pool of `kv_blocks` blocks for batched
+    /// sequences.
     ///
     /// Fails before allocating anything (see [`memory::check`]) when the context exceeds the
     /// model's trained context, or the configuration (the pool included) needs a buffer
-    /// larger than the device allows, more than `memory_budget` (bytes, 0 = unlimited), or more
-    /// host memory than is available.
-    pub fn load(
-        path: &Path,
-        device: &DeviceOptions,
-        context_length: usize,
-        memory_budget: u64,
-        kv_blocks: usize,
-        weights: WeightStorage,
-    ) -> Result<Self> {
+    /// larger than the device allows, more than the memory budget, or more host memory than
+    /// is available.
+    pub fn load(path: &Path, options: LoadOptions) -> Result<Self> {
+        let LoadOptions {
+            ref device,
+            context_length,
+            memory_budget,
+            kv_blocks,
+            weights,
+        } = options;
         let file = GgufFile::open(path)?;
         let summary = ModelSummary::read(&file, weights)?;
         let context = match context_length {
@@ -175,6 +203,7 @@ impl Engine {
         let host_bytes = host_bytes(&tokenizer, summary.spec.hparams.vocab_size, max_batch);
         let batch = Batch::new(kv_blocks);
         Ok(Engine {
+            options,
             model,
             tokenizer: GgufTokenizer::new(tokenizer),
             batch,
@@ -182,6 +211,22 @@ impl Engine {
             summary,
             host_bytes,
         })
+    }
+
+    /// The same model loaded again with its weights stored as `weights` (its other options
+    /// unchanged). The loaded engine is untouched, and keeps serving if this fails; both are
+    /// in memory until the caller drops one.
+    pub fn reloaded(&self, weights: WeightStorage) -> Result<Engine> {
+        let options = LoadOptions {
+            weights,
+            ..self.options.clone()
+        };
+        Engine::load(&self.summary.path, options)
+    }
+
+    /// How the model was loaded.
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
     }
 
     /// What is loaded.
@@ -362,20 +407,15 @@ mod tests {
     use pio_plugin_kit::{Sampling, Tokenizer};
 
     use super::*;
-    use crate::batch::DEFAULT_KV_BLOCKS;
     use crate::test_model::{tiny_file, TinyConfig};
 
     fn tiny_engine(dir: &tempfile::TempDir) -> Engine {
         let path = tiny_file(dir, &TinyConfig::default());
-        Engine::load(
-            &path,
-            &DeviceOptions::default(),
-            64,
-            0,
-            DEFAULT_KV_BLOCKS,
-            WeightStorage::AsStored,
-        )
-        .unwrap()
+        let options = LoadOptions {
+            context_length: 64,
+            ..LoadOptions::default()
+        };
+        Engine::load(&path, options).unwrap()
     }
 
     /// `n` tokens of `sequence`, end-of-generation tokens included.
@@ -438,17 +478,12 @@ mod tests {
     fn memory_budget_is_enforced_before_loading() {
         let dir = tempfile::tempdir().unwrap();
         let path = tiny_file(&dir, &TinyConfig::default());
-        let err = Engine::load(
-            &path,
-            &DeviceOptions::default(),
-            64,
-            1000,
-            DEFAULT_KV_BLOCKS,
-            WeightStorage::AsStored,
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let options = LoadOptions {
+            context_length: 64,
+            memory_budget: 1000,
+            ..LoadOptions::default()
+        };
+        let err = Engine::load(&path, options).err().unwrap().to_string();
         assert!(err.contains("budget"), "{err}");
     }
 }

@@ -30,7 +30,7 @@ use pio_plugin_kit::{
 
 use crate::batch::DEFAULT_KV_BLOCKS;
 use crate::bench::{bench_batched, bench_run, BenchConfig};
-use crate::engine::Engine;
+use crate::engine::{Engine, LoadOptions};
 use crate::error::Error;
 use crate::perplexity::Style;
 use crate::storage::WeightStorage;
@@ -125,14 +125,14 @@ impl Model for Engine {
             adapter: activation.adapter.clone(),
             ..DeviceOptions::default()
         };
-        Ok(Engine::load(
-            &activation.resolve(&settings.model),
-            &device,
-            activation.context_length.unwrap_or(0) as usize,
-            activation.memory_budget_bytes.unwrap_or(0),
-            settings.kv_blocks,
-            settings.weights,
-        )?)
+        let options = LoadOptions {
+            device,
+            context_length: activation.context_length.unwrap_or(0) as usize,
+            memory_budget: activation.memory_budget_bytes.unwrap_or(0),
+            kv_blocks: settings.kv_blocks,
+            weights: settings.weights,
+        };
+        Ok(Engine::load(&activation.resolve(&settings.model), options)?)
     }
 
     fn tokenizer(&self) -> &GgufTokenizer {

@@ -2,14 +2,17 @@
 //! (Hugging Face transformers on the dequantized GGUF). The reference numbers were produced
 //! outside the test path by `tests/data/make_reference.py`; this test only reads them.
 
-use pio_gpu::DeviceOptions;
 use pio_plugin_kit::api::{
     ActivateOptions, ChatMessage, ChatRequest, FnSink, GenerationParams, Plugin, StreamControl,
     TokenEvent, TokenStream,
 };
 use pio_plugin_kit::{Message, TextModel, TextPlugin, Tokenizer};
 use pio_plugin_llama::storage::WeightStorage;
-use pio_plugin_llama::{engine::Engine, forward::Forward, perplexity::perplexity};
+use pio_plugin_llama::{
+    engine::{Engine, LoadOptions},
+    forward::Forward,
+    perplexity::perplexity,
+};
 use serde_json::Value;
 
 const QUESTION: &str = "What is the capital of France?";
@@ -40,16 +43,12 @@ fn load(context: usize) -> Engine {
 
 fn load_as(context: usize, weights: WeightStorage) -> Engine {
     let path = pio_testkit::model(pio_testkit::SMOLLM2);
-    let kv_blocks = pio_plugin_llama::batch::DEFAULT_KV_BLOCKS;
-    Engine::load(
-        &path,
-        &DeviceOptions::default(),
-        context,
-        0,
-        kv_blocks,
+    let options = LoadOptions {
+        context_length: context,
         weights,
-    )
-    .expect("SmolLM2 loads")
+        ..LoadOptions::default()
+    };
+    Engine::load(&path, options).expect("SmolLM2 loads")
 }
 
 /// The plugin as the host runs it, on SmolLM2 with a context of `context` positions.

@@ -3,8 +3,7 @@
 //! package, with token ids from llama-tokenize. The reference numbers are stored in
 //! `tests/data/gemma3_reference.json`; this test only reads them.
 
-use pio_gpu::DeviceOptions;
-use pio_plugin_llama::engine::Engine;
+use pio_plugin_llama::engine::{Engine, LoadOptions};
 use pio_plugin_llama::forward::Forward;
 use pio_plugin_llama::perplexity::{perplexity, perplexity_llama_cpp, Perplexity};
 use pio_plugin_llama::storage::WeightStorage;
@@ -33,16 +32,12 @@ fn ids(value: &Value) -> Vec<u32> {
 
 fn load(context: usize) -> Engine {
     let path = pio_testkit::model(pio_testkit::GEMMA3);
-    let kv_blocks = pio_plugin_llama::batch::DEFAULT_KV_BLOCKS;
-    Engine::load(
-        &path,
-        &DeviceOptions::default(),
-        context,
-        0,
-        kv_blocks,
-        WeightStorage::AsStored,
-    )
-    .expect("Gemma 3 loads")
+    let options = LoadOptions {
+        context_length: context,
+        weights: WeightStorage::AsStored,
+        ..LoadOptions::default()
+    };
+    Engine::load(&path, options).expect("Gemma 3 loads")
 }
 
 /// `ln Σ exp(logits)` in f64.
