@@ -21,6 +21,7 @@
 //! runs the same spec.
 
 pub mod batch;
+pub mod compress;
 pub mod bench;
 pub mod engine;
 pub mod error;
