@@ -8,7 +8,8 @@
 // sliding-window attention). The block id is loaded once per block, not per position.
 // One invocation per (head, token), barrier-free, with an online softmax (running maximum
 // subtracted before exp, earlier terms rescaled when it grows), so every K and V row is read once.
-// q rows are read through stride/offset (multiples of 4); caches are [rows][KV_DIM];
+// q rows are read through stride/offset (multiples of 4); caches are [rows][KV_DIM] of the
+// cache's type (KvWord: four values, kv_load; see kv_f32.wgsl and kv_f16.wgsl);
 // out is [T][N_HEADS * HEAD_DIM]. HEAD_DIM is a multiple of 4, at most 4 * MAX_HEAD_VEC4.
 
 const MAX_HEAD_VEC4: u32 = 64u;
@@ -33,8 +34,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> positions: array<u32>;
 @group(0) @binding(2) var<storage, read> table_starts: array<u32>;
 @group(0) @binding(3) var<storage, read> blocks: array<u32>;
-@group(0) @binding(4) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> k_cache: array<KvWord>;
+@group(0) @binding(5) var<storage, read> v_cache: array<KvWord>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(7) var<uniform> params: Params;
 
@@ -75,14 +76,14 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         let base = min(block_row + j % BLOCK, last_row) * kv_row + kv_head * d4;
         var score = 0.0;
         for (var i = 0u; i < d4; i++) {
-            score += dot(qs[i], k_cache[base + i]);
+            score += dot(qs[i], kv_load(k_cache[base + i]));
         }
         let new_max = max(running_max, score);
         let rescale = exp(running_max - new_max);
         let weight = exp(score - new_max);
         total = total * rescale + weight;
         for (var i = 0u; i < d4; i++) {
-            acc[i] = acc[i] * rescale + weight * v_cache[base + i];
+            acc[i] = acc[i] * rescale + weight * kv_load(v_cache[base + i]);
         }
         running_max = new_max;
     }

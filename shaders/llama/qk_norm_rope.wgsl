@@ -3,7 +3,7 @@
 // r = cache_rows[t], every head of q[t] (N_HEADS of them) and of the key row k_cache[r]
 // (N_KV_HEADS) becomes
 //   head = rope(head / sqrt(mean(head^2) + EPS) * weight, p)
-// in place, with q_weight or k_weight ([HEAD_DIM]) and GGML "normal" RoPE (adjacent pairs
+// in place (keys in the cache's type: KvWord, kv_load / kv_store), with q_weight or k_weight ([HEAD_DIM]) and GGML "normal" RoPE (adjacent pairs
 // (2i, 2i+1) by theta_i = p * base^(-2i/HEAD_DIM), cos/sin from the host-computed table).
 // The projections are written unrotated before this kernel (QkvRope with ROPE off). A token
 // whose position is past the RoPE table or whose row is past the cache is left alone, as
@@ -21,7 +21,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read_write> q: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> k_cache: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> k_cache: array<KvWord>;
 @group(0) @binding(2) var<storage, read> positions: array<u32>;
 @group(0) @binding(3) var<storage, read> cache_rows: array<u32>;
 // [positions][HEAD_DIM / 2] of (cos, sin).
@@ -70,7 +70,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         if is_q {
             v = q[base + i];
         } else {
-            v = k_cache[base + i];
+            v = kv_load(k_cache[base + i]);
         }
         squares += dot(v, v);
     }
@@ -80,7 +80,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         if is_q {
             q[base + i] = norm_rotate(q[base + i], q_weight[i], inv, pos, i);
         } else {
-            k_cache[base + i] = norm_rotate(k_cache[base + i], k_weight[i], inv, pos, i);
+            k_cache[base + i] = kv_store(norm_rotate(kv_load(k_cache[base + i]), k_weight[i], inv, pos, i));
         }
     }
 }

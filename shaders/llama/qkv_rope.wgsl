@@ -4,7 +4,7 @@
 //   q, k rotated by RoPE (GGML "normal" mode: adjacent pairs (2i, 2i+1) within each head by
 //        theta_i = p * base^(-2i/HEAD_DIM), cos/sin from the host-computed table), unless ROPE
 //        is off (a per-head norm comes first: qk_norm_rope.wgsl rotates after it)
-//   q_out[t] = q;  k_cache[r] = k;  v_cache[r] = v
+//   q_out[t] = q;  k_cache[r] = k;  v_cache[r] = v   (in the cache's type: KvWord, kv_store)
 // A token whose position is past the RoPE table or whose row is past the cache writes nothing.
 // One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens, see row_group.wgsl.
 // Q_ROWS, KV_ROWS and HEAD_DIM are multiples of 8, so a row group lies within one of q, k, v and
@@ -21,8 +21,8 @@ override WORKGROUP_SIZE: u32;
 // [positions][HEAD_DIM / 2] of (cos, sin).
 @group(0) @binding(5) var<storage, read> rope_table: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read_write> q_out: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> k_cache: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read_write> v_cache: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> k_cache: array<KvWord>;
+@group(0) @binding(8) var<storage, read_write> v_cache: array<KvWord>;
 @group(0) @binding(9) var<uniform> params: Params;
 
 // Rotates the pairs (v.x, v.y) and (v.z, v.w) by the angles of pairs i and i + 1.
@@ -67,12 +67,12 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
             let r = row0 - Q_ROWS;
             let pair = (r % HEAD_DIM) / 2u;
             let at = (row * KV_ROWS + r) / 4u;
-            k_cache[at] = rotate(tile.lo[t], pos, pair);
-            k_cache[at + 1u] = rotate(tile.hi[t], pos, pair + 2u);
+            k_cache[at] = kv_store(rotate(tile.lo[t], pos, pair));
+            k_cache[at + 1u] = kv_store(rotate(tile.hi[t], pos, pair + 2u));
         } else {
             let at = (row * KV_ROWS + row0 - Q_ROWS - KV_ROWS) / 4u;
-            v_cache[at] = tile.lo[t];
-            v_cache[at + 1u] = tile.hi[t];
+            v_cache[at] = kv_store(tile.lo[t]);
+            v_cache[at + 1u] = kv_store(tile.hi[t]);
         }
     }
 }

@@ -20,7 +20,7 @@ use pio_host::{isolation::Isolation, PluginManager};
 use super::{
     output::print_table,
     run::ActivateArgs,
-    text::{open, WeightArgs},
+    text::{open, StorageArgs},
     PluginDirs,
 };
 
@@ -33,7 +33,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     #[command(flatten)]
-    weights: WeightArgs,
+    storage: StorageArgs,
     /// Benchmark runs; the median of each figure is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -73,7 +73,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let (manager, id) = open(
         args.plugin.as_deref(),
         args.model.as_ref(),
-        &args.weights,
+        &args.storage,
         &args.activate,
         Some(u32::try_from(longest).context("prompt too long")?),
         &args.dirs,

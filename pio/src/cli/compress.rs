@@ -17,7 +17,7 @@ use pio_gguf::{
 };
 
 use super::{
-    text::{model_perplexity, PerplexityStyle, WeightArgs, DEFAULT_TEXT_PLUGIN},
+    text::{model_perplexity, PerplexityStyle, StorageArgs, DEFAULT_TEXT_PLUGIN},
     PluginDirs,
 };
 
@@ -129,7 +129,7 @@ pub fn compress(args: &CompressArgs) -> anyhow::Result<ExitCode> {
             model_perplexity(
                 Some(DEFAULT_TEXT_PLUGIN),
                 Some(model),
-                &WeightArgs::default(),
+                &StorageArgs::default(),
                 &text,
                 args.window,
                 PerplexityStyle::LlamaCpp,

@@ -9,7 +9,7 @@ use pio_host::EmbedRequest;
 use super::{
     run::ActivateArgs,
     session::{fetch_default_model, load_plugins, new_manager},
-    text::{set_config_overrides, WeightArgs},
+    text::{set_config_overrides, StorageArgs, WeightArgs},
     PluginDirs,
 };
 
@@ -49,7 +49,12 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     let plugin = args.plugin.as_deref().unwrap_or(DEFAULT_EMBEDDING_PLUGIN);
     fetch_default_model(plugin)?;
     let mut manager = new_manager()?;
-    set_config_overrides(&mut manager, plugin, None, &args.weights)?;
+    set_config_overrides(
+        &mut manager,
+        plugin,
+        None,
+        &StorageArgs::from(args.weights.clone()),
+    )?;
     load_plugins(&mut manager, &args.dirs)?;
     let id = manager.resolve(plugin)?;
     manager.activate(&id, &args.activate.options())?;

@@ -33,7 +33,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     #[command(flatten)]
-    weights: WeightArgs,
+    storage: StorageArgs,
     #[command(flatten)]
     activate: ActivateArgs,
     #[command(flatten)]
@@ -47,6 +47,26 @@ pub struct WeightArgs {
     /// default: as the model file stores them (the plugin's `weights` setting).
     #[arg(long, value_name = "TYPE")]
     weights: Option<String>,
+}
+
+/// How a text plugin stores the model's weights and KV cache on the device.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StorageArgs {
+    #[command(flatten)]
+    weights: WeightArgs,
+    /// Store the KV cache as TYPE: f32 (the default) or f16, half the memory per position
+    /// (the plugin's `kv_type` setting).
+    #[arg(long, value_name = "TYPE")]
+    kv_type: Option<String>,
+}
+
+impl From<WeightArgs> for StorageArgs {
+    fn from(weights: WeightArgs) -> Self {
+        StorageArgs {
+            weights,
+            kv_type: None,
+        }
+    }
 }
 
 /// Arguments of `pio generate`.
@@ -134,7 +154,7 @@ pub struct PerplexityArgs {
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     #[command(flatten)]
-    weights: WeightArgs,
+    storage: StorageArgs,
     #[command(flatten)]
     dirs: PluginDirs,
 }
@@ -163,7 +183,7 @@ impl PerplexityStyle {
 pub(super) fn open(
     plugin: Option<&str>,
     model: Option<&PathBuf>,
-    weights: &WeightArgs,
+    storage: &StorageArgs,
     activate: &ActivateArgs,
     context_length: Option<u32>,
     dirs: &PluginDirs,
@@ -173,7 +193,7 @@ pub(super) fn open(
     if model.is_none() {
         fetch_default_model(plugin)?;
     }
-    set_config_overrides(&mut manager, plugin, model, weights)?;
+    set_config_overrides(&mut manager, plugin, model, storage)?;
     load_plugins(&mut manager, dirs)?;
     let id = manager.resolve(plugin)?;
     let mut options = activate.options();
@@ -184,12 +204,13 @@ pub(super) fn open(
     Ok((manager, id))
 }
 
-/// Configures `plugin` with the command line's model file and weight storage, where given.
+/// Configures `plugin` with the command line's model file, weight storage and KV cache type,
+/// where given.
 pub(super) fn set_config_overrides(
     manager: &mut PluginManager,
     plugin: &str,
     model: Option<&PathBuf>,
-    weights: &WeightArgs,
+    storage: &StorageArgs,
 ) -> anyhow::Result<()> {
     let mut config = serde_json::Map::new();
     if let Some(path) = model {
@@ -198,8 +219,11 @@ pub(super) fn set_config_overrides(
             .with_context(|| format!("model {}", path.display()))?;
         config.insert("model".into(), path.display().to_string().into());
     }
-    if let Some(weights) = &weights.weights {
+    if let Some(weights) = &storage.weights.weights {
         config.insert("weights".into(), weights.clone().into());
+    }
+    if let Some(kv_type) = &storage.kv_type {
+        config.insert("kv_type".into(), kv_type.clone().into());
     }
     if !config.is_empty() {
         manager.set_config_override(plugin, config.into());
@@ -246,7 +270,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let (manager, id) = open(
         plugin,
         m.model.as_ref(),
-        &m.weights,
+        &m.storage,
         &m.activate,
         None,
         &m.dirs,
@@ -313,7 +337,7 @@ pub fn chat(args: &ChatArgs) -> anyhow::Result<ExitCode> {
     let (manager, id) = open(
         args.plugin.as_deref(),
         m.model.as_ref(),
-        &m.weights,
+        &m.storage,
         &m.activate,
         None,
         &m.dirs,
@@ -376,7 +400,7 @@ pub fn perplexity(args: &PerplexityArgs) -> anyhow::Result<ExitCode> {
     let result = model_perplexity(
         args.plugin.as_deref(),
         args.model.as_ref(),
-        &args.weights,
+        &args.storage,
         &text,
         args.window,
         args.style,
@@ -406,14 +430,14 @@ pub struct Perplexity {
 pub fn model_perplexity(
     plugin: Option<&str>,
     model: Option<&PathBuf>,
-    weights: &WeightArgs,
+    storage: &StorageArgs,
     text: &str,
     window: u32,
     style: PerplexityStyle,
     dirs: &PluginDirs,
 ) -> anyhow::Result<Perplexity> {
     let activate = ActivateArgs::default();
-    let (manager, id) = open(plugin, model, weights, &activate, Some(window), dirs)?;
+    let (manager, id) = open(plugin, model, storage, &activate, Some(window), dirs)?;
     let request = serde_json::json!({
         "op": "perplexity",
         "text": text,

@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use pio_gpu::{
-    Attention, AttentionConfig, DeviceOptions, Dispatch, Epilogue, Gpu, KvCache, Linear,
-    LinearShape, QuantMatrix, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
+    Attention, AttentionConfig, DeviceOptions, Dispatch, Epilogue, Gpu, KvCache, KvShape, KvType,
+    Linear, LinearShape, QuantMatrix, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
 };
 
 const REPEAT: usize = 20;
@@ -80,10 +80,16 @@ fn matmul(gpu: &Gpu, dtype: WeightDtype, rows: usize, cols: usize, n_tokens: usi
     );
 }
 
-fn attention(gpu: &Gpu, position: u32) {
+fn attention(gpu: &Gpu, position: u32, kv_type: KvType) {
     let (n_heads, n_kv_heads, head_dim, max_positions) = (9u32, 3u32, 64u32, 1024u32);
     let n_blocks = max_positions / KV_BLOCK_ROWS;
-    let cache = KvCache::new(gpu, 1, n_blocks, n_kv_heads, head_dim).expect("cache");
+    let shape = KvShape {
+        n_layers: 1,
+        n_kv_heads,
+        head_dim,
+        kv_type,
+    };
+    let cache = KvCache::new(gpu, shape, n_blocks).expect("cache");
     let q = gpu
         .storage_zeroed("q", u64::from(n_heads * head_dim * 4))
         .expect("q");
@@ -99,6 +105,7 @@ fn attention(gpu: &Gpu, position: u32) {
         head_dim,
         q: RowLayout::contiguous(n_heads * head_dim),
         window: None,
+        kv_type,
     };
     let kernel = Attention::new(gpu, config).expect("pipeline");
     let layer = cache.layer(0).expect("layer");
@@ -111,7 +118,8 @@ fn attention(gpu: &Gpu, position: u32) {
         .expect("bind");
     let (wall, cpu) = time(gpu, &dispatch);
     println!(
-        "attention 9/3x64 decode at position {position}: {:.3} ms wall, {:.3} ms CPU",
+        "attention 9/3x64 decode at position {position}, {} cache: {:.3} ms wall, {:.3} ms CPU",
+        kv_type.name(),
         wall * 1e3,
         cpu * 1e3
     );
@@ -140,7 +148,9 @@ fn main() {
     for tile in [RowTile::prefill(kind), RowTile::decode(kind)] {
         matmul(&gpu, WeightDtype::Q4_1, 1536, 576, 64, tile);
     }
-    for position in [0, 255, 1023] {
-        attention(&gpu, position);
+    for kv_type in KvType::ALL {
+        for position in [0, 255, 1023] {
+            attention(&gpu, position, kv_type);
+        }
     }
 }

@@ -37,7 +37,7 @@ pub use dispatch::{require_len, Dispatch};
 pub use error::{GpuError, Result};
 pub use kernels::attention::{Attention, AttentionConfig, MAX_HEAD_DIM};
 pub use kernels::embed::{Embed, EmbedTable};
-pub use kernels::kv_cache::{KvCache, KvLayer, KV_BLOCK_ROWS};
+pub use kernels::kv_cache::{KvCache, KvLayer, KvShape, KvType, KV_BLOCK_ROWS};
 pub use kernels::linear::{
     Epilogue, EpilogueParams, Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, TokenRange,
     MAX_LAYER_NORM_ROWS, MAX_TILE_TOKENS,

@@ -31,7 +31,7 @@ pub struct Kernel {
 /// `kernel!("bert_pool", "bert/pool.wgsl", "bert/common.wgsl")`.
 #[macro_export]
 macro_rules! kernel {
-    ($name:literal, $path:literal $(, $helper:literal)*) => {
+    ($name:expr, $path:literal $(, $helper:literal)*) => {
         $crate::Kernel {
             name: $name,
             source: concat!(

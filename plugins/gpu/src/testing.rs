@@ -8,7 +8,7 @@ use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{DeviceOptions, Gpu, GpuBuffer, WeightDtype};
+use crate::{DeviceOptions, Gpu, GpuBuffer, KvType, WeightDtype};
 
 /// f32 machine epsilon (2^-23), the unit of the tolerances derived from rounding analyses.
 pub const EPS: f64 = f32::EPSILON as f64;
@@ -106,6 +106,32 @@ pub fn max_rel_error(got: &[f32], want: &[f32]) -> f64 {
 /// Reads the first `len` f32 values of `buffer`.
 pub fn read(gpu: &Gpu, buffer: &GpuBuffer, len: usize) -> Vec<f32> {
     gpu.read_range(buffer, 0, len as u64).expect("readback")
+}
+
+/// Writes `values` into a KV cache buffer of `kv_type` from its start.
+pub fn write_kv(gpu: &Gpu, buffer: &GpuBuffer, kv_type: KvType, values: &[f32]) {
+    gpu.write(buffer, 0, &kv_type.encode(values))
+        .expect("cache upload");
+}
+
+/// The first `len` values of a KV cache buffer of `kv_type`.
+pub fn read_kv(gpu: &Gpu, buffer: &GpuBuffer, kv_type: KvType, len: usize) -> Vec<f32> {
+    let words = len as u64 * kv_type.bytes_per_value() / 4;
+    kv_type.decode(&gpu.read_range(buffer, 0, words).expect("cache readback"))
+}
+
+/// `values` as a cache of `kv_type` holds them (rounded to f16 for an f16 cache).
+pub fn as_stored(kv_type: KvType, values: &[f32]) -> Vec<f32> {
+    kv_type.decode(&kv_type.encode(values))
+}
+
+/// Relative error of storing one value in a cache of `kv_type`: half an ulp of the type
+/// (0 for f32, whose values the kernels compute; 2⁻¹¹ for f16).
+pub fn storage_error(kv_type: KvType) -> f64 {
+    match kv_type {
+        KvType::F32 => 0.0,
+        KvType::F16 => 2f64.powi(-11),
+    }
 }
 
 /// A storage buffer holding `data`.

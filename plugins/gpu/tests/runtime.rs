@@ -3,8 +3,8 @@
 use pio_gpu::testing as common;
 
 use pio_gpu::{
-    list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Kernel, KvCache, Linear,
-    LinearShape, RopeTable, RowTile, WeightDtype, KV_BLOCK_ROWS,
+    list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Kernel, KvCache, KvShape,
+    KvType, Linear, LinearShape, RopeTable, RowTile, WeightDtype, KV_BLOCK_ROWS,
 };
 
 #[test]
@@ -152,6 +152,7 @@ fn kernels_sharing_a_name_keep_their_own_source() {
             head_dim: 8,
             q: pio_gpu::RowLayout::contiguous(16),
             window: None,
+            kv_type: pio_gpu::KvType::F32,
         },
     )
     .unwrap();
@@ -159,7 +160,7 @@ fn kernels_sharing_a_name_keep_their_own_source() {
         run_fill(
             &gpu,
             Kernel {
-                name: "attention",
+                name: "attention_kv_f32",
                 source: FILL_TWO,
             }
         ),
@@ -178,7 +179,13 @@ fn absurd_position_counts_fail_before_allocating() {
         matches!(error, GpuError::BufferTooLarge { size, .. } if size == table_bytes),
         "{error}"
     );
-    let error = KvCache::new(&gpu, 30, u32::MAX, 8, 64).unwrap_err();
+    let shape = KvShape {
+        n_layers: 30,
+        n_kv_heads: 8,
+        head_dim: 64,
+        kv_type: KvType::F16,
+    };
+    let error = KvCache::new(&gpu, shape, u32::MAX).unwrap_err();
     assert!(matches!(error, GpuError::BufferTooLarge { .. }), "{error}");
     assert_eq!(gpu.allocated_bytes(), 0);
     assert_eq!(gpu.peak_allocated_bytes(), 0);
@@ -198,39 +205,47 @@ fn runtime_types_can_move_between_threads() {
 #[test]
 fn copying_blocks_copies_their_first_rows_in_every_layer() {
     let gpu = common::gpu();
-    let (layers, blocks, kv_dim) = (2u32, 3u32, 8usize);
-    let cache = KvCache::new(&gpu, layers, blocks, 2, 4).unwrap();
-    let block_len = KV_BLOCK_ROWS as usize * kv_dim;
-    let mut rng = common::rng(5);
-    let contents: Vec<(Vec<f32>, Vec<f32>)> = (0..layers)
-        .map(|_| {
-            let len = blocks as usize * block_len;
-            (
-                common::random_f32(&mut rng, len, 1.0),
-                common::random_f32(&mut rng, len, 1.0),
-            )
-        })
-        .collect();
-    for (layer, (k, v)) in contents.iter().enumerate() {
-        let layer = cache.layer(layer).unwrap();
-        gpu.write(layer.keys, 0, k).unwrap();
-        gpu.write(layer.values, 0, v).unwrap();
-    }
-    // Block 2's first 5 rows into block 0, and all of block 0 (before that copy) into block 1:
-    // copies happen in order.
-    cache.copy_blocks(&gpu, &[(0, 1, 16), (2, 0, 5)]).unwrap();
-    let rows = |block: usize, n: usize| block * block_len..block * block_len + n * kv_dim;
-    for (layer, (k, v)) in contents.iter().enumerate() {
-        let kv = cache.layer(layer).unwrap();
-        for (buffer, want) in [(kv.keys, k), (kv.values, v)] {
-            let got = common::read(&gpu, buffer, want.len());
-            assert_eq!(got[rows(1, 16)], want[rows(0, 16)]);
-            assert_eq!(got[rows(0, 5)], want[rows(2, 5)]);
-            // The rest of block 0 and block 2 are untouched.
-            assert_eq!(got[5 * kv_dim..block_len], want[5 * kv_dim..block_len]);
-            assert_eq!(got[rows(2, 16)], want[rows(2, 16)]);
+    for kv_type in KvType::ALL {
+        let (layers, blocks, kv_dim) = (2u32, 3u32, 8usize);
+        let shape = KvShape {
+            n_layers: layers,
+            n_kv_heads: 2,
+            head_dim: 4,
+            kv_type,
+        };
+        let cache = KvCache::new(&gpu, shape, blocks).unwrap();
+        assert_eq!(cache.bytes(), shape.block_bytes() * u64::from(blocks));
+        let block_len = KV_BLOCK_ROWS as usize * kv_dim;
+        let mut rng = common::rng(5);
+        let contents: Vec<(Vec<f32>, Vec<f32>)> = (0..layers)
+            .map(|_| {
+                let len = blocks as usize * block_len;
+                let mut random =
+                    || common::as_stored(kv_type, &common::random_f32(&mut rng, len, 1.0));
+                (random(), random())
+            })
+            .collect();
+        for (layer, (k, v)) in contents.iter().enumerate() {
+            let layer = cache.layer(layer).unwrap();
+            common::write_kv(&gpu, layer.keys, kv_type, k);
+            common::write_kv(&gpu, layer.values, kv_type, v);
         }
+        // Block 2's first 5 rows into block 0, and all of block 0 (before that copy) into
+        // block 1: copies happen in order.
+        cache.copy_blocks(&gpu, &[(0, 1, 16), (2, 0, 5)]).unwrap();
+        let rows = |block: usize, n: usize| block * block_len..block * block_len + n * kv_dim;
+        for (layer, (k, v)) in contents.iter().enumerate() {
+            let kv = cache.layer(layer).unwrap();
+            for (buffer, want) in [(kv.keys, k), (kv.values, v)] {
+                let got = common::read_kv(&gpu, buffer, kv_type, want.len());
+                assert_eq!(got[rows(1, 16)], want[rows(0, 16)], "{kv_type:?}");
+                assert_eq!(got[rows(0, 5)], want[rows(2, 5)], "{kv_type:?}");
+                // The rest of block 0 and block 2 are untouched.
+                assert_eq!(got[5 * kv_dim..block_len], want[5 * kv_dim..block_len]);
+                assert_eq!(got[rows(2, 16)], want[rows(2, 16)], "{kv_type:?}");
+            }
+        }
+        let error = cache.copy_blocks(&gpu, &[(0, 3, 1)]).unwrap_err();
+        assert!(error.to_string().contains("3 of 16 rows"), "{error}");
     }
-    let error = cache.copy_blocks(&gpu, &[(0, 3, 1)]).unwrap_err();
-    assert!(error.to_string().contains("3 of 16 rows"), "{error}");
 }

@@ -1,11 +1,12 @@
 //! How many batched sequences a KV memory holds: the paged pool (`kv_pool::BlockPool`, the
 //! allocator the plugin runs) against the batch slots it replaced (8 slots of 1024 positions,
 //! every slot grown to the longest sequence's power of two). Prints KV bytes per token of the
-//! cached models and, for mixes of chat lengths, the bytes each design holds and how many
-//! sequences fit in the default pool.
+//! cached models (for each KV cache type) and, for mixes of chat lengths, the bytes each design
+//! holds and how many sequences fit in the default pool.
 //!
 //! `cargo run -p pio-plugin-llama --example kv_capacity`
 
+use pio_gpu::{KvShape, KvType};
 use pio_plugin_llama::batch::DEFAULT_KV_BLOCKS;
 use pio_plugin_llama::engine::ModelSummary;
 use pio_plugin_llama::kv_pool::{BlockPool, PoolFull, KV_BLOCK_ROWS};
@@ -65,14 +66,24 @@ fn main() {
         match summary {
             Some(summary) => {
                 let hp = &summary.spec.hparams;
-                let per_token = hp.n_layer * hp.kv_dim() * 2 * 4;
-                println!(
-                    "{name}: {per_token} KV bytes per token (f32, {} layers x {} values x K,V); \
-                     default pool {DEFAULT_KV_BLOCKS} blocks = {:.0} MiB",
-                    hp.n_layer,
-                    hp.kv_dim(),
-                    (DEFAULT_KV_BLOCKS * block * per_token) as f64 / (1 << 20) as f64
-                );
+                for kv_type in KvType::ALL {
+                    let shape = KvShape {
+                        n_layers: hp.n_layer as u32,
+                        n_kv_heads: hp.n_head_kv as u32,
+                        head_dim: hp.head_dim as u32,
+                        kv_type,
+                    };
+                    let per_block = shape.block_bytes();
+                    println!(
+                        "{name}: {} KV bytes per token ({}, {} layers x {} values x K,V); \
+                         default pool {DEFAULT_KV_BLOCKS} blocks = {:.0} MiB",
+                        per_block / u64::from(KV_BLOCK_ROWS),
+                        kv_type.name(),
+                        hp.n_layer,
+                        hp.kv_dim(),
+                        (DEFAULT_KV_BLOCKS as u64 * per_block) as f64 / (1 << 20) as f64
+                    );
+                }
             }
             None => println!("{name}: not cached (pio models fetch)"),
         }

@@ -441,6 +441,7 @@ mod tests {
                     context: 64,
                     max_batch: 64,
                     kv_blocks,
+                    kv_type: pio_gpu::KvType::F32,
                 })
                 .device
         };

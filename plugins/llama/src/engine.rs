@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use pio_gguf::GgufFile;
-use pio_gpu::{DeviceOptions, Gpu};
+use pio_gpu::{DeviceOptions, Gpu, KvType};
 use pio_plugin_kit::{
     Logprobs, Message, Next, PluginError, PluginResult, Sampled, SequenceParams, StepOptions,
     TextModel,
@@ -23,7 +23,7 @@ use crate::perplexity::{perplexity, perplexity_llama_cpp, Perplexity, Style};
 use crate::runtime::{GpuModel, DEFAULT_MAX_BATCH};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::sequence::{Sequence, Tokens};
-use crate::storage::WeightStorage;
+use crate::storage::{Storage, WeightStorage};
 use crate::tokenizer::GgufTokenizer;
 use crate::weights::ModelTensors;
 
@@ -77,14 +77,16 @@ impl ModelSummary {
         })
     }
 
-    /// Device bytes needed to run with a `context`-position KV cache and batches of `max_batch`
-    /// tokens: weights, KV cache, RoPE table and activations (small uniforms excluded).
-    /// (The batched sequences' cache is not included: see [`ModelSummary::memory_needs`].)
-    pub fn required_device_bytes(&self, context: usize, max_batch: usize) -> u64 {
+    /// Device bytes needed to run with a `context`-position KV cache of `kv_type` and batches
+    /// of `max_batch` tokens: weights, KV cache, RoPE table and activations (small uniforms
+    /// excluded). (The batched sequences' cache is not included: see
+    /// [`ModelSummary::memory_needs`].)
+    pub fn required_device_bytes(&self, context: usize, max_batch: usize, kv_type: KvType) -> u64 {
         self.memory_needs(&MemoryConfig {
             context,
             max_batch,
             kv_blocks: 0,
+            kv_type,
         })
         .device
     }
@@ -115,6 +117,8 @@ pub struct LoadOptions {
     pub kv_blocks: usize,
     /// How the weight matrices are stored on the device.
     pub weights: WeightStorage,
+    /// How both KV caches (the model's own and the pool) store their values.
+    pub kv_type: KvType,
 }
 
 impl Default for LoadOptions {
@@ -125,6 +129,7 @@ impl Default for LoadOptions {
             memory_budget: 0,
             kv_blocks: DEFAULT_KV_BLOCKS,
             weights: WeightStorage::AsStored,
+            kv_type: KvType::F32,
         }
     }
 }
@@ -157,6 +162,7 @@ impl Engine {
             memory_budget,
             kv_blocks,
             weights,
+            kv_type,
         } = options;
         let file = GgufFile::open(path)?;
         let summary = ModelSummary::read(&file, weights)?;
@@ -172,6 +178,7 @@ impl Engine {
             context,
             max_batch,
             kv_blocks,
+            kv_type,
         };
         memory::check(
             &summary,
@@ -196,7 +203,10 @@ impl Engine {
             gpu,
             &file,
             summary.spec.clone(),
-            weights,
+            Storage {
+                weights,
+                kv: kv_type,
+            },
             context,
             max_batch,
         )?;

@@ -76,6 +76,11 @@ impl BlockTable {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// Whether it holds no position yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A copy-on-write: the first `rows` rows of block `from` go to block `to`.

@@ -2,14 +2,16 @@
 //! before anything is allocated.
 //!
 //! Every buffer and host vector whose size follows from a context length is listed here:
-//! the KV cache (per layer, one K and one V buffer of `context × kv_dim` f32, rounded up to
-//! whole blocks of 16 positions), the RoPE tables (one per distinct RoPE of the layers,
+//! the KV cache (per layer, one K and one V buffer of `context × kv_dim` values, f32 or f16,
+//! rounded up to whole blocks of 16 positions), the RoPE tables (one per distinct RoPE of the layers,
 //! `context × head_dim` f32 each, computed on the host and then uploaded), the batched
 //! sequences' block pool (`kv_blocks × 16` rows, like the KV cache) and the activations,
 //! block tables and logits read-back (`max_batch` tokens). [`check`] compares a configuration with the model's trained
 //! context, the device's largest storage buffer, the caller's budget and the host memory
 //! available, so that an absurd `--ctx` is an error naming the numbers instead of an abort on
 //! a terabyte allocation.
+
+use pio_gpu::KvType;
 
 use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
@@ -24,6 +26,8 @@ pub struct MemoryConfig {
     pub max_batch: usize,
     /// Blocks of 16 positions in the pool batched sequences share (0: none).
     pub kv_blocks: usize,
+    /// How both KV caches store their values.
+    pub kv_type: KvType,
 }
 
 /// What a [`MemoryConfig`] needs, in bytes.
@@ -81,7 +85,7 @@ impl ModelSummary {
     /// The bytes `config` needs; see [`MemoryNeeds`].
     pub fn memory_needs(&self, config: &MemoryConfig) -> MemoryNeeds {
         let hp = &self.spec.hparams;
-        let kv_row = product(&[hp.kv_dim(), 4]);
+        let kv_row = product(&[hp.kv_dim()]).saturating_mul(config.kv_type.bytes_per_value());
         let block = KV_BLOCK_ROWS as usize;
         let context_blocks = blocks_for(config.context);
         let kv_layer = kv_row.saturating_mul(product(&[context_blocks, block]));
@@ -100,10 +104,11 @@ impl ModelSummary {
         // One table per distinct RoPE of the layers (one for Llama).
         let one_rope_table = product(&[config.context, hp.head_dim, 4]);
         let rope_table = one_rope_table.saturating_mul(self.spec.ropes().len() as u64);
-        // Activations and scratch per token of a batch (the projection before a post-norm
-        // included).
-        // Token ids, positions, cache rows, table starts and a block table of the whole context.
-        let per_token = 5 * hp.n_embd + 2 * hp.kv_dim() + 3 * hp.n_ff + hp.vocab_size + 4;
+        // Activations per token of a batch, as `runtime::Activations` holds them: the residual
+        // stream and a projection's output before its post-norm (n_embd each), the queries and
+        // the attention output (q_dim each), the gated feed-forward (n_ff), the logits, and the
+        // token id, position, cache row and table start with a block table of the whole context.
+        let per_token = 2 * hp.n_embd + 2 * hp.q_dim() + hp.n_ff + hp.vocab_size + 4;
         let per_token = per_token.saturating_add(context_blocks);
         let activations =
             product(&[config.max_batch, per_token, 4]).saturating_add(4 * hp.n_embd as u64);
@@ -275,6 +280,7 @@ mod tests {
             context,
             max_batch: 8,
             kv_blocks: 0,
+            kv_type: KvType::F32,
         }
     }
 
@@ -287,7 +293,14 @@ mod tests {
         assert_eq!(a.kv_cache, 2 * 2 * 1008 * 32 * 4 + 16 * 32 * 4);
         assert_eq!(a.rope_table, 1000 * 16 * 4);
         assert_eq!(a.batch_cache, 0);
-        assert_eq!(a.device, s.required_device_bytes(1000, 8));
+        assert_eq!(a.device, s.memory_needs(&config(1000)).device);
+        // An f16 cache halves both caches and nothing else.
+        let half = s.memory_needs(&MemoryConfig {
+            kv_type: KvType::F16,
+            ..config(1000)
+        });
+        assert_eq!(half.kv_cache * 2, a.kv_cache);
+        assert_eq!(half.device, a.device - a.kv_cache / 2);
         let b = s.memory_needs(&MemoryConfig {
             kv_blocks: 25,
             ..config(1000)

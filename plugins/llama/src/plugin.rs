@@ -22,7 +22,7 @@
 
 use std::path::PathBuf;
 
-use pio_gpu::DeviceOptions;
+use pio_gpu::{DeviceOptions, KvType};
 use pio_plugin_kit::{
     metadata, Activation, Capability, Config, Model, ModelInfo, ModelStats, PluginError,
     PluginMetadata, PluginResult,
@@ -78,6 +78,15 @@ pub struct Settings {
     /// kernels read, converted at load (see [`WeightStorage`]).
     #[serde(default, deserialize_with = "weight_storage")]
     pub weights: WeightStorage,
+    /// Storage of the KV cache: `"f32"` (the default) or `"f16"` (half the memory per
+    /// position; see [`KvType`]).
+    #[serde(default, deserialize_with = "kv_type")]
+    pub kv_type: KvType,
+}
+
+fn kv_type<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<KvType, D::Error> {
+    let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+    KvType::from_name(&name).map_err(serde::de::Error::custom)
 }
 
 fn weight_storage<'de, D: serde::Deserializer<'de>>(
@@ -131,6 +140,7 @@ impl Model for Engine {
             memory_budget: activation.memory_budget_bytes.unwrap_or(0),
             kv_blocks: settings.kv_blocks,
             weights: settings.weights,
+            kv_type: settings.kv_type,
         };
         Ok(Engine::load(&activation.resolve(&settings.model), options)?)
     }
@@ -144,7 +154,8 @@ impl Model for Engine {
         let model = self.model();
         let hp = &summary.spec.hparams;
         let pool = self.kv_pool();
-        let details: [(&str, serde_json::Value); 14] = [
+        let kv_type = self.options().kv_type;
+        let details: [(&str, serde_json::Value); 15] = [
             ("model", summary.path.display().to_string().into()),
             ("architecture", summary.spec.architecture.into()),
             ("parameter_count", summary.parameter_count.into()),
@@ -155,13 +166,14 @@ impl Model for Engine {
             ("layers", hp.n_layer.into()),
             ("embedding_length", hp.n_embd.into()),
             ("adapter", model.gpu().adapter_info().to_string().into()),
+            ("kv_type", kv_type.name().into()),
             ("kv_blocks", pool.n_blocks().into()),
             ("kv_blocks_available", pool.available().into()),
             ("context_length", model.context().into()),
             (
                 "required_memory_bytes",
                 summary
-                    .required_device_bytes(model.context(), model.max_batch())
+                    .required_device_bytes(model.context(), model.max_batch(), kv_type)
                     .into(),
             ),
         ];
@@ -345,6 +357,13 @@ mod tests {
             .initialize(serde_json::json!({ "model": "m.gguf", "batch_slots": 2 }))
             .unwrap_err();
         assert!(e.message.contains("unknown field `batch_slots`"), "{e}");
+        let e = p
+            .initialize(serde_json::json!({ "model": "m.gguf", "kv_type": "q3" }))
+            .unwrap_err();
+        assert!(
+            e.message.contains("kv_type") && e.message.contains("expected one of f32, f16"),
+            "{e}"
+        );
 
         // The file is read at activation, relative to the plugin's folder.
         let dir = tempfile::tempdir().unwrap();
@@ -396,7 +415,7 @@ mod tests {
         assert_eq!(details["vocab_size"], summary.spec.hparams.vocab_size);
         // The estimate for the trained context (256) exceeds the one for the 64 positions used,
         // and the estimate used covers what was actually allocated to within 10%.
-        let at_trained = summary.required_device_bytes(256, DEFAULT_MAX_BATCH);
+        let at_trained = summary.required_device_bytes(256, DEFAULT_MAX_BATCH, KvType::F32);
         let at_64 = details["required_memory_bytes"].as_u64().unwrap();
         assert!(at_trained > at_64);
         let allocated = stats.device_memory_bytes as f64;

@@ -1,6 +1,7 @@
-//! The storage type of each weight matrix on the device: as the file stores it, or converted
-//! as it loads (the `weights` setting) — how an F32 or F16 model runs compressed without a
-//! rewritten file, and how a quantized one is made smaller still or less lossy.
+//! How a model's tensors are stored on the device ([`Storage`]): the type of each weight
+//! matrix — as the file stores it, or converted as it loads (the `weights` setting), which is
+//! how an F32 or F16 model runs compressed without a rewritten file and how a quantized one is
+//! made smaller still or less lossy — and the type of the KV cache (the `kv_type` setting).
 //!
 //! Matrices computed by one kernel (a layer's q, k and v projections; its gate and up
 //! projections) share one type: a group the file stores in several types is uploaded as f32 —
@@ -9,9 +10,18 @@
 use std::borrow::Cow;
 
 use pio_gguf::{requantize::fitting_type, TensorView};
-use pio_gpu::{WeightDtype, ROW_GROUP};
+use pio_gpu::{KvType, WeightDtype, ROW_GROUP};
 
 use crate::error::{Error, Result};
+
+/// How a model's weight matrices and KV cache are stored on the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Storage {
+    /// The weight matrices.
+    pub weights: WeightStorage,
+    /// The KV cache (the model's own and the batched sequences' pool).
+    pub kv: KvType,
+}
 
 /// How weight matrices are stored on the device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -4,11 +4,10 @@ use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
-use crate::kernels::kv_cache::{KvLayer, KV_BLOCK_ROWS};
+use crate::kernels::kv_cache::{kv_kernels, KvKernels, KvLayer, KvType, KV_BLOCK_ROWS};
 use crate::layout::RowLayout;
-use crate::{kernel, Kernel};
 
-const KERNEL: Kernel = kernel!("attention", "llama/attention.wgsl");
+const KERNELS: KvKernels = kv_kernels!("attention", "llama/attention.wgsl");
 /// Largest head width the shader's registers hold (`4 * MAX_HEAD_VEC4` in the WGSL).
 pub const MAX_HEAD_DIM: u32 = 256;
 /// One invocation per (head, token). llvmpipe runs a workgroup as 8 SIMD lanes; a full group
@@ -29,6 +28,8 @@ pub struct AttentionConfig {
     /// Attend only to the last `n` positions, the token's own included (sliding-window
     /// attention; `n` > 0); `None`: to every earlier position.
     pub window: Option<u32>,
+    /// How the cache stores keys and values.
+    pub kv_type: KvType,
 }
 
 /// `out[t][h] = softmax(q[t][h] · K[row_t(0..=p_t)] / sqrt(head_dim)) · V[row_t(0..=p_t)]`
@@ -51,6 +52,7 @@ impl Attention {
             head_dim,
             q,
             window,
+            kv_type,
         } = config;
         let valid = n_kv_heads > 0
             && window != Some(0)
@@ -79,7 +81,7 @@ impl Attention {
         ];
         Ok(Self {
             config,
-            pipeline: gpu.pipeline(KERNEL, "main", &constants)?,
+            pipeline: gpu.pipeline(KERNELS.get(kv_type), "main", &constants)?,
         })
     }
 
@@ -103,9 +105,10 @@ impl Attention {
             n_kv_heads,
             head_dim,
             q: q_layout,
+            kv_type,
             ..
         } = self.config;
-        cache.expect_kv_dim("attention", n_kv_heads * head_dim)?;
+        cache.expect("attention", n_kv_heads * head_dim, kv_type)?;
         let width = n_heads * head_dim;
         require_len(
             "attention",

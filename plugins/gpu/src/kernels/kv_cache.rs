@@ -1,19 +1,136 @@
-//! The KV cache: written by [`QkvRope`](crate::QkvRope), read by
-//! [`Attention`](crate::Attention).
+//! The KV cache: written by [`QkvRope`](crate::QkvRope) (and normalised in place by
+//! [`QkNormRope`](crate::QkNormRope)), read by [`Attention`](crate::Attention), in f32 or f16
+//! ([`KvType`]).
+
+use half::f16;
 
 use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{GpuError, Result};
+use crate::Kernel;
 
 /// Rows (positions) per block of a [`KvCache`]: a sequence's cache grows by whole blocks.
 /// 16 as in vLLM: small enough that a sequence wastes at most 15 rows, large enough that a
 /// block table stays short and attention loads a block id once per 16 positions.
 pub const KV_BLOCK_ROWS: u32 = 16;
 
+/// How the KV cache stores its values. Kernels compute in f32 either way: an f16 cache rounds
+/// each key and value once as it is written (relative error ≤ 2⁻¹¹) and halves the cache's
+/// bytes, so twice the positions fit in the same memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// 4 bytes per value.
+    #[default]
+    F32,
+    /// IEEE half floats, 2 bytes per value, stored in pairs as one `u32`
+    /// (WGSL's `pack2x16float`, so no `SHADER_F16` feature is needed).
+    F16,
+}
+
+impl KvType {
+    /// Every type, in [`KvType::name`] order of [`KvType::NAMES`].
+    pub const ALL: [KvType; 2] = [KvType::F32, KvType::F16];
+    /// The names [`KvType::from_name`] accepts.
+    pub const NAMES: [&'static str; 2] = ["f32", "f16"];
+
+    /// GGML's lowercase name: `f32` or `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+
+    /// The type called `name` (case-insensitive), or an error listing the names.
+    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                format!(
+                    "unknown KV cache type {name:?}; expected one of {}",
+                    Self::NAMES.join(", ")
+                )
+            })
+    }
+
+    /// Bytes one value takes in the cache.
+    pub fn bytes_per_value(self) -> u64 {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+
+    /// `values` in this type's layout, as the cache's words (for uploads; a multiple of 4
+    /// values, as every cache row is).
+    pub fn encode(self, values: &[f32]) -> Vec<u32> {
+        match self {
+            KvType::F32 => values.iter().map(|v| v.to_bits()).collect(),
+            KvType::F16 => values
+                .chunks(2)
+                .map(|pair| {
+                    let half = |i: usize| u32::from(f16::from_f32(pair[i]).to_bits());
+                    half(0) | half(1) << 16
+                })
+                .collect(),
+        }
+    }
+
+    /// The values of the cache's `words` (the inverse of [`KvType::encode`], exact for
+    /// values an f16 holds).
+    pub fn decode(self, words: &[u32]) -> Vec<f32> {
+        match self {
+            KvType::F32 => words.iter().map(|&w| f32::from_bits(w)).collect(),
+            KvType::F16 => words
+                .iter()
+                .flat_map(|&w| [w as u16, (w >> 16) as u16])
+                .map(|bits| f16::from_bits(bits).to_f32())
+                .collect(),
+        }
+    }
+}
+
+/// One kernel that reads or writes the KV cache, compiled once per [`KvType`]: its source is
+/// followed by `llama/kv_f32.wgsl` or `llama/kv_f16.wgsl`, which define the cache's word type
+/// `KvWord` (four values) and `kv_load` / `kv_store` between it and `vec4<f32>`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KvKernels {
+    pub(crate) f32: Kernel,
+    pub(crate) f16: Kernel,
+}
+
+impl KvKernels {
+    /// The kernel for a cache of `kv_type`.
+    pub(crate) fn get(&self, kv_type: KvType) -> Kernel {
+        match kv_type {
+            KvType::F32 => self.f32,
+            KvType::F16 => self.f16,
+        }
+    }
+}
+
+/// [`KvKernels`] of a shader `$path` (under `shaders/`) and its helpers, named `$name` with the
+/// cache type appended.
+macro_rules! kv_kernels {
+    ($name:literal, $path:literal $(, $helper:literal)*) => {
+        $crate::kernels::kv_cache::KvKernels {
+            f32: $crate::kernel!(
+                concat!($name, "_kv_f32"), $path $(, $helper)*, "llama/kv_f32.wgsl"
+            ),
+            f16: $crate::kernel!(
+                concat!($name, "_kv_f16"), $path $(, $helper)*, "llama/kv_f16.wgsl"
+            ),
+        }
+    };
+}
+pub(crate) use kv_kernels;
+
 /// Keys and values of every layer, as a pool of blocks of [`KV_BLOCK_ROWS`] rows.
 ///
-/// Layout: per layer, one K and one V f32 buffer, each `[n_blocks * KV_BLOCK_ROWS][n_kv_heads *
-/// head_dim]` (row-major; within a row, head `h` occupies `h * head_dim .. (h + 1) * head_dim`).
+/// Layout: per layer, one K and one V buffer of [`KvType`] values, each `[n_blocks *
+/// KV_BLOCK_ROWS][n_kv_heads * head_dim]` (row-major; within a row, head `h` occupies
+/// `h * head_dim .. (h + 1) * head_dim`).
 /// A sequence owns a *block table*, the list of its blocks in position order: its position `p`
 /// is row `table[p / KV_BLOCK_ROWS] * KV_BLOCK_ROWS + p % KV_BLOCK_ROWS`. A single sequence
 /// alone in a cache has the identity table (row = position); sequences sharing a cache may
@@ -24,6 +141,7 @@ pub const KV_BLOCK_ROWS: u32 = 16;
 pub struct KvCache {
     n_blocks: u32,
     kv_dim: u32,
+    kv_type: KvType,
     layers: Vec<(GpuBuffer, GpuBuffer)>,
     /// One block of one layer's K or V: [`KvCache::copy_blocks`] goes through it, since a
     /// buffer cannot be copied into itself.
@@ -31,16 +149,22 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Allocates zeroed caches of `n_blocks` blocks for `n_layers` layers.
-    pub fn new(
-        gpu: &Gpu,
-        n_layers: u32,
-        n_blocks: u32,
-        n_kv_heads: u32,
-        head_dim: u32,
-    ) -> Result<Self> {
+    /// Allocates zeroed caches of `n_blocks` blocks of `kv_type` values for `n_layers` layers.
+    pub fn new(gpu: &Gpu, shape: KvShape, n_blocks: u32) -> Result<Self> {
+        let KvShape {
+            n_layers,
+            n_kv_heads,
+            head_dim,
+            kv_type,
+        } = shape;
         let kv_dim = n_kv_heads * head_dim;
-        let block_bytes = u64::from(KV_BLOCK_ROWS) * u64::from(kv_dim) * 4;
+        if kv_dim == 0 || head_dim % 4 != 0 {
+            return Err(GpuError::shape(
+                "kv cache",
+                format!("unsupported shape {shape:?}: head_dim must be a positive multiple of 4"),
+            ));
+        }
+        let block_bytes = shape.block_bytes_per_layer() / 2;
         let bytes = u64::from(n_blocks) * block_bytes;
         // Every layer's buffers have this size: refuse before allocating the first one.
         let limit = gpu.max_storage_buffer_bytes();
@@ -62,6 +186,7 @@ impl KvCache {
         Ok(Self {
             n_blocks,
             kv_dim,
+            kv_type,
             layers,
             scratch: gpu.storage_zeroed("KV block copy", block_bytes)?,
         })
@@ -82,7 +207,7 @@ impl KvCache {
                 ),
             ));
         }
-        let row_bytes = u64::from(self.kv_dim) * 4;
+        let row_bytes = u64::from(self.kv_dim) * self.kv_type.bytes_per_value();
         let block_bytes = u64::from(KV_BLOCK_ROWS) * row_bytes;
         let mut encoder = gpu.device().create_command_encoder(&Default::default());
         for (keys, values) in &self.layers {
@@ -117,6 +242,19 @@ impl KvCache {
         self.kv_dim
     }
 
+    /// How the values are stored.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    /// Bytes of every layer's keys and values.
+    pub fn bytes(&self) -> u64 {
+        let per_layer = u64::from(self.max_positions())
+            * u64::from(self.kv_dim)
+            * self.kv_type.bytes_per_value();
+        2 * per_layer * self.layers.len() as u64
+    }
+
     /// Number of layers.
     pub fn n_layers(&self) -> usize {
         self.layers.len()
@@ -138,7 +276,35 @@ impl KvCache {
             values,
             max_positions: self.max_positions(),
             kv_dim: self.kv_dim,
+            kv_type: self.kv_type,
         })
+    }
+}
+
+/// The shape of a [`KvCache`] (but its length): what a model's layers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvShape {
+    /// Layers, each with its own keys and values.
+    pub n_layers: u32,
+    /// Key (and value) heads per position.
+    pub n_kv_heads: u32,
+    /// Values per head: a multiple of 4.
+    pub head_dim: u32,
+    /// How the values are stored.
+    pub kv_type: KvType,
+}
+
+impl KvShape {
+    /// Bytes of one block of one layer, keys and values.
+    pub fn block_bytes_per_layer(&self) -> u64 {
+        2 * u64::from(KV_BLOCK_ROWS)
+            * u64::from(self.n_kv_heads * self.head_dim)
+            * self.kv_type.bytes_per_value()
+    }
+
+    /// Bytes of one block in every layer, keys and values.
+    pub fn block_bytes(&self) -> u64 {
+        self.block_bytes_per_layer() * u64::from(self.n_layers)
     }
 }
 
@@ -153,17 +319,21 @@ pub struct KvLayer<'a> {
     pub max_positions: u32,
     /// Values per position.
     pub kv_dim: u32,
+    /// How the values are stored.
+    pub kv_type: KvType,
 }
 
 impl KvLayer<'_> {
-    /// Checks that this layer has the row width a kernel was built for.
-    pub(crate) fn expect_kv_dim(&self, context: &'static str, kv_dim: u32) -> Result<()> {
-        if self.kv_dim != kv_dim {
+    /// Checks that this layer has the row width and type a kernel was built for.
+    pub(crate) fn expect(&self, context: &'static str, kv_dim: u32, kv_type: KvType) -> Result<()> {
+        if self.kv_dim != kv_dim || self.kv_type != kv_type {
             return Err(GpuError::shape(
                 context,
                 format!(
-                    "kernel built for kv_dim {kv_dim}, cache has {}",
-                    self.kv_dim
+                    "kernel built for kv_dim {kv_dim} of {}, cache has {} of {}",
+                    kv_type.name(),
+                    self.kv_dim,
+                    self.kv_type.name()
                 ),
             ));
         }

@@ -18,7 +18,7 @@ use crate::buffer::GpuBuffer;
 use crate::device::{DeviceKind, Gpu};
 use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
-use crate::kernels::kv_cache::KvLayer;
+use crate::kernels::kv_cache::{kv_kernels, KvKernels, KvLayer, KvType};
 use crate::kernels::rope::RopeTable;
 use crate::layout::RowLayout;
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
@@ -51,7 +51,7 @@ const LINEAR_LAYER_NORM: Kernel = kernel!(
 /// Most rows an [`Epilogue::BiasResidualLayerNorm`] kernel takes: its workgroup holds every
 /// row group (`MAX_ROW_GROUPS` = 256 in `linear_layer_norm.wgsl`).
 pub const MAX_LAYER_NORM_ROWS: u32 = 256 * ROW_GROUP as u32;
-const QKV_ROPE: Kernel = kernel!(
+const QKV_ROPE: KvKernels = kv_kernels!(
     "qkv_rope",
     "llama/qkv_rope.wgsl",
     "common/packed.wgsl",
@@ -528,6 +528,8 @@ pub struct QkvRopeConfig {
     ///
     /// [`QkNormRope`]: crate::QkNormRope
     pub rope: bool,
+    /// How the cache stores keys and values.
+    pub kv_type: KvType,
 }
 
 /// `[q; k; v] = Wqkv norm?(x[t])`, RoPE on q and k at `positions[t]` (unless
@@ -549,6 +551,7 @@ impl QkvRope {
             kv_rows,
             head_dim,
             rope,
+            kv_type,
         } = config;
         shape.check("qkv_rope")?;
         let aligned = |n: u32| n > 0 && n % ROW_GROUP as u32 == 0;
@@ -574,7 +577,7 @@ impl QkvRope {
         ]);
         Ok(Self {
             config,
-            pipeline: gpu.pipeline(QKV_ROPE, "main", &constants)?,
+            pipeline: gpu.pipeline(QKV_ROPE.get(kv_type), "main", &constants)?,
         })
     }
 
@@ -597,7 +600,7 @@ impl QkvRope {
     ) -> Result<Dispatch> {
         let c = &self.config;
         let norm = c.shape.check_inputs("qkv_rope", weights, x, norm, tokens)?;
-        cache.expect_kv_dim("qkv_rope", c.kv_rows)?;
+        cache.expect("qkv_rope", c.kv_rows, c.kv_type)?;
         if table.head_dim() != c.head_dim {
             return Err(GpuError::shape(
                 "qkv_rope",

@@ -5,11 +5,10 @@ use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
-use crate::kernels::kv_cache::KvLayer;
+use crate::kernels::kv_cache::{kv_kernels, KvKernels, KvLayer, KvType};
 use crate::kernels::rope::RopeTable;
-use crate::{kernel, Kernel};
 
-const KERNEL: Kernel = kernel!("qk_norm_rope", "llama/qk_norm_rope.wgsl");
+const KERNELS: KvKernels = kv_kernels!("qk_norm_rope", "llama/qk_norm_rope.wgsl");
 /// One invocation per (head, token); a full 8-lane group as for attention.
 const WORKGROUP_SIZE: u32 = 8;
 
@@ -24,6 +23,8 @@ pub struct QkNormRopeConfig {
     pub head_dim: u32,
     /// The norms' epsilon.
     pub eps: f32,
+    /// How the cache stores keys.
+    pub kv_type: KvType,
 }
 
 /// Every query head of `q[t]` and key head of cache row `cache_rows[t]` is RMS-normalised with
@@ -43,6 +44,7 @@ impl QkNormRope {
             n_kv_heads,
             head_dim,
             eps,
+            kv_type,
         } = config;
         if n_heads == 0
             || n_kv_heads == 0
@@ -64,7 +66,7 @@ impl QkNormRope {
         ];
         Ok(Self {
             config,
-            pipeline: gpu.pipeline(KERNEL, "main", &constants)?,
+            pipeline: gpu.pipeline(KERNELS.get(kv_type), "main", &constants)?,
         })
     }
 
@@ -85,7 +87,7 @@ impl QkNormRope {
         n_tokens: u32,
     ) -> Result<Dispatch> {
         let c = self.config;
-        cache.expect_kv_dim("qk_norm_rope", c.n_kv_heads * c.head_dim)?;
+        cache.expect("qk_norm_rope", c.n_kv_heads * c.head_dim, c.kv_type)?;
         if table.head_dim() != c.head_dim {
             return Err(GpuError::shape(
                 "qk_norm_rope",

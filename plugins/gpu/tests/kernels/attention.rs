@@ -1,5 +1,5 @@
 use pio_gpu::reference;
-use pio_gpu::{Attention, AttentionConfig, KvCache, RowLayout, KV_BLOCK_ROWS};
+use pio_gpu::{Attention, AttentionConfig, KvCache, KvShape, KvType, RowLayout, KV_BLOCK_ROWS};
 
 use crate::common::{self, EPS};
 
@@ -37,6 +37,28 @@ fn check(
     q_layout: Option<RowLayout>,
     window: Option<u32>,
 ) {
+    check_cache(
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        sequences,
+        q_layout,
+        window,
+        KvType::F32,
+    );
+}
+
+/// [`check`] with the cache in `kv_type`: the reference reads the values as the cache stores
+/// them (rounded to f16 for an f16 cache), so the bound is the same.
+fn check_cache(
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    sequences: &[Sequence<'_>],
+    q_layout: Option<RowLayout>,
+    window: Option<u32>,
+    kv_type: KvType,
+) {
     let gpu = common::gpu();
     let block = KV_BLOCK_ROWS as usize;
     let blocks_per_sequence = SEQUENCE_ROWS / block;
@@ -50,8 +72,14 @@ fn check(
     // Each sequence's keys and values for all its positions; a shared prefix is the first's.
     let mut kv: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
     for sequence in sequences {
-        let mut k = common::random_f32(&mut rng, SEQUENCE_ROWS * kv_dim, 1.0);
-        let mut v = common::random_f32(&mut rng, SEQUENCE_ROWS * kv_dim, 1.0);
+        let mut k = common::as_stored(
+            kv_type,
+            &common::random_f32(&mut rng, SEQUENCE_ROWS * kv_dim, 1.0),
+        );
+        let mut v = common::as_stored(
+            kv_type,
+            &common::random_f32(&mut rng, SEQUENCE_ROWS * kv_dim, 1.0),
+        );
         let shared = sequence.shared_blocks * block_len;
         if shared > 0 {
             k[..shared].copy_from_slice(&kv[0].0[..shared]);
@@ -126,10 +154,16 @@ fn check(
         first_token += tokens;
     }
 
-    let cache = KvCache::new(&gpu, 1, n_blocks, n_kv_heads as u32, head_dim as u32).unwrap();
+    let shape = KvShape {
+        n_layers: 1,
+        n_kv_heads: n_kv_heads as u32,
+        head_dim: head_dim as u32,
+        kv_type,
+    };
+    let cache = KvCache::new(&gpu, shape, n_blocks).unwrap();
     let layer = cache.layer(0).unwrap();
-    gpu.write(layer.keys, 0, &keys).unwrap();
-    gpu.write(layer.values, 0, &values).unwrap();
+    common::write_kv(&gpu, layer.keys, kv_type, &keys);
+    common::write_kv(&gpu, layer.values, kv_type, &values);
     let starts_buf = gpu.storage_from("table starts", &table_starts).unwrap();
     let blocks_buf = gpu.storage_from("block tables", &blocks).unwrap();
     let q_buf = gpu.storage_from("q", &q_all).unwrap();
@@ -143,6 +177,7 @@ fn check(
         head_dim: head_dim as u32,
         q: q_layout,
         window,
+        kv_type,
     };
     let attention = Attention::new(&gpu, config).unwrap();
     let dispatch = attention
@@ -162,8 +197,9 @@ fn check(
 
     let error = common::max_rel_error(&got, &want);
     println!(
-        "attention {n_heads}/{n_kv_heads} heads x {head_dim}, {} sequences, positions \
-         {positions:?}, block table {blocks:?}, window {window:?}: max rel error {error:.2e}",
+        "attention {n_heads}/{n_kv_heads} heads x {head_dim}, {kv_type:?} cache, {} sequences, \
+         positions {positions:?}, block table {blocks:?}, window {window:?}: max rel error \
+         {error:.2e}",
         sequences.len()
     );
     assert!(error <= 64.0 * EPS, "{error:.2e}");
@@ -249,4 +285,25 @@ fn sliding_window_attends_to_the_last_positions_only() {
     check(4, 4, 16, &[alone(&[63])], None, Some(64));
     check(2, 1, 256, &[alone(&[0, 9, 40])], None, Some(16));
     check(4, 1, 256, &[alone(&[12])], None, None);
+}
+
+#[test]
+fn attention_reads_an_f16_cache() {
+    let f16 = KvType::F16;
+    check_cache(9, 3, 64, &[alone(&[37])], None, None, f16);
+    check_cache(
+        6,
+        2,
+        32,
+        &[alone(&[0, 1, 2, 3, 4, 5, 6])],
+        None,
+        Some(3),
+        f16,
+    );
+    let shared = Sequence {
+        positions: &[31],
+        shared_blocks: 2,
+    };
+    check_cache(9, 3, 64, &[alone(&[40]), shared], None, None, f16);
+    check_cache(4, 1, 256, &[alone(&[0, 9, 40])], None, Some(16), f16);
 }

@@ -1,7 +1,7 @@
 use pio_gpu::reference;
 use pio_gpu::{
-    DeviceKind, Epilogue, KvCache, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
-    RopeTable, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
+    DeviceKind, Epilogue, KvCache, KvShape, KvType, Linear, LinearShape, QkvRope, QkvRopeConfig,
+    QuantMatrix, RopeTable, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
 };
 
 use crate::common::{self, EPS};
@@ -35,12 +35,32 @@ pub(crate) fn check_within_bound(
     c: f64,
     k: usize,
 ) {
+    check_stored_within_bound(label, got, want, magnitude, c, k, KvType::F32);
+}
+
+/// [`check_within_bound`] for values a kernel stored in a cache of `kv_type`: each was also
+/// rounded once to the type, which adds [`common::storage_error`] relative to the value
+/// (at most |want| plus the bound).
+pub(crate) fn check_stored_within_bound(
+    label: &str,
+    got: &[f32],
+    want: &[f32],
+    magnitude: &[f32],
+    c: f64,
+    k: usize,
+    kv_type: KvType,
+) {
     let bound = c * (k as f64).sqrt() * EPS;
+    let storage = common::storage_error(kv_type);
     let worst = got
         .iter()
         .zip(want)
         .zip(magnitude)
-        .map(|((&g, &r), &m)| (f64::from(g) - f64::from(r)).abs() / (bound * f64::from(m)))
+        .map(|((&g, &r), &m)| {
+            let computed = bound * f64::from(m);
+            let allowed = computed + storage * (f64::from(r).abs() + computed);
+            (f64::from(g) - f64::from(r)).abs() / allowed
+        })
         .fold(0.0, f64::max);
     println!(
         "{label}: max rel error {:.2e}, {worst:.2} of the bound",
@@ -269,14 +289,17 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
     // Cache rows differ from positions, as when a cache holds several sequences.
     let cache_rows = [9u32, 10, 11, 16, 0];
     let tokens = positions.len();
-    // Without RoPE (a per-head norm comes first), q and k are written as projected.
-    for (dtype, rope) in [
-        (WeightDtype::Q4_1, true),
-        (WeightDtype::Q8_0, true),
-        (WeightDtype::F32, true),
-        (WeightDtype::Q5_0, true),
-        (WeightDtype::Q6_K, true),
-        (WeightDtype::Q5_0, false),
+    // Without RoPE (a per-head norm comes first), q and k are written as projected; an f16
+    // cache stores k and v rounded.
+    for (dtype, rope, kv_type) in [
+        (WeightDtype::Q4_1, true, KvType::F32),
+        (WeightDtype::Q8_0, true, KvType::F32),
+        (WeightDtype::F32, true, KvType::F32),
+        (WeightDtype::Q5_0, true, KvType::F32),
+        (WeightDtype::Q6_K, true, KvType::F32),
+        (WeightDtype::Q5_0, false, KvType::F32),
+        (WeightDtype::Q4_1, true, KvType::F16),
+        (WeightDtype::Q5_0, false, KvType::F16),
     ] {
         let cols = 64usize.next_multiple_of(dtype.block_elements());
         for tile in tiles() {
@@ -312,7 +335,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             let v_mag = split(&magnitude, q_rows + kv_rows, kv_rows);
 
             let cache_len = max_positions as usize * kv_rows;
-            let initial = common::random_f32(&mut rng, cache_len, 1.0);
+            let initial = common::as_stored(kv_type, &common::random_f32(&mut rng, cache_len, 1.0));
             let mut want_k = initial.clone();
             let mut want_v = initial.clone();
             let kept: Vec<usize> = (0..tokens)
@@ -345,20 +368,20 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 kv_rows: kv_rows as u32,
                 head_dim: head_dim as u32,
                 rope,
+                kv_type,
             };
             let kernel = QkvRope::new(&gpu, config).unwrap();
             let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
-            let cache = KvCache::new(
-                &gpu,
-                1,
-                max_positions / KV_BLOCK_ROWS,
-                n_kv_heads as u32,
-                head_dim as u32,
-            )
-            .unwrap();
+            let shape = KvShape {
+                n_layers: 1,
+                n_kv_heads: n_kv_heads as u32,
+                head_dim: head_dim as u32,
+                kv_type,
+            };
+            let cache = KvCache::new(&gpu, shape, max_positions / KV_BLOCK_ROWS).unwrap();
             let layer = cache.layer(0).unwrap();
-            gpu.write(layer.keys, 0, &initial).unwrap();
-            gpu.write(layer.values, 0, &initial).unwrap();
+            common::write_kv(&gpu, layer.keys, kv_type, &initial);
+            common::write_kv(&gpu, layer.values, kv_type, &initial);
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let pos_buf = gpu.storage_from("positions", &positions).unwrap();
@@ -382,10 +405,10 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 .unwrap();
             gpu.run(&[&dispatch]).unwrap();
 
-            let label = format!("qkv_rope {dtype:?} rope {rope} tile {tile:?}");
+            let label = format!("qkv_rope {dtype:?} rope {rope} {kv_type:?} cache tile {tile:?}");
             let got_q = common::read(&gpu, &q_out, tokens * q_rows);
-            let got_k = common::read(&gpu, layer.keys, cache_len);
-            let got_v = common::read(&gpu, layer.values, cache_len);
+            let got_k = common::read_kv(&gpu, layer.keys, kv_type, cache_len);
+            let got_v = common::read_kv(&gpu, layer.values, kv_type, cache_len);
             for (t, &pos) in cache_rows.iter().enumerate() {
                 if pos >= max_positions {
                     continue;
@@ -401,21 +424,23 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 );
                 let (src, dst) = (t * kv_rows, pos as usize * kv_rows);
                 let row = |m: &[f32], at: usize| m[at..at + kv_rows].to_vec();
-                check_within_bound(
+                check_stored_within_bound(
                     &format!("{label} k at {pos}"),
                     &row(&got_k, dst),
                     &row(&want_k, dst),
                     &row(&k_mag, src),
                     4.0,
                     cols,
+                    kv_type,
                 );
-                check_within_bound(
+                check_stored_within_bound(
                     &format!("{label} v at {pos}"),
                     &row(&got_v, dst),
                     &row(&want_v, dst),
                     &row(&v_mag, src),
                     4.0,
                     cols,
+                    kv_type,
                 );
             }
             let skipped = 3 * q_rows..4 * q_rows;

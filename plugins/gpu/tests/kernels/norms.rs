@@ -1,10 +1,13 @@
 //! The per-head query/key norm with RoPE, and the normalised residual add (Gemma 3's norms).
 
 use pio_gpu::reference;
-use pio_gpu::{KvCache, QkNormRope, QkNormRopeConfig, ResidualRmsNorm, RopeTable, KV_BLOCK_ROWS};
+use pio_gpu::{
+    KvCache, KvShape, KvType, QkNormRope, QkNormRopeConfig, ResidualRmsNorm, RopeTable,
+    KV_BLOCK_ROWS,
+};
 
 use crate::common;
-use crate::linear::{abs, check_within_bound};
+use crate::linear::{abs, check_stored_within_bound, check_within_bound};
 
 const EPS_NORM: f32 = 1e-6;
 
@@ -27,8 +30,9 @@ fn pair_magnitude(x: &[f32], weight: &[f32]) -> Vec<f32> {
 
 /// The norm's 1/rms comes from a head_dim-term f32 sum (relative error ≲ sqrt(d)·ε), then
 /// each value takes two products and the rotation one product and one add: c = 4 over
-/// K = head_dim, relative to the pair magnitude.
-fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize) {
+/// K = head_dim, relative to the pair magnitude. Keys in an f16 cache are read and written
+/// rounded ([`check_stored_within_bound`]).
+fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize, kv_type: KvType) {
     let gpu = common::gpu();
     let max_positions = 16u32;
     let base = 10_000.0;
@@ -39,21 +43,23 @@ fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize) {
     let (q_width, kv_width) = (n_heads * head_dim, n_kv_heads * head_dim);
     let mut rng = common::rng((n_heads * 1000 + head_dim) as u64);
     let q = common::random_f32(&mut rng, tokens * q_width, 3.0);
-    let keys = common::random_f32(&mut rng, max_positions as usize * kv_width, 3.0);
+    let keys = common::as_stored(
+        kv_type,
+        &common::random_f32(&mut rng, max_positions as usize * kv_width, 3.0),
+    );
     let q_weight = common::random_f32(&mut rng, head_dim, 2.0);
     let k_weight = common::random_f32(&mut rng, head_dim, 2.0);
 
     let q_buf = gpu.storage_from("q", &q).unwrap();
-    let cache = KvCache::new(
-        &gpu,
-        1,
-        max_positions / KV_BLOCK_ROWS,
-        n_kv_heads as u32,
-        head_dim as u32,
-    )
-    .unwrap();
+    let shape = KvShape {
+        n_layers: 1,
+        n_kv_heads: n_kv_heads as u32,
+        head_dim: head_dim as u32,
+        kv_type,
+    };
+    let cache = KvCache::new(&gpu, shape, max_positions / KV_BLOCK_ROWS).unwrap();
     let layer = cache.layer(0).unwrap();
-    gpu.write(layer.keys, 0, &keys).unwrap();
+    common::write_kv(&gpu, layer.keys, kv_type, &keys);
     let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
     let kernel = QkNormRope::new(
         &gpu,
@@ -62,6 +68,7 @@ fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize) {
             n_kv_heads: n_kv_heads as u32,
             head_dim: head_dim as u32,
             eps: EPS_NORM,
+            kv_type,
         },
     )
     .unwrap();
@@ -85,9 +92,9 @@ fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize) {
         .unwrap();
     gpu.run(&[&dispatch]).unwrap();
     let got_q = common::read(&gpu, &q_buf, q.len());
-    let got_k = common::read(&gpu, layer.keys, keys.len());
+    let got_k = common::read_kv(&gpu, layer.keys, kv_type, keys.len());
 
-    let label = format!("qk_norm_rope {n_heads}/{n_kv_heads} heads x {head_dim}");
+    let label = format!("qk_norm_rope {n_heads}/{n_kv_heads} heads x {head_dim}, {kv_type:?}");
     for t in 0..tokens {
         let (pos, row) = (positions[t], cache_rows[t] as usize);
         let q_row = &q[t * q_width..(t + 1) * q_width];
@@ -108,13 +115,14 @@ fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize) {
             4.0,
             head_dim,
         );
-        check_within_bound(
+        check_stored_within_bound(
             &format!("{label} k at row {row}"),
             &got_k[row * kv_width..(row + 1) * kv_width],
             &norm_rope(k_row, &k_weight, &[pos], base),
             &pair_magnitude(k_row, &k_weight),
             4.0,
             head_dim,
+            kv_type,
         );
     }
     // Rows no token writes keep their keys.
@@ -126,10 +134,12 @@ fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize) {
 
 #[test]
 fn qk_norm_rope_matches_reference() {
-    check_qk_norm_rope(3, 1, 16);
-    check_qk_norm_rope(4, 2, 32);
+    check_qk_norm_rope(3, 1, 16, KvType::F32);
+    check_qk_norm_rope(4, 2, 32, KvType::F32);
     // Gemma 3 270M: 4 query heads, 1 key head of 256.
-    check_qk_norm_rope(4, 1, 256);
+    check_qk_norm_rope(4, 1, 256, KvType::F32);
+    check_qk_norm_rope(4, 1, 256, KvType::F16);
+    check_qk_norm_rope(4, 2, 32, KvType::F16);
 }
 
 /// x + rmsnorm(y)·w: the 1/rms is a width-term f32 sum (≲ sqrt(width)·ε relative), then two
@@ -175,6 +185,7 @@ fn norm_kernels_refuse_bad_shapes() {
         n_kv_heads: 1,
         head_dim: 6,
         eps: EPS_NORM,
+        kv_type: KvType::F32,
     };
     assert!(QkNormRope::new(&gpu, config).is_err());
 }

@@ -3,7 +3,7 @@
 //! activations and a KV cache.
 
 use pio_gpu::{
-    Attention, AttentionConfig, Dispatch, Epilogue, Gpu, GpuBuffer, Linear, LinearShape,
+    Attention, AttentionConfig, Dispatch, Epilogue, Gpu, GpuBuffer, KvType, Linear, LinearShape,
     QkNormRope, QkNormRopeConfig, QkvRope, QkvRopeConfig, QuantMatrix, ResidualRmsNorm, RowLayout,
     RowTile, TokenRange,
 };
@@ -96,6 +96,8 @@ pub(super) struct Step {
 pub(super) struct KernelFactory<'a> {
     pub gpu: &'a Gpu,
     pub spec: &'a ModelSpec,
+    /// The KV cache's type, which the kernels that read or write it are built for.
+    pub kv_type: KvType,
 }
 
 impl KernelFactory<'_> {
@@ -128,6 +130,7 @@ impl KernelFactory<'_> {
                     kv_rows: hp.kv_dim() as u32,
                     head_dim: hp.head_dim as u32,
                     rope: weights.qk_norm.is_none(),
+                    kv_type: self.kv_type,
                 },
             )?,
             output: Linear::new(
@@ -162,6 +165,7 @@ impl KernelFactory<'_> {
                     AttentionWindow::Global => None,
                     AttentionWindow::Sliding(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
                 },
+                kv_type: self.kv_type,
             },
         )?)
     }
@@ -174,6 +178,7 @@ impl KernelFactory<'_> {
             n_kv_heads: hp.n_head_kv as u32,
             head_dim: hp.head_dim as u32,
             eps: self.spec.norm.eps,
+            kv_type: self.kv_type,
         };
         weights
             .qk_norm

@@ -18,7 +18,7 @@ mod vocab;
 
 use pio_gguf::GgufFile;
 use pio_gpu::{
-    DeviceSampler, Dispatch, Embed, EmbedTable, Epilogue, Gpu, GpuBuffer, KvCache, Linear,
+    DeviceSampler, Dispatch, Embed, EmbedTable, Epilogue, Gpu, GpuBuffer, KvCache, KvShape, Linear,
     RopeTable, RowLayout, RowTile,
 };
 
@@ -27,7 +27,7 @@ use crate::forward::Forward;
 use crate::kv_pool::{blocks_for, BlockCopy};
 use crate::models::{self, ModelSpec};
 use crate::sampler::Sampler;
-use crate::storage::WeightStorage;
+use crate::storage::Storage;
 use crate::weights::ModelTensors;
 use graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step};
 use upload::LayerWeights;
@@ -123,23 +123,22 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
-    /// Reads the spec of `file` ([`models::describe`]) and runs it with the weights as stored:
-    /// see [`GpuModel::from_spec`].
+    /// Reads the spec of `file` ([`models::describe`]) and runs it with the weights as stored
+    /// and an f32 KV cache: see [`GpuModel::from_spec`].
     pub fn new(gpu: Gpu, file: &GgufFile, context: usize, max_batch: usize) -> Result<Self> {
         let spec = models::describe(file)?;
-        Self::from_spec(gpu, file, spec, WeightStorage::AsStored, context, max_batch)
+        Self::from_spec(gpu, file, spec, Storage::default(), context, max_batch)
     }
 
     /// Uploads the weights `spec` names in `file` to `gpu` (stored as `storage` says), compiles
-    /// every kernel, and
-    /// allocates a KV cache of `context` positions and activations for batches of up to
+    /// every kernel, and allocates a KV cache (of `storage.kv` values) of `context` positions and activations for batches of up to
     /// `max_batch` tokens. Fails with [`Error::UnsupportedFeature`] when the spec needs a
     /// kernel the runtime does not have.
     pub fn from_spec(
         gpu: Gpu,
         file: &GgufFile,
         spec: ModelSpec,
-        storage: WeightStorage,
+        storage: Storage,
         context: usize,
         max_batch: usize,
     ) -> Result<Self> {
@@ -168,6 +167,7 @@ impl GpuModel {
         let factory = KernelFactory {
             gpu: &gpu,
             spec: &spec,
+            kv_type: storage.kv,
         };
         let layers = t
             .layers
@@ -175,7 +175,7 @@ impl GpuModel {
             .zip(&spec.layers)
             .enumerate()
             .map(|(i, (l, layer))| {
-                let weights = LayerWeights::upload(&gpu, &spec, layer, l, storage)?;
+                let weights = LayerWeights::upload(&gpu, &spec, layer, l, storage.weights)?;
                 Ok(Layer {
                     decode: factory.layer(i, &weights, decode_tile)?,
                     prefill: factory.layer(i, &weights, prefill_tile)?,
@@ -191,14 +191,19 @@ impl GpuModel {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let token_embd =
-            VocabMatrix::upload(&gpu, storage, &t.token_embd, hp.vocab_size, hp.n_embd)?;
+        let token_embd = VocabMatrix::upload(
+            &gpu,
+            storage.weights,
+            &t.token_embd,
+            hp.vocab_size,
+            hp.n_embd,
+        )?;
         // A tied head reads the embedding table itself (same packed layout).
         let output = match t.tied_output {
             true => None,
             false => Some(VocabMatrix::upload(
                 &gpu,
-                storage,
+                storage.weights,
                 &t.output,
                 hp.vocab_size,
                 hp.n_embd,
@@ -245,7 +250,13 @@ impl GpuModel {
             .map(|r| Ok(RopeTable::new(&gpu, hd, f64::from(r.base), ctx)?))
             .collect::<Result<Vec<_>>>()?;
         let context_blocks = u(blocks_for(context));
-        let cache = KvCache::new(&gpu, u(hp.n_layer), context_blocks, nkv, hd)?;
+        let kv_shape = KvShape {
+            n_layers: u(hp.n_layer),
+            n_kv_heads: nkv,
+            head_dim: hd,
+            kv_type: storage.kv,
+        };
+        let cache = KvCache::new(&gpu, kv_shape, context_blocks)?;
         let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
         let acts = Activations {
             tokens: words("token ids", b)?,
@@ -457,13 +468,13 @@ impl GpuModel {
             let hp = &self.spec.hparams;
             let blocks = u32::try_from(n_blocks)
                 .map_err(|_| Error::InvalidParams(format!("{n_blocks} KV cache blocks")))?;
-            self.batch_cache = Some(KvCache::new(
-                &self.gpu,
-                hp.n_layer as u32,
-                blocks,
-                hp.n_head_kv as u32,
-                hp.head_dim as u32,
-            )?);
+            let shape = KvShape {
+                n_layers: hp.n_layer as u32,
+                n_kv_heads: hp.n_head_kv as u32,
+                head_dim: hp.head_dim as u32,
+                kv_type: self.cache.kv_type(),
+            };
+            self.batch_cache = Some(KvCache::new(&self.gpu, shape, blocks)?);
         }
         Ok(())
     }

@@ -53,6 +53,47 @@ fn tiny_random_model_matches_reference() {
     tiny_case(TinyConfig::default(), 8);
 }
 
+/// An f16 KV cache against the f32 reference, for Llama's and Gemma 3's spec (whose q/k norm
+/// reads and rewrites the stored keys): each key and value is rounded once (relative error
+/// ≤ 2⁻¹¹ ≈ 4.9e-4); a score moves by at most 2⁻¹¹·Σ|q·k| and an attention output by about
+/// 2⁻¹¹ relative plus its weights' change, and two layers pass it on through the residual.
+/// Normwise logit error ≤ 8·2⁻¹¹ ≈ 3.9e-3 allows each layer a few times the storage error; the
+/// f32 cache on the same models errs by < 1e-4, so the check would fail if the f16 cache were
+/// read or written at the wrong place (errors of order 1).
+#[test]
+fn f16_kv_cache_matches_reference_within_rounding() {
+    for (file, label) in [
+        (tiny_llama(&TinyConfig::default()), "llama"),
+        (
+            tiny_gemma3(&TinyConfig {
+                seed: 3,
+                ..TinyConfig::gemma3()
+            }),
+            "gemma3",
+        ),
+    ] {
+        let spec = models::describe(&file).unwrap();
+        let mut reference = ReferenceModel::from_spec(&file, spec.clone(), 64).unwrap();
+        let storage = Storage {
+            kv: pio_gpu::KvType::F16,
+            ..Storage::default()
+        };
+        let mut model = GpuModel::from_spec(test_gpu(), &file, spec, storage, 64, 8).unwrap();
+        let prompt: Vec<u32> = (0..21).map(|i| (i * 37 + 5) % 290).collect();
+        let (abs, rel) = check_against_reference(
+            &mut model,
+            &mut reference,
+            &prompt,
+            6,
+            &format!("{label} f16 KV"),
+        );
+        assert!(
+            rel < 8.0 * 2f64.powi(-11),
+            "{label}: max abs {abs}, rel {rel}"
+        );
+    }
+}
+
 #[test]
 fn tiny_tied_model_in_one_batch_matches_reference() {
     let cfg = TinyConfig {
@@ -112,7 +153,7 @@ fn per_layer_rope_bases_and_offset_norm_weights_match_reference() {
     spec.norm.weight = NormWeight::OnePlus;
     let mut reference = ReferenceModel::from_spec(&file, spec.clone(), 64).unwrap();
     let mut model =
-        GpuModel::from_spec(test_gpu(), &file, spec, WeightStorage::AsStored, 64, 8).unwrap();
+        GpuModel::from_spec(test_gpu(), &file, spec, Storage::default(), 64, 8).unwrap();
     assert_eq!(model.rope_tables.len(), 2);
     let prompt: Vec<u32> = (0..13).map(|i| (i * 41 + 3) % 290).collect();
     let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 3, "spec");
