@@ -22,7 +22,7 @@ use crate::{
     manifest::{Manifest, MANIFEST_FILE},
     shadow::ShadowDir,
     state::{PluginState, Transition},
-    types::{ActivateOptions, Capability, PluginMetadata},
+    types::{ActivateOptions, Capability, MemoryReport, PluginMetadata},
 };
 
 use super::{
@@ -53,6 +53,29 @@ pub(super) struct Entry {
     /// State and metadata as of the last release of `cell`, readable while a call holds it,
     /// so listings and health checks never wait for a generation.
     published: Mutex<Published>,
+    /// What the memory manager knows of this instance, readable while a call holds `cell`.
+    memory: Mutex<EntryMemory>,
+}
+
+/// The memory manager's view of one instance.
+#[derive(Debug, Clone, Default)]
+pub(super) struct EntryMemory {
+    /// Device bytes `estimate_memory` announced before the last activation.
+    pub estimate: Option<u64>,
+    /// The last `memory_report` (while active).
+    pub report: Option<MemoryReport>,
+    /// Deactivated by the memory manager (to make room, or idle past its keep-alive): the next
+    /// call that needs it activates it again.
+    pub swapped_out: bool,
+}
+
+impl EntryMemory {
+    /// The device bytes the instance is counted for while active: the larger of its estimate
+    /// and its last report.
+    pub fn reserved(&self) -> u64 {
+        let reported = self.report.as_ref().map_or(0, MemoryReport::device_bytes);
+        self.estimate.unwrap_or(0).max(reported)
+    }
 }
 
 /// What [`Entry::summary`] reports, copied out of the cell whenever its lock is released.
@@ -122,6 +145,7 @@ impl Entry {
             retiring: AtomicBool::new(false),
             open_sequences: Mutex::default(),
             activated_with: Mutex::default(),
+            memory: Mutex::default(),
             published: Mutex::new(Published {
                 state: state.clone(),
                 metadata: None,
@@ -184,6 +208,16 @@ impl Entry {
         lock_unpoisoned(&self.activated_with).clone()
     }
 
+    /// The memory manager's view of this instance.
+    pub fn memory(&self) -> EntryMemory {
+        lock_unpoisoned(&self.memory).clone()
+    }
+
+    /// Changes the memory manager's view of this instance.
+    pub fn update_memory(&self, change: impl FnOnce(&mut EntryMemory)) {
+        change(&mut lock_unpoisoned(&self.memory));
+    }
+
     /// Records batched sequence `id` opened on this instance.
     pub fn sequence_opened(&self, id: u64) {
         self.open_ids().insert(id);
@@ -213,6 +247,7 @@ impl Entry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let memory = self.memory();
         PluginSummary {
             id: self.id(),
             generation: self.generation,
@@ -222,6 +257,9 @@ impl Entry {
             metadata: published.metadata,
             retiring: self.is_retiring(),
             open_sequences: self.open_sequence_count(),
+            memory: memory.report,
+            estimate_bytes: memory.estimate,
+            swapped_out: memory.swapped_out,
         }
     }
 

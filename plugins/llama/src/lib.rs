@@ -21,8 +21,8 @@
 //! runs the same spec.
 
 pub mod batch;
-pub mod compress;
 pub mod bench;
+pub mod compress;
 pub mod engine;
 pub mod error;
 pub mod forward;

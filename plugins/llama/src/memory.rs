@@ -11,6 +11,8 @@
 //! available, so that an absurd `--ctx` is an error naming the numbers instead of an abort on
 //! a terabyte allocation.
 
+use pio_plugin_kit::{CategoryMemory, MemoryCategory};
+
 use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
 use crate::kv_pool::{blocks_for, KV_BLOCK_ROWS};
@@ -136,6 +138,47 @@ impl ModelSummary {
             host: one_rope_table.saturating_add(logits),
             largest_buffer,
         }
+    }
+}
+
+impl MemoryNeeds {
+    /// The needs by category, as the host's memory calls report them: weights; the KV cache
+    /// (the model's own single-sequence cache and the block pool, whose capacity and use —
+    /// `pool_used` bytes held or reserved by open sequences — are the pool's); activations
+    /// and scratch (with the RoPE tables, which are rebuilt with them); and `other_device` /
+    /// `other_host` bytes outside these (pipelines, staging, the tokenizer).
+    pub fn categories(
+        &self,
+        pool_used: u64,
+        other_device: u64,
+        other_host: u64,
+    ) -> Vec<CategoryMemory> {
+        vec![
+            CategoryMemory::new(MemoryCategory::Weights, self.weights, 0),
+            CategoryMemory {
+                capacity_bytes: self.batch_cache,
+                used_bytes: pool_used.min(self.batch_cache),
+                ..CategoryMemory::new(
+                    MemoryCategory::KvCache,
+                    self.kv_cache.saturating_add(self.batch_cache),
+                    0,
+                )
+            },
+            CategoryMemory::new(
+                MemoryCategory::Activations,
+                self.activations.saturating_add(self.rope_table),
+                self.host,
+            ),
+            CategoryMemory::new(MemoryCategory::Other, other_device, other_host),
+        ]
+    }
+}
+
+impl ModelSummary {
+    /// Device bytes of one block of the batched sequences' pool, all layers' K and V.
+    pub fn kv_block_bytes(&self) -> u64 {
+        let hp = &self.spec.hparams;
+        product(&[hp.kv_dim(), 4, KV_BLOCK_ROWS as usize, 2, hp.n_layer])
     }
 }
 
