@@ -63,7 +63,7 @@ struct Usage {
     leases: usize,
     /// When the last request ended, or the plugin was activated.
     last_used: Option<Instant>,
-    /// The keep-alive the last request that gave one asked for.
+    /// The keep-alive the latest request asked for (`None`: the configured one).
     keep_alive: Option<KeepAlive>,
     swaps: SwapStats,
 }
@@ -161,7 +161,8 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// A lease on `name`; a request's `keep_alive`, if given, becomes the plugin's from now on.
+    /// A lease on `name`. As in Ollama, the latest request decides how long the plugin stays
+    /// resident: its `keep_alive`, or the configured one when it gives none.
     pub(crate) fn new(
         residency: Arc<Residency>,
         name: &str,
@@ -171,9 +172,7 @@ impl Lease {
             let mut usage = lock(&residency.usage);
             let usage = usage.entry(name.to_owned()).or_default();
             usage.leases += 1;
-            if keep_alive.is_some() {
-                usage.keep_alive = keep_alive;
-            }
+            usage.keep_alive = keep_alive;
         }
         Self {
             residency,
@@ -207,16 +206,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leases_mark_a_plugin_busy_and_their_keep_alive_sticks() {
+    fn leases_mark_a_plugin_busy_and_the_latest_keep_alive_decides() {
         let residency = Arc::new(Residency::default());
         assert!(residency.is_idle("llama"));
         assert_eq!(residency.keep_alive("llama"), KeepAlive::Forever);
-        let first = Lease::new(
-            residency.clone(),
-            "llama",
-            Some(KeepAlive::For(Duration::ZERO)),
+        let zero = Some(KeepAlive::For(Duration::ZERO));
+        let first = Lease::new(residency.clone(), "llama", zero);
+        assert_eq!(
+            residency.keep_alive("llama"),
+            KeepAlive::For(Duration::ZERO)
         );
         let second = Lease::new(residency.clone(), "llama", None);
+        assert_eq!(residency.keep_alive("llama"), KeepAlive::Forever);
         assert!(!residency.is_idle("llama"));
         assert!(residency.is_idle("bert"));
         drop(first);
@@ -224,10 +225,6 @@ mod tests {
         assert!(residency.last_used("llama").is_some());
         drop(second);
         assert!(residency.is_idle("llama"));
-        assert_eq!(
-            residency.keep_alive("llama"),
-            KeepAlive::For(Duration::ZERO)
-        );
     }
 
     #[test]

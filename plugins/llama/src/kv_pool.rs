@@ -76,6 +76,11 @@ impl BlockTable {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// Whether it holds no position.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A copy-on-write: the first `rows` rows of block `from` go to block `to`.
@@ -504,6 +509,7 @@ mod tests {
         let again = open_and_fill(&mut pool, &prompt, 48, &mut copies).unwrap();
         assert!(copies.is_empty());
         assert_eq!(again.blocks().len(), 3);
+        assert!(!again.is_empty());
         pool.close(again);
         pool.close(open);
         assert_eq!(pool.drop_cached(), 5);
