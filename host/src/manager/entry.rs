@@ -67,12 +67,20 @@ pub(super) struct EntryMemory {
     /// Deactivated by the memory manager (to make room, or idle past its keep-alive): the next
     /// call that needs it activates it again.
     pub swapped_out: bool,
+    /// Counted against the budget: set when an activation succeeds, while the memory manager's
+    /// gate is still held, and cleared when the instance is deactivated or torn down. (The
+    /// published state changes only when the entry's lock is released, after the gate: another
+    /// activation reading it could miss an instance just activated.)
+    pub resident: bool,
 }
 
 impl EntryMemory {
     /// The device bytes the instance is counted for while active: the larger of its estimate
     /// and its last report.
     pub fn reserved(&self) -> u64 {
+        if !self.resident {
+            return 0;
+        }
         let reported = self.report.as_ref().map_or(0, MemoryReport::device_bytes);
         self.estimate.unwrap_or(0).max(reported)
     }
@@ -401,6 +409,10 @@ impl Entry {
         if cell.instance.take().is_some() {
             crate::heap::release_freed_memory();
         }
+        self.update_memory(|m| {
+            m.resident = false;
+            m.report = None;
+        });
         if !matches!(cell.state, PluginState::Failed(_)) {
             cell.state = PluginState::Inactive;
         }

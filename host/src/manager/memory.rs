@@ -54,7 +54,6 @@ impl PluginManager {
     pub fn resident_bytes(&self) -> u64 {
         read(&self.entries)
             .values()
-            .filter(|e| e.summary().state == PluginState::Active)
             .map(|e| e.memory().reserved())
             .sum()
     }
@@ -195,6 +194,7 @@ impl PluginManager {
         entry.update_memory(|m| {
             m.estimate = need;
             m.report = None;
+            m.resident = false;
         });
         let need = need.unwrap_or(0);
         if need > budget {
@@ -241,7 +241,7 @@ impl PluginManager {
     fn resident_except(&self, number: u64) -> Vec<Resident<Arc<Entry>>> {
         read(&self.entries)
             .values()
-            .filter(|e| e.number != number && e.summary().state == PluginState::Active)
+            .filter(|e| e.number != number && e.memory().resident)
             .map(|e| Resident {
                 key: e.clone(),
                 bytes: e.memory().reserved(),
@@ -267,6 +267,7 @@ impl PluginManager {
         entry.update_memory(|m| {
             m.report = None;
             m.swapped_out = true;
+            m.resident = false;
         });
         crate::heap::release_freed_memory();
         self.residency.swapped_out(entry.name());

@@ -345,7 +345,10 @@ impl PluginManager {
         entry.call(cell, "activate", |i| i.activate(&abi_options))?;
         entry.activated(options);
         cell.state = PluginState::Active;
-        entry.update_memory(|m| m.swapped_out = false);
+        entry.update_memory(|m| {
+            m.swapped_out = false;
+            m.resident = true;
+        });
         self.residency.touch(entry.name());
         self.refresh_memory(entry, cell);
         tracing::info!(plugin = %entry.id(), generation = entry.generation, "activated");
@@ -362,6 +365,7 @@ impl PluginManager {
         entry.update_memory(|m| {
             m.report = None;
             m.swapped_out = false;
+            m.resident = false;
         });
         Ok(())
     }
