@@ -65,7 +65,8 @@ pub(super) struct EntryMemory {
     /// The last `memory_report` (while active).
     pub report: Option<MemoryReport>,
     /// Deactivated by the memory manager (to make room, or idle past its keep-alive): the next
-    /// call that needs it activates it again.
+    /// call that needs it activates it again. Cleared only by a deactivation or tear-down that
+    /// is not the memory manager's; listings report it while the state is `inactive`.
     pub swapped_out: bool,
     /// Counted against the budget: set when an activation succeeds, while the memory manager's
     /// gate is still held, and cleared when the instance is deactivated or torn down. (The
@@ -256,6 +257,7 @@ impl Entry {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let memory = self.memory();
+        let swapped_out = memory.swapped_out && published.state == PluginState::Inactive;
         PluginSummary {
             id: self.id(),
             generation: self.generation,
@@ -265,9 +267,9 @@ impl Entry {
             metadata: published.metadata,
             retiring: self.is_retiring(),
             open_sequences: self.open_sequence_count(),
+            swapped_out,
             memory: memory.report,
             estimate_bytes: memory.estimate,
-            swapped_out: memory.swapped_out,
         }
     }
 
@@ -411,6 +413,7 @@ impl Entry {
         }
         self.update_memory(|m| {
             m.resident = false;
+            m.swapped_out = false;
             m.report = None;
         });
         if !matches!(cell.state, PluginState::Failed(_)) {

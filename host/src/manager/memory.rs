@@ -276,15 +276,26 @@ impl PluginManager {
     }
 
     /// Asks an active `entry` for its memory report and keeps it; a plugin that reports
-    /// nothing keeps none.
+    /// nothing keeps none. Like [`stats`](Self::stats), a failure here changes nothing else: a
+    /// worker that is down is not counted as a crashed call.
     pub(super) fn refresh_memory(&self, entry: &Entry, cell: &mut Cell) {
         if cell.state != PluginState::Active {
             return;
         }
-        let report = entry
-            .call(cell, "memory_report", Instance::memory_report)
-            .ok()
+        let report = cell
+            .instance
+            .as_mut()
+            .and_then(|instance| instance.memory_report().ok())
             .map(MemoryReport::from);
         entry.update_memory(|m| m.report = report);
+    }
+
+    /// Re-reads the memory report of the plugin `reference` names, for listings, `/metrics`
+    /// and the budget (see `refresh_memory`); the server's scheduler calls it after every job.
+    pub fn refresh_memory_report(&self, reference: &str) {
+        if let Ok(entry) = self.resolve_entry(reference) {
+            let mut cell = entry.lock();
+            self.refresh_memory(&entry, &mut cell);
+        }
     }
 }

@@ -345,10 +345,10 @@ impl PluginManager {
         entry.call(cell, "activate", |i| i.activate(&abi_options))?;
         entry.activated(options);
         cell.state = PluginState::Active;
-        entry.update_memory(|m| {
-            m.swapped_out = false;
-            m.resident = true;
-        });
+        // `swapped_out` stays set: listings read it with the published state, which says
+        // `active` only once the lock is released (until then the plugin must still look
+        // available to admission).
+        entry.update_memory(|m| m.resident = true);
         self.residency.touch(entry.name());
         self.refresh_memory(entry, cell);
         tracing::info!(plugin = %entry.id(), generation = entry.generation, "activated");

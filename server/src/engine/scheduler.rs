@@ -197,8 +197,7 @@ impl Scheduler {
     pub(super) fn refresh_stats(&self) {
         let stats = self.manager.stats(&self.name).ok();
         *super::lock(&self.state.stats) = stats;
-        // A plugin without memory reports (an older API) keeps none: not an error here.
-        let _ = self.manager.memory_report(&self.name);
+        self.manager.refresh_memory_report(&self.name);
     }
 
     /// Runs one sequence of an unbatched plugin to its end, streaming its text to `events`,
