@@ -87,6 +87,31 @@ fn pack_check_list_run_and_refuse() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "desserts");
 
+    // The memory estimate before activation, the report after, by category.
+    let (ok, out, err) = pio(
+        &cache,
+        &[
+            "plugins",
+            "info",
+            "example",
+            "--activate",
+            "--dir",
+            plugins.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    for line in [
+        "estimate:     device 0 B",
+        "memory:       device 0 B",
+        "  kv_cache    device 0 B",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from\n{out}");
+    }
+    assert!(
+        out.contains("compression:  none (tensors as loaded)"),
+        "{out}"
+    );
+
     // Tamper with the library: check refuses with the reason and a non-zero exit.
     let lib_in_folder = folder.join("libpio_plugin_example.so");
     let mut bytes = std::fs::read(&lib_in_folder).unwrap();

@@ -1,7 +1,7 @@
 //! API compatibility: plugins built against the plugin API as released (0.1.0, frozen in
-//! `tests/fixtures/api-0.1.0`) load and serve in today's host, which has appended calls since
-//! (loaded through the host's frozen 0.1.0 layout; the appended calls answer unsupported); so
-//! do plugins built against the
+//! `tests/fixtures/api-0.1.0`, and 0.1.1 in `tests/fixtures/api-0.1.1`) load and serve in
+//! today's host, which has appended calls since (loaded through the host's frozen layout of
+//! their version; the appended calls answer unsupported); so do plugins built against the
 //! next compatible release (one appended root-module function); plugins of the next
 //! incompatible release are refused — from the manifest before any code runs, and by the
 //! library's own version check when a manifest lies about it.
@@ -93,6 +93,45 @@ fn a_plugin_built_against_the_released_api_loads_and_serves() {
         error.contains("built against pio-plugin-api 0.1.0, which lacks them"),
         "{error}"
     );
+}
+
+#[test]
+fn a_plugin_built_against_api_0_1_1_serves_its_calls_and_lacks_only_the_memory_calls() {
+    let host = Host::new();
+    let (folder, manifest) = host.pack(&frozen_api_plugin(ApiRelease::V0_1_1), "v0.1.1");
+    assert_eq!(manifest.plugin_api.to_string(), "0.1.1");
+    // Under a memory budget it still activates: it estimates nothing, so it counts for its
+    // reports alone (none).
+    host.manager.set_memory_policy(pio_host::MemoryPolicy {
+        budget: Some(1 << 20),
+        ..pio_host::MemoryPolicy::default()
+    });
+    assert_eq!(host.serve(&folder, "stressed"), "desserts");
+    // A call 0.1.1 appended reaches the plugin.
+    let scored = host
+        .manager
+        .score("compat", &Prompt::Text("ab".into()), 0)
+        .unwrap()
+        .response;
+    assert_eq!(scored.len(), 2);
+    assert!(scored[0].chosen.logprob.is_nan() && scored[1].chosen.logprob == 0.0);
+    // The calls 0.1.2 appended are answered by the host, naming the plugin's API version.
+    let error = host
+        .manager
+        .memory_report("compat")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("memory reports: the plugin was built against pio-plugin-api 0.1.1"),
+        "{error}"
+    );
+    let error = host
+        .manager
+        .force_memory_cleanup("compat")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("pio-plugin-api 0.1.1"), "{error}");
+    assert_eq!(host.manager.info("compat").unwrap().estimate_bytes, None);
 }
 
 #[test]

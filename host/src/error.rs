@@ -62,6 +62,16 @@ pub enum HostError {
         /// How it escapes.
         reason: String,
     },
+    /// A plugin needs more device memory than the whole memory budget: no swapping makes room.
+    #[error("plugin '{plugin}' needs {} of device memory to activate, more than the whole memory budget of {}; raise the budget (memory_budget, PIO_MEMORY_BUDGET, --memory-budget) or compress the model", crate::memory::format_size(*.need), crate::memory::format_size(*.budget))]
+    OverBudget {
+        /// The plugin.
+        plugin: String,
+        /// Its estimate, in bytes.
+        need: u64,
+        /// The budget, in bytes.
+        budget: u64,
+    },
     /// Plugin and host versions do not fit together.
     #[error("plugin '{plugin}' {version} {reason}")]
     Incompatible {

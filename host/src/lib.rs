@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod loader;
 pub mod manager;
 pub mod manifest;
+pub mod memory;
 pub mod object;
 pub mod pack;
 pub mod paths;
@@ -29,11 +30,14 @@ pub mod watch;
 pub use error::{HostError, HostResult};
 pub use manager::{DirectoryReport, PluginManager, PluginSummary, Served, Stuck, HOST_VERSION};
 pub use manifest::{validate_plugin_name, Manifest, ModelFile, MANIFEST_FILE};
+pub use memory::{KeepAlive, Lease, MemoryPolicy, SwapStats};
 pub use state::PluginState;
 pub use types::{
-    ActivateOptions, Capability, ChatMessage, ChatRequest, Constraint, DecodeOptions, EmbedRequest,
-    EmbedResponse, ErrorKind, FinishReason, GenerateRequest, GenerateResponse, GenerationParams,
-    Health, HealthStatus, ModelInfo, PluginError, PluginMetadata, PluginStats, PositionLogprobs,
-    Prompt, SequenceOpened, SequenceRequest, SequenceStep, StreamControl, Timings, TokenEvent,
-    TokenLogprob, MAX_TOP_LOGPROBS,
+    ActivateOptions, Capability, CategoryCompression, CategoryMemory, ChatMessage, ChatRequest,
+    CompressionReport, CompressionRequest, CompressionScope, Constraint, DecodeOptions,
+    EmbedRequest, EmbedResponse, ErrorKind, FinishReason, FreedMemory, GenerateRequest,
+    GenerateResponse, GenerationParams, Health, HealthStatus, MemoryCategory, MemoryFreed,
+    MemoryReport, ModelInfo, PluginError, PluginMetadata, PluginStats, PositionLogprobs, Prompt,
+    QualityChange, SequenceOpened, SequenceRequest, SequenceStep, StreamControl, Timings,
+    TokenEvent, TokenLogprob, MAX_TOP_LOGPROBS,
 };

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use pio_plugin_api::{abi::v0_1_0, PluginMetadata, PluginModRef};
+use pio_plugin_api::{
+    abi::{v0_1_0, v0_1_1},
+    PluginMetadata, PluginModRef,
+};
 
 use crate::{
     elf::check_shared_library,
@@ -115,9 +118,12 @@ fn open_library(plugin: &str, library: &Path, shadow_path: PathBuf) -> HostResul
     // an older minor has fewer vtable methods, which the current layout's check refuses).
     let module = match header.init_root_module::<PluginModRef>() {
         Ok(module) => PluginModule::Current(module),
-        Err(current) => match header.init_root_module::<v0_1_0::PluginModRef>() {
-            Ok(module) => PluginModule::V0_1_0(module),
-            Err(_) => return Err(fail(describe(&current))),
+        Err(current) => match header.init_root_module::<v0_1_1::PluginModRef>() {
+            Ok(module) => PluginModule::V0_1_1(module),
+            Err(_) => match header.init_root_module::<v0_1_0::PluginModRef>() {
+                Ok(module) => PluginModule::V0_1_0(module),
+                Err(_) => return Err(fail(describe(&current))),
+            },
         },
     };
     let json = module

@@ -1,15 +1,17 @@
 //! [`PluginObject`]: a plugin instance in whichever API layout its library was built with, and
 //! [`PluginModule`], the root module it comes from. The host reads the current layout first and
-//! falls back to the frozen earlier ones of its band (see `pio_plugin_api::abi::v0_1_0`); calls
+//! falls back to the frozen earlier ones of its band (see `pio_plugin_api::abi::v0_1_1` and
+//! `v0_1_0`); calls
 //! an older layout lacks answer [`ErrorKind::Unsupported`](pio_plugin_api::ErrorKind) naming the
 //! plugin's API version.
 
 use pio_plugin_api::{
-    abi::v0_1_0,
-    abi_stable::std_types::{RErr, RResult, RSlice, RStr, RString, RVec},
-    ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse, GenerateRequest,
-    GenerateResponse, Health, PluginError, PluginInstanceBox, PluginModRef, PluginStats,
-    PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep, TokenSinkRef,
+    abi::{v0_1_0, v0_1_1},
+    abi_stable::std_types::{RErr, ROption, RResult, RSlice, RStr, RString, RVec},
+    ActivateOptions, ChatRequest, CompressionReport, CompressionRequest, DecodeOptions,
+    EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse, Health, MemoryFreed,
+    MemoryReport, PluginError, PluginInstanceBox, PluginModRef, PluginStats, PositionLogprobs,
+    Prompt, SequenceOpened, SequenceRequest, SequenceStep, TokenSinkRef,
 };
 
 /// A library's root module, in the layout the library was built with.
@@ -17,6 +19,8 @@ use pio_plugin_api::{
 pub enum PluginModule {
     /// This host's API version.
     Current(PluginModRef),
+    /// `pio-plugin-api` 0.1.1.
+    V0_1_1(v0_1_1::PluginModRef),
     /// `pio-plugin-api` 0.1.0.
     V0_1_0(v0_1_0::PluginModRef),
 }
@@ -26,6 +30,7 @@ impl PluginModule {
     pub fn metadata_json(&self) -> RResult<RString, PluginError> {
         match self {
             Self::Current(module) => (module.metadata_json())(),
+            Self::V0_1_1(module) => (module.metadata_json())(),
             Self::V0_1_0(module) => (module.metadata_json())(),
         }
     }
@@ -36,6 +41,9 @@ impl PluginModule {
             Self::Current(module) => (module.new_instance())()
                 .into_result()
                 .map(PluginObject::Current),
+            Self::V0_1_1(module) => (module.new_instance())()
+                .into_result()
+                .map(PluginObject::V0_1_1),
             Self::V0_1_0(module) => (module.new_instance())()
                 .into_result()
                 .map(PluginObject::V0_1_0),
@@ -47,16 +55,41 @@ impl PluginModule {
 pub enum PluginObject {
     /// This host's API version.
     Current(PluginInstanceBox),
+    /// `pio-plugin-api` 0.1.1.
+    V0_1_1(v0_1_1::PluginInstanceBox),
     /// `pio-plugin-api` 0.1.0.
     V0_1_0(v0_1_0::PluginInstanceBox),
 }
 
-/// Runs the same call on the instance whatever its layout (the 0.1.0 methods exist in both).
+/// Runs the same call on the instance whatever its layout (the 0.1.0 methods exist in all).
 macro_rules! on_any_layout {
     ($object:expr, $instance:ident => $call:expr) => {
         match $object {
             PluginObject::Current($instance) => $call,
+            PluginObject::V0_1_1($instance) => $call,
             PluginObject::V0_1_0($instance) => $call,
+        }
+    };
+}
+
+/// Runs a call of API 0.1.1 on a layout that has it; 0.1.0 answers unsupported.
+macro_rules! since_0_1_1 {
+    ($object:expr, $what:expr, $instance:ident => $call:expr) => {
+        match $object {
+            PluginObject::Current($instance) => $call,
+            PluginObject::V0_1_1($instance) => $call,
+            PluginObject::V0_1_0(_) => too_old($what, "0.1.0"),
+        }
+    };
+}
+
+/// Runs a call of API 0.1.2 on a layout that has it; older ones answer unsupported.
+macro_rules! since_0_1_2 {
+    ($object:expr, $what:expr, $instance:ident => $call:expr) => {
+        match $object {
+            PluginObject::Current($instance) => $call,
+            PluginObject::V0_1_1(_) => too_old($what, "0.1.1"),
+            PluginObject::V0_1_0(_) => too_old($what, "0.1.0"),
         }
     };
 }
@@ -153,17 +186,13 @@ impl PluginObject {
         request: &SequenceRequest,
         options: &DecodeOptions,
     ) -> RResult<SequenceOpened, PluginError> {
-        match self {
-            Self::Current(i) => i.open_sequence_with(request, options),
-            Self::V0_1_0(_) => too_old("log-probabilities and constrained decoding", "0.1.0"),
-        }
+        since_0_1_1!(self, "log-probabilities and constrained decoding", i => {
+            i.open_sequence_with(request, options)
+        })
     }
 
     pub fn sequence_logprobs(&mut self, id: u64) -> RResult<RVec<PositionLogprobs>, PluginError> {
-        match self {
-            Self::Current(i) => i.sequence_logprobs(id),
-            Self::V0_1_0(_) => too_old("log-probabilities", "0.1.0"),
-        }
+        since_0_1_1!(self, "log-probabilities", i => i.sequence_logprobs(id))
     }
 
     pub fn score(
@@ -171,9 +200,32 @@ impl PluginObject {
         prompt: &Prompt,
         top: u32,
     ) -> RResult<RVec<PositionLogprobs>, PluginError> {
-        match self {
-            Self::Current(i) => i.score(prompt, top),
-            Self::V0_1_0(_) => too_old("prompt log-probabilities", "0.1.0"),
-        }
+        since_0_1_1!(self, "prompt log-probabilities", i => i.score(prompt, top))
+    }
+
+    pub fn memory_report(&mut self) -> RResult<MemoryReport, PluginError> {
+        since_0_1_2!(self, "memory reports", i => i.memory_report())
+    }
+
+    pub fn estimate_memory(
+        &mut self,
+        options: &ActivateOptions,
+    ) -> RResult<MemoryReport, PluginError> {
+        since_0_1_2!(self, "memory estimates", i => i.estimate_memory(options))
+    }
+
+    pub fn force_memory_cleanup(&mut self) -> RResult<MemoryFreed, PluginError> {
+        since_0_1_2!(self, "memory cleanup", i => i.force_memory_cleanup())
+    }
+
+    pub fn compress(
+        &mut self,
+        request: &CompressionRequest,
+    ) -> RResult<CompressionReport, PluginError> {
+        since_0_1_2!(self, "compression", i => i.compress(request))
+    }
+
+    pub fn compression_stats(&mut self) -> RResult<ROption<CompressionReport>, PluginError> {
+        since_0_1_2!(self, "compression", i => i.compression_stats())
     }
 }

@@ -9,7 +9,8 @@
 //! A type gets a plain counterpart here when the ABI version holds `abi_stable` containers.
 //! Types that hold only numbers and field-less enums are already plain Rust and are re-exported
 //! as they are ([`ErrorKind`], [`FinishReason`], [`StreamControl`], [`HealthStatus`],
-//! [`SequenceOpened`], [`Timings`]), as is [`PluginMetadata`], which crosses the ABI as JSON and
+//! [`SequenceOpened`], [`Timings`], [`MemoryCategory`], [`CategoryMemory`], [`FreedMemory`],
+//! [`CompressionScope`], [`CategoryCompression`]), as is [`PluginMetadata`], which crosses the ABI as JSON and
 //! is plain Rust on both sides.
 
 use std::fmt;
@@ -17,7 +18,8 @@ use std::fmt;
 use pio_plugin_api as abi;
 
 pub use abi::{
-    Capability, ErrorKind, FinishReason, HealthStatus, ModelInfo, PluginMetadata, SequenceOpened,
+    Capability, CategoryCompression, CategoryMemory, CompressionScope, ErrorKind, FinishReason,
+    FreedMemory, HealthStatus, MemoryCategory, ModelInfo, PluginMetadata, SequenceOpened,
     StreamControl, Timings, MAX_TOP_LOGPROBS,
 };
 
@@ -261,6 +263,85 @@ pub struct PluginStats {
 }
 
 /// A health report: a status and a reason.
+/// A plugin's memory by category: what it holds, or (from `estimate_memory`) what activating
+/// would allocate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// One entry per category, each at most once.
+    pub categories: Vec<CategoryMemory>,
+}
+
+impl MemoryReport {
+    /// Device bytes of every category together.
+    pub fn device_bytes(&self) -> u64 {
+        self.categories.iter().map(|c| c.device_bytes).sum()
+    }
+
+    /// Host bytes of every category together.
+    pub fn host_bytes(&self) -> u64 {
+        self.categories.iter().map(|c| c.host_bytes).sum()
+    }
+
+    /// The entry of `category`, if the plugin reported one.
+    pub fn category(&self, category: MemoryCategory) -> Option<&CategoryMemory> {
+        self.categories.iter().find(|c| c.category == category)
+    }
+}
+
+/// What a forced cleanup freed, by category.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryFreed {
+    /// One entry per category something was freed in.
+    pub categories: Vec<FreedMemory>,
+}
+
+impl MemoryFreed {
+    /// Device bytes freed in every category together.
+    pub fn device_bytes(&self) -> u64 {
+        self.categories.iter().map(|c| c.device_bytes).sum()
+    }
+}
+
+/// A request to store some of a plugin's tensors in another format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressionRequest {
+    /// What to compress.
+    pub scope: CompressionScope,
+    /// The target format by name (`f16`, `q8_0`, ...).
+    pub format: String,
+}
+
+/// A quality measure before and after a compression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityChange {
+    /// What was measured (`perplexity`, `cosine`, ...).
+    pub metric: String,
+    /// The value before.
+    pub before: f64,
+    /// The value after.
+    pub after: f64,
+}
+
+/// How a plugin's tensors are compressed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressionReport {
+    /// The method.
+    pub method: String,
+    /// Bytes before and after, per category.
+    pub categories: Vec<CategoryCompression>,
+    /// The measured quality change, if any.
+    pub quality: Option<QualityChange>,
+}
+
+impl CompressionReport {
+    /// Bytes after over bytes before, over every category; `None` when nothing was measured.
+    pub fn ratio(&self) -> Option<f64> {
+        let before: u64 = self.categories.iter().map(|c| c.bytes_before).sum();
+        let after: u64 = self.categories.iter().map(|c| c.bytes_after).sum();
+        (before > 0).then(|| after as f64 / before as f64)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     /// The status.
@@ -485,6 +566,45 @@ impl From<abi::PluginStats> for PluginStats {
             requests: stats.requests,
             tokens: stats.tokens,
             details_json: stats.details_json.into(),
+        }
+    }
+}
+
+impl From<&CompressionRequest> for abi::CompressionRequest {
+    fn from(request: &CompressionRequest) -> Self {
+        Self {
+            scope: request.scope,
+            format: request.format.as_str().into(),
+        }
+    }
+}
+
+impl From<abi::MemoryReport> for MemoryReport {
+    fn from(report: abi::MemoryReport) -> Self {
+        Self {
+            categories: report.categories.into_vec(),
+        }
+    }
+}
+
+impl From<abi::MemoryFreed> for MemoryFreed {
+    fn from(freed: abi::MemoryFreed) -> Self {
+        Self {
+            categories: freed.categories.into_vec(),
+        }
+    }
+}
+
+impl From<abi::CompressionReport> for CompressionReport {
+    fn from(report: abi::CompressionReport) -> Self {
+        Self {
+            method: report.method.into_string(),
+            categories: report.categories.into_vec(),
+            quality: report.quality.into_option().map(|q| QualityChange {
+                metric: q.metric.into_string(),
+                before: q.before,
+                after: q.after,
+            }),
         }
     }
 }

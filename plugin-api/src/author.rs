@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use abi_stable::{
     prefix_type::WithMetadata,
     sabi_trait::TD_Opaque,
-    std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec},
+    std_types::{RErr, ROk, ROption, RResult, RSlice, RStr, RString, RVec},
 };
 
 use crate::abi::{
@@ -14,10 +14,11 @@ use crate::abi::{
     TokenSink_TO,
 };
 use crate::{
-    ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse, ErrorKind,
-    GenerateRequest, GenerateResponse, Health, HealthStatus, PluginError, PluginMetadata,
-    PluginResult, PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest,
-    SequenceStep, StreamControl, TokenEvent,
+    ActivateOptions, ChatRequest, CompressionReport, CompressionRequest, DecodeOptions,
+    EmbedRequest, EmbedResponse, ErrorKind, GenerateRequest, GenerateResponse, Health,
+    HealthStatus, MemoryFreed, MemoryReport, PluginError, PluginMetadata, PluginResult,
+    PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep,
+    StreamControl, TokenEvent,
 };
 
 /// A plugin, written as plain Rust. [`export_plugin!`](crate::export_plugin) turns it into a
@@ -144,6 +145,34 @@ pub trait Plugin: Send + Sized + 'static {
     fn score(&mut self, prompt: &Prompt, top: u32) -> PluginResult<Vec<PositionLogprobs>> {
         let _ = (prompt, top);
         Err(unsupported("prompt log-probabilities"))
+    }
+
+    /// The memory the instance holds now, by category.
+    fn memory_report(&mut self) -> PluginResult<MemoryReport> {
+        Err(unsupported("memory reports"))
+    }
+
+    /// What activating with `options` would allocate, by category, computed without
+    /// allocating.
+    fn estimate_memory(&mut self, options: &ActivateOptions) -> PluginResult<MemoryReport> {
+        let _ = options;
+        Err(unsupported("memory estimates"))
+    }
+
+    /// Drops what can be rebuilt and reports what was freed.
+    fn force_memory_cleanup(&mut self) -> PluginResult<MemoryFreed> {
+        Err(unsupported("memory cleanup"))
+    }
+
+    /// Stores the tensors of `request.scope` in `request.format`.
+    fn compress(&mut self, request: &CompressionRequest) -> PluginResult<CompressionReport> {
+        let _ = request;
+        Err(unsupported("compression"))
+    }
+
+    /// How the tensors are compressed now (`None`: as loaded).
+    fn compression_stats(&mut self) -> PluginResult<Option<CompressionReport>> {
+        Err(unsupported("compression"))
     }
 }
 
@@ -356,6 +385,31 @@ impl<P: Plugin> PluginInstance for Exported<P> {
         })
     }
 
+    fn memory_report(&mut self) -> RResult<MemoryReport, PluginError> {
+        self.call("memory_report", |p| p.memory_report())
+    }
+
+    fn estimate_memory(&mut self, options: &ActivateOptions) -> RResult<MemoryReport, PluginError> {
+        self.call("estimate_memory", |p| p.estimate_memory(options))
+    }
+
+    fn force_memory_cleanup(&mut self) -> RResult<MemoryFreed, PluginError> {
+        self.call("force_memory_cleanup", |p| p.force_memory_cleanup())
+    }
+
+    fn compress(
+        &mut self,
+        request: &CompressionRequest,
+    ) -> RResult<CompressionReport, PluginError> {
+        self.call("compress", |p| p.compress(request))
+    }
+
+    fn compression_stats(&mut self) -> RResult<ROption<CompressionReport>, PluginError> {
+        self.call("compression_stats", |p| {
+            p.compression_stats().map(ROption::from)
+        })
+    }
+
     fn stats(&self) -> PluginStats {
         match &self.plugin {
             Some(plugin) => catch_unwind(AssertUnwindSafe(|| plugin.stats())).unwrap_or_default(),
@@ -522,6 +576,40 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.kind, ErrorKind::Panic);
         assert!(error.message.contains("stepping [1, 2]"), "{error:?}");
+    }
+
+    #[test]
+    fn memory_and_compression_calls_default_to_unsupported() {
+        let mut exported = Exported {
+            plugin: Some(Minimal),
+            panicked_in: None,
+        };
+        let error = exported.memory_report().unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Unsupported);
+        assert!(error.message.contains("memory reports"), "{error:?}");
+        assert_eq!(
+            exported
+                .estimate_memory(&ActivateOptions::default())
+                .unwrap_err()
+                .kind,
+            ErrorKind::Unsupported
+        );
+        assert_eq!(
+            exported.force_memory_cleanup().unwrap_err().kind,
+            ErrorKind::Unsupported
+        );
+        let request = CompressionRequest {
+            scope: crate::CompressionScope::Weights,
+            format: "q8_0".into(),
+        };
+        assert_eq!(
+            exported.compress(&request).unwrap_err().kind,
+            ErrorKind::Unsupported
+        );
+        assert_eq!(
+            exported.compression_stats().unwrap_err().kind,
+            ErrorKind::Unsupported
+        );
     }
 
     #[test]

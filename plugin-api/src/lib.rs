@@ -67,7 +67,7 @@
 //!   default), new metadata JSON fields (a missing one takes its default). A host loads a
 //!   plugin built against a *newer* version of its band (it ignores what it does not know),
 //!   and one built against an *older* version of its band through a frozen copy of that
-//!   version's layout ([`abi::v0_1_0`]: `abi_stable`'s layout check refuses a library with
+//!   version's layout ([`abi::v0_1_0`], [`abi::v0_1_1`]: `abi_stable`'s layout check refuses a library with
 //!   fewer vtable methods than the host's type, so every release that appends keeps the
 //!   previous layout frozen); the calls the older layout lacks answer
 //!   [`ErrorKind::Unsupported`] naming the plugin's API version.
@@ -88,6 +88,7 @@
 pub mod abi;
 mod author;
 mod error;
+mod memory;
 mod metadata;
 mod request;
 mod response;
@@ -95,6 +96,10 @@ mod response;
 pub use abi::{PluginInstance, PluginInstanceBox, PluginModRef, TokenSinkRef};
 pub use author::{root_module, FnSink, Plugin, TokenStream};
 pub use error::{ErrorKind, PluginError, PluginResult};
+pub use memory::{
+    CategoryCompression, CategoryMemory, CompressionReport, CompressionRequest, CompressionScope,
+    FreedMemory, MemoryCategory, MemoryFreed, MemoryReport, QualityChange,
+};
 pub use metadata::{validate_plugin_name, Capability, ModelInfo, PluginMetadata};
 pub use request::{
     ActivateOptions, ChatMessage, ChatRequest, Constraint, DecodeOptions, EmbedRequest,

@@ -2,8 +2,8 @@
 //! [`Plugin`]: the lifecycle, `embed`, `tokenize` / `detokenize`, `infer` and the stats.
 
 use pio_plugin_api::{
-    ActivateOptions, EmbedRequest, EmbedResponse, Health, Plugin, PluginMetadata, PluginResult,
-    PluginStats,
+    ActivateOptions, CompressionReport, CompressionRequest, EmbedRequest, EmbedResponse, Health,
+    MemoryFreed, MemoryReport, Plugin, PluginMetadata, PluginResult, PluginStats,
 };
 
 use crate::{lifecycle::Lifecycle, Model};
@@ -62,6 +62,26 @@ impl<M: Model> Plugin for EmbeddingPlugin<M> {
     fn health(&self) -> Health {
         self.lifecycle.health()
     }
+
+    fn memory_report(&mut self) -> PluginResult<MemoryReport> {
+        self.lifecycle.memory_report()
+    }
+
+    fn estimate_memory(&mut self, options: &ActivateOptions) -> PluginResult<MemoryReport> {
+        self.lifecycle.estimate_memory(options)
+    }
+
+    fn force_memory_cleanup(&mut self) -> PluginResult<MemoryFreed> {
+        self.lifecycle.force_memory_cleanup()
+    }
+
+    fn compress(&mut self, request: &CompressionRequest) -> PluginResult<CompressionReport> {
+        self.lifecycle.compress(request)
+    }
+
+    fn compression_stats(&mut self) -> PluginResult<Option<CompressionReport>> {
+        self.lifecycle.compression_stats()
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +121,36 @@ mod tests {
                 prompt_tokens: texts.iter().map(|t| count(t, |_| true) as u32).sum(),
             })
         }
+    }
+
+    #[test]
+    fn a_model_without_memory_hooks_reports_nothing_and_refuses_compression() {
+        let mut plugin = EmbeddingPlugin::<Counts>::new().unwrap();
+        let options = ActivateOptions::default();
+        let error = plugin.estimate_memory(&options).unwrap_err();
+        assert!(error.message.contains("not initialized"), "{error:?}");
+        plugin.initialize(json!({})).unwrap();
+        assert!(plugin
+            .estimate_memory(&options)
+            .unwrap()
+            .categories
+            .is_empty());
+        assert!(plugin.memory_report().unwrap().categories.is_empty());
+        plugin.activate(&options).unwrap();
+        assert!(plugin.memory_report().unwrap().categories.is_empty());
+        assert!(plugin.force_memory_cleanup().unwrap().categories.is_empty());
+        assert_eq!(plugin.compression_stats().unwrap(), None);
+        let request = pio_plugin_api::CompressionRequest {
+            scope: pio_plugin_api::CompressionScope::Weights,
+            format: "q8_0".into(),
+        };
+        let error = plugin.compress(&request).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::InvalidInput);
+        assert!(
+            error.message.contains("cannot compress weights to 'q8_0'")
+                && error.message.contains("supports no compression"),
+            "{error:?}"
+        );
     }
 
     #[test]

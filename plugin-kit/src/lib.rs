@@ -112,6 +112,7 @@ mod embedding;
 mod guide;
 mod lifecycle;
 mod logprobs;
+mod memory;
 mod metadata;
 mod model;
 mod sequences;
@@ -122,6 +123,7 @@ mod tokenizer;
 pub use config::{parse_config, Config, NoConfig};
 pub use embedding::EmbeddingPlugin;
 pub use logprobs::{Logprobs, TokenSet};
+pub use memory::{Compression, Freed, MemoryUse, QualityChange};
 pub use metadata::{default_host_range, Metadata};
 pub use model::{
     Activation, Embeddings, Message, Model, ModelStats, Next, Sampled, Sampling, SequenceParams,
@@ -134,7 +136,8 @@ pub use tokenizer::{CharTokenizer, Decoder, Tokenizer};
 /// The stable ABI crate, for what the kit does not wrap.
 pub use pio_plugin_api as api;
 pub use pio_plugin_api::{
-    export_plugin, Capability, ErrorKind, FinishReason, ModelInfo, PluginError, PluginMetadata,
+    export_plugin, Capability, CategoryCompression, CategoryMemory, CompressionScope, ErrorKind,
+    FinishReason, FreedMemory, MemoryCategory, ModelInfo, PluginError, PluginMetadata,
     PluginResult,
 };
 

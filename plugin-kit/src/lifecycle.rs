@@ -125,6 +125,16 @@ impl<M: Model, S: Default> Lifecycle<M, S> {
         };
     }
 
+    /// The configuration and plugin folder, once initialized (active or not).
+    pub(crate) fn configured(&self) -> PluginResult<(&M::Config, Option<&PathBuf>)> {
+        match &self.state {
+            State::Initialized(configured) | State::Active(configured, _) => {
+                Ok((&configured.config, configured.plugin_dir.as_ref()))
+            }
+            State::Created => Err(PluginError::invalid_input("the plugin is not initialized")),
+        }
+    }
+
     /// The active model, or the error every call needing one answers.
     pub(crate) fn active(&mut self) -> PluginResult<&mut Active<M, S>> {
         match &mut self.state {

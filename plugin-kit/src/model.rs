@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use pio_plugin_api::{
-    ActivateOptions, ChatMessage, GenerationParams, PluginError, PluginMetadata, PluginResult,
+    ActivateOptions, ChatMessage, CompressionScope, GenerationParams, PluginError, PluginMetadata,
+    PluginResult,
 };
 
-use crate::{Config, Logprobs, TokenSet, Tokenizer};
+use crate::{Compression, Config, Freed, Logprobs, MemoryUse, TokenSet, Tokenizer};
 
 /// An active model: the state `activate` builds from the configuration, dropped by
 /// `deactivate`. The kit holds the lifecycle (created → initialized → active, and back), so
@@ -51,6 +52,45 @@ pub trait Model: Sized + Send + 'static {
     fn embed(&mut self, texts: &[&str]) -> PluginResult<Embeddings> {
         let _ = texts;
         Err(unsupported("embed"))
+    }
+
+    /// The memory the model holds now, by category. The default reports nothing (an empty
+    /// report, not an error): the host then counts the model for its estimate alone.
+    fn memory_report(&self) -> MemoryUse {
+        MemoryUse::default()
+    }
+
+    /// What [`activate`](Model::activate) with `config` and `activation` would allocate, by
+    /// category, computed without allocating (the host checks its memory budget with it
+    /// before activating). The default estimates nothing.
+    fn estimate_memory(config: &Self::Config, activation: &Activation) -> PluginResult<MemoryUse> {
+        let _ = (config, activation);
+        Ok(MemoryUse::default())
+    }
+
+    /// Drops what can be rebuilt (caches of closed sequences, scratch) and reports what was
+    /// freed. The default frees nothing.
+    fn force_memory_cleanup(&mut self) -> Freed {
+        Freed::default()
+    }
+
+    /// The formats [`compress`](Model::compress) accepts for `scope`; the kit refuses any
+    /// other with this list. The default: none.
+    fn compression_formats(&self, scope: CompressionScope) -> &'static [&'static str] {
+        let _ = scope;
+        &[]
+    }
+
+    /// Stores the tensors of `scope` in `format` (one of
+    /// [`compression_formats`](Model::compression_formats)) and reports the change.
+    fn compress(&mut self, format: &str, scope: CompressionScope) -> PluginResult<Compression> {
+        let _ = (format, scope);
+        Err(unsupported("compression"))
+    }
+
+    /// How the tensors are compressed now; `None` (the default) when they are as loaded.
+    fn compression_stats(&self) -> Option<Compression> {
+        None
     }
 }
 

@@ -3,10 +3,11 @@
 //! `generate`, `chat` and batched sequences.
 
 use pio_plugin_api::{
-    ActivateOptions, Capability, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse,
-    GenerateRequest, GenerateResponse, GenerationParams, Health, Plugin, PluginError,
-    PluginMetadata, PluginResult, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
-    SequenceRequest, SequenceStep, StreamControl, TokenStream,
+    ActivateOptions, Capability, ChatRequest, CompressionReport, CompressionRequest, DecodeOptions,
+    EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse, GenerationParams, Health,
+    MemoryFreed, MemoryReport, Plugin, PluginError, PluginMetadata, PluginResult, PluginStats,
+    PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep, StreamControl,
+    TokenStream,
 };
 
 use crate::{
@@ -205,6 +206,26 @@ impl<M: TextModel> Plugin for TextPlugin<M> {
 
     fn health(&self) -> Health {
         self.lifecycle.health()
+    }
+
+    fn memory_report(&mut self) -> PluginResult<MemoryReport> {
+        self.lifecycle.memory_report()
+    }
+
+    fn estimate_memory(&mut self, options: &ActivateOptions) -> PluginResult<MemoryReport> {
+        self.lifecycle.estimate_memory(options)
+    }
+
+    fn force_memory_cleanup(&mut self) -> PluginResult<MemoryFreed> {
+        self.lifecycle.force_memory_cleanup()
+    }
+
+    fn compress(&mut self, request: &CompressionRequest) -> PluginResult<CompressionReport> {
+        self.lifecycle.compress(request)
+    }
+
+    fn compression_stats(&mut self) -> PluginResult<Option<CompressionReport>> {
+        self.lifecycle.compression_stats()
     }
 
     fn open_sequence(&mut self, request: &SequenceRequest) -> PluginResult<SequenceOpened> {

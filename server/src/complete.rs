@@ -16,7 +16,7 @@ use super::{
     engine::{Completion, EngineError, Sequence, SequenceEvent, SequenceHandle},
     error::ApiError,
     openai::{ChatCompletionRequest, Choice, CompletionRequest, Echo, Endpoint, ResponseMeta},
-    routes::{json_response, priority},
+    routes::{admit, json_response, priority},
     stream::{ChoiceEvents, CompletionStream},
     App,
 };
@@ -72,7 +72,10 @@ pub async fn chat(
         include_usage: sampling.include_usage(),
         logprobs: logprobs.is_some(),
     };
-    let priority = priority(sampling.priority, headers)?;
+    let priority = admit(
+        priority(sampling.priority, headers)?,
+        sampling.keep_alive.as_ref(),
+    )?;
     answer(app, shared, priority, planned).await
 }
 
@@ -85,7 +88,10 @@ pub async fn completion(
     let sampling = &request.sampling;
     let prompts = request.prompts()?;
     let logprobs = request.logprobs()?;
-    let priority = priority(sampling.priority, headers)?;
+    let priority = admit(
+        priority(sampling.priority, headers)?,
+        sampling.keep_alive.as_ref(),
+    )?;
     // `max_tokens: 0` with `echo` and `logprobs` scores the prompt alone (how evaluation
     // harnesses ask for a text's log-likelihood).
     let score_only = request.echo && logprobs.is_some() && sampling.asks_no_tokens();
@@ -147,7 +153,7 @@ fn reseeded(sequence: &Sequence, choice: u32) -> Sequence {
 async fn echo(
     app: &App,
     model: &str,
-    priority: super::engine::Priority,
+    priority: super::engine::Admit,
     prompt: &Prompt,
     logprobs: Option<u32>,
 ) -> Result<Echo, ApiError> {
@@ -211,7 +217,7 @@ fn refused_prompt(error: EngineError) -> ApiError {
 async fn answer(
     app: &App,
     request: Request<'_>,
-    priority: super::engine::Priority,
+    priority: super::engine::Admit,
     planned: Vec<Planned>,
 ) -> Result<Response, ApiError> {
     let mut started = Vec::with_capacity(planned.len());

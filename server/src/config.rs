@@ -3,11 +3,12 @@
 //! (flags > environment > file > profile > defaults), validated with errors that name the
 //! field and where its value came from.
 
-use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::Deserialize;
 
 use pio_host::isolation::{IsolationConfig, IsolationLayer};
+use pio_host::memory::{parse_size, KeepAlive, MemoryPolicy};
 
 /// A named bundle of queue and limit settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,9 @@ pub struct ServerConfig {
     pub connection: ConnectionLimits,
     /// Where plugins run (in this process or in worker processes) and the workers' limits.
     pub isolation: IsolationConfig,
+    /// The device-memory budget of all plugins together and how long idle plugins stay
+    /// resident (see `pio_host::memory`).
+    pub memory: MemoryPolicy,
 }
 
 /// Limits on client connections, so half-sent requests and idle connections do not pile up.
@@ -177,6 +181,15 @@ pub struct ConfigLayer {
     /// See [`ServerConfig::isolation`]; the TOML table `[isolation]`.
     #[serde(default)]
     pub isolation: IsolationLayer,
+    /// The memory budget of all plugins together: `"300MiB"`, `"1.5GB"` or bytes (see
+    /// [`MemoryPolicy::budget`]); none by default.
+    pub memory_budget: Option<String>,
+    /// How long a plugin stays resident after its last request: a duration (`"5m"`), seconds,
+    /// or negative for always (the default); a request's `keep_alive` overrides it.
+    pub keep_alive: Option<String>,
+    /// Per-plugin keep-alive, by plugin name; the TOML table `[plugin_keep_alive]`.
+    #[serde(default)]
+    pub plugin_keep_alive: BTreeMap<String, String>,
 }
 
 /// The default listening address: loopback only.
@@ -194,7 +207,8 @@ impl ConfigLayer {
     /// `PIO_ADDR`, `PIO_API_KEY`, `PIO_PROFILE`, `PIO_QUEUE_DEPTH`, `PIO_REQUEST_TIMEOUT_SECS`,
     /// `PIO_BODY_LIMIT_BYTES`, `PIO_MAX_TOKENS_LIMIT`, `PIO_DEFAULT_MAX_TOKENS`,
     /// `PIO_HEADER_READ_TIMEOUT_SECS`, `PIO_IDLE_TIMEOUT_SECS`, `PIO_HEADER_LIMIT_BYTES`,
-    /// `PIO_BATCH_MAX_SEQUENCES`, `PIO_BATCH_TARGET_STEP_MS`, and the isolation variables of
+    /// `PIO_BATCH_MAX_SEQUENCES`, `PIO_BATCH_TARGET_STEP_MS`, `PIO_MEMORY_BUDGET`,
+    /// `PIO_KEEP_ALIVE`, and the isolation variables of
     /// [`IsolationLayer::from_env`].
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         fn number<T: FromStr>(
@@ -227,6 +241,9 @@ impl ConfigLayer {
                 target_step_ms: number(&var, "PIO_BATCH_TARGET_STEP_MS")?,
             },
             isolation: IsolationLayer::from_env(&var)?,
+            memory_budget: var("PIO_MEMORY_BUDGET"),
+            keep_alive: var("PIO_KEEP_ALIVE"),
+            plugin_keep_alive: BTreeMap::new(),
         })
     }
 
@@ -252,6 +269,13 @@ impl ConfigLayer {
                 target_step_ms: self.batch.target_step_ms.or(lower.batch.target_step_ms),
             },
             isolation: self.isolation.over(lower.isolation),
+            memory_budget: self.memory_budget.or(lower.memory_budget),
+            keep_alive: self.keep_alive.or(lower.keep_alive),
+            plugin_keep_alive: {
+                let mut merged = lower.plugin_keep_alive;
+                merged.extend(self.plugin_keep_alive);
+                merged
+            },
         }
     }
 
@@ -268,6 +292,30 @@ impl ConfigLayer {
         let (max_sequences, target_step_ms) = profile.batch();
         let connection = ConnectionLimits::default();
         let isolation = self.isolation.resolve()?;
+        let memory = MemoryPolicy {
+            budget: self
+                .memory_budget
+                .as_deref()
+                .map(parse_size)
+                .transpose()
+                .map_err(|e| format!("memory_budget: {e}"))?,
+            keep_alive: self
+                .keep_alive
+                .as_deref()
+                .map(KeepAlive::parse)
+                .transpose()
+                .map_err(|e| format!("keep_alive: {e}"))?
+                .unwrap_or(KeepAlive::Forever),
+            plugin_keep_alive: self
+                .plugin_keep_alive
+                .iter()
+                .map(|(name, text)| {
+                    KeepAlive::parse(text)
+                        .map(|keep_alive| (name.clone(), keep_alive))
+                        .map_err(|e| format!("plugin_keep_alive.{name}: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
         let config = ServerConfig {
             addr,
             plugins: self.plugins,
@@ -296,6 +344,7 @@ impl ConfigLayer {
                     .unwrap_or(connection.header_limit_bytes),
             },
             isolation,
+            memory,
         };
         config.validate()?;
         Ok(config)
@@ -360,6 +409,10 @@ impl ServerConfig {
                 connection.header_limit_bytes
             ),
         )?;
+        check(
+            self.memory.budget != Some(0),
+            "memory_budget must be more than 0 bytes (leave it out for no budget)".to_owned(),
+        )?;
         if let Some(key) = &self.api_key {
             check(
                 !key.is_empty() && key.chars().all(|c| c.is_ascii_graphic()),
@@ -388,6 +441,43 @@ mod tests {
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn memory_budget_and_keep_alive_come_from_file_env_and_flags() {
+        let file: ConfigLayer = toml::from_str(
+            "memory_budget = \"300MiB\"\nkeep_alive = \"5m\"\n[plugin_keep_alive]\nbert = \"-1\"",
+        )
+        .unwrap();
+        let config = file.clone().resolve().unwrap();
+        assert_eq!(config.memory.budget, Some(300 << 20));
+        assert_eq!(
+            config.memory.keep_alive,
+            KeepAlive::For(Duration::from_secs(300))
+        );
+        assert_eq!(
+            config.memory.plugin_keep_alive.get("bert"),
+            Some(&KeepAlive::Forever)
+        );
+        let env = ConfigLayer::from_env(env(&[("PIO_MEMORY_BUDGET", "1.5GB")])).unwrap();
+        let config = env.over(file).resolve().unwrap();
+        assert_eq!(config.memory.budget, Some(1_500_000_000));
+        assert_eq!(ServerConfig::default().memory, MemoryPolicy::default());
+        for (layer, error) in [
+            (
+                "memory_budget = \"lots\"",
+                "memory_budget: invalid size 'lots'",
+            ),
+            ("memory_budget = \"0\"", "memory_budget must be more than 0"),
+            (
+                "keep_alive = \"soon\"",
+                "keep_alive: invalid keep_alive 'soon'",
+            ),
+        ] {
+            let layer: ConfigLayer = toml::from_str(layer).unwrap();
+            let message = layer.resolve().unwrap_err();
+            assert!(message.contains(error), "{message}");
         }
     }
 

@@ -10,7 +10,8 @@
 //!   call into the plugins (continuous batching, cancellation, timeouts).
 //! - [`routes`]: the router and handlers; [`openai`]: the wire format; [`stream`]: SSE;
 //!   [`body`]: JSON bodies within the size limit; [`auth`]: the API key; [`error`]: error
-//!   bodies; [`metrics`]: Prometheus text.
+//!   bodies; [`metrics`]: Prometheus text; [`memory`]: the memory manager's listings, metrics
+//!   and keep-alive expiry.
 //! - `conn`: the accept loop and HTTP/1 connections with their header-read and idle timeouts
 //!   and header size limit.
 //!
@@ -25,6 +26,7 @@ mod conn;
 pub mod engine;
 pub mod error;
 pub mod logprobs;
+pub mod memory;
 pub mod metrics;
 pub mod openai;
 pub mod plugins;
@@ -88,6 +90,7 @@ pub struct RunningServer {
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: Option<oneshot::Sender<()>>,
     _stop_loader: crossbeam_channel::Sender<()>,
+    _stop_expiry: crossbeam_channel::Sender<()>,
 }
 
 impl RunningServer {
@@ -100,6 +103,16 @@ impl RunningServer {
             watch,
             print_events,
         } = options;
+        manager.set_memory_policy(config.memory.clone());
+        match config.memory.budget {
+            Some(budget) => tracing::info!(
+                budget = %pio_host::memory::format_size(budget),
+                "memory budget: plugins are swapped out (least recently used, idle first) to stay within it"
+            ),
+            None => tracing::info!(
+                "no memory budget: plugins are never swapped out for memory (the host does not read device memory sizes — wgpu reports none, and a software device shares the host's RAM); set memory_budget, PIO_MEMORY_BUDGET or --memory-budget to share a device between plugins"
+            ),
+        }
         let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
         })?;
@@ -115,6 +128,8 @@ impl RunningServer {
             config.batch,
         ));
         Engine::start_watchdog(&engine)?;
+        let (stop_expiry, expiry_rx) = crossbeam_channel::bounded(1);
+        memory::start_expiry(manager.clone(), expiry_rx)?;
         let log = Arc::new(PluginLog::new(print_events));
         let (stop_loader, stop_rx) = crossbeam_channel::bounded(1);
         plugins::start_loading(
@@ -158,6 +173,7 @@ impl RunningServer {
             runtime: Some(runtime),
             shutdown: Some(shutdown),
             _stop_loader: stop_loader,
+            _stop_expiry: stop_expiry,
         })
     }
 

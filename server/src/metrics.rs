@@ -307,7 +307,7 @@ impl Metrics {
     }
 
     /// Everything in the Prometheus text format, with `gauges` sampled by the caller.
-    pub fn render(&self, gauges: &[GaugeSample]) -> String {
+    pub fn render(&self, gauges: &[GaugeSample], counters: &[GaugeSample]) -> String {
         let mut out = String::new();
         for family in [
             &self.http_responses,
@@ -342,10 +342,14 @@ impl Metrics {
             );
         }
         let mut last = "";
-        for gauge in gauges {
+        let sampled = gauges
+            .iter()
+            .map(|g| (g, "gauge"))
+            .chain(counters.iter().map(|c| (c, "counter")));
+        for (gauge, kind) in sampled {
             if gauge.name != last {
                 let _ = writeln!(out, "# HELP {} {}", gauge.name, gauge.help);
-                let _ = writeln!(out, "# TYPE {} gauge", gauge.name);
+                let _ = writeln!(out, "# TYPE {} {kind}", gauge.name);
                 last = gauge.name;
             }
             let labels: Vec<(&'static str, &str)> =
@@ -406,20 +410,28 @@ mod tests {
         metrics.sequence_opened("x", 0);
         metrics.sequence_opened("x", 12);
         metrics.sequence_opened("x", 30);
-        let text = metrics.render(&[
-            GaugeSample {
-                name: "pio_queue_depth",
-                help: "Waiting requests.",
-                labels: vec![("plugin", "x".to_owned())],
-                value: 3.0,
-            },
-            GaugeSample {
-                name: "pio_ready",
-                help: "Ready.",
-                labels: Vec::new(),
-                value: 1.0,
-            },
-        ]);
+        let text = metrics.render(
+            &[
+                GaugeSample {
+                    name: "pio_queue_depth",
+                    help: "Waiting requests.",
+                    labels: vec![("plugin", "x".to_owned())],
+                    value: 3.0,
+                },
+                GaugeSample {
+                    name: "pio_ready",
+                    help: "Ready.",
+                    labels: Vec::new(),
+                    value: 1.0,
+                },
+            ],
+            &[GaugeSample {
+                name: "pio_plugin_swaps_total",
+                help: "Swaps.",
+                labels: vec![("plugin", "x".to_owned()), ("direction", "in".to_owned())],
+                value: 2.0,
+            }],
+        );
         assert!(text.contains("pio_http_responses_total{route=\"/v1/models\",status=\"200\"} 1"));
         assert!(text.contains("pio_generated_tokens_total{plugin=\"a\\\"b\"} 2"));
         assert!(text
@@ -436,6 +448,9 @@ mod tests {
         assert!(text.contains("pio_prefix_cache_tokens_total{plugin=\"x\"} 42"));
         assert!(text.contains("# TYPE pio_queue_depth gauge\npio_queue_depth{plugin=\"x\"} 3"));
         assert!(text.contains("\npio_ready 1\n"), "{text}");
+        assert!(text.contains(
+            "# TYPE pio_plugin_swaps_total counter\npio_plugin_swaps_total{plugin=\"x\",direction=\"in\"} 2"
+        ));
         assert_eq!(metrics.generated_tokens("a\"b"), 2);
     }
 }

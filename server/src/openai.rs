@@ -42,6 +42,9 @@ pub struct Sampling {
     repetition_penalty: Option<f32>,
     /// Extension: above 0 is served first, below 0 last.
     pub priority: Option<i64>,
+    /// Extension (Ollama's): how long the plugin stays loaded after this request — a duration
+    /// string (`"5m"`) or seconds; 0 unloads it right after, negative keeps it loaded.
+    pub keep_alive: Option<Value>,
     /// Whether to answer with server-sent events.
     #[serde(default)]
     pub stream: bool,
@@ -439,6 +442,8 @@ pub struct EmbeddingRequest {
     dimensions: Option<u32>,
     /// Extension: above 0 is served first, below 0 last.
     pub priority: Option<i64>,
+    /// Extension: see [`Sampling::keep_alive`].
+    pub keep_alive: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use pio_host::{Capability, EmbedRequest, ErrorKind};
+use pio_host::{Capability, EmbedRequest, ErrorKind, KeepAlive};
 use serde_json::{json, Value};
 
 use pio_host::{HostError, PluginState, PluginSummary};
@@ -21,7 +21,7 @@ use super::{
     auth::require_api_key,
     body::JsonBody,
     complete,
-    engine::{EngineError, Priority},
+    engine::{Admit, EngineError, Priority},
     error::{ApiError, ErrorLabel},
     openai::{
         encode_embedding, ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
@@ -112,6 +112,33 @@ pub(crate) fn priority(field: Option<i64>, headers: &HeaderMap) -> Result<Priori
     Ok(Priority::from_level(level))
 }
 
+/// How a request is admitted: its priority (see [`priority`]) and its `keep_alive`, which
+/// must be a duration string or a number of seconds (else 400).
+pub(crate) fn admit(priority: Priority, keep_alive: Option<&Value>) -> Result<Admit, ApiError> {
+    let keep_alive = match keep_alive {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(seconds)) => Some(
+            seconds
+                .as_f64()
+                .and_then(KeepAlive::from_seconds)
+                .ok_or_else(|| ApiError::invalid("keep_alive", "not a finite number"))?,
+        ),
+        Some(Value::String(text)) => {
+            Some(KeepAlive::parse(text).map_err(|e| ApiError::invalid("keep_alive", e))?)
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "keep_alive",
+                format!("must be a duration string or a number of seconds, got {other}"),
+            ))
+        }
+    };
+    Ok(Admit {
+        priority,
+        keep_alive,
+    })
+}
+
 impl App {
     pub(crate) fn limits(&self) -> Limits {
         Limits {
@@ -126,7 +153,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     let plugins = app.manager.list_plugins();
     let active: Vec<&str> = plugins
         .iter()
-        .filter(|p| p.state == PluginState::Active)
+        .filter(|p| p.is_available())
         .map(|p| p.id.as_str())
         .collect();
     // Failed plugins (a refused folder, a plugin whose worker crashed too often) do not make
@@ -172,7 +199,7 @@ fn serves(app: &App, plugin: &PluginSummary) -> bool {
         .is_ok_and(|serving| {
             serving.id == plugin.id
                 && serving.generation == plugin.generation
-                && serving.state == PluginState::Active
+                && serving.is_available()
                 && !serving.retiring
         })
 }
@@ -236,7 +263,10 @@ async fn embeddings(
 ) -> Result<Response, ApiError> {
     let inputs = request.inputs()?;
     let encoding = request.encoding()?;
-    let priority = priority(request.priority, &headers)?;
+    let priority = admit(
+        priority(request.priority, &headers)?,
+        request.keep_alive.as_ref(),
+    )?;
     let embed = EmbedRequest {
         inputs: inputs.to_vec(),
     };
@@ -415,6 +445,8 @@ async fn tokenizer_info(
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let ready = f64::from(u8::from(app.plugins.readiness() == Readiness::Ready));
     let mut gauges = app.engine.gauges();
+    gauges.extend(super::memory::gauges(&app.manager));
+    let counters = super::memory::counters(&app.manager);
     gauges.push(super::metrics::GaugeSample {
         name: "pio_ready",
         help: "1 once the initial plugin load is done.",
@@ -423,7 +455,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(&gauges),
+        app.metrics.render(&gauges, &counters),
     )
         .into_response()
 }
@@ -454,6 +486,8 @@ async fn admin_plugins(State(app): State<Arc<App>>) -> Response {
             } else if p.state == PluginState::Active {
                 // Another version of the name, reachable as `name@version`.
                 "available"
+            } else if p.swapped_out {
+                "swapped_out"
             } else {
                 "inactive"
             };
@@ -478,6 +512,7 @@ async fn admin_plugins(State(app): State<Arc<App>>) -> Response {
                 "queued": lane.queued,
                 "active_sequences": lane.active,
                 "open_sequences": p.open_sequences,
+                "memory": super::memory::plugin_json(&p),
             })
         })
         .collect();

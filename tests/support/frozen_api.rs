@@ -1,7 +1,8 @@
-//! The frozen plugin API fixture (`tests/fixtures/api-0.1.0`): the plugin API as released in
+//! The frozen plugin API fixtures: `tests/fixtures/api-0.1.0`, the plugin API as released in
 //! 0.1.0, kept as it was, and a plugin written against it, built as that release or as the next
 //! compatible or incompatible one would be (a cargo feature and a second manifest over the same
-//! sources, not edited sources).
+//! sources, not edited sources); and `tests/fixtures/api-0.1.1`, the API as released in 0.1.1
+//! with a plugin written against it.
 
 use std::{path::PathBuf, process::Command, sync::Mutex};
 
@@ -16,16 +17,19 @@ pub enum ApiRelease {
     NextMinor,
     /// 0.2.0: the next incompatible release.
     NextMajor,
+    /// 0.1.1 exactly as released (its own fixture).
+    V0_1_1,
 }
 
 impl ApiRelease {
-    /// The fixture workspace (relative to the fixture's folder) and the feature it is built
-    /// with.
-    fn build(self) -> (&'static str, Option<&'static str>) {
+    /// The fixture's folder (under `tests/fixtures`), its workspace (relative to that folder)
+    /// and the feature it is built with.
+    fn build(self) -> (&'static str, &'static str, Option<&'static str>) {
         match self {
-            ApiRelease::Released => (".", None),
-            ApiRelease::NextMinor => (".", Some("next-minor")),
-            ApiRelease::NextMajor => ("next-major", None),
+            ApiRelease::Released => ("api-0.1.0", ".", None),
+            ApiRelease::NextMinor => ("api-0.1.0", ".", Some("next-minor")),
+            ApiRelease::NextMajor => ("api-0.1.0", "next-major", None),
+            ApiRelease::V0_1_1 => ("api-0.1.1", ".", None),
         }
     }
 
@@ -34,6 +38,7 @@ impl ApiRelease {
             ApiRelease::Released => "released",
             ApiRelease::NextMinor => "next-minor",
             ApiRelease::NextMajor => "next-major",
+            ApiRelease::V0_1_1 => "v0.1.1",
         }
     }
 }
@@ -45,9 +50,9 @@ pub fn frozen_api_plugin(release: ApiRelease) -> PathBuf {
     // One build at a time in this process: each writes the same output file.
     static BUILDS: Mutex<()> = Mutex::new(());
     let _serialised = BUILDS.lock().unwrap_or_else(|p| p.into_inner());
-    let (workspace, feature) = release.build();
-    let fixture = workspace_root().join("tests/fixtures/api-0.1.0");
-    let target = target_dir().join("fixtures/api-0.1.0");
+    let (folder, workspace, feature) = release.build();
+    let fixture = workspace_root().join("tests/fixtures").join(folder);
+    let target = target_dir().join("fixtures").join(folder);
     let mut build = Command::new(env!("CARGO"));
     build
         // Its own lock file pins the dependencies it was released with: fetched once if the

@@ -10,14 +10,15 @@
 use std::io::{Read, Write};
 
 use pio_plugin_api::{
-    ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse, GenerateRequest,
-    GenerateResponse, Health, PluginError, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
+    ActivateOptions, ChatRequest, CompressionReport, CompressionRequest, DecodeOptions,
+    EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse, Health, MemoryFreed,
+    MemoryReport, PluginError, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
     SequenceRequest, SequenceStep, StreamControl, TokenEvent,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame either side accepts (a batch of embeddings is the largest message).
 pub const MAX_FRAME_BYTES: usize = 256 << 20;
@@ -61,6 +62,11 @@ pub enum Call {
         prompt: Prompt,
         top: u32,
     },
+    MemoryReport,
+    EstimateMemory(ActivateOptions),
+    ForceMemoryCleanup,
+    Compress(CompressionRequest),
+    CompressionStats,
 }
 
 /// A message from the host.
@@ -87,6 +93,10 @@ pub enum Outcome {
     Opened(SequenceOpened),
     Steps(Vec<SequenceStep>),
     Logprobs(Vec<PositionLogprobs>),
+    Memory(MemoryReport),
+    Freed(MemoryFreed),
+    Compressed(CompressionReport),
+    CompressionStats(Option<CompressionReport>),
     /// The plugin (or the worker's checks) refused the call.
     Failed(PluginError),
 }

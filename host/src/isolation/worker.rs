@@ -215,6 +215,24 @@ impl Worker {
                     Outcome::Logprobs(logprobs.into_vec())
                 })
             }
+            Call::MemoryReport => outcome(instance.memory_report().into_result(), Outcome::Memory),
+            Call::EstimateMemory(options) => outcome(
+                instance.estimate_memory(&options).into_result(),
+                Outcome::Memory,
+            ),
+            Call::ForceMemoryCleanup => outcome(
+                instance.force_memory_cleanup().into_result(),
+                Outcome::Freed,
+            ),
+            Call::Compress(request) => outcome(
+                instance.compress(&request).into_result(),
+                Outcome::Compressed,
+            ),
+            Call::CompressionStats => {
+                outcome(instance.compression_stats().into_result(), |stats| {
+                    Outcome::CompressionStats(stats.into_option())
+                })
+            }
         };
         match relay_failure {
             Some(e) => Err(e),

@@ -22,7 +22,7 @@ use crate::{
     manifest::{Manifest, MANIFEST_FILE},
     shadow::ShadowDir,
     state::{PluginState, Transition},
-    types::{ActivateOptions, Capability, PluginMetadata},
+    types::{ActivateOptions, Capability, MemoryReport, PluginMetadata},
 };
 
 use super::{
@@ -53,6 +53,38 @@ pub(super) struct Entry {
     /// State and metadata as of the last release of `cell`, readable while a call holds it,
     /// so listings and health checks never wait for a generation.
     published: Mutex<Published>,
+    /// What the memory manager knows of this instance, readable while a call holds `cell`.
+    memory: Mutex<EntryMemory>,
+}
+
+/// The memory manager's view of one instance.
+#[derive(Debug, Clone, Default)]
+pub(super) struct EntryMemory {
+    /// Device bytes `estimate_memory` announced before the last activation.
+    pub estimate: Option<u64>,
+    /// The last `memory_report` (while active).
+    pub report: Option<MemoryReport>,
+    /// Deactivated by the memory manager (to make room, or idle past its keep-alive): the next
+    /// call that needs it activates it again. Cleared only by a deactivation or tear-down that
+    /// is not the memory manager's; listings report it while the state is `inactive`.
+    pub swapped_out: bool,
+    /// Counted against the budget: set when an activation succeeds, while the memory manager's
+    /// gate is still held, and cleared when the instance is deactivated or torn down. (The
+    /// published state changes only when the entry's lock is released, after the gate: another
+    /// activation reading it could miss an instance just activated.)
+    pub resident: bool,
+}
+
+impl EntryMemory {
+    /// The device bytes the instance is counted for while active: the larger of its estimate
+    /// and its last report.
+    pub fn reserved(&self) -> u64 {
+        if !self.resident {
+            return 0;
+        }
+        let reported = self.report.as_ref().map_or(0, MemoryReport::device_bytes);
+        self.estimate.unwrap_or(0).max(reported)
+    }
 }
 
 /// What [`Entry::summary`] reports, copied out of the cell whenever its lock is released.
@@ -122,6 +154,7 @@ impl Entry {
             retiring: AtomicBool::new(false),
             open_sequences: Mutex::default(),
             activated_with: Mutex::default(),
+            memory: Mutex::default(),
             published: Mutex::new(Published {
                 state: state.clone(),
                 metadata: None,
@@ -184,6 +217,16 @@ impl Entry {
         lock_unpoisoned(&self.activated_with).clone()
     }
 
+    /// The memory manager's view of this instance.
+    pub fn memory(&self) -> EntryMemory {
+        lock_unpoisoned(&self.memory).clone()
+    }
+
+    /// Changes the memory manager's view of this instance.
+    pub fn update_memory(&self, change: impl FnOnce(&mut EntryMemory)) {
+        change(&mut lock_unpoisoned(&self.memory));
+    }
+
     /// Records batched sequence `id` opened on this instance.
     pub fn sequence_opened(&self, id: u64) {
         self.open_ids().insert(id);
@@ -213,6 +256,8 @@ impl Entry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let memory = self.memory();
+        let swapped_out = memory.swapped_out && published.state == PluginState::Inactive;
         PluginSummary {
             id: self.id(),
             generation: self.generation,
@@ -222,6 +267,9 @@ impl Entry {
             metadata: published.metadata,
             retiring: self.is_retiring(),
             open_sequences: self.open_sequence_count(),
+            swapped_out,
+            memory: memory.report,
+            estimate_bytes: memory.estimate,
         }
     }
 
@@ -363,6 +411,11 @@ impl Entry {
         if cell.instance.take().is_some() {
             crate::heap::release_freed_memory();
         }
+        self.update_memory(|m| {
+            m.resident = false;
+            m.swapped_out = false;
+            m.report = None;
+        });
         if !matches!(cell.state, PluginState::Failed(_)) {
             cell.state = PluginState::Inactive;
         }

@@ -3,10 +3,11 @@
 //! above this module knows where a plugin runs.
 
 use pio_plugin_api::{
-    abi_stable::std_types::RVec, ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest,
-    EmbedResponse, FnSink, GenerateRequest, GenerateResponse, Health, HealthStatus, PluginError,
-    PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep,
-    StreamControl, TokenEvent,
+    abi_stable::std_types::RVec, ActivateOptions, ChatRequest, CompressionReport,
+    CompressionRequest, DecodeOptions, EmbedRequest, EmbedResponse, FnSink, GenerateRequest,
+    GenerateResponse, Health, HealthStatus, MemoryFreed, MemoryReport, PluginError, PluginStats,
+    PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep, StreamControl,
+    TokenEvent,
 };
 
 use crate::object::PluginObject;
@@ -234,6 +235,52 @@ impl Instance {
         }
     }
 
+    pub fn memory_report(&mut self) -> CallResult<MemoryReport> {
+        match self {
+            Self::InProcess(i) => local(i.memory_report().into_result()),
+            Self::Worker(w) => remote(w, Call::MemoryReport, None, memory),
+        }
+    }
+
+    pub fn estimate_memory(&mut self, options: &ActivateOptions) -> CallResult<MemoryReport> {
+        match self {
+            Self::InProcess(i) => local(i.estimate_memory(options).into_result()),
+            Self::Worker(w) => remote(w, Call::EstimateMemory(options.clone()), None, memory),
+        }
+    }
+
+    pub fn force_memory_cleanup(&mut self) -> CallResult<MemoryFreed> {
+        match self {
+            Self::InProcess(i) => local(i.force_memory_cleanup().into_result()),
+            Self::Worker(w) => remote(w, Call::ForceMemoryCleanup, None, |o| match o {
+                Outcome::Freed(freed) => Ok(freed),
+                other => Err(other),
+            }),
+        }
+    }
+
+    pub fn compress(&mut self, request: &CompressionRequest) -> CallResult<CompressionReport> {
+        match self {
+            Self::InProcess(i) => local(i.compress(request).into_result()),
+            Self::Worker(w) => remote(w, Call::Compress(request.clone()), None, |o| match o {
+                Outcome::Compressed(report) => Ok(report),
+                other => Err(other),
+            }),
+        }
+    }
+
+    pub fn compression_stats(&mut self) -> CallResult<Option<CompressionReport>> {
+        match self {
+            Self::InProcess(i) => {
+                local(i.compression_stats().into_result()).map(|stats| stats.into_option())
+            }
+            Self::Worker(w) => remote(w, Call::CompressionStats, None, |o| match o {
+                Outcome::CompressionStats(stats) => Ok(stats),
+                other => Err(other),
+            }),
+        }
+    }
+
     pub fn close_sequence(&mut self, id: u64) -> CallResult<()> {
         match self {
             Self::InProcess(i) => local(i.close_sequence(id).into_result()),
@@ -267,6 +314,13 @@ fn remote<T>(
 fn logprobs(outcome: Outcome) -> Result<Vec<PositionLogprobs>, Outcome> {
     match outcome {
         Outcome::Logprobs(logprobs) => Ok(logprobs),
+        other => Err(other),
+    }
+}
+
+fn memory(outcome: Outcome) -> Result<MemoryReport, Outcome> {
+    match outcome {
+        Outcome::Memory(report) => Ok(report),
         other => Err(other),
     }
 }

@@ -4,6 +4,7 @@
 mod config;
 mod entry;
 mod instance;
+mod memory;
 
 use std::{
     collections::BTreeMap,
@@ -25,9 +26,9 @@ use crate::{
     state::{PluginState, Transition},
     types::{
         ActivateOptions, Capability, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse,
-        GenerateRequest, GenerateResponse, Health, PluginError, PluginMetadata, PluginStats,
-        PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep, StreamControl,
-        TokenEvent,
+        GenerateRequest, GenerateResponse, Health, MemoryReport, PluginError, PluginMetadata,
+        PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep,
+        StreamControl, TokenEvent,
     },
 };
 
@@ -59,6 +60,13 @@ pub struct PluginSummary {
     pub retiring: bool,
     /// Batched sequences open on this instance.
     pub open_sequences: usize,
+    /// Its last memory report, while active (refreshed by [`PluginManager::memory_report`]).
+    pub memory: Option<MemoryReport>,
+    /// Device bytes its `estimate_memory` announced before its last activation (asked only
+    /// under a memory budget).
+    pub estimate_bytes: Option<u64>,
+    /// Deactivated by the memory manager; the next request activates it again.
+    pub swapped_out: bool,
 }
 
 /// A response together with the plugin instance that produced it.
@@ -70,6 +78,14 @@ pub struct Served<T> {
     pub plugin: String,
     /// Its reload generation.
     pub generation: u64,
+}
+
+impl PluginSummary {
+    /// Active, or swapped out by the memory manager: a request for it is served (after a swap
+    /// in).
+    pub fn is_available(&self) -> bool {
+        self.state == PluginState::Active || self.swapped_out
+    }
 }
 
 impl<T> Served<T> {
@@ -127,6 +143,8 @@ pub struct PluginManager {
     api_version: Version,
     config_overrides: BTreeMap<String, serde_json::Value>,
     config_defaults: BTreeMap<String, serde_json::Value>,
+    /// The memory manager's budget, leases and counters.
+    residency: Arc<crate::memory::Residency>,
 }
 
 impl PluginManager {
@@ -143,6 +161,7 @@ impl PluginManager {
             api_version: pio_plugin_api::api_version(),
             config_overrides: BTreeMap::new(),
             config_defaults: BTreeMap::new(),
+            residency: Arc::default(),
         })
     }
 
@@ -309,11 +328,29 @@ impl PluginManager {
 
     fn activate_entry(&self, entry: &Entry, options: &ActivateOptions) -> HostResult<()> {
         let mut cell = entry.lock();
-        entry.require(&cell, Transition::Activate)?;
+        self.activate_locked(entry, &mut cell, options)
+    }
+
+    /// Activates `entry` (whose lock the caller holds) within the memory budget: its estimate
+    /// is checked and room made (idle plugins swapped out) before the plugin allocates.
+    fn activate_locked(
+        &self,
+        entry: &Entry,
+        cell: &mut Cell,
+        options: &ActivateOptions,
+    ) -> HostResult<()> {
+        entry.require(cell, Transition::Activate)?;
+        let _room = self.make_room(entry, cell, options)?;
         let abi_options = abi::ActivateOptions::from(options);
-        entry.call(&mut cell, "activate", |i| i.activate(&abi_options))?;
+        entry.call(cell, "activate", |i| i.activate(&abi_options))?;
         entry.activated(options);
         cell.state = PluginState::Active;
+        // `swapped_out` stays set: listings read it with the published state, which says
+        // `active` only once the lock is released (until then the plugin must still look
+        // available to admission).
+        entry.update_memory(|m| m.resident = true);
+        self.residency.touch(entry.name());
+        self.refresh_memory(entry, cell);
         tracing::info!(plugin = %entry.id(), generation = entry.generation, "activated");
         Ok(())
     }
@@ -325,6 +362,11 @@ impl PluginManager {
         entry.require(&cell, Transition::Deactivate)?;
         entry.call(&mut cell, "deactivate", Instance::deactivate)?;
         cell.state = PluginState::Inactive;
+        entry.update_memory(|m| {
+            m.report = None;
+            m.swapped_out = false;
+            m.resident = false;
+        });
         Ok(())
     }
 
@@ -724,11 +766,12 @@ impl PluginManager {
         list
     }
 
-    /// The active plugins.
+    /// The plugins that serve requests: the active ones, and those the memory manager swapped
+    /// out (activated again by their next request).
     pub fn list_active_plugins(&self) -> Vec<PluginSummary> {
         self.list_plugins()
             .into_iter()
-            .filter(|p| p.state == PluginState::Active)
+            .filter(PluginSummary::is_available)
             .collect()
     }
 
@@ -788,6 +831,9 @@ impl PluginManager {
             if entry.is_retiring() {
                 // Replaced while this request waited: follow the name to what serves it now.
                 continue;
+            }
+            if cell.state == PluginState::Inactive && entry.memory().swapped_out {
+                self.swap_in(&entry, &mut cell)?;
             }
             entry.require(&cell, Transition::Execute)?;
             if let Some(capability) = capability {

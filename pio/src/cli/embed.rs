@@ -57,6 +57,7 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     )?;
     load_plugins(&mut manager, &args.dirs)?;
     let id = manager.resolve(plugin)?;
+    args.activate.apply_budget(&manager);
     manager.activate(&id, &args.activate.options())?;
     let request = EmbedRequest {
         inputs: texts.to_vec(),

@@ -9,8 +9,9 @@ use anyhow::Context;
 use clap::Args;
 
 use pio_host::{
+    memory::format_size,
     pack::{pack as pack_library, PackRequest},
-    PluginState, PluginSummary,
+    MemoryReport, PluginState, PluginSummary,
 };
 
 use super::{
@@ -108,6 +109,15 @@ pub fn info(name: &str, activate: bool, dirs: &PluginDirs) -> anyhow::Result<Exi
     }
     if activate {
         fetch_default_model(&summary.manifest.name)?;
+    }
+    if summary.state == PluginState::Loaded {
+        // A plugin before API 0.1.2, or one that cannot read its model yet, has no estimate.
+        match manager.estimate_memory(&summary.id, &Default::default()) {
+            Ok(estimate) => print_memory("estimate", &estimate),
+            Err(e) => println!("estimate:     none ({e})"),
+        }
+    }
+    if activate {
         manager.activate(&summary.id, &Default::default())?;
         let stats = manager.stats(&summary.id)?;
         println!("activate:     {:.0} ms", stats.activate_ms);
@@ -118,9 +128,49 @@ pub fn info(name: &str, activate: bool, dirs: &PluginDirs) -> anyhow::Result<Exi
                 .context("the plugin's stats details are not valid JSON")?;
             println!("details:      {}", serde_json::to_string_pretty(&details)?);
         }
+        match manager.memory_report(&summary.id) {
+            Ok(report) => print_memory("memory", &report),
+            Err(e) => println!("memory:       none ({e})"),
+        }
+        match manager.compression_stats(&summary.id) {
+            Ok(Some(stats)) => {
+                let ratio = stats
+                    .ratio()
+                    .map_or_else(String::new, |r| format!(", ratio {r:.3}"));
+                println!("compression:  {}{ratio}", stats.method);
+            }
+            Ok(None) => println!("compression:  none (tensors as loaded)"),
+            Err(e) => println!("compression:  none ({e})"),
+        }
         manager.deactivate(&summary.id)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a memory report (or estimate) as `label: total`, then one line per category.
+fn print_memory(label: &str, report: &MemoryReport) {
+    println!(
+        "{:<14}device {}, host {}",
+        format!("{label}:"),
+        format_size(report.device_bytes()),
+        format_size(report.host_bytes())
+    );
+    for c in &report.categories {
+        let pool = match c.capacity_bytes {
+            0 => String::new(),
+            capacity => format!(
+                " (pool: {} of {} in use)",
+                format_size(c.used_bytes),
+                format_size(capacity)
+            ),
+        };
+        println!(
+            "  {:<12}device {}, host {}{pool}",
+            c.category.as_str(),
+            format_size(c.device_bytes),
+            format_size(c.host_bytes)
+        );
+    }
 }
 
 /// `pio plugins check PATH`.

@@ -5,8 +5,9 @@ use std::{io::Write, process::ExitCode};
 use anyhow::Context;
 use clap::Args;
 use pio_host::{
-    ActivateOptions, Capability, EmbedRequest, GenerateRequest, GenerationParams, Prompt,
-    StreamControl,
+    memory::{parse_size, MemoryPolicy},
+    ActivateOptions, Capability, EmbedRequest, GenerateRequest, GenerationParams, PluginManager,
+    Prompt, StreamControl,
 };
 
 use super::{session::load_manager, PluginDirs};
@@ -67,6 +68,10 @@ pub struct ActivateArgs {
     /// Context length in tokens (default: the model's).
     #[arg(long = "ctx", default_value_t = 0)]
     context_length: u32,
+    /// Device memory all plugins together may hold (`300MiB`, `1.5GB`, bytes); a plugin whose
+    /// estimate exceeds it is refused before it allocates [default: none].
+    #[arg(long, env = "PIO_MEMORY_BUDGET", value_name = "SIZE", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
 }
 
 impl ActivateArgs {
@@ -75,8 +80,17 @@ impl ActivateArgs {
         ActivateOptions {
             adapter: self.adapter.clone(),
             context_length: self.context_length,
-            memory_budget_bytes: 0,
+            memory_budget_bytes: self.memory_budget.unwrap_or(0),
         }
+    }
+
+    /// Gives `manager` the memory budget of these flags (for the one-shot commands; `pio serve`
+    /// layers it with its configuration).
+    pub fn apply_budget(&self, manager: &PluginManager) {
+        manager.set_memory_policy(MemoryPolicy {
+            budget: self.memory_budget,
+            ..MemoryPolicy::default()
+        });
     }
 }
 
@@ -99,6 +113,7 @@ pub struct RunArgs {
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let manager = load_manager(&args.dirs)?;
     let summary = manager.info(&args.name)?;
+    args.activate.apply_budget(&manager);
     manager.activate(&summary.id, &args.activate.options())?;
     let metadata = summary
         .metadata

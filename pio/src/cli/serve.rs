@@ -32,8 +32,9 @@ pub struct ServeArgs {
     addr: Option<String>,
     /// TOML file with any of: addr, plugins, api_key, profile, queue_depth,
     /// request_timeout_secs, body_limit_bytes, max_tokens_limit, default_max_tokens,
-    /// header_read_timeout_secs, idle_timeout_secs, header_limit_bytes, and a [batch] table
-    /// with max_sequences, target_step_ms.
+    /// header_read_timeout_secs, idle_timeout_secs, header_limit_bytes, memory_budget,
+    /// keep_alive, a [batch] table with max_sequences, target_step_ms, and a
+    /// [plugin_keep_alive] table of keep-alives by plugin name.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Named limits: default, low-latency or throughput [env PIO_PROFILE].
@@ -74,6 +75,11 @@ pub struct ServeArgs {
     /// to other users of the machine.
     #[arg(long)]
     api_key: Option<String>,
+    /// How long a plugin stays resident after its last request: a duration (`5m`), seconds, or
+    /// negative for always; a request's `keep_alive` overrides it [default: always; env
+    /// PIO_KEEP_ALIVE].
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    keep_alive: Option<String>,
     /// Quiet time after the last file change before a folder is examined, in milliseconds.
     #[arg(long, default_value_t = 200)]
     debounce_ms: u64,
@@ -101,6 +107,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             target_step_ms: args.batch_target_step_ms,
         },
         isolation: isolation_layer(),
+        memory_budget: args.activate.memory_budget.map(|bytes| bytes.to_string()),
+        keep_alive: args.keep_alive.clone(),
+        plugin_keep_alive: Default::default(),
     };
     let env = ConfigLayer::from_env(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
     let file = match &args.config {

@@ -200,6 +200,7 @@ pub(super) fn open(
     if let Some(n) = context_length {
         options.context_length = n;
     }
+    activate.apply_budget(&manager);
     manager.activate(&id, &options)?;
     Ok((manager, id))
 }

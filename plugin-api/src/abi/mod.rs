@@ -11,13 +11,15 @@
 //!   new methods go after the one marked `last_prefix_field`, with a default implementation.
 //! - Every function returns errors as values; none may unwind.
 //! - `abi_stable` refuses a library whose prefix types have *fewer* fields than the host's, so
-//!   a host keeps a frozen copy of every earlier layout of its band ([`v0_1_0`]) and loads an
+//!   a host keeps a frozen copy of every earlier layout of its band ([`v0_1_0`], [`v0_1_1`])
+//!   and loads an
 //!   older plugin through it; the calls that layout lacks answer unsupported.
 
 // abi_stable's derive and trait macros define impls inside generated constants.
 #![allow(non_local_definitions)]
 
 pub mod v0_1_0;
+pub mod v0_1_1;
 
 use abi_stable::{
     declare_root_module_statics,
@@ -25,13 +27,14 @@ use abi_stable::{
     package_version_strings, sabi_trait,
     sabi_types::RMut,
     sabi_types::VersionStrings,
-    std_types::{RBox, RErr, RResult, RSlice, RStr, RString, RVec},
+    std_types::{RBox, RErr, ROption, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
 
 use crate::{
-    ActivateOptions, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse, GenerateRequest,
-    GenerateResponse, Health, PluginError, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
+    ActivateOptions, ChatRequest, CompressionReport, CompressionRequest, DecodeOptions,
+    EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse, Health, MemoryFreed,
+    MemoryReport, PluginError, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
     SequenceRequest, SequenceStep, StreamControl, TokenEvent,
 };
 
@@ -134,6 +137,35 @@ pub trait PluginInstance: Send {
     fn score(&mut self, prompt: &Prompt, top: u32) -> RResult<RVec<PositionLogprobs>, PluginError> {
         let _ = (prompt, top);
         RErr(PluginError::unsupported("prompt log-probabilities"))
+    }
+
+    /// The memory the instance holds now, by category (API 0.1.2).
+    fn memory_report(&mut self) -> RResult<MemoryReport, PluginError> {
+        RErr(PluginError::unsupported("memory reports"))
+    }
+    /// What activating with `options` would allocate, by category, computed without
+    /// allocating; callable once initialized (API 0.1.2).
+    fn estimate_memory(&mut self, options: &ActivateOptions) -> RResult<MemoryReport, PluginError> {
+        let _ = options;
+        RErr(PluginError::unsupported("memory estimates"))
+    }
+    /// Drops what can be rebuilt (cached KV blocks of closed sequences, scratch) and reports
+    /// what was freed (API 0.1.2).
+    fn force_memory_cleanup(&mut self) -> RResult<MemoryFreed, PluginError> {
+        RErr(PluginError::unsupported("memory cleanup"))
+    }
+    /// Stores the tensors of `request.scope` in `request.format`; a format the plugin cannot
+    /// store is refused with the formats it supports (API 0.1.2).
+    fn compress(
+        &mut self,
+        request: &CompressionRequest,
+    ) -> RResult<CompressionReport, PluginError> {
+        let _ = request;
+        RErr(PluginError::unsupported("compression"))
+    }
+    /// How the tensors are compressed now; none when they are stored as loaded (API 0.1.2).
+    fn compression_stats(&mut self) -> RResult<ROption<CompressionReport>, PluginError> {
+        RErr(PluginError::unsupported("compression"))
     }
 }
 

@@ -105,6 +105,11 @@ impl Embedder {
         &self.model
     }
 
+    /// The encoder, to drop its activation buffers.
+    pub fn model_mut(&mut self) -> &mut GpuBert {
+        &mut self.model
+    }
+
     /// Length of every embedding.
     pub fn dimensions(&self) -> usize {
         self.hidden

@@ -24,6 +24,7 @@ pub mod compare;
 pub mod config;
 pub mod embedder;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod plugin;
 #[cfg(test)]

@@ -179,6 +179,27 @@ impl GpuBert {
         self.weights.bytes()
     }
 
+    /// Device bytes the activation buffers take now (they grow with the largest batch seen).
+    pub fn workspace_bytes(&self) -> u64 {
+        self.workspace.as_ref().map_or(0, |w| {
+            [
+                &w.params, &w.ids, &w.lengths, &w.hidden, &w.qkv, &w.ctx, &w.inter, &w.pooled,
+            ]
+            .iter()
+            // What the device accounts for each (small buffers are rounded up).
+            .map(|b| crate::memory::buffer(b.size()))
+            .sum()
+        })
+    }
+
+    /// Drops the activation buffers (the next batch allocates them again); returns the bytes
+    /// freed.
+    pub fn drop_workspace(&mut self) -> u64 {
+        let bytes = self.workspace_bytes();
+        self.workspace = None;
+        bytes
+    }
+
     /// The device.
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu

@@ -6,12 +6,14 @@ use std::time::Instant;
 use pio_gpu::{DeviceOptions, Gpu};
 use pio_plugin_api::serde_json::{json, Value};
 use pio_plugin_api::{
-    semver::Version, ActivateOptions, Capability, EmbedRequest, EmbedResponse, Health,
-    HealthStatus, ModelInfo, Plugin, PluginError, PluginMetadata, PluginResult, PluginStats,
+    semver::Version, ActivateOptions, Capability, CategoryMemory, EmbedRequest, EmbedResponse,
+    FreedMemory, Health, HealthStatus, MemoryCategory, MemoryFreed, MemoryReport, ModelInfo,
+    Plugin, PluginError, PluginMetadata, PluginResult, PluginStats,
 };
 
 use crate::compare::compare_compression;
 use crate::embedder::{Embedder, ModelFiles};
+use crate::memory;
 use crate::settings::Settings;
 use crate::tokenize::BertTokenizer;
 
@@ -195,6 +197,52 @@ impl Plugin for BertPlugin {
             tokens: active.tokens,
             details_json: details.to_string().into(),
         }
+    }
+
+    fn estimate_memory(&mut self, _options: &ActivateOptions) -> PluginResult<MemoryReport> {
+        let settings = self.settings()?;
+        let config = crate::config::ModelConfig::load(&settings.model)?;
+        Ok(MemoryReport {
+            categories: memory::estimate(&config, settings.weights, settings.max_batch).into(),
+        })
+    }
+
+    /// Weights, the activation buffers as large as the largest batch so far made them, and
+    /// the rest of the device bytes (kernel constants, pooling) as `other`. Inactive: nothing.
+    fn memory_report(&mut self) -> PluginResult<MemoryReport> {
+        let Some(active) = &self.active else {
+            return Ok(MemoryReport::default());
+        };
+        let model = active.embedder.model();
+        let (weights, workspace) = (model.weight_bytes(), model.workspace_bytes());
+        let other = active
+            .gpu
+            .allocated_bytes()
+            .saturating_sub(weights + workspace);
+        Ok(MemoryReport {
+            categories: vec![
+                CategoryMemory::new(MemoryCategory::Weights, weights, 0),
+                CategoryMemory::new(MemoryCategory::Activations, workspace, 0),
+                CategoryMemory::new(MemoryCategory::Other, other, 0),
+            ]
+            .into(),
+        })
+    }
+
+    /// Drops the activation buffers; the next batch allocates them again.
+    fn force_memory_cleanup(&mut self) -> PluginResult<MemoryFreed> {
+        let Some(active) = &mut self.active else {
+            return Ok(MemoryFreed::default());
+        };
+        let freed = active.embedder.model_mut().drop_workspace();
+        Ok(MemoryFreed {
+            categories: vec![FreedMemory {
+                category: MemoryCategory::Activations,
+                device_bytes: freed,
+                host_bytes: 0,
+            }]
+            .into(),
+        })
     }
 
     fn health(&self) -> Health {

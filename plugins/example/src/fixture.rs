@@ -2,6 +2,9 @@
 //! configuration keys out before the plugin sees the rest, then injects the configured fault
 //! ([`crate::fault`]) and, with `ignore_limits`, hands generation requests on without their
 //! `max_new_tokens` and stop strings, so the host's tests can prove it enforces them itself.
+//! With `device_bytes` (an integer), the plugin reports that many device bytes of weights in
+//! its memory estimate and, while active, in its memory report — a pretend model, so the
+//! host's memory-manager tests can fill a budget without real models.
 //!
 //! The host's tests also build *variants* of this plugin from the same sources (see
 //! `build_variant` in the repository's `tests/support`), with environment variables read at
@@ -23,10 +26,11 @@ use std::time::Duration;
 
 use pio_plugin_kit::{
     api::{
-        abi_stable::std_types::RVec, serde_json, ActivateOptions, Capability, ChatRequest,
-        DecodeOptions, EmbedRequest, EmbedResponse, GenerateRequest, GenerateResponse,
-        GenerationParams, Health, Plugin, PluginStats, PositionLogprobs, Prompt, SequenceOpened,
-        SequenceRequest, SequenceStep, TokenStream,
+        abi_stable::std_types::RVec, serde_json, ActivateOptions, Capability, CategoryMemory,
+        ChatRequest, CompressionReport, CompressionRequest, DecodeOptions, EmbedRequest,
+        EmbedResponse, GenerateRequest, GenerateResponse, GenerationParams, Health, HealthStatus,
+        MemoryCategory, MemoryFreed, MemoryReport, Plugin, PluginStats, PositionLogprobs, Prompt,
+        SequenceOpened, SequenceRequest, SequenceStep, TokenStream,
     },
     PluginError, PluginMetadata, PluginResult,
 };
@@ -53,6 +57,8 @@ pub struct TestFixtures<P> {
     fault: Option<FaultPlan>,
     /// Generate as if no `max_new_tokens` or stop string had been given.
     ignore_limits: bool,
+    /// Pretend device bytes of weights in the memory estimate and report.
+    device_bytes: u64,
 }
 
 impl<P> TestFixtures<P> {
@@ -106,6 +112,7 @@ impl<P: Plugin> Plugin for TestFixtures<P> {
             plugin: P::new()?,
             fault: None,
             ignore_limits: false,
+            device_bytes: 0,
         })
     }
 
@@ -118,6 +125,14 @@ impl<P: Plugin> Plugin for TestFixtures<P> {
                 Some(value) => value.as_bool().ok_or_else(|| {
                     PluginError::invalid_input(format!(
                         "configuration 'ignore_limits' must be a boolean, got {value}"
+                    ))
+                })?,
+            };
+            self.device_bytes = match object.remove("device_bytes") {
+                None => 0,
+                Some(value) => value.as_u64().ok_or_else(|| {
+                    PluginError::invalid_input(format!(
+                        "configuration 'device_bytes' must be a non-negative integer, got {value}"
                     ))
                 })?,
             };
@@ -219,5 +234,45 @@ impl<P: Plugin> Plugin for TestFixtures<P> {
 
     fn score(&mut self, prompt: &Prompt, top: u32) -> PluginResult<Vec<PositionLogprobs>> {
         self.plugin.score(prompt, top)
+    }
+
+    fn estimate_memory(&mut self, options: &ActivateOptions) -> PluginResult<MemoryReport> {
+        let estimate = self.plugin.estimate_memory(options)?;
+        Ok(self.with_device_bytes(estimate))
+    }
+
+    fn memory_report(&mut self) -> PluginResult<MemoryReport> {
+        let report = self.plugin.memory_report()?;
+        let active = self.plugin.health().status == HealthStatus::Ok;
+        Ok(match active {
+            true => self.with_device_bytes(report),
+            false => report,
+        })
+    }
+
+    fn force_memory_cleanup(&mut self) -> PluginResult<MemoryFreed> {
+        self.plugin.force_memory_cleanup()
+    }
+
+    fn compress(&mut self, request: &CompressionRequest) -> PluginResult<CompressionReport> {
+        self.plugin.compress(request)
+    }
+
+    fn compression_stats(&mut self) -> PluginResult<Option<CompressionReport>> {
+        self.plugin.compression_stats()
+    }
+}
+
+impl<P> TestFixtures<P> {
+    /// `report` with the pretend weights of `device_bytes` added.
+    fn with_device_bytes(&self, mut report: MemoryReport) -> MemoryReport {
+        if self.device_bytes > 0 {
+            report.categories.push(CategoryMemory::new(
+                MemoryCategory::Weights,
+                self.device_bytes,
+                0,
+            ));
+        }
+        report
     }
 }

@@ -44,9 +44,9 @@ mod trigram;
 
 use pio_plugin_kit::{
     api::serde_json::{self, json},
-    metadata, Activation, Capability, CharTokenizer, Config, Embeddings, Logprobs, Message, Model,
-    ModelInfo, Next, PluginError, PluginMetadata, PluginResult, Sampled, SequenceParams,
-    StepOptions, TextModel, TextPlugin, Tokenizer,
+    metadata, Activation, Capability, CategoryMemory, CharTokenizer, Config, Embeddings, Logprobs,
+    MemoryCategory, MemoryUse, Message, Model, ModelInfo, Next, PluginError, PluginMetadata,
+    PluginResult, Sampled, SequenceParams, StepOptions, TextModel, TextPlugin, Tokenizer,
 };
 
 /// Context length used when the host does not ask for one.
@@ -83,6 +83,13 @@ impl Config for MirrorConfig {
 pub struct Mirror {
     context_length: u32,
     dimensions: usize,
+    /// Host bytes of the open sequences' token buffers: the mirror's "KV cache".
+    sequence_bytes: u64,
+}
+
+/// Host bytes of a sequence's token buffer.
+fn sequence_bytes(sequence: &Vec<u32>) -> u64 {
+    (sequence.capacity() * std::mem::size_of::<u32>()) as u64
 }
 
 impl Model for Mirror {
@@ -112,6 +119,29 @@ impl Model for Mirror {
         Ok(Self {
             context_length: activation.context_length.unwrap_or(DEFAULT_CONTEXT_LENGTH),
             dimensions: config.dimensions,
+            sequence_bytes: 0,
+        })
+    }
+
+    /// No device memory: the model itself and its open sequences' token buffers (the
+    /// mirror's "KV cache"), on the host.
+    fn memory_report(&self) -> MemoryUse {
+        MemoryUse {
+            categories: vec![
+                CategoryMemory::new(MemoryCategory::KvCache, 0, self.sequence_bytes),
+                CategoryMemory::new(MemoryCategory::Other, 0, std::mem::size_of::<Self>() as u64),
+            ],
+        }
+    }
+
+    /// An activation holds the model itself; sequences come later.
+    fn estimate_memory(_: &MirrorConfig, _: &Activation) -> PluginResult<MemoryUse> {
+        Ok(MemoryUse {
+            categories: vec![CategoryMemory::new(
+                MemoryCategory::Other,
+                0,
+                std::mem::size_of::<Self>() as u64,
+            )],
         })
     }
 
@@ -164,7 +194,13 @@ impl TextModel for Mirror {
     }
 
     fn open(&mut self, prompt: &[u32], _params: &SequenceParams) -> PluginResult<Vec<u32>> {
-        Ok(prompt.to_vec())
+        let sequence = prompt.to_vec();
+        self.sequence_bytes += sequence_bytes(&sequence);
+        Ok(sequence)
+    }
+
+    fn close(&mut self, sequence: Vec<u32>) {
+        self.sequence_bytes -= sequence_bytes(&sequence);
     }
 
     fn step(&mut self, rest: &mut Vec<u32>) -> PluginResult<Next> {
@@ -266,6 +302,46 @@ mod tests {
             prompt: Prompt::Text(prompt.into()),
             params,
         })
+    }
+
+    #[test]
+    fn memory_reports_the_open_sequences_and_the_pretend_device_bytes() {
+        use pio_plugin_kit::api::{MemoryCategory, MemoryReport};
+        let host = |report: &MemoryReport, c: MemoryCategory| {
+            report
+                .categories
+                .iter()
+                .find(|m| m.category == c)
+                .map(|m| (m.device_bytes, m.host_bytes))
+        };
+        let mut plugin = ExamplePlugin::new().unwrap();
+        plugin
+            .initialize(serde_json::json!({"device_bytes": 4096}))
+            .unwrap();
+        let options = ActivateOptions::default();
+        let estimate = plugin.estimate_memory(&options).unwrap();
+        assert_eq!(estimate.device_bytes(), 4096);
+        assert!(plugin.memory_report().unwrap().categories.is_empty());
+        plugin.activate(&options).unwrap();
+        let report = plugin.memory_report().unwrap();
+        assert_eq!(report.device_bytes(), 4096);
+        assert_eq!(host(&report, MemoryCategory::KvCache), Some((0, 0)));
+        let request = SequenceRequest::Generate(GenerateRequest {
+            prompt: Prompt::Text("hello".into()),
+            params: GenerationParams::greedy(8),
+        });
+        let opened = plugin.open_sequence(&request).unwrap();
+        let report = plugin.memory_report().unwrap();
+        assert_eq!(host(&report, MemoryCategory::KvCache), Some((0, 5 * 4)));
+        plugin.close_sequence(opened.id).unwrap();
+        let report = plugin.memory_report().unwrap();
+        assert_eq!(host(&report, MemoryCategory::KvCache), Some((0, 0)));
+        plugin.deactivate().unwrap();
+        assert!(plugin.memory_report().unwrap().categories.is_empty());
+        let error = plugin
+            .initialize(serde_json::json!({"device_bytes": "lots"}))
+            .unwrap_err();
+        assert!(error.message.contains("device_bytes"), "{error:?}");
     }
 
     #[test]

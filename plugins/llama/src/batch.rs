@@ -71,6 +71,11 @@ impl Batch {
         &self.pool
     }
 
+    /// The pool's bookkeeping, to drop its cache.
+    pub fn pool_mut(&mut self) -> &mut BlockPool {
+        &mut self.pool
+    }
+
     /// Opens a sequence: shares or copies the longest prefix of `prompt` the pool holds,
     /// processes the rest and keeps its last logits (the first step samples from them). The
     /// sequence may hold its prompt and `max_new_tokens` tokens but the last, up to the

@@ -17,7 +17,7 @@ use crate::batch::{Batch, DEFAULT_KV_BLOCKS};
 use crate::error::{Error, Result};
 use crate::forward::Forward;
 use crate::kv_pool::BlockPool;
-use crate::memory::{self, MemoryConfig, MemoryLimits};
+use crate::memory::{self, MemoryConfig, MemoryLimits, MemoryNeeds};
 use crate::models::{self, ModelSpec};
 use crate::perplexity::{perplexity, perplexity_llama_cpp, Perplexity, Style};
 use crate::runtime::{GpuModel, DEFAULT_MAX_BATCH};
@@ -104,6 +104,22 @@ fn host_bytes(tokenizer: &TextTokenizer, vocab_size: usize, max_batch: usize) ->
     (vocab + max_batch * vocab_size * 4) as u64
 }
 
+/// The sizes [`Engine::load`] gives a model of `summary`: a KV cache of `context_length`
+/// positions (0: the trained context), batches of up to [`DEFAULT_MAX_BATCH`] tokens, a pool of
+/// `kv_blocks` blocks, both caches of `kv_type`.
+fn memory_config(summary: &ModelSummary, options: &LoadOptions) -> MemoryConfig {
+    let context = match options.context_length {
+        0 => summary.spec.hparams.context_length,
+        n => n,
+    };
+    MemoryConfig {
+        context,
+        max_batch: DEFAULT_MAX_BATCH.min(context),
+        kv_blocks: options.kv_blocks,
+        kv_type: options.kv_type,
+    }
+}
+
 /// How [`Engine::load`] loads a model: everything but the file.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -158,28 +174,21 @@ impl Engine {
     pub fn load(path: &Path, options: LoadOptions) -> Result<Self> {
         let LoadOptions {
             ref device,
-            context_length,
             memory_budget,
             kv_blocks,
             weights,
             kv_type,
+            ..
         } = options;
         let file = GgufFile::open(path)?;
         let summary = ModelSummary::read(&file, weights)?;
-        let context = match context_length {
-            0 => summary.spec.hparams.context_length,
-            n => n,
-        };
-        let max_batch = DEFAULT_MAX_BATCH.min(context);
+        let config = memory_config(&summary, &options);
+        let MemoryConfig {
+            context, max_batch, ..
+        } = config;
         // Nothing sized by the context exists before this check: a device holds no buffers yet.
         let gpu = Gpu::new(device)?;
         let limits = MemoryLimits::of(&gpu, memory_budget);
-        let config = MemoryConfig {
-            context,
-            max_batch,
-            kv_blocks,
-            kv_type,
-        };
         memory::check(
             &summary,
             &config,
@@ -221,6 +230,14 @@ impl Engine {
             summary,
             host_bytes,
         })
+    }
+
+    /// What [`Engine::load`] of `path` with `options` would allocate, read from the file's
+    /// metadata and tensor table alone: no device, no upload.
+    pub fn estimate(path: &Path, options: &LoadOptions) -> Result<MemoryNeeds> {
+        let summary = ModelSummary::read(&GgufFile::open(path)?, options.weights)?;
+        let config = memory_config(&summary, options);
+        Ok(summary.memory_needs(&config))
     }
 
     /// The same model loaded again with its weights stored as `weights` (its other options
@@ -285,6 +302,26 @@ impl Engine {
     /// The batched sequences' block pool: its size and what is available.
     pub fn kv_pool(&self) -> &BlockPool {
         self.batch.pool()
+    }
+
+    /// The block pool, to drop its cache.
+    pub fn kv_pool_mut(&mut self) -> &mut BlockPool {
+        self.batch.pool_mut()
+    }
+
+    /// What this engine's configuration needs (see [`ModelSummary::memory_needs`]).
+    pub fn memory_needs(&self) -> MemoryNeeds {
+        self.summary.memory_needs(&MemoryConfig {
+            context: self.model.context(),
+            max_batch: self.model.max_batch(),
+            kv_blocks: self.kv_pool().n_blocks(),
+            kv_type: self.options.kv_type,
+        })
+    }
+
+    /// Device bytes of one block of the batched sequences' pool, all layers' K and V.
+    pub fn kv_block_bytes(&self) -> u64 {
+        self.summary.kv_shape(self.options.kv_type).block_bytes()
     }
 
     /// What the kit's driver makes of `token`: end-of-generation ids end the sequence

@@ -77,7 +77,7 @@ impl BlockTable {
         self.len
     }
 
-    /// Whether it holds no position yet.
+    /// Whether it holds no position.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -166,6 +166,29 @@ impl BlockPool {
     /// Blocks no sequence holds that keep a prefix's keys and values for later prompts.
     pub fn cached(&self) -> usize {
         self.cached.len()
+    }
+
+    /// Blocks open sequences hold or have reserved.
+    pub fn in_use(&self) -> usize {
+        self.n_blocks() - self.available()
+    }
+
+    /// Forgets the contents of every cached block (the prefix cache of closed sequences):
+    /// they become empty. Returns how many there were. Open sequences keep their blocks.
+    pub fn drop_cached(&mut self) -> usize {
+        let cached = std::mem::take(&mut self.cached);
+        for &(_, block) in &cached {
+            let b = &mut self.blocks[block as usize];
+            if b.tokens.len() == BLOCK {
+                let hash = chain(b.prefix, &b.tokens);
+                if self.full.get(&hash) == Some(&block) {
+                    self.full.remove(&hash);
+                }
+            }
+            b.tokens.clear();
+            self.empty.push(block);
+        }
+        cached.len()
     }
 
     /// The longest prefix of `prompt` (but its last token) whose keys and values the pool
@@ -469,6 +492,28 @@ mod tests {
         let fourth = open_and_fill(&mut pool, &tokens(101, 20), 20, &mut copies).unwrap();
         assert!(copies.is_empty());
         assert!(fourth.blocks().iter().all(|b| !first.blocks().contains(b)));
+    }
+
+    #[test]
+    fn dropping_the_cache_empties_closed_blocks_and_keeps_open_ones() {
+        let mut pool = BlockPool::new(6);
+        let mut copies = Vec::new();
+        let prompt = tokens(0, 40);
+        let closed = open_and_fill(&mut pool, &prompt, 48, &mut copies).unwrap();
+        pool.close(closed);
+        let open = open_and_fill(&mut pool, &[7; 20], 20, &mut copies).unwrap();
+        assert_eq!((pool.cached(), pool.in_use()), (3, 2));
+        assert_eq!(pool.drop_cached(), 3);
+        assert_eq!((pool.cached(), pool.in_use(), pool.available()), (0, 2, 4));
+        // The closed prompt's prefix is gone: nothing of it is reused any more.
+        let again = open_and_fill(&mut pool, &prompt, 48, &mut copies).unwrap();
+        assert!(copies.is_empty());
+        assert_eq!(again.blocks().len(), 3);
+        assert!(!again.is_empty());
+        pool.close(again);
+        pool.close(open);
+        assert_eq!(pool.drop_cached(), 5);
+        assert_eq!(pool.available(), 6);
     }
 
     #[test]

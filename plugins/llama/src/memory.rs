@@ -11,7 +11,8 @@
 //! available, so that an absurd `--ctx` is an error naming the numbers instead of an abort on
 //! a terabyte allocation.
 
-use pio_gpu::KvType;
+use pio_gpu::{KvShape, KvType};
+use pio_plugin_kit::{CategoryMemory, MemoryCategory};
 
 use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
@@ -140,6 +141,52 @@ impl ModelSummary {
             device,
             host: one_rope_table.saturating_add(logits),
             largest_buffer,
+        }
+    }
+}
+
+impl MemoryNeeds {
+    /// The needs by category, as the host's memory calls report them: weights; the KV cache
+    /// (the model's own single-sequence cache and the block pool, whose capacity and use —
+    /// `pool_used` bytes held or reserved by open sequences — are the pool's); activations
+    /// and scratch (with the RoPE tables, which are rebuilt with them); and `other_device` /
+    /// `other_host` bytes outside these (pipelines, staging, the tokenizer).
+    pub fn categories(
+        &self,
+        pool_used: u64,
+        other_device: u64,
+        other_host: u64,
+    ) -> Vec<CategoryMemory> {
+        vec![
+            CategoryMemory::new(MemoryCategory::Weights, self.weights, 0),
+            CategoryMemory {
+                capacity_bytes: self.batch_cache,
+                used_bytes: pool_used.min(self.batch_cache),
+                ..CategoryMemory::new(
+                    MemoryCategory::KvCache,
+                    self.kv_cache.saturating_add(self.batch_cache),
+                    0,
+                )
+            },
+            CategoryMemory::new(
+                MemoryCategory::Activations,
+                self.activations.saturating_add(self.rope_table),
+                self.host,
+            ),
+            CategoryMemory::new(MemoryCategory::Other, other_device, other_host),
+        ]
+    }
+}
+
+impl ModelSummary {
+    /// The shape of this model's KV caches with values of `kv_type`.
+    pub fn kv_shape(&self, kv_type: KvType) -> KvShape {
+        let hp = &self.spec.hparams;
+        KvShape {
+            n_layers: hp.n_layer as u32,
+            n_kv_heads: hp.n_head_kv as u32,
+            head_dim: hp.head_dim as u32,
+            kv_type,
         }
     }
 }

@@ -24,8 +24,8 @@ use std::path::PathBuf;
 
 use pio_gpu::{DeviceOptions, KvType};
 use pio_plugin_kit::{
-    metadata, Activation, Capability, Config, Model, ModelInfo, ModelStats, PluginError,
-    PluginMetadata, PluginResult,
+    metadata, Activation, Capability, Config, Freed, FreedMemory, MemoryCategory, MemoryUse, Model,
+    ModelInfo, ModelStats, PluginError, PluginMetadata, PluginResult,
 };
 
 use crate::batch::DEFAULT_KV_BLOCKS;
@@ -130,19 +130,48 @@ impl Model for Engine {
     }
 
     fn activate(settings: &Settings, activation: &Activation) -> PluginResult<Self> {
-        let device = DeviceOptions {
-            adapter: activation.adapter.clone(),
-            ..DeviceOptions::default()
-        };
-        let options = LoadOptions {
-            device,
-            context_length: activation.context_length.unwrap_or(0) as usize,
-            memory_budget: activation.memory_budget_bytes.unwrap_or(0),
-            kv_blocks: settings.kv_blocks,
-            weights: settings.weights,
-            kv_type: settings.kv_type,
-        };
+        let options = load_options(settings, activation);
         Ok(Engine::load(&activation.resolve(&settings.model), options)?)
+    }
+
+    /// From the file's metadata and tensor table (see [`Engine::estimate`]); host bytes
+    /// exclude the tokenizer, which is built only at activation.
+    fn estimate_memory(settings: &Settings, activation: &Activation) -> PluginResult<MemoryUse> {
+        let options = load_options(settings, activation);
+        let needs = Engine::estimate(&activation.resolve(&settings.model), &options)?;
+        Ok(MemoryUse {
+            categories: needs.categories(0, 0, 0),
+        })
+    }
+
+    /// Weights, KV cache (the model's own and the block pool, with the pool's use),
+    /// activations and scratch from the sizes the engine was built with; the device bytes
+    /// allocated beyond those (pipelines, uniforms, staging) and the tokenizer and read-back
+    /// host memory are `other`.
+    fn memory_report(&self) -> MemoryUse {
+        let needs = self.memory_needs();
+        let pool = self.kv_pool();
+        let pool_used = pool.in_use() as u64 * self.kv_block_bytes();
+        let allocated = self.model().gpu().allocated_bytes();
+        let other_device = allocated.saturating_sub(needs.device);
+        let other_host = self.host_bytes().saturating_sub(needs.host);
+        MemoryUse {
+            categories: needs.categories(pool_used, other_device, other_host),
+        }
+    }
+
+    /// Drops the block pool's cached blocks (prefixes of closed sequences): they return to
+    /// the pool's free blocks, reported as KV-cache bytes freed — the pool's buffers stay
+    /// allocated (sized at activation), so the process's device memory does not shrink.
+    fn force_memory_cleanup(&mut self) -> Freed {
+        let blocks = self.kv_pool_mut().drop_cached() as u64;
+        Freed {
+            categories: vec![FreedMemory {
+                category: MemoryCategory::KvCache,
+                device_bytes: blocks * self.kv_block_bytes(),
+                host_bytes: 0,
+            }],
+        }
     }
 
     fn tokenizer(&self) -> &GgufTokenizer {
@@ -226,6 +255,21 @@ impl Model for Engine {
                 "unknown op {other:?}; this plugin's infer supports \"perplexity\" and \"bench\""
             ))),
         }
+    }
+}
+
+/// How to load the engine for `settings` and the host's `activation`.
+fn load_options(settings: &Settings, activation: &Activation) -> LoadOptions {
+    LoadOptions {
+        device: DeviceOptions {
+            adapter: activation.adapter.clone(),
+            ..DeviceOptions::default()
+        },
+        context_length: activation.context_length.unwrap_or(0) as usize,
+        memory_budget: activation.memory_budget_bytes.unwrap_or(0),
+        kv_blocks: settings.kv_blocks,
+        weights: settings.weights,
+        kv_type: settings.kv_type,
     }
 }
 
@@ -392,6 +436,68 @@ mod tests {
         let e = outcome.unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
         assert!(e.message.contains("not active"), "{e}");
+    }
+
+    #[test]
+    fn memory_is_estimated_before_activation_reported_and_cleaned_up() {
+        use pio_plugin_kit::api::{MemoryCategory, MemoryReport};
+        let category = |report: &MemoryReport, c: MemoryCategory| {
+            *report.categories.iter().find(|m| m.category == c).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = tiny_file(&dir, &TinyConfig::default());
+        let mut p = initialized(&path);
+        let options = ActivateOptions {
+            context_length: 64,
+            ..ActivateOptions::default()
+        };
+        let estimate = p.estimate_memory(&options).unwrap();
+        assert!(
+            p.stats().device_memory_bytes == 0,
+            "estimating allocates nothing"
+        );
+        p.activate(&options).unwrap();
+        let report = p.memory_report().unwrap();
+        let allocated = p.stats().device_memory_bytes;
+        for c in [
+            MemoryCategory::Weights,
+            MemoryCategory::KvCache,
+            MemoryCategory::Activations,
+        ] {
+            assert_eq!(category(&estimate, c), category(&report, c), "{c:?}");
+        }
+        // The report accounts for every allocated byte; the estimate is within 10% of them.
+        assert_eq!(
+            report.device_bytes(),
+            allocated.max(estimate.device_bytes())
+        );
+        // The estimate counts the block pool (the KV capacity), which the first batched
+        // sequence allocates.
+        let pool = category(&estimate, MemoryCategory::KvCache).capacity_bytes;
+        let estimated = (estimate.device_bytes() - pool) as f64;
+        assert!(
+            (estimated - allocated as f64).abs() < 0.1 * allocated as f64,
+            "{estimated} vs {allocated}"
+        );
+        let kv = category(&report, MemoryCategory::KvCache);
+        assert!(kv.capacity_bytes > 0 && kv.used_bytes == 0, "{kv:?}");
+
+        let request = text_request("The cat sat on the mat", GenerationParams::greedy(4));
+        let opened = p.open_sequence(&request).unwrap();
+        let kv = category(&p.memory_report().unwrap(), MemoryCategory::KvCache);
+        assert!(kv.used_bytes > 0, "{kv:?}");
+        p.close_sequence(opened.id).unwrap();
+        // The closed prompt's blocks stay cached until the cleanup drops them.
+        let freed = p.force_memory_cleanup().unwrap();
+        assert_eq!(freed.categories.len(), 1);
+        assert!(freed.categories[0].device_bytes > 0, "{freed:?}");
+        assert_eq!(
+            p.force_memory_cleanup().unwrap().categories[0].device_bytes,
+            0
+        );
+        let again = p.open_sequence(&request).unwrap();
+        assert_eq!(again.cached_tokens, 0, "the prefix cache was dropped");
+        p.close_sequence(again.id).unwrap();
     }
 
     #[test]

@@ -36,7 +36,7 @@ use pio_host::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use pio_host::{HostError, HostResult, PluginManager, PluginState};
+use pio_host::{HostError, HostResult, KeepAlive, Lease, PluginManager};
 
 use super::{
     metrics::{GaugeSample, Metrics},
@@ -126,6 +126,25 @@ pub struct SequenceHandle {
     pub deadline: Instant,
 }
 
+/// How a request enters its plugin's queue: its priority class, and how long the plugin
+/// should stay resident after it (Ollama's `keep_alive`; `None`: as configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admit {
+    /// The priority class.
+    pub priority: Priority,
+    /// The plugin's keep-alive from this request on.
+    pub keep_alive: Option<KeepAlive>,
+}
+
+impl From<Priority> for Admit {
+    fn from(priority: Priority) -> Self {
+        Self {
+            priority,
+            keep_alive: None,
+        }
+    }
+}
+
 /// When and for what a request entered a queue.
 #[derive(Debug)]
 struct Admission {
@@ -133,6 +152,9 @@ struct Admission {
     reference: String,
     arrived: Instant,
     deadline: Instant,
+    /// Marks the plugin busy for the memory manager (never swapped out) until the request is
+    /// done and this admission dropped.
+    _lease: Lease,
 }
 
 /// A one-off call run by a scheduler; it answers through the channel it captured.
@@ -293,11 +315,11 @@ impl Engine {
     pub fn submit_sequence(
         &self,
         model: &str,
-        priority: Priority,
+        admit: impl Into<Admit>,
         request: Sequence,
     ) -> Result<SequenceHandle, EngineError> {
         let (events, receiver) = mpsc::unbounded_channel();
-        let deadline = self.admit(model, priority, |admission| Job::Sequence {
+        let deadline = self.admit(model, admit.into(), |admission| Job::Sequence {
             admission,
             request,
             events,
@@ -313,14 +335,17 @@ impl Engine {
     pub async fn call<T: Send + 'static>(
         &self,
         model: &str,
-        priority: Priority,
+        admit: impl Into<Admit>,
         call: impl FnOnce(&PluginManager, &str) -> HostResult<T> + Send + 'static,
     ) -> Result<T, EngineError> {
         let (answer, answered) = oneshot::channel();
         let run: CallFn = Box::new(move |manager, reference| {
             let _ = answer.send(call(manager, reference));
         });
-        let deadline = self.admit(model, priority, |admission| Job::Call { admission, run })?;
+        let deadline = self.admit(model, admit.into(), |admission| Job::Call {
+            admission,
+            run,
+        })?;
         match tokio::time::timeout_at(deadline.into(), answered).await {
             Ok(Ok(result)) => result.map_err(EngineError::Host),
             Ok(Err(_)) => Err(EngineError::Stopped(model.to_owned())),
@@ -403,16 +428,17 @@ impl Engine {
         gauges
     }
 
-    /// Checks that `model` names an active plugin and queues the job `make` builds; returns
-    /// the request's deadline.
+    /// Checks that `model` names an active plugin (or one the memory manager swapped out,
+    /// which its scheduler swaps in) and queues the job `make` builds; returns the request's
+    /// deadline.
     fn admit(
         &self,
         model: &str,
-        priority: Priority,
+        admit: Admit,
         make: impl FnOnce(Admission) -> Job,
     ) -> Result<Instant, EngineError> {
         let summary = match self.manager.info(model) {
-            Ok(summary) if summary.state == PluginState::Active => summary,
+            Ok(summary) if summary.is_available() => summary,
             Ok(_) | Err(HostError::NotFound(_)) => {
                 return Err(EngineError::NotServed(model.to_owned()))
             }
@@ -426,12 +452,13 @@ impl Engine {
             reference: model.to_owned(),
             arrived,
             deadline,
+            _lease: self.manager.lease(&name, admit.keep_alive),
         });
         let lanes = self.lock_lanes();
         let lane = lanes
             .get(&name)
             .ok_or_else(|| EngineError::Stopped(name.clone()))?;
-        match lane.queue.admit(priority, job) {
+        match lane.queue.admit(admit.priority, job) {
             Ok(()) => Ok(deadline),
             Err(queue::Refused::Full) => Err(EngineError::QueueFull {
                 plugin: name,

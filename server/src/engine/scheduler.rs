@@ -191,9 +191,13 @@ impl Scheduler {
         let _ = events.send(SequenceEvent::Finished(Err(EngineError::Host(error))));
     }
 
+    /// Re-reads the plugin's stats and memory report (which the manager keeps for the memory
+    /// budget, listings and `/metrics`). This thread is the only one calling the plugin, so
+    /// neither waits.
     pub(super) fn refresh_stats(&self) {
         let stats = self.manager.stats(&self.name).ok();
         *super::lock(&self.state.stats) = stats;
+        self.manager.refresh_memory_report(&self.name);
     }
 
     /// Runs one sequence of an unbatched plugin to its end, streaming its text to `events`,

@@ -377,6 +377,61 @@ fn plugin_embeds_tokenizes_and_reports_stats() {
 }
 
 #[test]
+fn memory_is_estimated_without_a_device_reported_and_cleaned_up() {
+    use pio_plugin_api::{MemoryCategory, MemoryReport};
+    let bytes = |report: &MemoryReport, c: MemoryCategory| {
+        report
+            .categories
+            .iter()
+            .find(|m| m.category == c)
+            .map_or(0, |m| m.device_bytes)
+    };
+    let dir = tiny_model(5);
+    let mut plugin = plugin_for(dir.path());
+    let options = ActivateOptions::default();
+    let estimate = plugin.estimate_memory(&options).unwrap();
+    assert!(plugin.memory_report().unwrap().categories.is_empty());
+    plugin.activate(&options).unwrap();
+    let report = plugin.memory_report().unwrap();
+    // The weights are exactly what the estimate computed from the configuration.
+    assert_eq!(
+        bytes(&report, MemoryCategory::Weights),
+        bytes(&estimate, MemoryCategory::Weights)
+    );
+    assert_eq!(report.device_bytes(), plugin.stats().device_memory_bytes);
+    // Two texts of the longest length fill a batch: the workspace reaches the estimate's.
+    let long = "the cat sat ".repeat(64);
+    let request = EmbedRequest {
+        inputs: vec![long.as_str().into(), long.as_str().into()].into(),
+    };
+    plugin.embed(&request).unwrap();
+    let report = plugin.memory_report().unwrap();
+    let workspace = bytes(&report, MemoryCategory::Activations);
+    assert_eq!(workspace, bytes(&estimate, MemoryCategory::Activations));
+    assert!(
+        report.device_bytes() <= estimate.device_bytes() + bytes(&report, MemoryCategory::Other)
+    );
+    let freed = plugin.force_memory_cleanup().unwrap();
+    assert_eq!(freed.categories[0].device_bytes, workspace);
+    assert_eq!(
+        bytes(
+            &plugin.memory_report().unwrap(),
+            MemoryCategory::Activations
+        ),
+        0
+    );
+    // The workspace comes back with the next batch.
+    plugin.embed(&request).unwrap();
+    assert_eq!(
+        bytes(
+            &plugin.memory_report().unwrap(),
+            MemoryCategory::Activations
+        ),
+        workspace
+    );
+}
+
+#[test]
 fn configuration_errors_are_clear() {
     let mut plugin = BertPlugin::new().unwrap();
     let error = plugin.initialize(json!({"weights": "f32"})).unwrap_err();
