@@ -386,3 +386,76 @@ fn llama_and_bert_swap_within_a_budget_that_fits_one_of_them() {
     assert!(reported <= budget, "{reported} > {budget}");
     assert!(reserved <= budget, "{reserved} > {budget}");
 }
+
+#[test]
+#[ignore = "needs the MiniLM model: pio models fetch"]
+fn compressing_a_plugin_over_http_reports_the_change_and_serves_it() {
+    let bert = workspace_plugin("pio_plugin_bert");
+    let server = TestServer::start(
+        &[Served {
+            folder: "bert",
+            library: &bert,
+            config: json!({"model": pio_testkit::model(pio_testkit::MINILM)}),
+        }],
+        ConfigLayer::default(),
+        ActivateOptions::default(),
+    );
+    let embed = || {
+        let (status, body) = server.post(
+            "/v1/embeddings",
+            &json!({"model": "bert", "input": "A man is eating food."}),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["data"][0]["embedding"].as_array().unwrap().clone()
+    };
+    let before = embed();
+    let (status, body) = server.post(
+        "/admin/plugins/bert/compress",
+        &json!({"scope": "weights", "format": "q8_0"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let compression = &body["compression"];
+    println!("bert q8_0 over HTTP: {compression}");
+    assert_eq!(compression["method"], "q8_0 weights");
+    let weights = &compression["categories"][0];
+    assert_eq!(weights["category"], "weights");
+    assert!(weights["bytes_after"].as_u64() < weights["bytes_before"].as_u64());
+    let quality = &compression["quality"];
+    assert_eq!(quality["before"], 1.0);
+    let after = quality["after"].as_f64().unwrap();
+    assert!((0.99..1.0).contains(&after), "{quality}");
+    // The plugin serves with the new weights: close to, but not exactly, the f32 embedding.
+    let now = embed();
+    assert_ne!(now, before);
+    let dot: f64 = now
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.as_f64().unwrap() * b.as_f64().unwrap())
+        .sum();
+    assert!(dot > 0.99, "cosine of unit vectors {dot}");
+
+    // What cannot be done is a 400 naming what can.
+    for (body, says) in [
+        (
+            json!({"scope": "kv_cache", "format": "f16"}),
+            "supported formats: f32, f16, q8_0",
+        ),
+        (
+            json!({"scope": "weights", "format": "q4_0"}),
+            "supported formats: f32, f16, q8_0",
+        ),
+        (
+            json!({"scope": "everything", "format": "q8_0"}),
+            "unknown scope 'everything'",
+        ),
+    ] {
+        let (status, answer) = server.post("/admin/plugins/bert/compress", &body);
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer.to_string().contains(says), "{answer}");
+    }
+    let (status, _) = server.post(
+        "/admin/plugins/nothing/compress",
+        &json!({"scope": "weights", "format": "q8_0"}),
+    );
+    assert_eq!(status, 404);
+}

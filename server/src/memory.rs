@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use pio_host::{MemoryReport, PluginManager, PluginSummary};
+use pio_host::{CompressionReport, MemoryReport, PluginManager, PluginSummary};
 use serde_json::{json, Value};
 
 use crate::metrics::GaugeSample;
@@ -41,6 +41,32 @@ pub fn report_json(report: &MemoryReport) -> Value {
         "device_bytes": report.device_bytes(),
         "host_bytes": report.host_bytes(),
         "categories": categories,
+    })
+}
+
+/// A compression report as JSON: method, overall ratio, bytes per category and the quality
+/// change.
+pub fn compression_json(report: &CompressionReport) -> Value {
+    let categories: Vec<Value> = report
+        .categories
+        .iter()
+        .map(|c| {
+            json!({
+                "category": c.category.as_str(),
+                "bytes_before": c.bytes_before,
+                "bytes_after": c.bytes_after,
+            })
+        })
+        .collect();
+    json!({
+        "method": report.method,
+        "ratio": report.ratio(),
+        "categories": categories,
+        "quality": report.quality.as_ref().map(|q| json!({
+            "metric": q.metric,
+            "before": q.before,
+            "after": q.after,
+        })),
     })
 }
 

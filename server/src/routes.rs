@@ -5,14 +5,16 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{DefaultBodyLimit, MatchedPath, Query, Request, State},
+    extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State},
     http::{header, HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     Router,
 };
-use pio_host::{Capability, EmbedRequest, ErrorKind, KeepAlive};
+use pio_host::{
+    Capability, CompressionRequest, CompressionScope, EmbedRequest, ErrorKind, KeepAlive,
+};
 use serde_json::{json, Value};
 
 use pio_host::{HostError, PluginState, PluginSummary};
@@ -48,6 +50,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/admin/plugins", get(admin_plugins))
+        .route("/admin/plugins/{name}/compress", post(compress))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_api_key))
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found("unknown_route", "no such route") })
@@ -520,4 +523,53 @@ async fn admin_plugins(State(app): State<Arc<App>>) -> Response {
         StatusCode::OK,
         &json!({"plugins": plugins, "events": app.plugins.events()}),
     )
+}
+
+/// The body of `POST /admin/plugins/{name}/compress`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompressBody {
+    /// `weights` or `kv_cache`.
+    scope: String,
+    /// The target format (`q8_0`, `f16`, ...).
+    format: String,
+}
+
+/// `POST /admin/plugins/{name}/compress` with `{"scope": "weights" | "kv_cache", "format":
+/// F}`: the plugin stores those tensors in F from then on and answers
+/// `{"plugin", "compression": {"method", "ratio", "categories", "quality"}}` (bytes before and
+/// after per category, the measured quality change). Runs in the plugin's queue like a request;
+/// a plugin refuses it while it has batched sequences open, and refuses a format it cannot
+/// store with the ones it can (400).
+async fn compress(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CompressBody>,
+) -> Result<Response, ApiError> {
+    let scope = match body.scope.as_str() {
+        "weights" => CompressionScope::Weights,
+        "kv_cache" => CompressionScope::KvCache,
+        other => {
+            return Err(ApiError::invalid(
+                "scope",
+                format!("unknown scope '{other}': expected \"weights\" or \"kv_cache\""),
+            ))
+        }
+    };
+    let request = CompressionRequest {
+        scope,
+        format: body.format,
+    };
+    let priority = priority(None, &headers)?;
+    let report = app
+        .engine
+        .call(&name, priority, move |manager, model| {
+            manager.compress(model, &request)
+        })
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"plugin": name, "compression": super::memory::compression_json(&report)}),
+    ))
 }

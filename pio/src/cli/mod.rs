@@ -96,6 +96,11 @@ enum PluginsCommand {
         /// Also activate the plugin and show its resource use and the device it chose.
         #[arg(long)]
         activate: bool,
+        /// Activate, then store the plugin's tensors of SCOPE (`weights` or `kv_cache`) in
+        /// FORMAT (e.g. `weights=q8_0`, `kv_cache=f16`) and show what changed: bytes per
+        /// category and the quality the plugin measured.
+        #[arg(long, value_name = "SCOPE=FORMAT", value_parser = plugins::parse_compression)]
+        compress: Option<pio_host::CompressionRequest>,
         #[command(flatten)]
         dirs: PluginDirs,
     },
@@ -142,8 +147,9 @@ pub fn main() -> ExitCode {
         Command::Plugins(PluginsCommand::Info {
             name,
             activate,
+            compress,
             dirs,
-        }) => plugins::info(&name, activate, &dirs),
+        }) => plugins::info(&name, activate, compress.as_ref(), &dirs),
         Command::Plugins(PluginsCommand::Check { path }) => plugins::check(&path),
         Command::Plugins(PluginsCommand::Pack(args)) => plugins::pack(&args),
         Command::Plugins(PluginsCommand::New(args)) => {

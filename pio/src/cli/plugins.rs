@@ -11,7 +11,8 @@ use clap::Args;
 use pio_host::{
     memory::format_size,
     pack::{pack as pack_library, PackRequest},
-    MemoryReport, PluginState, PluginSummary,
+    CompressionReport, CompressionRequest, CompressionScope, MemoryReport, PluginState,
+    PluginSummary,
 };
 
 use super::{
@@ -83,8 +84,30 @@ pub fn list(dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `pio plugins info NAME`.
-pub fn info(name: &str, activate: bool, dirs: &PluginDirs) -> anyhow::Result<ExitCode> {
+/// The value of `--compress`: `SCOPE=FORMAT`.
+pub fn parse_compression(value: &str) -> Result<CompressionRequest, String> {
+    let (scope, format) = value
+        .split_once('=')
+        .ok_or_else(|| format!("`{value}` is not SCOPE=FORMAT (e.g. weights=q8_0)"))?;
+    let scope = match scope {
+        "weights" => CompressionScope::Weights,
+        "kv_cache" => CompressionScope::KvCache,
+        other => return Err(format!("unknown scope `{other}`: weights or kv_cache")),
+    };
+    Ok(CompressionRequest {
+        scope,
+        format: format.to_owned(),
+    })
+}
+
+/// `pio plugins info NAME [--activate] [--compress SCOPE=FORMAT]`.
+pub fn info(
+    name: &str,
+    activate: bool,
+    compress: Option<&CompressionRequest>,
+    dirs: &PluginDirs,
+) -> anyhow::Result<ExitCode> {
+    let activate = activate || compress.is_some();
     let manager = load_manager(dirs)?;
     let summary = manager.info(name)?;
     let m = &summary.manifest;
@@ -142,9 +165,40 @@ pub fn info(name: &str, activate: bool, dirs: &PluginDirs) -> anyhow::Result<Exi
             Ok(None) => println!("compression:  none (tensors as loaded)"),
             Err(e) => println!("compression:  none ({e})"),
         }
+        if let Some(request) = compress {
+            let report = manager.compress(&summary.id, request)?;
+            print_compression(&report);
+            let memory = manager.memory_report(&summary.id)?;
+            print_memory("memory now", &memory);
+        }
         manager.deactivate(&summary.id)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what a compression did: method and ratio, bytes per category, quality change.
+fn print_compression(report: &CompressionReport) {
+    let ratio = report
+        .ratio()
+        .map_or_else(String::new, |r| format!(", ratio {r:.3}"));
+    println!("compressed:   {}{ratio}", report.method);
+    for c in &report.categories {
+        println!(
+            "  {:<12}{} -> {}",
+            c.category.as_str(),
+            format_size(c.bytes_before),
+            format_size(c.bytes_after)
+        );
+    }
+    if let Some(q) = &report.quality {
+        println!(
+            "  {:<12}{:.6} -> {:.6} ({:+.3}%)",
+            q.metric,
+            q.before,
+            q.after,
+            (q.after / q.before - 1.0) * 100.0
+        );
+    }
 }
 
 /// Prints a memory report (or estimate) as `label: total`, then one line per category.

@@ -1,5 +1,5 @@
-//! The `compare_compression` infer operation: how close embeddings computed with compressed
-//! weights are to the f32 ones.
+//! How close embeddings computed with compressed weights are to the f32 ones: the measure of
+//! the `compress` call and the `compare_compression` infer operation.
 //!
 //! Request: `{"op": "compare_compression", "inputs": ["text", ...], "formats": ["f16", "q8_0"]}`
 //! (`inputs` optional: a built-in set of varied sentences; `formats` optional: f16 and q8_0).
@@ -70,8 +70,70 @@ fn parse_request(request: &Value) -> PluginResult<(Vec<String>, Vec<WeightDtype>
     Ok((inputs, formats))
 }
 
-/// Embeds the request's inputs with f32 weights and with each requested format on `gpu`
-/// (reloading the model files from `files`), and reports their agreement.
+/// How closely embeddings computed with one weight storage type agree with f32 ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Agreement {
+    /// The storage type.
+    pub dtype: WeightDtype,
+    /// Lowest and mean cosine similarity between an input's two embeddings.
+    pub min_cosine: f64,
+    /// Mean cosine similarity over the inputs.
+    pub mean_cosine: f64,
+    /// Device bytes of the weights in this type.
+    pub weight_bytes: u64,
+    /// Milliseconds to embed the inputs.
+    pub ms: f64,
+}
+
+/// Embeds `inputs` with f32 weights and with each of `dtypes` on `gpu` (loading the model
+/// from `files` for each, one at a time), and reports how each agrees with f32.
+pub fn agreement(
+    gpu: &Arc<Gpu>,
+    files: &ModelFiles,
+    max_batch: usize,
+    inputs: &[String],
+    dtypes: &[WeightDtype],
+) -> PluginResult<Vec<Agreement>> {
+    let run = |dtype: WeightDtype| -> PluginResult<(Vec<Vec<f32>>, u64, f64)> {
+        let mut embedder = Embedder::new(Arc::clone(gpu), files, dtype, max_batch)?;
+        let weight_bytes = embedder.model().weight_bytes();
+        let start = Instant::now();
+        let vectors = embedder.embed(inputs)?.vectors;
+        Ok((vectors, weight_bytes, start.elapsed().as_secs_f64() * 1e3))
+    };
+    let (reference, _, _) = run(WeightDtype::F32)?;
+    dtypes
+        .iter()
+        .map(|&dtype| {
+            let (vectors, weight_bytes, ms) = run(dtype)?;
+            let cosines: Vec<f64> = vectors
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| cosine(a, b))
+                .collect();
+            Ok(Agreement {
+                dtype,
+                min_cosine: cosines.iter().copied().fold(f64::INFINITY, f64::min),
+                mean_cosine: cosines.iter().sum::<f64>() / cosines.len() as f64,
+                weight_bytes,
+                ms,
+            })
+        })
+        .collect()
+}
+
+/// [`agreement`] on the built-in sentences.
+pub fn default_agreement(
+    gpu: &Arc<Gpu>,
+    files: &ModelFiles,
+    max_batch: usize,
+    dtypes: &[WeightDtype],
+) -> PluginResult<Vec<Agreement>> {
+    let inputs: Vec<String> = DEFAULT_INPUTS.iter().map(|s| (*s).to_owned()).collect();
+    agreement(gpu, files, max_batch, &inputs, dtypes)
+}
+
+/// The `compare_compression` operation: [`agreement`] of the request's inputs and formats.
 pub fn compare_compression(
     gpu: &Arc<Gpu>,
     files: &ModelFiles,
@@ -79,32 +141,18 @@ pub fn compare_compression(
     request: &Value,
 ) -> PluginResult<Value> {
     let (inputs, formats) = parse_request(request)?;
-    let run = |dtype: WeightDtype| -> PluginResult<(Vec<Vec<f32>>, u64, f64)> {
-        let mut embedder = Embedder::new(Arc::clone(gpu), files, dtype, max_batch)?;
-        let weight_bytes = embedder.model().weight_bytes();
-        let start = Instant::now();
-        let vectors = embedder.embed(&inputs)?.vectors;
-        Ok((vectors, weight_bytes, start.elapsed().as_secs_f64() * 1e3))
-    };
-    let (reference, _, _) = run(WeightDtype::F32)?;
-    let mut results = Vec::new();
-    for dtype in formats {
-        let (vectors, weight_bytes, ms) = run(dtype)?;
-        let cosines: Vec<f64> = vectors
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| cosine(a, b))
-            .collect();
-        let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
-        let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
-        results.push(json!({
-            "weights": dtype.name(),
-            "min_cosine": min,
-            "mean_cosine": mean,
-            "weight_bytes": weight_bytes,
-            "ms": ms,
-        }));
-    }
+    let results: Vec<Value> = agreement(gpu, files, max_batch, &inputs, &formats)?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "weights": a.dtype.name(),
+                "min_cosine": a.min_cosine,
+                "mean_cosine": a.mean_cosine,
+                "weight_bytes": a.weight_bytes,
+                "ms": a.ms,
+            })
+        })
+        .collect();
     Ok(json!({
         "reference": "f32",
         "inputs": inputs.len(),

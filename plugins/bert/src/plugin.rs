@@ -4,17 +4,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pio_gpu::{DeviceOptions, Gpu};
+use pio_plugin_api::abi_stable::std_types::ROption;
 use pio_plugin_api::serde_json::{json, Value};
 use pio_plugin_api::{
-    semver::Version, ActivateOptions, Capability, CategoryMemory, EmbedRequest, EmbedResponse,
+    semver::Version, ActivateOptions, Capability, CategoryCompression, CategoryMemory,
+    CompressionReport, CompressionRequest, CompressionScope, EmbedRequest, EmbedResponse,
     FreedMemory, Health, HealthStatus, MemoryCategory, MemoryFreed, MemoryReport, ModelInfo,
-    Plugin, PluginError, PluginMetadata, PluginResult, PluginStats,
+    Plugin, PluginError, PluginMetadata, PluginResult, PluginStats, QualityChange,
 };
 
-use crate::compare::compare_compression;
+use crate::compare::{compare_compression, default_agreement};
 use crate::embedder::{Embedder, ModelFiles};
 use crate::memory;
-use crate::settings::Settings;
+use crate::settings::{weight_dtype, Settings, WEIGHT_DTYPES};
 use crate::tokenize::BertTokenizer;
 
 /// State that exists only while the plugin is active.
@@ -25,6 +27,8 @@ struct Active {
     activate_ms: f64,
     requests: u64,
     tokens: u64,
+    /// The last compression, once one was asked for.
+    compression: Option<CompressionReport>,
 }
 
 /// The BERT sentence-embedding plugin.
@@ -133,6 +137,7 @@ impl Plugin for BertPlugin {
             activate_ms: start.elapsed().as_secs_f64() * 1e3,
             requests: 0,
             tokens: 0,
+            compression: None,
         });
         Ok(())
     }
@@ -243,6 +248,56 @@ impl Plugin for BertPlugin {
             }]
             .into(),
         })
+    }
+
+    /// Uploads the linear layers' weights again in `format` (`f32`, `f16` or `q8_0`; the model
+    /// has no KV cache), with the mean cosine similarity of the built-in sentences' embeddings
+    /// to the f32 model's measured before and after. The old weights serve until the new ones
+    /// are uploaded; both are on the device meanwhile.
+    fn compress(&mut self, request: &CompressionRequest) -> PluginResult<CompressionReport> {
+        let dtype = match request.scope {
+            CompressionScope::Weights => weight_dtype(&request.format),
+            CompressionScope::KvCache => None,
+        }
+        .ok_or_else(|| {
+            let formats: Vec<_> = WEIGHT_DTYPES.iter().map(|d| d.name()).collect();
+            PluginError::invalid_input(format!(
+                "cannot compress {} to '{}': supported formats: {} (weights; the model has no \
+                 KV cache)",
+                request.scope.as_str(),
+                request.format,
+                formats.join(", ")
+            ))
+        })?;
+        let settings = self.settings()?.clone();
+        let active = self.active()?;
+        let current = active.embedder.model().dtype();
+        let files = ModelFiles::load(&settings.model)?;
+        let measured =
+            default_agreement(&active.gpu, &files, settings.max_batch, &[current, dtype])?;
+        let embedder = Embedder::new(Arc::clone(&active.gpu), &files, dtype, settings.max_batch)?;
+        let report = CompressionReport {
+            method: format!("{} weights", dtype.name()).into(),
+            categories: vec![CategoryCompression {
+                category: MemoryCategory::Weights,
+                bytes_before: active.embedder.model().weight_bytes(),
+                bytes_after: embedder.model().weight_bytes(),
+            }]
+            .into(),
+            quality: ROption::RSome(QualityChange {
+                metric: "mean cosine to f32 embeddings".into(),
+                before: measured[0].mean_cosine,
+                after: measured[1].mean_cosine,
+            }),
+        };
+        active.embedder = embedder;
+        active.compression = Some(report.clone());
+        Ok(report)
+    }
+
+    /// The last [`compress`](Plugin::compress) of this activation (`None`: as activated).
+    fn compression_stats(&mut self) -> PluginResult<Option<CompressionReport>> {
+        Ok(self.active.as_ref().and_then(|a| a.compression.clone()))
     }
 
     fn health(&self) -> Health {

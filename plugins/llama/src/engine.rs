@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use pio_gguf::GgufFile;
 use pio_gpu::{DeviceOptions, Gpu, KvType};
 use pio_plugin_kit::{
-    Logprobs, Message, Next, PluginError, PluginResult, Sampled, SequenceParams, StepOptions,
-    TextModel,
+    Compression, Logprobs, Message, Next, PluginError, PluginResult, Sampled, SequenceParams,
+    StepOptions, TextModel,
 };
 use pio_text::{ChatMessage, ChatTemplate, TextTokenizer};
 
@@ -160,6 +160,8 @@ pub struct Engine {
     template: Option<ChatTemplate>,
     summary: ModelSummary,
     host_bytes: u64,
+    /// The compression this engine was made by, if any ([`crate::compress`]).
+    compression: Option<Compression>,
 }
 
 impl Engine {
@@ -229,6 +231,7 @@ impl Engine {
             template,
             summary,
             host_bytes,
+            compression: None,
         })
     }
 
@@ -240,12 +243,13 @@ impl Engine {
         Ok(summary.memory_needs(&config))
     }
 
-    /// The same model loaded again with its weights stored as `weights` (its other options
-    /// unchanged). The loaded engine is untouched, and keeps serving if this fails; both are
-    /// in memory until the caller drops one.
-    pub fn reloaded(&self, weights: WeightStorage) -> Result<Engine> {
+    /// The same model loaded again with its tensors stored as `storage` says (its other
+    /// options unchanged). The loaded engine is untouched, and keeps serving if this fails;
+    /// both are in memory until the caller drops one.
+    pub fn reloaded(&self, storage: Storage) -> Result<Engine> {
         let options = LoadOptions {
-            weights,
+            weights: storage.weights,
+            kv_type: storage.kv,
             ..self.options.clone()
         };
         Engine::load(&self.summary.path, options)
@@ -254,6 +258,19 @@ impl Engine {
     /// How the model was loaded.
     pub fn options(&self) -> &LoadOptions {
         &self.options
+    }
+
+    /// The compression this engine was made by (`None`: loaded as configured).
+    pub fn compression(&self) -> Option<&Compression> {
+        self.compression.as_ref()
+    }
+
+    /// This engine, recorded as made by `compression`.
+    pub(crate) fn compressed_by(self, compression: Compression) -> Engine {
+        Engine {
+            compression: Some(compression),
+            ..self
+        }
     }
 
     /// What is loaded.

@@ -24,12 +24,14 @@ use std::path::PathBuf;
 
 use pio_gpu::{DeviceOptions, KvType};
 use pio_plugin_kit::{
-    metadata, Activation, Capability, Config, Freed, FreedMemory, MemoryCategory, MemoryUse, Model,
-    ModelInfo, ModelStats, PluginError, PluginMetadata, PluginResult,
+    metadata, Activation, Capability, Compression, CompressionScope, Config, Freed, FreedMemory,
+    MemoryCategory, MemoryUse, Model, ModelInfo, ModelStats, PluginError, PluginMetadata,
+    PluginResult,
 };
 
 use crate::batch::DEFAULT_KV_BLOCKS;
 use crate::bench::{bench_batched, bench_run, BenchConfig};
+use crate::compress;
 use crate::engine::{Engine, LoadOptions};
 use crate::error::Error;
 use crate::perplexity::Style;
@@ -172,6 +174,23 @@ impl Model for Engine {
                 host_bytes: 0,
             }],
         }
+    }
+
+    /// Weights: every type the kernels read; the KV cache: f32 or f16.
+    fn compression_formats(&self, scope: CompressionScope) -> &'static [&'static str] {
+        compress::formats(scope)
+    }
+
+    /// Loads the model again with `scope` stored in `format` (see [`compress::compress`]:
+    /// refused while batched sequences are open) and serves the new one from then on.
+    fn compress(&mut self, format: &str, scope: CompressionScope) -> PluginResult<Compression> {
+        let (compressed, report) = compress::compress(self, format, scope)?;
+        *self = compressed;
+        Ok(report)
+    }
+
+    fn compression_stats(&self) -> Option<Compression> {
+        self.compression().cloned()
     }
 
     fn tokenizer(&self) -> &GgufTokenizer {
@@ -498,6 +517,49 @@ mod tests {
         let again = p.open_sequence(&request).unwrap();
         assert_eq!(again.cached_tokens, 0, "the prefix cache was dropped");
         p.close_sequence(again.id).unwrap();
+    }
+
+    #[test]
+    fn compression_serves_the_new_storage_and_waits_for_open_sequences() {
+        use pio_plugin_kit::api::{CompressionRequest, CompressionScope, MemoryCategory};
+        let dir = tempfile::tempdir().unwrap();
+        let path = tiny_file(&dir, &TinyConfig::default());
+        let mut p = initialized(&path);
+        activate(&mut p, 64).unwrap();
+        let f16 = CompressionRequest {
+            scope: CompressionScope::KvCache,
+            format: "f16".into(),
+        };
+        let request = text_request("The cat sat on the mat", GenerationParams::greedy(4));
+        let opened = p.open_sequence(&request).unwrap();
+        let e = p.compress(&f16).unwrap_err();
+        assert!(e.message.contains("batched sequences are open"), "{e}");
+        p.close_sequence(opened.id).unwrap();
+        assert_eq!(p.compression_stats().unwrap(), None);
+
+        let report = p.compress(&f16).unwrap();
+        assert_eq!(details(&p)["kv_type"], "f16");
+        assert_eq!(p.compression_stats().unwrap(), Some(report.clone()));
+        let kv = report
+            .categories
+            .iter()
+            .find(|c| c.category == MemoryCategory::KvCache)
+            .unwrap();
+        assert_eq!(kv.bytes_after * 2, kv.bytes_before);
+        assert_eq!(
+            report.quality.into_option().unwrap().metric.as_str(),
+            "perplexity"
+        );
+        // The new engine serves.
+        let opened = p.open_sequence(&request).unwrap();
+        p.close_sequence(opened.id).unwrap();
+
+        let q8 = CompressionRequest {
+            scope: CompressionScope::KvCache,
+            format: "q8_0".into(),
+        };
+        let e = p.compress(&q8).unwrap_err();
+        assert!(e.message.contains("supported formats: f32, f16"), "{e}");
     }
 
     #[test]

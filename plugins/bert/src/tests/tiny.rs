@@ -526,3 +526,60 @@ fn broken_model_files_are_named_in_errors() {
         error.message
     );
 }
+
+#[test]
+fn compressing_the_weights_reports_bytes_and_cosine_and_keeps_embedding() {
+    use pio_plugin_api::{CompressionRequest, CompressionScope, MemoryCategory};
+    let dir = tiny_model(21);
+    let mut plugin = plugin_for(dir.path());
+    plugin.activate(&ActivateOptions::default()).unwrap();
+    let request = EmbedRequest {
+        inputs: TEXTS.iter().map(|t| (*t).into()).collect(),
+    };
+    let before = plugin.embed(&request).unwrap();
+    assert_eq!(plugin.compression_stats().unwrap(), None);
+
+    let q8 = CompressionRequest {
+        scope: CompressionScope::Weights,
+        format: "q8_0".into(),
+    };
+    let report = plugin.compress(&q8).unwrap();
+    assert_eq!(report.method.as_str(), "q8_0 weights");
+    let weights = report.categories[0];
+    assert_eq!(weights.category, MemoryCategory::Weights);
+    // Only the linear layers are quantized (embeddings and norms stay f32): smaller, not 4x.
+    assert!(weights.bytes_after < weights.bytes_before, "{weights:?}");
+    let quality = report.quality.clone().into_option().unwrap();
+    // f32 against itself, then Q8_0 against f32 on the built-in sentences.
+    assert!((quality.before - 1.0).abs() < 1e-6, "{quality:?}");
+    assert!(
+        quality.after < quality.before && quality.after > 0.99,
+        "{quality:?}"
+    );
+    assert_eq!(plugin.compression_stats().unwrap(), Some(report));
+    let details: Value =
+        pio_plugin_api::serde_json::from_str(&plugin.stats().details_json).unwrap();
+    assert_eq!(details["weights"], "q8_0");
+    let after = plugin.embed(&request).unwrap();
+    for (a, b) in after.embeddings.iter().zip(before.embeddings.iter()) {
+        assert!(cosine(a, b) > 0.99);
+    }
+
+    // What the plugin cannot do is refused with what it can.
+    for (scope, format) in [
+        (CompressionScope::Weights, "q4_0"),
+        (CompressionScope::KvCache, "f16"),
+    ] {
+        let request = CompressionRequest {
+            scope,
+            format: format.into(),
+        };
+        let error = plugin.compress(&request).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::InvalidInput);
+        assert!(
+            error.message.contains("supported formats: f32, f16, q8_0"),
+            "{}",
+            error.message
+        );
+    }
+}
