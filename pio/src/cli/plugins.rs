@@ -192,7 +192,7 @@ fn print_compression(report: &CompressionReport) {
     }
     if let Some(q) = &report.quality {
         println!(
-            "  {:<12}{:.6} -> {:.6} ({:+.3}%)",
+            "  {}: {:.6} -> {:.6} ({:+.3}%)",
             q.metric,
             q.before,
             q.after,
