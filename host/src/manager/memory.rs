@@ -197,13 +197,11 @@ impl PluginManager {
             m.resident = false;
         });
         let need = need.unwrap_or(0);
-        if need > budget {
-            return Err(HostError::OverBudget {
-                plugin: entry.name().to_owned(),
-                need,
-                budget,
-            });
-        }
+        let too_large = || HostError::OverBudget {
+            plugin: entry.name().to_owned(),
+            need,
+            budget,
+        };
         loop {
             let gate = self.residency.gate();
             let resident = self.resident_except(entry.number);
@@ -232,7 +230,7 @@ impl PluginManager {
                     tracing::debug!(plugin = %entry.id(), need, budget, "waiting for busy plugins to become idle");
                     self.residency.wait_for_release(RECHECK);
                 }
-                Plan::TooLarge => unreachable!("checked above"),
+                Plan::TooLarge => return Err(too_large()),
             }
         }
     }
