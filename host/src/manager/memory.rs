@@ -264,6 +264,7 @@ impl PluginManager {
         cell.state = PluginState::Inactive;
         entry.update_memory(|m| {
             m.report = None;
+            m.compression = None;
             m.swapped_out = true;
             m.resident = false;
         });
@@ -273,19 +274,26 @@ impl PluginManager {
         Ok(())
     }
 
-    /// Asks an active `entry` for its memory report and keeps it; a plugin that reports
-    /// nothing keeps none. Like [`stats`](Self::stats), a failure here changes nothing else: a
-    /// worker that is down is not counted as a crashed call.
+    /// Asks an active `entry` for its memory report and compression stats and keeps them; a
+    /// plugin that reports nothing keeps none. Like [`stats`](Self::stats), a failure here
+    /// changes nothing else: a worker that is down is not counted as a crashed call.
     pub(super) fn refresh_memory(&self, entry: &Entry, cell: &mut Cell) {
         if cell.state != PluginState::Active {
             return;
         }
-        let report = cell
-            .instance
-            .as_mut()
-            .and_then(|instance| instance.memory_report().ok())
-            .map(MemoryReport::from);
-        entry.update_memory(|m| m.report = report);
+        let Some(instance) = cell.instance.as_mut() else {
+            return;
+        };
+        let report = instance.memory_report().ok().map(MemoryReport::from);
+        let compression = instance
+            .compression_stats()
+            .ok()
+            .flatten()
+            .map(CompressionReport::from);
+        entry.update_memory(|m| {
+            m.report = report;
+            m.compression = compression;
+        });
     }
 
     /// Re-reads the memory report of the plugin `reference` names, for listings, `/metrics`
