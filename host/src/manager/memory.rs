@@ -203,8 +203,15 @@ impl PluginManager {
             budget,
         };
         loop {
+            if entry.is_retiring() {
+                // Replaced while it waited for room: its request follows the name instead.
+                return Err(HostError::InstanceGone {
+                    plugin: entry.id(),
+                    generation: entry.generation,
+                });
+            }
             let gate = self.residency.gate();
-            let resident = self.resident_except(entry.number);
+            let resident = self.resident_except(entry);
             match plan(need, budget, &resident) {
                 Plan::Fits => return Ok(Some(gate)),
                 Plan::Evict(victims) => {
@@ -214,7 +221,9 @@ impl PluginManager {
                         let Some(mut victim_cell) = victim.try_lock() else {
                             continue;
                         };
-                        if victim_cell.state == PluginState::Active && self.is_idle(&victim) {
+                        if victim_cell.state == PluginState::Active
+                            && self.is_idle_beside(&victim, entry)
+                        {
                             let reason = format!("making room for {}", entry.id());
                             self.swap_out(&victim, &mut victim_cell, &reason)?;
                             evicted += 1;
@@ -235,15 +244,15 @@ impl PluginManager {
         }
     }
 
-    /// The active plugins but `number`, as the planner sees them.
-    fn resident_except(&self, number: u64) -> Vec<Resident<Arc<Entry>>> {
+    /// The resident plugins but `activating`, as the planner sees them.
+    fn resident_except(&self, activating: &Entry) -> Vec<Resident<Arc<Entry>>> {
         read(&self.entries)
             .values()
-            .filter(|e| e.number != number && e.memory().resident)
+            .filter(|e| e.number != activating.number && e.memory().resident)
             .map(|e| Resident {
                 key: e.clone(),
                 bytes: e.memory().reserved(),
-                idle: self.is_idle(e),
+                idle: self.is_idle_beside(e, activating),
                 last_used: self
                     .residency
                     .last_used(e.name())
@@ -255,6 +264,17 @@ impl PluginManager {
     /// No request running or waiting, no open sequence.
     fn is_idle(&self, entry: &Entry) -> bool {
         entry.open_sequence_count() == 0 && self.residency.is_idle(entry.name())
+    }
+
+    /// Whether `entry` may be swapped out to make room for `activating`. Leases are by name:
+    /// another instance of the name being activated (an older generation during a reload)
+    /// counts as idle without open sequences, since the requests holding the name's leases
+    /// wait for `activating`, not for it — else they would wait for themselves.
+    fn is_idle_beside(&self, entry: &Entry, activating: &Entry) -> bool {
+        match entry.name() == activating.name() {
+            true => entry.open_sequence_count() == 0,
+            false => self.is_idle(entry),
+        }
     }
 
     /// Deactivates an idle `entry` (locked by the caller) for the memory manager; the next call

@@ -837,7 +837,11 @@ impl PluginManager {
                 continue;
             }
             if cell.state == PluginState::Inactive && entry.memory().swapped_out {
-                self.swap_in(&entry, &mut cell)?;
+                match self.swap_in(&entry, &mut cell) {
+                    // Replaced while it waited for room: follow the name.
+                    Err(HostError::InstanceGone { .. }) if entry.is_retiring() => continue,
+                    result => result?,
+                }
             }
             entry.require(&cell, Transition::Execute)?;
             if let Some(capability) = capability {
