@@ -233,6 +233,11 @@ fn keep_alive_zero_unloads_after_the_request_and_garbage_is_a_400() {
     );
     assert_eq!(status, 400, "{body}");
 
+    let (_, body) = server.get("/admin/plugins");
+    let listing: Value = serde_json::from_str(&body).unwrap();
+    let memory = &listing["plugins"][0]["memory"];
+    assert_eq!(memory["compression"], Value::Null, "{memory}");
+    assert!(memory["report"]["categories"].is_array(), "{memory}");
     let swapped_out = || {
         let (_, body) = server.get("/admin/plugins");
         let listing: Value = serde_json::from_str(&body).unwrap();

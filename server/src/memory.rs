@@ -13,12 +13,39 @@ use crate::metrics::GaugeSample;
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
 
 /// A plugin's memory for `/admin/plugins`: its estimate, its last report by category (active
-/// only) and whether the memory manager swapped it out.
+/// only), whether the memory manager swapped it out, and how its tensors are compressed.
 pub fn plugin_json(plugin: &PluginSummary) -> Value {
     json!({
         "estimate_bytes": plugin.estimate_bytes,
         "swapped_out": plugin.swapped_out,
         "report": plugin.memory.as_ref().map(report_json),
+        "compression": plugin.compression.as_ref().map(compression_json),
+    })
+}
+
+/// A compression report as JSON: method, bytes before and after per category, the ratio over
+/// all of them, and the quality change if measured.
+pub fn compression_json(report: &CompressionReport) -> Value {
+    let categories: Vec<Value> = report
+        .categories
+        .iter()
+        .map(|c| {
+            json!({
+                "category": c.category.as_str(),
+                "bytes_before": c.bytes_before,
+                "bytes_after": c.bytes_after,
+            })
+        })
+        .collect();
+    json!({
+        "method": report.method,
+        "categories": categories,
+        "ratio": report.ratio(),
+        "quality": report.quality.as_ref().map(|q| json!({
+            "metric": q.metric,
+            "before": q.before,
+            "after": q.after,
+        })),
     })
 }
 
@@ -41,32 +68,6 @@ pub fn report_json(report: &MemoryReport) -> Value {
         "device_bytes": report.device_bytes(),
         "host_bytes": report.host_bytes(),
         "categories": categories,
-    })
-}
-
-/// A compression report as JSON: method, overall ratio, bytes per category and the quality
-/// change.
-pub fn compression_json(report: &CompressionReport) -> Value {
-    let categories: Vec<Value> = report
-        .categories
-        .iter()
-        .map(|c| {
-            json!({
-                "category": c.category.as_str(),
-                "bytes_before": c.bytes_before,
-                "bytes_after": c.bytes_after,
-            })
-        })
-        .collect();
-    json!({
-        "method": report.method,
-        "ratio": report.ratio(),
-        "categories": categories,
-        "quality": report.quality.as_ref().map(|q| json!({
-            "metric": q.metric,
-            "before": q.before,
-            "after": q.after,
-        })),
     })
 }
 
@@ -169,4 +170,48 @@ pub fn start_expiry(
             }
         })
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use pio_host::{CategoryCompression, CategoryMemory, MemoryCategory, QualityChange};
+
+    use super::*;
+
+    #[test]
+    fn reports_and_compression_become_json_with_totals_and_ratio() {
+        let report = MemoryReport {
+            categories: vec![
+                CategoryMemory::new(MemoryCategory::Weights, 100, 0),
+                CategoryMemory {
+                    capacity_bytes: 64,
+                    used_bytes: 16,
+                    ..CategoryMemory::new(MemoryCategory::KvCache, 64, 8)
+                },
+            ],
+        };
+        let json = report_json(&report);
+        assert_eq!(json["device_bytes"], 164);
+        assert_eq!(json["host_bytes"], 8);
+        assert_eq!(json["categories"][1]["category"], "kv_cache");
+        assert_eq!(json["categories"][1]["used_bytes"], 16);
+        let compression = CompressionReport {
+            method: "q8_0 weights".into(),
+            categories: vec![CategoryCompression {
+                category: MemoryCategory::Weights,
+                bytes_before: 400,
+                bytes_after: 100,
+            }],
+            quality: Some(QualityChange {
+                metric: "perplexity".into(),
+                before: 10.0,
+                after: 10.5,
+            }),
+        };
+        let json = compression_json(&compression);
+        assert_eq!(json["ratio"], 0.25);
+        assert_eq!(json["categories"][0]["bytes_before"], 400);
+        assert_eq!(json["quality"]["metric"], "perplexity");
+        assert_eq!(json["quality"]["after"], 10.5);
+    }
 }

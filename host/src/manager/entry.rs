@@ -22,7 +22,7 @@ use crate::{
     manifest::{Manifest, MANIFEST_FILE},
     shadow::ShadowDir,
     state::{PluginState, Transition},
-    types::{ActivateOptions, Capability, MemoryReport, PluginMetadata},
+    types::{ActivateOptions, Capability, CompressionReport, MemoryReport, PluginMetadata},
 };
 
 use super::{
@@ -64,6 +64,8 @@ pub(super) struct EntryMemory {
     pub estimate: Option<u64>,
     /// The last `memory_report` (while active).
     pub report: Option<MemoryReport>,
+    /// The last `compression_stats` (while active; `None` also for tensors as loaded).
+    pub compression: Option<CompressionReport>,
     /// Deactivated by the memory manager (to make room, or idle past its keep-alive): the next
     /// call that needs it activates it again. Cleared only by a deactivation or tear-down that
     /// is not the memory manager's; listings report it while the state is `inactive`.
@@ -268,6 +270,7 @@ impl Entry {
             retiring: self.is_retiring(),
             open_sequences: self.open_sequence_count(),
             swapped_out,
+            compression: memory.compression,
             memory: memory.report,
             estimate_bytes: memory.estimate,
         }
@@ -415,6 +418,7 @@ impl Entry {
             m.resident = false;
             m.swapped_out = false;
             m.report = None;
+            m.compression = None;
         });
         if !matches!(cell.state, PluginState::Failed(_)) {
             cell.state = PluginState::Inactive;

@@ -197,16 +197,21 @@ impl PluginManager {
             m.resident = false;
         });
         let need = need.unwrap_or(0);
-        if need > budget {
-            return Err(HostError::OverBudget {
-                plugin: entry.name().to_owned(),
-                need,
-                budget,
-            });
-        }
+        let too_large = || HostError::OverBudget {
+            plugin: entry.name().to_owned(),
+            need,
+            budget,
+        };
         loop {
+            if entry.is_retiring() {
+                // Replaced while it waited for room: its request follows the name instead.
+                return Err(HostError::InstanceGone {
+                    plugin: entry.id(),
+                    generation: entry.generation,
+                });
+            }
             let gate = self.residency.gate();
-            let resident = self.resident_except(entry.number);
+            let resident = self.resident_except(entry);
             match plan(need, budget, &resident) {
                 Plan::Fits => return Ok(Some(gate)),
                 Plan::Evict(victims) => {
@@ -216,7 +221,9 @@ impl PluginManager {
                         let Some(mut victim_cell) = victim.try_lock() else {
                             continue;
                         };
-                        if victim_cell.state == PluginState::Active && self.is_idle(&victim) {
+                        if victim_cell.state == PluginState::Active
+                            && self.is_idle_beside(&victim, entry)
+                        {
                             let reason = format!("making room for {}", entry.id());
                             self.swap_out(&victim, &mut victim_cell, &reason)?;
                             evicted += 1;
@@ -232,20 +239,20 @@ impl PluginManager {
                     tracing::debug!(plugin = %entry.id(), need, budget, "waiting for busy plugins to become idle");
                     self.residency.wait_for_release(RECHECK);
                 }
-                Plan::TooLarge => unreachable!("checked above"),
+                Plan::TooLarge => return Err(too_large()),
             }
         }
     }
 
-    /// The active plugins but `number`, as the planner sees them.
-    fn resident_except(&self, number: u64) -> Vec<Resident<Arc<Entry>>> {
+    /// The resident plugins but `activating`, as the planner sees them.
+    fn resident_except(&self, activating: &Entry) -> Vec<Resident<Arc<Entry>>> {
         read(&self.entries)
             .values()
-            .filter(|e| e.number != number && e.memory().resident)
+            .filter(|e| e.number != activating.number && e.memory().resident)
             .map(|e| Resident {
                 key: e.clone(),
                 bytes: e.memory().reserved(),
-                idle: self.is_idle(e),
+                idle: self.is_idle_beside(e, activating),
                 last_used: self
                     .residency
                     .last_used(e.name())
@@ -259,6 +266,17 @@ impl PluginManager {
         entry.open_sequence_count() == 0 && self.residency.is_idle(entry.name())
     }
 
+    /// Whether `entry` may be swapped out to make room for `activating`. Leases are by name:
+    /// another instance of the name being activated (an older generation during a reload)
+    /// counts as idle without open sequences, since the requests holding the name's leases
+    /// wait for `activating`, not for it — else they would wait for themselves.
+    fn is_idle_beside(&self, entry: &Entry, activating: &Entry) -> bool {
+        match entry.name() == activating.name() {
+            true => entry.open_sequence_count() == 0,
+            false => self.is_idle(entry),
+        }
+    }
+
     /// Deactivates an idle `entry` (locked by the caller) for the memory manager; the next call
     /// that needs it activates it again.
     fn swap_out(&self, entry: &Entry, cell: &mut Cell, reason: &str) -> HostResult<()> {
@@ -266,6 +284,7 @@ impl PluginManager {
         cell.state = PluginState::Inactive;
         entry.update_memory(|m| {
             m.report = None;
+            m.compression = None;
             m.swapped_out = true;
             m.resident = false;
         });
@@ -275,19 +294,26 @@ impl PluginManager {
         Ok(())
     }
 
-    /// Asks an active `entry` for its memory report and keeps it; a plugin that reports
-    /// nothing keeps none. Like [`stats`](Self::stats), a failure here changes nothing else: a
-    /// worker that is down is not counted as a crashed call.
+    /// Asks an active `entry` for its memory report and compression stats and keeps them; a
+    /// plugin that reports nothing keeps none. Like [`stats`](Self::stats), a failure here
+    /// changes nothing else: a worker that is down is not counted as a crashed call.
     pub(super) fn refresh_memory(&self, entry: &Entry, cell: &mut Cell) {
         if cell.state != PluginState::Active {
             return;
         }
-        let report = cell
-            .instance
-            .as_mut()
-            .and_then(|instance| instance.memory_report().ok())
-            .map(MemoryReport::from);
-        entry.update_memory(|m| m.report = report);
+        let Some(instance) = cell.instance.as_mut() else {
+            return;
+        };
+        let report = instance.memory_report().ok().map(MemoryReport::from);
+        let compression = instance
+            .compression_stats()
+            .ok()
+            .flatten()
+            .map(CompressionReport::from);
+        entry.update_memory(|m| {
+            m.report = report;
+            m.compression = compression;
+        });
     }
 
     /// Re-reads the memory report of the plugin `reference` names, for listings, `/metrics`

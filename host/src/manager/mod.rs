@@ -25,10 +25,10 @@ use crate::{
     shadow::ShadowDir,
     state::{PluginState, Transition},
     types::{
-        ActivateOptions, Capability, ChatRequest, DecodeOptions, EmbedRequest, EmbedResponse,
-        GenerateRequest, GenerateResponse, Health, MemoryReport, PluginError, PluginMetadata,
-        PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest, SequenceStep,
-        StreamControl, TokenEvent,
+        ActivateOptions, Capability, ChatRequest, CompressionReport, DecodeOptions, EmbedRequest,
+        EmbedResponse, GenerateRequest, GenerateResponse, Health, MemoryReport, PluginError,
+        PluginMetadata, PluginStats, PositionLogprobs, Prompt, SequenceOpened, SequenceRequest,
+        SequenceStep, StreamControl, TokenEvent,
     },
 };
 
@@ -62,6 +62,9 @@ pub struct PluginSummary {
     pub open_sequences: usize,
     /// Its last memory report, while active (refreshed by [`PluginManager::memory_report`]).
     pub memory: Option<MemoryReport>,
+    /// How its tensors are compressed, as it last said while active (`None` also for tensors
+    /// as loaded, and for plugins without compression calls).
+    pub compression: Option<CompressionReport>,
     /// Device bytes its `estimate_memory` announced before its last activation (asked only
     /// under a memory budget).
     pub estimate_bytes: Option<u64>,
@@ -364,6 +367,7 @@ impl PluginManager {
         cell.state = PluginState::Inactive;
         entry.update_memory(|m| {
             m.report = None;
+            m.compression = None;
             m.swapped_out = false;
             m.resident = false;
         });
@@ -833,7 +837,11 @@ impl PluginManager {
                 continue;
             }
             if cell.state == PluginState::Inactive && entry.memory().swapped_out {
-                self.swap_in(&entry, &mut cell)?;
+                match self.swap_in(&entry, &mut cell) {
+                    // Replaced while it waited for room: follow the name.
+                    Err(HostError::InstanceGone { .. }) if entry.is_retiring() => continue,
+                    result => result?,
+                }
             }
             entry.require(&cell, Transition::Execute)?;
             if let Some(capability) = capability {

@@ -147,16 +147,19 @@ impl ModelSummary {
 
 impl MemoryNeeds {
     /// The needs by category, as the host's memory calls report them: weights; the KV cache
-    /// (the model's own single-sequence cache and the block pool, whose capacity and use —
-    /// `pool_used` bytes held or reserved by open sequences — are the pool's); activations
-    /// and scratch (with the RoPE tables, which are rebuilt with them); and `other_device` /
+    /// (the model's own single-sequence cache, and the block pool when `pool_allocated` — it
+    /// is allocated at the first batched sequence —, the pool's size as the capacity and
+    /// `pool_used` bytes held or reserved by open sequences as the use); activations and
+    /// scratch (with the RoPE tables, which are rebuilt with them); and `other_device` /
     /// `other_host` bytes outside these (pipelines, staging, the tokenizer).
     pub fn categories(
         &self,
+        pool_allocated: bool,
         pool_used: u64,
         other_device: u64,
         other_host: u64,
     ) -> Vec<CategoryMemory> {
+        let pool = if pool_allocated { self.batch_cache } else { 0 };
         vec![
             CategoryMemory::new(MemoryCategory::Weights, self.weights, 0),
             CategoryMemory {
@@ -164,7 +167,7 @@ impl MemoryNeeds {
                 used_bytes: pool_used.min(self.batch_cache),
                 ..CategoryMemory::new(
                     MemoryCategory::KvCache,
-                    self.kv_cache.saturating_add(self.batch_cache),
+                    self.kv_cache.saturating_add(pool),
                     0,
                 )
             },

@@ -461,6 +461,12 @@ impl GpuModel {
         Ok(out)
     }
 
+    /// Whether the block pool of batched sequences is allocated (at the first batched
+    /// sequence).
+    pub fn has_batch_cache(&self) -> bool {
+        self.batch_cache.is_some()
+    }
+
     /// Allocates, once, the block pool that batched sequences share: `n_blocks` blocks of
     /// [`pio_gpu::KV_BLOCK_ROWS`] positions (see [`GpuModel::forward_batch`]).
     pub fn reserve_batch_cache(&mut self, n_blocks: usize) -> Result<()> {
