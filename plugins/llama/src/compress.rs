@@ -113,17 +113,7 @@ pub fn compress(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::LoadOptions;
-    use crate::test_model::{tiny_file, TinyConfig};
-
-    fn tiny_engine(dir: &tempfile::TempDir) -> Engine {
-        let path = tiny_file(dir, &TinyConfig::default());
-        let options = LoadOptions {
-            context_length: 64,
-            ..LoadOptions::default()
-        };
-        Engine::load(&path, options).unwrap()
-    }
+    use crate::test_model::tiny_engine;
 
     fn bytes(report: &Compression, category: MemoryCategory) -> (u64, u64) {
         let c = report

@@ -471,16 +471,7 @@ mod tests {
     use pio_plugin_kit::{Sampling, Tokenizer};
 
     use super::*;
-    use crate::test_model::{tiny_file, TinyConfig};
-
-    fn tiny_engine(dir: &tempfile::TempDir) -> Engine {
-        let path = tiny_file(dir, &TinyConfig::default());
-        let options = LoadOptions {
-            context_length: 64,
-            ..LoadOptions::default()
-        };
-        Engine::load(&path, options).unwrap()
-    }
+    use crate::test_model::{tiny_engine, tiny_file, TinyConfig};
 
     /// `n` tokens of `sequence`, end-of-generation tokens included.
     fn steps(engine: &mut Engine, sequence: &mut Sequence, n: usize) -> Vec<Next> {

@@ -310,6 +310,16 @@ pub fn tiny_file(dir: &tempfile::TempDir, cfg: &TinyConfig) -> PathBuf {
     path
 }
 
+/// The default tiny model written into `dir` and loaded with a 64-position context.
+pub fn tiny_engine(dir: &tempfile::TempDir) -> crate::engine::Engine {
+    let path = tiny_file(dir, &TinyConfig::default());
+    let options = crate::engine::LoadOptions {
+        context_length: 64,
+        ..crate::engine::LoadOptions::default()
+    };
+    crate::engine::Engine::load(&path, options).unwrap()
+}
+
 /// A plugin initialized with `config` and activated with a context of `context` positions.
 pub fn active_plugin(config: serde_json::Value, context: u32) -> LlamaPlugin {
     use pio_plugin_kit::api::{ActivateOptions, Plugin};
