@@ -78,8 +78,8 @@ impl ModelSummary {
     }
 
     /// Device bytes needed to run with a `context`-position KV cache of `kv_type` and batches
-    /// of `max_batch` tokens: weights, KV cache, RoPE table and activations (small uniforms
-    /// excluded). (The batched sequences' cache is not included: see
+    /// of `max_batch` tokens: weights, KV cache, RoPE table, activations, the sampler and the
+    /// dispatches' parameters. (The batched sequences' cache is not included: see
     /// [`ModelSummary::memory_needs`].)
     pub fn required_device_bytes(&self, context: usize, max_batch: usize, kv_type: KvType) -> u64 {
         self.memory_needs(&MemoryConfig {

@@ -64,6 +64,10 @@ pub struct DeviceSampler {
 }
 
 impl DeviceSampler {
+    /// Device bytes one sampler allocates: its settings, penalty ids and result.
+    pub const DEVICE_BYTES: u64 =
+        (std::mem::size_of::<RawSettings>() + MAX_PENALTY_TOKENS * 4 + 4) as u64;
+
     /// Compiles (or looks up) the kernel for rows of `vocab` logits and allocates its buffers.
     pub fn new(gpu: &Gpu, vocab: u32) -> Result<Self> {
         if vocab == 0 {
