@@ -23,12 +23,13 @@ pub enum KvType {
     #[default]
     F32,
     /// IEEE half floats, 2 bytes per value, stored in pairs as one `u32`
-    /// (WGSL's `pack2x16float`, so no `SHADER_F16` feature is needed).
+    /// (WGSL's `pack2x16float`, so no `SHADER_F16` feature is needed). Keys and values beyond
+    /// ±65504 are not representable: a model whose projections reach that needs f32.
     F16,
 }
 
 impl KvType {
-    /// Every type, in [`KvType::name`] order of [`KvType::NAMES`].
+    /// Every type, in the order of [`KvType::NAMES`].
     pub const ALL: [KvType; 2] = [KvType::F32, KvType::F16];
     /// The names [`KvType::from_name`] accepts.
     pub const NAMES: [&'static str; 2] = ["f32", "f16"];
@@ -338,5 +339,40 @@ impl KvLayer<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_are_named_and_their_words_round_trip() {
+        assert_eq!(KvType::ALL.map(KvType::name), KvType::NAMES);
+        assert_eq!(KvType::from_name("F16"), Ok(KvType::F16));
+        let error = KvType::from_name("q8_0").unwrap_err();
+        assert!(error.contains("expected one of f32, f16"), "{error}");
+        // Values an f16 holds exactly survive both types; others are rounded once in f16.
+        let values = [1.0, -2.5, 0.099975586, 65504.0, 0.1, 3.0e-5, -0.0, 1.0e6];
+        for kv_type in KvType::ALL {
+            let words = kv_type.encode(&values);
+            assert_eq!(
+                words.len() as u64 * 4,
+                values.len() as u64 * kv_type.bytes_per_value()
+            );
+            let back = kv_type.decode(&words);
+            for (&v, &b) in values[..4].iter().zip(&back) {
+                assert_eq!(v, b, "{kv_type:?}");
+            }
+            let exact = kv_type == KvType::F32;
+            assert_eq!(back[4] == 0.1, exact, "{kv_type:?}");
+            assert!((back[4] - 0.1).abs() <= 0.1 * 2f32.powi(-11));
+        }
+        // Beyond f16's range the host's encoding gives infinity (WGSL leaves the kernels'
+        // `pack2x16float` of such a value unspecified).
+        assert_eq!(
+            KvType::F16.decode(&KvType::F16.encode(&values))[7],
+            f32::INFINITY
+        );
     }
 }
