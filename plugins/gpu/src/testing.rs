@@ -8,7 +8,7 @@ use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{DeviceOptions, Gpu, GpuBuffer, KvType, WeightDtype};
+use crate::{DeviceOptions, Gpu, GpuBuffer, KvCache, KvShape, KvType, WeightDtype};
 
 /// f32 machine epsilon (2^-23), the unit of the tolerances derived from rounding analyses.
 pub const EPS: f64 = f32::EPSILON as f64;
@@ -106,6 +106,24 @@ pub fn max_rel_error(got: &[f32], want: &[f32]) -> f64 {
 /// Reads the first `len` f32 values of `buffer`.
 pub fn read(gpu: &Gpu, buffer: &GpuBuffer, len: usize) -> Vec<f32> {
     gpu.read_range(buffer, 0, len as u64).expect("readback")
+}
+
+/// A one-layer KV cache of `n_blocks` blocks of `kv_type` values (`n_kv_heads` heads of
+/// `head_dim`).
+pub fn kv_cache(
+    gpu: &Gpu,
+    n_kv_heads: usize,
+    head_dim: usize,
+    kv_type: KvType,
+    n_blocks: u32,
+) -> KvCache {
+    let shape = KvShape {
+        n_layers: 1,
+        n_kv_heads: n_kv_heads as u32,
+        head_dim: head_dim as u32,
+        kv_type,
+    };
+    KvCache::new(gpu, shape, n_blocks).expect("KV cache")
 }
 
 /// Writes `values` into a KV cache buffer of `kv_type` from its start.

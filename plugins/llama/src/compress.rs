@@ -53,11 +53,7 @@ pub fn calibration_perplexity(engine: &mut Engine) -> Result<f64> {
 
 /// The storage `engine` would have with `scope` in `format` (one of [`formats`]).
 fn target(engine: &Engine, format: &str, scope: CompressionScope) -> Result<Storage> {
-    let options = engine.options();
-    let mut storage = Storage {
-        weights: options.weights,
-        kv: options.kv_type,
-    };
+    let mut storage = engine.options().storage;
     match scope {
         CompressionScope::Weights => {
             storage.weights = WeightStorage::from_name(format).map_err(Error::InvalidParams)?
@@ -167,7 +163,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut engine = tiny_engine(&dir);
         let (compressed, report) = compress(&mut engine, "f16", CompressionScope::KvCache).unwrap();
-        assert_eq!(compressed.options().kv_type, KvType::F16);
+        assert_eq!(compressed.options().storage.kv, KvType::F16);
         let (kv_before, kv_after) = bytes(&report, MemoryCategory::KvCache);
         assert_eq!(kv_after * 2, kv_before);
         let (w_before, w_after) = bytes(&report, MemoryCategory::Weights);

@@ -116,7 +116,7 @@ fn memory_config(summary: &ModelSummary, options: &LoadOptions) -> MemoryConfig 
         context,
         max_batch: DEFAULT_MAX_BATCH.min(context),
         kv_blocks: options.kv_blocks,
-        kv_type: options.kv_type,
+        kv_type: options.storage.kv,
     }
 }
 
@@ -131,10 +131,9 @@ pub struct LoadOptions {
     pub memory_budget: u64,
     /// Blocks of the pool batched sequences share.
     pub kv_blocks: usize,
-    /// How the weight matrices are stored on the device.
-    pub weights: WeightStorage,
-    /// How both KV caches (the model's own and the pool) store their values.
-    pub kv_type: KvType,
+    /// How the weight matrices and both KV caches (the model's own and the pool) are stored
+    /// on the device.
+    pub storage: Storage,
 }
 
 impl Default for LoadOptions {
@@ -144,8 +143,7 @@ impl Default for LoadOptions {
             context_length: 0,
             memory_budget: 0,
             kv_blocks: DEFAULT_KV_BLOCKS,
-            weights: WeightStorage::AsStored,
-            kv_type: KvType::F32,
+            storage: Storage::default(),
         }
     }
 }
@@ -178,12 +176,11 @@ impl Engine {
             ref device,
             memory_budget,
             kv_blocks,
-            weights,
-            kv_type,
+            storage,
             ..
         } = options;
         let file = GgufFile::open(path)?;
-        let summary = ModelSummary::read(&file, weights)?;
+        let summary = ModelSummary::read(&file, storage.weights)?;
         let config = memory_config(&summary, &options);
         let MemoryConfig {
             context, max_batch, ..
@@ -214,10 +211,7 @@ impl Engine {
             gpu,
             &file,
             summary.spec.clone(),
-            Storage {
-                weights,
-                kv: kv_type,
-            },
+            storage,
             context,
             max_batch,
         )?;
@@ -238,7 +232,7 @@ impl Engine {
     /// What [`Engine::load`] of `path` with `options` would allocate, read from the file's
     /// metadata and tensor table alone: no device, no upload.
     pub fn estimate(path: &Path, options: &LoadOptions) -> Result<MemoryNeeds> {
-        let summary = ModelSummary::read(&GgufFile::open(path)?, options.weights)?;
+        let summary = ModelSummary::read(&GgufFile::open(path)?, options.storage.weights)?;
         let config = memory_config(&summary, options);
         Ok(summary.memory_needs(&config))
     }
@@ -248,8 +242,7 @@ impl Engine {
     /// both are in memory until the caller drops one.
     pub fn reloaded(&self, storage: Storage) -> Result<Engine> {
         let options = LoadOptions {
-            weights: storage.weights,
-            kv_type: storage.kv,
+            storage,
             ..self.options.clone()
         };
         Engine::load(&self.summary.path, options)
@@ -332,13 +325,13 @@ impl Engine {
             context: self.model.context(),
             max_batch: self.model.max_batch(),
             kv_blocks: self.kv_pool().n_blocks(),
-            kv_type: self.options.kv_type,
+            kv_type: self.options.storage.kv,
         })
     }
 
     /// Device bytes of one block of the batched sequences' pool, all layers' K and V.
     pub fn kv_block_bytes(&self) -> u64 {
-        self.summary.kv_shape(self.options.kv_type).block_bytes()
+        self.summary.kv_shape(self.options.storage.kv).block_bytes()
     }
 
     /// What the kit's driver makes of `token`: end-of-generation ids end the sequence

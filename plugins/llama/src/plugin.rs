@@ -35,7 +35,7 @@ use crate::compress;
 use crate::engine::{Engine, LoadOptions};
 use crate::error::Error;
 use crate::perplexity::Style;
-use crate::storage::WeightStorage;
+use crate::storage::{Storage, WeightStorage};
 use crate::tokenizer::GgufTokenizer;
 
 impl From<Error> for PluginError {
@@ -210,7 +210,7 @@ impl Model for Engine {
         let model = self.model();
         let hp = &summary.spec.hparams;
         let pool = self.kv_pool();
-        let kv_type = self.options().kv_type;
+        let kv_type = self.options().storage.kv;
         let details: [(&str, serde_json::Value); 15] = [
             ("model", summary.path.display().to_string().into()),
             ("architecture", summary.spec.architecture.into()),
@@ -295,8 +295,10 @@ fn load_options(settings: &Settings, activation: &Activation) -> LoadOptions {
         context_length: activation.context_length.unwrap_or(0) as usize,
         memory_budget: activation.memory_budget_bytes.unwrap_or(0),
         kv_blocks: settings.kv_blocks,
-        weights: settings.weights,
-        kv_type: settings.kv_type,
+        storage: Storage {
+            weights: settings.weights,
+            kv: settings.kv_type,
+        },
     }
 }
 

@@ -7,7 +7,7 @@ use pio_plugin_kit::api::{
     TokenEvent, TokenStream,
 };
 use pio_plugin_kit::{Message, TextModel, TextPlugin, Tokenizer};
-use pio_plugin_llama::storage::WeightStorage;
+use pio_plugin_llama::storage::{Storage, WeightStorage};
 use pio_plugin_llama::{
     engine::{Engine, LoadOptions},
     forward::Forward,
@@ -45,7 +45,10 @@ fn load_as(context: usize, weights: WeightStorage) -> Engine {
     let path = pio_testkit::model(pio_testkit::SMOLLM2);
     let options = LoadOptions {
         context_length: context,
-        weights,
+        storage: Storage {
+            weights,
+            ..Storage::default()
+        },
         ..LoadOptions::default()
     };
     Engine::load(&path, options).expect("SmolLM2 loads")

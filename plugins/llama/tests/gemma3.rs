@@ -6,7 +6,6 @@
 use pio_plugin_llama::engine::{Engine, LoadOptions};
 use pio_plugin_llama::forward::Forward;
 use pio_plugin_llama::perplexity::{perplexity, perplexity_llama_cpp, Perplexity};
-use pio_plugin_llama::storage::WeightStorage;
 use serde_json::Value;
 
 /// Largest difference allowed between a logit and the reference's. Both sides compute in f32
@@ -34,7 +33,6 @@ fn load(context: usize) -> Engine {
     let path = pio_testkit::model(pio_testkit::GEMMA3);
     let options = LoadOptions {
         context_length: context,
-        weights: WeightStorage::AsStored,
         ..LoadOptions::default()
     };
     Engine::load(&path, options).expect("Gemma 3 loads")

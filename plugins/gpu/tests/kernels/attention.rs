@@ -1,5 +1,5 @@
 use pio_gpu::reference;
-use pio_gpu::{Attention, AttentionConfig, KvCache, KvShape, KvType, RowLayout, KV_BLOCK_ROWS};
+use pio_gpu::{Attention, AttentionConfig, KvType, RowLayout, KV_BLOCK_ROWS};
 
 use crate::common::{self, EPS};
 
@@ -154,13 +154,7 @@ fn check_cache(
         first_token += tokens;
     }
 
-    let shape = KvShape {
-        n_layers: 1,
-        n_kv_heads: n_kv_heads as u32,
-        head_dim: head_dim as u32,
-        kv_type,
-    };
-    let cache = KvCache::new(&gpu, shape, n_blocks).unwrap();
+    let cache = common::kv_cache(&gpu, n_kv_heads, head_dim, kv_type, n_blocks);
     let layer = cache.layer(0).unwrap();
     common::write_kv(&gpu, layer.keys, kv_type, &keys);
     common::write_kv(&gpu, layer.values, kv_type, &values);

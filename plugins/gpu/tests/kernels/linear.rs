@@ -1,7 +1,7 @@
 use pio_gpu::reference;
 use pio_gpu::{
-    DeviceKind, Epilogue, KvCache, KvShape, KvType, Linear, LinearShape, QkvRope, QkvRopeConfig,
-    QuantMatrix, RopeTable, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
+    DeviceKind, Epilogue, KvType, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
+    RopeTable, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
 };
 
 use crate::common::{self, EPS};
@@ -372,13 +372,8 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             };
             let kernel = QkvRope::new(&gpu, config).unwrap();
             let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
-            let shape = KvShape {
-                n_layers: 1,
-                n_kv_heads: n_kv_heads as u32,
-                head_dim: head_dim as u32,
-                kv_type,
-            };
-            let cache = KvCache::new(&gpu, shape, max_positions / KV_BLOCK_ROWS).unwrap();
+            let blocks = max_positions / KV_BLOCK_ROWS;
+            let cache = common::kv_cache(&gpu, n_kv_heads, head_dim, kv_type, blocks);
             let layer = cache.layer(0).unwrap();
             common::write_kv(&gpu, layer.keys, kv_type, &initial);
             common::write_kv(&gpu, layer.values, kv_type, &initial);

@@ -1,10 +1,7 @@
 //! The per-head query/key norm with RoPE, and the normalised residual add (Gemma 3's norms).
 
 use pio_gpu::reference;
-use pio_gpu::{
-    KvCache, KvShape, KvType, QkNormRope, QkNormRopeConfig, ResidualRmsNorm, RopeTable,
-    KV_BLOCK_ROWS,
-};
+use pio_gpu::{KvType, QkNormRope, QkNormRopeConfig, ResidualRmsNorm, RopeTable, KV_BLOCK_ROWS};
 
 use crate::common;
 use crate::linear::{abs, check_stored_within_bound, check_within_bound};
@@ -51,13 +48,8 @@ fn check_qk_norm_rope(n_heads: usize, n_kv_heads: usize, head_dim: usize, kv_typ
     let k_weight = common::random_f32(&mut rng, head_dim, 2.0);
 
     let q_buf = gpu.storage_from("q", &q).unwrap();
-    let shape = KvShape {
-        n_layers: 1,
-        n_kv_heads: n_kv_heads as u32,
-        head_dim: head_dim as u32,
-        kv_type,
-    };
-    let cache = KvCache::new(&gpu, shape, max_positions / KV_BLOCK_ROWS).unwrap();
+    let blocks = max_positions / KV_BLOCK_ROWS;
+    let cache = common::kv_cache(&gpu, n_kv_heads, head_dim, kv_type, blocks);
     let layer = cache.layer(0).unwrap();
     common::write_kv(&gpu, layer.keys, kv_type, &keys);
     let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
