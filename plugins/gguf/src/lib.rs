@@ -13,6 +13,7 @@ mod error;
 mod quant;
 mod reader;
 pub mod requantize;
+pub mod surgery;
 mod tensor;
 mod value;
 pub mod writer;
