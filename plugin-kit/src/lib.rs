@@ -77,6 +77,28 @@
 //! `plugins/example` is the full template (chat, embeddings, batched generation, `infer`, and
 //! the host's test fixtures as a [`Plugin`](api::Plugin) decorator).
 //!
+//! ## Model surgery operations
+//!
+//! A text plugin may offer model surgery through [`Model::infer`] with two operations, which
+//! `pio surgery analyze|apply` sends to whatever plugin serves the model (the Llama plugin
+//! implements both; a plugin without them answers `unsupported`). Layers and heads are
+//! numbered as in the loaded model file; a head is `[layer, head]`, a query head.
+//!
+//! - `{"op": "surgery.analyze", "text": TEXT, "max_tokens": N, "measure": K}` scores the
+//!   loaded model on the first `N` tokens of `TEXT` (default 256) and answers
+//!   `{"tokens", "baseline_perplexity", "layers": [{"layer", "block_influence",
+//!   "perplexity_without"?}], "heads": [{"layer", "head", "importance",
+//!   "perplexity_without"?}]}`, each list least important first. `block_influence` is
+//!   ShortGPT's `1 − mean cos(hidden in, hidden out)`; `importance` is the plugin's own
+//!   (documented) head score; `perplexity_without` is the calibration perplexity with only that
+//!   component removed, present for the first `K` (default 4) of each list.
+//! - `{"op": "surgery.apply", "out": PATH, "remove_layers": [N, ...], "remove_heads": [[L, H],
+//!   ...], "keep_layers": [N, ...], "keep_heads": [[L, H], ...]}` writes the loaded model's file
+//!   without those components to `PATH` and answers `{"out", "layers_before", "layers_after",
+//!   "silenced_heads", "bytes_before", "bytes_after"}`. Removing every layer, an index out of
+//!   range, a head of a removed layer, or anything a keep list names is `invalid_input`, and
+//!   nothing is written. For GGUF models, `pio_gguf::surgery` does the file transform.
+//!
 //! ## Design
 //!
 //! - *A companion crate, not more of the API crate*: the API crate is the ABI contract and

@@ -12,6 +12,7 @@ mod run;
 mod scaffold;
 mod serve;
 mod session;
+mod surgery;
 mod text;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -62,6 +63,10 @@ enum Command {
     /// Rewrite a GGUF model in smaller storage types (llama.cpp's quantization schemes) and
     /// print its size per part before and after; with --evaluate, the perplexity of both.
     Compress(compress::CompressArgs),
+    /// Model surgery: score layers and attention heads on calibration text (`analyze`), write
+    /// the model without some of them (`apply`).
+    #[command(subcommand)]
+    Surgery(surgery::SurgeryCommand),
     /// Benchmark a text-generation plugin (default: llama with SmolLM2): load time, prefill
     /// and decode tokens/s, time to first token, dispatches per token, peak RSS.
     Bench(bench::BenchArgs),
@@ -165,6 +170,7 @@ pub fn main() -> ExitCode {
         Command::Embed(args) => embed::embed(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Compress(args) => compress::compress(&args),
+        Command::Surgery(command) => surgery::surgery(&command),
         Command::Devices => devices::devices(),
     };
     match result {

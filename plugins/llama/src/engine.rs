@@ -297,16 +297,26 @@ impl Engine {
     /// [`perplexity_llama_cpp`] for how windows are formed and scored); each window starts
     /// with BOS when the tokenizer adds one.
     pub fn perplexity(&mut self, text: &str, window: usize, style: Style) -> Result<Perplexity> {
+        let (tokens, bos) = self.text_tokens(text)?;
+        match style {
+            Style::Plain => perplexity(&mut self.model, &tokens, window, bos),
+            Style::LlamaCpp => {
+                let with_special = self.tokenizer.text().encode(text, true)?;
+                perplexity_llama_cpp(&mut self.model, &with_special, window, bos)
+            }
+        }
+    }
+
+    /// The tokens of `text` without special tokens, and the BOS id when the tokenizer adds
+    /// one: how text is scored.
+    pub fn text_tokens(&self, text: &str) -> Result<(Vec<u32>, Option<u32>)> {
         let tokenizer = self.tokenizer.text();
         let tokens = tokenizer.encode(text, false)?;
         let with_special = tokenizer.encode(text, true)?;
         let bos = (with_special.len() > tokens.len())
             .then(|| tokenizer.bos_id())
             .flatten();
-        match style {
-            Style::Plain => perplexity(&mut self.model, &tokens, window, bos),
-            Style::LlamaCpp => perplexity_llama_cpp(&mut self.model, &with_special, window, bos),
-        }
+        Ok((tokens, bos))
     }
 
     /// The batched sequences' block pool: its size and what is available.

@@ -14,11 +14,12 @@
 //! - [`memory`]: what a context and batch configuration costs, checked before allocating;
 //! - [`perplexity`]: perplexity over a token sequence; [`bench`](mod@bench): the plugin's
 //!   benchmark;
+//! - [`surgery`]: layers and heads scored on calibration text and removed from the model file;
 //! - [`engine`]: model + tokenizer + chat template + block pool, the kit's `TextModel`;
 //!   [`plugin`]: configuration, activation, stats and `infer`, the kit's `Model`.
 //!
-//! Tests compare the GPU model with a plain f32 CPU reference (`reference.rs`, test-only), which
-//! runs the same spec.
+//! Tests compare the GPU model with a plain f32 CPU reference ([`reference`]), which runs the
+//! same spec; model surgery measures with it too.
 
 pub mod batch;
 pub mod bench;
@@ -32,12 +33,12 @@ pub mod memory;
 pub mod models;
 pub mod perplexity;
 pub mod plugin;
-#[cfg(test)]
-mod reference;
+pub mod reference;
 pub mod runtime;
 pub mod sampler;
 pub mod sequence;
 pub mod storage;
+pub mod surgery;
 #[cfg(test)]
 mod test_model;
 pub mod tokenizer;

@@ -36,6 +36,7 @@ use crate::engine::{Engine, LoadOptions};
 use crate::error::Error;
 use crate::perplexity::Style;
 use crate::storage::{Storage, WeightStorage};
+use crate::surgery;
 use crate::tokenizer::GgufTokenizer;
 
 impl From<Error> for PluginError {
@@ -250,7 +251,9 @@ impl Model for Engine {
     /// - `{"op": "bench", "prompt_lengths": [N, ...], "decode_prompt": N, "decode_tokens": N,
     ///   "batch_sizes": [N, ...]}` runs [`bench_run`] once, and [`bench_batched`] for each batch
     ///   size (32-token prompts, `decode_tokens` steps), and answers their measurements plus
-    ///   `dispatches_per_token`, `dispatches_per_layer` and `adapter`.
+    ///   `dispatches_per_token`, `dispatches_per_layer` and `adapter`;
+    /// - `{"op": "surgery.analyze", ...}` and `{"op": "surgery.apply", ...}` on the loaded
+    ///   model's file: see [`surgery::infer_analyze`] and [`surgery::infer_apply`].
     fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
         match request.get("op").and_then(|op| op.as_str()) {
             Some("bench") => bench(self, &request),
@@ -278,8 +281,11 @@ impl Model for Engine {
                     "window": window,
                 }))
             }
+            Some("surgery.analyze") => Ok(surgery::infer_analyze(self, &request)?),
+            Some("surgery.apply") => Ok(surgery::infer_apply(self, &request)?),
             other => Err(PluginError::unsupported(format!(
-                "unknown op {other:?}; this plugin's infer supports \"perplexity\" and \"bench\""
+                "unknown op {other:?}; this plugin's infer supports \"perplexity\", \"bench\", \
+                 \"surgery.analyze\" and \"surgery.apply\""
             ))),
         }
     }

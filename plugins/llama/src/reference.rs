@@ -5,6 +5,10 @@
 //! Nothing here is optimised or shared with the GPU path. It follows the spec in full (scaled
 //! embeddings, q/k and sandwich norms, sliding windows, GELU gates), so a new family has its
 //! reference before it has kernels.
+//!
+//! Being exact and open, it is also what model surgery measures with
+//! ([`ReferenceModel::trace`]: every layer's input and output and each head's contribution);
+//! the GPU runtime exposes none of its intermediate values.
 
 use pio_gguf::{GgufFile, TensorView};
 
@@ -40,6 +44,14 @@ impl Matrix {
                     .map(|(&w, &v)| w as f64 * v as f64)
                     .sum::<f64>() as f32
             })
+            .collect()
+    }
+
+    /// `W[:, cols] x[cols]`: the part of `W x` that columns `cols` contribute.
+    fn mul_columns(&self, x: &[f32], cols: std::ops::Range<usize>) -> Vec<f32> {
+        self.data
+            .chunks_exact(self.cols)
+            .map(|row| dot(&row[cols.clone()], &x[cols.clone()]) as f32)
             .collect()
     }
 
@@ -80,6 +92,26 @@ struct Layer {
     k_cache: Vec<f32>,
     /// Values of positions `0..len`, `[pos][kv_dim]`.
     v_cache: Vec<f32>,
+}
+
+/// What one layer did at one position, handed to [`ReferenceModel::trace`]'s observer.
+#[derive(Debug)]
+pub struct LayerTrace<'a> {
+    /// The layer's index in the model.
+    pub layer: usize,
+    /// The token's position.
+    pub pos: usize,
+    /// The residual stream (hidden state) entering the layer.
+    pub input: &'a [f32],
+    /// The residual stream leaving it.
+    pub output: &'a [f32],
+    /// For each query head, the L2 norm of what it adds to the attention output:
+    /// `W_o[:, head] · o_head`, its own columns of the output projection applied to its
+    /// attention result (before Gemma's post-attention norm).
+    pub head_norms: &'a [f64],
+    /// The L2 norm of what the attention half adds to the residual stream: `W_o · o` (the
+    /// sum of the heads' parts), through Gemma's post-attention norm where there is one.
+    pub attention_norm: f64,
 }
 
 /// The CPU reference model; implements [`Forward`].
@@ -147,9 +179,36 @@ impl ReferenceModel {
         })
     }
 
+    /// The model's spec.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Runs `tokens` from position 0 (overwriting the cache) without computing logits, and
+    /// hands `observe` a [`LayerTrace`] of every layer at every position, in order.
+    pub fn trace(&mut self, tokens: &[u32], mut observe: impl FnMut(&LayerTrace)) {
+        assert!(tokens.len() <= self.context, "past the context");
+        for (pos, &token) in tokens.iter().enumerate() {
+            self.hidden(token, pos, Some(&mut observe));
+        }
+    }
+
     /// One token at position `pos` (the caches hold exactly positions `0..pos`); returns its
     /// logits.
     fn step(&mut self, token: u32, pos: usize) -> Vec<f32> {
+        let x = self.hidden(token, pos, None);
+        let h = rms_norm(&x, &self.output_norm, self.spec.norm.eps);
+        self.output.as_ref().unwrap_or(&self.token_embd).mul(&h)
+    }
+
+    /// One token at position `pos` through every layer; returns the last layer's output, and
+    /// traces each layer to `observe` when given.
+    fn hidden(
+        &mut self,
+        token: u32,
+        pos: usize,
+        mut observe: Option<&mut dyn FnMut(&LayerTrace)>,
+    ) -> Vec<f32> {
         let (hp, eps) = (&self.spec.hparams, self.spec.norm.eps);
         let (hd, kv_dim) = (hp.head_dim, hp.kv_dim());
         let scale = self.spec.embedding.scale;
@@ -159,7 +218,8 @@ impl ReferenceModel {
             .iter()
             .map(|v| v * scale)
             .collect();
-        for (layer, spec) in self.layers.iter_mut().zip(&self.spec.layers) {
+        for (index, (layer, spec)) in self.layers.iter_mut().zip(&self.spec.layers).enumerate() {
+            let input = observe.is_some().then(|| x.clone());
             // Attention.
             let (attention, ffn) = (&spec.attention, &spec.feed_forward);
             let h = rms_norm(&x, &layer.attn_norm, eps);
@@ -208,7 +268,18 @@ impl ReferenceModel {
                 }
             }
             let out = layer.wo.mul(&attn);
-            add(&mut x, &post_norm(out, layer.attn_post_norm.as_ref(), eps));
+            let head_norms: Vec<f64> = match observe {
+                Some(_) => (0..hp.n_head)
+                    .map(|head| {
+                        let part = layer.wo.mul_columns(&attn, head * hd..(head + 1) * hd);
+                        dot(&part, &part).sqrt()
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            let added = post_norm(out, layer.attn_post_norm.as_ref(), eps);
+            let attention_norm = dot(&added, &added).sqrt();
+            add(&mut x, &added);
 
             // Gated feed-forward.
             let h = rms_norm(&x, &layer.ffn_norm, eps);
@@ -221,9 +292,45 @@ impl ReferenceModel {
                 .collect();
             let out = layer.w_down.mul(&act);
             add(&mut x, &post_norm(out, layer.ffn_post_norm.as_ref(), eps));
+            if let (Some(observe), Some(input)) = (observe.as_mut(), input) {
+                observe(&LayerTrace {
+                    layer: index,
+                    pos,
+                    input: &input,
+                    output: &x,
+                    head_norms: &head_norms,
+                    attention_norm,
+                });
+            }
         }
-        let h = rms_norm(&x, &self.output_norm, eps);
-        self.output.as_ref().unwrap_or(&self.token_embd).mul(&h)
+        x
+    }
+
+    /// The same model without the layers `removed` (each remaining layer as it was).
+    #[cfg(test)]
+    pub(crate) fn without_layers(mut self, removed: &[usize]) -> Self {
+        fn keep<T>(items: Vec<T>, removed: &[usize]) -> Vec<T> {
+            let kept = items.into_iter().enumerate();
+            kept.filter(|(i, _)| !removed.contains(i))
+                .map(|(_, item)| item)
+                .collect()
+        }
+        self.layers = keep(std::mem::take(&mut self.layers), removed);
+        self.spec.layers = keep(std::mem::take(&mut self.spec.layers), removed);
+        self.spec.hparams.n_layer = self.layers.len();
+        self
+    }
+
+    /// The same model with query head `head` of layer `layer` contributing nothing: its
+    /// columns of the output projection zeroed.
+    #[cfg(test)]
+    pub(crate) fn without_head(mut self, layer: usize, head: usize) -> Self {
+        let hd = self.spec.hparams.head_dim;
+        let wo = &mut self.layers[layer].wo;
+        for row in wo.data.chunks_exact_mut(wo.cols) {
+            row[head * hd..(head + 1) * hd].fill(0.0);
+        }
+        self
     }
 }
 

@@ -10,14 +10,15 @@
 //! with RoPE base 10 000; every sixth (layers 5, 11, ...) attends to every earlier position
 //! with the file's `rope.freq_base`. The file carries neither the pattern nor the local base
 //! (unless it has `attention.sliding_window_pattern` or `rope.freq_base_swa`): they are Gemma 3
-//! conventions, and llama.cpp applies the same ones.
+//! conventions, and llama.cpp applies the same ones. The pattern may also be one bool per
+//! layer (`true`: sliding), which model surgery writes: with layers removed there is no period.
 //!
 //! llama.cpp's converter adds Gemma's `+ 1` to every norm weight and does not permute q and k,
 //! so norms are [`NormWeight::Plain`] and RoPE pairs are [`RopePairs::Halves`]. Attention
 //! scores are scaled by `1/√head_dim` (query_pre_attn_scalar = head_dim for these sizes);
 //! there is no final logit soft-capping in Gemma 3.
 
-use pio_gguf::GgufFile;
+use pio_gguf::{GgufFile, MetadataValue, ValueType};
 
 use super::{
     Activation, AttentionSpec, AttentionWindow, Embedding, FeedForwardSpec, LayerSpec, ModelSpec,
@@ -32,6 +33,9 @@ pub const ARCHITECTURE: &str = "gemma3";
 /// Every this-many-th layer attends globally (the last of each group): Gemma 3's pattern.
 pub const DEFAULT_PATTERN: usize = 6;
 
+/// The key (under `gemma3.`) of the pattern of sliding-window layers.
+const PATTERN_KEY: &str = "attention.sliding_window_pattern";
+
 /// RoPE base of the sliding-window layers when the file does not say.
 pub const DEFAULT_LOCAL_ROPE_BASE: f32 = 10_000.0;
 
@@ -41,7 +45,8 @@ pub const DEFAULT_GLOBAL_ROPE_BASE: f32 = 1_000_000.0;
 /// Reads the description of a Gemma 3 GGUF.
 ///
 /// Fails with [`Error::InvalidModel`] for missing keys, a final logit soft-cap or RoPE
-/// scaling (not implemented), and a window or pattern of 0.
+/// scaling (not implemented), a window or pattern of 0, and a per-layer pattern of the wrong
+/// length.
 pub fn describe(file: &GgufFile) -> Result<ModelSpec> {
     let meta = Metadata::new(file, ARCHITECTURE);
     let hparams = HParams::from_gguf(meta)?;
@@ -77,17 +82,15 @@ pub fn describe(file: &GgufFile) -> Result<ModelSpec> {
     };
     // Without a window every layer is global (llama.cpp's reading of such a file).
     let window = meta.opt_usize("attention.sliding_window")?;
-    let pattern = meta
-        .opt_usize("attention.sliding_window_pattern")?
-        .unwrap_or(DEFAULT_PATTERN);
-    if window == Some(0) || pattern == 0 {
-        return Err(Error::InvalidModel(format!(
-            "attention.sliding_window {window:?} and its pattern {pattern} must be positive"
-        )));
+    if window == Some(0) {
+        return Err(Error::InvalidModel(
+            "attention.sliding_window must be positive, got 0".into(),
+        ));
     }
+    let sliding = sliding_layers(file, hparams.n_layer)?;
     let layer = |i: usize| {
         let (window, rope) = match window {
-            Some(n) if i % pattern < pattern - 1 => (AttentionWindow::Sliding(n), local_rope),
+            Some(n) if sliding[i] => (AttentionWindow::Sliding(n), local_rope),
             _ => (AttentionWindow::Global, global_rope),
         };
         LayerSpec {
@@ -132,6 +135,60 @@ pub fn describe(file: &GgufFile) -> Result<ModelSpec> {
         layers: (0..hparams.n_layer).map(layer).collect(),
         hparams,
     })
+}
+
+/// Which layers attend through the sliding window, from `attention.sliding_window_pattern`:
+/// a period `p` (every `p`-th layer is global, the others slide; default
+/// [`DEFAULT_PATTERN`]), or one bool per layer, `true` for a sliding one (llama.cpp's
+/// per-layer form; [`surgery_metadata`] writes it).
+fn sliding_layers(file: &GgufFile, n_layer: usize) -> Result<Vec<bool>> {
+    let key = format!("{ARCHITECTURE}.{PATTERN_KEY}");
+    let bad = |what: String| Err(Error::InvalidModel(format!("{key}: {what}")));
+    match file.get(&key) {
+        Some(MetadataValue::Array { items, .. }) => {
+            let Some(flags) = items
+                .iter()
+                .map(MetadataValue::as_bool)
+                .collect::<Option<Vec<_>>>()
+            else {
+                return bad("an array must hold bools".into());
+            };
+            if flags.len() != n_layer {
+                return bad(format!("{} entries for {n_layer} layers", flags.len()));
+            }
+            Ok(flags)
+        }
+        Some(value) => match value.as_u32() {
+            Some(0) | None => bad(format!(
+                "expected a positive period, found {}",
+                value.describe()
+            )),
+            Some(p) => Ok(every(p as usize, n_layer)),
+        },
+        None => Ok(every(DEFAULT_PATTERN, n_layer)),
+    }
+}
+
+/// Every `period`-th layer global (the last of each group), the others sliding.
+fn every(period: usize, n_layer: usize) -> Vec<bool> {
+    (0..n_layer).map(|i| i % period < period - 1).collect()
+}
+
+/// What a file with only the layers `kept` of `spec` (old indices, in order) must say so that
+/// each kept layer keeps its attention window: the pattern as one bool per layer, since
+/// removing layers breaks the period.
+pub fn surgery_metadata(spec: &ModelSpec, kept: &[usize]) -> Vec<(String, MetadataValue)> {
+    let flags = kept
+        .iter()
+        .map(|&i| {
+            let sliding = matches!(spec.layers[i].attention.window, AttentionWindow::Sliding(_));
+            MetadataValue::Bool(sliding)
+        })
+        .collect();
+    vec![(
+        format!("{ARCHITECTURE}.{PATTERN_KEY}"),
+        MetadataValue::array(ValueType::Bool, flags),
+    )]
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 pub mod gemma3;
 pub mod llama;
 
-use pio_gguf::GgufFile;
+use pio_gguf::{GgufFile, MetadataValue};
 
 use crate::error::{Error, Result};
 use crate::hparams::HParams;
@@ -21,6 +21,9 @@ use crate::hparams::HParams;
 struct Family {
     architecture: &'static str,
     describe: fn(&GgufFile) -> Result<ModelSpec>,
+    /// What a file keeping only some layers must state that the family otherwise infers from
+    /// the layer index (see [`surgery_metadata`]).
+    surgery_metadata: fn(&ModelSpec, &[usize]) -> Vec<(String, MetadataValue)>,
 }
 
 /// Every family this plugin runs.
@@ -28,10 +31,13 @@ const FAMILIES: [Family; 2] = [
     Family {
         architecture: llama::ARCHITECTURE,
         describe: llama::describe,
+        // Every Llama layer is alike: nothing depends on its index.
+        surgery_metadata: |_, _| Vec::new(),
     },
     Family {
         architecture: gemma3::ARCHITECTURE,
         describe: gemma3::describe,
+        surgery_metadata: gemma3::surgery_metadata,
     },
 ];
 
@@ -57,6 +63,16 @@ pub fn describe(file: &GgufFile) -> Result<ModelSpec> {
     let spec = (family.describe)(file)?;
     spec.validate()?;
     Ok(spec)
+}
+
+/// Metadata a file holding only the layers `kept` (indices into `spec.layers`, in order) of
+/// a model of `spec` needs so that every kept layer is described as it was: what the family
+/// infers from a layer's index (Gemma 3's sliding-window pattern) written out per layer.
+pub fn surgery_metadata(spec: &ModelSpec, kept: &[usize]) -> Vec<(String, MetadataValue)> {
+    FAMILIES
+        .iter()
+        .find(|f| f.architecture == spec.architecture)
+        .map_or_else(Vec::new, |f| (f.surgery_metadata)(spec, kept))
 }
 
 /// What a model is: its shapes, its norms, its embedding and output, and its layers in order.
