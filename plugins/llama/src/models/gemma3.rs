@@ -252,6 +252,34 @@ mod tests {
         assert!(err.contains("soft-capping"), "{err}");
     }
 
+    /// The per-layer form surgery writes is read back as it was written; a wrong length is
+    /// refused.
+    #[test]
+    fn a_per_layer_pattern_survives_removed_layers() {
+        let cfg = TinyConfig::gemma3();
+        let spec = models::describe(&tiny_gemma3(&cfg)).unwrap();
+        // Layers 4, 5 (global), 6 kept.
+        let written = surgery_metadata(&spec, &[4, 5, 6]);
+        let mut w = crate::test_model::tiny_gemma3_writer(&TinyConfig { n_layer: 3, ..cfg.clone() });
+        for (key, value) in &written {
+            w.add_metadata(key.clone(), value.clone());
+        }
+        let file = GgufFile::from_bytes(w.to_bytes().unwrap()).unwrap();
+        let cut = models::describe(&file).unwrap();
+        let windows: Vec<_> = cut.layers.iter().map(|l| l.attention.window).collect();
+        assert_eq!(windows, [4, 5, 6].map(|i| spec.layers[i].attention.window));
+        assert_eq!(windows[1], AttentionWindow::Global);
+        assert_eq!(cut.layers[1].attention.rope.base, DEFAULT_GLOBAL_ROPE_BASE);
+
+        let mut w = crate::test_model::tiny_gemma3_writer(&TinyConfig { n_layer: 4, ..cfg });
+        for (key, value) in written {
+            w.add_metadata(key, value);
+        }
+        let file = GgufFile::from_bytes(w.to_bytes().unwrap()).unwrap();
+        let err = models::describe(&file).unwrap_err().to_string();
+        assert!(err.contains("3 entries for 4 layers"), "{err}");
+    }
+
     #[test]
     #[ignore = "needs the Gemma 3 model: pio models fetch"]
     fn describes_gemma3_270m() {
