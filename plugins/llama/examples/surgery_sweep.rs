@@ -6,13 +6,13 @@
 //!
 //! ```text
 //! cargo run -p pio-plugin-llama --example surgery_sweep -- \
-//!     MODEL CALIBRATION_TEXT EVALUATION_TEXT [COUNTS, default 1,2,4,6]
+//!     MODEL CALIBRATION_TEXT EVALUATION_TEXT [COUNTS, default 1,2,4,6] [SEEDS, default 1]
 //! ```
 //!
 //! Block Influence is measured once on the full model over the first 256 tokens of the
-//! calibration text (the CPU reference), as ShortGPT does; perplexity over windows of 512
-//! tokens of the evaluation text; decode speed as `pio bench` measures it (a 32-token prompt,
-//! then 64 greedy tokens).
+//! calibration text (the CPU reference), as ShortGPT does; perplexity in plain style (every
+//! token scored, windows of 512 tokens) over the evaluation text; decode speed as `pio bench`
+//! measures it (a 32-token prompt, then 16 greedy tokens).
 
 use std::path::Path;
 use std::time::Instant;
@@ -24,9 +24,6 @@ use pio_plugin_llama::engine::{Engine, LoadOptions};
 use pio_plugin_llama::perplexity::Style;
 use pio_plugin_llama::reference::ReferenceModel;
 use pio_plugin_llama::surgery::{analyze::analyze, apply::apply};
-
-/// Random layer sets drawn per count.
-const RANDOM_SEEDS: [u64; 3] = [1, 2, 3];
 
 /// `n` distinct layers of `0..layers`, drawn with an xorshift generator seeded by `seed`.
 fn random_layers(layers: usize, n: usize, seed: u64) -> Vec<usize> {
@@ -54,12 +51,12 @@ fn measure(path: &Path, text: &str) -> Result<serde_json::Value, Box<dyn std::er
     };
     let mut engine = Engine::load(path, options)?;
     let start = Instant::now();
-    let ppl = engine.perplexity(text, 512, Style::LlamaCpp)?;
+    let ppl = engine.perplexity(text, 512, Style::Plain)?;
     let ppl_s = start.elapsed().as_secs_f64();
     let config = BenchConfig {
         prompt_lengths: Vec::new(),
         decode_prompt: 32,
-        decode_tokens: 64,
+        decode_tokens: 16,
     };
     let bench = bench_run(engine.model_mut(), &config)?;
     Ok(serde_json::json!({
@@ -74,12 +71,21 @@ fn measure(path: &Path, text: &str) -> Result<serde_json::Value, Box<dyn std::er
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [model, calibration, evaluation, rest @ ..] = args.as_slice() else {
-        return Err("usage: surgery_sweep MODEL CALIBRATION_TEXT EVALUATION_TEXT [1,2,4,6]".into());
+        return Err(
+            "usage: surgery_sweep MODEL CALIBRATION_TEXT EVALUATION_TEXT [1,2,4,6] [1,2,3]".into(),
+        );
     };
-    let counts: Vec<usize> = match rest.first() {
-        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
-        None => vec![1, 2, 4, 6],
+    let list = |i: usize, default: &[u64]| -> Result<Vec<u64>, std::num::ParseIntError> {
+        match rest.get(i) {
+            Some(list) => list.split(',').map(str::parse).collect(),
+            None => Ok(default.to_vec()),
+        }
     };
+    let counts: Vec<usize> = list(0, &[1, 2, 4, 6])?
+        .into_iter()
+        .map(|n| n as usize)
+        .collect();
+    let seeds = list(1, &[1])?;
     let file = GgufFile::open(model)?;
     let evaluation = std::fs::read_to_string(evaluation)?;
     let calibration = std::fs::read_to_string(calibration)?;
@@ -126,7 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("block_influence".to_owned(), by_bi),
             ("last".to_owned(), (layers - n..layers).collect()),
         ];
-        for seed in RANDOM_SEEDS {
+        for &seed in &seeds {
             choices.push((format!("random_{seed}"), random_layers(layers, n, seed)));
         }
         for (strategy, removed) in choices {

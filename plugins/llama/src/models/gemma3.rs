@@ -21,8 +21,8 @@
 use pio_gguf::{GgufFile, MetadataValue, ValueType};
 
 use super::{
-    Activation, AttentionSpec, AttentionWindow, Embedding, FeedForwardSpec, LayerSpec, ModelSpec,
-    NormWeight, Output, QkNorm, RmsNorm, Rope, RopePairs,
+    Activation, AttentionSpec, AttentionWindow, Embedding, FeedForwardSpec, LayerSpec,
+    MetadataEntries, ModelSpec, NormWeight, Output, QkNorm, RmsNorm, Rope, RopePairs,
 };
 use crate::error::{Error, Result};
 use crate::hparams::{HParams, Metadata};
@@ -177,7 +177,7 @@ fn every(period: usize, n_layer: usize) -> Vec<bool> {
 /// What a file with only the layers `kept` of `spec` (old indices, in order) must say so that
 /// each kept layer keeps its attention window: the pattern as one bool per layer, since
 /// removing layers breaks the period.
-pub fn surgery_metadata(spec: &ModelSpec, kept: &[usize]) -> Vec<(String, MetadataValue)> {
+pub fn surgery_metadata(spec: &ModelSpec, kept: &[usize]) -> MetadataEntries {
     let flags = kept
         .iter()
         .map(|&i| {
@@ -260,7 +260,10 @@ mod tests {
         let spec = models::describe(&tiny_gemma3(&cfg)).unwrap();
         // Layers 4, 5 (global), 6 kept.
         let written = surgery_metadata(&spec, &[4, 5, 6]);
-        let mut w = crate::test_model::tiny_gemma3_writer(&TinyConfig { n_layer: 3, ..cfg.clone() });
+        let mut w = crate::test_model::tiny_gemma3_writer(&TinyConfig {
+            n_layer: 3,
+            ..cfg.clone()
+        });
         for (key, value) in &written {
             w.add_metadata(key.clone(), value.clone());
         }

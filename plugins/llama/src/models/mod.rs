@@ -17,13 +17,16 @@ use pio_gguf::{GgufFile, MetadataValue};
 use crate::error::{Error, Result};
 use crate::hparams::HParams;
 
+/// Metadata keys and values to write into a file.
+pub type MetadataEntries = Vec<(String, MetadataValue)>;
+
 /// A model family: the `general.architecture` it answers and how it reads a file of it.
 struct Family {
     architecture: &'static str,
     describe: fn(&GgufFile) -> Result<ModelSpec>,
     /// What a file keeping only some layers must state that the family otherwise infers from
     /// the layer index (see [`surgery_metadata`]).
-    surgery_metadata: fn(&ModelSpec, &[usize]) -> Vec<(String, MetadataValue)>,
+    surgery_metadata: fn(&ModelSpec, &[usize]) -> MetadataEntries,
 }
 
 /// Every family this plugin runs.
@@ -68,7 +71,7 @@ pub fn describe(file: &GgufFile) -> Result<ModelSpec> {
 /// Metadata a file holding only the layers `kept` (indices into `spec.layers`, in order) of
 /// a model of `spec` needs so that every kept layer is described as it was: what the family
 /// infers from a layer's index (Gemma 3's sliding-window pattern) written out per layer.
-pub fn surgery_metadata(spec: &ModelSpec, kept: &[usize]) -> Vec<(String, MetadataValue)> {
+pub fn surgery_metadata(spec: &ModelSpec, kept: &[usize]) -> MetadataEntries {
     FAMILIES
         .iter()
         .find(|f| f.architecture == spec.architecture)
