@@ -100,6 +100,11 @@ pub enum GgufError {
     /// The writer was given inconsistent input.
     #[error("GGUF writer: {0}")]
     Writer(String),
+
+    /// A model surgery names a component the model does not have, removes every layer, or
+    /// contradicts its keep lists (see [`crate::surgery`]).
+    #[error("surgery: {0}")]
+    Surgery(String),
 }
 
 /// Shorthand for results whose error is [`GgufError`].

@@ -118,7 +118,7 @@ impl Surgery {
     /// left, no head of a removed block, no component both removed and kept. The error names
     /// the offending component.
     pub fn validate(&self, shape: Shape) -> Result<()> {
-        let invalid = |what: String| Err(GgufError::Writer(format!("surgery: {what}")));
+        let invalid = |what: String| Err(GgufError::Surgery(what));
         if shape.layers == 0 || shape.heads == 0 {
             return invalid(format!("a model of {shape:?} has nothing to remove"));
         }
@@ -283,8 +283,7 @@ fn zero_columns(
     head_dim: usize,
     heads: &[usize],
 ) -> Result<Vec<u8>> {
-    let refuse =
-        |what: String| GgufError::Writer(format!("surgery: tensor `{}`: {what}", info.name));
+    let refuse = |what: String| GgufError::Surgery(format!("tensor `{}`: {what}", info.name));
     let (Some(block), Some(block_bytes), Some(row_bytes)) = (
         info.dtype.block_size().map(|b| b as usize),
         info.dtype.type_size().map(|b| b as usize),

@@ -56,7 +56,11 @@ pub fn apply(file: &GgufFile, surgery: &Surgery, out: &Path) -> Result<Applied> 
         .filter_map(|(old, new)| new.map(|_| old))
         .collect();
     let overrides = models::surgery_metadata(&spec, &kept);
-    let writer = surgery.apply(file, &overrides)?;
+    let writer = surgery.apply(file, &overrides).map_err(|e| match e {
+        // Heads whose columns split the tensor's blocks: the request cannot be served.
+        GgufError::Surgery(_) => Error::InvalidParams(e.to_string()),
+        e => e.into(),
+    })?;
     let partial = out.with_extension("partial");
     writer.write_to(&partial)?;
     std::fs::rename(&partial, out).map_err(|source| GgufError::Io {
