@@ -78,8 +78,10 @@ def main():
                 for n in counts]
         low = [m - min(r["perplexity"] for r in table["random"][n]) for m, n in zip(mean, counts)]
         high = [max(r["perplexity"] for r in table["random"][n]) - m for m, n in zip(mean, counts)]
+        seeds = len(table["random"][counts[0]])
+        label = "random layers" + (f" (mean, range of {seeds} seeds)" if seeds > 1 else "")
         ax.errorbar([0] + counts, [base] + mean, yerr=[[0] + low, [0] + high], marker="^",
-                    color="tab:gray", capsize=3, label=f"random (mean, range of {len(table['random'][counts[0]])} seeds)")
+                    color="tab:gray", capsize=3, label=label)
         ax.set_yscale("log")
         ax.set_xlabel("layers removed")
         ax.set_ylabel("perplexity (log scale)")

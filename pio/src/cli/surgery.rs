@@ -238,7 +238,7 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{:>4}  {:>5}  {:>15.6}  {}",
             rank + 1,
-            layer["layer"],
+            layer["layer"].as_u64().unwrap_or_default(),
             layer["block_influence"].as_f64().unwrap_or(f64::NAN),
             without(layer)
         );

@@ -18,7 +18,7 @@
 //! - [`engine`]: model + tokenizer + chat template + block pool, the kit's `TextModel`;
 //!   [`plugin`]: configuration, activation, stats and `infer`, the kit's `Model`.
 //!
-//! Tests compare the GPU model with a plain f32 CPU reference ([`reference`]), which runs the
+//! Tests compare the GPU model with a plain f32 CPU reference ([`mod@reference`]), which runs the
 //! same spec; model surgery measures with it too.
 
 pub mod batch;
