@@ -280,6 +280,20 @@ impl Gpu {
         Ok(())
     }
 
+    /// Submits the work recorded in `encoder` without waiting for it.
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
+        self.queue.submit([encoder.finish()])
+    }
+
+    /// Blocks until the submission `index` has finished.
+    pub fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        self.device.poll(wgpu::PollType::Wait {
+            submission_index: Some(index),
+            timeout: None,
+        })?;
+        Ok(())
+    }
+
     /// Runs `f` inside wgpu error scopes catching validation and out-of-memory errors, turning
     /// them into [`GpuError::Wgpu`] or [`GpuError::DeviceOutOfMemory`] naming `what`.
     pub(crate) fn checked<T>(

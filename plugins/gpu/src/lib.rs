@@ -48,7 +48,9 @@ pub use kernels::rope::RopeTable;
 pub use kernels::sample::{DeviceSampler, SampleSettings, MAX_PENALTY_TOKENS};
 pub use layout::RowLayout;
 pub use pipeline::Kernel;
-pub use quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
+pub use quant::{
+    MatrixShape, PackedMatrix, QuantMatrix, WeightDtype, WeightSlot, BLOCK_ELEMENTS, ROW_GROUP,
+};
 pub use quantize::quantize;
 /// The wgpu version this crate is built on, for callers that record their own command encoders.
 pub use wgpu;

@@ -72,6 +72,28 @@ pub enum Error {
         /// The budget in bytes.
         budget: u64,
     },
+    /// The budget is too small for the model even with every layer streamed from the file.
+    #[error(
+        "a device memory budget of {} is too small for this model even with every layer \
+         streamed from the file: it needs {} — {} for what stays on the device (embeddings, \
+         output head, norms, KV cache, activations) and {} for a ring of {} layers",
+        crate::memory::bytes_text(*budget),
+        crate::memory::bytes_text(*needed),
+        crate::memory::bytes_text(needed - ring),
+        crate::memory::bytes_text(*ring),
+        crate::runtime::RING_SLOTS
+    )]
+    BudgetTooSmallToStream {
+        /// The budget in bytes.
+        budget: u64,
+        /// Device bytes with every layer streamed.
+        needed: u64,
+        /// Of which the ring of streamed layers.
+        ring: u64,
+    },
+    /// Reading the layers streamed from the model file failed.
+    #[error("streaming layers from the model file: {0}")]
+    Streaming(String),
     /// Logits are unusable (NaN, empty).
     #[error("numerical error: {0}")]
     Numerics(String),
