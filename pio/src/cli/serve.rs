@@ -31,7 +31,8 @@ pub struct ServeArgs {
     #[arg(long)]
     addr: Option<String>,
     /// TOML file with any of: addr, plugins, api_key, profile, queue_depth,
-    /// request_timeout_secs, body_limit_bytes, max_tokens_limit, default_max_tokens,
+    /// request_timeout_secs, shutdown_grace_secs, body_limit_bytes, max_tokens_limit,
+    /// default_max_tokens,
     /// header_read_timeout_secs, idle_timeout_secs, header_limit_bytes, memory_budget,
     /// keep_alive, a [batch] table with max_sequences, target_step_ms, and a
     /// [plugin_keep_alive] table of keep-alives by plugin name.
@@ -46,6 +47,11 @@ pub struct ServeArgs {
     /// Seconds a request may take [env PIO_REQUEST_TIMEOUT_SECS].
     #[arg(long = "request-timeout", value_name = "SECS")]
     request_timeout_secs: Option<u64>,
+    /// After SIGTERM or SIGINT, seconds requests in flight may take to finish while no new
+    /// one is taken (`/health/ready` answers 503 "draining") [default: 25; env
+    /// PIO_SHUTDOWN_GRACE_SECS].
+    #[arg(long = "shutdown-grace", value_name = "SECS")]
+    shutdown_grace_secs: Option<u64>,
     /// Largest request body in bytes [env PIO_BODY_LIMIT_BYTES].
     #[arg(long)]
     body_limit_bytes: Option<usize>,
@@ -96,6 +102,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         profile: args.profile.clone(),
         queue_depth: args.queue_depth,
         request_timeout_secs: args.request_timeout_secs,
+        shutdown_grace_secs: args.shutdown_grace_secs,
         body_limit_bytes: args.body_limit_bytes,
         max_tokens_limit: args.max_tokens_limit,
         default_max_tokens: None,
