@@ -1,0 +1,187 @@
+//! Opening a model from its first file: a whole model, or every shard of a split model, found by
+//! llama.cpp's naming rule, checked against each other (numbering, count, tensor total, no
+//! tensor twice) and, when a manifest lies beside them, each against its size and SHA-256 before
+//! it is parsed.
+
+use std::collections::HashSet;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use crate::error::{FragmentProblem, GgufError, Result};
+use crate::shard::{Header, Shard, Storage};
+use crate::split::keys::SplitKeys;
+use crate::split::manifest::{FileEntry, Manifest};
+use crate::split::name::ShardName;
+use crate::tensor::TensorInfo;
+use crate::value::MetadataValue;
+
+/// A model's files and tables, before [`crate::GgufFile`] indexes them.
+pub(crate) struct Model {
+    /// Its files, the first one first.
+    pub(crate) shards: Vec<Shard>,
+    /// The first file's metadata without the split keys, in file order.
+    pub(crate) metadata: Vec<(String, MetadataValue)>,
+    /// Every tensor in model order, with the index of the shard holding it.
+    pub(crate) tensors: Vec<(TensorInfo, usize)>,
+}
+
+impl Model {
+    /// One file's model: `shard`, already parsed into `header`; refused if it is a shard of a
+    /// split model of more than one file (whose siblings cannot be found from here).
+    pub(crate) fn single(shard: Shard, header: Header) -> Result<Self> {
+        let Header {
+            mut metadata,
+            tensors,
+        } = header;
+        if let Some(keys) = SplitKeys::take(&shard.path, &mut metadata)?.filter(|k| k.count > 1) {
+            return Err(GgufError::Split {
+                path: shard.path,
+                what: format!(
+                    "shard {} of {}: a split model is opened from its first file, beside the others",
+                    keys.index + 1,
+                    keys.count
+                ),
+            });
+        }
+        Ok(Self::whole(shard, metadata, tensors))
+    }
+
+    fn whole(
+        shard: Shard,
+        metadata: Vec<(String, MetadataValue)>,
+        tensors: Vec<TensorInfo>,
+    ) -> Self {
+        Self {
+            shards: vec![shard],
+            metadata,
+            tensors: tensors.into_iter().map(|t| (t, 0)).collect(),
+        }
+    }
+
+    /// The model whose first (or only) file is `path`.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let name = ShardName::parse(path);
+        if let Some(name) = name.as_ref().filter(|n| n.index() != 0) {
+            return Err(GgufError::NotFirstShard {
+                path: path.to_owned(),
+                index: name.index(),
+                count: name.count(),
+                first: name.sibling(0).path(),
+            });
+        }
+        let manifest = match &name {
+            Some(name) => Manifest::beside(name)?,
+            None => None,
+        };
+        let expected = |index: usize| manifest.as_ref().map(|m| &m.shards[index]);
+        let (first, header) = load(path, expected(0), false)?;
+        let Header {
+            mut metadata,
+            tensors,
+        } = header;
+        let keys = match SplitKeys::take(path, &mut metadata)? {
+            Some(keys) if keys.count > 1 => keys,
+            _ => return Ok(Self::whole(first, metadata, tensors)),
+        };
+        let split_error = |path: &Path, what: String| GgufError::Split {
+            path: path.to_owned(),
+            what,
+        };
+        let Some(name) = name.filter(|n| n.count() == keys.count && keys.index == 0) else {
+            return Err(split_error(
+                path,
+                format!(
+                    "shard {} of {} (by its split keys): a split model is opened from its first \
+                     shard, named as llama.cpp names them (PREFIX-00001-of-{:05}.gguf) so that \
+                     the others can be found",
+                    keys.index + 1,
+                    keys.count,
+                    keys.count
+                ),
+            ));
+        };
+
+        let mut model = Self {
+            shards: vec![first],
+            metadata,
+            tensors: Vec::new(),
+        };
+        let mut names = HashSet::new();
+        let mut add_tensors = |model: &mut Self, path: &Path, tensors: Vec<TensorInfo>| {
+            let shard = model.shards.len() - 1;
+            for tensor in tensors {
+                if !names.insert(tensor.name.clone()) {
+                    return Err(split_error(
+                        path,
+                        format!("tensor `{}` is also in an earlier shard", tensor.name),
+                    ));
+                }
+                model.tensors.push((tensor, shard));
+            }
+            Ok(())
+        };
+        add_tensors(&mut model, path, tensors)?;
+        for index in 1..keys.count {
+            let sibling = name.sibling(index).path();
+            let (shard, header) = load(&sibling, expected(index), true)?;
+            let Header {
+                mut metadata,
+                tensors,
+            } = header;
+            let found = SplitKeys::take(&sibling, &mut metadata)?;
+            if found.map(|k| (k.index, k.count)) != Some((index, keys.count)) {
+                let found = found.map_or("no split keys".to_owned(), |k| {
+                    format!("shard {} of {}", k.index + 1, k.count)
+                });
+                return Err(split_error(
+                    &sibling,
+                    format!(
+                        "expected shard {} of {}, found {found}",
+                        index + 1,
+                        keys.count
+                    ),
+                ));
+            }
+            model.shards.push(shard);
+            add_tensors(&mut model, &sibling, tensors)?;
+        }
+        if let Some(total) = keys.tensors.filter(|&n| n != model.tensors.len() as u64) {
+            return Err(split_error(
+                path,
+                format!(
+                    "`split.tensors.count` is {total}, the {} shards hold {} tensors",
+                    keys.count,
+                    model.tensors.len()
+                ),
+            ));
+        }
+        Ok(model)
+    }
+}
+
+/// Maps and parses the file `path`, first checking it against the manifest's `expected` entry
+/// if there is one. A missing file is a missing shard when a manifest expects it or it is not
+/// the file the caller named (`sibling`).
+fn load(path: &Path, expected: Option<&FileEntry>, sibling: bool) -> Result<(Shard, Header)> {
+    let storage = match Storage::map(path) {
+        Ok(storage) => storage,
+        Err(e) if e.kind() == ErrorKind::NotFound && (sibling || expected.is_some()) => {
+            return Err(GgufError::Fragment {
+                path: path.to_owned(),
+                problem: FragmentProblem::Missing {
+                    expected_sha256: expected.map(|e| e.sha256.clone()),
+                },
+            })
+        }
+        Err(source) => {
+            return Err(GgufError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if let Some(entry) = expected {
+        entry.verify(path, storage.bytes())?;
+    }
+    Shard::parse(PathBuf::from(path), storage)
+}
