@@ -64,16 +64,14 @@ impl Manifest {
     /// read or does not list the shards llama.cpp's naming rule gives.
     pub(crate) fn beside(name: &ShardName) -> Result<Option<Self>> {
         let path = name.manifest_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(GgufError::Io { path, source }),
-        };
+        if !path.exists() {
+            return Ok(None);
+        }
+        let manifest = Self::read(&path)?;
         let invalid = |what: String| GgufError::Manifest {
             path: path.clone(),
             what,
         };
-        let manifest: Self = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         if manifest.shards.len() != name.count() {
             return Err(invalid(format!(
                 "lists {} shards, the file names say {}",
@@ -96,6 +94,18 @@ impl Manifest {
             }
         }
         Ok(Some(manifest))
+    }
+
+    /// Reads the manifest at `path`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| GgufError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| GgufError::Manifest {
+            path: path.to_owned(),
+            what: e.to_string(),
+        })
     }
 
     /// Writes the manifest to `path`.
