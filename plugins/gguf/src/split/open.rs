@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{FragmentProblem, GgufError, Result};
 use crate::shard::{Header, Shard, Storage};
@@ -69,12 +69,20 @@ impl Model {
                 first: name.sibling(0).path(),
             });
         }
+        // The named file first: if it is not there, that is the error, whatever the manifest.
+        let storage = Storage::map(path).map_err(|source| GgufError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let manifest = match &name {
             Some(name) => Manifest::beside(name)?,
             None => None,
         };
         let expected = |index: usize| manifest.as_ref().map(|m| &m.shards[index]);
-        let (first, header) = load(path, expected(0), false)?;
+        if let Some(entry) = expected(0) {
+            entry.verify(path, storage.bytes())?;
+        }
+        let (first, header) = Shard::parse(path.to_owned(), storage)?;
         let Header {
             mut metadata,
             tensors,
@@ -123,7 +131,7 @@ impl Model {
         add_tensors(&mut model, path, tensors)?;
         for index in 1..keys.count {
             let sibling = name.sibling(index).path();
-            let (shard, header) = load(&sibling, expected(index), true)?;
+            let (shard, header) = load(&sibling, expected(index))?;
             let Header {
                 mut metadata,
                 tensors,
@@ -159,29 +167,23 @@ impl Model {
     }
 }
 
-/// Maps and parses the file `path`, first checking it against the manifest's `expected` entry
-/// if there is one. A missing file is a missing shard when a manifest expects it or it is not
-/// the file the caller named (`sibling`).
-fn load(path: &Path, expected: Option<&FileEntry>, sibling: bool) -> Result<(Shard, Header)> {
-    let storage = match Storage::map(path) {
-        Ok(storage) => storage,
-        Err(e) if e.kind() == ErrorKind::NotFound && (sibling || expected.is_some()) => {
-            return Err(GgufError::Fragment {
-                path: path.to_owned(),
-                problem: FragmentProblem::Missing {
-                    expected_sha256: expected.map(|e| e.sha256.clone()),
-                },
-            })
-        }
-        Err(source) => {
-            return Err(GgufError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
-    };
+/// Maps and parses the shard `path`, first checking it against the manifest's `expected` entry
+/// if there is one.
+fn load(path: &Path, expected: Option<&FileEntry>) -> Result<(Shard, Header)> {
+    let storage = Storage::map(path).map_err(|source| match source.kind() {
+        ErrorKind::NotFound => GgufError::Fragment {
+            path: path.to_owned(),
+            problem: FragmentProblem::Missing {
+                expected_sha256: expected.map(|e| e.sha256.clone()),
+            },
+        },
+        _ => GgufError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
     if let Some(entry) = expected {
         entry.verify(path, storage.bytes())?;
     }
-    Shard::parse(PathBuf::from(path), storage)
+    Shard::parse(path.to_owned(), storage)
 }
