@@ -89,11 +89,17 @@ fn cut(model: &Path, limit: Limit, out: &Path) -> anyhow::Result<ExitCode> {
     );
     if let Limit::Bytes(max) = limit {
         let over = sizes.iter().filter(|&&bytes| bytes > max).count();
-        if over > 0 {
-            println!(
-                "{over} shards exceed --max-size {}: each holds one tensor larger than the limit",
+        match over {
+            0 => {}
+            1 => println!(
+                "1 shard exceeds --max-size {max} bytes ({}): it holds one tensor larger than that",
                 format_size(max)
-            );
+            ),
+            _ => println!(
+                "{over} shards exceed --max-size {max} bytes ({}): each holds one tensor larger \
+                 than that",
+                format_size(max)
+            ),
         }
     }
     let first = ShardName::new(&prefix, 0, sizes.len());

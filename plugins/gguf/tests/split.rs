@@ -265,7 +265,10 @@ fn a_missing_shard_is_named_with_its_expected_hash() {
     // A first shard that is not there is an I/O error on it, whatever the manifest says.
     let absent = first.with_file_name("model-00001-of-00002.gguf");
     let err = GgufFile::open(&absent).unwrap_err();
-    assert!(matches!(&err, GgufError::Io { path, .. } if *path == absent), "{err}");
+    assert!(
+        matches!(&err, GgufError::Io { path, .. } if *path == absent),
+        "{err}"
+    );
 
     std::fs::remove_file(first.with_file_name("model.shards.json")).unwrap();
     let err = GgufFile::open(&first).unwrap_err();

@@ -9,6 +9,7 @@ use pio_plugin_kit::api::{
 };
 use pio_plugin_kit::{Message, TextModel, TextPlugin};
 use pio_plugin_llama::engine::{Engine, LoadOptions};
+use pio_plugin_llama::forward::Forward;
 
 /// The greedy chat answer's tokens and the last-position logits of its prompt, for the model
 /// at `path`.

@@ -91,10 +91,6 @@ impl Model {
             Some(keys) if keys.count > 1 => keys,
             _ => return Ok(Self::whole(first, metadata, tensors)),
         };
-        let split_error = |path: &Path, what: String| GgufError::Split {
-            path: path.to_owned(),
-            what,
-        };
         let Some(name) = name.filter(|n| n.count() == keys.count && keys.index == 0) else {
             return Err(split_error(
                 path,
@@ -115,20 +111,7 @@ impl Model {
             tensors: Vec::new(),
         };
         let mut names = HashSet::new();
-        let mut add_tensors = |model: &mut Self, path: &Path, tensors: Vec<TensorInfo>| {
-            let shard = model.shards.len() - 1;
-            for tensor in tensors {
-                if !names.insert(tensor.name.clone()) {
-                    return Err(split_error(
-                        path,
-                        format!("tensor `{}` is also in an earlier shard", tensor.name),
-                    ));
-                }
-                model.tensors.push((tensor, shard));
-            }
-            Ok(())
-        };
-        add_tensors(&mut model, path, tensors)?;
+        model.add_tensors(path, tensors, &mut names)?;
         for index in 1..keys.count {
             let sibling = name.sibling(index).path();
             let (shard, header) = load(&sibling, expected(index))?;
@@ -136,22 +119,14 @@ impl Model {
                 mut metadata,
                 tensors,
             } = header;
-            let found = SplitKeys::take(&sibling, &mut metadata)?;
-            if found.map(|k| (k.index, k.count)) != Some((index, keys.count)) {
-                let found = found.map_or("no split keys".to_owned(), |k| {
-                    format!("shard {} of {}", k.index + 1, k.count)
-                });
-                return Err(split_error(
-                    &sibling,
-                    format!(
-                        "expected shard {} of {}, found {found}",
-                        index + 1,
-                        keys.count
-                    ),
-                ));
-            }
+            check_place(
+                &sibling,
+                SplitKeys::take(&sibling, &mut metadata)?,
+                index,
+                keys.count,
+            )?;
             model.shards.push(shard);
-            add_tensors(&mut model, &sibling, tensors)?;
+            model.add_tensors(&sibling, tensors, &mut names)?;
         }
         if let Some(total) = keys.tensors.filter(|&n| n != model.tensors.len() as u64) {
             return Err(split_error(
@@ -164,6 +139,47 @@ impl Model {
             ));
         }
         Ok(model)
+    }
+
+    /// Appends `tensors`, those of the last shard (the file `path`), refusing a name in `seen`.
+    fn add_tensors(
+        &mut self,
+        path: &Path,
+        tensors: Vec<TensorInfo>,
+        seen: &mut HashSet<String>,
+    ) -> Result<()> {
+        let shard = self.shards.len() - 1;
+        for tensor in tensors {
+            if !seen.insert(tensor.name.clone()) {
+                return Err(split_error(
+                    path,
+                    format!("tensor `{}` is also in an earlier shard", tensor.name),
+                ));
+            }
+            self.tensors.push((tensor, shard));
+        }
+        Ok(())
+    }
+}
+
+/// Fails unless `found`, the split keys of the file `path`, make it shard `index` of `count`.
+fn check_place(path: &Path, found: Option<SplitKeys>, index: usize, count: usize) -> Result<()> {
+    if found.map(|k| (k.index, k.count)) == Some((index, count)) {
+        return Ok(());
+    }
+    let found = found.map_or("no split keys".to_owned(), |k| {
+        format!("shard {} of {}", k.index + 1, k.count)
+    });
+    Err(split_error(
+        path,
+        format!("expected shard {} of {count}, found {found}", index + 1),
+    ))
+}
+
+fn split_error(path: &Path, what: String) -> GgufError {
+    GgufError::Split {
+        path: path.to_owned(),
+        what,
     }
 }
 
