@@ -357,6 +357,17 @@ fn shard_cuts_and_merges_a_model_back() {
         std::fs::read(&merged).unwrap(),
         std::fs::read(&model).unwrap()
     );
+    let (ok, _, err) = run(&[
+        "shard",
+        "--merge",
+        model.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("not the first shard of a split model"),
+        "{err}"
+    );
 
     let last = shards.join("tiny-00004-of-00004.gguf");
     let mut bytes = std::fs::read(&last).unwrap();

@@ -113,6 +113,12 @@ fn merge(first: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     let file = GgufFile::open(first)
         .with_context(|| format!("cannot read the split model {}", first.display()))?;
     let opened = start.elapsed();
+    if file.shard_paths().len() == 1 {
+        bail!(
+            "{} is one file, not the first shard of a split model: nothing to merge",
+            first.display()
+        );
+    }
     if file.shard_paths().any(|shard| same_file(shard, out)) {
         bail!(
             "--out {} is one of the shards; write the merged model to another file",
