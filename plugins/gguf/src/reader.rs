@@ -159,6 +159,7 @@ impl GgufFile {
     pub fn get(&self, key: &str) -> Option<&MetadataValue> {
         self.metadata_index.get(key).map(|&i| &self.metadata[i].1)
     }
+
     typed_getters! {
         get_u32, opt_u32 -> u32, MetadataValue::as_u32, "an integer that fits in u32";
         get_u64, opt_u64 -> u64, MetadataValue::as_u64, "an integer that fits in u64";
