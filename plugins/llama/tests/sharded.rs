@@ -1,5 +1,6 @@
 //! SmolLM2 loaded from the first shard of its split form (one tensor per shard) computes what
-//! the single file computes: the same logits, bit for bit, and the same greedy answer.
+//! the single file computes: the same logits, bit for bit, and the same greedy answer; with a
+//! shard changed, it is not loaded, and the error names the shard and its expected hash.
 
 use pio_gguf::split::{self, Limit, ShardName};
 use pio_gguf::GgufFile;
@@ -50,7 +51,7 @@ fn answer_and_logits(path: &std::path::Path) -> (Vec<u32>, Vec<f32>) {
 
 #[test]
 #[ignore = "needs the SmolLM2 model: pio models fetch"]
-fn smollm2_from_its_first_shard_answers_as_the_single_file() {
+fn smollm2_from_its_first_shard_answers_as_the_single_file_and_not_once_changed() {
     let path = pio_testkit::model(pio_testkit::SMOLLM2);
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("smollm2");
@@ -64,5 +65,20 @@ fn smollm2_from_its_first_shard_answers_as_the_single_file() {
     assert!(
         split_logits == single_logits,
         "the same weights give the same logits"
+    );
+
+    let changed = ShardName::new(&prefix, 100, manifest.shards.len()).path();
+    let mut bytes = std::fs::read(&changed).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&changed, bytes).unwrap();
+    let Err(err) = Engine::load(&first, LoadOptions::default()) else {
+        panic!("a model with a changed shard must not load");
+    };
+    let message = err.to_string();
+    let file = changed.file_name().unwrap().to_str().unwrap();
+    assert!(
+        message.contains(file) && message.contains(&manifest.shards[100].sha256),
+        "{message}"
     );
 }
