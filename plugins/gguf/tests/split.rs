@@ -348,3 +348,22 @@ fn a_limit_of_no_tensors_is_refused() {
     let err = split::split(&model, Limit::Tensors(0), &dir.path().join("x")).unwrap_err();
     assert!(err.to_string().contains("at least one tensor"), "{err}");
 }
+
+/// llama.cpp's `gguf-split --merge` keeps the split keys in the merged file with `split.count`
+/// 0: such a file is one model.
+#[test]
+fn a_file_merged_by_llama_cpp_is_one_model() {
+    let mut writer = GgufWriter::new();
+    writer
+        .add_metadata("general.architecture", "llama")
+        .add_metadata("split.no", MetadataValue::U16(0))
+        .add_metadata("split.count", MetadataValue::U16(0))
+        .add_metadata("split.tensors.count", MetadataValue::I32(1));
+    writer
+        .add_f32_tensor("a", &[32], TensorType::F32, &common::values(32, 1, 1.0))
+        .unwrap();
+    let file = GgufFile::from_bytes(writer.to_bytes().unwrap()).unwrap();
+    assert_eq!(file.metadata().len(), 1);
+    assert_eq!(file.shard_paths().len(), 1);
+    assert_eq!(file.tensors().len(), 1);
+}
