@@ -12,9 +12,13 @@ mod run;
 mod scaffold;
 mod serve;
 mod session;
+mod shard;
 mod text;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -62,6 +66,10 @@ enum Command {
     /// Rewrite a GGUF model in smaller storage types (llama.cpp's quantization schemes) and
     /// print its size per part before and after; with --evaluate, the perplexity of both.
     Compress(compress::CompressArgs),
+    /// Cut a GGUF model into shards in llama.cpp's split format (PREFIX-00001-of-0000N.gguf,
+    /// ..., with a manifest of their sha256), or with --merge join a split model back into one
+    /// file. Wherever a GGUF model is accepted, its first shard loads the whole split model.
+    Shard(shard::ShardArgs),
     /// Benchmark a text-generation plugin (default: llama with SmolLM2): load time, prefill
     /// and decode tokens/s, time to first token, dispatches per token, peak RSS.
     Bench(bench::BenchArgs),
@@ -165,6 +173,7 @@ pub fn main() -> ExitCode {
         Command::Embed(args) => embed::embed(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Compress(args) => compress::compress(&args),
+        Command::Shard(args) => shard::shard(&args),
         Command::Devices => devices::devices(),
     };
     match result {
@@ -173,6 +182,14 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether `a` and `b` are the same existing file (whatever the paths that name it).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
 
