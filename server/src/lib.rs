@@ -115,7 +115,7 @@ impl RunningServer {
                 "memory budget: plugins are swapped out (least recently used, idle first) to stay within it"
             ),
             None => tracing::info!(
-                "no memory budget: plugins are never swapped out for memory (the host does not read device memory sizes — wgpu reports none, and a software device shares the host's RAM); set memory_budget, PIO_MEMORY_BUDGET or --memory-budget to share a device between plugins"
+                "no memory budget: plugins are never swapped out for memory; set memory_budget, PIO_MEMORY_BUDGET or --memory-budget to share a device between plugins"
             ),
         }
         let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {

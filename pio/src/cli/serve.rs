@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::Args;
 
-use pio_host::{watch::WatchOptions, PluginManager};
+use pio_host::{memory::format_size, watch::WatchOptions, ActivateOptions, PluginManager};
 use pio_server::{BatchLayer, ConfigLayer, LoadReport, PluginSource, RunningServer, ServerOptions};
 
 use crate::{
@@ -17,6 +17,7 @@ use crate::{
 };
 
 use super::{
+    devices,
     run::ActivateArgs,
     session::{isolation_layer, new_manager},
 };
@@ -123,12 +124,17 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         Some(path) => ConfigLayer::from_file(path).map_err(anyhow::Error::msg)?,
         None => ConfigLayer::default(),
     };
-    let config = flags
+    let mut config = flags
         .over(env)
         .over(file)
         .resolve()
         .map_err(anyhow::Error::msg)
         .context("invalid server configuration")?;
+    if config.memory.budget.is_none() {
+        let activate = args.activate.options();
+        config.memory.budget = default_memory_budget(activate.adapter.as_deref());
+    }
+    let budget = config.memory.budget;
     let source = match &config.plugins {
         Some(dir) => PluginSource::Directory(dir.clone()),
         None => PluginSource::Loader(Box::new(load_defaults)),
@@ -138,7 +144,12 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         source,
         watch: WatchOptions {
             debounce: Duration::from_millis(args.debounce_ms),
-            activate: args.activate.options(),
+            // Each plugin is told the whole budget: one that can stream (llama) keeps within
+            // it on its own.
+            activate: ActivateOptions {
+                memory_budget_bytes: budget.unwrap_or(0),
+                ..args.activate.options()
+            },
             ..WatchOptions::default()
         },
         print_events: true,
@@ -153,6 +164,59 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     );
     server.run_until_signal()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The memory budget when none is configured: the device memory of the adapter the plugins
+/// will use less a margin ([`budget_margin`]); none on a software adapter (its memory is the
+/// host's RAM, shared with everything else on the machine) or where the driver reports no
+/// size. Says which, and why, in the log.
+fn default_memory_budget(adapter: Option<&str>) -> Option<u64> {
+    let listing = match devices::list(adapter) {
+        Ok(listing) => listing,
+        Err(error) => {
+            tracing::warn!("no memory budget: the adapters could not be listed ({error:#})");
+            return None;
+        }
+    };
+    let Some(chosen) = listing.chosen() else {
+        let reason = listing.error.as_deref().unwrap_or("no adapter");
+        tracing::info!("no memory budget: no adapter would be used ({reason})");
+        return None;
+    };
+    match chosen.memory_bytes {
+        _ if chosen.is_software() => {
+            tracing::info!(
+                adapter = %chosen.name,
+                "no memory budget by default: a software adapter's device memory is the \
+                 host's RAM; set memory_budget, PIO_MEMORY_BUDGET or --memory-budget to share it \
+                 between plugins"
+            );
+            None
+        }
+        None => {
+            tracing::info!(
+                adapter = %chosen.name,
+                "no memory budget by default: the driver reports no device memory size"
+            );
+            None
+        }
+        Some(memory) => {
+            let budget = memory - budget_margin(memory);
+            tracing::info!(
+                adapter = %chosen.name,
+                memory = %format_size(memory),
+                budget = %format_size(budget),
+                "memory budget by default: the adapter's device memory less a margin"
+            );
+            Some(budget)
+        }
+    }
+}
+
+/// What the default budget leaves of `memory` for the driver, other processes and allocations
+/// no plugin accounts for: a tenth, at least 256 MiB (and never all of it).
+fn budget_margin(memory: u64) -> u64 {
+    (memory / 10).max(256 << 20).min(memory / 2)
 }
 
 /// What `pio serve` serves without `--plugins`: fetches the default models that are not

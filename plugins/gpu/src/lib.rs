@@ -32,7 +32,9 @@ pub mod reference;
 pub mod testing;
 
 pub use buffer::GpuBuffer;
-pub use device::{list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu};
+pub use device::{
+    chosen_adapter, list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu,
+};
 pub use dispatch::{require_len, Dispatch};
 pub use error::{GpuError, Result};
 pub use kernels::attention::{Attention, AttentionConfig, MAX_HEAD_DIM};

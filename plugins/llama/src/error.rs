@@ -72,11 +72,12 @@ pub enum Error {
         /// The budget in bytes.
         budget: u64,
     },
-    /// The budget is too small for the model even with every layer streamed from the file.
+    /// The budget is too small for the model however many of its layers stream from the file.
     #[error(
-        "a device memory budget of {} is too small for this model even with every layer \
-         streamed from the file: it needs {} — {} for what stays on the device (embeddings, \
-         output head, norms, KV cache, activations) and {} for a ring of {} layers",
+        "a device memory budget of {} is too small for this model even with its layers \
+         streamed from the file: it needs at least {} — {} for what stays on the device \
+         (embeddings, output head, norms, resident layers, KV cache, activations) and {} for a \
+         ring of {} layers",
         crate::memory::bytes_text(*budget),
         crate::memory::bytes_text(*needed),
         crate::memory::bytes_text(needed - ring),
@@ -86,7 +87,7 @@ pub enum Error {
     BudgetTooSmallToStream {
         /// The budget in bytes.
         budget: u64,
-        /// Device bytes with every layer streamed.
+        /// Device bytes of the smallest plan.
         needed: u64,
         /// Of which the ring of streamed layers.
         ring: u64,

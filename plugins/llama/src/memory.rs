@@ -174,21 +174,24 @@ impl ModelSummary {
     /// `config` with as few layers streamed as make it fit `budget` bytes of device memory (0:
     /// no budget, every layer resident): the disk pipeline's plan. The layers that stream are
     /// the last ones, so the loader has the resident layers' time to read the first streamed
-    /// one. Fails with [`Error::BudgetTooSmallToStream`] when even streaming every layer does
-    /// not fit.
+    /// one. Fails with [`Error::BudgetTooSmallToStream`], naming the smallest plan's needs,
+    /// when no plan fits. (The smallest need not stream every layer: the ring is sized for
+    /// the largest streamed layer, and a model's first layers are sometimes stored wider.)
     pub fn fit_budget(&self, config: MemoryConfig, budget: u64) -> Result<MemoryConfig> {
-        let with = |streamed_layers| MemoryConfig {
+        let plans = (0..=self.layer_matrix_bytes.len()).map(|streamed_layers| MemoryConfig {
             streamed_layers,
             ..config
-        };
+        });
         let fits = |c: &MemoryConfig| budget == 0 || self.memory_needs(c).device <= budget;
-        let n_layers = self.layer_matrix_bytes.len();
-        (0..=n_layers).map(with).find(fits).ok_or_else(|| {
-            let all = self.memory_needs(&with(n_layers));
+        plans.clone().find(fits).ok_or_else(|| {
+            let smallest = plans
+                .map(|plan| self.memory_needs(&plan))
+                .min_by_key(|needs| needs.device)
+                .expect("at least the resident plan");
             Error::BudgetTooSmallToStream {
                 budget,
-                needed: all.device,
-                ring: all.ring,
+                needed: smallest.device,
+                ring: smallest.ring,
             }
         })
     }
