@@ -190,8 +190,10 @@ fn process_isolation_from_the_command_line() {
 }
 
 /// `pio devices` gets its listing from `pio-devices` (built beside `pio`) and prints one row
-/// per adapter, numbered from 0 as `--adapter` takes them. Like every GPU test, it fails without
-/// an adapter (scripts/install-system installs Mesa's software one).
+/// per adapter, numbered from 0 as `--adapter` takes them, with its device memory (lavapipe's
+/// Vulkan heap is the host's RAM) and the adapter plugins use marked `*` (here the only one).
+/// Like every GPU test, it fails without an adapter (scripts/install-system installs Mesa's
+/// software one).
 #[test]
 fn devices_lists_the_adapters_through_pio_devices() {
     let tmp = tempfile::tempdir().unwrap();
@@ -203,9 +205,20 @@ fn devices_lists_the_adapters_through_pio_devices() {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["#", "NAME", "BACKEND", "TYPE", "DRIVER"], "{out}");
+    assert_eq!(
+        header,
+        ["#", "NAME", "BACKEND", "TYPE", "MEMORY", "DRIVER"],
+        "{out}"
+    );
     let first = lines.next().unwrap_or_default();
-    assert!(first.starts_with("0 "), "no adapter row: {out}");
+    assert!(first.starts_with("0"), "no adapter row: {out}");
+    assert!(out.contains("* the adapter plugins use"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("0*") || l.starts_with("1*")),
+        "{out}"
+    );
+    assert!(first.contains("iB "), "no memory size in {first:?}");
     assert!(
         ["vulkan", "metal", "dx12"]
             .iter()

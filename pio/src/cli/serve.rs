@@ -245,3 +245,16 @@ fn load_defaults(manager: &PluginManager) -> LoadReport {
         .collect();
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::budget_margin;
+
+    #[test]
+    fn the_default_budget_leaves_a_tenth_at_least_256_mib_at_most_half() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(budget_margin(80 * 1024 * MIB), 8 * 1024 * MIB);
+        assert_eq!(budget_margin(1024 * MIB), 256 * MIB);
+        assert_eq!(budget_margin(300 * MIB), 150 * MIB);
+    }
+}
