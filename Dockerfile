@@ -41,9 +41,9 @@ RUN useradd --uid 10001 --user-group --create-home pio \
 # Mesa's shader cache. Both are volumes in deploy/kubernetes (the root filesystem is read-only).
 ENV PATH=/opt/pio/bin:$PATH \
     PIO_CACHE_DIR=/var/cache/pio \
-    XDG_CACHE_HOME=/var/cache/pio/xdg \
-    PIO_ADDR=0.0.0.0:8080
+    XDG_CACHE_HOME=/var/cache/pio/xdg
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["pio"]
-CMD ["serve", "--plugins", "/opt/pio/plugins"]
+# Every interface (not PIO_ADDR, which would override the `addr` of a --config file).
+CMD ["serve", "--plugins", "/opt/pio/plugins", "--addr", "0.0.0.0:8080"]
