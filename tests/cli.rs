@@ -1,5 +1,6 @@
 //! The `pio` binary end to end on the example plugin: pack, check, list, run, and a refusal
-//! with a non-zero exit; and `pio devices`, which runs the `pio-devices` executable.
+//! with a non-zero exit; `pio devices`, which runs the `pio-devices` executable; and `pio shard`
+//! cutting a model and merging it back.
 
 use std::{
     path::{Path, PathBuf},
@@ -189,8 +190,10 @@ fn process_isolation_from_the_command_line() {
 }
 
 /// `pio devices` gets its listing from `pio-devices` (built beside `pio`) and prints one row
-/// per adapter, numbered from 0 as `--adapter` takes them. Like every GPU test, it fails without
-/// an adapter (scripts/install-system installs Mesa's software one).
+/// per adapter, numbered from 0 as `--adapter` takes them, with its device memory (lavapipe's
+/// Vulkan heap is the host's RAM) and the adapter plugins use marked `*` (here the only one).
+/// Like every GPU test, it fails without an adapter (scripts/install-system installs Mesa's
+/// software one).
 #[test]
 fn devices_lists_the_adapters_through_pio_devices() {
     let tmp = tempfile::tempdir().unwrap();
@@ -202,9 +205,20 @@ fn devices_lists_the_adapters_through_pio_devices() {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["#", "NAME", "BACKEND", "TYPE", "DRIVER"], "{out}");
+    assert_eq!(
+        header,
+        ["#", "NAME", "BACKEND", "TYPE", "MEMORY", "DRIVER"],
+        "{out}"
+    );
     let first = lines.next().unwrap_or_default();
-    assert!(first.starts_with("0 "), "no adapter row: {out}");
+    assert!(first.starts_with("0"), "no adapter row: {out}");
+    assert!(out.contains("* the adapter plugins use"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("0*") || l.starts_with("1*")),
+        "{out}"
+    );
+    assert!(first.contains("iB "), "no memory size in {first:?}");
     assert!(
         ["vulkan", "metal", "dx12"]
             .iter()
@@ -295,4 +309,94 @@ fn a_new_plugin_needs_a_valid_name_and_a_free_folder() {
     let (ok, _, err) = pio(&cache, &["plugins", "new", "taken", "--dir", dir]);
     assert!(!ok);
     assert!(err.contains("exists already"), "{err}");
+}
+
+/// `pio shard` cuts a small model by size, `--merge` gives the file back byte for byte, and a
+/// changed shard is refused naming it and the hash it should have.
+#[test]
+fn shard_cuts_and_merges_a_model_back() {
+    use pio_gguf::{GgufWriter, TensorType};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny.gguf");
+    let mut writer = GgufWriter::new();
+    writer.add_metadata("general.architecture", "llama");
+    for i in 0..6 {
+        let values: Vec<f32> = (0..256 * (i + 1)).map(|v| v as f32 / 256.0).collect();
+        writer
+            .add_f32_tensor(
+                format!("t{i}"),
+                &[values.len() as u64],
+                TensorType::F32,
+                &values,
+            )
+            .unwrap();
+    }
+    writer.write_to(&model).unwrap();
+    let (cache, shards) = (tmp.path().join("cache"), tmp.path().join("shards"));
+    let run = |args: &[&str]| pio(&cache, args);
+
+    let (ok, out, err) = run(&[
+        "shard",
+        model.to_str().unwrap(),
+        "--max-size",
+        "8K",
+        "--out",
+        shards.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    // Tensors of 1, 2, ..., 6 KiB: 8 kB takes the first three together, then one per shard.
+    assert!(out.contains("(6 tensors) into 4 shards"), "{out}");
+    let first = shards.join("tiny-00001-of-00004.gguf");
+    assert!(
+        out.contains(&format!("first shard: {}", first.display())),
+        "{out}"
+    );
+
+    let merged = tmp.path().join("merged.gguf");
+    let (ok, out, err) = run(&[
+        "shard",
+        "--merge",
+        first.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("identical to the original, tiny.gguf"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&merged).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+    let (ok, _, err) = run(&[
+        "shard",
+        "--merge",
+        model.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("not the first shard of a split model"),
+        "{err}"
+    );
+
+    let last = shards.join("tiny-00004-of-00004.gguf");
+    let mut bytes = std::fs::read(&last).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&last, bytes).unwrap();
+    let (ok, _, err) = run(&[
+        "shard",
+        "--merge",
+        first.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("tiny-00004-of-00004.gguf: shard changed: sha256"),
+        "{err}"
+    );
 }

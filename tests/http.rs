@@ -12,6 +12,7 @@ use std::{
     path::PathBuf,
     process::{Command, Stdio},
     sync::{Arc, Mutex, OnceLock},
+    time::Duration,
 };
 
 use pio_host::{
@@ -1324,6 +1325,51 @@ fn a_client_leaving_mid_stream_cancels_its_generation() {
         server.metric("pio_active_sequences{plugin=\"slow\"}"),
         Some(0.0)
     );
+}
+
+/// A stop signal's drain: readiness turns 503 "draining" at once while liveness stays 200, a
+/// new request is refused with 503 and `Connection: close`, and the stream in flight runs to
+/// its end before `drain` returns; with a grace period shorter than a stream, `drain` reports
+/// it still running.
+#[test]
+fn draining_finishes_requests_in_flight_and_takes_no_new_ones() {
+    for (grace, tokens, cut) in [
+        (Duration::from_secs(60), 40, 0),
+        (Duration::from_millis(200), 400, 1),
+    ] {
+        let server = slow_server(ConfigLayer::default());
+        let mut request = chat("slow", &"y".repeat(tokens));
+        request["stream"] = json!(true);
+        request["max_tokens"] = json!(tokens);
+        let (status, mut sse) = server.stream("/v1/chat/completions", &request);
+        assert_eq!(status, 200);
+        let first = sse.next_data().unwrap();
+        std::thread::scope(|scope| {
+            let drained = scope.spawn(|| server.drain(grace));
+            server.wait_for("readiness to say draining", || {
+                server.get("/health/ready").0 == 503
+            });
+            let (status, body) = server.get("/health");
+            assert_eq!(status, 503);
+            assert_eq!(
+                serde_json::from_str::<Value>(&body).unwrap()["status"],
+                "draining"
+            );
+            assert_eq!(server.get("/health/live").0, 200);
+            let (status, body) = server.post("/v1/chat/completions", &chat("slow", "new"));
+            assert_eq!((status, error_of(&body).1), (503, "draining"), "{body}");
+            if cut == 0 {
+                let rest = sse.collect_all();
+                assert_eq!(rest.last().map(String::as_str), Some("[DONE]"));
+                let text: String = std::iter::once(&first)
+                    .chain(&rest[..rest.len() - 1])
+                    .map(|d| chunk_text(&serde_json::from_str(d).unwrap()).to_owned())
+                    .collect();
+                assert_eq!(text, "y".repeat(tokens), "the whole answer arrived");
+            }
+            assert_eq!(drained.join().unwrap(), cut, "grace {grace:?}");
+        });
+    }
 }
 
 #[test]

@@ -10,6 +10,11 @@ use serde::Deserialize;
 use pio_host::isolation::{IsolationConfig, IsolationLayer};
 use pio_host::memory::{parse_size, KeepAlive, MemoryPolicy};
 
+/// Seconds requests in flight may take to finish after a stop signal, unless configured:
+/// Kubernetes' default termination grace period is 30 s, so a pod's drain ends before its
+/// SIGKILL.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+
 /// A named bundle of queue and limit settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -83,6 +88,9 @@ pub struct ServerConfig {
     pub queue_depth: usize,
     /// How long a request may take from arrival to its last token.
     pub request_timeout: Duration,
+    /// After SIGTERM or SIGINT, how long requests in flight may take to finish before the
+    /// process exits (see [`RunningServer::drain`](crate::RunningServer::drain)).
+    pub shutdown_grace: Duration,
     /// Largest request body accepted, in bytes; larger ones are answered 413.
     pub body_limit_bytes: usize,
     /// Largest `max_tokens` a request may ask for.
@@ -163,6 +171,8 @@ pub struct ConfigLayer {
     pub queue_depth: Option<usize>,
     /// See [`ServerConfig::request_timeout`], in seconds.
     pub request_timeout_secs: Option<u64>,
+    /// See [`ServerConfig::shutdown_grace`], in seconds.
+    pub shutdown_grace_secs: Option<u64>,
     /// See [`ServerConfig::body_limit_bytes`].
     pub body_limit_bytes: Option<usize>,
     /// See [`ServerConfig::max_tokens_limit`].
@@ -230,6 +240,7 @@ impl ConfigLayer {
             profile: var("PIO_PROFILE"),
             queue_depth: number(&var, "PIO_QUEUE_DEPTH")?,
             request_timeout_secs: number(&var, "PIO_REQUEST_TIMEOUT_SECS")?,
+            shutdown_grace_secs: number(&var, "PIO_SHUTDOWN_GRACE_SECS")?,
             body_limit_bytes: number(&var, "PIO_BODY_LIMIT_BYTES")?,
             max_tokens_limit: number(&var, "PIO_MAX_TOKENS_LIMIT")?,
             default_max_tokens: number(&var, "PIO_DEFAULT_MAX_TOKENS")?,
@@ -256,6 +267,7 @@ impl ConfigLayer {
             profile: self.profile.or(lower.profile),
             queue_depth: self.queue_depth.or(lower.queue_depth),
             request_timeout_secs: self.request_timeout_secs.or(lower.request_timeout_secs),
+            shutdown_grace_secs: self.shutdown_grace_secs.or(lower.shutdown_grace_secs),
             body_limit_bytes: self.body_limit_bytes.or(lower.body_limit_bytes),
             max_tokens_limit: self.max_tokens_limit.or(lower.max_tokens_limit),
             default_max_tokens: self.default_max_tokens.or(lower.default_max_tokens),
@@ -323,6 +335,10 @@ impl ConfigLayer {
             profile,
             queue_depth: self.queue_depth.unwrap_or(queue_depth),
             request_timeout: Duration::from_secs(self.request_timeout_secs.unwrap_or(timeout_secs)),
+            shutdown_grace: Duration::from_secs(
+                self.shutdown_grace_secs
+                    .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
+            ),
             body_limit_bytes: self.body_limit_bytes.unwrap_or(1 << 20),
             max_tokens_limit,
             default_max_tokens: self.default_max_tokens.unwrap_or(256.min(max_tokens_limit)),

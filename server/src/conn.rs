@@ -315,23 +315,24 @@ impl Service<Request<Incoming>> for Tracked {
         let response = self.router.call(request);
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| {
-                Body::new(TrackedBody {
-                    body,
-                    _in_flight: in_flight,
-                })
-            }))
+            Ok(response.map(|body| Body::new(HoldingBody::new(body, in_flight))))
         })
     }
 }
 
-/// A response body that keeps its request in flight until it is dropped.
-struct TrackedBody {
+/// A response body holding `T` (a guard marking its request in flight) until it is dropped.
+pub(crate) struct HoldingBody<T> {
     body: Body,
-    _in_flight: InFlight,
+    _held: T,
 }
 
-impl HttpBody for TrackedBody {
+impl<T> HoldingBody<T> {
+    pub fn new(body: Body, held: T) -> Self {
+        Self { body, _held: held }
+    }
+}
+
+impl<T: Unpin> HttpBody for HoldingBody<T> {
     type Data = Bytes;
     type Error = axum::Error;
 

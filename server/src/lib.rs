@@ -13,7 +13,8 @@
 //!   bodies; [`metrics`]: Prometheus text; [`memory`]: the memory manager's listings, metrics
 //!   and keep-alive expiry.
 //! - `conn`: the accept loop and HTTP/1 connections with their header-read and idle timeouts
-//!   and header size limit.
+//!   and header size limit; `drain`: the stop after SIGTERM or SIGINT (readiness 503, new
+//!   model requests refused, those in flight finished within the grace period).
 //!
 //! The HTTP side is async (`tokio`, `axum`); plugins are called only from the scheduler
 //! threads, which talk to handlers through channels.
@@ -23,6 +24,7 @@ pub mod body;
 mod complete;
 pub mod config;
 mod conn;
+mod drain;
 pub mod engine;
 pub mod error;
 pub mod logprobs;
@@ -63,6 +65,7 @@ pub struct App {
     /// Unix seconds at start (the `created` of every model).
     started: u64,
     requests: AtomicU64,
+    drain: Arc<drain::Drain>,
 }
 
 impl App {
@@ -89,6 +92,8 @@ pub struct RunningServer {
     addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: Option<oneshot::Sender<()>>,
+    drain: Arc<drain::Drain>,
+    shutdown_grace: Duration,
     _stop_loader: crossbeam_channel::Sender<()>,
     _stop_expiry: crossbeam_channel::Sender<()>,
 }
@@ -110,7 +115,7 @@ impl RunningServer {
                 "memory budget: plugins are swapped out (least recently used, idle first) to stay within it"
             ),
             None => tracing::info!(
-                "no memory budget: plugins are never swapped out for memory (the host does not read device memory sizes — wgpu reports none, and a software device shares the host's RAM); set memory_budget, PIO_MEMORY_BUDGET or --memory-budget to share a device between plugins"
+                "no memory budget: plugins are never swapped out for memory; set memory_budget, PIO_MEMORY_BUDGET or --memory-budget to share a device between plugins"
             ),
         }
         let listener = std::net::TcpListener::bind(config.addr).map_err(|e| {
@@ -140,6 +145,8 @@ impl RunningServer {
             watch,
             stop_rx,
         )?;
+        let drain = Arc::new(drain::Drain::default());
+        let shutdown_grace = config.shutdown_grace;
         let app = Arc::new(App {
             manager,
             engine,
@@ -148,6 +155,7 @@ impl RunningServer {
             plugins: log,
             started: openai::unix_seconds(),
             requests: AtomicU64::new(1),
+            drain: drain.clone(),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("pio-http")
@@ -172,6 +180,8 @@ impl RunningServer {
             addr,
             runtime: Some(runtime),
             shutdown: Some(shutdown),
+            drain,
+            shutdown_grace,
             _stop_loader: stop_loader,
             _stop_expiry: stop_expiry,
         })
@@ -182,7 +192,18 @@ impl RunningServer {
         self.addr
     }
 
-    /// Serves until Ctrl-C (SIGINT) or SIGTERM, then stops.
+    /// Stops taking model requests — readiness (`/health`, `/health/ready`) answers 503
+    /// "draining" and new model requests 503 with `Connection: close` — and waits until the
+    /// requests in flight have finished, streams included, or `grace` has passed. Returns how
+    /// many were still running then (they are cut when the server is dropped).
+    pub fn drain(&self, grace: Duration) -> usize {
+        self.drain.begin();
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        runtime.block_on(self.drain.settle(grace))
+    }
+
+    /// Serves until Ctrl-C (SIGINT) or SIGTERM, then drains (see [`RunningServer::drain`],
+    /// within the configured `shutdown_grace`) and stops.
     pub fn run_until_signal(self) -> std::io::Result<()> {
         let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
         runtime.block_on(async {
@@ -200,8 +221,20 @@ impl RunningServer {
                 let _ = signalled.send(()).await;
             });
             received.recv().await;
-            Ok(())
-        })
+            Ok::<_, std::io::Error>(())
+        })?;
+        let in_flight = self.drain.in_flight();
+        tracing::info!(
+            in_flight,
+            grace_secs = self.shutdown_grace.as_secs(),
+            "stop signal: draining (no new requests; those in flight may finish)"
+        );
+        let cut = self.drain(self.shutdown_grace);
+        match cut {
+            0 => tracing::info!("drained: every request finished"),
+            n => tracing::warn!("grace period over: {n} requests still running are cut"),
+        }
+        Ok(())
     }
 }
 

@@ -22,7 +22,7 @@ use pio_host::{HostError, PluginState, PluginSummary};
 use super::{
     auth::require_api_key,
     body::JsonBody,
-    complete,
+    complete, drain,
     engine::{Admit, EngineError, Priority},
     error::{ApiError, ErrorLabel},
     openai::{
@@ -47,12 +47,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/detokenize", post(detokenize))
         .route("/tokenizer_info", get(tokenizer_info))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_ready))
+        .route_layer(middleware::from_fn_with_state(app.clone(), drain::track))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/admin/plugins", get(admin_plugins))
         .route("/admin/plugins/{name}/compress", post(compress))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_api_key))
         .route("/health", get(health))
+        .route("/health/ready", get(health))
+        .route("/health/live", get(live))
         .fallback(|| async { ApiError::not_found("unknown_route", "no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
@@ -151,8 +154,23 @@ impl App {
     }
 }
 
-/// `GET /health`: 503 while loading or with nothing to serve, else 200.
+/// `GET /health/live`: 200 while the process answers at all (Kubernetes' liveness probe: a
+/// server that is loading or draining is alive).
+async fn live() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "alive"}))
+}
+
+/// `GET /health` and `GET /health/ready` (readiness): 503 while loading, draining or with
+/// nothing to serve, else 200.
 async fn health(State(app): State<Arc<App>>) -> Response {
+    if app.drain.is_draining() {
+        let body = json!({
+            "status": "draining",
+            "message": "shutting down: requests in flight finish, no new ones are taken",
+            "in_flight": app.drain.in_flight(),
+        });
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+    }
     let plugins = app.manager.list_plugins();
     let active: Vec<&str> = plugins
         .iter()

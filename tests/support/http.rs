@@ -219,6 +219,15 @@ impl TestServer {
         (status, SseReader { reader })
     }
 
+    /// Drains the server (see `RunningServer::drain`): the requests still running when
+    /// `grace` ends.
+    pub fn drain(&self, grace: Duration) -> usize {
+        self.server
+            .as_ref()
+            .expect("the server runs until stopped")
+            .drain(grace)
+    }
+
     /// Stops the server now (it also stops when dropped).
     pub fn stop(&mut self) {
         self.server.take();

@@ -188,6 +188,42 @@ struct Report {
     batched: Vec<(usize, f64)>,
     /// The streamed generation timed by the host.
     streamed: Option<Streamed>,
+    /// The most device memory the plugin held (its own accounting), if it says.
+    device_peak_bytes: Option<u64>,
+    /// Layers streamed from the model file (the disk pipeline), if any.
+    disk: Option<DiskStreaming>,
+}
+
+/// What the plugin says of the layers it streams from the model file, over all runs.
+#[derive(Debug, Clone, Copy)]
+struct DiskStreaming {
+    layers: u64,
+    ring_bytes: u64,
+    load_seconds: f64,
+    wait_seconds: f64,
+}
+
+impl DiskStreaming {
+    /// From a bench answer's `streaming` object; `None` when no layer streams.
+    fn from_answer(answer: &Value) -> Option<Self> {
+        let streaming = &answer["streaming"];
+        let layers = streaming["streamed_layers"].as_u64().filter(|&n| n > 0)?;
+        Some(DiskStreaming {
+            layers,
+            ring_bytes: streaming["stream_ring_bytes"].as_u64().unwrap_or(0),
+            load_seconds: streaming["stream_load_seconds"].as_f64().unwrap_or(0.0),
+            wait_seconds: streaming["stream_wait_seconds"].as_f64().unwrap_or(0.0),
+        })
+    }
+
+    /// The share of the loader's time the steps did not wait for.
+    fn hidden(&self) -> f64 {
+        if self.load_seconds > 0.0 {
+            1.0 - (self.wait_seconds / self.load_seconds).min(1.0)
+        } else {
+            1.0
+        }
+    }
 }
 
 impl Report {
@@ -247,6 +283,11 @@ impl Report {
             decode_tok_s: median_of("decode_tok_s", &|r| &r["decode"]["decode_tok_s"])?,
             batched,
             streamed: None,
+            device_peak_bytes: runs
+                .iter()
+                .filter_map(|r| r["device_peak_bytes"].as_u64())
+                .max(),
+            disk: runs.last().and_then(DiskStreaming::from_answer),
         })
     }
 
@@ -270,6 +311,16 @@ impl Report {
         }
         for &(n, tok_s) in &self.batched {
             out[format!("batched_decode_tok_s_{n}")] = tok_s.into();
+        }
+        if let Some(bytes) = self.device_peak_bytes {
+            out["device_peak_bytes"] = bytes.into();
+        }
+        if let Some(disk) = self.disk {
+            out["disk_streamed_layers"] = disk.layers.into();
+            out["disk_ring_bytes"] = disk.ring_bytes.into();
+            out["disk_load_seconds"] = disk.load_seconds.into();
+            out["disk_wait_seconds"] = disk.wait_seconds.into();
+            out["disk_hidden_fraction"] = disk.hidden().into();
         }
         if let Some(streamed) = self.streamed {
             out["streamed_ttft_ms"] = streamed.ttft_ms.into();
@@ -316,8 +367,28 @@ impl Report {
                 "tok/s",
             ));
         }
+        if let Some(disk) = self.disk {
+            rows.push(count_row("layers streamed from the file", disk.layers));
+            rows.push(row(
+                "  their ring on the device",
+                disk.ring_bytes as f64 / (1 << 20) as f64,
+                "MiB",
+            ));
+            rows.push(row(
+                "  reading hidden behind compute",
+                disk.hidden() * 100.0,
+                "%",
+            ));
+        }
         rows.push(count_row("dispatches per token", self.dispatches_per_token));
         rows.push(count_row("dispatches per layer", self.dispatches_per_layer));
+        if let Some(bytes) = self.device_peak_bytes {
+            rows.push(row(
+                "peak device memory (plugin's accounting)",
+                bytes as f64 / (1 << 20) as f64,
+                "MiB",
+            ));
+        }
         if let Some(bytes) = self.peak_rss_bytes {
             rows.push(row(
                 "peak RSS (host process)",

@@ -2,11 +2,7 @@
 //! (llama.cpp's `llama-quantize` schemes, `pio_gguf::requantize`), its size per part before and
 //! after, and with `--evaluate TEXT` the perplexity of both files on that text.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
@@ -17,6 +13,7 @@ use pio_gguf::{
 };
 
 use super::{
+    same_file,
     text::{model_perplexity, PerplexityStyle, StorageArgs, DEFAULT_TEXT_PLUGIN},
     PluginDirs,
 };
@@ -77,13 +74,6 @@ fn sizes(file: &GgufFile) -> anyhow::Result<Sizes> {
         }
     }
     Ok(parts)
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// `pio compress`: writes the compressed model, prints the size table (and perplexities).

@@ -12,10 +12,14 @@ mod run;
 mod scaffold;
 mod serve;
 mod session;
+mod shard;
 mod surgery;
 mod text;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -67,6 +71,10 @@ enum Command {
     /// the model without some of them (`apply`).
     #[command(subcommand)]
     Surgery(surgery::SurgeryCommand),
+    /// Cut a GGUF model into shards in llama.cpp's split format (PREFIX-00001-of-0000N.gguf,
+    /// ..., with a manifest of their sha256), or with --merge join a split model back into one
+    /// file. Wherever a GGUF model is accepted, its first shard loads the whole split model.
+    Shard(shard::ShardArgs),
     /// Benchmark a text-generation plugin (default: llama with SmolLM2): load time, prefill
     /// and decode tokens/s, time to first token, dispatches per token, peak RSS.
     Bench(bench::BenchArgs),
@@ -171,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(&args),
         Command::Compress(args) => compress::compress(&args),
         Command::Surgery(command) => surgery::surgery(&command),
+        Command::Shard(args) => shard::shard(&args),
         Command::Devices => devices::devices(),
     };
     match result {
@@ -179,6 +188,14 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether `a` and `b` are the same existing file (whatever the paths that name it).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
 

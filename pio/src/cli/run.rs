@@ -69,7 +69,8 @@ pub struct ActivateArgs {
     #[arg(long = "ctx", default_value_t = 0)]
     context_length: u32,
     /// Device memory all plugins together may hold (`300MiB`, `1.5GB`, bytes); a plugin whose
-    /// estimate exceeds it is refused before it allocates [default: none].
+    /// estimate exceeds it is refused before it allocates, except that the llama plugin keeps
+    /// what fits and streams its other layers from the model file [default: none].
     #[arg(long, env = "PIO_MEMORY_BUDGET", value_name = "SIZE", value_parser = parse_size)]
     pub memory_budget: Option<u64>,
 }

@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::Args;
 
-use pio_host::{watch::WatchOptions, PluginManager};
+use pio_host::{memory::format_size, watch::WatchOptions, ActivateOptions, PluginManager};
 use pio_server::{BatchLayer, ConfigLayer, LoadReport, PluginSource, RunningServer, ServerOptions};
 
 use crate::{
@@ -17,6 +17,7 @@ use crate::{
 };
 
 use super::{
+    devices,
     run::ActivateArgs,
     session::{isolation_layer, new_manager},
 };
@@ -31,7 +32,8 @@ pub struct ServeArgs {
     #[arg(long)]
     addr: Option<String>,
     /// TOML file with any of: addr, plugins, api_key, profile, queue_depth,
-    /// request_timeout_secs, body_limit_bytes, max_tokens_limit, default_max_tokens,
+    /// request_timeout_secs, shutdown_grace_secs, body_limit_bytes, max_tokens_limit,
+    /// default_max_tokens,
     /// header_read_timeout_secs, idle_timeout_secs, header_limit_bytes, memory_budget,
     /// keep_alive, a [batch] table with max_sequences, target_step_ms, and a
     /// [plugin_keep_alive] table of keep-alives by plugin name.
@@ -46,6 +48,11 @@ pub struct ServeArgs {
     /// Seconds a request may take [env PIO_REQUEST_TIMEOUT_SECS].
     #[arg(long = "request-timeout", value_name = "SECS")]
     request_timeout_secs: Option<u64>,
+    /// After SIGTERM or SIGINT, seconds requests in flight may take to finish while no new
+    /// one is taken (`/health/ready` answers 503 "draining") [default: 25; env
+    /// PIO_SHUTDOWN_GRACE_SECS].
+    #[arg(long = "shutdown-grace", value_name = "SECS")]
+    shutdown_grace_secs: Option<u64>,
     /// Largest request body in bytes [env PIO_BODY_LIMIT_BYTES].
     #[arg(long)]
     body_limit_bytes: Option<usize>,
@@ -96,6 +103,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         profile: args.profile.clone(),
         queue_depth: args.queue_depth,
         request_timeout_secs: args.request_timeout_secs,
+        shutdown_grace_secs: args.shutdown_grace_secs,
         body_limit_bytes: args.body_limit_bytes,
         max_tokens_limit: args.max_tokens_limit,
         default_max_tokens: None,
@@ -116,12 +124,17 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         Some(path) => ConfigLayer::from_file(path).map_err(anyhow::Error::msg)?,
         None => ConfigLayer::default(),
     };
-    let config = flags
+    let mut config = flags
         .over(env)
         .over(file)
         .resolve()
         .map_err(anyhow::Error::msg)
         .context("invalid server configuration")?;
+    if config.memory.budget.is_none() {
+        let activate = args.activate.options();
+        config.memory.budget = default_memory_budget(activate.adapter.as_deref());
+    }
+    let budget = config.memory.budget;
     let source = match &config.plugins {
         Some(dir) => PluginSource::Directory(dir.clone()),
         None => PluginSource::Loader(Box::new(load_defaults)),
@@ -131,7 +144,12 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         source,
         watch: WatchOptions {
             debounce: Duration::from_millis(args.debounce_ms),
-            activate: args.activate.options(),
+            // Each plugin is told the whole budget: one that can stream (llama) keeps within
+            // it on its own.
+            activate: ActivateOptions {
+                memory_budget_bytes: budget.unwrap_or(0),
+                ..args.activate.options()
+            },
             ..WatchOptions::default()
         },
         print_events: true,
@@ -146,6 +164,59 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     );
     server.run_until_signal()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The memory budget when none is configured: the device memory of the adapter the plugins
+/// will use less a margin ([`budget_margin`]); none on a software adapter (its memory is the
+/// host's RAM, shared with everything else on the machine) or where the driver reports no
+/// size. Says which, and why, in the log.
+fn default_memory_budget(adapter: Option<&str>) -> Option<u64> {
+    let listing = match devices::list(adapter) {
+        Ok(listing) => listing,
+        Err(error) => {
+            tracing::warn!("no memory budget: the adapters could not be listed ({error:#})");
+            return None;
+        }
+    };
+    let Some(chosen) = listing.chosen() else {
+        let reason = listing.error.as_deref().unwrap_or("no adapter");
+        tracing::info!("no memory budget: no adapter would be used ({reason})");
+        return None;
+    };
+    match chosen.memory_bytes {
+        _ if chosen.is_software() => {
+            tracing::info!(
+                adapter = %chosen.name,
+                "no memory budget by default: a software adapter's device memory is the \
+                 host's RAM; set memory_budget, PIO_MEMORY_BUDGET or --memory-budget to share it \
+                 between plugins"
+            );
+            None
+        }
+        None => {
+            tracing::info!(
+                adapter = %chosen.name,
+                "no memory budget by default: the driver reports no device memory size"
+            );
+            None
+        }
+        Some(memory) => {
+            let budget = memory - budget_margin(memory);
+            tracing::info!(
+                adapter = %chosen.name,
+                memory = %format_size(memory),
+                budget = %format_size(budget),
+                "memory budget by default: the adapter's device memory less a margin"
+            );
+            Some(budget)
+        }
+    }
+}
+
+/// What the default budget leaves of `memory` for the driver, other processes and allocations
+/// no plugin accounts for: a tenth, at least 256 MiB (and never all of it).
+fn budget_margin(memory: u64) -> u64 {
+    (memory / 10).max(256 << 20).min(memory / 2)
 }
 
 /// What `pio serve` serves without `--plugins`: fetches the default models that are not
@@ -173,4 +244,17 @@ fn load_defaults(manager: &PluginManager) -> LoadReport {
         .filter_map(|plugin| manager.resolve(plugin).ok())
         .collect();
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::budget_margin;
+
+    #[test]
+    fn the_default_budget_leaves_a_tenth_at_least_256_mib_at_most_half() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(budget_margin(80 * 1024 * MIB), 8 * 1024 * MIB);
+        assert_eq!(budget_margin(1024 * MIB), 256 * MIB);
+        assert_eq!(budget_margin(300 * MIB), 150 * MIB);
+    }
 }

@@ -97,6 +97,47 @@ pub enum GgufError {
         what: String,
     },
 
+    /// The file is a shard of a split model but not its first: a split model is opened from its
+    /// first shard.
+    #[error("{}: shard {} of {count} of a split model; open its first shard, {}", path.display(), index + 1, first.display())]
+    NotFirstShard {
+        /// The file concerned.
+        path: PathBuf,
+        /// Its index in the model, from 0 (`split.no`).
+        index: usize,
+        /// How many shards the model has.
+        count: usize,
+        /// The model's first shard.
+        first: PathBuf,
+    },
+
+    /// The shards of a split model do not fit together (counts, numbering, names).
+    #[error("{}: split model: {what}", path.display())]
+    Split {
+        /// The shard concerned.
+        path: PathBuf,
+        /// Human-readable description of the problem.
+        what: String,
+    },
+
+    /// A shard of a split model is missing or differs from its manifest.
+    #[error("{}: {problem}", path.display())]
+    Fragment {
+        /// The shard concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: FragmentProblem,
+    },
+
+    /// A split model's manifest cannot be read or written, or does not describe its shards.
+    #[error("{}: shard manifest: {what}", path.display())]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// Human-readable description of the problem.
+        what: String,
+    },
+
     /// The writer was given inconsistent input.
     #[error("GGUF writer: {0}")]
     Writer(String),
@@ -105,6 +146,65 @@ pub enum GgufError {
     /// contradicts its keep lists (see [`crate::surgery`]).
     #[error("surgery: {0}")]
     Surgery(String),
+}
+
+/// What is wrong with a shard of a split model ([`GgufError::Fragment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FragmentProblem {
+    /// The file does not exist.
+    Missing {
+        /// Its SHA-256 in the manifest, if there is one.
+        expected_sha256: Option<String>,
+    },
+    /// The file's size is not the manifest's.
+    Size {
+        /// Its size.
+        bytes: u64,
+        /// The size in the manifest.
+        expected: u64,
+        /// Its SHA-256 in the manifest.
+        expected_sha256: String,
+    },
+    /// The file's SHA-256 is not the manifest's.
+    Digest {
+        /// Its SHA-256.
+        actual: String,
+        /// The SHA-256 in the manifest.
+        expected: String,
+    },
+}
+
+impl std::fmt::Display for FragmentProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing {
+                expected_sha256: None,
+            } => f.write_str("shard missing"),
+            Self::Missing {
+                expected_sha256: Some(sha256),
+            } => write!(f, "shard missing (the manifest expects sha256 {sha256})"),
+            Self::Size {
+                bytes,
+                expected,
+                expected_sha256,
+            } if bytes < expected => write!(
+                f,
+                "shard truncated: {bytes} of {expected} bytes (the manifest expects sha256 {expected_sha256})"
+            ),
+            Self::Size {
+                bytes,
+                expected,
+                expected_sha256,
+            } => write!(
+                f,
+                "shard has {bytes} bytes, the manifest {expected} (and sha256 {expected_sha256})"
+            ),
+            Self::Digest { actual, expected } => write!(
+                f,
+                "shard changed: sha256 {actual}, the manifest expects {expected}"
+            ),
+        }
+    }
 }
 
 /// Shorthand for results whose error is [`GgufError`].

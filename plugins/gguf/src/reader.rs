@@ -1,63 +1,37 @@
-//! Parsing a GGUF file: header, metadata, tensor infos and data placement.
+//! A GGUF model opened for reading: one file, or all the shards of a split model (llama.cpp's
+//! `gguf-split` format), seen as one metadata table and one tensor table.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Display;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-
-use memmap2::Mmap;
+use std::collections::HashMap;
+use std::path::Path;
 
 use crate::error::{GgufError, Result};
+use crate::shard::{Shard, Storage};
+use crate::split::open::Model;
 use crate::tensor::{TensorInfo, TensorType, TensorView};
-use crate::value::{MetadataValue, ValueType};
+use crate::value::MetadataValue;
 
-/// The four magic bytes every GGUF file starts with.
-pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
+pub use crate::parse::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC};
 
-/// Metadata key holding the data alignment.
-pub const ALIGNMENT_KEY: &str = "general.alignment";
-
-/// Alignment used when the file does not set [`ALIGNMENT_KEY`].
-pub const DEFAULT_ALIGNMENT: u64 = 32;
-
-/// Largest number of dimensions a GGML tensor has.
-pub const MAX_DIMS: u32 = 4;
-
-/// Deepest nesting of arrays accepted, so a crafted file cannot exhaust the stack.
-const MAX_ARRAY_DEPTH: u32 = 8;
-
-/// Where the file's bytes live.
-enum Storage {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Mapped(map) => map,
-            Self::Owned(bytes) => bytes,
-        }
-    }
-}
-
-/// A parsed GGUF file whose tensor data stays in (memory-mapped) place.
+/// A parsed GGUF model whose tensor data stays in (memory-mapped) place.
+///
+/// A split model is opened from its first shard and reads as the model it was cut from: the
+/// first shard's metadata without the `split.*` keys, every shard's tensors in order.
 pub struct GgufFile {
-    path: PathBuf,
-    storage: Storage,
-    version: u32,
-    alignment: u64,
-    data_offset: u64,
-    metadata: BTreeMap<String, MetadataValue>,
+    shards: Vec<Shard>,
+    metadata: Vec<(String, MetadataValue)>,
+    metadata_index: HashMap<String, usize>,
     tensors: Vec<TensorInfo>,
+    /// The shard holding each tensor of `tensors`.
+    tensor_shard: Vec<usize>,
     tensor_index: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufFile")
-            .field("path", &self.path)
-            .field("version", &self.version)
+            .field("path", &self.path())
+            .field("shards", &self.shards.len())
+            .field("version", &self.version())
             .field("metadata_keys", &self.metadata.len())
             .field("tensors", &self.tensors.len())
             .finish()
@@ -69,7 +43,7 @@ macro_rules! typed_getters {
         #[doc = concat!("The value of `key` as ", $expected, "; errors name the key if it is absent or has another type.")]
         pub fn $get(&self, key: &str) -> Result<$ty> {
             self.$opt(key)?.ok_or_else(|| GgufError::MissingKey {
-                path: self.path.clone(),
+                path: self.path().to_owned(),
                 key: key.to_owned(),
             })
         }
@@ -79,7 +53,7 @@ macro_rules! typed_getters {
             self.get(key)
                 .map(|value| {
                     $conv(value).ok_or_else(|| GgufError::MetadataType {
-                        path: self.path.clone(),
+                        path: self.path().to_owned(),
                         key: key.to_owned(),
                         expected: $expected,
                         found: value.describe(),
@@ -91,102 +65,99 @@ macro_rules! typed_getters {
 }
 
 impl GgufFile {
-    /// Memory-maps and parses the GGUF file at `path`.
+    /// Memory-maps and parses the GGUF model at `path`.
     ///
-    /// Every count, offset and size in the file is checked against the file
-    /// length; a truncated or corrupt file gives an error naming the file.
+    /// Every count, offset and size in the file is checked against the file length; a
+    /// truncated or corrupt file gives an error naming the file.
+    ///
+    /// If the file is the first shard of a split model (`split.count` > 1, named
+    /// `PREFIX-00001-of-0000N.gguf`), every shard is opened and checked: its `split.no` and
+    /// `split.count`, the total tensor count, and — when the manifest `PREFIX.shards.json` lies
+    /// beside them — its size and SHA-256, before it is parsed. Another shard than the first is
+    /// refused, naming the first.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let io_err = |source| GgufError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
-        // Mapping an empty file fails on some platforms; it is malformed anyway.
-        let storage = if len == 0 {
-            Storage::Owned(Vec::new())
-        } else {
-            // SAFETY: the map is read-only. Model files are treated as
-            // immutable while loaded; truncating one underneath a running
-            // process is outside this crate's contract (as for every mmap user).
-            Storage::Mapped(unsafe { Mmap::map(&file) }.map_err(io_err)?)
-        };
-        Self::parse(path.to_owned(), storage)
+        Self::index(Model::open(path.as_ref())?)
     }
 
-    /// Parses GGUF data already in memory; errors name the file `<memory>`.
+    /// Parses GGUF data already in memory; errors name the file `<memory>`. The data cannot be
+    /// a shard of a split model of several files.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
-        Self::parse(PathBuf::from("<memory>"), Storage::Owned(bytes))
+        let (shard, header) = Shard::parse("<memory>".into(), Storage::Owned(bytes))?;
+        Self::index(Model::single(shard, header)?)
     }
 
-    fn parse(path: PathBuf, storage: Storage) -> Result<Self> {
-        let parsed = match Parser::new(storage.bytes()).parse() {
-            Ok(parsed) => parsed,
-            Err(Failure::Version(version)) => {
-                return Err(GgufError::UnsupportedVersion { path, version })
-            }
-            Err(Failure::Malformed(ParseError { offset, what })) => {
-                return Err(GgufError::Malformed {
-                    path,
-                    offset: offset as u64,
-                    what,
-                })
-            }
-        };
+    fn index(model: Model) -> Result<Self> {
+        let Model {
+            shards,
+            metadata,
+            tensors,
+        } = model;
+        let (tensors, tensor_shard): (Vec<_>, Vec<_>) = tensors.into_iter().unzip();
         let file = Self {
-            path,
-            storage,
-            version: parsed.version,
-            alignment: parsed.alignment,
-            data_offset: parsed.data_offset,
-            metadata: parsed.metadata,
-            tensor_index: parsed
-                .tensors
+            shards,
+            metadata_index: metadata
+                .iter()
+                .enumerate()
+                .map(|(i, (key, _))| (key.clone(), i))
+                .collect(),
+            metadata,
+            tensor_index: tensors
                 .iter()
                 .enumerate()
                 .map(|(i, t)| (t.name.clone(), i))
                 .collect(),
-            tensors: parsed.tensors,
+            tensors,
+            tensor_shard,
         };
         // Validate every tensor whose size is known now, so corruption is
         // reported at open time rather than on first use.
-        for info in &file.tensors {
+        for (index, info) in file.tensors.iter().enumerate() {
             if info.dtype.block_size().is_some() {
-                file.view(info)?;
+                file.view(index)?;
             }
         }
         Ok(file)
     }
 
-    /// The path the file was opened from (`<memory>` for [`Self::from_bytes`]).
+    /// The path the model was opened from: the file, or a split model's first shard
+    /// (`<memory>` for [`Self::from_bytes`]).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shards[0].path
     }
 
-    /// GGUF format version (2 or 3).
+    /// The paths of the model's files in order: one, or every shard of a split model.
+    pub fn shard_paths(&self) -> impl ExactSizeIterator<Item = &Path> {
+        self.shards.iter().map(|shard| shard.path.as_path())
+    }
+
+    /// The bytes of file `index` of [`Self::shard_paths`].
+    pub(crate) fn shard_bytes(&self, index: usize) -> &[u8] {
+        self.shards[index].bytes()
+    }
+
+    /// GGUF format version (2 or 3) of the (first) file.
     pub fn version(&self) -> u32 {
-        self.version
+        self.shards[0].version
     }
 
     /// Alignment of tensor data, from `general.alignment` or the default 32.
     pub fn alignment(&self) -> u64 {
-        self.alignment
+        self.shards[0].alignment
     }
 
-    /// Absolute file offset where the tensor data section starts.
+    /// Absolute offset in the (first) file where its tensor data section starts.
     pub fn data_offset(&self) -> u64 {
-        self.data_offset
+        self.shards[0].data_offset
     }
 
-    /// All metadata, sorted by key.
-    pub fn metadata(&self) -> &BTreeMap<String, MetadataValue> {
+    /// All metadata, in file order (a split model's `split.*` keys are not in it).
+    pub fn metadata(&self) -> &[(String, MetadataValue)] {
         &self.metadata
     }
 
     /// One metadata value, if present.
     pub fn get(&self, key: &str) -> Option<&MetadataValue> {
-        self.metadata.get(key)
+        self.metadata_index.get(key).map(|&i| &self.metadata[i].1)
     }
 
     typed_getters! {
@@ -223,18 +194,21 @@ impl GgufFile {
     /// not a multiple of the block size, or its data is misaligned or does
     /// not fit inside the file.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        let info = self
-            .tensor_info(name)
+        let index = *self
+            .tensor_index
+            .get(name)
             .ok_or_else(|| GgufError::MissingTensor {
-                path: self.path.clone(),
+                path: self.path().to_owned(),
                 name: name.to_owned(),
             })?;
-        self.view(info)
+        self.view(index)
     }
 
-    fn view<'a>(&'a self, info: &'a TensorInfo) -> Result<TensorView<'a>> {
+    fn view(&self, index: usize) -> Result<TensorView<'_>> {
+        let info = &self.tensors[index];
+        let shard = &self.shards[self.tensor_shard[index]];
         let invalid = |what: String| GgufError::InvalidTensor {
-            path: self.path.clone(),
+            path: shard.path.clone(),
             name: info.name.clone(),
             what,
         };
@@ -242,14 +216,14 @@ impl GgufFile {
             return Err(invalid(format!("{} is not supported", info.dtype)));
         }
         let size = info.byte_size().map_err(invalid)?;
-        if info.offset % self.alignment != 0 {
+        if info.offset % shard.alignment != 0 {
             return Err(invalid(format!(
                 "data offset {} is not a multiple of the alignment {}",
-                info.offset, self.alignment
+                info.offset, shard.alignment
             )));
         }
-        let bytes = self.storage.bytes();
-        let range = self
+        let bytes = shard.bytes();
+        let range = shard
             .data_offset
             .checked_add(info.offset)
             .and_then(|start| Some(start..start.checked_add(size)?))
@@ -265,288 +239,5 @@ impl GgufFile {
             info,
             data: &bytes[range.start as usize..range.end as usize],
         })
-    }
-}
-
-/// A parse failure before it is tied to a file name.
-struct ParseError {
-    offset: usize,
-    what: String,
-}
-
-enum Failure {
-    Version(u32),
-    Malformed(ParseError),
-}
-
-impl From<ParseError> for Failure {
-    fn from(e: ParseError) -> Self {
-        Self::Malformed(e)
-    }
-}
-
-type ParseResult<T> = std::result::Result<T, ParseError>;
-
-struct Parsed {
-    version: u32,
-    alignment: u64,
-    data_offset: u64,
-    metadata: BTreeMap<String, MetadataValue>,
-    tensors: Vec<TensorInfo>,
-}
-
-/// A bounds-checked little-endian cursor over the file bytes.
-struct Parser<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Parser<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, pos: 0 }
-    }
-
-    fn error(&self, what: impl Into<String>) -> ParseError {
-        ParseError {
-            offset: self.pos,
-            what: what.into(),
-        }
-    }
-
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.pos
-    }
-
-    fn take(&mut self, n: usize, what: &dyn Display) -> ParseResult<&'a [u8]> {
-        if n > self.remaining() {
-            return Err(self.error(format!(
-                "file truncated reading {what}: need {n} bytes, {} left",
-                self.remaining()
-            )));
-        }
-        let slice = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(slice)
-    }
-
-    fn array<const N: usize>(&mut self, what: &dyn Display) -> ParseResult<[u8; N]> {
-        Ok(self
-            .take(N, what)?
-            .try_into()
-            .expect("take returned N bytes"))
-    }
-
-    fn u32(&mut self, what: &dyn Display) -> ParseResult<u32> {
-        self.array(what).map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self, what: &dyn Display) -> ParseResult<u64> {
-        self.array(what).map(u64::from_le_bytes)
-    }
-
-    /// Reads an element count and checks that `count` items of at least
-    /// `min_item_size` bytes each fit in the rest of the file.
-    fn count(&mut self, min_item_size: usize, what: &dyn Display) -> ParseResult<usize> {
-        let start = self.pos;
-        let count = self.u64(what)?;
-        let fits = usize::try_from(count).ok().filter(|&c| {
-            c.checked_mul(min_item_size)
-                .is_some_and(|n| n <= self.remaining())
-        });
-        fits.ok_or_else(|| ParseError {
-            offset: start,
-            what: format!(
-                "{what}: count {count} cannot fit in the {} bytes left in the file",
-                self.remaining()
-            ),
-        })
-    }
-
-    fn string(&mut self, what: &dyn Display) -> ParseResult<String> {
-        let start = self.pos;
-        let len = self.count(1, &format_args!("length of {what}"))?;
-        let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| ParseError {
-            offset: start,
-            what: format!("{what} is not valid UTF-8: {e}"),
-        })
-    }
-
-    fn value_type(&mut self, what: &dyn Display) -> ParseResult<ValueType> {
-        let start = self.pos;
-        let id = self.u32(what)?;
-        ValueType::from_id(id).ok_or_else(|| ParseError {
-            offset: start,
-            what: format!("{what}: unknown metadata value type {id}"),
-        })
-    }
-
-    fn parse(mut self) -> std::result::Result<Parsed, Failure> {
-        let magic: [u8; 4] = self.array(&"magic")?;
-        if magic != GGUF_MAGIC {
-            return Err(ParseError {
-                offset: 0,
-                what: format!("bad magic {magic:02x?}, expected \"GGUF\" (not a GGUF file)"),
-            }
-            .into());
-        }
-        let version = self.u32(&"version")?;
-        if !(2..=3).contains(&version) {
-            return Err(Failure::Version(version));
-        }
-        // Minimum on-disk sizes: a tensor info is an empty name (8), one
-        // dimension (4 + 8), a type (4) and an offset (8); a key-value pair
-        // is an empty key (8), a type (4) and at least one byte of value.
-        let n_tensors = self.count(32, &"tensor count")?;
-        let n_kv = self.count(13, &"metadata count")?;
-
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key_start = self.pos;
-            let key = self.string(&format_args!("metadata key #{i}"))?;
-            let what = format!("metadata `{key}`");
-            let ty = self.value_type(&what)?;
-            let value = self.value(ty, 0, &what)?;
-            if metadata.insert(key.clone(), value).is_some() {
-                return Err(ParseError {
-                    offset: key_start,
-                    what: format!("duplicate metadata key `{key}`"),
-                }
-                .into());
-            }
-        }
-
-        let alignment = match metadata.get(ALIGNMENT_KEY) {
-            None => DEFAULT_ALIGNMENT,
-            Some(value) => value
-                .as_u32()
-                .map(u64::from)
-                .filter(|a| a.is_power_of_two())
-                .ok_or_else(|| {
-                    self.error(format!(
-                        "`{ALIGNMENT_KEY}` must be a power of two, found {}",
-                        value.describe()
-                    ))
-                })?,
-        };
-
-        let mut tensors = Vec::with_capacity(n_tensors);
-        let mut names = HashMap::with_capacity(n_tensors);
-        for i in 0..n_tensors {
-            let info_start = self.pos;
-            let tensor = self.tensor_info(i)?;
-            if names.insert(tensor.name.clone(), i).is_some() {
-                return Err(ParseError {
-                    offset: info_start,
-                    what: format!("duplicate tensor name `{}`", tensor.name),
-                }
-                .into());
-            }
-            tensors.push(tensor);
-        }
-
-        let data_offset = (self.pos as u64).next_multiple_of(alignment);
-        Ok(Parsed {
-            version,
-            alignment,
-            data_offset,
-            metadata,
-            tensors,
-        })
-    }
-
-    fn value(
-        &mut self,
-        ty: ValueType,
-        depth: u32,
-        what: &dyn Display,
-    ) -> ParseResult<MetadataValue> {
-        Ok(match ty {
-            ValueType::U8 => MetadataValue::U8(u8::from_le_bytes(self.array(what)?)),
-            ValueType::I8 => MetadataValue::I8(i8::from_le_bytes(self.array(what)?)),
-            ValueType::U16 => MetadataValue::U16(u16::from_le_bytes(self.array(what)?)),
-            ValueType::I16 => MetadataValue::I16(i16::from_le_bytes(self.array(what)?)),
-            ValueType::U32 => MetadataValue::U32(u32::from_le_bytes(self.array(what)?)),
-            ValueType::I32 => MetadataValue::I32(i32::from_le_bytes(self.array(what)?)),
-            ValueType::F32 => MetadataValue::F32(f32::from_le_bytes(self.array(what)?)),
-            ValueType::U64 => MetadataValue::U64(u64::from_le_bytes(self.array(what)?)),
-            ValueType::I64 => MetadataValue::I64(i64::from_le_bytes(self.array(what)?)),
-            ValueType::F64 => MetadataValue::F64(f64::from_le_bytes(self.array(what)?)),
-            ValueType::Bool => {
-                let start = self.pos;
-                match self.array::<1>(what)?[0] {
-                    0 => MetadataValue::Bool(false),
-                    1 => MetadataValue::Bool(true),
-                    b => {
-                        return Err(ParseError {
-                            offset: start,
-                            what: format!("{what}: invalid bool byte {b}"),
-                        })
-                    }
-                }
-            }
-            ValueType::String => MetadataValue::String(self.string(what)?),
-            ValueType::Array => {
-                let element_type = self.value_type(&format_args!("element type of {what}"))?;
-                if element_type == ValueType::Array && depth + 1 >= MAX_ARRAY_DEPTH {
-                    return Err(self.error(format!(
-                        "{what}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
-                    )));
-                }
-                let count = self.count(
-                    min_value_size(element_type),
-                    &format_args!("element count of {what}"),
-                )?;
-                let items = (0..count)
-                    .map(|i| self.value(element_type, depth + 1, &format_args!("{what}[{i}]")))
-                    .collect::<ParseResult<_>>()?;
-                MetadataValue::Array {
-                    element_type,
-                    items,
-                }
-            }
-        })
-    }
-
-    fn tensor_info(&mut self, index: usize) -> ParseResult<TensorInfo> {
-        let name = self.string(&format_args!("name of tensor #{index}"))?;
-        let what = format!("tensor `{name}`");
-        let dims_start = self.pos;
-        let n_dims = self.u32(&what)?;
-        if !(1..=MAX_DIMS).contains(&n_dims) {
-            return Err(ParseError {
-                offset: dims_start,
-                what: format!("{what}: {n_dims} dimensions (expected 1 to {MAX_DIMS})"),
-            });
-        }
-        let dims = (0..n_dims)
-            .map(|_| self.u64(&what))
-            .collect::<ParseResult<Vec<_>>>()?;
-        let dtype = TensorType::from_id(self.u32(&what)?);
-        let offset = self.u64(&what)?;
-        let info = TensorInfo {
-            name,
-            dims,
-            dtype,
-            offset,
-        };
-        if info.n_elements().is_none() {
-            return Err(self.error(format!(
-                "tensor `{}`: element count of dims {:?} overflows",
-                info.name, info.dims
-            )));
-        }
-        Ok(info)
-    }
-}
-
-/// Fewest bytes one value of type `ty` occupies on disk.
-fn min_value_size(ty: ValueType) -> usize {
-    match ty {
-        ValueType::U8 | ValueType::I8 | ValueType::Bool => 1,
-        ValueType::U16 | ValueType::I16 => 2,
-        ValueType::U32 | ValueType::I32 | ValueType::F32 => 4,
-        ValueType::U64 | ValueType::I64 | ValueType::F64 | ValueType::String => 8,
-        ValueType::Array => 12,
     }
 }

@@ -180,7 +180,8 @@ pub struct TensorInfo {
     pub dims: Vec<u64>,
     /// Element type.
     pub dtype: TensorType,
-    /// Offset of the data relative to the start of the data section.
+    /// Offset of the data relative to the start of the data section (of the shard holding the
+    /// tensor, in a split model).
     pub offset: u64,
 }
 

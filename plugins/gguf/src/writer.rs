@@ -17,8 +17,8 @@
 use std::path::Path;
 
 use crate::error::{GgufError, Result};
+use crate::parse::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 use crate::quant;
-use crate::reader::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 use crate::tensor::{TensorInfo, TensorType};
 use crate::value::MetadataValue;
 
@@ -139,33 +139,17 @@ impl GgufWriter {
 
     /// Serializes the file into memory.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let alignment = self.alignment()? as usize;
-        let mut out = Vec::new();
-        out.extend_from_slice(&GGUF_MAGIC);
-        out.extend_from_slice(&WRITE_VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (key, value) in &self.metadata {
-            write_string(&mut out, key);
-            out.extend_from_slice(&value.value_type().id().to_le_bytes());
-            write_value(&mut out, value)
-                .map_err(|what| GgufError::Writer(format!("metadata `{key}`: {what}")))?;
-        }
-        let mut offset = 0usize;
-        for tensor in &self.tensors {
-            write_string(&mut out, &tensor.info.name);
-            out.extend_from_slice(&(tensor.info.dims.len() as u32).to_le_bytes());
-            for dim in &tensor.info.dims {
-                out.extend_from_slice(&dim.to_le_bytes());
-            }
-            out.extend_from_slice(&tensor.info.dtype.id().to_le_bytes());
-            out.extend_from_slice(&(offset as u64).to_le_bytes());
-            offset = (offset + tensor.data.len()).next_multiple_of(alignment);
-        }
-        out.resize(out.len().next_multiple_of(alignment), 0);
+        let alignment = self.alignment()?;
+        let metadata: Vec<_> = self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<_> = self
+            .tensors
+            .iter()
+            .map(|t| (&t.info, t.data.len() as u64))
+            .collect();
+        let mut out = header(&metadata, &tensors, alignment)?;
         for tensor in &self.tensors {
             out.extend_from_slice(&tensor.data);
-            out.resize(out.len().next_multiple_of(alignment), 0);
+            out.resize(out.len().next_multiple_of(alignment as usize), 0);
         }
         Ok(out)
     }
@@ -178,6 +162,46 @@ impl GgufWriter {
             source,
         })
     }
+}
+
+/// A GGUF v3 header: magic, version, counts, `metadata` in order and the descriptors of
+/// `tensors` (each with its data's size) with the offsets of their data laid out in order, each
+/// tensor padded to `alignment`; padded itself to `alignment`, so the data follows it.
+pub(crate) fn header(
+    metadata: &[(&str, &MetadataValue)],
+    tensors: &[(&TensorInfo, u64)],
+    alignment: u64,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&GGUF_MAGIC);
+    out.extend_from_slice(&WRITE_VERSION.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        write_string(&mut out, key);
+        out.extend_from_slice(&value.value_type().id().to_le_bytes());
+        write_value(&mut out, value)
+            .map_err(|what| GgufError::Writer(format!("metadata `{key}`: {what}")))?;
+    }
+    let mut offset = 0u64;
+    for (info, size) in tensors {
+        write_string(&mut out, &info.name);
+        out.extend_from_slice(&(info.dims.len() as u32).to_le_bytes());
+        for dim in &info.dims {
+            out.extend_from_slice(&dim.to_le_bytes());
+        }
+        out.extend_from_slice(&info.dtype.id().to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        offset = (offset + size).next_multiple_of(alignment);
+    }
+    out.resize(out.len().next_multiple_of(alignment as usize), 0);
+    Ok(out)
+}
+
+/// Bytes `info`'s descriptor takes in a header: its name, dimension count, dimensions, type
+/// and offset.
+pub(crate) fn tensor_info_len(info: &TensorInfo) -> u64 {
+    8 + info.name.len() as u64 + 4 + 8 * info.dims.len() as u64 + 4 + 8
 }
 
 fn write_string(out: &mut Vec<u8>, s: &str) {

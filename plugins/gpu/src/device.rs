@@ -89,10 +89,14 @@ pub struct AdapterInfo {
     pub vendor: u32,
     /// PCI device id (0 when not applicable).
     pub device: u32,
+    /// Device-local memory in bytes, where the backend tells (see [`device_memory`]).
+    pub memory_bytes: Option<u64>,
 }
 
-impl From<wgpu::AdapterInfo> for AdapterInfo {
-    fn from(info: wgpu::AdapterInfo) -> Self {
+impl AdapterInfo {
+    /// What `adapter`'s driver reports, with its device memory.
+    fn of(adapter: &wgpu::Adapter) -> Self {
+        let info = adapter.get_info();
         Self {
             name: info.name,
             backend: info.backend.to_str().to_owned(),
@@ -101,8 +105,40 @@ impl From<wgpu::AdapterInfo> for AdapterInfo {
             driver_info: info.driver_info,
             vendor: info.vendor,
             device: info.device,
+            memory_bytes: device_memory(adapter),
         }
     }
+}
+
+/// The device-local memory of `adapter`: the sum of its Vulkan memory heaps flagged
+/// `DEVICE_LOCAL` (`vkGetPhysicalDeviceMemoryProperties`), read through wgpu's Vulkan backend,
+/// since wgpu reports no memory size. `None` on other backends. A software adapter reports
+/// host memory here (its heaps are the host's RAM).
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "windows"))]
+fn device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    /// `VK_MEMORY_HEAP_DEVICE_LOCAL_BIT`.
+    const DEVICE_LOCAL: u32 = 0x1;
+    // SAFETY: the Vulkan adapter is only read, and the guard is dropped before `adapter`.
+    let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+    let instance = hal.shared_instance().raw_instance();
+    // SAFETY: the physical device was enumerated from this instance, which outlives the call.
+    let memory =
+        unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
+    let heaps = memory
+        .memory_heaps
+        .get(..memory.memory_heap_count as usize)?;
+    let bytes: u64 = heaps
+        .iter()
+        .filter(|heap| heap.flags.as_raw() & DEVICE_LOCAL != 0)
+        .map(|heap| heap.size)
+        .sum();
+    (bytes > 0).then_some(bytes)
+}
+
+/// Device memory is read only through Vulkan (see the other platforms' version).
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "windows")))]
+fn device_memory(_adapter: &wgpu::Adapter) -> Option<u64> {
+    None
 }
 
 impl fmt::Display for AdapterInfo {
@@ -153,10 +189,12 @@ fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 /// All adapters wgpu can see on the compute-capable backends, in enumeration order (the order
 /// that [`DeviceOptions::adapter`] indices refer to).
 pub fn list_adapters() -> Vec<AdapterInfo> {
-    enumerate(&instance())
-        .iter()
-        .map(|adapter| adapter.get_info().into())
-        .collect()
+    enumerate(&instance()).iter().map(AdapterInfo::of).collect()
+}
+
+/// The index in [`list_adapters`] of the adapter [`Gpu::new`] picks with `options`.
+pub fn chosen_adapter(infos: &[AdapterInfo], options: &DeviceOptions) -> Result<usize> {
+    choose(infos, options)
 }
 
 /// Chooses an adapter index among `infos` according to `options`.
@@ -222,7 +260,7 @@ impl Gpu {
     pub fn new(options: &DeviceOptions) -> Result<Self> {
         let instance = instance();
         let adapters = enumerate(&instance);
-        let infos: Vec<AdapterInfo> = adapters.iter().map(|a| a.get_info().into()).collect();
+        let infos: Vec<AdapterInfo> = adapters.iter().map(AdapterInfo::of).collect();
         let index = choose(&infos, options)?;
         let adapter = &adapters[index];
         let info = infos[index].clone();
@@ -280,6 +318,20 @@ impl Gpu {
         Ok(())
     }
 
+    /// Submits the work recorded in `encoder` without waiting for it.
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
+        self.queue.submit([encoder.finish()])
+    }
+
+    /// Blocks until the submission `index` has finished.
+    pub fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        self.device.poll(wgpu::PollType::Wait {
+            submission_index: Some(index),
+            timeout: None,
+        })?;
+        Ok(())
+    }
+
     /// Runs `f` inside wgpu error scopes catching validation and out-of-memory errors, turning
     /// them into [`GpuError::Wgpu`] or [`GpuError::DeviceOutOfMemory`] naming `what`.
     pub(crate) fn checked<T>(
@@ -328,6 +380,7 @@ mod tests {
             driver_info: String::new(),
             vendor: 0,
             device: 0,
+            memory_bytes: None,
         }
     }
 

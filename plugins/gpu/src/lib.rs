@@ -32,7 +32,9 @@ pub mod reference;
 pub mod testing;
 
 pub use buffer::GpuBuffer;
-pub use device::{list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu};
+pub use device::{
+    chosen_adapter, list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu,
+};
 pub use dispatch::{require_len, Dispatch};
 pub use error::{GpuError, Result};
 pub use kernels::attention::{Attention, AttentionConfig, MAX_HEAD_DIM};
@@ -48,7 +50,9 @@ pub use kernels::rope::RopeTable;
 pub use kernels::sample::{DeviceSampler, SampleSettings, MAX_PENALTY_TOKENS};
 pub use layout::RowLayout;
 pub use pipeline::Kernel;
-pub use quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
+pub use quant::{
+    MatrixShape, PackedMatrix, QuantMatrix, WeightDtype, WeightSlot, BLOCK_ELEMENTS, ROW_GROUP,
+};
 pub use quantize::quantize;
 /// The wgpu version this crate is built on, for callers that record their own command encoders.
 pub use wgpu;

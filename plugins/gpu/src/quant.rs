@@ -43,6 +43,8 @@
 //! cache lines) and coalesces on real GPUs. The kernels dequantize with
 //! `shaders/common/quant.wgsl` and `shaders/common/row_group.wgsl`.
 
+use std::sync::Arc;
+
 use half::f16;
 use pio_gguf::{SuperBlock, TensorType};
 
@@ -333,23 +335,119 @@ fn repack(dtype: WeightDtype, rows: usize, cols: usize, raw: &[u8]) -> Vec<u32> 
     words
 }
 
+/// The shape of a weight matrix: its storage type, rows and columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatrixShape {
+    /// Storage type.
+    pub dtype: WeightDtype,
+    /// Rows (output features).
+    pub rows: usize,
+    /// Columns (input features), a multiple of the dtype's block.
+    pub cols: usize,
+}
+
+impl MatrixShape {
+    /// Bytes the matrix takes on the device once repacked (rows padded to [`ROW_GROUP`]).
+    pub fn device_bytes(&self) -> u64 {
+        self.rows.next_multiple_of(ROW_GROUP) as u64 * self.dtype.device_row_bytes(self.cols)
+    }
+
+    /// The rows and columns in the kernels' 32-bit parameters.
+    fn dims_u32(&self, context: &'static str) -> Result<(u32, u32)> {
+        match (u32::try_from(self.rows), u32::try_from(self.cols)) {
+            (Ok(r), Ok(c)) if self.rows > 0 => Ok((r, c)),
+            _ => Err(GpuError::shape(
+                context,
+                format!(
+                    "{}x{} is not a supported matrix shape",
+                    self.rows, self.cols
+                ),
+            )),
+        }
+    }
+}
+
+/// A weight matrix repacked into the device layout on the host, not yet on a device: what
+/// [`QuantMatrix::from_packed`] uploads and [`WeightSlot::write`] writes. Packing is CPU work
+/// that needs no device, so it can run on another thread.
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    shape: MatrixShape,
+    words: Vec<u32>,
+}
+
+impl PackedMatrix {
+    /// Repacks raw GGUF tensor bytes: `shape.rows` rows of `shape.cols` elements each, rows
+    /// contiguous, in the dtype's GGML block layout. The columns must be a multiple of
+    /// [`WeightDtype::block_elements`].
+    ///
+    /// Rows of several matrices of the same dtype and width may be concatenated (e.g. Q, K and
+    /// V projections) to compute them with one matmul dispatch.
+    pub fn pack(shape: MatrixShape, raw: &[u8]) -> Result<Self> {
+        let MatrixShape { dtype, rows, cols } = shape;
+        check_gguf_shape("weight upload", dtype, rows, cols, raw.len())?;
+        shape.dims_u32("weight upload")?;
+        Ok(Self {
+            shape,
+            words: repack(dtype, rows, cols, raw),
+        })
+    }
+
+    /// Packs the gate and up projections of a gated FFN (each `ff` × `cols` raw GGUF bytes in
+    /// `dtype`) as one `2 ff` × `cols` matrix whose row group `g` holds gate rows `4g..4g + 4`
+    /// followed by up rows `4g..4g + 4`, the layout
+    /// [`Epilogue::SwiGlu`](crate::Epilogue::SwiGlu) reads. `ff` must be a multiple of 4.
+    pub fn pack_gate_up(
+        dtype: WeightDtype,
+        ff: usize,
+        cols: usize,
+        gate: &[u8],
+        up: &[u8],
+    ) -> Result<Self> {
+        const HALF: usize = ROW_GROUP / 2;
+        check_gguf_shape("gate upload", dtype, ff, cols, gate.len())?;
+        check_gguf_shape("up upload", dtype, ff, cols, up.len())?;
+        if ff % HALF != 0 {
+            return Err(GpuError::shape(
+                "gate/up upload",
+                format!("FFN width {ff} is not a multiple of {HALF}"),
+            ));
+        }
+        let quad = HALF * dtype.gguf_row_bytes(cols);
+        let mut interleaved = Vec::with_capacity(gate.len() + up.len());
+        for (g, u) in gate.chunks_exact(quad).zip(up.chunks_exact(quad)) {
+            interleaved.extend_from_slice(g);
+            interleaved.extend_from_slice(u);
+        }
+        let shape = MatrixShape {
+            dtype,
+            rows: 2 * ff,
+            cols,
+        };
+        Self::pack(shape, &interleaved)
+    }
+
+    /// The matrix's shape.
+    pub fn shape(&self) -> MatrixShape {
+        self.shape
+    }
+}
+
 /// A `rows` × `cols` weight matrix on the device, still in its storage dtype (repacked, see the
 /// module docs). Used by the matmul and embedding kernels.
+///
+/// It owns its buffer, or is a view of a [`WeightSlot`] that holds it in turn with other
+/// matrices (the disk pipeline's ring).
 #[derive(Debug)]
 pub struct QuantMatrix {
     dtype: WeightDtype,
     rows: u32,
     cols: u32,
-    buffer: GpuBuffer,
+    buffer: Arc<GpuBuffer>,
 }
 
 impl QuantMatrix {
-    /// Uploads a matrix given as raw GGUF tensor bytes: `rows` rows of `cols` elements each,
-    /// rows contiguous, in `dtype`'s GGML block layout. `cols` must be a multiple of
-    /// [`WeightDtype::block_elements`].
-    ///
-    /// Rows of several matrices of the same dtype and width may be concatenated (e.g. Q, K and V
-    /// projections) to compute them with one matmul dispatch.
+    /// Uploads a matrix given as raw GGUF tensor bytes (see [`PackedMatrix::pack`]).
     pub fn upload(
         gpu: &Gpu,
         dtype: WeightDtype,
@@ -357,22 +455,44 @@ impl QuantMatrix {
         cols: usize,
         raw: &[u8],
     ) -> Result<Self> {
-        check_gguf_shape("weight upload", dtype, rows, cols, raw.len())?;
-        let (rows_u32, cols_u32) = match (u32::try_from(rows), u32::try_from(cols)) {
-            (Ok(r), Ok(c)) if rows > 0 => (r, c),
-            _ => {
-                return Err(GpuError::shape(
-                    "weight upload",
-                    format!("{rows}x{cols} is not a supported matrix shape"),
-                ))
-            }
-        };
-        let words = repack(dtype, rows, cols, raw);
-        let buffer = gpu.storage_from(&format!("{dtype:?} {rows}x{cols} weights"), &words)?;
+        let shape = MatrixShape { dtype, rows, cols };
+        Self::from_packed(gpu, &PackedMatrix::pack(shape, raw)?)
+    }
+
+    /// Uploads a matrix packed on the host.
+    pub fn from_packed(gpu: &Gpu, packed: &PackedMatrix) -> Result<Self> {
+        let MatrixShape { dtype, rows, cols } = packed.shape;
+        let label = format!("{dtype:?} {rows}x{cols} weights");
+        let buffer = Arc::new(gpu.storage_from(&label, &packed.words)?);
+        Self::over(buffer, packed.shape)
+    }
+
+    /// A matrix of `shape` in `slot`: it holds whatever was last written there, which the
+    /// caller makes a matrix of this shape before the kernels reading it run.
+    pub fn in_slot(slot: &WeightSlot, shape: MatrixShape) -> Result<Self> {
+        if shape.device_bytes() > slot.size() {
+            return Err(GpuError::shape(
+                "weight slot",
+                format!(
+                    "a {:?} {}x{} matrix takes {} bytes, over the slot {:?} of {}",
+                    shape.dtype,
+                    shape.rows,
+                    shape.cols,
+                    shape.device_bytes(),
+                    slot.buffer.label(),
+                    slot.size()
+                ),
+            ));
+        }
+        Self::over(Arc::clone(&slot.buffer), shape)
+    }
+
+    fn over(buffer: Arc<GpuBuffer>, shape: MatrixShape) -> Result<Self> {
+        let (rows, cols) = shape.dims_u32("weight upload")?;
         Ok(Self {
-            dtype,
-            rows: rows_u32,
-            cols: cols_u32,
+            dtype: shape.dtype,
+            rows,
+            cols,
             buffer,
         })
     }
@@ -401,10 +521,8 @@ impl QuantMatrix {
         Self::upload(gpu, dtype, rows, cols, &quantize(dtype, values)?)
     }
 
-    /// Uploads the gate and up projections of a gated FFN (each `ff` × `cols` raw GGUF bytes in
-    /// `dtype`) as one `2 ff` × `cols` matrix whose row group `g` holds gate rows `4g..4g + 4`
-    /// followed by up rows `4g..4g + 4`, the layout [`Epilogue::SwiGlu`](crate::Epilogue::SwiGlu) reads. `ff` must be
-    /// a multiple of 4.
+    /// Uploads the gate and up projections of a gated FFN (see
+    /// [`PackedMatrix::pack_gate_up`]).
     pub fn upload_gate_up(
         gpu: &Gpu,
         dtype: WeightDtype,
@@ -413,22 +531,7 @@ impl QuantMatrix {
         gate: &[u8],
         up: &[u8],
     ) -> Result<Self> {
-        const HALF: usize = ROW_GROUP / 2;
-        check_gguf_shape("gate upload", dtype, ff, cols, gate.len())?;
-        check_gguf_shape("up upload", dtype, ff, cols, up.len())?;
-        if ff % HALF != 0 {
-            return Err(GpuError::shape(
-                "gate/up upload",
-                format!("FFN width {ff} is not a multiple of {HALF}"),
-            ));
-        }
-        let quad = HALF * dtype.gguf_row_bytes(cols);
-        let mut interleaved = Vec::with_capacity(gate.len() + up.len());
-        for (g, u) in gate.chunks_exact(quad).zip(up.chunks_exact(quad)) {
-            interleaved.extend_from_slice(g);
-            interleaved.extend_from_slice(u);
-        }
-        Self::upload(gpu, dtype, 2 * ff, cols, &interleaved)
+        Self::from_packed(gpu, &PackedMatrix::pack_gate_up(dtype, ff, cols, gate, up)?)
     }
 
     /// Storage dtype.
@@ -449,6 +552,35 @@ impl QuantMatrix {
     /// The repacked words on the device.
     pub fn buffer(&self) -> &GpuBuffer {
         &self.buffer
+    }
+}
+
+/// A device buffer that holds packed matrices of any shape up to its size, one after another:
+/// [`QuantMatrix::in_slot`] views it as a matrix, [`WeightSlot::write`] replaces its contents.
+/// Weights streamed from disk go through slots (a ring of them), so kernels bound once read
+/// whichever layer was written last.
+#[derive(Debug)]
+pub struct WeightSlot {
+    buffer: Arc<GpuBuffer>,
+}
+
+impl WeightSlot {
+    /// A zeroed slot of `bytes` bytes.
+    pub fn new(gpu: &Gpu, label: &str, bytes: u64) -> Result<Self> {
+        Ok(Self {
+            buffer: Arc::new(gpu.storage_zeroed(label, bytes)?),
+        })
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        self.buffer.size()
+    }
+
+    /// Queues a write of `matrix` to the start of the slot: it takes effect after the work
+    /// submitted before and before the work submitted after (see [`Gpu::write`]).
+    pub fn write(&self, gpu: &Gpu, matrix: &PackedMatrix) -> Result<()> {
+        gpu.write(&self.buffer, 0, &matrix.words)
     }
 }
 

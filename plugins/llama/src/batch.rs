@@ -447,6 +447,7 @@ mod tests {
                     max_batch: 64,
                     kv_blocks,
                     kv_type: pio_gpu::KvType::F32,
+                    streamed_layers: 0,
                 })
                 .device
         };

@@ -20,7 +20,7 @@ use crate::kv_pool::BlockPool;
 use crate::memory::{self, MemoryConfig, MemoryLimits, MemoryNeeds};
 use crate::models::{self, ModelSpec};
 use crate::perplexity::{perplexity, perplexity_llama_cpp, Perplexity, Style};
-use crate::runtime::{GpuModel, DEFAULT_MAX_BATCH};
+use crate::runtime::{GpuModel, RunConfig, DEFAULT_MAX_BATCH};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::sequence::{Sequence, Tokens};
 use crate::storage::{Storage, WeightStorage};
@@ -42,6 +42,9 @@ pub struct ModelSummary {
     pub weights: WeightStorage,
     /// Bytes the weights take on the device once repacked.
     pub weight_bytes: u64,
+    /// Per layer, the device bytes of its four fused matrices (q/k/v, output, gate/up, down):
+    /// what streaming it from the file saves and its ring slot needs.
+    pub layer_matrix_bytes: Vec<[u64; 4]>,
 }
 
 impl ModelSummary {
@@ -54,17 +57,22 @@ impl ModelSummary {
         if !tensors.tied_output {
             weight_bytes += weights.group_device_bytes(&[&tensors.output])?;
         }
+        let mut layer_matrix_bytes = Vec::with_capacity(tensors.layers.len());
         for l in &tensors.layers {
             // The groups `runtime::upload` fuses, each stored in one type.
-            for group in [
-                &[&l.attn_q, &l.attn_k, &l.attn_v][..],
+            let groups: [&[_]; 4] = [
+                &[&l.attn_q, &l.attn_k, &l.attn_v],
                 &[&l.attn_output],
                 &[&l.ffn_gate, &l.ffn_up],
                 &[&l.ffn_down],
-            ] {
-                weight_bytes += weights.group_device_bytes(group)?;
+            ];
+            let mut matrices = [0; 4];
+            for (bytes, group) in matrices.iter_mut().zip(groups) {
+                *bytes = weights.group_device_bytes(group)?;
             }
+            weight_bytes += matrices.iter().sum::<u64>();
             weight_bytes += l.norms().map(|t| 4 * t.info.dims[0]).sum::<u64>();
+            layer_matrix_bytes.push(matrices);
         }
         weight_bytes += 4 * spec.hparams.n_embd as u64;
         Ok(ModelSummary {
@@ -73,6 +81,7 @@ impl ModelSummary {
             quantization: tensors.dominant_type().to_string(),
             weights,
             weight_bytes,
+            layer_matrix_bytes,
             spec,
         })
     }
@@ -87,6 +96,7 @@ impl ModelSummary {
             max_batch,
             kv_blocks: 0,
             kv_type,
+            streamed_layers: 0,
         })
         .device
     }
@@ -106,18 +116,21 @@ fn host_bytes(tokenizer: &TextTokenizer, vocab_size: usize, max_batch: usize) ->
 
 /// The sizes [`Engine::load`] gives a model of `summary`: a KV cache of `context_length`
 /// positions (0: the trained context), batches of up to [`DEFAULT_MAX_BATCH`] tokens, a pool of
-/// `kv_blocks` blocks, both caches of `kv_type`.
-fn memory_config(summary: &ModelSummary, options: &LoadOptions) -> MemoryConfig {
+/// `kv_blocks` blocks, both caches of `kv_type`, and as many layers streamed from the file as
+/// the memory budget needs ([`ModelSummary::fit_budget`]).
+fn memory_config(summary: &ModelSummary, options: &LoadOptions) -> Result<MemoryConfig> {
     let context = match options.context_length {
         0 => summary.spec.hparams.context_length,
         n => n,
     };
-    MemoryConfig {
+    let config = MemoryConfig {
         context,
         max_batch: DEFAULT_MAX_BATCH.min(context),
         kv_blocks: options.kv_blocks,
         kv_type: options.storage.kv,
-    }
+        streamed_layers: 0,
+    };
+    summary.fit_budget(config, options.memory_budget)
 }
 
 /// How [`Engine::load`] loads a model: everything but the file.
@@ -181,9 +194,12 @@ impl Engine {
         } = options;
         let file = GgufFile::open(path)?;
         let summary = ModelSummary::read(&file, storage.weights)?;
-        let config = memory_config(&summary, &options);
+        let config = memory_config(&summary, &options)?;
         let MemoryConfig {
-            context, max_batch, ..
+            context,
+            max_batch,
+            streamed_layers,
+            ..
         } = config;
         // Nothing sized by the context exists before this check: a device holds no buffers yet.
         let gpu = Gpu::new(device)?;
@@ -207,14 +223,20 @@ impl Engine {
             Some(_) => Some(ChatTemplate::from_gguf(&file)?),
             None => None,
         };
-        let model = GpuModel::from_spec(
-            gpu,
-            &file,
-            summary.spec.clone(),
+        let run = RunConfig {
             storage,
             context,
             max_batch,
-        )?;
+            streamed_layers,
+        };
+        if streamed_layers > 0 {
+            tracing::info!(
+                streamed_layers,
+                budget = memory_budget,
+                "the weights exceed the memory budget: streaming the last layers from the file"
+            );
+        }
+        let model = GpuModel::from_spec(gpu, &file, summary.spec.clone(), run)?;
         let host_bytes = host_bytes(&tokenizer, summary.spec.hparams.vocab_size, max_batch);
         let batch = Batch::new(kv_blocks);
         Ok(Engine {
@@ -233,7 +255,7 @@ impl Engine {
     /// metadata and tensor table alone: no device, no upload.
     pub fn estimate(path: &Path, options: &LoadOptions) -> Result<MemoryNeeds> {
         let summary = ModelSummary::read(&GgufFile::open(path)?, options.storage.weights)?;
-        let config = memory_config(&summary, options);
+        let config = memory_config(&summary, options)?;
         Ok(summary.memory_needs(&config))
     }
 
@@ -336,6 +358,7 @@ impl Engine {
             max_batch: self.model.max_batch(),
             kv_blocks: self.kv_pool().n_blocks(),
             kv_type: self.options.storage.kv,
+            streamed_layers: self.model.streaming().map_or(0, |s| s.layers),
         })
     }
 
@@ -543,5 +566,78 @@ mod tests {
         };
         let err = Engine::load(&path, options).err().unwrap().to_string();
         assert!(err.contains("budget"), "{err}");
+    }
+
+    /// A budget below what the model needs resident: the engine streams its last layers,
+    /// its estimate says so, and what it allocates — batched sequences' pool included — stays
+    /// within the budget while it generates, alone and batched.
+    #[test]
+    fn a_model_over_the_budget_streams_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tiny_file(
+            &dir,
+            &TinyConfig {
+                n_layer: 6,
+                ..TinyConfig::default()
+            },
+        );
+        let unlimited = LoadOptions {
+            context_length: 64,
+            ..LoadOptions::default()
+        };
+        let resident = Engine::estimate(&path, &unlimited).unwrap();
+        let options = LoadOptions {
+            memory_budget: resident.device - resident.weights / 3,
+            ..unlimited.clone()
+        };
+        let estimate = Engine::estimate(&path, &options).unwrap();
+        assert!(estimate.device <= options.memory_budget && estimate.ring > 0);
+        let mut engine = Engine::load(&path, options.clone()).unwrap();
+        let streamed = engine.model().streaming().unwrap().layers;
+        assert!((3..=6).contains(&streamed), "{streamed}");
+        let prompt: Vec<u32> = (0..13).map(|i| (i * 29 + 3) % 290).collect();
+        let params = SequenceParams {
+            sampling: Sampling::greedy(),
+            max_new_tokens: 6,
+        };
+        for batched in [false, true] {
+            let mut sequence = match batched {
+                false => engine.open_alone(&prompt, &params).unwrap(),
+                true => engine.open(&prompt, &params).unwrap(),
+            };
+            assert_eq!(steps(&mut engine, &mut sequence, 6).len(), 6);
+            engine.close(sequence);
+        }
+        assert_eq!(engine.memory_needs(), estimate);
+        let peak = engine.model().gpu().peak_allocated_bytes();
+        assert!(
+            peak <= options.memory_budget,
+            "peak {peak} over the budget {}",
+            options.memory_budget
+        );
+
+        // Too small for any plan: the error names the smallest plan's sizes.
+        let base = memory_config(engine.summary(), &unlimited).unwrap();
+        let every = (0..=6)
+            .map(|streamed_layers| {
+                engine.summary().memory_needs(&MemoryConfig {
+                    streamed_layers,
+                    ..base
+                })
+            })
+            .min_by_key(|needs| needs.device)
+            .unwrap();
+        let options = LoadOptions {
+            memory_budget: every.device - 1,
+            ..unlimited
+        };
+        let err = Engine::load(&path, options).err().unwrap();
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::BudgetTooSmallToStream { needed, ring, .. }
+                if needed == every.device && ring == every.ring),
+            "{text}"
+        );
+        assert!(text.contains(&every.device.to_string()), "{text}");
     }
 }

@@ -72,6 +72,29 @@ pub enum Error {
         /// The budget in bytes.
         budget: u64,
     },
+    /// The budget is too small for the model however many of its layers stream from the file.
+    #[error(
+        "a device memory budget of {} is too small for this model even with its layers \
+         streamed from the file: it needs at least {} — {} for what stays on the device \
+         (embeddings, output head, norms, resident layers, KV cache, activations) and {} for a \
+         ring of {} layers",
+        crate::memory::bytes_text(*budget),
+        crate::memory::bytes_text(*needed),
+        crate::memory::bytes_text(needed - ring),
+        crate::memory::bytes_text(*ring),
+        crate::runtime::RING_SLOTS
+    )]
+    BudgetTooSmallToStream {
+        /// The budget in bytes.
+        budget: u64,
+        /// Device bytes of the smallest plan.
+        needed: u64,
+        /// Of which the ring of streamed layers.
+        ring: u64,
+    },
+    /// Reading the layers streamed from the model file failed.
+    #[error("streaming layers from the model file: {0}")]
+    Streaming(String),
     /// Logits are unusable (NaN, empty).
     #[error("numerical error: {0}")]
     Numerics(String),

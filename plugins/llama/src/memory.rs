@@ -17,6 +17,7 @@ use pio_plugin_kit::{CategoryMemory, MemoryCategory};
 use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
 use crate::kv_pool::{blocks_for, KV_BLOCK_ROWS};
+use crate::runtime::RING_SLOTS;
 
 /// The sizes that decide what is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +30,19 @@ pub struct MemoryConfig {
     pub kv_blocks: usize,
     /// How both KV caches store their values.
     pub kv_type: KvType,
+    /// How many of the last layers stream from the file through a ring of
+    /// [`RING_SLOTS`] layers (0: every layer resident; see [`ModelSummary::fit_budget`]).
+    pub streamed_layers: usize,
 }
 
 /// What a [`MemoryConfig`] needs, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryNeeds {
-    /// Weights once repacked on the device.
+    /// Weights once repacked on the device: the resident ones and the ring the streamed layers
+    /// go through.
     pub weights: u64,
+    /// Of `weights`, the ring of streamed layers (0 when every layer is resident).
+    pub ring: u64,
     /// The model's KV cache, all layers.
     pub kv_cache: u64,
     /// The batched sequences' block pool, all layers.
@@ -119,15 +126,10 @@ impl ModelSummary {
             .saturating_add(pio_gpu::DeviceSampler::DEVICE_BYTES)
             .saturating_add(uniforms);
         let logits = product(&[config.max_batch, hp.vocab_size, 4]);
-        let device = [
-            self.weight_bytes,
-            kv_cache,
-            batch_cache,
-            rope_table,
-            activations,
-        ]
-        .iter()
-        .fold(0u64, |acc, &b| acc.saturating_add(b));
+        let (weights, ring) = self.streamed_weight_bytes(config.streamed_layers);
+        let device = [weights, kv_cache, batch_cache, rope_table, activations]
+            .iter()
+            .fold(0u64, |acc, &b| acc.saturating_add(b));
         let largest_buffer = [
             ("each layer's K and V cache", kv_layer),
             ("each layer's K and V block pool", batch_layer),
@@ -138,7 +140,8 @@ impl ModelSummary {
         .max_by_key(|&(_, bytes)| bytes)
         .expect("not empty");
         MemoryNeeds {
-            weights: self.weight_bytes,
+            weights,
+            ring,
             kv_cache,
             batch_cache,
             rope_table,
@@ -147,6 +150,50 @@ impl ModelSummary {
             host: one_rope_table.saturating_add(logits),
             largest_buffer,
         }
+    }
+}
+
+impl ModelSummary {
+    /// Device bytes of the weights with the last `streamed` layers streamed, and of those the
+    /// ring's: each of the [`RING_SLOTS`] slots holds, per fused matrix, the largest of the
+    /// streamed layers' (norm weights stay resident).
+    fn streamed_weight_bytes(&self, streamed: usize) -> (u64, u64) {
+        let layers =
+            &self.layer_matrix_bytes[self.layer_matrix_bytes.len().saturating_sub(streamed)..];
+        if layers.is_empty() {
+            return (self.weight_bytes, 0);
+        }
+        let streamed_bytes: u64 = layers.iter().flatten().sum();
+        let slot: u64 = (0..4)
+            .map(|m| layers.iter().map(|l| l[m]).max().unwrap_or(0))
+            .sum();
+        let ring = slot * RING_SLOTS as u64;
+        (self.weight_bytes - streamed_bytes + ring, ring)
+    }
+
+    /// `config` with as few layers streamed as make it fit `budget` bytes of device memory (0:
+    /// no budget, every layer resident): the disk pipeline's plan. The layers that stream are
+    /// the last ones, so the loader has the resident layers' time to read the first streamed
+    /// one. Fails with [`Error::BudgetTooSmallToStream`], naming the smallest plan's needs,
+    /// when no plan fits. (The smallest need not stream every layer: the ring is sized for
+    /// the largest streamed layer, and a model's first layers are sometimes stored wider.)
+    pub fn fit_budget(&self, config: MemoryConfig, budget: u64) -> Result<MemoryConfig> {
+        let plans = (0..=self.layer_matrix_bytes.len()).map(|streamed_layers| MemoryConfig {
+            streamed_layers,
+            ..config
+        });
+        let fits = |c: &MemoryConfig| budget == 0 || self.memory_needs(c).device <= budget;
+        plans.clone().find(fits).ok_or_else(|| {
+            let smallest = plans
+                .map(|plan| self.memory_needs(&plan))
+                .min_by_key(|needs| needs.device)
+                .expect("at least the resident plan");
+            Error::BudgetTooSmallToStream {
+                budget,
+                needed: smallest.device,
+                ring: smallest.ring,
+            }
+        })
     }
 }
 
@@ -336,6 +383,7 @@ mod tests {
             max_batch: 8,
             kv_blocks: 0,
             kv_type: KvType::F32,
+            streamed_layers: 0,
         }
     }
 
@@ -417,6 +465,45 @@ mod tests {
         );
         assert!(text.contains(&needs.host.to_string()), "{text}");
         assert!(check(&s, &config(64), &software, needs.device, Some(needs.host)).is_ok());
+    }
+
+    /// The plan streams the fewest layers that fit; one or two streamed layers never fit
+    /// where none does (the ring holds two layers), and a ring is as large as its largest
+    /// streamed layers.
+    #[test]
+    fn a_budget_streams_the_fewest_layers_that_fit() {
+        let file = tiny_llama(&TinyConfig {
+            n_layer: 6,
+            ..TinyConfig::default()
+        });
+        let s = ModelSummary::read(&file, crate::storage::WeightStorage::AsStored).unwrap();
+        let resident = s.memory_needs(&config(64));
+        assert_eq!(resident.ring, 0);
+        for budget in [0, resident.device] {
+            assert_eq!(s.fit_budget(config(64), budget).unwrap(), config(64));
+        }
+        let streaming = |n| MemoryConfig {
+            streamed_layers: n,
+            ..config(64)
+        };
+        for n in [1, 2] {
+            assert!(s.memory_needs(&streaming(n)).device >= resident.device);
+        }
+        let budget = resident.device - resident.weights / 4;
+        let plan = s.fit_budget(config(64), budget).unwrap();
+        let n = plan.streamed_layers;
+        assert!(s.memory_needs(&plan).device <= budget);
+        assert!(s.memory_needs(&streaming(n - 1)).device > budget);
+        let largest: u64 = (0..4)
+            .map(|m| {
+                s.layer_matrix_bytes[6 - n..]
+                    .iter()
+                    .map(|l| l[m])
+                    .max()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(s.memory_needs(&plan).ring, 2 * largest);
     }
 
     #[test]

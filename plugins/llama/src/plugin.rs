@@ -35,6 +35,7 @@ use crate::compress;
 use crate::engine::{Engine, LoadOptions};
 use crate::error::Error;
 use crate::perplexity::Style;
+use crate::runtime::StreamStats;
 use crate::storage::{Storage, WeightStorage};
 use crate::surgery;
 use crate::tokenizer::GgufTokenizer;
@@ -58,12 +59,13 @@ impl From<Error> for PluginError {
             // `KvPoolFull` from `open_sequence` is the host's cue to retry when open sequences
             // have closed, or to serve the request as a single sequence (`generate` / `chat`),
             // which needs no block of the pool.
-            Error::OverBudget { .. } | Error::OutOfMemory(_) | Error::KvPoolFull(_) => {
-                PluginError::out_of_memory(message)
-            }
+            Error::OverBudget { .. }
+            | Error::BudgetTooSmallToStream { .. }
+            | Error::OutOfMemory(_)
+            | Error::KvPoolFull(_) => PluginError::out_of_memory(message),
             // pio-gpu's one mapping: failed allocations stay `out_of_memory`.
             Error::Gpu(gpu) => PluginError::new(gpu.plugin_error_kind(), message),
-            Error::Numerics(_) => PluginError::internal(message),
+            Error::Numerics(_) | Error::Streaming(_) => PluginError::internal(message),
         }
     }
 }
@@ -212,7 +214,7 @@ impl Model for Engine {
         let hp = &summary.spec.hparams;
         let pool = self.kv_pool();
         let kv_type = self.options().storage.kv;
-        let details: [(&str, serde_json::Value); 15] = [
+        let details = [
             ("model", summary.path.display().to_string().into()),
             ("architecture", summary.spec.architecture.into()),
             ("parameter_count", summary.parameter_count.into()),
@@ -239,6 +241,7 @@ impl Model for Engine {
             host_memory_bytes: self.host_bytes(),
             details: details
                 .into_iter()
+                .chain(streaming_details(model.streaming()))
                 .map(|(key, value)| (key.to_owned(), value))
                 .collect(),
         }
@@ -308,6 +311,21 @@ fn load_options(settings: &Settings, activation: &Activation) -> LoadOptions {
     }
 }
 
+/// What streaming layers from the file has done (`streamed_layers` 0 when nothing streams):
+/// the ring's bytes, the layers and bytes written into it, the loader's time and the part of
+/// it the steps waited for (what compute did not hide).
+fn streaming_details(stats: Option<StreamStats>) -> Vec<(&'static str, serde_json::Value)> {
+    let stats = stats.unwrap_or_default();
+    vec![
+        ("streamed_layers", stats.layers.into()),
+        ("stream_ring_bytes", stats.ring_bytes.into()),
+        ("stream_layers_written", stats.layers_written.into()),
+        ("stream_bytes_written", stats.bytes_written.into()),
+        ("stream_load_seconds", stats.load_time.as_secs_f64().into()),
+        ("stream_wait_seconds", stats.wait_time.as_secs_f64().into()),
+    ]
+}
+
 /// The `bench` operation (see [`Model::infer`]).
 fn bench(engine: &mut Engine, request: &serde_json::Value) -> PluginResult<serde_json::Value> {
     let (config, batch_sizes) = bench_config(request)?;
@@ -327,6 +345,11 @@ fn bench(engine: &mut Engine, request: &serde_json::Value) -> PluginResult<serde
     answer["dispatches_per_token"] = model.dispatches_per_token().into();
     answer["dispatches_per_layer"] = model.dispatches_per_layer().into();
     answer["adapter"] = model.gpu().adapter_info().to_string().into();
+    answer["device_peak_bytes"] = model.gpu().peak_allocated_bytes().into();
+    answer["streaming"] = streaming_details(model.streaming())
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
     Ok(answer)
 }
 

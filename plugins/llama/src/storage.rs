@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use pio_gguf::{requantize::fitting_type, TensorView};
-use pio_gpu::{KvType, WeightDtype, ROW_GROUP};
+use pio_gpu::{KvType, MatrixShape, WeightDtype};
 
 use crate::error::{Error, Result};
 
@@ -98,12 +98,14 @@ impl WeightStorage {
     }
 
     /// Device bytes of a group once repacked (`pio_gpu::QuantMatrix`: rows padded to
-    /// [`ROW_GROUP`]).
+    /// [`pio_gpu::ROW_GROUP`]).
     pub fn group_device_bytes(self, tensors: &[&TensorView]) -> Result<u64> {
-        let dtype = self.group_dtype(tensors)?;
-        let rows: u64 = tensors.iter().map(|t| rows_of(t)).sum();
-        let cols = tensors[0].info.dims[0] as usize;
-        Ok(rows.next_multiple_of(ROW_GROUP as u64) * dtype.device_row_bytes(cols))
+        let shape = MatrixShape {
+            dtype: self.group_dtype(tensors)?,
+            rows: tensors.iter().map(|t| rows_of(t)).sum(),
+            cols: tensors[0].info.dims[0] as usize,
+        };
+        Ok(shape.device_bytes())
     }
 }
 
@@ -115,8 +117,8 @@ pub fn stored_dtype(t: &TensorView) -> Result<WeightDtype> {
     })
 }
 
-fn rows_of(t: &TensorView) -> u64 {
-    t.info.dims[1..].iter().product()
+fn rows_of(t: &TensorView) -> usize {
+    t.info.dims[1..].iter().product::<u64>() as usize
 }
 
 /// `t`'s bytes in `dtype`: the file's own, or dequantized and quantized again.

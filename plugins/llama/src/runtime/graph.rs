@@ -23,7 +23,8 @@ pub(super) struct LayerKernels {
     down: Linear,
 }
 
-/// One layer on the device: its weights, its RoPE table and its kernels.
+/// One layer on the device: its weights (resident, or views of a ring slot when the layer
+/// streams from disk), its RoPE table and its kernels.
 pub(super) struct Layer {
     pub weights: LayerWeights,
     /// Index of the layer's RoPE table in [`GpuModel::rope_tables`] (see [`ModelSpec::ropes`]).
@@ -85,11 +86,28 @@ pub(super) enum CacheKind {
     Batch,
 }
 
-/// The dispatches of one forward step.
+/// The dispatches of one forward step, in parts submitted in order: the first runs the
+/// embedding lookup and the resident layers; each layer streamed from disk has a part of its
+/// own, submitted once its weights are in its ring slot (`stream.rs`); the head's dispatches
+/// end the last part.
 pub(super) struct Step {
-    pub dispatches: Vec<Dispatch>,
+    pub parts: Vec<StepPart>,
     pub n_tokens: u32,
     pub all_logits: bool,
+}
+
+/// Dispatches submitted together.
+pub(super) struct StepPart {
+    /// The streamed layer whose weights must be written before these dispatches run.
+    pub streamed_layer: Option<usize>,
+    pub dispatches: Vec<Dispatch>,
+}
+
+impl Step {
+    /// Kernel launches of the step.
+    pub fn dispatch_count(&self) -> usize {
+        self.parts.iter().map(|p| p.dispatches.len()).sum()
+    }
 }
 
 /// Builds the kernels of the layers and the head for one tile.
@@ -214,13 +232,24 @@ impl GpuModel {
         let (gpu, a) = (&self.gpu, &self.acts);
         let kv = self.cache(kind)?;
         let tokens = TokenRange::all(n);
-        let mut dispatches = self
+        let embed = self
             .embed
             .iter()
             .zip(&self.token_embd.shards)
             .map(|(embed, shard)| Ok(embed.bind(gpu, &shard.matrix, &a.tokens, &a.x, n)?))
             .collect::<Result<Vec<_>>>()?;
+        let mut parts = vec![StepPart {
+            streamed_layer: None,
+            dispatches: embed,
+        }];
         for (i, l) in self.layers.iter().enumerate() {
+            if self.stream.as_ref().is_some_and(|s| s.streams(i)) {
+                parts.push(StepPart {
+                    streamed_layer: Some(i),
+                    dispatches: Vec::new(),
+                });
+            }
+            let dispatches = &mut parts.last_mut().expect("not empty").dispatches;
             let (k, w) = (l.kernels(n), &l.weights);
             let cache = kv.layer(i)?;
             let table = &self.rope_tables[l.rope];
@@ -285,6 +314,7 @@ impl GpuModel {
             (&self.head.decode, TokenRange::one(n - 1))
         };
         let weights = self.head.output.as_ref().unwrap_or(&self.token_embd);
+        let dispatches = &mut parts.last_mut().expect("not empty").dispatches;
         for (kernel, shard) in head.iter().zip(&weights.shards) {
             dispatches.push(kernel.bind(
                 gpu,
@@ -296,7 +326,7 @@ impl GpuModel {
             )?);
         }
         Ok(Step {
-            dispatches,
+            parts,
             n_tokens: n,
             all_logits,
         })

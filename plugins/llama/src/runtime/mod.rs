@@ -10,11 +10,18 @@
 //! single-token step are built once and reused for every decoded token; only the token-id and
 //! position buffers change. Tiles (tokens per invocation, workgroup size) are chosen per
 //! adapter class, see [`RowTile`].
+//!
+//! When the weights do not fit the device budget, the last layers stream from the file through
+//! a ring of device buffers (`stream.rs`, [`RunConfig::streamed_layers`]): a step is then
+//! submitted in parts, one per streamed layer, each once its weights are written.
 
 mod graph;
+mod stream;
 mod support;
 mod upload;
 mod vocab;
+
+pub use stream::{StreamStats, RING_SLOTS};
 
 use pio_gguf::GgufFile;
 use pio_gpu::{
@@ -29,8 +36,9 @@ use crate::models::{self, ModelSpec};
 use crate::sampler::Sampler;
 use crate::storage::Storage;
 use crate::weights::ModelTensors;
-use graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step};
-use upload::LayerWeights;
+use graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step, StepPart};
+use stream::LayerStream;
+use upload::{LayerShapes, LayerWeights, Matrices};
 use vocab::VocabMatrix;
 
 /// Default largest number of tokens processed by one forward submission.
@@ -95,6 +103,33 @@ impl<'a> Placement<'a> {
     }
 }
 
+/// How a [`GpuModel`] stores its tensors and what it is sized for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunConfig {
+    /// How the weight matrices and the KV caches are stored.
+    pub storage: Storage,
+    /// Positions of the model's own KV cache.
+    pub context: usize,
+    /// Largest number of tokens one submission processes.
+    pub max_batch: usize,
+    /// How many of the last layers stream from the file through a ring of [`RING_SLOTS`]
+    /// layers instead of staying on the device (0: every layer is resident).
+    pub streamed_layers: usize,
+}
+
+impl RunConfig {
+    /// Weights as stored, an f32 KV cache of `context` positions, batches of `max_batch`
+    /// tokens, every layer resident.
+    pub fn new(context: usize, max_batch: usize) -> Self {
+        RunConfig {
+            storage: Storage::default(),
+            context,
+            max_batch,
+            streamed_layers: 0,
+        }
+    }
+}
+
 /// The model on the GPU with its KV cache; implements [`Forward`].
 pub struct GpuModel {
     spec: ModelSpec,
@@ -118,6 +153,8 @@ pub struct GpuModel {
     sampler: DeviceSampler,
     /// The sampling kernel bound to the logits (of the last token of every step).
     sample: Dispatch,
+    /// The layers streamed from the file, if any.
+    stream: Option<LayerStream>,
     // Declared last so every buffer above is dropped before the device.
     gpu: Gpu,
 }
@@ -127,21 +164,27 @@ impl GpuModel {
     /// and an f32 KV cache: see [`GpuModel::from_spec`].
     pub fn new(gpu: Gpu, file: &GgufFile, context: usize, max_batch: usize) -> Result<Self> {
         let spec = models::describe(file)?;
-        Self::from_spec(gpu, file, spec, Storage::default(), context, max_batch)
+        Self::from_spec(gpu, file, spec, RunConfig::new(context, max_batch))
     }
 
-    /// Uploads the weights `spec` names in `file` to `gpu` (stored as `storage` says), compiles
-    /// every kernel, and allocates a KV cache (of `storage.kv` values) of `context` positions and activations for batches of up to
-    /// `max_batch` tokens. Fails with [`Error::UnsupportedFeature`] when the spec needs a
-    /// kernel the runtime does not have.
+    /// Uploads the weights `spec` names in `file` to `gpu` (stored as `config.storage` says;
+    /// those of the last `config.streamed_layers` layers are read from the file at every step
+    /// instead), compiles every kernel, and allocates a KV cache (of `storage.kv` values) of
+    /// `config.context` positions and activations for batches of up to `config.max_batch`
+    /// tokens. Fails with [`Error::UnsupportedFeature`] when the spec needs a kernel the
+    /// runtime does not have.
     pub fn from_spec(
         gpu: Gpu,
         file: &GgufFile,
         spec: ModelSpec,
-        storage: Storage,
-        context: usize,
-        max_batch: usize,
+        config: RunConfig,
     ) -> Result<Self> {
+        let RunConfig {
+            storage,
+            context,
+            max_batch,
+            streamed_layers,
+        } = config;
         support::check(&spec)?;
         if context == 0 || max_batch == 0 {
             return Err(Error::InvalidParams(
@@ -155,6 +198,28 @@ impl GpuModel {
             )));
         }
         let t = ModelTensors::from_gguf(file, &spec)?;
+        let n_layers = t.layers.len();
+        if streamed_layers > n_layers {
+            return Err(Error::InvalidParams(format!(
+                "{streamed_layers} streamed layers, but the model has {n_layers}"
+            )));
+        }
+        let streamed = n_layers - streamed_layers..n_layers;
+        let shapes = t.layers[streamed.clone()]
+            .iter()
+            .map(|l| LayerShapes::of(&spec, l, storage.weights))
+            .collect::<Result<Vec<_>>>()?;
+        let stream = match streamed.is_empty() {
+            true => None,
+            false => Some(LayerStream::start(
+                &gpu,
+                file.path(),
+                &spec,
+                storage.weights,
+                streamed.clone(),
+                &shapes,
+            )?),
+        };
         let hp = &spec.hparams;
         let u = |v: usize| v as u32;
         let (e, vocab, q_rows) = (u(hp.n_embd), u(hp.vocab_size), u(hp.q_dim()));
@@ -175,7 +240,13 @@ impl GpuModel {
             .zip(&spec.layers)
             .enumerate()
             .map(|(i, (l, layer))| {
-                let weights = LayerWeights::upload(&gpu, &spec, layer, l, storage.weights)?;
+                let matrices = match &stream {
+                    Some(stream) if stream.streams(i) => {
+                        Matrices::Streamed(stream.slot(i), shapes[i - streamed.start])
+                    }
+                    _ => Matrices::Upload(storage.weights),
+                };
+                let weights = LayerWeights::new(&gpu, &spec, i, l, matrices)?;
                 Ok(Layer {
                     decode: factory.layer(i, &weights, decode_tile)?,
                     prefill: factory.layer(i, &weights, prefill_tile)?,
@@ -292,6 +363,7 @@ impl GpuModel {
             decode_step: None,
             sample,
             sampler,
+            stream,
             gpu,
         };
         model.decode_step = Some(model.build_step(1, false, CacheKind::Main)?);
@@ -327,7 +399,7 @@ impl GpuModel {
     /// Kernel launches per decoded token, from the embedding lookup to the sampled token id
     /// (all in one submission).
     pub fn dispatches_per_token(&self) -> usize {
-        self.decode_step.as_ref().map_or(0, |s| s.dispatches.len()) + 1
+        self.decode_step.as_ref().map_or(0, Step::dispatch_count) + 1
     }
 
     /// Kernel launches each transformer layer takes per decoded token.
@@ -347,8 +419,15 @@ impl GpuModel {
         }
     }
 
-    /// Queues the tokens, positions, cache rows and block tables of `step` and records its dispatches,
-    /// followed by the sampling kernel when `sample` is set, into a new encoder.
+    /// What streaming layers from the file has done, when some layers stream.
+    pub fn streaming(&self) -> Option<StreamStats> {
+        self.stream.as_ref().map(LayerStream::stats)
+    }
+
+    /// Queues the tokens, positions, cache rows and block tables of `step` and submits every
+    /// part of it but the last (a streamed layer's part once its weights are written); returns
+    /// the last part, followed by the sampling kernel when `sample` is set, recorded into a new
+    /// encoder for the caller to submit.
     fn encode_step(
         &self,
         step: &Step,
@@ -362,9 +441,32 @@ impl GpuModel {
         let (blocks, starts) = at.tables();
         self.gpu.write(&self.acts.table_starts, 0, &starts)?;
         self.gpu.write(&self.acts.blocks, 0, &blocks)?;
+        let (last, before) = step.parts.split_last().expect("a step has a part");
+        for part in before {
+            self.write_streamed_weights(part)?;
+            let index = self.gpu.submit(self.gpu.encode(&part.dispatches));
+            if let (Some(stream), Some(_)) = (&self.stream, part.streamed_layer) {
+                stream.submitted(index);
+            }
+        }
+        self.write_streamed_weights(last)?;
         let sampler = sample.then_some(&self.sample);
-        let encoder = self.gpu.encode(step.dispatches.iter().chain(sampler));
-        Ok(encoder)
+        Ok(self.gpu.encode(last.dispatches.iter().chain(sampler)))
+    }
+
+    /// Writes the weights of the streamed layer of `part`, if it has one, into its ring slot.
+    fn write_streamed_weights(&self, part: &StepPart) -> Result<()> {
+        match (&self.stream, part.streamed_layer) {
+            (Some(stream), Some(layer)) => stream.write(&self.gpu, layer),
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks the step's submissions finished (after a read-back, which waits for them).
+    fn step_done(&self) {
+        if let Some(stream) = &self.stream {
+            stream.all_done();
+        }
     }
 
     /// Runs one step of at most `max_batch` tokens and reads its logits back.
@@ -375,6 +477,7 @@ impl GpuModel {
         let logits =
             self.gpu
                 .submit_and_read::<f32>(encoder, &self.acts.logits, 0, rows as u64 * vocab)?;
+        self.step_done();
         if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
             return Err(Error::Numerics(format!(
                 "GPU logit {} of position {} is {}",
@@ -393,6 +496,7 @@ impl GpuModel {
         let raw = self
             .gpu
             .submit_and_read::<u32>(encoder, self.sampler.result(), 0, 1)?;
+        self.step_done();
         self.sampler.token(raw[0]).ok_or_else(|| {
             Error::Numerics(format!(
                 "a GPU logit after position {} is NaN or infinite",

@@ -1,8 +1,9 @@
 //! Weights onto the device: matrices in the type [`WeightStorage`] gives them — their GGUF
-//! storage type unless a conversion is configured — repacked by [`QuantMatrix::upload`]; each
-//! layer's q, k and v projections are concatenated into one
-//! matrix and its gate and up projections interleaved into another, so one kernel reads each;
-//! norm weights become f32 vectors with the family's [`NormWeight`] applied.
+//! storage type unless a conversion is configured — packed on the host ([`PackedLayer`]) and
+//! uploaded, or written into a ring slot each time they are used (the disk pipeline,
+//! `stream.rs`); each layer's q, k and v projections are concatenated into one matrix and its
+//! gate and up projections interleaved into another, so one kernel reads each; norm weights
+//! (always resident) become f32 vectors with the family's [`NormWeight`] applied.
 //!
 //! The kernels rotate adjacent pairs (GGML's "normal" RoPE). For a layer whose spec pairs the
 //! halves of each head ([`RopePairs::Halves`], Gemma), the rows of `Wq` and `Wk` — and the q/k
@@ -13,24 +14,13 @@
 use std::borrow::Cow;
 
 use pio_gguf::TensorView;
-use pio_gpu::{Gpu, GpuBuffer, QuantMatrix};
+use pio_gpu::{Gpu, GpuBuffer, MatrixShape, PackedMatrix, QuantMatrix};
 
+use super::stream::Slot;
 use crate::error::Result;
-use crate::models::{LayerSpec, ModelSpec, NormWeight, RopePairs};
+use crate::models::{ModelSpec, NormWeight, RopePairs};
 use crate::storage::WeightStorage;
 use crate::weights::LayerTensors;
-
-/// A `rows` × `cols` matrix, uploaded in the type `storage` gives it.
-fn matrix(
-    gpu: &Gpu,
-    storage: WeightStorage,
-    t: &TensorView,
-    rows: usize,
-    cols: usize,
-) -> Result<QuantMatrix> {
-    let (dtype, bytes) = storage.group_bytes(&[t])?;
-    Ok(QuantMatrix::upload(gpu, dtype, rows, cols, &bytes[0])?)
-}
 
 /// An RMSNorm weight as the kernels multiply by it: `w`, or `1 + w` for [`NormWeight::OnePlus`]
 /// (folded in here, so the kernels know only one kind of norm).
@@ -70,7 +60,90 @@ fn rows_to_adjacent_pairs(data: &[u8], rows: usize, head_dim: usize) -> Vec<u8> 
     to_adjacent_pairs(&chunks, head_dim).concat()
 }
 
-/// One layer's weights on the device.
+/// The device shapes of a layer's four fused matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LayerShapes {
+    /// `[Wq; Wk; Wv]`.
+    pub qkv: MatrixShape,
+    pub output: MatrixShape,
+    /// Gate and up rows interleaved by row group.
+    pub gate_up: MatrixShape,
+    pub down: MatrixShape,
+}
+
+impl LayerShapes {
+    /// The shapes of the layer `l` of `spec`, its matrices stored as `storage` says: known
+    /// from the tensor table alone.
+    pub fn of(spec: &ModelSpec, l: &LayerTensors, storage: WeightStorage) -> Result<Self> {
+        let hp = &spec.hparams;
+        let (e, ff, q_rows) = (hp.n_embd, hp.n_ff, hp.q_dim());
+        let shape = |group: &[&TensorView], rows, cols| -> Result<MatrixShape> {
+            let dtype = storage.group_dtype(group)?;
+            Ok(MatrixShape { dtype, rows, cols })
+        };
+        Ok(LayerShapes {
+            qkv: shape(
+                &[&l.attn_q, &l.attn_k, &l.attn_v],
+                q_rows + 2 * hp.kv_dim(),
+                e,
+            )?,
+            output: shape(&[&l.attn_output], e, q_rows)?,
+            gate_up: shape(&[&l.ffn_gate, &l.ffn_up], 2 * ff, e)?,
+            down: shape(&[&l.ffn_down], e, ff)?,
+        })
+    }
+}
+
+/// A layer's four fused matrices, packed on the host (no device needed: the disk pipeline's
+/// loader thread packs layers while the device computes).
+pub(super) struct PackedLayer {
+    pub qkv: PackedMatrix,
+    pub output: PackedMatrix,
+    pub gate_up: PackedMatrix,
+    pub down: PackedMatrix,
+}
+
+impl PackedLayer {
+    /// Packs the matrices of the tensors `l` of layer `index` of `spec`, stored as `storage`
+    /// says.
+    pub fn pack(
+        spec: &ModelSpec,
+        index: usize,
+        l: &LayerTensors,
+        storage: WeightStorage,
+    ) -> Result<Self> {
+        let hp = &spec.hparams;
+        let (e, ff, q_rows, hd) = (hp.n_embd, hp.n_ff, hp.q_dim(), hp.head_dim);
+        let shapes = LayerShapes::of(spec, l, storage)?;
+        let (_, mut qkv) = storage.group_bytes(&[&l.attn_q, &l.attn_k, &l.attn_v])?;
+        if spec.layers[index].attention.rope.pairs == RopePairs::Halves {
+            qkv[0] = Cow::Owned(rows_to_adjacent_pairs(&qkv[0], q_rows, hd));
+            qkv[1] = Cow::Owned(rows_to_adjacent_pairs(&qkv[1], hp.kv_dim(), hd));
+        }
+        let single = |t: &TensorView, shape| -> Result<PackedMatrix> {
+            let (_, bytes) = storage.group_bytes(&[t])?;
+            Ok(PackedMatrix::pack(shape, &bytes[0])?)
+        };
+        let (ffn_dtype, gate_up) = storage.group_bytes(&[&l.ffn_gate, &l.ffn_up])?;
+        Ok(PackedLayer {
+            qkv: PackedMatrix::pack(shapes.qkv, &qkv.concat())?,
+            output: single(&l.attn_output, shapes.output)?,
+            gate_up: PackedMatrix::pack_gate_up(ffn_dtype, ff, e, &gate_up[0], &gate_up[1])?,
+            down: single(&l.ffn_down, shapes.down)?,
+        })
+    }
+
+    /// Bytes the four matrices take on the device.
+    pub fn device_bytes(&self) -> u64 {
+        [&self.qkv, &self.output, &self.gate_up, &self.down]
+            .iter()
+            .map(|m| m.shape().device_bytes())
+            .sum()
+    }
+}
+
+/// One layer's weights on the device: its norm weights, and its matrices either uploaded or
+/// views of a ring slot of the disk pipeline ([`Slot`]).
 pub(super) struct LayerWeights {
     pub attn_norm: GpuBuffer,
     pub ffn_norm: GpuBuffer,
@@ -87,24 +160,26 @@ pub(super) struct LayerWeights {
     pub down: QuantMatrix,
 }
 
+/// Where a layer's matrices come from.
+pub(super) enum Matrices<'a> {
+    /// Packed now and uploaded.
+    Upload(WeightStorage),
+    /// Written into this ring slot before each use, in the shapes given.
+    Streamed(&'a Slot, LayerShapes),
+}
+
 impl LayerWeights {
-    /// Uploads the tensors `l` of the layer `layer` of `spec`, its matrices stored as
-    /// `storage` says.
-    pub fn upload(
+    /// Uploads the norm weights of the tensors `l` of layer `index` of `spec`, with its
+    /// matrices from `matrices`.
+    pub fn new(
         gpu: &Gpu,
         spec: &ModelSpec,
-        layer: &LayerSpec,
+        index: usize,
         l: &LayerTensors,
-        storage: WeightStorage,
+        matrices: Matrices,
     ) -> Result<Self> {
-        let hp = &spec.hparams;
-        let (e, ff, q_rows, hd) = (hp.n_embd, hp.n_ff, hp.q_dim(), hp.head_dim);
-        let halves = layer.attention.rope.pairs == RopePairs::Halves;
-        let (qkv_dtype, mut qkv) = storage.group_bytes(&[&l.attn_q, &l.attn_k, &l.attn_v])?;
-        if halves {
-            qkv[0] = Cow::Owned(rows_to_adjacent_pairs(&qkv[0], q_rows, hd));
-            qkv[1] = Cow::Owned(rows_to_adjacent_pairs(&qkv[1], hp.kv_dim(), hd));
-        }
+        let hd = spec.hparams.head_dim;
+        let halves = spec.layers[index].attention.rope.pairs == RopePairs::Halves;
         let head_norm = |t: &TensorView| -> Result<GpuBuffer> {
             let values = norm_values(t, spec.norm.weight)?;
             let values = match halves {
@@ -118,7 +193,20 @@ impl LayerWeights {
                 .map(|t| norm(gpu, t, spec.norm.weight))
                 .transpose()
         };
-        let (ffn_dtype, gate_up) = storage.group_bytes(&[&l.ffn_gate, &l.ffn_up])?;
+        let [qkv, output, gate_up, down] = match matrices {
+            Matrices::Upload(storage) => {
+                let p = PackedLayer::pack(spec, index, l, storage)?;
+                [&p.qkv, &p.output, &p.gate_up, &p.down]
+                    .map(|packed| QuantMatrix::from_packed(gpu, packed))
+            }
+            Matrices::Streamed(slot, shapes) => [
+                (&slot.qkv, shapes.qkv),
+                (&slot.output, shapes.output),
+                (&slot.gate_up, shapes.gate_up),
+                (&slot.down, shapes.down),
+            ]
+            .map(|(slot, shape)| QuantMatrix::in_slot(slot, shape)),
+        };
         Ok(LayerWeights {
             attn_norm: norm(gpu, &l.attn_norm, spec.norm.weight)?,
             ffn_norm: norm(gpu, &l.ffn_norm, spec.norm.weight)?,
@@ -128,10 +216,10 @@ impl LayerWeights {
             },
             attn_post_norm: opt_norm(&l.attn_post_norm)?,
             ffn_post_norm: opt_norm(&l.ffn_post_norm)?,
-            qkv: QuantMatrix::upload(gpu, qkv_dtype, q_rows + 2 * hp.kv_dim(), e, &qkv.concat())?,
-            output: matrix(gpu, storage, &l.attn_output, e, q_rows)?,
-            gate_up: QuantMatrix::upload_gate_up(gpu, ffn_dtype, ff, e, &gate_up[0], &gate_up[1])?,
-            down: matrix(gpu, storage, &l.ffn_down, e, ff)?,
+            qkv: qkv?,
+            output: output?,
+            gate_up: gate_up?,
+            down: down?,
         })
     }
 }
