@@ -9,7 +9,7 @@ use crate::forward::Forward;
 use crate::reference::ReferenceModel;
 use crate::runtime::GpuModel;
 use crate::test_model::{
-    active_plugin, tiny_file, tiny_gemma3, tiny_llama, tiny_llama_bytes, TinyConfig,
+    active_plugin, tiny_file, tiny_gemma3, tiny_llama, tiny_llama_bytes, LlamaPlugin, TinyConfig,
 };
 
 fn prompt() -> Vec<u32> {
@@ -176,17 +176,21 @@ fn block_influence_matches_a_direct_computation() {
     assert!(analysis.heads[cfg.n_head].importance > 0.0);
 }
 
+/// A tiny three-layer model written into `dir`, and the plugin serving it.
+fn three_layer_plugin(dir: &tempfile::TempDir) -> (std::path::PathBuf, LlamaPlugin) {
+    let cfg = TinyConfig {
+        n_layer: 3,
+        ..TinyConfig::default()
+    };
+    let path = tiny_file(dir, &cfg);
+    let plugin = active_plugin(serde_json::json!({ "model": path }), 64);
+    (path, plugin)
+}
+
 #[test]
 fn bad_surgery_is_refused_through_the_plugin_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let path = tiny_file(
-        &dir,
-        &TinyConfig {
-            n_layer: 3,
-            ..TinyConfig::default()
-        },
-    );
-    let mut plugin = active_plugin(serde_json::json!({ "model": path }), 64);
+    let (path, mut plugin) = three_layer_plugin(&dir);
     let out = dir.path().join("out.gguf");
     let cases = [
         (
@@ -235,14 +239,7 @@ fn bad_surgery_is_refused_through_the_plugin_before_anything_is_written() {
 #[test]
 fn analyze_through_the_plugin_ranks_every_layer_and_measures_the_first() {
     let dir = tempfile::tempdir().unwrap();
-    let path = tiny_file(
-        &dir,
-        &TinyConfig {
-            n_layer: 3,
-            ..TinyConfig::default()
-        },
-    );
-    let mut plugin = active_plugin(serde_json::json!({ "model": path }), 64);
+    let (_, mut plugin) = three_layer_plugin(&dir);
     let answer = plugin
         .infer(serde_json::json!({
             "op": "surgery.analyze",
