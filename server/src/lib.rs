@@ -24,6 +24,7 @@ pub mod body;
 mod complete;
 pub mod config;
 mod conn;
+pub mod devices;
 mod drain;
 pub mod engine;
 pub mod error;

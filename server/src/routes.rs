@@ -467,7 +467,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let ready = f64::from(u8::from(app.plugins.readiness() == Readiness::Ready));
     let mut gauges = app.engine.gauges();
     gauges.extend(super::memory::gauges(&app.manager));
-    let counters = super::memory::counters(&app.manager);
+    let mut counters = super::memory::counters(&app.manager);
+    let (device_gauges, device_counters) = super::devices::samples(&app.manager);
+    gauges.extend(device_gauges);
+    counters.extend(device_counters);
     gauges.push(super::metrics::GaugeSample {
         name: "pio_ready",
         help: "1 once the initial plugin load is done.",
@@ -534,6 +537,7 @@ async fn admin_plugins(State(app): State<Arc<App>>) -> Response {
                 "active_sequences": lane.active,
                 "open_sequences": p.open_sequences,
                 "memory": super::memory::plugin_json(&p),
+                "devices": super::devices::plugin_json(&app.manager, &p),
             })
         })
         .collect();

@@ -7,6 +7,10 @@
 //! times one streamed generation per run through the manager, as a client would see it — time
 //! to first token and decode speed including the relay of every token (which is what
 //! `--isolation process` adds to). Every figure is the median over the runs.
+//!
+//! With `--devices A,B,...` (two or more; the same adapter twice is two logical devices on it)
+//! the benchmark runs twice, on the first device alone and with the layers split over all of
+//! them, and prints both side by side with how the split used the devices.
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
@@ -62,6 +66,35 @@ const DECODE_PROMPT: usize = 128;
 /// `pio bench`.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    let devices = &args.storage.devices;
+    if devices.devices.len() < 2 {
+        let report = bench_once(args, &args.storage)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        } else {
+            report.print();
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut alone = args.storage.clone();
+    alone.devices.devices.truncate(1);
+    alone.devices.split.clear();
+    let reports = [bench_once(args, &alone)?, bench_once(args, &args.storage)?];
+    let n = devices.devices.len();
+    if args.json {
+        let out = json!({
+            "devices_1": reports[0].to_json(),
+            format!("devices_{n}"): reports[1].to_json(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_side_by_side(&reports, &["1 DEVICE".to_owned(), format!("{n} DEVICES")]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the benchmark `--runs` times with the plugin's storage and devices as `storage` says.
+fn bench_once(args: &BenchArgs, storage: &StorageArgs) -> anyhow::Result<Report> {
     let longest = args
         .prompt_lengths
         .iter()
@@ -73,7 +106,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let (manager, id) = open(
         args.plugin.as_deref(),
         args.model.as_ref(),
-        &args.storage,
+        storage,
         &args.activate,
         Some(u32::try_from(longest).context("prompt too long")?),
         &args.dirs,
@@ -109,12 +142,39 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     )?;
     report.isolation = manager.isolation_of(&manager.info(&id)?.manifest.name);
     report.streamed = Some(Streamed::median(&streamed));
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-    } else {
-        report.print();
+    Ok(report)
+}
+
+/// Prints the rows of `reports` in one table, a column each under `headers`.
+fn print_side_by_side(reports: &[Report], headers: &[String]) {
+    for report in reports {
+        println!("adapter:   {}", report.adapter);
     }
-    Ok(ExitCode::SUCCESS)
+    println!("median of {} runs", reports[0].runs);
+    let columns: Vec<Vec<Vec<String>>> = reports.iter().map(Report::rows).collect();
+    let mut metrics: Vec<(String, String)> = Vec::new();
+    for row in columns.iter().flatten() {
+        if !metrics.iter().any(|(m, _)| *m == row[0]) {
+            metrics.push((row[0].clone(), row[2].clone()));
+        }
+    }
+    let rows: Vec<Vec<String>> = metrics
+        .into_iter()
+        .map(|(metric, unit)| {
+            let mut row = vec![metric.clone()];
+            row.extend(columns.iter().map(|rows| {
+                rows.iter()
+                    .find(|r| r[0] == metric)
+                    .map_or_else(|| "-".to_owned(), |r| r[1].clone())
+            }));
+            row.push(unit);
+            row
+        })
+        .collect();
+    let mut header = vec!["METRIC"];
+    header.extend(headers.iter().map(String::as_str));
+    header.push("UNIT");
+    print_table(&header, &rows);
 }
 
 /// One generation streamed through the manager, timed by the host.
@@ -192,6 +252,43 @@ struct Report {
     device_peak_bytes: Option<u64>,
     /// Layers streamed from the model file (the disk pipeline), if any.
     disk: Option<DiskStreaming>,
+    /// How the layers were split over devices, when over more than one.
+    pipeline: Option<Pipeline>,
+}
+
+/// What the plugin says of the devices its layers are split over, over all runs.
+#[derive(Debug, Clone)]
+struct Pipeline {
+    /// Per device: its layers `[first, end)`, peak bytes and busy seconds.
+    devices: Vec<(u64, u64, u64, f64)>,
+    bytes_per_token: f64,
+    bubble: f64,
+}
+
+impl Pipeline {
+    /// From a bench answer's `pipeline` object; `None` with one device.
+    fn from_answer(answer: &Value) -> Option<Self> {
+        let pipeline = &answer["pipeline"];
+        let devices: Vec<_> = pipeline["devices"]
+            .as_array()?
+            .iter()
+            .map(|d| {
+                (
+                    d["layers"][0].as_u64().unwrap_or(0),
+                    d["layers"][1].as_u64().unwrap_or(0),
+                    d["peak_bytes"].as_u64().unwrap_or(0),
+                    d["busy_seconds"].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect();
+        (devices.len() > 1).then(|| Pipeline {
+            devices,
+            bytes_per_token: pipeline["transferred_bytes_per_token"]
+                .as_f64()
+                .unwrap_or(0.0),
+            bubble: pipeline["pipeline_bubble"].as_f64().unwrap_or(0.0),
+        })
+    }
 }
 
 /// What the plugin says of the layers it streams from the model file, over all runs.
@@ -288,6 +385,7 @@ impl Report {
                 .filter_map(|r| r["device_peak_bytes"].as_u64())
                 .max(),
             disk: runs.last().and_then(DiskStreaming::from_answer),
+            pipeline: runs.last().and_then(Pipeline::from_answer),
         })
     }
 
@@ -322,6 +420,17 @@ impl Report {
             out["disk_wait_seconds"] = disk.wait_seconds.into();
             out["disk_hidden_fraction"] = disk.hidden().into();
         }
+        if let Some(pipeline) = &self.pipeline {
+            out["devices"] = pipeline
+                .devices
+                .iter()
+                .map(|&(first, end, peak, busy)| {
+                    json!({"layers": [first, end], "peak_bytes": peak, "busy_seconds": busy})
+                })
+                .collect();
+            out["transferred_bytes_per_token"] = pipeline.bytes_per_token.into();
+            out["pipeline_bubble"] = pipeline.bubble.into();
+        }
         if let Some(streamed) = self.streamed {
             out["streamed_ttft_ms"] = streamed.ttft_ms.into();
             out["streamed_decode_tok_s"] = streamed.decode_tok_s.into();
@@ -335,6 +444,11 @@ impl Report {
         println!("isolation: {}", self.isolation.as_str());
         println!("adapter:   {}", self.adapter);
         println!("median of {} runs", self.runs);
+        print_table(&["METRIC", "VALUE", "UNIT"], &self.rows());
+    }
+
+    /// The table's rows: metric, value, unit.
+    fn rows(&self) -> Vec<Vec<String>> {
         let mut rows = vec![
             row("load (plugin load + activate)", self.load_ms, "ms"),
             row("activate (weights, pipelines)", self.activate_ms, "ms"),
@@ -396,7 +510,25 @@ impl Report {
                 "MiB",
             ));
         }
-        print_table(&["METRIC", "VALUE", "UNIT"], &rows);
+        if let Some(pipeline) = &self.pipeline {
+            for (i, &(first, end, peak, busy)) in pipeline.devices.iter().enumerate() {
+                rows.push(vec![
+                    format!("device {i}: layers"),
+                    format!("{first}..{end}"),
+                    String::new(),
+                ]);
+                let peak = peak as f64 / (1 << 20) as f64;
+                rows.push(row(&format!("device {i}: peak memory"), peak, "MiB"));
+                rows.push(row(&format!("device {i}: busy"), busy, "s"));
+            }
+            rows.push(row(
+                "hidden states moved per token",
+                pipeline.bytes_per_token,
+                "bytes",
+            ));
+            rows.push(row("pipeline bubble", pipeline.bubble * 100.0, "%"));
+        }
+        rows
     }
 }
 

@@ -49,7 +49,7 @@ pub struct WeightArgs {
     weights: Option<String>,
 }
 
-/// How a text plugin stores the model's weights and KV cache on the device.
+/// How a text plugin stores the model's weights and KV cache, and on which devices.
 #[derive(Debug, Clone, Default, Args)]
 pub struct StorageArgs {
     #[command(flatten)]
@@ -58,13 +58,29 @@ pub struct StorageArgs {
     /// (the plugin's `kv_type` setting).
     #[arg(long, value_name = "TYPE")]
     kv_type: Option<String>,
+    #[command(flatten)]
+    pub devices: DeviceArgs,
+}
+
+/// Which devices a text plugin splits the model's layers over.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DeviceArgs {
+    /// Split the layers over these devices, in order: adapter indices or name fragments as
+    /// `pio devices` lists them, or `auto` (the default adapter); the same adapter twice is
+    /// two logical devices on it, e.g. `--devices 0,0` (the plugin's `devices` setting).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Layers per device, in order, e.g. `--split 20,10`; default: planned from each layer's
+    /// cost and each device's memory (the plugin's `split` setting).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub split: Vec<usize>,
 }
 
 impl From<WeightArgs> for StorageArgs {
     fn from(weights: WeightArgs) -> Self {
         StorageArgs {
             weights,
-            kv_type: None,
+            ..StorageArgs::default()
         }
     }
 }
@@ -225,6 +241,12 @@ pub(super) fn set_config_overrides(
     }
     if let Some(kv_type) = &storage.kv_type {
         config.insert("kv_type".into(), kv_type.clone().into());
+    }
+    if !storage.devices.devices.is_empty() {
+        config.insert("devices".into(), storage.devices.devices.clone().into());
+    }
+    if !storage.devices.split.is_empty() {
+        config.insert("split".into(), storage.devices.split.clone().into());
     }
     if !config.is_empty() {
         manager.set_config_override(plugin, config.into());

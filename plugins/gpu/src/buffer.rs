@@ -211,11 +211,23 @@ impl Gpu {
     /// returns the values once it has run.
     pub fn submit_and_read<T: Pod>(
         &self,
-        mut encoder: wgpu::CommandEncoder,
+        encoder: wgpu::CommandEncoder,
         buffer: &GpuBuffer,
         offset: u64,
         len: u64,
     ) -> Result<Vec<T>> {
+        self.submit_read(encoder, buffer, offset, len)?.wait(self)
+    }
+
+    /// As [`Gpu::submit_and_read`], without waiting: the submission runs while the caller goes
+    /// on (other devices' work, say), and [`PendingRead::wait`] returns the values.
+    pub fn submit_read<T: Pod>(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        buffer: &GpuBuffer,
+        offset: u64,
+        len: u64,
+    ) -> Result<PendingRead<T>> {
         let elem = std::mem::size_of::<T>() as u64;
         let (start, bytes) = (offset * elem, len * elem);
         if start + bytes > buffer.size() {
@@ -240,7 +252,11 @@ impl Gpu {
         }
         if bytes == 0 {
             self.queue.submit([encoder.finish()]);
-            return Ok(Vec::new());
+            return Ok(PendingRead {
+                read: None,
+                label: buffer.label.clone(),
+                _values: std::marker::PhantomData,
+            });
         }
         let copy_bytes = words(bytes);
         let staging = self.create_buffer(
@@ -257,29 +273,15 @@ impl Gpu {
             .buffer
             .slice(..copy_bytes)
             .map_async(wgpu::MapMode::Read, move |result| {
-                // The receiver outlives the poll below, so this send cannot fail.
+                // The receiver lives in the `PendingRead` until its wait, so this send cannot
+                // fail while anyone listens.
                 let _ = sender.send(result);
             });
-        self.wait()?;
-        let mapped = receiver
-            .recv()
-            .expect("map_async callback runs during poll");
-        mapped.map_err(|source| GpuError::Map {
+        Ok(PendingRead {
+            read: Some((staging, receiver, bytes)),
             label: buffer.label.clone(),
-            source,
-        })?;
-        let view = staging
-            .buffer
-            .slice(..copy_bytes)
-            .get_mapped_range()
-            .map_err(|error| GpuError::Wgpu {
-                what: format!("viewing the readback of buffer {:?}", buffer.label),
-                message: error.to_string(),
-            })?;
-        let values = bytemuck::pod_collect_to_vec(&view[..bytes as usize]);
-        drop(view);
-        staging.buffer.unmap();
-        Ok(values)
+            _values: std::marker::PhantomData,
+        })
     }
 
     /// All whole f32 values of `buffer`, after all submitted work.
@@ -290,5 +292,45 @@ impl Gpu {
     /// All whole u32 values of `buffer`, after all submitted work.
     pub fn read_u32(&self, buffer: &GpuBuffer) -> Result<Vec<u32>> {
         self.read_range(buffer, 0, buffer.len_u32())
+    }
+}
+
+/// Where a staging buffer's `map_async` reports.
+type MapReceiver = std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+/// A submitted copy of a buffer's range to the host (see [`Gpu::submit_read`]).
+#[must_use = "the values arrive only through `wait`"]
+pub struct PendingRead<T> {
+    /// The staging buffer, the channel its mapping reports on, and the bytes to read; `None`
+    /// for an empty read.
+    read: Option<(GpuBuffer, MapReceiver, u64)>,
+    label: String,
+    _values: std::marker::PhantomData<T>,
+}
+
+impl<T: Pod> PendingRead<T> {
+    /// Blocks until the submission has run on `gpu` (the device that made this read) and
+    /// returns the values.
+    pub fn wait(self, gpu: &Gpu) -> Result<Vec<T>> {
+        let Some((staging, receiver, bytes)) = self.read else {
+            return Ok(Vec::new());
+        };
+        gpu.wait()?;
+        let mapped = receiver
+            .recv()
+            .expect("map_async callback runs during poll");
+        mapped.map_err(|source| GpuError::Map {
+            label: self.label.clone(),
+            source,
+        })?;
+        let slice = staging.buffer.slice(..words(bytes));
+        let view = slice.get_mapped_range().map_err(|error| GpuError::Wgpu {
+            what: format!("viewing the readback of buffer {:?}", self.label),
+            message: error.to_string(),
+        })?;
+        let values = bytemuck::pod_collect_to_vec(&view[..bytes as usize]);
+        drop(view);
+        staging.buffer.unmap();
+        Ok(values)
     }
 }

@@ -31,7 +31,7 @@ pub mod reference;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use buffer::GpuBuffer;
+pub use buffer::{GpuBuffer, PendingRead};
 pub use device::{
     chosen_adapter, list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu,
 };

@@ -448,6 +448,7 @@ mod tests {
                     kv_blocks,
                     kv_type: pio_gpu::KvType::F32,
                     streamed_layers: 0,
+                    devices: 1,
                 })
                 .device
         };

@@ -19,6 +19,7 @@ use crate::forward::Forward;
 use crate::kv_pool::BlockPool;
 use crate::memory::{self, MemoryConfig, MemoryLimits, MemoryNeeds};
 use crate::models::{self, ModelSpec};
+use crate::partition;
 use crate::perplexity::{perplexity, perplexity_llama_cpp, Perplexity, Style};
 use crate::runtime::{GpuModel, RunConfig, DEFAULT_MAX_BATCH};
 use crate::sampler::{Sampler, SamplingParams};
@@ -45,6 +46,10 @@ pub struct ModelSummary {
     /// Per layer, the device bytes of its four fused matrices (q/k/v, output, gate/up, down):
     /// what streaming it from the file saves and its ring slot needs.
     pub layer_matrix_bytes: Vec<[u64; 4]>,
+    /// Of `weight_bytes`, the token embedding table's.
+    pub embedding_bytes: u64,
+    /// Of `weight_bytes`, the output projection's (0 when the head is tied to the embedding).
+    pub head_bytes: u64,
 }
 
 impl ModelSummary {
@@ -53,10 +58,12 @@ impl ModelSummary {
     pub fn read(file: &GgufFile, weights: WeightStorage) -> Result<Self> {
         let spec = models::describe(file)?;
         let tensors = ModelTensors::from_gguf(file, &spec)?;
-        let mut weight_bytes = weights.group_device_bytes(&[&tensors.token_embd])?;
-        if !tensors.tied_output {
-            weight_bytes += weights.group_device_bytes(&[&tensors.output])?;
-        }
+        let embedding_bytes = weights.group_device_bytes(&[&tensors.token_embd])?;
+        let head_bytes = match tensors.tied_output {
+            true => 0,
+            false => weights.group_device_bytes(&[&tensors.output])?,
+        };
+        let mut weight_bytes = embedding_bytes + head_bytes;
         let mut layer_matrix_bytes = Vec::with_capacity(tensors.layers.len());
         for l in &tensors.layers {
             // The groups `runtime::upload` fuses, each stored in one type.
@@ -82,6 +89,8 @@ impl ModelSummary {
             weights,
             weight_bytes,
             layer_matrix_bytes,
+            embedding_bytes,
+            head_bytes,
             spec,
         })
     }
@@ -97,6 +106,7 @@ impl ModelSummary {
             kv_blocks: 0,
             kv_type,
             streamed_layers: 0,
+            devices: 1,
         })
         .device
     }
@@ -129,8 +139,55 @@ fn memory_config(summary: &ModelSummary, options: &LoadOptions) -> Result<Memory
         kv_blocks: options.kv_blocks,
         kv_type: options.storage.kv,
         streamed_layers: 0,
+        devices: options.devices.len().max(1),
     };
-    summary.fit_budget(config, options.memory_budget)
+    match config.devices {
+        // Split over devices, every layer is resident: the budget is checked as it is.
+        2.. => Ok(config),
+        _ => summary.fit_budget(config, options.memory_budget),
+    }
+}
+
+/// Opens the devices `options` name ([`LoadOptions::devices`], else the one `device`) and
+/// splits the layers of `summary` over them as `options.split` says, or as
+/// [`partition::plan`] chooses from each device's memory (an adapter's memory shared evenly
+/// by the logical devices on it; a device that reports none is not bounded).
+fn open_devices(
+    summary: &ModelSummary,
+    config: &MemoryConfig,
+    options: &LoadOptions,
+) -> Result<(Vec<Gpu>, Vec<usize>)> {
+    let n_layers = summary.spec.layers.len();
+    if options.devices.len() <= 1 {
+        let device = options.devices.first().unwrap_or(&options.device);
+        if !options.split.is_empty() {
+            partition::check_split(&options.split, 1, n_layers)?;
+        }
+        return Ok((vec![Gpu::new(device)?], vec![n_layers]));
+    }
+    let gpus = options
+        .devices
+        .iter()
+        .map(Gpu::new)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let capacities: Vec<Option<u64>> = gpus
+        .iter()
+        .map(|gpu| {
+            let adapter = gpu.adapter_info();
+            let sharing = gpus.iter().filter(|g| g.adapter_info() == adapter).count() as u64;
+            adapter.memory_bytes.map(|bytes| bytes / sharing)
+        })
+        .collect();
+    let costs = summary.partition_costs(config);
+    let split = match options.split.is_empty() {
+        true => partition::plan(&costs, &capacities)?,
+        false => {
+            partition::check_fits(&costs, &options.split, &capacities)?;
+            options.split.clone()
+        }
+    };
+    tracing::info!(?split, devices = gpus.len(), "layers split over devices");
+    Ok((gpus, split))
 }
 
 /// How [`Engine::load`] loads a model: everything but the file.
@@ -147,11 +204,18 @@ pub struct LoadOptions {
     /// How the weight matrices and both KV caches (the model's own and the pool) are stored
     /// on the device.
     pub storage: Storage,
+    /// The devices to split the layers over, in order (an adapter index or name fragment
+    /// each; the same adapter twice is two logical devices on it); empty: `device` alone.
+    pub devices: Vec<DeviceOptions>,
+    /// Layers per device of `devices`, in order; empty: planned ([`partition::plan`]).
+    pub split: Vec<usize>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
+            devices: Vec::new(),
+            split: Vec::new(),
             device: DeviceOptions::default(),
             context_length: 0,
             memory_budget: 0,
@@ -186,7 +250,6 @@ impl Engine {
     /// is available.
     pub fn load(path: &Path, options: LoadOptions) -> Result<Self> {
         let LoadOptions {
-            ref device,
             memory_budget,
             kv_blocks,
             storage,
@@ -202,8 +265,8 @@ impl Engine {
             ..
         } = config;
         // Nothing sized by the context exists before this check: a device holds no buffers yet.
-        let gpu = Gpu::new(device)?;
-        let limits = MemoryLimits::of(&gpu, memory_budget);
+        let (gpus, split) = open_devices(&summary, &config, &options)?;
+        let limits = MemoryLimits::of(&gpus[0], memory_budget);
         memory::check(
             &summary,
             &config,
@@ -236,7 +299,7 @@ impl Engine {
                 "the weights exceed the memory budget: streaming the last layers from the file"
             );
         }
-        let model = GpuModel::from_spec(gpu, &file, summary.spec.clone(), run)?;
+        let model = GpuModel::partitioned(gpus, &split, &file, summary.spec.clone(), run)?;
         let host_bytes = host_bytes(&tokenizer, summary.spec.hparams.vocab_size, max_batch);
         let batch = Batch::new(kv_blocks);
         Ok(Engine {
@@ -359,6 +422,7 @@ impl Engine {
             kv_blocks: self.kv_pool().n_blocks(),
             kv_type: self.options.storage.kv,
             streamed_layers: self.model.streaming().map_or(0, |s| s.layers),
+            devices: self.model.device_count(),
         })
     }
 

@@ -31,6 +31,7 @@ pub mod hparams;
 pub mod kv_pool;
 pub mod memory;
 pub mod models;
+pub mod partition;
 pub mod perplexity;
 pub mod plugin;
 pub mod reference;

@@ -17,6 +17,7 @@ use pio_plugin_kit::{CategoryMemory, MemoryCategory};
 use crate::engine::ModelSummary;
 use crate::error::{Error, Result};
 use crate::kv_pool::{blocks_for, KV_BLOCK_ROWS};
+use crate::partition::PartitionCosts;
 use crate::runtime::RING_SLOTS;
 
 /// The sizes that decide what is allocated.
@@ -33,6 +34,9 @@ pub struct MemoryConfig {
     /// How many of the last layers stream from the file through a ring of
     /// [`RING_SLOTS`] layers (0: every layer resident; see [`ModelSummary::fit_budget`]).
     pub streamed_layers: usize,
+    /// The devices the layers are split over (see [`crate::partition`]): each holds its own
+    /// activations and RoPE tables, and the last a copy of a tied embedding table.
+    pub devices: usize,
 }
 
 /// What a [`MemoryConfig`] needs, in bytes.
@@ -127,6 +131,14 @@ impl ModelSummary {
             .saturating_add(uniforms);
         let logits = product(&[config.max_batch, hp.vocab_size, 4]);
         let (weights, ring) = self.streamed_weight_bytes(config.streamed_layers);
+        let devices = config.devices.max(1) as u64;
+        let tied_copy = match (self.head_bytes, devices) {
+            (0, 2..) => self.embedding_bytes,
+            _ => 0,
+        };
+        let weights = weights.saturating_add(tied_copy);
+        let rope_table = rope_table.saturating_mul(devices);
+        let activations = activations.saturating_mul(devices);
         let device = [weights, kv_cache, batch_cache, rope_table, activations]
             .iter()
             .fold(0u64, |acc, &b| acc.saturating_add(b));
@@ -194,6 +206,40 @@ impl ModelSummary {
                 ring: smallest.ring,
             }
         })
+    }
+}
+
+impl ModelSummary {
+    /// What [`crate::partition`] plans a split of this model under `config` from: per layer
+    /// its matrices' bytes (what a token reads) and those plus its norms and KV caches (what
+    /// the device holds), the embedding and head, and what every device holds besides.
+    pub fn partition_costs(&self, config: &MemoryConfig) -> PartitionCosts {
+        let one = self.memory_needs(&MemoryConfig {
+            devices: 1,
+            streamed_layers: 0,
+            ..*config
+        });
+        let n_layers = self.layer_matrix_bytes.len().max(1) as u64;
+        let layer_matrices: Vec<u64> = self
+            .layer_matrix_bytes
+            .iter()
+            .map(|l| l.iter().sum())
+            .collect();
+        let matrices: u64 = layer_matrices.iter().sum();
+        // Norm weights and the final norm, spread over the layers.
+        let norms =
+            (self.weight_bytes - self.embedding_bytes - self.head_bytes - matrices) / n_layers;
+        let kv_per_layer = (one.kv_cache + one.batch_cache) / n_layers;
+        PartitionCosts {
+            layer_bytes: layer_matrices
+                .iter()
+                .map(|m| m + norms + kv_per_layer)
+                .collect(),
+            layer_cost: layer_matrices,
+            embedding_bytes: self.embedding_bytes,
+            head_bytes: self.head_bytes,
+            per_device_bytes: one.activations + one.rope_table,
+        }
     }
 }
 
@@ -384,6 +430,7 @@ mod tests {
             kv_blocks: 0,
             kv_type: KvType::F32,
             streamed_layers: 0,
+            devices: 1,
         }
     }
 

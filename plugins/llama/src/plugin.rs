@@ -35,7 +35,7 @@ use crate::compress;
 use crate::engine::{Engine, LoadOptions};
 use crate::error::Error;
 use crate::perplexity::Style;
-use crate::runtime::StreamStats;
+use crate::runtime::{PipelineStats, StreamStats};
 use crate::storage::{Storage, WeightStorage};
 use crate::surgery;
 use crate::tokenizer::GgufTokenizer;
@@ -87,6 +87,16 @@ pub struct Settings {
     /// position; see [`KvType`]).
     #[serde(default, deserialize_with = "kv_type")]
     pub kv_type: KvType,
+    /// The devices to split the layers over, in order: each an adapter index or a fragment
+    /// of its name as `pio devices` lists them, or `"auto"` for the one the host would pick;
+    /// the same adapter twice is two logical devices on it. Empty (the default): one device.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Layers per device of `devices`, in order (e.g. `[15, 15]`); empty (the default): the
+    /// planner splits them by each layer's cost and each device's memory
+    /// ([`crate::partition`]).
+    #[serde(default)]
+    pub split: Vec<usize>,
 }
 
 fn kv_type<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<KvType, D::Error> {
@@ -109,6 +119,13 @@ impl Config for Settings {
     fn validate(&self) -> Result<(), String> {
         if self.kv_blocks == 0 {
             return Err("kv_blocks must be at least 1, got 0".into());
+        }
+        if !self.split.is_empty() && self.split.len() != self.devices.len().max(1) {
+            return Err(format!(
+                "split has {} layer counts for {} devices: give one per device",
+                self.split.len(),
+                self.devices.len().max(1)
+            ));
         }
         Ok(())
     }
@@ -161,7 +178,7 @@ impl Model for Engine {
         let pool_allocated = self.model().has_batch_cache();
         let categories = needs.categories(pool_allocated, pool_used, 0, 0);
         let accounted: u64 = categories.iter().map(|c| c.device_bytes).sum();
-        let allocated = self.model().gpu().allocated_bytes();
+        let allocated = self.model().allocated_bytes();
         let other_host = self.host_bytes().saturating_sub(needs.host);
         MemoryUse {
             categories: needs.categories(
@@ -224,7 +241,7 @@ impl Model for Engine {
             ("trained_context_length", hp.context_length.into()),
             ("layers", hp.n_layer.into()),
             ("embedding_length", hp.n_embd.into()),
-            ("adapter", model.gpu().adapter_info().to_string().into()),
+            ("adapter", model.adapters().into()),
             ("kv_type", kv_type.name().into()),
             ("kv_blocks", pool.n_blocks().into()),
             ("kv_blocks_available", pool.available().into()),
@@ -237,11 +254,12 @@ impl Model for Engine {
             ),
         ];
         ModelStats {
-            device_memory_bytes: model.gpu().allocated_bytes(),
+            device_memory_bytes: model.allocated_bytes(),
             host_memory_bytes: self.host_bytes(),
             details: details
                 .into_iter()
                 .chain(streaming_details(model.streaming()))
+                .chain(pipeline_details(&model.pipeline_stats()))
                 .map(|(key, value)| (key.to_owned(), value))
                 .collect(),
         }
@@ -308,6 +326,18 @@ fn load_options(settings: &Settings, activation: &Activation) -> LoadOptions {
             weights: settings.weights,
             kv: settings.kv_type,
         },
+        devices: settings
+            .devices
+            .iter()
+            .map(|device| DeviceOptions {
+                adapter: match device.trim() {
+                    "auto" => activation.adapter.clone(),
+                    selector => Some(selector.to_owned()),
+                },
+                ..DeviceOptions::default()
+            })
+            .collect(),
+        split: settings.split.clone(),
     }
 }
 
@@ -323,6 +353,37 @@ fn streaming_details(stats: Option<StreamStats>) -> Vec<(&'static str, serde_jso
         ("stream_bytes_written", stats.bytes_written.into()),
         ("stream_load_seconds", stats.load_time.as_secs_f64().into()),
         ("stream_wait_seconds", stats.wait_time.as_secs_f64().into()),
+    ]
+}
+
+/// How the forward passes used the devices: `devices` (one object per device: `adapter`,
+/// `layers` as `[first, end)`, `allocated_bytes`, `peak_bytes`, `busy_seconds`),
+/// `pipeline_seconds` (wall time of the forward passes), `transferred_bytes` and
+/// `transferred_bytes_per_token` (hidden states between devices), and `pipeline_bubble` (the
+/// devices' idle share of that time).
+fn pipeline_details(stats: &PipelineStats) -> Vec<(&'static str, serde_json::Value)> {
+    let devices: Vec<serde_json::Value> = stats
+        .devices
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "adapter": d.adapter,
+                "layers": [d.layers.start, d.layers.end],
+                "allocated_bytes": d.allocated_bytes,
+                "peak_bytes": d.peak_bytes,
+                "busy_seconds": d.busy.as_secs_f64(),
+            })
+        })
+        .collect();
+    vec![
+        ("devices", devices.into()),
+        ("pipeline_seconds", stats.wall.as_secs_f64().into()),
+        ("transferred_bytes", stats.transferred_bytes.into()),
+        (
+            "transferred_bytes_per_token",
+            stats.bytes_per_token().into(),
+        ),
+        ("pipeline_bubble", stats.bubble().into()),
     ]
 }
 
@@ -344,8 +405,12 @@ fn bench(engine: &mut Engine, request: &serde_json::Value) -> PluginResult<serde
     let model = engine.model();
     answer["dispatches_per_token"] = model.dispatches_per_token().into();
     answer["dispatches_per_layer"] = model.dispatches_per_layer().into();
-    answer["adapter"] = model.gpu().adapter_info().to_string().into();
-    answer["device_peak_bytes"] = model.gpu().peak_allocated_bytes().into();
+    answer["adapter"] = model.adapters().into();
+    answer["device_peak_bytes"] = model.peak_allocated_bytes().into();
+    answer["pipeline"] = pipeline_details(&model.pipeline_stats())
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
     answer["streaming"] = streaming_details(model.streaming())
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
@@ -439,6 +504,68 @@ mod tests {
         assert_eq!(m.author, "Inference-PIO developers");
         assert!(m.has(Capability::TextGeneration) && m.has(Capability::Chat));
         assert!(m.has(Capability::BatchedGeneration));
+    }
+
+    /// `devices` and `split` split the layers over logical devices: the same greedy text as on
+    /// one, the stats name each device's layers and what crossed between them; a device that
+    /// does not exist, or a split that does not add up, fails activation naming it.
+    #[test]
+    fn layers_split_over_devices_generate_what_one_device_generates() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TinyConfig {
+            n_layer: 4,
+            ..TinyConfig::default()
+        };
+        let path = tiny_file(&dir, &cfg);
+        let request = tokens_request(&[1, 2, 3, 4, 5], GenerationParams::greedy(8));
+        let generate = |config: serde_json::Value| {
+            let mut plugin = active_plugin(config, 64);
+            let (response, _) = alone(&mut plugin, &request, None);
+            (response.unwrap().text.to_string(), details(&plugin))
+        };
+        let (one, one_details) = generate(serde_json::json!({ "model": path }));
+        assert_eq!(one_details["devices"].as_array().unwrap().len(), 1);
+        let (auto, auto_details) =
+            generate(serde_json::json!({ "model": path, "devices": ["auto", "auto"] }));
+        assert_eq!(auto, one);
+        let devices = auto_details["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 2);
+        // The planner keeps the head's device lighter: it has no more layers than the first.
+        let layers = |d: &serde_json::Value| {
+            d["layers"][1].as_u64().unwrap() - d["layers"][0].as_u64().unwrap()
+        };
+        assert!(layers(&devices[1]) <= layers(&devices[0]), "{devices:?}");
+        assert!(auto_details["transferred_bytes"].as_u64().unwrap() > 0);
+        let (split, split_details) = generate(
+            serde_json::json!({ "model": path, "devices": ["auto", "auto"], "split": [1, 3] }),
+        );
+        assert_eq!(split, one);
+        assert_eq!(
+            split_details["devices"][0]["layers"],
+            serde_json::json!([0, 1])
+        );
+
+        let mut p = initialized(&path);
+        let config = serde_json::json!({ "model": path, "devices": ["auto", "no such adapter"] });
+        p.initialize(config).unwrap();
+        let e = activate(&mut p, 64).unwrap_err();
+        assert!(e.message.contains("no such adapter"), "{e}");
+        let config =
+            serde_json::json!({ "model": path, "devices": ["auto", "auto"], "split": [1, 1] });
+        p.initialize(config).unwrap();
+        let e = activate(&mut p, 64).unwrap_err();
+        assert!(
+            e.message
+                .contains("adds up to 2 layers, but the model has 4"),
+            "{e}"
+        );
+        let config =
+            serde_json::json!({ "model": path, "devices": ["auto", "auto"], "split": [3] });
+        let e = p.initialize(config).unwrap_err();
+        assert!(
+            e.message.contains("split has 1 layer counts for 2 devices"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,10 +8,10 @@ use pio_gpu::{
     RowTile, TokenRange,
 };
 
+use super::stage::Stage;
 use super::support::gate_epilogue;
 use super::upload::LayerWeights;
 use super::vocab::VocabMatrix;
-use super::GpuModel;
 use crate::error::Result;
 use crate::models::{AttentionWindow, ModelSpec};
 
@@ -27,7 +27,7 @@ pub(super) struct LayerKernels {
 /// streams from disk), its RoPE table and its kernels.
 pub(super) struct Layer {
     pub weights: LayerWeights,
-    /// Index of the layer's RoPE table in [`GpuModel::rope_tables`] (see [`ModelSpec::ropes`]).
+    /// Index of the layer's RoPE table in [`Stage::rope_tables`] (see [`ModelSpec::ropes`]).
     pub rope: usize,
     pub decode: LayerKernels,
     pub prefill: LayerKernels,
@@ -53,7 +53,7 @@ impl Layer {
 /// The final norm + output projection, for both tiles: one kernel per shard of the
 /// projection, each writing its columns of the logits.
 pub(super) struct Head {
-    /// `None` when the projection is tied to the embedding table.
+    /// `None` when the projection is the stage's own embedding table (tied).
     pub output: Option<VocabMatrix>,
     pub decode: Vec<Linear>,
     pub prefill: Vec<Linear>,
@@ -86,14 +86,13 @@ pub(super) enum CacheKind {
     Batch,
 }
 
-/// The dispatches of one forward step, in parts submitted in order: the first runs the
-/// embedding lookup and the resident layers; each layer streamed from disk has a part of its
-/// own, submitted once its weights are in its ring slot (`stream.rs`); the head's dispatches
-/// end the last part.
+/// The dispatches of one stage's forward step, in parts submitted in order: the first runs the
+/// embedding lookup (first stage) and the resident layers; each layer streamed from disk has a
+/// part of its own, submitted once its weights are in its ring slot (`stream.rs`); the head's
+/// dispatches (last stage) end the last part.
 pub(super) struct Step {
     pub parts: Vec<StepPart>,
     pub n_tokens: u32,
-    pub all_logits: bool,
 }
 
 /// Dispatches submitted together.
@@ -214,8 +213,9 @@ impl KernelFactory<'_> {
     }
 }
 
-impl GpuModel {
-    /// Binds every dispatch of a step over `n` tokens against the cache of `kind`:
+impl Stage {
+    /// Binds every dispatch of this stage's step over `n` tokens against the cache of `kind`
+    /// (the embedding only in the first stage, the head only in the last):
     ///
     /// ```text
     /// x = embed(tokens) * scale                                (one Embed per vocabulary shard)
@@ -232,17 +232,21 @@ impl GpuModel {
         let (gpu, a) = (&self.gpu, &self.acts);
         let kv = self.cache(kind)?;
         let tokens = TokenRange::all(n);
-        let embed = self
-            .embed
-            .iter()
-            .zip(&self.token_embd.shards)
-            .map(|(embed, shard)| Ok(embed.bind(gpu, &shard.matrix, &a.tokens, &a.x, n)?))
-            .collect::<Result<Vec<_>>>()?;
+        let embed = match &self.embedding {
+            None => Vec::new(),
+            Some(embedding) => embedding
+                .lookups
+                .iter()
+                .zip(&embedding.table.shards)
+                .map(|(embed, shard)| Ok(embed.bind(gpu, &shard.matrix, &a.tokens, &a.x, n)?))
+                .collect::<Result<Vec<_>>>()?,
+        };
         let mut parts = vec![StepPart {
             streamed_layer: None,
             dispatches: embed,
         }];
-        for (i, l) in self.layers.iter().enumerate() {
+        for (local, l) in self.layers.iter().enumerate() {
+            let i = self.layer_range.start + local;
             if self.stream.as_ref().is_some_and(|s| s.streams(i)) {
                 parts.push(StepPart {
                     streamed_layer: Some(i),
@@ -251,7 +255,7 @@ impl GpuModel {
             }
             let dispatches = &mut parts.last_mut().expect("not empty").dispatches;
             let (k, w) = (l.kernels(n), &l.weights);
-            let cache = kv.layer(i)?;
+            let cache = kv.layer(local)?;
             let table = &self.rope_tables[l.rope];
             dispatches.push(k.qkv.bind(
                 gpu,
@@ -306,34 +310,36 @@ impl GpuModel {
             )?);
             dispatches.extend(self.residual(l, &k.down, &w.down, &a.ffn, &w.ffn_post_norm, n)?);
         }
-        let (head, rows) = if n == 1 {
-            (&self.head.decode, tokens)
-        } else if all_logits {
-            (&self.head.prefill, tokens)
-        } else {
-            (&self.head.decode, TokenRange::one(n - 1))
-        };
-        let weights = self.head.output.as_ref().unwrap_or(&self.token_embd);
-        let dispatches = &mut parts.last_mut().expect("not empty").dispatches;
-        for (kernel, shard) in head.iter().zip(&weights.shards) {
-            dispatches.push(kernel.bind(
-                gpu,
-                &shard.matrix,
-                &a.x,
-                Some(&self.output_norm),
-                &a.logits,
-                rows,
-            )?);
+        if let Some(output) = &self.output {
+            let (head, rows) = if n == 1 {
+                (&output.head.decode, tokens)
+            } else if all_logits {
+                (&output.head.prefill, tokens)
+            } else {
+                (&output.head.decode, TokenRange::one(n - 1))
+            };
+            let weights = match (&output.head.output, &self.embedding) {
+                (Some(table), _) => table,
+                (None, Some(embedding)) => &embedding.table,
+                (None, None) => unreachable!("a tied head without a table is the first stage"),
+            };
+            let dispatches = &mut parts.last_mut().expect("not empty").dispatches;
+            for (kernel, shard) in head.iter().zip(&weights.shards) {
+                dispatches.push(kernel.bind(
+                    gpu,
+                    &shard.matrix,
+                    &a.x,
+                    Some(&output.norm),
+                    &a.logits,
+                    rows,
+                )?);
+            }
         }
-        Ok(Step {
-            parts,
-            n_tokens: n,
-            all_logits,
-        })
+        Ok(Step { parts, n_tokens: n })
     }
 }
 
-impl GpuModel {
+impl Stage {
     /// `x += W input` for `n` tokens, or with a post-norm weight `x += rmsnorm(W input) * w`
     /// (the projection stored in `proj`, then the layer's normalised residual add).
     fn residual(

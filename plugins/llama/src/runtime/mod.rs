@@ -16,18 +16,18 @@
 //! submitted in parts, one per streamed layer, each once its weights are written.
 
 mod graph;
+mod pipeline;
+mod stage;
 mod stream;
 mod support;
 mod upload;
 mod vocab;
 
+pub use pipeline::{DeviceStats, PipelineStats};
 pub use stream::{StreamStats, RING_SLOTS};
 
 use pio_gguf::GgufFile;
-use pio_gpu::{
-    DeviceSampler, Dispatch, Embed, EmbedTable, Epilogue, Gpu, GpuBuffer, KvCache, KvShape, Linear,
-    RopeTable, RowLayout, RowTile,
-};
+use pio_gpu::Gpu;
 
 use crate::error::{Error, Result};
 use crate::forward::Forward;
@@ -36,10 +36,9 @@ use crate::models::{self, ModelSpec};
 use crate::sampler::Sampler;
 use crate::storage::Storage;
 use crate::weights::ModelTensors;
-use graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step, StepPart};
-use stream::LayerStream;
-use upload::{LayerShapes, LayerWeights, Matrices};
-use vocab::VocabMatrix;
+use graph::CacheKind;
+use pipeline::{ChunkOutput, PipelineCounters, Readout};
+use stage::{Stage, StageSource};
 
 /// Default largest number of tokens processed by one forward submission.
 pub const DEFAULT_MAX_BATCH: usize = 64;
@@ -130,33 +129,21 @@ impl RunConfig {
     }
 }
 
-/// The model on the GPU with its KV cache; implements [`Forward`].
+/// The model on one or more devices with its KV caches; implements [`Forward`].
+///
+/// On several devices the layers are split into contiguous stages, one per device
+/// ([`GpuModel::partitioned`]); each device holds only its layers' weights and KV caches, the
+/// first also the embedding, the last the head (and a copy of the embedding table when the
+/// head is tied to it), and forward passes run through them as a pipeline (`pipeline.rs`).
 pub struct GpuModel {
     spec: ModelSpec,
     context: usize,
     max_batch: usize,
-    token_embd: VocabMatrix,
-    /// The embedding lookup of each shard of `token_embd`.
-    embed: Vec<Embed>,
-    layers: Vec<Layer>,
-    output_norm: GpuBuffer,
-    head: Head,
-    /// One table per distinct RoPE of the layers ([`ModelSpec::ropes`]).
-    rope_tables: Vec<RopeTable>,
-    /// The model's own cache, for one sequence: its block table is the identity.
-    cache: KvCache,
+    /// One per device, in layer order; never empty.
+    stages: Vec<Stage>,
+    /// The block table of the model's own cache, for one sequence: the identity.
     identity_table: Vec<u32>,
-    /// The block pool batched sequences share, once reserved.
-    batch_cache: Option<KvCache>,
-    acts: Activations,
-    decode_step: Option<Step>,
-    sampler: DeviceSampler,
-    /// The sampling kernel bound to the logits (of the last token of every step).
-    sample: Dispatch,
-    /// The layers streamed from the file, if any.
-    stream: Option<LayerStream>,
-    // Declared last so every buffer above is dropped before the device.
-    gpu: Gpu,
+    counters: PipelineCounters,
 }
 
 impl GpuModel {
@@ -179,11 +166,26 @@ impl GpuModel {
         spec: ModelSpec,
         config: RunConfig,
     ) -> Result<Self> {
+        let n_layers = spec.layers.len();
+        Self::partitioned(vec![gpu], &[n_layers], file, spec, config)
+    }
+
+    /// As [`GpuModel::from_spec`], with the layers split over `gpus`: the first `split[0]`
+    /// layers on `gpus[0]`, the next `split[1]` on `gpus[1]`, and so on (see
+    /// [`crate::partition`] for choosing the split). Layers streamed from the file must all be
+    /// on the last device.
+    pub fn partitioned(
+        gpus: Vec<Gpu>,
+        split: &[usize],
+        file: &GgufFile,
+        spec: ModelSpec,
+        config: RunConfig,
+    ) -> Result<Self> {
         let RunConfig {
-            storage,
             context,
             max_batch,
             streamed_layers,
+            ..
         } = config;
         support::check(&spec)?;
         if context == 0 || max_batch == 0 {
@@ -199,186 +201,91 @@ impl GpuModel {
         }
         let t = ModelTensors::from_gguf(file, &spec)?;
         let n_layers = t.layers.len();
+        crate::partition::check_split(split, gpus.len(), n_layers)?;
         if streamed_layers > n_layers {
             return Err(Error::InvalidParams(format!(
                 "{streamed_layers} streamed layers, but the model has {n_layers}"
             )));
         }
-        let streamed = n_layers - streamed_layers..n_layers;
-        let shapes = t.layers[streamed.clone()]
-            .iter()
-            .map(|l| LayerShapes::of(&spec, l, storage.weights))
-            .collect::<Result<Vec<_>>>()?;
-        let stream = match streamed.is_empty() {
-            true => None,
-            false => Some(LayerStream::start(
-                &gpu,
-                file.path(),
-                &spec,
-                storage.weights,
-                streamed.clone(),
-                &shapes,
-            )?),
-        };
-        let hp = &spec.hparams;
-        let u = |v: usize| v as u32;
-        let (e, vocab, q_rows) = (u(hp.n_embd), u(hp.vocab_size), u(hp.q_dim()));
-        let (ctx, b) = (u(context), max_batch as u64);
-        let kind = gpu.adapter_info().device_type;
-        let (decode_tile, prefill_tile) = (RowTile::decode(kind), RowTile::prefill(kind));
-        tracing::info!(?decode_tile, ?prefill_tile, adapter = %gpu.adapter_info(), "kernel tiles");
-
-        let ropes = spec.ropes();
-        let factory = KernelFactory {
-            gpu: &gpu,
+        let on_last_device = split.last().copied().unwrap_or(0);
+        if streamed_layers > on_last_device {
+            return Err(Error::InvalidParams(format!(
+                "{streamed_layers} layers stream from the file, more than the {on_last_device} \
+                 on the last device: streamed layers must all be on the last device"
+            )));
+        }
+        let source = StageSource {
+            file,
             spec: &spec,
-            kv_type: storage.kv,
+            tensors: &t,
+            config: &config,
         };
-        let layers = t
-            .layers
-            .iter()
-            .zip(&spec.layers)
-            .enumerate()
-            .map(|(i, (l, layer))| {
-                let matrices = match &stream {
-                    Some(stream) if stream.streams(i) => {
-                        Matrices::Streamed(stream.slot(i), shapes[i - streamed.start])
-                    }
-                    _ => Matrices::Upload(storage.weights),
-                };
-                let weights = LayerWeights::new(&gpu, &spec, i, l, matrices)?;
-                Ok(Layer {
-                    decode: factory.layer(i, &weights, decode_tile)?,
-                    prefill: factory.layer(i, &weights, prefill_tile)?,
-                    attention: factory.attention(i)?,
-                    qk_norm: factory.qk_norm(&weights)?,
-                    post_norm: factory.post_norm(&weights)?,
-                    rope: ropes
-                        .iter()
-                        .position(|r| *r == layer.attention.rope)
-                        .expect("ropes() lists every layer's RoPE"),
-                    weights,
-                })
+        let mut first = 0;
+        let stages = gpus
+            .into_iter()
+            .zip(split)
+            .map(|(gpu, &n)| {
+                let range = first..first + n;
+                first += n;
+                Stage::build(gpu, &source, range)
             })
             .collect::<Result<Vec<_>>>()?;
-
-        let token_embd = VocabMatrix::upload(
-            &gpu,
-            storage.weights,
-            &t.token_embd,
-            hp.vocab_size,
-            hp.n_embd,
-        )?;
-        // A tied head reads the embedding table itself (same packed layout).
-        let output = match t.tied_output {
-            true => None,
-            false => Some(VocabMatrix::upload(
-                &gpu,
-                storage.weights,
-                &t.output,
-                hp.vocab_size,
-                hp.n_embd,
-            )?),
-        };
-        let head_kernels = |tile| {
-            let weights = output.as_ref().unwrap_or(&token_embd);
-            weights
-                .shards
-                .iter()
-                .map(|shard| {
-                    let columns = RowLayout {
-                        stride: vocab,
-                        offset: shard.first_row,
-                    };
-                    let shape = factory.shape(&shard.matrix, true, tile);
-                    Ok(Linear::with_output(&gpu, shape, Epilogue::Store, columns)?)
-                })
-                .collect::<Result<Vec<_>>>()
-        };
-        let head = Head {
-            decode: head_kernels(decode_tile)?,
-            prefill: head_kernels(prefill_tile)?,
-            output,
-        };
-
-        let (hd, nkv) = (u(hp.head_dim), u(hp.n_head_kv));
-        let embed = token_embd
-            .shards
-            .iter()
-            .map(|shard| {
-                let table = EmbedTable {
-                    dtype: shard.matrix.dtype(),
-                    rows: shard.matrix.rows(),
-                    cols: e,
-                    first_row: shard.first_row,
-                    scale: spec.embedding.scale,
-                };
-                Ok(Embed::new(&gpu, table)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let rope_tables = ropes
-            .iter()
-            .map(|r| Ok(RopeTable::new(&gpu, hd, f64::from(r.base), ctx)?))
-            .collect::<Result<Vec<_>>>()?;
-        let context_blocks = u(blocks_for(context));
-        let kv_shape = KvShape {
-            n_layers: u(hp.n_layer),
-            n_kv_heads: nkv,
-            head_dim: hd,
-            kv_type: storage.kv,
-        };
-        let cache = KvCache::new(&gpu, kv_shape, context_blocks)?;
-        let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
-        let acts = Activations {
-            tokens: words("token ids", b)?,
-            positions: words("positions", b)?,
-            cache_rows: words("cache rows", b)?,
-            table_starts: words("block table starts", b)?,
-            // At most one table of the whole context per token.
-            blocks: words("block tables", b * u64::from(context_blocks))?,
-            x: words("x", b * u64::from(e))?,
-            q: words("q", b * u64::from(q_rows))?,
-            attn: words("attention out", b * u64::from(q_rows))?,
-            proj: words("projection", b * u64::from(e))?,
-            ffn: words("gated feed-forward", b * hp.n_ff as u64)?,
-            logits: words("logits", b * u64::from(vocab))?,
-        };
-        let sampler = DeviceSampler::new(&gpu, vocab)?;
-        let sample = sampler.bind(&gpu, &acts.logits)?;
-        let output_norm = upload::norm(&gpu, &t.output_norm, spec.norm.weight)?;
+        drop(t);
+        let context_blocks = blocks_for(context) as u32;
         let mut model = GpuModel {
             spec,
             context,
             max_batch,
-            token_embd,
-            embed,
-            layers,
-            output_norm,
-            head,
-            rope_tables,
-            cache,
+            stages,
             identity_table: (0..context_blocks).collect(),
-            batch_cache: None,
-            acts,
-            decode_step: None,
-            sample,
-            sampler,
-            stream,
-            gpu,
+            counters: PipelineCounters::default(),
         };
-        model.decode_step = Some(model.build_step(1, false, CacheKind::Main)?);
         // Software drivers compile a pipeline at its first dispatch: run a batched and a
         // single-token step now so the first request does not pay for it. The cache positions
         // written here are overwritten by the first real forward.
         model.forward(&[0, 0], 0, false)?;
         let mut warm_up = Sampler::new(crate::sampler::SamplingParams::default())?;
         model.next_token(&[0], 0, &mut warm_up, &[])?;
+        model.counters = PipelineCounters::default();
+        for stage in &model.stages {
+            stage.reset_busy();
+        }
         Ok(model)
     }
 
-    /// The device the model runs on.
+    /// The first device the model runs on.
     pub fn gpu(&self) -> &Gpu {
-        &self.gpu
+        &self.stages[0].gpu
+    }
+
+    /// How many devices the model runs on.
+    pub fn device_count(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// Device bytes allocated now, over every device.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.stages.iter().map(|s| s.gpu.allocated_bytes()).sum()
+    }
+
+    /// The most device bytes each device had allocated at once, summed over the devices (an
+    /// upper bound of the total's peak).
+    pub fn peak_allocated_bytes(&self) -> u64 {
+        self.stages
+            .iter()
+            .map(|s| s.gpu.peak_allocated_bytes())
+            .sum()
+    }
+
+    /// The adapters the model runs on, as `pio devices` names them, joined with `" + "`
+    /// when there are several.
+    pub fn adapters(&self) -> String {
+        let names: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| s.gpu.adapter_info().to_string())
+            .collect();
+        names.join(" + ")
     }
 
     /// What the model is.
@@ -396,113 +303,80 @@ impl GpuModel {
         self.max_batch
     }
 
-    /// Kernel launches per decoded token, from the embedding lookup to the sampled token id
-    /// (all in one submission).
+    /// Kernel launches per decoded token, from the embedding lookup to the sampled token id.
     pub fn dispatches_per_token(&self) -> usize {
-        self.decode_step.as_ref().map_or(0, Step::dispatch_count) + 1
+        self.stages
+            .iter()
+            .map(Stage::decode_dispatches)
+            .sum::<usize>()
+            + 1
     }
 
     /// Kernel launches each transformer layer takes per decoded token.
     pub fn dispatches_per_layer(&self) -> usize {
         // Everything but the embedding lookups, the heads and the sampler, over the layers.
-        let outside = self.embed.len() + self.head.decode.len() + 1;
-        (self.dispatches_per_token().saturating_sub(outside)) / self.layers.len().max(1)
+        let first = &self.stages[0];
+        let last = self.last_stage();
+        let lookups = first.embedding.as_ref().map_or(0, |e| e.lookups.len());
+        let heads = last.output.as_ref().map_or(0, |o| o.head.decode.len());
+        let outside = lookups + heads + 1;
+        (self.dispatches_per_token().saturating_sub(outside)) / self.spec.layers.len().max(1)
     }
 
-    /// The cache a step of `kind` uses.
-    fn cache(&self, kind: CacheKind) -> Result<&KvCache> {
-        match kind {
-            CacheKind::Main => Ok(&self.cache),
-            CacheKind::Batch => self.batch_cache.as_ref().ok_or_else(|| {
-                Error::InvalidParams("no cache for batched sequences was reserved".into())
-            }),
-        }
+    /// The stage with the head and the streamed layers.
+    fn last_stage(&self) -> &Stage {
+        self.stages.last().expect("a model has a stage")
     }
 
     /// What streaming layers from the file has done, when some layers stream.
     pub fn streaming(&self) -> Option<StreamStats> {
-        self.stream.as_ref().map(LayerStream::stats)
+        self.last_stage().stream.as_ref().map(|s| s.stats())
     }
 
-    /// Queues the tokens, positions, cache rows and block tables of `step` and submits every
-    /// part of it but the last (a streamed layer's part once its weights are written); returns
-    /// the last part, followed by the sampling kernel when `sample` is set, recorded into a new
-    /// encoder for the caller to submit.
-    fn encode_step(
-        &self,
-        step: &Step,
-        at: Placement<'_>,
-        sample: bool,
-    ) -> Result<pio_gpu::wgpu::CommandEncoder> {
-        debug_assert_eq!(at.tokens.len(), step.n_tokens as usize);
-        self.gpu.write(&self.acts.tokens, 0, at.tokens)?;
-        self.gpu.write(&self.acts.positions, 0, at.positions)?;
-        self.gpu.write(&self.acts.cache_rows, 0, at.cache.rows)?;
-        let (blocks, starts) = at.tables();
-        self.gpu.write(&self.acts.table_starts, 0, &starts)?;
-        self.gpu.write(&self.acts.blocks, 0, &blocks)?;
-        let (last, before) = step.parts.split_last().expect("a step has a part");
-        for part in before {
-            self.write_streamed_weights(part)?;
-            let index = self.gpu.submit(self.gpu.encode(&part.dispatches));
-            if let (Some(stream), Some(_)) = (&self.stream, part.streamed_layer) {
-                stream.submitted(index);
-            }
-        }
-        self.write_streamed_weights(last)?;
-        let sampler = sample.then_some(&self.sample);
-        Ok(self.gpu.encode(last.dispatches.iter().chain(sampler)))
+    /// Runs `at` in chunks (see [`GpuModel::chunk_size`]) through the stages; returns the
+    /// logits of every token with `all_logits`, else of the last one.
+    fn run_chunks(&self, at: Placement<'_>, all_logits: bool, kind: CacheKind) -> Result<Vec<f32>> {
+        let size = self.chunk_size(at.tokens.len());
+        let chunks: Vec<Placement<'_>> = (0..at.tokens.len().div_ceil(size))
+            .map(|i| at.chunk(i * size, size))
+            .collect();
+        let mut out = Vec::new();
+        let n_chunks = chunks.len();
+        self.run_pipeline(
+            &chunks,
+            kind,
+            Readout::Logits { all: all_logits },
+            |c, output| {
+                let ChunkOutput::Logits(logits) = output else {
+                    unreachable!("a logits read-out gives logits");
+                };
+                self.check_logits(&logits, chunks[c])?;
+                if all_logits || c + 1 == n_chunks {
+                    out.extend_from_slice(&logits);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(out)
     }
 
-    /// Writes the weights of the streamed layer of `part`, if it has one, into its ring slot.
-    fn write_streamed_weights(&self, part: &StepPart) -> Result<()> {
-        match (&self.stream, part.streamed_layer) {
-            (Some(stream), Some(layer)) => stream.write(&self.gpu, layer),
-            _ => Ok(()),
-        }
-    }
-
-    /// Marks the step's submissions finished (after a read-back, which waits for them).
-    fn step_done(&self) {
-        if let Some(stream) = &self.stream {
-            stream.all_done();
-        }
-    }
-
-    /// Runs one step of at most `max_batch` tokens and reads its logits back.
-    fn run_step(&self, step: &Step, at: Placement<'_>) -> Result<Vec<f32>> {
-        let encoder = self.encode_step(step, at, false)?;
-        let rows = if step.all_logits { at.tokens.len() } else { 1 };
-        let vocab = self.spec.hparams.vocab_size as u64;
-        let logits =
-            self.gpu
-                .submit_and_read::<f32>(encoder, &self.acts.logits, 0, rows as u64 * vocab)?;
-        self.step_done();
-        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Numerics(format!(
-                "GPU logit {} of position {} is {}",
-                i as u64 % vocab,
-                at.positions[i / vocab as usize],
-                logits[i]
-            )));
-        }
-        Ok(logits)
-    }
-
-    /// Runs one step and samples the token after its last one on the device: one submission,
-    /// one 4-byte read-back.
-    fn run_step_sampled(&self, step: &Step, at: Placement<'_>) -> Result<u32> {
-        let encoder = self.encode_step(step, at, true)?;
-        let raw = self
-            .gpu
-            .submit_and_read::<u32>(encoder, self.sampler.result(), 0, 1)?;
-        self.step_done();
-        self.sampler.token(raw[0]).ok_or_else(|| {
-            Error::Numerics(format!(
-                "a GPU logit after position {} is NaN or infinite",
-                at.positions[at.positions.len() - 1]
-            ))
-        })
+    /// Fails with [`Error::Numerics`] naming the first logit of `at` that is not finite.
+    fn check_logits(&self, logits: &[f32], at: Placement<'_>) -> Result<()> {
+        let vocab = self.spec.hparams.vocab_size;
+        let Some(i) = logits.iter().position(|v| !v.is_finite()) else {
+            return Ok(());
+        };
+        // Either every token's logits or the last token's.
+        let token = match logits.len() / vocab == at.positions.len() {
+            true => i / vocab,
+            false => at.positions.len() - 1,
+        };
+        Err(Error::Numerics(format!(
+            "GPU logit {} of position {} is {}",
+            i % vocab,
+            at.positions[token],
+            logits[i]
+        )))
     }
 
     /// Checks that `tokens` at `start_pos..` fit the cache and the vocabulary.
@@ -533,67 +407,32 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Runs `f` on the step for a chunk of `n` tokens against the cache of `kind`: the prebuilt
-    /// decode step for one token of the main cache, else one built for the chunk.
-    fn with_step<T>(
-        &self,
-        n: usize,
-        all_logits: bool,
-        kind: CacheKind,
-        f: impl FnOnce(&Step) -> Result<T>,
-    ) -> Result<T> {
-        match (&self.decode_step, n, kind) {
-            (Some(step), 1, CacheKind::Main) => f(step),
-            _ => f(&self.build_step(n as u32, all_logits, kind)?),
-        }
-    }
-
-    /// Runs `at` in chunks of at most `max_batch` tokens; returns the logits of every token
-    /// with `all_logits`, else of the last one.
-    fn run_chunks(&self, at: Placement<'_>, all_logits: bool, kind: CacheKind) -> Result<Vec<f32>> {
-        let mut out = Vec::new();
-        let n_chunks = at.tokens.len().div_ceil(self.max_batch);
-        for i in 0..n_chunks {
-            let chunk = at.chunk(i * self.max_batch, self.max_batch);
-            let logits = self.with_step(chunk.tokens.len(), all_logits, kind, |step| {
-                self.run_step(step, chunk)
-            })?;
-            if all_logits || i + 1 == n_chunks {
-                out.extend_from_slice(&logits);
-            }
-        }
-        Ok(out)
-    }
-
     /// Whether the block pool of batched sequences is allocated (at the first batched
     /// sequence).
     pub fn has_batch_cache(&self) -> bool {
-        self.batch_cache.is_some()
+        self.stages[0].batch_cache.is_some()
     }
 
     /// Allocates, once, the block pool that batched sequences share: `n_blocks` blocks of
-    /// [`pio_gpu::KV_BLOCK_ROWS`] positions (see [`GpuModel::forward_batch`]).
+    /// [`pio_gpu::KV_BLOCK_ROWS`] positions (see [`GpuModel::forward_batch`]), each device
+    /// holding its layers of it.
     pub fn reserve_batch_cache(&mut self, n_blocks: usize) -> Result<()> {
-        if self.batch_cache.is_none() {
-            let hp = &self.spec.hparams;
-            let blocks = u32::try_from(n_blocks)
-                .map_err(|_| Error::InvalidParams(format!("{n_blocks} KV cache blocks")))?;
-            let shape = KvShape {
-                n_layers: hp.n_layer as u32,
-                n_kv_heads: hp.n_head_kv as u32,
-                head_dim: hp.head_dim as u32,
-                kv_type: self.cache.kv_type(),
-            };
-            self.batch_cache = Some(KvCache::new(&self.gpu, shape, blocks)?);
+        let blocks = u32::try_from(n_blocks)
+            .map_err(|_| Error::InvalidParams(format!("{n_blocks} KV cache blocks")))?;
+        for stage in &mut self.stages {
+            stage.reserve_batch_cache(&self.spec, blocks)?;
         }
         Ok(())
     }
 
     /// Copies the first rows of a block of the batched sequences' pool to another block
-    /// (copy-on-write of a shared prefix's last block).
+    /// (copy-on-write of a shared prefix's last block), on every device.
     pub fn copy_batch_block(&self, copy: BlockCopy) -> Result<()> {
-        let cache = self.cache(CacheKind::Batch)?;
-        Ok(cache.copy_blocks(&self.gpu, &[(copy.from, copy.to, copy.rows)])?)
+        for stage in &self.stages {
+            let cache = stage.cache(CacheKind::Batch)?;
+            cache.copy_blocks(&stage.gpu, &[(copy.from, copy.to, copy.rows)])?;
+        }
+        Ok(())
     }
 
     /// Runs `tokens` of possibly different sequences at their `positions`, writing their keys
@@ -607,7 +446,7 @@ impl GpuModel {
         cache: CacheMap<'_>,
         all_logits: bool,
     ) -> Result<Vec<f32>> {
-        let pool = self.cache(CacheKind::Batch)?;
+        let pool = self.stages[0].cache(CacheKind::Batch)?;
         let (cache_rows, n_blocks) = (pool.max_positions(), pool.n_blocks());
         if positions.len() != tokens.len()
             || cache.rows.len() != tokens.len()
@@ -680,12 +519,26 @@ impl Forward for GpuModel {
             self.forward(&tokens[..last_start], start_pos, false)?;
         }
         let (settings, penalized) = sampler.device_settings(history);
-        self.sampler.set(&self.gpu, &settings, &penalized)?;
+        let stage = self.last_stage();
+        let output = stage.output.as_ref().expect("the last stage has the head");
+        output.sampler.set(&stage.gpu, &settings, &penalized)?;
         let last = &tokens[last_start..];
+        let mut raw = None;
+        let at_end = start_pos + tokens.len() - 1;
         self.alone(last, start_pos + last_start, |at| {
-            self.with_step(last.len(), false, CacheKind::Main, |step| {
-                self.run_step_sampled(step, at)
+            self.run_pipeline(&[at], CacheKind::Main, Readout::Token, |_, token| {
+                let ChunkOutput::Token(token) = token else {
+                    unreachable!("a token read-out gives a token");
+                };
+                raw = Some(token);
+                Ok(())
             })
+        })?;
+        let raw = raw.expect("the pipeline ran its one chunk");
+        output.sampler.token(raw).ok_or_else(|| {
+            Error::Numerics(format!(
+                "a GPU logit after position {at_end} is NaN or infinite"
+            ))
         })
     }
 }

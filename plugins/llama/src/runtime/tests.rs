@@ -5,6 +5,7 @@ use crate::models::NormWeight;
 use crate::reference::ReferenceModel;
 use crate::sampler::{argmax, SamplingParams};
 use pio_gpu::testing::{gpu as test_gpu, max_abs_diff, max_rel_error};
+use pio_gpu::KV_BLOCK_ROWS;
 
 use crate::test_model::{
     gemma3, smollm2, tiny_gemma3, tiny_gemma3_writer, tiny_llama, tiny_llama_bytes, TinyConfig,
@@ -159,7 +160,7 @@ fn per_layer_rope_bases_and_offset_norm_weights_match_reference() {
     spec.norm.weight = NormWeight::OnePlus;
     let mut reference = ReferenceModel::from_spec(&file, spec.clone(), 64).unwrap();
     let mut model = GpuModel::from_spec(test_gpu(), &file, spec, RunConfig::new(64, 8)).unwrap();
-    assert_eq!(model.rope_tables.len(), 2);
+    assert_eq!(model.stages[0].rope_tables.len(), 2);
     let prompt: Vec<u32> = (0..13).map(|i| (i * 41 + 3) % 290).collect();
     let (abs, rel) = check_against_reference(&mut model, &mut reference, &prompt, 3, "spec");
     // As in `tiny_case`: the same weights on both sides, only f32 summation order differs.
@@ -376,6 +377,158 @@ fn streamed_layers_compute_what_resident_layers_compute() {
             assert!(model.gpu().allocated_bytes() < resident_bytes, "{what}");
         }
     }
+}
+
+/// Two sequences' prompts in the batched sequences' pool (all logits), then one decode token
+/// each (last logits): what a batched step runs.
+fn batched_logits(model: &mut GpuModel) -> (Vec<f32>, Vec<f32>) {
+    model.reserve_batch_cache(4).unwrap();
+    let tables: [&[u32]; 2] = [&[0, 1], &[2, 3]];
+    let lengths = [10u32, 6];
+    let (mut tokens, mut positions, mut rows, mut sequences) = (vec![], vec![], vec![], vec![]);
+    for (s, &n) in lengths.iter().enumerate() {
+        for p in 0..n {
+            tokens.push((p * 31 + 3 + 7 * s as u32) % 290);
+            positions.push(p);
+            rows.push(tables[s][0] * KV_BLOCK_ROWS + p);
+            sequences.push(s as u32);
+        }
+    }
+    let cache = CacheMap {
+        rows: &rows,
+        sequences: &sequences,
+        tables: &tables,
+    };
+    let prompts = model
+        .forward_batch(&tokens, &positions, cache, true)
+        .unwrap();
+    let rows: Vec<u32> = (0..2)
+        .map(|s| tables[s][0] * KV_BLOCK_ROWS + lengths[s])
+        .collect();
+    let cache = CacheMap {
+        rows: &rows,
+        sequences: &[0, 1],
+        tables: &tables,
+    };
+    let decoded = model
+        .forward_batch(&[17, 23], &lengths, cache, false)
+        .unwrap();
+    (prompts, decoded)
+}
+
+/// A model split over two and three logical devices of one adapter computes what it computes
+/// on one, bit for bit — the same kernels on the same values, the hidden states crossing
+/// through the host unchanged — for Llama (tied and untied head) and Gemma 3: a prompt of
+/// several chunks (all logits), sampled decoding, and batched sequences (micro-batches of
+/// other sizes than on one device). Each device holds only its layers, and the transfers are
+/// counted.
+#[test]
+fn partitioned_models_compute_what_one_device_computes() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = TinyConfig {
+        n_layer: 5,
+        ..TinyConfig::default()
+    };
+    let tied = TinyConfig {
+        tied: true,
+        seed: 9,
+        ..llama.clone()
+    };
+    let gemma = TinyConfig {
+        n_layer: 5,
+        ..TinyConfig::gemma3()
+    };
+    for (label, bytes, cfg) in [
+        ("llama", tiny_llama_bytes(&llama), &llama),
+        ("tied llama", tiny_llama_bytes(&tied), &tied),
+        (
+            "gemma3",
+            tiny_gemma3_writer(&gemma).to_bytes().unwrap(),
+            &gemma,
+        ),
+    ] {
+        let path = dir.path().join("model.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        let spec = models::describe(&file).unwrap();
+        let load = |split: &[usize], streamed_layers| {
+            let config = RunConfig {
+                streamed_layers,
+                ..RunConfig::new(64, 8)
+            };
+            let gpus = split.iter().map(|_| test_gpu()).collect();
+            GpuModel::partitioned(gpus, split, &file, spec.clone(), config).unwrap()
+        };
+        let prompt: Vec<u32> = (0..21).map(|i| (i * 37 + 5) % 290).collect();
+        let sampling = SamplingParams {
+            temperature: 0.9,
+            seed: 3,
+            ..SamplingParams::default()
+        };
+        let mut one = load(&[cfg.n_layer], 0);
+        let logits = one.forward(&prompt, 0, true).unwrap();
+        let tokens = continue_prompt(&mut one, &prompt, &sampling, 8);
+        let batched = batched_logits(&mut one);
+        assert_eq!(one.pipeline_stats().transferred_bytes, 0, "{label}");
+        let one_bytes = one.allocated_bytes();
+        drop(one);
+        for (split, streamed) in [(&[2, 3][..], 0), (&[1, 1, 3][..], 0), (&[3, 2][..], 2)] {
+            let what = format!("{label} split {split:?} ({streamed} layers streamed)");
+            let mut model = load(split, streamed);
+            assert_eq!(model.forward(&prompt, 0, true).unwrap(), logits, "{what}");
+            let continued = continue_prompt(&mut model, &prompt, &sampling, 8);
+            assert_eq!(continued, tokens, "{what}");
+            assert_eq!(batched_logits(&mut model), batched, "{what}");
+            let stats = model.pipeline_stats();
+            let layers: Vec<usize> = stats.devices.iter().map(|d| d.layers.len()).collect();
+            assert_eq!(layers, split, "{what}");
+            // Every token crosses each boundary twice (read back, written) as n_embd f32s.
+            let boundaries = (split.len() - 1) as u64;
+            let per_token = boundaries * 2 * 4 * cfg.n_embd as u64;
+            assert_eq!(stats.transferred_bytes, stats.tokens * per_token, "{what}");
+            assert!(stats
+                .devices
+                .iter()
+                .all(|d| d.busy > std::time::Duration::ZERO));
+            // Each device holds less than the whole model did on one.
+            for device in &stats.devices {
+                assert!(device.allocated_bytes < one_bytes, "{what}: {device:?}");
+            }
+            assert_eq!(
+                model.streaming().map_or(0, |s| s.layers),
+                streamed,
+                "{what}"
+            );
+        }
+    }
+}
+
+/// Splits that do not fit the model, and streamed layers off the last device, are refused.
+#[test]
+fn bad_splits_are_refused() {
+    let file = tiny_llama(&TinyConfig::default());
+    let spec = models::describe(&file).unwrap();
+    let n = spec.layers.len();
+    let try_split = |split: &[usize], devices: usize, streamed_layers| {
+        let config = RunConfig {
+            streamed_layers,
+            ..RunConfig::new(64, 8)
+        };
+        let gpus = (0..devices).map(|_| test_gpu()).collect();
+        GpuModel::partitioned(gpus, split, &file, spec.clone(), config)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let err = try_split(&[1, n], 2, 0);
+    assert!(
+        err.contains(&format!("adds up to {} layers", n + 1)),
+        "{err}"
+    );
+    let err = try_split(&[1, n - 1], 3, 0);
+    assert!(err.contains("for 3 devices"), "{err}");
+    let err = try_split(&[n - 1, 1], 2, 2);
+    assert!(err.contains("must all be on the last device"), "{err}");
 }
 
 /// A model held in memory has no file to stream from: refused with the reason.

@@ -1,0 +1,407 @@
+//! One device's share of a model: a contiguous range of its layers with their weights, KV
+//! caches and activations, and the embedding lookup (the first stage) or the final norm, head
+//! and sampler (the last stage). A model on one device is one stage that has both; a model
+//! partitioned over several devices is a pipeline of stages (`pipeline.rs`) whose hidden
+//! states cross from one device to the next through the host.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pio_gguf::GgufFile;
+use pio_gpu::{
+    DeviceSampler, Dispatch, Embed, EmbedTable, Epilogue, Gpu, GpuBuffer, KvCache, KvShape, Linear,
+    RopeTable, RowLayout, RowTile,
+};
+
+use super::graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step, StepPart};
+use super::stream::LayerStream;
+use super::upload::{self, LayerShapes, LayerWeights, Matrices};
+use super::vocab::VocabMatrix;
+use super::{Placement, RunConfig};
+use crate::error::{Error, Result};
+use crate::kv_pool::blocks_for;
+use crate::models::ModelSpec;
+use crate::weights::ModelTensors;
+
+/// The embedding lookup of the first stage: the table, and one lookup kernel per shard.
+pub(super) struct Embedding {
+    pub table: VocabMatrix,
+    pub lookups: Vec<Embed>,
+}
+
+/// The end of the last stage: the final norm, the head (its own projection, or the tied
+/// embedding table — a copy of it when the embedding is on another device) and the device
+/// sampler bound to the logits.
+pub(super) struct Output {
+    pub norm: GpuBuffer,
+    pub head: Head,
+    pub sampler: DeviceSampler,
+    /// The sampling kernel bound to the logits (of the last token of every step).
+    pub sample: Dispatch,
+}
+
+/// One device's layers and everything they run with.
+pub(super) struct Stage {
+    /// The model's layers this stage runs, by their index in the model.
+    pub layer_range: Range<usize>,
+    /// Layer `layer_range.start + i` is `layers[i]`.
+    pub layers: Vec<Layer>,
+    pub embedding: Option<Embedding>,
+    pub output: Option<Output>,
+    /// One table per distinct RoPE of the model's layers ([`ModelSpec::ropes`]).
+    pub rope_tables: Vec<RopeTable>,
+    /// The stage's layers of the model's own cache, for one sequence: its block table is the
+    /// identity.
+    pub cache: KvCache,
+    /// The stage's layers of the block pool batched sequences share, once reserved.
+    pub batch_cache: Option<KvCache>,
+    pub acts: Activations,
+    /// The single-token step of the main cache, built once.
+    pub decode_step: Option<Step>,
+    /// The layers streamed from the file, if any (only ever the model's last layers).
+    pub stream: Option<LayerStream>,
+    /// Time this device spent on submitted work, in nanoseconds (see `pipeline.rs`).
+    pub busy_nanos: AtomicU64,
+    // Declared last so every buffer above is dropped before the device.
+    pub gpu: Gpu,
+}
+
+/// What a stage is built from: the model file, its spec and tensors, and how it is run.
+pub(super) struct StageSource<'a> {
+    pub file: &'a GgufFile,
+    pub spec: &'a ModelSpec,
+    pub tensors: &'a ModelTensors<'a>,
+    pub config: &'a RunConfig,
+}
+
+impl Stage {
+    /// Uploads the layers `layer_range` of `source` to `gpu` with their KV caches and
+    /// activations; the first stage (`layer_range` starts at 0) also gets the embedding
+    /// lookup, the last (it ends at the last layer) the head and sampler, and the model's last
+    /// `config.streamed_layers` layers, which stream from the file.
+    pub fn build(gpu: Gpu, source: &StageSource<'_>, layer_range: Range<usize>) -> Result<Self> {
+        let StageSource {
+            file,
+            spec,
+            tensors: t,
+            config,
+        } = *source;
+        let n_layers = t.layers.len();
+        let (first, last) = (layer_range.start == 0, layer_range.end == n_layers);
+        // `GpuModel::from_spec` checked that the streamed layers are all in the last stage.
+        let streamed = match last {
+            true => n_layers - config.streamed_layers..n_layers,
+            false => n_layers..n_layers,
+        };
+        let shapes = t.layers[streamed.clone()]
+            .iter()
+            .map(|l| LayerShapes::of(spec, l, config.storage.weights))
+            .collect::<Result<Vec<_>>>()?;
+        let stream = match streamed.is_empty() {
+            true => None,
+            false => Some(LayerStream::start(
+                &gpu,
+                file.path(),
+                spec,
+                config.storage.weights,
+                streamed.clone(),
+                &shapes,
+            )?),
+        };
+        let hp = &spec.hparams;
+        let u = |v: usize| v as u32;
+        let (e, vocab, q_rows) = (u(hp.n_embd), u(hp.vocab_size), u(hp.q_dim()));
+        let (ctx, b) = (u(config.context), config.max_batch as u64);
+        let kind = gpu.adapter_info().device_type;
+        let (decode_tile, prefill_tile) = (RowTile::decode(kind), RowTile::prefill(kind));
+        tracing::info!(
+            ?decode_tile, ?prefill_tile, adapter = %gpu.adapter_info(), layers = ?layer_range,
+            "kernel tiles"
+        );
+
+        let ropes = spec.ropes();
+        let factory = KernelFactory {
+            gpu: &gpu,
+            spec,
+            kv_type: config.storage.kv,
+        };
+        let layers = layer_range
+            .clone()
+            .map(|i| {
+                let (l, layer) = (&t.layers[i], &spec.layers[i]);
+                let matrices = match &stream {
+                    Some(stream) if stream.streams(i) => {
+                        Matrices::Streamed(stream.slot(i), shapes[i - streamed.start])
+                    }
+                    _ => Matrices::Upload(config.storage.weights),
+                };
+                let weights = LayerWeights::new(&gpu, spec, i, l, matrices)?;
+                Ok(Layer {
+                    decode: factory.layer(i, &weights, decode_tile)?,
+                    prefill: factory.layer(i, &weights, prefill_tile)?,
+                    attention: factory.attention(i)?,
+                    qk_norm: factory.qk_norm(&weights)?,
+                    post_norm: factory.post_norm(&weights)?,
+                    rope: ropes
+                        .iter()
+                        .position(|r| *r == layer.attention.rope)
+                        .expect("ropes() lists every layer's RoPE"),
+                    weights,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let vocab_matrix = |tensor| {
+            VocabMatrix::upload(
+                &gpu,
+                config.storage.weights,
+                tensor,
+                hp.vocab_size,
+                hp.n_embd,
+            )
+        };
+        let embedding = match first {
+            false => None,
+            true => {
+                let table = vocab_matrix(&t.token_embd)?;
+                let lookups = table
+                    .shards
+                    .iter()
+                    .map(|shard| {
+                        let table = EmbedTable {
+                            dtype: shard.matrix.dtype(),
+                            rows: shard.matrix.rows(),
+                            cols: e,
+                            first_row: shard.first_row,
+                            scale: spec.embedding.scale,
+                        };
+                        Ok(Embed::new(&gpu, table)?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Embedding { table, lookups })
+            }
+        };
+
+        let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
+        let context_blocks = u(blocks_for(config.context));
+        let acts = Activations {
+            tokens: words("token ids", b)?,
+            positions: words("positions", b)?,
+            cache_rows: words("cache rows", b)?,
+            table_starts: words("block table starts", b)?,
+            // At most one table of the whole context per token.
+            blocks: words("block tables", b * u64::from(context_blocks))?,
+            x: words("x", b * u64::from(e))?,
+            q: words("q", b * u64::from(q_rows))?,
+            attn: words("attention out", b * u64::from(q_rows))?,
+            proj: words("projection", b * u64::from(e))?,
+            ffn: words("gated feed-forward", b * hp.n_ff as u64)?,
+            // Only the last stage computes logits.
+            logits: words("logits", if last { b * u64::from(vocab) } else { 1 })?,
+        };
+
+        let output = match last {
+            false => None,
+            true => {
+                // A tied head reads the embedding table: this stage's own when it has the
+                // embedding, else a copy of it.
+                let table = match (t.tied_output, &embedding) {
+                    (true, Some(_)) => None,
+                    (true, None) => Some(vocab_matrix(&t.token_embd)?),
+                    (false, _) => Some(vocab_matrix(&t.output)?),
+                };
+                let weights = match (&table, &embedding) {
+                    (Some(table), _) => table,
+                    (None, Some(embedding)) => &embedding.table,
+                    (None, None) => unreachable!("a tied head without a table is the first stage"),
+                };
+                let head_kernels = |tile| {
+                    weights
+                        .shards
+                        .iter()
+                        .map(|shard| {
+                            let columns = RowLayout {
+                                stride: vocab,
+                                offset: shard.first_row,
+                            };
+                            let shape = factory.shape(&shard.matrix, true, tile);
+                            Ok(Linear::with_output(&gpu, shape, Epilogue::Store, columns)?)
+                        })
+                        .collect::<Result<Vec<_>>>()
+                };
+                let head = Head {
+                    decode: head_kernels(decode_tile)?,
+                    prefill: head_kernels(prefill_tile)?,
+                    output: table,
+                };
+                let sampler = DeviceSampler::new(&gpu, vocab)?;
+                let sample = sampler.bind(&gpu, &acts.logits)?;
+                Some(Output {
+                    norm: upload::norm(&gpu, &t.output_norm, spec.norm.weight)?,
+                    head,
+                    sampler,
+                    sample,
+                })
+            }
+        };
+
+        let rope_tables = ropes
+            .iter()
+            .map(|r| {
+                Ok(RopeTable::new(
+                    &gpu,
+                    u(hp.head_dim),
+                    f64::from(r.base),
+                    ctx,
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cache = KvCache::new(
+            &gpu,
+            kv_shape(spec, layer_range.len(), config.storage.kv),
+            context_blocks,
+        )?;
+        let mut stage = Stage {
+            layer_range,
+            layers,
+            embedding,
+            output,
+            rope_tables,
+            cache,
+            batch_cache: None,
+            acts,
+            decode_step: None,
+            stream,
+            busy_nanos: AtomicU64::new(0),
+            gpu,
+        };
+        stage.decode_step = Some(stage.build_step(1, false, CacheKind::Main)?);
+        Ok(stage)
+    }
+
+    /// The cache a step of `kind` uses.
+    pub fn cache(&self, kind: CacheKind) -> Result<&KvCache> {
+        match kind {
+            CacheKind::Main => Ok(&self.cache),
+            CacheKind::Batch => self.batch_cache.as_ref().ok_or_else(|| {
+                Error::InvalidParams("no cache for batched sequences was reserved".into())
+            }),
+        }
+    }
+
+    /// Allocates, once, this stage's layers of the block pool batched sequences share.
+    pub fn reserve_batch_cache(&mut self, spec: &ModelSpec, blocks: u32) -> Result<()> {
+        if self.batch_cache.is_none() {
+            let shape = kv_shape(spec, self.layers.len(), self.cache.kv_type());
+            self.batch_cache = Some(KvCache::new(&self.gpu, shape, blocks)?);
+        }
+        Ok(())
+    }
+
+    /// Time this device spent on submitted work.
+    pub fn busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Sets [`Stage::busy`] back to zero.
+    pub fn reset_busy(&self) {
+        self.busy_nanos.store(0, Ordering::Relaxed);
+    }
+
+    /// Adds `time` to [`Stage::busy`].
+    pub fn add_busy(&self, time: std::time::Duration) {
+        let nanos = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on the step for `n` tokens against the cache of `kind`: the prebuilt decode
+    /// step for one token of the main cache, else one built for the call.
+    pub fn with_step<T>(
+        &self,
+        n: usize,
+        all_logits: bool,
+        kind: CacheKind,
+        f: impl FnOnce(&Step) -> Result<T>,
+    ) -> Result<T> {
+        match (&self.decode_step, n, kind) {
+            (Some(step), 1, CacheKind::Main) => f(step),
+            _ => f(&self.build_step(n as u32, all_logits, kind)?),
+        }
+    }
+
+    /// Queues the inputs of `step` — the token ids (first stage) or the previous stage's
+    /// `hidden` states, and the positions, cache rows and block tables of `at` — and submits
+    /// every part of the step but the last (a streamed layer's part once its weights are
+    /// written); returns the last part, followed by the sampling kernel when `sample` is set
+    /// (last stage), recorded into a new encoder for the caller to submit.
+    pub fn encode_step(
+        &self,
+        step: &Step,
+        at: Placement<'_>,
+        hidden: Option<&[f32]>,
+        sample: bool,
+    ) -> Result<pio_gpu::wgpu::CommandEncoder> {
+        debug_assert_eq!(at.tokens.len(), step.n_tokens as usize);
+        let (gpu, a) = (&self.gpu, &self.acts);
+        match (&self.embedding, hidden) {
+            (Some(_), _) => gpu.write(&a.tokens, 0, at.tokens)?,
+            (None, Some(hidden)) => gpu.write(&a.x, 0, hidden)?,
+            (None, None) => {
+                return Err(Error::InvalidParams(
+                    "a stage after the first needs the previous stage's hidden states".into(),
+                ))
+            }
+        }
+        gpu.write(&a.positions, 0, at.positions)?;
+        gpu.write(&a.cache_rows, 0, at.cache.rows)?;
+        let (blocks, starts) = at.tables();
+        gpu.write(&a.table_starts, 0, &starts)?;
+        gpu.write(&a.blocks, 0, &blocks)?;
+        let (last, before) = step.parts.split_last().expect("a step has a part");
+        for part in before {
+            self.write_streamed_weights(part)?;
+            let index = gpu.submit(gpu.encode(&part.dispatches));
+            if let (Some(stream), Some(_)) = (&self.stream, part.streamed_layer) {
+                stream.submitted(index);
+            }
+        }
+        self.write_streamed_weights(last)?;
+        let sampler = self
+            .output
+            .as_ref()
+            .filter(|_| sample)
+            .map(|output| &output.sample);
+        Ok(gpu.encode(last.dispatches.iter().chain(sampler)))
+    }
+
+    /// Writes the weights of the streamed layer of `part`, if it has one, into its ring slot.
+    fn write_streamed_weights(&self, part: &StepPart) -> Result<()> {
+        match (&self.stream, part.streamed_layer) {
+            (Some(stream), Some(layer)) => stream.write(&self.gpu, layer),
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks the step's submissions finished (after a read-back, which waits for them).
+    pub fn step_done(&self) {
+        if let Some(stream) = &self.stream {
+            stream.all_done();
+        }
+    }
+
+    /// Kernel launches of this stage's single-token step.
+    pub fn decode_dispatches(&self) -> usize {
+        self.decode_step.as_ref().map_or(0, Step::dispatch_count)
+    }
+}
+
+/// The KV cache shape of `n_layers` layers of `spec`.
+fn kv_shape(spec: &ModelSpec, n_layers: usize, kv_type: pio_gpu::KvType) -> KvShape {
+    let hp = &spec.hparams;
+    KvShape {
+        n_layers: n_layers as u32,
+        n_kv_heads: hp.n_head_kv as u32,
+        head_dim: hp.head_dim as u32,
+        kv_type,
+    }
+}
