@@ -1461,6 +1461,75 @@ fn a_removed_plugin_folder_stops_being_served() {
     assert!(health.contains("no plugin is active"), "{health}");
 }
 
+/// SmolLM2 split over two logical devices of one adapter answers as on one, and
+/// `/admin/plugins` and `/metrics` show each device's layers and what crossed between them.
+#[test]
+#[ignore = "needs the SmolLM2 model: pio models fetch"]
+fn llama_split_over_two_devices_reports_them() {
+    let model = pio_testkit::model(pio_testkit::SMOLLM2);
+    let library = workspace_plugin("pio_plugin_llama");
+    let server = TestServer::start(
+        &[Served {
+            folder: "llama",
+            library: &library,
+            config: json!({"model": model, "devices": ["auto", "auto"]}),
+        }],
+        ConfigLayer::default(),
+        ActivateOptions {
+            context_length: 256,
+            ..ActivateOptions::default()
+        },
+    );
+    let mut request = chat("llama", "What is the capital of France?");
+    request["temperature"] = json!(0);
+    request["max_tokens"] = json!(16);
+    let (status, body) = server.post("/v1/chat/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.contains("Paris"), "{answer}");
+
+    let (status, admin) = server.get("/admin/plugins");
+    assert_eq!(status, 200);
+    let admin: Value = serde_json::from_str(&admin).unwrap();
+    let devices = &admin["plugins"][0]["devices"];
+    let ranges: Vec<(u64, u64)> = devices["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no devices in {admin}"))
+        .iter()
+        .map(|d| {
+            (
+                d["layers"][0].as_u64().unwrap(),
+                d["layers"][1].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // The 30 layers, split where the planner put them (the tied head weighs on the second).
+    assert_eq!(ranges.len(), 2, "{devices}");
+    assert_eq!(
+        (ranges[0].0, ranges[0].1, ranges[1].1),
+        (0, ranges[1].0, 30)
+    );
+    assert!(ranges[0].1 > 15, "{devices}");
+    // 576 f32 per token each way.
+    assert_eq!(
+        devices["transferred_bytes_per_token"].as_f64(),
+        Some(4608.0)
+    );
+    let metrics = server.metrics();
+    let layers = format!(
+        "pio_plugin_device_layers{{plugin=\"llama\",device=\"1\"}} {}",
+        ranges[1].1 - ranges[1].0
+    );
+    assert!(
+        metrics.contains(&layers),
+        "{layers} missing from\n{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE pio_plugin_transferred_bytes_total counter"),
+        "{metrics}"
+    );
+}
+
 #[test]
 #[ignore = "needs the SmolLM2 model: pio models fetch"]
 fn llama_chat_end_to_end_with_smollm2() {

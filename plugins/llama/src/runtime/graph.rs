@@ -12,7 +12,9 @@ use super::stage::Stage;
 use super::support::gate_epilogue;
 use super::upload::LayerWeights;
 use super::vocab::VocabMatrix;
+use super::RunConfig;
 use crate::error::Result;
+use crate::kv_pool::blocks_for;
 use crate::models::{AttentionWindow, ModelSpec};
 
 /// The four fused matrix kernels of one layer, for one tile.
@@ -76,6 +78,32 @@ pub(super) struct Activations {
     pub proj: GpuBuffer,
     pub ffn: GpuBuffer,
     pub logits: GpuBuffer,
+}
+
+impl Activations {
+    /// The buffers for batches of `config.max_batch` tokens of `spec`, with room for their
+    /// logits when `logits` (else a word: only the last stage computes them).
+    pub fn new(gpu: &Gpu, spec: &ModelSpec, config: &RunConfig, logits: bool) -> Result<Self> {
+        let hp = &spec.hparams;
+        let b = config.max_batch as u64;
+        let context_blocks = blocks_for(config.context) as u64;
+        let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
+        let (e, q) = (hp.n_embd as u64, hp.q_dim() as u64);
+        Ok(Activations {
+            tokens: words("token ids", b)?,
+            positions: words("positions", b)?,
+            cache_rows: words("cache rows", b)?,
+            table_starts: words("block table starts", b)?,
+            // At most one table of the whole context per token.
+            blocks: words("block tables", b * context_blocks)?,
+            x: words("x", b * e)?,
+            q: words("q", b * q)?,
+            attn: words("attention out", b * q)?,
+            proj: words("projection", b * e)?,
+            ffn: words("gated feed-forward", b * hp.n_ff as u64)?,
+            logits: words("logits", if logits { b * hp.vocab_size as u64 } else { 1 })?,
+        })
+    }
 }
 
 /// Which KV cache a step uses: the model's own (one sequence, row = position: the identity

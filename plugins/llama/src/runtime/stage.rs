@@ -40,6 +40,79 @@ pub(super) struct Output {
     pub sample: Dispatch,
 }
 
+impl Embedding {
+    /// The lookup kernels over `table`, one per shard.
+    fn new(gpu: &Gpu, spec: &ModelSpec, table: VocabMatrix) -> Result<Self> {
+        let lookups = table
+            .shards
+            .iter()
+            .map(|shard| {
+                let table = EmbedTable {
+                    dtype: shard.matrix.dtype(),
+                    rows: shard.matrix.rows(),
+                    cols: spec.hparams.n_embd as u32,
+                    first_row: shard.first_row,
+                    scale: spec.embedding.scale,
+                };
+                Ok(Embed::new(gpu, table)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Embedding { table, lookups })
+    }
+}
+
+impl Output {
+    /// The head over `table` — or, tied, over `embedding`'s table — for the decode and the
+    /// prefill tile, after the final `norm`, and the sampler bound to `acts`' logits.
+    fn new(
+        factory: &KernelFactory<'_>,
+        table: Option<VocabMatrix>,
+        embedding: Option<&Embedding>,
+        norm: GpuBuffer,
+        acts: &Activations,
+        [decode_tile, prefill_tile]: [RowTile; 2],
+    ) -> Result<Self> {
+        let gpu = factory.gpu;
+        let vocab = factory.spec.hparams.vocab_size as u32;
+        let weights = match (&table, embedding) {
+            (Some(table), _) => table,
+            (None, Some(embedding)) => &embedding.table,
+            (None, None) => {
+                return Err(Error::InvalidParams(
+                    "a tied head needs the embedding table on its device".into(),
+                ))
+            }
+        };
+        let head_kernels = |tile| {
+            weights
+                .shards
+                .iter()
+                .map(|shard| {
+                    let columns = RowLayout {
+                        stride: vocab,
+                        offset: shard.first_row,
+                    };
+                    let shape = factory.shape(&shard.matrix, true, tile);
+                    Ok(Linear::with_output(gpu, shape, Epilogue::Store, columns)?)
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let head = Head {
+            decode: head_kernels(decode_tile)?,
+            prefill: head_kernels(prefill_tile)?,
+            output: table,
+        };
+        let sampler = DeviceSampler::new(gpu, vocab)?;
+        let sample = sampler.bind(gpu, &acts.logits)?;
+        Ok(Output {
+            norm,
+            head,
+            sampler,
+            sample,
+        })
+    }
+}
+
 /// One device's layers and everything they run with.
 pub(super) struct Stage {
     /// The model's layers this stage runs, by their index in the model.
@@ -110,8 +183,7 @@ impl Stage {
         };
         let hp = &spec.hparams;
         let u = |v: usize| v as u32;
-        let (e, vocab, q_rows) = (u(hp.n_embd), u(hp.vocab_size), u(hp.q_dim()));
-        let (ctx, b) = (u(config.context), config.max_batch as u64);
+        let ctx = u(config.context);
         let kind = gpu.adapter_info().device_type;
         let (decode_tile, prefill_tile) = (RowTile::decode(kind), RowTile::prefill(kind));
         tracing::info!(
@@ -161,45 +233,11 @@ impl Stage {
             )
         };
         let embedding = match first {
+            true => Some(Embedding::new(&gpu, spec, vocab_matrix(&t.token_embd)?)?),
             false => None,
-            true => {
-                let table = vocab_matrix(&t.token_embd)?;
-                let lookups = table
-                    .shards
-                    .iter()
-                    .map(|shard| {
-                        let table = EmbedTable {
-                            dtype: shard.matrix.dtype(),
-                            rows: shard.matrix.rows(),
-                            cols: e,
-                            first_row: shard.first_row,
-                            scale: spec.embedding.scale,
-                        };
-                        Ok(Embed::new(&gpu, table)?)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Some(Embedding { table, lookups })
-            }
         };
-
-        let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
-        let context_blocks = u(blocks_for(config.context));
-        let acts = Activations {
-            tokens: words("token ids", b)?,
-            positions: words("positions", b)?,
-            cache_rows: words("cache rows", b)?,
-            table_starts: words("block table starts", b)?,
-            // At most one table of the whole context per token.
-            blocks: words("block tables", b * u64::from(context_blocks))?,
-            x: words("x", b * u64::from(e))?,
-            q: words("q", b * u64::from(q_rows))?,
-            attn: words("attention out", b * u64::from(q_rows))?,
-            proj: words("projection", b * u64::from(e))?,
-            ffn: words("gated feed-forward", b * hp.n_ff as u64)?,
-            // Only the last stage computes logits.
-            logits: words("logits", if last { b * u64::from(vocab) } else { 1 })?,
-        };
-
+        // Only the last stage computes logits.
+        let acts = Activations::new(&gpu, spec, config, last)?;
         let output = match last {
             false => None,
             true => {
@@ -210,38 +248,16 @@ impl Stage {
                     (true, None) => Some(vocab_matrix(&t.token_embd)?),
                     (false, _) => Some(vocab_matrix(&t.output)?),
                 };
-                let weights = match (&table, &embedding) {
-                    (Some(table), _) => table,
-                    (None, Some(embedding)) => &embedding.table,
-                    (None, None) => unreachable!("a tied head without a table is the first stage"),
-                };
-                let head_kernels = |tile| {
-                    weights
-                        .shards
-                        .iter()
-                        .map(|shard| {
-                            let columns = RowLayout {
-                                stride: vocab,
-                                offset: shard.first_row,
-                            };
-                            let shape = factory.shape(&shard.matrix, true, tile);
-                            Ok(Linear::with_output(&gpu, shape, Epilogue::Store, columns)?)
-                        })
-                        .collect::<Result<Vec<_>>>()
-                };
-                let head = Head {
-                    decode: head_kernels(decode_tile)?,
-                    prefill: head_kernels(prefill_tile)?,
-                    output: table,
-                };
-                let sampler = DeviceSampler::new(&gpu, vocab)?;
-                let sample = sampler.bind(&gpu, &acts.logits)?;
-                Some(Output {
-                    norm: upload::norm(&gpu, &t.output_norm, spec.norm.weight)?,
-                    head,
-                    sampler,
-                    sample,
-                })
+                let norm = upload::norm(&gpu, &t.output_norm, spec.norm.weight)?;
+                let tiles = [decode_tile, prefill_tile];
+                Some(Output::new(
+                    &factory,
+                    table,
+                    embedding.as_ref(),
+                    norm,
+                    &acts,
+                    tiles,
+                )?)
             }
         };
 
@@ -259,7 +275,7 @@ impl Stage {
         let cache = KvCache::new(
             &gpu,
             kv_shape(spec, layer_range.len(), config.storage.kv),
-            context_blocks,
+            u(blocks_for(config.context)),
         )?;
         let mut stage = Stage {
             layer_range,

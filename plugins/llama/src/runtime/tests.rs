@@ -577,3 +577,27 @@ fn smollm2_streamed_generates_what_resident_generates() {
     assert_eq!(continued, tokens);
     assert_eq!(streamed.streaming().unwrap().layers, 20);
 }
+
+/// SmolLM2 split over two logical devices (20 + 10 layers): the logits of a prompt and the
+/// greedy continuation are those of one device, bit for bit.
+#[test]
+#[ignore = "needs the SmolLM2 model: pio models fetch"]
+fn smollm2_split_over_two_devices_generates_what_one_generates() {
+    let file = GgufFile::open(smollm2()).unwrap();
+    let spec = models::describe(&file).unwrap();
+    let load = |split: &[usize]| {
+        let gpus = split.iter().map(|_| test_gpu()).collect();
+        let config = RunConfig::new(128, DEFAULT_MAX_BATCH);
+        GpuModel::partitioned(gpus, split, &file, spec.clone(), config).unwrap()
+    };
+    // "<|im_start|>user\nThe capital" and some arbitrary ids.
+    let prompt = [1, 4093, 198, 504, 3575, 3223, 28, 1029, 8130, 49, 2];
+    let mut one = load(&[30]);
+    let logits = one.forward(&prompt, 0, true).unwrap();
+    let tokens = continue_prompt(&mut one, &prompt, &SamplingParams::default(), 12);
+    drop(one);
+    let mut split = load(&[20, 10]);
+    assert_eq!(split.forward(&prompt, 0, true).unwrap(), logits);
+    let continued = continue_prompt(&mut split, &prompt, &SamplingParams::default(), 12);
+    assert_eq!(continued, tokens);
+}
