@@ -8,7 +8,7 @@
 //! to first token and decode speed including the relay of every token (which is what
 //! `--isolation process` adds to). Every figure is the median over the runs.
 //!
-//! With `--devices A,B,...` (two or more; the same adapter twice is two logical devices on it)
+//! With `--devices A,B,...` or `A*N` (two or more; the same adapter twice is two logical devices)
 //! the benchmark runs twice, on the first device alone and with the layers split over all of
 //! them, and prints both side by side with how the split used the devices.
 
@@ -66,8 +66,8 @@ const DECODE_PROMPT: usize = 128;
 /// `pio bench`.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
-    let devices = &args.storage.devices;
-    if devices.devices.len() < 2 {
+    let n = args.storage.devices.count();
+    if n < 2 {
         let report = bench_once(args, &args.storage)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report.to_json())?);
@@ -77,10 +77,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut alone = args.storage.clone();
-    alone.devices.devices.truncate(1);
-    alone.devices.split.clear();
+    alone.devices = args.storage.devices.first();
     let reports = [bench_once(args, &alone)?, bench_once(args, &args.storage)?];
-    let n = devices.devices.len();
     if args.json {
         let out = json!({
             "devices_1": reports[0].to_json(),

@@ -67,13 +67,43 @@ pub struct StorageArgs {
 pub struct DeviceArgs {
     /// Split the layers over these devices, in order: adapter indices or name fragments as
     /// `pio devices` lists them, or `auto` (the default adapter); the same adapter twice is
-    /// two logical devices on it, e.g. `--devices 0,0` (the plugin's `devices` setting).
+    /// two logical devices on it, e.g. `--devices 0,0`, and `SELECTOR*N` is N of them,
+    /// e.g. `--devices auto*2` (the plugin's `devices` setting).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub devices: Vec<String>,
     /// Layers per device, in order, e.g. `--split 20,10`; default: planned from each layer's
     /// cost and each device's memory (the plugin's `split` setting).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub split: Vec<usize>,
+}
+
+impl DeviceArgs {
+    /// How many devices the list names (`SELECTOR*N` counting N; a count that is not a number
+    /// counts one here and is refused by the plugin).
+    pub fn count(&self) -> usize {
+        self.devices
+            .iter()
+            .map(|entry| match entry.rsplit_once('*') {
+                Some((_, n)) => n.trim().parse().unwrap_or(1),
+                None => 1,
+            })
+            .sum()
+    }
+
+    /// The first device of the list alone.
+    pub fn first(&self) -> DeviceArgs {
+        let first = self
+            .devices
+            .first()
+            .map(|entry| match entry.rsplit_once('*') {
+                Some((selector, _)) => selector.trim().to_owned(),
+                None => entry.clone(),
+            });
+        DeviceArgs {
+            devices: first.into_iter().collect(),
+            split: Vec::new(),
+        }
+    }
 }
 
 impl From<WeightArgs> for StorageArgs {

@@ -89,8 +89,9 @@ pub struct Settings {
     pub kv_type: KvType,
     /// The devices to split the layers over, in order: each an adapter index or a fragment
     /// of its name as `pio devices` lists them, or `"auto"` for the one the host would pick;
-    /// the same adapter twice is two logical devices on it. Empty (the default): one device.
-    #[serde(default)]
+    /// the same adapter twice is two logical devices on it, and `"SELECTOR*N"` is `N` of them
+    /// (`"auto*2"`). Empty (the default): one device.
+    #[serde(default, deserialize_with = "device_list")]
     pub devices: Vec<String>,
     /// Layers per device of `devices`, in order (e.g. `[15, 15]`); empty (the default): the
     /// planner splits them by each layer's cost and each device's memory
@@ -102,6 +103,27 @@ pub struct Settings {
 fn kv_type<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<KvType, D::Error> {
     let name = <String as serde::Deserialize>::deserialize(deserializer)?;
     KvType::from_name(&name).map_err(serde::de::Error::custom)
+}
+
+/// The `devices` setting with every `SELECTOR*N` written out as `N` entries.
+fn device_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let entries = <Vec<String> as serde::Deserialize>::deserialize(deserializer)?;
+    let mut devices = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let (selector, count) = match entry.rsplit_once('*') {
+            None => (entry.trim(), 1),
+            Some((selector, count)) => match count.trim().parse::<usize>() {
+                Ok(n) if n > 0 => (selector.trim(), n),
+                _ => {
+                    return Err(serde::de::Error::custom(format!(
+                        "device {entry:?}: the count after `*` must be a positive number"
+                    )))
+                }
+            },
+        };
+        devices.extend(std::iter::repeat_n(selector.to_owned(), count));
+    }
+    Ok(devices)
 }
 
 fn weight_storage<'de, D: serde::Deserializer<'de>>(
@@ -526,7 +548,7 @@ mod tests {
         let (one, one_details) = generate(serde_json::json!({ "model": path }));
         assert_eq!(one_details["devices"].as_array().unwrap().len(), 1);
         let (auto, auto_details) =
-            generate(serde_json::json!({ "model": path, "devices": ["auto", "auto"] }));
+            generate(serde_json::json!({ "model": path, "devices": ["auto*2"] }));
         assert_eq!(auto, one);
         let devices = auto_details["devices"].as_array().unwrap();
         assert_eq!(devices.len(), 2);
@@ -566,6 +588,9 @@ mod tests {
             e.message.contains("split has 1 layer counts for 2 devices"),
             "{e}"
         );
+        let config = serde_json::json!({ "model": path, "devices": ["auto*0"] });
+        let e = p.initialize(config).unwrap_err();
+        assert!(e.message.contains("\"auto*0\": the count after `*`"), "{e}");
     }
 
     #[test]
