@@ -25,7 +25,7 @@ pub use stream::{StreamStats, RING_SLOTS};
 
 use pio_gguf::GgufFile;
 use pio_gpu::{
-    DeviceSampler, Dispatch, Embed, EmbedTable, Epilogue, Gpu, GpuBuffer, KvCache, KvShape, Linear,
+    DeviceSampler, Dispatch, Embed, EmbedTable, Epilogue, Gpu, GpuBuffer, KvCache, Linear,
     RopeTable, RowLayout, RowTile,
 };
 
@@ -222,7 +222,8 @@ impl GpuModel {
         };
         let hp = &spec.hparams;
         let u = |v: usize| v as u32;
-        let (e, vocab, q_rows) = (u(hp.n_embd), u(hp.vocab_size), u(hp.q_dim()));
+        // Activations hold the widest layer's queries.
+        let (e, vocab, q_rows) = (u(hp.n_embd), u(hp.vocab_size), u(hp.max_q_dim()));
         let (ctx, b) = (u(context), max_batch as u64);
         let kind = gpu.adapter_info().device_type;
         let (decode_tile, prefill_tile) = (RowTile::decode(kind), RowTile::prefill(kind));
@@ -251,7 +252,7 @@ impl GpuModel {
                     decode: factory.layer(i, &weights, decode_tile)?,
                     prefill: factory.layer(i, &weights, prefill_tile)?,
                     attention: factory.attention(i)?,
-                    qk_norm: factory.qk_norm(&weights)?,
+                    qk_norm: factory.qk_norm(i, &weights)?,
                     post_norm: factory.post_norm(&weights)?,
                     rope: ropes
                         .iter()
@@ -301,7 +302,7 @@ impl GpuModel {
             output,
         };
 
-        let (hd, nkv) = (u(hp.head_dim), u(hp.n_head_kv));
+        let hd = u(hp.head_dim);
         let embed = token_embd
             .shards
             .iter()
@@ -321,13 +322,7 @@ impl GpuModel {
             .map(|r| Ok(RopeTable::new(&gpu, hd, f64::from(r.base), ctx)?))
             .collect::<Result<Vec<_>>>()?;
         let context_blocks = u(blocks_for(context));
-        let kv_shape = KvShape {
-            n_layers: u(hp.n_layer),
-            n_kv_heads: nkv,
-            head_dim: hd,
-            kv_type: storage.kv,
-        };
-        let cache = KvCache::new(&gpu, kv_shape, context_blocks)?;
+        let cache = KvCache::new(&gpu, hp.kv_shape(storage.kv), context_blocks)?;
         let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
         let acts = Activations {
             tokens: words("token ids", b)?,
@@ -575,15 +570,9 @@ impl GpuModel {
     /// [`pio_gpu::KV_BLOCK_ROWS`] positions (see [`GpuModel::forward_batch`]).
     pub fn reserve_batch_cache(&mut self, n_blocks: usize) -> Result<()> {
         if self.batch_cache.is_none() {
-            let hp = &self.spec.hparams;
             let blocks = u32::try_from(n_blocks)
                 .map_err(|_| Error::InvalidParams(format!("{n_blocks} KV cache blocks")))?;
-            let shape = KvShape {
-                n_layers: hp.n_layer as u32,
-                n_kv_heads: hp.n_head_kv as u32,
-                head_dim: hp.head_dim as u32,
-                kv_type: self.cache.kv_type(),
-            };
+            let shape = self.spec.hparams.kv_shape(self.cache.kv_type());
             self.batch_cache = Some(KvCache::new(&self.gpu, shape, blocks)?);
         }
         Ok(())
