@@ -84,20 +84,27 @@
 //! implements both; a plugin without them answers `unsupported`). Layers and heads are
 //! numbered as in the loaded model file; a head is `[layer, head]`, a query head.
 //!
-//! - `{"op": "surgery.analyze", "text": TEXT, "max_tokens": N, "measure": K}` scores the
-//!   loaded model on the first `N` tokens of `TEXT` (default 256) and answers
-//!   `{"tokens", "baseline_perplexity", "layers": [{"layer", "block_influence",
-//!   "perplexity_without"?}], "heads": [{"layer", "head", "importance",
-//!   "perplexity_without"?}]}`, each list least important first. `block_influence` is
-//!   ShortGPT's `1 − mean cos(hidden in, hidden out)`; `importance` is the plugin's own
-//!   (documented) head score; `perplexity_without` is the calibration perplexity with only that
-//!   component removed, present for the first `K` (default 4) of each list.
+//! - `{"op": "surgery.analyze", "text": TEXT, "max_tokens": N, "measure": K, "keep_layers":
+//!   [N, ...], "keep_heads": [[L, H], ...]}` scores the loaded model on the first `N` tokens of
+//!   `TEXT` (default 256; without `text`, a calibration text of the plugin's choice, which it
+//!   documents) and answers `{"tokens", "baseline_perplexity", "layers": [{"layer",
+//!   "block_influence", "kept", "perplexity_without"?}], "heads": [{"layer", "head",
+//!   "importance", "kept", "perplexity_without"?}]}`, each list least important first.
+//!   `block_influence` is ShortGPT's `1 − mean cos(hidden in, hidden out)`; `importance` is the
+//!   plugin's own (documented) head score; `kept` marks what the keep lists preserve (a kept
+//!   layer's heads, and a layer with a kept head), which is ranked but never a candidate;
+//!   `perplexity_without` is the calibration perplexity with only that component removed,
+//!   present for the first `K` (default 4) candidates of each list. A keep list naming a
+//!   component the model lacks is `invalid_input`.
 //! - `{"op": "surgery.apply", "out": PATH, "remove_layers": [N, ...], "remove_heads": [[L, H],
 //!   ...], "keep_layers": [N, ...], "keep_heads": [[L, H], ...]}` writes the loaded model's file
-//!   without those components to `PATH` and answers `{"out", "layers_before", "layers_after",
-//!   "silenced_heads", "bytes_before", "bytes_after"}`. Removing every layer, an index out of
-//!   range, a head of a removed layer, or anything a keep list names is `invalid_input`, and
-//!   nothing is written. For GGUF models, `pio_gguf::surgery` does the file transform.
+//!   without those components to `PATH` — a removed head taken out of the projections, not
+//!   silenced — and answers `{"out", "layers_before", "layers_after", "removed_heads",
+//!   "heads_after", "kv_heads_after", "bytes_before", "bytes_after"}` (the last two lists per
+//!   layer left). Removing every layer or every head of a layer, an index out of range, a head
+//!   of a removed layer, or anything a keep list names is `invalid_input`, and nothing is
+//!   written. For GGUF models, `pio_gguf::surgery` does the file transform (its documentation
+//!   gives the rule that keeps grouped-query attention exact).
 //!
 //! ## Design
 //!

@@ -21,10 +21,18 @@ use super::{
 pub enum SurgeryCommand {
     /// Score every layer (Block Influence) and attention head (share of the residual stream it
     /// moves) on calibration text, least important first, and measure the perplexity without
-    /// each of the first few.
+    /// each of the first few that are not kept.
     Analyze(AnalyzeArgs),
-    /// Write the model without some layers (removed, the rest renumbered) and heads (their
-    /// output-projection columns zeroed: they add nothing, but the file keeps their bytes).
+    /// Write the model without some layers (removed, the rest renumbered) and query heads
+    /// (removed from the projections: their rows of attn_q, their columns of attn_output).
+    ///
+    /// Grouped-query attention stays exact: a key/value head left with no query head is
+    /// removed with its group, and the groups left are cut into parts of their greatest common
+    /// divisor, the key/value head copied for each part, so every layer's groups stay equal
+    /// and every query head reads the keys and values it read before (SmolLM2, 9 query heads
+    /// over 3: removing one head of a layer leaves groups of 3, 3 and 2, so that layer gets 8
+    /// key/value heads, more KV cache; removing one head of each group keeps 3). The file
+    /// records head_count and head_count_kv per layer, as llama.cpp's per-layer keys do.
     Apply(ApplyArgs),
 }
 
@@ -45,9 +53,12 @@ pub struct Target {
 pub struct AnalyzeArgs {
     #[command(flatten)]
     target: Target,
-    /// Calibration text file.
+    /// Calibration text file [default: the GNU GPL v3 from byte 12 000 on, embedded in the
+    /// Llama plugin (plugins/llama/tests/data/gpl-3.0.txt, the text the perplexity numbers
+    /// of docs/benchmarks.md are measured on; its first 1300 bytes are their evaluation
+    /// text)].
     #[arg(long, value_name = "FILE")]
-    text: PathBuf,
+    text: Option<PathBuf>,
     /// Trace at most this many tokens of the text (on the CPU: about 1 s per token for a
     /// 135M-parameter model).
     #[arg(long, default_value_t = 256)]
@@ -58,6 +69,11 @@ pub struct AnalyzeArgs {
     /// Heads to list (all with --json).
     #[arg(long, default_value_t = 10)]
     heads: usize,
+    /// Layers (`N`) and heads (`L.H`) that must stay: ranked and marked kept, never measured
+    /// as candidates (a kept layer's heads are kept; a layer with a kept head is not a
+    /// candidate for removal whole).
+    #[arg(long, value_delimiter = ',', value_name = "N|L.H,...")]
+    keep: Vec<Keep>,
     /// Print the plugin's answer as JSON.
     #[arg(long)]
     json: bool,
@@ -110,7 +126,8 @@ pub struct ApplyArgs {
     /// Layers to remove, e.g. `24,25` (numbered as in MODEL).
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     remove_layers: Vec<usize>,
-    /// Query heads to silence, `LAYER.HEAD`, e.g. `3.1,7.0`.
+    /// Query heads to remove, `LAYER.HEAD`, e.g. `3.1,7.0` (numbered as in MODEL; at least
+    /// one head must stay in each layer).
     #[arg(long, value_delimiter = ',', value_name = "L.H,...")]
     remove_heads: Vec<HeadArg>,
     /// Layers (`N`) and heads (`L.H`) that must stay; removing one of them is an error.
@@ -146,17 +163,23 @@ fn heads(list: &[HeadArg]) -> Vec<[usize; 2]> {
     list.iter().map(|h| [h.0, h.1]).collect()
 }
 
+/// The layers and heads of a `--keep` list.
+fn split_keep(keep: &[Keep]) -> (Vec<usize>, Vec<[usize; 2]>) {
+    let (mut layers, mut kept_heads) = (Vec::new(), Vec::new());
+    for keep in keep {
+        match *keep {
+            Keep::Layer(n) => layers.push(n),
+            Keep::Head(h) => kept_heads.push(h),
+        }
+    }
+    (layers, heads(&kept_heads))
+}
+
 fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     if args.remove_layers.is_empty() && args.remove_heads.is_empty() {
         bail!("nothing to remove: give --remove-layers and/or --remove-heads");
     }
-    let (mut keep_layers, mut keep_heads) = (Vec::new(), Vec::new());
-    for keep in &args.keep {
-        match *keep {
-            Keep::Layer(n) => keep_layers.push(n),
-            Keep::Head(h) => keep_heads.push(h),
-        }
-    }
+    let (keep_layers, keep_heads) = split_keep(&args.keep);
     let out =
         std::path::absolute(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
     let request = json!({
@@ -165,7 +188,7 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
         "remove_layers": args.remove_layers,
         "remove_heads": heads(&args.remove_heads),
         "keep_layers": keep_layers,
-        "keep_heads": heads(&keep_heads),
+        "keep_heads": keep_heads,
     });
     // Nothing is decoded: the smallest context.
     let applied = call(&args.target, 16, &request)?;
@@ -190,10 +213,16 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|h| format!("{}.{}", h.0, h.1))
             .collect();
+        let counts = |key: &str| -> Vec<usize> {
+            let list = applied[key].as_array().into_iter().flatten();
+            list.map(|n| n.as_u64().unwrap_or(0) as usize).collect()
+        };
         println!(
-            "silenced heads {}: their output-projection columns are zero, so they add nothing; \
-             they are still computed and keep their bytes",
-            names.join(", ")
+            "removed heads {} from the projections; query heads per layer now {}, key/value \
+             heads {}",
+            names.join(", "),
+            join(&counts("heads_after")),
+            join(&counts("kv_heads_after"))
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -205,14 +234,20 @@ fn join(list: &[usize]) -> String {
 }
 
 fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.text)
-        .with_context(|| format!("cannot read {}", args.text.display()))?;
-    let request = json!({
+    let (keep_layers, keep_heads) = split_keep(&args.keep);
+    let mut request = json!({
         "op": "surgery.analyze",
-        "text": text,
         "max_tokens": args.max_tokens,
         "measure": args.measure,
+        "keep_layers": keep_layers,
+        "keep_heads": keep_heads,
     });
+    // Without --text the plugin traces its default calibration text.
+    if let Some(path) = &args.text {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        request["text"] = text.into();
+    }
     // The calibration window: the tokens and BOS.
     let answer = call(&args.target, args.max_tokens + 1, &request)?;
     if args.json {
@@ -226,6 +261,7 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     );
     let without = |entry: &Value| match entry["perplexity_without"].as_f64() {
         Some(p) => format!("{p:.4} ({:+.1}%)", 100.0 * (p / baseline - 1.0)),
+        None if entry["kept"] == true => "kept (--keep)".to_owned(),
         None => String::new(),
     };
     println!("\nrank  layer  block influence  perplexity without it");

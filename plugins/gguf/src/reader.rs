@@ -173,6 +173,27 @@ impl GgufFile {
         get_u32_array, opt_u32_array -> Vec<u32>, MetadataValue::as_u32_array, "an array of integers that fit in u32";
     }
 
+    /// `key` as one u32 per block of a model of `n` blocks, read as llama.cpp's
+    /// `get_key_or_arr` reads per-layer keys such as `{arch}.attention.head_count`: a number
+    /// holds for every block, an array must have exactly `n` entries. `Ok(None)` when the key
+    /// is absent; another type or length is an error naming the key.
+    pub fn opt_u32_per_block(&self, key: &str, n: usize) -> Result<Option<Vec<u32>>> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        let per_block = match value {
+            MetadataValue::Array { items, .. } if items.len() == n => value.as_u32_array(),
+            MetadataValue::Array { .. } => None,
+            _ => value.as_u32().map(|v| vec![v; n]),
+        };
+        per_block.map(Some).ok_or_else(|| GgufError::MetadataType {
+            path: self.path().to_owned(),
+            key: key.to_owned(),
+            expected: "an integer that fits in u32, or an array of one per block",
+            found: format!("{} for {n} blocks", value.describe()),
+        })
+    }
+
     /// The model architecture (`general.architecture`), e.g. `llama`.
     pub fn architecture(&self) -> Result<&str> {
         self.get_str("general.architecture")

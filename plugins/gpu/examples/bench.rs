@@ -83,12 +83,7 @@ fn matmul(gpu: &Gpu, dtype: WeightDtype, rows: usize, cols: usize, n_tokens: usi
 fn attention(gpu: &Gpu, position: u32, kv_type: KvType) {
     let (n_heads, n_kv_heads, head_dim, max_positions) = (9u32, 3u32, 64u32, 1024u32);
     let n_blocks = max_positions / KV_BLOCK_ROWS;
-    let shape = KvShape {
-        n_layers: 1,
-        n_kv_heads,
-        head_dim,
-        kv_type,
-    };
+    let shape = KvShape::uniform(1, n_kv_heads, head_dim, kv_type);
     let cache = KvCache::new(gpu, shape, n_blocks).expect("cache");
     let q = gpu
         .storage_zeroed("q", u64::from(n_heads * head_dim * 4))

@@ -117,12 +117,7 @@ pub fn kv_cache(
     kv_type: KvType,
     n_blocks: u32,
 ) -> KvCache {
-    let shape = KvShape {
-        n_layers: 1,
-        n_kv_heads: n_kv_heads as u32,
-        head_dim: head_dim as u32,
-        kv_type,
-    };
+    let shape = KvShape::uniform(1, n_kv_heads as u32, head_dim as u32, kv_type);
     KvCache::new(gpu, shape, n_blocks).expect("KV cache")
 }
 

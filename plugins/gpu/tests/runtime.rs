@@ -179,12 +179,7 @@ fn absurd_position_counts_fail_before_allocating() {
         matches!(error, GpuError::BufferTooLarge { size, .. } if size == table_bytes),
         "{error}"
     );
-    let shape = KvShape {
-        n_layers: 30,
-        n_kv_heads: 8,
-        head_dim: 64,
-        kv_type: KvType::F16,
-    };
+    let shape = KvShape::uniform(30, 8, 64, KvType::F16);
     let error = KvCache::new(&gpu, shape, u32::MAX).unwrap_err();
     assert!(matches!(error, GpuError::BufferTooLarge { .. }), "{error}");
     assert_eq!(gpu.allocated_bytes(), 0);
@@ -202,24 +197,30 @@ fn runtime_types_can_move_between_threads() {
     assert_send_sync::<pio_gpu::KvCache>();
 }
 
+/// Layers of different widths (a model with heads removed layer by layer) each copy their own
+/// rows.
 #[test]
 fn copying_blocks_copies_their_first_rows_in_every_layer() {
     let gpu = common::gpu();
     for kv_type in KvType::ALL {
-        let (layers, blocks, kv_dim) = (2u32, 3u32, 8usize);
+        let blocks = 3u32;
         let shape = KvShape {
-            n_layers: layers,
-            n_kv_heads: 2,
+            kv_heads: vec![2, 1],
             head_dim: 4,
             kv_type,
         };
-        let cache = KvCache::new(&gpu, shape, blocks).unwrap();
+        let cache = KvCache::new(&gpu, shape.clone(), blocks).unwrap();
         assert_eq!(cache.bytes(), shape.block_bytes() * u64::from(blocks));
-        let block_len = KV_BLOCK_ROWS as usize * kv_dim;
+        assert_eq!(
+            shape.block_bytes(),
+            2 * 16 * (8 + 4) * kv_type.bytes_per_value()
+        );
+        let kv_dims = [8usize, 4];
         let mut rng = common::rng(5);
-        let contents: Vec<(Vec<f32>, Vec<f32>)> = (0..layers)
-            .map(|_| {
-                let len = blocks as usize * block_len;
+        let contents: Vec<(Vec<f32>, Vec<f32>)> = kv_dims
+            .iter()
+            .map(|kv_dim| {
+                let len = blocks as usize * KV_BLOCK_ROWS as usize * kv_dim;
                 let mut random =
                     || common::as_stored(kv_type, &common::random_f32(&mut rng, len, 1.0));
                 (random(), random())
@@ -233,9 +234,12 @@ fn copying_blocks_copies_their_first_rows_in_every_layer() {
         // Block 2's first 5 rows into block 0, and all of block 0 (before that copy) into
         // block 1: copies happen in order.
         cache.copy_blocks(&gpu, &[(0, 1, 16), (2, 0, 5)]).unwrap();
-        let rows = |block: usize, n: usize| block * block_len..block * block_len + n * kv_dim;
         for (layer, (k, v)) in contents.iter().enumerate() {
+            let kv_dim = kv_dims[layer];
+            let block_len = KV_BLOCK_ROWS as usize * kv_dim;
+            let rows = |block: usize, n: usize| block * block_len..block * block_len + n * kv_dim;
             let kv = cache.layer(layer).unwrap();
+            assert_eq!(kv.kv_dim as usize, kv_dim);
             for (buffer, want) in [(kv.keys, k), (kv.values, v)] {
                 let got = common::read_kv(&gpu, buffer, kv_type, want.len());
                 assert_eq!(got[rows(1, 16)], want[rows(0, 16)], "{kv_type:?}");

@@ -6,7 +6,7 @@
 //!
 //! `cargo run -p pio-plugin-llama --example kv_capacity`
 
-use pio_gpu::{KvShape, KvType};
+use pio_gpu::KvType;
 use pio_plugin_llama::batch::DEFAULT_KV_BLOCKS;
 use pio_plugin_llama::engine::ModelSummary;
 use pio_plugin_llama::kv_pool::{BlockPool, PoolFull, KV_BLOCK_ROWS};
@@ -67,20 +67,14 @@ fn main() {
             Some(summary) => {
                 let hp = &summary.spec.hparams;
                 for kv_type in KvType::ALL {
-                    let shape = KvShape {
-                        n_layers: hp.n_layer as u32,
-                        n_kv_heads: hp.n_head_kv as u32,
-                        head_dim: hp.head_dim as u32,
-                        kv_type,
-                    };
-                    let per_block = shape.block_bytes();
+                    let per_block = hp.kv_shape(kv_type).block_bytes();
                     println!(
                         "{name}: {} KV bytes per token ({}, {} layers x {} values x K,V); \
                          default pool {DEFAULT_KV_BLOCKS} blocks = {:.0} MiB",
                         per_block / u64::from(KV_BLOCK_ROWS),
                         kv_type.name(),
                         hp.n_layer,
-                        hp.kv_dim(),
+                        hp.kv_dim(0),
                         (DEFAULT_KV_BLOCKS as u64 * per_block) as f64 / (1 << 20) as f64
                     );
                 }

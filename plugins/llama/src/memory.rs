@@ -2,7 +2,8 @@
 //! before anything is allocated.
 //!
 //! Every buffer and host vector whose size follows from a context length is listed here:
-//! the KV cache (per layer, one K and one V buffer of `context × kv_dim` values, f32 or f16,
+//! the KV cache (per layer, one K and one V buffer of `context × kv_dim` values — the layer's
+//! own `kv_dim`, which differs between layers whose heads model surgery removed —, f32 or f16,
 //! rounded up to whole blocks of 16 positions), the RoPE tables (one per distinct RoPE of the layers,
 //! `context × head_dim` f32 each, computed on the host and then uploaded), the batched
 //! sequences' block pool (`kv_blocks × 16` rows, like the KV cache) and the activations,
@@ -97,20 +98,26 @@ impl ModelSummary {
     /// The bytes `config` needs; see [`MemoryNeeds`].
     pub fn memory_needs(&self, config: &MemoryConfig) -> MemoryNeeds {
         let hp = &self.spec.hparams;
-        let kv_row = product(&[hp.kv_dim()]).saturating_mul(config.kv_type.bytes_per_value());
+        let bytes = config.kv_type.bytes_per_value();
+        // Each layer's rows are as wide as its own key/value heads (they differ once model
+        // surgery removed heads); the largest buffers are the widest layer's.
+        let widest_row = (0..hp.n_layer).map(|i| hp.kv_dim(i)).max().unwrap_or(0);
+        let widest_row = product(&[widest_row]).saturating_mul(bytes);
+        let all_rows =
+            product(&[(0..hp.n_layer).map(|i| hp.kv_dim(i)).sum()]).saturating_mul(bytes);
         let block = KV_BLOCK_ROWS as usize;
         let context_blocks = blocks_for(config.context);
-        let kv_layer = kv_row.saturating_mul(product(&[context_blocks, block]));
-        // Each cache has a block-sized scratch buffer for copy-on-write.
-        let scratch = kv_row.saturating_mul(block as u64);
-        let kv_cache = kv_layer
-            .saturating_mul(2 * hp.n_layer as u64)
+        let kv_layer = widest_row.saturating_mul(product(&[context_blocks, block]));
+        // Each cache has a block-sized scratch buffer (of the widest layer) for copy-on-write.
+        let scratch = widest_row.saturating_mul(block as u64);
+        let kv_cache = all_rows
+            .saturating_mul(product(&[2, context_blocks, block]))
             .saturating_add(scratch);
-        let batch_layer = kv_row.saturating_mul(product(&[config.kv_blocks, block]));
+        let batch_layer = widest_row.saturating_mul(product(&[config.kv_blocks, block]));
         let batch_cache = match config.kv_blocks {
             0 => 0,
-            _ => batch_layer
-                .saturating_mul(2 * hp.n_layer as u64)
+            _ => all_rows
+                .saturating_mul(product(&[2, config.kv_blocks, block]))
                 .saturating_add(scratch),
         };
         // One table per distinct RoPE of the layers (one for Llama).
@@ -118,9 +125,10 @@ impl ModelSummary {
         let rope_table = one_rope_table.saturating_mul(self.spec.ropes().len() as u64);
         // Activations per token of a batch, as `runtime::Activations` holds them: the residual
         // stream and a projection's output before its post-norm (n_embd each), the queries and
-        // the attention output (q_dim each), the gated feed-forward (n_ff), the logits, and the
-        // token id, position, cache row and table start with a block table of the whole context.
-        let per_token = 2 * hp.n_embd + 2 * hp.q_dim() + hp.n_ff + hp.vocab_size + 4;
+        // the attention output (the widest layer's q_dim each), the gated feed-forward (n_ff),
+        // the logits, and the token id, position, cache row and table start with a block table
+        // of the whole context.
+        let per_token = 2 * hp.n_embd + 2 * hp.max_q_dim() + hp.n_ff + hp.vocab_size + 4;
         let per_token = per_token.saturating_add(context_blocks);
         // Plus the device sampler's buffers, and the 16-byte parameters of each dispatch of
         // the steps the model keeps built (the decode step and a batch step: at most 10 per
@@ -282,13 +290,7 @@ impl MemoryNeeds {
 impl ModelSummary {
     /// The shape of this model's KV caches with values of `kv_type`.
     pub fn kv_shape(&self, kv_type: KvType) -> KvShape {
-        let hp = &self.spec.hparams;
-        KvShape {
-            n_layers: hp.n_layer as u32,
-            n_kv_heads: hp.n_head_kv as u32,
-            head_dim: hp.head_dim as u32,
-            kv_type,
-        }
+        self.spec.hparams.kv_shape(kv_type)
     }
 }
 

@@ -210,7 +210,7 @@ impl ReferenceModel {
         mut observe: Option<&mut dyn FnMut(&LayerTrace)>,
     ) -> Vec<f32> {
         let (hp, eps) = (&self.spec.hparams, self.spec.norm.eps);
-        let (hd, kv_dim) = (hp.head_dim, hp.kv_dim());
+        let hd = hp.head_dim;
         let scale = self.spec.embedding.scale;
         let mut x: Vec<f32> = self
             .token_embd
@@ -220,6 +220,12 @@ impl ReferenceModel {
             .collect();
         for (index, (layer, spec)) in self.layers.iter_mut().zip(&self.spec.layers).enumerate() {
             let input = observe.is_some().then(|| x.clone());
+            // This layer's heads (a model surgery removed heads from has them per layer).
+            let (n_head, kv_dim, group) = (
+                hp.heads[index].n_head,
+                hp.kv_dim(index),
+                hp.gqa_group(index),
+            );
             // Attention.
             let (attention, ffn) = (&spec.attention, &spec.feed_forward);
             let h = rms_norm(&x, &layer.attn_norm, eps);
@@ -246,10 +252,10 @@ impl ReferenceModel {
                 AttentionWindow::Global => 0,
                 AttentionWindow::Sliding(n) => (pos + 1).saturating_sub(n),
             };
-            let mut attn = vec![0f32; hp.q_dim()];
+            let mut attn = vec![0f32; hp.q_dim(index)];
             let scale = 1.0 / (hd as f64).sqrt();
-            for head in 0..hp.n_head {
-                let kvh = head / hp.gqa_group();
+            for head in 0..n_head {
+                let kvh = head / group;
                 let qh = &q[head * hd..(head + 1) * hd];
                 let scores: Vec<f64> = (first..=pos)
                     .map(|p| {
@@ -269,7 +275,7 @@ impl ReferenceModel {
             }
             let out = layer.wo.mul(&attn);
             let head_norms: Vec<f64> = match observe {
-                Some(_) => (0..hp.n_head)
+                Some(_) => (0..n_head)
                     .map(|head| {
                         let part = layer.wo.mul_columns(&attn, head * hd..(head + 1) * hd);
                         dot(&part, &part).sqrt()
@@ -317,19 +323,9 @@ impl ReferenceModel {
         }
         self.layers = keep(std::mem::take(&mut self.layers), removed);
         self.spec.layers = keep(std::mem::take(&mut self.spec.layers), removed);
-        self.spec.hparams.n_layer = self.layers.len();
-        self
-    }
-
-    /// The same model with query head `head` of layer `layer` contributing nothing: its
-    /// columns of the output projection zeroed.
-    #[cfg(test)]
-    pub(crate) fn without_head(mut self, layer: usize, head: usize) -> Self {
-        let hd = self.spec.hparams.head_dim;
-        let wo = &mut self.layers[layer].wo;
-        for row in wo.data.chunks_exact_mut(wo.cols) {
-            row[head * hd..(head + 1) * hd].fill(0.0);
-        }
+        let hp = &mut self.spec.hparams;
+        hp.heads = keep(std::mem::take(&mut hp.heads), removed);
+        hp.n_layer = self.layers.len();
         self
     }
 }

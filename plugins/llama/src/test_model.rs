@@ -256,6 +256,11 @@ fn unit_scale(cols: usize) -> f32 {
 
 /// Builds a random-weight Llama GGUF for `cfg` in memory.
 pub fn tiny_llama_bytes(cfg: &TinyConfig) -> Vec<u8> {
+    tiny_llama_writer(cfg).to_bytes().unwrap()
+}
+
+/// A writer holding the random-weight Llama of `cfg`, for tests that change its metadata.
+pub fn tiny_llama_writer(cfg: &TinyConfig) -> GgufWriter {
     let mut w = writer_with_vocab(cfg, "llama", 10_000.0, 1e-5);
     w.add_metadata(
         "llama.rope.dimension_count",
@@ -292,7 +297,7 @@ pub fn tiny_llama_bytes(cfg: &TinyConfig) -> Vec<u8> {
         t.norm(&mut w, &format!("blk.{i}.ffn_norm.weight"), e);
     }
     t.norm(&mut w, "output_norm.weight", e);
-    w.to_bytes().unwrap()
+    w
 }
 
 /// [`tiny_llama_bytes`] parsed.

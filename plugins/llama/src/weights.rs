@@ -16,7 +16,7 @@ use crate::models::ModelSpec;
 pub struct LayerTensors<'a> {
     /// RMSNorm weight before attention, `[n_embd]`.
     pub attn_norm: TensorView<'a>,
-    /// Query projection, `n_embd` → `n_head * head_dim`.
+    /// Query projection, `n_embd` → `n_head * head_dim` (the layer's heads).
     pub attn_q: TensorView<'a>,
     /// Key projection, `n_embd` → `n_head_kv * head_dim`.
     pub attn_k: TensorView<'a>,
@@ -84,7 +84,7 @@ impl<'a> ModelTensors<'a> {
     /// Looks up every tensor `spec` names and checks its shape and element type.
     pub fn from_gguf(file: &'a GgufFile, spec: &ModelSpec) -> Result<Self> {
         let hp = &spec.hparams;
-        let (e, q, kv, ff, vocab) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff, hp.vocab_size);
+        let (e, ff, vocab) = (hp.n_embd, hp.n_ff, hp.vocab_size);
         let token_embd = matrix(file, &format!("{}.weight", spec.embedding.tensor), vocab, e)?;
         let output_name = format!("{}.weight", spec.output.tensor);
         let (output, tied_output) = if file.tensor_info(&output_name).is_some() {
@@ -101,6 +101,7 @@ impl<'a> ModelTensors<'a> {
                 let m = |n: &str, rows, cols| matrix(file, &name(n), rows, cols);
                 let v = |n: &str, len| vector(file, &name(n), len);
                 let (attn, ffn) = (&layer.attention, &layer.feed_forward);
+                let (q, kv) = (hp.q_dim(i), hp.kv_dim(i));
                 Ok(LayerTensors {
                     attn_norm: v(attn.input_norm, e)?,
                     attn_q: m(attn.q, q, e)?,

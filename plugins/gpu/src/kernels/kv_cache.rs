@@ -131,7 +131,9 @@ pub(crate) use kv_kernels;
 ///
 /// Layout: per layer, one K and one V buffer of [`KvType`] values, each `[n_blocks *
 /// KV_BLOCK_ROWS][n_kv_heads * head_dim]` (row-major; within a row, head `h` occupies
-/// `h * head_dim .. (h + 1) * head_dim`).
+/// `h * head_dim .. (h + 1) * head_dim`). Layers may have different numbers of key/value heads
+/// (a model whose heads were removed layer by layer): each layer's rows are as wide as its own
+/// heads, so a narrow layer takes no more than it needs.
 /// A sequence owns a *block table*, the list of its blocks in position order: its position `p`
 /// is row `table[p / KV_BLOCK_ROWS] * KV_BLOCK_ROWS + p % KV_BLOCK_ROWS`. A single sequence
 /// alone in a cache has the identity table (row = position); sequences sharing a cache may
@@ -141,55 +143,66 @@ pub(crate) use kv_kernels;
 #[derive(Debug)]
 pub struct KvCache {
     n_blocks: u32,
-    kv_dim: u32,
     kv_type: KvType,
-    layers: Vec<(GpuBuffer, GpuBuffer)>,
-    /// One block of one layer's K or V: [`KvCache::copy_blocks`] goes through it, since a
-    /// buffer cannot be copied into itself.
+    /// Each layer's keys, values and values per row.
+    layers: Vec<(GpuBuffer, GpuBuffer, u32)>,
+    /// One block of the widest layer's K or V: [`KvCache::copy_blocks`] goes through it, since
+    /// a buffer cannot be copied into itself.
     scratch: GpuBuffer,
 }
 
 impl KvCache {
-    /// Allocates zeroed caches of `n_blocks` blocks of `kv_type` values for `n_layers` layers.
+    /// Allocates zeroed caches of `n_blocks` blocks of `kv_type` values for every layer of
+    /// `shape`.
     pub fn new(gpu: &Gpu, shape: KvShape, n_blocks: u32) -> Result<Self> {
-        let KvShape {
-            n_layers,
-            n_kv_heads,
-            head_dim,
-            kv_type,
-        } = shape;
-        let kv_dim = n_kv_heads * head_dim;
-        if kv_dim == 0 || head_dim % 4 != 0 {
+        let widest = shape.kv_heads.iter().copied().max().unwrap_or(0);
+        if shape.kv_heads.contains(&0) || shape.head_dim == 0 || shape.head_dim % 4 != 0 {
             return Err(GpuError::shape(
                 "kv cache",
-                format!("unsupported shape {shape:?}: head_dim must be a positive multiple of 4"),
+                format!(
+                    "unsupported shape {shape:?}: every layer needs a key/value head and \
+                     head_dim must be a positive multiple of 4"
+                ),
             ));
         }
-        let block_bytes = shape.block_bytes_per_layer() / 2;
-        let bytes = u64::from(n_blocks) * block_bytes;
-        // Every layer's buffers have this size: refuse before allocating the first one.
+        let block_bytes = |heads: u32| {
+            u64::from(KV_BLOCK_ROWS)
+                * u64::from(heads * shape.head_dim)
+                * shape.kv_type.bytes_per_value()
+        };
+        // The widest layer's buffers are the largest: refuse before allocating the first one.
+        let largest = u64::from(n_blocks) * block_bytes(widest);
         let limit = gpu.max_storage_buffer_bytes();
-        if bytes > limit {
+        if largest > limit {
+            let layer = shape
+                .kv_heads
+                .iter()
+                .position(|&h| h == widest)
+                .unwrap_or(0);
             return Err(GpuError::BufferTooLarge {
-                label: "layer 0 K cache".to_owned(),
-                size: bytes,
+                label: format!("layer {layer} K cache"),
+                size: largest,
                 limit,
             });
         }
-        let layers = (0..n_layers)
-            .map(|layer| {
+        let layers = shape
+            .kv_heads
+            .iter()
+            .enumerate()
+            .map(|(layer, &heads)| {
+                let bytes = u64::from(n_blocks) * block_bytes(heads);
                 Ok((
                     gpu.storage_zeroed(&format!("layer {layer} K cache"), bytes)?,
                     gpu.storage_zeroed(&format!("layer {layer} V cache"), bytes)?,
+                    heads * shape.head_dim,
                 ))
             })
             .collect::<Result<_>>()?;
         Ok(Self {
             n_blocks,
-            kv_dim,
-            kv_type,
+            kv_type: shape.kv_type,
             layers,
-            scratch: gpu.storage_zeroed("KV block copy", block_bytes)?,
+            scratch: gpu.storage_zeroed("KV block copy", block_bytes(widest))?,
         })
     }
 
@@ -208,10 +221,10 @@ impl KvCache {
                 ),
             ));
         }
-        let row_bytes = u64::from(self.kv_dim) * self.kv_type.bytes_per_value();
-        let block_bytes = u64::from(KV_BLOCK_ROWS) * row_bytes;
         let mut encoder = gpu.device().create_command_encoder(&Default::default());
-        for (keys, values) in &self.layers {
+        for (keys, values, kv_dim) in &self.layers {
+            let row_bytes = u64::from(*kv_dim) * self.kv_type.bytes_per_value();
+            let block_bytes = u64::from(KV_BLOCK_ROWS) * row_bytes;
             for &(from, to, rows) in copies.iter().filter(|c| c.2 > 0) {
                 for buffer in [keys, values] {
                     let bytes = u64::from(rows) * row_bytes;
@@ -238,11 +251,6 @@ impl KvCache {
         self.n_blocks * KV_BLOCK_ROWS
     }
 
-    /// Values per position: `n_kv_heads * head_dim`.
-    pub fn kv_dim(&self) -> u32 {
-        self.kv_dim
-    }
-
     /// How the values are stored.
     pub fn kv_type(&self) -> KvType {
         self.kv_type
@@ -250,10 +258,8 @@ impl KvCache {
 
     /// Bytes of every layer's keys and values.
     pub fn bytes(&self) -> u64 {
-        let per_layer = u64::from(self.max_positions())
-            * u64::from(self.kv_dim)
-            * self.kv_type.bytes_per_value();
-        2 * per_layer * self.layers.len() as u64
+        let row_values: u64 = self.layers.iter().map(|l| u64::from(l.2)).sum();
+        2 * u64::from(self.max_positions()) * row_values * self.kv_type.bytes_per_value()
     }
 
     /// Number of layers.
@@ -263,7 +269,7 @@ impl KvCache {
 
     /// The K and V caches of `layer`.
     pub fn layer(&self, layer: usize) -> Result<KvLayer<'_>> {
-        let (keys, values) = self.layers.get(layer).ok_or_else(|| {
+        let (keys, values, kv_dim) = self.layers.get(layer).ok_or_else(|| {
             GpuError::shape(
                 "kv cache",
                 format!(
@@ -276,19 +282,17 @@ impl KvCache {
             keys,
             values,
             max_positions: self.max_positions(),
-            kv_dim: self.kv_dim,
+            kv_dim: *kv_dim,
             kv_type: self.kv_type,
         })
     }
 }
 
 /// The shape of a [`KvCache`] (but its length): what a model's layers need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvShape {
-    /// Layers, each with its own keys and values.
-    pub n_layers: u32,
-    /// Key (and value) heads per position.
-    pub n_kv_heads: u32,
+    /// Key (and value) heads per position, one entry per layer.
+    pub kv_heads: Vec<u32>,
     /// Values per head: a multiple of 4.
     pub head_dim: u32,
     /// How the values are stored.
@@ -296,16 +300,27 @@ pub struct KvShape {
 }
 
 impl KvShape {
-    /// Bytes of one block of one layer, keys and values.
-    pub fn block_bytes_per_layer(&self) -> u64 {
-        2 * u64::from(KV_BLOCK_ROWS)
-            * u64::from(self.n_kv_heads * self.head_dim)
-            * self.kv_type.bytes_per_value()
+    /// `n_layers` layers of `n_kv_heads` heads each.
+    pub fn uniform(n_layers: u32, n_kv_heads: u32, head_dim: u32, kv_type: KvType) -> Self {
+        KvShape {
+            kv_heads: vec![n_kv_heads; n_layers as usize],
+            head_dim,
+            kv_type,
+        }
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.kv_heads.len()
     }
 
     /// Bytes of one block in every layer, keys and values.
     pub fn block_bytes(&self) -> u64 {
-        self.block_bytes_per_layer() * u64::from(self.n_layers)
+        let heads: u64 = self.kv_heads.iter().map(|&h| u64::from(h)).sum();
+        2 * u64::from(KV_BLOCK_ROWS)
+            * heads
+            * u64::from(self.head_dim)
+            * self.kv_type.bytes_per_value()
     }
 }
 

@@ -27,15 +27,17 @@ pub const DEFAULT_ROPE_BASE: f32 = 10_000.0;
 /// Reads the description of a Llama GGUF.
 ///
 /// Fails with [`Error::InvalidModel`] for missing keys, heads that do not split the hidden
-/// size, and RoPE scaling or per-dimension frequency factors (not implemented).
+/// size (or a layer with more of them than fit), and RoPE scaling or per-dimension frequency factors (not implemented).
 pub fn describe(file: &GgufFile) -> Result<ModelSpec> {
     let meta = Metadata::new(file, ARCHITECTURE);
     let hparams = HParams::from_gguf(meta)?;
-    if hparams.q_dim() != hparams.n_embd {
+    // A Llama's heads split its embedding: `n_embd / head_dim` of them, or fewer in a layer
+    // whose heads model surgery removed.
+    if hparams.n_embd % hparams.head_dim != 0 || hparams.max_q_dim() > hparams.n_embd {
         return Err(Error::InvalidModel(format!(
-            "attention.key_length {} differs from embedding_length / head_count = {}",
-            hparams.head_dim,
-            hparams.n_embd / hparams.n_head
+            "attention.key_length {}: embedding_length {} must be a whole number of heads of \
+             that size, at least as many as any layer has",
+            hparams.head_dim, hparams.n_embd
         )));
     }
     if let Some(scaling) = meta.opt_str("rope.scaling.type")? {
@@ -148,10 +150,8 @@ mod tests {
         let path = smollm2();
         let spec = models::describe(&GgufFile::open(path).unwrap()).unwrap();
         let hp = &spec.hparams;
-        assert_eq!(
-            (hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv),
-            (30, 576, 1536, 9, 3)
-        );
+        assert_eq!((hp.n_layer, hp.n_embd, hp.n_ff), (30, 576, 1536));
+        assert!(hp.heads.iter().all(|h| (h.n_head, h.n_head_kv) == (9, 3)));
         assert_eq!((hp.head_dim, hp.vocab_size), (64, 49152));
         assert_eq!(
             spec.ropes(),

@@ -149,13 +149,14 @@ pub struct AttentionSpec {
     pub input_norm: &'static str,
     /// Norm of the attention output before the residual add (Gemma's sandwich norm), if any.
     pub output_norm: Option<&'static str>,
-    /// Query projection, `n_embd` → `n_head * head_dim`.
+    /// Query projection, `n_embd` → `n_head * head_dim` (the layer's heads, see
+    /// [`HParams::heads`]).
     pub q: &'static str,
     /// Key projection, `n_embd` → `n_head_kv * head_dim`.
     pub k: &'static str,
     /// Value projection, `n_embd` → `n_head_kv * head_dim`.
     pub v: &'static str,
-    /// Output projection, `n_head * head_dim` → `n_embd`.
+    /// Output projection, `n_head * head_dim` → `n_embd` (the layer's query heads).
     pub output: &'static str,
     /// Per-head RMSNorm of queries and keys before RoPE (Gemma 3), if any.
     pub qk_norm: Option<QkNorm>,

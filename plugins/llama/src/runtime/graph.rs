@@ -88,7 +88,8 @@ impl Activations {
         let b = config.max_batch as u64;
         let context_blocks = blocks_for(config.context) as u64;
         let words = |name: &str, n: u64| gpu.storage_zeroed(name, n * 4);
-        let (e, q) = (hp.n_embd as u64, hp.q_dim() as u64);
+        // The widest layer's queries.
+        let (e, q) = (hp.n_embd as u64, hp.max_q_dim() as u64);
         Ok(Activations {
             tokens: words("token ids", b)?,
             positions: words("positions", b)?,
@@ -171,8 +172,8 @@ impl KernelFactory<'_> {
                 self.gpu,
                 QkvRopeConfig {
                     shape: self.shape(&weights.qkv, true, tile),
-                    q_rows: hp.q_dim() as u32,
-                    kv_rows: hp.kv_dim() as u32,
+                    q_rows: hp.q_dim(i) as u32,
+                    kv_rows: hp.kv_dim(i) as u32,
                     head_dim: hp.head_dim as u32,
                     rope: weights.qk_norm.is_none(),
                     kv_type: self.kv_type,
@@ -196,16 +197,16 @@ impl KernelFactory<'_> {
         })
     }
 
-    /// Layer `i`'s attention over its window.
+    /// Layer `i`'s attention over its window, with its heads.
     pub fn attention(&self, i: usize) -> Result<Attention> {
-        let hp = &self.spec.hparams;
+        let (hp, heads) = (&self.spec.hparams, self.spec.hparams.heads[i]);
         Ok(Attention::new(
             self.gpu,
             AttentionConfig {
-                n_heads: hp.n_head as u32,
-                n_kv_heads: hp.n_head_kv as u32,
+                n_heads: heads.n_head as u32,
+                n_kv_heads: heads.n_head_kv as u32,
                 head_dim: hp.head_dim as u32,
-                q: RowLayout::contiguous(hp.q_dim() as u32),
+                q: RowLayout::contiguous(hp.q_dim(i) as u32),
                 window: match self.spec.layers[i].attention.window {
                     AttentionWindow::Global => None,
                     AttentionWindow::Sliding(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -215,12 +216,12 @@ impl KernelFactory<'_> {
         )?)
     }
 
-    /// The per-head q/k norm of a layer whose `weights` have one.
-    pub fn qk_norm(&self, weights: &LayerWeights) -> Result<Option<QkNormRope>> {
-        let hp = &self.spec.hparams;
+    /// The per-head q/k norm of layer `i`, with its heads, when its `weights` have one.
+    pub fn qk_norm(&self, i: usize, weights: &LayerWeights) -> Result<Option<QkNormRope>> {
+        let (hp, heads) = (&self.spec.hparams, self.spec.hparams.heads[i]);
         let config = QkNormRopeConfig {
-            n_heads: hp.n_head as u32,
-            n_kv_heads: hp.n_head_kv as u32,
+            n_heads: heads.n_head as u32,
+            n_kv_heads: heads.n_head_kv as u32,
             head_dim: hp.head_dim as u32,
             eps: self.spec.norm.eps,
             kv_type: self.kv_type,

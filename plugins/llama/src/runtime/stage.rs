@@ -212,7 +212,7 @@ impl Stage {
                     decode: factory.layer(i, &weights, decode_tile)?,
                     prefill: factory.layer(i, &weights, prefill_tile)?,
                     attention: factory.attention(i)?,
-                    qk_norm: factory.qk_norm(&weights)?,
+                    qk_norm: factory.qk_norm(i, &weights)?,
                     post_norm: factory.post_norm(&weights)?,
                     rope: ropes
                         .iter()
@@ -274,7 +274,7 @@ impl Stage {
             .collect::<Result<Vec<_>>>()?;
         let cache = KvCache::new(
             &gpu,
-            kv_shape(spec, layer_range.len(), config.storage.kv),
+            kv_shape(spec, layer_range.clone(), config.storage.kv),
             u(blocks_for(config.context)),
         )?;
         let mut stage = Stage {
@@ -308,7 +308,7 @@ impl Stage {
     /// Allocates, once, this stage's layers of the block pool batched sequences share.
     pub fn reserve_batch_cache(&mut self, spec: &ModelSpec, blocks: u32) -> Result<()> {
         if self.batch_cache.is_none() {
-            let shape = kv_shape(spec, self.layers.len(), self.cache.kv_type());
+            let shape = kv_shape(spec, self.layer_range.clone(), self.cache.kv_type());
             self.batch_cache = Some(KvCache::new(&self.gpu, shape, blocks)?);
         }
         Ok(())
@@ -411,13 +411,9 @@ impl Stage {
     }
 }
 
-/// The KV cache shape of `n_layers` layers of `spec`.
-fn kv_shape(spec: &ModelSpec, n_layers: usize, kv_type: pio_gpu::KvType) -> KvShape {
-    let hp = &spec.hparams;
-    KvShape {
-        n_layers: n_layers as u32,
-        n_kv_heads: hp.n_head_kv as u32,
-        head_dim: hp.head_dim as u32,
-        kv_type,
-    }
+/// The KV cache shape of the layers `layers` of `spec`.
+fn kv_shape(spec: &ModelSpec, layers: Range<usize>, kv_type: pio_gpu::KvType) -> KvShape {
+    let mut shape = spec.hparams.kv_shape(kv_type);
+    shape.kv_heads = shape.kv_heads[layers].to_vec();
+    shape
 }

@@ -73,20 +73,18 @@ pub(super) struct LayerShapes {
 
 impl LayerShapes {
     /// The shapes of the layer `l` of `spec`, its matrices stored as `storage` says: known
-    /// from the tensor table alone.
+    /// from the tensor table alone (its query and key/value widths are its own, checked
+    /// against its heads by [`crate::weights::ModelTensors::from_gguf`]).
     pub fn of(spec: &ModelSpec, l: &LayerTensors, storage: WeightStorage) -> Result<Self> {
         let hp = &spec.hparams;
-        let (e, ff, q_rows) = (hp.n_embd, hp.n_ff, hp.q_dim());
+        let rows = |t: &TensorView| t.info.dims[1] as usize;
+        let (e, ff, q_rows, kv_rows) = (hp.n_embd, hp.n_ff, rows(&l.attn_q), rows(&l.attn_k));
         let shape = |group: &[&TensorView], rows, cols| -> Result<MatrixShape> {
             let dtype = storage.group_dtype(group)?;
             Ok(MatrixShape { dtype, rows, cols })
         };
         Ok(LayerShapes {
-            qkv: shape(
-                &[&l.attn_q, &l.attn_k, &l.attn_v],
-                q_rows + 2 * hp.kv_dim(),
-                e,
-            )?,
+            qkv: shape(&[&l.attn_q, &l.attn_k, &l.attn_v], q_rows + 2 * kv_rows, e)?,
             output: shape(&[&l.attn_output], e, q_rows)?,
             gate_up: shape(&[&l.ffn_gate, &l.ffn_up], 2 * ff, e)?,
             down: shape(&[&l.ffn_down], e, ff)?,
@@ -113,12 +111,12 @@ impl PackedLayer {
         storage: WeightStorage,
     ) -> Result<Self> {
         let hp = &spec.hparams;
-        let (e, ff, q_rows, hd) = (hp.n_embd, hp.n_ff, hp.q_dim(), hp.head_dim);
+        let (e, ff, q_rows, hd) = (hp.n_embd, hp.n_ff, hp.q_dim(index), hp.head_dim);
         let shapes = LayerShapes::of(spec, l, storage)?;
         let (_, mut qkv) = storage.group_bytes(&[&l.attn_q, &l.attn_k, &l.attn_v])?;
         if spec.layers[index].attention.rope.pairs == RopePairs::Halves {
             qkv[0] = Cow::Owned(rows_to_adjacent_pairs(&qkv[0], q_rows, hd));
-            qkv[1] = Cow::Owned(rows_to_adjacent_pairs(&qkv[1], hp.kv_dim(), hd));
+            qkv[1] = Cow::Owned(rows_to_adjacent_pairs(&qkv[1], hp.kv_dim(index), hd));
         }
         let single = |t: &TensorView, shape| -> Result<PackedMatrix> {
             let (_, bytes) = storage.group_bytes(&[t])?;

@@ -12,6 +12,12 @@
 //!   the residual stream the head moves, so heads of different layers compare; a norm, not an
 //!   ablation, so it is one pass and no perplexity run per head. Heads that cancel each other
 //!   both score high, which is why the top candidates' removal is measured ([`super::cost`]).
+//!
+//! Components the caller keeps ([`Analysis::keep`]) are still scored and ranked, marked kept,
+//! and are never candidates: a kept layer's heads are kept, and a layer with a kept head is
+//! not removed whole.
+
+use pio_gguf::surgery::Head;
 
 use crate::reference::{LayerTrace, ReferenceModel};
 
@@ -22,6 +28,8 @@ pub struct LayerScore {
     pub layer: usize,
     /// `1 − mean cosine(input, output)`, in `[0, 2]`.
     pub block_influence: f64,
+    /// Kept by the caller: not a removal candidate.
+    pub kept: bool,
 }
 
 /// One query head's score.
@@ -33,6 +41,8 @@ pub struct HeadScore {
     pub head: usize,
     /// Mean fraction of the residual stream's norm the head adds (see the module docs).
     pub importance: f64,
+    /// Kept by the caller (or its layer is): not a removal candidate.
+    pub kept: bool,
 }
 
 /// Scores of every layer and head, each list sorted least important first.
@@ -75,7 +85,7 @@ pub fn analyze(model: &mut ReferenceModel, tokens: &[u32]) -> Analysis {
     let hp = &model.spec().hparams;
     let mut sums = Sums {
         cosine: vec![0.0; hp.n_layer],
-        head: vec![vec![0.0; hp.n_head]; hp.n_layer],
+        head: hp.heads.iter().map(|h| vec![0.0; h.n_head]).collect(),
         positions: 0,
     };
     model.trace(tokens, |t| sums.add(t));
@@ -87,6 +97,7 @@ pub fn analyze(model: &mut ReferenceModel, tokens: &[u32]) -> Analysis {
         .map(|(layer, c)| LayerScore {
             layer,
             block_influence: 1.0 - c / n,
+            kept: false,
         })
         .collect();
     layers.sort_by(|a, b| a.block_influence.total_cmp(&b.block_influence));
@@ -99,6 +110,7 @@ pub fn analyze(model: &mut ReferenceModel, tokens: &[u32]) -> Analysis {
                 layer,
                 head,
                 importance: s / n,
+                kept: false,
             })
         })
         .collect();
@@ -107,6 +119,23 @@ pub fn analyze(model: &mut ReferenceModel, tokens: &[u32]) -> Analysis {
         tokens: sums.positions,
         layers,
         heads,
+    }
+}
+
+impl Analysis {
+    /// Marks as kept the layers `layers` (and all their heads), the heads `heads` (and their
+    /// layers, which cannot be removed whole without them).
+    pub fn keep(&mut self, layers: &[usize], heads: &[Head]) {
+        for l in &mut self.layers {
+            l.kept = layers.contains(&l.layer) || heads.iter().any(|h| h.layer == l.layer);
+        }
+        for h in &mut self.heads {
+            h.kept = layers.contains(&h.layer)
+                || heads.contains(&Head {
+                    layer: h.layer,
+                    head: h.head,
+                });
+        }
     }
 }
 

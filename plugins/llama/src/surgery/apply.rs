@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use pio_gguf::surgery::{Shape, Surgery};
 use pio_gguf::{GgufError, GgufFile};
+use pio_gpu::BLOCK_ELEMENTS;
 
 use crate::error::{Error, Result};
 use crate::models;
@@ -19,8 +20,13 @@ pub struct Applied {
     pub layers_before: usize,
     /// Layers left.
     pub layers_after: usize,
-    /// Query heads whose output columns were zeroed (they are still computed).
-    pub silenced_heads: usize,
+    /// Query heads removed from the projections.
+    pub removed_heads: usize,
+    /// Query heads of each layer left, in the new numbering.
+    pub heads_after: Vec<usize>,
+    /// Key/value heads of each layer left (see [`pio_gguf::surgery::HeadPlan`] for why a
+    /// layer may get more than it had).
+    pub kv_heads_after: Vec<usize>,
     /// Size of the model file before.
     pub bytes_before: u64,
     /// Size of the file written.
@@ -28,12 +34,27 @@ pub struct Applied {
 }
 
 /// Checks `surgery` against the model in `file`; a bad one is [`Error::InvalidParams`] naming
-/// the component.
+/// the component. Beyond [`Surgery::validate`], a layer left with query heads whose output
+/// projection the GPU kernels cannot read (they take a matrix's columns in blocks of
+/// [`BLOCK_ELEMENTS`]; only heads narrower than that can leave such a width) is refused, so
+/// nothing is written that this plugin would not load.
 pub fn check(file: &GgufFile, surgery: &Surgery) -> Result<Shape> {
     let shape = Shape::of(file)?;
     surgery
-        .validate(shape)
+        .validate(&shape)
         .map_err(|e| Error::InvalidParams(e.to_string()))?;
+    for (layer, plan) in surgery.head_plans(&shape).iter().enumerate() {
+        let Some(plan) = plan else { continue };
+        let columns = plan.query.len() * shape.head_dim;
+        if columns % BLOCK_ELEMENTS != 0 {
+            return Err(Error::InvalidParams(format!(
+                "layer {layer} would keep {} heads of {} values, {columns} columns of \
+                 attn_output; the GPU kernels read columns in blocks of {BLOCK_ELEMENTS}",
+                plan.query.len(),
+                shape.head_dim
+            )));
+        }
+    }
     Ok(shape)
 }
 
@@ -57,7 +78,8 @@ pub fn apply(file: &GgufFile, surgery: &Surgery, out: &Path) -> Result<Applied> 
         .collect();
     let overrides = models::surgery_metadata(&spec, &kept);
     let writer = surgery.apply(file, &overrides).map_err(|e| match e {
-        // Heads whose columns split the tensor's blocks: the request cannot be served.
+        // Heads whose columns split the tensor's blocks, or a fused q/k/v projection: the
+        // request cannot be served.
         GgufError::Surgery(_) => Error::InvalidParams(e.to_string()),
         e => e.into(),
     })?;
@@ -68,11 +90,15 @@ pub fn apply(file: &GgufFile, surgery: &Surgery, out: &Path) -> Result<Applied> 
         source,
     })?;
     let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let plans = surgery.head_plans(&shape);
+    let after = |count: &dyn Fn(usize) -> usize| kept.iter().map(|&l| count(l)).collect();
     Ok(Applied {
         out: out.to_owned(),
         layers_before: shape.layers,
         layers_after: kept.len(),
-        silenced_heads: surgery.remove_heads.iter().collect::<BTreeSet<_>>().len(),
+        removed_heads: surgery.remove_heads.iter().collect::<BTreeSet<_>>().len(),
+        heads_after: after(&|l| plans[l].as_ref().map_or(shape.heads[l], |p| p.query.len())),
+        kv_heads_after: after(&|l| plans[l].as_ref().map_or(shape.kv_heads[l], |p| p.kv.len())),
         bytes_before: size(file.path()),
         bytes_after: size(out),
     })

@@ -3,8 +3,10 @@
 //! `surgery.analyze` and `surgery.apply` (see [`infer_analyze`], [`infer_apply`]; the shapes
 //! are documented in `plugin-kit`'s crate docs so other families can answer the same ones).
 //!
-//! Layers are removed for real (the file shrinks, decoding gets faster); a head is silenced by
-//! zeroing its output-projection columns, exact but not smaller (see [`pio_gguf::surgery`]).
+//! Both are removed for real: a layer's tensors are dropped, a query head's rows of `attn_q`
+//! and columns of `attn_output` (with the key/value heads regrouped exactly, see
+//! [`pio_gguf::surgery::HeadPlan`]), so the file shrinks and decoding does less work; the
+//! runtimes read the per-layer head counts such a file records ([`crate::hparams::HParams`]).
 
 pub mod analyze;
 pub mod apply;
@@ -27,18 +29,38 @@ pub const DEFAULT_MAX_TOKENS: usize = 256;
 /// say.
 pub const DEFAULT_MEASURE: usize = 4;
 
+/// The GNU GPL v3 (a public text; `pio perplexity` and the surgery tables of
+/// docs/benchmarks.md are measured on it).
+const GPL3: &str = include_str!("../../tests/data/gpl-3.0.txt");
+
+/// Where [`default_text`] starts in the GPL v3: past the 1300 bytes docs/benchmarks.md
+/// evaluates perplexity on, so calibration and evaluation stay apart.
+pub const DEFAULT_TEXT_START: usize = 12_000;
+
+/// The calibration text of a `surgery.analyze` request without one: the GNU GPL v3 from byte
+/// [`DEFAULT_TEXT_START`] on (about 5 000 tokens, so `max_tokens` decides how much is traced).
+pub fn default_text() -> &'static str {
+    &GPL3[DEFAULT_TEXT_START..]
+}
+
 /// A `surgery.analyze` request.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AnalyzeRequest {
-    /// Calibration text.
-    text: String,
+    /// Calibration text ([`default_text`] when absent).
+    text: Option<String>,
     /// At most this many of its tokens are traced.
     #[serde(default = "default_max_tokens")]
     max_tokens: usize,
     /// Measure the perplexity without each of this many lowest-scoring layers, and heads.
     #[serde(default = "default_measure")]
     measure: usize,
+    /// Layers that must stay: ranked, never candidates.
+    #[serde(default)]
+    keep_layers: Vec<usize>,
+    /// Heads (`[layer, head]`) that must stay: ranked, never candidates.
+    #[serde(default)]
+    keep_heads: Vec<(usize, usize)>,
 }
 
 fn default_max_tokens() -> usize {
@@ -100,18 +122,29 @@ pub fn infer_apply(engine: &Engine, request: &serde_json::Value) -> Result<serde
     Ok(serde_json::to_value(applied).expect("plain fields serialize"))
 }
 
-/// `{"op": "surgery.analyze", "text": TEXT, "max_tokens": N, "measure": K}`: the first
-/// `max_tokens` (default [`DEFAULT_MAX_TOKENS`]) tokens of `text` traced through the CPU
+/// `{"op": "surgery.analyze", "text": TEXT, "max_tokens": N, "measure": K, "keep_layers":
+/// [N, ...], "keep_heads": [[L, H], ...]}`: the first `max_tokens` (default
+/// [`DEFAULT_MAX_TOKENS`]) tokens of `text` (default [`default_text`]) traced through the CPU
 /// reference of the engine's model file, then the perplexity of those tokens on the GPU
 /// without each of the `measure` (default [`DEFAULT_MEASURE`]) lowest-scoring layers and
-/// heads, one at a time.
+/// heads that are not kept, one at a time. Keep lists naming components the model does not
+/// have are refused before anything is traced.
 ///
-/// Answers `{"tokens", "baseline_perplexity", "layers": [{"layer", "block_influence",
-/// "perplexity_without"?}], "heads": [{"layer", "head", "importance",
+/// Answers `{"tokens", "baseline_perplexity", "layers": [{"layer", "block_influence", "kept",
+/// "perplexity_without"?}], "heads": [{"layer", "head", "importance", "kept",
 /// "perplexity_without"?}]}`, each list least important first (see [`analyze::analyze`]).
 pub fn infer_analyze(engine: &Engine, request: &serde_json::Value) -> Result<serde_json::Value> {
     let r: AnalyzeRequest = parse(request)?;
-    let (mut tokens, bos) = engine.text_tokens(&r.text)?;
+    let path = &engine.summary().path;
+    let file = GgufFile::open(path)?;
+    let keep = Surgery {
+        keep_layers: r.keep_layers,
+        keep_heads: heads(&r.keep_heads),
+        ..Surgery::default()
+    };
+    apply::check(&file, &keep)?;
+    let text = r.text.as_deref().unwrap_or_else(|| default_text());
+    let (mut tokens, bos) = engine.text_tokens(text)?;
     tokens.truncate(r.max_tokens);
     if tokens.len() < 2 {
         return Err(Error::InvalidParams(format!(
@@ -119,12 +152,11 @@ pub fn infer_analyze(engine: &Engine, request: &serde_json::Value) -> Result<ser
             tokens.len()
         )));
     }
-    let path = &engine.summary().path;
-    let file = GgufFile::open(path)?;
     let traced: Vec<u32> = bos.into_iter().chain(tokens.iter().copied()).collect();
     let mut reference = ReferenceModel::load(&file, traced.len())?;
-    let analysis = analyze::analyze(&mut reference, &traced);
+    let mut analysis = analyze::analyze(&mut reference, &traced);
     drop(reference);
+    analysis.keep(&keep.keep_layers, &keep.keep_heads);
 
     let calibration = Calibration {
         tokens: &tokens,
@@ -135,7 +167,8 @@ pub fn infer_analyze(engine: &Engine, request: &serde_json::Value) -> Result<ser
     measured(&analysis, &calibration, &file, r.measure, baseline)
 }
 
-/// The analysis as JSON, with the perplexity without each of the first `k` layers and heads.
+/// The analysis as JSON, with the perplexity without each of the first `k` layers and heads
+/// that are not kept.
 fn measured(
     analysis: &Analysis,
     calibration: &Calibration,
@@ -145,7 +178,8 @@ fn measured(
 ) -> Result<serde_json::Value> {
     let mut answer = serde_json::to_value(analysis).expect("plain fields serialize");
     answer["baseline_perplexity"] = baseline.into();
-    for (i, layer) in analysis.layers.iter().take(k).enumerate() {
+    let candidates = analysis.layers.iter().enumerate().filter(|(_, l)| !l.kept);
+    for (i, layer) in candidates.take(k) {
         let surgery = Surgery {
             remove_layers: vec![layer.layer],
             ..Surgery::default()
@@ -153,7 +187,8 @@ fn measured(
         answer["layers"][i]["perplexity_without"] =
             calibration.perplexity_after(file, &surgery)?.into();
     }
-    for (i, head) in analysis.heads.iter().take(k).enumerate() {
+    let candidates = analysis.heads.iter().enumerate().filter(|(_, h)| !h.kept);
+    for (i, head) in candidates.take(k) {
         let surgery = Surgery {
             remove_heads: vec![Head {
                 layer: head.layer,
