@@ -236,6 +236,7 @@ fn removed_heads_shrink_the_file_and_the_projections() {
             kv_blocks: 0,
             kv_type: pio_gpu::KvType::F32,
             streamed_layers: 0,
+            devices: 1,
         })
     };
     let (before, after) = (needs(&file), needs(&cut));
