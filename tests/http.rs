@@ -1461,25 +1461,31 @@ fn a_removed_plugin_folder_stops_being_served() {
     assert!(health.contains("no plugin is active"), "{health}");
 }
 
+/// A server of the `llama` plugin on SmolLM2 with the settings of `config` (beside the model)
+/// and a context of `context_length`.
+fn smollm2_server(mut config: Value, context_length: u32) -> TestServer {
+    config["model"] = json!(pio_testkit::model(pio_testkit::SMOLLM2));
+    let library = workspace_plugin("pio_plugin_llama");
+    TestServer::start(
+        &[Served {
+            folder: "llama",
+            library: &library,
+            config,
+        }],
+        ConfigLayer::default(),
+        ActivateOptions {
+            context_length,
+            ..ActivateOptions::default()
+        },
+    )
+}
+
 /// SmolLM2 split over two logical devices of one adapter answers as on one, and
 /// `/admin/plugins` and `/metrics` show each device's layers and what crossed between them.
 #[test]
 #[ignore = "needs the SmolLM2 model: pio models fetch"]
 fn llama_split_over_two_devices_reports_them() {
-    let model = pio_testkit::model(pio_testkit::SMOLLM2);
-    let library = workspace_plugin("pio_plugin_llama");
-    let server = TestServer::start(
-        &[Served {
-            folder: "llama",
-            library: &library,
-            config: json!({"model": model, "devices": ["auto", "auto"]}),
-        }],
-        ConfigLayer::default(),
-        ActivateOptions {
-            context_length: 256,
-            ..ActivateOptions::default()
-        },
-    );
+    let server = smollm2_server(json!({"devices": ["auto", "auto"]}), 256);
     let mut request = chat("llama", "What is the capital of France?");
     request["temperature"] = json!(0);
     request["max_tokens"] = json!(16);
@@ -1533,20 +1539,7 @@ fn llama_split_over_two_devices_reports_them() {
 #[test]
 #[ignore = "needs the SmolLM2 model: pio models fetch"]
 fn llama_chat_end_to_end_with_smollm2() {
-    let model = pio_testkit::model(pio_testkit::SMOLLM2);
-    let library = workspace_plugin("pio_plugin_llama");
-    let server = TestServer::start(
-        &[Served {
-            folder: "llama",
-            library: &library,
-            config: json!({"model": model}),
-        }],
-        ConfigLayer::default(),
-        ActivateOptions {
-            context_length: 512,
-            ..ActivateOptions::default()
-        },
-    );
+    let server = smollm2_server(json!({}), 512);
     let mut request = chat("llama", "What is the capital of France?");
     request["temperature"] = json!(0);
     request["max_tokens"] = json!(24);
