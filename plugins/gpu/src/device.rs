@@ -14,6 +14,12 @@ use crate::pipeline::PipelineCache;
 /// OpenGL is left out: its compute support is too uneven for these kernels.
 const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
 
+/// Optional features requested where the adapter offers them: device timestamps for
+/// [`Gpu::profile`]. What needs one checks [`Gpu::features`] and falls back.
+fn optional_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY
+}
+
 /// What kind of device an adapter drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -255,8 +261,9 @@ pub struct Gpu {
 
 impl Gpu {
     /// Opens a device on the adapter chosen by `options` (see [`DeviceOptions`]), requesting the
-    /// adapter's full limits (notably its maximum storage-buffer binding size) and no optional
-    /// features. Logs the chosen adapter at `info` level.
+    /// adapter's full limits (notably its maximum storage-buffer binding size) and the optional
+    /// features this crate uses where the adapter has them (see [`Gpu::features`]). Logs the
+    /// chosen adapter at `info` level.
     pub fn new(options: &DeviceOptions) -> Result<Self> {
         let instance = instance();
         let adapters = enumerate(&instance);
@@ -271,7 +278,7 @@ impl Gpu {
 
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("pio-gpu"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & optional_features(),
             required_limits: adapter.limits(),
             memory_hints: wgpu::MemoryHints::Performance,
             ..Default::default()
@@ -290,6 +297,11 @@ impl Gpu {
             memory: Arc::default(),
             pipelines: PipelineCache::default(),
         })
+    }
+
+    /// The optional features the device was created with.
+    pub fn features(&self) -> wgpu::Features {
+        self.device.features()
     }
 
     /// The adapter this device runs on.

@@ -24,6 +24,7 @@ mod error;
 pub mod kernels;
 mod layout;
 mod pipeline;
+mod profile;
 mod quant;
 mod quantize;
 #[cfg(feature = "reference")]
@@ -50,6 +51,7 @@ pub use kernels::rope::RopeTable;
 pub use kernels::sample::{DeviceSampler, SampleSettings, MAX_PENALTY_TOKENS};
 pub use layout::RowLayout;
 pub use pipeline::Kernel;
+pub use profile::{DispatchTime, KernelTime, Profile, TimingMethod};
 pub use quant::{
     MatrixShape, PackedMatrix, QuantMatrix, WeightDtype, WeightSlot, BLOCK_ELEMENTS, ROW_GROUP,
 };

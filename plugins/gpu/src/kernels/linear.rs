@@ -238,6 +238,11 @@ impl LinearShape {
         ]
     }
 
+    /// How profiles tell launches of this shape from others: dtype, rows x columns.
+    fn detail(&self) -> String {
+        format!("{} {}x{}", self.dtype.name(), self.rows, self.cols)
+    }
+
     fn row_groups(&self) -> u32 {
         self.rows.div_ceil(ROW_GROUP as u32)
     }
@@ -503,13 +508,15 @@ impl Linear {
             Epilogue::BiasResidualLayerNorm { .. } => [1, groups(tokens.count, s.tile.tokens), 1],
             _ => s.grid(s.row_groups(), tokens.count),
         };
-        gpu.dispatch(
-            label,
-            &self.pipeline,
-            &buffers,
-            Params::range(tokens.first, tokens.count),
-            grid,
-        )
+        Ok(gpu
+            .dispatch(
+                label,
+                &self.pipeline,
+                &buffers,
+                Params::range(tokens.first, tokens.count),
+                grid,
+            )?
+            .with_detail(s.detail()))
     }
 }
 
@@ -636,5 +643,6 @@ impl QkvRope {
             Params::range(tokens.first, tokens.count),
             c.shape.grid(c.shape.row_groups(), tokens.count),
         )
+        .map(|d| d.with_detail(c.shape.detail()))
     }
 }

@@ -565,6 +565,50 @@ impl GpuModel {
         Ok(out)
     }
 
+    /// Times every dispatch of one step over `tokens` of the model's own sequence at positions
+    /// `start_pos..` (at most [`GpuModel::max_batch`] tokens), ending with the sampling kernel
+    /// as generation does ([`Gpu::profile`]). The step computes what it would in generation:
+    /// it writes the tokens' keys and values into the cache.
+    pub fn profile_step(&self, tokens: &[u32], start_pos: usize) -> Result<pio_gpu::Profile> {
+        self.check_tokens(tokens, start_pos)?;
+        if tokens.len() > self.max_batch {
+            return Err(Error::InvalidParams(format!(
+                "a profiled step of {} tokens: one step takes at most {}",
+                tokens.len(),
+                self.max_batch
+            )));
+        }
+        self.alone(tokens, start_pos, |at| {
+            self.with_step(tokens.len(), false, CacheKind::Main, |step| {
+                let (blocks, starts) = at.tables();
+                let a = &self.acts;
+                let inputs = [
+                    (&a.tokens, at.tokens),
+                    (&a.positions, at.positions),
+                    (&a.cache_rows, at.cache.rows),
+                    (&a.table_starts, &starts[..]),
+                    (&a.blocks, &blocks[..]),
+                ];
+                for (buffer, data) in inputs {
+                    self.gpu.write(buffer, 0, data)?;
+                }
+                let mut profile: Option<pio_gpu::Profile> = None;
+                for (i, part) in step.parts.iter().enumerate() {
+                    self.write_streamed_weights(part)?;
+                    let sample = (i + 1 == step.parts.len()).then_some(&self.sample);
+                    let dispatches: Vec<&Dispatch> = part.dispatches.iter().chain(sample).collect();
+                    let timed = self.gpu.profile(&dispatches)?;
+                    match &mut profile {
+                        Some(profile) => profile.extend(timed),
+                        None => profile = Some(timed),
+                    }
+                }
+                self.step_done();
+                Ok(profile.expect("a step has a part"))
+            })
+        })
+    }
+
     /// Whether the block pool of batched sequences is allocated (at the first batched
     /// sequence).
     pub fn has_batch_cache(&self) -> bool {
