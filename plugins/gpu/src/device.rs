@@ -1,8 +1,9 @@
 //! Adapter discovery and selection, and [`Gpu`]: one wgpu device with its queue, byte accounting
 //! and pipeline cache.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -15,9 +16,10 @@ use crate::pipeline::PipelineCache;
 const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
 
 /// Optional features requested where the adapter offers them: device timestamps for
-/// [`Gpu::profile`]. What needs one checks [`Gpu::features`] and falls back.
+/// [`Gpu::profile`] and subgroup operations for the subgroup-reduced matrix-vector kernels
+/// (see [`crate::RowTile`]). Kernels that need one check [`Gpu::features`] and fall back.
 fn optional_features() -> wgpu::Features {
-    wgpu::Features::TIMESTAMP_QUERY
+    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP
 }
 
 /// What kind of device an adapter drives.
@@ -257,6 +259,10 @@ pub struct Gpu {
     pub(crate) queue: wgpu::Queue,
     pub(crate) memory: Arc<MemoryCounter>,
     pub(crate) pipelines: PipelineCache,
+    /// The smallest subgroup size the adapter may run a kernel with.
+    subgroup_min_size: u32,
+    /// Messages [`Gpu::log_once`] has logged.
+    logged: Mutex<HashSet<String>>,
 }
 
 impl Gpu {
@@ -296,12 +302,30 @@ impl Gpu {
             queue,
             memory: Arc::default(),
             pipelines: PipelineCache::default(),
+            subgroup_min_size: adapter.get_info().subgroup_min_size,
+            logged: Mutex::default(),
         })
     }
 
     /// The optional features the device was created with.
     pub fn features(&self) -> wgpu::Features {
         self.device.features()
+    }
+
+    /// The smallest subgroup size the adapter may run a kernel with (meaningful with
+    /// [`wgpu::Features::SUBGROUP`]).
+    pub fn subgroup_min_size(&self) -> u32 {
+        self.subgroup_min_size
+    }
+
+    /// Logs `message` at `info` level, once per device: a kernel variant's fallback, which
+    /// every layer's kernels would otherwise repeat.
+    pub(crate) fn log_once(&self, message: String) {
+        let mut logged = self.logged.lock().expect("log set lock");
+        if !logged.contains(&message) {
+            tracing::info!(adapter = %self.info, "{message}");
+            logged.insert(message);
+        }
     }
 
     /// The adapter this device runs on.
