@@ -15,8 +15,10 @@ const SHAPES: [(usize, usize, usize); 4] = [(1, 32, 1), (37, 96, 1), (67, 160, 5
 /// split matrix-vector variants beside the GPU decode tile (a subgroup reduction of 8 lanes in
 /// 64-wide workgroups): through workgroup memory with 8 and 16 lanes, and through subgroups in
 /// workgroups of one row group (lavapipe's subgroup size, 8). [`check_variant_runs`] makes sure
-/// none of them silently falls back on the test device.
-pub(crate) fn tiles() -> [RowTile; 7] {
+/// none of them silently falls back on the test device — but the last, a subgroup reduction
+/// over 16 lanes, which must fall back to workgroup memory wherever subgroups may be narrower
+/// (lavapipe's are 8 wide): the fallback is tested too.
+pub(crate) fn tiles() -> [RowTile; 8] {
     let split = |workgroup_size, reduction| RowTile {
         tokens: 1,
         workgroup_size,
@@ -30,6 +32,7 @@ pub(crate) fn tiles() -> [RowTile; 7] {
         split(64, Reduction::Workgroup { lanes: 8 }),
         split(32, Reduction::Workgroup { lanes: 16 }),
         split(8, Reduction::Subgroup { lanes: 8 }),
+        split(32, Reduction::Subgroup { lanes: 16 }),
     ]
 }
 
