@@ -4,8 +4,8 @@ use pio_gpu::testing as common;
 
 use pio_gpu::{
     list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Kernel, KvCache, KvShape,
-    KvType, Linear, LinearShape, RopeTable, RowTile, TimingMethod, TokenRange, WeightDtype,
-    KV_BLOCK_ROWS,
+    KvType, Linear, LinearShape, Reduction, RopeTable, RowTile, TimingMethod, TokenRange,
+    WeightDtype, KV_BLOCK_ROWS,
 };
 
 #[test]
@@ -132,7 +132,7 @@ fn profiles_each_dispatch_in_order() {
         rows: rows as u32,
         cols: cols as u32,
         norm_eps: None,
-        tile: RowTile::decode(gpu.adapter_info().device_type),
+        tile: RowTile::decode(DeviceKind::Cpu),
     };
     let bind = |epilogue| {
         Linear::new(&gpu, shape, epilogue)
@@ -154,6 +154,20 @@ fn profiles_each_dispatch_in_order() {
         .map(|d| d.kernel.as_str())
         .collect();
     assert_eq!(names, ["linear q4_0 24x64"; 2]);
+    // A split variant is named in profiles.
+    let split = LinearShape {
+        tile: RowTile {
+            tokens: 1,
+            workgroup_size: 64,
+            reduction: Reduction::Workgroup { lanes: 8 },
+        },
+        ..shape
+    };
+    let split = Linear::new(&gpu, split, Epilogue::Store)
+        .unwrap()
+        .bind(&gpu, &weights, &x, None, &out, TokenRange::all(1))
+        .unwrap();
+    assert_eq!(split.name(), "linear q4_0 24x64 workgroup/8");
     assert!(profile
         .dispatches
         .iter()

@@ -380,9 +380,15 @@ impl LinearShape {
         ]
     }
 
-    /// How profiles tell launches of this shape from others: dtype, rows x columns.
+    /// How profiles tell launches of this shape from others: dtype, rows x columns, and the
+    /// split variant where one runs (e.g. `q4_1 576x1536 subgroup/8`).
     fn detail(&self) -> String {
-        format!("{} {}x{}", self.dtype.name(), self.rows, self.cols)
+        let shape = format!("{} {}x{}", self.dtype.name(), self.rows, self.cols);
+        match self.tile.reduction {
+            Reduction::None => shape,
+            Reduction::Workgroup { lanes } => format!("{shape} workgroup/{lanes}"),
+            Reduction::Subgroup { lanes } => format!("{shape} subgroup/{lanes}"),
+        }
     }
 
     fn row_groups(&self) -> u32 {
