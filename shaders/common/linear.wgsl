@@ -1,8 +1,9 @@
 // out[t][r] = (W x[first + t])[r] (+= out[t][r] with ACCUMULATE, fusing a residual add), for
 // t < params.count, with x optionally RMS-normalised on the fly (NORM). Used for the attention
 // output and FFN down projections (accumulating into the residual stream) and for the final
-// norm + LM head. One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens; see
-// row_group.wgsl.
+// norm + LM head. One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens (main,
+// see row_group.wgsl), or SPLIT_LANES invocations per row group and token (main_split, see
+// split.wgsl).
 
 // out[t][r] is element t * OUT_STRIDE + OUT_OFFSET + r (OUT_STRIDE = ROWS, OUT_OFFSET = 0 for
 // rows back to back; a row shard of a larger matrix writes its part of each wider row).
@@ -14,14 +15,8 @@ override WORKGROUP_SIZE: u32;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> params: Params;
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    let g = id.x;
-    let tok0 = id.y * TOKENS_PER_INVOCATION;
-    if g * ROW_GROUP >= ROWS || tok0 >= params.count {
-        return;
-    }
-    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
+// Stores (or adds) the tile of row group g for tokens tok0 .. tok0 + TOKENS_PER_INVOCATION.
+fn store_tile(g: u32, tok0: u32, tile: Tile) {
     for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
         let tok = tok0 + t;
         for (var r = 0u; r < ROW_GROUP; r++) {
@@ -35,5 +30,25 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
                 out[i] = value;
             }
         }
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let g = id.x;
+    let tok0 = id.y * TOKENS_PER_INVOCATION;
+    if g * ROW_GROUP >= ROWS || tok0 >= params.count {
+        return;
+    }
+    store_tile(g, tok0, row_group_tile(g, params.first + tok0, params.first + params.count - 1u));
+}
+
+// The split variant (split.wgsl): SPLIT_LANES invocations per row group, token = workgroup y.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main_split(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    let at = split_place(local, group.x, (ROWS + ROW_GROUP - 1u) / ROW_GROUP);
+    let tile = split_tile(at.g, params.first + min(group.y, params.count - 1u), at.lane, local);
+    if at.stores {
+        store_tile(at.g, group.y, tile);
     }
 }

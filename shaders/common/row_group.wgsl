@@ -136,9 +136,36 @@ fn pick(a: vec4<f32>, b: vec4<f32>, j: u32) -> f32 {
     return b[j - 4u];
 }
 
+// A row group's products over some of its blocks, before the fused norm's scaling: with
+// NORM, sum_sq[t] is the sum of squares of token t's x over the same blocks.
+struct Partial {
+    tile: Tile,
+    sum_sq: array<f32, MAX_TOKENS>,
+}
+
 // Row group g times tokens first_token .. first_token + TOKENS_PER_INVOCATION of x; tokens
 // past last_token are clamped to it (computed, for the caller not to store).
 fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
+    return finish_tile(row_group_partial(g, first_token, last_token, 0u, 1u));
+}
+
+// The tile of a row group from its partial products over all its blocks: with NORM, scaled by
+// 1 / rms of each token's x.
+fn finish_tile(partial: Partial) -> Tile {
+    var tile = partial.tile;
+    if NORM {
+        for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+            let inv_rms = inverseSqrt(partial.sum_sq[t] / f32(COLS) + NORM_EPS);
+            tile.lo[t] *= inv_rms;
+            tile.hi[t] *= inv_rms;
+        }
+    }
+    return tile;
+}
+
+// row_group_tile's products over the blocks first_block, first_block + block_step, ... of the
+// row only (the split kernels' lanes share a row group's blocks this way, split.wgsl).
+fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32, block_step: u32) -> Partial {
     let blocks = COLS / 32u;
     let x_row = COLS / 4u;
     var x_base: array<u32, MAX_TOKENS>;
@@ -147,7 +174,7 @@ fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
     }
     var tile: Tile;
     var sum_sq: array<f32, MAX_TOKENS>;
-    for (var b = 0u; b < blocks; b++) {
+    for (var b = first_block; b < blocks; b += block_step) {
         var d_lo = vec4<f32>(1.0);
         var d_hi = vec4<f32>(1.0);
         var m_lo = vec4<f32>(0.0);
@@ -259,14 +286,7 @@ fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
             }
         }
     }
-    if NORM {
-        for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-            let inv_rms = inverseSqrt(sum_sq[t] / f32(COLS) + NORM_EPS);
-            tile.lo[t] *= inv_rms;
-            tile.hi[t] *= inv_rms;
-        }
-    }
-    return tile;
+    return Partial(tile, sum_sq);
 }
 
 // Row r (0..8) of token t of a tile.

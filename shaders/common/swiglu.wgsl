@@ -2,7 +2,8 @@
 // act = silu (SwiGLU), or with GELU the tanh-approximated GELU (GeGLU),
 // h = x[t] (RMS-normalised on the fly with NORM), from one matrix interleaving gate and up rows
 // by row group: group g holds gate rows 4g..4g+4 as its rows 0-3 and up rows 4g..4g+4 as rows
-// 4-7 (pio-gpu's QuantMatrix::upload_gate_up builds it). ROWS = 2 * FF. See row_group.wgsl.
+// 4-7 (pio-gpu's QuantMatrix::upload_gate_up builds it). ROWS = 2 * FF. See row_group.wgsl
+// (main) and split.wgsl (main_split).
 
 override GELU: bool;
 override WORKGROUP_SIZE: u32;
@@ -21,15 +22,9 @@ fn activate(x: vec4<f32>) -> vec4<f32> {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> params: Params;
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    let g = id.x;
-    let tok0 = id.y * TOKENS_PER_INVOCATION;
+// Stores act(gate) * up of row group g (gate/up rows 4g..4g+4) for tokens tok0 ...
+fn store_tile(g: u32, tok0: u32, tile: Tile) {
     let ff = ROWS / 2u;
-    if g * 4u >= ff || tok0 >= params.count {
-        return;
-    }
-    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
     for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
         let tok = tok0 + t;
         let gate = tile.lo[t];
@@ -40,5 +35,25 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
                 out[tok * ff + i] = act[r];
             }
         }
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let g = id.x;
+    let tok0 = id.y * TOKENS_PER_INVOCATION;
+    if g * 4u >= ROWS / 2u || tok0 >= params.count {
+        return;
+    }
+    store_tile(g, tok0, row_group_tile(g, params.first + tok0, params.first + params.count - 1u));
+}
+
+// The split variant (split.wgsl): SPLIT_LANES invocations per row group, token = workgroup y.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main_split(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    let at = split_place(local, group.x, ROWS / ROW_GROUP);
+    let tile = split_tile(at.g, params.first + min(group.y, params.count - 1u), at.lane, local);
+    if at.stores {
+        store_tile(at.g, group.y, tile);
     }
 }

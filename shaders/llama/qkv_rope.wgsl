@@ -6,7 +6,8 @@
 //        is off (a per-head norm comes first: qk_norm_rope.wgsl rotates after it)
 //   q_out[t] = q;  k_cache[r] = k;  v_cache[r] = v   (in the cache's type: KvWord, kv_store)
 // A token whose position is past the RoPE table or whose row is past the cache writes nothing.
-// One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens, see row_group.wgsl.
+// One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens, see row_group.wgsl
+// (main), or SPLIT_LANES invocations per row group and token, see split.wgsl (main_split).
 // Q_ROWS, KV_ROWS and HEAD_DIM are multiples of 8, so a row group lies within one of q, k, v and
 // within one head, and holds four whole RoPE pairs.
 
@@ -39,14 +40,9 @@ fn rotate(v: vec4<f32>, pos: u32, i: u32) -> vec4<f32> {
     );
 }
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    let g = id.x;
-    let tok0 = id.y * TOKENS_PER_INVOCATION;
-    if g * ROW_GROUP >= ROWS || tok0 >= params.count {
-        return;
-    }
-    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
+// Writes the tile of row group g for tokens tok0 .. tok0 + TOKENS_PER_INVOCATION: q rotated to
+// q_out, k rotated and v to the cache.
+fn store_tile(g: u32, tok0: u32, tile: Tile) {
     let row0 = g * ROW_GROUP;
     for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
         let tok = tok0 + t;
@@ -74,5 +70,25 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
             v_cache[at] = kv_store(tile.lo[t]);
             v_cache[at + 1u] = kv_store(tile.hi[t]);
         }
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let g = id.x;
+    let tok0 = id.y * TOKENS_PER_INVOCATION;
+    if g * ROW_GROUP >= ROWS || tok0 >= params.count {
+        return;
+    }
+    store_tile(g, tok0, row_group_tile(g, params.first + tok0, params.first + params.count - 1u));
+}
+
+// The split variant (split.wgsl): SPLIT_LANES invocations per row group, token = workgroup y.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main_split(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    let at = split_place(local, group.x, ROWS / ROW_GROUP);
+    let tile = split_tile(at.g, params.first + min(group.y, params.count - 1u), at.lane, local);
+    if at.stores {
+        store_tile(at.g, group.y, tile);
     }
 }

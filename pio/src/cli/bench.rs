@@ -11,6 +11,11 @@
 //! With `--devices A,B,...` or `A*N` (two or more; the same adapter twice is two logical devices)
 //! the benchmark runs twice, on the first device alone and with the layers split over all of
 //! them, and prints both side by side with how the split used the devices.
+//!
+//! With `--per-kernel` the plugin also times each dispatch of one decoded token (at position
+//! 128) and of one prefill chunk of [`PROFILE_PREFILL_TOKENS`] tokens, and the tables show the
+//! time per kernel (calls, milliseconds, share of the step); each kernel's figure is the median
+//! over the runs.
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
@@ -51,6 +56,10 @@ pub struct BenchArgs {
     /// empty to skip): aggregate decode speed of each.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 8])]
     batch_sizes: Vec<usize>,
+    /// Also time each dispatch of a decode step and a prefill step and show the time per
+    /// kernel (device timestamps where the adapter has them).
+    #[arg(long)]
+    per_kernel: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -62,6 +71,10 @@ pub struct BenchArgs {
 
 /// Tokens of the prompt decoding starts after.
 const DECODE_PROMPT: usize = 128;
+
+/// Tokens of the prefill step `--per-kernel` times (one chunk of the Llama plugin's default
+/// batch).
+const PROFILE_PREFILL_TOKENS: usize = 64;
 
 /// `pio bench`.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -112,13 +125,19 @@ fn bench_once(args: &BenchArgs, storage: &StorageArgs) -> anyhow::Result<Report>
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let stats = manager.stats(&id)?;
 
-    let request = json!({
+    let mut request = json!({
         "op": "bench",
         "prompt_lengths": args.prompt_lengths,
         "decode_prompt": DECODE_PROMPT,
         "decode_tokens": args.decode_tokens,
         "batch_sizes": args.batch_sizes,
     });
+    if args.per_kernel {
+        request["per_kernel"] = json!({
+            "decode_position": DECODE_PROMPT,
+            "prefill_tokens": PROFILE_PREFILL_TOKENS,
+        });
+    }
     let mut runs = Vec::with_capacity(args.runs);
     let mut streamed = Vec::with_capacity(args.runs);
     for run in 0..args.runs {
@@ -139,6 +158,9 @@ fn bench_once(args: &BenchArgs, storage: &StorageArgs) -> anyhow::Result<Report>
         &args.batch_sizes,
     )?;
     report.isolation = manager.isolation_of(&manager.info(&id)?.manifest.name);
+    if args.per_kernel {
+        report.per_kernel = Some(PerKernel::median(&runs)?);
+    }
     report.streamed = Some(Streamed::median(&streamed));
     Ok(report)
 }
@@ -173,6 +195,12 @@ fn print_side_by_side(reports: &[Report], headers: &[String]) {
     header.extend(headers.iter().map(String::as_str));
     header.push("UNIT");
     print_table(&header, &rows);
+    for (report, name) in reports.iter().zip(headers) {
+        if let Some(per_kernel) = &report.per_kernel {
+            println!("\n{}:", name.to_lowercase());
+            per_kernel.print();
+        }
+    }
 }
 
 /// One generation streamed through the manager, timed by the host.
@@ -227,6 +255,148 @@ fn stream_generation(
     })
 }
 
+/// One step's time per kernel, medians over the runs.
+#[derive(Debug, Clone, PartialEq)]
+struct StepKernels {
+    tokens: u64,
+    position: u64,
+    /// (kernel, calls, median total ms), the most expensive first.
+    kernels: Vec<(String, u64, f64)>,
+}
+
+impl StepKernels {
+    /// From the `per_kernel.<step>` objects of the runs' answers.
+    fn median(steps: &[&Value]) -> anyhow::Result<Self> {
+        let first = steps[0];
+        let mut kernels = Vec::new();
+        for kernel in first["kernels"]
+            .as_array()
+            .context("a per-kernel profile without kernels")?
+        {
+            let name = kernel["kernel"]
+                .as_str()
+                .context("a kernel without a name")?;
+            let times = steps
+                .iter()
+                .map(|step| {
+                    step["kernels"]
+                        .as_array()
+                        .and_then(|ks| ks.iter().find(|k| k["kernel"] == name))
+                        .and_then(|k| k["total_ms"].as_f64())
+                        .with_context(|| format!("a run's profile has no time for {name}"))
+                })
+                .collect::<anyhow::Result<Vec<f64>>>()?;
+            let calls = kernel["calls"].as_u64().unwrap_or(0);
+            kernels.push((name.to_owned(), calls, median(times)));
+        }
+        kernels.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(StepKernels {
+            tokens: first["tokens"].as_u64().unwrap_or(0),
+            position: first["position"].as_u64().unwrap_or(0),
+            kernels,
+        })
+    }
+
+    fn total_ms(&self) -> f64 {
+        self.kernels.iter().map(|k| k.2).sum()
+    }
+
+    /// `(kernel, calls, ms, share)` rows.
+    fn rows(&self) -> Vec<(String, u64, f64, f64)> {
+        let total = self.total_ms();
+        self.kernels
+            .iter()
+            .map(|(name, calls, ms)| {
+                let share = if total > 0.0 { ms / total } else { 0.0 };
+                (name.clone(), *calls, *ms, share)
+            })
+            .collect()
+    }
+
+    fn to_json(&self) -> Value {
+        let kernels: Vec<Value> = self
+            .rows()
+            .into_iter()
+            .map(|(kernel, calls, ms, share)| {
+                json!({"kernel": kernel, "calls": calls, "total_ms": ms, "share": share})
+            })
+            .collect();
+        json!({
+            "tokens": self.tokens,
+            "position": self.position,
+            "total_ms": self.total_ms(),
+            "kernels": kernels,
+        })
+    }
+
+    fn print(&self, step: &str, method: &str) {
+        println!();
+        println!(
+            "{step}: {} token(s) at position {}, {:.2} ms in kernels ({method})",
+            self.tokens,
+            self.position,
+            self.total_ms()
+        );
+        let rows: Vec<Vec<String>> = self
+            .rows()
+            .into_iter()
+            .map(|(kernel, calls, ms, share)| {
+                vec![
+                    kernel,
+                    calls.to_string(),
+                    format!("{ms:.3}"),
+                    format!("{:.1}", share * 100.0),
+                ]
+            })
+            .collect();
+        print_table(&["KERNEL", "CALLS", "MS", "SHARE %"], &rows);
+    }
+}
+
+/// The per-kernel profiles of a decode and a prefill step (`--per-kernel`).
+#[derive(Debug, Clone, PartialEq)]
+struct PerKernel {
+    method: String,
+    decode: StepKernels,
+    prefill: StepKernels,
+}
+
+impl PerKernel {
+    /// Medians over the runs' `per_kernel` answers.
+    fn median(runs: &[Value]) -> anyhow::Result<Self> {
+        let profiles: Vec<&Value> = runs.iter().map(|r| &r["per_kernel"]).collect();
+        anyhow::ensure!(
+            profiles.iter().all(|p| p.is_object()),
+            "the plugin's bench answer has no per-kernel profile (does it support --per-kernel?)"
+        );
+        let step = |name: &str| {
+            let steps: Vec<&Value> = profiles.iter().map(|p| &p[name]).collect();
+            StepKernels::median(&steps).with_context(|| format!("the {name} step's profile"))
+        };
+        Ok(PerKernel {
+            method: profiles[0]["method"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_owned(),
+            decode: step("decode")?,
+            prefill: step("prefill")?,
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "method": self.method,
+            "decode": self.decode.to_json(),
+            "prefill": self.prefill.to_json(),
+        })
+    }
+
+    fn print(&self) {
+        self.decode.print("decode step", &self.method);
+        self.prefill.print("prefill step", &self.method);
+    }
+}
+
 /// Medians over the runs, plus what is measured once.
 struct Report {
     plugin: String,
@@ -252,6 +422,8 @@ struct Report {
     disk: Option<DiskStreaming>,
     /// How the layers were split over devices, when over more than one.
     pipeline: Option<Pipeline>,
+    /// Time per kernel of a decode and a prefill step (`--per-kernel`).
+    per_kernel: Option<PerKernel>,
 }
 
 /// What the plugin says of the devices its layers are split over, over all runs.
@@ -384,6 +556,7 @@ impl Report {
                 .max(),
             disk: runs.last().and_then(DiskStreaming::from_answer),
             pipeline: runs.last().and_then(Pipeline::from_answer),
+            per_kernel: None,
         })
     }
 
@@ -434,6 +607,9 @@ impl Report {
             out["streamed_decode_tok_s"] = streamed.decode_tok_s.into();
             out["streamed_tokens"] = streamed.tokens.into();
         }
+        if let Some(per_kernel) = &self.per_kernel {
+            out["per_kernel"] = per_kernel.to_json();
+        }
         out
     }
 
@@ -443,6 +619,9 @@ impl Report {
         println!("adapter:   {}", self.adapter);
         println!("median of {} runs", self.runs);
         print_table(&["METRIC", "VALUE", "UNIT"], &self.rows());
+        if let Some(per_kernel) = &self.per_kernel {
+            per_kernel.print();
+        }
     }
 
     /// The table's rows: metric, value, unit.
@@ -591,6 +770,34 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("prefill_tok_s"), "{err}");
+    }
+
+    #[test]
+    fn per_kernel_takes_each_kernels_median_and_recomputes_shares() {
+        let run = |a: f64, b: f64| {
+            let step = json!({
+                "tokens": 1, "position": 128, "total_ms": a + b,
+                "kernels": [
+                    {"kernel": "linear q8_0 49152x576", "calls": 1, "total_ms": a},
+                    {"kernel": "attention", "calls": 30, "total_ms": b},
+                ],
+            });
+            json!({"per_kernel": {"method": "timestamps", "decode": step, "prefill": step}})
+        };
+        let runs = [run(9.0, 1.0), run(1.0, 3.0), run(5.0, 2.0)];
+        let p = PerKernel::median(&runs).unwrap();
+        assert_eq!(p.method, "timestamps");
+        let rows = p.decode.rows();
+        assert_eq!(
+            rows[0],
+            ("linear q8_0 49152x576".to_owned(), 1, 5.0, 5.0 / 7.0)
+        );
+        assert_eq!(rows[1].1, 30);
+        let j = p.to_json();
+        assert_eq!(j["decode"]["total_ms"], 7.0);
+        assert_eq!(j["prefill"]["kernels"][1]["kernel"], "attention");
+        let err = PerKernel::median(&[json!({})]).unwrap_err().to_string();
+        assert!(err.contains("per-kernel"), "{err}");
     }
 
     #[test]

@@ -3,14 +3,16 @@
 //! clock and by process CPU time (all driver threads; steadier than wall time on a busy machine,
 //! about 2x the wall time when llvmpipe's two threads are both busy).
 //!
-//! `cargo run -p pio-gpu --release --example bench [TOKENS WORKGROUP]` (a custom decode tile;
-//! default: the adapter's own tiles)
+//! `cargo run -p pio-gpu --release --example bench [TOKENS WORKGROUP [subgroup|workgroup LANES]]`
+//! (a custom decode tile, optionally a split matrix-vector variant; default: the adapter's own
+//! tiles)
 
 use std::time::Instant;
 
 use pio_gpu::{
     Attention, AttentionConfig, DeviceOptions, Dispatch, Epilogue, Gpu, KvCache, KvShape, KvType,
-    Linear, LinearShape, QuantMatrix, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
+    Linear, LinearShape, QuantMatrix, Reduction, RowLayout, RowTile, TokenRange, WeightDtype,
+    KV_BLOCK_ROWS,
 };
 
 const REPEAT: usize = 20;
@@ -69,10 +71,11 @@ fn matmul(gpu: &Gpu, dtype: WeightDtype, rows: usize, cols: usize, n_tokens: usi
     let (wall, cpu) = time(gpu, &dispatch);
     let macs = (rows * cols * n_tokens) as f64 / 1e9;
     println!(
-        "linear {dtype:?} {rows}x{cols} T={n_tokens} tile {} tokens/{}: {:.3} ms wall \
+        "linear {dtype:?} {rows}x{cols} T={n_tokens} tile {} tokens/{} {:?}: {:.3} ms wall \
          ({:.2} G MAC/s), {:.3} ms CPU ({:.2} G MAC per CPU-s)",
         tile.tokens,
         tile.workgroup_size,
+        kernel.reduction(),
         wall * 1e3,
         macs / wall,
         cpu * 1e3,
@@ -125,10 +128,22 @@ fn main() {
     println!("adapter: {}", gpu.adapter_info());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let kind = gpu.adapter_info().device_type;
+    let reduction = match &args[2.min(args.len())..] {
+        [kind, lanes] => {
+            let lanes = lanes.parse().expect("lanes");
+            match kind.as_str() {
+                "subgroup" => Reduction::Subgroup { lanes },
+                "workgroup" => Reduction::Workgroup { lanes },
+                other => panic!("reduction {other:?} is not subgroup or workgroup"),
+            }
+        }
+        _ => Reduction::None,
+    };
     let tiles: Vec<RowTile> = match args.as_slice() {
-        [tokens, workgroup] => vec![RowTile {
+        [tokens, workgroup, ..] => vec![RowTile {
             tokens: tokens.parse().expect("tokens"),
             workgroup_size: workgroup.parse().expect("workgroup size"),
+            reduction,
         }],
         _ => vec![RowTile::decode(kind)],
     };

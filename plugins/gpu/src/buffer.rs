@@ -105,7 +105,7 @@ impl Gpu {
         self.memory.peak.load(Ordering::Relaxed)
     }
 
-    fn create_buffer(
+    pub(crate) fn create_buffer(
         &self,
         label: &str,
         size: u64,

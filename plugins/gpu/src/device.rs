@@ -1,8 +1,9 @@
 //! Adapter discovery and selection, and [`Gpu`]: one wgpu device with its queue, byte accounting
 //! and pipeline cache.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -13,6 +14,13 @@ use crate::pipeline::PipelineCache;
 /// Backends searched for adapters: the native compute-capable APIs (Vulkan, Metal, DX12).
 /// OpenGL is left out: its compute support is too uneven for these kernels.
 const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
+
+/// Optional features requested where the adapter offers them: device timestamps for
+/// [`Gpu::profile`] and subgroup operations for the subgroup-reduced matrix-vector kernels
+/// (see [`crate::RowTile`]). Kernels that need one check [`Gpu::features`] and fall back.
+fn optional_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP
+}
 
 /// What kind of device an adapter drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -251,12 +259,17 @@ pub struct Gpu {
     pub(crate) queue: wgpu::Queue,
     pub(crate) memory: Arc<MemoryCounter>,
     pub(crate) pipelines: PipelineCache,
+    /// The smallest subgroup size the adapter may run a kernel with.
+    subgroup_min_size: u32,
+    /// Messages [`Gpu::log_once`] has logged.
+    logged: Mutex<HashSet<String>>,
 }
 
 impl Gpu {
     /// Opens a device on the adapter chosen by `options` (see [`DeviceOptions`]), requesting the
-    /// adapter's full limits (notably its maximum storage-buffer binding size) and no optional
-    /// features. Logs the chosen adapter at `info` level.
+    /// adapter's full limits (notably its maximum storage-buffer binding size) and the optional
+    /// features this crate uses where the adapter has them (see [`Gpu::features`]). Logs the
+    /// chosen adapter at `info` level.
     pub fn new(options: &DeviceOptions) -> Result<Self> {
         let instance = instance();
         let adapters = enumerate(&instance);
@@ -271,7 +284,7 @@ impl Gpu {
 
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("pio-gpu"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & optional_features(),
             required_limits: adapter.limits(),
             memory_hints: wgpu::MemoryHints::Performance,
             ..Default::default()
@@ -289,7 +302,30 @@ impl Gpu {
             queue,
             memory: Arc::default(),
             pipelines: PipelineCache::default(),
+            subgroup_min_size: adapter.get_info().subgroup_min_size,
+            logged: Mutex::default(),
         })
+    }
+
+    /// The optional features the device was created with.
+    pub fn features(&self) -> wgpu::Features {
+        self.device.features()
+    }
+
+    /// The smallest subgroup size the adapter may run a kernel with (meaningful with
+    /// [`wgpu::Features::SUBGROUP`]).
+    pub fn subgroup_min_size(&self) -> u32 {
+        self.subgroup_min_size
+    }
+
+    /// Logs `message` at `info` level, once per device: a kernel variant's fallback, which
+    /// every layer's kernels would otherwise repeat.
+    pub(crate) fn log_once(&self, message: String) {
+        let mut logged = self.logged.lock().expect("log set lock");
+        if !logged.contains(&message) {
+            tracing::info!(adapter = %self.info, "{message}");
+            logged.insert(message);
+        }
     }
 
     /// The adapter this device runs on.

@@ -17,6 +17,9 @@ pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
+    /// What tells this launch from others of the same kernel in a profile (e.g. the matrix's
+    /// dtype and shape), if anything.
+    detail: Option<String>,
     /// Runtime parameters bound as a uniform by this crate's kernels, owned here so their bytes
     /// stay accounted (`None` for [`Gpu::bind`], whose caller owns every buffer).
     _params: Option<GpuBuffer>,
@@ -35,6 +38,21 @@ impl Dispatch {
     /// The kernel name, for logs and profiles.
     pub fn label(&self) -> &'static str {
         self.label
+    }
+
+    /// The kernel name followed by the launch's detail where it has one (e.g.
+    /// `linear q4_1 576x1536`): how [`Gpu::profile`] names it.
+    pub fn name(&self) -> String {
+        match &self.detail {
+            Some(detail) => format!("{} {detail}", self.label),
+            None => self.label.to_owned(),
+        }
+    }
+
+    /// This launch, named in profiles with `detail` after its kernel name.
+    pub(crate) fn with_detail(mut self, detail: String) -> Self {
+        self.detail = Some(detail);
+        self
     }
 
     /// Workgroup counts in x, y and z.
@@ -117,6 +135,7 @@ impl Gpu {
             pipeline: pipeline.clone(),
             bind_group,
             workgroups,
+            detail: None,
             _params: None,
         })
     }

@@ -24,6 +24,7 @@ mod error;
 pub mod kernels;
 mod layout;
 mod pipeline;
+mod profile;
 mod quant;
 mod quantize;
 #[cfg(feature = "reference")]
@@ -41,8 +42,8 @@ pub use kernels::attention::{Attention, AttentionConfig, MAX_HEAD_DIM};
 pub use kernels::embed::{Embed, EmbedTable};
 pub use kernels::kv_cache::{KvCache, KvLayer, KvShape, KvType, KV_BLOCK_ROWS};
 pub use kernels::linear::{
-    Epilogue, EpilogueParams, Linear, LinearShape, QkvRope, QkvRopeConfig, RowTile, TokenRange,
-    MAX_LAYER_NORM_ROWS, MAX_TILE_TOKENS,
+    Epilogue, EpilogueParams, Linear, LinearShape, QkvRope, QkvRopeConfig, Reduction, RowTile,
+    TokenRange, MAX_LAYER_NORM_ROWS, MAX_TILE_TOKENS,
 };
 pub use kernels::qk_norm_rope::{QkNormRope, QkNormRopeConfig};
 pub use kernels::residual_norm::ResidualRmsNorm;
@@ -50,6 +51,7 @@ pub use kernels::rope::RopeTable;
 pub use kernels::sample::{DeviceSampler, SampleSettings, MAX_PENALTY_TOKENS};
 pub use layout::RowLayout;
 pub use pipeline::Kernel;
+pub use profile::{DispatchTime, KernelTime, Profile, TimingMethod};
 pub use quant::{
     MatrixShape, PackedMatrix, QuantMatrix, WeightDtype, WeightSlot, BLOCK_ELEMENTS, ROW_GROUP,
 };

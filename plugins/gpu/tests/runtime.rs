@@ -4,7 +4,8 @@ use pio_gpu::testing as common;
 
 use pio_gpu::{
     list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Kernel, KvCache, KvShape,
-    KvType, Linear, LinearShape, RopeTable, RowTile, WeightDtype, KV_BLOCK_ROWS,
+    KvType, Linear, LinearShape, Reduction, RopeTable, RowTile, TimingMethod, TokenRange,
+    WeightDtype, KV_BLOCK_ROWS,
 };
 
 #[test]
@@ -110,6 +111,78 @@ fn caches_pipelines_by_shape() {
     assert_eq!(gpu.pipeline_count(), 2);
     Linear::new(&gpu, shape, Epilogue::Accumulate).unwrap();
     assert_eq!(gpu.pipeline_count(), 3);
+}
+
+/// `Gpu::profile` runs the dispatches in order, computing what `Gpu::run` computes, and times
+/// each one, named by kernel and shape (by device timestamps where the adapter has them:
+/// lavapipe does).
+#[test]
+fn profiles_each_dispatch_in_order() {
+    let gpu = common::gpu();
+    let mut rng = common::rng(11);
+    let (dtype, rows, cols) = (WeightDtype::Q4_0, 24, 64);
+    let raw = common::random_gguf(&mut rng, dtype, rows, cols);
+    let weights = pio_gpu::QuantMatrix::upload(&gpu, dtype, rows, cols, &raw).unwrap();
+    let x = gpu
+        .storage_from("x", &common::random_f32(&mut rng, cols, 1.0))
+        .unwrap();
+    let out = gpu.storage_zeroed("out", rows as u64 * 4).unwrap();
+    let shape = LinearShape {
+        dtype,
+        rows: rows as u32,
+        cols: cols as u32,
+        norm_eps: None,
+        tile: RowTile::decode(DeviceKind::Cpu),
+    };
+    let bind = |epilogue| {
+        Linear::new(&gpu, shape, epilogue)
+            .unwrap()
+            .bind(&gpu, &weights, &x, None, &out, TokenRange::all(1))
+            .unwrap()
+    };
+    let (store, accumulate) = (bind(Epilogue::Store), bind(Epilogue::Accumulate));
+    gpu.run(&[&store]).unwrap();
+    let once = gpu.read_f32(&out).unwrap();
+
+    let profile = gpu.profile(&[&store, &accumulate]).unwrap();
+    let twice = gpu.read_f32(&out).unwrap();
+    let doubled: Vec<f32> = once.iter().map(|v| 2.0 * v).collect();
+    assert_eq!(twice, doubled, "store, then accumulate");
+    let names: Vec<&str> = profile
+        .dispatches
+        .iter()
+        .map(|d| d.kernel.as_str())
+        .collect();
+    assert_eq!(names, ["linear q4_0 24x64"; 2]);
+    // A split variant is named in profiles.
+    let split = LinearShape {
+        tile: RowTile {
+            tokens: 1,
+            workgroup_size: 64,
+            reduction: Reduction::Workgroup { lanes: 8 },
+        },
+        ..shape
+    };
+    let split = Linear::new(&gpu, split, Epilogue::Store)
+        .unwrap()
+        .bind(&gpu, &weights, &x, None, &out, TokenRange::all(1))
+        .unwrap();
+    assert_eq!(split.name(), "linear q4_0 24x64 workgroup/8");
+    assert!(profile
+        .dispatches
+        .iter()
+        .all(|d| d.ms.is_finite() && d.ms >= 0.0));
+    let kernels = profile.by_kernel();
+    assert_eq!((kernels.len(), kernels[0].calls), (1, 2));
+    let timestamps = gpu
+        .features()
+        .contains(pio_gpu::wgpu::Features::TIMESTAMP_QUERY);
+    let expected = match timestamps {
+        true => TimingMethod::Timestamps,
+        false => TimingMethod::SubmitAndWait,
+    };
+    assert_eq!(profile.method, expected);
+    println!("{profile:?}");
 }
 
 const FILL_ONE: &str = "@group(0) @binding(0) var<storage, read_write> out: array<f32>;

@@ -1,6 +1,9 @@
 //! The plugin's own benchmark (`{"op": "bench"}`, driven by `pio bench`): prefill speed, time
 //! to first token and decode speed, measured on the same path generation takes.
 //!
+//! With `per_kernel`, [`profile_steps`] also times each dispatch of a decode step and of a
+//! prefill step ([`GpuModel::profile_step`]) and sums them by kernel: where a step's time goes.
+//!
 //! Prompts are pseudo-random token ids (the speed of a forward pass does not depend on which
 //! tokens it sees); decoding is greedy and ignores end-of-generation tokens so every run decodes
 //! the same number of tokens.
@@ -9,11 +12,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use pio_gpu::{KernelTime, Profile};
 use pio_plugin_kit::{PluginResult, Sampling, SequenceParams, TextModel};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::forward::Forward;
+use crate::runtime::GpuModel;
 use crate::sampler::{Sampler, SamplingParams};
 
 /// What to measure.
@@ -186,6 +191,79 @@ pub fn bench_batched(
     })
 }
 
+/// Which steps [`profile_steps`] times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileConfig {
+    /// Position of the decoded token (the cache before it is attended to).
+    pub decode_position: usize,
+    /// Tokens of the prefill step, from position 0 (at most the model's batch size).
+    pub prefill_tokens: usize,
+    /// Times each step is timed; each dispatch's median is kept.
+    pub repeats: usize,
+}
+
+/// One profiled step, its dispatches summed by kernel.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepProfile {
+    /// Tokens of the step.
+    pub tokens: usize,
+    /// Position of its first token.
+    pub position: usize,
+    /// Its dispatches.
+    pub dispatches: usize,
+    /// The sum of the dispatches' (median) times, in milliseconds.
+    pub total_ms: f64,
+    /// Per kernel, the most expensive first.
+    pub kernels: Vec<KernelTime>,
+}
+
+/// The per-kernel profiles of a decode and a prefill step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepProfiles {
+    /// How dispatches were timed ([`pio_gpu::TimingMethod`]).
+    pub method: &'static str,
+    /// Times each dispatch was timed (the median is reported).
+    pub repeats: usize,
+    /// One decoded token.
+    pub decode: StepProfile,
+    /// One prefill chunk.
+    pub prefill: StepProfile,
+}
+
+/// Times each dispatch of a one-token decode step and of a prefill step of `model` (its KV
+/// cache is overwritten), `config.repeats` times each, and sums the medians by kernel.
+pub fn profile_steps(model: &GpuModel, config: &ProfileConfig) -> Result<StepProfiles> {
+    if config.repeats == 0 || config.prefill_tokens == 0 {
+        return Err(Error::InvalidParams(
+            "a profile needs at least one repeat and one prefill token".into(),
+        ));
+    }
+    let vocab = model.spec().hparams.vocab_size;
+    let step = |tokens: &[u32], position: usize| -> Result<StepProfile> {
+        let runs = (0..config.repeats)
+            .map(|_| model.profile_step(tokens, position))
+            .collect::<Result<Vec<_>>>()?;
+        let median = Profile::median(&runs).ok_or_else(|| {
+            Error::Numerics("a step's dispatches changed between profiled runs".into())
+        })?;
+        Ok(StepProfile {
+            tokens: tokens.len(),
+            position,
+            dispatches: median.dispatches.len(),
+            total_ms: median.total_ms(),
+            kernels: median.by_kernel(),
+        })
+    };
+    let prefill = step(&prompt(config.prefill_tokens, vocab, 7), 0)?;
+    let decode = step(&prompt(1, vocab, 8), config.decode_position)?;
+    Ok(StepProfiles {
+        method: model.gpu().timing_method().as_str(),
+        repeats: config.repeats,
+        decode,
+        prefill,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +294,37 @@ mod tests {
         assert_eq!(model.cache.len(), 4 + 20);
         // Two prefills, the decode prompt, then one call per decoded token.
         assert_eq!(model.calls, 2 + 1 + 20);
+    }
+
+    #[test]
+    fn profiles_every_dispatch_of_a_decode_and_a_prefill_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::test_model::tiny_engine(&dir);
+        let model = engine.model();
+        let config = ProfileConfig {
+            decode_position: 10,
+            prefill_tokens: 5,
+            repeats: 3,
+        };
+        let p = profile_steps(model, &config).unwrap();
+        assert_eq!(p.repeats, 3);
+        assert_eq!((p.decode.tokens, p.decode.position), (1, 10));
+        assert_eq!((p.prefill.tokens, p.prefill.position), (5, 0));
+        // The sampling kernel ends both steps, as in generation.
+        assert_eq!(p.decode.dispatches, model.dispatches_per_token());
+        assert_eq!(p.prefill.dispatches, model.dispatches_per_token());
+        for step in [&p.decode, &p.prefill] {
+            let calls: usize = step.kernels.iter().map(|k| k.calls).sum();
+            assert_eq!(calls, step.dispatches);
+            let shares: f64 = step.kernels.iter().map(|k| k.share).sum();
+            assert!((shares - 1.0).abs() < 1e-9, "{shares}");
+            assert!(step.kernels.iter().any(|k| k.kernel == "attention"));
+        }
+        let too_long = ProfileConfig {
+            prefill_tokens: model.max_batch() + 1,
+            ..config
+        };
+        assert!(profile_steps(model, &too_long).is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use pio_plugin_kit::{
 };
 
 use crate::batch::DEFAULT_KV_BLOCKS;
-use crate::bench::{bench_batched, bench_run, BenchConfig};
+use crate::bench::{bench_batched, bench_run, profile_steps, BenchConfig, ProfileConfig};
 use crate::compress;
 use crate::engine::{Engine, LoadOptions};
 use crate::error::Error;
@@ -294,7 +294,10 @@ impl Model for Engine {
     /// - `{"op": "bench", "prompt_lengths": [N, ...], "decode_prompt": N, "decode_tokens": N,
     ///   "batch_sizes": [N, ...]}` runs [`bench_run`] once, and [`bench_batched`] for each batch
     ///   size (32-token prompts, `decode_tokens` steps), and answers their measurements plus
-    ///   `dispatches_per_token`, `dispatches_per_layer` and `adapter`;
+    ///   `dispatches_per_token`, `dispatches_per_layer` and `adapter`; with `"per_kernel":
+    ///   {"decode_position": N, "prefill_tokens": N, "repeats": N}` (or `true`, for 128, 64
+    ///   and 5) also `per_kernel`, each dispatch of a decode and a prefill step timed and summed
+    ///   by kernel ([`profile_steps`]);
     /// - `{"op": "surgery.analyze", ...}` and `{"op": "surgery.apply", ...}` on the loaded
     ///   model's file: see [`surgery::infer_analyze`] and [`surgery::infer_apply`].
     fn infer(&mut self, request: serde_json::Value) -> PluginResult<serde_json::Value> {
@@ -425,6 +428,9 @@ fn bench(engine: &mut Engine, request: &serde_json::Value) -> PluginResult<serde
         .collect::<PluginResult<Vec<_>>>()?;
     answer["batched"] = json(serde_json::to_value(batched))?;
     let model = engine.model();
+    if let Some(profile) = profile_config(request, model.max_batch())? {
+        answer["per_kernel"] = json(serde_json::to_value(profile_steps(model, &profile)?))?;
+    }
     answer["dispatches_per_token"] = model.dispatches_per_token().into();
     answer["dispatches_per_layer"] = model.dispatches_per_layer().into();
     answer["adapter"] = model.adapters().into();
@@ -438,6 +444,44 @@ fn bench(engine: &mut Engine, request: &serde_json::Value) -> PluginResult<serde
         .map(|(key, value)| (key.to_owned(), value))
         .collect();
     Ok(answer)
+}
+
+/// The `per_kernel` field of a `bench` request: absent or `false` for none, `true` for the
+/// defaults, or an object overriding some of them; the prefill is at most `max_batch` tokens.
+fn profile_config(
+    request: &serde_json::Value,
+    max_batch: usize,
+) -> PluginResult<Option<ProfileConfig>> {
+    let defaults = ProfileConfig {
+        decode_position: 128,
+        prefill_tokens: 64,
+        repeats: 5,
+    };
+    let fields = match request.get("per_kernel") {
+        None | Some(serde_json::Value::Bool(false)) => return Ok(None),
+        Some(serde_json::Value::Bool(true)) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(fields)) => fields.clone(),
+        Some(other) => {
+            return Err(PluginError::invalid_input(format!(
+                "bench: 'per_kernel' must be a boolean or an object, not {other}"
+            )))
+        }
+    };
+    let field = |name: &str, default: usize| -> PluginResult<usize> {
+        match fields.get(name) {
+            None => Ok(default),
+            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                PluginError::invalid_input(format!(
+                    "bench: 'per_kernel.{name}' must be a non-negative integer"
+                ))
+            }),
+        }
+    };
+    Ok(Some(ProfileConfig {
+        decode_position: field("decode_position", defaults.decode_position)?,
+        prefill_tokens: field("prefill_tokens", defaults.prefill_tokens)?.min(max_batch),
+        repeats: field("repeats", defaults.repeats)?,
+    }))
 }
 
 /// The [`BenchConfig`] and batch sizes of a `bench` request; absent fields take `pio bench`'s

@@ -18,24 +18,51 @@ use crate::buffer::GpuBuffer;
 use crate::device::{DeviceKind, Gpu};
 use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
-use crate::kernels::kv_cache::{kv_kernels, KvKernels, KvLayer, KvType};
+use crate::kernels::kv_cache::{KvLayer, KvType};
 use crate::kernels::rope::RopeTable;
 use crate::layout::RowLayout;
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
 use crate::{kernel, Kernel};
 
-const LINEAR: Kernel = kernel!(
-    "linear",
-    "common/linear.wgsl",
-    "common/packed.wgsl",
-    "common/row_group.wgsl"
-);
-const SWIGLU: Kernel = kernel!(
-    "swiglu",
-    "common/swiglu.wgsl",
-    "common/packed.wgsl",
-    "common/row_group.wgsl"
-);
+/// The kernels with a split variant (`main_split`), each in two modules: with the workgroup-memory
+/// reduction (and the one-invocation-per-row-group `main`) and with the subgroup reduction,
+/// which only a device with [`wgpu::Features::SUBGROUP`] can compile.
+#[derive(Debug, Clone, Copy)]
+struct SplitKernels {
+    workgroup: Kernel,
+    subgroup: Kernel,
+}
+
+impl SplitKernels {
+    /// The module holding `reduction`'s entry point, and the entry point.
+    fn get(self, reduction: Reduction) -> (Kernel, &'static str) {
+        match reduction {
+            Reduction::None => (self.workgroup, "main"),
+            Reduction::Workgroup { .. } => (self.workgroup, "main_split"),
+            Reduction::Subgroup { .. } => (self.subgroup, "main_split"),
+        }
+    }
+}
+
+/// `SplitKernels` of `shaders/<path>` over the row-group helpers.
+macro_rules! split_kernels {
+    ($name:literal, $path:literal $(, $helper:literal)*) => {
+        SplitKernels {
+            workgroup: kernel!(
+                $name, $path, "common/packed.wgsl", "common/row_group.wgsl", "common/split.wgsl",
+                "common/reduce_workgroup.wgsl" $(, $helper)*
+            ),
+            subgroup: kernel!(
+                concat!($name, "_subgroup"), $path, "common/packed.wgsl",
+                "common/row_group.wgsl", "common/split.wgsl", "common/reduce_subgroup.wgsl"
+                $(, $helper)*
+            ),
+        }
+    };
+}
+
+const LINEAR: SplitKernels = split_kernels!("linear", "common/linear.wgsl");
+const SWIGLU: SplitKernels = split_kernels!("swiglu", "common/swiglu.wgsl");
 const LINEAR_BIAS: Kernel = kernel!(
     "linear_bias",
     "common/linear_bias.wgsl",
@@ -51,15 +78,89 @@ const LINEAR_LAYER_NORM: Kernel = kernel!(
 /// Most rows an [`Epilogue::BiasResidualLayerNorm`] kernel takes: its workgroup holds every
 /// row group (`MAX_ROW_GROUPS` = 256 in `linear_layer_norm.wgsl`).
 pub const MAX_LAYER_NORM_ROWS: u32 = 256 * ROW_GROUP as u32;
-const QKV_ROPE: KvKernels = kv_kernels!(
-    "qkv_rope",
+const QKV_ROPE: SplitKernels = split_kernels!(
+    "qkv_rope_kv_f32",
     "llama/qkv_rope.wgsl",
-    "common/packed.wgsl",
-    "common/row_group.wgsl"
+    "llama/kv_f32.wgsl"
+);
+const QKV_ROPE_KV_F16: SplitKernels = split_kernels!(
+    "qkv_rope_kv_f16",
+    "llama/qkv_rope.wgsl",
+    "llama/kv_f16.wgsl"
 );
 
 /// Largest [`RowTile::tokens`] (`MAX_TOKENS` in the WGSL).
 pub const MAX_TILE_TOKENS: u32 = 8;
+
+/// How the invocations of a matrix kernel share the rows of a row group (the 8 rows the packed
+/// layout interleaves): the matrix-vector variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// One invocation computes a whole row group over the whole row, without barriers
+    /// (`row_group.wgsl`): what llvmpipe runs fastest, and the only choice for tiles of several
+    /// tokens.
+    None,
+    /// `lanes` invocations share a row group, each taking every `lanes`-th block of the row,
+    /// and sum their partial products through workgroup memory (one barrier; `split.wgsl`,
+    /// `reduce_workgroup.wgsl`): the GPU variant for adapters without subgroup operations.
+    Workgroup {
+        /// Invocations per row group: a power of two dividing the workgroup size.
+        lanes: u32,
+    },
+    /// As [`Reduction::Workgroup`], summing through subgroup shuffles instead
+    /// (`reduce_subgroup.wgsl`): needs [`wgpu::Features::SUBGROUP`] and `lanes` at most the
+    /// adapter's smallest subgroup size; [`Linear::new`] falls back to
+    /// [`Reduction::Workgroup`] (logged) otherwise.
+    Subgroup {
+        /// Invocations per row group: a power of two dividing the workgroup size.
+        lanes: u32,
+    },
+}
+
+impl Reduction {
+    /// Invocations per row group (1 for [`Reduction::None`]).
+    pub fn lanes(self) -> u32 {
+        match self {
+            Self::None => 1,
+            Self::Workgroup { lanes } | Self::Subgroup { lanes } => lanes,
+        }
+    }
+
+    /// The variant `gpu` can run: [`Reduction::Subgroup`] becomes [`Reduction::Workgroup`]
+    /// where the device lacks subgroup operations or its subgroups may be narrower than the
+    /// lanes of a row group (logged once per device and reason).
+    pub fn supported_on(self, gpu: &Gpu) -> Self {
+        match self {
+            Self::Subgroup { lanes } => {
+                let reason = if !gpu.features().contains(wgpu::Features::SUBGROUP) {
+                    Some("the device has no subgroup operations".to_owned())
+                } else if gpu.subgroup_min_size() < lanes {
+                    Some(format!(
+                        "subgroups may have {} invocations, fewer than the {lanes} lanes of a row \
+                         group",
+                        gpu.subgroup_min_size()
+                    ))
+                } else {
+                    None
+                };
+                match reason {
+                    Some(reason) => {
+                        gpu.log_once(format!(
+                            "matrix-vector kernels reduce through workgroup memory instead of \
+                             subgroups: {reason}"
+                        ));
+                        Self::Workgroup { lanes }
+                    }
+                    None => self,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Largest workgroup of a split kernel (`SPLIT_MAX_INVOCATIONS` in `reduce_workgroup.wgsl`).
+const SPLIT_MAX_INVOCATIONS: u32 = 256;
 
 /// How one invocation and one workgroup divide the work; the best choice differs between
 /// adapter classes (see [`RowTile::decode`] and [`RowTile::prefill`]).
@@ -67,18 +168,34 @@ pub const MAX_TILE_TOKENS: u32 = 8;
 pub struct RowTile {
     /// Tokens per invocation (1..=8): each dequantized weight is used this many times.
     pub tokens: u32,
-    /// Invocations (row groups) per workgroup.
+    /// Invocations per workgroup (row groups per workgroup times [`Reduction::lanes`]).
     pub workgroup_size: u32,
+    /// How the invocations share a row group; anything but [`Reduction::None`] needs one token
+    /// per invocation.
+    pub reduction: Reduction,
 }
 
 impl RowTile {
     /// The tile for one token (decode). Software rasterizers (llvmpipe) run a workgroup's
-    /// invocations on one thread, 8 lanes at a time, so small workgroups spread the few row
-    /// groups of a decode step over all threads; GPUs want full 64-wide workgroups.
+    /// invocations on one thread, 8 lanes at a time, so small workgroups of one row group per
+    /// invocation spread the few row groups of a decode step over all threads, with no barrier
+    /// or cross-lane traffic (which llvmpipe pays dearly for). GPUs get the split variant:
+    /// 64-wide workgroups of 8 row groups, 8 lanes each striding along the row and summing
+    /// through subgroup shuffles (8 lanes fit the smallest subgroups of common GPUs, Intel's;
+    /// [`Linear::new`] falls back to workgroup memory where subgroups are missing).
     pub fn decode(kind: DeviceKind) -> Self {
-        Self {
-            tokens: 1,
-            workgroup_size: if kind.is_hardware() { 64 } else { 8 },
+        if kind.is_hardware() {
+            Self {
+                tokens: 1,
+                workgroup_size: 64,
+                reduction: Reduction::Subgroup { lanes: 8 },
+            }
+        } else {
+            Self {
+                tokens: 1,
+                workgroup_size: 8,
+                reduction: Reduction::None,
+            }
         }
     }
 
@@ -89,20 +206,32 @@ impl RowTile {
             Self {
                 tokens: 8,
                 workgroup_size: 64,
+                reduction: Reduction::None,
             }
         } else {
             Self {
                 tokens: 4,
                 workgroup_size: 8,
+                reduction: Reduction::None,
             }
         }
     }
 
     fn check(self, context: &'static str) -> Result<()> {
-        if !(1..=MAX_TILE_TOKENS).contains(&self.tokens) || self.workgroup_size == 0 {
+        let lanes = self.reduction.lanes();
+        let split_ok = self.reduction == Reduction::None
+            || self.tokens == 1
+                && lanes.is_power_of_two()
+                && self.workgroup_size % lanes == 0
+                && self.workgroup_size <= SPLIT_MAX_INVOCATIONS;
+        if !(1..=MAX_TILE_TOKENS).contains(&self.tokens) || self.workgroup_size == 0 || !split_ok {
             return Err(GpuError::shape(
                 context,
-                format!("unsupported tile {self:?}"),
+                format!(
+                    "unsupported tile {self:?} (split reductions take one token per \
+                     invocation, a power-of-two lane count dividing a workgroup of at most \
+                     {SPLIT_MAX_INVOCATIONS})"
+                ),
             ));
         }
         Ok(())
@@ -167,6 +296,18 @@ impl LinearShape {
             ("NORM_EPS", f64::from(self.norm_eps.unwrap_or(1e-5))),
             ("WORKGROUP_SIZE", f64::from(self.tile.workgroup_size)),
         ]
+        .into_iter()
+        .chain(match self.tile.reduction {
+            Reduction::None => None,
+            split => Some(("SPLIT_LANES", f64::from(split.lanes()))),
+        })
+        .collect()
+    }
+
+    /// This shape with its reduction one that `gpu` runs ([`Reduction::supported_on`]).
+    fn supported_on(mut self, gpu: &Gpu) -> Self {
+        self.tile.reduction = self.tile.reduction.supported_on(gpu);
+        self
     }
 
     fn check(&self, context: &'static str) -> Result<()> {
@@ -231,11 +372,23 @@ impl LinearShape {
 
     /// Workgroup counts for `row_groups` row groups and `count` tokens.
     fn grid(&self, row_groups: u32, count: u32) -> [u32; 3] {
+        let per_workgroup = self.tile.workgroup_size / self.tile.reduction.lanes();
         [
-            groups(row_groups, self.tile.workgroup_size),
+            groups(row_groups, per_workgroup),
             groups(count, self.tile.tokens),
             1,
         ]
+    }
+
+    /// How profiles tell launches of this shape from others: dtype, rows x columns, and the
+    /// split variant where one runs (e.g. `q4_1 576x1536 subgroup/8`).
+    fn detail(&self) -> String {
+        let shape = format!("{} {}x{}", self.dtype.name(), self.rows, self.cols);
+        match self.tile.reduction {
+            Reduction::None => shape,
+            Reduction::Workgroup { lanes } => format!("{shape} workgroup/{lanes}"),
+            Reduction::Subgroup { lanes } => format!("{shape} subgroup/{lanes}"),
+        }
     }
 
     fn row_groups(&self) -> u32 {
@@ -342,6 +495,17 @@ impl Linear {
     ) -> Result<Self> {
         let label = epilogue.label();
         shape.check(label)?;
+        let split = matches!(
+            epilogue,
+            Epilogue::Store | Epilogue::Accumulate | Epilogue::SwiGlu | Epilogue::GeGlu
+        );
+        let mut shape = shape.supported_on(gpu);
+        if !split && shape.tile.reduction != Reduction::None {
+            gpu.log_once(format!(
+                "the {label} kernel has no split variant: it runs one invocation per row group"
+            ));
+            shape.tile.reduction = Reduction::None;
+        }
         let plain = matches!(epilogue, Epilogue::Store | Epilogue::Accumulate);
         let contiguous = output == RowLayout::contiguous(epilogue.out_width(shape.rows));
         if !(contiguous || plain && output.stride >= output.offset + shape.rows) {
@@ -355,14 +519,14 @@ impl Linear {
         }
         let mut constants = shape.constants();
         let flag = |on: bool| if on { 1.0 } else { 0.0 };
-        let kernel = match epilogue {
+        let (kernel, entry) = match epilogue {
             Epilogue::Store | Epilogue::Accumulate => {
                 constants.extend([
                     ("ACCUMULATE", flag(epilogue == Epilogue::Accumulate)),
                     ("OUT_STRIDE", f64::from(output.stride)),
                     ("OUT_OFFSET", f64::from(output.offset)),
                 ]);
-                LINEAR
+                LINEAR.get(shape.tile.reduction)
             }
             Epilogue::SwiGlu | Epilogue::GeGlu => {
                 constants.push(("GELU", flag(epilogue == Epilogue::GeGlu)));
@@ -372,11 +536,11 @@ impl Linear {
                         format!("{} gate/up rows is not twice a multiple of 4", shape.rows),
                     ));
                 }
-                SWIGLU
+                SWIGLU.get(shape.tile.reduction)
             }
             Epilogue::Bias | Epilogue::BiasGelu => {
                 constants.push(("GELU", flag(epilogue == Epilogue::BiasGelu)));
-                LINEAR_BIAS
+                (LINEAR_BIAS, "main")
             }
             Epilogue::BiasResidualLayerNorm { eps } => {
                 let groups = shape.row_groups();
@@ -398,15 +562,21 @@ impl Linear {
                     ("WORKGROUP_SIZE", f64::from(groups)),
                     ("LN_EPS", f64::from(eps)),
                 ]);
-                LINEAR_LAYER_NORM
+                (LINEAR_LAYER_NORM, "main")
             }
         };
         Ok(Self {
             shape,
             epilogue,
             output,
-            pipeline: gpu.pipeline(kernel, "main", &constants)?,
+            pipeline: gpu.pipeline(kernel, entry, &constants)?,
         })
+    }
+
+    /// The matrix-vector variant this kernel runs: its tile's, or the fallback the device or
+    /// the epilogue required (see [`Reduction::supported_on`]).
+    pub fn reduction(&self) -> Reduction {
+        self.shape.tile.reduction
     }
 
     /// Binds `weights`, the input rows `tokens` of `x`, the norm weight (exactly when the
@@ -503,13 +673,15 @@ impl Linear {
             Epilogue::BiasResidualLayerNorm { .. } => [1, groups(tokens.count, s.tile.tokens), 1],
             _ => s.grid(s.row_groups(), tokens.count),
         };
-        gpu.dispatch(
-            label,
-            &self.pipeline,
-            &buffers,
-            Params::range(tokens.first, tokens.count),
-            grid,
-        )
+        Ok(gpu
+            .dispatch(
+                label,
+                &self.pipeline,
+                &buffers,
+                Params::range(tokens.first, tokens.count),
+                grid,
+            )?
+            .with_detail(s.detail()))
     }
 }
 
@@ -554,6 +726,7 @@ impl QkvRope {
             kv_type,
         } = config;
         shape.check("qkv_rope")?;
+        let shape = shape.supported_on(gpu);
         let aligned = |n: u32| n > 0 && n % ROW_GROUP as u32 == 0;
         if !aligned(head_dim)
             || q_rows % head_dim != 0
@@ -575,10 +748,20 @@ impl QkvRope {
             ("HEAD_DIM", f64::from(head_dim)),
             ("ROPE", if rope { 1.0 } else { 0.0 }),
         ]);
+        let kernels = match kv_type {
+            KvType::F32 => QKV_ROPE,
+            KvType::F16 => QKV_ROPE_KV_F16,
+        };
+        let (kernel, entry) = kernels.get(shape.tile.reduction);
         Ok(Self {
-            config,
-            pipeline: gpu.pipeline(QKV_ROPE.get(kv_type), "main", &constants)?,
+            config: QkvRopeConfig { shape, ..config },
+            pipeline: gpu.pipeline(kernel, entry, &constants)?,
         })
+    }
+
+    /// The matrix-vector variant this kernel runs (see [`Linear::reduction`]).
+    pub fn reduction(&self) -> Reduction {
+        self.config.shape.tile.reduction
     }
 
     /// Binds the `[Wq; Wk; Wv]` `weights`, the input rows `tokens` of `x`, the norm weight
@@ -636,5 +819,6 @@ impl QkvRope {
             Params::range(tokens.first, tokens.count),
             c.shape.grid(c.shape.row_groups(), tokens.count),
         )
+        .map(|d| d.with_detail(c.shape.detail()))
     }
 }

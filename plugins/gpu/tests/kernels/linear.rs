@@ -1,7 +1,7 @@
 use pio_gpu::reference;
 use pio_gpu::{
-    DeviceKind, Epilogue, KvType, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
-    RopeTable, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
+    DeviceKind, Epilogue, Gpu, KvType, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
+    Reduction, RopeTable, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
 };
 
 use crate::common::{self, EPS};
@@ -11,14 +11,43 @@ use crate::common::{self, EPS};
 /// the dtype's block (256 for the K-quants).
 const SHAPES: [(usize, usize, usize); 4] = [(1, 32, 1), (37, 96, 1), (67, 160, 5), (130, 576, 9)];
 
-/// The tiles of both adapter classes: the software (lavapipe) and the GPU variants.
-pub(crate) fn tiles() -> [RowTile; 4] {
+/// The tiles of both adapter classes — the software (lavapipe) and the GPU variants — and the
+/// split matrix-vector variants beside the GPU decode tile (a subgroup reduction of 8 lanes in
+/// 64-wide workgroups): through workgroup memory with 8 and 16 lanes, and through subgroups in
+/// workgroups of one row group (lavapipe's subgroup size, 8). [`check_variant_runs`] makes sure
+/// none of them silently falls back on the test device — but the last, a subgroup reduction
+/// over 16 lanes, which must fall back to workgroup memory wherever subgroups may be narrower
+/// (lavapipe's are 8 wide): the fallback is tested too.
+pub(crate) fn tiles() -> [RowTile; 8] {
+    let split = |workgroup_size, reduction| RowTile {
+        tokens: 1,
+        workgroup_size,
+        reduction,
+    };
     [
         RowTile::decode(DeviceKind::Cpu),
         RowTile::prefill(DeviceKind::Cpu),
         RowTile::decode(DeviceKind::Discrete),
         RowTile::prefill(DeviceKind::Discrete),
+        split(64, Reduction::Workgroup { lanes: 8 }),
+        split(32, Reduction::Workgroup { lanes: 16 }),
+        split(8, Reduction::Subgroup { lanes: 8 }),
+        split(32, Reduction::Subgroup { lanes: 16 }),
     ]
+}
+
+/// Asserts that a kernel built for `tile` runs its variant unchanged, where `gpu` can: a
+/// subgroup reduction needs subgroup operations with subgroups of at least its lanes (lavapipe
+/// has them: there every variant is tested).
+pub(crate) fn check_variant_runs(gpu: &Gpu, tile: RowTile, running: Reduction) {
+    let subgroups = gpu.features().contains(pio_gpu::wgpu::Features::SUBGROUP);
+    let expected = match tile.reduction {
+        Reduction::Subgroup { lanes } if !subgroups || gpu.subgroup_min_size() < lanes => {
+            Reduction::Workgroup { lanes }
+        }
+        requested => requested,
+    };
+    assert_eq!(running, expected, "the variant run for {tile:?}");
 }
 
 pub(crate) const NORM_EPS: f32 = 1e-5;
@@ -137,6 +166,7 @@ fn check_linear(case: LinearCase) {
         Epilogue::Store
     };
     let kernel = Linear::new(&gpu, shape, epilogue).unwrap();
+    check_variant_runs(&gpu, tile, kernel.reduction());
     let range = TokenRange {
         first: skip as u32,
         count: tokens as u32,
@@ -148,8 +178,9 @@ fn check_linear(case: LinearCase) {
     gpu.run(&[&dispatch]).unwrap();
     let got = common::read(&gpu, &out, tokens * rows);
     let label = format!(
-        "linear {dtype:?} {rows}x{cols} T={tokens} from {skip} tile {}x{} norm={norm} acc={accumulate}",
-        tile.tokens, tile.workgroup_size
+        "linear {dtype:?} {rows}x{cols} T={tokens} from {skip} tile {}x{} {:?} norm={norm} \
+         acc={accumulate}",
+        tile.tokens, tile.workgroup_size, tile.reduction
     );
     let c = if norm { 4.0 } else { 2.0 };
     check_within_bound(&label, &got, &want, &magnitude, c, cols);
@@ -256,6 +287,7 @@ fn gated_epilogues_match_reference() {
                 tile,
             };
             let kernel = Linear::new(&gpu, shape, epilogue).unwrap();
+            check_variant_runs(&gpu, tile, kernel.reduction());
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let out = gpu.storage_zeroed("out", (tokens * ff * 4) as u64).unwrap();
@@ -371,6 +403,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 kv_type,
             };
             let kernel = QkvRope::new(&gpu, config).unwrap();
+            check_variant_runs(&gpu, tile, kernel.reduction());
             let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
             let blocks = max_positions / KV_BLOCK_ROWS;
             let cache = common::kv_cache(&gpu, n_kv_heads, head_dim, kv_type, blocks);
@@ -506,29 +539,57 @@ fn fused_kernels_reject_mismatched_weights_norms_and_short_buffers() {
         .bind(&gpu, &weights, &x, None, &out, TokenRange::all(1))
         .is_err());
     assert!(Linear::new(&gpu, LinearShape { rows: 12, ..shape }, Epilogue::SwiGlu).is_err());
-    let bad_tile = RowTile {
-        tokens: 9,
-        workgroup_size: 8,
-    };
-    assert!(Linear::new(
-        &gpu,
-        LinearShape {
-            tile: bad_tile,
-            ..shape
+    let bad_tiles = [
+        RowTile {
+            tokens: 9,
+            workgroup_size: 8,
+            reduction: Reduction::None,
         },
-        Epilogue::Store
-    )
-    .is_err());
+        RowTile {
+            tokens: 2,
+            workgroup_size: 8,
+            reduction: Reduction::Subgroup { lanes: 8 },
+        },
+        RowTile {
+            tokens: 1,
+            workgroup_size: 12,
+            reduction: Reduction::Workgroup { lanes: 8 },
+        },
+        RowTile {
+            tokens: 1,
+            workgroup_size: 512,
+            reduction: Reduction::Workgroup { lanes: 8 },
+        },
+    ];
+    for bad_tile in bad_tiles {
+        assert!(
+            Linear::new(
+                &gpu,
+                LinearShape {
+                    tile: bad_tile,
+                    ..shape
+                },
+                Epilogue::Store
+            )
+            .is_err(),
+            "{bad_tile:?}"
+        );
+    }
 }
 
 /// A matrix split into two row shards, each a Linear writing its columns of the whole output
 /// (stride = all rows, offset = its first row): together they store the whole product, for
-/// one token and for a tile of several. Tolerance as for `linear_matches_reference_...`.
+/// one token and for a tile of several, and through the split variants. Tolerance as for `linear_matches_reference_...`.
 #[test]
 fn row_shards_write_their_columns_of_a_wider_output() {
     let gpu = common::gpu();
     let (dtype, rows, cols, split) = (WeightDtype::Q8_0, 40usize, 64usize, 24usize);
-    for (tokens, tile) in [(1usize, tiles()[0]), (5, tiles()[1])] {
+    for (tokens, tile) in [
+        (1usize, tiles()[0]),
+        (5, tiles()[1]),
+        (1, tiles()[2]),
+        (3, tiles()[4]),
+    ] {
         let mut rng = common::rng(tokens as u64 + 500);
         let raw = common::random_gguf(&mut rng, dtype, rows, cols);
         let x = common::random_f32(&mut rng, tokens * cols, 1.0);

@@ -27,7 +27,7 @@ pub use pipeline::{DeviceStats, PipelineStats};
 pub use stream::{StreamStats, RING_SLOTS};
 
 use pio_gguf::GgufFile;
-use pio_gpu::Gpu;
+use pio_gpu::{Dispatch, Gpu};
 
 use crate::error::{Error, Result};
 use crate::forward::Forward;
@@ -405,6 +405,53 @@ impl GpuModel {
             )));
         }
         Ok(())
+    }
+
+    /// Times every dispatch of one step over `tokens` of the model's own sequence at positions
+    /// `start_pos..` (at most [`GpuModel::max_batch`] tokens), device after device, ending
+    /// with the sampling kernel as generation does ([`Gpu::profile`]). The step computes what
+    /// it would in generation: it writes the tokens' keys and values into the cache.
+    pub fn profile_step(&self, tokens: &[u32], start_pos: usize) -> Result<pio_gpu::Profile> {
+        self.check_tokens(tokens, start_pos)?;
+        if tokens.len() > self.max_batch {
+            return Err(Error::InvalidParams(format!(
+                "a profiled step of {} tokens: one step takes at most {}",
+                tokens.len(),
+                self.max_batch
+            )));
+        }
+        let embd = self.spec.hparams.n_embd as u64;
+        self.alone(tokens, start_pos, |at| {
+            let mut profile: Option<pio_gpu::Profile> = None;
+            let mut hidden: Option<Vec<f32>> = None;
+            for stage in &self.stages {
+                stage.with_step(tokens.len(), false, CacheKind::Main, |step| {
+                    stage.write_inputs(at, hidden.as_deref())?;
+                    for (i, part) in step.parts.iter().enumerate() {
+                        stage.write_streamed_weights(part)?;
+                        let sample = stage
+                            .output
+                            .as_ref()
+                            .filter(|_| i + 1 == step.parts.len())
+                            .map(|output| &output.sample);
+                        let dispatches: Vec<&Dispatch> =
+                            part.dispatches.iter().chain(sample).collect();
+                        let timed = stage.gpu.profile(&dispatches)?;
+                        match &mut profile {
+                            Some(profile) => profile.extend(timed),
+                            None => profile = Some(timed),
+                        }
+                    }
+                    stage.step_done();
+                    Ok(())
+                })?;
+                if stage.output.is_none() {
+                    let n = tokens.len() as u64 * embd;
+                    hidden = Some(stage.gpu.read_range(&stage.acts.x, 0, n)?);
+                }
+            }
+            Ok(profile.expect("a model has a stage with a part"))
+        })
     }
 
     /// Whether the block pool of batched sequences is allocated (at the first batched

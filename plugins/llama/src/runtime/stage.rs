@@ -358,21 +358,8 @@ impl Stage {
         sample: bool,
     ) -> Result<pio_gpu::wgpu::CommandEncoder> {
         debug_assert_eq!(at.tokens.len(), step.n_tokens as usize);
-        let (gpu, a) = (&self.gpu, &self.acts);
-        match (&self.embedding, hidden) {
-            (Some(_), _) => gpu.write(&a.tokens, 0, at.tokens)?,
-            (None, Some(hidden)) => gpu.write(&a.x, 0, hidden)?,
-            (None, None) => {
-                return Err(Error::InvalidParams(
-                    "a stage after the first needs the previous stage's hidden states".into(),
-                ))
-            }
-        }
-        gpu.write(&a.positions, 0, at.positions)?;
-        gpu.write(&a.cache_rows, 0, at.cache.rows)?;
-        let (blocks, starts) = at.tables();
-        gpu.write(&a.table_starts, 0, &starts)?;
-        gpu.write(&a.blocks, 0, &blocks)?;
+        self.write_inputs(at, hidden)?;
+        let gpu = &self.gpu;
         let (last, before) = step.parts.split_last().expect("a step has a part");
         for part in before {
             self.write_streamed_weights(part)?;
@@ -390,8 +377,29 @@ impl Stage {
         Ok(gpu.encode(last.dispatches.iter().chain(sampler)))
     }
 
+    /// Queues the inputs of a step over `at`: the token ids (first stage) or the previous
+    /// stage's `hidden` states, and the tokens' positions, cache rows and block tables.
+    pub fn write_inputs(&self, at: Placement<'_>, hidden: Option<&[f32]>) -> Result<()> {
+        let (gpu, a) = (&self.gpu, &self.acts);
+        match (&self.embedding, hidden) {
+            (Some(_), _) => gpu.write(&a.tokens, 0, at.tokens)?,
+            (None, Some(hidden)) => gpu.write(&a.x, 0, hidden)?,
+            (None, None) => {
+                return Err(Error::InvalidParams(
+                    "a stage after the first needs the previous stage's hidden states".into(),
+                ))
+            }
+        }
+        gpu.write(&a.positions, 0, at.positions)?;
+        gpu.write(&a.cache_rows, 0, at.cache.rows)?;
+        let (blocks, starts) = at.tables();
+        gpu.write(&a.table_starts, 0, &starts)?;
+        gpu.write(&a.blocks, 0, &blocks)?;
+        Ok(())
+    }
+
     /// Writes the weights of the streamed layer of `part`, if it has one, into its ring slot.
-    fn write_streamed_weights(&self, part: &StepPart) -> Result<()> {
+    pub fn write_streamed_weights(&self, part: &StepPart) -> Result<()> {
         match (&self.stream, part.streamed_layer) {
             (Some(stream), Some(layer)) => stream.write(&self.gpu, layer),
             _ => Ok(()),
