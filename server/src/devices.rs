@@ -2,17 +2,20 @@
 //! `devices` array (one object per device: `adapter`, `layers` as `[first, end)`,
 //! `allocated_bytes`, `peak_bytes`, `busy_seconds`) with `transferred_bytes` and
 //! `pipeline_bubble` — what the Llama plugin reports when its layers are split over devices.
-//! `/admin/plugins` shows them; `/metrics` exports them as gauges and counters.
+//! `/admin/plugins` shows them; `/metrics` exports them as gauges and counters. Both read the
+//! stats the plugin's scheduler last cached ([`Engine::last_stats`]): asking a plugin busy with a
+//! long call would block the route until it is done.
 
 use pio_host::{PluginManager, PluginState, PluginSummary};
 use serde_json::{json, Value};
 
+use crate::engine::Engine;
 use crate::metrics::GaugeSample;
 
 /// The device facts of `plugin`'s stats details, or `null` for a plugin that is not active or
 /// reports none.
-pub fn plugin_json(manager: &PluginManager, plugin: &PluginSummary) -> Value {
-    details(manager, plugin).map_or(Value::Null, |details| {
+pub fn plugin_json(engine: &Engine, plugin: &PluginSummary) -> Value {
+    details(engine, plugin).map_or(Value::Null, |details| {
         json!({
             "devices": details["devices"],
             "transferred_bytes": details["transferred_bytes"],
@@ -25,10 +28,10 @@ pub fn plugin_json(manager: &PluginManager, plugin: &PluginSummary) -> Value {
 /// Per device of every active plugin that reports devices: its layers and bytes (gauges), and
 /// its busy time and the bytes moved between devices (counters, which only grow while the
 /// plugin stays active).
-pub fn samples(manager: &PluginManager) -> (Vec<GaugeSample>, Vec<GaugeSample>) {
+pub fn samples(engine: &Engine, manager: &PluginManager) -> (Vec<GaugeSample>, Vec<GaugeSample>) {
     let (mut gauges, mut counters) = (Vec::new(), Vec::new());
     for plugin in manager.list_plugins() {
-        let Some(details) = details(manager, &plugin) else {
+        let Some(details) = details(engine, &plugin) else {
             continue;
         };
         let name = &plugin.manifest.name;
@@ -71,12 +74,12 @@ pub fn samples(manager: &PluginManager) -> (Vec<GaugeSample>, Vec<GaugeSample>) 
     (gauges, counters)
 }
 
-/// The stats details of an active `plugin` that reports devices.
-fn details(manager: &PluginManager, plugin: &PluginSummary) -> Option<Value> {
+/// The last cached stats details of an active `plugin` that reports devices.
+fn details(engine: &Engine, plugin: &PluginSummary) -> Option<Value> {
     if plugin.state != PluginState::Active {
         return None;
     }
-    let stats = manager.stats(&plugin.id).ok()?;
+    let stats = engine.last_stats(&plugin.manifest.name)?;
     let details: Value = serde_json::from_str(&stats.details_json).ok()?;
     details["devices"].is_array().then_some(details)
 }

@@ -468,7 +468,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let mut gauges = app.engine.gauges();
     gauges.extend(super::memory::gauges(&app.manager));
     let mut counters = super::memory::counters(&app.manager);
-    let (device_gauges, device_counters) = super::devices::samples(&app.manager);
+    let (device_gauges, device_counters) = super::devices::samples(&app.engine, &app.manager);
     gauges.extend(device_gauges);
     counters.extend(device_counters);
     gauges.push(super::metrics::GaugeSample {
@@ -537,7 +537,11 @@ async fn admin_plugins(State(app): State<Arc<App>>) -> Response {
                 "active_sequences": lane.active,
                 "open_sequences": p.open_sequences,
                 "memory": super::memory::plugin_json(&p),
-                "devices": super::devices::plugin_json(&app.manager, &p),
+                // The stats the scheduler caches are the serving instance's.
+                "devices": match serving {
+                    true => super::devices::plugin_json(&app.engine, &p),
+                    false => Value::Null,
+                },
             })
         })
         .collect();

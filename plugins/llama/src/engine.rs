@@ -148,34 +148,56 @@ fn memory_config(summary: &ModelSummary, options: &LoadOptions) -> Result<Memory
     }
 }
 
-/// Opens the devices `options` name ([`LoadOptions::devices`], else the one `device`) and
-/// splits the layers of `summary` over them as `options.split` says, or as
-/// [`partition::plan`] chooses from each device's memory (an adapter's memory shared evenly
-/// by the logical devices on it; a device that reports none is not bounded).
-fn open_devices(
+/// Opens the devices `options` name ([`LoadOptions::devices`], else the one `device`), after
+/// checking that there are no more of them than layers and that a given split names one layer
+/// count per device adding up to the layers.
+fn open_devices(summary: &ModelSummary, options: &LoadOptions) -> Result<Vec<Gpu>> {
+    let n_layers = summary.spec.layers.len();
+    let wanted = match options.devices.as_slice() {
+        [] => std::slice::from_ref(&options.device),
+        devices => devices,
+    };
+    if wanted.len() > n_layers {
+        return Err(Error::InvalidParams(format!(
+            "{} devices for {n_layers} layers: every device needs at least one layer",
+            wanted.len()
+        )));
+    }
+    if !options.split.is_empty() {
+        partition::check_split(&options.split, wanted.len(), n_layers)?;
+    }
+    Ok(wanted
+        .iter()
+        .map(Gpu::new)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// The layers of `summary` per device of `gpus`, as `options.split` says or as
+/// [`partition::plan`] chooses from each device's memory (an adapter's memory shared evenly by
+/// the logical devices opened on it; a device that reports none is not bounded).
+fn split_layers(
     summary: &ModelSummary,
     config: &MemoryConfig,
     options: &LoadOptions,
-) -> Result<(Vec<Gpu>, Vec<usize>)> {
-    let n_layers = summary.spec.layers.len();
-    if options.devices.len() <= 1 {
-        let device = options.devices.first().unwrap_or(&options.device);
-        if !options.split.is_empty() {
-            partition::check_split(&options.split, 1, n_layers)?;
-        }
-        return Ok((vec![Gpu::new(device)?], vec![n_layers]));
+    gpus: &[Gpu],
+) -> Result<Vec<usize>> {
+    if gpus.len() == 1 {
+        return Ok(vec![summary.spec.layers.len()]);
     }
-    let gpus = options
+    // Which adapter each device is on, by its index in the adapter list: two identical GPUs
+    // are two adapters, two logical devices on one are not.
+    let adapters = pio_gpu::list_adapters();
+    let indices = options
         .devices
         .iter()
-        .map(Gpu::new)
+        .map(|device| pio_gpu::chosen_adapter(&adapters, device))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let capacities: Vec<Option<u64>> = gpus
+    let capacities: Vec<Option<u64>> = indices
         .iter()
-        .map(|gpu| {
-            let adapter = gpu.adapter_info();
-            let sharing = gpus.iter().filter(|g| g.adapter_info() == adapter).count() as u64;
-            adapter.memory_bytes.map(|bytes| bytes / sharing)
+        .zip(gpus)
+        .map(|(index, gpu)| {
+            let sharing = indices.iter().filter(|i| *i == index).count() as u64;
+            gpu.adapter_info().memory_bytes.map(|bytes| bytes / sharing)
         })
         .collect();
     let costs = summary.partition_costs(config);
@@ -187,7 +209,7 @@ fn open_devices(
         }
     };
     tracing::info!(?split, devices = gpus.len(), "layers split over devices");
-    Ok((gpus, split))
+    Ok(split)
 }
 
 /// How [`Engine::load`] loads a model: everything but the file.
@@ -265,8 +287,8 @@ impl Engine {
             ..
         } = config;
         // Nothing sized by the context exists before this check: a device holds no buffers yet.
-        let (gpus, split) = open_devices(&summary, &config, &options)?;
-        let limits = MemoryLimits::of(&gpus[0], memory_budget);
+        let gpus = open_devices(&summary, &options)?;
+        let limits = MemoryLimits::of(&gpus, memory_budget);
         memory::check(
             &summary,
             &config,
@@ -274,6 +296,7 @@ impl Engine {
             0,
             memory::host_available_bytes(),
         )?;
+        let split = split_layers(&summary, &config, &options, &gpus)?;
         let tokenizer = TextTokenizer::from_gguf(&file)?;
         if tokenizer.vocab_size() != summary.spec.hparams.vocab_size {
             return Err(Error::InvalidModel(format!(

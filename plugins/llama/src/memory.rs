@@ -77,12 +77,19 @@ pub struct MemoryLimits {
 }
 
 impl MemoryLimits {
-    /// The limits of `gpu`, with the caller's `budget_bytes`.
-    pub fn of(gpu: &pio_gpu::Gpu, budget_bytes: u64) -> Self {
+    /// The limits of `gpus` together (the smallest largest buffer; device memory counted as
+    /// host memory if any of them is a software adapter), with the caller's `budget_bytes`.
+    pub fn of(gpus: &[pio_gpu::Gpu], budget_bytes: u64) -> Self {
         MemoryLimits {
-            max_buffer_bytes: gpu.max_storage_buffer_bytes(),
+            max_buffer_bytes: gpus
+                .iter()
+                .map(pio_gpu::Gpu::max_storage_buffer_bytes)
+                .min()
+                .unwrap_or(u64::MAX),
             budget_bytes,
-            device_is_host: !gpu.adapter_info().device_type.is_hardware(),
+            device_is_host: gpus
+                .iter()
+                .any(|gpu| !gpu.adapter_info().device_type.is_hardware()),
         }
     }
 }
@@ -235,18 +242,28 @@ impl ModelSummary {
             .collect();
         let matrices: u64 = layer_matrices.iter().sum();
         // Norm weights and the final norm, spread over the layers.
-        let norms =
-            (self.weight_bytes - self.embedding_bytes - self.head_bytes - matrices) / n_layers;
-        let kv_per_layer = (one.kv_cache + one.batch_cache) / n_layers;
+        let norms = self
+            .weight_bytes
+            .saturating_sub(self.embedding_bytes + self.head_bytes + matrices)
+            / n_layers;
+        // Both KV caches, each layer's share as wide as its key/value heads.
+        let kv = one.kv_cache.saturating_add(one.batch_cache);
+        let kv_heads = self.spec.hparams.kv_shape(config.kv_type).kv_heads;
+        let all_heads = kv_heads.iter().map(|&h| u64::from(h)).sum::<u64>().max(1);
+        let kv_of = |layer: usize| {
+            let share = u64::from(kv_heads.get(layer).copied().unwrap_or(0));
+            (kv / all_heads).saturating_mul(share)
+        };
         PartitionCosts {
             layer_bytes: layer_matrices
                 .iter()
-                .map(|m| m + norms + kv_per_layer)
+                .enumerate()
+                .map(|(layer, m)| m.saturating_add(norms).saturating_add(kv_of(layer)))
                 .collect(),
             layer_cost: layer_matrices,
             embedding_bytes: self.embedding_bytes,
             head_bytes: self.head_bytes,
-            per_device_bytes: one.activations + one.rope_table,
+            per_device_bytes: one.activations.saturating_add(one.rope_table),
         }
     }
 }

@@ -37,7 +37,7 @@ impl PartitionCosts {
             (true, 0) => self.embedding_bytes,
             (true, own) => own,
         };
-        self.layer_cost[layers].iter().sum::<u64>() + head
+        sum(&self.layer_cost[layers]).saturating_add(head)
     }
 
     /// The device bytes of holding `layers` as stage `index` of `n_stages`.
@@ -48,16 +48,18 @@ impl PartitionCosts {
         n_stages: usize,
     ) -> u64 {
         let (first, last) = (index == 0, index + 1 == n_stages);
-        let mut bytes = self.per_device_bytes + self.layer_bytes[layers].iter().sum::<u64>();
+        let mut bytes = self
+            .per_device_bytes
+            .saturating_add(sum(&self.layer_bytes[layers]));
         if first {
-            bytes += self.embedding_bytes;
+            bytes = bytes.saturating_add(self.embedding_bytes);
         }
         if last {
-            bytes += match (self.head_bytes, first) {
+            bytes = bytes.saturating_add(match (self.head_bytes, first) {
                 (0, true) => 0,
                 (0, false) => self.embedding_bytes,
                 (own, _) => own,
-            };
+            });
         }
         bytes
     }
@@ -68,11 +70,15 @@ impl PartitionCosts {
             (0, 2..) => self.embedding_bytes,
             _ => 0,
         };
-        self.layer_bytes.iter().sum::<u64>()
-            + self.per_device_bytes * n_devices as u64
-            + self.embedding_bytes
-            + self.head_bytes
-            + tied_copy
+        [
+            sum(&self.layer_bytes),
+            self.per_device_bytes.saturating_mul(n_devices as u64),
+            self.embedding_bytes,
+            self.head_bytes,
+            tied_copy,
+        ]
+        .iter()
+        .fold(0, |total, &bytes| total.saturating_add(bytes))
     }
 
     fn n_layers(&self) -> usize {
@@ -191,6 +197,11 @@ pub fn plan(costs: &PartitionCosts, capacities: &[Option<u64>]) -> Result<Vec<us
         end = start;
     }
     Ok(split)
+}
+
+/// The sum of `bytes`, saturating (sizes come from user input).
+fn sum(bytes: &[u64]) -> u64 {
+    bytes.iter().fold(0, |total, &b| total.saturating_add(b))
 }
 
 /// `15,15`.

@@ -105,7 +105,11 @@ fn kv_type<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<KvType, 
     KvType::from_name(&name).map_err(serde::de::Error::custom)
 }
 
-/// The `devices` setting with every `SELECTOR*N` written out as `N` entries.
+/// The most devices the `devices` setting may name.
+const MAX_DEVICES: usize = 64;
+
+/// The `devices` setting with every `SELECTOR*N` written out as `N` entries (at most
+/// [`MAX_DEVICES`] in all).
 fn device_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     let entries = <Vec<String> as serde::Deserialize>::deserialize(deserializer)?;
     let mut devices = Vec::with_capacity(entries.len());
@@ -113,15 +117,22 @@ fn device_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
         let (selector, count) = match entry.rsplit_once('*') {
             None => (entry.trim(), 1),
             Some((selector, count)) => match count.trim().parse::<usize>() {
-                Ok(n) if n > 0 => (selector.trim(), n),
+                Ok(n) if n > 0 && n <= MAX_DEVICES => (selector.trim(), n),
                 _ => {
                     return Err(serde::de::Error::custom(format!(
-                        "device {entry:?}: the count after `*` must be a positive number"
+                        "device {entry:?}: the count after `*` must be a number from 1 to \
+                         {MAX_DEVICES}"
                     )))
                 }
             },
         };
         devices.extend(std::iter::repeat_n(selector.to_owned(), count));
+        if devices.len() > MAX_DEVICES {
+            return Err(serde::de::Error::custom(format!(
+                "{} devices: at most {MAX_DEVICES}",
+                devices.len()
+            )));
+        }
     }
     Ok(devices)
 }
@@ -635,6 +646,13 @@ mod tests {
         let config = serde_json::json!({ "model": path, "devices": ["auto*0"] });
         let e = p.initialize(config).unwrap_err();
         assert!(e.message.contains("\"auto*0\": the count after `*`"), "{e}");
+        let config = serde_json::json!({ "model": path, "devices": ["auto*18446744073709551615"] });
+        let e = p.initialize(config).unwrap_err();
+        assert!(e.message.contains("a number from 1 to 64"), "{e}");
+        let config = serde_json::json!({ "model": path, "devices": ["auto*5"] });
+        p.initialize(config).unwrap();
+        let e = activate(&mut p, 64).unwrap_err();
+        assert!(e.message.contains("5 devices for 4 layers"), "{e}");
     }
 
     #[test]

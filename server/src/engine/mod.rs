@@ -361,6 +361,15 @@ impl Engine {
         })
     }
 
+    /// The stats plugin `name` last reported to its scheduler (refreshed between its calls, so
+    /// reading them never waits for a busy plugin), if it has a queue.
+    pub fn last_stats(&self, name: &str) -> Option<PluginStats> {
+        let lanes = self.lock_lanes();
+        let lane = lanes.get(name)?;
+        let stats = lock(&lane.state.stats).clone();
+        stats
+    }
+
     /// Queue depth, sequences in flight and memory of every plugin with a queue.
     pub fn gauges(&self) -> Vec<GaugeSample> {
         let lanes = self.lock_lanes();

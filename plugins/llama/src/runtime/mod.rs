@@ -241,9 +241,11 @@ impl GpuModel {
             counters: PipelineCounters::default(),
         };
         // Software drivers compile a pipeline at its first dispatch: run a batched and a
-        // single-token step now so the first request does not pay for it. The cache positions
+        // single-token step now so the first request does not pay for it (over several
+        // devices the pass is cut into a chunk per device: two tokens each). The cache positions
         // written here are overwritten by the first real forward.
-        model.forward(&[0, 0], 0, false)?;
+        let warm_up_tokens = vec![0; (2 * model.stages.len()).min(context)];
+        model.forward(&warm_up_tokens, 0, false)?;
         let mut warm_up = Sampler::new(crate::sampler::SamplingParams::default())?;
         model.next_token(&[0], 0, &mut warm_up, &[])?;
         model.counters = PipelineCounters::default();

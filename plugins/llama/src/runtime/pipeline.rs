@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use pio_gpu::{Gpu, PendingRead};
 
 use super::graph::CacheKind;
+use super::stage::Stage;
 use super::{GpuModel, Placement};
 use crate::error::Result;
 
@@ -41,6 +42,26 @@ enum Pending {
     Hidden(PendingRead<f32>),
     Logits(PendingRead<f32>),
     Token(PendingRead<u32>),
+}
+
+/// A read-back waited for: its result and when it arrived.
+type WaitResult = (Result<Finished>, Instant);
+
+/// A read-back being waited for, on this thread (done) or another.
+enum Waited<'scope> {
+    Done(WaitResult),
+    Thread(std::thread::ScopedJoinHandle<'scope, WaitResult>),
+}
+
+impl Waited<'_> {
+    fn join(self) -> WaitResult {
+        match self {
+            Waited::Done(result) => result,
+            Waited::Thread(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        }
+    }
 }
 
 /// A finished read-back.
@@ -138,59 +159,75 @@ impl GpuModel {
         mut done: impl FnMut(usize, ChunkOutput) -> Result<()>,
     ) -> Result<()> {
         let n_stages = self.stages.len();
-        let embd = self.spec.hparams.n_embd as u64;
-        let vocab = self.spec.hparams.vocab_size as u64;
         let started = Instant::now();
         let mut hidden: Vec<Option<Vec<f32>>> = vec![None; chunks.len()];
         let mut transferred = 0u64;
+        // The devices alone cross to the waiting threads (a stage holds a loader's channel,
+        // which is not `Sync`).
+        let gpus: Vec<&Gpu> = self.stages.iter().map(|stage| &stage.gpu).collect();
         for tick in 0..chunks.len() + n_stages - 1 {
-            let mut pending = Vec::with_capacity(n_stages);
-            for (s, stage) in self.stages.iter().enumerate() {
-                let Some(c) = tick.checked_sub(s).filter(|&c| c < chunks.len()) else {
-                    continue;
-                };
-                let at = chunks[c];
-                let n = at.tokens.len() as u64;
-                let last = s + 1 == n_stages;
-                let input = hidden[c].take();
-                transferred += input.as_ref().map_or(0, |h| 4 * h.len() as u64);
-                let all = readout == Readout::Logits { all: true };
-                let submitted = Instant::now();
-                let read = stage.with_step(at.tokens.len(), all, kind, |step| {
-                    let sample = last && readout == Readout::Token;
-                    let encoder = stage.encode_step(step, at, input.as_deref(), sample)?;
-                    let (gpu, acts) = (&stage.gpu, &stage.acts);
-                    Ok(match (last, &stage.output) {
-                        (false, _) => {
-                            Pending::Hidden(gpu.submit_read(encoder, &acts.x, 0, n * embd)?)
+            // Each stage's chunk is submitted, then waited for on a thread of its own (inline
+            // with one device), so its completion time is its own.
+            let (waits, failed) = std::thread::scope(|scope| {
+                let mut waits = Vec::with_capacity(n_stages);
+                let mut failed = None;
+                for (s, stage) in self.stages.iter().enumerate() {
+                    let Some(c) = tick.checked_sub(s).filter(|&c| c < chunks.len()) else {
+                        continue;
+                    };
+                    let input = hidden[c].take();
+                    transferred += input.as_ref().map_or(0, |h| 4 * h.len() as u64);
+                    let (read, submitted) = match self.submit_chunk(
+                        stage,
+                        chunks[c],
+                        input.as_deref(),
+                        kind,
+                        readout,
+                    ) {
+                        Ok(submitted) => submitted,
+                        Err(error) => {
+                            failed = Some(error);
+                            break;
                         }
-                        (true, Some(output)) if sample => Pending::Token(gpu.submit_read(
-                            encoder,
-                            output.sampler.result(),
-                            0,
-                            1,
-                        )?),
-                        (true, _) => {
-                            let rows = if all { n } else { 1 };
-                            Pending::Logits(gpu.submit_read(
-                                encoder,
-                                &acts.logits,
-                                0,
-                                rows * vocab,
-                            )?)
-                        }
-                    })
-                })?;
-                pending.push((s, c, read, submitted));
-            }
-            for (c, finished) in self.wait_all(pending)? {
+                    };
+                    let gpu = gpus[s];
+                    let wait = move || (read.wait(gpu), Instant::now());
+                    let waited = match n_stages {
+                        1 => Waited::Done(wait()),
+                        _ => Waited::Thread(scope.spawn(wait)),
+                    };
+                    waits.push((s, c, submitted, waited));
+                }
+                let waits: Vec<_> = waits
+                    .into_iter()
+                    .map(|(s, c, submitted, waited)| (s, c, submitted, waited.join()))
+                    .collect();
+                (waits, failed)
+            });
+            // Every submitted chunk is accounted for before an error is returned.
+            let mut first_error = failed;
+            for (s, c, submitted, (finished, done_at)) in waits {
+                let stage = &self.stages[s];
+                stage.add_busy(done_at - submitted);
+                stage.step_done();
                 match finished {
-                    Finished::Hidden(states) => {
+                    Ok(Finished::Hidden(states)) => {
                         transferred += 4 * states.len() as u64;
                         hidden[c] = Some(states);
                     }
-                    Finished::Output(output) => done(c, output)?,
+                    Ok(Finished::Output(output)) if first_error.is_none() => {
+                        if let Err(error) = done(c, output) {
+                            first_error = Some(error);
+                        }
+                    }
+                    Ok(Finished::Output(_)) => {}
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
                 }
+            }
+            if let Some(error) = first_error {
+                return Err(error);
             }
         }
         let tokens: u64 = chunks.iter().map(|c| c.tokens.len() as u64).sum();
@@ -204,54 +241,40 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Waits for the read-backs of one tick — on a thread per device when there are several,
-    /// so each device's completion time is its own — and charges each stage the time from
-    /// its submission to its completion. Returns each chunk's result.
-    fn wait_all(
+    /// Encodes and submits `stage`'s step over `at` (after the previous stage's `hidden`
+    /// states, if it is not the first), with the read-back the next stage or `readout` needs;
+    /// returns it with the time of its submission.
+    fn submit_chunk(
         &self,
-        pending: Vec<(usize, usize, Pending, Instant)>,
-    ) -> Result<Vec<(usize, Finished)>> {
-        // The devices alone cross to the waiting threads (a stage holds a loader's channel,
-        // which is not `Sync`).
-        let gpus: Vec<&Gpu> = self.stages.iter().map(|stage| &stage.gpu).collect();
-        let gpus = &gpus;
-        let wait = move |s: usize, read: Pending| {
-            let finished = read.wait(gpus[s]);
-            (finished, Instant::now())
-        };
-        let results: Vec<_> = if pending.len() == 1 {
-            pending
-                .into_iter()
-                .map(|(s, c, read, submitted)| (s, c, submitted, wait(s, read)))
-                .collect()
-        } else {
-            std::thread::scope(|scope| {
-                let threads: Vec<_> = pending
-                    .into_iter()
-                    .map(|(s, c, read, submitted)| {
-                        (s, c, submitted, scope.spawn(move || wait(s, read)))
-                    })
-                    .collect();
-                threads
-                    .into_iter()
-                    .map(|(s, c, submitted, thread)| {
-                        let result = thread
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                        (s, c, submitted, result)
-                    })
-                    .collect()
-            })
-        };
-        results
-            .into_iter()
-            .map(|(s, c, submitted, (finished, at))| {
-                let stage = &self.stages[s];
-                stage.add_busy(at - submitted);
-                stage.step_done();
-                finished.map(|f| (c, f))
-            })
-            .collect()
+        stage: &Stage,
+        at: Placement<'_>,
+        hidden: Option<&[f32]>,
+        kind: CacheKind,
+        readout: Readout,
+    ) -> Result<(Pending, Instant)> {
+        let n = at.tokens.len() as u64;
+        let all = readout == Readout::Logits { all: true };
+        let sample = stage.output.is_some() && readout == Readout::Token;
+        stage.with_step(at.tokens.len(), all, kind, |step| {
+            let encoder = stage.encode_step(step, at, hidden, sample)?;
+            let (gpu, acts) = (&stage.gpu, &stage.acts);
+            let submitted = Instant::now();
+            let read = match &stage.output {
+                None => {
+                    let embd = self.spec.hparams.n_embd as u64;
+                    Pending::Hidden(gpu.submit_read(encoder, &acts.x, 0, n * embd)?)
+                }
+                Some(output) if sample => {
+                    Pending::Token(gpu.submit_read(encoder, output.sampler.result(), 0, 1)?)
+                }
+                Some(_) => {
+                    let rows = if all { n } else { 1 };
+                    let vocab = self.spec.hparams.vocab_size as u64;
+                    Pending::Logits(gpu.submit_read(encoder, &acts.logits, 0, rows * vocab)?)
+                }
+            };
+            Ok((read, submitted))
+        })
     }
 
     /// How the forward passes so far used the devices.
