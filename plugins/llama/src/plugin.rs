@@ -709,6 +709,13 @@ mod tests {
             e.message.contains("kv_type") && e.message.contains("expected one of f32, f16"),
             "{e}"
         );
+        let e = p
+            .initialize(serde_json::json!({ "model": "m.gguf", "tuning": "fast" }))
+            .unwrap_err();
+        assert!(
+            e.message.contains("tuning") && e.message.contains("expected one of auto, off, retune"),
+            "{e}"
+        );
 
         // The file is read at activation, relative to the plugin's folder.
         let dir = tempfile::tempdir().unwrap();
@@ -852,6 +859,37 @@ mod tests {
         };
         let e = p.compress(&q8).unwrap_err();
         assert!(e.message.contains("supported formats: f32, f16"), "{e}");
+    }
+
+    /// The `tuning` and `tuning_cache_dir` settings reach the runtime, and the stats carry
+    /// what the tuner did: the first activation searches and writes the cache folder, the
+    /// second reads every tile from it.
+    #[test]
+    fn tuning_settings_and_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tiny_file(&dir, &TinyConfig::default());
+        let cache = dir.path().join("tuning");
+        let config = serde_json::json!({
+            "model": path, "tuning": "auto", "tuning_cache_dir": cache,
+        });
+        let first = details(&active_plugin(config.clone(), 64))["tuning"].clone();
+        assert_eq!(first["mode"], "auto");
+        let searches = first["searches"].as_u64().unwrap();
+        assert!(searches > 0 && first["search_seconds"].as_f64().unwrap() > 0.0);
+        let kernels = first["kernels"].as_array().unwrap();
+        assert_eq!(kernels.len() as u64, searches);
+        assert!(kernels.iter().all(|k| k["source"] == "searched"
+            && k["variant"].as_str().unwrap().contains("wg")
+            && k["device"] == 0));
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+        let second = details(&active_plugin(config, 64))["tuning"].clone();
+        assert_eq!(second["searches"], 0);
+        let off = serde_json::json!({ "model": path, "tuning": "off" });
+        let off = details(&active_plugin(off, 64))["tuning"].clone();
+        assert_eq!(
+            (off["mode"].as_str(), off["searches"].as_u64()),
+            (Some("off"), Some(0))
+        );
     }
 
     #[test]
