@@ -1461,10 +1461,14 @@ fn a_removed_plugin_folder_stops_being_served() {
     assert!(health.contains("no plugin is active"), "{health}");
 }
 
-/// A server of the `llama` plugin on SmolLM2 with the settings of `config` (beside the model)
-/// and a context of `context_length`.
+/// A server of the `llama` plugin on SmolLM2 with the settings of `config` (beside the model;
+/// untuned unless `config` sets `tuning`, so tests never write the user's tuning cache) and a
+/// context of `context_length`.
 fn smollm2_server(mut config: Value, context_length: u32) -> TestServer {
     config["model"] = json!(pio_testkit::model(pio_testkit::SMOLLM2));
+    if config.get("tuning").is_none() {
+        config["tuning"] = json!("off");
+    }
     let library = workspace_plugin("pio_plugin_llama");
     TestServer::start(
         &[Served {

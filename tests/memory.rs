@@ -284,7 +284,11 @@ fn llama_and_bert_swap_within_a_budget_that_fits_one_of_them() {
     let manager = PluginManager::new(&tmp.path().join("shadow")).unwrap();
     let mut estimates = Vec::new();
     for (folder, library, config) in [
-        ("llama", &llama, json!({"model": llama_model})),
+        (
+            "llama",
+            &llama,
+            json!({"model": llama_model, "tuning": "off"}),
+        ),
         ("bert", &bert, json!({"model": bert_model})),
     ] {
         let (dir, _) = pack_into(&manager, library, &tmp.path().join("p"), folder, config);
@@ -306,7 +310,7 @@ fn llama_and_bert_swap_within_a_budget_that_fits_one_of_them() {
             Served {
                 folder: "llama",
                 library: &llama,
-                config: json!({"model": llama_model}),
+                config: json!({"model": llama_model, "tuning": "off"}),
             },
             Served {
                 folder: "bert",

@@ -20,7 +20,7 @@ fn llama_server() -> TestServer {
         &[Served {
             folder: "llama",
             library: &workspace_plugin("pio_plugin_llama"),
-            config: json!({ "model": model }),
+            config: json!({ "model": model, "tuning": "off" }),
         }],
         ConfigLayer::default(),
         ActivateOptions {

@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Search every kernel's tile again, overwriting the tuning cache: `--tuning retune`.
+    #[arg(long, conflicts_with = "tuning")]
+    retune: bool,
     #[command(flatten)]
     activate: ActivateArgs,
     #[command(flatten)]
@@ -113,11 +116,15 @@ fn bench_once(args: &BenchArgs, storage: &StorageArgs) -> anyhow::Result<Report>
         .max()
         .unwrap_or(0)
         .max(DECODE_PROMPT + args.decode_tokens);
+    let mut storage = storage.clone();
+    if args.retune {
+        storage.tuning = Some("retune".to_owned());
+    }
     let start = Instant::now();
     let (manager, id) = open(
         args.plugin.as_deref(),
         args.model.as_ref(),
-        storage,
+        &storage,
         &args.activate,
         Some(u32::try_from(longest).context("prompt too long")?),
         &args.dirs,
@@ -196,8 +203,13 @@ fn print_side_by_side(reports: &[Report], headers: &[String]) {
     header.push("UNIT");
     print_table(&header, &rows);
     for (report, name) in reports.iter().zip(headers) {
-        if let Some(per_kernel) = &report.per_kernel {
+        if report.tuning.is_some() || report.per_kernel.is_some() {
             println!("\n{}:", name.to_lowercase());
+        }
+        if let Some(tuning) = &report.tuning {
+            tuning.print();
+        }
+        if let Some(per_kernel) = &report.per_kernel {
             per_kernel.print();
         }
     }
@@ -424,6 +436,74 @@ struct Report {
     pipeline: Option<Pipeline>,
     /// Time per kernel of a decode and a prefill step (`--per-kernel`).
     per_kernel: Option<PerKernel>,
+    /// How the plugin chose its kernels' tiles, if it says.
+    tuning: Option<Tuning>,
+}
+
+/// What the plugin says of its kernel tuning (the bench answer's `tuning` object): done once,
+/// at activation.
+#[derive(Debug, Clone)]
+struct Tuning {
+    mode: String,
+    searches: u64,
+    search_seconds: f64,
+    /// Per kernel shape: device, shape, variant, milliseconds per launch, source.
+    kernels: Vec<(u64, String, String, Option<f64>, String)>,
+    /// The answer's object, for `--json`.
+    json: Value,
+}
+
+impl Tuning {
+    /// From a bench answer; `None` when the plugin does not report tuning.
+    fn from_answer(answer: &Value) -> Option<Self> {
+        let tuning = answer.get("tuning")?;
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        Some(Tuning {
+            mode: text(&tuning["mode"]),
+            searches: tuning["searches"].as_u64().unwrap_or(0),
+            search_seconds: tuning["search_seconds"].as_f64().unwrap_or(0.0),
+            kernels: tuning["kernels"]
+                .as_array()
+                .map(|kernels| {
+                    kernels
+                        .iter()
+                        .map(|k| {
+                            (
+                                k["device"].as_u64().unwrap_or(0),
+                                text(&k["shape"]),
+                                text(&k["variant"]),
+                                k["ms"].as_f64(),
+                                text(&k["source"]),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            json: tuning.clone(),
+        })
+    }
+
+    /// The chosen variant of each kernel shape, one row each.
+    fn print(&self) {
+        println!(
+            "\nkernel tiles (tuning {}: {} shapes searched in {:.2} s at activation)",
+            self.mode, self.searches, self.search_seconds
+        );
+        let devices = self.kernels.iter().any(|k| k.0 > 0);
+        let rows: Vec<Vec<String>> = self
+            .kernels
+            .iter()
+            .map(|(device, shape, variant, ms, source)| {
+                let shape = match devices {
+                    true => format!("device {device}: {shape}"),
+                    false => shape.clone(),
+                };
+                let ms = ms.map_or_else(String::new, |ms| format!("{ms:.3}"));
+                vec![shape, variant.clone(), ms, source.clone()]
+            })
+            .collect();
+        print_table(&["KERNEL SHAPE", "VARIANT", "MS", "SOURCE"], &rows);
+    }
 }
 
 /// What the plugin says of the devices its layers are split over, over all runs.
@@ -557,6 +637,7 @@ impl Report {
             disk: runs.last().and_then(DiskStreaming::from_answer),
             pipeline: runs.last().and_then(Pipeline::from_answer),
             per_kernel: None,
+            tuning: Tuning::from_answer(first),
         })
     }
 
@@ -610,6 +691,9 @@ impl Report {
         if let Some(per_kernel) = &self.per_kernel {
             out["per_kernel"] = per_kernel.to_json();
         }
+        if let Some(tuning) = &self.tuning {
+            out["tuning"] = tuning.json.clone();
+        }
         out
     }
 
@@ -619,6 +703,9 @@ impl Report {
         println!("adapter:   {}", self.adapter);
         println!("median of {} runs", self.runs);
         print_table(&["METRIC", "VALUE", "UNIT"], &self.rows());
+        if let Some(tuning) = &self.tuning {
+            tuning.print();
+        }
         if let Some(per_kernel) = &self.per_kernel {
             per_kernel.print();
         }
@@ -630,6 +717,13 @@ impl Report {
             row("load (plugin load + activate)", self.load_ms, "ms"),
             row("activate (weights, pipelines)", self.activate_ms, "ms"),
         ];
+        if let Some(tuning) = &self.tuning {
+            rows.push(row(
+                &format!("  kernel tuning search ({})", tuning.mode),
+                tuning.search_seconds * 1e3,
+                "ms",
+            ));
+        }
         for &(len, tok_s, ttft) in &self.prefill {
             rows.push(row(&format!("prefill {len} tokens"), tok_s, "tok/s"));
             rows.push(row(&format!("time to first token ({len})"), ttft, "ms"));
@@ -744,6 +838,39 @@ mod tests {
     fn median_of_odd_and_even_counts() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn tuning_is_read_from_the_answer_and_passed_to_json_and_the_table() {
+        let tuning = json!({
+            "mode": "auto",
+            "searches": 2,
+            "search_seconds": 1.5,
+            "kernels": [
+                {"device": 0, "shape": "linear q4_1 576x576, 1 token",
+                 "variant": "1 tok/inv, wg 8", "ms": 0.11, "source": "searched"},
+                {"device": 0, "shape": "gated q4_1 3072x576 +norm, 64 tokens",
+                 "variant": "4 tok/inv, wg 8", "ms": null, "source": "default"},
+            ],
+        });
+        let answer = json!({
+            "prefill": [],
+            "decode": {"decode_tokens": 1, "decode_tok_s": 1.0},
+            "batched": [],
+            "tuning": tuning,
+        });
+        let report = Report::new("llama", &[answer], 0.0, 0.0, &[], &[]).unwrap();
+        assert_eq!(report.to_json()["tuning"], tuning);
+        let parsed = report.tuning.as_ref().unwrap();
+        assert_eq!((parsed.searches, parsed.search_seconds), (2, 1.5));
+        assert_eq!(parsed.kernels[1].2, "4 tok/inv, wg 8");
+        assert_eq!(parsed.kernels[1].3, None);
+        let rows = report.rows();
+        let search = rows
+            .iter()
+            .find(|r| r[0].contains("tuning search"))
+            .unwrap();
+        assert_eq!((search[1].as_str(), search[2].as_str()), ("1500.0", "ms"));
     }
 
     #[test]

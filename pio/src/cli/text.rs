@@ -49,7 +49,8 @@ pub struct WeightArgs {
     weights: Option<String>,
 }
 
-/// How a text plugin stores the model's weights and KV cache, and on which devices.
+/// How a text plugin stores the model's weights and KV cache, on which devices, and how it
+/// tunes its kernels.
 #[derive(Debug, Clone, Default, Args)]
 pub struct StorageArgs {
     #[command(flatten)]
@@ -58,6 +59,12 @@ pub struct StorageArgs {
     /// (the plugin's `kv_type` setting).
     #[arg(long, value_name = "TYPE")]
     kv_type: Option<String>,
+    /// How each matrix kernel's tile is chosen: auto (the default: timed per kernel shape at
+    /// the first activation on an adapter, then read from the tuning cache), off (the adapter
+    /// class's tiles, no search) or retune (search again, overwriting the cache) (the plugin's
+    /// `tuning` setting).
+    #[arg(long, value_name = "MODE")]
+    pub tuning: Option<String>,
     #[command(flatten)]
     pub devices: DeviceArgs,
 }
@@ -251,8 +258,8 @@ pub(super) fn open(
     Ok((manager, id))
 }
 
-/// Configures `plugin` with the command line's model file, weight storage and KV cache type,
-/// where given.
+/// Configures `plugin` with the command line's model file, weight storage, KV cache type,
+/// devices and tuning mode, where given.
 pub(super) fn set_config_overrides(
     manager: &mut PluginManager,
     plugin: &str,
@@ -271,6 +278,9 @@ pub(super) fn set_config_overrides(
     }
     if let Some(kv_type) = &storage.kv_type {
         config.insert("kv_type".into(), kv_type.clone().into());
+    }
+    if let Some(tuning) = &storage.tuning {
+        config.insert("tuning".into(), tuning.clone().into());
     }
     if !storage.devices.devices.is_empty() {
         config.insert("devices".into(), storage.devices.devices.clone().into());

@@ -5,7 +5,8 @@
 //! Typical use by a model plugin:
 //! 1. at activation: [`Gpu::new`], upload weights with [`QuantMatrix::upload`], create every
 //!    kernel ([`Linear::new`], ... — this compiles the pipelines; pick tiles for the adapter
-//!    with [`RowTile::decode`] and [`RowTile::prefill`]), allocate activations and the
+//!    with [`RowTile::decode`] and [`RowTile::prefill`], or measure them per shape with a
+//!    [`Tuner`]), allocate activations and the
 //!    [`KvCache`], bind the decode step's [`Dispatch`]es and [`Gpu::run`] them once to warm up;
 //! 2. per token: write token ids and positions with [`Gpu::write`], record the dispatches into
 //!    one compute pass ([`Dispatch::record`]), submit, and read the logits back.
@@ -31,6 +32,7 @@ mod quantize;
 pub mod reference;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tune;
 
 pub use buffer::{GpuBuffer, PendingRead};
 pub use device::{
@@ -56,5 +58,8 @@ pub use quant::{
     MatrixShape, PackedMatrix, QuantMatrix, WeightDtype, WeightSlot, BLOCK_ELEMENTS, ROW_GROUP,
 };
 pub use quantize::quantize;
+pub use tune::{
+    TileSource, TuneChoice, TuneKey, TuneMode, TuneReport, TuneSettings, TunedKernel, Tuner,
+};
 /// The wgpu version this crate is built on, for callers that record their own command encoders.
 pub use wgpu;

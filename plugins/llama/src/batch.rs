@@ -458,7 +458,8 @@ mod tests {
         let pool_bytes = budget - needs(0);
         for (kv_blocks, fits) in [(4, true), (5, false)] {
             let mut plugin = LlamaPlugin::new().unwrap();
-            let config = serde_json::json!({"model": model, "kv_blocks": kv_blocks});
+            let config =
+                serde_json::json!({"model": model, "kv_blocks": kv_blocks, "tuning": "off"});
             plugin.initialize(config).unwrap();
             let activated = plugin.activate(&ActivateOptions {
                 context_length: 64,

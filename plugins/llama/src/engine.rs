@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use pio_gguf::GgufFile;
-use pio_gpu::{DeviceOptions, Gpu, KvType};
+use pio_gpu::{DeviceOptions, Gpu, KvType, TuneMode, TuneSettings};
 use pio_plugin_kit::{
     Compression, Logprobs, Message, Next, PluginError, PluginResult, Sampled, SequenceParams,
     StepOptions, TextModel,
@@ -231,6 +231,9 @@ pub struct LoadOptions {
     pub devices: Vec<DeviceOptions>,
     /// Layers per device of `devices`, in order; empty: planned ([`partition::plan`]).
     pub split: Vec<usize>,
+    /// How the matrix kernels' tiles are chosen (default: [`TuneMode::Off`], the adapter
+    /// class's tiles; the plugin's `tuning` setting defaults to `auto`).
+    pub tuning: TuneSettings,
 }
 
 impl Default for LoadOptions {
@@ -243,6 +246,10 @@ impl Default for LoadOptions {
             memory_budget: 0,
             kv_blocks: DEFAULT_KV_BLOCKS,
             storage: Storage::default(),
+            tuning: TuneSettings {
+                mode: TuneMode::Off,
+                cache_dir: None,
+            },
         }
     }
 }
@@ -314,6 +321,7 @@ impl Engine {
             context,
             max_batch,
             streamed_layers,
+            tuning: options.tuning.clone(),
         };
         if streamed_layers > 0 {
             tracing::info!(

@@ -22,7 +22,7 @@
 
 use std::path::PathBuf;
 
-use pio_gpu::{DeviceOptions, KvType};
+use pio_gpu::{DeviceOptions, KvType, TuneMode, TuneSettings};
 use pio_plugin_kit::{
     metadata, Activation, Capability, Compression, CompressionScope, Config, Freed, FreedMemory,
     MemoryCategory, MemoryUse, Model, ModelInfo, ModelStats, PluginError, PluginMetadata,
@@ -35,7 +35,7 @@ use crate::compress;
 use crate::engine::{Engine, LoadOptions};
 use crate::error::Error;
 use crate::perplexity::Style;
-use crate::runtime::{PipelineStats, StreamStats};
+use crate::runtime::{GpuModel, PipelineStats, StreamStats};
 use crate::storage::{Storage, WeightStorage};
 use crate::surgery;
 use crate::tokenizer::GgufTokenizer;
@@ -98,6 +98,22 @@ pub struct Settings {
     /// ([`crate::partition`]).
     #[serde(default)]
     pub split: Vec<usize>,
+    /// How each matrix kernel's tile is chosen: `"auto"` (the default: candidates timed per
+    /// kernel shape at the first activation on an adapter, the fastest cached per adapter and
+    /// driver; later activations read the cache), `"off"` (the adapter class's tiles, no
+    /// search) or `"retune"` (search every shape again, overwriting the cache). See
+    /// [`pio_gpu::Tuner`].
+    #[serde(default, deserialize_with = "tuning_mode")]
+    pub tuning: TuneMode,
+    /// The folder of the tuning cache files; default `$XDG_CACHE_HOME/pio/tuning`, else
+    /// `~/.cache/pio/tuning`.
+    #[serde(default)]
+    pub tuning_cache_dir: Option<PathBuf>,
+}
+
+fn tuning_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<TuneMode, D::Error> {
+    let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+    TuneMode::from_name(&name).map_err(serde::de::Error::custom)
 }
 
 fn kv_type<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<KvType, D::Error> {
@@ -293,6 +309,7 @@ impl Model for Engine {
                 .into_iter()
                 .chain(streaming_details(model.streaming()))
                 .chain(pipeline_details(&model.pipeline_stats()))
+                .chain([("tuning", tuning_details(model))])
                 .map(|(key, value)| (key.to_owned(), value))
                 .collect(),
         }
@@ -374,7 +391,37 @@ fn load_options(settings: &Settings, activation: &Activation) -> LoadOptions {
             })
             .collect(),
         split: settings.split.clone(),
+        tuning: TuneSettings {
+            mode: settings.tuning,
+            cache_dir: settings.tuning_cache_dir.clone(),
+        },
     }
+}
+
+/// How the matrix kernels' tiles were chosen (the `tuning` detail of the stats and of a
+/// benchmark's answer): `mode`, `searches` (kernel shapes searched in this activation, over
+/// every device), `search_seconds`, and `kernels`, one entry per device and kernel shape with
+/// its `device` index, `shape`, `variant` (the tile), `ms` (one launch, as measured) and
+/// `source` (`searched`, `cached` or `default`).
+fn tuning_details(model: &GpuModel) -> serde_json::Value {
+    let reports = model.tuning();
+    let kernels: Vec<serde_json::Value> = reports
+        .iter()
+        .enumerate()
+        .flat_map(|(device, report)| {
+            report.choices.iter().map(move |choice| {
+                let mut entry = serde_json::to_value(choice).unwrap_or_default();
+                entry["device"] = device.into();
+                entry
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "mode": reports.first().map_or("off", |r| r.mode),
+        "searches": reports.iter().map(|r| r.searches).sum::<usize>(),
+        "search_seconds": reports.iter().map(|r| r.search_seconds).sum::<f64>(),
+        "kernels": kernels,
+    })
 }
 
 /// What streaming layers from the file has done (`streamed_layers` 0 when nothing streams):
@@ -454,6 +501,7 @@ fn bench(engine: &mut Engine, request: &serde_json::Value) -> PluginResult<serde
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
         .collect();
+    answer["tuning"] = tuning_details(model);
     Ok(answer)
 }
 
@@ -546,7 +594,8 @@ mod tests {
 
     fn initialized(path: &std::path::Path) -> LlamaPlugin {
         let mut p = LlamaPlugin::new().unwrap();
-        p.initialize(serde_json::json!({ "model": path })).unwrap();
+        p.initialize(serde_json::json!({ "model": path, "tuning": "off" }))
+            .unwrap();
         p
     }
 
@@ -600,10 +649,10 @@ mod tests {
             let (response, _) = alone(&mut plugin, &request, None);
             (response.unwrap().text.to_string(), details(&plugin))
         };
-        let (one, one_details) = generate(serde_json::json!({ "model": path }));
+        let (one, one_details) = generate(serde_json::json!({ "model": path, "tuning": "off" }));
         assert_eq!(one_details["devices"].as_array().unwrap().len(), 1);
         let (auto, auto_details) =
-            generate(serde_json::json!({ "model": path, "devices": ["auto*2"] }));
+            generate(serde_json::json!({ "model": path, "devices": ["auto*2"], "tuning": "off" }));
         assert_eq!(auto, one);
         let devices = auto_details["devices"].as_array().unwrap();
         assert_eq!(devices.len(), 2);
@@ -614,7 +663,7 @@ mod tests {
         assert!(layers(&devices[1]) <= layers(&devices[0]), "{devices:?}");
         assert!(auto_details["transferred_bytes"].as_u64().unwrap() > 0);
         let (split, split_details) = generate(
-            serde_json::json!({ "model": path, "devices": ["auto", "auto"], "split": [1, 3] }),
+            serde_json::json!({ "model": path, "devices": ["auto", "auto"], "split": [1, 3], "tuning": "off" }),
         );
         assert_eq!(split, one);
         assert_eq!(
@@ -623,12 +672,11 @@ mod tests {
         );
 
         let mut p = initialized(&path);
-        let config = serde_json::json!({ "model": path, "devices": ["auto", "no such adapter"] });
+        let config = serde_json::json!({ "model": path, "devices": ["auto", "no such adapter"], "tuning": "off" });
         p.initialize(config).unwrap();
         let e = activate(&mut p, 64).unwrap_err();
         assert!(e.message.contains("no such adapter"), "{e}");
-        let config =
-            serde_json::json!({ "model": path, "devices": ["auto", "auto"], "split": [1, 1] });
+        let config = serde_json::json!({ "model": path, "devices": ["auto", "auto"], "split": [1, 1], "tuning": "off" });
         p.initialize(config).unwrap();
         let e = activate(&mut p, 64).unwrap_err();
         assert!(
@@ -636,14 +684,13 @@ mod tests {
                 .contains("adds up to 2 layers, but the model has 4"),
             "{e}"
         );
-        let config =
-            serde_json::json!({ "model": path, "devices": ["auto", "auto"], "split": [3] });
+        let config = serde_json::json!({ "model": path, "devices": ["auto", "auto"], "split": [3], "tuning": "off" });
         let e = p.initialize(config).unwrap_err();
         assert!(
             e.message.contains("split has 1 layer counts for 2 devices"),
             "{e}"
         );
-        let config = serde_json::json!({ "model": path, "devices": ["auto*0"] });
+        let config = serde_json::json!({ "model": path, "devices": ["auto*0"], "tuning": "off" });
         let e = p.initialize(config).unwrap_err();
         assert!(e.message.contains("\"auto*0\": the count after `*`"), "{e}");
         let config = serde_json::json!({ "model": path, "devices": ["auto*18446744073709551615"] });
@@ -680,6 +727,13 @@ mod tests {
             e.message.contains("kv_type") && e.message.contains("expected one of f32, f16"),
             "{e}"
         );
+        let e = p
+            .initialize(serde_json::json!({ "model": "m.gguf", "tuning": "fast" }))
+            .unwrap_err();
+        assert!(
+            e.message.contains("tuning") && e.message.contains("expected one of auto, off, retune"),
+            "{e}"
+        );
 
         // The file is read at activation, relative to the plugin's folder.
         let dir = tempfile::tempdir().unwrap();
@@ -695,8 +749,10 @@ mod tests {
             ..TinyConfig::default()
         };
         tiny_file(&dir, &cfg);
-        p.initialize(serde_json::json!({ "model": "tiny.gguf", "plugin_dir": dir.path() }))
-            .unwrap();
+        p.initialize(
+            serde_json::json!({ "model": "tiny.gguf", "plugin_dir": dir.path(), "tuning": "off" }),
+        )
+        .unwrap();
         let e = activate(&mut p, 64).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Incompatible);
         assert!(e.message.contains("falcon"), "{e}");
@@ -823,6 +879,37 @@ mod tests {
         assert!(e.message.contains("supported formats: f32, f16"), "{e}");
     }
 
+    /// The `tuning` and `tuning_cache_dir` settings reach the runtime, and the stats carry
+    /// what the tuner did: the first activation searches and writes the cache folder, the
+    /// second reads every tile from it.
+    #[test]
+    fn tuning_settings_and_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tiny_file(&dir, &TinyConfig::default());
+        let cache = dir.path().join("tuning");
+        let config = serde_json::json!({
+            "model": path, "tuning": "auto", "tuning_cache_dir": cache,
+        });
+        let first = details(&active_plugin(config.clone(), 64))["tuning"].clone();
+        assert_eq!(first["mode"], "auto");
+        let searches = first["searches"].as_u64().unwrap();
+        assert!(searches > 0 && first["search_seconds"].as_f64().unwrap() > 0.0);
+        let kernels = first["kernels"].as_array().unwrap();
+        assert_eq!(kernels.len() as u64, searches);
+        assert!(kernels.iter().all(|k| k["source"] == "searched"
+            && k["variant"].as_str().unwrap().contains("wg")
+            && k["device"] == 0));
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+        let second = details(&active_plugin(config, 64))["tuning"].clone();
+        assert_eq!(second["searches"], 0);
+        let off = serde_json::json!({ "model": path, "tuning": "off" });
+        let off = details(&active_plugin(off, 64))["tuning"].clone();
+        assert_eq!(
+            (off["mode"].as_str(), off["searches"].as_u64()),
+            (Some("off"), Some(0))
+        );
+    }
+
     #[test]
     fn lifecycle_generate_stream_cancel_and_stats() {
         let dir = tempfile::tempdir().unwrap();
@@ -932,7 +1019,7 @@ mod tests {
     fn batched_generation_through_the_plugin_api() {
         let dir = tempfile::tempdir().unwrap();
         let path = tiny_file(&dir, &TinyConfig::default());
-        let config = serde_json::json!({ "model": path, "kv_blocks": 12 });
+        let config = serde_json::json!({ "model": path, "kv_blocks": 12, "tuning": "off" });
         let mut p = active_plugin(config, 64);
         let generate = tokens_request(&[3, 4, 5], GenerationParams::greedy(3));
         let chat = SequenceRequest::Chat(ChatRequest {
@@ -1042,7 +1129,7 @@ mod tests {
         // A pool of 64 blocks (1024 positions) cannot hold it: refused as out of memory,
         // naming the pool (the host's cue to run it alone), and alone it runs.
         p.deactivate().unwrap();
-        p.initialize(serde_json::json!({ "model": path, "kv_blocks": 64 }))
+        p.initialize(serde_json::json!({ "model": path, "kv_blocks": 64, "tuning": "off" }))
             .unwrap();
         activate(&mut p, 2048).unwrap();
         let request = tokens_request(&prompt, GenerationParams::greedy(4));
@@ -1113,7 +1200,7 @@ mod logprob_tests {
     #[ignore = "needs the SmolLM2 model: pio models fetch"]
     fn logprobs_and_prompt_scores_match_the_cpu_reference() {
         let path = smollm2();
-        let mut plugin = active_plugin(serde_json::json!({ "model": path }), 128);
+        let mut plugin = active_plugin(serde_json::json!({ "model": path, "tuning": "off" }), 128);
         // "<|im_start|>user\nThe capital" and some arbitrary ids.
         let prompt = [1, 4093, 198, 504, 3575, 3223, 28, 1029, 8130, 49, 2];
         let options = DecodeOptions {

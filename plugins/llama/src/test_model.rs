@@ -325,9 +325,14 @@ pub fn tiny_engine(dir: &tempfile::TempDir) -> crate::engine::Engine {
     crate::engine::Engine::load(&path, options).unwrap()
 }
 
-/// A plugin initialized with `config` and activated with a context of `context` positions.
-pub fn active_plugin(config: serde_json::Value, context: u32) -> LlamaPlugin {
+/// A plugin initialized with `config` and activated with a context of `context` positions;
+/// without a `tuning` setting in `config` it runs untuned (`"off"`), so tests never search or
+/// write the user's tuning cache.
+pub fn active_plugin(mut config: serde_json::Value, context: u32) -> LlamaPlugin {
     use pio_plugin_kit::api::{ActivateOptions, Plugin};
+    if config.get("tuning").is_none() {
+        config["tuning"] = "off".into();
+    }
     let mut plugin = LlamaPlugin::new().unwrap();
     plugin.initialize(config).unwrap();
     plugin

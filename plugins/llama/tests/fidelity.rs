@@ -59,7 +59,7 @@ fn plugin(context: u32) -> TextPlugin<Engine> {
     let path = pio_testkit::model(pio_testkit::SMOLLM2);
     let mut plugin = TextPlugin::<Engine>::new().unwrap();
     plugin
-        .initialize(serde_json::json!({ "model": path }))
+        .initialize(serde_json::json!({ "model": path, "tuning": "off" }))
         .unwrap();
     let options = ActivateOptions {
         context_length: context,

@@ -30,7 +30,7 @@ fn answer_and_logits(path: &std::path::Path) -> (Vec<u32>, Vec<f32>) {
 
     let mut plugin = TextPlugin::<Engine>::new().unwrap();
     plugin
-        .initialize(serde_json::json!({ "model": path }))
+        .initialize(serde_json::json!({ "model": path, "tuning": "off" }))
         .unwrap();
     let options = ActivateOptions {
         context_length: 256,

@@ -130,9 +130,28 @@ impl Reduction {
     /// where the device lacks subgroup operations or its subgroups may be narrower than the
     /// lanes of a row group (logged once per device and reason).
     pub fn supported_on(self, gpu: &Gpu) -> Self {
+        match (self, self.unsupported_because(gpu)) {
+            (Self::Subgroup { lanes }, Some(reason)) => {
+                gpu.log_once(format!(
+                    "matrix-vector kernels reduce through workgroup memory instead of \
+                     subgroups: {reason}"
+                ));
+                Self::Workgroup { lanes }
+            }
+            _ => self,
+        }
+    }
+
+    /// Whether `gpu` runs this variant as it is, without a fallback (nothing is logged).
+    pub fn runs_on(self, gpu: &Gpu) -> bool {
+        self.unsupported_because(gpu).is_none()
+    }
+
+    /// Why `gpu` cannot run this variant, if it cannot.
+    fn unsupported_because(self, gpu: &Gpu) -> Option<String> {
         match self {
             Self::Subgroup { lanes } => {
-                let reason = if !gpu.features().contains(wgpu::Features::SUBGROUP) {
+                if !gpu.features().contains(wgpu::Features::SUBGROUP) {
                     Some("the device has no subgroup operations".to_owned())
                 } else if gpu.subgroup_min_size() < lanes {
                     Some(format!(
@@ -142,19 +161,9 @@ impl Reduction {
                     ))
                 } else {
                     None
-                };
-                match reason {
-                    Some(reason) => {
-                        gpu.log_once(format!(
-                            "matrix-vector kernels reduce through workgroup memory instead of \
-                             subgroups: {reason}"
-                        ));
-                        Self::Workgroup { lanes }
-                    }
-                    None => self,
                 }
             }
-            other => other,
+            Self::None | Self::Workgroup { .. } => None,
         }
     }
 }
@@ -217,7 +226,8 @@ impl RowTile {
         }
     }
 
-    fn check(self, context: &'static str) -> Result<()> {
+    /// Checks that the kernels can run this tile (token count, lanes, workgroup size).
+    pub(crate) fn check(self, context: &'static str) -> Result<()> {
         let lanes = self.reduction.lanes();
         let split_ok = self.reduction == Reduction::None
             || self.tokens == 1

@@ -5,7 +5,7 @@
 use pio_gpu::{
     Attention, AttentionConfig, Dispatch, Epilogue, Gpu, GpuBuffer, KvType, Linear, LinearShape,
     QkNormRope, QkNormRopeConfig, QkvRope, QkvRopeConfig, QuantMatrix, ResidualRmsNorm, RowLayout,
-    RowTile, TokenRange,
+    RowTile, TokenRange, TunedKernel, Tuner,
 };
 
 use super::stage::Stage;
@@ -138,15 +138,29 @@ impl Step {
     }
 }
 
-/// Builds the kernels of the layers and the head for one tile.
+/// Builds the kernels of the layers and the head, each matrix kernel with the tile its
+/// device's [`Tuner`] chooses for its shape.
 pub(super) struct KernelFactory<'a> {
     pub gpu: &'a Gpu,
     pub spec: &'a ModelSpec,
     /// The KV cache's type, which the kernels that read or write it are built for.
     pub kv_type: KvType,
+    pub tuner: &'a Tuner,
 }
 
 impl KernelFactory<'_> {
+    /// The tile of `kernel` over `weights` (with the fused norm when `norm`) for launches of
+    /// `tokens` tokens: 1 (decode) or the prefill chunk.
+    pub fn tile(
+        &self,
+        kernel: TunedKernel,
+        weights: &QuantMatrix,
+        norm: bool,
+        tokens: u32,
+    ) -> RowTile {
+        self.tuner.tile(self.gpu, kernel, weights, norm, tokens)
+    }
+
     /// The shape of a matrix kernel over `weights`, with the fused RMSNorm when `norm`.
     pub fn shape(&self, weights: &QuantMatrix, norm: bool, tile: RowTile) -> LinearShape {
         LinearShape {
@@ -158,11 +172,16 @@ impl KernelFactory<'_> {
         }
     }
 
-    /// The matrix kernels of layer `i` over its uploaded `weights`, for one tile. A projection
+    /// The matrix kernels of layer `i` over its uploaded `weights`, for launches of `tokens`
+    /// tokens (1: decode, or the prefill chunk), each with its tuned tile. A projection
     /// followed by a post-norm stores its output (the norm's kernel adds it to the residual);
     /// one without accumulates into the residual itself.
-    pub fn layer(&self, i: usize, weights: &LayerWeights, tile: RowTile) -> Result<LayerKernels> {
+    pub fn layer(&self, i: usize, weights: &LayerWeights, tokens: u32) -> Result<LayerKernels> {
         let hp = &self.spec.hparams;
+        let tuned = |kernel, matrix: &QuantMatrix, norm| {
+            let tile = self.tile(kernel, matrix, norm, tokens);
+            self.shape(matrix, norm, tile)
+        };
         let residual = |post_norm: &Option<GpuBuffer>| match post_norm {
             Some(_) => Epilogue::Store,
             None => Epilogue::Accumulate,
@@ -171,7 +190,7 @@ impl KernelFactory<'_> {
             qkv: QkvRope::new(
                 self.gpu,
                 QkvRopeConfig {
-                    shape: self.shape(&weights.qkv, true, tile),
+                    shape: tuned(TunedKernel::QkvRope, &weights.qkv, true),
                     q_rows: hp.q_dim(i) as u32,
                     kv_rows: hp.kv_dim(i) as u32,
                     head_dim: hp.head_dim as u32,
@@ -181,17 +200,17 @@ impl KernelFactory<'_> {
             )?,
             output: Linear::new(
                 self.gpu,
-                self.shape(&weights.output, false, tile),
+                tuned(TunedKernel::Linear, &weights.output, false),
                 residual(&weights.attn_post_norm),
             )?,
             gate_up: Linear::new(
                 self.gpu,
-                self.shape(&weights.gate_up, true, tile),
+                tuned(TunedKernel::Gated, &weights.gate_up, true),
                 gate_epilogue(self.spec, i),
             )?,
             down: Linear::new(
                 self.gpu,
-                self.shape(&weights.down, false, tile),
+                tuned(TunedKernel::Linear, &weights.down, false),
                 residual(&weights.ffn_post_norm),
             )?,
         })

@@ -8,8 +8,9 @@
 //! when generating ([`Forward::next_token`]), only the token id the device sampler picked.
 //! Prompts longer than [`GpuModel::max_batch`] are processed in chunks. The dispatches of a
 //! single-token step are built once and reused for every decoded token; only the token-id and
-//! position buffers change. Tiles (tokens per invocation, workgroup size) are chosen per
-//! adapter class, see [`RowTile`].
+//! position buffers change. Each matrix kernel's tile (tokens per invocation, workgroup size,
+//! reduction) is measured per shape on the device at the first activation and cached, or is the
+//! adapter class's default ([`RunConfig::tuning`], [`pio_gpu::Tuner`]).
 //!
 //! When the weights do not fit the device budget, the last layers stream from the file through
 //! a ring of device buffers (`stream.rs`, [`RunConfig::streamed_layers`]): a step is then
@@ -27,7 +28,7 @@ pub use pipeline::{DeviceStats, PipelineStats};
 pub use stream::{StreamStats, RING_SLOTS};
 
 use pio_gguf::GgufFile;
-use pio_gpu::{Dispatch, Gpu};
+use pio_gpu::{Dispatch, Gpu, TuneMode, TuneReport, TuneSettings};
 
 use crate::error::{Error, Result};
 use crate::forward::Forward;
@@ -102,8 +103,8 @@ impl<'a> Placement<'a> {
     }
 }
 
-/// How a [`GpuModel`] stores its tensors and what it is sized for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a [`GpuModel`] stores its tensors, what it is sized for and how its kernels are tuned.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunConfig {
     /// How the weight matrices and the KV caches are stored.
     pub storage: Storage,
@@ -114,17 +115,25 @@ pub struct RunConfig {
     /// How many of the last layers stream from the file through a ring of [`RING_SLOTS`]
     /// layers instead of staying on the device (0: every layer is resident).
     pub streamed_layers: usize,
+    /// How the matrix kernels' tiles are chosen: measured per shape and cached, or the adapter
+    /// class's defaults ([`pio_gpu::Tuner`]).
+    pub tuning: TuneSettings,
 }
 
 impl RunConfig {
     /// Weights as stored, an f32 KV cache of `context` positions, batches of `max_batch`
-    /// tokens, every layer resident.
+    /// tokens, every layer resident, the adapter class's tiles (no tuning: a caller that
+    /// wants it sets [`RunConfig::tuning`]).
     pub fn new(context: usize, max_batch: usize) -> Self {
         RunConfig {
             storage: Storage::default(),
             context,
             max_batch,
             streamed_layers: 0,
+            tuning: TuneSettings {
+                mode: TuneMode::Off,
+                cache_dir: None,
+            },
         }
     }
 }
@@ -253,6 +262,11 @@ impl GpuModel {
             stage.reset_busy();
         }
         Ok(model)
+    }
+
+    /// How each device's matrix kernels got their tiles, in device order.
+    pub fn tuning(&self) -> Vec<&TuneReport> {
+        self.stages.iter().map(|s| &s.tuning).collect()
     }
 
     /// The first device the model runs on.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pio_gguf::GgufFile;
 use pio_gpu::{
     DeviceSampler, Dispatch, Embed, EmbedTable, Epilogue, Gpu, GpuBuffer, KvCache, KvShape, Linear,
-    RopeTable, RowLayout, RowTile,
+    RopeTable, RowLayout, TuneReport, TunedKernel, Tuner,
 };
 
 use super::graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step, StepPart};
@@ -62,15 +62,18 @@ impl Embedding {
 }
 
 impl Output {
-    /// The head over `table` — or, tied, over `embedding`'s table — for the decode and the
-    /// prefill tile, after the final `norm`, and the sampler bound to `acts`' logits.
+    /// The head over `table` — or, tied, over `embedding`'s table — for one token (its tile
+    /// tuned per shard shape) and for `prefill_tokens` (the adapter class's prefill tile: the
+    /// head runs over several tokens only when every position's logits are asked for, and
+    /// timing it there would cost more than the rest of the search), after the final `norm`,
+    /// and the sampler bound to `acts`' logits.
     fn new(
         factory: &KernelFactory<'_>,
         table: Option<VocabMatrix>,
         embedding: Option<&Embedding>,
         norm: GpuBuffer,
         acts: &Activations,
-        [decode_tile, prefill_tile]: [RowTile; 2],
+        prefill_tokens: u32,
     ) -> Result<Self> {
         let gpu = factory.gpu;
         let vocab = factory.spec.hparams.vocab_size as u32;
@@ -83,7 +86,7 @@ impl Output {
                 ))
             }
         };
-        let head_kernels = |tile| {
+        let head_kernels = |tokens: u32| {
             weights
                 .shards
                 .iter()
@@ -92,14 +95,18 @@ impl Output {
                         stride: vocab,
                         offset: shard.first_row,
                     };
+                    let tile = match tokens {
+                        1 => factory.tile(TunedKernel::Linear, &shard.matrix, true, 1),
+                        _ => factory.tuner.default_tile(tokens),
+                    };
                     let shape = factory.shape(&shard.matrix, true, tile);
                     Ok(Linear::with_output(gpu, shape, Epilogue::Store, columns)?)
                 })
                 .collect::<Result<Vec<_>>>()
         };
         let head = Head {
-            decode: head_kernels(decode_tile)?,
-            prefill: head_kernels(prefill_tile)?,
+            decode: head_kernels(1)?,
+            prefill: head_kernels(prefill_tokens)?,
             output: table,
         };
         let sampler = DeviceSampler::new(gpu, vocab)?;
@@ -135,6 +142,8 @@ pub(super) struct Stage {
     pub stream: Option<LayerStream>,
     /// Time this device spent on submitted work, in nanoseconds (see `pipeline.rs`).
     pub busy_nanos: AtomicU64,
+    /// How the matrix kernels' tiles were chosen on this device.
+    pub tuning: TuneReport,
     // Declared last so every buffer above is dropped before the device.
     pub gpu: Gpu,
 }
@@ -184,18 +193,17 @@ impl Stage {
         let hp = &spec.hparams;
         let u = |v: usize| v as u32;
         let ctx = u(config.context);
-        let kind = gpu.adapter_info().device_type;
-        let (decode_tile, prefill_tile) = (RowTile::decode(kind), RowTile::prefill(kind));
-        tracing::info!(
-            ?decode_tile, ?prefill_tile, adapter = %gpu.adapter_info(), layers = ?layer_range,
-            "kernel tiles"
-        );
+        // The prefill tiles are tuned for full chunks (of at most 64 tokens: longer launches
+        // only make the search slower, the per-invocation work is the same).
+        let prefill_tokens = u(config.max_batch.min(64));
+        let tuner = Tuner::new(&gpu, &config.tuning);
 
         let ropes = spec.ropes();
         let factory = KernelFactory {
             gpu: &gpu,
             spec,
             kv_type: config.storage.kv,
+            tuner: &tuner,
         };
         let layers = layer_range
             .clone()
@@ -209,8 +217,8 @@ impl Stage {
                 };
                 let weights = LayerWeights::new(&gpu, spec, i, l, matrices)?;
                 Ok(Layer {
-                    decode: factory.layer(i, &weights, decode_tile)?,
-                    prefill: factory.layer(i, &weights, prefill_tile)?,
+                    decode: factory.layer(i, &weights, 1)?,
+                    prefill: factory.layer(i, &weights, prefill_tokens)?,
                     attention: factory.attention(i)?,
                     qk_norm: factory.qk_norm(i, &weights)?,
                     post_norm: factory.post_norm(&weights)?,
@@ -249,14 +257,13 @@ impl Stage {
                     (false, _) => Some(vocab_matrix(&t.output)?),
                 };
                 let norm = upload::norm(&gpu, &t.output_norm, spec.norm.weight)?;
-                let tiles = [decode_tile, prefill_tile];
                 Some(Output::new(
                     &factory,
                     table,
                     embedding.as_ref(),
                     norm,
                     &acts,
-                    tiles,
+                    prefill_tokens,
                 )?)
             }
         };
@@ -272,6 +279,13 @@ impl Stage {
                 )?)
             })
             .collect::<Result<Vec<_>>>()?;
+        tuner.save();
+        let tuning = tuner.report();
+        tracing::info!(
+            adapter = %gpu.adapter_info(), layers = ?layer_range, mode = tuning.mode,
+            searches = tuning.searches, search_seconds = tuning.search_seconds,
+            "kernel tiles chosen"
+        );
         let cache = KvCache::new(
             &gpu,
             kv_shape(spec, layer_range.clone(), config.storage.kv),
@@ -289,6 +303,7 @@ impl Stage {
             decode_step: None,
             stream,
             busy_nanos: AtomicU64::new(0),
+            tuning,
             gpu,
         };
         stage.decode_step = Some(stage.build_step(1, false, CacheKind::Main)?);

@@ -601,3 +601,169 @@ fn smollm2_split_over_two_devices_generates_what_one_generates() {
     let continued = continue_prompt(&mut split, &prompt, &SamplingParams::default(), 12);
     assert_eq!(continued, tokens);
 }
+
+/// A tiny model activated with `mode`, its tuning cache in `dir`.
+fn tuned_tiny(file: &GgufFile, mode: pio_gpu::TuneMode, dir: &std::path::Path) -> GpuModel {
+    let spec = models::describe(file).unwrap();
+    let config = RunConfig {
+        tuning: pio_gpu::TuneSettings {
+            mode,
+            cache_dir: Some(dir.to_owned()),
+        },
+        ..RunConfig::new(64, 8)
+    };
+    GpuModel::from_spec(test_gpu(), file, spec, config).unwrap()
+}
+
+/// A tiny model whose matrices are all Q4_1: nine distinct matrix kernel shapes (QKV, output,
+/// gate/up and down, each for one token and for a chunk of 8, and the head for one token).
+fn uniform_tiny() -> GgufFile {
+    tiny_llama(&TinyConfig {
+        types: vec![TensorType::Q4_1],
+        ..TinyConfig::default()
+    })
+}
+
+/// Each kernel shape's tile and where it came from.
+fn tiles(model: &GpuModel) -> Vec<(pio_gpu::TuneKey, pio_gpu::RowTile, pio_gpu::TileSource)> {
+    let report = &model.tuning()[0];
+    report
+        .choices
+        .iter()
+        .map(|c| (c.key, c.tile, c.source))
+        .collect()
+}
+
+/// The cache files in `dir`.
+fn cache_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(dir) {
+        Err(_) => Vec::new(),
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+    }
+}
+
+/// The first activation searches every distinct matrix kernel shape once, however many layers
+/// share it, and caches the choices; the second reads them all back and searches nothing.
+#[test]
+fn tuning_is_cached_and_a_second_activation_searches_nothing() {
+    let file = uniform_tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let first = tuned_tiny(&file, pio_gpu::TuneMode::Auto, dir.path());
+    let report = first.tuning()[0].clone();
+    assert_eq!(report.searches, 9, "{report:#?}");
+    assert_eq!(report.choices.len(), 9);
+    assert!(report.search_seconds > 0.0);
+    assert!(report
+        .choices
+        .iter()
+        .all(|c| c.source == pio_gpu::TileSource::Searched && c.ms.is_some()));
+    assert_eq!(cache_files(dir.path()).len(), 1);
+    assert_eq!(report.cache_file.as_ref(), cache_files(dir.path()).first());
+
+    let second = tuned_tiny(&file, pio_gpu::TuneMode::Auto, dir.path());
+    assert_eq!(second.tuning()[0].searches, 0);
+    let (a, b) = (tiles(&first), tiles(&second));
+    assert!(
+        b.iter().all(|t| t.2 == pio_gpu::TileSource::Cached),
+        "{b:?}"
+    );
+    let same = |t: &[(pio_gpu::TuneKey, pio_gpu::RowTile, pio_gpu::TileSource)]| {
+        t.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>()
+    };
+    assert_eq!(same(&a), same(&b));
+
+    // A retune searches every shape again and rewrites the file.
+    let third = tuned_tiny(&file, pio_gpu::TuneMode::Retune, dir.path());
+    assert_eq!(third.tuning()[0].searches, 9);
+}
+
+/// A cache file that does not parse, or holds a tile no kernel runs, is ignored and rebuilt;
+/// activation succeeds either way.
+#[test]
+fn a_corrupt_tuning_cache_is_rebuilt() {
+    let file = uniform_tiny();
+    let dir = tempfile::tempdir().unwrap();
+    drop(tuned_tiny(&file, pio_gpu::TuneMode::Auto, dir.path()));
+    let path = cache_files(dir.path()).pop().unwrap();
+    let good = std::fs::read_to_string(&path).unwrap();
+
+    std::fs::write(&path, "{\"format\": 1, \"entries\": [tru").unwrap();
+    let rebuilt = tuned_tiny(&file, pio_gpu::TuneMode::Auto, dir.path());
+    assert_eq!(rebuilt.tuning()[0].searches, 9);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["entries"].as_array().unwrap().len(), 9);
+    assert_eq!(
+        tuned_tiny(&file, pio_gpu::TuneMode::Auto, dir.path()).tuning()[0].searches,
+        0
+    );
+
+    // A well-formed file whose decode entries hold a tile no kernel runs (a workgroup of 0):
+    // those shapes are searched again, the others still read from it.
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let mut decode = 0;
+    for entry in json["entries"].as_array_mut().unwrap() {
+        if entry["tokens"] == 1 {
+            entry["tile"]["workgroup_size"] = 0.into();
+            decode += 1;
+        }
+    }
+    assert_eq!(decode, 5);
+    std::fs::write(&path, json.to_string()).unwrap();
+    let model = tuned_tiny(&file, pio_gpu::TuneMode::Auto, dir.path());
+    assert_eq!(model.tuning()[0].searches, decode);
+}
+
+/// `off` searches nothing, writes nothing, and gives every kernel the adapter class's tile.
+#[test]
+fn tuning_off_keeps_the_adapter_class_tiles() {
+    let file = uniform_tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tuned_tiny(&file, pio_gpu::TuneMode::Off, dir.path());
+    let kind = model.gpu().adapter_info().device_type;
+    let report = &model.tuning()[0];
+    assert_eq!(report.searches, 0);
+    assert!(cache_files(dir.path()).is_empty());
+    assert_eq!(report.choices.len(), 9);
+    for (key, tile, source) in tiles(&model) {
+        let expected = match key.tokens {
+            1 => pio_gpu::RowTile::decode(kind),
+            _ => pio_gpu::RowTile::prefill(kind),
+        };
+        assert_eq!(
+            (tile, source),
+            (expected, pio_gpu::TileSource::Default),
+            "{key}"
+        );
+    }
+}
+
+/// The tuned model computes what the untuned one does: the variants only change how rows and
+/// tokens are divided among invocations and, for the split reductions, the order of an f32
+/// sum — the tolerance of `tiny_case` (both sides within it of the reference's same sums).
+#[test]
+fn tuned_logits_match_untuned() {
+    let file = tiny_llama(&TinyConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let mut untuned = tuned_tiny(&file, pio_gpu::TuneMode::Off, dir.path());
+    let mut tuned = tuned_tiny(&file, pio_gpu::TuneMode::Retune, dir.path());
+    eprintln!("tuned tiles: {:#?}", tiles(&tuned));
+    let prompt: Vec<u32> = (0..21).map(|i| (i * 37 + 5) % 290).collect();
+    let a = untuned.forward(&prompt, 0, true).unwrap();
+    let b = tuned.forward(&prompt, 0, true).unwrap();
+    let (abs, rel) = (max_abs_diff(&a, &b), max_rel_error(&a, &b));
+    assert!(abs < 1e-3 && rel < 1e-4, "prompt: max abs {abs}, rel {rel}");
+    let vocab = untuned.spec().hparams.vocab_size;
+    let mut next = argmax(&a[a.len() - vocab..]);
+    for step in 0..6 {
+        let pos = prompt.len() + step;
+        let a = untuned.forward(&[next], pos, false).unwrap();
+        let b = tuned.forward(&[next], pos, false).unwrap();
+        let (abs, rel) = (max_abs_diff(&a, &b), max_rel_error(&a, &b));
+        assert!(
+            abs < 1e-3 && rel < 1e-4,
+            "position {pos}: max abs {abs}, rel {rel}"
+        );
+        next = argmax(&a);
+    }
+}
