@@ -42,8 +42,12 @@ const PRUNE_FACTOR: f64 = 2.0;
 /// How a model's matrix kernels get their tiles (the plugins' `tuning` setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TuneMode {
-    /// Cached choices where there are some; shapes without one are searched and cached.
+    /// [`TuneMode::Auto`] on a hardware adapter, [`TuneMode::Off`] on a software one: there
+    /// the first search costs tens of seconds of shader compilation and measured no gain
+    /// (`docs/benchmarks.md`).
     #[default]
+    Gpus,
+    /// Cached choices where there are some; shapes without one are searched and cached.
     Auto,
     /// No search, no cache: the adapter class's tiles ([`RowTile::decode`],
     /// [`RowTile::prefill`]).
@@ -54,11 +58,17 @@ pub enum TuneMode {
 
 impl TuneMode {
     /// Every mode, in the order [`TuneMode::name`] documents them.
-    pub const ALL: [TuneMode; 3] = [TuneMode::Auto, TuneMode::Off, TuneMode::Retune];
+    pub const ALL: [TuneMode; 4] = [
+        TuneMode::Gpus,
+        TuneMode::Auto,
+        TuneMode::Off,
+        TuneMode::Retune,
+    ];
 
-    /// `auto`, `off` or `retune`.
+    /// `gpus`, `auto`, `off` or `retune`.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Gpus => "gpus",
             Self::Auto => "auto",
             Self::Off => "off",
             Self::Retune => "retune",
@@ -71,7 +81,7 @@ impl TuneMode {
             .into_iter()
             .find(|mode| mode.name() == name)
             .ok_or_else(|| {
-                format!("unknown tuning mode {name:?}: expected one of auto, off, retune")
+                format!("unknown tuning mode {name:?}: expected one of gpus, auto, off, retune")
             })
     }
 }
@@ -382,13 +392,18 @@ impl Tuner {
     pub fn new(gpu: &Gpu, settings: &TuneSettings) -> Self {
         let info = gpu.adapter_info();
         let identity = Identity::of(info);
-        let path = match settings.mode {
-            TuneMode::Off => None,
+        let mode = match settings.mode {
+            TuneMode::Gpus if info.device_type.is_hardware() => TuneMode::Auto,
+            TuneMode::Gpus => TuneMode::Off,
+            mode => mode,
+        };
+        let path = match mode {
+            TuneMode::Gpus | TuneMode::Off => None,
             TuneMode::Auto | TuneMode::Retune => settings
                 .cache_folder()
                 .map(|dir| dir.join(identity.file_name())),
         };
-        if path.is_none() && settings.mode != TuneMode::Off {
+        if path.is_none() && mode != TuneMode::Off {
             tracing::warn!(
                 "no cache folder (neither XDG_CACHE_HOME nor HOME is set): tuned kernel tiles \
                  are not kept for later activations"
@@ -410,7 +425,7 @@ impl Tuner {
             }
         }
         Self {
-            mode: settings.mode,
+            mode,
             identity,
             default_decode: RowTile::decode(info.device_type),
             default_prefill: RowTile::prefill(info.device_type),
@@ -444,14 +459,15 @@ impl Tuner {
         if let Some(choice) = state.choices.iter().find(|c| c.key == key) {
             return choice.tile;
         }
+        // `Gpus` was resolved to `Auto` or `Off` by `Tuner::new`.
         let cached = match self.mode {
-            TuneMode::Off => None,
+            TuneMode::Gpus | TuneMode::Off => None,
             TuneMode::Auto => state.known.get(&key).copied(),
             TuneMode::Retune => None,
         }
         .filter(|&(tile, _)| usable(gpu, tile, tokens));
         let (tile, ms, source) = match (self.mode, cached) {
-            (TuneMode::Off, _) => (default, None, TileSource::Default),
+            (TuneMode::Gpus | TuneMode::Off, _) => (default, None, TileSource::Default),
             (_, Some((tile, ms))) => (tile, Some(ms), TileSource::Cached),
             (_, None) => {
                 let start = Instant::now();
@@ -753,7 +769,7 @@ mod tests {
             assert_eq!(TuneMode::from_name(mode.name()), Ok(mode));
         }
         let error = TuneMode::from_name("fast").unwrap_err();
-        assert!(error.contains("\"fast\"") && error.contains("auto, off, retune"));
+        assert!(error.contains("\"fast\"") && error.contains("gpus, auto, off, retune"));
     }
 
     #[test]

@@ -98,11 +98,12 @@ pub struct Settings {
     /// ([`crate::partition`]).
     #[serde(default)]
     pub split: Vec<usize>,
-    /// How each matrix kernel's tile is chosen: `"auto"` (the default: candidates timed per
-    /// kernel shape at the first activation on an adapter, the fastest cached per adapter and
-    /// driver; later activations read the cache), `"off"` (the adapter class's tiles, no
-    /// search) or `"retune"` (search every shape again, overwriting the cache). See
-    /// [`pio_gpu::Tuner`].
+    /// How each matrix kernel's tile is chosen: `"auto"` (candidates timed per kernel shape at
+    /// the first activation on an adapter, the fastest cached per adapter and driver; later
+    /// activations read the cache), `"off"` (the adapter class's tiles, no search),
+    /// `"retune"` (search every shape again, overwriting the cache) or `"gpus"` (the default:
+    /// `auto` on a hardware adapter, `off` on a software one, where the first search costs
+    /// tens of seconds and measured no gain). See [`pio_gpu::Tuner`].
     #[serde(default, deserialize_with = "tuning_mode")]
     pub tuning: TuneMode,
     /// The folder of the tuning cache files; default `$XDG_CACHE_HOME/pio/tuning`, else
@@ -731,7 +732,9 @@ mod tests {
             .initialize(serde_json::json!({ "model": "m.gguf", "tuning": "fast" }))
             .unwrap_err();
         assert!(
-            e.message.contains("tuning") && e.message.contains("expected one of auto, off, retune"),
+            e.message.contains("tuning")
+                && e.message
+                    .contains("expected one of gpus, auto, off, retune"),
             "{e}"
         );
 
@@ -908,6 +911,12 @@ mod tests {
             (off["mode"].as_str(), off["searches"].as_u64()),
             (Some("off"), Some(0))
         );
+        // The default, `gpus`, searches nothing on a software adapter (the tests' lavapipe).
+        let untouched = dir.path().join("untouched");
+        let default = serde_json::json!({ "model": path, "tuning_cache_dir": untouched });
+        let default = details(&active_plugin(default, 64))["tuning"].clone();
+        assert_eq!(default["searches"], 0, "{default}");
+        assert!(!untouched.exists());
     }
 
     #[test]
