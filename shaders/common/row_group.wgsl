@@ -36,11 +36,21 @@ override NORM: bool;
 override NORM_EPS: f32 = 1e-5;
 
 // Packed weights, as 16-byte vectors: the 8 rows' word w of a row group are two vectors.
-@group(0) @binding(0) var<storage, read> weights: array<vec4<u32>>;
+@group(0) @binding(0) var<storage, read> weights: array<Bytes16>;
 // Activations [tokens][COLS].
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<Bytes16>;
 // The RMSNorm weight [COLS] (bound but unused without NORM).
 @group(0) @binding(2) var<storage, read> norm_weight: array<vec4<f32>>;
+
+// Vector i of the packed weights (rows 0-3 or 4-7 of one word of a row group).
+fn weight_vec(i: u32) -> vec4<u32> {
+    return unpack_bytes16(weights[i]);
+}
+
+// Vector i of x (4 consecutive elements).
+fn x_vec(i: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(unpack_bytes16(x[i]));
+}
 
 // Products of one row group with up to MAX_TOKENS tokens: lo[t][r] is row r (0-3), hi[t][r]
 // row 4 + r, for token t of the tile.
@@ -180,12 +190,12 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
         var m_lo = vec4<f32>(0.0);
         var m_hi = vec4<f32>(0.0);
         if DTYPE != DTYPE_F32 && DTYPE != DTYPE_F16 {
-            d_lo = bitcast<vec4<f32>>(weights[word_vec(g, b, 0u)]);
-            d_hi = bitcast<vec4<f32>>(weights[word_vec(g, b, 0u) + 1u]);
+            d_lo = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 0u)));
+            d_hi = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 0u) + 1u));
         }
         if has_second_scale() {
-            m_lo = bitcast<vec4<f32>>(weights[word_vec(g, b, 1u)]);
-            m_hi = bitcast<vec4<f32>>(weights[word_vec(g, b, 1u) + 1u]);
+            m_lo = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 1u)));
+            m_hi = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 1u) + 1u));
         }
         // The block's high-bit words (qh; Q6_K's two), loaded once for its four chunks.
         var high_a_lo = vec4<u32>(0u);
@@ -194,11 +204,11 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
         var high_b_hi = vec4<u32>(0u);
         if has_high_bits() {
             let at = word_vec(g, b, header_words() + 4u);
-            high_a_lo = weights[at];
-            high_a_hi = weights[at + 1u];
+            high_a_lo = weight_vec(at);
+            high_a_hi = weight_vec(at + 1u);
             if DTYPE == DTYPE_Q6_K {
-                high_b_lo = weights[at + 2u];
-                high_b_hi = weights[at + 3u];
+                high_b_lo = weight_vec(at + 2u);
+                high_b_hi = weight_vec(at + 3u);
             }
         }
         for (var c = 0u; c < 4u; c++) {
@@ -212,8 +222,8 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                 gb = norm_weight[groups.y];
             }
             for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-                let a = x[x_base[t] + groups.x];
-                let bb = x[x_base[t] + groups.y];
+                let a = x_vec(x_base[t] + groups.x);
+                let bb = x_vec(x_base[t] + groups.y);
                 if NORM {
                     sum_sq[t] += dot(a, a) + dot(bb, bb);
                 }
@@ -225,8 +235,8 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                 // One word per element: load each where it is used rather than staging the
                 // chunk's 16 vectors in an array first (llvmpipe keeps such arrays in memory).
                 for (var j = 0u; j < 8u; j++) {
-                    let v_lo = bitcast<vec4<f32>>(weights[first + 2u * j]);
-                    let v_hi = bitcast<vec4<f32>>(weights[first + 2u * j + 1u]);
+                    let v_lo = bitcast<vec4<f32>>(weight_vec(first + 2u * j));
+                    let v_hi = bitcast<vec4<f32>>(weight_vec(first + 2u * j + 1u));
                     for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
                         let xv = pick(xa[t], xb[t], j);
                         tile.lo[t] += v_lo * xv;
@@ -239,8 +249,8 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                 // Elements 0-3 (a) and 4-7 (b) of the chunk, rows 0-3 and 4-7, held in
                 // variables (llvmpipe keeps arrays indexed at run time in memory): the 4-bit
                 // layouts read both from the nibble word, the others from their codes.
-                let n_lo = weights[first];
-                let n_hi = weights[first + 1u];
+                let n_lo = weight_vec(first);
+                let n_hi = weight_vec(first + 1u);
                 var a_lo = n_lo;
                 var b_lo = n_lo;
                 var a_hi = n_hi;
@@ -271,8 +281,8 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
             var w_lo: array<vec4<u32>, 8>;
             var w_hi: array<vec4<u32>, 8>;
             for (var i = 0u; i < chunk_words(); i++) {
-                w_lo[i] = weights[first + 2u * i];
-                w_hi[i] = weights[first + 2u * i + 1u];
+                w_lo[i] = weight_vec(first + 2u * i);
+                w_hi[i] = weight_vec(first + 2u * i + 1u);
             }
             for (var j = 0u; j < 8u; j++) {
                 let k = element_word(j);

@@ -16,10 +16,54 @@ use crate::pipeline::PipelineCache;
 const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
 
 /// Optional features requested where the adapter offers them: device timestamps for
-/// [`Gpu::profile`] and subgroup operations for the subgroup-reduced matrix-vector kernels
-/// (see [`crate::RowTile`]). Kernels that need one check [`Gpu::features`] and fall back.
+/// [`Gpu::profile`], subgroup operations for the subgroup-reduced matrix-vector kernels (see
+/// [`crate::RowTile`]) and 64-bit integers for [`LoadWidth::Bits64`]. Kernels that need one
+/// check [`Gpu::features`] and fall back.
 fn optional_features() -> wgpu::Features {
-    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP
+    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_INT64
+}
+
+/// How kernels load 16 bytes of a storage buffer (the WGSL type `Bytes16`, defined by the
+/// prelude pio-gpu puts in front of every kernel: `shaders/common/bytes16_*.wgsl`). The matrix
+/// kernels read their weights and activations this way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadWidth {
+    /// [`LoadWidth::Bits64`] on software adapters that have 64-bit integers, else
+    /// [`LoadWidth::Bits32`].
+    #[default]
+    Auto,
+    /// Four 32-bit words (`vec4<u32>`): one 16-byte load on a GPU.
+    Bits32,
+    /// Two 64-bit words (`vec2<u64>`, needs [`wgpu::Features::SHADER_INT64`]): llvmpipe splits
+    /// every storage load into one scalar load per lane and component, so this halves the
+    /// loads of the memory-bound matrix kernels there.
+    Bits64,
+}
+
+impl LoadWidth {
+    /// The width a device of `kind` with `features` uses when asked for `self`, and why it
+    /// differs from what was asked, if it does.
+    fn resolve(self, kind: DeviceKind, features: wgpu::Features) -> (Self, Option<&'static str>) {
+        let int64 = features.contains(wgpu::Features::SHADER_INT64);
+        match self {
+            Self::Auto if !kind.is_hardware() && int64 => (Self::Bits64, None),
+            Self::Auto | Self::Bits32 => (Self::Bits32, None),
+            Self::Bits64 if int64 => (Self::Bits64, None),
+            Self::Bits64 => (
+                Self::Bits32,
+                Some("64-bit loads were asked for, but the adapter has no 64-bit integers"),
+            ),
+        }
+    }
+
+    /// The WGSL prelude defining `Bytes16` for this width.
+    pub(crate) fn prelude(self) -> &'static str {
+        match self {
+            Self::Bits64 => include_str!("../../../shaders/common/bytes16_u64.wgsl"),
+            Self::Auto | Self::Bits32 => include_str!("../../../shaders/common/bytes16_u32.wgsl"),
+        }
+    }
 }
 
 /// What kind of device an adapter drives.
@@ -181,6 +225,8 @@ pub struct DeviceOptions {
     pub adapter: Option<String>,
     /// Which kind of adapter to prefer when `adapter` is `None` (or matches several).
     pub preference: AdapterPreference,
+    /// How kernels load storage data ([`LoadWidth::Auto`]: the best for the adapter).
+    pub load_width: LoadWidth,
 }
 
 fn instance() -> wgpu::Instance {
@@ -261,6 +307,8 @@ pub struct Gpu {
     pub(crate) pipelines: PipelineCache,
     /// The smallest subgroup size the adapter may run a kernel with.
     subgroup_min_size: u32,
+    /// How kernels load storage data (resolved: never [`LoadWidth::Auto`]).
+    load_width: LoadWidth,
     /// Messages [`Gpu::log_once`] has logged.
     logged: Mutex<HashSet<String>>,
 }
@@ -296,15 +344,28 @@ impl Gpu {
                     source,
                 }
             })?;
-        Ok(Self {
+        let (load_width, fallback) = options
+            .load_width
+            .resolve(info.device_type, device.features());
+        let gpu = Self {
             info,
             device,
             queue,
             memory: Arc::default(),
             pipelines: PipelineCache::default(),
             subgroup_min_size: adapter.get_info().subgroup_min_size,
+            load_width,
             logged: Mutex::default(),
-        })
+        };
+        if let Some(reason) = fallback {
+            gpu.log_once(format!("kernels load 32-bit words: {reason}"));
+        }
+        Ok(gpu)
+    }
+
+    /// How this device's kernels load storage data (never [`LoadWidth::Auto`]).
+    pub fn load_width(&self) -> LoadWidth {
+        self.load_width
     }
 
     /// The optional features the device was created with.
@@ -428,8 +489,39 @@ mod tests {
         let options = DeviceOptions {
             adapter: adapter.map(str::to_owned),
             preference,
+            ..DeviceOptions::default()
         };
         choose(infos, &options)
+    }
+
+    #[test]
+    fn load_width_is_64_bits_on_software_adapters_with_64_bit_integers_only() {
+        let int64 = wgpu::Features::SHADER_INT64;
+        let none = wgpu::Features::empty();
+        let resolved = |asked: LoadWidth, kind, features| asked.resolve(kind, features);
+        assert_eq!(
+            resolved(LoadWidth::Auto, DeviceKind::Cpu, int64),
+            (LoadWidth::Bits64, None)
+        );
+        assert_eq!(
+            resolved(LoadWidth::Auto, DeviceKind::Cpu, none),
+            (LoadWidth::Bits32, None)
+        );
+        assert_eq!(
+            resolved(LoadWidth::Auto, DeviceKind::Discrete, int64),
+            (LoadWidth::Bits32, None)
+        );
+        assert_eq!(
+            resolved(LoadWidth::Bits64, DeviceKind::Discrete, int64),
+            (LoadWidth::Bits64, None)
+        );
+        assert_eq!(
+            resolved(LoadWidth::Bits32, DeviceKind::Cpu, int64),
+            (LoadWidth::Bits32, None)
+        );
+        let (width, reason) = resolved(LoadWidth::Bits64, DeviceKind::Integrated, none);
+        assert_eq!(width, LoadWidth::Bits32);
+        assert!(reason.is_some_and(|r| r.contains("64-bit integers")));
     }
 
     #[test]

@@ -37,6 +37,7 @@ mod tune;
 pub use buffer::{GpuBuffer, PendingRead};
 pub use device::{
     chosen_adapter, list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu,
+    LoadWidth,
 };
 pub use dispatch::{require_len, Dispatch};
 pub use error::{GpuError, Result};

@@ -128,7 +128,9 @@ impl Gpu {
                 self.device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.name),
-                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                        source: wgpu::ShaderSource::Wgsl(
+                            format!("{}\n{}", self.load_width().prelude(), kernel.source).into(),
+                        ),
                     })
             },
         )?;

@@ -8,14 +8,37 @@ use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{DeviceOptions, Gpu, GpuBuffer, KvCache, KvShape, KvType, WeightDtype};
+use crate::{DeviceOptions, Gpu, GpuBuffer, KvCache, KvShape, KvType, LoadWidth, WeightDtype};
 
 /// f32 machine epsilon (2^-23), the unit of the tolerances derived from rounding analyses.
 pub const EPS: f64 = f32::EPSILON as f64;
 
 /// The default device. Panics (failing the test, never skipping it) when there is none.
 pub fn gpu() -> Gpu {
-    match Gpu::new(&DeviceOptions::default()) {
+    open(&DeviceOptions::default())
+}
+
+/// A device on the default adapter for each [`LoadWidth`] it runs: 32-bit loads always, 64-bit
+/// loads where the adapter has 64-bit integers (lavapipe has) — so kernel tests run every load
+/// variant the adapter can execute, whichever its default is.
+pub fn gpus() -> Vec<Gpu> {
+    [LoadWidth::Bits32, LoadWidth::Bits64]
+        .into_iter()
+        .map(|load_width| {
+            open(&DeviceOptions {
+                load_width,
+                ..DeviceOptions::default()
+            })
+        })
+        .filter(|gpu| {
+            gpu.load_width() == LoadWidth::Bits32
+                || gpu.features().contains(wgpu::Features::SHADER_INT64)
+        })
+        .collect()
+}
+
+fn open(options: &DeviceOptions) -> Gpu {
+    match Gpu::new(options) {
         Ok(gpu) => gpu,
         Err(error) => panic!(
             "GPU tests need a wgpu adapter (Mesa's lavapipe is enough: apt-get install \

@@ -110,6 +110,7 @@ pub(crate) fn normed(x: &[f32], gamma: Option<&[f32]>) -> Vec<f32> {
     }
 }
 
+#[derive(Clone, Copy)]
 struct LinearCase {
     dtype: WeightDtype,
     rows: usize,
@@ -122,7 +123,14 @@ struct LinearCase {
     skip: usize,
 }
 
+/// Checks `case` on a device for each load width the adapter runs.
 fn check_linear(case: LinearCase) {
+    for gpu in common::gpus() {
+        check_linear_on(&gpu, &case);
+    }
+}
+
+fn check_linear_on(gpu: &Gpu, case: &LinearCase) {
     let LinearCase {
         dtype,
         rows,
@@ -132,8 +140,7 @@ fn check_linear(case: LinearCase) {
         norm,
         accumulate,
         skip,
-    } = case;
-    let gpu = common::gpu();
+    } = *case;
     let mut rng = common::rng((rows * 1000 + cols * 10 + tokens + skip) as u64);
     let raw = common::random_gguf(&mut rng, dtype, rows, cols);
     let x = common::random_f32(&mut rng, (skip + tokens) * cols, 1.0);
@@ -149,7 +156,7 @@ fn check_linear(case: LinearCase) {
         reference::add(&mut magnitude, &abs(&initial));
     }
 
-    let weights = QuantMatrix::upload(&gpu, dtype, rows, cols, &raw).unwrap();
+    let weights = QuantMatrix::upload(gpu, dtype, rows, cols, &raw).unwrap();
     let x_buf = gpu.storage_from("x", &x).unwrap();
     let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
     let out = gpu.storage_from("out", &initial).unwrap();
@@ -165,18 +172,18 @@ fn check_linear(case: LinearCase) {
     } else {
         Epilogue::Store
     };
-    let kernel = Linear::new(&gpu, shape, epilogue).unwrap();
-    check_variant_runs(&gpu, tile, kernel.reduction());
+    let kernel = Linear::new(gpu, shape, epilogue).unwrap();
+    check_variant_runs(gpu, tile, kernel.reduction());
     let range = TokenRange {
         first: skip as u32,
         count: tokens as u32,
     };
     let norm_buf = norm.then_some(&gamma_buf);
     let dispatch = kernel
-        .bind(&gpu, &weights, &x_buf, norm_buf, &out, range)
+        .bind(gpu, &weights, &x_buf, norm_buf, &out, range)
         .unwrap();
     gpu.run(&[&dispatch]).unwrap();
-    let got = common::read(&gpu, &out, tokens * rows);
+    let got = common::read(gpu, &out, tokens * rows);
     let label = format!(
         "linear {dtype:?} {rows}x{cols} T={tokens} from {skip} tile {}x{} {:?} norm={norm} \
          acc={accumulate}",
@@ -238,7 +245,13 @@ type GateReference = fn(&[f32], &[f32]) -> Vec<f32>;
 
 #[test]
 fn gated_epilogues_match_reference() {
-    let gpu = common::gpu();
+    common::gpus()
+        .iter()
+        .for_each(gated_epilogues_match_reference_on);
+}
+
+/// `gated_epilogues_match_reference` on one device (each load width it runs).
+fn gated_epilogues_match_reference_on(gpu: &Gpu) {
     let (ff, tokens) = (36, 5);
     let gates: [(Epilogue, GateReference); 2] = [
         (Epilogue::SwiGlu, reference::silu_mul),
@@ -278,7 +291,7 @@ fn gated_epilogues_match_reference() {
                 .collect();
 
             let weights =
-                QuantMatrix::upload_gate_up(&gpu, dtype, ff, cols, &gate_raw, &up_raw).unwrap();
+                QuantMatrix::upload_gate_up(gpu, dtype, ff, cols, &gate_raw, &up_raw).unwrap();
             let shape = LinearShape {
                 dtype,
                 rows: 2 * ff as u32,
@@ -286,14 +299,14 @@ fn gated_epilogues_match_reference() {
                 norm_eps: Some(NORM_EPS),
                 tile,
             };
-            let kernel = Linear::new(&gpu, shape, epilogue).unwrap();
-            check_variant_runs(&gpu, tile, kernel.reduction());
+            let kernel = Linear::new(gpu, shape, epilogue).unwrap();
+            check_variant_runs(gpu, tile, kernel.reduction());
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let out = gpu.storage_zeroed("out", (tokens * ff * 4) as u64).unwrap();
             let dispatch = kernel
                 .bind(
-                    &gpu,
+                    gpu,
                     &weights,
                     &x_buf,
                     Some(&gamma_buf),
@@ -302,7 +315,7 @@ fn gated_epilogues_match_reference() {
                 )
                 .unwrap();
             gpu.run(&[&dispatch]).unwrap();
-            let got = common::read(&gpu, &out, tokens * ff);
+            let got = common::read(gpu, &out, tokens * ff);
             let label = format!("{epilogue:?} {dtype:?} ff={ff} cols={cols} tile {tile:?}");
             check_within_bound(&label, &got, &want, &magnitude, 4.0, cols);
         }
@@ -311,7 +324,13 @@ fn gated_epilogues_match_reference() {
 
 #[test]
 fn qkv_rope_matches_reference_and_writes_the_cache() {
-    let gpu = common::gpu();
+    common::gpus()
+        .iter()
+        .for_each(qkv_rope_matches_reference_and_writes_the_cache_on);
+}
+
+/// `qkv_rope_matches_reference_and_writes_the_cache` on one device (each load width it runs).
+fn qkv_rope_matches_reference_and_writes_the_cache_on(gpu: &Gpu) {
     let (n_heads, n_kv_heads, head_dim, max_positions) = (3, 1, 16, 16u32);
     let (q_rows, kv_rows) = (n_heads * head_dim, n_kv_heads * head_dim);
     let rows = q_rows + 2 * kv_rows;
@@ -387,7 +406,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 &mut want_v,
             );
 
-            let weights = QuantMatrix::upload(&gpu, dtype, rows, cols, &raw).unwrap();
+            let weights = QuantMatrix::upload(gpu, dtype, rows, cols, &raw).unwrap();
             let config = QkvRopeConfig {
                 shape: LinearShape {
                     dtype,
@@ -402,14 +421,14 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 rope,
                 kv_type,
             };
-            let kernel = QkvRope::new(&gpu, config).unwrap();
-            check_variant_runs(&gpu, tile, kernel.reduction());
-            let table = RopeTable::new(&gpu, head_dim as u32, base, max_positions).unwrap();
+            let kernel = QkvRope::new(gpu, config).unwrap();
+            check_variant_runs(gpu, tile, kernel.reduction());
+            let table = RopeTable::new(gpu, head_dim as u32, base, max_positions).unwrap();
             let blocks = max_positions / KV_BLOCK_ROWS;
-            let cache = common::kv_cache(&gpu, n_kv_heads, head_dim, kv_type, blocks);
+            let cache = common::kv_cache(gpu, n_kv_heads, head_dim, kv_type, blocks);
             let layer = cache.layer(0).unwrap();
-            common::write_kv(&gpu, layer.keys, kv_type, &initial);
-            common::write_kv(&gpu, layer.values, kv_type, &initial);
+            common::write_kv(gpu, layer.keys, kv_type, &initial);
+            common::write_kv(gpu, layer.values, kv_type, &initial);
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let pos_buf = gpu.storage_from("positions", &positions).unwrap();
@@ -419,7 +438,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
                 .unwrap();
             let dispatch = kernel
                 .bind(
-                    &gpu,
+                    gpu,
                     &weights,
                     &x_buf,
                     Some(&gamma_buf),
@@ -434,9 +453,9 @@ fn qkv_rope_matches_reference_and_writes_the_cache() {
             gpu.run(&[&dispatch]).unwrap();
 
             let label = format!("qkv_rope {dtype:?} rope {rope} {kv_type:?} cache tile {tile:?}");
-            let got_q = common::read(&gpu, &q_out, tokens * q_rows);
-            let got_k = common::read_kv(&gpu, layer.keys, kv_type, cache_len);
-            let got_v = common::read_kv(&gpu, layer.values, kv_type, cache_len);
+            let got_q = common::read(gpu, &q_out, tokens * q_rows);
+            let got_k = common::read_kv(gpu, layer.keys, kv_type, cache_len);
+            let got_v = common::read_kv(gpu, layer.values, kv_type, cache_len);
             for (t, &pos) in cache_rows.iter().enumerate() {
                 if pos >= max_positions {
                     continue;
@@ -582,7 +601,13 @@ fn fused_kernels_reject_mismatched_weights_norms_and_short_buffers() {
 /// one token and for a tile of several, and through the split variants. Tolerance as for `linear_matches_reference_...`.
 #[test]
 fn row_shards_write_their_columns_of_a_wider_output() {
-    let gpu = common::gpu();
+    common::gpus()
+        .iter()
+        .for_each(row_shards_write_their_columns_of_a_wider_output_on);
+}
+
+/// `row_shards_write_their_columns_of_a_wider_output` on one device (each load width it runs).
+fn row_shards_write_their_columns_of_a_wider_output_on(gpu: &Gpu) {
     let (dtype, rows, cols, split) = (WeightDtype::Q8_0, 40usize, 64usize, 24usize);
     for (tokens, tile) in [
         (1usize, tiles()[0]),
@@ -606,7 +631,7 @@ fn row_shards_write_their_columns_of_a_wider_output() {
             .iter()
             .map(|&(first, n)| {
                 let bytes = &raw[first * row_bytes..(first + n) * row_bytes];
-                QuantMatrix::upload(&gpu, dtype, n, cols, bytes).unwrap()
+                QuantMatrix::upload(gpu, dtype, n, cols, bytes).unwrap()
             })
             .collect();
         let dispatches: Vec<_> = shards
@@ -624,14 +649,14 @@ fn row_shards_write_their_columns_of_a_wider_output() {
                     stride: rows as u32,
                     offset: first as u32,
                 };
-                Linear::with_output(&gpu, shape, Epilogue::Store, layout)
+                Linear::with_output(gpu, shape, Epilogue::Store, layout)
                     .unwrap()
-                    .bind(&gpu, m, &x_buf, None, &out, TokenRange::all(tokens as u32))
+                    .bind(gpu, m, &x_buf, None, &out, TokenRange::all(tokens as u32))
                     .unwrap()
             })
             .collect();
         gpu.run(&dispatches.iter().collect::<Vec<_>>()).unwrap();
-        let got = common::read(&gpu, &out, tokens * rows);
+        let got = common::read(gpu, &out, tokens * rows);
         let label = format!("row shards T={tokens}");
         check_within_bound(&label, &got, &want, &magnitude, 2.0, cols);
     }
@@ -647,10 +672,10 @@ fn row_shards_write_their_columns_of_a_wider_output() {
         stride: 20,
         offset: 8,
     };
-    assert!(Linear::with_output(&gpu, shape, Epilogue::Store, narrow).is_err());
+    assert!(Linear::with_output(gpu, shape, Epilogue::Store, narrow).is_err());
     let wide = RowLayout {
         stride: 40,
         offset: 8,
     };
-    assert!(Linear::with_output(&gpu, shape, Epilogue::SwiGlu, wide).is_err());
+    assert!(Linear::with_output(gpu, shape, Epilogue::SwiGlu, wide).is_err());
 }

@@ -147,12 +147,18 @@ fn cases(
 
 #[test]
 fn bias_and_bias_gelu_match_reference() {
-    let gpu = common::gpu();
+    common::gpus()
+        .iter()
+        .for_each(bias_and_bias_gelu_match_reference_on);
+}
+
+/// `bias_and_bias_gelu_match_reference` on one device (each load width it runs).
+fn bias_and_bias_gelu_match_reference_on(gpu: &Gpu) {
     for (dtype, shape, tile, norm) in cases(0) {
         let case = Case::new(dtype, shape, norm);
         let zeros = vec![0.0; case.tokens * case.rows];
 
-        let got = case.run(&gpu, tile, norm, Epilogue::Bias, None, &zeros);
+        let got = case.run(gpu, tile, norm, Epilogue::Bias, None, &zeros);
         let label = case.label("bias", tile, norm);
         check_within_bound(
             &label,
@@ -167,7 +173,7 @@ fn bias_and_bias_gelu_match_reference() {
         // max|gelu'|·δ = 1.13·δ; the erf approximation (≤ 1.5e-7 absolute, ~1.3 ε)
         // and the rounding of the GELU arithmetic add a few ε·|v|, far below the
         // bound's c·√K·ε per unit of |v| (K ≥ 96): count |v| once more.
-        let got = case.run(&gpu, tile, norm, Epilogue::BiasGelu, None, &zeros);
+        let got = case.run(gpu, tile, norm, Epilogue::BiasGelu, None, &zeros);
         let want: Vec<f32> = case.product.iter().map(|&v| reference::gelu(v)).collect();
         let magnitude: Vec<f32> = case
             .magnitude
@@ -182,7 +188,13 @@ fn bias_and_bias_gelu_match_reference() {
 
 #[test]
 fn bias_residual_layer_norm_matches_reference() {
-    let gpu = common::gpu();
+    common::gpus()
+        .iter()
+        .for_each(bias_residual_layer_norm_matches_reference_on);
+}
+
+/// `bias_residual_layer_norm_matches_reference` on one device (each load width it runs).
+fn bias_residual_layer_norm_matches_reference_on(gpu: &Gpu) {
     for (dtype, shape, tile, norm) in cases(1) {
         let case = Case::new(dtype, shape, norm);
         let (rows, tokens) = (case.rows, case.tokens);
@@ -192,7 +204,7 @@ fn bias_residual_layer_norm_matches_reference() {
         let (ln_gamma, ln_beta) = gamma_beta.split_at(rows);
 
         let got = case.run(
-            &gpu,
+            gpu,
             tile,
             norm,
             Epilogue::BiasResidualLayerNorm { eps: LN_EPS },
