@@ -10,9 +10,9 @@
 use std::time::Instant;
 
 use pio_gpu::{
-    Attention, AttentionConfig, AttentionPlan, AttentionVariant, DeviceOptions, Dispatch, Epilogue, Gpu, KvCache, KvShape, KvType,
-    Linear, LinearShape, QuantMatrix, Reduction, RowLayout, RowTile, TokenRange, WeightDtype,
-    KV_BLOCK_ROWS,
+    Attention, AttentionConfig, AttentionPlan, AttentionVariant, DeviceOptions, Dispatch, Epilogue,
+    Gpu, KvCache, KvShape, KvType, Linear, LinearShape, QuantMatrix, Reduction, RowLayout, RowTile,
+    TokenRange, WeightDtype, KV_BLOCK_ROWS,
 };
 
 const REPEAT: usize = 20;

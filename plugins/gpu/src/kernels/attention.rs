@@ -430,7 +430,12 @@ impl Launch {
                     }
                 };
                 let grid = per_head(workgroup / lanes);
-                (AttentionVariant::SplitK(reduction), kernels, grid, workgroup)
+                (
+                    AttentionVariant::SplitK(reduction),
+                    kernels,
+                    grid,
+                    workgroup,
+                )
             }
             AttentionVariant::Flash => {
                 let limits = gpu.limits();

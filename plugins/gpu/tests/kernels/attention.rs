@@ -385,7 +385,10 @@ fn adapters_get_their_variants_and_dispatches_pick_by_token_count() {
     let split = AttentionVariant::SplitK(Reduction::Subgroup { lanes: 32 });
     for kind in [DeviceKind::Discrete, DeviceKind::Integrated] {
         let plan = AttentionPlan::for_adapter(kind, None);
-        assert_eq!((plan.decode, plan.prefill), (split, AttentionVariant::Flash));
+        assert_eq!(
+            (plan.decode, plan.prefill),
+            (split, AttentionVariant::Flash)
+        );
         // A window of at most 32 positions leaves nothing to split.
         let short = AttentionPlan::for_adapter(kind, Some(32));
         assert_eq!(short.decode, AttentionVariant::Serial);
