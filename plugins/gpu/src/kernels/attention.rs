@@ -499,3 +499,46 @@ fn split_reduction(gpu: &Gpu, reduction: Reduction) -> Result<Reduction> {
     ));
     Ok(Reduction::Workgroup { lanes })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(n_heads: u32, n_kv_heads: u32, head_dim: u32) -> AttentionConfig {
+        AttentionConfig {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            q: RowLayout::contiguous(n_heads * head_dim),
+            window: None,
+            kv_type: KvType::F32,
+        }
+    }
+
+    #[test]
+    fn flash_tiles_shrink_to_the_workgroup_memory_or_give_up() {
+        let tile = |n_heads, n_kv_heads, head_dim, bytes, invocations| {
+            FlashTile::choose(&config(n_heads, n_kv_heads, head_dim), bytes, invocations)
+        };
+        // SmolLM2: 5 tokens of 3 heads, 4 lanes a row (60 invocations), 32 keys in ~14 KiB:
+        // within WebGPU's minimum of 16 KiB.
+        let smollm2 = FlashTile {
+            query_tokens: 5,
+            query_rows: 15,
+            row_lanes: 4,
+            tile: 32,
+        };
+        assert_eq!(tile(9, 3, 64, 16384, 256), Ok(smollm2));
+        // Gemma 3 (4 heads of 256 on one kv head): 8 keys fit lavapipe's 32 KiB, none 16 KiB.
+        let gemma3 = tile(4, 1, 256, 32768, 256).unwrap();
+        assert_eq!(
+            (gemma3.query_rows, gemma3.row_lanes, gemma3.tile),
+            (16, 4, 8)
+        );
+        let error = tile(4, 1, 256, 16384, 256).unwrap_err();
+        assert!(error.contains("workgroup memory"), "{error}");
+        // A kv head shared by more query heads than a workgroup's invocations.
+        let error = tile(64, 1, 64, 32768, 32).unwrap_err();
+        assert!(error.contains("invocations"), "{error}");
+    }
+}
