@@ -5,14 +5,14 @@
 //!
 //! `cargo run -p pio-gpu --release --example bench [TOKENS WORKGROUP [subgroup|workgroup LANES]]`
 //! (a custom decode tile, optionally a split matrix-vector variant; default: the adapter's own
-//! tiles)
+//! tiles); `... --example bench attention`: every attention variant, decode and prefill.
 
 use std::time::Instant;
 
 use pio_gpu::{
-    Attention, AttentionConfig, DeviceOptions, Dispatch, Epilogue, Gpu, KvCache, KvShape, KvType,
-    Linear, LinearShape, QuantMatrix, Reduction, RowLayout, RowTile, TokenRange, WeightDtype,
-    KV_BLOCK_ROWS,
+    Attention, AttentionConfig, AttentionPlan, AttentionVariant, DeviceOptions, Dispatch, Epilogue,
+    Gpu, KvCache, KvShape, KvType, Linear, LinearShape, QuantMatrix, Reduction, RowLayout, RowTile,
+    TokenRange, WeightDtype, KV_BLOCK_ROWS,
 };
 
 const REPEAT: usize = 20;
@@ -83,20 +83,18 @@ fn matmul(gpu: &Gpu, dtype: WeightDtype, rows: usize, cols: usize, n_tokens: usi
     );
 }
 
-fn attention(gpu: &Gpu, position: u32, kv_type: KvType) {
+/// Times attention at SmolLM2's shape (9/3 heads of 64) over a 1024-position cache: `n_tokens`
+/// tokens of one sequence ending at position `last`, with `plan` (the adapter's own if `None`).
+fn attention(gpu: &Gpu, last: u32, n_tokens: u32, kv_type: KvType, plan: Option<AttentionPlan>) {
     let (n_heads, n_kv_heads, head_dim, max_positions) = (9u32, 3u32, 64u32, 1024u32);
     let n_blocks = max_positions / KV_BLOCK_ROWS;
     let shape = KvShape::uniform(1, n_kv_heads, head_dim, kv_type);
     let cache = KvCache::new(gpu, shape, n_blocks).expect("cache");
-    let q = gpu
-        .storage_zeroed("q", u64::from(n_heads * head_dim * 4))
-        .expect("q");
-    let out = gpu
-        .storage_zeroed("out", u64::from(n_heads * head_dim * 4))
-        .expect("out");
-    let positions = gpu
-        .storage_from("positions", &[position])
-        .expect("positions");
+    let width = u64::from(n_tokens * n_heads * head_dim);
+    let q = gpu.storage_zeroed("q", width * 4).expect("q");
+    let out = gpu.storage_zeroed("out", width * 4).expect("out");
+    let tokens: Vec<u32> = (last + 1 - n_tokens..=last).collect();
+    let positions = gpu.storage_from("positions", &tokens).expect("positions");
     let config = AttentionConfig {
         n_heads,
         n_kv_heads,
@@ -105,28 +103,61 @@ fn attention(gpu: &Gpu, position: u32, kv_type: KvType) {
         window: None,
         kv_type,
     };
-    let kernel = Attention::new(gpu, config).expect("pipeline");
+    let kernel = match plan {
+        Some(plan) => Attention::with_plan(gpu, config, plan),
+        None => Attention::new(gpu, config),
+    }
+    .expect("pipeline");
     let layer = cache.layer(0).expect("layer");
     // The sequence's blocks in reverse order: a block table as a long-running pool leaves it.
     let table: Vec<u32> = (0..n_blocks).rev().collect();
     let blocks = gpu.storage_from("block table", &table).expect("table");
-    let start = gpu.storage_zeroed("table start", 4).expect("start");
+    let start = gpu
+        .storage_zeroed("table start", u64::from(n_tokens) * 4)
+        .expect("start");
     let dispatch = kernel
-        .bind(gpu, &q, &positions, &start, &blocks, layer, &out, 1)
+        .bind(gpu, &q, &positions, &start, &blocks, layer, &out, n_tokens)
         .expect("bind");
     let (wall, cpu) = time(gpu, &dispatch);
     println!(
-        "attention 9/3x64 decode at position {position}, {} cache: {:.3} ms wall, {:.3} ms CPU",
+        "attention 9/3x64, {n_tokens} tokens ending at position {last}, {} cache, {:?}: \
+         {:.3} ms wall, {:.3} ms CPU",
         kv_type.name(),
+        kernel.variant(n_tokens),
         wall * 1e3,
         cpu * 1e3
     );
+}
+
+/// Every attention variant on decode and prefill dispatches (`bench attention`).
+fn attention_variants(gpu: &Gpu) {
+    let variants = [
+        AttentionVariant::Serial,
+        AttentionVariant::SplitK(Reduction::Subgroup { lanes: 8 }),
+        AttentionVariant::SplitK(Reduction::Workgroup { lanes: 8 }),
+        AttentionVariant::SplitK(Reduction::Workgroup { lanes: 32 }),
+        AttentionVariant::Flash,
+    ];
+    for kv_type in KvType::ALL {
+        for variant in variants {
+            let plan = AttentionPlan {
+                decode: variant,
+                prefill: variant,
+            };
+            for (last, n_tokens) in [(255, 1), (1023, 1), (1023, 64)] {
+                attention(gpu, last, n_tokens, kv_type, Some(plan));
+            }
+        }
+    }
 }
 
 fn main() {
     let gpu = Gpu::new(&DeviceOptions::default()).expect("GPU device");
     println!("adapter: {}", gpu.adapter_info());
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "attention") {
+        return attention_variants(&gpu);
+    }
     let kind = gpu.adapter_info().device_type;
     let reduction = match &args[2.min(args.len())..] {
         [kind, lanes] => {
@@ -160,7 +191,7 @@ fn main() {
     }
     for kv_type in KvType::ALL {
         for position in [0, 255, 1023] {
-            attention(&gpu, position, kv_type);
+            attention(&gpu, position, 1, kv_type, None);
         }
     }
 }

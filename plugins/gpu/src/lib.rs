@@ -41,7 +41,9 @@ pub use device::{
 };
 pub use dispatch::{require_len, Dispatch};
 pub use error::{GpuError, Result};
-pub use kernels::attention::{Attention, AttentionConfig, MAX_HEAD_DIM};
+pub use kernels::attention::{
+    Attention, AttentionConfig, AttentionPlan, AttentionVariant, MAX_HEAD_DIM, PREFILL_MIN_TOKENS,
+};
 pub use kernels::embed::{Embed, EmbedTable};
 pub use kernels::kv_cache::{KvCache, KvLayer, KvShape, KvType, KV_BLOCK_ROWS};
 pub use kernels::linear::{

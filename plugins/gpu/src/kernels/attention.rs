@@ -1,18 +1,67 @@
-//! Causal grouped-query attention over the KV cache (`shaders/llama/attention.wgsl`).
+//! Causal grouped-query attention over the KV cache (`shaders/llama/attention*.wgsl`), in three
+//! variants chosen per adapter and per dispatch size (see [`AttentionPlan`]).
 
 use crate::buffer::GpuBuffer;
-use crate::device::Gpu;
+use crate::device::{DeviceKind, Gpu};
 use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
 use crate::kernels::kv_cache::{kv_kernels, KvKernels, KvLayer, KvType, KV_BLOCK_ROWS};
+use crate::kernels::linear::Reduction;
 use crate::layout::RowLayout;
 
-const KERNELS: KvKernels = kv_kernels!("attention", "llama/attention.wgsl");
-/// Largest head width the shader's registers hold (`4 * MAX_HEAD_VEC4` in the WGSL).
+const SERIAL: KvKernels = kv_kernels!(
+    "attention",
+    "llama/attention.wgsl",
+    "llama/attention_common.wgsl"
+);
+const SPLIT: KvKernels = kv_kernels!(
+    "attention_split",
+    "llama/attention_split.wgsl",
+    "llama/attention_common.wgsl",
+    "llama/attention_merge_workgroup.wgsl"
+);
+/// The subgroup merge lives in a module of its own: naga rejects a module calling subgroup
+/// operations on a device without [`wgpu::Features::SUBGROUP`].
+const SPLIT_SUBGROUP: KvKernels = kv_kernels!(
+    "attention_split_subgroup",
+    "llama/attention_split.wgsl",
+    "llama/attention_common.wgsl",
+    "llama/attention_merge_subgroup.wgsl"
+);
+const FLASH: KvKernels = kv_kernels!(
+    "attention_flash",
+    "llama/attention_flash.wgsl",
+    "llama/attention_common.wgsl"
+);
+
+/// Largest head width the shaders' registers hold (`4 * MAX_HEAD_VEC4` in the WGSL).
 pub const MAX_HEAD_DIM: u32 = 256;
-/// One invocation per (head, token). llvmpipe runs a workgroup as 8 SIMD lanes; a full group
-/// measured faster than 1 or 4 invocations per workgroup even with only 9 heads to decode.
-const WORKGROUP_SIZE: u32 = 8;
+/// Dispatches of at least this many tokens run [`AttentionPlan::prefill`], shorter ones
+/// [`AttentionPlan::decode`]. A decode step has one token per sequence: batched, its tokens
+/// belong to different sequences, which a flash workgroup can only serve one after the other
+/// (it shares keys between tokens of one sequence), and a short prefill has few keys to share.
+pub const PREFILL_MIN_TOKENS: u32 = 16;
+
+/// Serial kernel: one invocation per (head, token). llvmpipe runs a workgroup as 8 SIMD lanes;
+/// a full group measured faster than 1 or 4 invocations per workgroup even with only 9 heads.
+const SERIAL_WORKGROUP: u32 = 8;
+/// Lanes per (head, token) of the split-K decode on GPUs: enough to spread a long context over
+/// a GPU's cores when a decode step has only `n_heads` pairs (9 for SmolLM2), and a whole
+/// subgroup on NVIDIA and AMD (RDNA) hardware.
+const GPU_SPLIT_LANES: u32 = 32;
+/// Invocations per workgroup of the split-K kernel (or its lanes, if more).
+const SPLIT_WORKGROUP: u32 = 64;
+/// `MERGE_VEC4` of `attention_merge_workgroup.wgsl`: vec4s per lane per merge barrier.
+const MERGE_VEC4: u32 = 4;
+/// Query rows a flash workgroup aims for: each staged key and value row is used this many
+/// times (fewer when the rows of the tokens' shared heads don't divide it).
+const FLASH_QUERY_ROWS: u32 = 16;
+/// Invocations per flash workgroup the row lanes aim for.
+const FLASH_WORKGROUP: u32 = 64;
+/// Keys per flash tile to start from; halved until the tiles fit the workgroup memory.
+const FLASH_MAX_TILE: u32 = 32;
+/// Fewer keys per tile than this would pay a barrier per handful of keys: fall back instead.
+const FLASH_MIN_TILE: u32 = 4;
 
 /// Shape of an [`Attention`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,27 +81,180 @@ pub struct AttentionConfig {
     pub kv_type: KvType,
 }
 
+/// How the invocations of an attention dispatch divide the work. Every variant computes the
+/// same function; they differ in parallelism and in how often a key or value row is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttentionVariant {
+    /// One invocation per (query head, token) walks all the token's positions with one online
+    /// softmax, barrier-free (`attention.wgsl`): what software adapters run fastest.
+    Serial,
+    /// Split-K: the reduction's `lanes` invocations share a (query head, token), each taking
+    /// every `lanes`-th position with an online softmax of its own; the lanes' states are merged
+    /// at the end through subgroup shuffles ([`Reduction::Subgroup`]) or workgroup memory
+    /// ([`Reduction::Workgroup`]) in the same dispatch (`attention_split.wgsl`): decode on GPUs.
+    /// `lanes` is a power of two from 2 to 64; [`Reduction::None`] is not a split.
+    SplitK(Reduction),
+    /// Flash attention: a workgroup takes a block of tokens and the query heads sharing a kv
+    /// head, and walks their keys and values in tiles staged in workgroup memory, each row
+    /// loaded once per workgroup (`attention_flash.wgsl`): prefill on GPUs. Its tile is sized
+    /// to the head width and the adapter's workgroup memory.
+    Flash,
+}
+
+/// Which variant an [`Attention`] runs for short dispatches (decode) and long ones (prefill):
+/// `decode` below [`PREFILL_MIN_TOKENS`] tokens, `prefill` from there on. The choice depends
+/// only on the configuration, the device and the token count, so equal dispatches always run
+/// the same kernel (bit-identical results across runs of the same shapes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionPlan {
+    /// Dispatches of fewer than [`PREFILL_MIN_TOKENS`] tokens.
+    pub decode: AttentionVariant,
+    /// Dispatches of at least [`PREFILL_MIN_TOKENS`] tokens.
+    pub prefill: AttentionVariant,
+}
+
+impl AttentionPlan {
+    /// The default for an adapter of `kind` and a layer attending to `window` positions.
+    ///
+    /// Software adapters (llvmpipe) run [`AttentionVariant::Serial`] throughout: each lane is a
+    /// SIMD lane of one CPU thread, so splitting adds merges and barriers but no hardware, and
+    /// workgroup-memory tiles save no loads there (every lane still loads each value itself).
+    /// GPUs decode with [`AttentionVariant::SplitK`] (32 lanes, through subgroups, falling back
+    /// to workgroup memory where [`Attention::with_plan`] finds none) whenever a token may see
+    /// more positions than that (global attention, or a window longer than 32): with fewer,
+    /// a lane gets at most one position and there is nothing to split. They prefill with
+    /// [`AttentionVariant::Flash`].
+    pub fn for_adapter(kind: DeviceKind, window: Option<u32>) -> Self {
+        if !kind.is_hardware() {
+            return Self {
+                decode: AttentionVariant::Serial,
+                prefill: AttentionVariant::Serial,
+            };
+        }
+        let decode = if window.is_some_and(|n| n <= GPU_SPLIT_LANES) {
+            AttentionVariant::Serial
+        } else {
+            AttentionVariant::SplitK(Reduction::Subgroup {
+                lanes: GPU_SPLIT_LANES,
+            })
+        };
+        Self {
+            decode,
+            prefill: AttentionVariant::Flash,
+        }
+    }
+}
+
 /// `out[t][h] = softmax(q[t][h] · K[row_t(0..=p_t)] / sqrt(head_dim)) · V[row_t(0..=p_t)]`
 /// (with a window of `n`, only the last `n` of these positions) for each query head `h`,
 /// reading kv head `h / (n_heads / n_kv_heads)`, where `p_t` is token `t`'s position and
 /// `row_t(j)` the cache row of its position `j` through its sequence's block table (see
 /// [`KvCache`](crate::KvCache)); out is `[T][n_heads * head_dim]`.
+///
+/// One type for every variant: [`Attention::new`] takes the adapter's [`AttentionPlan`],
+/// [`Attention::with_plan`] a given one, and [`Attention::bind`] picks the decode or prefill
+/// kernel by the dispatch's token count; [`Attention::plan`] tells what runs.
 #[derive(Debug)]
 pub struct Attention {
     config: AttentionConfig,
+    decode: Launch,
+    prefill: Launch,
+}
+
+/// One compiled variant and how its grid covers a dispatch.
+#[derive(Debug, Clone)]
+struct Launch {
+    variant: AttentionVariant,
     pipeline: wgpu::ComputePipeline,
+    grid: Grid,
+}
+
+/// How a variant's workgroups cover a dispatch: `heads` (query heads, or kv heads for flash)
+/// along x, `heads_per_group` to a workgroup, and `tokens_per_group` tokens along y.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    heads: u32,
+    heads_per_group: u32,
+    tokens_per_group: u32,
+}
+
+/// The flash kernel's work division for one configuration (see `attention_flash.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlashTile {
+    query_tokens: u32,
+    query_rows: u32,
+    row_lanes: u32,
+    tile: u32,
+}
+
+impl FlashTile {
+    /// The largest tile (up to [`FLASH_MAX_TILE`] keys) whose workgroup memory fits
+    /// `max_bytes` for heads of `config`, with about [`FLASH_QUERY_ROWS`] query rows of
+    /// row lanes in a workgroup of about [`FLASH_WORKGROUP`] (at most `max_invocations`);
+    /// or why there is none.
+    fn choose(
+        config: &AttentionConfig,
+        max_bytes: u32,
+        max_invocations: u32,
+    ) -> std::result::Result<Self, String> {
+        let heads = config.n_heads / config.n_kv_heads;
+        let d4 = config.head_dim / 4;
+        let query_tokens = (FLASH_QUERY_ROWS / heads).clamp(1, 32);
+        let query_rows = query_tokens * heads;
+        let mut row_lanes = 1;
+        while d4 % (2 * row_lanes) == 0 && query_rows * 2 * row_lanes <= FLASH_WORKGROUP {
+            row_lanes *= 2;
+        }
+        if query_rows * row_lanes > max_invocations {
+            return Err(format!(
+                "{query_rows} query rows (heads sharing a kv head) need more than the device's \
+                 {max_invocations} invocations per workgroup"
+            ));
+        }
+        let bytes = |tile: u32| 16 * (query_rows + tile) * d4 + 4 * query_rows * (tile + 1) + 16;
+        let mut tile = FLASH_MAX_TILE;
+        while bytes(tile) > max_bytes && tile > FLASH_MIN_TILE {
+            tile /= 2;
+        }
+        if bytes(tile) > max_bytes {
+            return Err(format!(
+                "tiles of {tile} keys of head_dim {} for {query_rows} query rows need {} bytes \
+                 of workgroup memory, the device has {max_bytes}",
+                config.head_dim,
+                bytes(tile)
+            ));
+        }
+        Ok(Self {
+            query_tokens,
+            query_rows,
+            row_lanes,
+            tile,
+        })
+    }
 }
 
 impl Attention {
-    /// Compiles (or looks up) the pipeline for `config`.
+    /// Compiles (or looks up) the pipelines for `config` with the adapter's
+    /// [`AttentionPlan::for_adapter`].
     pub fn new(gpu: &Gpu, config: AttentionConfig) -> Result<Self> {
+        let plan = AttentionPlan::for_adapter(gpu.adapter_info().device_type, config.window);
+        Self::with_plan(gpu, config, plan)
+    }
+
+    /// Compiles (or looks up) the pipelines of `plan` for `config`. A variant the device
+    /// cannot run falls back, logged once per device: [`Reduction::Subgroup`] to
+    /// [`Reduction::Workgroup`] where subgroups are missing or narrower than its lanes, and
+    /// [`AttentionVariant::Flash`] to the plan's decode variant (to [`AttentionVariant::Serial`]
+    /// for the decode variant itself) where its smallest tile does not fit the device's
+    /// workgroup memory or invocations.
+    pub fn with_plan(gpu: &Gpu, config: AttentionConfig, plan: AttentionPlan) -> Result<Self> {
         let AttentionConfig {
             n_heads,
             n_kv_heads,
             head_dim,
             q,
             window,
-            kv_type,
+            ..
         } = config;
         let valid = n_kv_heads > 0
             && window != Some(0)
@@ -68,21 +270,37 @@ impl Attention {
                 format!("unsupported shape {config:?}"),
             ));
         }
-        let constants = [
-            ("HEAD_DIM", f64::from(head_dim)),
-            ("N_HEADS", f64::from(n_heads)),
-            ("N_KV_HEADS", f64::from(n_kv_heads)),
-            ("Q_STRIDE", f64::from(q.stride)),
-            ("Q_OFFSET", f64::from(q.offset)),
-            ("SCALE", 1.0 / f64::from(head_dim).sqrt()),
-            ("WINDOW", f64::from(window.unwrap_or(0))),
-            ("BLOCK", f64::from(KV_BLOCK_ROWS)),
-            ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
-        ];
+        let decode = Launch::new(gpu, &config, plan.decode, AttentionVariant::Serial)?;
+        let prefill = match plan.prefill == plan.decode {
+            true => decode.clone(),
+            false => Launch::new(gpu, &config, plan.prefill, decode.variant)?,
+        };
         Ok(Self {
             config,
-            pipeline: gpu.pipeline(KERNELS.get(kv_type), "main", &constants)?,
+            decode,
+            prefill,
         })
+    }
+
+    /// The variants this kernel runs, after any fallback (see [`Attention::with_plan`]).
+    pub fn plan(&self) -> AttentionPlan {
+        AttentionPlan {
+            decode: self.decode.variant,
+            prefill: self.prefill.variant,
+        }
+    }
+
+    /// The variant a dispatch of `n_tokens` tokens runs.
+    pub fn variant(&self, n_tokens: u32) -> AttentionVariant {
+        self.launch(n_tokens).variant
+    }
+
+    fn launch(&self, n_tokens: u32) -> &Launch {
+        if n_tokens < PREFILL_MIN_TOKENS {
+            &self.decode
+        } else {
+            &self.prefill
+        }
     }
 
     /// Binds `n_tokens` query rows of `q`, their u32 `positions` and `table_starts` (where each
@@ -130,10 +348,20 @@ impl Attention {
             out,
             u64::from(n_tokens) * u64::from(width),
         )?;
-        let grid = [groups(n_heads, WORKGROUP_SIZE), n_tokens, 1];
+        let launch = self.launch(n_tokens);
+        let Grid {
+            heads,
+            heads_per_group,
+            tokens_per_group,
+        } = launch.grid;
+        let grid = [
+            groups(heads, heads_per_group),
+            groups(n_tokens, tokens_per_group),
+            1,
+        ];
         gpu.dispatch(
             "attention",
-            &self.pipeline,
+            &launch.pipeline,
             &[
                 q,
                 positions,
@@ -146,5 +374,171 @@ impl Attention {
             Params::count(n_tokens),
             grid,
         )
+    }
+}
+
+impl Launch {
+    /// `variant`'s pipeline for `config`, or `fallback`'s (a variant that always runs) where
+    /// the device cannot run flash attention; a subgroup split without subgroups becomes a
+    /// workgroup split. Falling back is logged once per device and reason.
+    fn new(
+        gpu: &Gpu,
+        config: &AttentionConfig,
+        variant: AttentionVariant,
+        fallback: AttentionVariant,
+    ) -> Result<Self> {
+        let AttentionConfig {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            q,
+            window,
+            kv_type,
+        } = *config;
+        let mut constants = vec![
+            ("HEAD_DIM", f64::from(head_dim)),
+            ("N_HEADS", f64::from(n_heads)),
+            ("N_KV_HEADS", f64::from(n_kv_heads)),
+            ("Q_STRIDE", f64::from(q.stride)),
+            ("Q_OFFSET", f64::from(q.offset)),
+            ("SCALE", 1.0 / f64::from(head_dim).sqrt()),
+            ("WINDOW", f64::from(window.unwrap_or(0))),
+            ("BLOCK", f64::from(KV_BLOCK_ROWS)),
+        ];
+        let per_head = |heads_per_group| Grid {
+            heads: n_heads,
+            heads_per_group,
+            tokens_per_group: 1,
+        };
+        let (variant, kernels, grid, workgroup) = match variant {
+            AttentionVariant::Serial => (
+                variant,
+                SERIAL,
+                per_head(SERIAL_WORKGROUP),
+                SERIAL_WORKGROUP,
+            ),
+            AttentionVariant::SplitK(reduction) => {
+                let reduction = split_reduction(gpu, reduction)?;
+                let lanes = reduction.lanes();
+                let workgroup = SPLIT_WORKGROUP.max(lanes);
+                constants.push(("SPLIT_LANES", f64::from(lanes)));
+                let kernels = match reduction {
+                    Reduction::Subgroup { .. } => SPLIT_SUBGROUP,
+                    _ => {
+                        constants.push(("MERGE_SLOTS", f64::from(workgroup * MERGE_VEC4)));
+                        SPLIT
+                    }
+                };
+                let grid = per_head(workgroup / lanes);
+                (
+                    AttentionVariant::SplitK(reduction),
+                    kernels,
+                    grid,
+                    workgroup,
+                )
+            }
+            AttentionVariant::Flash => {
+                let limits = gpu.limits();
+                let flash = match FlashTile::choose(
+                    config,
+                    limits.max_compute_workgroup_storage_size,
+                    limits.max_compute_invocations_per_workgroup,
+                ) {
+                    Ok(flash) => flash,
+                    Err(reason) => {
+                        gpu.log_once(format!(
+                            "flash attention falls back to {fallback:?}: {reason}"
+                        ));
+                        return Self::new(gpu, config, fallback, fallback);
+                    }
+                };
+                let d4 = head_dim / 4;
+                constants.extend([
+                    ("QUERY_TOKENS", f64::from(flash.query_tokens)),
+                    ("QUERY_ROWS", f64::from(flash.query_rows)),
+                    ("ROW_LANES", f64::from(flash.row_lanes)),
+                    ("TILE", f64::from(flash.tile)),
+                    ("QUERY_SLOTS", f64::from(flash.query_rows * d4)),
+                    ("TILE_SLOTS", f64::from(flash.tile * d4)),
+                    ("SCORE_SLOTS", f64::from(flash.query_rows * flash.tile)),
+                ]);
+                let grid = Grid {
+                    heads: n_kv_heads,
+                    heads_per_group: 1,
+                    tokens_per_group: flash.query_tokens,
+                };
+                (variant, FLASH, grid, flash.query_rows * flash.row_lanes)
+            }
+        };
+        constants.push(("WORKGROUP_SIZE", f64::from(workgroup)));
+        Ok(Self {
+            variant,
+            pipeline: gpu.pipeline(kernels.get(kv_type), "main", &constants)?,
+            grid,
+        })
+    }
+}
+
+/// The merge a split-K over `reduction` runs on `gpu`: [`Reduction::Subgroup`] becomes
+/// [`Reduction::Workgroup`] (logged) where the device's subgroups are missing or may be
+/// narrower than its lanes. Lanes must be a power of two from 2 to 64.
+fn split_reduction(gpu: &Gpu, reduction: Reduction) -> Result<Reduction> {
+    let lanes = reduction.lanes();
+    if reduction == Reduction::None || !lanes.is_power_of_two() || !(2..=64).contains(&lanes) {
+        return Err(GpuError::shape(
+            "attention",
+            format!("split-K over {reduction:?}: lanes must be a power of two from 2 to 64"),
+        ));
+    }
+    if reduction.runs_on(gpu) {
+        return Ok(reduction);
+    }
+    gpu.log_once(format!(
+        "split-K attention merges through workgroup memory: the device's subgroups are \
+         missing or narrower than {lanes} lanes"
+    ));
+    Ok(Reduction::Workgroup { lanes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(n_heads: u32, n_kv_heads: u32, head_dim: u32) -> AttentionConfig {
+        AttentionConfig {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            q: RowLayout::contiguous(n_heads * head_dim),
+            window: None,
+            kv_type: KvType::F32,
+        }
+    }
+
+    #[test]
+    fn flash_tiles_shrink_to_the_workgroup_memory_or_give_up() {
+        let tile = |n_heads, n_kv_heads, head_dim, bytes, invocations| {
+            FlashTile::choose(&config(n_heads, n_kv_heads, head_dim), bytes, invocations)
+        };
+        // SmolLM2: 5 tokens of 3 heads, 4 lanes a row (60 invocations), 32 keys in ~14 KiB:
+        // within WebGPU's minimum of 16 KiB.
+        let smollm2 = FlashTile {
+            query_tokens: 5,
+            query_rows: 15,
+            row_lanes: 4,
+            tile: 32,
+        };
+        assert_eq!(tile(9, 3, 64, 16384, 256), Ok(smollm2));
+        // Gemma 3 (4 heads of 256 on one kv head): 8 keys fit lavapipe's 32 KiB, none 16 KiB.
+        let gemma3 = tile(4, 1, 256, 32768, 256).unwrap();
+        assert_eq!(
+            (gemma3.query_rows, gemma3.row_lanes, gemma3.tile),
+            (16, 4, 8)
+        );
+        let error = tile(4, 1, 256, 16384, 256).unwrap_err();
+        assert!(error.contains("workgroup memory"), "{error}");
+        // A kv head shared by more query heads than a workgroup's invocations.
+        let error = tile(64, 1, 64, 32768, 32).unwrap_err();
+        assert!(error.contains("invocations"), "{error}");
     }
 }

@@ -1,10 +1,50 @@
-use pio_gpu::reference;
-use pio_gpu::{Attention, AttentionConfig, KvType, RowLayout, KV_BLOCK_ROWS};
+use pio_gpu::{reference, wgpu, DeviceKind, Gpu};
+use pio_gpu::{
+    Attention, AttentionConfig, AttentionPlan, AttentionVariant, KvType, Reduction, RowLayout,
+    KV_BLOCK_ROWS, PREFILL_MIN_TOKENS,
+};
 
 use crate::common::{self, EPS};
 
-/// Positions each checked sequence holds: 4 blocks.
+/// Positions each checked sequence holds at least: 4 blocks (more when a position needs them).
 const SEQUENCE_ROWS: usize = 64;
+
+/// The plans every check runs: each variant alone (so it runs whatever the token count, and
+/// lavapipe runs them all) — split-K through subgroups of 8 lanes (lavapipe's subgroups) and
+/// of 32 (which falls back to workgroup memory there), through workgroup memory with 4 lanes
+/// (16 heads per workgroup) and 64 (one head) — and the GPUs' default, which picks split-K or
+/// flash by the token count.
+fn plans() -> Vec<AttentionPlan> {
+    let alone = |variant| AttentionPlan {
+        decode: variant,
+        prefill: variant,
+    };
+    let split = |reduction| alone(AttentionVariant::SplitK(reduction));
+    vec![
+        alone(AttentionVariant::Serial),
+        split(Reduction::Subgroup { lanes: 8 }),
+        split(Reduction::Subgroup { lanes: 32 }),
+        split(Reduction::Workgroup { lanes: 4 }),
+        split(Reduction::Workgroup { lanes: 64 }),
+        alone(AttentionVariant::Flash),
+        AttentionPlan::for_adapter(DeviceKind::Discrete, None),
+    ]
+}
+
+/// The variant `gpu` runs when asked for `variant`: a subgroup split needs subgroups of at
+/// least its lanes (lavapipe's are 8 wide), or merges through workgroup memory; flash fits
+/// every tested shape in lavapipe's 32 KiB of workgroup memory.
+fn expected(gpu: &Gpu, variant: AttentionVariant) -> AttentionVariant {
+    let subgroups = gpu.features().contains(wgpu::Features::SUBGROUP);
+    match variant {
+        AttentionVariant::SplitK(Reduction::Subgroup { lanes })
+            if !subgroups || gpu.subgroup_min_size() < lanes =>
+        {
+            AttentionVariant::SplitK(Reduction::Workgroup { lanes })
+        }
+        other => other,
+    }
+}
 
 /// One sequence of a check: its tokens' positions, and how many of its first blocks are those
 /// of the first sequence (a shared prompt prefix; 0 for the first sequence itself).
@@ -23,12 +63,16 @@ fn alone(positions: &[u32]) -> Sequence<'_> {
 
 /// Scores are head_dim-term dot products (error ≲ sqrt(d)·ε·Σ|q·k|, here |score| ≲ 3), exp of
 /// (score − max) adds (3 + 2|x|) ulp per weight, and the weighted sum of V averages these.
-/// With |q|,|k|,|v| ≤ 1 this gives ≲ 50ε relative to max|out|; tolerance 64ε.
+/// With |q|,|k|,|v| ≤ 1 this gives ≲ 50ε relative to max|out|; tolerance 64ε. Every variant
+/// meets the same bound: split-K and flash only regroup the sums (per lane or per tile, then
+/// merged) and rescale each partial state once more by an exp of a difference of maxima,
+/// which adds a few ulp per term, not a factor of the bound.
 ///
 /// Every sequence's blocks lie in the pool out of order and apart (blocks of other content,
 /// of magnitude 9, between them, which must not be attended to); a sequence with
 /// `shared_blocks` reads the first sequence's blocks for its prefix, its own after it. All
 /// sequences' tokens go through one dispatch. `window`: attend to that many last positions.
+/// Runs every plan of [`plans`], asserting the variant each dispatch ran.
 fn check(
     n_heads: usize,
     n_kv_heads: usize,
@@ -61,7 +105,14 @@ fn check_cache(
 ) {
     let gpu = common::gpu();
     let block = KV_BLOCK_ROWS as usize;
-    let blocks_per_sequence = SEQUENCE_ROWS / block;
+    let longest = sequences
+        .iter()
+        .flat_map(|s| s.positions)
+        .map(|&p| p as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let blocks_per_sequence = longest.max(SEQUENCE_ROWS).div_ceil(block);
+    let sequence_rows = blocks_per_sequence * block;
     let kv_dim = n_kv_heads * head_dim;
     let block_len = block * kv_dim;
     let width = n_heads * head_dim;
@@ -74,11 +125,11 @@ fn check_cache(
     for sequence in sequences {
         let mut k = common::as_stored(
             kv_type,
-            &common::random_f32(&mut rng, SEQUENCE_ROWS * kv_dim, 1.0),
+            &common::random_f32(&mut rng, sequence_rows * kv_dim, 1.0),
         );
         let mut v = common::as_stored(
             kv_type,
-            &common::random_f32(&mut rng, SEQUENCE_ROWS * kv_dim, 1.0),
+            &common::random_f32(&mut rng, sequence_rows * kv_dim, 1.0),
         );
         let shared = sequence.shared_blocks * block_len;
         if shared > 0 {
@@ -173,30 +224,38 @@ fn check_cache(
         window,
         kv_type,
     };
-    let attention = Attention::new(&gpu, config).unwrap();
-    let dispatch = attention
-        .bind(
-            &gpu,
-            &q_buf,
-            &pos,
-            &starts_buf,
-            &blocks_buf,
-            cache.layer(0).unwrap(),
-            &out,
-            n_tokens as u32,
-        )
-        .unwrap();
-    gpu.run(&[&dispatch]).unwrap();
-    let got = common::read(&gpu, &out, want.len());
+    for plan in plans() {
+        let attention = Attention::with_plan(&gpu, config, plan).unwrap();
+        let ran = attention.variant(n_tokens as u32);
+        let asked = match n_tokens < PREFILL_MIN_TOKENS as usize {
+            true => plan.decode,
+            false => plan.prefill,
+        };
+        assert_eq!(ran, expected(&gpu, asked), "the variant run for {plan:?}");
+        let dispatch = attention
+            .bind(
+                &gpu,
+                &q_buf,
+                &pos,
+                &starts_buf,
+                &blocks_buf,
+                cache.layer(0).unwrap(),
+                &out,
+                n_tokens as u32,
+            )
+            .unwrap();
+        gpu.run(&[&dispatch]).unwrap();
+        let got = common::read(&gpu, &out, want.len());
 
-    let error = common::max_rel_error(&got, &want);
-    println!(
-        "attention {n_heads}/{n_kv_heads} heads x {head_dim}, {kv_type:?} cache, {} sequences, \
-         positions {positions:?}, block table {blocks:?}, window {window:?}: max rel error \
-         {error:.2e}",
-        sequences.len()
-    );
-    assert!(error <= 64.0 * EPS, "{error:.2e}");
+        let error = common::max_rel_error(&got, &want);
+        println!(
+            "attention {n_heads}/{n_kv_heads} heads x {head_dim}, {kv_type:?} cache, {} \
+             sequences, positions {positions:?}, block table {blocks:?}, window {window:?}, \
+             {ran:?}: max rel error {error:.2e}",
+            sequences.len()
+        );
+        assert!(error <= 64.0 * EPS, "{ran:?}: {error:.2e}");
+    }
 }
 
 #[test]
@@ -300,4 +359,76 @@ fn attention_reads_an_f16_cache() {
     };
     check_cache(9, 3, 64, &[alone(&[40]), shared], None, None, f16);
     check_cache(4, 1, 256, &[alone(&[0, 9, 40])], None, Some(16), f16);
+}
+
+#[test]
+fn long_contexts_cross_many_blocks() {
+    // Decode at hundreds of positions (split-K lanes walk ~10 positions each, crossing blocks
+    // at every lane), and a prefill chunk of 37 tokens (not a multiple of any query block)
+    // ending there, for one sequence and beside a second sharing its first 5 blocks.
+    let chunk: Vec<u32> = (300..337).collect();
+    check(9, 3, 64, &[alone(&[330])], None, None);
+    check(9, 3, 64, &[alone(&chunk)], None, None);
+    check(4, 1, 256, &[alone(&chunk[..20])], None, Some(100));
+    let shared = Sequence {
+        positions: &[90, 91, 92, 93, 94],
+        shared_blocks: 5,
+    };
+    check_cache(9, 3, 64, &[alone(&chunk), shared], None, None, KvType::F16);
+}
+
+#[test]
+fn adapters_get_their_variants_and_dispatches_pick_by_token_count() {
+    let software = AttentionPlan::for_adapter(DeviceKind::Cpu, None);
+    assert_eq!(software.decode, AttentionVariant::Serial);
+    assert_eq!(software.prefill, AttentionVariant::Serial);
+    let split = AttentionVariant::SplitK(Reduction::Subgroup { lanes: 32 });
+    for kind in [DeviceKind::Discrete, DeviceKind::Integrated] {
+        let plan = AttentionPlan::for_adapter(kind, None);
+        assert_eq!(
+            (plan.decode, plan.prefill),
+            (split, AttentionVariant::Flash)
+        );
+        // A window of at most 32 positions leaves nothing to split.
+        let short = AttentionPlan::for_adapter(kind, Some(32));
+        assert_eq!(short.decode, AttentionVariant::Serial);
+        assert_eq!(AttentionPlan::for_adapter(kind, Some(33)).decode, split);
+    }
+
+    let gpu = common::gpu();
+    let config = AttentionConfig {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        q: RowLayout::contiguous(576),
+        window: None,
+        kv_type: KvType::F32,
+    };
+    let attention = Attention::new(&gpu, config).unwrap();
+    let kind = gpu.adapter_info().device_type;
+    let own = AttentionPlan::for_adapter(kind, None);
+    let own = AttentionPlan {
+        decode: expected(&gpu, own.decode),
+        prefill: expected(&gpu, own.prefill),
+    };
+    assert_eq!(attention.plan(), own);
+
+    let plan = AttentionPlan {
+        decode: AttentionVariant::SplitK(Reduction::Workgroup { lanes: 8 }),
+        prefill: AttentionVariant::Flash,
+    };
+    let attention = Attention::with_plan(&gpu, config, plan).unwrap();
+    assert_eq!(attention.plan(), plan);
+    assert_eq!(attention.variant(1), plan.decode);
+    assert_eq!(attention.variant(PREFILL_MIN_TOKENS - 1), plan.decode);
+    assert_eq!(attention.variant(PREFILL_MIN_TOKENS), plan.prefill);
+
+    for lanes in [0, 1, 3, 128] {
+        let plan = AttentionPlan {
+            decode: AttentionVariant::SplitK(Reduction::Workgroup { lanes }),
+            prefill: AttentionVariant::Flash,
+        };
+        let error = Attention::with_plan(&gpu, config, plan).unwrap_err();
+        assert!(error.to_string().contains("power of two"), "{error}");
+    }
 }
