@@ -5,8 +5,8 @@
 //! (the model must have been fetched: `pio models fetch all-minilm-l6-v2`; `PIO_MODEL_DIR`
 //! overrides its location).
 //!
-//! With `--sentences FILE` (one sentence a line, e.g.
-//! `plugins/bert/tests/data/apache-2.0-sentences.txt`) it embeds that file in one `embed` call
+//! With `--sentences FILE` (one sentence a line, e.g. `tests/data/apache-2.0-sentences.txt`:
+//! cargo runs benches in the package's folder, `plugins/bert`) it embeds that file in one `embed` call
 //! of at most 32 a pass, as `scripts/minilm-numpy` (the numpy peer) and sentence-transformers'
 //! `encode(batch_size=32)` do, and reports sentences/s with and without the model load.
 
