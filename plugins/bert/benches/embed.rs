@@ -1,11 +1,16 @@
 //! Sentence-embedding throughput of all-MiniLM-L6-v2: 256 short sentences embedded in batches
 //! of 1, 8 and 32, compared with sentence-transformers on this machine.
 //!
-//! `cargo bench -p pio-plugin-bert --bench embed [-- f32|f16|q8_0]`
+//! `cargo bench -p pio-plugin-bert --bench embed [-- f32|f16|q8_0] [--sentences FILE]`
 //! (the model must have been fetched: `pio models fetch all-minilm-l6-v2`; `PIO_MODEL_DIR`
 //! overrides its location).
+//!
+//! With `--sentences FILE` (one sentence a line, e.g. `tests/data/apache-2.0-sentences.txt`:
+//! cargo runs benches in the package's folder, `plugins/bert`) it embeds that file in one `embed` call
+//! of at most 32 a pass, as `scripts/minilm-numpy` (the numpy peer) and sentence-transformers'
+//! `encode(batch_size=32)` do, and reports sentences/s with and without the model load.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,12 +76,48 @@ fn sentences() -> Vec<String> {
         .collect()
 }
 
+/// The weight format (first free argument, default f32) and the `--sentences FILE` path.
+/// `cargo bench` adds `--bench`, which is skipped.
+fn arguments() -> (WeightDtype, Option<PathBuf>) {
+    let mut dtype = WeightDtype::F32;
+    let mut sentences = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--sentences" {
+            sentences = Some(PathBuf::from(args.next().expect("--sentences FILE")));
+        } else if !arg.starts_with('-') {
+            dtype = weight_dtype(&arg).unwrap_or_else(|| panic!("unknown weight format {arg:?}"));
+        }
+    }
+    (dtype, sentences)
+}
+
+/// Embeds every line of `path` in one call (passes of at most 32, sorted longest first by the
+/// embedder), after one untimed pass of the first 32, and prints sentences/s.
+fn bench_file(embedder: &mut Embedder, path: &Path, load_seconds: f64) {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let sentences: Vec<&str> = text.lines().collect();
+    embedder
+        .embed(&sentences[..sentences.len().min(32)])
+        .expect("embed");
+    let start = Instant::now();
+    let tokens = embedder.embed(&sentences).expect("embed").tokens;
+    let seconds = start.elapsed().as_secs_f64();
+    let count = sentences.len() as f64;
+    println!(
+        "{} sentences ({tokens} tokens) from {}, batch 32: {:.2} sentences/s tokenization \
+         included, {:.2} with the model load ({load_seconds:.2} s)",
+        sentences.len(),
+        path.display(),
+        count / seconds,
+        count / (load_seconds + seconds)
+    );
+}
+
 fn main() {
-    let dtype = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .map(|a| weight_dtype(&a).unwrap_or_else(|| panic!("unknown weight format {a:?}")))
-        .unwrap_or(WeightDtype::F32);
+    let (dtype, sentence_file) = arguments();
+    let load_start = Instant::now();
     let dir = model_dir();
     let files = ModelFiles::load(&dir)
         .unwrap_or_else(|e| panic!("loading {}: {}", dir.display(), e.message));
@@ -85,6 +126,10 @@ fn main() {
     println!("adapter: {}", gpu.adapter_info());
     println!("model: {} ({} weights)", dir.display(), dtype.name());
     let mut embedder = Embedder::new(gpu, &files, dtype, 32).expect("embedder");
+    if let Some(path) = sentence_file {
+        bench_file(&mut embedder, &path, load_start.elapsed().as_secs_f64());
+        return;
+    }
     let sentences = sentences();
     for batch in [1usize, 8, 32] {
         // One untimed batch of this size (buffers grow to it).
