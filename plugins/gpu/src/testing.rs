@@ -24,15 +24,13 @@ pub fn gpu() -> Gpu {
 pub fn gpus() -> Vec<Gpu> {
     [LoadWidth::Bits32, LoadWidth::Bits64]
         .into_iter()
-        .map(|load_width| {
-            open(&DeviceOptions {
+        .filter_map(|load_width| {
+            let gpu = open(&DeviceOptions {
                 load_width,
                 ..DeviceOptions::default()
-            })
-        })
-        .filter(|gpu| {
-            gpu.load_width() == LoadWidth::Bits32
-                || gpu.features().contains(wgpu::Features::SHADER_INT64)
+            });
+            // A width the adapter cannot run falls back to the other: leave it out, not twice.
+            (gpu.load_width() == load_width).then_some(gpu)
         })
         .collect()
 }
