@@ -29,12 +29,15 @@ fn gelu(x: f32) -> f32 {
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    let g = id.x;
     let tok0 = id.y * TOKENS_PER_INVOCATION;
-    if g * ROW_GROUP >= ROWS || tok0 >= params.count {
+    if tok0 >= params.count {
         return;
     }
+    let g = row_group_of(id.x);
     let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
+    if g != id.x {
+        return;
+    }
     for (var r = 0u; r < ROW_GROUP; r++) {
         let row = g * ROW_GROUP + r;
         if row < ROWS {

@@ -15,7 +15,9 @@
 // equals W (g * x / rms) exactly in real arithmetic; only the rounding order differs.)
 //
 // Element j < 4 of chunk c is component j of x group chunk_groups(c).x, element j >= 4
-// component j - 4 of chunk_groups(c).y.
+// component j - 4 of chunk_groups(c).y. How x and the norm weight are read is the including
+// module's choice: x_own.wgsl (each invocation loads its own) or x_shared.wgsl (8 lanes share
+// their loads through subgroup shuffles).
 //
 // Bindings 0-2 are declared here; kernels declare theirs from 3 on, with `params: Params`.
 
@@ -153,6 +155,14 @@ struct Partial {
     sum_sq: array<f32, MAX_TOKENS>,
 }
 
+// The row group invocation `x` (its global id along the rows) computes: x itself, or the last
+// row group for invocations past it, which compute it again and store nothing (every invocation
+// stays to the end, as x_shared.wgsl's lanes need; the token tile is uniform in a workgroup, so
+// kernels may return early on it).
+fn row_group_of(x: u32) -> u32 {
+    return min(x, (ROWS + ROW_GROUP - 1u) / ROW_GROUP - 1u);
+}
+
 // Row group g times tokens first_token .. first_token + TOKENS_PER_INVOCATION of x; tokens
 // past last_token are clamped to it (computed, for the caller not to store).
 fn row_group_tile(g: u32, first_token: u32, last_token: u32) -> Tile {
@@ -182,6 +192,7 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
     for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
         x_base[t] = min(first_token + t, last_token) * x_row;
     }
+    let lane = x_lane();
     var tile: Tile;
     var sum_sq: array<f32, MAX_TOKENS>;
     for (var b = first_block; b < blocks; b += block_step) {
@@ -211,19 +222,28 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                 high_b_hi = weight_vec(at + 3u);
             }
         }
+        // The block's x for each token and its norm weight (x_own.wgsl, x_shared.wgsl).
+        var x_blocks: array<BlockX, MAX_TOKENS>;
+        for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+            x_blocks[t] = x_block(x_base[t] + b * 8u, lane);
+        }
+        var norm = BlockX();
+        if NORM {
+            norm = norm_block(b * 8u, lane);
+        }
         for (var c = 0u; c < 4u; c++) {
-            let groups = chunk_groups(c) + vec2<u32>(b * 8u);
+            let groups = chunk_groups(c);
             var xa: array<vec4<f32>, MAX_TOKENS>;
             var xb: array<vec4<f32>, MAX_TOKENS>;
             var ga = vec4<f32>(1.0);
             var gb = vec4<f32>(1.0);
             if NORM {
-                ga = norm_weight[groups.x];
-                gb = norm_weight[groups.y];
+                ga = norm_group(norm, groups.x);
+                gb = norm_group(norm, groups.y);
             }
             for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-                let a = x_vec(x_base[t] + groups.x);
-                let bb = x_vec(x_base[t] + groups.y);
+                let a = x_group(x_blocks[t], groups.x);
+                let bb = x_group(x_blocks[t], groups.y);
                 if NORM {
                     sum_sq[t] += dot(a, a) + dot(bb, bb);
                 }

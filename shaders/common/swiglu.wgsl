@@ -40,12 +40,15 @@ fn store_tile(g: u32, tok0: u32, tile: Tile) {
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    let g = id.x;
     let tok0 = id.y * TOKENS_PER_INVOCATION;
-    if g * 4u >= ROWS / 2u || tok0 >= params.count {
+    if tok0 >= params.count {
         return;
     }
-    store_tile(g, tok0, row_group_tile(g, params.first + tok0, params.first + params.count - 1u));
+    let g = row_group_of(id.x);
+    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
+    if g == id.x {
+        store_tile(g, tok0, tile);
+    }
 }
 
 // The split variant (split.wgsl): SPLIT_LANES invocations per row group, token = workgroup y.

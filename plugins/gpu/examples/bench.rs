@@ -4,8 +4,8 @@
 //! about 2x the wall time when llvmpipe's two threads are both busy).
 //!
 //! `cargo run -p pio-gpu --release --example bench [TOKENS WORKGROUP [subgroup|workgroup LANES]]`
-//! (a custom decode tile, optionally a split matrix-vector variant; default: the adapter's own
-//! tiles); `... --example bench attention`: every attention variant, decode and prefill.
+//! (a custom tile, optionally a split matrix-vector variant, timed on the decode shapes and on
+//! the 64-token prefill shape beside the adapter's own tiles; default: the adapter's own tiles); `... --example bench attention`: every attention variant, decode and prefill.
 
 use std::time::Instant;
 
@@ -71,11 +71,12 @@ fn matmul(gpu: &Gpu, dtype: WeightDtype, rows: usize, cols: usize, n_tokens: usi
     let (wall, cpu) = time(gpu, &dispatch);
     let macs = (rows * cols * n_tokens) as f64 / 1e9;
     println!(
-        "linear {dtype:?} {rows}x{cols} T={n_tokens} tile {} tokens/{} {:?}: {:.3} ms wall \
-         ({:.2} G MAC/s), {:.3} ms CPU ({:.2} G MAC per CPU-s)",
+        "linear {dtype:?} {rows}x{cols} T={n_tokens} tile {} tokens/{} {:?} {:?} reads: {:.3} ms \
+         wall ({:.2} G MAC/s), {:.3} ms CPU ({:.2} G MAC per CPU-s)",
         tile.tokens,
         tile.workgroup_size,
         kernel.reduction(),
+        kernel.activation_reads(),
         wall * 1e3,
         macs / wall,
         cpu * 1e3,
@@ -186,7 +187,10 @@ fn main() {
         }
         matmul(&gpu, WeightDtype::Q8_0, 49152, 576, 1, tile);
     }
-    for tile in [RowTile::prefill(kind), RowTile::decode(kind)] {
+    for tile in [RowTile::prefill(kind), RowTile::decode(kind)]
+        .into_iter()
+        .chain(tiles.clone())
+    {
         matmul(&gpu, WeightDtype::Q4_1, 1536, 576, 64, tile);
     }
     for kv_type in KvType::ALL {

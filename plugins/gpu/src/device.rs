@@ -66,6 +66,48 @@ impl LoadWidth {
     }
 }
 
+/// How the invocations of a row-group matrix kernel read the activations and a fused norm's
+/// weight, which every invocation working on the same tokens reads alike (the WGSL of each:
+/// `shaders/common/x_own.wgsl`, `x_shared.wgsl`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationReads {
+    /// [`ActivationReads::Shared`] on software adapters with subgroups of at least 8 lanes,
+    /// else [`ActivationReads::Own`].
+    #[default]
+    Auto,
+    /// Every invocation loads what it multiplies: on a GPU the lanes that read one address are
+    /// served by one load.
+    Own,
+    /// Each group of 8 lanes loads a block once, 16 bytes per lane, and passes it round through
+    /// subgroup shuffles (needs [`wgpu::Features::SUBGROUP`] with subgroups of at least 8
+    /// lanes): llvmpipe loads per lane, and shuffles with one vector permute, so this takes 8×
+    /// fewer loads for the activations.
+    Shared,
+}
+
+impl ActivationReads {
+    /// The reads a device of `kind` with `features` and subgroups of at least `subgroup_min_size`
+    /// lanes uses when asked for `self`, and why they differ from what was asked, if they do.
+    fn resolve(
+        self,
+        kind: DeviceKind,
+        features: wgpu::Features,
+        subgroup_min_size: u32,
+    ) -> (Self, Option<&'static str>) {
+        let shuffles = features.contains(wgpu::Features::SUBGROUP) && subgroup_min_size >= 8;
+        match self {
+            Self::Auto if !kind.is_hardware() && shuffles => (Self::Shared, None),
+            Self::Auto | Self::Own => (Self::Own, None),
+            Self::Shared if shuffles => (Self::Shared, None),
+            Self::Shared => (
+                Self::Own,
+                Some("shared activation reads were asked for, but the adapter has no subgroups of 8 lanes or more"),
+            ),
+        }
+    }
+}
+
 /// What kind of device an adapter drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -227,6 +269,9 @@ pub struct DeviceOptions {
     pub preference: AdapterPreference,
     /// How kernels load storage data ([`LoadWidth::Auto`]: the best for the adapter).
     pub load_width: LoadWidth,
+    /// How the matrix kernels read activations ([`ActivationReads::Auto`]: the best for the
+    /// adapter).
+    pub activation_reads: ActivationReads,
 }
 
 fn instance() -> wgpu::Instance {
@@ -305,10 +350,12 @@ pub struct Gpu {
     pub(crate) queue: wgpu::Queue,
     pub(crate) memory: Arc<MemoryCounter>,
     pub(crate) pipelines: PipelineCache,
-    /// The smallest subgroup size the adapter may run a kernel with.
-    subgroup_min_size: u32,
+    /// The smallest and largest subgroup sizes the adapter may run a kernel with.
+    subgroup_sizes: (u32, u32),
     /// How kernels load storage data (resolved: never [`LoadWidth::Auto`]).
     load_width: LoadWidth,
+    /// How the matrix kernels read activations (resolved: never [`ActivationReads::Auto`]).
+    activation_reads: ActivationReads,
     /// Messages [`Gpu::log_once`] has logged.
     logged: Mutex<HashSet<String>>,
 }
@@ -344,21 +391,36 @@ impl Gpu {
                     source,
                 }
             })?;
-        let (load_width, fallback) = options
+        let (load_width, width_fallback) = options
             .load_width
             .resolve(info.device_type, device.features());
+        let adapter_info = adapter.get_info();
+        let (activation_reads, reads_fallback) = options.activation_reads.resolve(
+            info.device_type,
+            device.features(),
+            adapter_info.subgroup_min_size,
+        );
         let gpu = Self {
             info,
             device,
             queue,
             memory: Arc::default(),
             pipelines: PipelineCache::default(),
-            subgroup_min_size: adapter.get_info().subgroup_min_size,
+            subgroup_sizes: (
+                adapter_info.subgroup_min_size,
+                adapter_info.subgroup_max_size,
+            ),
             load_width,
+            activation_reads,
             logged: Mutex::default(),
         };
-        if let Some(reason) = fallback {
+        if let Some(reason) = width_fallback {
             gpu.log_once(format!("kernels load 32-bit words: {reason}"));
+        }
+        if let Some(reason) = reads_fallback {
+            gpu.log_once(format!(
+                "each invocation reads its own activations: {reason}"
+            ));
         }
         Ok(gpu)
     }
@@ -373,10 +435,21 @@ impl Gpu {
         self.device.features()
     }
 
+    /// How this device's matrix kernels read activations (never [`ActivationReads::Auto`]).
+    pub fn activation_reads(&self) -> ActivationReads {
+        self.activation_reads
+    }
+
     /// The smallest subgroup size the adapter may run a kernel with (meaningful with
     /// [`wgpu::Features::SUBGROUP`]).
     pub fn subgroup_min_size(&self) -> u32 {
-        self.subgroup_min_size
+        self.subgroup_sizes.0
+    }
+
+    /// The largest subgroup size the adapter may run a kernel with (meaningful with
+    /// [`wgpu::Features::SUBGROUP`]).
+    pub fn subgroup_max_size(&self) -> u32 {
+        self.subgroup_sizes.1
     }
 
     /// Logs `message` at `info` level, once per device: a kernel variant's fallback, which
@@ -492,6 +565,51 @@ mod tests {
             ..DeviceOptions::default()
         };
         choose(infos, &options)
+    }
+
+    #[test]
+    fn activations_are_shared_on_software_adapters_with_subgroups_of_8_lanes_only() {
+        let subgroups = wgpu::Features::SUBGROUP;
+        let none = wgpu::Features::empty();
+        let resolved = |asked: ActivationReads, kind, features, min_size| {
+            asked.resolve(kind, features, min_size)
+        };
+        let shared = (ActivationReads::Shared, None);
+        let own = (ActivationReads::Own, None);
+        assert_eq!(
+            resolved(ActivationReads::Auto, DeviceKind::Cpu, subgroups, 8),
+            shared
+        );
+        assert_eq!(
+            resolved(ActivationReads::Auto, DeviceKind::Cpu, subgroups, 16),
+            shared
+        );
+        assert_eq!(
+            resolved(ActivationReads::Auto, DeviceKind::Cpu, subgroups, 4),
+            own
+        );
+        assert_eq!(
+            resolved(ActivationReads::Auto, DeviceKind::Cpu, none, 8),
+            own
+        );
+        assert_eq!(
+            resolved(ActivationReads::Auto, DeviceKind::Discrete, subgroups, 32),
+            own
+        );
+        assert_eq!(
+            resolved(ActivationReads::Shared, DeviceKind::Discrete, subgroups, 32),
+            shared
+        );
+        assert_eq!(
+            resolved(ActivationReads::Own, DeviceKind::Cpu, subgroups, 8),
+            own
+        );
+        let (reads, reason) = resolved(ActivationReads::Shared, DeviceKind::Integrated, none, 0);
+        assert_eq!(reads, ActivationReads::Own);
+        assert!(
+            reason.is_some_and(|r| r.contains("subgroups")),
+            "{reason:?}"
+        );
     }
 
     #[test]

@@ -36,8 +36,8 @@ mod tune;
 
 pub use buffer::{GpuBuffer, PendingRead};
 pub use device::{
-    chosen_adapter, list_adapters, AdapterInfo, AdapterPreference, DeviceKind, DeviceOptions, Gpu,
-    LoadWidth,
+    chosen_adapter, list_adapters, ActivationReads, AdapterInfo, AdapterPreference, DeviceKind,
+    DeviceOptions, Gpu, LoadWidth,
 };
 pub use dispatch::{require_len, Dispatch};
 pub use error::{GpuError, Result};

@@ -8,7 +8,10 @@ use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{DeviceOptions, Gpu, GpuBuffer, KvCache, KvShape, KvType, LoadWidth, WeightDtype};
+use crate::{
+    ActivationReads, DeviceOptions, Gpu, GpuBuffer, KvCache, KvShape, KvType, LoadWidth,
+    WeightDtype,
+};
 
 /// f32 machine epsilon (2^-23), the unit of the tolerances derived from rounding analyses.
 pub const EPS: f64 = f32::EPSILON as f64;
@@ -18,21 +21,30 @@ pub fn gpu() -> Gpu {
     open(&DeviceOptions::default())
 }
 
-/// A device on the default adapter for each [`LoadWidth`] it runs: 32-bit loads always, 64-bit
-/// loads where the adapter has 64-bit integers (lavapipe has) — so kernel tests run every load
-/// variant the adapter can execute, whichever its default is.
+/// Devices on the default adapter that between them run every load variant it can execute,
+/// whichever its defaults are: 32-bit loads with each invocation reading its own activations
+/// always, and 64-bit loads with activations shared through subgroups where the adapter has
+/// 64-bit integers and subgroups of 8 lanes or more (lavapipe has both). The two choices change
+/// different code ([`LoadWidth`]: how 16 bytes are loaded; [`ActivationReads`]: which
+/// invocation loads them), so pairing them tests each variant of each.
 pub fn gpus() -> Vec<Gpu> {
-    [LoadWidth::Bits32, LoadWidth::Bits64]
-        .into_iter()
-        .filter_map(|load_width| {
-            let gpu = open(&DeviceOptions {
-                load_width,
-                ..DeviceOptions::default()
-            });
-            // A width the adapter cannot run falls back to the other: leave it out, not twice.
-            (gpu.load_width() == load_width).then_some(gpu)
-        })
-        .collect()
+    [
+        (LoadWidth::Bits32, ActivationReads::Own),
+        (LoadWidth::Bits64, ActivationReads::Shared),
+    ]
+    .into_iter()
+    .filter_map(|(load_width, activation_reads)| {
+        let gpu = open(&DeviceOptions {
+            load_width,
+            activation_reads,
+            ..DeviceOptions::default()
+        });
+        // A variant the adapter cannot run falls back to the first device's: leave it out
+        // rather than test that twice.
+        (gpu.load_width() == load_width || gpu.activation_reads() == activation_reads)
+            .then_some(gpu)
+    })
+    .collect()
 }
 
 fn open(options: &DeviceOptions) -> Gpu {

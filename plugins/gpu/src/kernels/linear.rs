@@ -15,7 +15,7 @@
 //! One invocation computes the 8 rows of a row group for [`RowTile::tokens`] tokens.
 
 use crate::buffer::GpuBuffer;
-use crate::device::{DeviceKind, Gpu};
+use crate::device::{ActivationReads, DeviceKind, Gpu};
 use crate::dispatch::{groups, require_len, Dispatch, Params};
 use crate::error::{GpuError, Result};
 use crate::kernels::kv_cache::{KvLayer, KvType};
@@ -24,67 +24,84 @@ use crate::layout::RowLayout;
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
 use crate::{kernel, Kernel};
 
-/// The kernels with a split variant (`main_split`), each in two modules: with the workgroup-memory
-/// reduction (and the one-invocation-per-row-group `main`) and with the subgroup reduction,
-/// which only a device with [`wgpu::Features::SUBGROUP`] can compile.
+/// A row-group kernel in two modules: `own`, whose invocations read their own activations
+/// (`x_own.wgsl`), with the workgroup-memory split variant where the kernel has one; and
+/// `subgroup`, which may share them (`x_shared.wgsl`, [`ActivationReads::Shared`]), with the
+/// subgroup split variant — only a device with [`wgpu::Features::SUBGROUP`] compiles it.
 #[derive(Debug, Clone, Copy)]
-struct SplitKernels {
-    workgroup: Kernel,
+struct RowGroupKernels {
+    own: Kernel,
     subgroup: Kernel,
 }
 
-impl SplitKernels {
-    /// The module holding `reduction`'s entry point, and the entry point.
-    fn get(self, reduction: Reduction) -> (Kernel, &'static str) {
+impl RowGroupKernels {
+    /// The module and entry point of `reduction` reading the activations as `reads` says
+    /// (shared ones only with [`Reduction::None`]), with the override constant the module needs.
+    fn get(self, reduction: Reduction, reads: ActivationReads) -> (Kernel, &'static str, ShareX) {
         match reduction {
-            Reduction::None => (self.workgroup, "main"),
-            Reduction::Workgroup { .. } => (self.workgroup, "main_split"),
-            Reduction::Subgroup { .. } => (self.subgroup, "main_split"),
+            Reduction::None if reads == ActivationReads::Shared => {
+                (self.subgroup, "main", ShareX(Some(true)))
+            }
+            Reduction::None => (self.own, "main", ShareX(None)),
+            Reduction::Workgroup { .. } => (self.own, "main_split", ShareX(None)),
+            Reduction::Subgroup { .. } => (self.subgroup, "main_split", ShareX(Some(false))),
         }
     }
 }
 
-/// `SplitKernels` of `shaders/<path>` over the row-group helpers.
-macro_rules! split_kernels {
-    ($name:literal, $path:literal $(, $helper:literal)*) => {
-        SplitKernels {
-            workgroup: kernel!(
-                $name, $path, "common/packed.wgsl", "common/row_group.wgsl", "common/split.wgsl",
-                "common/reduce_workgroup.wgsl" $(, $helper)*
+/// The `SHARE_X` constant of `x_shared.wgsl`, for the modules that include it.
+struct ShareX(Option<bool>);
+
+impl ShareX {
+    fn constant(self) -> Option<(&'static str, f64)> {
+        self.0.map(|on| ("SHARE_X", if on { 1.0 } else { 0.0 }))
+    }
+}
+
+/// [`RowGroupKernels`] of `shaders/<path>` over the row-group helpers, with the split
+/// variants (`split.wgsl`) when the first token is `split`.
+macro_rules! row_group_kernels {
+    (split $name:literal, $path:literal $(, $helper:literal)*) => {
+        RowGroupKernels {
+            own: kernel!(
+                $name, $path, "common/packed.wgsl", "common/row_group.wgsl", "common/x_own.wgsl",
+                "common/split.wgsl", "common/reduce_workgroup.wgsl" $(, $helper)*
             ),
             subgroup: kernel!(
                 concat!($name, "_subgroup"), $path, "common/packed.wgsl",
-                "common/row_group.wgsl", "common/split.wgsl", "common/reduce_subgroup.wgsl"
-                $(, $helper)*
+                "common/row_group.wgsl", "common/x_shared.wgsl", "common/split.wgsl",
+                "common/reduce_subgroup.wgsl" $(, $helper)*
+            ),
+        }
+    };
+    ($name:literal, $path:literal) => {
+        RowGroupKernels {
+            own: kernel!(
+                $name, $path, "common/packed.wgsl", "common/row_group.wgsl", "common/x_own.wgsl"
+            ),
+            subgroup: kernel!(
+                concat!($name, "_subgroup"), $path, "common/packed.wgsl",
+                "common/row_group.wgsl", "common/x_shared.wgsl"
             ),
         }
     };
 }
 
-const LINEAR: SplitKernels = split_kernels!("linear", "common/linear.wgsl");
-const SWIGLU: SplitKernels = split_kernels!("swiglu", "common/swiglu.wgsl");
-const LINEAR_BIAS: Kernel = kernel!(
-    "linear_bias",
-    "common/linear_bias.wgsl",
-    "common/packed.wgsl",
-    "common/row_group.wgsl"
-);
-const LINEAR_LAYER_NORM: Kernel = kernel!(
-    "linear_layer_norm",
-    "common/linear_layer_norm.wgsl",
-    "common/packed.wgsl",
-    "common/row_group.wgsl"
-);
+const LINEAR: RowGroupKernels = row_group_kernels!(split "linear", "common/linear.wgsl");
+const SWIGLU: RowGroupKernels = row_group_kernels!(split "swiglu", "common/swiglu.wgsl");
+const LINEAR_BIAS: RowGroupKernels = row_group_kernels!("linear_bias", "common/linear_bias.wgsl");
+const LINEAR_LAYER_NORM: RowGroupKernels =
+    row_group_kernels!("linear_layer_norm", "common/linear_layer_norm.wgsl");
 /// Most rows an [`Epilogue::BiasResidualLayerNorm`] kernel takes: its workgroup holds every
 /// row group (`MAX_ROW_GROUPS` = 256 in `linear_layer_norm.wgsl`).
 pub const MAX_LAYER_NORM_ROWS: u32 = 256 * ROW_GROUP as u32;
-const QKV_ROPE: SplitKernels = split_kernels!(
-    "qkv_rope_kv_f32",
+const QKV_ROPE: RowGroupKernels = row_group_kernels!(
+    split "qkv_rope_kv_f32",
     "llama/qkv_rope.wgsl",
     "llama/kv_f32.wgsl"
 );
-const QKV_ROPE_KV_F16: SplitKernels = split_kernels!(
-    "qkv_rope_kv_f16",
+const QKV_ROPE_KV_F16: RowGroupKernels = row_group_kernels!(
+    split "qkv_rope_kv_f16",
     "llama/qkv_rope.wgsl",
     "llama/kv_f16.wgsl"
 );
@@ -208,21 +225,13 @@ impl RowTile {
         }
     }
 
-    /// The tile for many tokens (prefill): each weight dequantized once per 4 tokens on
-    /// software, 8 on GPUs, whose registers hold the larger tile without spilling.
+    /// The tile for many tokens (prefill): each weight dequantized once per 8 tokens, in
+    /// workgroups of 64 invocations on GPUs and of 8 (one llvmpipe thread's lanes) on software.
     pub fn prefill(kind: DeviceKind) -> Self {
-        if kind.is_hardware() {
-            Self {
-                tokens: 8,
-                workgroup_size: 64,
-                reduction: Reduction::None,
-            }
-        } else {
-            Self {
-                tokens: 4,
-                workgroup_size: 8,
-                reduction: Reduction::None,
-            }
+        Self {
+            tokens: 8,
+            workgroup_size: if kind.is_hardware() { 64 } else { 8 },
+            reduction: Reduction::None,
         }
     }
 
@@ -312,6 +321,27 @@ impl LinearShape {
             split => Some(("SPLIT_LANES", f64::from(split.lanes()))),
         })
         .collect()
+    }
+
+    /// How this shape's kernel reads the activations on `gpu`: the device's choice, but
+    /// [`ActivationReads::Own`] for the split variants (whose lanes take different blocks) and
+    /// for workgroups that are not whole subgroups (their last subgroup would have idle lanes to
+    /// read from; logged).
+    fn activation_reads(&self, gpu: &Gpu) -> ActivationReads {
+        let reads = gpu.activation_reads();
+        if reads != ActivationReads::Shared || self.tile.reduction != Reduction::None {
+            return ActivationReads::Own;
+        }
+        if self.tile.workgroup_size % gpu.subgroup_max_size() != 0 {
+            gpu.log_once(format!(
+                "workgroups of {} invocations are not whole subgroups of {}: their invocations \
+                 read their own activations",
+                self.tile.workgroup_size,
+                gpu.subgroup_max_size()
+            ));
+            return ActivationReads::Own;
+        }
+        reads
     }
 
     /// This shape with its reduction one that `gpu` runs ([`Reduction::supported_on`]).
@@ -483,6 +513,8 @@ pub struct Linear {
     epilogue: Epilogue,
     /// Where each token's output row is in `out`.
     output: RowLayout,
+    /// How the invocations read the activations (never [`ActivationReads::Auto`]).
+    activation_reads: ActivationReads,
     pipeline: wgpu::ComputePipeline,
 }
 
@@ -529,14 +561,14 @@ impl Linear {
         }
         let mut constants = shape.constants();
         let flag = |on: bool| if on { 1.0 } else { 0.0 };
-        let (kernel, entry) = match epilogue {
+        let kernels = match epilogue {
             Epilogue::Store | Epilogue::Accumulate => {
                 constants.extend([
                     ("ACCUMULATE", flag(epilogue == Epilogue::Accumulate)),
                     ("OUT_STRIDE", f64::from(output.stride)),
                     ("OUT_OFFSET", f64::from(output.offset)),
                 ]);
-                LINEAR.get(shape.tile.reduction)
+                LINEAR
             }
             Epilogue::SwiGlu | Epilogue::GeGlu => {
                 constants.push(("GELU", flag(epilogue == Epilogue::GeGlu)));
@@ -546,11 +578,11 @@ impl Linear {
                         format!("{} gate/up rows is not twice a multiple of 4", shape.rows),
                     ));
                 }
-                SWIGLU.get(shape.tile.reduction)
+                SWIGLU
             }
             Epilogue::Bias | Epilogue::BiasGelu => {
                 constants.push(("GELU", flag(epilogue == Epilogue::BiasGelu)));
-                (LINEAR_BIAS, "main")
+                LINEAR_BIAS
             }
             Epilogue::BiasResidualLayerNorm { eps } => {
                 let groups = shape.row_groups();
@@ -567,20 +599,31 @@ impl Linear {
                         ),
                     ));
                 }
+                shape.tile.workgroup_size = groups;
                 constants.retain(|&(name, _)| name != "WORKGROUP_SIZE");
                 constants.extend([
                     ("WORKGROUP_SIZE", f64::from(groups)),
                     ("LN_EPS", f64::from(eps)),
                 ]);
-                (LINEAR_LAYER_NORM, "main")
+                LINEAR_LAYER_NORM
             }
         };
+        let reads = shape.activation_reads(gpu);
+        let (kernel, entry, share_x) = kernels.get(shape.tile.reduction, reads);
+        constants.extend(share_x.constant());
         Ok(Self {
             shape,
             epilogue,
             output,
+            activation_reads: reads,
             pipeline: gpu.pipeline(kernel, entry, &constants)?,
         })
+    }
+
+    /// How this kernel's invocations read the activations: the device's choice where the tile
+    /// allows it (see [`ActivationReads`]).
+    pub fn activation_reads(&self) -> ActivationReads {
+        self.activation_reads
     }
 
     /// The matrix-vector variant this kernel runs: its tile's, or the fallback the device or
@@ -721,6 +764,8 @@ pub struct QkvRopeConfig {
 #[derive(Debug)]
 pub struct QkvRope {
     config: QkvRopeConfig,
+    /// How the invocations read the activations (never [`ActivationReads::Auto`]).
+    activation_reads: ActivationReads,
     pipeline: wgpu::ComputePipeline,
 }
 
@@ -762,11 +807,19 @@ impl QkvRope {
             KvType::F32 => QKV_ROPE,
             KvType::F16 => QKV_ROPE_KV_F16,
         };
-        let (kernel, entry) = kernels.get(shape.tile.reduction);
+        let reads = shape.activation_reads(gpu);
+        let (kernel, entry, share_x) = kernels.get(shape.tile.reduction, reads);
+        constants.extend(share_x.constant());
         Ok(Self {
             config: QkvRopeConfig { shape, ..config },
+            activation_reads: reads,
             pipeline: gpu.pipeline(kernel, entry, &constants)?,
         })
+    }
+
+    /// How this kernel's invocations read the activations (see [`Linear::activation_reads`]).
+    pub fn activation_reads(&self) -> ActivationReads {
+        self.activation_reads
     }
 
     /// The matrix-vector variant this kernel runs (see [`Linear::reduction`]).

@@ -1,7 +1,8 @@
 use pio_gpu::reference;
 use pio_gpu::{
-    DeviceKind, Epilogue, Gpu, KvType, Linear, LinearShape, QkvRope, QkvRopeConfig, QuantMatrix,
-    Reduction, RopeTable, RowLayout, RowTile, TokenRange, WeightDtype, KV_BLOCK_ROWS,
+    ActivationReads, DeviceKind, Epilogue, Gpu, KvType, Linear, LinearShape, QkvRope,
+    QkvRopeConfig, QuantMatrix, Reduction, RopeTable, RowLayout, RowTile, TokenRange, WeightDtype,
+    KV_BLOCK_ROWS,
 };
 
 use crate::common::{self, EPS};
@@ -15,10 +16,11 @@ const SHAPES: [(usize, usize, usize); 4] = [(1, 32, 1), (37, 96, 1), (67, 160, 5
 /// split matrix-vector variants beside the GPU decode tile (a subgroup reduction of 8 lanes in
 /// 64-wide workgroups): through workgroup memory with 8 and 16 lanes, and through subgroups in
 /// workgroups of one row group (lavapipe's subgroup size, 8). [`check_variant_runs`] makes sure
-/// none of them silently falls back on the test device — but the last, a subgroup reduction
-/// over 16 lanes, which must fall back to workgroup memory wherever subgroups may be narrower
-/// (lavapipe's are 8 wide): the fallback is tested too.
-pub(crate) fn tiles() -> [RowTile; 8] {
+/// none of them silently falls back on the test device — but the subgroup reduction over 16
+/// lanes, which must fall back to workgroup memory wherever subgroups may be narrower
+/// (lavapipe's are 8 wide): the fallback is tested too. Last, a tile of 3 tokens (partial tiles)
+/// in workgroups of 16 invocations (two of lavapipe's subgroups).
+pub(crate) fn tiles() -> [RowTile; 9] {
     let split = |workgroup_size, reduction| RowTile {
         tokens: 1,
         workgroup_size,
@@ -33,13 +35,24 @@ pub(crate) fn tiles() -> [RowTile; 8] {
         split(32, Reduction::Workgroup { lanes: 16 }),
         split(8, Reduction::Subgroup { lanes: 8 }),
         split(32, Reduction::Subgroup { lanes: 16 }),
+        RowTile {
+            tokens: 3,
+            workgroup_size: 16,
+            reduction: Reduction::None,
+        },
     ]
 }
 
 /// Asserts that a kernel built for `tile` runs its variant unchanged, where `gpu` can: a
 /// subgroup reduction needs subgroup operations with subgroups of at least its lanes (lavapipe
-/// has them: there every variant is tested).
-pub(crate) fn check_variant_runs(gpu: &Gpu, tile: RowTile, running: Reduction) {
+/// has them: there every variant is tested); and that it reads the activations as the device
+/// does wherever the tile allows (one invocation per row group, workgroups of whole subgroups).
+pub(crate) fn check_variant_runs(
+    gpu: &Gpu,
+    tile: RowTile,
+    running: Reduction,
+    reads: ActivationReads,
+) {
     let subgroups = gpu.features().contains(pio_gpu::wgpu::Features::SUBGROUP);
     let expected = match tile.reduction {
         Reduction::Subgroup { lanes } if !subgroups || gpu.subgroup_min_size() < lanes => {
@@ -48,6 +61,13 @@ pub(crate) fn check_variant_runs(gpu: &Gpu, tile: RowTile, running: Reduction) {
         requested => requested,
     };
     assert_eq!(running, expected, "the variant run for {tile:?}");
+    let shareable =
+        tile.reduction == Reduction::None && tile.workgroup_size % gpu.subgroup_max_size() == 0;
+    let expected_reads = match gpu.activation_reads() {
+        ActivationReads::Shared if shareable => ActivationReads::Shared,
+        _ => ActivationReads::Own,
+    };
+    assert_eq!(reads, expected_reads, "the activation reads of {tile:?}");
 }
 
 pub(crate) const NORM_EPS: f32 = 1e-5;
@@ -173,7 +193,7 @@ fn check_linear_on(gpu: &Gpu, case: &LinearCase) {
         Epilogue::Store
     };
     let kernel = Linear::new(gpu, shape, epilogue).unwrap();
-    check_variant_runs(gpu, tile, kernel.reduction());
+    check_variant_runs(gpu, tile, kernel.reduction(), kernel.activation_reads());
     let range = TokenRange {
         first: skip as u32,
         count: tokens as u32,
@@ -300,7 +320,7 @@ fn gated_epilogues_match_reference_on(gpu: &Gpu) {
                 tile,
             };
             let kernel = Linear::new(gpu, shape, epilogue).unwrap();
-            check_variant_runs(gpu, tile, kernel.reduction());
+            check_variant_runs(gpu, tile, kernel.reduction(), kernel.activation_reads());
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let out = gpu.storage_zeroed("out", (tokens * ff * 4) as u64).unwrap();
@@ -422,7 +442,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache_on(gpu: &Gpu) {
                 kv_type,
             };
             let kernel = QkvRope::new(gpu, config).unwrap();
-            check_variant_runs(gpu, tile, kernel.reduction());
+            check_variant_runs(gpu, tile, kernel.reduction(), kernel.activation_reads());
             let table = RopeTable::new(gpu, head_dim as u32, base, max_positions).unwrap();
             let blocks = max_positions / KV_BLOCK_ROWS;
             let cache = common::kv_cache(gpu, n_kv_heads, head_dim, kv_type, blocks);

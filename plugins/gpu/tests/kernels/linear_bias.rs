@@ -1,12 +1,12 @@
 //! The bias epilogues of `Linear` (BERT's layers): `+ bias`, `gelu(. + bias)` and
-//! `LayerNorm(. + bias + residual)`, for every dtype, on both adapter classes' tiles (1, 4 and
-//! 8 tokens per invocation: the LayerNorm kernel sums tokens 4-7 separately), with and without
-//! a fused input RMSNorm.
+//! `LayerNorm(. + bias + residual)`, for every dtype, on both adapter classes' tiles (1 and 8
+//! tokens per invocation: the LayerNorm kernel sums tokens 4-7 separately), with and without a
+//! fused input RMSNorm, reading the activations each way the device can.
 
 use pio_gpu::reference;
 use pio_gpu::{
-    DeviceKind, Epilogue, EpilogueParams, Gpu, Linear, LinearShape, QuantMatrix, RowTile,
-    TokenRange, WeightDtype,
+    ActivationReads, DeviceKind, Epilogue, EpilogueParams, Gpu, Linear, LinearShape, QuantMatrix,
+    RowTile, TokenRange, WeightDtype,
 };
 
 use crate::common::{self, EPS};
@@ -85,6 +85,20 @@ impl Case {
             tile,
         };
         let kernel = Linear::new(gpu, shape, epilogue).unwrap();
+        // These epilogues have no split variant (one invocation per row group); the LayerNorm
+        // one's workgroup holds every row group.
+        let workgroup = match epilogue {
+            Epilogue::BiasResidualLayerNorm { .. } => rows.div_ceil(8) as u32,
+            _ => tile.workgroup_size,
+        };
+        let shared = gpu.activation_reads() == ActivationReads::Shared
+            && workgroup % gpu.subgroup_max_size() == 0;
+        let expected = if shared {
+            ActivationReads::Shared
+        } else {
+            ActivationReads::Own
+        };
+        assert_eq!(kernel.activation_reads(), expected, "{epilogue:?} {tile:?}");
         let params = EpilogueParams {
             bias: &bias,
             layer_norm: gamma_beta.as_ref(),
