@@ -44,6 +44,14 @@ fn workgroup_sum(g: u32, lo: vec4<f32>, hi: vec4<f32>) -> array<vec4<f32>, 2> {
     return sum;
 }
 
+// Component j (0..8) of the pair (a: components 0-3, b: components 4-7).
+fn pick(a: vec4<f32>, b: vec4<f32>, j: u32) -> f32 {
+    if j < 4u {
+        return a[j];
+    }
+    return b[j - 4u];
+}
+
 // Element `offset + rows` of gamma_beta, rows past ROWS clamped (callers mask them).
 fn gamma_beta_at(offset: u32, rows: vec4<u32>) -> vec4<f32> {
     let r = vec4<u32>(offset) + min(rows, vec4<u32>(ROWS - 1u));

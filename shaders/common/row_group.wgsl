@@ -140,14 +140,6 @@ fn word_vec(g: u32, b: u32, w: u32) -> u32 {
     return ((g * (COLS / 32u) + b) * BLOCK_WORDS + w) * 2u;
 }
 
-// Component j (0..8) of the element pair (a: elements 0-3, b: elements 4-7).
-fn pick(a: vec4<f32>, b: vec4<f32>, j: u32) -> f32 {
-    if j < 4u {
-        return a[j];
-    }
-    return b[j - 4u];
-}
-
 // A row group's products over some of its blocks, before the fused norm's scaling: with
 // NORM, sum_sq[t] is the sum of squares of token t's x over the same blocks.
 struct Partial {
@@ -233,22 +225,18 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
         }
         for (var c = 0u; c < 4u; c++) {
             let groups = chunk_groups(c);
-            var xa: array<vec4<f32>, MAX_TOKENS>;
-            var xb: array<vec4<f32>, MAX_TOKENS>;
-            var ga = vec4<f32>(1.0);
-            var gb = vec4<f32>(1.0);
-            if NORM {
-                ga = norm_group(norm, groups.x);
-                gb = norm_group(norm, groups.y);
-            }
+            // Element j of the chunk, for token t, is chunk_element(x_chunks[t], j) times
+            // chunk_element(norm_c, j) (x_own.wgsl, x_shared.wgsl).
+            var x_chunks: array<ChunkX, MAX_TOKENS>;
             for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-                let a = x_group(x_blocks[t], groups.x);
-                let bb = x_group(x_blocks[t], groups.y);
+                x_chunks[t] = x_chunk(x_blocks[t], groups);
                 if NORM {
-                    sum_sq[t] += dot(a, a) + dot(bb, bb);
+                    sum_sq[t] += chunk_squares(x_chunks[t]);
                 }
-                xa[t] = a * ga;
-                xb[t] = bb * gb;
+            }
+            var norm_c = ChunkX();
+            if NORM {
+                norm_c = norm_chunk(norm, groups);
             }
             let first = word_vec(g, b, chunk_first_word(c));
             if DTYPE == DTYPE_F32 {
@@ -257,8 +245,9 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                 for (var j = 0u; j < 8u; j++) {
                     let v_lo = bitcast<vec4<f32>>(weight_vec(first + 2u * j));
                     let v_hi = bitcast<vec4<f32>>(weight_vec(first + 2u * j + 1u));
+                    let gj = select(1.0, chunk_element(norm_c, j), NORM);
                     for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-                        let xv = pick(xa[t], xb[t], j);
+                        let xv = chunk_element(x_chunks[t], j) * gj;
                         tile.lo[t] += v_lo * xv;
                         tile.hi[t] += v_hi * xv;
                     }
@@ -290,8 +279,9 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                     let q_hi = vec4<f32>((select(b_hi, a_hi, j < 4u) >> shift) & mask);
                     let v_lo = dequantize(q_lo, d_lo, m_lo, j);
                     let v_hi = dequantize(q_hi, d_hi, m_hi, j);
+                    let gj = select(1.0, chunk_element(norm_c, j), NORM);
                     for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-                        let xv = pick(xa[t], xb[t], j);
+                        let xv = chunk_element(x_chunks[t], j) * gj;
                         tile.lo[t] += v_lo * xv;
                         tile.hi[t] += v_hi * xv;
                     }
@@ -308,8 +298,9 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                 let k = element_word(j);
                 let v_lo = dequantize(element_raw(w_lo[k], j), d_lo, m_lo, j);
                 let v_hi = dequantize(element_raw(w_hi[k], j), d_hi, m_hi, j);
+                let gj = select(1.0, chunk_element(norm_c, j), NORM);
                 for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-                    let xv = pick(xa[t], xb[t], j);
+                    let xv = chunk_element(x_chunks[t], j) * gj;
                     tile.lo[t] += v_lo * xv;
                     tile.hi[t] += v_hi * xv;
                 }

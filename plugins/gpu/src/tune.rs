@@ -28,9 +28,10 @@ use crate::error::Result;
 use crate::kernels::linear::{Epilogue, Linear, LinearShape, Reduction, RowTile, TokenRange};
 use crate::quant::{QuantMatrix, WeightDtype};
 
-/// Version of the cache file's layout and of the candidate set: a file of another version is
-/// ignored and rewritten, so changing the candidates below retunes every adapter.
-const CACHE_FORMAT: u32 = 1;
+/// Version of the cache file's layout, of the candidate set and of the kernels they were timed
+/// with: a file of another version is ignored and rewritten, so changing the candidates below or
+/// how the kernels run retunes every adapter (2: shared activation reads on software adapters).
+const CACHE_FORMAT: u32 = 2;
 
 /// Timed launches per candidate after its first (which also compiles it on software drivers).
 const REPEATS: usize = 4;
