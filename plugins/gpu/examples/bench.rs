@@ -5,7 +5,8 @@
 //!
 //! `cargo run -p pio-gpu --release --example bench [TOKENS WORKGROUP [subgroup|workgroup LANES]]`
 //! (a custom tile, optionally a split matrix-vector variant, timed on the decode shapes and on
-//! the 64-token prefill shape beside the adapter's own tiles; default: the adapter's own tiles); `... --example bench attention`: every attention variant, decode and prefill.
+//! the 64-token prefill shape beside the adapter's own tiles; default: the adapter's own
+//! tiles); `... --example bench attention`: every attention variant, decode and prefill.
 
 use std::time::Instant;
 

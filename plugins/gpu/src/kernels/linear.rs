@@ -36,25 +36,21 @@ struct RowGroupKernels {
 
 impl RowGroupKernels {
     /// The module and entry point of `reduction` reading the activations as `reads` says
-    /// (shared ones only with [`Reduction::None`]), with the override constant the module needs.
-    fn get(self, reduction: Reduction, reads: ActivationReads) -> (Kernel, &'static str, ShareX) {
+    /// (shared ones only with [`Reduction::None`]), with the `SHARE_X` constant of
+    /// `x_shared.wgsl` where the module includes it.
+    fn get(
+        self,
+        reduction: Reduction,
+        reads: ActivationReads,
+    ) -> (Kernel, &'static str, Option<(&'static str, f64)>) {
         match reduction {
             Reduction::None if reads == ActivationReads::Shared => {
-                (self.subgroup, "main", ShareX(Some(true)))
+                (self.subgroup, "main", Some(("SHARE_X", 1.0)))
             }
-            Reduction::None => (self.own, "main", ShareX(None)),
-            Reduction::Workgroup { .. } => (self.own, "main_split", ShareX(None)),
-            Reduction::Subgroup { .. } => (self.subgroup, "main_split", ShareX(Some(false))),
+            Reduction::None => (self.own, "main", None),
+            Reduction::Workgroup { .. } => (self.own, "main_split", None),
+            Reduction::Subgroup { .. } => (self.subgroup, "main_split", Some(("SHARE_X", 0.0))),
         }
-    }
-}
-
-/// The `SHARE_X` constant of `x_shared.wgsl`, for the modules that include it.
-struct ShareX(Option<bool>);
-
-impl ShareX {
-    fn constant(self) -> Option<(&'static str, f64)> {
-        self.0.map(|on| ("SHARE_X", if on { 1.0 } else { 0.0 }))
     }
 }
 
@@ -610,7 +606,7 @@ impl Linear {
         };
         let reads = shape.activation_reads(gpu);
         let (kernel, entry, share_x) = kernels.get(shape.tile.reduction, reads);
-        constants.extend(share_x.constant());
+        constants.extend(share_x);
         Ok(Self {
             shape,
             epilogue,
@@ -809,7 +805,7 @@ impl QkvRope {
         };
         let reads = shape.activation_reads(gpu);
         let (kernel, entry, share_x) = kernels.get(shape.tile.reduction, reads);
-        constants.extend(share_x.constant());
+        constants.extend(share_x);
         Ok(Self {
             config: QkvRopeConfig { shape, ..config },
             activation_reads: reads,
