@@ -2,7 +2,8 @@
 // t < params.count, with x optionally RMS-normalised on the fly (NORM). Used for the attention
 // output and FFN down projections (accumulating into the residual stream) and for the final
 // norm + LM head. One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens (main,
-// see row_group.wgsl), or SPLIT_LANES invocations per row group and token (main_split, see
+// see row_group.wgsl), the same from weights and x its workgroup staged (main_staged, see
+// staged.wgsl), or SPLIT_LANES invocations per row group and token (main_split, see
 // split.wgsl).
 
 // out[t][r] is element t * OUT_STRIDE + OUT_OFFSET + r (OUT_STRIDE = ROWS, OUT_OFFSET = 0 for
@@ -30,28 +31,5 @@ fn store_tile(g: u32, tok0: u32, tile: Tile) {
                 out[i] = value;
             }
         }
-    }
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    let tok0 = id.y * TOKENS_PER_INVOCATION;
-    if tok0 >= params.count {
-        return;
-    }
-    let g = row_group_of(id.x);
-    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
-    if g == id.x {
-        store_tile(g, tok0, tile);
-    }
-}
-
-// The split variant (split.wgsl): SPLIT_LANES invocations per row group, token = workgroup y.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main_split(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
-    let at = split_place(local, group.x, (ROWS + ROW_GROUP - 1u) / ROW_GROUP);
-    let tile = split_tile(at.g, params.first + min(group.y, params.count - 1u), at.lane, local);
-    if at.stores {
-        store_tile(at.g, group.y, tile);
     }
 }

@@ -1,7 +1,8 @@
 // out[t][r] = act((W x[first + t])[r] + bias[r]) for t < params.count, act = GELU (erf form)
 // with GELU, else the identity; x optionally RMS-normalised on the fly (NORM). Used for BERT's
 // fused Q|K|V projection and its feed-forward up-projection. One invocation per row group
-// (8 rows) and TOKENS_PER_INVOCATION tokens; see row_group.wgsl.
+// (8 rows) and TOKENS_PER_INVOCATION tokens; see row_group.wgsl (main) and staged.wgsl
+// (main_staged).
 
 override GELU: bool;
 override WORKGROUP_SIZE: u32;
@@ -27,17 +28,8 @@ fn gelu(x: f32) -> f32 {
     return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752));
 }
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    let tok0 = id.y * TOKENS_PER_INVOCATION;
-    if tok0 >= params.count {
-        return;
-    }
-    let g = row_group_of(id.x);
-    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
-    if g != id.x {
-        return;
-    }
+// Stores the tile of row group g (plus the bias, through GELU with GELU) for tokens tok0 ...
+fn store_tile(g: u32, tok0: u32, tile: Tile) {
     for (var r = 0u; r < ROW_GROUP; r++) {
         let row = g * ROW_GROUP + r;
         if row < ROWS {

@@ -84,6 +84,34 @@ fn chunk_codes(nibbles: vec4<u32>, high_a: vec4<u32>, high_b: vec4<u32>, c: u32,
     return codes;
 }
 
+// The codes of a chunk of a nibble layout for four rows: elements 0-3 (a) and 4-7 (b), held in
+// variables (llvmpipe keeps arrays indexed at run time in memory). The 4-bit layouts read both
+// from the nibble word, the others from their codes (chunk_codes).
+struct NibbleCodes {
+    a: vec4<u32>,
+    b: vec4<u32>,
+}
+
+// The codes of chunk c from its nibble word and the block's high words (as chunk_codes).
+fn nibble_codes(nibbles: vec4<u32>, high_a: vec4<u32>, high_b: vec4<u32>, c: u32) -> NibbleCodes {
+    if has_high_bits() {
+        return NibbleCodes(
+            chunk_codes(nibbles, high_a, high_b, c, false),
+            chunk_codes(nibbles, high_a, high_b, c, true),
+        );
+    }
+    return NibbleCodes(nibbles, nibbles);
+}
+
+// Code of element j (0..8) of a chunk for four rows, before dequantization.
+fn code_element(codes: NibbleCodes, j: u32) -> vec4<f32> {
+    // A 4-bit layout's elements 4-7 are the high nibbles.
+    let high_nibble = j >= 4u && !has_high_bits();
+    let shift = vec4<u32>(8u * (j % 4u) + select(0u, 4u, high_nibble));
+    let mask = vec4<u32>(select(15u, 0xffu, has_high_bits()));
+    return vec4<f32>((select(codes.b, codes.a, j < 4u) >> shift) & mask);
+}
+
 // Words of a block that hold one chunk of 8 elements (F16, Q8_0; F32 and the nibble layouts
 // read theirs in their own paths).
 fn chunk_words() -> u32 {
@@ -255,30 +283,11 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                 continue;
             }
             if is_nibbles() {
-                // Elements 0-3 (a) and 4-7 (b) of the chunk, rows 0-3 and 4-7, held in
-                // variables (llvmpipe keeps arrays indexed at run time in memory): the 4-bit
-                // layouts read both from the nibble word, the others from their codes.
-                let n_lo = weight_vec(first);
-                let n_hi = weight_vec(first + 1u);
-                var a_lo = n_lo;
-                var b_lo = n_lo;
-                var a_hi = n_hi;
-                var b_hi = n_hi;
-                if has_high_bits() {
-                    a_lo = chunk_codes(n_lo, high_a_lo, high_b_lo, c, false);
-                    b_lo = chunk_codes(n_lo, high_a_lo, high_b_lo, c, true);
-                    a_hi = chunk_codes(n_hi, high_a_hi, high_b_hi, c, false);
-                    b_hi = chunk_codes(n_hi, high_a_hi, high_b_hi, c, true);
-                }
-                let mask = vec4<u32>(select(15u, 0xffu, has_high_bits()));
+                let codes_lo = nibble_codes(weight_vec(first), high_a_lo, high_b_lo, c);
+                let codes_hi = nibble_codes(weight_vec(first + 1u), high_a_hi, high_b_hi, c);
                 for (var j = 0u; j < 8u; j++) {
-                    // A 4-bit layout's elements 4-7 are the high nibbles.
-                    let high_nibble = j >= 4u && !has_high_bits();
-                    let shift = vec4<u32>(8u * (j % 4u) + select(0u, 4u, high_nibble));
-                    let q_lo = vec4<f32>((select(b_lo, a_lo, j < 4u) >> shift) & mask);
-                    let q_hi = vec4<f32>((select(b_hi, a_hi, j < 4u) >> shift) & mask);
-                    let v_lo = dequantize(q_lo, d_lo, m_lo, j);
-                    let v_hi = dequantize(q_hi, d_hi, m_hi, j);
+                    let v_lo = dequantize(code_element(codes_lo, j), d_lo, m_lo, j);
+                    let v_hi = dequantize(code_element(codes_hi, j), d_hi, m_hi, j);
                     let gj = select(1.0, chunk_element(norm_c, j), NORM);
                     for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
                         let xv = chunk_element(x_chunks[t], j) * gj;

@@ -49,3 +49,14 @@ fn split_tile(g: u32, token: u32, lane: u32, local: u32) -> Tile {
     total.sum_sq[0] = sums.sum_sq;
     return finish_tile(total);
 }
+
+// The split entry point of every kernel that includes this file, which defines `params` and
+// `store_tile(g, tok0, tile)`: SPLIT_LANES invocations per row group, token = workgroup y.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main_split(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    let at = split_place(local, group.x, (ROWS + ROW_GROUP - 1u) / ROW_GROUP);
+    let tile = split_tile(at.g, params.first + min(group.y, params.count - 1u), at.lane, local);
+    if at.stores {
+        store_tile(at.g, group.y, tile);
+    }
+}

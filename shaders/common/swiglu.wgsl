@@ -3,7 +3,7 @@
 // h = x[t] (RMS-normalised on the fly with NORM), from one matrix interleaving gate and up rows
 // by row group: group g holds gate rows 4g..4g+4 as its rows 0-3 and up rows 4g..4g+4 as rows
 // 4-7 (pio-gpu's QuantMatrix::upload_gate_up builds it). ROWS = 2 * FF. See row_group.wgsl
-// (main) and split.wgsl (main_split).
+// (main), staged.wgsl (main_staged) and split.wgsl (main_split).
 
 override GELU: bool;
 override WORKGROUP_SIZE: u32;
@@ -35,28 +35,5 @@ fn store_tile(g: u32, tok0: u32, tile: Tile) {
                 out[tok * ff + i] = act[r];
             }
         }
-    }
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    let tok0 = id.y * TOKENS_PER_INVOCATION;
-    if tok0 >= params.count {
-        return;
-    }
-    let g = row_group_of(id.x);
-    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
-    if g == id.x {
-        store_tile(g, tok0, tile);
-    }
-}
-
-// The split variant (split.wgsl): SPLIT_LANES invocations per row group, token = workgroup y.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main_split(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
-    let at = split_place(local, group.x, ROWS / ROW_GROUP);
-    let tile = split_tile(at.g, params.first + min(group.y, params.count - 1u), at.lane, local);
-    if at.stores {
-        store_tile(at.g, group.y, tile);
     }
 }

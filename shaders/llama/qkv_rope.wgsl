@@ -7,7 +7,8 @@
 //   q_out[t] = q;  k_cache[r] = k;  v_cache[r] = v   (in the cache's type: KvWord, kv_store)
 // A token whose position is past the RoPE table or whose row is past the cache writes nothing.
 // One invocation per row group (8 rows) and TOKENS_PER_INVOCATION tokens, see row_group.wgsl
-// (main), or SPLIT_LANES invocations per row group and token, see split.wgsl (main_split).
+// (main), the same from weights and x its workgroup staged (main_staged, see staged.wgsl), or
+// SPLIT_LANES invocations per row group and token, see split.wgsl (main_split).
 // Q_ROWS, KV_ROWS and HEAD_DIM are multiples of 8, so a row group lies within one of q, k, v and
 // within one head, and holds four whole RoPE pairs.
 
@@ -70,28 +71,5 @@ fn store_tile(g: u32, tok0: u32, tile: Tile) {
             v_cache[at] = kv_store(tile.lo[t]);
             v_cache[at + 1u] = kv_store(tile.hi[t]);
         }
-    }
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    let tok0 = id.y * TOKENS_PER_INVOCATION;
-    if tok0 >= params.count {
-        return;
-    }
-    let g = row_group_of(id.x);
-    let tile = row_group_tile(g, params.first + tok0, params.first + params.count - 1u);
-    if g == id.x {
-        store_tile(g, tok0, tile);
-    }
-}
-
-// The split variant (split.wgsl): SPLIT_LANES invocations per row group, token = workgroup y.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn main_split(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
-    let at = split_place(local, group.x, ROWS / ROW_GROUP);
-    let tile = split_tile(at.g, params.first + min(group.y, params.count - 1u), at.lane, local);
-    if at.stores {
-        store_tile(at.g, group.y, tile);
     }
 }

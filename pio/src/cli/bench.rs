@@ -447,6 +447,8 @@ struct Tuning {
     mode: String,
     searches: u64,
     search_seconds: f64,
+    /// Per device: how its kernels load storage data and read activations.
+    devices: Vec<(String, String)>,
     /// Per kernel shape: device, shape, variant, milliseconds per launch, source.
     kernels: Vec<(u64, String, String, Option<f64>, String)>,
     /// The answer's object, for `--json`.
@@ -462,6 +464,15 @@ impl Tuning {
             mode: text(&tuning["mode"]),
             searches: tuning["searches"].as_u64().unwrap_or(0),
             search_seconds: tuning["search_seconds"].as_f64().unwrap_or(0.0),
+            devices: tuning["devices"]
+                .as_array()
+                .map(|devices| {
+                    devices
+                        .iter()
+                        .map(|d| (text(&d["load_width"]), text(&d["activation_reads"])))
+                        .collect()
+                })
+                .unwrap_or_default(),
             kernels: tuning["kernels"]
                 .as_array()
                 .map(|kernels| {
@@ -489,6 +500,9 @@ impl Tuning {
             "\nkernel tiles (tuning {}: {} shapes searched in {:.2} s at activation)",
             self.mode, self.searches, self.search_seconds
         );
+        for (device, (load_width, reads)) in self.devices.iter().enumerate() {
+            println!("device {device}: {load_width} loads, {reads} activation reads");
+        }
         let devices = self.kernels.iter().any(|k| k.0 > 0);
         let rows: Vec<Vec<String>> = self
             .kernels

@@ -31,7 +31,7 @@ use crate::quant::{QuantMatrix, WeightDtype};
 /// Version of the cache file's layout, of the candidate set and of the kernels they were timed
 /// with: a file of another version is ignored and rewritten, so changing the candidates below or
 /// how the kernels run retunes every adapter (2: shared activation reads on software adapters).
-const CACHE_FORMAT: u32 = 2;
+const CACHE_FORMAT: u32 = 3;
 
 /// Timed launches per candidate after its first (which also compiles it on software drivers).
 const REPEATS: usize = 4;
@@ -176,10 +176,11 @@ impl fmt::Display for TuneKey {
 }
 
 impl fmt::Display for RowTile {
-    /// E.g. `4 tok/inv, wg 8` or `1 tok/inv, wg 64, subgroup/8`.
+    /// E.g. `4 tok/inv, wg 8`, `8 tok/inv, wg 64, staged` or `1 tok/inv, wg 64, subgroup/8`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} tok/inv, wg {}", self.tokens, self.workgroup_size)?;
         match self.reduction {
+            Reduction::None if self.staged => write!(f, ", staged"),
             Reduction::None => Ok(()),
             Reduction::Workgroup { lanes } => write!(f, ", workgroup/{lanes}"),
             Reduction::Subgroup { lanes } => write!(f, ", subgroup/{lanes}"),
@@ -309,6 +310,7 @@ struct CacheTile {
     /// `none`, `workgroup` or `subgroup`.
     reduction: ReductionName,
     lanes: u32,
+    staged: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +333,7 @@ impl CacheTile {
             workgroup_size: tile.workgroup_size,
             reduction,
             lanes,
+            staged: tile.staged,
         }
     }
 
@@ -343,6 +346,7 @@ impl CacheTile {
                 ReductionName::Workgroup => Reduction::Workgroup { lanes: self.lanes },
                 ReductionName::Subgroup => Reduction::Subgroup { lanes: self.lanes },
             },
+            staged: self.staged,
         }
     }
 }
@@ -568,19 +572,30 @@ impl Tuner {
 fn usable(gpu: &Gpu, tile: RowTile, tokens: u32) -> bool {
     tile.check("tuning").is_ok()
         && tile.reduction.runs_on(gpu)
+        && tile.staging_runs_on(gpu)
         && tile.workgroup_size <= gpu.limits().max_compute_invocations_per_workgroup
         && (tokens == 1 || tile.reduction == Reduction::None)
 }
 
 /// The tiles tried for launches of `tokens` tokens, `default` first. Decode: one row group
 /// per invocation in small and larger workgroups, and the split variants (8 lanes; 32 where
-/// subgroups are that wide). Prefill: 4 and 8 tokens per invocation in workgroups of 8 and 64.
-/// Those `gpu` cannot run as they are are left out (a fallback would only repeat another).
+/// subgroups are that wide). Prefill: 4 and 8 tokens per invocation in workgroups of 8 and 64,
+/// and on hardware adapters staged: 8 tokens per invocation in workgroups of 32 and 64 (32 and
+/// 64 tokens), 4 in workgroups of 128 (64 tokens) — on llvmpipe, whose workgroup memory is no
+/// cheaper than storage and whose barriers switch coroutines, the staged 64-token Q4_1 1536x576
+/// product took twice the row-group kernel's time, and each candidate costs the search a pipeline
+/// compilation. Those `gpu` cannot run as they are are left out (a fallback would only repeat
+/// another).
 fn candidates(gpu: &Gpu, tokens: u32, default: RowTile) -> Vec<RowTile> {
     let tile = |tokens, workgroup_size, reduction| RowTile {
         tokens,
         workgroup_size,
         reduction,
+        staged: false,
+    };
+    let staged = |tokens, workgroup_size| RowTile {
+        staged: true,
+        ..tile(tokens, workgroup_size, Reduction::None)
     };
     let others = if tokens == 1 {
         vec![
@@ -591,12 +606,16 @@ fn candidates(gpu: &Gpu, tokens: u32, default: RowTile) -> Vec<RowTile> {
             tile(1, 128, Reduction::Subgroup { lanes: 32 }),
         ]
     } else {
-        vec![
+        let mut prefill = vec![
             tile(4, 8, Reduction::None),
             tile(8, 8, Reduction::None),
             tile(4, 64, Reduction::None),
             tile(8, 64, Reduction::None),
-        ]
+        ];
+        if gpu.adapter_info().device_type.is_hardware() {
+            prefill.extend([staged(8, 32), staged(8, 64), staged(4, 128)]);
+        }
+        prefill
     };
     let mut list = vec![default];
     for candidate in others {
@@ -800,15 +819,17 @@ mod tests {
 
     #[test]
     fn tiles_round_trip_through_the_cache_layout() {
-        for reduction in [
-            Reduction::None,
-            Reduction::Workgroup { lanes: 16 },
-            Reduction::Subgroup { lanes: 8 },
+        for (reduction, staged) in [
+            (Reduction::None, false),
+            (Reduction::None, true),
+            (Reduction::Workgroup { lanes: 16 }, false),
+            (Reduction::Subgroup { lanes: 8 }, false),
         ] {
             let tile = RowTile {
                 tokens: 1,
                 workgroup_size: 64,
                 reduction,
+                staged,
             };
             assert_eq!(CacheTile::of(tile).tile(), tile);
         }

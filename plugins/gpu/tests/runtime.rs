@@ -160,6 +160,7 @@ fn profiles_each_dispatch_in_order() {
             tokens: 1,
             workgroup_size: 64,
             reduction: Reduction::Workgroup { lanes: 8 },
+            staged: false,
         },
         ..shape
     };

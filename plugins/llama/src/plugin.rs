@@ -401,7 +401,8 @@ fn load_options(settings: &Settings, activation: &Activation) -> LoadOptions {
 
 /// How the matrix kernels' tiles were chosen (the `tuning` detail of the stats and of a
 /// benchmark's answer): `mode`, `searches` (kernel shapes searched in this activation, over
-/// every device), `search_seconds`, and `kernels`, one entry per device and kernel shape with
+/// every device), `search_seconds`, `devices` (per device, how its kernels read storage:
+/// `load_width` and `activation_reads`), and `kernels`, one entry per device and kernel shape with
 /// its `device` index, `shape`, `variant` (the tile), `ms` (one launch, as measured) and
 /// `source` (`searched`, `cached` or `default`).
 fn tuning_details(model: &GpuModel) -> serde_json::Value {
@@ -417,10 +418,21 @@ fn tuning_details(model: &GpuModel) -> serde_json::Value {
             })
         })
         .collect();
+    // How each device's kernels read storage: the variants chosen per device, not per shape.
+    let reads: Vec<serde_json::Value> = model
+        .gpus()
+        .map(|gpu| {
+            serde_json::json!({
+                "load_width": gpu.load_width(),
+                "activation_reads": gpu.activation_reads(),
+            })
+        })
+        .collect();
     serde_json::json!({
         "mode": reports.first().map_or("off", |r| r.mode),
         "searches": reports.iter().map(|r| r.searches).sum::<usize>(),
         "search_seconds": reports.iter().map(|r| r.search_seconds).sum::<f64>(),
+        "devices": reads,
         "kernels": kernels,
     })
 }
@@ -903,6 +915,10 @@ mod tests {
             && k["variant"].as_str().unwrap().contains("wg")
             && k["device"] == 0));
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+        let devices = first["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 1, "{first}");
+        assert!(["bits32", "bits64"].contains(&devices[0]["load_width"].as_str().unwrap()));
+        assert!(["own", "shared"].contains(&devices[0]["activation_reads"].as_str().unwrap()));
         let second = details(&active_plugin(config, 64))["tuning"].clone();
         assert_eq!(second["searches"], 0);
         let off = serde_json::json!({ "model": path, "tuning": "off" });

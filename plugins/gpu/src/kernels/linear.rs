@@ -12,7 +12,8 @@
 //! - [`QkvRope`]: Q, K and V from one concatenated matrix, RoPE on Q and K, K and V written into
 //!   the layer's cache — the attention block's input with its norm.
 //!
-//! One invocation computes the 8 rows of a row group for [`RowTile::tokens`] tokens.
+//! One invocation computes the 8 rows of a row group for [`RowTile::tokens`] tokens, alone or
+//! from weights and activations its workgroup staged ([`RowTile::staged`]).
 
 use crate::buffer::GpuBuffer;
 use crate::device::{ActivationReads, DeviceKind, Gpu};
@@ -25,7 +26,8 @@ use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
 use crate::{kernel, Kernel};
 
 /// A row-group kernel in two modules: `own`, whose invocations read their own activations
-/// (`x_own.wgsl`), with the workgroup-memory split variant where the kernel has one; and
+/// (`x_own.wgsl`), with the staged variant (`staged.wgsl`, which reads x its own way; run from
+/// this module) and the workgroup-memory split variant where the kernel has them; and
 /// `subgroup`, which may share them (`x_shared.wgsl`, [`ActivationReads::Shared`]), with the
 /// subgroup split variant — only a device with [`wgpu::Features::SUBGROUP`] compiles it.
 #[derive(Debug, Clone, Copy)]
@@ -35,15 +37,18 @@ struct RowGroupKernels {
 }
 
 impl RowGroupKernels {
-    /// The module and entry point of `reduction` reading the activations as `reads` says
-    /// (shared ones only with [`Reduction::None`]), with the `SHARE_X` constant of
+    /// The module and entry point of `tile` reading the activations as `reads` says (shared
+    /// ones only with [`Reduction::None`], unstaged), with the `SHARE_X` constant of
     /// `x_shared.wgsl` where the module includes it.
     fn get(
         self,
-        reduction: Reduction,
+        tile: RowTile,
         reads: ActivationReads,
     ) -> (Kernel, &'static str, Option<(&'static str, f64)>) {
-        match reduction {
+        if tile.staged {
+            return (self.own, "main_staged", None);
+        }
+        match tile.reduction {
             Reduction::None if reads == ActivationReads::Shared => {
                 (self.subgroup, "main", Some(("SHARE_X", 1.0)))
             }
@@ -54,19 +59,36 @@ impl RowGroupKernels {
     }
 }
 
-/// [`RowGroupKernels`] of `shaders/<path>` over the row-group helpers, with the split
-/// variants (`split.wgsl`) when the first token is `split`.
+/// [`RowGroupKernels`] of `shaders/<path>` over the row-group helpers: with the entry points
+/// of `row_group_main.wgsl` and the staged variant (`staged.wgsl`) when the first token is
+/// `staged`, and with those the split variants (`split.wgsl`) when it is `split` (the kernel
+/// then defines only its `store_tile`); without either, the kernel has entry points of its own.
 macro_rules! row_group_kernels {
     (split $name:literal, $path:literal $(, $helper:literal)*) => {
         RowGroupKernels {
             own: kernel!(
                 $name, $path, "common/packed.wgsl", "common/row_group.wgsl", "common/x_own.wgsl",
-                "common/split.wgsl", "common/reduce_workgroup.wgsl" $(, $helper)*
+                "common/row_group_main.wgsl", "common/staged.wgsl", "common/split.wgsl",
+                "common/reduce_workgroup.wgsl" $(, $helper)*
             ),
             subgroup: kernel!(
                 concat!($name, "_subgroup"), $path, "common/packed.wgsl",
-                "common/row_group.wgsl", "common/x_shared.wgsl", "common/split.wgsl",
-                "common/reduce_subgroup.wgsl" $(, $helper)*
+                "common/row_group.wgsl", "common/x_shared.wgsl", "common/row_group_main.wgsl",
+                "common/staged.wgsl", "common/split.wgsl", "common/reduce_subgroup.wgsl"
+                $(, $helper)*
+            ),
+        }
+    };
+    (staged $name:literal, $path:literal) => {
+        RowGroupKernels {
+            own: kernel!(
+                $name, $path, "common/packed.wgsl", "common/row_group.wgsl", "common/x_own.wgsl",
+                "common/row_group_main.wgsl", "common/staged.wgsl"
+            ),
+            subgroup: kernel!(
+                concat!($name, "_subgroup"), $path, "common/packed.wgsl",
+                "common/row_group.wgsl", "common/x_shared.wgsl", "common/row_group_main.wgsl",
+                "common/staged.wgsl"
             ),
         }
     };
@@ -85,7 +107,8 @@ macro_rules! row_group_kernels {
 
 const LINEAR: RowGroupKernels = row_group_kernels!(split "linear", "common/linear.wgsl");
 const SWIGLU: RowGroupKernels = row_group_kernels!(split "swiglu", "common/swiglu.wgsl");
-const LINEAR_BIAS: RowGroupKernels = row_group_kernels!("linear_bias", "common/linear_bias.wgsl");
+const LINEAR_BIAS: RowGroupKernels =
+    row_group_kernels!(staged "linear_bias", "common/linear_bias.wgsl");
 const LINEAR_LAYER_NORM: RowGroupKernels =
     row_group_kernels!("linear_layer_norm", "common/linear_layer_norm.wgsl");
 /// Most rows an [`Epilogue::BiasResidualLayerNorm`] kernel takes: its workgroup holds every
@@ -184,6 +207,13 @@ impl Reduction {
 /// Largest workgroup of a split kernel (`SPLIT_MAX_INVOCATIONS` in `reduce_workgroup.wgsl`).
 const SPLIT_MAX_INVOCATIONS: u32 = 256;
 
+/// Row groups of a staged workgroup (`STAGED_ROW_GROUPS` in `staged.wgsl`).
+const STAGED_ROW_GROUPS: u32 = 8;
+/// Most tokens of a staged workgroup (`STAGED_MAX_TOKENS` in `staged.wgsl`).
+const STAGED_MAX_TOKENS: u32 = 64;
+/// Workgroup memory of a staged kernel, in bytes: two arrays of 512 `vec4<f32>`.
+const STAGED_WORKGROUP_BYTES: u32 = 2 * 512 * 16;
+
 /// How one invocation and one workgroup divide the work; the best choice differs between
 /// adapter classes (see [`RowTile::decode`] and [`RowTile::prefill`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -195,6 +225,14 @@ pub struct RowTile {
     /// How the invocations share a row group; anything but [`Reduction::None`] needs one token
     /// per invocation.
     pub reduction: Reduction,
+    /// The matrix-matrix variant (`staged.wgsl`): a workgroup of 8 row groups and
+    /// `workgroup_size / 8` token tiles stages each block of 32 columns — its 64 rows'
+    /// weights, dequantized, and its tokens' activations — in workgroup memory (16 KiB) before
+    /// its invocations multiply them, so that each weight is dequantized once per workgroup's
+    /// tokens (up to 64) and each activation loaded once per 64 rows. Needs
+    /// [`Reduction::None`] and at most 64 tokens per workgroup; kernels without a staged
+    /// variant, and devices with less workgroup memory, run unstaged (logged).
+    pub staged: bool,
 }
 
 impl RowTile {
@@ -211,24 +249,36 @@ impl RowTile {
                 tokens: 1,
                 workgroup_size: 64,
                 reduction: Reduction::Subgroup { lanes: 8 },
+                staged: false,
             }
         } else {
             Self {
                 tokens: 1,
                 workgroup_size: 8,
                 reduction: Reduction::None,
+                staged: false,
             }
         }
     }
 
-    /// The tile for many tokens (prefill): each weight dequantized once per 8 tokens, in
-    /// workgroups of 64 invocations on GPUs and of 8 (one llvmpipe thread's lanes) on software.
+    /// The tile for many tokens (prefill): 8 tokens per invocation. GPUs get the staged
+    /// matrix-matrix variant in workgroups of 64 invocations (64 rows x 64 tokens, each weight
+    /// dequantized once per 64 tokens); software adapters one invocation per row group in
+    /// workgroups of 8 (one llvmpipe thread's lanes), where workgroup memory is no cheaper than
+    /// storage and the barriers cost.
     pub fn prefill(kind: DeviceKind) -> Self {
+        let hardware = kind.is_hardware();
         Self {
             tokens: 8,
-            workgroup_size: if kind.is_hardware() { 64 } else { 8 },
+            workgroup_size: if hardware { 64 } else { 8 },
             reduction: Reduction::None,
+            staged: hardware,
         }
+    }
+
+    /// Token tiles per workgroup of a staged tile.
+    fn token_tiles(self) -> u32 {
+        self.workgroup_size / STAGED_ROW_GROUPS
     }
 
     /// Checks that the kernels can run this tile (token count, lanes, workgroup size).
@@ -239,17 +289,33 @@ impl RowTile {
                 && lanes.is_power_of_two()
                 && self.workgroup_size % lanes == 0
                 && self.workgroup_size <= SPLIT_MAX_INVOCATIONS;
-        if !(1..=MAX_TILE_TOKENS).contains(&self.tokens) || self.workgroup_size == 0 || !split_ok {
+        let staged_ok = !self.staged
+            || self.reduction == Reduction::None
+                && self.workgroup_size % STAGED_ROW_GROUPS == 0
+                && self.token_tiles() * self.tokens <= STAGED_MAX_TOKENS;
+        if !(1..=MAX_TILE_TOKENS).contains(&self.tokens)
+            || self.workgroup_size == 0
+            || !split_ok
+            || !staged_ok
+        {
             return Err(GpuError::shape(
                 context,
                 format!(
                     "unsupported tile {self:?} (split reductions take one token per \
                      invocation, a power-of-two lane count dividing a workgroup of at most \
-                     {SPLIT_MAX_INVOCATIONS})"
+                     {SPLIT_MAX_INVOCATIONS}; staged tiles no reduction, workgroups of whole \
+                     {STAGED_ROW_GROUPS}-invocation token tiles and at most \
+                     {STAGED_MAX_TOKENS} tokens)"
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// Whether `gpu` runs this tile's staging as it is: it needs the workgroup memory of
+    /// `staged.wgsl`.
+    pub fn staging_runs_on(self, gpu: &Gpu) -> bool {
+        !self.staged || gpu.limits().max_compute_workgroup_storage_size >= STAGED_WORKGROUP_BYTES
     }
 }
 
@@ -325,7 +391,10 @@ impl LinearShape {
     /// read from; logged).
     fn activation_reads(&self, gpu: &Gpu) -> ActivationReads {
         let reads = gpu.activation_reads();
-        if reads != ActivationReads::Shared || self.tile.reduction != Reduction::None {
+        if reads != ActivationReads::Shared
+            || self.tile.reduction != Reduction::None
+            || self.tile.staged
+        {
             return ActivationReads::Own;
         }
         if self.tile.workgroup_size % gpu.subgroup_max_size() != 0 {
@@ -340,9 +409,29 @@ impl LinearShape {
         reads
     }
 
-    /// This shape with its reduction one that `gpu` runs ([`Reduction::supported_on`]).
+    /// This shape with its reduction one that `gpu` runs ([`Reduction::supported_on`]) and
+    /// unstaged where `gpu` lacks the workgroup memory (logged).
     fn supported_on(mut self, gpu: &Gpu) -> Self {
         self.tile.reduction = self.tile.reduction.supported_on(gpu);
+        if !self.tile.staging_runs_on(gpu) {
+            gpu.log_once(format!(
+                "matrix-matrix kernels run unstaged: the device has {} bytes of workgroup \
+                 memory, staging takes {STAGED_WORKGROUP_BYTES}",
+                gpu.limits().max_compute_workgroup_storage_size
+            ));
+            self.tile.staged = false;
+        }
+        self
+    }
+
+    /// This shape unstaged, logged once per kernel, for kernels without a staged variant.
+    fn unstaged(mut self, gpu: &Gpu, label: &str) -> Self {
+        if self.tile.staged {
+            gpu.log_once(format!(
+                "the {label} kernel has no staged variant: it runs one invocation per row group"
+            ));
+            self.tile.staged = false;
+        }
         self
     }
 
@@ -408,19 +497,28 @@ impl LinearShape {
 
     /// Workgroup counts for `row_groups` row groups and `count` tokens.
     fn grid(&self, row_groups: u32, count: u32) -> [u32; 3] {
-        let per_workgroup = self.tile.workgroup_size / self.tile.reduction.lanes();
+        let tile = self.tile;
+        if tile.staged {
+            return [
+                groups(row_groups, STAGED_ROW_GROUPS),
+                groups(count, tile.token_tiles() * tile.tokens),
+                1,
+            ];
+        }
+        let per_workgroup = tile.workgroup_size / tile.reduction.lanes();
         [
             groups(row_groups, per_workgroup),
-            groups(count, self.tile.tokens),
+            groups(count, tile.tokens),
             1,
         ]
     }
 
     /// How profiles tell launches of this shape from others: dtype, rows x columns, and the
-    /// split variant where one runs (e.g. `q4_1 576x1536 subgroup/8`).
+    /// split or staged variant where one runs (e.g. `q4_1 576x1536 subgroup/8`).
     fn detail(&self) -> String {
         let shape = format!("{} {}x{}", self.dtype.name(), self.rows, self.cols);
         match self.tile.reduction {
+            Reduction::None if self.tile.staged => format!("{shape} staged"),
             Reduction::None => shape,
             Reduction::Workgroup { lanes } => format!("{shape} workgroup/{lanes}"),
             Reduction::Subgroup { lanes } => format!("{shape} subgroup/{lanes}"),
@@ -538,6 +636,9 @@ impl Linear {
             Epilogue::Store | Epilogue::Accumulate | Epilogue::SwiGlu | Epilogue::GeGlu
         );
         let mut shape = shape.supported_on(gpu);
+        if matches!(epilogue, Epilogue::BiasResidualLayerNorm { .. }) {
+            shape = shape.unstaged(gpu, label);
+        }
         if !split && shape.tile.reduction != Reduction::None {
             gpu.log_once(format!(
                 "the {label} kernel has no split variant: it runs one invocation per row group"
@@ -605,7 +706,7 @@ impl Linear {
             }
         };
         let reads = shape.activation_reads(gpu);
-        let (kernel, entry, share_x) = kernels.get(shape.tile.reduction, reads);
+        let (kernel, entry, share_x) = kernels.get(shape.tile, reads);
         constants.extend(share_x);
         Ok(Self {
             shape,
@@ -626,6 +727,12 @@ impl Linear {
     /// the epilogue required (see [`Reduction::supported_on`]).
     pub fn reduction(&self) -> Reduction {
         self.shape.tile.reduction
+    }
+
+    /// Whether this kernel runs staged ([`RowTile::staged`]): as its tile asks, unless the
+    /// device or the epilogue required otherwise.
+    pub fn staged(&self) -> bool {
+        self.shape.tile.staged
     }
 
     /// Binds `weights`, the input rows `tokens` of `x`, the norm weight (exactly when the
@@ -804,7 +911,7 @@ impl QkvRope {
             KvType::F16 => QKV_ROPE_KV_F16,
         };
         let reads = shape.activation_reads(gpu);
-        let (kernel, entry, share_x) = kernels.get(shape.tile.reduction, reads);
+        let (kernel, entry, share_x) = kernels.get(shape.tile, reads);
         constants.extend(share_x);
         Ok(Self {
             config: QkvRopeConfig { shape, ..config },
@@ -821,6 +928,11 @@ impl QkvRope {
     /// The matrix-vector variant this kernel runs (see [`Linear::reduction`]).
     pub fn reduction(&self) -> Reduction {
         self.config.shape.tile.reduction
+    }
+
+    /// Whether this kernel runs staged (see [`Linear::staged`]).
+    pub fn staged(&self) -> bool {
+        self.config.shape.tile.staged
     }
 
     /// Binds the `[Wq; Wk; Wv]` `weights`, the input rows `tokens` of `x`, the norm weight

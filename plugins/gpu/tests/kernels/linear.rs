@@ -18,13 +18,16 @@ const SHAPES: [(usize, usize, usize); 4] = [(1, 32, 1), (37, 96, 1), (67, 160, 5
 /// workgroups of one row group (lavapipe's subgroup size, 8). [`check_variant_runs`] makes sure
 /// none of them silently falls back on the test device — but the subgroup reduction over 16
 /// lanes, which must fall back to workgroup memory wherever subgroups may be narrower
-/// (lavapipe's are 8 wide): the fallback is tested too. Last, a tile of 3 tokens (partial tiles)
-/// in workgroups of 16 invocations (two of lavapipe's subgroups).
+/// (lavapipe's are 8 wide): the fallback is tested too. The GPU prefill tile is staged (8
+/// tokens per invocation, 64 rows x 64 tokens per workgroup: the shapes' 1 to 17 row groups and
+/// 1 to 9 tokens leave row groups and token tiles of a workgroup empty or partial). Last, a tile
+/// of 3 tokens (partial tiles) in workgroups of 16 invocations (two of lavapipe's subgroups).
 pub(crate) fn tiles() -> [RowTile; 9] {
     let split = |workgroup_size, reduction| RowTile {
         tokens: 1,
         workgroup_size,
         reduction,
+        staged: false,
     };
     [
         RowTile::decode(DeviceKind::Cpu),
@@ -39,6 +42,7 @@ pub(crate) fn tiles() -> [RowTile; 9] {
             tokens: 3,
             workgroup_size: 16,
             reduction: Reduction::None,
+            staged: false,
         },
     ]
 }
@@ -51,6 +55,7 @@ pub(crate) fn check_variant_runs(
     gpu: &Gpu,
     tile: RowTile,
     running: Reduction,
+    staged: bool,
     reads: ActivationReads,
 ) {
     let subgroups = gpu.features().contains(pio_gpu::wgpu::Features::SUBGROUP);
@@ -61,9 +66,11 @@ pub(crate) fn check_variant_runs(
         requested => requested,
     };
     assert_eq!(running, expected, "the variant run for {tile:?}");
+    assert_eq!(staged, tile.staged, "the staging of {tile:?}");
     // (A device without subgroups reports a largest subgroup size of 0: test Shared first.)
     let shared = gpu.activation_reads() == ActivationReads::Shared
         && tile.reduction == Reduction::None
+        && !tile.staged
         && tile.workgroup_size % gpu.subgroup_max_size() == 0;
     let expected_reads = if shared {
         ActivationReads::Shared
@@ -196,7 +203,13 @@ fn check_linear_on(gpu: &Gpu, case: &LinearCase) {
         Epilogue::Store
     };
     let kernel = Linear::new(gpu, shape, epilogue).unwrap();
-    check_variant_runs(gpu, tile, kernel.reduction(), kernel.activation_reads());
+    check_variant_runs(
+        gpu,
+        tile,
+        kernel.reduction(),
+        kernel.staged(),
+        kernel.activation_reads(),
+    );
     let range = TokenRange {
         first: skip as u32,
         count: tokens as u32,
@@ -208,9 +221,8 @@ fn check_linear_on(gpu: &Gpu, case: &LinearCase) {
     gpu.run(&[&dispatch]).unwrap();
     let got = common::read(gpu, &out, tokens * rows);
     let label = format!(
-        "linear {dtype:?} {rows}x{cols} T={tokens} from {skip} tile {}x{} {:?} norm={norm} \
-         acc={accumulate}",
-        tile.tokens, tile.workgroup_size, tile.reduction
+        "linear {dtype:?} {rows}x{cols} T={tokens} from {skip} tile {tile} norm={norm} \
+         acc={accumulate}"
     );
     let c = if norm { 4.0 } else { 2.0 };
     check_within_bound(&label, &got, &want, &magnitude, c, cols);
@@ -323,7 +335,13 @@ fn gated_epilogues_match_reference_on(gpu: &Gpu) {
                 tile,
             };
             let kernel = Linear::new(gpu, shape, epilogue).unwrap();
-            check_variant_runs(gpu, tile, kernel.reduction(), kernel.activation_reads());
+            check_variant_runs(
+                gpu,
+                tile,
+                kernel.reduction(),
+                kernel.staged(),
+                kernel.activation_reads(),
+            );
             let x_buf = gpu.storage_from("x", &x).unwrap();
             let gamma_buf = gpu.storage_from("gamma", &gamma).unwrap();
             let out = gpu.storage_zeroed("out", (tokens * ff * 4) as u64).unwrap();
@@ -445,7 +463,13 @@ fn qkv_rope_matches_reference_and_writes_the_cache_on(gpu: &Gpu) {
                 kv_type,
             };
             let kernel = QkvRope::new(gpu, config).unwrap();
-            check_variant_runs(gpu, tile, kernel.reduction(), kernel.activation_reads());
+            check_variant_runs(
+                gpu,
+                tile,
+                kernel.reduction(),
+                kernel.staged(),
+                kernel.activation_reads(),
+            );
             let table = RopeTable::new(gpu, head_dim as u32, base, max_positions).unwrap();
             let blocks = max_positions / KV_BLOCK_ROWS;
             let cache = common::kv_cache(gpu, n_kv_heads, head_dim, kv_type, blocks);
@@ -586,21 +610,44 @@ fn fused_kernels_reject_mismatched_weights_norms_and_short_buffers() {
             tokens: 9,
             workgroup_size: 8,
             reduction: Reduction::None,
+            staged: false,
         },
         RowTile {
             tokens: 2,
             workgroup_size: 8,
             reduction: Reduction::Subgroup { lanes: 8 },
+            staged: false,
         },
         RowTile {
             tokens: 1,
             workgroup_size: 12,
             reduction: Reduction::Workgroup { lanes: 8 },
+            staged: false,
         },
         RowTile {
             tokens: 1,
             workgroup_size: 512,
             reduction: Reduction::Workgroup { lanes: 8 },
+            staged: false,
+        },
+        // Staged: a split reduction, a workgroup of part of a token tile, over 64 tokens.
+        RowTile {
+            tokens: 1,
+            workgroup_size: 64,
+            reduction: Reduction::Workgroup { lanes: 8 },
+            staged: true,
+        },
+        RowTile {
+            tokens: 8,
+            workgroup_size: 12,
+            reduction: Reduction::None,
+            staged: true,
+        },
+        RowTile {
+            tokens: 8,
+            workgroup_size: 128,
+            reduction: Reduction::None,
+            staged: true,
         },
     ];
     for bad_tile in bad_tiles {

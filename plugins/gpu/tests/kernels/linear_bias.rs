@@ -86,12 +86,17 @@ impl Case {
         };
         let kernel = Linear::new(gpu, shape, epilogue).unwrap();
         // These epilogues have no split variant (one invocation per row group); the LayerNorm
-        // one's workgroup holds every row group.
-        let workgroup = match epilogue {
-            Epilogue::BiasResidualLayerNorm { .. } => rows.div_ceil(8) as u32,
-            _ => tile.workgroup_size,
+        // one's workgroup holds every row group, and it has no staged variant.
+        let layer_norm = matches!(epilogue, Epilogue::BiasResidualLayerNorm { .. });
+        let workgroup = if layer_norm {
+            rows.div_ceil(8) as u32
+        } else {
+            tile.workgroup_size
         };
+        let staged = tile.staged && !layer_norm;
+        assert_eq!(kernel.staged(), staged, "{epilogue:?} {tile:?}");
         let shared = gpu.activation_reads() == ActivationReads::Shared
+            && !staged
             && workgroup % gpu.subgroup_max_size() == 0;
         let expected = if shared {
             ActivationReads::Shared

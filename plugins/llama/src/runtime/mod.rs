@@ -269,6 +269,11 @@ impl GpuModel {
         self.stages.iter().map(|s| &s.tuning).collect()
     }
 
+    /// The devices the model runs on, in order.
+    pub fn gpus(&self) -> impl Iterator<Item = &Gpu> {
+        self.stages.iter().map(|s| &s.gpu)
+    }
+
     /// The first device the model runs on.
     pub fn gpu(&self) -> &Gpu {
         &self.stages[0].gpu

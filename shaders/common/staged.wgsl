@@ -1,0 +1,184 @@
+// The staged matrix-matrix variant (prefill on GPUs): a workgroup computes STAGED_ROW_GROUPS (8)
+// row groups — 64 rows — for WORKGROUP_SIZE / 8 token tiles of TOKENS_PER_INVOCATION tokens
+// (at most STAGED_MAX_TOKENS, 64). For each block of 32 columns the workgroup first stages in
+// workgroup memory the block's weights of its 64 rows, dequantized to f32, and its tokens' x
+// (times the norm weight with NORM), each loaded from storage and dequantized once for the
+// whole workgroup; after a barrier every invocation multiplies its row group by its token tile
+// from there: a register tile of 8 rows x TOKENS_PER_INVOCATION tokens (row_group.wgsl's Tile,
+// so every kernel's epilogue takes it as it is), fed 4 elements per workgroup-memory load. An
+// invocation of the row-group kernels dequantizes every weight it uses and reads x for its
+// tokens itself; here a weight is dequantized once per 64 tokens and an x element loaded once
+// per 64 rows.
+//
+// Invocation `local` computes row group local % 8 of its workgroup's and token tile local / 8,
+// so the 8 invocations of a token tile read consecutive vec4s of the staged weights (no
+// workgroup-memory bank conflicts) and one address of the staged x (a broadcast). Every
+// invocation reaches every barrier: invocations past the matrix or past the tokens compute the
+// last row group or token again and store nothing.
+//
+// Workgroup memory: two arrays of 512 vec4 (8 KiB each), 16 KiB in all, WebGPU's guaranteed
+// minimum of max_compute_workgroup_storage_size.
+
+const STAGED_ROW_GROUPS: u32 = 8u;
+const STAGED_MAX_TOKENS: u32 = 64u;
+
+// The weights of one block: vec4 (elements 4q..4q+4) of row r of row group rg at
+// (q * ROW_GROUP + r) * STAGED_ROW_GROUPS + rg.
+var<workgroup> staged_w: array<vec4<f32>, 512>;
+// x of one block: vec4 q of token t of token tile tt at (q * TOKENS_PER_INVOCATION + t) *
+// token tiles + tt. With NORM, after the last block, token i's sum of squares at i.
+var<workgroup> staged_x: array<vec4<f32>, 512>;
+
+// Where an invocation works: its row group (clamped to the last), whether it stores the result,
+// and its token tile's first token, relative to params.first.
+struct StagedPlace {
+    g: u32,
+    stores: bool,
+    tok0: u32,
+}
+
+// Token tiles per workgroup.
+fn staged_token_tiles() -> u32 {
+    return WORKGROUP_SIZE / STAGED_ROW_GROUPS;
+}
+
+// The place of invocation `local` (local_invocation_index) of workgroup `group`.
+fn staged_place(local: u32, group: vec3<u32>) -> StagedPlace {
+    let g = group.x * STAGED_ROW_GROUPS + local % STAGED_ROW_GROUPS;
+    let tokens = staged_token_tiles() * TOKENS_PER_INVOCATION;
+    let tok0 = group.y * tokens + local / STAGED_ROW_GROUPS * TOKENS_PER_INVOCATION;
+    return StagedPlace(row_group_of(g), row_group_of(g) == g, tok0);
+}
+
+// Dequantized elements 0..8 of chunk c of block b of row group g, for rows 4h..4h+4.
+fn chunk_rows(g: u32, b: u32, c: u32, h: u32) -> array<vec4<f32>, 8> {
+    var d = vec4<f32>(1.0);
+    var m = vec4<f32>(0.0);
+    if DTYPE != DTYPE_F32 && DTYPE != DTYPE_F16 {
+        d = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 0u) + h));
+    }
+    if has_second_scale() {
+        m = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 1u) + h));
+    }
+    let first = word_vec(g, b, chunk_first_word(c)) + h;
+    var elements: array<vec4<f32>, 8>;
+    if DTYPE == DTYPE_F32 {
+        for (var j = 0u; j < 8u; j++) {
+            elements[j] = bitcast<vec4<f32>>(weight_vec(first + 2u * j));
+        }
+    } else if is_nibbles() {
+        var high_a = vec4<u32>(0u);
+        var high_b = vec4<u32>(0u);
+        if has_high_bits() {
+            let at = word_vec(g, b, header_words() + 4u) + h;
+            high_a = weight_vec(at);
+            if DTYPE == DTYPE_Q6_K {
+                high_b = weight_vec(at + 2u);
+            }
+        }
+        let codes = nibble_codes(weight_vec(first), high_a, high_b, c);
+        for (var j = 0u; j < 8u; j++) {
+            elements[j] = dequantize(code_element(codes, j), d, m, j);
+        }
+    } else {
+        var words: array<vec4<u32>, 4>;
+        for (var i = 0u; i < chunk_words(); i++) {
+            words[i] = weight_vec(first + 2u * i);
+        }
+        for (var j = 0u; j < 8u; j++) {
+            elements[j] = dequantize(element_raw(words[element_word(j)], j), d, m, j);
+        }
+    }
+    return elements;
+}
+
+// Stages block b of the weights of row groups g0 .. g0 + 8: 64 jobs (a row group's chunk c for
+// rows 4h..4h+4), shared among the workgroup's invocations.
+fn stage_weights(g0: u32, b: u32, local: u32) {
+    for (var job = local; job < STAGED_ROW_GROUPS * 8u; job += WORKGROUP_SIZE) {
+        let rg = job / 8u;
+        let c = job % 8u / 2u;
+        let h = job % 2u;
+        let e = chunk_rows(row_group_of(g0 + rg), b, c, h);
+        let groups = chunk_groups(c);
+        for (var i = 0u; i < 4u; i++) {
+            let r = 4u * h + i;
+            staged_w[(groups.x * ROW_GROUP + r) * STAGED_ROW_GROUPS + rg] =
+                vec4<f32>(e[0][i], e[1][i], e[2][i], e[3][i]);
+            staged_w[(groups.y * ROW_GROUP + r) * STAGED_ROW_GROUPS + rg] =
+                vec4<f32>(e[4][i], e[5][i], e[6][i], e[7][i]);
+        }
+    }
+}
+
+// Stages block b of x for the workgroup's tokens (the first is `first`; past last_token the
+// last again), invocation i staging token i; returns the sum of squares of its token's block.
+fn stage_x(first: u32, last_token: u32, b: u32, local: u32) -> f32 {
+    let tiles = staged_token_tiles();
+    var sum_sq = 0.0;
+    if local < tiles * TOKENS_PER_INVOCATION {
+        let tt = local / TOKENS_PER_INVOCATION;
+        let t = local % TOKENS_PER_INVOCATION;
+        let base = min(first + local, last_token) * (COLS / 4u) + b * 8u;
+        for (var q = 0u; q < 8u; q++) {
+            var v = x_vec(base + q);
+            sum_sq += dot(v, v);
+            if NORM {
+                v *= norm_weight[b * 8u + q];
+            }
+            staged_x[(q * TOKENS_PER_INVOCATION + t) * tiles + tt] = v;
+        }
+    }
+    return sum_sq;
+}
+
+// The tile of invocation `local` of workgroup `group` (at staged_place) for the tokens from
+// `first` on (clamped to last_token): its row group times its token tile.
+fn staged_tile(local: u32, group: vec3<u32>, first: u32, last_token: u32) -> Tile {
+    let tiles = staged_token_tiles();
+    let rg = local % STAGED_ROW_GROUPS;
+    let tt = local / STAGED_ROW_GROUPS;
+    let g0 = group.x * STAGED_ROW_GROUPS;
+    let workgroup_first = first + group.y * tiles * TOKENS_PER_INVOCATION;
+    var partial: Partial;
+    var sum_sq = 0.0;
+    for (var b = 0u; b < COLS / 32u; b++) {
+        stage_weights(g0, b, local);
+        sum_sq += stage_x(workgroup_first, last_token, b, local);
+        workgroupBarrier();
+        for (var q = 0u; q < 8u; q++) {
+            var w: array<vec4<f32>, 8>;
+            for (var r = 0u; r < ROW_GROUP; r++) {
+                w[r] = staged_w[(q * ROW_GROUP + r) * STAGED_ROW_GROUPS + rg];
+            }
+            for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+                let v = staged_x[(q * TOKENS_PER_INVOCATION + t) * tiles + tt];
+                partial.tile.lo[t] += vec4<f32>(dot(w[0], v), dot(w[1], v), dot(w[2], v), dot(w[3], v));
+                partial.tile.hi[t] += vec4<f32>(dot(w[4], v), dot(w[5], v), dot(w[6], v), dot(w[7], v));
+            }
+        }
+        workgroupBarrier();
+    }
+    if NORM {
+        // Each token's sum of squares, from the invocation that staged it, through staged_x.
+        if local < tiles * TOKENS_PER_INVOCATION {
+            staged_x[local] = vec4<f32>(sum_sq);
+        }
+        workgroupBarrier();
+        for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+            partial.sum_sq[t] = staged_x[tt * TOKENS_PER_INVOCATION + t].x;
+        }
+    }
+    return finish_tile(partial);
+}
+
+// The staged entry point of every kernel that includes this file, which defines `params` and
+// `store_tile(g, tok0, tile)` (its epilogue for row group g and tokens tok0 .. of its tile).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main_staged(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    let at = staged_place(local, group);
+    let tile = staged_tile(local, group, params.first, params.first + params.count - 1u);
+    if at.stores {
+        store_tile(at.g, at.tok0, tile);
+    }
+}
