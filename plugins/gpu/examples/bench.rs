@@ -138,6 +138,7 @@ fn attention_variants(gpu: &Gpu) {
         AttentionVariant::SplitK(Reduction::Workgroup { lanes: 8 }),
         AttentionVariant::SplitK(Reduction::Workgroup { lanes: 32 }),
         AttentionVariant::Flash,
+        AttentionVariant::SharedRows,
     ];
     for kv_type in KvType::ALL {
         for variant in variants {

@@ -12,6 +12,14 @@ use crate::layout::RowLayout;
 const SERIAL: KvKernels = kv_kernels!(
     "attention",
     "llama/attention.wgsl",
+    "llama/attention_serial.wgsl",
+    "llama/attention_common.wgsl"
+);
+/// Compiled only on devices with subgroups (see [`SPLIT_SUBGROUP`]).
+const SHARED_ROWS: KvKernels = kv_kernels!(
+    "attention_shared",
+    "llama/attention_shared.wgsl",
+    "llama/attention_serial.wgsl",
     "llama/attention_common.wgsl"
 );
 const SPLIT: KvKernels = kv_kernels!(
@@ -45,6 +53,13 @@ pub const PREFILL_MIN_TOKENS: u32 = 16;
 /// Serial kernel: one invocation per (head, token). llvmpipe runs a workgroup as 8 SIMD lanes;
 /// a full group measured faster than 1 or 4 invocations per workgroup even with only 9 heads.
 const SERIAL_WORKGROUP: u32 = 8;
+/// Tokens of a shared-rows workgroup (`LANES` in `attention_shared.wgsl`): lanes of one
+/// subgroup.
+const SHARED_ROWS_LANES: u32 = 8;
+/// Most query heads of one shared-rows invocation (`MAX_HEADS_PER_INVOCATION`).
+const SHARED_ROWS_MAX_HEADS: u32 = 8;
+/// Vec4s of query (and of accumulator) one invocation holds (`MAX_HEAD_VEC4`).
+const MAX_HEAD_VEC4: u32 = MAX_HEAD_DIM / 4;
 /// Lanes per (head, token) of the split-K decode on GPUs: enough to spread a long context over
 /// a GPU's cores when a decode step has only `n_heads` pairs (9 for SmolLM2), and a whole
 /// subgroup on NVIDIA and AMD (RDNA) hardware.
@@ -99,6 +114,14 @@ pub enum AttentionVariant {
     /// loaded once per workgroup (`attention_flash.wgsl`): prefill on GPUs. Its tile is sized
     /// to the head width and the adapter's workgroup memory.
     Flash,
+    /// Serial, with the 8 lanes of a subgroup taking 8 consecutive tokens of one sequence and
+    /// the query heads of a kv head: at each position every lane loads an eighth of the key and
+    /// value rows and reads the rest through subgroup shuffles, so a row is loaded once per 8
+    /// tokens and several heads (`attention_shared.wgsl`): prefill on software adapters, whose
+    /// cost is the values loaded. A workgroup whose tokens belong to different sequences
+    /// computes them lane by lane, as [`AttentionVariant::Serial`] does. Needs
+    /// [`wgpu::Features::SUBGROUP`] with subgroups of at least 8 lanes.
+    SharedRows,
 }
 
 /// Which variant an [`Attention`] runs for short dispatches (decode) and long ones (prefill):
@@ -116,9 +139,10 @@ pub struct AttentionPlan {
 impl AttentionPlan {
     /// The default for an adapter of `kind` and a layer attending to `window` positions.
     ///
-    /// Software adapters (llvmpipe) run [`AttentionVariant::Serial`] throughout: each lane is a
-    /// SIMD lane of one CPU thread, so splitting adds merges and barriers but no hardware, and
-    /// workgroup-memory tiles save no loads there (every lane still loads each value itself).
+    /// Software adapters (llvmpipe) decode with [`AttentionVariant::Serial`] and prefill with
+    /// [`AttentionVariant::SharedRows`]: each lane is a SIMD lane of one CPU thread, so
+    /// splitting adds merges and barriers but no hardware, and workgroup-memory tiles save no
+    /// loads there (every lane still loads each value itself); subgroup shuffles do.
     /// GPUs decode with [`AttentionVariant::SplitK`] (32 lanes, through subgroups, falling back
     /// to workgroup memory where [`Attention::with_plan`] finds none) whenever a token may see
     /// more positions than that (global attention, or a window longer than 32): with fewer,
@@ -128,7 +152,7 @@ impl AttentionPlan {
         if !kind.is_hardware() {
             return Self {
                 decode: AttentionVariant::Serial,
-                prefill: AttentionVariant::Serial,
+                prefill: AttentionVariant::SharedRows,
             };
         }
         let decode = if window.is_some_and(|n| n <= GPU_SPLIT_LANES) {
@@ -379,8 +403,8 @@ impl Attention {
 
 impl Launch {
     /// `variant`'s pipeline for `config`, or `fallback`'s (a variant that always runs) where
-    /// the device cannot run flash attention; a subgroup split without subgroups becomes a
-    /// workgroup split. Falling back is logged once per device and reason.
+    /// the device cannot run flash attention or shared rows; a subgroup split without
+    /// subgroups becomes a workgroup split. Falling back is logged once per device and reason.
     fn new(
         gpu: &Gpu,
         config: &AttentionConfig,
@@ -437,6 +461,26 @@ impl Launch {
                     workgroup,
                 )
             }
+            AttentionVariant::SharedRows => {
+                let lanes = Reduction::Subgroup {
+                    lanes: SHARED_ROWS_LANES,
+                };
+                if !lanes.runs_on(gpu) {
+                    gpu.log_once(format!(
+                        "shared-rows attention falls back to {fallback:?}: the device's \
+                         subgroups are missing or narrower than {SHARED_ROWS_LANES} lanes"
+                    ));
+                    return Self::new(gpu, config, fallback, fallback);
+                }
+                let heads = shared_rows_heads(config);
+                constants.push(("HEADS_PER_INVOCATION", f64::from(heads)));
+                let grid = Grid {
+                    heads: n_heads / heads,
+                    heads_per_group: 1,
+                    tokens_per_group: SHARED_ROWS_LANES,
+                };
+                (variant, SHARED_ROWS, grid, SHARED_ROWS_LANES)
+            }
             AttentionVariant::Flash => {
                 let limits = gpu.limits();
                 let flash = match FlashTile::choose(
@@ -477,6 +521,17 @@ impl Launch {
             grid,
         })
     }
+}
+
+/// Query heads per shared-rows invocation for `config`: the most of the heads sharing a kv head
+/// (a divisor of them) that one invocation's registers hold.
+fn shared_rows_heads(config: &AttentionConfig) -> u32 {
+    let group = config.n_heads / config.n_kv_heads;
+    let d4 = config.head_dim / 4;
+    (1..=group.min(SHARED_ROWS_MAX_HEADS))
+        .rev()
+        .find(|&heads| group % heads == 0 && heads * d4 <= MAX_HEAD_VEC4)
+        .unwrap_or(1)
 }
 
 /// The merge a split-K over `reduction` runs on `gpu`: [`Reduction::Subgroup`] becomes

@@ -12,8 +12,8 @@ const SEQUENCE_ROWS: usize = 64;
 /// The plans every check runs: each variant alone (so it runs whatever the token count, and
 /// lavapipe runs them all) — split-K through subgroups of 8 lanes (lavapipe's subgroups) and
 /// of 32 (which falls back to workgroup memory there), through workgroup memory with 4 lanes
-/// (16 heads per workgroup) and 64 (one head) — and the GPUs' default, which picks split-K or
-/// flash by the token count.
+/// (16 heads per workgroup) and 64 (one head), shared rows — and the GPUs' and software
+/// adapters' defaults, which pick their variants by the token count.
 fn plans() -> Vec<AttentionPlan> {
     let alone = |variant| AttentionPlan {
         decode: variant,
@@ -27,16 +27,22 @@ fn plans() -> Vec<AttentionPlan> {
         split(Reduction::Workgroup { lanes: 4 }),
         split(Reduction::Workgroup { lanes: 64 }),
         alone(AttentionVariant::Flash),
+        alone(AttentionVariant::SharedRows),
         AttentionPlan::for_adapter(DeviceKind::Discrete, None),
+        AttentionPlan::for_adapter(DeviceKind::Cpu, None),
     ]
 }
 
 /// The variant `gpu` runs when asked for `variant`: a subgroup split needs subgroups of at
-/// least its lanes (lavapipe's are 8 wide), or merges through workgroup memory; flash fits
-/// every tested shape in lavapipe's 32 KiB of workgroup memory.
+/// least its lanes (lavapipe's are 8 wide), or merges through workgroup memory; shared rows
+/// need subgroups of at least 8 lanes, or run serially; flash fits every tested shape in
+/// lavapipe's 32 KiB of workgroup memory.
 fn expected(gpu: &Gpu, variant: AttentionVariant) -> AttentionVariant {
     let subgroups = gpu.features().contains(wgpu::Features::SUBGROUP);
     match variant {
+        AttentionVariant::SharedRows if !subgroups || gpu.subgroup_min_size() < 8 => {
+            AttentionVariant::Serial
+        }
         AttentionVariant::SplitK(Reduction::Subgroup { lanes })
             if !subgroups || gpu.subgroup_min_size() < lanes =>
         {
@@ -381,7 +387,7 @@ fn long_contexts_cross_many_blocks() {
 fn adapters_get_their_variants_and_dispatches_pick_by_token_count() {
     let software = AttentionPlan::for_adapter(DeviceKind::Cpu, None);
     assert_eq!(software.decode, AttentionVariant::Serial);
-    assert_eq!(software.prefill, AttentionVariant::Serial);
+    assert_eq!(software.prefill, AttentionVariant::SharedRows);
     let split = AttentionVariant::SplitK(Reduction::Subgroup { lanes: 32 });
     for kind in [DeviceKind::Discrete, DeviceKind::Integrated] {
         let plan = AttentionPlan::for_adapter(kind, None);
