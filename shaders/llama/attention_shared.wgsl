@@ -19,6 +19,16 @@ const MAX_HEADS_PER_INVOCATION: u32 = 8u;
 // Invocations of a workgroup: tokens sharing their rows.
 const LANES: u32 = 8u;
 
+// Positions a step of the walk takes: their rows are loaded together and the accumulators
+// rescaled once per step (a divisor of BLOCK).
+const POSITIONS: u32 = 4u;
+const MAX_STEP_SCORES: u32 = MAX_HEADS_PER_INVOCATION * POSITIONS;
+
+// Whether a token at position `last` attending from `first` attends to position j.
+fn attends(j: u32, first: u32, last: u32) -> bool {
+    return j >= first && j <= last;
+}
+
 // Vectors a row of one kv head is, over the lanes: this lane holds vectors lane, lane + LANES,
 // ... (as many as MAX_HEAD_VEC4 needs; those past the head are never read).
 const MAX_ROUNDS: u32 = MAX_HEAD_VEC4 / LANES;
@@ -73,37 +83,60 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 
     let last = positions[t];
     let first = first_attended(last);
-    let start = subgroupMin(first);
+    // Steps of POSITIONS positions from a multiple of POSITIONS, so that a step's positions
+    // lie in one block; positions outside a lane's range get no weight.
+    let start = subgroupMin(first) / POSITIONS * POSITIONS;
     let end = subgroupMax(last);
     var block_row = 0u;
-    for (var j = start; j <= end; j++) {
-        if j == start || j % BLOCK == 0u {
-            block_row = blocks[table + j / BLOCK] * BLOCK;
+    for (var j0 = start; j0 <= end; j0 += POSITIONS) {
+        if j0 == start || j0 % BLOCK == 0u {
+            block_row = blocks[table + j0 / BLOCK] * BLOCK;
         }
-        let base = kv_base(block_row, j % BLOCK, kv_head);
-        var scores: array<f32, MAX_HEADS_PER_INVOCATION>;
-        let keys = row_share(true, base, lane);
-        for (var i = 0u; i < d4; i++) {
-            let k = subgroupShuffle(keys[i / LANES], i % LANES);
-            for (var g = 0u; g < HEADS_PER_INVOCATION; g++) {
-                scores[g] += dot(qs[g * d4 + i], k);
+        // Score of position j0 + p for head first_head + g at [g * POSITIONS + p].
+        var scores: array<f32, MAX_STEP_SCORES>;
+        for (var p = 0u; p < POSITIONS; p++) {
+            let keys = row_share(true, kv_base(block_row, (j0 + p) % BLOCK, kv_head), lane);
+            for (var i = 0u; i < d4; i++) {
+                let k = subgroupShuffle(keys[i / LANES], i % LANES);
+                for (var g = 0u; g < HEADS_PER_INVOCATION; g++) {
+                    scores[g * POSITIONS + p] += dot(qs[g * d4 + i], k);
+                }
             }
         }
-        let attended = j >= first && j <= last;
+        // One online-softmax update per step: the step's maximum, one rescale.
         var rescale: array<f32, MAX_HEADS_PER_INVOCATION>;
-        var weight: array<f32, MAX_HEADS_PER_INVOCATION>;
         for (var g = 0u; g < HEADS_PER_INVOCATION; g++) {
-            let new_max = select(running_max[g], max(running_max[g], scores[g]), attended);
+            var new_max = running_max[g];
+            for (var p = 0u; p < POSITIONS; p++) {
+                if attends(j0 + p, first, last) {
+                    new_max = max(new_max, scores[g * POSITIONS + p]);
+                }
+            }
             rescale[g] = exp(running_max[g] - new_max);
-            weight[g] = select(0.0, exp(scores[g] - new_max), attended);
-            total[g] = total[g] * rescale[g] + weight[g];
+            var step_total = 0.0;
+            for (var p = 0u; p < POSITIONS; p++) {
+                let s = g * POSITIONS + p;
+                scores[s] = select(0.0, exp(scores[s] - new_max), attends(j0 + p, first, last));
+                step_total += scores[s];
+            }
+            total[g] = total[g] * rescale[g] + step_total;
             running_max[g] = new_max;
         }
-        let values = row_share(false, base, lane);
+        var values: array<array<vec4<f32>, MAX_ROUNDS>, POSITIONS>;
+        for (var p = 0u; p < POSITIONS; p++) {
+            values[p] = row_share(false, kv_base(block_row, (j0 + p) % BLOCK, kv_head), lane);
+        }
         for (var i = 0u; i < d4; i++) {
-            let v = subgroupShuffle(values[i / LANES], i % LANES);
+            var v: array<vec4<f32>, POSITIONS>;
+            for (var p = 0u; p < POSITIONS; p++) {
+                v[p] = subgroupShuffle(values[p][i / LANES], i % LANES);
+            }
             for (var g = 0u; g < HEADS_PER_INVOCATION; g++) {
-                acc[g * d4 + i] = acc[g * d4 + i] * rescale[g] + weight[g] * v;
+                var sum = acc[g * d4 + i] * rescale[g];
+                for (var p = 0u; p < POSITIONS; p++) {
+                    sum += scores[g * POSITIONS + p] * v[p];
+                }
+                acc[g * d4 + i] = sum;
             }
         }
     }
