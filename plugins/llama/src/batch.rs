@@ -475,7 +475,12 @@ mod tests {
                         .unwrap();
                     run_to_end(&mut plugin, opened.id);
                     let after = plugin.stats().device_memory_bytes;
-                    assert_eq!(after - before, pool_bytes);
+                    // And the 16-byte parameters of each dispatch of the two steps the
+                    // sequence ran (its prompt's and its decoded tokens'), which stay built:
+                    // a token's dispatches but the device sampler's (batched steps sample on
+                    // the host).
+                    let per_token = details(&plugin)["dispatches_per_token"].as_u64().unwrap();
+                    assert_eq!(after - before, pool_bytes + 2 * (per_token - 1) * 16);
                 }
                 false => {
                     let err = activated.unwrap_err();

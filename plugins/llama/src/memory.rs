@@ -138,9 +138,10 @@ impl ModelSummary {
         let per_token = 2 * hp.n_embd + 2 * hp.max_q_dim() + hp.n_ff + hp.vocab_size + 4;
         let per_token = per_token.saturating_add(context_blocks);
         // Plus the device sampler's buffers, and the 16-byte parameters of each dispatch of
-        // the steps the model keeps built (the decode step and a batch step: at most 10 per
-        // layer and 4 for the embedding and head each).
-        let uniforms = product(&[2, 10 * hp.n_layer + 4, 16]);
+        // the steps the model keeps built (the decode step and `KEPT_STEPS` others: at most 10
+        // per layer and 4 for the embedding and head each).
+        let steps = 1 + crate::runtime::KEPT_STEPS;
+        let uniforms = product(&[steps, 10 * hp.n_layer + 4, 16]);
         let activations = product(&[config.max_batch, per_token, 4])
             .saturating_add(pio_gpu::DeviceSampler::DEVICE_BYTES)
             .saturating_add(uniforms);

@@ -296,6 +296,7 @@ impl Model for Engine {
             ("kv_blocks", pool.n_blocks().into()),
             ("kv_blocks_available", pool.available().into()),
             ("context_length", model.context().into()),
+            ("dispatches_per_token", model.dispatches_per_token().into()),
             (
                 "required_memory_bytes",
                 summary

@@ -44,6 +44,13 @@ use stage::{Stage, StageSource};
 /// Default largest number of tokens processed by one forward submission.
 pub const DEFAULT_MAX_BATCH: usize = 64;
 
+/// Steps each device keeps built besides its decode step, the least recently used replaced
+/// first: building one binds every dispatch anew (tens of milliseconds on a software adapter for
+/// a model of 30 layers), which every batched decode step and every prefill chunk would
+/// otherwise pay. A batched decode runs the same step while its number of sequences holds; a
+/// long prompt's chunks are all full but the last.
+pub const KEPT_STEPS: usize = 8;
+
 /// Where the tokens of a step go in a paged KV cache (see [`KvCache`]): each token's row (where
 /// its key and value are written) and its sequence's block table (what it attends to).
 #[derive(Debug, Clone, Copy)]

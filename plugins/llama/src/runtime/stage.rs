@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use pio_gguf::GgufFile;
 use pio_gpu::{
@@ -17,7 +18,7 @@ use super::graph::{Activations, CacheKind, Head, KernelFactory, Layer, Step, Ste
 use super::stream::LayerStream;
 use super::upload::{self, LayerShapes, LayerWeights, Matrices};
 use super::vocab::VocabMatrix;
-use super::{Placement, RunConfig};
+use super::{Placement, RunConfig, KEPT_STEPS};
 use crate::error::{Error, Result};
 use crate::kv_pool::blocks_for;
 use crate::models::ModelSpec;
@@ -138,6 +139,8 @@ pub(super) struct Stage {
     pub acts: Activations,
     /// The single-token step of the main cache, built once.
     pub decode_step: Option<Step>,
+    /// The other steps built so far, the most recently used last (at most [`KEPT_STEPS`]).
+    pub steps: Mutex<Vec<(StepKey, Arc<Step>)>>,
     /// The layers streamed from the file, if any (only ever the model's last layers).
     pub stream: Option<LayerStream>,
     /// Time this device spent on submitted work, in nanoseconds (see `pipeline.rs`).
@@ -147,6 +150,9 @@ pub(super) struct Stage {
     // Declared last so every buffer above is dropped before the device.
     pub gpu: Gpu,
 }
+
+/// What a step is built for: its tokens, whether it computes every token's logits, its cache.
+pub(super) type StepKey = (u32, bool, CacheKind);
 
 /// What a stage is built from: the model file, its spec and tensors, and how it is run.
 pub(super) struct StageSource<'a> {
@@ -301,6 +307,7 @@ impl Stage {
             batch_cache: None,
             acts,
             decode_step: None,
+            steps: Mutex::new(Vec::with_capacity(KEPT_STEPS)),
             stream,
             busy_nanos: AtomicU64::new(0),
             tuning,
@@ -346,7 +353,8 @@ impl Stage {
     }
 
     /// Runs `f` on the step for `n` tokens against the cache of `kind`: the prebuilt decode
-    /// step for one token of the main cache, else one built for the call.
+    /// step for one token of the main cache, else a kept one or one built for the call (and
+    /// kept, in place of the least recently used when [`KEPT_STEPS`] are kept).
     pub fn with_step<T>(
         &self,
         n: usize,
@@ -356,8 +364,25 @@ impl Stage {
     ) -> Result<T> {
         match (&self.decode_step, n, kind) {
             (Some(step), 1, CacheKind::Main) => f(step),
-            _ => f(&self.build_step(n as u32, all_logits, kind)?),
+            _ => f(&*self.kept_step((n as u32, all_logits, kind))?),
         }
+    }
+
+    /// The step for `key`, kept or built (see [`Stage::with_step`]).
+    fn kept_step(&self, key: StepKey) -> Result<Arc<Step>> {
+        let mut steps = self.steps.lock().expect("step cache lock");
+        let step = match steps.iter().position(|(k, _)| *k == key) {
+            Some(i) => steps.remove(i).1,
+            None => {
+                let (n, all_logits, kind) = key;
+                Arc::new(self.build_step(n, all_logits, kind)?)
+            }
+        };
+        if steps.len() == KEPT_STEPS {
+            steps.remove(0);
+        }
+        steps.push((key, Arc::clone(&step)));
+        Ok(step)
     }
 
     /// Queues the inputs of `step` — the token ids (first stage) or the previous stage's
