@@ -129,7 +129,10 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         for (var i = 0u; i < d4; i++) {
             var v: array<vec4<f32>, POSITIONS>;
             for (var p = 0u; p < POSITIONS; p++) {
-                v[p] = subgroupShuffle(values[p][i / LANES], i % LANES);
+                // A row this lane does not attend to may be stale (another sequence's, or
+                // never written): its weight is 0, but 0 * inf would still poison the sum.
+                let value = subgroupShuffle(values[p][i / LANES], i % LANES);
+                v[p] = select(vec4<f32>(0.0), value, attends(j0 + p, first, last));
             }
             for (var g = 0u; g < HEADS_PER_INVOCATION; g++) {
                 var sum = acc[g * d4 + i] * rescale[g];

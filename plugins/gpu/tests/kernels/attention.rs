@@ -75,7 +75,8 @@ fn alone(positions: &[u32]) -> Sequence<'_> {
 /// which adds a few ulp per term, not a factor of the bound.
 ///
 /// Every sequence's blocks lie in the pool out of order and apart (blocks of other content,
-/// of magnitude 9, between them, which must not be attended to); a sequence with
+/// of magnitude 9, between them, which must not be attended to), its rows past its last
+/// position infinite; a sequence with
 /// `shared_blocks` reads the first sequence's blocks for its prefix, its own after it. All
 /// sequences' tokens go through one dispatch. `window`: attend to that many last positions.
 /// Runs every plan of [`plans`], asserting the variant each dispatch ran.
@@ -143,6 +144,21 @@ fn check_cache(
             v[..shared].copy_from_slice(&kv[0].1[..shared]);
         }
         kv.push((k, v));
+    }
+    // Rows past a sequence's last position hold infinities, as a pool's stale rows may (an f16
+    // cache overflows to them): no variant may let them into a result, not even times a zero
+    // weight. The rows of the first sequence's blocks that others share stay as they are.
+    let shared_blocks = sequences.iter().map(|s| s.shared_blocks).max().unwrap_or(0);
+    for (i, (sequence, (k, v))) in sequences.iter().zip(&mut kv).enumerate() {
+        let end = sequence
+            .positions
+            .iter()
+            .max()
+            .map_or(0, |&p| p as usize + 1);
+        let kept = if i == 0 { shared_blocks * block } else { 0 };
+        let from = end.max(kept).min(sequence_rows) * kv_dim;
+        k[from..].fill(f32::INFINITY);
+        v[from..].fill(f32::INFINITY);
     }
     // Block tables: distinct blocks are numbered in order of first use, then placed in the pool
     // backwards with a free block between neighbours.
