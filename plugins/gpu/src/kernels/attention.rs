@@ -569,6 +569,20 @@ mod tests {
     }
 
     #[test]
+    fn shared_rows_take_the_most_heads_of_a_kv_head_that_fit() {
+        // SmolLM2: 3 heads of 64 per kv head, 48 vec4s.
+        assert_eq!(shared_rows_heads(&config(9, 3, 64)), 3);
+        // Gemma 3: head_dim 256 fills an invocation alone.
+        assert_eq!(shared_rows_heads(&config(4, 1, 256)), 1);
+        // 16 heads of 64 per kv head: 4 fit (a divisor); 6 of 128: 2; 8 of 8: all 8.
+        assert_eq!(shared_rows_heads(&config(16, 1, 64)), 4);
+        assert_eq!(shared_rows_heads(&config(12, 2, 128)), 2);
+        assert_eq!(shared_rows_heads(&config(8, 1, 8)), 8);
+        // More heads per kv head than an invocation takes.
+        assert_eq!(shared_rows_heads(&config(32, 2, 4)), 8);
+    }
+
+    #[test]
     fn flash_tiles_shrink_to_the_workgroup_memory_or_give_up() {
         let tile = |n_heads, n_kv_heads, head_dim, bytes, invocations| {
             FlashTile::choose(&config(n_heads, n_kv_heads, head_dim), bytes, invocations)
