@@ -1,4 +1,4 @@
-// What every attention kernel shares (attention.wgsl, attention_split.wgsl, attention_shared.wgsl,
+// What every attention kernel shares (attention.wgsl, attention_split.wgsl,
 // attention_flash.wgsl): causal grouped-query attention over a paged KV cache. The cache is a
 // pool of blocks of BLOCK rows; token t's sequence lists its blocks at
 // blocks[table_starts[t] ..], so its position j is in row
@@ -67,64 +67,4 @@ fn kv_base(block_row: u32, offset: u32, kv_head: u32) -> u32 {
 // Where kv head kv_head of position j of the sequence whose block table starts at `table` is.
 fn position_base(table: u32, j: u32, kv_head: u32) -> u32 {
     return kv_base(blocks[table + j / BLOCK] * BLOCK, j % BLOCK, kv_head);
-}
-
-// One online softmax over positions: the running maximum of the scores, the sum of the weights
-// exp(score - running_max) and the weighted sum of the value rows.
-struct Online {
-    running_max: f32,
-    total: f32,
-    acc: array<vec4<f32>, MAX_HEAD_VEC4>,
-}
-
-// Query head h of token t over its attended positions first + offset, first + offset + stride,
-// ... in order (a serial walk: offset 0, stride 1; a split-K lane: its lane, stride the lanes),
-// with one online softmax. The block id is loaded once per block of positions, not per
-// position (on llvmpipe every load counts).
-fn attend_positions(t: u32, h: u32, offset: u32, stride: u32) -> Online {
-    let d4 = HEAD_DIM / 4u;
-    let kv_head = h / (N_HEADS / N_KV_HEADS);
-
-    var qs: array<vec4<f32>, MAX_HEAD_VEC4>;
-    let q_base = query_base(t, h);
-    for (var i = 0u; i < d4; i++) {
-        qs[i] = q[q_base + i] * SCALE;
-    }
-
-    var state: Online;
-    state.running_max = NO_SCORE;
-    let last = positions[t];
-    let start = first_attended(last) + offset;
-    let table = table_starts[t];
-    var block_row = 0u;
-    for (var j = start; j <= last; j += stride) {
-        // Position j starts a block when the previous one (j - stride) was in another.
-        if j == start || j % BLOCK < stride {
-            block_row = blocks[table + j / BLOCK] * BLOCK;
-        }
-        let base = kv_base(block_row, j % BLOCK, kv_head);
-        var score = 0.0;
-        for (var i = 0u; i < d4; i++) {
-            score += dot(qs[i], kv_load(k_cache[base + i]));
-        }
-        let new_max = max(state.running_max, score);
-        let rescale = exp(state.running_max - new_max);
-        let weight = exp(score - new_max);
-        state.total = state.total * rescale + weight;
-        for (var i = 0u; i < d4; i++) {
-            state.acc[i] = state.acc[i] * rescale + weight * kv_load(v_cache[base + i]);
-        }
-        state.running_max = new_max;
-    }
-    return state;
-}
-
-// Query head h of token t walked serially (attend_positions), its output stored.
-fn attend_serially(t: u32, h: u32) {
-    let state = attend_positions(t, h, 0u, 1u);
-    let d4 = HEAD_DIM / 4u;
-    let out_base = (t * N_HEADS + h) * d4;
-    for (var i = 0u; i < d4; i++) {
-        out[out_base + i] = state.acc[i] / state.total;
-    }
 }

@@ -10,7 +10,7 @@
 // gets no weight. llvmpipe makes each storage load a bounds-checked scalar load per lane and a
 // shuffle a vector permute, so a long prefill's attention loads 8 * HEADS_PER_INVOCATION times
 // fewer values. Tokens of different sequences in one workgroup (a batched step) are computed
-// lane by lane as the serial kernel does (attend_serially).
+// lane by lane as the serial kernel does (attention_serial.wgsl).
 
 // Query heads per invocation: a divisor of the heads sharing a kv head, at most
 // MAX_HEADS_PER_INVOCATION, with HEADS_PER_INVOCATION * HEAD_DIM / 4 <= MAX_HEAD_VEC4.

@@ -24,12 +24,38 @@ fn main(
     let h = min(wanted, N_HEADS - 1u);
     let t = group.y;
     let lane = local % SPLIT_LANES;
-    let state = attend_positions(t, h, lane, SPLIT_LANES);
+    let d4 = HEAD_DIM / 4u;
+    let kv_head = h / (N_HEADS / N_KV_HEADS);
+
+    var qs: array<vec4<f32>, MAX_HEAD_VEC4>;
+    let q_base = query_base(t, h);
+    for (var i = 0u; i < d4; i++) {
+        qs[i] = q[q_base + i] * SCALE;
+    }
+
+    var acc: array<vec4<f32>, MAX_HEAD_VEC4>;
+    var running_max = NO_SCORE;
+    var total = 0.0;
+    let last = positions[t];
+    let table = table_starts[t];
+    for (var j = first_attended(last) + lane; j <= last; j += SPLIT_LANES) {
+        let base = position_base(table, j, kv_head);
+        var score = 0.0;
+        for (var i = 0u; i < d4; i++) {
+            score += dot(qs[i], kv_load(k_cache[base + i]));
+        }
+        let new_max = max(running_max, score);
+        let rescale = exp(running_max - new_max);
+        let weight = exp(score - new_max);
+        total = total * rescale + weight;
+        for (var i = 0u; i < d4; i++) {
+            acc[i] = acc[i] * rescale + weight * kv_load(v_cache[base + i]);
+        }
+        running_max = new_max;
+    }
 
     // (The grid has exactly params.count rows of workgroups; checking t keeps the kernel's
     // bindings those of the other variants.)
     let stores = wanted < N_HEADS && t < params.count;
-    let out_base = (t * N_HEADS + h) * (HEAD_DIM / 4u);
-    var acc = state.acc;
-    merge_lanes(state.running_max, state.total, &acc, local, out_base, stores);
+    merge_lanes(running_max, total, &acc, local, (t * N_HEADS + h) * d4, stores);
 }

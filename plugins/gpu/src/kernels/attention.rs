@@ -12,12 +12,14 @@ use crate::layout::RowLayout;
 const SERIAL: KvKernels = kv_kernels!(
     "attention",
     "llama/attention.wgsl",
+    "llama/attention_serial.wgsl",
     "llama/attention_common.wgsl"
 );
 /// Compiled only on devices with subgroups (see [`SPLIT_SUBGROUP`]).
 const SHARED_ROWS: KvKernels = kv_kernels!(
     "attention_shared",
     "llama/attention_shared.wgsl",
+    "llama/attention_serial.wgsl",
     "llama/attention_common.wgsl"
 );
 const SPLIT: KvKernels = kv_kernels!(
