@@ -2,9 +2,9 @@
 // with subgroups of at least 8 lanes: a workgroup's 8 invocations are 8 consecutive tokens
 // (global id y), each computing HEADS_PER_INVOCATION query heads of one kv head (global id x
 // numbers the groups of heads). When the 8 tokens belong to one sequence (one block table, as
-// in a prefill) they walk the union of their positions together: at each position every lane
-// loads an eighth of the key row and takes the rest from the other lanes through subgroup
-// shuffles, and the same for the value row. A key or value row is then loaded once per 8
+// in a prefill) they walk the union of their positions together, POSITIONS at a step: for each
+// position every lane loads an eighth of the key row and takes the rest from the other lanes
+// through subgroup shuffles, and the same for the value row. A key or value row is then loaded once per 8
 // tokens and used for HEADS_PER_INVOCATION heads, where the serial kernel loads it once per
 // token and head; a position outside a lane's own range (before its window, after its token)
 // gets no weight. llvmpipe makes each storage load a bounds-checked scalar load per lane and a
