@@ -16,18 +16,24 @@
 // invocation reaches every barrier: invocations past the matrix or past the tokens compute the
 // last row group or token again and store nothing.
 //
-// Workgroup memory: two arrays of 512 vec4 (8 KiB each), 16 KiB in all, WebGPU's guaranteed
-// minimum of max_compute_workgroup_storage_size.
+// The staged type `Staged` and its arithmetic come from the file included beside this one:
+// staged_f32.wgsl (f32 throughout) or staged_f16.wgsl (f16 staging and block products, x staged
+// divided by a per-block scale, blocks summed in f32). Each block's products are summed on their
+// own (in `Staged`) and then added to the tile's f32 accumulators.
+//
+// Workgroup memory: two arrays of 512 vec4 — f32: 8 KiB each, 16 KiB in all, WebGPU's
+// guaranteed minimum of max_compute_workgroup_storage_size; f16: 4 KiB each, with 256 bytes of
+// per-token scales.
 
 const STAGED_ROW_GROUPS: u32 = 8u;
 const STAGED_MAX_TOKENS: u32 = 64u;
 
 // The weights of one block: vec4 (elements 4q..4q+4) of row r of row group rg at
 // (q * ROW_GROUP + r) * STAGED_ROW_GROUPS + rg.
-var<workgroup> staged_w: array<vec4<f32>, 512>;
+var<workgroup> staged_w: array<vec4<Staged>, 512>;
 // x of one block: vec4 q of token t of token tile tt at (q * TOKENS_PER_INVOCATION + t) *
-// token tiles + tt. With NORM, after the last block, token i's sum of squares at i.
-var<workgroup> staged_x: array<vec4<f32>, 512>;
+// token tiles + tt (divided by token_value(token) where STAGED_SCALED).
+var<workgroup> staged_x: array<vec4<Staged>, 512>;
 
 // Where an invocation works: its row group (clamped to the last), whether it stores the result,
 // and its token tile's first token, relative to params.first.
@@ -104,15 +110,16 @@ fn stage_weights(g0: u32, b: u32, local: u32) {
         for (var i = 0u; i < 4u; i++) {
             let r = 4u * h + i;
             staged_w[(groups.x * ROW_GROUP + r) * STAGED_ROW_GROUPS + rg] =
-                vec4<f32>(e[0][i], e[1][i], e[2][i], e[3][i]);
+                vec4<Staged>(vec4<f32>(e[0][i], e[1][i], e[2][i], e[3][i]));
             staged_w[(groups.y * ROW_GROUP + r) * STAGED_ROW_GROUPS + rg] =
-                vec4<f32>(e[4][i], e[5][i], e[6][i], e[7][i]);
+                vec4<Staged>(vec4<f32>(e[4][i], e[5][i], e[6][i], e[7][i]));
         }
     }
 }
 
 // Stages block b of x for the workgroup's tokens (the first is `first`; past last_token the
-// last again), invocation i staging token i; returns the sum of squares of its token's block.
+// last again), invocation i staging token i (where STAGED_SCALED, divided by the block's largest
+// |value|, kept as token_value(i)); returns the sum of squares of its token's block.
 fn stage_x(first: u32, last_token: u32, b: u32, local: u32) -> f32 {
     let tiles = staged_token_tiles();
     var sum_sq = 0.0;
@@ -120,13 +127,29 @@ fn stage_x(first: u32, last_token: u32, b: u32, local: u32) -> f32 {
         let tt = local / TOKENS_PER_INVOCATION;
         let t = local % TOKENS_PER_INVOCATION;
         let base = min(first + local, last_token) * (COLS / 4u) + b * 8u;
+        var block: array<vec4<f32>, 8>;
+        var largest = vec4<f32>(0.0);
         for (var q = 0u; q < 8u; q++) {
             var v = x_vec(base + q);
             sum_sq += dot(v, v);
             if NORM {
                 v *= norm_weight[b * 8u + q];
             }
-            staged_x[(q * TOKENS_PER_INVOCATION + t) * tiles + tt] = v;
+            block[q] = v;
+            largest = max(largest, abs(v));
+        }
+        // An all-zero block keeps the scale 1.
+        let top = max(max(largest.x, largest.y), max(largest.z, largest.w));
+        let scale = select(1.0, top, STAGED_SCALED && top > 0.0);
+        if STAGED_SCALED {
+            set_token_value(local, scale);
+        }
+        for (var q = 0u; q < 8u; q++) {
+            var v = block[q];
+            if STAGED_SCALED {
+                v /= scale;
+            }
+            staged_x[(q * TOKENS_PER_INVOCATION + t) * tiles + tt] = vec4<Staged>(v);
         }
     }
     return sum_sq;
@@ -146,27 +169,38 @@ fn staged_tile(local: u32, group: vec3<u32>, first: u32, last_token: u32) -> Til
         stage_weights(g0, b, local);
         sum_sq += stage_x(workgroup_first, last_token, b, local);
         workgroupBarrier();
+        // This block's products, summed in the staged type.
+        var block_lo: array<vec4<Staged>, MAX_TOKENS>;
+        var block_hi: array<vec4<Staged>, MAX_TOKENS>;
         for (var q = 0u; q < 8u; q++) {
-            var w: array<vec4<f32>, 8>;
+            var w: array<vec4<Staged>, 8>;
             for (var r = 0u; r < ROW_GROUP; r++) {
                 w[r] = staged_w[(q * ROW_GROUP + r) * STAGED_ROW_GROUPS + rg];
             }
             for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
                 let v = staged_x[(q * TOKENS_PER_INVOCATION + t) * tiles + tt];
-                partial.tile.lo[t] += vec4<f32>(dot(w[0], v), dot(w[1], v), dot(w[2], v), dot(w[3], v));
-                partial.tile.hi[t] += vec4<f32>(dot(w[4], v), dot(w[5], v), dot(w[6], v), dot(w[7], v));
+                block_lo[t] += vec4<Staged>(dot(w[0], v), dot(w[1], v), dot(w[2], v), dot(w[3], v));
+                block_hi[t] += vec4<Staged>(dot(w[4], v), dot(w[5], v), dot(w[6], v), dot(w[7], v));
             }
+        }
+        for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
+            var scale = 1.0;
+            if STAGED_SCALED {
+                scale = token_value(tt * TOKENS_PER_INVOCATION + t);
+            }
+            partial.tile.lo[t] += vec4<f32>(block_lo[t]) * scale;
+            partial.tile.hi[t] += vec4<f32>(block_hi[t]) * scale;
         }
         workgroupBarrier();
     }
     if NORM {
-        // Each token's sum of squares, from the invocation that staged it, through staged_x.
+        // Each token's sum of squares, from the invocation that staged it.
         if local < tiles * TOKENS_PER_INVOCATION {
-            staged_x[local] = vec4<f32>(sum_sq);
+            set_token_value(local, sum_sq);
         }
         workgroupBarrier();
         for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-            partial.sum_sq[t] = staged_x[tt * TOKENS_PER_INVOCATION + t].x;
+            partial.sum_sq[t] = token_value(tt * TOKENS_PER_INVOCATION + t);
         }
     }
     return finish_tile(partial);

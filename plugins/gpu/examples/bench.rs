@@ -3,8 +3,8 @@
 //! clock and by process CPU time (all driver threads; steadier than wall time on a busy machine,
 //! about 2x the wall time when llvmpipe's two threads are both busy).
 //!
-//! `cargo run -p pio-gpu --release --example bench [TOKENS WORKGROUP [subgroup|workgroup LANES | staged]]`
-//! (a custom tile, optionally a split matrix-vector variant or staged, timed on the decode shapes and on
+//! `cargo run -p pio-gpu --release --example bench [TOKENS WORKGROUP [subgroup|workgroup LANES | staged | staged-f16]]`
+//! (a custom tile, optionally a split matrix-vector variant or staged (f32 or f16), timed on the decode shapes and on
 //! the 64-token prefill shape beside the adapter's own tiles; default: the adapter's own
 //! tiles); `... --example bench attention`: every attention variant, decode and prefill.
 
@@ -13,7 +13,7 @@ use std::time::Instant;
 use pio_gpu::{
     Attention, AttentionConfig, AttentionPlan, AttentionVariant, DeviceOptions, Dispatch, Epilogue,
     Gpu, KvCache, KvShape, KvType, Linear, LinearShape, QuantMatrix, Reduction, RowLayout, RowTile,
-    TokenRange, WeightDtype, KV_BLOCK_ROWS,
+    Staging, TokenRange, WeightDtype, KV_BLOCK_ROWS,
 };
 
 const REPEAT: usize = 20;
@@ -72,10 +72,10 @@ fn matmul(gpu: &Gpu, dtype: WeightDtype, rows: usize, cols: usize, n_tokens: usi
     let (wall, cpu) = time(gpu, &dispatch);
     let macs = (rows * cols * n_tokens) as f64 / 1e9;
     println!(
-        "linear {dtype:?} {rows}x{cols} T={n_tokens} tile {tile} (runs {:?}{}) {:?} reads: \
+        "linear {dtype:?} {rows}x{cols} T={n_tokens} tile {tile} (runs {:?}, {:?}) {:?} reads: \
          {:.3} ms wall ({:.2} G MAC/s), {:.3} ms CPU ({:.2} G MAC per CPU-s)",
         kernel.reduction(),
-        if kernel.staged() { ", staged" } else { "" },
+        kernel.staging(),
         kernel.activation_reads(),
         wall * 1e3,
         macs / wall,
@@ -177,7 +177,11 @@ fn main() {
             tokens: tokens.parse().expect("tokens"),
             workgroup_size: workgroup.parse().expect("workgroup size"),
             reduction,
-            staged: args.get(2).is_some_and(|a| a == "staged"),
+            staging: match args.get(2).map(String::as_str) {
+                Some("staged") => Staging::F32,
+                Some("staged-f16") => Staging::F16,
+                _ => Staging::None,
+            },
         }],
         _ => vec![RowTile::decode(kind)],
     };

@@ -17,10 +17,14 @@ const BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
 
 /// Optional features requested where the adapter offers them: device timestamps for
 /// [`Gpu::profile`], subgroup operations for the subgroup-reduced matrix-vector kernels (see
-/// [`crate::RowTile`]) and 64-bit integers for [`LoadWidth::Bits64`]. Kernels that need one
-/// check [`Gpu::features`] and fall back.
+/// [`crate::RowTile`]), 64-bit integers for [`LoadWidth::Bits64`] and f16 arithmetic for the f16
+/// staged matrix-matrix kernels ([`crate::Staging::F16`]). Kernels that need one check
+/// [`Gpu::features`] and fall back.
 fn optional_features() -> wgpu::Features {
-    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_INT64
+    wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::SHADER_INT64
+        | wgpu::Features::SHADER_F16
 }
 
 /// How kernels load 16 bytes of a storage buffer (the WGSL type `Bytes16`, defined by the

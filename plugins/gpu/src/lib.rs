@@ -48,7 +48,7 @@ pub use kernels::embed::{Embed, EmbedTable};
 pub use kernels::kv_cache::{KvCache, KvLayer, KvShape, KvType, KV_BLOCK_ROWS};
 pub use kernels::linear::{
     Epilogue, EpilogueParams, Linear, LinearShape, QkvRope, QkvRopeConfig, Reduction, RowTile,
-    TokenRange, MAX_LAYER_NORM_ROWS, MAX_TILE_TOKENS,
+    Staging, TokenRange, MAX_LAYER_NORM_ROWS, MAX_TILE_TOKENS,
 };
 pub use kernels::qk_norm_rope::{QkNormRope, QkNormRopeConfig};
 pub use kernels::residual_norm::ResidualRmsNorm;

@@ -129,7 +129,7 @@ impl Gpu {
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.name),
                         source: wgpu::ShaderSource::Wgsl(
-                            format!("{}\n{}", self.load_width().prelude(), kernel.source).into(),
+                            module_source(self.load_width().prelude(), kernel.source).into(),
                         ),
                     })
             },
@@ -145,5 +145,35 @@ impl Gpu {
             .lock()
             .expect("pipeline cache lock")
             .len()
+    }
+}
+
+/// The WGSL module of a kernel's `source` behind the device's `prelude`, with the `enable`
+/// directives of any of the kernel's files (`enable f16;` in `staged_f16.wgsl`) moved to the
+/// front: WGSL wants directives before every declaration, and a helper file states what it
+/// needs where it is included.
+fn module_source(prelude: &str, source: &str) -> String {
+    let (directives, body): (Vec<&str>, Vec<&str>) = source
+        .lines()
+        .partition(|line| line.trim_start().starts_with("enable "));
+    let mut module = directives.join("\n");
+    for part in [prelude, &body.join("\n")] {
+        module.push('\n');
+        module.push_str(part);
+    }
+    module
+}
+
+#[cfg(test)]
+mod tests {
+    use super::module_source;
+
+    #[test]
+    fn directives_move_in_front_of_the_prelude() {
+        let source = "fn a() {}\nenable f16;\n  // enable in a comment stays\nfn b() {}";
+        assert_eq!(
+            module_source("alias P = u32;", source),
+            "enable f16;\nalias P = u32;\nfn a() {}\n  // enable in a comment stays\nfn b() {}"
+        );
     }
 }

@@ -25,13 +25,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{AdapterInfo, Gpu};
 use crate::error::Result;
-use crate::kernels::linear::{Epilogue, Linear, LinearShape, Reduction, RowTile, TokenRange};
+use crate::kernels::linear::{
+    Epilogue, Linear, LinearShape, Reduction, RowTile, Staging, TokenRange,
+};
 use crate::quant::{QuantMatrix, WeightDtype};
 
 /// Version of the cache file's layout, of the candidate set and of the kernels they were timed
 /// with: a file of another version is ignored and rewritten, so changing the candidates below or
-/// how the kernels run retunes every adapter (2: shared activation reads on software adapters).
-const CACHE_FORMAT: u32 = 3;
+/// how the kernels run retunes every adapter (2: shared activation reads on software adapters;
+/// 3: staged tiles; 4: their f16 variant).
+const CACHE_FORMAT: u32 = 4;
 
 /// Timed launches per candidate after its first (which also compiles it on software drivers).
 const REPEATS: usize = 4;
@@ -176,11 +179,12 @@ impl fmt::Display for TuneKey {
 }
 
 impl fmt::Display for RowTile {
-    /// E.g. `4 tok/inv, wg 8`, `8 tok/inv, wg 64, staged` or `1 tok/inv, wg 64, subgroup/8`.
+    /// E.g. `4 tok/inv, wg 8`, `8 tok/inv, wg 64, staged f16` or `1 tok/inv, wg 64, subgroup/8`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} tok/inv, wg {}", self.tokens, self.workgroup_size)?;
         match self.reduction {
-            Reduction::None if self.staged => write!(f, ", staged"),
+            Reduction::None if self.staging == Staging::F32 => write!(f, ", staged f32"),
+            Reduction::None if self.staging == Staging::F16 => write!(f, ", staged f16"),
             Reduction::None => Ok(()),
             Reduction::Workgroup { lanes } => write!(f, ", workgroup/{lanes}"),
             Reduction::Subgroup { lanes } => write!(f, ", subgroup/{lanes}"),
@@ -310,7 +314,7 @@ struct CacheTile {
     /// `none`, `workgroup` or `subgroup`.
     reduction: ReductionName,
     lanes: u32,
-    staged: bool,
+    staging: StagingName,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +323,15 @@ enum ReductionName {
     None,
     Workgroup,
     Subgroup,
+}
+
+/// [`Staging`] in the cache file: `none`, `f32` or `f16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StagingName {
+    None,
+    F32,
+    F16,
 }
 
 impl CacheTile {
@@ -333,7 +346,11 @@ impl CacheTile {
             workgroup_size: tile.workgroup_size,
             reduction,
             lanes,
-            staged: tile.staged,
+            staging: match tile.staging {
+                Staging::None => StagingName::None,
+                Staging::F32 => StagingName::F32,
+                Staging::F16 => StagingName::F16,
+            },
         }
     }
 
@@ -346,7 +363,11 @@ impl CacheTile {
                 ReductionName::Workgroup => Reduction::Workgroup { lanes: self.lanes },
                 ReductionName::Subgroup => Reduction::Subgroup { lanes: self.lanes },
             },
-            staged: self.staged,
+            staging: match self.staging {
+                StagingName::None => Staging::None,
+                StagingName::F32 => Staging::F32,
+                StagingName::F16 => Staging::F16,
+            },
         }
     }
 }
@@ -572,7 +593,7 @@ impl Tuner {
 fn usable(gpu: &Gpu, tile: RowTile, tokens: u32) -> bool {
     tile.check("tuning").is_ok()
         && tile.reduction.runs_on(gpu)
-        && tile.staging_runs_on(gpu)
+        && tile.staging.runs_on(gpu)
         && tile.workgroup_size <= gpu.limits().max_compute_invocations_per_workgroup
         && (tokens == 1 || tile.reduction == Reduction::None)
 }
@@ -580,21 +601,21 @@ fn usable(gpu: &Gpu, tile: RowTile, tokens: u32) -> bool {
 /// The tiles tried for launches of `tokens` tokens, `default` first. Decode: one row group
 /// per invocation in small and larger workgroups, and the split variants (8 lanes; 32 where
 /// subgroups are that wide). Prefill: 4 and 8 tokens per invocation in workgroups of 8 and 64,
-/// and on hardware adapters staged: 8 tokens per invocation in workgroups of 32 and 64 (32 and
-/// 64 tokens), 4 in workgroups of 128 (64 tokens) — on llvmpipe, whose workgroup memory is no
-/// cheaper than storage and whose barriers switch coroutines, the staged 64-token Q4_1 1536x576
-/// product took twice the row-group kernel's time, and each candidate costs the search a pipeline
-/// compilation. Those `gpu` cannot run as they are are left out (a fallback would only repeat
+/// and on hardware adapters staged, in f16 and in f32: 8 tokens per invocation in workgroups of
+/// 32 and 64 (32 and 64 tokens), 4 in workgroups of 128 (64 tokens) — on llvmpipe, whose
+/// workgroup memory is no cheaper than storage and whose barriers switch coroutines, the staged
+/// 64-token Q4_1 1536x576 product took twice the row-group kernel's time, and each candidate
+/// costs the search a pipeline compilation. Those `gpu` cannot run as they are are left out (a fallback would only repeat
 /// another).
 fn candidates(gpu: &Gpu, tokens: u32, default: RowTile) -> Vec<RowTile> {
     let tile = |tokens, workgroup_size, reduction| RowTile {
         tokens,
         workgroup_size,
         reduction,
-        staged: false,
+        staging: Staging::None,
     };
-    let staged = |tokens, workgroup_size| RowTile {
-        staged: true,
+    let staged = |tokens, workgroup_size, staging| RowTile {
+        staging,
         ..tile(tokens, workgroup_size, Reduction::None)
     };
     let others = if tokens == 1 {
@@ -613,7 +634,13 @@ fn candidates(gpu: &Gpu, tokens: u32, default: RowTile) -> Vec<RowTile> {
             tile(8, 64, Reduction::None),
         ];
         if gpu.adapter_info().device_type.is_hardware() {
-            prefill.extend([staged(8, 32), staged(8, 64), staged(4, 128)]);
+            for staging in [Staging::F16, Staging::F32] {
+                prefill.extend([
+                    staged(8, 32, staging),
+                    staged(8, 64, staging),
+                    staged(4, 128, staging),
+                ]);
+            }
         }
         prefill
     };
@@ -819,17 +846,18 @@ mod tests {
 
     #[test]
     fn tiles_round_trip_through_the_cache_layout() {
-        for (reduction, staged) in [
-            (Reduction::None, false),
-            (Reduction::None, true),
-            (Reduction::Workgroup { lanes: 16 }, false),
-            (Reduction::Subgroup { lanes: 8 }, false),
+        for (reduction, staging) in [
+            (Reduction::None, Staging::None),
+            (Reduction::None, Staging::F32),
+            (Reduction::None, Staging::F16),
+            (Reduction::Workgroup { lanes: 16 }, Staging::None),
+            (Reduction::Subgroup { lanes: 8 }, Staging::None),
         ] {
             let tile = RowTile {
                 tokens: 1,
                 workgroup_size: 64,
                 reduction,
-                staged,
+                staging,
             };
             assert_eq!(CacheTile::of(tile).tile(), tile);
         }

@@ -4,7 +4,7 @@ use pio_gpu::testing as common;
 
 use pio_gpu::{
     list_adapters, DeviceKind, DeviceOptions, Epilogue, Gpu, GpuError, Kernel, KvCache, KvShape,
-    KvType, Linear, LinearShape, Reduction, RopeTable, RowTile, TimingMethod, TokenRange,
+    KvType, Linear, LinearShape, Reduction, RopeTable, RowTile, Staging, TimingMethod, TokenRange,
     WeightDtype, KV_BLOCK_ROWS,
 };
 
@@ -160,7 +160,7 @@ fn profiles_each_dispatch_in_order() {
             tokens: 1,
             workgroup_size: 64,
             reduction: Reduction::Workgroup { lanes: 8 },
-            staged: false,
+            staging: Staging::None,
         },
         ..shape
     };

@@ -13,7 +13,7 @@
 //!   the layer's cache — the attention block's input with its norm.
 //!
 //! One invocation computes the 8 rows of a row group for [`RowTile::tokens`] tokens, alone or
-//! from weights and activations its workgroup staged ([`RowTile::staged`]).
+//! from weights and activations its workgroup staged ([`RowTile::staging`]).
 
 use crate::buffer::GpuBuffer;
 use crate::device::{ActivationReads, DeviceKind, Gpu};
@@ -25,15 +25,19 @@ use crate::layout::RowLayout;
 use crate::quant::{QuantMatrix, WeightDtype, BLOCK_ELEMENTS, ROW_GROUP};
 use crate::{kernel, Kernel};
 
-/// A row-group kernel in two modules: `own`, whose invocations read their own activations
-/// (`x_own.wgsl`), with the staged variant (`staged.wgsl`, which reads x its own way; run from
-/// this module) and the workgroup-memory split variant where the kernel has them; and
-/// `subgroup`, which may share them (`x_shared.wgsl`, [`ActivationReads::Shared`]), with the
-/// subgroup split variant — only a device with [`wgpu::Features::SUBGROUP`] compiles it.
+/// A row-group kernel in two modules, and a third for its f16 staged variant: `own`, whose
+/// invocations read their own activations (`x_own.wgsl`), with the f32 staged variant
+/// (`staged.wgsl` over `staged_f32.wgsl`, which reads x its own way; run from this module) and
+/// the workgroup-memory split variant where the kernel has them; `subgroup`, which may share
+/// them (`x_shared.wgsl`, [`ActivationReads::Shared`]), with the subgroup split variant — only a
+/// device with [`wgpu::Features::SUBGROUP`] compiles it; and `staged_f16` (`staged.wgsl` over
+/// `staged_f16.wgsl`), for kernels with a staged variant — only a device with
+/// [`wgpu::Features::SHADER_F16`] compiles it.
 #[derive(Debug, Clone, Copy)]
 struct RowGroupKernels {
     own: Kernel,
     subgroup: Kernel,
+    staged_f16: Option<Kernel>,
 }
 
 impl RowGroupKernels {
@@ -45,8 +49,12 @@ impl RowGroupKernels {
         tile: RowTile,
         reads: ActivationReads,
     ) -> (Kernel, &'static str, Option<(&'static str, f64)>) {
-        if tile.staged {
-            return (self.own, "main_staged", None);
+        match tile.staging {
+            Staging::None => {}
+            Staging::F32 => return (self.own, "main_staged", None),
+            // A kernel without a staged variant runs unstaged (`LinearShape::unstaged`); were
+            // it not, pipeline creation would name the missing entry point.
+            Staging::F16 => return (self.staged_f16.unwrap_or(self.own), "main_staged", None),
         }
         match tile.reduction {
             Reduction::None if reads == ActivationReads::Shared => {
@@ -60,37 +68,47 @@ impl RowGroupKernels {
 }
 
 /// [`RowGroupKernels`] of `shaders/<path>` over the row-group helpers: with the entry points
-/// of `row_group_main.wgsl` and the staged variant (`staged.wgsl`) when the first token is
+/// of `row_group_main.wgsl` and the staged variants (`staged.wgsl`) when the first token is
 /// `staged`, and with those the split variants (`split.wgsl`) when it is `split` (the kernel
 /// then defines only its `store_tile`); without either, the kernel has entry points of its own.
+/// (Every module includes `staged_f32.wgsl` or `staged_f16.wgsl` beside `staged.wgsl`.)
 macro_rules! row_group_kernels {
     (split $name:literal, $path:literal $(, $helper:literal)*) => {
         RowGroupKernels {
             own: kernel!(
                 $name, $path, "common/packed.wgsl", "common/row_group.wgsl", "common/x_own.wgsl",
-                "common/row_group_main.wgsl", "common/staged.wgsl", "common/split.wgsl",
-                "common/reduce_workgroup.wgsl" $(, $helper)*
+                "common/row_group_main.wgsl", "common/staged_f32.wgsl", "common/staged.wgsl",
+                "common/split.wgsl", "common/reduce_workgroup.wgsl" $(, $helper)*
             ),
             subgroup: kernel!(
                 concat!($name, "_subgroup"), $path, "common/packed.wgsl",
                 "common/row_group.wgsl", "common/x_shared.wgsl", "common/row_group_main.wgsl",
-                "common/staged.wgsl", "common/split.wgsl", "common/reduce_subgroup.wgsl"
-                $(, $helper)*
+                "common/staged_f32.wgsl", "common/staged.wgsl", "common/split.wgsl",
+                "common/reduce_subgroup.wgsl" $(, $helper)*
             ),
+            staged_f16: Some(row_group_kernels!(@f16 $name, $path $(, $helper)*)),
         }
     };
     (staged $name:literal, $path:literal) => {
         RowGroupKernels {
             own: kernel!(
                 $name, $path, "common/packed.wgsl", "common/row_group.wgsl", "common/x_own.wgsl",
-                "common/row_group_main.wgsl", "common/staged.wgsl"
+                "common/row_group_main.wgsl", "common/staged_f32.wgsl", "common/staged.wgsl"
             ),
             subgroup: kernel!(
                 concat!($name, "_subgroup"), $path, "common/packed.wgsl",
                 "common/row_group.wgsl", "common/x_shared.wgsl", "common/row_group_main.wgsl",
-                "common/staged.wgsl"
+                "common/staged_f32.wgsl", "common/staged.wgsl"
             ),
+            staged_f16: Some(row_group_kernels!(@f16 $name, $path)),
         }
+    };
+    (@f16 $name:literal, $path:literal $(, $helper:literal)*) => {
+        kernel!(
+            concat!($name, "_staged_f16"), $path, "common/packed.wgsl", "common/row_group.wgsl",
+            "common/x_own.wgsl", "common/row_group_main.wgsl", "common/staged_f16.wgsl",
+            "common/staged.wgsl" $(, $helper)*
+        )
     };
     ($name:literal, $path:literal) => {
         RowGroupKernels {
@@ -101,6 +119,7 @@ macro_rules! row_group_kernels {
                 concat!($name, "_subgroup"), $path, "common/packed.wgsl",
                 "common/row_group.wgsl", "common/x_shared.wgsl"
             ),
+            staged_f16: None,
         }
     };
 }
@@ -211,8 +230,88 @@ const SPLIT_MAX_INVOCATIONS: u32 = 256;
 const STAGED_ROW_GROUPS: u32 = 8;
 /// Most tokens of a staged workgroup (`STAGED_MAX_TOKENS` in `staged.wgsl`).
 const STAGED_MAX_TOKENS: u32 = 64;
-/// Workgroup memory of a staged kernel, in bytes: two arrays of 512 `vec4<f32>`.
-const STAGED_WORKGROUP_BYTES: u32 = 2 * 512 * 16;
+
+/// Whether a tile stages its blocks in workgroup memory — the matrix-matrix variant,
+/// `staged.wgsl` — and in which arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Staging {
+    /// Unstaged: each invocation dequantizes the weights it uses and reads its own activations.
+    None,
+    /// Weights and activations staged as f32 and multiplied in f32 (`staged_f32.wgsl`): 16 KiB
+    /// of workgroup memory.
+    F32,
+    /// Staged as f16, each 32-column block's products summed in f16 and the blocks in f32, the
+    /// activations staged divided by their block's largest magnitude (`staged_f16.wgsl`): half
+    /// the workgroup memory (8.25 KiB) and its traffic, and f16 arithmetic, which GPUs run at
+    /// twice the f32 rate. Needs [`wgpu::Features::SHADER_F16`]; results err by f16's epsilon
+    /// where the others err by f32's (see the shader).
+    F16,
+}
+
+impl Staging {
+    /// Whether this is a staged variant.
+    pub fn is_staged(self) -> bool {
+        self != Self::None
+    }
+
+    /// Workgroup memory of the staged kernel, in bytes: two arrays of 512 `vec4`s of the staged
+    /// type (f16: and 64 f32 scales).
+    fn workgroup_bytes(self) -> u32 {
+        match self {
+            Self::None => 0,
+            Self::F32 => 2 * 512 * 16,
+            Self::F16 => 2 * 512 * 8 + STAGED_MAX_TOKENS * 4,
+        }
+    }
+
+    /// The variant `gpu` runs: [`Staging::F16`] becomes [`Staging::F32`] without
+    /// [`wgpu::Features::SHADER_F16`], and a staged variant [`Staging::None`] where the
+    /// workgroup memory is too small (each fallback logged once per device and reason).
+    pub fn supported_on(self, gpu: &Gpu) -> Self {
+        let mut staging = self;
+        while let Some(reason) = staging.unsupported_because(gpu) {
+            let fallback = match staging {
+                Self::F16 => Self::F32,
+                Self::F32 | Self::None => Self::None,
+            };
+            gpu.log_once(format!(
+                "matrix-matrix kernels run {} instead of {}: {reason}",
+                fallback.describe(),
+                staging.describe()
+            ));
+            staging = fallback;
+        }
+        staging
+    }
+
+    /// Whether `gpu` runs this variant as it is, without a fallback (nothing is logged).
+    pub fn runs_on(self, gpu: &Gpu) -> bool {
+        self.unsupported_because(gpu).is_none()
+    }
+
+    /// Why `gpu` cannot run this variant, if it cannot.
+    fn unsupported_because(self, gpu: &Gpu) -> Option<String> {
+        if self == Self::F16 && !gpu.features().contains(wgpu::Features::SHADER_F16) {
+            return Some("the device has no f16 arithmetic (SHADER_F16)".to_owned());
+        }
+        let available = gpu.limits().max_compute_workgroup_storage_size;
+        (available < self.workgroup_bytes()).then(|| {
+            format!(
+                "the device has {available} bytes of workgroup memory, the variant takes {}",
+                self.workgroup_bytes()
+            )
+        })
+    }
+
+    /// How logs and profiles name the variant.
+    fn describe(self) -> &'static str {
+        match self {
+            Self::None => "unstaged",
+            Self::F32 => "staged f32",
+            Self::F16 => "staged f16",
+        }
+    }
+}
 
 /// How one invocation and one workgroup divide the work; the best choice differs between
 /// adapter classes (see [`RowTile::decode`] and [`RowTile::prefill`]).
@@ -225,14 +324,15 @@ pub struct RowTile {
     /// How the invocations share a row group; anything but [`Reduction::None`] needs one token
     /// per invocation.
     pub reduction: Reduction,
-    /// The matrix-matrix variant (`staged.wgsl`): a workgroup of 8 row groups and
-    /// `workgroup_size / 8` token tiles stages each block of 32 columns — its 64 rows'
-    /// weights, dequantized, and its tokens' activations — in workgroup memory (16 KiB) before
+    /// The matrix-matrix variant (`staged.wgsl`), when not [`Staging::None`]: a workgroup of 8
+    /// row groups and `workgroup_size / 8` token tiles stages each block of 32 columns — its
+    /// 64 rows' weights, dequantized, and its tokens' activations — in workgroup memory before
     /// its invocations multiply them, so that each weight is dequantized once per workgroup's
     /// tokens (up to 64) and each activation loaded once per 64 rows. Needs
     /// [`Reduction::None`] and at most 64 tokens per workgroup; kernels without a staged
-    /// variant, and devices with less workgroup memory, run unstaged (logged).
-    pub staged: bool,
+    /// variant run unstaged, devices without what the variant needs fall back
+    /// ([`Staging::supported_on`]; logged).
+    pub staging: Staging,
 }
 
 impl RowTile {
@@ -249,30 +349,34 @@ impl RowTile {
                 tokens: 1,
                 workgroup_size: 64,
                 reduction: Reduction::Subgroup { lanes: 8 },
-                staged: false,
+                staging: Staging::None,
             }
         } else {
             Self {
                 tokens: 1,
                 workgroup_size: 8,
                 reduction: Reduction::None,
-                staged: false,
+                staging: Staging::None,
             }
         }
     }
 
     /// The tile for many tokens (prefill): 8 tokens per invocation. GPUs get the staged
-    /// matrix-matrix variant in workgroups of 64 invocations (64 rows x 64 tokens, each weight
-    /// dequantized once per 64 tokens); software adapters one invocation per row group in
-    /// workgroups of 8 (one llvmpipe thread's lanes), where workgroup memory is no cheaper than
-    /// storage and the barriers cost.
+    /// matrix-matrix variant in f16 in workgroups of 64 invocations (64 rows x 64 tokens, each
+    /// weight dequantized once per 64 tokens; f32 where the device lacks f16 arithmetic);
+    /// software adapters one invocation per row group in workgroups of 8 (one llvmpipe thread's
+    /// lanes), where workgroup memory is no cheaper than storage and the barriers cost.
     pub fn prefill(kind: DeviceKind) -> Self {
         let hardware = kind.is_hardware();
         Self {
             tokens: 8,
             workgroup_size: if hardware { 64 } else { 8 },
             reduction: Reduction::None,
-            staged: hardware,
+            staging: if hardware {
+                Staging::F16
+            } else {
+                Staging::None
+            },
         }
     }
 
@@ -289,7 +393,7 @@ impl RowTile {
                 && lanes.is_power_of_two()
                 && self.workgroup_size % lanes == 0
                 && self.workgroup_size <= SPLIT_MAX_INVOCATIONS;
-        let staged_ok = !self.staged
+        let staged_ok = !self.staging.is_staged()
             || self.reduction == Reduction::None
                 && self.workgroup_size % STAGED_ROW_GROUPS == 0
                 && self.token_tiles() * self.tokens <= STAGED_MAX_TOKENS;
@@ -310,12 +414,6 @@ impl RowTile {
             ));
         }
         Ok(())
-    }
-
-    /// Whether `gpu` runs this tile's staging as it is: it needs the workgroup memory of
-    /// `staged.wgsl`.
-    pub fn staging_runs_on(self, gpu: &Gpu) -> bool {
-        !self.staged || gpu.limits().max_compute_workgroup_storage_size >= STAGED_WORKGROUP_BYTES
     }
 }
 
@@ -393,7 +491,7 @@ impl LinearShape {
         let reads = gpu.activation_reads();
         if reads != ActivationReads::Shared
             || self.tile.reduction != Reduction::None
-            || self.tile.staged
+            || self.tile.staging.is_staged()
         {
             return ActivationReads::Own;
         }
@@ -409,28 +507,21 @@ impl LinearShape {
         reads
     }
 
-    /// This shape with its reduction one that `gpu` runs ([`Reduction::supported_on`]) and
-    /// unstaged where `gpu` lacks the workgroup memory (logged).
+    /// This shape with its reduction and staging ones that `gpu` runs
+    /// ([`Reduction::supported_on`], [`Staging::supported_on`]; logged).
     fn supported_on(mut self, gpu: &Gpu) -> Self {
         self.tile.reduction = self.tile.reduction.supported_on(gpu);
-        if !self.tile.staging_runs_on(gpu) {
-            gpu.log_once(format!(
-                "matrix-matrix kernels run unstaged: the device has {} bytes of workgroup \
-                 memory, staging takes {STAGED_WORKGROUP_BYTES}",
-                gpu.limits().max_compute_workgroup_storage_size
-            ));
-            self.tile.staged = false;
-        }
+        self.tile.staging = self.tile.staging.supported_on(gpu);
         self
     }
 
     /// This shape unstaged, logged once per kernel, for kernels without a staged variant.
     fn unstaged(mut self, gpu: &Gpu, label: &str) -> Self {
-        if self.tile.staged {
+        if self.tile.staging.is_staged() {
             gpu.log_once(format!(
                 "the {label} kernel has no staged variant: it runs one invocation per row group"
             ));
-            self.tile.staged = false;
+            self.tile.staging = Staging::None;
         }
         self
     }
@@ -498,7 +589,7 @@ impl LinearShape {
     /// Workgroup counts for `row_groups` row groups and `count` tokens.
     fn grid(&self, row_groups: u32, count: u32) -> [u32; 3] {
         let tile = self.tile;
-        if tile.staged {
+        if tile.staging.is_staged() {
             return [
                 groups(row_groups, STAGED_ROW_GROUPS),
                 groups(count, tile.token_tiles() * tile.tokens),
@@ -518,7 +609,9 @@ impl LinearShape {
     fn detail(&self) -> String {
         let shape = format!("{} {}x{}", self.dtype.name(), self.rows, self.cols);
         match self.tile.reduction {
-            Reduction::None if self.tile.staged => format!("{shape} staged"),
+            Reduction::None if self.tile.staging.is_staged() => {
+                format!("{shape} {}", self.tile.staging.describe())
+            }
             Reduction::None => shape,
             Reduction::Workgroup { lanes } => format!("{shape} workgroup/{lanes}"),
             Reduction::Subgroup { lanes } => format!("{shape} subgroup/{lanes}"),
@@ -729,10 +822,10 @@ impl Linear {
         self.shape.tile.reduction
     }
 
-    /// Whether this kernel runs staged ([`RowTile::staged`]): as its tile asks, unless the
+    /// The staging this kernel runs ([`RowTile::staging`]): as its tile asks, unless the
     /// device or the epilogue required otherwise.
-    pub fn staged(&self) -> bool {
-        self.shape.tile.staged
+    pub fn staging(&self) -> Staging {
+        self.shape.tile.staging
     }
 
     /// Binds `weights`, the input rows `tokens` of `x`, the norm weight (exactly when the
@@ -930,9 +1023,9 @@ impl QkvRope {
         self.config.shape.tile.reduction
     }
 
-    /// Whether this kernel runs staged (see [`Linear::staged`]).
-    pub fn staged(&self) -> bool {
-        self.config.shape.tile.staged
+    /// The staging this kernel runs (see [`Linear::staging`]).
+    pub fn staging(&self) -> Staging {
+        self.config.shape.tile.staging
     }
 
     /// Binds the `[Wq; Wk; Wv]` `weights`, the input rows `tokens` of `x`, the norm weight

@@ -6,11 +6,11 @@
 use pio_gpu::reference;
 use pio_gpu::{
     ActivationReads, DeviceKind, Epilogue, EpilogueParams, Gpu, Linear, LinearShape, QuantMatrix,
-    RowTile, TokenRange, WeightDtype,
+    RowTile, Staging, TokenRange, WeightDtype,
 };
 
 use crate::common::{self, EPS};
-use crate::linear::{abs, check_within_bound, normed, tiles, NORM_EPS};
+use crate::linear::{abs, bound, check_within_bound, normed, tiles, NORM_EPS};
 
 /// (rows, cols, tokens): rows not a multiple of the 8-row group (37, 130) and a MiniLM width
 /// (384 = 48 row groups), token counts not a multiple of any token tile.
@@ -93,10 +93,14 @@ impl Case {
         } else {
             tile.workgroup_size
         };
-        let staged = tile.staged && !layer_norm;
-        assert_eq!(kernel.staged(), staged, "{epilogue:?} {tile:?}");
+        let staging = if layer_norm {
+            Staging::None
+        } else {
+            tile.staging
+        };
+        assert_eq!(kernel.staging(), staging, "{epilogue:?} {tile:?}");
         let shared = gpu.activation_reads() == ActivationReads::Shared
-            && !staged
+            && !staging.is_staged()
             && workgroup % gpu.subgroup_max_size() == 0;
         let expected = if shared {
             ActivationReads::Shared
@@ -133,7 +137,7 @@ impl Case {
 
 /// Error bound constant of `check_within_bound` (see linear.rs): 2 for a plain product, 4 with
 /// a fused norm; the bias add rounds once more, within the same bound since |bias| is part of
-/// the magnitude.
+/// the magnitude. (`bound` turns it into the constant and sum length of a tile's staging.)
 fn c(norm: bool) -> f64 {
     if norm {
         4.0
@@ -179,14 +183,8 @@ fn bias_and_bias_gelu_match_reference_on(gpu: &Gpu) {
 
         let got = case.run(gpu, tile, norm, Epilogue::Bias, None, &zeros);
         let label = case.label("bias", tile, norm);
-        check_within_bound(
-            &label,
-            &got,
-            &case.product,
-            &case.magnitude,
-            c(norm),
-            case.cols,
-        );
+        let (constant, k) = bound(tile.staging, c(norm), case.cols);
+        check_within_bound(&label, &got, &case.product, &case.magnitude, constant, k);
 
         // An error δ of the pre-activation v moves gelu(v) by at most
         // max|gelu'|·δ = 1.13·δ; the erf approximation (≤ 1.5e-7 absolute, ~1.3 ε)
@@ -201,7 +199,7 @@ fn bias_and_bias_gelu_match_reference_on(gpu: &Gpu) {
             .map(|(m, v)| 1.13 * m + v.abs())
             .collect();
         let label = case.label("bias+gelu", tile, norm);
-        check_within_bound(&label, &got, &want, &magnitude, c(norm), case.cols);
+        check_within_bound(&label, &got, &want, &magnitude, constant, k);
     }
 }
 
@@ -255,6 +253,7 @@ fn bias_residual_layer_norm_matches_reference_on(gpu: &Gpu) {
                 let input_error = row
                     .clone()
                     .map(|i| {
+                        // (The LayerNorm kernel runs unstaged, in f32.)
                         c(norm) * k.sqrt() * EPS * f64::from(case.magnitude[i] + residual[i].abs())
                     })
                     .fold(0.0, f64::max);
