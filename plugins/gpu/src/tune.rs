@@ -183,8 +183,9 @@ impl fmt::Display for RowTile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} tok/inv, wg {}", self.tokens, self.workgroup_size)?;
         match self.reduction {
-            Reduction::None if self.staging == Staging::F32 => write!(f, ", staged f32"),
-            Reduction::None if self.staging == Staging::F16 => write!(f, ", staged f16"),
+            Reduction::None if self.staging.is_staged() => {
+                write!(f, ", {}", self.staging.describe())
+            }
             Reduction::None => Ok(()),
             Reduction::Workgroup { lanes } => write!(f, ", workgroup/{lanes}"),
             Reduction::Subgroup { lanes } => write!(f, ", subgroup/{lanes}"),

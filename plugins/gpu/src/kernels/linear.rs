@@ -303,8 +303,8 @@ impl Staging {
         })
     }
 
-    /// How logs and profiles name the variant.
-    fn describe(self) -> &'static str {
+    /// How logs, profiles and tuning reports name the variant.
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Self::None => "unstaged",
             Self::F32 => "staged f32",
