@@ -23,7 +23,7 @@
 //
 // Workgroup memory: two arrays of 512 vec4 — f32: 8 KiB each, 16 KiB in all, WebGPU's
 // guaranteed minimum of max_compute_workgroup_storage_size; f16: 4 KiB each, with 256 bytes of
-// per-token scales.
+// per-token scales and 256 of per-row weight scales.
 
 const STAGED_ROW_GROUPS: u32 = 8u;
 const STAGED_MAX_TOKENS: u32 = 64u;
@@ -98,14 +98,50 @@ fn chunk_rows(g: u32, b: u32, c: u32, h: u32) -> array<vec4<f32>, 8> {
     return elements;
 }
 
+// The largest magnitude a dequantized weight of block b of row group g can have, for rows
+// 4h..4h+4, from the block's scale d and minimum m (Q6_K: its two scales); 1 for the float
+// dtypes and for an all-zero block.
+fn block_bound(g: u32, b: u32, h: u32) -> vec4<f32> {
+    if DTYPE == DTYPE_F32 || DTYPE == DTYPE_F16 {
+        return vec4<f32>(1.0);
+    }
+    let d = abs(bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 0u) + h)));
+    var m = vec4<f32>(0.0);
+    if has_second_scale() {
+        m = abs(bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 1u) + h)));
+    }
+    var bound: vec4<f32>;
+    switch DTYPE {
+        case DTYPE_Q4_0: { bound = 8.0 * d; }
+        case DTYPE_Q5_0: { bound = 16.0 * d; }
+        case DTYPE_Q4_1: { bound = 15.0 * d + m; }
+        case DTYPE_Q5_1: { bound = 31.0 * d + m; }
+        case DTYPE_Q8_0: { bound = 128.0 * d; }
+        case DTYPE_Q6_K: { bound = 32.0 * max(d, m); }
+        default: { bound = vec4<f32>(1.0); }
+    }
+    return select(vec4<f32>(1.0), bound, bound > vec4<f32>(0.0));
+}
+
 // Stages block b of the weights of row groups g0 .. g0 + 8: 64 jobs (a row group's chunk c for
-// rows 4h..4h+4), shared among the workgroup's invocations.
+// rows 4h..4h+4), shared among the workgroup's invocations. Where STAGED_SCALED the weights are
+// divided by their row's block bound, which the job of chunk 0 keeps (weight_scale).
 fn stage_weights(g0: u32, b: u32, local: u32) {
     for (var job = local; job < STAGED_ROW_GROUPS * 8u; job += WORKGROUP_SIZE) {
         let rg = job / 8u;
         let c = job % 8u / 2u;
         let h = job % 2u;
-        let e = chunk_rows(row_group_of(g0 + rg), b, c, h);
+        let g = row_group_of(g0 + rg);
+        var e = chunk_rows(g, b, c, h);
+        if STAGED_SCALED {
+            let bound = block_bound(g, b, h);
+            for (var j = 0u; j < 8u; j++) {
+                e[j] /= bound;
+            }
+            if c == 0u {
+                set_weight_scale(rg * 2u + h, bound);
+            }
+        }
         let groups = chunk_groups(c);
         for (var i = 0u; i < 4u; i++) {
             let r = 4u * h + i;
@@ -115,6 +151,12 @@ fn stage_weights(g0: u32, b: u32, local: u32) {
                 vec4<Staged>(vec4<f32>(e[4][i], e[5][i], e[6][i], e[7][i]));
         }
     }
+}
+
+// How far below 1 the staged x stays: F16 weights are staged unscaled (block_bound), up to f16's
+// 65504, so their x is staged in [-1/32, 1/32] and a block's sum of 32 products stays in range.
+fn x_headroom() -> f32 {
+    return select(1.0, 32.0, DTYPE == DTYPE_F16);
 }
 
 // Stages block b of x for the workgroup's tokens (the first is `first`; past last_token the
@@ -140,7 +182,7 @@ fn stage_x(first: u32, last_token: u32, b: u32, local: u32) -> f32 {
         }
         // An all-zero block keeps the scale 1.
         let top = max(max(largest.x, largest.y), max(largest.z, largest.w));
-        let scale = select(1.0, top, STAGED_SCALED && top > 0.0);
+        let scale = select(1.0, top * x_headroom(), STAGED_SCALED && top > 0.0);
         if STAGED_SCALED {
             set_token_value(local, scale);
         }
@@ -183,13 +225,15 @@ fn staged_tile(local: u32, group: vec3<u32>, first: u32, last_token: u32) -> Til
                 block_hi[t] += vec4<Staged>(dot(w[4], v), dot(w[5], v), dot(w[6], v), dot(w[7], v));
             }
         }
+        let w_scale_lo = weight_scale(rg * 2u);
+        let w_scale_hi = weight_scale(rg * 2u + 1u);
         for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
             var scale = 1.0;
             if STAGED_SCALED {
                 scale = token_value(tt * TOKENS_PER_INVOCATION + t);
             }
-            partial.tile.lo[t] += vec4<f32>(block_lo[t]) * scale;
-            partial.tile.hi[t] += vec4<f32>(block_hi[t]) * scale;
+            partial.tile.lo[t] += vec4<f32>(block_lo[t]) * (scale * w_scale_lo);
+            partial.tile.hi[t] += vec4<f32>(block_hi[t]) * (scale * w_scale_hi);
         }
         workgroupBarrier();
     }

@@ -4,8 +4,8 @@
 
 alias Staged = f32;
 
-// Whether x is staged divided by a per-token, per-block scale (token_value) to keep it in the
-// staged type's range: not needed in f32.
+// Whether x and the weights are staged divided by per-block scales (token_value,
+// weight_scale) to keep them in the staged type's range: not needed in f32.
 const STAGED_SCALED: bool = false;
 
 // A number for token i of the workgroup: only the fused norm's sums of squares after the last
@@ -17,4 +17,11 @@ fn set_token_value(i: u32, value: f32) {
 
 fn token_value(i: u32) -> f32 {
     return staged_x[i].x;
+}
+
+// The per-row weight scales of the f16 variant: the weights are staged as they are.
+fn set_weight_scale(i: u32, scale: vec4<f32>) {}
+
+fn weight_scale(i: u32) -> vec4<f32> {
+    return vec4<f32>(1.0);
 }

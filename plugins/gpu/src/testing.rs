@@ -72,16 +72,29 @@ pub fn random_f32(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
 /// minimum fields are drawn from ranges that keep `|value|` ≲ 1 (every code and, for the
 /// K-quants, every packed sub-block scale bit pattern occurs).
 pub fn random_gguf(rng: &mut StdRng, dtype: WeightDtype, rows: usize, cols: usize) -> Vec<u8> {
+    random_gguf_scaled(rng, dtype, rows, cols, 1.0)
+}
+
+/// [`random_gguf`] with weights of magnitude ≲ `scale`: float elements and the scale and
+/// minimum fields drawn from ranges `scale` times as wide (the f16 fields stay finite while
+/// `scale` times their range, at most 1 — Q4_1's and Q5_1's minimums —, stays below 65504).
+pub fn random_gguf_scaled(
+    rng: &mut StdRng,
+    dtype: WeightDtype,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) -> Vec<u8> {
     let elements = rows * cols;
     match dtype {
         WeightDtype::F32 => {
             return (0..elements)
-                .flat_map(|_| rng.random_range(-1.0f32..1.0).to_le_bytes())
+                .flat_map(|_| rng.random_range(-scale..scale).to_le_bytes())
                 .collect()
         }
         WeightDtype::F16 => {
             return (0..elements)
-                .flat_map(|_| f16::from_f32(rng.random_range(-1.0..1.0)).to_le_bytes())
+                .flat_map(|_| f16::from_f32(rng.random_range(-scale..scale)).to_le_bytes())
                 .collect()
         }
         _ => {}
@@ -94,7 +107,7 @@ pub fn random_gguf(rng: &mut StdRng, dtype: WeightDtype, rows: usize, cols: usiz
         raw.extend((0..block_bytes).map(|_| rng.random::<u8>()));
         for &(offset, lo, hi) in scale_fields(dtype) {
             let at = start + offset;
-            let value = f16::from_f32(rng.random_range(lo..hi));
+            let value = f16::from_f32(rng.random_range(lo * scale..hi * scale));
             raw[at..at + 2].copy_from_slice(&value.to_le_bytes());
         }
     }

@@ -33,8 +33,8 @@ use crate::quant::{QuantMatrix, WeightDtype};
 /// Version of the cache file's layout, of the candidate set and of the kernels they were timed
 /// with: a file of another version is ignored and rewritten, so changing the candidates below or
 /// how the kernels run retunes every adapter (2: shared activation reads on software adapters;
-/// 3: staged tiles; 4: their f16 variant).
-const CACHE_FORMAT: u32 = 4;
+/// 3: staged tiles; 4: their f16 variant; 5: its weights scaled per block).
+const CACHE_FORMAT: u32 = 5;
 
 /// Timed launches per candidate after its first (which also compiles it on software drivers).
 const REPEATS: usize = 4;
@@ -481,7 +481,7 @@ impl Tuner {
             norm,
             tokens,
         };
-        let default = self.default_tile(tokens);
+        let default = self.default_tile(tokens).for_weights(key.dtype);
         let mut state = self.state.lock().expect("tuner lock");
         if let Some(choice) = state.choices.iter().find(|c| c.key == key) {
             return choice.tile;
@@ -607,8 +607,9 @@ fn usable(gpu: &Gpu, tile: RowTile, tokens: u32) -> bool {
 /// workgroup memory is no cheaper than storage and whose barriers switch coroutines, the staged
 /// 64-token Q4_1 1536x576 product took twice the row-group kernel's time, and each candidate
 /// costs the search a pipeline compilation. Those `gpu` cannot run as they are are left out (a fallback would only repeat
-/// another).
-fn candidates(gpu: &Gpu, tokens: u32, default: RowTile) -> Vec<RowTile> {
+/// another), and each is taken with the staging it runs over `dtype` weights
+/// ([`RowTile::for_weights`]: F32 weights are not staged in f16).
+fn candidates(gpu: &Gpu, dtype: WeightDtype, tokens: u32, default: RowTile) -> Vec<RowTile> {
     let tile = |tokens, workgroup_size, reduction| RowTile {
         tokens,
         workgroup_size,
@@ -646,7 +647,7 @@ fn candidates(gpu: &Gpu, tokens: u32, default: RowTile) -> Vec<RowTile> {
         prefill
     };
     let mut list = vec![default];
-    for candidate in others {
+    for candidate in others.into_iter().map(|tile| tile.for_weights(dtype)) {
         if !list.contains(&candidate) && usable(gpu, candidate, tokens) {
             list.push(candidate);
         }
@@ -670,7 +671,7 @@ fn search(
         }
     };
     let mut best: Option<(RowTile, f64)> = None;
-    for tile in candidates(gpu, key.tokens, default) {
+    for tile in candidates(gpu, key.dtype, key.tokens, default) {
         match time(gpu, key, weights, &buffers, tile, best.map(|b| b.1)) {
             Ok(Some(ms)) => {
                 tracing::debug!(shape = %key, variant = %tile, ms, "tuning candidate");

@@ -241,9 +241,11 @@ pub enum Staging {
     /// of workgroup memory.
     F32,
     /// Staged as f16, each 32-column block's products summed in f16 and the blocks in f32, the
-    /// activations staged divided by their block's largest magnitude (`staged_f16.wgsl`): half
-    /// the workgroup memory (8.25 KiB) and its traffic, and f16 arithmetic, which GPUs run at
-    /// twice the f32 rate. Needs [`wgpu::Features::SHADER_F16`]; results err by f16's epsilon
+    /// activations staged divided by their block's largest magnitude and quantized weights by
+    /// their block's bound, so no staged value or block sum leaves f16's range
+    /// (`staged_f16.wgsl`): half the workgroup memory (8.5 KiB) and its traffic, and f16
+    /// arithmetic, which GPUs run at twice the f32 rate. Needs [`wgpu::Features::SHADER_F16`]
+    /// and weights other than F32 ([`Staging::for_weights`]); results err by f16's epsilon
     /// where the others err by f32's (see the shader).
     F16,
 }
@@ -255,12 +257,22 @@ impl Staging {
     }
 
     /// Workgroup memory of the staged kernel, in bytes: two arrays of 512 `vec4`s of the staged
-    /// type (f16: and 64 f32 scales).
+    /// type (f16: and an f32 scale per token and per row).
     fn workgroup_bytes(self) -> u32 {
         match self {
             Self::None => 0,
             Self::F32 => 2 * 512 * 16,
-            Self::F16 => 2 * 512 * 8 + STAGED_MAX_TOKENS * 4,
+            Self::F16 => 2 * 512 * 8 + (STAGED_MAX_TOKENS + STAGED_ROW_GROUPS * 8) * 4,
+        }
+    }
+
+    /// The variant for weights stored as `dtype`: [`Staging::F16`] becomes [`Staging::F32`]
+    /// for F32 weights, which have no block scale to bound them by (f16 staging could overflow)
+    /// and were stored at a precision the model's owner chose over f16's.
+    pub fn for_weights(self, dtype: WeightDtype) -> Self {
+        match (self, dtype) {
+            (Self::F16, WeightDtype::F32) => Self::F32,
+            _ => self,
         }
     }
 
@@ -377,6 +389,15 @@ impl RowTile {
             } else {
                 Staging::None
             },
+        }
+    }
+
+    /// This tile with the staging it runs with over weights stored as `dtype`
+    /// ([`Staging::for_weights`]).
+    pub fn for_weights(self, dtype: WeightDtype) -> Self {
+        Self {
+            staging: self.staging.for_weights(dtype),
+            ..self
         }
     }
 
@@ -507,10 +528,12 @@ impl LinearShape {
         reads
     }
 
-    /// This shape with its reduction and staging ones that `gpu` runs
-    /// ([`Reduction::supported_on`], [`Staging::supported_on`]; logged).
+    /// This shape with its reduction and staging ones that `gpu` runs for its weights
+    /// ([`Reduction::supported_on`], [`Staging::for_weights`], [`Staging::supported_on`];
+    /// device fallbacks logged).
     fn supported_on(mut self, gpu: &Gpu) -> Self {
         self.tile.reduction = self.tile.reduction.supported_on(gpu);
+        self.tile = self.tile.for_weights(self.dtype);
         self.tile.staging = self.tile.staging.supported_on(gpu);
         self
     }

@@ -58,14 +58,16 @@ pub(crate) fn tiles() -> [RowTile; 11] {
     ]
 }
 
-/// Asserts that a kernel built for `tile` runs its variant unchanged, where `gpu` can: a
-/// subgroup reduction needs subgroup operations with subgroups of at least its lanes, f16
-/// staging f16 arithmetic (lavapipe has both: there every variant is tested); and that it reads
+/// Asserts that a kernel built for `tile` over `dtype` weights runs its variant unchanged, where
+/// `gpu` can: a subgroup reduction needs subgroup operations with subgroups of at least its
+/// lanes, f16 staging f16 arithmetic (lavapipe has both: there every variant is tested) and
+/// weights other than F32 ([`Staging::for_weights`]); and that it reads
 /// the activations as the device does wherever the tile allows (one invocation per row group,
 /// workgroups of whole subgroups).
 pub(crate) fn check_variant_runs(
     gpu: &Gpu,
     tile: RowTile,
+    dtype: WeightDtype,
     running: Reduction,
     staging: Staging,
     reads: ActivationReads,
@@ -79,7 +81,7 @@ pub(crate) fn check_variant_runs(
     };
     assert_eq!(running, expected, "the variant run for {tile:?}");
     let f16 = gpu.features().contains(pio_gpu::wgpu::Features::SHADER_F16);
-    let expected_staging = match tile.staging {
+    let expected_staging = match tile.staging.for_weights(dtype) {
         Staging::F16 if !f16 => Staging::F32,
         requested => requested,
     };
@@ -184,6 +186,31 @@ struct LinearCase {
     accumulate: bool,
     /// Input rows before the first one processed.
     skip: usize,
+    /// Magnitude of the weights (`random_gguf_scaled`).
+    weight_scale: f32,
+}
+
+impl LinearCase {
+    /// A plain product of `shape` (rows, columns — rounded up to the dtype's block —, tokens):
+    /// stored, from the first input row, weights of magnitude ≲ 1.
+    fn product(
+        dtype: WeightDtype,
+        (rows, cols, tokens): (usize, usize, usize),
+        tile: RowTile,
+        norm: bool,
+    ) -> Self {
+        LinearCase {
+            dtype,
+            rows,
+            cols: cols.next_multiple_of(dtype.block_elements()),
+            tokens,
+            tile,
+            norm,
+            accumulate: false,
+            skip: 0,
+            weight_scale: 1.0,
+        }
+    }
 }
 
 /// Checks `case` on a device for each load width the adapter runs.
@@ -203,9 +230,10 @@ fn check_linear_on(gpu: &Gpu, case: &LinearCase) {
         norm,
         accumulate,
         skip,
+        weight_scale,
     } = *case;
     let mut rng = common::rng((rows * 1000 + cols * 10 + tokens + skip) as u64);
-    let raw = common::random_gguf(&mut rng, dtype, rows, cols);
+    let raw = common::random_gguf_scaled(&mut rng, dtype, rows, cols, weight_scale);
     let x = common::random_f32(&mut rng, (skip + tokens) * cols, 1.0);
     let gamma = common::random_f32(&mut rng, cols, 2.0);
     let initial = common::random_f32(&mut rng, tokens * rows, 1.0);
@@ -239,6 +267,7 @@ fn check_linear_on(gpu: &Gpu, case: &LinearCase) {
     check_variant_runs(
         gpu,
         tile,
+        dtype,
         kernel.reduction(),
         kernel.staging(),
         kernel.activation_reads(),
@@ -266,16 +295,8 @@ fn linear_matches_reference_for_every_dtype_shape_and_tile() {
     for dtype in WeightDtype::ALL {
         for (i, (rows, cols, tokens)) in SHAPES.into_iter().enumerate() {
             for (j, tile) in tiles().into_iter().enumerate() {
-                check_linear(LinearCase {
-                    dtype,
-                    rows,
-                    cols: cols.next_multiple_of(dtype.block_elements()),
-                    tokens,
-                    tile,
-                    norm: (i + j) % 2 == 1,
-                    accumulate: false,
-                    skip: 0,
-                });
+                let shape = (rows, cols, tokens);
+                check_linear(LinearCase::product(dtype, shape, tile, (i + j) % 2 == 1));
             }
         }
     }
@@ -303,6 +324,35 @@ fn linear_accumulates_and_reads_a_range_of_rows() {
                 norm,
                 accumulate: true,
                 skip,
+                weight_scale: 1.0,
+            });
+        }
+    }
+}
+
+/// Staged in f16, weights far beyond f16's range (up to ~10^5 where its largest value is 65504)
+/// still give the reference's products within the f16 bound: quantized blocks are staged divided
+/// by their bound, and F16 weights (up to 60000) beside x staged with the block sum's headroom.
+/// Staged as they are, these weights (or their block sums) would overflow to infinity.
+#[test]
+fn f16_staging_keeps_weights_beyond_f16_range_in_range() {
+    let tile = RowTile {
+        staging: Staging::F16,
+        ..RowTile::prefill(DeviceKind::Discrete)
+    };
+    for (dtype, weight_scale) in [
+        (WeightDtype::Q8_0, 1e5),
+        (WeightDtype::Q4_1, 3e4),
+        (WeightDtype::Q5_0, 1e5),
+        (WeightDtype::Q6_K, 1e5),
+        (WeightDtype::F16, 6e4),
+    ] {
+        // Shapes and norms whose kernels linear_matches_reference_for_every_dtype_shape_and_tile
+        // builds too (staged kernels are slow to compile on lavapipe).
+        for (shape, norm) in [(SHAPES[3], false), (SHAPES[2], true)] {
+            check_linear(LinearCase {
+                weight_scale,
+                ..LinearCase::product(dtype, shape, tile, norm)
             });
         }
     }
@@ -371,6 +421,7 @@ fn gated_epilogues_match_reference_on(gpu: &Gpu) {
             check_variant_runs(
                 gpu,
                 tile,
+                dtype,
                 kernel.reduction(),
                 kernel.staging(),
                 kernel.activation_reads(),
@@ -500,6 +551,7 @@ fn qkv_rope_matches_reference_and_writes_the_cache_on(gpu: &Gpu) {
             check_variant_runs(
                 gpu,
                 tile,
+                dtype,
                 kernel.reduction(),
                 kernel.staging(),
                 kernel.activation_reads(),

@@ -96,7 +96,7 @@ impl Case {
         let staging = if layer_norm {
             Staging::None
         } else {
-            tile.staging
+            tile.staging.for_weights(self.dtype)
         };
         assert_eq!(kernel.staging(), staging, "{epilogue:?} {tile:?}");
         let shared = gpu.activation_reads() == ActivationReads::Shared
@@ -183,7 +183,7 @@ fn bias_and_bias_gelu_match_reference_on(gpu: &Gpu) {
 
         let got = case.run(gpu, tile, norm, Epilogue::Bias, None, &zeros);
         let label = case.label("bias", tile, norm);
-        let (constant, k) = bound(tile.staging, c(norm), case.cols);
+        let (constant, k) = bound(tile.staging.for_weights(dtype), c(norm), case.cols);
         check_within_bound(&label, &got, &case.product, &case.magnitude, constant, k);
 
         // An error δ of the pre-activation v moves gelu(v) by at most
