@@ -606,9 +606,9 @@ fn usable(gpu: &Gpu, tile: RowTile, tokens: u32) -> bool {
 /// 32 and 64 (32 and 64 tokens), 4 in workgroups of 128 (64 tokens) — on llvmpipe, whose
 /// workgroup memory is no cheaper than storage and whose barriers switch coroutines, the staged
 /// 64-token Q4_1 1536x576 product took twice the row-group kernel's time, and each candidate
-/// costs the search a pipeline compilation. Those `gpu` cannot run as they are are left out (a fallback would only repeat
-/// another), and each is taken with the staging it runs over `dtype` weights
-/// ([`RowTile::for_weights`]: F32 weights are not staged in f16).
+/// costs the search a pipeline compilation. Those `gpu` cannot run as they are are left out
+/// (a fallback would only repeat another), and each is taken with the staging it runs over
+/// `dtype` weights ([`RowTile::for_weights`]: F32 weights are not staged in f16).
 fn candidates(gpu: &Gpu, dtype: WeightDtype, tokens: u32, default: RowTile) -> Vec<RowTile> {
     let tile = |tokens, workgroup_size, reduction| RowTile {
         tokens,
