@@ -187,7 +187,8 @@ pub struct AdapterInfo {
     pub vendor: u32,
     /// PCI device id (0 when not applicable).
     pub device: u32,
-    /// Device-local memory in bytes, where the backend tells (see [`device_memory`]).
+    /// Device-local memory in bytes, where the backend tells (Vulkan: the sum of its
+    /// device-local heaps; software adapters report host memory).
     pub memory_bytes: Option<u64>,
 }
 

@@ -12,8 +12,8 @@
 //!    one compute pass ([`Dispatch::record`]), submit, and read the logits back.
 //!
 //! With the `reference` feature, [`reference`] holds a plain-f32 CPU implementation of every
-//! kernel for tests; with `testing`, [`testing`] holds the helpers the GPU tests of this crate
-//! and of the model plugins share (device, seeded random data, error measures).
+//! kernel for tests; with `testing`, the `testing` module holds the helpers the GPU tests of
+//! this crate and of the model plugins share (device, seeded random data, error measures).
 //!
 //! [`GpuError`] converts into the plugin API's `PluginError` (one mapping for every plugin;
 //! out-of-memory stays `out_of_memory`).
