@@ -56,16 +56,29 @@ fn staged_place(local: u32, group: vec3<u32>) -> StagedPlace {
     return StagedPlace(row_group_of(g), row_group_of(g) == g, tok0);
 }
 
-// Dequantized elements 0..8 of chunk c of block b of row group g, for rows 4h..4h+4.
-fn chunk_rows(g: u32, b: u32, c: u32, h: u32) -> array<vec4<f32>, 8> {
-    var d = vec4<f32>(1.0);
-    var m = vec4<f32>(0.0);
+// The scale d and minimum m (Q6_K: its two scales) of block b of row group g, for rows
+// 4h..4h+4: (1, 0) for the float dtypes.
+struct RowScales {
+    d: vec4<f32>,
+    m: vec4<f32>,
+}
+
+fn row_scales(g: u32, b: u32, h: u32) -> RowScales {
+    var scales = RowScales(vec4<f32>(1.0), vec4<f32>(0.0));
     if DTYPE != DTYPE_F32 && DTYPE != DTYPE_F16 {
-        d = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 0u) + h));
+        scales.d = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 0u) + h));
     }
     if has_second_scale() {
-        m = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 1u) + h));
+        scales.m = bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 1u) + h));
     }
+    return scales;
+}
+
+// Dequantized elements 0..8 of chunk c of block b of row group g, for rows 4h..4h+4, whose
+// scales are `scales`.
+fn chunk_rows(g: u32, b: u32, c: u32, h: u32, scales: RowScales) -> array<vec4<f32>, 8> {
+    let d = scales.d;
+    let m = scales.m;
     let first = word_vec(g, b, chunk_first_word(c)) + h;
     var elements: array<vec4<f32>, 8>;
     if DTYPE == DTYPE_F32 {
@@ -98,18 +111,11 @@ fn chunk_rows(g: u32, b: u32, c: u32, h: u32) -> array<vec4<f32>, 8> {
     return elements;
 }
 
-// The largest magnitude a dequantized weight of block b of row group g can have, for rows
-// 4h..4h+4, from the block's scale d and minimum m (Q6_K: its two scales); 1 for the float
-// dtypes and for an all-zero block.
-fn block_bound(g: u32, b: u32, h: u32) -> vec4<f32> {
-    if DTYPE == DTYPE_F32 || DTYPE == DTYPE_F16 {
-        return vec4<f32>(1.0);
-    }
-    let d = abs(bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 0u) + h)));
-    var m = vec4<f32>(0.0);
-    if has_second_scale() {
-        m = abs(bitcast<vec4<f32>>(weight_vec(word_vec(g, b, 1u) + h)));
-    }
+// The largest magnitude a dequantized weight of a block with `scales` can have, per row; 1 for
+// the float dtypes and for an all-zero block.
+fn block_bound(scales: RowScales) -> vec4<f32> {
+    let d = abs(scales.d);
+    let m = abs(scales.m);
     var bound: vec4<f32>;
     switch DTYPE {
         case DTYPE_Q4_0: { bound = 8.0 * d; }
@@ -132,9 +138,10 @@ fn stage_weights(g0: u32, b: u32, local: u32) {
         let c = job % 8u / 2u;
         let h = job % 2u;
         let g = row_group_of(g0 + rg);
-        var e = chunk_rows(g, b, c, h);
+        let scales = row_scales(g, b, h);
+        var e = chunk_rows(g, b, c, h, scales);
         if STAGED_SCALED {
-            let bound = block_bound(g, b, h);
+            let bound = block_bound(scales);
             for (var j = 0u; j < 8u; j++) {
                 e[j] /= bound;
             }
