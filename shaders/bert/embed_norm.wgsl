@@ -1,5 +1,6 @@
-// Embeddings + LayerNorm: out[t] = LN(word[ids[t]] + pos_type[t % seq_len]), one invocation per
-// token. `pos_type` is the position table with token-type row 0 already added at upload.
+// Embeddings + LayerNorm: out[t] = LN(word[ids[t]] + pos_type[i]) for token t = starts[b] + i
+// (position i of sequence b), one invocation per token: x is the position, y the sequence.
+// `pos_type` is the position table with token-type row 0 already added at upload.
 
 override HIDDEN: u32;        // multiple of 4
 override EPS: f32;
@@ -9,18 +10,25 @@ override WORKGROUP_SIZE: u32 = 16u;
 @group(0) @binding(1) var<storage, read> pos_type: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> norm: array<vec4<f32>>;      // gamma, then beta
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
-@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
-@group(0) @binding(5) var<uniform> params: Params;
+@group(0) @binding(4) var<storage, read> starts: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(6) var<uniform> params: Params;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let t = gid.x;
-    if (t >= params.tokens) {
+    let i = gid.x;
+    let b = gid.y;
+    if (b >= params.batch) {
         return;
     }
+    let start = starts[b];
+    if (i >= starts[b + 1u] - start) {
+        return;
+    }
+    let t = start + i;
     let h4 = HIDDEN / 4u;
     let w0 = ids[t] * h4;
-    let p0 = (t % params.seq_len) * h4;
+    let p0 = i * h4;
     let o0 = t * h4;
     var sum = vec4<f32>(0.0);
     for (var i = 0u; i < h4; i++) {

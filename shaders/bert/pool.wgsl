@@ -1,4 +1,4 @@
-// Pooling of each sequence's first lengths[b] token vectors, then (NORMALIZE) L2 normalisation
+// Pooling of each sequence's token vectors (sequence b: tokens starts[b]..starts[b + 1]), then (NORMALIZE) L2 normalisation
 // (x / max(|x|, 1e-12), as torch.nn.functional.normalize). One workgroup per sequence; lane
 // `lid` owns the vec4 feature groups lid, lid + WORKGROUP_SIZE, ...
 
@@ -10,7 +10,7 @@ override WORKGROUP_SIZE: u32 = 32u;
 const MAX_PER_LANE: u32 = 32u;
 
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> lengths: array<u32>;
+@group(0) @binding(1) var<storage, read> starts: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(3) var<uniform> params: Params;
 
@@ -21,9 +21,12 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>,
         @builtin(workgroup_id) wid: vec3<u32>) {
     let lid = lid3.x;
     let b = wid.x;
-    let len = lengths[b];
+    if (b >= params.batch) {
+        return;
+    }
+    let base = starts[b];
+    let len = starts[b + 1u] - base;
     let h4 = HIDDEN / 4u;
-    let base = b * params.seq_len;
     let per_lane = (h4 + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
     var pooled: array<vec4<f32>, MAX_PER_LANE>;
     var sq = 0.0;

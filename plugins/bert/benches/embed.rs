@@ -8,7 +8,9 @@
 //! With `--sentences FILE` (one sentence a line, e.g. `tests/data/apache-2.0-sentences.txt`:
 //! cargo runs benches in the package's folder, `plugins/bert`) it embeds that file in one `embed` call
 //! of at most 32 a pass, as `scripts/minilm-numpy` (the numpy peer) and sentence-transformers'
-//! `encode(batch_size=32)` do, and reports sentences/s with and without the model load.
+//! `encode(batch_size=32)` do, and reports sentences/s with and without the model load. With
+//! `--per-kernel` as well it then embeds the file once more with every kernel launch timed on
+//! its own ([`pio_gpu::Gpu::profile`]) and prints the time per kernel.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,25 +78,42 @@ fn sentences() -> Vec<String> {
         .collect()
 }
 
-/// The weight format (first free argument, default f32) and the `--sentences FILE` path.
-/// `cargo bench` adds `--bench`, which is skipped.
-fn arguments() -> (WeightDtype, Option<PathBuf>) {
+/// What the command line asks for.
+struct Arguments {
+    /// The weight format (first free argument, default f32).
+    dtype: WeightDtype,
+    /// `--sentences FILE`.
+    sentences: Option<PathBuf>,
+    /// `--per-kernel`: time every kernel launch of one more pass over the file.
+    per_kernel: bool,
+}
+
+/// Parses the command line; `cargo bench` adds `--bench`, which is skipped.
+fn arguments() -> Arguments {
     let mut dtype = WeightDtype::F32;
     let mut sentences = None;
+    let mut per_kernel = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--sentences" {
             sentences = Some(PathBuf::from(args.next().expect("--sentences FILE")));
+        } else if arg == "--per-kernel" {
+            per_kernel = true;
         } else if !arg.starts_with('-') {
             dtype = weight_dtype(&arg).unwrap_or_else(|| panic!("unknown weight format {arg:?}"));
         }
     }
-    (dtype, sentences)
+    Arguments {
+        dtype,
+        sentences,
+        per_kernel,
+    }
 }
 
 /// Embeds every line of `path` in one call (passes of at most 32, sorted longest first by the
-/// embedder), after one untimed pass of the first 32, and prints sentences/s.
-fn bench_file(embedder: &mut Embedder, path: &Path, load_seconds: f64) {
+/// embedder), after one untimed pass of the first 32, and prints sentences/s; with
+/// `per_kernel`, then the time per kernel of one more such call.
+fn bench_file(embedder: &mut Embedder, path: &Path, load_seconds: f64, per_kernel: bool) {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let sentences: Vec<&str> = text.lines().collect();
@@ -113,10 +132,31 @@ fn bench_file(embedder: &mut Embedder, path: &Path, load_seconds: f64) {
         count / seconds,
         count / (load_seconds + seconds)
     );
+    if per_kernel {
+        let (_, profile) = embedder.embed_profiled(&sentences).expect("embed");
+        println!(
+            "per kernel ({}, {:.1} ms in all):",
+            profile.method.as_str(),
+            profile.total_ms()
+        );
+        for k in profile.by_kernel() {
+            println!(
+                "  {:<48} {:>4} calls {:>9.1} ms {:>5.1}%",
+                k.kernel,
+                k.calls,
+                k.total_ms,
+                k.share * 100.0
+            );
+        }
+    }
 }
 
 fn main() {
-    let (dtype, sentence_file) = arguments();
+    let Arguments {
+        dtype,
+        sentences: sentence_file,
+        per_kernel,
+    } = arguments();
     let load_start = Instant::now();
     let dir = model_dir();
     let files = ModelFiles::load(&dir)
@@ -127,7 +167,12 @@ fn main() {
     println!("model: {} ({} weights)", dir.display(), dtype.name());
     let mut embedder = Embedder::new(gpu, &files, dtype, 32).expect("embedder");
     if let Some(path) = sentence_file {
-        bench_file(&mut embedder, &path, load_start.elapsed().as_secs_f64());
+        bench_file(
+            &mut embedder,
+            &path,
+            load_start.elapsed().as_secs_f64(),
+            per_kernel,
+        );
         return;
     }
     let sentences = sentences();

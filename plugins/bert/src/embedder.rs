@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use pio_gpu::{Gpu, WeightDtype};
+use pio_gpu::{Gpu, Profile, WeightDtype};
 use pio_plugin_api::{PluginError, PluginResult};
 
 use crate::config::ModelConfig;
@@ -14,7 +14,7 @@ use crate::weights::BertWeights;
 
 /// Most sequences run in one pass by default.
 pub const DEFAULT_MAX_BATCH: usize = 32;
-/// Most padded tokens (sequences × longest length) in one pass: bounds the activation memory
+/// Most tokens in one pass (its sequences packed, no padding): bounds the activation memory
 /// (about 15 KiB per token for a 384-wide model).
 const MAX_PASS_TOKENS: usize = 4096;
 
@@ -117,9 +117,40 @@ impl Embedder {
 
     /// Embeds `texts`. Texts longer than `max_seq_length` tokens are truncated and an empty
     /// text is embedded as `[CLS] [SEP]`, as sentence-transformers does. Texts are sorted by
-    /// length and run in passes of at most `max_batch` texts (fewer when they are long), so
-    /// little padding is computed; the result is in input order.
+    /// length and run in passes of at most `max_batch` texts (fewer when they are long), each
+    /// pass packing its texts' tokens one after another; the result is in input order.
     pub fn embed<S: AsRef<str>>(&mut self, texts: &[S]) -> PluginResult<Embeddings> {
+        self.run_passes(texts, |model, batch| model.forward(batch))
+    }
+
+    /// [`Self::embed`] with every kernel launch of every pass timed on its own
+    /// ([`pio_gpu::Gpu::profile`]): the embeddings and the passes' profiles, in order.
+    pub fn embed_profiled<S: AsRef<str>>(
+        &mut self,
+        texts: &[S],
+    ) -> PluginResult<(Embeddings, Profile)> {
+        let mut profile: Option<Profile> = None;
+        let embeddings = self.run_passes(texts, |model, batch| {
+            let (vectors, pass) = model.forward_profiled(batch)?;
+            match &mut profile {
+                Some(profile) => profile.extend(pass),
+                None => profile = Some(pass),
+            }
+            Ok(vectors)
+        })?;
+        let profile = profile.ok_or_else(|| PluginError::invalid_input("no texts to embed"))?;
+        Ok((embeddings, profile))
+    }
+
+    /// Tokenizes `texts`, sorts them longest first (so a pass's sequences are of similar
+    /// lengths, which keeps attention's launch grid, sized by the longest, mostly busy) and runs
+    /// `pass` on batches of them (see
+    /// [`Self::embed`]); returns the vectors in input order.
+    fn run_passes<S: AsRef<str>>(
+        &mut self,
+        texts: &[S],
+        mut pass: impl FnMut(&mut GpuBert, &[Vec<u32>]) -> PluginResult<Vec<Vec<f32>>>,
+    ) -> PluginResult<Embeddings> {
         let ids: Vec<Vec<u32>> = texts
             .iter()
             .map(|t| self.tokenizer.encode(t.as_ref()))
@@ -129,12 +160,18 @@ impl Embedder {
         let mut vectors = vec![Vec::new(); ids.len()];
         let mut start = 0;
         while start < order.len() {
-            // Sorted longest first, so the first sequence of a pass sets its padded length.
-            let longest = ids[order[start]].len();
-            let fit = (MAX_PASS_TOKENS / longest).clamp(1, self.max_batch);
-            let end = (start + fit).min(order.len());
+            // The first text always; then more while the pass has room for their tokens.
+            let mut end = start + 1;
+            let mut tokens = ids[order[start]].len();
+            while end < order.len()
+                && end - start < self.max_batch
+                && tokens + ids[order[end]].len() <= MAX_PASS_TOKENS
+            {
+                tokens += ids[order[end]].len();
+                end += 1;
+            }
             let batch: Vec<Vec<u32>> = order[start..end].iter().map(|&i| ids[i].clone()).collect();
-            for (&i, vector) in order[start..end].iter().zip(self.model.forward(&batch)?) {
+            for (&i, vector) in order[start..end].iter().zip(pass(&mut self.model, &batch)?) {
                 vectors[i] = vector;
             }
             start = end;

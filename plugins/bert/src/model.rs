@@ -5,16 +5,16 @@
 use std::sync::Arc;
 
 use pio_gpu::{
-    Dispatch, Epilogue, EpilogueParams, Gpu, GpuBuffer, Linear, LinearShape, QuantMatrix, RowTile,
-    TokenRange, WeightDtype, BLOCK_ELEMENTS, MAX_LAYER_NORM_ROWS,
+    Dispatch, Epilogue, EpilogueParams, Gpu, GpuBuffer, Linear, LinearShape, Profile, QuantMatrix,
+    RowTile, TokenRange, WeightDtype, BLOCK_ELEMENTS, MAX_LAYER_NORM_ROWS,
 };
 use pio_plugin_api::{PluginError, PluginResult};
 
 use crate::config::ModelConfig;
-use crate::kernels::attention::Attention;
+use crate::kernels::attention::{Attention, AttentionVariant};
 use crate::kernels::embed_norm::{EmbedBuffers, EmbedNorm};
 use crate::kernels::pool::Pool;
-use crate::kernels::Params;
+use crate::kernels::{sequence_starts, Params};
 use crate::upload::DeviceWeights;
 use crate::weights::BertWeights;
 
@@ -76,14 +76,15 @@ fn linear(
     Linear::new(gpu, shape, epilogue).map_err(|e| e.into_plugin_error("compiling a linear layer"))
 }
 
-/// Activation buffers sized for up to `batch` sequences and `tokens` padded tokens.
+/// Activation buffers sized for up to `batch` sequences of `tokens` tokens in all (packed).
 #[derive(Debug)]
 struct Workspace {
     batch: u32,
     tokens: u32,
     params: GpuBuffer,
     ids: GpuBuffer,
-    lengths: GpuBuffer,
+    /// Where each sequence starts in the packed batch ([`sequence_starts`]).
+    starts: GpuBuffer,
     /// The hidden states; the LayerNorm epilogues update them in place (residual in, normed
     /// sum out).
     hidden: GpuBuffer,
@@ -106,10 +107,10 @@ impl Workspace {
             batch,
             tokens,
             params: gpu
-                .uniform_from("bert.params", &Params::new(0, 0))
+                .uniform_from("bert.params", &Params::for_lengths(&[]))
                 .map_err(|e| e.into_plugin_error("allocating activations"))?,
             ids: buffer("bert.ids", t)?,
-            lengths: buffer("bert.lengths", b)?,
+            starts: buffer("bert.starts", b + 1)?,
             hidden: buffer("bert.hidden", t * h)?,
             qkv: buffer("bert.qkv", t * 3 * h)?,
             ctx: buffer("bert.ctx", t * h)?,
@@ -153,7 +154,12 @@ impl GpuBert {
         let kernels = Kernels {
             embed: EmbedNorm::new(&gpu, c.hidden_size as u32, eps)?,
             qkv: linear(&gpu, &layer.qkv, tile, Epilogue::Bias)?,
-            attention: Attention::new(&gpu, c.num_heads as u32, c.head_dim() as u32)?,
+            attention: Attention::new(
+                &gpu,
+                c.num_heads as u32,
+                c.head_dim() as u32,
+                AttentionVariant::for_device(&gpu),
+            )?,
             attn_out: linear(&gpu, &layer.attn_out, tile, layer_norm)?,
             up: linear(&gpu, &layer.up, tile, Epilogue::BiasGelu)?,
             down: linear(&gpu, &layer.down, tile, layer_norm)?,
@@ -183,7 +189,7 @@ impl GpuBert {
     pub fn workspace_bytes(&self) -> u64 {
         self.workspace.as_ref().map_or(0, |w| {
             [
-                &w.params, &w.ids, &w.lengths, &w.hidden, &w.qkv, &w.ctx, &w.inter, &w.pooled,
+                &w.params, &w.ids, &w.starts, &w.hidden, &w.qkv, &w.ctx, &w.inter, &w.pooled,
             ]
             .iter()
             // What the device accounts for each (small buffers are rounded up).
@@ -205,29 +211,32 @@ impl GpuBert {
         &self.gpu
     }
 
-    /// Checks a batch and returns its padded shape.
-    fn shape(&self, batch: &[Vec<u32>]) -> PluginResult<Params> {
+    /// Checks a batch and returns its sequences' lengths.
+    fn lengths(&self, batch: &[Vec<u32>]) -> PluginResult<Vec<u32>> {
         let vocab = self.config.bert.vocab_size;
         let max = self.config.max_seq_length;
-        let mut seq_len = 0;
-        for (i, ids) in batch.iter().enumerate() {
-            if ids.is_empty() || ids.len() > max {
-                return Err(PluginError::invalid_input(format!(
-                    "sequence {i} has {} tokens; it must have 1..={max}",
-                    ids.len()
-                )));
-            }
-            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                return Err(PluginError::invalid_input(format!(
-                    "sequence {i} holds token id {bad}, outside the model's vocabulary of {vocab}"
-                )));
-            }
-            seq_len = seq_len.max(ids.len());
-        }
         if batch.is_empty() {
             return Err(PluginError::invalid_input("empty batch"));
         }
-        Ok(Params::new(batch.len() as u32, seq_len as u32))
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| {
+                if ids.is_empty() || ids.len() > max {
+                    return Err(PluginError::invalid_input(format!(
+                        "sequence {i} has {} tokens; it must have 1..={max}",
+                        ids.len()
+                    )));
+                }
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(PluginError::invalid_input(format!(
+                        "sequence {i} holds token id {bad}, outside the model's vocabulary of \
+                         {vocab}"
+                    )));
+                }
+                Ok(ids.len() as u32)
+            })
+            .collect()
     }
 
     /// Makes sure the workspace holds `shape`, growing it if needed.
@@ -275,6 +284,7 @@ impl GpuBert {
                 pos_type: &self.weights.pos_type,
                 norm: &self.weights.embed_norm,
                 ids: &w.ids,
+                starts: &w.starts,
                 out: &w.hidden,
                 params: p,
             },
@@ -290,10 +300,7 @@ impl GpuBert {
                 bias(&l.qkv_bias),
                 tokens,
             )?);
-            launches.push(
-                k.attention
-                    .bind(gpu, &w.qkv, &w.lengths, &w.ctx, p, shape)?,
-            );
+            launches.push(k.attention.bind(gpu, &w.qkv, &w.starts, &w.ctx, p, shape)?);
             launches.push(k.attn_out.bind_with(
                 gpu,
                 &l.attn_out,
@@ -324,40 +331,76 @@ impl GpuBert {
         }
         launches.push(
             k.pool
-                .bind(gpu, &w.hidden, &w.lengths, &w.pooled, p, shape)?,
+                .bind(gpu, &w.hidden, &w.starts, &w.pooled, p, shape)?,
         );
         Ok(launches)
     }
 
-    /// Embeds a batch of token sequences (each `1..=max_seq_length` ids) in one pass; returns
-    /// one pooled vector of `hidden_size` values per sequence.
-    pub fn forward(&mut self, batch: &[Vec<u32>]) -> PluginResult<Vec<Vec<f32>>> {
-        let shape = self.shape(batch)?;
-        let hidden = self.config.bert.hidden_size;
-        let mut ids = vec![0u32; shape.tokens as usize];
-        for (row, seq) in ids.chunks_exact_mut(shape.seq_len as usize).zip(batch) {
-            row[..seq.len()].copy_from_slice(seq);
-        }
-        let lengths: Vec<u32> = batch.iter().map(|s| s.len() as u32).collect();
+    /// Checks `batch`, writes its ids (packed) and where each sequence starts to the
+    /// workspace (growing it if needed) and returns its shape.
+    fn upload_batch(&mut self, batch: &[Vec<u32>]) -> PluginResult<Params> {
+        let lengths = self.lengths(batch)?;
+        let shape = Params::for_lengths(&lengths);
+        let ids: Vec<u32> = batch.concat();
         self.ensure_workspace(shape)?;
-        let gpu = &self.gpu;
         let w = self.workspace.as_ref().expect("ensure_workspace made it");
         let write = |e: pio_gpu::GpuError| e.into_plugin_error("writing the batch");
-        gpu.write(&w.params, 0, &[shape]).map_err(write)?;
-        gpu.write(&w.ids, 0, &ids).map_err(write)?;
-        gpu.write(&w.lengths, 0, &lengths).map_err(write)?;
-        let launches = self
-            .launches(w, shape)
-            .map_err(|e| e.into_plugin_error("binding the kernels"))?;
-        // One submission: the forward pass and the copy of the pooled vectors.
-        let pooled: Vec<f32> = gpu
+        self.gpu.write(&w.params, 0, &[shape]).map_err(write)?;
+        self.gpu.write(&w.ids, 0, &ids).map_err(write)?;
+        self.gpu
+            .write(&w.starts, 0, &sequence_starts(&lengths))
+            .map_err(write)?;
+        Ok(shape)
+    }
+
+    /// The pooled vectors of the last `shape.batch` sequences run, read back.
+    fn read_pooled(
+        &self,
+        encoder: pio_gpu::wgpu::CommandEncoder,
+        shape: Params,
+    ) -> PluginResult<Vec<Vec<f32>>> {
+        let hidden = self.config.bert.hidden_size;
+        let w = self.workspace.as_ref().expect("a batch was uploaded");
+        let pooled: Vec<f32> = self
+            .gpu
             .submit_and_read(
-                gpu.encode(&launches),
+                encoder,
                 &w.pooled,
                 0,
                 u64::from(shape.batch) * hidden as u64,
             )
             .map_err(|e| e.into_plugin_error("running the model"))?;
         Ok(pooled.chunks_exact(hidden).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Embeds a batch of token sequences (each `1..=max_seq_length` ids) in one pass; returns
+    /// one pooled vector of `hidden_size` values per sequence.
+    pub fn forward(&mut self, batch: &[Vec<u32>]) -> PluginResult<Vec<Vec<f32>>> {
+        let shape = self.upload_batch(batch)?;
+        let w = self.workspace.as_ref().expect("upload_batch made it");
+        let launches = self
+            .launches(w, shape)
+            .map_err(|e| e.into_plugin_error("binding the kernels"))?;
+        // One submission: the forward pass and the copy of the pooled vectors.
+        self.read_pooled(self.gpu.encode(&launches), shape)
+    }
+
+    /// [`Self::forward`] with every kernel launch timed on its own ([`Gpu::profile`]): the
+    /// pooled vectors and where the pass's time went.
+    pub fn forward_profiled(
+        &mut self,
+        batch: &[Vec<u32>],
+    ) -> PluginResult<(Vec<Vec<f32>>, Profile)> {
+        let shape = self.upload_batch(batch)?;
+        let w = self.workspace.as_ref().expect("upload_batch made it");
+        let launches = self
+            .launches(w, shape)
+            .map_err(|e| e.into_plugin_error("binding the kernels"))?;
+        let profile = self
+            .gpu
+            .profile(&launches.iter().collect::<Vec<_>>())
+            .map_err(|e| e.into_plugin_error("timing the model's kernels"))?;
+        let vectors = self.read_pooled(self.gpu.encode(&[]), shape)?;
+        Ok((vectors, profile))
     }
 }

@@ -12,7 +12,7 @@ const SHADER: Kernel = kernel!(
 );
 const WORKGROUP_SIZE: u32 = 16;
 
-/// `out[t] = LayerNorm(word[ids[t]] + pos_type[t % seq_len])`.
+/// `out[t] = LayerNorm(word[ids[t]] + pos_type[i])` for token `t`, position `i` of its sequence.
 #[derive(Debug)]
 pub struct EmbedNorm {
     hidden: u32,
@@ -28,8 +28,10 @@ pub struct EmbedBuffers<'a> {
     pub pos_type: &'a GpuBuffer,
     /// LayerNorm gamma then beta, `2 * hidden`.
     pub norm: &'a GpuBuffer,
-    /// `[tokens]` token ids (u32).
+    /// `[tokens]` token ids (u32), the sequences packed.
     pub ids: &'a GpuBuffer,
+    /// `[batch + 1]` where each sequence starts (see [`super::sequence_starts`]).
+    pub starts: &'a GpuBuffer,
     /// `[tokens][hidden]` output.
     pub out: &'a GpuBuffer,
     /// The batch's [`Params`] uniform.
@@ -57,16 +59,17 @@ impl EmbedNorm {
             "embed_norm",
             "position",
             b.pos_type,
-            u64::from(shape.seq_len) * h,
+            u64::from(shape.longest) * h,
         )?;
         require_len("embed_norm", "norm", b.norm, 2 * h)?;
         require_len("embed_norm", "ids", b.ids, u64::from(shape.tokens))?;
+        require_len("embed_norm", "starts", b.starts, u64::from(shape.batch) + 1)?;
         require_len("embed_norm", "output", b.out, u64::from(shape.tokens) * h)?;
         gpu.bind(
             "embed_norm",
             &self.pipeline,
-            &[b.word, b.pos_type, b.norm, b.ids, b.out, b.params],
-            [shape.tokens.div_ceil(WORKGROUP_SIZE), 1, 1],
+            &[b.word, b.pos_type, b.norm, b.ids, b.starts, b.out, b.params],
+            [shape.longest.div_ceil(WORKGROUP_SIZE), shape.batch, 1],
         )
     }
 }

@@ -7,9 +7,11 @@
 //! pio-gpu's pipeline cache, with the model's shapes as override constants) whose `bind` checks
 //! buffer sizes and returns a `pio_gpu::Dispatch` for one batch shape.
 //!
-//! Activations are f32, row-major, one row per token; a batch is `batch` sequences padded to
-//! `seq_len` tokens (token `t` is position `t % seq_len` of sequence `t / seq_len`), described
-//! to the kernels by one [`Params`] uniform per forward pass.
+//! Activations are f32, row-major, one row per token; a batch is `batch` sequences packed one
+//! after another without padding (sequence `b` is tokens `starts[b]..starts[b + 1]`, the
+//! `starts` buffer of [`sequence_starts`]), described to the kernels by that buffer and one
+//! [`Params`] uniform per forward pass. No kernel computes anything for padding: the linear
+//! layers, most of the work, run on exactly the batch's tokens.
 
 pub mod attention;
 pub mod embed_norm;
@@ -23,25 +25,36 @@ use pio_plugin_api::PluginResult;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct Params {
-    /// `batch * seq_len`.
+    /// Tokens of all sequences together.
     pub tokens: u32,
-    /// Tokens per (padded) sequence.
-    pub seq_len: u32,
+    /// Tokens of the longest sequence.
+    pub longest: u32,
     /// Sequences.
     pub batch: u32,
     unused: u32,
 }
 
 impl Params {
-    /// `batch` sequences padded to `seq_len` tokens.
-    pub fn new(batch: u32, seq_len: u32) -> Self {
+    /// The shape of sequences of `lengths` tokens, packed.
+    pub fn for_lengths(lengths: &[u32]) -> Self {
         Self {
-            tokens: batch * seq_len,
-            seq_len,
-            batch,
+            tokens: lengths.iter().sum(),
+            longest: lengths.iter().copied().max().unwrap_or(0),
+            batch: lengths.len() as u32,
             unused: 0,
         }
     }
+}
+
+/// Where each of sequences of `lengths` tokens starts when they are packed, and after them
+/// the total: `batch + 1` offsets, sequence `b` being tokens `starts[b]..starts[b + 1]`.
+pub fn sequence_starts(lengths: &[u32]) -> Vec<u32> {
+    std::iter::once(0)
+        .chain(lengths.iter().scan(0, |end, &len| {
+            *end += len;
+            Some(*end)
+        }))
+        .collect()
 }
 
 /// Compiles `kernel`'s `main` with the given override constants (cached per device).

@@ -11,7 +11,7 @@ const WORKGROUP_SIZE: u32 = 32;
 /// vec4 feature groups one invocation holds (`MAX_PER_LANE` in the WGSL).
 const MAX_PER_LANE: u32 = 32;
 
-/// `out[b] = normalize(pool(x[b * seq_len .. b * seq_len + lengths[b]]))`.
+/// `out[b] = normalize(pool(x[starts[b]..starts[b + 1]]))`.
 #[derive(Debug)]
 pub struct Pool {
     hidden: u32,
@@ -39,25 +39,25 @@ impl Pool {
         })
     }
 
-    /// Binds `x` (`[tokens][hidden]`), `lengths` (`[batch]`, each in `1..=seq_len`) and `out`
-    /// (`[batch][hidden]`).
+    /// Binds `x` (`[tokens][hidden]`), `starts` (`[batch + 1]`, see
+    /// [`super::sequence_starts`]; no sequence empty) and `out` (`[batch][hidden]`).
     pub fn bind(
         &self,
         gpu: &Gpu,
         x: &GpuBuffer,
-        lengths: &GpuBuffer,
+        starts: &GpuBuffer,
         out: &GpuBuffer,
         params: &GpuBuffer,
         shape: Params,
     ) -> Result<Dispatch> {
         let h = u64::from(self.hidden);
         require_len("pool", "input", x, u64::from(shape.tokens) * h)?;
-        require_len("pool", "lengths", lengths, u64::from(shape.batch))?;
+        require_len("pool", "starts", starts, u64::from(shape.batch) + 1)?;
         require_len("pool", "output", out, u64::from(shape.batch) * h)?;
         gpu.bind(
             "pool",
             &self.pipeline,
-            &[x, lengths, out, params],
+            &[x, starts, out, params],
             [shape.batch, 1, 1],
         )
     }

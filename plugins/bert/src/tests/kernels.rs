@@ -14,10 +14,10 @@ use pio_gpu::Gpu;
 
 use super::{gpu, max_rel_error, random_f32, rng, upload, zeroed};
 use crate::config::Pooling;
-use crate::kernels::attention::Attention;
+use crate::kernels::attention::{Attention, AttentionVariant};
 use crate::kernels::embed_norm::{EmbedBuffers, EmbedNorm};
 use crate::kernels::pool::Pool;
-use crate::kernels::Params;
+use crate::kernels::{sequence_starts, Params};
 use crate::reference;
 
 fn params(gpu: &Gpu, shape: Params) -> pio_gpu::GpuBuffer {
@@ -37,18 +37,21 @@ fn embed_norm_matches_reference() {
     let pos_type = random_f32(&mut rng, positions * hidden, 1.0);
     let gamma = random_f32(&mut rng, hidden, 1.0);
     let beta = random_f32(&mut rng, hidden, 1.0);
-    let shape = Params::new(3, 7);
+    // Packed sequences of 7, 3 and 1 tokens: positions restart at each sequence.
+    let lengths = [7u32, 3, 1];
+    let shape = Params::for_lengths(&lengths);
     let ids: Vec<u32> = (0..shape.tokens)
         .map(|_| rand::Rng::random_range(&mut rng, 0..vocab as u32))
         .collect();
     let norm: Vec<f32> = gamma.iter().chain(&beta).copied().collect();
     let out = zeroed(&gpu, "out", shape.tokens as usize * hidden);
     let kernel = EmbedNorm::new(&gpu, hidden as u32, eps).unwrap();
-    let (w, p, n, i, pb) = (
+    let (w, p, n, i, s, pb) = (
         upload(&gpu, "word", &word),
         upload(&gpu, "pos", &pos_type),
         upload(&gpu, "norm", &norm),
         upload(&gpu, "ids", &ids),
+        upload(&gpu, "starts", &sequence_starts(&lengths)),
         params(&gpu, shape),
     );
     let buffers = EmbedBuffers {
@@ -56,18 +59,17 @@ fn embed_norm_matches_reference() {
         pos_type: &p,
         norm: &n,
         ids: &i,
+        starts: &s,
         out: &out,
         params: &pb,
     };
     run(&gpu, kernel.bind(&gpu, buffers, shape).unwrap());
     let got = gpu.read_f32(&out).unwrap();
+    let positions = lengths.iter().flat_map(|&len| 0..len as usize);
     let x: Vec<f32> = ids
         .iter()
-        .enumerate()
-        .flat_map(|(t, &id)| {
-            let pos = t % shape.seq_len as usize;
-            (0..hidden).map(move |f| (id as usize, pos, f))
-        })
+        .zip(positions)
+        .flat_map(|(&id, pos)| (0..hidden).map(move |f| (id as usize, pos, f)))
         .map(|(id, pos, f)| word[id * hidden + f] + pos_type[pos * hidden + f])
         .collect();
     let want = reference::layer_norm(&x, &gamma, &beta, eps);
@@ -77,44 +79,63 @@ fn embed_norm_matches_reference() {
 }
 
 #[test]
-fn attention_masks_padding_and_matches_reference() {
+fn attention_keeps_packed_sequences_apart_and_matches_reference() {
     let gpu = gpu();
-    let mut rng = rng(4);
-    let (heads, head_dim) = (3usize, 12usize);
-    let hidden = heads * head_dim;
-    // 9 positions: not a multiple of the 4-query tile; lengths exercise full, partial and
-    // single-token sequences.
-    let shape = Params::new(3, 9);
-    let lengths = [9u32, 4, 1];
-    let mut qkv = random_f32(&mut rng, shape.tokens as usize * 3 * hidden, 2.0);
-    // Padding must not matter: poison it with huge values.
-    for (b, &len) in lengths.iter().enumerate() {
-        for i in len as usize..shape.seq_len as usize {
-            let t = b * shape.seq_len as usize + i;
-            qkv[t * 3 * hidden..][..3 * hidden].fill(1e6);
+    let variants = [AttentionVariant::Serial, AttentionVariant::SharedRows];
+    for variant in variants {
+        assert!(
+            variant.runs_on(&gpu),
+            "{variant:?} must run here: lavapipe has subgroups of 8 lanes"
+        );
+        // One head width in each of the shaders' array sizes (32, 64, 128): rows of 3 and 6
+        // vectors (fewer than the 8 shared-rows lanes), of 10 (two rounds, the second partial)
+        // and of 32 (four full rounds).
+        for (heads, head_dim) in [(4usize, 12usize), (12, 24), (2, 40), (1, 128)] {
+            check_attention(&gpu, variant, heads, head_dim);
         }
     }
-    let ctx = zeroed(&gpu, "ctx", shape.tokens as usize * hidden);
-    let kernel = Attention::new(&gpu, heads as u32, head_dim as u32).unwrap();
-    let (q, l, pb) = (
-        upload(&gpu, "qkv", &qkv),
-        upload(&gpu, "len", &lengths),
-        params(&gpu, shape),
+}
+
+/// `variant` on 3 packed sequences of 19 (not a multiple of the 8 lanes or the 4-query tile
+/// or of 4 positions), 4 and 1 tokens against the reference, each sequence on its own. The
+/// middle one is poisoned with huge values: a query attending across a sequence's end would
+/// see them.
+fn check_attention(gpu: &Gpu, variant: AttentionVariant, heads: usize, head_dim: usize) {
+    let mut rng = rng(4);
+    let hidden = heads * head_dim;
+    let lengths = [19u32, 4, 1];
+    let shape = Params::for_lengths(&lengths);
+    let starts = sequence_starts(&lengths);
+    let mut qkv = random_f32(&mut rng, shape.tokens as usize * 3 * hidden, 2.0);
+    let poisoned = starts[1] as usize..starts[2] as usize;
+    qkv[poisoned.start * 3 * hidden..poisoned.end * 3 * hidden].fill(1e6);
+    let ctx = zeroed(gpu, "ctx", shape.tokens as usize * hidden);
+    let kernel = Attention::new(gpu, heads as u32, head_dim as u32, variant).unwrap();
+    let (q, s, pb) = (
+        upload(gpu, "qkv", &qkv),
+        upload(gpu, "starts", &starts),
+        params(gpu, shape),
     );
-    let launch = kernel.bind(&gpu, &q, &l, &ctx, &pb, shape).unwrap();
-    run(&gpu, launch);
+    let launch = kernel.bind(gpu, &q, &s, &ctx, &pb, shape).unwrap();
+    run(gpu, launch);
     let got = gpu.read_f32(&ctx).unwrap();
     let mut worst: f64 = 0.0;
     for (b, &len) in lengths.iter().enumerate() {
-        let start = b * shape.seq_len as usize;
+        if b == 1 {
+            continue;
+        }
+        let start = starts[b] as usize;
         let len = len as usize;
         let seq = &qkv[start * 3 * hidden..(start + len) * 3 * hidden];
         let want = reference::attention(seq, heads, head_dim);
         let err = max_rel_error(&got[start * hidden..(start + len) * hidden], &want);
         worst = worst.max(err);
     }
-    println!("attention: max relative error {worst:.2e}");
-    assert!(worst < 5e-6, "attention error {worst:.2e}");
+    println!("attention {variant:?}, {heads} heads of {head_dim}: max relative error {worst:.2e}");
+    assert!(
+        worst < 5e-6,
+        "attention {variant:?}, {heads} heads of {head_dim}: error {worst:.2e}"
+    );
 }
 
 #[test]
@@ -122,8 +143,9 @@ fn pool_matches_reference_in_every_mode() {
     let gpu = gpu();
     let mut rng = rng(5);
     let hidden = 20;
-    let shape = Params::new(3, 6);
     let lengths = [6u32, 3, 1];
+    let shape = Params::for_lengths(&lengths);
+    let starts = sequence_starts(&lengths);
     let x = random_f32(&mut rng, shape.tokens as usize * hidden, 1.0);
     for pooling in [
         Pooling::Mean,
@@ -134,19 +156,19 @@ fn pool_matches_reference_in_every_mode() {
         for normalize in [false, true] {
             let out = zeroed(&gpu, "pooled", shape.batch as usize * hidden);
             let kernel = Pool::new(&gpu, hidden as u32, pooling, normalize).unwrap();
-            let (xb, l, pb) = (
+            let (xb, s, pb) = (
                 upload(&gpu, "x", &x),
-                upload(&gpu, "len", &lengths),
+                upload(&gpu, "starts", &starts),
                 params(&gpu, shape),
             );
-            let launch = kernel.bind(&gpu, &xb, &l, &out, &pb, shape).unwrap();
+            let launch = kernel.bind(&gpu, &xb, &s, &out, &pb, shape).unwrap();
             run(&gpu, launch);
             let got = gpu.read_f32(&out).unwrap();
             let want: Vec<f32> = lengths
                 .iter()
                 .enumerate()
                 .flat_map(|(b, &len)| {
-                    let start = b * shape.seq_len as usize * hidden;
+                    let start = starts[b] as usize * hidden;
                     reference::pool(
                         &x[start..start + len as usize * hidden],
                         hidden,

@@ -275,7 +275,7 @@ fn tiny_model_gpu_matches_cpu_reference() {
     let files = ModelFiles::load(dir.path()).unwrap();
     let gpu = gpu();
     for dtype in WEIGHT_DTYPES {
-        // max_batch 4: the 6 texts run in two padded passes.
+        // max_batch 4: the 6 texts run in two packed passes of different lengths.
         let mut embedder = Embedder::new(gpu.clone(), &files, dtype, 4).unwrap();
         let got = embedder.embed(&TEXTS).unwrap();
         let mut worst_err: f64 = 0.0;
