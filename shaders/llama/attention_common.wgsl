@@ -11,9 +11,9 @@
 // before exp, earlier terms rescaled when it grows), so every K and V row is read once per pass.
 // q rows are read through stride/offset (multiples of 4); caches are [rows][KV_DIM] of the
 // cache's type (KvWord: four values, kv_load; see kv_f32.wgsl and kv_f16.wgsl);
-// out is [T][N_HEADS * HEAD_DIM]. HEAD_DIM is a multiple of 4, at most 4 * MAX_HEAD_VEC4.
+// out is [T][N_HEADS * HEAD_DIM]. HEAD_DIM is a multiple of 4, at most 4 * MAX_HEAD_VEC4 (the
+// arrays' size, from head_64/128/256.wgsl).
 
-const MAX_HEAD_VEC4: u32 = 64u;
 // Below every score: the running maximum before the first position (exp(it - score) is 0).
 const NO_SCORE: f32 = -3.0e38;
 

@@ -9,20 +9,48 @@ use crate::kernels::kv_cache::{kv_kernels, KvKernels, KvLayer, KvType, KV_BLOCK_
 use crate::kernels::linear::Reduction;
 use crate::layout::RowLayout;
 
-const SERIAL: KvKernels = kv_kernels!(
+/// An attention kernel in each size of its per-invocation arrays, for both cache types: `$path`
+/// and its helpers followed by `llama/head_<values>.wgsl` (`MAX_HEAD_VEC4`).
+macro_rules! head_kernels {
+    ($name:literal, $path:literal $(, $helper:literal)*) => {
+        HeadKernels([
+            (64, kv_kernels!($name, $path $(, $helper)*, "llama/head_64.wgsl")),
+            (128, kv_kernels!($name, $path $(, $helper)*, "llama/head_128.wgsl")),
+            (256, kv_kernels!($name, $path $(, $helper)*, "llama/head_256.wgsl")),
+        ])
+    };
+}
+
+/// One attention kernel with arrays of each size, by the values per invocation they hold.
+#[derive(Debug, Clone, Copy)]
+struct HeadKernels([(u32, KvKernels); 3]);
+
+impl HeadKernels {
+    /// The kernels whose arrays hold `values` (at most [`MAX_HEAD_DIM`]) query and accumulator
+    /// values per invocation: the smallest that do.
+    fn holding(&self, values: u32) -> KvKernels {
+        self.0
+            .iter()
+            .find(|&&(size, _)| values <= size)
+            .map(|&(_, kernels)| kernels)
+            .unwrap_or(self.0[self.0.len() - 1].1)
+    }
+}
+
+const SERIAL: HeadKernels = head_kernels!(
     "attention",
     "llama/attention.wgsl",
     "llama/attention_serial.wgsl",
     "llama/attention_common.wgsl"
 );
 /// Compiled only on devices with subgroups (see [`SPLIT_SUBGROUP`]).
-const SHARED_ROWS: KvKernels = kv_kernels!(
+const SHARED_ROWS: HeadKernels = head_kernels!(
     "attention_shared",
     "llama/attention_shared.wgsl",
     "llama/attention_serial.wgsl",
     "llama/attention_common.wgsl"
 );
-const SPLIT: KvKernels = kv_kernels!(
+const SPLIT: HeadKernels = head_kernels!(
     "attention_split",
     "llama/attention_split.wgsl",
     "llama/attention_common.wgsl",
@@ -30,19 +58,19 @@ const SPLIT: KvKernels = kv_kernels!(
 );
 /// The subgroup merge lives in a module of its own: naga rejects a module calling subgroup
 /// operations on a device without [`wgpu::Features::SUBGROUP`].
-const SPLIT_SUBGROUP: KvKernels = kv_kernels!(
+const SPLIT_SUBGROUP: HeadKernels = head_kernels!(
     "attention_split_subgroup",
     "llama/attention_split.wgsl",
     "llama/attention_common.wgsl",
     "llama/attention_merge_subgroup.wgsl"
 );
-const FLASH: KvKernels = kv_kernels!(
+const FLASH: HeadKernels = head_kernels!(
     "attention_flash",
     "llama/attention_flash.wgsl",
     "llama/attention_common.wgsl"
 );
 
-/// Largest head width the shaders' registers hold (`4 * MAX_HEAD_VEC4` in the WGSL).
+/// Largest head width the shaders' arrays hold (`4 * MAX_HEAD_VEC4` of `llama/head_256.wgsl`).
 pub const MAX_HEAD_DIM: u32 = 256;
 /// Dispatches of at least this many tokens run [`AttentionPlan::prefill`], shorter ones
 /// [`AttentionPlan::decode`]. A decode step has one token per sequence: batched, its tokens
@@ -58,7 +86,8 @@ const SERIAL_WORKGROUP: u32 = 8;
 const SHARED_ROWS_LANES: u32 = 8;
 /// Most query heads of one shared-rows invocation (`MAX_HEADS_PER_INVOCATION`).
 const SHARED_ROWS_MAX_HEADS: u32 = 8;
-/// Vec4s of query (and of accumulator) one invocation holds (`MAX_HEAD_VEC4`).
+/// Vec4s of query (and of accumulator) one invocation holds at most (`MAX_HEAD_VEC4` of the
+/// largest arrays).
 const MAX_HEAD_VEC4: u32 = MAX_HEAD_DIM / 4;
 /// Lanes per (head, token) of the split-K decode on GPUs: enough to spread a long context over
 /// a GPU's cores when a decode step has only `n_heads` pairs (9 for SmolLM2), and a whole
@@ -434,6 +463,8 @@ impl Launch {
             heads_per_group,
             tokens_per_group: 1,
         };
+        // Query and accumulator values one invocation holds: a head, or (shared rows) several.
+        let mut held = head_dim;
         let (variant, kernels, grid, workgroup) = match variant {
             AttentionVariant::Serial => (
                 variant,
@@ -473,6 +504,7 @@ impl Launch {
                     return Self::new(gpu, config, fallback, fallback);
                 }
                 let heads = shared_rows_heads(config);
+                held = heads * head_dim;
                 constants.push(("HEADS_PER_INVOCATION", f64::from(heads)));
                 let grid = Grid {
                     heads: n_heads / heads,
@@ -517,7 +549,7 @@ impl Launch {
         constants.push(("WORKGROUP_SIZE", f64::from(workgroup)));
         Ok(Self {
             variant,
-            pipeline: gpu.pipeline(kernels.get(kv_type), "main", &constants)?,
+            pipeline: gpu.pipeline(kernels.holding(held).get(kv_type), "main", &constants)?,
             grid,
         })
     }
