@@ -203,5 +203,9 @@ fn main() {
         for position in [0, 255, 1023] {
             attention(&gpu, position, 1, kv_type, None);
         }
+        // 8 tokens: the shape of a batched decode step of 8 sequences.
+        for position in [255, 1023] {
+            attention(&gpu, position, 8, kv_type, None);
+        }
     }
 }

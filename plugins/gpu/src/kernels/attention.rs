@@ -78,8 +78,9 @@ pub const MAX_HEAD_DIM: u32 = 256;
 /// (it shares keys between tokens of one sequence), and a short prefill has few keys to share.
 pub const PREFILL_MIN_TOKENS: u32 = 16;
 
-/// Serial kernel: one invocation per (head, token). llvmpipe runs a workgroup as 8 SIMD lanes;
-/// a full group measured faster than 1 or 4 invocations per workgroup even with only 9 heads.
+/// Serial kernel: one invocation per (head, token), consecutive pairs in a workgroup. llvmpipe
+/// runs a workgroup as 8 SIMD lanes; a full group measured faster than 1 or 4 invocations per
+/// workgroup even with only 9 heads.
 const SERIAL_WORKGROUP: u32 = 8;
 /// Tokens of a shared-rows workgroup (`LANES` in `attention_shared.wgsl`): lanes of one
 /// subgroup.
@@ -222,13 +223,43 @@ struct Launch {
     grid: Grid,
 }
 
-/// How a variant's workgroups cover a dispatch: `heads` (query heads, or kv heads for flash)
-/// along x, `heads_per_group` to a workgroup, and `tokens_per_group` tokens along y.
+/// How a variant's workgroups cover a dispatch.
 #[derive(Debug, Clone, Copy)]
-struct Grid {
-    heads: u32,
-    heads_per_group: u32,
-    tokens_per_group: u32,
+enum Grid {
+    /// `heads` (query heads, or kv heads for flash) along x, `heads_per_group` to a workgroup,
+    /// and `tokens_per_group` tokens along y.
+    HeadsByTokens {
+        heads: u32,
+        heads_per_group: u32,
+        tokens_per_group: u32,
+    },
+    /// The (token, head) pairs of `heads` heads, numbered token by token, `per_group` to a
+    /// workgroup along x (rows of as many workgroups as the device allows, stacked along y):
+    /// a batched step's tokens fill every lane when the heads are not a multiple of a
+    /// workgroup.
+    Pairs { heads: u32, per_group: u32 },
+}
+
+impl Grid {
+    /// Workgroups in x, y and z for `n_tokens` tokens on a device allowing `max` per dimension.
+    fn workgroups(self, n_tokens: u32, max: u32) -> [u32; 3] {
+        match self {
+            Self::HeadsByTokens {
+                heads,
+                heads_per_group,
+                tokens_per_group,
+            } => [
+                groups(heads, heads_per_group),
+                groups(n_tokens, tokens_per_group),
+                1,
+            ],
+            Self::Pairs { heads, per_group } => {
+                let total = groups(n_tokens * heads, per_group);
+                let x = total.clamp(1, max);
+                [x, groups(total, x), 1]
+            }
+        }
+    }
 }
 
 /// The flash kernel's work division for one configuration (see `attention_flash.wgsl`).
@@ -402,16 +433,9 @@ impl Attention {
             u64::from(n_tokens) * u64::from(width),
         )?;
         let launch = self.launch(n_tokens);
-        let Grid {
-            heads,
-            heads_per_group,
-            tokens_per_group,
-        } = launch.grid;
-        let grid = [
-            groups(heads, heads_per_group),
-            groups(n_tokens, tokens_per_group),
-            1,
-        ];
+        let grid = launch
+            .grid
+            .workgroups(n_tokens, gpu.limits().max_compute_workgroups_per_dimension);
         gpu.dispatch(
             "attention",
             &launch.pipeline,
@@ -458,7 +482,7 @@ impl Launch {
             ("WINDOW", f64::from(window.unwrap_or(0))),
             ("BLOCK", f64::from(KV_BLOCK_ROWS)),
         ];
-        let per_head = |heads_per_group| Grid {
+        let per_head = |heads_per_group| Grid::HeadsByTokens {
             heads: n_heads,
             heads_per_group,
             tokens_per_group: 1,
@@ -469,7 +493,10 @@ impl Launch {
             AttentionVariant::Serial => (
                 variant,
                 SERIAL,
-                per_head(SERIAL_WORKGROUP),
+                Grid::Pairs {
+                    heads: n_heads,
+                    per_group: SERIAL_WORKGROUP,
+                },
                 SERIAL_WORKGROUP,
             ),
             AttentionVariant::SplitK(reduction) => {
@@ -506,7 +533,7 @@ impl Launch {
                 let heads = shared_rows_heads(config);
                 held = heads * head_dim;
                 constants.push(("HEADS_PER_INVOCATION", f64::from(heads)));
-                let grid = Grid {
+                let grid = Grid::HeadsByTokens {
                     heads: n_heads / heads,
                     heads_per_group: 1,
                     tokens_per_group: SHARED_ROWS_LANES,
@@ -538,7 +565,7 @@ impl Launch {
                     ("TILE_SLOTS", f64::from(flash.tile * d4)),
                     ("SCORE_SLOTS", f64::from(flash.query_rows * flash.tile)),
                 ]);
-                let grid = Grid {
+                let grid = Grid::HeadsByTokens {
                     heads: n_kv_heads,
                     heads_per_group: 1,
                     tokens_per_group: flash.query_tokens,
@@ -590,6 +617,34 @@ fn split_reduction(gpu: &Gpu, reduction: Reduction) -> Result<Reduction> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pair_grid_covers_every_pair_in_rows_the_device_allows() {
+        let grid = Grid::Pairs {
+            heads: 9,
+            per_group: 8,
+        };
+        // 8 tokens of 9 heads: 72 pairs in 9 full workgroups (not 16 by heads and tokens).
+        assert_eq!(grid.workgroups(8, 65535), [9, 1, 1]);
+        assert_eq!(grid.workgroups(1, 65535), [2, 1, 1]);
+        // Past the device's largest x, rows stacked along y cover every pair (the shader
+        // numbers them row by row and skips those past the last).
+        for (tokens, max) in [(8, 4), (37, 7), (1000, 40)] {
+            let [x, y, z] = grid.workgroups(tokens, max);
+            assert!(
+                x <= max && y <= max && z == 1,
+                "{tokens} tokens, max {max}: {x}x{y}"
+            );
+            assert!(
+                x * y * 8 >= tokens * 9,
+                "{tokens} tokens, max {max}: {x}x{y}"
+            );
+            assert!(
+                (x * (y - 1)) * 8 < tokens * 9,
+                "a whole row of nothing: {x}x{y}"
+            );
+        }
+    }
 
     fn config(n_heads: u32, n_kv_heads: u32, head_dim: u32) -> AttentionConfig {
         AttentionConfig {
