@@ -6,57 +6,32 @@ use pio_plugin_api::{PluginError, PluginResult};
 
 use super::{pipeline, Params};
 
-/// The head widths the shaders' arrays come in (`head_<width>.wgsl`), each with its serial and
-/// shared-rows kernel: the smallest that holds a model's heads is compiled for it.
-const KERNELS: [(u32, Kernel, Kernel); 3] = [
-    (
-        32,
-        kernel!(
-            "bert_attention",
-            "bert/attention.wgsl",
-            "bert/common.wgsl",
-            "bert/head_32.wgsl"
-        ),
-        kernel!(
-            "bert_attention_shared",
-            "bert/attention_shared.wgsl",
-            "bert/common.wgsl",
-            "bert/head_32.wgsl"
-        ),
-    ),
-    (
-        64,
-        kernel!(
-            "bert_attention",
-            "bert/attention.wgsl",
-            "bert/common.wgsl",
-            "bert/head_64.wgsl"
-        ),
-        kernel!(
-            "bert_attention_shared",
-            "bert/attention_shared.wgsl",
-            "bert/common.wgsl",
-            "bert/head_64.wgsl"
-        ),
-    ),
-    (
-        128,
-        kernel!(
-            "bert_attention",
-            "bert/attention.wgsl",
-            "bert/common.wgsl",
-            "bert/head_128.wgsl"
-        ),
-        kernel!(
-            "bert_attention_shared",
-            "bert/attention_shared.wgsl",
-            "bert/common.wgsl",
-            "bert/head_128.wgsl"
-        ),
-    ),
-];
+/// A kernel of `$path` in each size of its arrays, by the head width it holds: the source
+/// followed by `bert/head_<width>.wgsl` (`MAX_HEAD_VEC4`).
+macro_rules! by_head_width {
+    ($name:literal, $path:literal) => {
+        [
+            (
+                32,
+                kernel!($name, $path, "bert/common.wgsl", "bert/head_32.wgsl"),
+            ),
+            (
+                64,
+                kernel!($name, $path, "bert/common.wgsl", "bert/head_64.wgsl"),
+            ),
+            (
+                128,
+                kernel!($name, $path, "bert/common.wgsl", "bert/head_128.wgsl"),
+            ),
+        ]
+    };
+}
+
+const SERIAL: [(u32, Kernel); 3] = by_head_width!("bert_attention", "bert/attention.wgsl");
+const SHARED_ROWS: [(u32, Kernel); 3] =
+    by_head_width!("bert_attention_shared", "bert/attention_shared.wgsl");
 /// Largest head width the shaders' arrays hold.
-const MAX_HEAD_DIM: u32 = KERNELS[KERNELS.len() - 1].0;
+const MAX_HEAD_DIM: u32 = SERIAL[SERIAL.len() - 1].0;
 /// Queries per invocation of the serial kernel (each key and value loaded serves this many).
 const QUERIES: u32 = 4;
 /// Invocations per workgroup of the serial kernel.
@@ -131,25 +106,26 @@ impl Attention {
                  at least {SHARED_ROWS_LANES} lanes)"
             )));
         }
-        let (_, serial, shared_rows) = KERNELS
-            .into_iter()
-            .find(|&(width, ..)| head_dim <= width)
-            .expect("head_dim is at most MAX_HEAD_DIM");
         let mut constants = vec![
             ("HEADS", f64::from(heads)),
             ("HEAD_DIM", f64::from(head_dim)),
             ("SCALE", 1.0 / f64::from(head_dim).sqrt()),
         ];
-        let kernel = match variant {
+        let kernels = match variant {
             AttentionVariant::Serial => {
                 constants.extend([
                     ("QUERIES", f64::from(QUERIES)),
                     ("WORKGROUP_SIZE", f64::from(WORKGROUP_SIZE)),
                 ]);
-                serial
+                SERIAL
             }
-            AttentionVariant::SharedRows => shared_rows,
+            AttentionVariant::SharedRows => SHARED_ROWS,
         };
+        // The smallest arrays that hold the head.
+        let (_, kernel) = kernels
+            .into_iter()
+            .find(|&(width, _)| head_dim <= width)
+            .expect("head_dim is at most MAX_HEAD_DIM");
         Ok(Self {
             heads,
             head_dim,
