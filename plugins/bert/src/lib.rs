@@ -5,13 +5,14 @@
 //! the rest):
 //!
 //! 1. embeddings (word + position + token type) + LayerNorm;
-//! 2. per layer: fused Q|K|V projection; masked bidirectional attention (running softmax);
-//!    output projection + bias + residual + LayerNorm; up-projection + GELU;
+//! 2. per layer: fused Q|K|V projection; bidirectional attention within each text (running
+//!    softmax); output projection + bias + residual + LayerNorm; up-projection + GELU;
 //!    down-projection + bias + residual + LayerNorm;
 //! 3. pooling (mean, CLS, max or mean/sqrt(len), from the model's pooling config) + L2
 //!    normalisation.
 //!
-//! A batch of texts of different lengths runs in one pass, padded to the longest and masked.
+//! A batch of texts of different lengths runs in one pass, their tokens packed one after
+//! another (no padding); attention stays within each text.
 //!
 //! Modules: [`config`] (model configuration files), [`weights`] (safetensors),
 //! [`tokenize`] (tokenizer.json), [`upload`] (weights on the device: the linear layers as

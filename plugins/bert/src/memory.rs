@@ -37,15 +37,15 @@ pub fn weight_bytes(config: &ModelConfig, dtype: WeightDtype) -> u64 {
         + floats(2 * h)
 }
 
-/// Device bytes of the activation buffers for `batch` sequences and `tokens` padded tokens
+/// Device bytes of the activation buffers for `batch` sequences of `tokens` tokens in all
 /// (what the model's workspace allocates).
 pub fn workspace_bytes(config: &ModelConfig, batch: usize, tokens: usize) -> u64 {
     let c = &config.bert;
     let (h, f) = (c.hidden_size, c.intermediate_size);
-    // The uniform parameters (four u32), then ids, lengths, hidden, qkv, ctx, ffn, pooled.
+    // The uniform parameters (four u32), then ids, starts, hidden, qkv, ctx, ffn, pooled.
     buffer(16)
         + floats(tokens)
-        + floats(batch)
+        + floats(batch + 1)
         + floats(tokens * h)
         + floats(tokens * 3 * h)
         + floats(tokens * h)
