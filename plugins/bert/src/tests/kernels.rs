@@ -83,10 +83,15 @@ fn attention_keeps_packed_sequences_apart_and_matches_reference() {
     let gpu = gpu();
     let variants = [AttentionVariant::Serial, AttentionVariant::SharedRows];
     for variant in variants {
-        assert!(
-            variant.runs_on(&gpu),
-            "{variant:?} must run here: lavapipe has subgroups of 8 lanes"
-        );
+        if !variant.runs_on(&gpu) {
+            // Only a GPU without subgroups of 8 lanes may lack one; lavapipe runs both.
+            assert!(
+                gpu.adapter_info().device_type.is_hardware(),
+                "{variant:?} must run on a software adapter (lavapipe has subgroups of 8 lanes)"
+            );
+            println!("attention {variant:?}: not on this adapter (no subgroups of 8 lanes)");
+            continue;
+        }
         // One head width in each of the shaders' array sizes (32, 64, 128): rows of 3 and 6
         // vectors (fewer than the 8 shared-rows lanes), of 10 (two rounds, the second partial)
         // and of 32 (four full rounds).
