@@ -6,7 +6,8 @@
 //! `cargo run -p pio-gpu --release --example bench [TOKENS WORKGROUP [subgroup|workgroup LANES | staged | staged-f16]]`
 //! (a custom tile, optionally a split matrix-vector variant or staged (f32 or f16), timed on the decode shapes and on
 //! the 64-token prefill shape beside the adapter's own tiles; default: the adapter's own
-//! tiles); `... --example bench attention`: every attention variant, decode and prefill.
+//! tiles), then the adapter's own attention for one token and for 8 (a batched decode step);
+//! `... --example bench attention`: every attention variant, decode and prefill.
 
 use std::time::Instant;
 

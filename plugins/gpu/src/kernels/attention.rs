@@ -487,12 +487,12 @@ impl Launch {
             heads_per_group,
             tokens_per_group: 1,
         };
-        // Query and accumulator values one invocation holds: a head, or (shared rows) several.
-        let mut held = head_dim;
+        // Each variant's kernels with the smallest arrays holding an invocation's query and
+        // accumulator values: one head, or (shared rows) several.
         let (variant, kernels, grid, workgroup) = match variant {
             AttentionVariant::Serial => (
                 variant,
-                SERIAL,
+                SERIAL.holding(head_dim),
                 Grid::Pairs {
                     heads: n_heads,
                     per_group: SERIAL_WORKGROUP,
@@ -505,10 +505,10 @@ impl Launch {
                 let workgroup = SPLIT_WORKGROUP.max(lanes);
                 constants.push(("SPLIT_LANES", f64::from(lanes)));
                 let kernels = match reduction {
-                    Reduction::Subgroup { .. } => SPLIT_SUBGROUP,
+                    Reduction::Subgroup { .. } => SPLIT_SUBGROUP.holding(head_dim),
                     _ => {
                         constants.push(("MERGE_SLOTS", f64::from(workgroup * MERGE_VEC4)));
-                        SPLIT
+                        SPLIT.holding(head_dim)
                     }
                 };
                 let grid = per_head(workgroup / lanes);
@@ -531,14 +531,14 @@ impl Launch {
                     return Self::new(gpu, config, fallback, fallback);
                 }
                 let heads = shared_rows_heads(config);
-                held = heads * head_dim;
                 constants.push(("HEADS_PER_INVOCATION", f64::from(heads)));
                 let grid = Grid::HeadsByTokens {
                     heads: n_heads / heads,
                     heads_per_group: 1,
                     tokens_per_group: SHARED_ROWS_LANES,
                 };
-                (variant, SHARED_ROWS, grid, SHARED_ROWS_LANES)
+                let kernels = SHARED_ROWS.holding(heads * head_dim);
+                (variant, kernels, grid, SHARED_ROWS_LANES)
             }
             AttentionVariant::Flash => {
                 let limits = gpu.limits();
@@ -570,13 +570,14 @@ impl Launch {
                     heads_per_group: 1,
                     tokens_per_group: flash.query_tokens,
                 };
-                (variant, FLASH, grid, flash.query_rows * flash.row_lanes)
+                let kernels = FLASH.holding(head_dim);
+                (variant, kernels, grid, flash.query_rows * flash.row_lanes)
             }
         };
         constants.push(("WORKGROUP_SIZE", f64::from(workgroup)));
         Ok(Self {
             variant,
-            pipeline: gpu.pipeline(kernels.holding(held).get(kv_type), "main", &constants)?,
+            pipeline: gpu.pipeline(kernels.get(kv_type), "main", &constants)?,
             grid,
         })
     }
