@@ -18,6 +18,12 @@ use crate::error::Result;
 ///
 /// Two kernels are the same kernel only when both name and source are equal: the pipeline
 /// cache is keyed by both, so kernels that share a name keep their own compiled modules.
+///
+/// Every loop of a kernel must end. Kernels are compiled without the counter that naga would
+/// otherwise add to every loop to break out of endless ones (`force_loop_bounding`): that
+/// counter keeps the driver's compiler from unrolling loops of known trip count, and unrolled,
+/// llvmpipe runs the matrix kernels 1.2–1.5× faster (`shaders/README.md`). A kernel is code of
+/// the plugin that ships it, trusted as its Rust code is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Kernel {
     /// Short name used in labels and logs, e.g. `matmul`.
@@ -125,13 +131,27 @@ impl Gpu {
         let module = self.checked(
             || format!("compiling WGSL kernel {}", kernel.name),
             || {
-                self.device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(kernel.name),
-                        source: wgpu::ShaderSource::Wgsl(
-                            module_source(self.load_width().prelude(), kernel.source).into(),
-                        ),
-                    })
+                let descriptor = wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.name),
+                    source: wgpu::ShaderSource::Wgsl(
+                        module_source(self.load_width().prelude(), kernel.source).into(),
+                    ),
+                };
+                // SAFETY: `create_shader_module_trusted` with `force_loop_bounding` off requires
+                // that no loop of the shader runs forever, which `Kernel`'s contract makes its
+                // author promise: this crate's kernels loop up to pipeline constants, ranges the
+                // host validated (positions, token counts) or, in the flash attention kernel,
+                // until every one of its query tokens is served (one more per pass). Bounds
+                // checks stay on (`checked()`).
+                unsafe {
+                    self.device.create_shader_module_trusted(
+                        descriptor,
+                        wgpu::ShaderRuntimeChecks {
+                            force_loop_bounding: false,
+                            ..wgpu::ShaderRuntimeChecks::checked()
+                        },
+                    )
+                }
             },
         )?;
         modules.insert(kernel, module.clone());
