@@ -223,6 +223,7 @@ fn sum_scales(d: vec4<f32>, m: vec4<f32>) -> SumScales {
         case DTYPE_Q5_0: { return SumScales(d, d, -16.0 * d, -16.0 * d); }
         case DTYPE_Q4_1, DTYPE_Q5_1: { return SumScales(d, d, m, m); }
         case DTYPE_Q6_K: { return SumScales(d, m, -32.0 * d, -32.0 * m); }
+        // (The other layouts do not sum codes.)
         default: { return SumScales(d, d, m, m); }
     }
 }
@@ -336,8 +337,6 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                 for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
                     sums[t].x += chunk_sums(x_chunks[t], norm_c);
                 }
-            }
-            if code_sums && is_nibbles() {
                 let codes_lo = nibble_codes(weight_vec(first), high_a_lo, high_b_lo, c);
                 let codes_hi = nibble_codes(weight_vec(first + 1u), high_a_hi, high_b_hi, c);
                 for (var j = 0u; j < 8u; j++) {
