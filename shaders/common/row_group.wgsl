@@ -36,11 +36,6 @@ override TOKENS_PER_INVOCATION: u32;
 // Fuse an RMSNorm of x (weights `norm_weight`, epsilon NORM_EPS) into the product.
 override NORM: bool;
 override NORM_EPS: f32 = 1e-5;
-// Sum each block's codes times x and scale the sums once per block (CodeSums) instead of
-// dequantizing every weight: two operations per weight and token fewer (no shift, no scale),
-// which pays where each weight serves one token (decode); a larger tile amortises the
-// dequantization over its tokens and has no registers to spare for the sums.
-override CODE_SUMS: bool = TOKENS_PER_INVOCATION == 1u;
 
 // Packed weights, as 16-byte vectors: the 8 rows' word w of a row group are two vectors.
 @group(0) @binding(0) var<storage, read> weights: array<Bytes16>;
@@ -168,21 +163,6 @@ fn dequantize(raw: vec4<f32>, d: vec4<f32>, m: vec4<f32>, j: u32) -> vec4<f32> {
     }
 }
 
-// Code of element j (0..8) of a chunk of a nibble layout for four rows, masked where it lies
-// in its word and not shifted down: code * 2^code_shift(j), exactly (a code has at most 8
-// bits). The caller multiplies x by 2^-code_shift(j) instead, which is exact too.
-fn code_in_place(codes: NibbleCodes, j: u32) -> vec4<f32> {
-    let mask = select(0xfu, 0xffu, has_high_bits()) << code_shift(j);
-    return vec4<f32>(select(codes.b, codes.a, j < 4u) & vec4<u32>(mask));
-}
-
-// Bit position of element j's code in its word (code_in_place): byte j % 4, and a 4-bit
-// layout's elements 4-7 in that byte's high nibble.
-fn code_shift(j: u32) -> u32 {
-    let high_nibble = j >= 4u && !has_high_bits();
-    return 8u * (j % 4u) + select(0u, 4u, high_nibble);
-}
-
 // Index of the vector holding rows 0-3 of word w of block b of row group g (rows 4-7: +1).
 fn word_vec(g: u32, b: u32, w: u32) -> u32 {
     return ((g * (COLS / 32u) + b) * BLOCK_WORDS + w) * 2u;
@@ -193,49 +173,6 @@ fn word_vec(g: u32, b: u32, w: u32) -> u32 {
 struct Partial {
     tile: Tile,
     sum_sq: array<f32, MAX_TOKENS>,
-}
-
-// One block's sums for one token with CODE_SUMS: code * x (x scaled as code_in_place says)
-// over its elements 0-15 (a: elements j < 4 of each chunk) and 16-31 (b), for rows 0-3 (lo)
-// and 4-7 (hi), and of x alone over the same halves (times the norm weight with NORM).
-struct CodeSums {
-    a_lo: vec4<f32>,
-    a_hi: vec4<f32>,
-    b_lo: vec4<f32>,
-    b_hi: vec4<f32>,
-    x: vec2<f32>,
-}
-
-// A block's scales for four rows that turn CodeSums into its product: a * sum_a + b * sum_b +
-// offset_a * x_a + offset_b * x_b equals the sum of dequantize(code) * x over the block
-// (Q4_1: (code * d + m) x summed is d * sum(code * x) + m * sum(x); Q6_K has a scale per half).
-struct SumScales {
-    a: vec4<f32>,
-    b: vec4<f32>,
-    offset_a: vec4<f32>,
-    offset_b: vec4<f32>,
-}
-
-// The scales of a block whose scale and minimum (or second scale) are d and m.
-fn sum_scales(d: vec4<f32>, m: vec4<f32>) -> SumScales {
-    switch DTYPE {
-        case DTYPE_Q4_0: { return SumScales(d, d, -8.0 * d, -8.0 * d); }
-        case DTYPE_Q5_0: { return SumScales(d, d, -16.0 * d, -16.0 * d); }
-        case DTYPE_Q4_1, DTYPE_Q5_1: { return SumScales(d, d, m, m); }
-        case DTYPE_Q6_K: { return SumScales(d, m, -32.0 * d, -32.0 * m); }
-        // (The other layouts do not sum codes.)
-        default: { return SumScales(d, d, m, m); }
-    }
-}
-
-// A block's product for four rows from its sums (CodeSums' a and b for those rows, and x).
-fn scaled_sums(s: SumScales, a: vec4<f32>, b: vec4<f32>, x: vec2<f32>) -> vec4<f32> {
-    return a * s.a + b * s.b + x.x * s.offset_a + x.y * s.offset_b;
-}
-
-// 2^-n, exactly, for n < 127.
-fn inverse_power_of_two(n: u32) -> f32 {
-    return bitcast<f32>((127u - n) << 23u);
 }
 
 // The row group invocation `x` (its global id along the rows) computes: x itself, or the last
@@ -314,8 +251,6 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
         if NORM {
             norm = norm_block(b * 8u, lane);
         }
-        let code_sums = CODE_SUMS && is_nibbles();
-        var sums: array<CodeSums, MAX_TOKENS>;
         for (var c = 0u; c < 4u; c++) {
             let groups = chunk_groups(c);
             // Element j of the chunk, for token t, is chunk_element(x_chunks[t], j) times
@@ -332,31 +267,6 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                 norm_c = norm_chunk(norm, groups);
             }
             let first = word_vec(g, b, chunk_first_word(c));
-            if code_sums {
-                // Element j's x (times its norm weight) is added to x_a for j < 4, x_b after.
-                for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-                    sums[t].x += chunk_sums(x_chunks[t], norm_c);
-                }
-                let codes_lo = nibble_codes(weight_vec(first), high_a_lo, high_b_lo, c);
-                let codes_hi = nibble_codes(weight_vec(first + 1u), high_a_hi, high_b_hi, c);
-                for (var j = 0u; j < 8u; j++) {
-                    let q_lo = code_in_place(codes_lo, j);
-                    let q_hi = code_in_place(codes_hi, j);
-                    let gj = select(1.0, chunk_element(norm_c, j), NORM)
-                        * inverse_power_of_two(code_shift(j));
-                    for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-                        let xv = chunk_element(x_chunks[t], j) * gj;
-                        if j < 4u {
-                            sums[t].a_lo += q_lo * xv;
-                            sums[t].a_hi += q_hi * xv;
-                        } else {
-                            sums[t].b_lo += q_lo * xv;
-                            sums[t].b_hi += q_hi * xv;
-                        }
-                    }
-                }
-                continue;
-            }
             if DTYPE == DTYPE_F32 {
                 // One word per element: load each where it is used rather than staging the
                 // chunk's 16 vectors in an array first (llvmpipe keeps such arrays in memory).
@@ -403,15 +313,6 @@ fn row_group_partial(g: u32, first_token: u32, last_token: u32, first_block: u32
                     tile.lo[t] += v_lo * xv;
                     tile.hi[t] += v_hi * xv;
                 }
-            }
-        }
-        if code_sums {
-            let scales_lo = sum_scales(d_lo, m_lo);
-            let scales_hi = sum_scales(d_hi, m_hi);
-            for (var t = 0u; t < TOKENS_PER_INVOCATION; t++) {
-                let s = sums[t];
-                tile.lo[t] += scaled_sums(scales_lo, s.a_lo, s.b_lo, s.x);
-                tile.hi[t] += scaled_sums(scales_hi, s.a_hi, s.b_hi, s.x);
             }
         }
     }

@@ -49,13 +49,3 @@ fn chunk_element(chunk: ChunkX, j: u32) -> f32 {
 fn chunk_squares(chunk: ChunkX) -> f32 {
     return dot(chunk.a, chunk.a) + dot(chunk.b, chunk.b);
 }
-
-// The sums of a chunk's elements 0-3 and 4-7, times the norm weight's with NORM (row_group.wgsl's
-// CodeSums).
-fn chunk_sums(chunk: ChunkX, norm: ChunkX) -> vec2<f32> {
-    var g = ChunkX(vec4<f32>(1.0), vec4<f32>(1.0));
-    if NORM {
-        g = norm;
-    }
-    return vec2<f32>(dot(chunk.a, g.a), dot(chunk.b, g.b));
-}

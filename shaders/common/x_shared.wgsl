@@ -88,17 +88,3 @@ fn chunk_squares(chunk: ChunkX) -> f32 {
     }
     return dot(chunk.a, chunk.a) + dot(chunk.b, chunk.b);
 }
-
-// The sums of a chunk's elements 0-3 and 4-7, times the norm weight's with NORM (row_group.wgsl's
-// CodeSums): with SHARE_X those of the two lanes that hold its groups.
-fn chunk_sums(chunk: ChunkX, norm: ChunkX) -> vec2<f32> {
-    var g = ChunkX(vec4<f32>(1.0), vec4<f32>(1.0), chunk.groups);
-    if NORM {
-        g = norm;
-    }
-    if SHARE_X {
-        let sum = dot(chunk.a, g.a);
-        return vec2<f32>(subgroupShuffle(sum, chunk.groups.x), subgroupShuffle(sum, chunk.groups.y));
-    }
-    return vec2<f32>(dot(chunk.a, g.a), dot(chunk.b, g.b));
-}
